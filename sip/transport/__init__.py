@@ -1,0 +1,1 @@
+"""asyncio transports (UDP, TCP, TLS) that feed bytes and ``now`` into the sans-I/O SIP core."""
