@@ -1,0 +1,121 @@
+"""Config decoding and validation: every mistake names the file and the key path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from engine.cli import embedded_default_text
+from engine.config import Config, ConfigError, Strategy, load_config, parse_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_shipped_default_config_is_valid_and_binds_to_loopback_only() -> None:
+    cfg = load_config(REPO / "config" / "acd.toml")
+    assert cfg.http.bind == "127.0.0.1"
+    assert [listener.bind for listener in cfg.sip.listeners] == ["127.0.0.1"]
+    assert [q.name for q in cfg.queues] == ["support", "sales"]
+    agents = {a.id: a for a in cfg.agents}
+    assert agents["1001"].skills == {"support": 8, "sales": 3}
+    assert agents["1002"].skills == {"support": 4, "sales": 9}
+    assert cfg.source.endswith("acd.toml")
+
+
+def test_embedded_default_is_the_shipped_file() -> None:
+    assert embedded_default_text() == (REPO / "config" / "acd.toml").read_text()
+
+
+def test_empty_file_gives_complete_defaults() -> None:
+    cfg = parse_config("", "empty.toml")
+    assert cfg.http.port == 8080
+    assert cfg.sip.t1_ms == 500
+    assert cfg.storage.sqlite_path == "var/acd.sqlite3"
+    assert cfg.queues == ()
+
+
+def test_config_is_frozen() -> None:
+    cfg = parse_config("", "x.toml")
+    with pytest.raises((AttributeError, TypeError)):
+        cfg.http.port = 1  # type: ignore[misc]
+    assert isinstance(cfg, msgspec.Struct)
+
+
+QUEUES3 = '[[queues]]\nname = "a"\n[[queues]]\nname = "b"\n[[queues]]\nname = "c"\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "key_path", "fragment"),
+    [
+        ("[http]\nprot = 8080\n", "http.prot", "unknown key"),
+        ("[htp]\nport = 8080\n", "htp", "unknown key"),
+        ('[http]\nport = "8080"\n', "http.port", "expected an integer, found string '8080'"),
+        (QUEUES3 + 'ring_timeout_s = "x"\n', "queues[2].ring_timeout_s", "expected a number"),
+        (QUEUES3 + "ring_timout_s = 5\n", "queues[2].ring_timout_s", "unknown key"),
+        (QUEUES3 + "ring_timeout_s = -1\n", "queues[2].ring_timeout_s", "expected a number > 0"),
+        ('[[queues]]\nname = "a"\nstrategy = "fastest"\n', "queues[0].strategy", "'ring_all'"),
+        ('[log]\nlevel = "loud"\n', "log.level", "expected one of 'debug', 'info'"),
+        ("[[agents]]\nname = 'x'\n", "agents[0].id", "required key is missing"),
+        (
+            '[[queues]]\nname = "a"\n[[agents]]\nid = "1001"\nqueues = { b = 1 }\n',
+            "agents[0].queues.b",
+            "configured queue (a), found 'b'",
+        ),
+        ('[[agents]]\nid = "1"\n[[agents]]\nid = "1"\n', "agents[1].id", "duplicate agent id"),
+        ('[[agents]]\nid = "1"\nskills = { support = 0 }\n', "agents[0].skills.support", "1..100"),
+        ("[http]\nport = 70000\n", "http.port", "expected a port"),
+        ('[http]\nbind = "localhost"\n', "http.bind", "expected an IP address"),
+        ('[[sip.listeners]]\ntransport = "sctp"\n', "sip.listeners[0].transport", "'udp'"),
+        ("[sip]\nt1_ms = 5000\nt2_ms = 4000\n", "sip.t2_ms", ">= sip.t1_ms"),
+        ('[storage]\nurl = "mysql://x"\n', "storage.url", "postgresql://"),
+        ("http = 5\n", "http", "expected a table, found integer 5"),
+        ('source = "x"\n', "source", "unknown key"),
+    ],
+)
+def test_mistakes_name_file_and_key_path(text: str, key_path: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "/etc/acd/acd.toml")
+    err = info.value
+    assert err.file == "/etc/acd/acd.toml"
+    assert err.key_path == key_path
+    assert fragment in err.problem
+    assert str(err).startswith(f"/etc/acd/acd.toml: {key_path}: ")
+
+
+def test_invalid_toml_names_the_file() -> None:
+    with pytest.raises(ConfigError, match=r"^bad\.toml: not valid TOML: .*line 2"):
+        parse_config("[http]\nport = = 1\n", "bad.toml")
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError, match="file not found") as info:
+        load_config(missing)
+    assert info.value.file == str(missing)
+
+
+def test_full_config_roundtrip_fields() -> None:
+    cfg = parse_config(
+        """
+[http]
+bind = "::1"
+port = 0
+[[sip.listeners]]
+transport = "TCP"
+bind = "127.0.0.1"
+port = 5070
+[[queues]]
+name = "billing.eu"
+strategy = "ring_all"
+max_length = 10
+""",
+        "full.toml",
+    )
+    assert isinstance(cfg, Config)
+    assert cfg.http.bind == "::1"
+    assert cfg.http.port == 0
+    assert cfg.sip.listeners[0].transport == "TCP"
+    assert cfg.queues[0].strategy is Strategy.RING_ALL
+    assert cfg.queues[0].max_length == 10
