@@ -1,0 +1,208 @@
+"""The daemon's lifecycle: start, serve, reload on SIGHUP, drain and stop on SIGTERM/SIGINT.
+
+How this works: ``Daemon.run()`` opens the CDR store (applying migrations), then the HTTP listener,
+then marks itself ready. Long-lived tasks (event-loop lag monitor, later the SIP and media services)
+live in one ``asyncio.TaskGroup`` owned here, so none is fire-and-forget: shutdown cancels them all and
+waits for them. Signals only set flags or schedule work on the loop; they never run logic inside a
+signal handler.
+
+Reload (SIGHUP): the new file is validated first; if it is invalid the running config stays and the
+reason is logged and counted. Keys that need a restart (listen addresses, storage) are reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from engine.config import Config, ConfigError, load_config
+from engine.http import ReadyCheck, make_app
+from engine.logs import configure_logging
+from engine.metrics import EventLoopLagMonitor, Metrics
+from engine.storage import StorageError, Store, database_url
+
+log = structlog.stdlib.get_logger("acd.daemon")
+
+# Keys whose change only takes effect after a restart: the sockets and database are opened once.
+_RESTART_ONLY = ("http", "sip", "storage", "runtime")
+
+
+class Daemon:
+    def __init__(self, config: Config, *, config_path: Path | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.metrics = Metrics()
+        self.store: Store | None = None
+        self.http_port: int | None = None
+        self._runner: web.AppRunner | None = None
+        self._stop = asyncio.Event()
+        self._reload_requested = asyncio.Event()
+        self._started_monotonic = time.monotonic()
+
+    # -- readiness -----------------------------------------------------------------------------
+
+    def _ready_checks(self) -> dict[str, ReadyCheck]:
+        async def storage() -> str | None:
+            if self.store is None:
+                return "not open"
+            try:
+                await self.store.ping()
+            except StorageError as exc:
+                self.metrics.storage_errors.inc()
+                return str(exc)
+            return None
+
+        async def listeners() -> str | None:
+            return None if self.http_port is not None else "HTTP listener not open"
+
+        return {"storage": storage, "listeners": listeners}
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        self._reload_requested.set()
+
+    def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+
+    def _remove_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+
+    async def _start_http(self) -> None:
+        app = make_app(self.metrics, self._ready_checks())
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=self.config.http.shutdown_timeout_s,
+        )
+        await runner.setup()
+        site = web.TCPSite(runner, self.config.http.bind, self.config.http.port)
+        await site.start()
+        self._runner = runner
+        server = site._server  # aiohttp exposes the bound port only through the server object
+        sockets = getattr(server, "sockets", None) or ()
+        self.http_port = sockets[0].getsockname()[1] if sockets else self.config.http.port
+
+    async def _reload_loop(self) -> None:
+        while True:
+            await self._reload_requested.wait()
+            self._reload_requested.clear()
+            self.reload()
+
+    def reload(self) -> bool:
+        """Validate and apply the config file again; False (and the old config kept) if invalid."""
+        if self.config_path is None:
+            log.warning(
+                "reload_skipped", reason="running on the embedded default; no file to re-read"
+            )
+            self.metrics.config_reloads.labels(outcome="rejected").inc()
+            return False
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("reload_rejected", reason=str(exc), kept=self.config.source)
+            self.metrics.config_reloads.labels(outcome="rejected").inc()
+            return False
+        needs_restart = [k for k in _RESTART_ONLY if getattr(new, k) != getattr(self.config, k)]
+        self.config = new
+        configure_logging(new.log)
+        self.metrics.config_reloads.labels(outcome="applied").inc()
+        log.info("reload_applied", file=str(self.config_path), restart_needed_for=needs_restart)
+        return True
+
+    async def run(self) -> int:
+        """Serve until SIGTERM/SIGINT (or ``request_stop``); returns the process exit code."""
+        loop = asyncio.get_running_loop()
+        self._install_signal_handlers(loop)
+        try:
+            return await self._serve()
+        finally:
+            self._remove_signal_handlers(loop)
+
+    async def _serve(self) -> int:
+        url = database_url(self.config.storage, base_dir=Path.cwd())
+        try:
+            self.store = await Store.open(url)
+        except StorageError as exc:
+            log.error("storage_open_failed", reason=str(exc), url=_redact(url))
+            return 1
+        try:
+            await self._start_http()
+        except OSError as exc:
+            log.error(
+                "http_listen_failed",
+                bind=self.config.http.bind,
+                port=self.config.http.port,
+                reason=str(exc),
+            )
+            await self.store.close()
+            return 1
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                owned = [
+                    tasks.create_task(EventLoopLagMonitor(self.metrics.event_loop_lag).run()),
+                    tasks.create_task(self._reload_loop()),
+                ]
+                self.metrics.ready.set(1)
+                log.info(
+                    "ready",
+                    http=f"http://{self.config.http.bind}:{self.http_port}",
+                    storage=self.store.dialect,
+                    config=self.config.source or "embedded default",
+                    startup_s=round(time.monotonic() - self._started_monotonic, 3),
+                )
+                await self._stop.wait()
+                log.info("stopping")
+                self.metrics.ready.set(0)
+                for task in owned:
+                    task.cancel()
+        finally:
+            await self._shutdown()
+        log.info("stopped")
+        return 0
+
+    async def _shutdown(self) -> None:
+        if self._runner is not None:
+            try:
+                await self._runner.cleanup()
+            except OSError as exc:
+                log.warning("http_cleanup_failed", reason=str(exc))
+        if self.store is not None:
+            await self.store.close()
+
+
+def _redact(url: str) -> str:
+    """Hide a password in a database URL before logging it."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
+
+
+def run_daemon(config: Config, *, config_path: Path | None) -> int:
+    """Run the daemon to completion on the configured event loop; the process exit code."""
+    loop_factory: Any = None
+    if config.runtime.event_loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            log.warning("uvloop_unavailable", fallback="asyncio")
+        else:
+            loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(Daemon(config, config_path=config_path).run())

@@ -1,0 +1,123 @@
+"""Tables of the CDR store (SQLAlchemy Core), shared by the migrations and the queries.
+
+Times are stored as UTC epoch seconds in double precision (``*_at`` columns): exact to the
+microsecond, trivially comparable across SQLite and PostgreSQL, and what Asterisk's queue_log uses.
+Durations are seconds (``*_s``). The schema itself changes only through a new migration in
+``migrations/versions``; this module must always describe the head revision.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# One row per call (DESIGN.md section 3 step 7): the phases of its life, who ended it, and why.
+calls = sa.Table(
+    "calls",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),  # our call id (also in logs as call_id)
+    sa.Column("sip_call_id", sa.String(255), nullable=False),
+    sa.Column("trunk", sa.String(64)),
+    sa.Column("caller", sa.String(128)),  # From user part / number
+    sa.Column("caller_name", sa.String(128)),
+    sa.Column("dialed", sa.String(128)),
+    sa.Column("flow", sa.String(64)),
+    sa.Column("queue", sa.String(64)),
+    sa.Column("agent_id", sa.String(64)),
+    sa.Column("arrived_at", sa.Double, nullable=False),
+    sa.Column("flow_answered_at", sa.Double),
+    sa.Column("enqueued_at", sa.Double),
+    sa.Column("first_offer_at", sa.Double),
+    sa.Column("agent_answered_at", sa.Double),
+    sa.Column("ended_at", sa.Double),
+    # answered, abandoned, overflowed, rejected, failed, transferred, flow_ended
+    sa.Column("disposition", sa.String(32)),
+    sa.Column("hangup_side", sa.String(16)),  # caller, agent, system
+    sa.Column("hangup_reason", sa.String(128)),
+    sa.Column("wait_s", sa.Double),
+    sa.Column("talk_s", sa.Double),
+    sa.Column("wrap_up_s", sa.Double),
+    sa.Column("flow_data", sa.JSON),
+    sa.Column("recording_id", sa.String(64)),
+    sa.Index(None, "arrived_at"),
+    sa.Index(None, "queue", "arrived_at"),
+    sa.Index(None, "agent_id", "arrived_at"),
+    sa.Index(None, "caller", "arrived_at"),
+)
+
+# Queue events in the spirit of Asterisk's queue_log: ENTERQUEUE, RINGNOANSWER, CONNECT, ABANDON, ...
+queue_events = sa.Table(
+    "queue_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.Double, nullable=False),
+    sa.Column("call_id", sa.String(64), nullable=False),
+    sa.Column("queue", sa.String(64), nullable=False),
+    sa.Column("agent_id", sa.String(64)),
+    # enter, offer, ring_no_answer, answer, abandon, overflow, transfer, complete
+    sa.Column("event", sa.String(32), nullable=False),
+    sa.Column("data", sa.JSON),
+    sa.Index(None, "at"),
+    sa.Index(None, "call_id"),
+    sa.Index(None, "queue", "at"),
+)
+
+agent_events = sa.Table(
+    "agent_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.Double, nullable=False),
+    sa.Column("agent_id", sa.String(64), nullable=False),
+    # logged_out, available, reserved, busy, wrap_up, not_ready
+    sa.Column("state", sa.String(32), nullable=False),
+    sa.Column("reason", sa.String(128)),
+    sa.Column("call_id", sa.String(64)),
+    sa.Index(None, "agent_id", "at"),
+)
+
+recordings = sa.Table(
+    "recordings",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("call_id", sa.String(64), nullable=False),
+    sa.Column("queue", sa.String(64)),
+    sa.Column("agent_id", sa.String(64)),
+    sa.Column("started_at", sa.Double, nullable=False),
+    sa.Column("duration_s", sa.Double),
+    sa.Column("size_bytes", sa.BigInteger),
+    sa.Column("sha256", sa.String(64)),
+    sa.Column("codec", sa.String(16)),  # wav, flac, opus
+    sa.Column("path", sa.String(1024), nullable=False),
+    sa.Column("key_id", sa.String(64)),  # encryption key id; NULL when stored in clear
+    sa.Column("legal_hold", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("recovered", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("paused_spans", sa.JSON),
+    sa.Column("error", sa.String(255)),
+    sa.Column("purged_at", sa.Double),
+    sa.Index(None, "call_id"),
+    sa.Index(None, "started_at"),
+)
+
+# Who looked at or changed what: recordings downloads, config reloads, agent state by supervisors.
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.Double, nullable=False),
+    sa.Column("actor", sa.String(64), nullable=False),
+    sa.Column("role", sa.String(16)),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("object_type", sa.String(32)),
+    sa.Column("object_id", sa.String(64)),
+    sa.Column("outcome", sa.String(16), nullable=False),  # allowed, denied, failed
+    sa.Column("remote_addr", sa.String(64)),
+    sa.Column("detail", sa.JSON),
+    sa.Index(None, "at"),
+)

@@ -1,0 +1,101 @@
+"""Fixtures shared by the whole suite: free ports, the repo root, a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port that was free on 127.0.0.1 a moment ago (bind to 0, read it back, release)."""
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return REPO
+
+
+def _pg_bin() -> Path:
+    for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (candidate / "initdb").exists():
+            return candidate
+    raise RuntimeError(
+        "PostgreSQL server binaries not found: scripts/test installs the Debian package 'postgresql'"
+    )
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster on 127.0.0.1, stopped (by its PID) at the end of the session."""
+    bindir = _pg_bin()
+    # Not under pytest's tmp tree: that is private to root (0700) and the server runs as postgres.
+    base = Path(tempfile.mkdtemp(prefix="acd-test-pg-"))
+    data, sockets = base / "data", base / "sock"
+    sockets.mkdir()
+    # initdb refuses to run as root: run the server as the cluster owner Debian creates, directly
+    # (subprocess's user=), so the PID we stop at the end is the postmaster itself.
+    owner: str | None = None
+    if os.geteuid() == 0:
+        owner = "postgres"
+        shutil.chown(base, owner)
+        shutil.chown(sockets, owner)
+    subprocess.run(
+        [str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "acd", "-E", "UTF8"],
+        check=True,
+        capture_output=True,
+        user=owner,
+    )
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            str(bindir / "postgres"),
+            "-D", str(data),
+            "-p", str(port),
+            "-k", str(sockets),
+            "-c", "listen_addresses=127.0.0.1",
+            "-c", "fsync=off",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        user=owner,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            ready = subprocess.run(
+                [str(bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)],
+                capture_output=True,
+            )
+            if ready.returncode == 0:
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the test PostgreSQL server did not start")
+            time.sleep(0.2)
+        subprocess.run(
+            [str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "acd", "acd_test"],
+            check=True,
+            capture_output=True,
+        )
+        yield f"postgresql://acd@127.0.0.1:{port}/acd_test"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(base, ignore_errors=True)

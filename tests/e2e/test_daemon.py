@@ -1,0 +1,120 @@
+"""The daemon as a process: health, readiness, metrics checked by promtool, reload, clean stop."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.e2e.conftest import DaemonFactory
+
+pytestmark = pytest.mark.e2e
+
+
+def promtool_check(exposition: bytes) -> subprocess.CompletedProcess[bytes]:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool missing: scripts/test installs the Debian package 'prometheus'"
+    return subprocess.run(
+        [promtool, "check", "metrics"], input=exposition, capture_output=True, timeout=30
+    )
+
+
+def test_health_ready_metrics_and_clean_sigterm(start_daemon: DaemonFactory) -> None:
+    daemon = start_daemon()
+    assert daemon.get_json("/healthz") == (200, {"status": "ok", "version": "0.1.0"})
+    status, body = daemon.get_json("/readyz")
+    assert status == 200
+    assert body == {"status": "ready", "checks": {"storage": "ok", "listeners": "ok"}}
+
+    time.sleep(0.6)  # let the loop-lag monitor take a couple of samples
+    status, exposition, content_type = daemon.get("/metrics")
+    assert status == 200
+    assert content_type.startswith("text/plain")
+    text = exposition.decode()
+    assert 'acd_build_info{python="' in text
+    assert 'version="0.1.0"' in text
+    assert "acd_event_loop_lag_seconds_bucket" in text
+    count = next(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("acd_event_loop_lag_seconds_count")
+    )
+    assert count >= 1
+    assert "process_resident_memory_bytes" in text
+    assert "acd_ready 1.0" in text
+    checked = promtool_check(exposition)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+    assert (daemon.workdir / "var" / "acd.sqlite3").is_file()
+    assert daemon.stop() == 0
+    events = [line["event"] for line in daemon.log_lines()]
+    assert events[-2:] == ["stopping", "stopped"]
+
+
+def test_sigint_also_stops_with_exit_zero(start_daemon: DaemonFactory) -> None:
+    daemon = start_daemon()
+    daemon.signal(signal.SIGINT)
+    assert daemon.proc.wait(timeout=20) == 0
+
+
+def test_openapi_document_and_api_errors_as_problem_json(start_daemon: DaemonFactory) -> None:
+    daemon = start_daemon()
+    status, doc = daemon.get_json("/api/v1/openapi.json")
+    assert status == 200
+    assert isinstance(doc, dict)
+    assert doc["openapi"] == "3.1.0"
+    assert {"/healthz", "/readyz", "/metrics", "/api/v1/"} <= set(doc["paths"])
+    assert "Readiness" in doc["components"]["schemas"]
+    status, index = daemon.get_json("/api/v1/")
+    assert status == 200
+    assert index["api"] == "v1"
+    status, body, content_type = daemon.get("/api/v1/no-such-thing")
+    assert status == 404
+    assert content_type == "application/json"
+    assert b'"status":404' in body
+
+
+def test_sighup_reload_keeps_running_config_when_invalid(start_daemon: DaemonFactory) -> None:
+    daemon = start_daemon('[[queues]]\nname = "support"\n')
+    original = daemon.config_path.read_text()
+
+    daemon.config_path.write_text(
+        original.replace('name = "support"', 'name = "support"\nring_timeout_s = "soon"')
+    )
+    daemon.signal(signal.SIGHUP)
+    rejected = daemon.wait_for_log("reload_rejected")
+    assert "queues[0].ring_timeout_s" in str(rejected["reason"])
+    assert str(daemon.config_path) in str(rejected["reason"])
+    assert daemon.get("/healthz")[0] == 200
+
+    daemon.config_path.write_text(original.replace('"support"', '"billing"'))
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_for_log("reload_applied")
+    _, exposition, _ = daemon.get("/metrics")
+    text = exposition.decode()
+    assert 'acd_config_reloads_total{outcome="rejected"} 1.0' in text
+    assert 'acd_config_reloads_total{outcome="applied"} 1.0' in text
+    assert daemon.stop() == 0
+
+
+def test_readyz_reports_unreachable_storage_and_start_fails_cleanly(
+    start_daemon: DaemonFactory,
+) -> None:
+    daemon = start_daemon(storage='url = "postgresql://acd@127.0.0.1:9/nowhere"', wait=False)
+    assert daemon.proc.wait(timeout=30) == 1
+    failed = daemon.wait_for_log("storage_open_failed")
+    assert "127.0.0.1:9" in str(failed["url"])
+
+
+def test_port_in_use_is_reported_not_a_traceback(start_daemon: DaemonFactory) -> None:
+    first = start_daemon()
+    clash = start_daemon(http_port=first.http_port, wait=False)
+    assert clash.proc.wait(timeout=30) == 1
+    failed = clash.wait_for_log("http_listen_failed")
+    assert failed["port"] == first.http_port
+    assert "Traceback" not in clash.log_path.read_text()
+    assert first.get("/healthz")[0] == 200
+    assert first.stop() == 0

@@ -1,0 +1,73 @@
+"""The `acd` command line as an operator runs it: exit codes and messages, no tracebacks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ACD = [sys.executable, "-m", "engine.cli"]
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*ACD, *args], capture_output=True, text=True, timeout=60, cwd=cwd)
+
+
+def test_version() -> None:
+    result = run("version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == "acd 0.1.0"
+
+
+@pytest.mark.parametrize("sub", [[], ["run"], ["check-config"], ["version"]])
+def test_help_everywhere(sub: list[str]) -> None:
+    result = run(*sub, "--help")
+    assert result.returncode == 0
+    assert "usage: acd" in result.stdout
+
+
+def test_check_config_ok(repo_root: Path) -> None:
+    result = run("check-config", str(repo_root / "config" / "acd.toml"))
+    assert result.returncode == 0, result.stderr
+    assert "OK (2 queues, 2 agents" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[http]\nprot = 1\n", "http.prot: unknown key"),
+        ('[[queues]]\nname = "q"\nwrap_up_s = "long"\n', "queues[0].wrap_up_s: expected a number"),
+        ('[[agents]]\nid = "7"\nqueues = { nowhere = 0 }\n', "agents[0].queues.nowhere"),
+    ],
+)
+def test_check_config_names_file_and_key(tmp_path: Path, text: str, expected: str) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text)
+    result = run("check-config", str(bad))
+    assert result.returncode == 2
+    assert f"{bad}: {expected}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_check_config_missing_file(tmp_path: Path) -> None:
+    result = run("check-config", str(tmp_path / "missing.toml"))
+    assert result.returncode == 2
+    assert "missing.toml: file not found" in result.stderr
+
+
+def test_run_with_bad_config_exits_nonzero_without_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[runtime]\nevent_loop = 'gevent'\n")
+    result = run("run", "--config", str(bad))
+    assert result.returncode == 2
+    assert "runtime.event_loop" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_command_is_a_usage_error() -> None:
+    result = run("frobnicate")
+    assert result.returncode == 2
+    assert "invalid choice" in result.stderr
