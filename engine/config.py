@@ -131,32 +131,196 @@ class RuntimeConfig(_Struct, frozen=True):
     drain_timeout_s: float = 30.0
 
 
+class RelaxStepConfig(_Struct, frozen=True):
+    """One relaxation step: after ``after_s`` of waiting, widen who may take the call."""
+
+    after_s: float
+    # skill -> minimum level; absent keeps the queue's requirements
+    requirements: dict[str, int] | None = None
+    # agents whose penalty in this queue is <= max_penalty become eligible (Asterisk penalty steps)
+    max_penalty: int | None = None
+
+
 class QueueConfig(_Struct, frozen=True):
     name: str
     strategy: Strategy = Strategy.LONGEST_IDLE
+    # skill -> minimum level a task in this queue needs by default
+    requirements: dict[str, int] = msgspec.field(default_factory=dict)
+    steps: tuple[RelaxStepConfig, ...] = ()
+    weight: int = 0  # Asterisk `weight`: a heavier queue wins an agent both queues want
     ring_timeout_s: float = 20.0
     retry_delay_s: float = 2.0
+    reject_delay_s: float = 0.0
+    busy_delay_s: float = 0.0
+    no_answer_delay_s: float = 0.0
+    auto_pause_after: int = 0  # consecutive misses before the agent is paused; 0 = never
     wrap_up_s: float = 10.0
-    max_length: int = 0
-    max_wait_s: float = 0.0
+    max_length: int = 0  # 0 = unlimited; a caller beyond it goes to `overflow`
+    max_wait_s: float = 0.0  # 0 = wait forever; then the caller goes to `overflow`
+    overflow: str = (
+        ""  # a flow name to run on max_length or max_wait (empty: hang up with a prompt)
+    )
+    join_empty: bool = True  # accept callers when no agent is logged in
+    leave_empty: bool = False  # send waiting callers to `overflow` when the last agent logs out
+    music_on_hold: str = "moh"  # a prompt name looped while waiting
+    announce_every_s: float = 0.0  # 0 = no periodic announcements
+    announce_position: bool = True
+    announce_wait: bool = True
     service_level_s: float = 20.0
+    record: str = "always"  # always | never | on_demand | a percentage such as "25%"
+
+
+class LoginMode(Enum):
+    REGISTER = "register"  # a SIP phone registers to us with digest auth
+    STATIC = "static"  # reached at a fixed contact, typically an extension behind a PBX trunk
+    WEBRTC = "webrtc"  # the browser agent desktop
 
 
 class AgentConfig(_Struct, frozen=True):
     id: str
     name: str = ""
-    password: str = ""
+    password: str = ""  # digest password for the agent's phone (or use password_ha1)
+    password_ha1: str = ""  # MD5(id:realm:password), so the file need not hold the password
+    login: LoginMode = LoginMode.REGISTER
+    contact: str = ""  # SIP URI for login = "static"
+    trunk: str = ""  # trunk used to reach a static contact
     skills: dict[str, int] = msgspec.field(default_factory=dict)
     # queue name -> penalty (0 is the best)
     queues: dict[str, int] = msgspec.field(default_factory=dict)
+    # channel -> how many at once (voice is 1; chat may be more)
+    capacity: dict[str, int] = msgspec.field(default_factory=lambda: {"voice": 1})
+    api_token: str = ""  # the agent's token for the API and the agent desktop
+
+
+class TrunkConfig(_Struct, frozen=True):
+    name: str
+    # source networks allowed to send calls (IP ACL); empty means digest credentials are required
+    allow: tuple[str, ...] = ()
+    username: str = ""  # digest credentials a trunk must present (inbound)
+    password: str = ""
+    codecs: tuple[str, ...] = ("PCMU", "PCMA")
+    # where we send outbound INVITEs (agents behind a PBX, transfers); host:port
+    outbound_proxy: str = ""
+    outbound_username: str = ""  # credentials we answer a 401/407 from the PBX with
+    outbound_password: str = ""
+
+
+class RouteConfig(_Struct, frozen=True):
+    flow: str
+    trunk: str = "*"  # trunk name, or "*" for any trunk
+    number: str = ""  # dialed number (Request-URI user part), exact
+    pattern: str = ""  # or a regular expression matched against the whole number
+
+
+class AnswerStep(_Struct, frozen=True, tag="answer", tag_field="type"):
+    pass
+
+
+class PlayStep(_Struct, frozen=True, tag="play", tag_field="type"):
+    prompt: str
+    barge_in: bool = False  # a DTMF digit stops the prompt
+
+
+class MenuStep(_Struct, frozen=True, tag="menu", tag_field="type"):
+    prompt: str
+    options: dict[str, str]  # digit -> flow name
+    timeout_s: float = 5.0
+    retries: int = 2
+    invalid_prompt: str = ""
+    default: str = ""  # flow run when retries are exhausted; empty = continue with the next step
+
+
+class CollectStep(_Struct, frozen=True, tag="collect", tag_field="type"):
+    var: str  # flow data key the digits are stored under
+    prompt: str = ""
+    min_digits: int = 1
+    max_digits: int = 16
+    terminator: str = "#"
+    timeout_s: float = 5.0
+
+
+class LookupStep(_Struct, frozen=True, tag="lookup", tag_field="type"):
+    url: str  # HTTP(S) webhook; receives the call's data as JSON, returns JSON merged into it
+    timeout_s: float = 2.0
+    on_error: str = "continue"  # continue | hangup
+
+
+class SetStep(_Struct, frozen=True, tag="set", tag_field="type"):
+    queue: str = ""
+    priority: int | None = None
+    requirements: dict[str, int] | None = None
+    data: dict[str, str] = msgspec.field(
+        default_factory=dict
+    )  # values may use {var} from flow data
+
+
+class EnqueueStep(_Struct, frozen=True, tag="enqueue", tag_field="type"):
+    queue: str = ""  # empty: the queue chosen by an earlier `set`
+
+
+class TransferStep(_Struct, frozen=True, tag="transfer", tag_field="type"):
+    trunk: str
+    number: str
+
+
+class GotoStep(_Struct, frozen=True, tag="goto", tag_field="type"):
+    flow: str
+
+
+class HangupStep(_Struct, frozen=True, tag="hangup", tag_field="type"):
+    prompt: str = ""
+
+
+Step = (
+    AnswerStep
+    | PlayStep
+    | MenuStep
+    | CollectStep
+    | LookupStep
+    | SetStep
+    | EnqueueStep
+    | TransferStep
+    | GotoStep
+    | HangupStep
+)
+
+
+STEP_TYPES: Final = tuple(
+    str(msgspec.inspect.type_info(t).tag)  # type: ignore[attr-defined]
+    for t in Step.__args__
+)
+
+
+class FlowConfig(_Struct, frozen=True):
+    name: str
+    steps: tuple[Step, ...]
+
+
+class MediaConfig(_Struct, frozen=True):
+    rtp_port_min: int = 20000
+    rtp_port_max: int = 29999
+    prompts_dir: str = ""  # empty: the prompts shipped with acd
+    # seconds without RTP from a bridged leg before the call is ended (0 = never)
+    inactivity_timeout_s: float = 30.0
+
+
+class FeatureCodes(_Struct, frozen=True):
+    ready: str = "*1"
+    not_ready: str = "*2"
+    logout: str = "*3"
 
 
 class Config(_Struct, frozen=True):
     log: LogConfig = LogConfig()
     http: HttpConfig = HttpConfig()
     sip: SipConfig = SipConfig()
+    media: MediaConfig = MediaConfig()
     storage: StorageConfig = StorageConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+    features: FeatureCodes = FeatureCodes()
+    trunks: tuple[TrunkConfig, ...] = ()
+    routes: tuple[RouteConfig, ...] = ()
+    flows: tuple[FlowConfig, ...] = ()
     queues: tuple[QueueConfig, ...] = ()
     agents: tuple[AgentConfig, ...] = ()
     # Where this config came from, for messages; not a TOML key.
@@ -246,6 +410,9 @@ def _reword(message: str, raw: Any) -> tuple[str, str]:
     if expected:
         wanted = _TOML_TYPE_NAMES.get(expected.group(1), expected.group(1))
         return key_path, f"expected {wanted}{found_text}"
+    if what.startswith("Invalid value") and key_path.endswith(".type") and "steps[" in key_path:
+        choices = ", ".join(repr(t) for t in STEP_TYPES)
+        return key_path, f"expected a step type, one of {choices}{found_text}"
     if what.startswith("Invalid enum value"):
         declared = _field_type(path)
         if isinstance(declared, type) and issubclass(declared, Enum):
@@ -346,12 +513,7 @@ def _validate(cfg: Config, file: str) -> None:
         if agent.id in agent_ids:
             raise ConfigError(file, f"{base}.id", f"duplicate agent id {agent.id!r}")
         agent_ids.add(agent.id)
-        for skill, level in agent.skills.items():
-            _check_name(file, f"{base}.skills.{skill}", skill)
-            if not 1 <= level <= 100:
-                raise ConfigError(
-                    file, f"{base}.skills.{skill}", f"expected a level 1..100, found {level}"
-                )
+        _check_requirements(file, f"{base}.skills", agent.skills)
         for queue_name, penalty in agent.queues.items():
             if queue_name not in queue_names:
                 known = ", ".join(sorted(queue_names)) or "none defined"
@@ -364,6 +526,151 @@ def _validate(cfg: Config, file: str) -> None:
                 raise ConfigError(
                     file, f"{base}.queues.{queue_name}", f"expected a penalty >= 0, found {penalty}"
                 )
+
+
+_CODECS: Final = ("PCMU", "PCMA")
+_RECORD_RE: Final = re.compile(r"^(always|never|on_demand|(100|[1-9]?[0-9])%)$")
+
+
+def _check_requirements(file: str, path: str, requirements: dict[str, int]) -> None:
+    for skill, level in requirements.items():
+        _check_name(file, f"{path}.{skill}", skill)
+        if not 1 <= level <= 100:
+            raise ConfigError(file, f"{path}.{skill}", f"expected a level 1..100, found {level}")
+
+
+def _unknown(kind: str, name: str, known: set[str]) -> str:
+    listing = ", ".join(sorted(known)) or "none defined"
+    return f"expected the name of a configured {kind} ({listing}), found {name!r}"
+
+
+def _validate_telephony(cfg: Config, file: str) -> None:
+    """Trunks, routes, flows, queue and agent options, and every name that refers to another."""
+    trunks = {t.name for t in cfg.trunks}
+    flows = {f.name for f in cfg.flows}
+    queues = {q.name for q in cfg.queues}
+    seen: set[str] = set()
+    for i, trunk in enumerate(cfg.trunks):
+        base = f"trunks[{i}]"
+        _check_name(file, f"{base}.name", trunk.name)
+        if trunk.name in seen:
+            raise ConfigError(file, f"{base}.name", f"duplicate trunk name {trunk.name!r}")
+        seen.add(trunk.name)
+        for j, network in enumerate(trunk.allow):
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ConfigError(
+                    file,
+                    f"{base}.allow[{j}]",
+                    f"expected a network such as 192.0.2.0/24 or 127.0.0.1, found {network!r}",
+                ) from None
+        if not trunk.allow and not trunk.username:
+            raise ConfigError(
+                file, f"{base}.allow", "expected source networks or a username: the trunk is open"
+            )
+        for j, codec in enumerate(trunk.codecs):
+            if codec.upper() not in _CODECS:
+                raise ConfigError(
+                    file, f"{base}.codecs[{j}]", f"expected one of {_CODECS}, found {codec!r}"
+                )
+    for i, route in enumerate(cfg.routes):
+        base = f"routes[{i}]"
+        if route.trunk != "*" and route.trunk not in trunks:
+            raise ConfigError(file, f"{base}.trunk", _unknown("trunk", route.trunk, trunks))
+        if route.flow not in flows:
+            raise ConfigError(file, f"{base}.flow", _unknown("flow", route.flow, flows))
+        if bool(route.number) == bool(route.pattern):
+            raise ConfigError(file, base, "expected exactly one of `number` or `pattern`")
+        if route.pattern:
+            try:
+                re.compile(route.pattern)
+            except re.error as exc:
+                raise ConfigError(
+                    file, f"{base}.pattern", f"expected a regular expression, found an error: {exc}"
+                ) from None
+    seen = set()
+    for i, flow in enumerate(cfg.flows):
+        base = f"flows[{i}]"
+        _check_name(file, f"{base}.name", flow.name)
+        if flow.name in seen:
+            raise ConfigError(file, f"{base}.name", f"duplicate flow name {flow.name!r}")
+        seen.add(flow.name)
+        if not flow.steps:
+            raise ConfigError(file, f"{base}.steps", "expected at least one step")
+        for j, step in enumerate(flow.steps):
+            where = f"{base}.steps[{j}]"
+            if isinstance(step, MenuStep):
+                for digit, target in step.options.items():
+                    if digit not in "0123456789*#" or len(digit) != 1:
+                        raise ConfigError(
+                            file,
+                            f"{where}.options",
+                            f"expected single DTMF digits, found {digit!r}",
+                        )
+                    if target not in flows:
+                        raise ConfigError(
+                            file, f"{where}.options.{digit}", _unknown("flow", target, flows)
+                        )
+                if step.default and step.default not in flows:
+                    raise ConfigError(
+                        file, f"{where}.default", _unknown("flow", step.default, flows)
+                    )
+            elif isinstance(step, GotoStep) and step.flow not in flows:
+                raise ConfigError(file, f"{where}.flow", _unknown("flow", step.flow, flows))
+            elif (
+                isinstance(step, SetStep | EnqueueStep) and step.queue and step.queue not in queues
+            ):
+                raise ConfigError(file, f"{where}.queue", _unknown("queue", step.queue, queues))
+            elif isinstance(step, TransferStep) and step.trunk not in trunks:
+                raise ConfigError(file, f"{where}.trunk", _unknown("trunk", step.trunk, trunks))
+            elif isinstance(step, LookupStep) and not step.url.startswith(("http://", "https://")):
+                raise ConfigError(
+                    file, f"{where}.url", f"expected an http(s) URL, found {step.url!r}"
+                )
+            if isinstance(step, SetStep) and step.requirements:
+                _check_requirements(file, f"{where}.requirements", step.requirements)
+    for i, queue in enumerate(cfg.queues):
+        base = f"queues[{i}]"
+        _check_requirements(file, f"{base}.requirements", queue.requirements)
+        previous = -1.0
+        for j, relax in enumerate(queue.steps):
+            if relax.after_s < previous:
+                raise ConfigError(
+                    file,
+                    f"{base}.steps[{j}].after_s",
+                    f"expected steps in increasing after_s order, found {relax.after_s} after {previous}",
+                )
+            previous = relax.after_s
+            if relax.requirements is not None:
+                _check_requirements(file, f"{base}.steps[{j}].requirements", relax.requirements)
+        if queue.overflow and queue.overflow not in flows:
+            raise ConfigError(file, f"{base}.overflow", _unknown("flow", queue.overflow, flows))
+        if not _RECORD_RE.match(queue.record):
+            raise ConfigError(
+                file,
+                f"{base}.record",
+                f"expected always, never, on_demand or a percentage like '25%', found {queue.record!r}",
+            )
+    for i, agent in enumerate(cfg.agents):
+        base = f"agents[{i}]"
+        if agent.login is LoginMode.STATIC and not agent.contact.startswith(("sip:", "sips:")):
+            raise ConfigError(
+                file,
+                f"{base}.contact",
+                f"expected a sip: URI for login = 'static', found {agent.contact!r}",
+            )
+        if agent.trunk and agent.trunk not in trunks:
+            raise ConfigError(file, f"{base}.trunk", _unknown("trunk", agent.trunk, trunks))
+        for channel, count in agent.capacity.items():
+            if count < 1:
+                raise ConfigError(
+                    file, f"{base}.capacity.{channel}", f"expected a capacity >= 1, found {count}"
+                )
+    if not cfg.media.rtp_port_min < cfg.media.rtp_port_max:
+        raise ConfigError(
+            file, "media.rtp_port_max", f"expected > media.rtp_port_min ({cfg.media.rtp_port_min})"
+        )
 
 
 def parse_config(text: str, file: str) -> Config:
@@ -381,6 +688,7 @@ def parse_config(text: str, file: str) -> Config:
         raise ConfigError(file, path, problem) from None
     cfg = msgspec.structs.replace(cfg, source=file)
     _validate(cfg, file)
+    _validate_telephony(cfg, file)
     return cfg
 
 

@@ -8,7 +8,7 @@ import msgspec
 import pytest
 
 from engine.cli import embedded_default_text
-from engine.config import Config, ConfigError, Strategy, load_config, parse_config
+from engine.config import Config, ConfigError, MenuStep, Strategy, load_config, parse_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -119,3 +119,108 @@ max_length = 10
     assert cfg.sip.listeners[0].transport == "TCP"
     assert cfg.queues[0].strategy is Strategy.RING_ALL
     assert cfg.queues[0].max_length == 10
+
+
+def test_default_config_is_the_loopback_demo() -> None:
+    cfg = load_config(REPO / "config" / "acd.toml")
+    (trunk,) = cfg.trunks
+    assert trunk.allow == ("127.0.0.0/8",)
+    assert not trunk.username
+    assert {(r.number, r.flow) for r in cfg.routes} == {
+        ("support", "support"),
+        ("sales", "sales"),
+        ("ivr", "ivr"),
+    }
+    flows = {f.name: f for f in cfg.flows}
+    assert [type(s).__name__ for s in flows["support"].steps] == [
+        "AnswerStep",
+        "PlayStep",
+        "EnqueueStep",
+    ]
+    menu = flows["ivr"].steps[1]
+    assert isinstance(menu, MenuStep)
+    assert menu.options == {"1": "support", "2": "sales"}
+
+
+BASE = """
+[[trunks]]
+name = "pbx"
+allow = ["192.0.2.0/24"]
+[[flows]]
+name = "main"
+steps = [{ type = "answer" }, { type = "enqueue", queue = "q" }]
+[[queues]]
+name = "q"
+"""
+
+
+@pytest.mark.parametrize(
+    ("extra", "key_path", "fragment"),
+    [
+        ('[[routes]]\nnumber = "1"\nflow = "nope"\n', "routes[0].flow", "configured flow (main)"),
+        (
+            '[[routes]]\ntrunk = "x"\nnumber = "1"\nflow = "main"\n',
+            "routes[0].trunk",
+            "trunk (pbx)",
+        ),
+        ('[[routes]]\nflow = "main"\n', "routes[0]", "exactly one of `number` or `pattern`"),
+        ('[[routes]]\npattern = "(1"\nflow = "main"\n', "routes[0].pattern", "regular expression"),
+        ('[[trunks]]\nname = "t2"\nallow = ["300.1.1.1"]\n', "trunks[1].allow[0]", "network"),
+        ('[[trunks]]\nname = "t2"\n', "trunks[1].allow", "the trunk is open"),
+        (
+            '[[trunks]]\nname = "t2"\nallow = ["10.0.0.0/8"]\ncodecs = ["G729"]\n',
+            "trunks[1].codecs[0]",
+            "PCMU",
+        ),
+        (
+            '[[flows]]\nname = "m2"\nsteps = [{ type = "menu", prompt = "p", options = { "1" = "zz" } }]\n',
+            "flows[1].steps[0].options.1",
+            "configured flow",
+        ),
+        (
+            '[[flows]]\nname = "m2"\nsteps = [{ type = "menu", prompt = "p", options = { "12" = "main" } }]\n',
+            "flows[1].steps[0].options",
+            "single DTMF digits",
+        ),
+        (
+            '[[flows]]\nname = "m2"\nsteps = [{ type = "dance" }]\n',
+            "flows[1].steps[0].type",
+            "'menu'",
+        ),
+        (
+            '[[flows]]\nname = "m2"\nsteps = [{ type = "play" }]\n',
+            "flows[1].steps[0].prompt",
+            "required",
+        ),
+        ('[[flows]]\nname = "m2"\nsteps = []\n', "flows[1].steps", "at least one step"),
+        (
+            '[[flows]]\nname = "m2"\nsteps = [{ type = "enqueue", queue = "zz" }]\n',
+            "flows[1].steps[0].queue",
+            "queue (q)",
+        ),
+        (
+            '[[flows]]\nname = "m2"\nsteps = [{ type = "lookup", url = "ftp://x" }]\n',
+            "flows[1].steps[0].url",
+            "http(s)",
+        ),
+        ('[[queues]]\nname = "q2"\nrecord = "sometimes"\n', "queues[1].record", "percentage"),
+        (
+            '[[queues]]\nname = "q2"\nsteps = [{ after_s = 30.0 }, { after_s = 10.0 }]\n',
+            "queues[1].steps[1].after_s",
+            "increasing",
+        ),
+        ('[[queues]]\nname = "q2"\noverflow = "zz"\n', "queues[1].overflow", "flow (main)"),
+        ('[[agents]]\nid = "9"\nlogin = "static"\n', "agents[0].contact", "sip: URI"),
+        ('[[agents]]\nid = "9"\ncapacity = { voice = 0 }\n', "agents[0].capacity.voice", ">= 1"),
+        (
+            "[media]\nrtp_port_min = 3000\nrtp_port_max = 2000\n",
+            "media.rtp_port_max",
+            "rtp_port_min",
+        ),
+    ],
+)
+def test_telephony_mistakes_name_the_key(extra: str, key_path: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(BASE + extra, "t.toml")
+    assert info.value.key_path == key_path, str(info.value)
+    assert fragment in info.value.problem
