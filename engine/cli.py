@@ -49,6 +49,58 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_time(text: str | None) -> float | None:
+    """Epoch seconds or an ISO 8601 date/time (UTC unless it says otherwise)."""
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    from datetime import UTC, datetime
+
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise SystemExit(
+            f"acd: expected epoch seconds or an ISO date/time, found {text!r}"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _cmd_export_queue_log(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from engine.queue_log import export_queue_log
+    from engine.storage import StorageError, Store, database_url
+
+    config, _ = _load(args.config)
+    since, until = _parse_time(args.since), _parse_time(args.until)
+
+    async def export() -> list[str] | None:
+        try:
+            store = await Store.open(database_url(config.storage, base_dir=Path.cwd()))
+        except StorageError as exc:
+            print(f"acd: cannot open the CDR store: {exc}", file=sys.stderr)
+            return None
+        try:
+            return [line async for line in export_queue_log(store, since=since, until=until)]
+        finally:
+            await store.close()
+
+    lines = asyncio.run(export())
+    if lines is None:
+        return 1
+    text = "".join(line + "\n" for line in lines)
+    if args.output in (None, "-"):
+        sys.stdout.write(text)
+    else:
+        Path(args.output).write_text(text)
+    return 0
+
+
 def _cmd_version(_args: argparse.Namespace) -> int:
     print(f"acd {__version__}")
     return 0
@@ -81,6 +133,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("path", help="the TOML file to check")
     check.set_defaults(func=_cmd_check_config)
+
+    export = sub.add_parser(
+        "export",
+        help="export data from the CDR store",
+        description="Export data from the CDR store.",
+    )
+    export_sub = export.add_subparsers(dest="what", required=True, metavar="WHAT")
+    queue_log = export_sub.add_parser(
+        "queue-log",
+        help="queue and agent events in Asterisk's queue_log format",
+        description="Write queue and agent events as Asterisk queue_log lines "
+        "(epoch|callid|queue|agent|EVENT|data...), oldest first.",
+    )
+    queue_log.add_argument("--config", metavar="PATH", help="config naming the store")
+    queue_log.add_argument("--since", help="from this time (epoch seconds or ISO 8601, UTC)")
+    queue_log.add_argument("--until", help="up to (not including) this time")
+    queue_log.add_argument("--output", "-o", metavar="FILE", help="write here instead of stdout")
+    queue_log.set_defaults(func=_cmd_export_queue_log)
 
     version = sub.add_parser("version", help="print the version", description="Print the version.")
     version.set_defaults(func=_cmd_version)

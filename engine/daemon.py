@@ -21,6 +21,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from engine.cdr import CdrWriter
 from engine.config import Config, ConfigError, load_config
 from engine.http import ReadyCheck, make_app
 from engine.logs import configure_logging
@@ -39,6 +40,7 @@ class Daemon:
         self.config_path = config_path
         self.metrics = Metrics()
         self.store: Store | None = None
+        self.cdr: CdrWriter | None = None
         self.http_port: int | None = None
         self._runner: web.AppRunner | None = None
         self._stop = asyncio.Event()
@@ -61,7 +63,10 @@ class Daemon:
         async def listeners() -> str | None:
             return None if self.http_port is not None else "HTTP listener not open"
 
-        return {"storage": storage, "listeners": listeners}
+        async def cdr() -> str | None:
+            return None if self.cdr is None else await self.cdr.ready_check()
+
+        return {"storage": storage, "listeners": listeners, "cdr": cdr}
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -139,6 +144,7 @@ class Daemon:
         except StorageError as exc:
             log.error("storage_open_failed", reason=str(exc), url=_redact(url))
             return 1
+        self.cdr = CdrWriter(self.store, self.metrics)
         try:
             await self._start_http()
         except OSError as exc:
@@ -155,6 +161,7 @@ class Daemon:
                 owned = [
                     tasks.create_task(EventLoopLagMonitor(self.metrics.event_loop_lag).run()),
                     tasks.create_task(self._reload_loop()),
+                    tasks.create_task(self.cdr.run()),
                 ]
                 self.metrics.ready.set(1)
                 log.info(
@@ -175,6 +182,8 @@ class Daemon:
         return 0
 
     async def _shutdown(self) -> None:
+        if self.cdr is not None:
+            await self.cdr.close()
         if self._runner is not None:
             try:
                 await self._runner.cleanup()

@@ -27,7 +27,10 @@ def test_health_ready_metrics_and_clean_sigterm(start_daemon: DaemonFactory) -> 
     assert daemon.get_json("/healthz") == (200, {"status": "ok", "version": "0.1.0"})
     status, body = daemon.get_json("/readyz")
     assert status == 200
-    assert body == {"status": "ready", "checks": {"storage": "ok", "listeners": "ok"}}
+    assert body == {
+        "status": "ready",
+        "checks": {"storage": "ok", "listeners": "ok", "cdr": "ok"},
+    }
 
     time.sleep(0.6)  # let the loop-lag monitor take a couple of samples
     status, exposition, content_type = daemon.get("/metrics")

@@ -1,0 +1,272 @@
+"""Writing CDRs, queue events and agent state changes to the store without ever holding up a call.
+
+How this works: call handlers hand finished records to ``CdrWriter`` (``call_ended``,
+``queue_event``, ``agent_event``); those methods only append to in-memory lists and never await the
+database. One writer task flushes the lists every ``flush_interval_s`` (or sooner when a batch is
+full) in a single transaction. If the database fails, the batch stays in memory, the failure is
+logged and counted, ``/readyz`` reports it, and the next flush retries with backoff: a broken disk
+costs reporting latency, never a call. Memory is bounded by ``max_backlog``; beyond it the oldest
+rows are dropped and counted in ``acd_cdr_dropped_rows_total`` (an operator sees it; a call never
+blocks on it). ``close()`` drains what is left on shutdown.
+
+Event payloads are typed structs (``QueueEventData``): the same fields feed the store's JSON column,
+the queue_log export and, later, the WebSocket stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from typing import Any
+
+import msgspec
+import structlog
+from prometheus_client import Counter, Gauge
+from sqlalchemy.exc import SQLAlchemyError
+
+from engine.metrics import Metrics
+from engine.storage import StorageError, Store
+from engine.storage.schema import agent_events, calls, queue_events
+
+log = structlog.stdlib.get_logger("acd.cdr")
+
+QUEUE_EVENTS = (
+    "enter",
+    "offer",
+    "ring_no_answer",
+    "answer",
+    "abandon",
+    "overflow",
+    "transfer",
+    "complete",
+)
+AGENT_STATES = ("logged_out", "available", "reserved", "busy", "wrap_up", "not_ready")
+
+
+class CallRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One finished call: the row of the ``calls`` table."""
+
+    id: str
+    sip_call_id: str
+    arrived_at: float
+    trunk: str | None = None
+    caller: str | None = None
+    caller_name: str | None = None
+    dialed: str | None = None
+    flow: str | None = None
+    queue: str | None = None
+    agent_id: str | None = None
+    flow_answered_at: float | None = None
+    enqueued_at: float | None = None
+    first_offer_at: float | None = None
+    agent_answered_at: float | None = None
+    ended_at: float | None = None
+    disposition: str | None = None
+    hangup_side: str | None = None
+    hangup_reason: str | None = None
+    wait_s: float | None = None
+    talk_s: float | None = None
+    wrap_up_s: float | None = None
+    flow_data: dict[str, Any] | None = None
+    recording_id: str | None = None
+
+
+class QueueEventData(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Facts an event carries beyond (time, call, queue, agent, kind); all optional."""
+
+    caller: str | None = None
+    position: int | None = None  # position in the queue when the event happened (1 = next)
+    orig_position: int | None = None  # position when the caller entered
+    wait_s: float | None = None
+    ring_s: float | None = None
+    talk_s: float | None = None
+    hangup_side: str | None = None  # caller | agent | system
+    target: str | None = None  # transfer or overflow destination
+    reason: str | None = None  # overflow: timeout | full | empty
+
+
+class CdrMetrics:
+    def __init__(self, metrics: Metrics) -> None:
+        self.backlog = Gauge(
+            "acd_cdr_backlog_rows",
+            "CDR, queue and agent event rows waiting to be written to the store.",
+            registry=metrics.registry,
+        )
+        self.written = Counter(
+            "acd_cdr_rows_written_total",
+            "Rows written to the store, by table.",
+            ["table"],
+            registry=metrics.registry,
+        )
+        self.dropped = Counter(
+            "acd_cdr_dropped_rows_total",
+            "Rows dropped because the store was unavailable for longer than the backlog holds.",
+            registry=metrics.registry,
+        )
+        self.storage_errors = metrics.storage_errors
+
+
+class CdrWriter:
+    # Rows one transaction writes at most: large enough to amortise the commit, small enough that a
+    # flush never holds the SQLite write lock long enough to be felt by API readers.
+    BATCH_ROWS = 2000
+
+    def __init__(
+        self,
+        store: Store,
+        metrics: Metrics,
+        *,
+        flush_interval_s: float = 0.5,
+        max_backlog: int = 200_000,
+        retry_max_s: float = 30.0,
+    ) -> None:
+        self._store = store
+        self._metrics = CdrMetrics(metrics)
+        self._flush_interval_s = flush_interval_s
+        self._retry_max_s = retry_max_s
+        self._pending: dict[str, deque[dict[str, Any]]] = {
+            "calls": deque(),
+            "queue_events": deque(),
+            "agent_events": deque(),
+        }
+        self._max_backlog = max_backlog
+        self._wake = asyncio.Event()
+        self.last_error: str | None = None
+
+    # -- producers (never await) -------------------------------------------------------------------
+
+    def call_ended(self, record: CallRecord) -> None:
+        self._append("calls", msgspec.structs.asdict(record))
+
+    def queue_event(
+        self,
+        event: str,
+        *,
+        call_id: str,
+        queue: str,
+        agent_id: str | None = None,
+        data: QueueEventData | None = None,
+        at: float | None = None,
+    ) -> None:
+        if event not in QUEUE_EVENTS:
+            raise ValueError(f"unknown queue event {event!r}")
+        row = {
+            "at": time.time() if at is None else at,
+            "call_id": call_id,
+            "queue": queue,
+            "agent_id": agent_id,
+            "event": event,
+            "data": msgspec.to_builtins(data) if data is not None else None,
+        }
+        self._append("queue_events", row)
+
+    def agent_event(
+        self,
+        agent_id: str,
+        state: str,
+        *,
+        reason: str | None = None,
+        call_id: str | None = None,
+        at: float | None = None,
+    ) -> None:
+        if state not in AGENT_STATES:
+            raise ValueError(f"unknown agent state {state!r}")
+        row = {
+            "at": time.time() if at is None else at,
+            "agent_id": agent_id,
+            "state": state,
+            "reason": reason,
+            "call_id": call_id,
+        }
+        self._append("agent_events", row)
+
+    def _append(self, table: str, row: dict[str, Any]) -> None:
+        self._pending[table].append(row)
+        backlog = self.backlog
+        if backlog > self._max_backlog:
+            # Drop the oldest event rows first; call rows are the last thing to give up.
+            for name in ("agent_events", "queue_events", "calls"):
+                if self._pending[name]:
+                    self._pending[name].popleft()
+                    self._metrics.dropped.inc()
+                    break
+            backlog -= 1
+        self._metrics.backlog.set(backlog)
+        if backlog >= self.BATCH_ROWS:
+            self._wake.set()
+
+    @property
+    def backlog(self) -> int:
+        return sum(len(rows) for rows in self._pending.values())
+
+    # -- the writer task -----------------------------------------------------------------------------
+
+    async def flush(self) -> int:
+        """Write everything pending in one transaction; the number of rows written.
+
+        Raises StorageError (and keeps the rows) if the database fails.
+        """
+        tables = {"calls": calls, "queue_events": queue_events, "agent_events": agent_events}
+        batch = {
+            name: [rows[i] for i in range(min(len(rows), self.BATCH_ROWS))]
+            for name, rows in self._pending.items()
+        }
+        if not any(batch.values()):
+            return 0
+        try:
+            async with self._store.engine.begin() as conn:
+                for name, rows in batch.items():
+                    if rows:
+                        await conn.execute(tables[name].insert(), rows)
+        except (SQLAlchemyError, OSError) as exc:
+            # Disk full, database locked, connection lost: the rows stay queued for the next try.
+            raise StorageError(
+                f"writing {sum(map(len, batch.values()))} rows failed: {exc}"
+            ) from exc
+        written = 0
+        for name, rows in batch.items():
+            for _ in rows:
+                self._pending[name].popleft()
+            if rows:
+                self._metrics.written.labels(table=name).inc(len(rows))
+            written += len(rows)
+        self._metrics.backlog.set(self.backlog)
+        return written
+
+    async def run(self) -> None:
+        """Flush periodically until cancelled; failures back off and retry."""
+        delay = self._flush_interval_s
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+            self._wake.clear()
+            try:
+                while await self.flush() >= self.BATCH_ROWS:
+                    pass
+            except StorageError as exc:
+                self._metrics.storage_errors.inc()
+                if self.last_error is None:
+                    log.error("cdr_write_failed", reason=str(exc), backlog=self.backlog)
+                self.last_error = str(exc)
+                delay = min(max(delay * 2, 1.0), self._retry_max_s)
+                continue
+            if self.last_error is not None:
+                log.info("cdr_write_recovered", backlog=self.backlog)
+                self.last_error = None
+            delay = self._flush_interval_s
+
+    async def ready_check(self) -> str | None:
+        if self.last_error is None:
+            return None
+        return f"CDR writes failing ({self.backlog} rows queued): {self.last_error}"
+
+    async def close(self) -> None:
+        """Final drain at shutdown; what cannot be written is logged with its count."""
+        try:
+            while await self.flush():
+                pass
+        except StorageError as exc:
+            self._metrics.storage_errors.inc()
+            log.error("cdr_rows_lost_at_shutdown", rows=self.backlog, reason=str(exc))
