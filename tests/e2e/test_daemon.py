@@ -6,9 +6,12 @@ import shutil
 import signal
 import subprocess
 import time
+import urllib.request
+from pathlib import Path
 
 import pytest
 
+from tests.conftest import free_port
 from tests.e2e.conftest import DaemonFactory
 
 pytestmark = pytest.mark.e2e
@@ -121,3 +124,43 @@ def test_port_in_use_is_reported_not_a_traceback(start_daemon: DaemonFactory) ->
     assert "Traceback" not in clash.log_path.read_text()
     assert first.get("/healthz")[0] == 200
     assert first.stop() == 0
+
+
+def test_readme_run_command_starts_and_stops_the_daemon(repo_root: Path, tmp_path: Path) -> None:
+    """README command 1 (`scripts/run`) on this checkout: up, healthy, and SIGTERM exits 0."""
+    http_port = free_port()
+    cfg = tmp_path / "acd.toml"
+    cfg.write_text(
+        (repo_root / "config" / "acd.toml")
+        .read_text()
+        .replace("port = 8080", f"port = {http_port}")
+        .replace("port = 5060", f"port = {free_port()}")
+        .replace('sqlite_path = "var/acd.sqlite3"', f'sqlite_path = "{tmp_path}/acd.sqlite3"')
+    )
+    log_path = tmp_path / "run.log"
+    with log_path.open("w") as log_file:
+        proc = subprocess.Popen(
+            [str(repo_root / "scripts" / "run"), "--config", str(cfg)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 120  # first use may install the package into .venv
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{http_port}/healthz", timeout=1
+                ) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.1)
+            assert proc.poll() is None, log_path.read_text()
+        else:
+            raise AssertionError("scripts/run did not bring the daemon up")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
