@@ -217,6 +217,22 @@ name = "q"
             "media.rtp_port_max",
             "rtp_port_min",
         ),
+        (
+            '[[api.tokens]]\nname = "x"\nrole = "root"\ntoken = "0123456789abcdef"\n',
+            "api.tokens[0].role",
+            "'supervisor'",
+        ),
+        ('[[api.tokens]]\nname = "x"\nrole = "admin"\n', "api.tokens[0]", "exactly one of `token`"),
+        (
+            '[[api.tokens]]\nname = "x"\nrole = "admin"\ntoken = "short"\n',
+            "api.tokens[0].token",
+            "16 characters",
+        ),
+        (
+            '[[api.tokens]]\nname = "x"\nrole = "admin"\ntoken_sha256 = "abc"\n',
+            "api.tokens[0].token_sha256",
+            "64 lowercase hex",
+        ),
     ],
 )
 def test_telephony_mistakes_name_the_key(extra: str, key_path: str, fragment: str) -> None:
@@ -224,3 +240,41 @@ def test_telephony_mistakes_name_the_key(extra: str, key_path: str, fragment: st
         parse_config(BASE + extra, "t.toml")
     assert info.value.key_path == key_path, str(info.value)
     assert fragment in info.value.problem
+
+
+def _keys(struct: type[msgspec.Struct]) -> set[str]:
+    """Every TOML key of a struct tree (field names, recursing into nested structs and lists)."""
+    import typing
+
+    keys: set[str] = set()
+    for f in msgspec.structs.fields(struct):
+        if f.name == "source" or f.name == "type":
+            continue
+        keys.add(f.name)
+        for t in (
+            f.type,
+            *typing.get_args(f.type),
+            *(a for x in typing.get_args(f.type) for a in typing.get_args(x)),
+        ):
+            if isinstance(t, type) and issubclass(t, msgspec.Struct):
+                keys |= _keys(t)
+    return keys
+
+
+def test_every_config_key_is_documented() -> None:
+    import engine.config as c
+
+    doc = (REPO / "docs" / "configuration.md").read_text()
+    keys = _keys(Config)
+    for step in c.Step.__args__:
+        keys |= _keys(step)
+    import re
+
+    # Words inside `code spans` and [section] headers count as documented.
+    lines = [line for line in doc.splitlines() if not line.startswith("```")]
+    spans = [span for line in lines for span in re.findall(r"`([^`]+)`", line)]
+    spans += re.findall(r"^#+ .*?\[\[?([^\]]+)\]", doc, re.M)
+    documented = {word for span in spans for word in re.findall(r"[a-z_0-9]+", span)}
+    missing = sorted(keys - documented)
+    assert not missing, f"docs/configuration.md does not mention: {missing}"
+    assert len(keys) > 60  # the walk really found the tree

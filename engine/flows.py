@@ -1,0 +1,199 @@
+"""Call flows: the declarative steps of ``[[flows]]`` run against one call.
+
+How this works: ``FlowRunner.run(flow, io, data)`` walks the steps of a flow. Audio and DTMF go through
+the ``CallIO`` protocol, which the call's SIP/media leg implements (and which has nothing to do with
+routing); the runner itself only decides. A flow ends in one ``FlowOutcome``: enqueue (with queue,
+priority, requirements), transfer, hang up, or ran out of steps. ``menu`` options and ``goto`` jump to
+another flow; the jump count is bounded so a config loop ends the call with a clear reason instead of
+spinning. ``lookup`` POSTs the call's data as JSON to a webhook (a CRM) and merges the JSON object it
+returns; a slow or broken CRM costs at most ``timeout_s`` and follows ``on_error``.
+
+Data gathered on the way (collected digits, lookup results, ``set`` values) travels with the call
+(``FlowOutcome.data``) to the agent's screen-pop and into the CDR's ``flow_data``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import aiohttp
+import structlog
+
+from engine.config import (
+    AnswerStep,
+    CollectStep,
+    Config,
+    EnqueueStep,
+    FlowConfig,
+    GotoStep,
+    HangupStep,
+    LookupStep,
+    MenuStep,
+    PlayStep,
+    SetStep,
+    TransferStep,
+)
+
+log = structlog.stdlib.get_logger("acd.flows")
+
+# Jumps (menu choices, goto) one call may make before the flow is declared a loop. A real IVR tree
+# is rarely deeper than 10; a caller pressing "back" repeatedly stays well under this.
+MAX_FLOW_JUMPS = 50
+# A lookup response larger than this is not a caller record; refuse it rather than load it.
+MAX_LOOKUP_BYTES = 64 * 1024
+# Flow data values are bounded: they go to logs, screen-pops and CDR rows.
+MAX_DATA_VALUE_CHARS = 256
+
+
+class CallIO(Protocol):
+    """What a flow needs from the call's leg. Implemented by the SIP/media call."""
+
+    async def answer(self) -> None: ...
+
+    async def play(self, prompts: Sequence[str], *, barge_in: bool) -> str | None:
+        """Play prompts in order; with barge_in, stop at the first DTMF digit and return it."""
+        ...
+
+    async def read_digits(
+        self, *, max_digits: int, terminator: str, timeout_s: float, first: str = ""
+    ) -> str:
+        """Collect DTMF until the terminator, max_digits, or timeout_s of silence between digits."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class FlowOutcome:
+    kind: str  # "enqueue" | "transfer" | "hangup" | "ended"
+    queue: str = ""
+    priority: int = 0
+    requirements: dict[str, int] | None = None
+    trunk: str = ""
+    number: str = ""
+    reason: str = ""
+    hangup_prompt: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def expand(template: str, data: dict[str, Any]) -> str:
+    """``"{account}-{vip}"`` with flow data; unknown names expand to an empty string."""
+    return re.sub(r"\{([a-z_][a-z0-9_]*)\}", lambda m: str(data.get(m.group(1), "")), template)
+
+
+def _clean(value: Any) -> str | int | float | bool | None:
+    """Lookup values kept in flow data: scalars only, strings bounded."""
+    if isinstance(value, bool | int | float) or value is None:
+        return value
+    return str(value)[:MAX_DATA_VALUE_CHARS]
+
+
+class FlowRunner:
+    def __init__(self, config: Config, http: aiohttp.ClientSession | None = None) -> None:
+        self._flows: dict[str, FlowConfig] = {f.name: f for f in config.flows}
+        self._http = http
+        self.lookups_failed = 0
+
+    async def run(self, flow: str, io: CallIO, data: dict[str, Any] | None = None) -> FlowOutcome:
+        data = dict(data or {})
+        state: dict[str, Any] = {"queue": "", "priority": 0, "requirements": None}
+        current, position, jumps = self._flows[flow], 0, 0
+        while True:
+            if position >= len(current.steps):
+                return FlowOutcome("ended", data=data, reason="flow ended")
+            step = current.steps[position]
+            position += 1
+            jump: str | None = None
+            if isinstance(step, AnswerStep):
+                await io.answer()
+            elif isinstance(step, PlayStep):
+                await io.play([step.prompt], barge_in=step.barge_in)
+            elif isinstance(step, MenuStep):
+                jump = await self._menu(step, io)
+            elif isinstance(step, CollectStep):
+                first = await io.play([step.prompt], barge_in=True) if step.prompt else None
+                digits = await io.read_digits(
+                    max_digits=step.max_digits,
+                    terminator=step.terminator,
+                    timeout_s=step.timeout_s,
+                    first=first or "",
+                )
+                data[step.var] = digits if len(digits) >= step.min_digits else ""
+            elif isinstance(step, LookupStep):
+                if not await self._lookup(step, data) and step.on_error == "hangup":
+                    return FlowOutcome("hangup", data=data, reason="lookup failed")
+            elif isinstance(step, SetStep):
+                if step.queue:
+                    state["queue"] = step.queue
+                if step.priority is not None:
+                    state["priority"] = step.priority
+                if step.requirements is not None:
+                    state["requirements"] = dict(step.requirements)
+                for key, template in step.data.items():
+                    data[key] = expand(template, data)[:MAX_DATA_VALUE_CHARS]
+            elif isinstance(step, EnqueueStep):
+                queue = step.queue or state["queue"]
+                if not queue:
+                    return FlowOutcome("hangup", data=data, reason="enqueue without a queue")
+                return FlowOutcome(
+                    "enqueue",
+                    queue=queue,
+                    priority=state["priority"],
+                    requirements=state["requirements"],
+                    data=data,
+                )
+            elif isinstance(step, TransferStep):
+                return FlowOutcome(
+                    "transfer", trunk=step.trunk, number=expand(step.number, data), data=data
+                )
+            elif isinstance(step, GotoStep):
+                jump = step.flow
+            elif isinstance(step, HangupStep):
+                return FlowOutcome(
+                    "hangup", data=data, reason="flow hangup", hangup_prompt=step.prompt
+                )
+            if jump is not None:
+                jumps += 1
+                if jumps > MAX_FLOW_JUMPS:
+                    log.warning("flow_loop", flow=current.name, jumps=jumps)
+                    return FlowOutcome("hangup", data=data, reason="flow loop")
+                current, position = self._flows[jump], 0
+
+    async def _menu(self, step: MenuStep, io: CallIO) -> str | None:
+        """The flow to jump to, or None to continue with the next step."""
+        for _attempt in range(step.retries + 1):
+            digit = await io.play([step.prompt], barge_in=True)
+            if digit is None:
+                digit = await io.read_digits(max_digits=1, terminator="", timeout_s=step.timeout_s)
+            if digit in step.options:
+                return step.options[digit]
+            if digit and step.invalid_prompt:
+                await io.play([step.invalid_prompt], barge_in=False)
+        return step.default or None
+
+    async def _lookup(self, step: LookupStep, data: dict[str, Any]) -> bool:
+        if self._http is None:
+            self.lookups_failed += 1
+            return False
+        try:
+            async with asyncio.timeout(step.timeout_s):
+                async with self._http.post(step.url, json=data) as resp:
+                    if resp.status != 200:
+                        raise ValueError(f"HTTP {resp.status}")
+                    body = await resp.content.read(MAX_LOOKUP_BYTES + 1)
+                    if len(body) > MAX_LOOKUP_BYTES:
+                        raise ValueError("response too large")
+                    result = json.loads(body)
+                    if not isinstance(result, dict):
+                        raise ValueError("expected a JSON object")
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+            self.lookups_failed += 1
+            log.warning("lookup_failed", url=step.url, reason=str(exc) or type(exc).__name__)
+            return False
+        for key, value in result.items():
+            if isinstance(key, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", key):
+                data[key] = _clean(value)
+        return True
