@@ -296,6 +296,23 @@ class FlowConfig(_Struct, frozen=True):
     steps: tuple[Step, ...]
 
 
+class Role(Enum):
+    ADMIN = "admin"  # everything, including reload and recordings of any call
+    SUPERVISOR = "supervisor"  # live figures, every agent and CDR, agent state changes
+    AGENT = "agent"  # their own state, calls and queues (agents' tokens live in [[agents]])
+
+
+class ApiToken(_Struct, frozen=True):
+    name: str  # who holds it: appears in the audit log
+    role: Role
+    token: str = ""  # the bearer token itself, or
+    token_sha256: str = ""  # its SHA-256 hex digest, so the file need not hold the secret
+
+
+class ApiConfig(_Struct, frozen=True):
+    tokens: tuple[ApiToken, ...] = ()
+
+
 class MediaConfig(_Struct, frozen=True):
     rtp_port_min: int = 20000
     rtp_port_max: int = 29999
@@ -318,6 +335,7 @@ class Config(_Struct, frozen=True):
     storage: StorageConfig = StorageConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     features: FeatureCodes = FeatureCodes()
+    api: ApiConfig = ApiConfig()
     trunks: tuple[TrunkConfig, ...] = ()
     routes: tuple[RouteConfig, ...] = ()
     flows: tuple[FlowConfig, ...] = ()
@@ -667,6 +685,25 @@ def _validate_telephony(cfg: Config, file: str) -> None:
                 raise ConfigError(
                     file, f"{base}.capacity.{channel}", f"expected a capacity >= 1, found {count}"
                 )
+    token_names: set[str] = set()
+    for i, api_token in enumerate(cfg.api.tokens):
+        base = f"api.tokens[{i}]"
+        _check_name(file, f"{base}.name", api_token.name)
+        if api_token.name in token_names:
+            raise ConfigError(file, f"{base}.name", f"duplicate token name {api_token.name!r}")
+        token_names.add(api_token.name)
+        if bool(api_token.token) == bool(api_token.token_sha256):
+            raise ConfigError(file, base, "expected exactly one of `token` or `token_sha256`")
+        if api_token.token and len(api_token.token) < 16:
+            raise ConfigError(
+                file,
+                f"{base}.token",
+                "expected at least 16 characters: short tokens can be guessed",
+            )
+        if api_token.token_sha256 and not re.fullmatch(r"[0-9a-f]{64}", api_token.token_sha256):
+            raise ConfigError(
+                file, f"{base}.token_sha256", "expected 64 lowercase hex digits (sha256sum output)"
+            )
     if not cfg.media.rtp_port_min < cfg.media.rtp_port_max:
         raise ConfigError(
             file, "media.rtp_port_max", f"expected > media.rtp_port_min ({cfg.media.rtp_port_min})"
