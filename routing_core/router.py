@@ -1,0 +1,1004 @@
+"""The Router: validating Python API around the struct-of-arrays routing state and the dispatch kernel.
+
+How this works. Agent and task ids are strings at the API and dense indices inside. Everything the kernel
+reads is a numpy array owned here (skills, queue penalties and positions, channel capacity and load,
+timers, packed task and bucket rows; row layouts in `_kernels`). Python keeps what the kernel never needs
+(offer maps, timer heap, reasons) and changes agent states only through `_set_state`, which checks the
+table in `routing_core.states`.
+
+Ordering rules (documented choices):
+- Tasks: priority desc, then queue weight desc (Asterisk `weight` as a leading key, so a heavier queue
+  wins an agent shared with a lighter one), then effective enqueue time asc, then arrival sequence asc.
+- Agents: lowest queue penalty tier first (Asterisk: higher penalties only when no lower is free), then
+  the queue strategy key, then agent index.
+- A "miss" for auto-pause is any reject reason ("reject", "busy", "no_answer"); accept resets the count.
+- The preferred agent must still meet the task's requirements; until the timeout nobody else is eligible.
+- `waiting(queue)` counts tasks not yet accepted (waiting or offered), as a caller in the queue sees it.
+
+Timers (wrap-up end, reject delays, relaxation steps, preferred-agent timeouts) sit in one heap;
+`dispatch(now)` applies those due and `next_deadline()` reports the earliest, sans-I/O style.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Mapping
+from typing import Any, Final, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from routing_core import _kernels as K
+from routing_core.states import EVENT_ALLOWED_FROM, ROUTABLE_STATES, transition_allowed
+from routing_core.types import (
+    AgentState,
+    CapacityExceeded,
+    InvalidArgument,
+    InvalidTransition,
+    Offer,
+    QueueFull,
+    QueueSpec,
+    Requirement,
+    RoutingError,
+    Strategy,
+    UnknownAgent,
+    UnknownQueue,
+    UnknownTask,
+)
+
+MAX_CHANNELS: Final = (
+    4  # voice, chat, email, other: the media types contact centers route (Connect has 3)
+)
+MAX_REQUIREMENTS: Final = (
+    16  # requirements per task; Genesys/Connect allow ~10-20 skills per routing step
+)
+MAX_LEVEL: Final = 255  # proficiency is a uint8; 0 means "lacks the skill"
+MAX_PRIORITY: Final = 2**31 - 1  # stored in int32 bucket rows
+RNG_BUFFER: Final = 4096  # uniforms drawn per refill; one is used per RANDOM/WEIGHTED_RANDOM offer
+REJECT_REASONS: Final = ("reject", "busy", "no_answer")
+AUTO_PAUSE_REASON: Final = "auto-paused"
+
+# Task states (Python side only).
+_T_WAITING: Final = 1
+_T_OFFERED: Final = 2
+_T_ASSIGNED: Final = 3
+
+# Timer kinds in the heap.
+_TM_WRAP_END: Final = 0
+_TM_UNBLOCK: Final = 1
+_TM_TASK: Final = 2
+
+_ROUTABLE_CODES: Final = frozenset(int(s) for s in ROUTABLE_STATES)
+# The state table as int pairs: the hot path compares numpy int8 codes, and numpy scalar vs IntEnum
+# comparisons cost microseconds.
+_ALLOWED_CODES: Final = frozenset(
+    (int(old), int(new)) for old in AgentState for new in AgentState if transition_allowed(old, new)
+)
+
+
+_ArrT = TypeVar("_ArrT", bound=npt.NDArray[Any])
+
+
+def _grow(arr: _ArrT, axis: int, new: int, fill: float) -> _ArrT:
+    """Copy of arr with dimension `axis` enlarged to `new`, the new cells set to `fill`."""
+    shape = list(arr.shape)
+    shape[axis] = new
+    out = np.full(shape, fill, dtype=arr.dtype)
+    out[tuple(slice(0, s) for s in arr.shape)] = arr
+    return out  # type: ignore[return-value]
+
+
+class Router:
+    """Skill-based router for one contact center. Not thread-safe; one owner calls it."""
+
+    def __init__(
+        self,
+        *,
+        n_skills: int,
+        max_agents: int = 1024,
+        max_tasks: int = 4096,
+        seed: int = 0,
+        max_queues: int = 16,
+    ) -> None:
+        if n_skills < 1 or max_agents < 1 or max_tasks < 1 or max_queues < 1:
+            raise InvalidArgument("n_skills, max_agents, max_tasks and max_queues must be >= 1")
+        self._n_skills = n_skills
+        self._max_agents = max_agents
+        self._max_tasks = max_tasks
+        self._rng = np.random.default_rng(seed)
+        A, T, Q = max_agents, max_tasks, max_queues
+        # Agents.
+        self._skills = np.zeros((A, n_skills), np.uint8)
+        self._penalty = np.full(
+            (Q, A), -1, np.int32
+        )  # [queue, agent]: a dispatch scans agents of one queue
+        self._member_pos = np.full((Q, A), -1, np.int32)
+        self._cap = np.zeros((A, MAX_CHANNELS), np.int32)
+        self._load = np.zeros((A, MAX_CHANNELS), np.int32)
+        self._agent_f = np.zeros((K.AF_ROWS, A), np.float64)
+        self._agent_calls = np.zeros(A, np.int64)
+        self._state = np.zeros(A, np.int8)
+        self._free_list = np.zeros(A, np.int32)
+        self._in_free = np.zeros(A, np.uint8)
+        self._counters = np.zeros(K.CN_ROWS, np.int64)
+        # "Nothing eligible" memo per free agent, valid while the versions of its queues are unchanged.
+        self._agent_memo = np.full(A, -1, np.int64)
+        self._agent_queues = np.full((A, 4), -1, np.int32)
+        self._agent_nq = np.zeros(A, np.int32)
+        self._agent_ids: list[str] = []
+        self._agent_index: dict[str, int] = {}
+        self._agent_offers: list[set[int]] = []
+        self._agent_tasks: list[set[int]] = []
+        self._misses: list[int] = []
+        self._pending_pause: list[str | None] = []
+        self._reason: list[str] = []
+        self._wrap_gen: list[int] = []
+        self._wrap_until: list[float] = []
+        # Tasks.
+        self._task_i = np.full(
+            (T, K.TI_ROWS), -1, np.int32
+        )  # [task, field]: one cache line per task
+        self._task_f = np.zeros((T, K.TF_ROWS), np.float64)
+        self._task_seq = np.zeros(T, np.int64)
+        self._task_excl = np.full((T, 4), -1, np.int32)
+        self._task_state = np.zeros(T, np.int8)
+        self._task_ids: list[str | None] = [None] * T
+        self._task_index: dict[str, int] = {}
+        self._task_offers: dict[int, list[int]] = {}  # only ringing tasks: few objects for the GC
+        self._n_waiting = 0
+        self._task_agent = np.full(T, -1, np.int32)
+        self._task_accept_s = np.zeros(T, np.float64)
+        self._task_prio = np.zeros(T, np.int64)
+        self._task_reqs: list[tuple[Requirement, ...]] = [()] * T
+        self._task_gen = np.zeros(T, np.int64)
+        self._free_slots = list(range(T - 1, -1, -1))
+        self._seq = 0
+        # Buckets.
+        self._bucket_i = np.full((K.BI_ROWS, 64), -1, np.int32)
+        self._bucket_f = np.zeros((K.BF_ROWS, 64), np.float64)
+        self._bucket_index: dict[tuple[int, int, int, int], int] = {}
+        self._n_buckets = 0
+        # Requirement sets.
+        self._reqset_skill = np.zeros((16, MAX_REQUIREMENTS), np.int32)
+        self._reqset_level = np.zeros((16, MAX_REQUIREMENTS), np.int32)
+        self._reqset_len = np.zeros(16, np.int32)
+        self._reqset_index: dict[tuple[tuple[int, int], ...], int] = {}
+        self._reqsets: list[tuple[tuple[int, int], ...]] = []
+        # Queues.
+        self._queue_i = np.zeros((K.QI_ROWS, Q), np.int32)
+        self._q_ver = np.zeros(Q, np.int64)  # bumped whenever a task may have become eligible
+        self._q_buckets = np.full((Q, 4), -1, np.int32)
+        self._q_nb = np.zeros(Q, np.int32)
+        self._step_after = np.zeros((Q, 1), np.float64)
+        self._step_reqset = np.full((Q, 1), -1, np.int32)
+        self._step_maxpen = np.full((Q, 1), -1, np.int32)
+        self._queues: list[QueueSpec] = []
+        self._queue_index: dict[str, int] = {}
+        self._queue_count: list[int] = []  # tasks waiting or offered
+        self._queue_offered: list[set[int]] = []
+        # Random numbers and output buffers.
+        self._rng_buf = self._rng.random(RNG_BUFFER)
+        self._out_task = np.zeros(max(64, A), np.int32)
+        self._out_agent = np.zeros(max(64, A), np.int32)
+        self._max_cap_sum = 1
+        self._timers: list[tuple[float, int, int, int, int]] = []
+        self._timer_seq = 0
+        self.transition_log: list[tuple[str, AgentState, AgentState]] | None = None
+        self._kargs: tuple[Any, ...] | None = (
+            None  # kernel arguments after `now`, rebuilt on growth
+        )
+
+    # ------------------------------------------------------------------ configuration
+
+    def add_queue(self, spec: QueueSpec) -> None:
+        """Register a queue. Steps must be ordered by after_s; the last one is the fallback."""
+        if spec.name in self._queue_index:
+            raise InvalidArgument(f"queue {spec.name!r} already exists")
+        Strategy(spec.strategy)
+        self._check_reqs(spec.requirements)
+        afters = [s.after_s for s in spec.steps]
+        if any(x < 0 for x in afters) or afters != sorted(afters):
+            raise InvalidArgument("relaxation steps must have after_s >= 0, in ascending order")
+        for x in (spec.wrap_up_s, spec.reject_delay_s, spec.busy_delay_s, spec.no_answer_delay_s):
+            if x < 0:
+                raise InvalidArgument("time spans must be >= 0")
+        if spec.max_length < 0 or spec.auto_pause_after < 0:
+            raise InvalidArgument("max_length and auto_pause_after must be >= 0")
+        if not -(2**31) <= spec.weight < 2**31:
+            raise InvalidArgument("weight out of int32 range")
+        step_sets = [
+            None if s.requirements is None else self._check_reqs(s.requirements) for s in spec.steps
+        ]
+        for s in spec.steps:
+            if s.max_penalty is not None and not 0 <= s.max_penalty < 2**31:
+                raise InvalidArgument("max_penalty must be >= 0")
+        q = len(self._queues)
+        if q >= self._queue_i.shape[1]:
+            nq = 2 * q
+            self._regrow("_penalty", 0, nq, -1)
+            self._regrow("_member_pos", 0, nq, -1)
+            self._regrow("_queue_i", 1, nq, 0)
+            self._regrow("_q_ver", 0, nq, 0)
+            self._regrow("_q_buckets", 0, nq, -1)
+            self._regrow("_q_nb", 0, nq, 0)
+            self._regrow("_step_after", 0, nq, 0.0)
+            self._regrow("_step_reqset", 0, nq, -1)
+            self._regrow("_step_maxpen", 0, nq, -1)
+        n_steps = len(spec.steps)
+        if n_steps > self._step_after.shape[1]:
+            self._regrow("_step_after", 1, n_steps, 0.0)
+            self._regrow("_step_reqset", 1, n_steps, -1)
+            self._regrow("_step_maxpen", 1, n_steps, -1)
+        for i, (step, rset) in enumerate(zip(spec.steps, step_sets, strict=True)):
+            self._step_after[q, i] = step.after_s
+            self._step_reqset[q, i] = -1 if rset is None else self._reqset_id(rset)
+            self._step_maxpen[q, i] = -1 if step.max_penalty is None else step.max_penalty
+        self._queue_i[K.QI_STRATEGY, q] = int(spec.strategy)
+        self._queue_i[K.QI_WEIGHT, q] = spec.weight
+        self._queue_i[K.QI_N_STEPS, q] = n_steps
+        self._queue_i[K.QI_RR_LAST, q] = -1
+        self._queue_i[K.QI_N_POS, q] = 0
+        self._queues.append(spec)
+        self._queue_index[spec.name] = q
+        self._queue_count.append(0)
+        self._queue_offered.append(set())
+
+    def add_agent(
+        self,
+        agent_id: str,
+        *,
+        skills: Mapping[int, int],
+        queues: Mapping[str, int],
+        capacity: Mapping[int, int] | None = None,
+    ) -> None:
+        """Add a logged-out agent with skill levels, queue memberships (name -> penalty), capacity."""
+        if agent_id in self._agent_index:
+            raise InvalidArgument(f"agent {agent_id!r} already exists")
+        a = len(self._agent_ids)
+        if a >= self._max_agents:
+            raise CapacityExceeded(f"max_agents={self._max_agents} reached")
+        for s, lvl in skills.items():
+            if not 0 <= s < self._n_skills or not 0 <= lvl <= MAX_LEVEL:
+                raise InvalidArgument(f"skill {s} level {lvl} out of range")
+        qs = [(self._queue(name), pen) for name, pen in queues.items()]
+        if any(not 0 <= pen < 2**31 for _, pen in qs):
+            raise InvalidArgument("penalty must be >= 0")
+        caps = {0: 1} if capacity is None else dict(capacity)
+        for ch, c in caps.items():
+            if not 0 <= ch < MAX_CHANNELS or not 0 <= c < 2**31:
+                raise InvalidArgument(f"channel {ch} capacity {c} out of range")
+        for s, lvl in skills.items():
+            self._skills[a, s] = lvl
+        if len(qs) > self._agent_queues.shape[1]:
+            self._regrow("_agent_queues", 1, len(qs), -1)
+        for j, (q, _) in enumerate(qs):
+            self._agent_queues[a, j] = q
+        self._agent_nq[a] = len(qs)
+        for q, pen in qs:
+            self._penalty[q, a] = pen
+            self._member_pos[q, a] = self._queue_i[K.QI_N_POS, q]
+            self._queue_i[K.QI_N_POS, q] += 1
+        for ch, c in caps.items():
+            self._cap[a, ch] = c
+        cap_sum = sum(caps.values())
+        self._max_cap_sum = max(self._max_cap_sum, cap_sum)
+        need = self._max_agents * self._max_cap_sum
+        if need > self._out_task.shape[0]:
+            self._out_task = np.zeros(need, np.int32)
+            self._out_agent = np.zeros(need, np.int32)
+            self._kargs = None
+        self._agent_ids.append(agent_id)
+        self._agent_index[agent_id] = a
+        self._agent_offers.append(set())
+        self._agent_tasks.append(set())
+        self._misses.append(0)
+        self._pending_pause.append(None)
+        self._reason.append("")
+        self._wrap_gen.append(0)
+        self._wrap_until.append(0.0)
+
+    # ------------------------------------------------------------------ agent presence
+
+    def login(self, agent_id: str, now: float) -> None:
+        """LOGGED_OUT -> AVAILABLE; the agent's idle time starts now."""
+        a = self._agent_for("login", agent_id)
+        self._agent_f[K.AF_LAST_IDLE, a] = now
+        self._misses[a] = 0
+        self._pending_pause[a] = None
+        self._set_state(a, AgentState.AVAILABLE)
+
+    def logout(self, agent_id: str, now: float) -> None:
+        """-> LOGGED_OUT from AVAILABLE, NOT_READY or WRAP_UP (reject or complete ringing/active work first)."""
+        a = self._agent_for("logout", agent_id)
+        if int(self._state[a]) != AgentState.LOGGED_OUT:
+            self._wrap_gen[a] += 1
+            self._set_state(a, AgentState.LOGGED_OUT)
+
+    def set_ready(self, agent_id: str, now: float) -> None:
+        """NOT_READY or WRAP_UP -> AVAILABLE (ends wrap-up early); clears a pending pause."""
+        a = self._agent_for("set_ready", agent_id)
+        self._pending_pause[a] = None
+        self._misses[a] = 0
+        if int(self._state[a]) != AgentState.AVAILABLE:
+            self._wrap_gen[a] += 1
+            self._agent_f[K.AF_LAST_IDLE, a] = now
+            self._set_state(a, AgentState.AVAILABLE)
+
+    def set_not_ready(self, agent_id: str, now: float, reason: str = "") -> None:
+        """Pause the agent; while it has ringing or active work the pause applies when that ends."""
+        a = self._agent_for("set_not_ready", agent_id)
+        st = AgentState(self._state[a])
+        if st in (AgentState.RESERVED, AgentState.BUSY):
+            self._pending_pause[a] = reason
+            return
+        self._wrap_gen[a] += 1
+        self._reason[a] = reason
+        self._set_state(a, AgentState.NOT_READY)
+
+    # ------------------------------------------------------------------ tasks
+
+    def enqueue(
+        self,
+        task_id: str,
+        queue: str,
+        now: float,
+        *,
+        priority: int = 0,
+        requirements: tuple[Requirement, ...] | None = None,
+        enqueue_time: float | None = None,
+        preferred_agent: str | None = None,
+        preferred_timeout_s: float = 0.0,
+        channel: int = 0,
+    ) -> None:
+        """Add a waiting task. `enqueue_time` (default now) is the effective time that orders it."""
+        if task_id in self._task_index:
+            raise InvalidArgument(f"task {task_id!r} already exists")
+        q = self._queue(queue)
+        spec = self._queues[q]
+        reqs = spec.requirements if requirements is None else requirements
+        rset = self._check_reqs(reqs)
+        self._check_task_args(priority, preferred_timeout_s, channel)
+        pref = -1 if preferred_agent is None else self._agent(preferred_agent)
+        if spec.max_length and self._queue_count[q] >= spec.max_length:
+            raise QueueFull(f"queue {queue!r} holds max_length={spec.max_length} tasks")
+        if not self._free_slots:
+            raise CapacityExceeded(f"max_tasks={self._max_tasks} reached")
+        t = self._free_slots.pop()
+        self._seq += 1
+        self._task_seq[t] = self._seq
+        self._task_ids[t] = task_id
+        self._task_index[task_id] = t
+        self._task_i[t, K.TI_N_EXCL] = 0
+        self._task_agent[t] = -1
+        self._place(
+            t,
+            q,
+            now,
+            priority,
+            reqs,
+            rset,
+            now if enqueue_time is None else enqueue_time,
+            pref,
+            preferred_timeout_s,
+            channel,
+        )
+
+    def requeue(
+        self,
+        task_id: str,
+        queue: str,
+        now: float,
+        *,
+        priority: int | None = None,
+        requirements: tuple[Requirement, ...] | None = None,
+        enqueue_time: float | None = None,
+        preferred_agent: str | None = None,
+        preferred_timeout_s: float = 0.0,
+        channel: int | None = None,
+    ) -> list[Offer]:
+        """Move a task (waiting, offered or accepted) to `queue`, keeping its effective time and
+        exclusions. Returns the offers withdrawn (the engine cancels their ringing). An accepted task's
+        agent is released as by `complete`. Unset arguments keep the task's values; requirements default
+        to the new queue's when the queue changes."""
+        t = self._task(task_id)
+        q = self._queue(queue)
+        spec = self._queues[q]
+        old_q = int(self._task_i[t, K.TI_QUEUE])
+        if requirements is not None:
+            reqs = requirements
+        elif q != old_q:
+            reqs = spec.requirements
+        else:
+            reqs = self._task_reqs[t]
+        rset = self._check_reqs(reqs)
+        prio = int(self._task_prio[t]) if priority is None else priority
+        ch = int(self._task_i[t, K.TI_CHANNEL]) if channel is None else channel
+        self._check_task_args(prio, preferred_timeout_s, ch)
+        pref = -1 if preferred_agent is None else self._agent(preferred_agent)
+        if q != old_q and spec.max_length and self._queue_count[q] >= spec.max_length:
+            raise QueueFull(f"queue {queue!r} holds max_length={spec.max_length} tasks")
+        eff = float(self._task_f[t, K.TF_TIME]) if enqueue_time is None else enqueue_time
+        withdrawn = self._detach(t, now)
+        self._place(t, q, now, prio, reqs, rset, eff, pref, preferred_timeout_s, ch)
+        return withdrawn
+
+    def abandon(self, task_id: str, now: float) -> list[Offer]:
+        """The caller left: withdraw its offers (returned, so the engine cancels their ringing)."""
+        t = self._task(task_id)
+        if self._task_state[t] == _T_ASSIGNED:
+            raise InvalidTransition(f"task {task_id!r} was accepted; use complete()")
+        withdrawn = self._detach(t, now)
+        self._release_slot(t)
+        return withdrawn
+
+    # ------------------------------------------------------------------ reservation protocol
+
+    def dispatch(self, now: float) -> list[Offer]:
+        """Apply due timers, then offer waiting tasks to free agents, reserving them atomically."""
+        self._apply_timers(now)
+        return self._run_kernel(now)
+
+    def accept(self, task_id: str, agent_id: str, now: float) -> list[Offer]:
+        """RESERVED -> BUSY. Returns the other offers of the task (ring-all) withdrawn atomically."""
+        t, a = self._offer_pair(task_id, agent_id)
+        withdrawn: list[Offer] = []
+        for b in self._task_offers.pop(t):
+            if b != a:
+                withdrawn.append(self._withdraw(t, b))
+        self._agent_offers[a].discard(t)
+        self._agent_tasks[a].add(t)
+        q = int(self._task_i[t, K.TI_QUEUE])
+        self._queue_offered[q].discard(t)
+        self._queue_count[q] -= 1
+        self._task_state[t] = _T_ASSIGNED
+        self._task_agent[t] = a
+        self._task_accept_s[t] = now
+        self._agent_calls[a] += 1
+        self._misses[a] = 0
+        self._settle(a, now)
+        return withdrawn
+
+    def reject(self, task_id: str, agent_id: str, now: float, *, reason: str = "reject") -> None:
+        """The agent declined, was busy, or did not answer: the task goes back (the agent excluded
+        from it), the agent waits the queue's delay for that reason and may be auto-paused."""
+        if reason not in REJECT_REASONS:
+            raise InvalidArgument(f"reason must be one of {REJECT_REASONS}")
+        t, a = self._offer_pair(task_id, agent_id)
+        spec = self._queues[int(self._task_i[t, K.TI_QUEUE])]
+        self._withdraw(t, a, settle=False)
+        ringing = self._task_offers[t]
+        ringing.remove(a)
+        if not ringing:
+            del self._task_offers[t]
+        self._exclude(t, a)
+        delay = {
+            "reject": spec.reject_delay_s,
+            "busy": spec.busy_delay_s,
+            "no_answer": spec.no_answer_delay_s,
+        }[reason]
+        if delay > 0:
+            until = max(float(self._agent_f[K.AF_BLOCKED_UNTIL, a]), now + delay)
+            self._agent_f[K.AF_BLOCKED_UNTIL, a] = until
+            self._push_timer(until, _TM_UNBLOCK, a, 0)
+        self._misses[a] += 1
+        if spec.auto_pause_after and self._misses[a] >= spec.auto_pause_after:
+            self._pending_pause[a] = AUTO_PAUSE_REASON
+        self._settle(a, now)
+        if t not in self._task_offers:
+            self._to_waiting(t)
+
+    def timeout(self, task_id: str, agent_id: str, now: float) -> None:
+        """Ring timeout: the same as reject with reason "no_answer"."""
+        self.reject(task_id, agent_id, now, reason="no_answer")
+
+    def complete(self, agent_id: str, now: float, *, task_id: str | None = None) -> None:
+        """The agent finished a task: BUSY -> WRAP_UP (or AVAILABLE if the queue's wrap_up_s is 0)."""
+        a = self._agent(agent_id)
+        tasks = self._agent_tasks[a]
+        if task_id is None:
+            if len(tasks) != 1:
+                raise InvalidTransition(
+                    f"agent {agent_id!r} has {len(tasks)} accepted tasks; name the task_id"
+                )
+            t = next(iter(tasks))
+        else:
+            t = self._task(task_id)
+            if t not in tasks:
+                raise InvalidTransition(f"task {task_id!r} is not accepted by {agent_id!r}")
+        self._finish(t, a, now)
+        self._release_slot(t)
+
+    # ------------------------------------------------------------------ queries
+
+    def next_deadline(self) -> float | None:
+        """Earliest pending timer: wrap-up end, reject delay end, relaxation step, preferred timeout."""
+        h = self._timers
+        while h and not self._timer_live(h[0]):
+            heapq.heappop(h)
+        return h[0][0] if h else None
+
+    def agent_state(self, agent_id: str) -> AgentState:
+        return AgentState(self._state[self._agent(agent_id)])
+
+    def not_ready_reason(self, agent_id: str) -> str:
+        """Reason given with the last NOT_READY (e.g. "auto-paused")."""
+        return self._reason[self._agent(agent_id)]
+
+    def waiting(self, queue: str | None = None) -> int:
+        """Tasks not yet accepted (waiting or ringing) in `queue`, or in all queues."""
+        if queue is None:
+            return sum(self._queue_count)
+        return self._queue_count[self._queue(queue)]
+
+    def oldest_wait(self, queue: str, now: float) -> float:
+        """Longest wait (now - effective enqueue time) among the queue's unaccepted tasks, 0 if none."""
+        q = self._queue(queue)
+        best: float | None = None
+        bi = self._bucket_i
+        for b in range(self._n_buckets):
+            h = int(bi[K.BI_HEAD, b])
+            if bi[K.BI_QUEUE, b] == q and h >= 0:
+                x = float(self._task_f[h, K.TF_TIME])
+                best = x if best is None else min(best, x)
+        for t in self._queue_offered[q]:
+            x = float(self._task_f[t, K.TF_TIME])
+            best = x if best is None else min(best, x)
+        return 0.0 if best is None else max(0.0, now - best)
+
+    def task_queue(self, task_id: str) -> str:
+        return self._queues[int(self._task_i[self._task(task_id), K.TI_QUEUE])].name
+
+    def offers_of(self, task_id: str) -> list[str]:
+        """Agents currently ringing for the task, by agent index."""
+        return [self._agent_ids[a] for a in sorted(self._task_offers.get(self._task(task_id), ()))]
+
+    def stats(self) -> dict[str, int]:
+        """Agents by state name plus task counts: waiting, offered, assigned."""
+        n = len(self._agent_ids)
+        counts = np.bincount(self._state[:n].astype(np.int64), minlength=len(AgentState))
+        out = {s.name: int(counts[s]) for s in AgentState}
+        out["waiting"] = int(np.count_nonzero(self._task_state == _T_WAITING))
+        out["offered"] = int(np.count_nonzero(self._task_state == _T_OFFERED))
+        out["assigned"] = int(np.count_nonzero(self._task_state == _T_ASSIGNED))
+        return out
+
+    def warmup(self) -> None:
+        """Compile or load (numba cache) every kernel by running it once on a throwaway router."""
+        r = Router(n_skills=2, max_agents=2, max_tasks=2)
+        r.add_queue(QueueSpec("warmup", steps=()))
+        r.add_agent("a", skills={0: 1}, queues={"warmup": 0})
+        r.login("a", 0.0)
+        r.enqueue("t", "warmup", 0.0, requirements=(Requirement(0, 1),))
+        r.dispatch(0.0)
+
+    # ------------------------------------------------------------------ internals: kernel
+
+    def _apply_timers(self, now: float) -> None:
+        h = self._timers
+        while h and h[0][0] <= now:
+            when, _, kind, idx, gen = heapq.heappop(h)
+            if (
+                kind == _TM_WRAP_END
+                and self._wrap_gen[idx] == gen
+                and int(self._state[idx]) == AgentState.WRAP_UP
+            ):
+                self._agent_f[K.AF_LAST_IDLE, idx] = when
+                self._go_idle(idx)
+            elif kind == _TM_UNBLOCK and self._timer_live((when, 0, kind, idx, gen)):
+                self._agent_memo[idx] = -1
+            elif kind == _TM_TASK and self._timer_live((when, 0, kind, idx, gen)):
+                self._q_ver[int(self._task_i[idx, K.TI_QUEUE])] += 1
+
+    def _run_kernel(self, now: float) -> list[Offer]:
+        if self._counters[K.CN_FREE] == 0 or self._n_waiting == 0:
+            return []
+        if self._counters[K.CN_RNG_POS] > RNG_BUFFER // 2:
+            self._rng_buf[:] = self._rng.random(RNG_BUFFER)
+            self._counters[K.CN_RNG_POS] = 0
+        kargs = self._kargs
+        if kargs is None:
+            kargs = self._kargs = (
+                self._skills,
+                self._penalty,
+                self._member_pos,
+                self._cap,
+                self._load,
+                self._agent_f,
+                self._agent_calls,
+                self._free_list,
+                self._in_free,
+                self._counters,
+                self._task_i,
+                self._task_f,
+                self._task_seq,
+                self._task_excl,
+                self._bucket_i,
+                self._n_buckets,
+                self._reqset_skill,
+                self._reqset_level,
+                self._reqset_len,
+                self._queue_i,
+                self._step_after,
+                self._step_reqset,
+                self._step_maxpen,
+                self._rng_buf,
+                self._out_task,
+                self._out_agent,
+                self._q_ver,
+                self._agent_memo,
+                self._agent_queues,
+                self._agent_nq,
+                self._q_buckets,
+                self._q_nb,
+                self._bucket_f,
+            )
+        n = K.dispatch_kernel(float(now), *kargs)
+        offers: list[Offer] = []
+        ids = self._agent_ids
+        task_offers = self._task_offers
+        for t, a in zip(self._out_task[:n].tolist(), self._out_agent[:n].tolist(), strict=True):
+            q = int(self._task_i[t, K.TI_QUEUE])
+            if t not in task_offers:
+                task_offers[t] = []
+                self._task_state[t] = _T_OFFERED
+                self._queue_offered[q].add(t)
+                self._n_waiting -= 1
+            task_offers[t].append(a)
+            self._agent_offers[a].add(t)
+            if int(self._state[a]) != AgentState.RESERVED:
+                # The kernel already updated the free list and memo of this agent.
+                self._set_state(a, AgentState.RESERVED, refresh=False)
+            tid = self._task_ids[t]
+            assert tid is not None
+            offers.append(Offer(tid, ids[a], self._queues[q].name))
+        return offers
+
+    # ------------------------------------------------------------------ internals: agents
+
+    def _regrow(self, name: str, axis: int, new: int, fill: float) -> None:
+        """Enlarge array attribute `name` (see _grow) and drop the cached kernel arguments."""
+        setattr(self, name, _grow(getattr(self, name), axis, new, fill))
+        self._kargs = None
+
+    def _set_state(self, a: int, new: AgentState, *, refresh: bool = True) -> None:
+        old_i = int(self._state[a])
+        if old_i != new:
+            if (old_i, int(new)) not in _ALLOWED_CODES:
+                old = AgentState(old_i)
+                raise InvalidTransition(f"agent {self._agent_ids[a]!r}: {old.name} -> {new.name}")
+            if self.transition_log is not None:
+                self.transition_log.append((self._agent_ids[a], AgentState(old_i), new))
+        self._state[a] = int(new)
+        if refresh:
+            self._refresh_free(a)
+
+    def _refresh_free(self, a: int) -> None:
+        self._agent_memo[a] = -1
+        want = int(self._state[a]) in _ROUTABLE_CODES and bool((self._load[a] < self._cap[a]).any())
+        have = bool(self._in_free[a])
+        if want == have:
+            return
+        n = int(self._counters[K.CN_FREE])
+        fl = self._free_list
+        i = int(np.searchsorted(fl[:n], a))
+        if want:
+            fl[i + 1 : n + 1] = fl[i:n].copy()
+            fl[i] = a
+            self._counters[K.CN_FREE] = n + 1
+        else:
+            fl[i : n - 1] = fl[i + 1 : n].copy()
+            self._counters[K.CN_FREE] = n - 1
+        self._in_free[a] = 1 if want else 0
+
+    def _settle(self, a: int, now: float) -> None:
+        """Derive a logged-in agent's state from its offers and load after a change."""
+        if self._agent_offers[a]:
+            self._set_state(a, AgentState.RESERVED)
+        elif self._agent_tasks[a]:
+            self._set_state(a, AgentState.BUSY)
+        elif int(self._state[a]) in (AgentState.RESERVED, AgentState.BUSY):
+            self._go_idle(a)
+        else:
+            self._refresh_free(a)
+
+    def _go_idle(self, a: int) -> None:
+        pause = self._pending_pause[a]
+        if pause is not None:
+            self._pending_pause[a] = None
+            self._reason[a] = pause
+            self._set_state(a, AgentState.NOT_READY)
+        else:
+            self._set_state(a, AgentState.AVAILABLE)
+
+    def _withdraw(self, t: int, a: int, *, settle: bool = True) -> Offer:
+        ch = int(self._task_i[t, K.TI_CHANNEL])
+        self._load[a, ch] -= 1
+        self._agent_offers[a].discard(t)
+        if settle:
+            self._settle(a, 0.0)
+        tid = self._task_ids[t]
+        assert tid is not None
+        return Offer(tid, self._agent_ids[a], self._queues[int(self._task_i[t, K.TI_QUEUE])].name)
+
+    def _finish(self, t: int, a: int, now: float) -> None:
+        ch = int(self._task_i[t, K.TI_CHANNEL])
+        self._load[a, ch] -= 1
+        self._agent_tasks[a].discard(t)
+        self._agent_f[K.AF_TALK_S, a] += max(0.0, now - float(self._task_accept_s[t]))
+        if self._agent_offers[a] or self._agent_tasks[a]:
+            self._settle(a, now)
+            return
+        wrap = self._queues[int(self._task_i[t, K.TI_QUEUE])].wrap_up_s
+        if wrap > 0:
+            self._wrap_gen[a] += 1
+            self._wrap_until[a] = now + wrap
+            self._set_state(a, AgentState.WRAP_UP)
+            self._push_timer(now + wrap, _TM_WRAP_END, a, self._wrap_gen[a])
+        else:
+            self._agent_f[K.AF_LAST_IDLE, a] = now
+            self._go_idle(a)
+
+    # ------------------------------------------------------------------ internals: tasks
+
+    def _place(
+        self,
+        t: int,
+        q: int,
+        now: float,
+        prio: int,
+        reqs: tuple[Requirement, ...],
+        rset: tuple[tuple[int, int], ...],
+        eff: float,
+        pref: int,
+        pref_timeout_s: float,
+        ch: int,
+    ) -> None:
+        rs = self._reqset_id(rset)
+        self._task_i[t, K.TI_QUEUE] = q
+        self._task_i[t, K.TI_CHANNEL] = ch
+        self._task_i[t, K.TI_PREF] = pref
+        self._task_f[t, K.TF_TIME] = eff
+        self._task_f[t, K.TF_PREF_UNTIL] = now + pref_timeout_s if pref >= 0 else now
+        self._task_prio[t] = prio
+        self._task_reqs[t] = tuple(reqs)
+        self._task_i[t, K.TI_BUCKET] = self._bucket_id(q, prio, rs, ch)
+        self._task_gen[t] += 1
+        self._queue_count[q] += 1
+        self._to_waiting(t)
+        gen = int(self._task_gen[t])
+        for i in range(int(self._queue_i[K.QI_N_STEPS, q])):
+            when = eff + float(self._step_after[q, i])
+            if when > now:
+                self._push_timer(when, _TM_TASK, t, gen)
+        if pref >= 0 and pref_timeout_s > 0:
+            self._push_timer(now + pref_timeout_s, _TM_TASK, t, gen)
+
+    def _to_waiting(self, t: int) -> None:
+        """Link t into its bucket, keeping (time, seq) order; usually an append at the tail."""
+        self._task_state[t] = _T_WAITING
+        self._n_waiting += 1
+        self._q_ver[int(self._task_i[t, K.TI_QUEUE])] += 1
+        self._queue_offered[int(self._task_i[t, K.TI_QUEUE])].discard(t)
+        ti, bi = self._task_i, self._bucket_i
+        b = int(ti[t, K.TI_BUCKET])
+        key = (float(self._task_f[t, K.TF_TIME]), int(self._task_seq[t]))
+        p = int(bi[K.BI_TAIL, b])
+        while p >= 0 and (float(self._task_f[p, K.TF_TIME]), int(self._task_seq[p])) > key:
+            p = int(ti[p, K.TI_PREV])
+        n = int(bi[K.BI_HEAD, b]) if p < 0 else int(ti[p, K.TI_NEXT])
+        ti[t, K.TI_PREV] = p
+        ti[t, K.TI_NEXT] = n
+        if p >= 0:
+            ti[p, K.TI_NEXT] = t
+        else:
+            bi[K.BI_HEAD, b] = t
+            self._cache_head(b)
+        if n >= 0:
+            ti[n, K.TI_PREV] = t
+        else:
+            bi[K.BI_TAIL, b] = t
+        bi[K.BI_COUNT, b] += 1
+
+    def _unlink(self, t: int) -> None:
+        ti, bi = self._task_i, self._bucket_i
+        b = int(ti[t, K.TI_BUCKET])
+        p = int(ti[t, K.TI_PREV])
+        n = int(ti[t, K.TI_NEXT])
+        if p >= 0:
+            ti[p, K.TI_NEXT] = n
+        else:
+            bi[K.BI_HEAD, b] = n
+            self._cache_head(b)
+        if n >= 0:
+            ti[n, K.TI_PREV] = p
+        else:
+            bi[K.BI_TAIL, b] = p
+        ti[t, K.TI_NEXT] = -1
+        ti[t, K.TI_PREV] = -1
+        bi[K.BI_COUNT, b] -= 1
+        self._n_waiting -= 1
+
+    def _cache_head(self, b: int) -> None:
+        """Python twin of `_kernels.cache_head` for links and unlinks done here."""
+        h = int(self._bucket_i[K.BI_HEAD, b])
+        if h < 0:
+            return
+        bf = self._bucket_f
+        bf[K.BF_HEAD_TIME, b] = self._task_f[h, K.TF_TIME]
+        bf[K.BF_HEAD_SEQ, b] = float(self._task_seq[h])
+        if self._task_i[h, K.TI_N_EXCL] > 0:
+            bf[K.BF_PLAIN_FROM, b] = np.inf
+        elif self._task_i[h, K.TI_PREF] >= 0:
+            bf[K.BF_PLAIN_FROM, b] = self._task_f[h, K.TF_PREF_UNTIL]
+        else:
+            bf[K.BF_PLAIN_FROM, b] = -np.inf
+
+    def _detach(self, t: int, now: float) -> list[Offer]:
+        """Take t out of its queue (unlink or withdraw offers, or release its agent)."""
+        st = int(self._task_state[t])
+        q = int(self._task_i[t, K.TI_QUEUE])
+        withdrawn: list[Offer] = []
+        if st == _T_WAITING:
+            self._unlink(t)
+        elif st == _T_OFFERED:
+            for a in self._task_offers.pop(t, ()):
+                withdrawn.append(self._withdraw(t, a))
+        elif st == _T_ASSIGNED:
+            a = int(self._task_agent[t])
+            self._finish(t, a, now)
+            self._task_agent[t] = -1
+            self._queue_count[q] += 1  # _place counts it again in the new queue
+        self._queue_offered[q].discard(t)
+        self._queue_count[q] -= 1
+        self._task_state[t] = 0
+        self._task_gen[t] += 1
+        return withdrawn
+
+    def _release_slot(self, t: int) -> None:
+        st = int(self._task_state[t])
+        if st == _T_ASSIGNED:
+            self._task_state[t] = 0
+        tid = self._task_ids[t]
+        assert tid is not None
+        del self._task_index[tid]
+        self._task_ids[t] = None
+        self._task_offers.pop(t, None)
+        self._task_gen[t] += 1
+        self._free_slots.append(t)
+
+    def _exclude(self, t: int, a: int) -> None:
+        n = int(self._task_i[t, K.TI_N_EXCL])
+        if n >= self._task_excl.shape[1]:
+            self._regrow("_task_excl", 1, 2 * n, -1)
+        self._task_excl[t, n] = a
+        self._task_i[t, K.TI_N_EXCL] = n + 1
+
+    def _bucket_id(self, q: int, prio: int, rs: int, ch: int) -> int:
+        key = (q, prio, rs, ch)
+        b = self._bucket_index.get(key)
+        if b is not None:
+            return b
+        b = self._n_buckets
+        if b >= self._bucket_i.shape[1]:
+            self._regrow("_bucket_i", 1, 2 * b, -1)
+            self._regrow("_bucket_f", 1, 2 * b, 0.0)
+        bi = self._bucket_i
+        bi[K.BI_HEAD, b] = -1
+        bi[K.BI_TAIL, b] = -1
+        bi[K.BI_QUEUE, b] = q
+        bi[K.BI_PRIO, b] = prio
+        bi[K.BI_REQSET, b] = rs
+        bi[K.BI_CHANNEL, b] = ch
+        bi[K.BI_COUNT, b] = 0
+        bi[K.BI_MONOTONE, b] = 1 if self._monotone(q, rs) else 0
+        self._bucket_index[key] = b
+        nb = int(self._q_nb[q])
+        if nb >= self._q_buckets.shape[1]:
+            self._regrow("_q_buckets", 1, 2 * nb, -1)
+        self._q_buckets[q, nb] = b
+        self._q_nb[q] = nb + 1
+        self._n_buckets = b + 1
+        self._kargs = None
+        return b
+
+    def _monotone(self, q: int, rs: int) -> bool:
+        """True if each relaxation step of q only widens who is eligible for requirement set rs."""
+        stages: list[tuple[tuple[tuple[int, int], ...], float]] = [
+            (self._reqsets[rs], float("inf"))
+        ]
+        for i in range(int(self._queue_i[K.QI_N_STEPS, q])):
+            srs = int(self._step_reqset[q, i])
+            mp = int(self._step_maxpen[q, i])
+            stages.append((self._reqsets[rs if srs < 0 else srs], float("inf") if mp < 0 else mp))
+        for (r1, p1), (r2, p2) in itertools.pairwise(stages):
+            if p2 < p1:
+                return False
+            have: dict[int, int] = {}
+            for s, lvl in r1:
+                have[s] = max(have.get(s, 0), lvl)
+            if any(have.get(s, 0) < lvl for s, lvl in r2):
+                return False
+        return True
+
+    def _reqset_id(self, rset: tuple[tuple[int, int], ...]) -> int:
+        r = self._reqset_index.get(rset)
+        if r is not None:
+            return r
+        r = len(self._reqsets)
+        if r >= self._reqset_len.shape[0]:
+            self._regrow("_reqset_skill", 0, 2 * r, 0)
+            self._regrow("_reqset_level", 0, 2 * r, 0)
+            self._regrow("_reqset_len", 0, 2 * r, 0)
+        for k, (s, lvl) in enumerate(rset):
+            self._reqset_skill[r, k] = s
+            self._reqset_level[r, k] = lvl
+        self._reqset_len[r] = len(rset)
+        self._reqsets.append(rset)
+        self._reqset_index[rset] = r
+        return r
+
+    def _check_reqs(self, reqs: tuple[Requirement, ...]) -> tuple[tuple[int, int], ...]:
+        if len(reqs) > MAX_REQUIREMENTS:
+            raise InvalidArgument(f"at most {MAX_REQUIREMENTS} requirements per set")
+        for r in reqs:
+            if not 0 <= r.skill < self._n_skills or not 1 <= r.min_level <= MAX_LEVEL:
+                raise InvalidArgument(f"requirement {r} out of range")
+        return tuple(sorted((r.skill, r.min_level) for r in reqs))
+
+    def _check_task_args(self, priority: int, timeout_s: float, channel: int) -> None:
+        if not -MAX_PRIORITY <= priority <= MAX_PRIORITY:
+            raise InvalidArgument("priority out of int32 range")
+        if timeout_s < 0:
+            raise InvalidArgument("preferred_timeout_s must be >= 0")
+        if not 0 <= channel < MAX_CHANNELS:
+            raise InvalidArgument(f"channel must be in 0..{MAX_CHANNELS - 1}")
+
+    # ------------------------------------------------------------------ internals: lookups, timers
+
+    def _agent(self, agent_id: str) -> int:
+        try:
+            return self._agent_index[agent_id]
+        except KeyError:
+            raise UnknownAgent(agent_id) from None
+
+    def _agent_for(self, event: str, agent_id: str) -> int:
+        a = self._agent(agent_id)
+        st = AgentState(self._state[a])
+        if st not in EVENT_ALLOWED_FROM[event]:
+            raise InvalidTransition(f"{event} not allowed for agent {agent_id!r} in {st.name}")
+        return a
+
+    def _task(self, task_id: str) -> int:
+        try:
+            return self._task_index[task_id]
+        except KeyError:
+            raise UnknownTask(task_id) from None
+
+    def _queue(self, name: str) -> int:
+        try:
+            return self._queue_index[name]
+        except KeyError:
+            raise UnknownQueue(name) from None
+
+    def _offer_pair(self, task_id: str, agent_id: str) -> tuple[int, int]:
+        t = self._task(task_id)
+        a = self._agent(agent_id)
+        if a not in self._task_offers.get(t, ()):
+            raise InvalidTransition(f"task {task_id!r} is not offered to agent {agent_id!r}")
+        return t, a
+
+    def _push_timer(self, when: float, kind: int, idx: int, gen: int) -> None:
+        self._timer_seq += 1
+        heapq.heappush(self._timers, (when, self._timer_seq, kind, idx, gen))
+
+    def _timer_live(self, entry: tuple[float, int, int, int, int]) -> bool:
+        when, _, kind, idx, gen = entry
+        if kind == _TM_WRAP_END:
+            return self._wrap_gen[idx] == gen and int(self._state[idx]) == AgentState.WRAP_UP
+        if kind == _TM_UNBLOCK:
+            return bool(self._agent_f[K.AF_BLOCKED_UNTIL, idx] == when)
+        return bool(self._task_gen[idx] == gen and self._task_state[idx] == _T_WAITING)
+
+
+__all__ = ["Router", "RoutingError"]
