@@ -101,6 +101,22 @@ def _cmd_export_queue_log(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_operator(args: argparse.Namespace) -> int:
+    from engine import opcli
+
+    config, _ = _load(args.config)
+    return opcli.run(args.op, args, config)
+
+
+def _delegate(module: str, function: str, argv: list[str]) -> int:
+    """Subcommands with their own argument parsers (simulate, erlang, recordings)."""
+    import importlib
+
+    entry = getattr(importlib.import_module(module), function)
+    code: int = entry(list(argv))
+    return code
+
+
 def _cmd_version(_args: argparse.Namespace) -> int:
     print(f"acd {__version__}")
     return 0
@@ -152,12 +168,64 @@ def build_parser() -> argparse.ArgumentParser:
     queue_log.add_argument("--output", "-o", metavar="FILE", help="write here instead of stdout")
     queue_log.set_defaults(func=_cmd_export_queue_log)
 
+    from engine import opcli
+
+    simulate = sub.add_parser(
+        "simulate",
+        help="discrete-event simulation of the routing core (Erlang C/A check, staffing what-ifs)",
+        description="Simulate calls through the routing core; see `acd simulate --help`.",
+        add_help=False,
+    )
+    simulate.set_defaults(func=lambda a: _delegate(*_DELEGATED["simulate"], []))
+    erlang = sub.add_parser(
+        "erlang",
+        help="Erlang B, C and A, and staffing for a service-level or ASA target",
+        description="Erlang calculator; see `acd erlang --help`.",
+        add_help=False,
+    )
+    erlang.set_defaults(func=lambda a: _delegate(*_DELEGATED["erlang"], []))
+
+    queues = sub.add_parser(
+        "queues",
+        help="live queue figures from a running daemon",
+        description="Queues of a running daemon: waiting, agents by state, today's figures.",
+    )
+    opcli.add_common(queues)
+    queues.set_defaults(func=_cmd_operator, op=opcli.show_queues)
+    agents = sub.add_parser(
+        "agents",
+        help="agents and their state in a running daemon",
+        description="Agents of a running daemon with their routing state.",
+    )
+    opcli.add_common(agents)
+    agents.set_defaults(func=_cmd_operator, op=opcli.show_agents)
+    agent = sub.add_parser(
+        "agent",
+        help="change an agent's state",
+        description="Change an agent's state in a running daemon (audited).",
+    )
+    agent.add_argument("agent_id")
+    agent.add_argument("state", choices=["ready", "not-ready", "login", "logout"])
+    agent.add_argument("--reason", default="", help="reason for not-ready")
+    opcli.add_common(agent)
+    agent.set_defaults(func=_cmd_operator, op=opcli.set_agent)
+
     version = sub.add_parser("version", help="print the version", description="Print the version.")
     version.set_defaults(func=_cmd_version)
     return parser
 
 
+# Subcommands that own their argument parsing: `acd simulate --agents 14 ...` goes straight there.
+_DELEGATED = {
+    "simulate": ("engine.simulate_cli", "simulate_main"),
+    "erlang": ("routing_core.erlang", "erlang_main"),
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _DELEGATED:
+        return _delegate(*_DELEGATED[argv[0]], argv[1:])
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)

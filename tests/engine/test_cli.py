@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -71,3 +72,40 @@ def test_unknown_command_is_a_usage_error() -> None:
     result = run("frobnicate")
     assert result.returncode == 2
     assert "invalid choice" in result.stderr
+
+
+def test_simulate_simple_form_reproduces_erlang_c() -> None:
+    # The exact form the routing issue specifies; 14 agents, 200 calls/h, AHT 180 s: Erlang C says
+    # P(wait) .1741 and SL(20 s) .8884. 60 simulated hours put the estimate within a few points.
+    result = run(
+        "simulate", "--agents", "14", "--calls-per-hour", "200", "--aht", "180",
+        "--sl-threshold", "20", "--hours", "60", "--seed", "7", "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    for key in ("offered", "answered", "abandoned", "p_wait", "asa_s", "service_level",
+                "occupancy", "abandon_rate"):  # fmt: skip
+        assert key in out
+    assert out["abandoned"] == 0
+    assert abs(out["p_wait"] - 0.1741) < 0.04
+    assert abs(out["service_level"] - 0.8884) < 0.03
+    assert set(out["service_level_defs"]) == {"a", "b", "c", "d", "e"}
+
+
+def test_simulate_bad_input_is_one_line() -> None:
+    result = run(
+        "simulate", "--agents", "0", "--calls-per-hour", "200", "--aht", "180", "--hours", "1"
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("acd simulate: error:")
+
+
+def test_erlang_c_table() -> None:
+    result = run(
+        "erlang", "c", "--calls-per-hour", "200", "--aht", "180", "--agents", "11-16", "--json"
+    )
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    rows = rows if isinstance(rows, list) else rows["results"]
+    assert [round(r["p_wait"], 4) for r in rows] == [0.6821, 0.4494, 0.2853, 0.1741, 0.1020, 0.0573]

@@ -278,3 +278,10 @@ def test_every_config_key_is_documented() -> None:
     missing = sorted(keys - documented)
     assert not missing, f"docs/configuration.md does not mention: {missing}"
     assert len(keys) > 60  # the walk really found the tree
+
+
+def test_strategies_match_the_routing_core_names() -> None:
+    # The config words are the routing core's strategies; a new strategy must appear in both.
+    import routing_core
+
+    assert {s.name for s in Strategy} == {s.name for s in routing_core.Strategy}
