@@ -26,6 +26,7 @@ import structlog
 from prometheus_client import Counter, Gauge
 from sqlalchemy.exc import SQLAlchemyError
 
+from engine.events import Event, EventBus
 from engine.metrics import Metrics
 from engine.storage import StorageError, Store
 from engine.storage.schema import agent_events, calls, queue_events
@@ -121,8 +122,10 @@ class CdrWriter:
         flush_interval_s: float = 0.5,
         max_backlog: int = 200_000,
         retry_max_s: float = 30.0,
+        bus: EventBus | None = None,
     ) -> None:
         self._store = store
+        self._bus = bus
         self._metrics = CdrMetrics(metrics)
         self._flush_interval_s = flush_interval_s
         self._retry_max_s = retry_max_s
@@ -152,15 +155,18 @@ class CdrWriter:
     ) -> None:
         if event not in QUEUE_EVENTS:
             raise ValueError(f"unknown queue event {event!r}")
-        row = {
-            "at": time.time() if at is None else at,
-            "call_id": call_id,
-            "queue": queue,
-            "agent_id": agent_id,
-            "event": event,
-            "data": msgspec.to_builtins(data) if data is not None else None,
-        }
-        self._append("queue_events", row)
+        when = time.time() if at is None else at
+        payload: dict[str, Any] | None = msgspec.to_builtins(data) if data is not None else None
+        self._append(
+            "queue_events",
+            {"at": when, "call_id": call_id, "queue": queue, "agent_id": agent_id, "event": event,
+             "data": payload},
+        )  # fmt: skip
+        if self._bus is not None:
+            self._bus.publish(
+                Event(type="queue", at=when, event=event, call_id=call_id, queue=queue,
+                      agent_id=agent_id, data=payload)
+            )  # fmt: skip
 
     def agent_event(
         self,
@@ -173,14 +179,22 @@ class CdrWriter:
     ) -> None:
         if state not in AGENT_STATES:
             raise ValueError(f"unknown agent state {state!r}")
-        row = {
-            "at": time.time() if at is None else at,
-            "agent_id": agent_id,
-            "state": state,
-            "reason": reason,
-            "call_id": call_id,
-        }
-        self._append("agent_events", row)
+        when = time.time() if at is None else at
+        self._append(
+            "agent_events",
+            {
+                "at": when,
+                "agent_id": agent_id,
+                "state": state,
+                "reason": reason,
+                "call_id": call_id,
+            },
+        )
+        if self._bus is not None:
+            self._bus.publish(
+                Event(type="agent", at=when, event=state, agent_id=agent_id, reason=reason,
+                      call_id=call_id)
+            )  # fmt: skip
 
     def _append(self, table: str, row: dict[str, Any]) -> None:
         self._pending[table].append(row)

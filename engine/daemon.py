@@ -21,11 +21,14 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from engine import api
 from engine.cdr import CdrWriter
 from engine.config import Config, ConfigError, load_config
-from engine.http import ReadyCheck, make_app
+from engine.events import EventBus
+from engine.http import ReadyCheck, make_app, openapi_document
 from engine.logs import configure_logging
 from engine.metrics import EventLoopLagMonitor, Metrics
+from engine.routing import RoutingCollector, RoutingService
 from engine.storage import StorageError, Store, database_url
 
 log = structlog.stdlib.get_logger("acd.daemon")
@@ -41,6 +44,8 @@ class Daemon:
         self.metrics = Metrics()
         self.store: Store | None = None
         self.cdr: CdrWriter | None = None
+        self.routing: RoutingService | None = None
+        self.api = api.ApiContext(get_config=lambda: self.config, reload=self.reload)
         self.http_port: int | None = None
         self._runner: web.AppRunner | None = None
         self._stop = asyncio.Event()
@@ -86,7 +91,16 @@ class Daemon:
             loop.remove_signal_handler(sig)
 
     async def _start_http(self) -> None:
-        app = make_app(self.metrics, self._ready_checks())
+        paths, schemas = api.openapi_paths()
+        tokens = api.TokenTable()
+        app = make_app(
+            self.metrics,
+            self._ready_checks(),
+            middlewares=(api.make_auth_middleware(tokens),),
+            openapi_doc=openapi_document(paths, schemas),
+        )
+        app[api.TOKENS_KEY] = tokens
+        api.add_routes(app, self.api)
         runner = web.AppRunner(
             app,
             access_log=None,
@@ -144,7 +158,20 @@ class Daemon:
         except StorageError as exc:
             log.error("storage_open_failed", reason=str(exc), url=_redact(url))
             return 1
-        self.cdr = CdrWriter(self.store, self.metrics)
+        self.bus = EventBus()
+        self.cdr = CdrWriter(self.store, self.metrics, bus=self.bus)
+        self.routing = RoutingService(
+            self.config,
+            on_offer=self._on_offer,
+            on_withdraw=self._on_withdraw,
+            loop=asyncio.get_running_loop(),
+        )
+        # Compile or load every numba kernel before any listener opens (DESIGN.md section 4): the
+        # first call must not pay a compile.
+        await asyncio.to_thread(self.routing.warmup)
+        self.metrics.registry.register(RoutingCollector(lambda: self.routing))
+        self.api.store, self.api.cdr, self.api.routing = self.store, self.cdr, self.routing
+        self.api.bus = self.bus
         try:
             await self._start_http()
         except OSError as exc:
@@ -181,7 +208,16 @@ class Daemon:
         log.info("stopped")
         return 0
 
+    def _on_offer(self, offer: object) -> None:
+        # The call layer (SIP legs) rings the agent here; until it lands, offers are only logged.
+        log.info("offer", offer=str(offer))
+
+    def _on_withdraw(self, offer: object) -> None:
+        log.info("offer_withdrawn", offer=str(offer))
+
     async def _shutdown(self) -> None:
+        if self.routing is not None:
+            self.routing.close()
         if self.cdr is not None:
             await self.cdr.close()
         if self._runner is not None:

@@ -101,8 +101,10 @@ async def api_index(_request: web.Request) -> web.Response:
     )
 
 
-def openapi_document() -> dict[str, Any]:
-    """The OpenAPI 3.1 description of every route this module serves."""
+def openapi_document(
+    extra_paths: dict[str, Any] | None = None, extra_schemas: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The OpenAPI 3.1 description of this module's routes plus the control API's."""
     (health, ready, index, problem), components = msgspec.json.schema_components(
         [Health, Readiness, ApiIndex, Problem], ref_template="#/components/schemas/{name}"
     )
@@ -110,7 +112,7 @@ def openapi_document() -> dict[str, Any]:
     def ok(schema: dict[str, Any], description: str) -> dict[str, Any]:
         return {"description": description, "content": {"application/json": {"schema": schema}}}
 
-    return {
+    doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
             "title": "acd",
@@ -160,14 +162,20 @@ def openapi_document() -> dict[str, Any]:
             },
         },
         "components": {
-            "schemas": components,
+            "schemas": {**components, **(extra_schemas or {})},
             "responses": {"Problem": ok(problem, "error")},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }
+    doc["paths"].update(extra_paths or {})
+    return doc
 
 
-async def openapi(_request: web.Request) -> web.Response:
-    return json_response(openapi_document())
+OPENAPI_KEY = web.AppKey("openapi", dict[str, Any])
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(request.app[OPENAPI_KEY])
 
 
 @web.middleware
@@ -185,10 +193,17 @@ async def problem_middleware(
         )
 
 
-def make_app(metrics_: Metrics, checks: dict[str, ReadyCheck]) -> web.Application:
-    app = web.Application(middlewares=[problem_middleware])
+def make_app(
+    metrics_: Metrics,
+    checks: dict[str, ReadyCheck],
+    *,
+    middlewares: tuple[Any, ...] = (),
+    openapi_doc: dict[str, Any] | None = None,
+) -> web.Application:
+    app = web.Application(middlewares=[problem_middleware, *middlewares])
     app[METRICS_KEY] = metrics_
     app[CHECKS_KEY] = checks
+    app[OPENAPI_KEY] = openapi_doc or openapi_document()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -78,9 +78,9 @@ def test_openapi_document_and_api_errors_as_problem_json(start_daemon: DaemonFac
     assert status == 200
     assert index["api"] == "v1"
     status, body, content_type = daemon.get("/api/v1/no-such-thing")
-    assert status == 404
-    assert content_type == "application/json"
-    assert b'"status":404' in body
+    assert status == 401  # unauthenticated: nothing about the API is revealed
+    assert content_type == "application/problem+json"
+    assert b'"status":401' in body
 
 
 def test_sighup_reload_keeps_running_config_when_invalid(start_daemon: DaemonFactory) -> None:

@@ -1,0 +1,183 @@
+"""Agent endpoints: where to ring each agent, and how registrations and feature codes move its state.
+
+How this works: ``AgentDirectory`` owns the SIP registrar's binding store for the agents' phones. An
+agent with ``login = "register"`` becomes available when its first binding appears and is logged out
+when its last binding goes away, whether by un-REGISTER or by expiry (Asterisk's behaviour with
+``autopause``-free dynamic members). Expiries are served by ONE ``loop.call_at`` re-armed from the
+registrar's ``next_expiry()``: no timer per phone. If the last binding vanishes while the agent is on
+a call, the logout waits until the call completes (``call_completed``), so a phone that reboots mid
+call does not tear down routing state under a live call.
+
+Feature codes dialled from an agent's phone (``[features]``: ``*1`` ready, ``*2`` not ready, ``*3``
+log out) are decoded here; the call layer answers them with a short prompt.
+
+State itself lives in the routing service; this module only tells it what happened and records the
+change as an agent event (CDR store and live event stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import structlog
+
+import routing_core as rc
+from engine.cdr import CdrWriter
+from engine.config import AgentConfig, Config, LoginMode
+from engine.routing import RoutingService
+from sip.registrar import ContactRequest, RegisterResult, Registrar
+
+log = structlog.stdlib.get_logger("acd.agents")
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureAction:
+    state: str  # "ready" | "not_ready" | "logged_out"
+    prompt: str  # what the agent hears before the call ends
+
+
+class AgentDirectory:
+    def __init__(
+        self,
+        config: Config,
+        routing: RoutingService,
+        cdr: CdrWriter | None,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        registrar: Registrar | None = None,
+    ) -> None:
+        self._config = config
+        self._agents: dict[str, AgentConfig] = {a.id: a for a in config.agents}
+        self._routing = routing
+        self._cdr = cdr
+        self._loop = loop
+        # Not `registrar or ...`: an empty Registrar is falsy (it has __len__).
+        self.registrar = registrar if registrar is not None else Registrar()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._logout_after_call: set[str] = set()
+
+    # -- registrations ---------------------------------------------------------------------------
+
+    def register(
+        self,
+        agent_id: str,
+        contacts: Sequence[ContactRequest],
+        *,
+        call_id: str,
+        cseq: int,
+        expires: int | None,
+    ) -> RegisterResult:
+        """Apply an authenticated REGISTER for an agent's phone; the result says what to answer."""
+        now = self._loop.time()
+        had = bool(self.registrar.bindings(agent_id, now))
+        result = self.registrar.register(
+            agent_id, contacts, call_id=call_id, cseq=cseq, expires=expires, now=now
+        )
+        if result.ok:
+            has = bool(self.registrar.bindings(agent_id, now))
+            if has and not had:
+                self._phone_up(agent_id)
+            elif had and not has:
+                self._phone_gone(agent_id, "unregistered")
+        self._arm()
+        return result
+
+    def contacts(self, agent_id: str) -> list[str]:
+        """URIs to ring for an agent, best first (registered bindings, or the static contact)."""
+        agent = self._agents.get(agent_id)
+        if agent is None:
+            return []
+        if agent.login is LoginMode.STATIC:
+            return [agent.contact]
+        return [b.contact for b in self.registrar.bindings(agent_id, self._loop.time())]
+
+    def _expire(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        now = self._loop.time()
+        gone: set[str] = {b.aor for b in self.registrar.expire(now)}
+        for agent_id in sorted(gone):
+            if not self.registrar.bindings(agent_id, now):
+                self._phone_gone(agent_id, "registration expired")
+        self._arm()
+
+    def _arm(self) -> None:
+        deadline = self.registrar.next_expiry()
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = None if deadline is None else self._loop.call_at(deadline, self._expire)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # -- state changes ---------------------------------------------------------------------------
+
+    def _record(self, agent_id: str, state: str, reason: str) -> None:
+        log.info("agent_state", agent=agent_id, state=state, reason=reason)
+        if self._cdr is not None:
+            self._cdr.agent_event(agent_id, state, reason=reason)
+
+    def _phone_up(self, agent_id: str) -> None:
+        self._logout_after_call.discard(agent_id)
+        if self._routing.agent_state(agent_id) is rc.AgentState.LOGGED_OUT:
+            self._routing.login(agent_id)
+            self._record(agent_id, "available", "phone registered")
+
+    def _phone_gone(self, agent_id: str, reason: str) -> None:
+        state = self._routing.agent_state(agent_id)
+        if state is rc.AgentState.LOGGED_OUT:
+            return
+        if state in (rc.AgentState.BUSY, rc.AgentState.RESERVED):
+            # On a call (or ringing): log out once it is over, not under it.
+            self._logout_after_call.add(agent_id)
+            log.info("agent_logout_deferred", agent=agent_id, reason=reason, state=state.name)
+            return
+        self._routing.logout(agent_id)
+        self._record(agent_id, "logged_out", reason)
+
+    def call_completed(self, agent_id: str) -> None:
+        """The call layer finished an agent's call: apply a logout that was waiting for it."""
+        if agent_id in self._logout_after_call and not self.contacts(agent_id):
+            self._logout_after_call.discard(agent_id)
+            self._routing.logout(agent_id)
+            self._record(agent_id, "logged_out", "registration ended during a call")
+
+    # -- feature codes ---------------------------------------------------------------------------
+
+    def feature_code(self, agent_id: str, dialed: str) -> FeatureAction | None:
+        """Apply a feature code dialled by an agent's phone; None when ``dialed`` is not one."""
+        codes = self._config.features
+        actions = {
+            codes.ready: ("ready", "thank-you-holding"),
+            codes.not_ready: ("not_ready", "goodbye"),
+            codes.logout: ("logged_out", "goodbye"),
+        }
+        if dialed not in actions or agent_id not in self._agents:
+            return None
+        state, prompt = actions[dialed]
+        current = self._routing.agent_state(agent_id)
+        try:
+            if state == "ready":
+                if current is rc.AgentState.LOGGED_OUT:
+                    self._routing.login(agent_id)
+                else:
+                    self._routing.set_ready(agent_id)
+                self._record(agent_id, "available", "feature code")
+            elif state == "not_ready":
+                self._routing.set_not_ready(agent_id, "feature code")
+                self._record(agent_id, "not_ready", "feature code")
+            else:
+                self._routing.logout(agent_id)
+                self._record(agent_id, "logged_out", "feature code")
+        except rc.InvalidTransition as exc:
+            log.info("feature_code_refused", agent=agent_id, code=dialed, reason=str(exc))
+            return FeatureAction(state, "invalid")
+        return FeatureAction(state, prompt)

@@ -1,0 +1,635 @@
+"""The control API under ``/api/v1``: bearer tokens with roles, live figures, agents, CDRs, statistics.
+
+How this works: ``auth_middleware`` resolves ``Authorization: Bearer <token>`` to a ``Principal``
+(name, role, agent id) from the config's ``[[api.tokens]]`` and the agents' ``api_token``; tokens
+are looked up by their SHA-256, so a config may hold only hashes and a lookup leaks no timing about
+the secret. Roles nest: admin > supervisor > agent; an agent sees only itself and its own calls.
+Every state change made through the API (agent state, reload) is written to the audit log and to
+the agent-events table, so "who paused agent 1002 at 10:41" has an answer.
+
+Handlers reach the daemon through ``ApiContext``; they never hold state of their own. Agent state is
+read from and changed in the routing service (the one owner, DESIGN.md section 2).
+
+Statistics come from the CDR store: ``service_level`` is answered within the queue's threshold
+divided by answered (the same definition as ``acd simulate``'s ``service_level``), ``asa_s`` the
+mean wait of answered calls, ``aht_s`` the mean talk plus wrap-up, ``abandon_rate`` abandoned over
+offered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import msgspec
+import sqlalchemy as sa
+import structlog
+from aiohttp import web
+
+import routing_core as rc
+from engine.cdr import CdrWriter
+from engine.config import Config, Role
+from engine.events import Event, EventBus
+from engine.http import Problem, json_response
+from engine.routing import RoutingService
+from engine.storage import Store
+from engine.storage.schema import audit_log, calls
+
+log = structlog.stdlib.get_logger("acd.api")
+
+_RANK = {Role.AGENT: 0, Role.SUPERVISOR: 1, Role.ADMIN: 2}
+# A CDR search returns at most this many rows; page with `until` = the oldest arrived_at seen.
+MAX_CDR_ROWS = 1000
+# Interval statistics cover at most this span per request (31 days of 15-minute intervals).
+MAX_STATS_SPAN_S = 31 * 86400
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    name: str
+    role: Role
+    agent_id: str | None = None
+
+    def at_least(self, role: Role) -> bool:
+        return _RANK[self.role] >= _RANK[role]
+
+
+@dataclass
+class ApiContext:
+    """What the API needs from the daemon; filled in by the daemon as parts start."""
+
+    get_config: Callable[[], Config]
+    reload: Callable[[], bool]
+    store: Store | None = None
+    cdr: CdrWriter | None = None
+    routing: RoutingService | None = None
+    bus: EventBus | None = None
+
+
+CONTEXT_KEY = web.AppKey("api_context", ApiContext)
+PRINCIPAL_KEY = "principal"  # request-scoped, set by the middleware
+
+
+def _sha256(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class TokenTable:
+    """token SHA-256 -> Principal, rebuilt when the config object changes (reload)."""
+
+    def __init__(self) -> None:
+        self._config: Config | None = None
+        self._table: dict[str, Principal] = {}
+
+    def lookup(self, config: Config, token: str) -> Principal | None:
+        if config is not self._config:
+            table: dict[str, Principal] = {}
+            for t in config.api.tokens:
+                table[t.token_sha256 or _sha256(t.token)] = Principal(t.name, t.role)
+            for agent in config.agents:
+                if agent.api_token:
+                    table[_sha256(agent.api_token)] = Principal(
+                        f"agent:{agent.id}", Role.AGENT, agent.id
+                    )
+            self._table, self._config = table, config
+        return self._table.get(_sha256(token))
+
+
+def _problem(
+    status: int, title: str, detail: str = "", headers: Mapping[str, str] | None = None
+) -> web.Response:
+    response = json_response(Problem(title=title, status=status, detail=detail), status=status)
+    response.content_type = "application/problem+json"
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+# The event stream authenticates in its first message (browsers cannot set headers on a WebSocket).
+_PUBLIC = {"/api/v1/", "/api/v1/openapi.json", "/api/v1/events"}
+# Seconds a WebSocket client has to send its auth message.
+WS_AUTH_TIMEOUT_S = 5.0
+
+
+TOKENS_KEY = web.AppKey("api_tokens", TokenTable)
+
+
+def make_auth_middleware(tokens: TokenTable) -> Callable[..., Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def auth_middleware(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if not request.path.startswith("/api/") or request.path in _PUBLIC:
+            return await handler(request)
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        principal = None
+        if scheme.lower() == "bearer" and token:
+            principal = tokens.lookup(request.app[CONTEXT_KEY].get_config(), token.strip())
+        if principal is None:
+            return _problem(
+                401,
+                "Unauthorized",
+                "send Authorization: Bearer <token>",
+                {"WWW-Authenticate": 'Bearer realm="acd"'},
+            )
+        request[PRINCIPAL_KEY] = principal
+        return await handler(request)
+
+    return auth_middleware
+
+
+def _principal(request: web.Request) -> Principal:
+    principal: Principal = request[PRINCIPAL_KEY]
+    return principal
+
+
+def _require(request: web.Request, role: Role) -> Principal:
+    principal = _principal(request)
+    if not principal.at_least(role):
+        raise web.HTTPForbidden(text=f"needs the {role.value} role")
+    return principal
+
+
+async def audit(
+    ctx: ApiContext,
+    request: web.Request,
+    *,
+    action: str,
+    outcome: str,
+    object_type: str | None = None,
+    object_id: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """Write one audit row (and a log line). A failing store is logged, never fails the request."""
+    principal: Principal | None = request.get(PRINCIPAL_KEY)
+    row = {
+        "at": time.time(),
+        "actor": principal.name if principal else "anonymous",
+        "role": principal.role.value if principal else None,
+        "action": action,
+        "object_type": object_type,
+        "object_id": object_id,
+        "outcome": outcome,
+        "remote_addr": request.remote,
+        "detail": detail,
+    }
+    log.info("audit", **{k: v for k, v in row.items() if k != "at"})
+    if ctx.store is None:
+        return
+    try:
+        async with ctx.store.engine.begin() as conn:
+            await conn.execute(audit_log.insert().values(**row))
+    except sa.exc.SQLAlchemyError as exc:
+        log.error("audit_write_failed", reason=str(exc), action=action)
+
+
+# -- structs the API returns ---------------------------------------------------------------------
+
+
+class DayFigures(msgspec.Struct, frozen=True):
+    offered: int
+    answered: int
+    abandoned: int
+    service_level: float | None
+    asa_s: float | None
+    aht_s: float | None
+    abandon_rate: float | None
+
+
+class QueueView(msgspec.Struct, frozen=True):
+    name: str
+    strategy: str
+    waiting: int
+    oldest_wait_s: float
+    agents: dict[str, int]
+    service_level_s: float
+    today: DayFigures
+
+
+class AgentView(msgspec.Struct, frozen=True):
+    id: str
+    name: str
+    state: str
+    reason: str
+    queues: dict[str, int]
+    skills: dict[str, int]
+
+
+class AgentStateChange(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    state: str  # ready | not_ready | logged_out | logged_in
+    reason: str = ""
+
+
+class IntervalFigures(msgspec.Struct, frozen=True):
+    start: float
+    queue: str
+    figures: DayFigures
+
+
+def summarize(rows: Iterable[Mapping[str, Any]], threshold_s: float) -> DayFigures:
+    offered = answered = abandoned = within = 0
+    waits: list[float] = []
+    handle: list[float] = []
+    for row in rows:
+        offered += 1
+        if row["agent_answered_at"] is not None:
+            answered += 1
+            wait = float(row["wait_s"] or 0.0)
+            waits.append(wait)
+            within += wait <= threshold_s
+            handle.append(float(row["talk_s"] or 0.0) + float(row["wrap_up_s"] or 0.0))
+        elif row["disposition"] == "abandoned":
+            abandoned += 1
+    return DayFigures(
+        offered=offered,
+        answered=answered,
+        abandoned=abandoned,
+        service_level=within / answered if answered else None,
+        asa_s=sum(waits) / len(waits) if waits else None,
+        aht_s=sum(handle) / len(handle) if handle else None,
+        abandon_rate=abandoned / offered if offered else None,
+    )
+
+
+_STAT_COLUMNS = (
+    calls.c.queue,
+    calls.c.arrived_at,
+    calls.c.agent_answered_at,
+    calls.c.disposition,
+    calls.c.wait_s,
+    calls.c.talk_s,
+    calls.c.wrap_up_s,
+)
+
+
+def start_of_today(now: float | None = None) -> float:
+    """Local midnight of the server's time zone, as epoch seconds (what 'today' means on a wallboard)."""
+    moment = datetime.fromtimestamp(time.time() if now is None else now).astimezone()
+    return moment.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+
+
+async def _stat_rows(
+    store: Store, since: float, until: float | None, queues: Iterable[str] | None
+) -> list[Mapping[str, Any]]:
+    query = sa.select(*_STAT_COLUMNS).where(calls.c.arrived_at >= since, calls.c.queue.is_not(None))
+    if until is not None:
+        query = query.where(calls.c.arrived_at < until)
+    if queues is not None:
+        query = query.where(calls.c.queue.in_(list(queues)))
+    async with store.engine.connect() as conn:
+        return [dict(row) for row in (await conn.execute(query)).mappings()]
+
+
+# -- handlers ------------------------------------------------------------------------------------
+
+
+async def list_queues(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT_KEY]
+    principal = _principal(request)
+    config = ctx.get_config()
+    if principal.at_least(Role.SUPERVISOR):
+        visible = list(config.queues)
+    else:  # an agent sees the queues it is a member of
+        agent = next((a for a in config.agents if a.id == principal.agent_id), None)
+        member_of = set(agent.queues) if agent else set()
+        visible = [q for q in config.queues if q.name in member_of]
+    live: dict[str, tuple[int, float]] = {}
+    by_state: dict[tuple[str, str], int] = {}
+    if ctx.routing is not None:
+        live = {name: (n, wait) for name, n, wait in ctx.routing.queue_figures()}
+        by_state = ctx.routing.agents_by_queue_and_state()
+    rows = (
+        await _stat_rows(ctx.store, start_of_today(), None, [q.name for q in visible])
+        if ctx.store
+        else []
+    )
+    views = []
+    for queue in visible:
+        waiting, oldest = live.get(queue.name, (0, 0.0))
+        views.append(
+            QueueView(
+                name=queue.name,
+                strategy=queue.strategy.value,
+                waiting=waiting,
+                oldest_wait_s=round(oldest, 3),
+                agents={s: n for (q, s), n in by_state.items() if q == queue.name},
+                service_level_s=queue.service_level_s,
+                today=summarize(
+                    (r for r in rows if r["queue"] == queue.name), queue.service_level_s
+                ),
+            )
+        )
+    return json_response(views)
+
+
+def _agent_view(ctx: ApiContext, agent_id: str) -> AgentView | None:
+    agent = next((a for a in ctx.get_config().agents if a.id == agent_id), None)
+    if agent is None:
+        return None
+    state, reason = "logged_out", ""
+    if ctx.routing is not None:
+        state = ctx.routing.agent_state(agent.id).name.lower()
+        if state == "not_ready":
+            reason = ctx.routing.router.not_ready_reason(agent.id)
+    return AgentView(
+        id=agent.id,
+        name=agent.name,
+        state=state,
+        reason=reason,
+        queues=dict(agent.queues),
+        skills=dict(agent.skills),
+    )
+
+
+async def list_agents(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT_KEY]
+    principal = _principal(request)
+    ids = [a.id for a in ctx.get_config().agents]
+    if not principal.at_least(Role.SUPERVISOR):
+        ids = [i for i in ids if i == principal.agent_id]
+    return json_response([v for v in (_agent_view(ctx, i) for i in ids) if v is not None])
+
+
+def _check_agent_access(principal: Principal, agent_id: str) -> None:
+    if not principal.at_least(Role.SUPERVISOR) and principal.agent_id != agent_id:
+        raise web.HTTPForbidden(text="agents may only see and change themselves")
+
+
+async def get_agent(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT_KEY]
+    agent_id = request.match_info["agent_id"]
+    _check_agent_access(_principal(request), agent_id)
+    view = _agent_view(ctx, agent_id)
+    if view is None:
+        raise web.HTTPNotFound(text=f"no agent {agent_id!r}")
+    return json_response(view)
+
+
+_STATE_EVENTS = {"ready": "available", "not_ready": "not_ready", "logged_out": "logged_out"}
+
+
+async def set_agent_state(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT_KEY]
+    agent_id = request.match_info["agent_id"]
+    principal = _principal(request)
+    _check_agent_access(principal, agent_id)
+    if _agent_view(ctx, agent_id) is None:
+        raise web.HTTPNotFound(text=f"no agent {agent_id!r}")
+    try:
+        change = msgspec.json.decode(await request.read(), type=AgentStateChange)
+    except msgspec.DecodeError as exc:
+        raise web.HTTPBadRequest(text=f'expected {{"state": ..., "reason": ...}}: {exc}') from None
+    if change.state not in ("ready", "not_ready", "logged_out", "logged_in"):
+        raise web.HTTPBadRequest(text="state must be ready, not_ready, logged_out or logged_in")
+    if ctx.routing is None:
+        raise web.HTTPServiceUnavailable(text="routing is not running")
+    routing = ctx.routing
+    actions: dict[str, Callable[[], None]] = {
+        "ready": lambda: routing.set_ready(agent_id),
+        "not_ready": lambda: routing.set_not_ready(agent_id, change.reason),
+        "logged_out": lambda: routing.logout(agent_id),
+        "logged_in": lambda: routing.login(agent_id),
+    }
+    detail = {"state": change.state, "reason": change.reason}
+    try:
+        actions[change.state]()
+    except rc.InvalidTransition as exc:
+        await audit(ctx, request, action="agent_state", outcome="refused", object_type="agent",
+                    object_id=agent_id, detail={**detail, "why": str(exc)})  # fmt: skip
+        raise web.HTTPConflict(text=str(exc)) from None
+    await audit(ctx, request, action="agent_state", outcome="done", object_type="agent",
+                object_id=agent_id, detail=detail)  # fmt: skip
+    if ctx.cdr is not None:
+        event = _STATE_EVENTS.get(change.state, "available")
+        ctx.cdr.agent_event(agent_id, event, reason=change.reason or f"api:{principal.name}")
+    view = _agent_view(ctx, agent_id)
+    return json_response(view)
+
+
+def _float_arg(request: web.Request, name: str, default: float | None) -> float | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise web.HTTPBadRequest(text=f"{name} must be epoch seconds, found {raw!r}") from None
+
+
+async def search_cdr(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT_KEY]
+    principal = _principal(request)
+    if ctx.store is None:
+        raise web.HTTPServiceUnavailable(text="storage is not open")
+    since = _float_arg(request, "since", None)
+    until = _float_arg(request, "until", None)
+    try:
+        limit = min(int(request.query.get("limit", "100")), MAX_CDR_ROWS)
+    except ValueError:
+        raise web.HTTPBadRequest(text="limit must be an integer") from None
+    query = sa.select(calls).order_by(calls.c.arrived_at.desc()).limit(limit)
+    if since is not None:
+        query = query.where(calls.c.arrived_at >= since)
+    if until is not None:
+        query = query.where(calls.c.arrived_at < until)
+    for arg in ("queue", "caller", "disposition"):
+        if arg in request.query:
+            query = query.where(calls.c[arg] == request.query[arg])
+    agent = request.query.get("agent")
+    if not principal.at_least(Role.SUPERVISOR):
+        if agent not in (None, principal.agent_id):
+            raise web.HTTPForbidden(text="agents may only search their own calls")
+        agent = principal.agent_id
+    if agent is not None:
+        query = query.where(calls.c.agent_id == agent)
+    async with ctx.store.engine.connect() as conn:
+        rows = [dict(r) for r in (await conn.execute(query)).mappings()]
+    return json_response(rows)
+
+
+async def interval_stats(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT_KEY]
+    _require(request, Role.SUPERVISOR)
+    if ctx.store is None:
+        raise web.HTTPServiceUnavailable(text="storage is not open")
+    now = time.time()
+    interval_s = _float_arg(request, "interval_s", 900.0) or 900.0
+    since = _float_arg(request, "since", start_of_today(now))
+    until = _float_arg(request, "until", now)
+    assert since is not None
+    assert until is not None
+    if interval_s < 60 or until <= since or until - since > MAX_STATS_SPAN_S:
+        raise web.HTTPBadRequest(
+            text=f"need interval_s >= 60 and 0 < until - since <= {MAX_STATS_SPAN_S} s"
+        )
+    config = ctx.get_config()
+    thresholds = {q.name: q.service_level_s for q in config.queues}
+    wanted = [request.query["queue"]] if "queue" in request.query else list(thresholds)
+    rows = await _stat_rows(ctx.store, since, until, wanted)
+    buckets: dict[tuple[float, str], list[Mapping[str, Any]]] = {}
+    for row in rows:
+        start = since + ((row["arrived_at"] - since) // interval_s) * interval_s
+        buckets.setdefault((start, row["queue"]), []).append(row)
+    out = [
+        IntervalFigures(
+            start=start, queue=queue, figures=summarize(group, thresholds.get(queue, 20.0))
+        )
+        for (start, queue), group in sorted(buckets.items())
+    ]
+    return json_response(out)
+
+
+async def reload_config(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT_KEY]
+    _require(request, Role.ADMIN)
+    applied = ctx.reload()
+    await audit(ctx, request, action="reload", outcome="done" if applied else "refused")
+    if not applied:
+        raise web.HTTPUnprocessableEntity(
+            text="the config file is invalid; the running config stays (see the log)"
+        )
+    return json_response({"reloaded": True})
+
+
+class WsAuth(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    type: str
+    token: str
+
+
+def _event_filter(config: Config, principal: Principal) -> Callable[[Event], bool] | None:
+    if principal.at_least(Role.SUPERVISOR):
+        return None
+    agent = next((a for a in config.agents if a.id == principal.agent_id), None)
+    queues = set(agent.queues) if agent else set()
+
+    def accept(event: Event) -> bool:
+        if event.type == "agent":
+            return event.agent_id == principal.agent_id
+        return event.queue in queues
+
+    return accept
+
+
+async def event_stream(request: web.Request) -> web.WebSocketResponse:
+    """WebSocket: send {"type": "auth", "token": ...} first; then events arrive as JSON objects."""
+    ctx = request.app[CONTEXT_KEY]
+    ws = web.WebSocketResponse(heartbeat=30.0)
+    await ws.prepare(request)
+    try:
+        first = await ws.receive(timeout=WS_AUTH_TIMEOUT_S)
+        auth = msgspec.json.decode(first.data, type=WsAuth) if first.type.name == "TEXT" else None
+    except (TimeoutError, msgspec.DecodeError):
+        auth = None
+    config = ctx.get_config()
+    principal = None if auth is None else request.app[TOKENS_KEY].lookup(config, auth.token)
+    if principal is None or ctx.bus is None:
+        await ws.close(code=4401, message=b"unauthorized")
+        return ws
+    request[PRINCIPAL_KEY] = principal
+    sub = ctx.bus.subscribe(_event_filter(config, principal))
+    await ws.send_str(msgspec.json.encode({"type": "hello", "principal": principal.name}).decode())
+    try:
+        while not ws.closed:
+            payload = await sub.get()
+            if payload is None:  # cut off for being too slow
+                await ws.close(code=4008, message=b"too slow: reconnect and re-read state")
+                break
+            await ws.send_str(payload.decode())
+    finally:
+        sub.close()
+    return ws
+
+
+def add_routes(app: web.Application, ctx: ApiContext) -> None:
+    app[CONTEXT_KEY] = ctx
+    app.router.add_get("/api/v1/queues", list_queues)
+    app.router.add_get("/api/v1/agents", list_agents)
+    app.router.add_get("/api/v1/agents/{agent_id}", get_agent)
+    app.router.add_put("/api/v1/agents/{agent_id}/state", set_agent_state)
+    app.router.add_get("/api/v1/cdr", search_cdr)
+    app.router.add_get("/api/v1/stats/intervals", interval_stats)
+    app.router.add_post("/api/v1/reload", reload_config)
+    app.router.add_get("/api/v1/events", event_stream)
+
+
+def _op(
+    summary: str, ok_schema: dict[str, Any], *, body: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary,
+        "security": [{"bearer": []}],
+        "responses": {
+            "200": {"description": "OK", "content": {"application/json": {"schema": ok_schema}}},
+            "401": {"$ref": "#/components/responses/Problem"},
+            "403": {"$ref": "#/components/responses/Problem"},
+        },
+    }
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+    return op
+
+
+def openapi_paths() -> tuple[dict[str, Any], dict[str, Any]]:
+    """(paths, component schemas) of the routes ``add_routes`` serves."""
+    (queues, agents, agent, change, intervals), schemas = msgspec.json.schema_components(
+        [list[QueueView], list[AgentView], AgentView, AgentStateChange, list[IntervalFigures]],
+        ref_template="#/components/schemas/{name}",
+    )
+    agent_id = {"name": "agent_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    epoch = {"type": "number", "description": "epoch seconds"}
+    paths: dict[str, Any] = {
+        "/api/v1/queues": {"get": _op("Queues with live and today's figures", queues)},
+        "/api/v1/agents": {"get": _op("Agents and their routing state", agents)},
+        "/api/v1/agents/{agent_id}": {
+            "get": {**_op("One agent", agent), "parameters": [agent_id]},
+        },
+        "/api/v1/agents/{agent_id}/state": {
+            "put": {
+                **_op("Change an agent's state (audited)", agent, body=change),
+                "parameters": [agent_id],
+            },
+        },
+        "/api/v1/cdr": {
+            "get": {
+                **_op(
+                    "Search call detail records, newest first",
+                    {"type": "array", "items": {"type": "object"}},
+                ),
+                "parameters": [
+                    {"name": n, "in": "query", "schema": sch}
+                    for n, sch in (
+                        ("since", epoch),
+                        ("until", epoch),
+                        ("queue", {"type": "string"}),
+                        ("agent", {"type": "string"}),
+                        ("caller", {"type": "string"}),
+                        ("disposition", {"type": "string"}),
+                        ("limit", {"type": "integer", "maximum": MAX_CDR_ROWS}),
+                    )
+                ],
+            }
+        },
+        "/api/v1/stats/intervals": {
+            "get": {
+                **_op("Per-interval queue statistics", intervals),
+                "parameters": [
+                    {"name": n, "in": "query", "schema": sch}
+                    for n, sch in (
+                        ("since", epoch),
+                        ("until", epoch),
+                        ("interval_s", {"type": "number", "minimum": 60}),
+                        ("queue", {"type": "string"}),
+                    )
+                ],
+            }
+        },
+        "/api/v1/reload": {
+            "post": _op("Reload the config file (admin, audited)", {"type": "object"})
+        },
+    }
+    return paths, schemas

@@ -1,0 +1,87 @@
+"""Live events for WebSocket clients (wallboards, agent desktops, integrations).
+
+How this works: ``EventBus.publish`` is synchronous and never blocks: it encodes the event once and
+puts the bytes on every subscriber's bounded queue. A subscriber that falls behind by more than its
+queue holds is cut off (``overflowed`` set, its queue closed) instead of slowing the daemon or
+growing memory; a client reconnects and re-reads state from the REST API. Each subscriber may carry
+a filter (an agent sees only its own agent events and its queues' events).
+
+The events are the same facts the CDR store records: ``CdrWriter`` publishes each queue event and
+agent state change as it queues it for the database, so the stream and the store cannot disagree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+# Events a slow client may lag behind before it is disconnected: about a minute of a busy center.
+SUBSCRIBER_QUEUE_EVENTS = 1000
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True):
+    type: str  # "queue" | "agent"
+    at: float
+    event: str  # queue event kind, or the agent's new state
+    call_id: str | None = None
+    queue: str | None = None
+    agent_id: str | None = None
+    reason: str | None = None
+    data: dict[str, Any] | None = None
+
+
+EventFilter = Callable[[Event], bool]
+_encoder = msgspec.json.Encoder()
+
+
+class Subscription:
+    def __init__(self, bus: EventBus, accept: EventFilter | None) -> None:
+        self._bus = bus
+        self.accept = accept
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(SUBSCRIBER_QUEUE_EVENTS)
+        self.overflowed = False
+
+    async def get(self) -> bytes | None:
+        """The next encoded event, or None once the subscription was cut off or closed."""
+        return await self.queue.get()
+
+    def close(self) -> None:
+        self._bus._subscribers.discard(self)
+
+
+class EventBus:
+    def __init__(self) -> None:
+        self._subscribers: set[Subscription] = set()
+        self.published = 0
+        self.disconnected_slow = 0
+
+    def subscribe(self, accept: EventFilter | None = None) -> Subscription:
+        sub = Subscription(self, accept)
+        self._subscribers.add(sub)
+        return sub
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subscribers)
+
+    def publish(self, event: Event) -> None:
+        self.published += 1
+        if not self._subscribers:
+            return
+        payload = _encoder.encode(event)
+        for sub in list(self._subscribers):
+            if sub.accept is not None and not sub.accept(event):
+                continue
+            try:
+                sub.queue.put_nowait(payload)
+            except asyncio.QueueFull:
+                # Too slow: drop it rather than buffer without bound. Make room for the end marker.
+                sub.overflowed = True
+                self._subscribers.discard(sub)
+                self.disconnected_slow += 1
+                while not sub.queue.empty():
+                    sub.queue.get_nowait()
+                sub.queue.put_nowait(None)

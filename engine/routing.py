@@ -1,0 +1,302 @@
+"""The engine's side of routing: builds the Router from config and drives it on the event loop.
+
+How this works: the routing core is pure (time is an argument), so this module is its asyncio
+adapter, in the same shape as the SIP transports: every state change the engine reports (enqueue,
+accept, reject, agent ready, ...) is forwarded to the Router and then schedules ONE coalesced
+dispatch with ``loop.call_soon``; the Router's own timers (wrap-up ends, reject delays, relaxation
+steps, preferred-agent timeouts) are served by ONE ``loop.call_at`` re-armed from
+``next_deadline()``. There is no timer per call or per agent. Offers go to the ``on_offer`` callback,
+which rings the agent; ring-all withdrawals go to ``on_withdraw``.
+
+Config speaks in skill *names*; the Router in dense skill *indices*. The catalogue maps one to the
+other: every skill named by an agent, a queue, a relaxation step or a flow's ``set`` step gets an
+index at start. Agent state lives in the Router's arrays and nowhere else (DESIGN.md section 2):
+this module asks, it does not mirror.
+
+Queue and agent figures for Prometheus are read at scrape time by ``RoutingCollector``, so routing
+events never touch a gauge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable, Iterator, Mapping
+
+import structlog
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+import routing_core as rc
+from engine.config import Config, QueueConfig, SetStep
+
+log = structlog.stdlib.get_logger("acd.routing")
+
+# Channel names in config -> channel indices in the Router; voice is the phone call.
+CHANNELS = {"voice": 0, "chat": 1, "email": 2, "callback": 3}
+
+
+class SkillCatalogue:
+    """Skill names <-> Router skill indices, fixed for the life of a Router."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self.names = sorted(set(names))
+        self.index = {name: i for i, name in enumerate(self.names)}
+
+    def requirements(self, levels: Mapping[str, int]) -> tuple[rc.Requirement, ...]:
+        return tuple(rc.Requirement(self.index[s], lvl) for s, lvl in sorted(levels.items()))
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> SkillCatalogue:
+        names: set[str] = set()
+        for agent in cfg.agents:
+            names.update(agent.skills)
+        for queue in cfg.queues:
+            names.update(queue.requirements)
+            for step in queue.steps:
+                names.update(step.requirements or {})
+        for flow in cfg.flows:
+            for s in flow.steps:
+                if isinstance(s, SetStep) and s.requirements:
+                    names.update(s.requirements)
+        return cls(names or {"default"})
+
+
+def queue_spec(queue: QueueConfig, skills: SkillCatalogue) -> rc.QueueSpec:
+    return rc.QueueSpec(
+        name=queue.name,
+        strategy=rc.Strategy[queue.strategy.name],
+        requirements=skills.requirements(queue.requirements),
+        steps=tuple(
+            rc.RelaxStep(
+                after_s=step.after_s,
+                requirements=None
+                if step.requirements is None
+                else skills.requirements(step.requirements),
+                max_penalty=step.max_penalty,
+            )
+            for step in queue.steps
+        ),
+        weight=queue.weight,
+        wrap_up_s=queue.wrap_up_s,
+        max_length=queue.max_length,
+        reject_delay_s=queue.reject_delay_s,
+        busy_delay_s=queue.busy_delay_s,
+        no_answer_delay_s=queue.no_answer_delay_s,
+        auto_pause_after=queue.auto_pause_after,
+    )
+
+
+def build_router(
+    cfg: Config, *, max_tasks: int = 8192, seed: int = 0
+) -> tuple[rc.Router, SkillCatalogue]:
+    skills = SkillCatalogue.from_config(cfg)
+    router = rc.Router(
+        n_skills=len(skills.names),
+        max_agents=max(16, len(cfg.agents) * 2),
+        max_tasks=max_tasks,
+        max_queues=max(16, len(cfg.queues) * 2),
+        seed=seed,
+    )
+    for queue in cfg.queues:
+        router.add_queue(queue_spec(queue, skills))
+    for agent in cfg.agents:
+        router.add_agent(
+            agent.id,
+            skills={skills.index[s]: lvl for s, lvl in agent.skills.items()},
+            queues=dict(agent.queues),
+            capacity={CHANNELS.get(ch, 0): n for ch, n in agent.capacity.items()},
+        )
+    return router, skills
+
+
+OfferCallback = Callable[[rc.Offer], None]
+
+
+class RoutingService:
+    """Owns the Router; the only code that calls it. Not thread-safe: the event loop's thread only."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        on_offer: OfferCallback,
+        on_withdraw: OfferCallback,
+        loop: asyncio.AbstractEventLoop,
+        max_tasks: int = 8192,
+    ) -> None:
+        self.router, self.skills = build_router(cfg, max_tasks=max_tasks)
+        self._cfg = cfg
+        self._on_offer = on_offer
+        self._on_withdraw = on_withdraw
+        self._loop = loop
+        self._dispatch_pending = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self.decisions = 0
+
+    @property
+    def now(self) -> float:
+        return self._loop.time()
+
+    # -- the one coalesced dispatch and the one timer --------------------------------------------
+
+    def _kick(self) -> None:
+        if not self._dispatch_pending:
+            self._dispatch_pending = True
+            self._loop.call_soon(self._dispatch)
+
+    def _dispatch(self) -> None:
+        self._dispatch_pending = False
+        self._timer = None
+        self._timer_at = None
+        offers = self.router.dispatch(self.now)
+        self.decisions += len(offers)
+        for offer in offers:
+            try:
+                self._on_offer(offer)
+            except Exception:
+                # One failing offer handler must not strand the other reserved agents; the handler
+                # owns its call and ends it. Logged with the ids so the bug can be found.
+                log.exception("offer_handler_failed", call_id=offer.task_id, agent=offer.agent_id)
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        deadline = self.router.next_deadline()
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = None if deadline is None else self._loop.call_at(deadline, self._dispatch)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def warmup(self) -> None:
+        self.router.warmup()
+
+    # -- tasks -----------------------------------------------------------------------------------
+
+    def enqueue(
+        self,
+        call_id: str,
+        queue: str,
+        *,
+        priority: int = 0,
+        requirements: Mapping[str, int] | None = None,
+        enqueue_time: float | None = None,
+        preferred_agent: str | None = None,
+        preferred_timeout_s: float = 0.0,
+    ) -> None:
+        """Raises ``rc.QueueFull`` when the queue is at max_length (the caller then overflows)."""
+        self.router.enqueue(
+            call_id,
+            queue,
+            self.now,
+            priority=priority,
+            requirements=None if requirements is None else self.skills.requirements(requirements),
+            enqueue_time=enqueue_time,
+            preferred_agent=preferred_agent,
+            preferred_timeout_s=preferred_timeout_s,
+        )
+        self._kick()
+
+    def accept(self, call_id: str, agent_id: str) -> None:
+        for withdrawn in self.router.accept(call_id, agent_id, self.now):
+            self._on_withdraw(withdrawn)
+        self._kick()
+
+    def reject(self, call_id: str, agent_id: str, reason: str) -> None:
+        self.router.reject(call_id, agent_id, self.now, reason=reason)
+        self._kick()
+
+    def complete(self, agent_id: str, call_id: str) -> None:
+        self.router.complete(agent_id, self.now, task_id=call_id)
+        self._kick()
+
+    def abandon(self, call_id: str) -> None:
+        for withdrawn in self.router.abandon(call_id, self.now):
+            self._on_withdraw(withdrawn)
+        self._kick()
+
+    # -- agents ----------------------------------------------------------------------------------
+
+    def login(self, agent_id: str) -> None:
+        self.router.login(agent_id, self.now)
+        self._kick()
+
+    def logout(self, agent_id: str) -> None:
+        self.router.logout(agent_id, self.now)
+        self._kick()
+
+    def set_ready(self, agent_id: str) -> None:
+        self.router.set_ready(agent_id, self.now)
+        self._kick()
+
+    def set_not_ready(self, agent_id: str, reason: str = "") -> None:
+        self.router.set_not_ready(agent_id, self.now, reason)
+        self._kick()
+
+    def agent_state(self, agent_id: str) -> rc.AgentState:
+        return self.router.agent_state(agent_id)
+
+    # -- figures ---------------------------------------------------------------------------------
+
+    def queue_figures(self) -> Iterator[tuple[str, int, float]]:
+        """(queue, waiting, oldest wait seconds) for every configured queue."""
+        now = self.now
+        for queue in self._cfg.queues:
+            yield (
+                queue.name,
+                self.router.waiting(queue.name),
+                self.router.oldest_wait(queue.name, now),
+            )
+
+    def agents_by_queue_and_state(self) -> dict[tuple[str, str], int]:
+        counts: dict[tuple[str, str], int] = {
+            (q.name, s.name.lower()): 0 for q in self._cfg.queues for s in rc.AgentState
+        }
+        for agent in self._cfg.agents:
+            state = self.router.agent_state(agent.id).name.lower()
+            for queue in agent.queues:
+                counts[(queue, state)] += 1
+        return counts
+
+
+class RoutingCollector(Collector):
+    """Per-queue figures read from the Router when Prometheus scrapes."""
+
+    def __init__(self, service: Callable[[], RoutingService | None]) -> None:
+        self._service = service
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        service = self._service()
+        waiting = GaugeMetricFamily(
+            "acd_queue_waiting_calls",
+            "Calls waiting in the queue (not yet answered).",
+            labels=["queue"],
+        )
+        oldest = GaugeMetricFamily(
+            "acd_queue_oldest_wait_seconds",
+            "How long the longest-waiting call in the queue has waited.",
+            labels=["queue"],
+        )
+        agents = GaugeMetricFamily(
+            "acd_queue_agents",
+            "Member agents of the queue by routing state.",
+            labels=["queue", "state"],
+        )
+        if service is not None:
+            for name, n, wait_s in service.queue_figures():
+                waiting.add_metric([name], n)
+                oldest.add_metric([name], wait_s)
+            for (queue, state), n in sorted(service.agents_by_queue_and_state().items()):
+                agents.add_metric([queue, state], n)
+        yield waiting
+        yield oldest
+        yield agents
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())

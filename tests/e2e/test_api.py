@@ -1,0 +1,291 @@
+"""The control API of a running daemon over real HTTP: roles, agent state, audit, CDR search, stats."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from tests.e2e.conftest import DaemonFactory, DaemonProcess
+
+pytestmark = pytest.mark.e2e
+
+ADMIN = "admin-token-0123456789"
+SUPERVISOR = "supervisor-token-0123456789"
+AGENT_1001 = "agent-1001-token-0123"
+AGENT_1002 = "agent-1002-token-0123"
+
+EXTRA = f"""
+[[api.tokens]]
+name = "ops"
+role = "admin"
+token = "{ADMIN}"
+
+[[api.tokens]]
+name = "sup"
+role = "supervisor"
+token_sha256 = "{__import__("hashlib").sha256(SUPERVISOR.encode()).hexdigest()}"
+
+[[queues]]
+name = "support"
+requirements = {{ support = 1 }}
+service_level_s = 20.0
+
+[[queues]]
+name = "sales"
+requirements = {{ sales = 1 }}
+
+[[agents]]
+id = "1001"
+name = "Alice"
+skills = {{ support = 8, sales = 3 }}
+queues = {{ support = 0, sales = 1 }}
+api_token = "{AGENT_1001}"
+
+[[agents]]
+id = "1002"
+name = "Bob"
+skills = {{ sales = 9 }}
+queues = {{ sales = 0 }}
+api_token = "{AGENT_1002}"
+"""
+
+
+def call(
+    daemon: DaemonProcess, method: str, path: str, token: str | None, body: object = None
+) -> tuple[int, object]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(daemon.base_url + path, data=data, method=method)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+@pytest.fixture
+def daemon(start_daemon: DaemonFactory) -> DaemonProcess:
+    return start_daemon(EXTRA)
+
+
+def test_tokens_and_roles(daemon: DaemonProcess) -> None:
+    assert call(daemon, "GET", "/api/v1/agents", None)[0] == 401
+    assert call(daemon, "GET", "/api/v1/agents", "wrong-token-xxxxxxxx")[0] == 401
+    status, agents = call(daemon, "GET", "/api/v1/agents", SUPERVISOR)  # hashed token in config
+    assert status == 200
+    assert [a["id"] for a in agents] == ["1001", "1002"]  # type: ignore[union-attr, index]
+    status, own = call(daemon, "GET", "/api/v1/agents", AGENT_1001)
+    assert status == 200
+    assert [a["id"] for a in own] == ["1001"]  # type: ignore[union-attr, index]
+    status, problem = call(daemon, "GET", "/api/v1/agents/1002", AGENT_1001)
+    assert status == 403
+    assert problem["detail"] == "agents may only see and change themselves"  # type: ignore[index]
+    assert call(daemon, "POST", "/api/v1/reload", SUPERVISOR)[0] == 403
+    assert call(daemon, "POST", "/api/v1/reload", ADMIN) == (200, {"reloaded": True})
+
+
+def test_agent_state_changes_go_through_routing_and_are_audited(daemon: DaemonProcess) -> None:
+    status, view = call(daemon, "GET", "/api/v1/agents/1001", AGENT_1001)
+    assert (status, view["state"]) == (200, "logged_out")  # type: ignore[index]
+    status, view = call(
+        daemon, "PUT", "/api/v1/agents/1001/state", AGENT_1001, {"state": "logged_in"}
+    )
+    assert (status, view["state"]) == (200, "available")  # type: ignore[index]
+    status, view = call(
+        daemon,
+        "PUT",
+        "/api/v1/agents/1001/state",
+        SUPERVISOR,
+        {"state": "not_ready", "reason": "coaching"},
+    )
+    assert status == 200
+    assert view == {  # type: ignore[comparison-overlap]
+        "id": "1001",
+        "name": "Alice",
+        "state": "not_ready",
+        "reason": "coaching",
+        "queues": {"support": 0, "sales": 1},
+        "skills": {"support": 8, "sales": 3},
+    }
+    # An agent cannot change another agent; a bad body is a 400; an impossible transition a 409.
+    assert (
+        call(daemon, "PUT", "/api/v1/agents/1001/state", AGENT_1002, {"state": "ready"})[0] == 403
+    )
+    assert call(daemon, "PUT", "/api/v1/agents/1001/state", ADMIN, {"state": "asleep"})[0] == 400
+    assert call(daemon, "PUT", "/api/v1/agents/1001/state", ADMIN, {"mood": "ok"})[0] == 400
+    assert call(daemon, "PUT", "/api/v1/agents/1002/state", ADMIN, {"state": "ready"})[0] == 409
+    assert call(daemon, "PUT", "/api/v1/agents/9999/state", ADMIN, {"state": "ready"})[0] == 404
+
+    status, queues = call(daemon, "GET", "/api/v1/queues", SUPERVISOR)
+    assert status == 200
+    support = next(q for q in queues if q["name"] == "support")  # type: ignore[union-attr]
+    assert support["agents"]["not_ready"] == 1
+    assert support["waiting"] == 0
+    status, mine = call(daemon, "GET", "/api/v1/queues", AGENT_1002)
+    assert [q["name"] for q in mine] == ["sales"]  # type: ignore[union-attr, index]
+
+    time.sleep(1.0)  # the agent-event writer flushes every 0.5 s
+    db = daemon.workdir / "var" / "acd.sqlite3"
+    with sqlite3.connect(db) as conn:
+        audit = conn.execute(
+            "SELECT actor, role, action, object_id, outcome, json_extract(detail, '$.state') "
+            "FROM audit_log ORDER BY id"
+        ).fetchall()
+        events = conn.execute(
+            "SELECT agent_id, state, reason FROM agent_events ORDER BY id"
+        ).fetchall()
+    assert audit[:3] == [
+        ("agent:1001", "agent", "agent_state", "1001", "done", "logged_in"),
+        ("sup", "supervisor", "agent_state", "1001", "done", "not_ready"),
+        ("ops", "admin", "agent_state", "1002", "refused", "ready"),
+    ]
+    assert events == [("1001", "available", "api:agent:1001"), ("1001", "not_ready", "coaching")]
+
+
+def test_cdr_search_and_interval_stats(daemon: DaemonProcess) -> None:
+    now = time.time()
+    base = now - 3600
+    rows = [
+        # id, queue, agent, arrived_at, answered_at, disposition, wait, talk, wrap
+        ("c1", "support", "1001", base + 10, base + 25, "answered", 15.0, 100.0, 10.0),
+        ("c2", "support", "1001", base + 20, base + 60, "answered", 40.0, 200.0, 10.0),
+        ("c3", "support", None, base + 30, None, "abandoned", 30.0, None, None),
+        ("c4", "sales", "1002", base + 1000, base + 1005, "answered", 5.0, 50.0, 0.0),
+    ]
+    with sqlite3.connect(daemon.workdir / "var" / "acd.sqlite3") as conn:
+        conn.executemany(
+            "INSERT INTO calls (id, sip_call_id, queue, agent_id, arrived_at, agent_answered_at, "
+            "disposition, wait_s, talk_s, wrap_up_s) VALUES (?, 'x', ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+    status, found = call(daemon, "GET", "/api/v1/cdr?queue=support", SUPERVISOR)
+    assert status == 200
+    assert [r["id"] for r in found] == ["c3", "c2", "c1"]  # type: ignore[union-attr, index]
+    status, own = call(daemon, "GET", "/api/v1/cdr", AGENT_1002)
+    assert [r["id"] for r in own] == ["c4"]  # type: ignore[union-attr, index]
+    assert call(daemon, "GET", "/api/v1/cdr?agent=1001", AGENT_1002)[0] == 403
+    assert call(daemon, "GET", "/api/v1/cdr?since=yesterday", SUPERVISOR)[0] == 400
+
+    status, stats = call(
+        daemon,
+        "GET",
+        f"/api/v1/stats/intervals?since={base}&until={now}&interval_s=900",
+        SUPERVISOR,
+    )
+    assert status == 200
+    assert stats == [  # type: ignore[comparison-overlap]
+        {
+            "start": base,
+            "queue": "support",
+            "figures": {
+                "offered": 3,
+                "answered": 2,
+                "abandoned": 1,
+                "service_level": 0.5,  # 15 s within 20 s, 40 s not
+                "asa_s": 27.5,
+                "aht_s": 160.0,
+                "abandon_rate": pytest.approx(1 / 3),
+            },
+        },
+        {
+            "start": base + 900,
+            "queue": "sales",
+            "figures": {
+                "offered": 1,
+                "answered": 1,
+                "abandoned": 0,
+                "service_level": 1.0,
+                "asa_s": 5.0,
+                "aht_s": 50.0,
+                "abandon_rate": 0.0,
+            },
+        },
+    ]
+    assert call(daemon, "GET", "/api/v1/stats/intervals", AGENT_1001)[0] == 403
+
+
+def test_openapi_lists_the_control_api(daemon: DaemonProcess) -> None:
+    status, doc = call(daemon, "GET", "/api/v1/openapi.json", None)
+    assert status == 200
+    paths = doc["paths"]  # type: ignore[index]
+    assert {"/api/v1/queues", "/api/v1/agents/{agent_id}/state", "/api/v1/cdr"} <= set(paths)
+    assert paths["/api/v1/agents/{agent_id}/state"]["put"]["security"] == [{"bearer": []}]
+    assert "QueueView" in doc["components"]["schemas"]  # type: ignore[index]
+
+
+async def test_event_stream_over_websocket(daemon: DaemonProcess) -> None:
+    import asyncio
+
+    import aiohttp
+
+    url = daemon.base_url.replace("http", "ws") + "/api/v1/events"
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(url) as ws:
+            await ws.send_json({"type": "auth", "token": "not-a-token-at-all"})
+            msg = await ws.receive(timeout=5)
+            assert msg.type == aiohttp.WSMsgType.CLOSE
+            assert ws.close_code == 4401
+
+        async with session.ws_connect(url) as sup, session.ws_connect(url) as agent:
+            await sup.send_json({"type": "auth", "token": SUPERVISOR})
+            await agent.send_json({"type": "auth", "token": AGENT_1002})
+            assert (await sup.receive_json(timeout=5)) == {"type": "hello", "principal": "sup"}
+            assert (await agent.receive_json(timeout=5))["principal"] == "agent:1002"
+
+            def put_state(agent_id: str, state: str) -> int:
+                return call(
+                    daemon, "PUT", f"/api/v1/agents/{agent_id}/state", ADMIN, {"state": state}
+                )[0]
+
+            assert await asyncio.to_thread(put_state, "1001", "logged_in") == 200
+            assert await asyncio.to_thread(put_state, "1002", "logged_in") == 200
+            seen_by_sup = [await sup.receive_json(timeout=5) for _ in range(2)]
+            assert [(e["type"], e["agent_id"], e["event"]) for e in seen_by_sup] == [
+                ("agent", "1001", "available"),
+                ("agent", "1002", "available"),
+            ]
+            # Agent 1002 sees only itself: the first event it gets is its own login.
+            own = await agent.receive_json(timeout=5)
+            assert (own["agent_id"], own["event"]) == ("1002", "available")
+
+
+def test_operator_commands(daemon: DaemonProcess) -> None:
+    import os
+    import subprocess
+    import sys
+
+    def acd(*args: str, token: str = ADMIN) -> subprocess.CompletedProcess[str]:
+        env = dict(os.environ, ACD_TOKEN=token)
+        return subprocess.run(
+            [sys.executable, "-m", "engine.cli", *args, "--url", daemon.base_url],
+            capture_output=True, text=True, timeout=60, env=env,
+        )  # fmt: skip
+
+    done = acd("agent", "1001", "login")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "1001: available"
+    assert (
+        acd("agent", "1001", "not-ready", "--reason", "lunch").stdout.strip() == "1001: not_ready"
+    )
+    agents = acd("agents")
+    assert agents.returncode == 0
+    lines = agents.stdout.splitlines()
+    assert lines[0].split() == ["agent", "name", "state", "queues:penalty", "skills"]
+    assert lines[1].split()[:4] == ["1001", "Alice", "not_ready", "(lunch)"]
+    queues = acd("queues", "--json")
+    assert {q["name"] for q in json.loads(queues.stdout)} == {"support", "sales"}
+    denied = acd("agent", "1002", "login", token=AGENT_1001)
+    assert denied.returncode == 1
+    assert "403 agents may only see and change themselves" in denied.stderr
+    unreachable = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "queues", "--url", "http://127.0.0.1:9", "--token", ADMIN],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert unreachable.returncode == 1
+    assert "cannot reach the daemon at http://127.0.0.1:9" in unreachable.stderr

@@ -1,0 +1,113 @@
+"""Agent availability from registrations and feature codes, with the real registrar and Router."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import routing_core as rc
+from engine.agents import AgentDirectory
+from engine.config import parse_config
+from engine.routing import RoutingService
+from sip.registrar import ContactRequest, Registrar
+
+CONFIG = """
+[[queues]]
+name = "support"
+
+[[agents]]
+id = "1001"
+queues = { support = 0 }
+
+[[agents]]
+id = "2001"
+login = "static"
+contact = "sip:2001@pbx.example.net"
+queues = { support = 0 }
+"""
+
+
+@pytest.fixture
+async def directory() -> tuple[AgentDirectory, RoutingService, list[rc.Offer]]:
+    loop = asyncio.get_running_loop()
+    cfg = parse_config(CONFIG, "t.toml")
+    offers: list[rc.Offer] = []
+    routing = RoutingService(cfg, on_offer=offers.append, on_withdraw=offers.append, loop=loop)
+    registrar = Registrar(min_expires_s=1, default_expires_s=1)
+    return AgentDirectory(cfg, routing, None, loop, registrar=registrar), routing, offers
+
+
+PHONE = [ContactRequest("sip:1001@127.0.0.1:5284;transport=udp")]
+
+
+async def test_register_makes_available_and_expiry_logs_out(
+    directory: tuple[AgentDirectory, RoutingService, list[rc.Offer]],
+) -> None:
+    agents, routing, _ = directory
+    assert routing.agent_state("1001") is rc.AgentState.LOGGED_OUT
+    result = agents.register("1001", PHONE, call_id="r1", cseq=1, expires=1)
+    assert result.ok
+    assert routing.agent_state("1001") is rc.AgentState.AVAILABLE
+    assert agents.contacts("1001") == ["sip:1001@127.0.0.1:5284;transport=udp"]
+    await asyncio.sleep(1.3)  # one sweep timer serves every expiry
+    assert routing.agent_state("1001") is rc.AgentState.LOGGED_OUT
+    assert agents.contacts("1001") == []
+    agents.close()
+
+
+async def test_refresh_keeps_the_agent_and_unregister_logs_out(
+    directory: tuple[AgentDirectory, RoutingService, list[rc.Offer]],
+) -> None:
+    agents, routing, _ = directory
+    agents.register("1001", PHONE, call_id="r1", cseq=1, expires=1)
+    await asyncio.sleep(0.6)
+    assert agents.register("1001", PHONE, call_id="r1", cseq=2, expires=1).ok
+    await asyncio.sleep(0.6)  # past the first expiry, within the refreshed one
+    assert routing.agent_state("1001") is rc.AgentState.AVAILABLE
+    gone = agents.register(
+        "1001", [ContactRequest(PHONE[0].uri, expires=0)], call_id="r1", cseq=3, expires=None
+    )
+    assert gone.ok
+    assert routing.agent_state("1001") is rc.AgentState.LOGGED_OUT
+    agents.close()
+
+
+async def test_phone_gone_during_a_call_logs_out_after_the_call(
+    directory: tuple[AgentDirectory, RoutingService, list[rc.Offer]],
+) -> None:
+    agents, routing, offers = directory
+    agents.register("1001", PHONE, call_id="r1", cseq=1, expires=1)
+    routing.enqueue("call-1", "support")
+    await asyncio.sleep(0.05)
+    assert offers == [rc.Offer("call-1", "1001", "support")]
+    routing.accept("call-1", "1001")
+    await asyncio.sleep(1.3)  # the registration expires mid-call
+    assert routing.agent_state("1001") is rc.AgentState.BUSY
+    routing.complete("1001", "call-1")
+    agents.call_completed("1001")
+    assert routing.agent_state("1001") is rc.AgentState.LOGGED_OUT
+    agents.close()
+
+
+async def test_feature_codes(
+    directory: tuple[AgentDirectory, RoutingService, list[rc.Offer]],
+) -> None:
+    agents, routing, _ = directory
+    assert agents.feature_code("2001", "*5") is None
+    action = agents.feature_code("2001", "*1")  # static agent logs in by feature code
+    assert action is not None
+    assert action.state == "ready"
+    assert routing.agent_state("2001") is rc.AgentState.AVAILABLE
+    agents.feature_code("2001", "*2")
+    assert routing.agent_state("2001") is rc.AgentState.NOT_READY
+    assert routing.router.not_ready_reason("2001") == "feature code"
+    agents.feature_code("2001", "*1")
+    assert routing.agent_state("2001") is rc.AgentState.AVAILABLE
+    agents.feature_code("2001", "*3")
+    assert routing.agent_state("2001") is rc.AgentState.LOGGED_OUT
+    refused = agents.feature_code("2001", "*2")  # cannot pause while logged out
+    assert refused is not None
+    assert refused.prompt == "invalid"
+    assert agents.contacts("2001") == ["sip:2001@pbx.example.net"]
+    agents.close()

@@ -1,0 +1,164 @@
+"""The engine's routing service on a real event loop with the real Router (no stand-ins)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+import routing_core as rc
+from engine.config import parse_config
+from engine.routing import RoutingCollector, RoutingService, SkillCatalogue
+
+CONFIG = """
+[[queues]]
+name = "support"
+strategy = "longest_idle"
+requirements = { support = 1 }
+wrap_up_s = 0.2
+
+[[queues]]
+name = "vip"
+requirements = { support = 9 }
+# After 0.3 s nobody with level 9 answered: anyone with support 1 may take it.
+steps = [ { after_s = 0.3, requirements = { support = 1 } } ]
+
+[[queues]]
+name = "all"
+strategy = "ring_all"
+
+[[agents]]
+id = "1001"
+skills = { support = 8, sales = 3 }
+queues = { support = 0, vip = 0, all = 0 }
+
+[[agents]]
+id = "1002"
+skills = { support = 4, sales = 9 }
+queues = { support = 1, vip = 0, all = 0 }
+"""
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.offers: list[rc.Offer] = []
+        self.withdrawn: list[rc.Offer] = []
+        self.changed = asyncio.Event()
+
+    def offer(self, o: rc.Offer) -> None:
+        self.offers.append(o)
+        self.changed.set()
+
+    def withdraw(self, o: rc.Offer) -> None:
+        self.withdrawn.append(o)
+
+    async def wait_offers(self, n: int, timeout_s: float = 3.0) -> list[rc.Offer]:
+        async with asyncio.timeout(timeout_s):
+            while len(self.offers) < n:
+                self.changed.clear()
+                await self.changed.wait()
+        return self.offers
+
+
+@pytest.fixture
+async def service() -> tuple[RoutingService, Recorder]:
+    rec = Recorder()
+    svc = RoutingService(
+        parse_config(CONFIG, "t.toml"),
+        on_offer=rec.offer,
+        on_withdraw=rec.withdraw,
+        loop=asyncio.get_running_loop(),
+    )
+    return svc, rec
+
+
+def test_skill_catalogue_maps_names_to_dense_indices() -> None:
+    cat = SkillCatalogue.from_config(parse_config(CONFIG, "t.toml"))
+    assert cat.names == ["sales", "support"]
+    assert cat.requirements({"support": 3, "sales": 1}) == (
+        rc.Requirement(0, 1),
+        rc.Requirement(1, 3),
+    )
+
+
+async def test_offer_accept_complete_and_wrap_up_ends_by_timer(
+    service: tuple[RoutingService, Recorder],
+) -> None:
+    svc, rec = service
+    svc.login("1001")
+    await asyncio.sleep(0.01)
+    svc.login("1002")
+    svc.enqueue("call-1", "support")
+    (offer,) = await rec.wait_offers(1)
+    assert offer == rc.Offer("call-1", "1001", "support")  # idle longest
+    assert svc.agent_state("1001") is rc.AgentState.RESERVED
+    svc.accept("call-1", "1001")
+    assert svc.agent_state("1001") is rc.AgentState.BUSY
+    svc.complete("1001", "call-1")
+    assert svc.agent_state("1001") is rc.AgentState.WRAP_UP
+    await asyncio.sleep(0.35)  # wrap_up_s = 0.2: the service's one timer must have fired
+    assert svc.agent_state("1001") is rc.AgentState.AVAILABLE
+    svc.close()
+
+
+async def test_relaxation_step_fires_from_the_timer_without_any_event(
+    service: tuple[RoutingService, Recorder],
+) -> None:
+    svc, rec = service
+    svc.login("1002")  # support 4: not enough for vip (9) until the step widens it
+    svc.enqueue("call-v", "vip")
+    await asyncio.sleep(0.15)
+    assert rec.offers == []
+    (offer,) = await rec.wait_offers(1, timeout_s=2.0)
+    assert offer == rc.Offer("call-v", "1002", "vip")
+    svc.close()
+
+
+async def test_ring_all_accept_withdraws_the_other_offer(
+    service: tuple[RoutingService, Recorder],
+) -> None:
+    svc, rec = service
+    svc.login("1001")
+    svc.login("1002")
+    svc.enqueue("call-r", "all")
+    offers = await rec.wait_offers(2)
+    assert {o.agent_id for o in offers} == {"1001", "1002"}
+    svc.accept("call-r", "1002")
+    assert rec.withdrawn == [rc.Offer("call-r", "1001", "all")]
+    assert svc.agent_state("1001") is rc.AgentState.AVAILABLE
+    assert svc.agent_state("1002") is rc.AgentState.BUSY
+    svc.close()
+
+
+async def test_abandon_while_ringing_frees_the_agent(
+    service: tuple[RoutingService, Recorder],
+) -> None:
+    svc, rec = service
+    svc.login("1001")
+    svc.enqueue("call-a", "support")
+    await rec.wait_offers(1)
+    svc.abandon("call-a")
+    assert rec.withdrawn == [rc.Offer("call-a", "1001", "support")]
+    assert svc.agent_state("1001") is rc.AgentState.AVAILABLE
+    svc.close()
+
+
+async def test_metrics_are_read_from_the_router_at_scrape_time(
+    service: tuple[RoutingService, Recorder],
+) -> None:
+    svc, _ = service
+    registry = CollectorRegistry()
+    registry.register(RoutingCollector(lambda: svc))
+    svc.login("1001")
+    svc.enqueue("w1", "vip")  # 1001 has support 8 < 9: it waits
+    await asyncio.sleep(0.05)
+    text = generate_latest(registry).decode()
+    assert 'acd_queue_waiting_calls{queue="vip"} 1.0' in text
+    assert 'acd_queue_waiting_calls{queue="support"} 0.0' in text
+    assert 'acd_queue_agents{queue="support",state="available"} 1.0' in text
+    assert 'acd_queue_agents{queue="support",state="logged_out"} 1.0' in text
+    oldest = registry.get_sample_value("acd_queue_oldest_wait_seconds", {"queue": "vip"})
+    assert oldest is not None
+    assert 0.04 <= oldest < 1.0
+    svc.close()
