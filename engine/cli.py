@@ -184,6 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     erlang.set_defaults(func=lambda a: _delegate(*_DELEGATED["erlang"], []))
+    recordings = sub.add_parser(
+        "recordings",
+        help="decrypt, repair or purge call recordings",
+        description="Recordings maintenance; see `acd recordings --help`.",
+        add_help=False,
+    )
+    recordings.set_defaults(func=lambda a: _delegate(*_DELEGATED["recordings"], []))
 
     queues = sub.add_parser(
         "queues",
@@ -219,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
 _DELEGATED = {
     "simulate": ("engine.simulate_cli", "simulate_main"),
     "erlang": ("routing_core.erlang", "erlang_main"),
+    "recordings": ("recordings.cli", "recordings_cli_main"),
 }
 
 

@@ -109,3 +109,21 @@ def test_erlang_c_table() -> None:
     rows = json.loads(result.stdout)
     rows = rows if isinstance(rows, list) else rows["results"]
     assert [round(r["p_wait"], 4) for r in rows] == [0.6821, 0.4494, 0.2853, 0.1741, 0.1020, 0.0573]
+
+
+def test_recordings_repair_through_acd(tmp_path: Path) -> None:
+    import wave
+
+    broken = tmp_path / "crashed.wav"
+    with wave.open(str(broken), "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(b"\x01\x00\x02\x00" * 800)
+    data = bytearray(broken.read_bytes())
+    data[40:44] = (0).to_bytes(4, "little")  # a crash before the header patch: data size 0
+    broken.write_bytes(bytes(data) + b"\x03\x00\x04\x00" * 800)
+    result = run("recordings", "repair", str(broken))
+    assert result.returncode == 0, result.stderr
+    with wave.open(str(broken)) as w:
+        assert w.getnframes() == 1600
