@@ -21,6 +21,8 @@ a queue's version whenever a task there may have become eligible (enqueue, retur
 relaxation step or preferred-agent timeout reached) and clears an agent's memo whenever its own state,
 load or reject delay changes. Only the buckets of the active agents' queues are searched, so one
 dispatch after one agent frees costs O(buckets of that agent's queues), independent of the backlog.
+Each bucket keeps a copy of its head's key (`bucket_f`), so judging a bucket whose head has no
+preferred agent or exclusions reads no task row; with 100k waiting tasks those rows are cache-cold.
 
 Kernels never validate and never raise: the Router sizes and fills every array.
 """

@@ -70,6 +70,7 @@ _TM_UNBLOCK: Final = 1
 _TM_TASK: Final = 2
 
 _ROUTABLE_CODES: Final = frozenset(int(s) for s in ROUTABLE_STATES)
+_RESERVED: Final = int(AgentState.RESERVED)
 # The state table as int pairs: the hot path compares numpy int8 codes, and numpy scalar vs IntEnum
 # comparisons cost microseconds.
 _ALLOWED_CODES: Final = frozenset(
@@ -174,6 +175,7 @@ class Router:
         self._step_reqset = np.full((Q, 1), -1, np.int32)
         self._step_maxpen = np.full((Q, 1), -1, np.int32)
         self._queues: list[QueueSpec] = []
+        self._queue_names: list[str] = []
         self._queue_index: dict[str, int] = {}
         self._queue_count: list[int] = []  # tasks waiting or offered
         self._queue_offered: list[set[int]] = []
@@ -240,6 +242,7 @@ class Router:
         self._queue_i[K.QI_RR_LAST, q] = -1
         self._queue_i[K.QI_N_POS, q] = 0
         self._queues.append(spec)
+        self._queue_names.append(spec.name)
         self._queue_index[spec.name] = q
         self._queue_count.append(0)
         self._queue_offered.append(set())
@@ -436,7 +439,9 @@ class Router:
 
     def dispatch(self, now: float) -> list[Offer]:
         """Apply due timers, then offer waiting tasks to free agents, reserving them atomically."""
-        self._apply_timers(now)
+        timers = self._timers
+        if timers and timers[0][0] <= now:
+            self._apply_timers(now)
         return self._run_kernel(now)
 
     def accept(self, task_id: str, agent_id: str, now: float) -> list[Offer]:
@@ -637,6 +642,7 @@ class Router:
         offers: list[Offer] = []
         ids = self._agent_ids
         task_offers = self._task_offers
+        names = self._queue_names
         for t, a in zip(self._out_task[:n].tolist(), self._out_agent[:n].tolist(), strict=True):
             q = int(self._task_i[t, K.TI_QUEUE])
             if t not in task_offers:
@@ -646,12 +652,12 @@ class Router:
                 self._n_waiting -= 1
             task_offers[t].append(a)
             self._agent_offers[a].add(t)
-            if int(self._state[a]) != AgentState.RESERVED:
+            if int(self._state[a]) != _RESERVED:
                 # The kernel already updated the free list and memo of this agent.
                 self._set_state(a, AgentState.RESERVED, refresh=False)
             tid = self._task_ids[t]
             assert tid is not None
-            offers.append(Offer(tid, ids[a], self._queues[q].name))
+            offers.append(Offer(tid, ids[a], names[q]))
         return offers
 
     # ------------------------------------------------------------------ internals: agents
