@@ -168,6 +168,8 @@ class QueueConfig(_Struct, frozen=True):
     announce_wait: bool = True
     service_level_s: float = 20.0
     record: str = "always"  # always | never | on_demand | a percentage such as "25%"
+    encrypt_recordings: bool = False  # AES-256-GCM at rest with the active key
+    retention_days: int | None = None  # None: [recordings] retention_days; 0 = keep forever
 
 
 class LoginMode(Enum):
@@ -313,6 +315,17 @@ class ApiConfig(_Struct, frozen=True):
     tokens: tuple[ApiToken, ...] = ()
 
 
+class RecordingsConfig(_Struct, frozen=True):
+    dir: str = "var/recordings"  # where recordings are written (one file per call, by date)
+    format: str = "wav"  # wav | flac | opus (compressed files are made from the WAV at close)
+    # JSON keyring {"active": id, "keys": {id: base64}}; empty: ACD_RECORDING_KEYS in the environment
+    key_file: str = ""
+    flush_interval_s: float = 1.0  # at most this much audio is lost if the daemon is killed
+    retention_days: int = 0  # default for queues without their own; 0 = keep forever
+    purge_interval_s: float = 3600.0  # how often the retention purge runs
+    agents_download_own: bool = False  # may agents fetch recordings of their own calls?
+
+
 class MediaConfig(_Struct, frozen=True):
     rtp_port_min: int = 20000
     rtp_port_max: int = 29999
@@ -336,6 +349,7 @@ class Config(_Struct, frozen=True):
     runtime: RuntimeConfig = RuntimeConfig()
     features: FeatureCodes = FeatureCodes()
     api: ApiConfig = ApiConfig()
+    recordings: RecordingsConfig = RecordingsConfig()
     trunks: tuple[TrunkConfig, ...] = ()
     routes: tuple[RouteConfig, ...] = ()
     flows: tuple[FlowConfig, ...] = ()
@@ -704,6 +718,21 @@ def _validate_telephony(cfg: Config, file: str) -> None:
             raise ConfigError(
                 file, f"{base}.token_sha256", "expected 64 lowercase hex digits (sha256sum output)"
             )
+    rec = cfg.recordings
+    if rec.format not in ("wav", "flac", "opus"):
+        raise ConfigError(
+            file,
+            "recordings.format",
+            f"expected one of 'wav', 'flac', 'opus', found {rec.format!r}",
+        )
+    _check_positive(file, "recordings.flush_interval_s", rec.flush_interval_s)
+    _check_positive(file, "recordings.purge_interval_s", rec.purge_interval_s)
+    if rec.retention_days < 0:
+        raise ConfigError(
+            file,
+            "recordings.retention_days",
+            f"expected >= 0 (0 = forever), found {rec.retention_days}",
+        )
     if not cfg.media.rtp_port_min < cfg.media.rtp_port_max:
         raise ConfigError(
             file, "media.rtp_port_max", f"expected > media.rtp_port_min ({cfg.media.rtp_port_min})"

@@ -28,6 +28,7 @@ from engine.events import EventBus
 from engine.http import ReadyCheck, make_app, openapi_document
 from engine.logs import configure_logging
 from engine.metrics import EventLoopLagMonitor, Metrics
+from engine.recording_service import RecordingCollector, RecordingService
 from engine.routing import RoutingCollector, RoutingService
 from engine.storage import StorageError, Store, database_url
 
@@ -45,6 +46,7 @@ class Daemon:
         self.store: Store | None = None
         self.cdr: CdrWriter | None = None
         self.routing: RoutingService | None = None
+        self.recordings: RecordingService | None = None
         self.api = api.ApiContext(get_config=lambda: self.config, reload=self.reload)
         self.http_port: int | None = None
         self._runner: web.AppRunner | None = None
@@ -71,7 +73,10 @@ class Daemon:
         async def cdr() -> str | None:
             return None if self.cdr is None else await self.cdr.ready_check()
 
-        return {"storage": storage, "listeners": listeners, "cdr": cdr}
+        async def recordings() -> str | None:
+            return None if self.recordings is None else self.recordings.healthy()
+
+        return {"storage": storage, "listeners": listeners, "cdr": cdr, "recordings": recordings}
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -101,6 +106,7 @@ class Daemon:
         )
         app[api.TOKENS_KEY] = tokens
         api.add_routes(app, self.api)
+        self._add_web_routes(app)
         runner = web.AppRunner(
             app,
             access_log=None,
@@ -173,6 +179,15 @@ class Daemon:
         self.api.store, self.api.cdr, self.api.routing = self.store, self.cdr, self.routing
         self.api.bus = self.bus
         try:
+            self.recordings = RecordingService(self.config, self.store, base_dir=Path.cwd())
+            await self.recordings.start_writer()
+        except (OSError, ValueError) as exc:
+            log.error("recordings_start_failed", reason=str(exc))
+            await self.store.close()
+            return 1
+        self.metrics.registry.register(RecordingCollector(self.recordings))
+        self.api.recordings = self.recordings
+        try:
             await self._start_http()
         except OSError as exc:
             log.error(
@@ -189,6 +204,7 @@ class Daemon:
                     tasks.create_task(EventLoopLagMonitor(self.metrics.event_loop_lag).run()),
                     tasks.create_task(self._reload_loop()),
                     tasks.create_task(self.cdr.run()),
+                    tasks.create_task(self.recordings.purge_loop()),
                 ]
                 self.metrics.ready.set(1)
                 log.info(
@@ -208,6 +224,15 @@ class Daemon:
         log.info("stopped")
         return 0
 
+    @staticmethod
+    def _add_web_routes(app: web.Application) -> None:
+        """The wallboard and agent desktop pages (engine/webui.py), when present."""
+        try:
+            from engine.webui import add_web_routes
+        except ImportError:
+            return
+        add_web_routes(app)
+
     def _on_offer(self, offer: object) -> None:
         # The call layer (SIP legs) rings the agent here; until it lands, offers are only logged.
         log.info("offer", offer=str(offer))
@@ -218,6 +243,8 @@ class Daemon:
     async def _shutdown(self) -> None:
         if self.routing is not None:
             self.routing.close()
+        if self.recordings is not None:
+            await self.recordings.stop()
         if self.cdr is not None:
             await self.cdr.close()
         if self._runner is not None:

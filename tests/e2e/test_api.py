@@ -289,3 +289,69 @@ def test_operator_commands(daemon: DaemonProcess) -> None:
     )  # fmt: skip
     assert unreachable.returncode == 1
     assert "cannot reach the daemon at http://127.0.0.1:9" in unreachable.stderr
+
+
+def test_recording_download_is_authorised_and_audited(daemon: DaemonProcess) -> None:
+    import asyncio
+    import sqlite3 as sq
+    import urllib.request as ur
+
+    import numpy as np
+
+    from engine.config import load_config
+    from engine.recording_service import RecordingService
+    from engine.storage import Store
+    from sip.rtp.g711 import encode_pcmu
+
+    async def make_recording() -> str:
+        # The daemon's own database (WAL lets two processes share it) and recordings directory.
+        cfg = load_config(daemon.config_path)
+        store = await Store.open(f"sqlite+aiosqlite:///{daemon.workdir}/var/acd.sqlite3")
+        svc = RecordingService(cfg, store, base_dir=daemon.workdir)
+        await svc.start_writer()
+        recording = await svc.start("call-77", "support", "1001")
+        assert recording is not None
+        pcm = (8000 * np.sin(2 * np.pi * 440 * np.arange(160) / 8000)).astype(np.int16)
+        for i in range(50):
+            recording.feed(0, i * 160, encode_pcmu(pcm), "PCMU")
+        recording.close(50 * 160)
+        await svc.wait_idle()
+        await svc.stop()
+        await store.close()
+        return str(recording.recording_id)
+
+    recording_id = asyncio.run(make_recording())
+    status, listed = call(daemon, "GET", "/api/v1/recordings?call_id=call-77", SUPERVISOR)
+    assert status == 200
+    assert [r["id"] for r in listed] == [recording_id]  # type: ignore[union-attr, index]
+
+    request = ur.Request(f"{daemon.base_url}/api/v1/recordings/{recording_id}/audio")
+    request.add_header("Authorization", f"Bearer {SUPERVISOR}")
+    with ur.urlopen(request, timeout=10) as resp:
+        body = resp.read()
+        assert resp.headers["Content-Type"] == "audio/wav"
+    assert body[:4] == b"RIFF"
+    assert len(body) == 44 + 50 * 160 * 4  # 1 s of 8 kHz 16-bit stereo
+
+    # Agent 1001 handled the call, but agents_download_own is off: denied, and audited.
+    assert call(daemon, "GET", f"/api/v1/recordings/{recording_id}/audio", AGENT_1001)[0] == 403
+    assert call(daemon, "GET", "/api/v1/recordings", AGENT_1001)[0] == 403
+    hold = {"legal_hold": True}
+    assert (
+        call(daemon, "PUT", f"/api/v1/recordings/{recording_id}/legal_hold", SUPERVISOR, hold)[0]
+        == 403
+    )
+    assert call(daemon, "PUT", f"/api/v1/recordings/{recording_id}/legal_hold", ADMIN, hold) == (
+        200,
+        {"id": recording_id, "legal_hold": True},
+    )
+    with sq.connect(daemon.workdir / "var" / "acd.sqlite3") as conn:
+        audit = conn.execute(
+            "SELECT actor, action, outcome FROM audit_log WHERE object_id = ? ORDER BY id",
+            (recording_id,),
+        ).fetchall()
+    assert audit == [
+        ("sup", "recording_download", "allowed"),
+        ("agent:1001", "recording_download", "denied"),
+        ("ops", "legal_hold", "done"),
+    ]

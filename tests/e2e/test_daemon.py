@@ -32,7 +32,7 @@ def test_health_ready_metrics_and_clean_sigterm(start_daemon: DaemonFactory) -> 
     assert status == 200
     assert body == {
         "status": "ready",
-        "checks": {"storage": "ok", "listeners": "ok", "cdr": "ok"},
+        "checks": {"storage": "ok", "listeners": "ok", "cdr": "ok", "recordings": "ok"},
     }
 
     time.sleep(0.6)  # let the loop-lag monitor take a couple of samples
@@ -145,7 +145,7 @@ def test_readme_run_command_starts_and_stops_the_daemon(repo_root: Path, tmp_pat
             stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + 120  # first use may install the package into .venv
+        deadline = time.monotonic() + 300  # first use may (re)install the package into .venv
         while time.monotonic() < deadline:
             try:
                 with urllib.request.urlopen(
