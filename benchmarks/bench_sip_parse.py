@@ -92,6 +92,16 @@ def ours() -> Callable[[], object]:
     return run
 
 
+def ours_parse_only() -> Callable[[], object]:
+    """Breakdown row: parse_message alone (core headers typed and validated, nothing accessed)."""
+    parse = sip.parse_message
+
+    def run() -> object:
+        return parse(INVITE)
+
+    return run
+
+
 def minimal_split() -> Callable[[], object]:
     """Calibration only: split lines into a dict, no validation, no typed values.
 
@@ -190,8 +200,10 @@ def main() -> None:
     print(f"median of {args.runs} runs x {args.number} parses, CPU time of one process")
     baseline = measure(minimal_split(), args.runs, args.number)
     mine = measure(ours(), args.runs, args.number)
+    parse_only = measure(ours_parse_only(), args.runs, args.number)
     rows: list[tuple[str, str]] = [
         ("acd sip (ours)", f"{mine:8.2f} us/msg  ({mine / baseline:.1f}x minimal split)"),
+        ("  parse only", f"{parse_only:8.2f} us/msg  ({parse_only / baseline:.1f}x minimal split)"),
         ("minimal split", f"{baseline:8.2f} us/msg  (calibration: no validation, no typing)"),
     ]
     error = None if args.no_references else ensure_references()

@@ -6,10 +6,13 @@ list of canonical keys (lower-case full names, compact forms expanded: ``v`` -> 
 list is the only source of truth for serialisation, so headers we do not interpret are re-emitted
 unchanged and in order. Typed values (`Via`, `NameAddr`, `CSeq`, ...) are parsed from the raw values
 on first access and cached per key; any change to a key's raw values drops its cached typed value.
-Typed values are immutable named tuples (cheap to build on the hot path); derive changed copies with
-their ``with_*`` methods and store them back through the message's typed setters, which re-render the
-raw value. Single-key lookups use ``list.count``/``list.index`` (C loops) instead of building a dict
-per message, which is what keeps a full parse of a typical INVITE within a few microseconds.
+Typed values are immutable (named tuples or slotted classes, cheap to build on the hot path); derive
+changed copies with their ``with_*`` methods and store them back through the message's typed setters,
+which re-render the raw value. A received `Via` or `NameAddr` keeps its parameters as the validated
+text and splits them on first access; ``branch`` and ``tag``, the lookups every transaction and
+dialog makes, are found in that text without splitting it. Single-key lookups on the container use
+``list.count``/``list.index`` (C loops) instead of keeping a dict that every edit would have to
+maintain.
 """
 
 from __future__ import annotations
@@ -190,6 +193,32 @@ def _param(params: Params, name: str) -> str | None:
     return None
 
 
+def _param_in_text(text: str, name: str) -> str | None:
+    """`_param(_params(text), name)` for a lower-case `name`, without splitting every parameter.
+
+    Used for the hot lookups (Via branch, From/To tag) before the parameters were split. Falls
+    back to the full split unless the text is ASCII with no LWS or quotes, where ";" and "=" can
+    only be separators and lower-casing keeps every offset.
+    """
+    if not text:
+        return None
+    if " " in text or "\t" in text or '"' in text or not text.isascii():
+        return _param(_params(text), name)
+    low = text.lower()
+    key = ";" + name
+    end = len(text)
+    at = low.find(key)
+    while at >= 0:
+        after = at + len(key)
+        if after == end or text[after] == ";":
+            return ""  # a flag
+        if text[after] == "=":
+            stop = text.find(";", after)
+            return text[after + 1 :] if stop < 0 else text[after + 1 : stop]
+        at = low.find(key, after)  # a longer name that starts with `name`
+    return None
+
+
 def _render_params(params: Params) -> str:
     return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params)
 
@@ -234,7 +263,7 @@ class Via:
     Treat as immutable: `with_param` returns a changed copy.
     """
 
-    __slots__ = ("host", "params", "port", "protocol", "transport")
+    __slots__ = ("_params", "_params_text", "host", "port", "protocol", "transport")
 
     def __init__(
         self,
@@ -247,8 +276,30 @@ class Via:
         self.transport: Final = transport
         self.host: Final = host
         self.port: Final = port
-        self.params: Final = params
+        self._params: Params | None = params
+        self._params_text = ""
         self.protocol: Final = protocol
+
+    @classmethod
+    def _received(cls, transport: str, host: str, port: int | None, params_text: str) -> Via:
+        # Parse path for a "SIP/2.0/<T> host[:port][;params]" value the fast regex validated;
+        # the parameters are split on first access (most Vias are only copied into responses).
+        self = cls.__new__(cls)
+        self.transport = transport  # type: ignore[misc]
+        self.host = host  # type: ignore[misc]
+        self.port = port  # type: ignore[misc]
+        self._params = None if params_text else ()
+        self._params_text = params_text
+        self.protocol = "SIP/2.0"  # type: ignore[misc]
+        return self
+
+    @property
+    def params(self) -> Params:
+        """Via parameters as ((lower-case name, raw value or None), ...), in order."""
+        params = self._params
+        if params is None:
+            params = self._params = _params(self._params_text)
+        return params
 
     def param(self, name: str) -> str | None:
         """Value of parameter `name` (case-insensitive); "" for a flag; None if absent."""
@@ -256,7 +307,10 @@ class Via:
 
     @property
     def branch(self) -> str | None:
-        return _param(self.params, "branch")
+        params = self._params
+        if params is None:
+            return _param_in_text(self._params_text, "branch")
+        return _param(params, "branch")
 
     @property
     def received(self) -> str | None:
@@ -359,7 +413,10 @@ class NameAddr:
 
     @property
     def tag(self) -> str | None:
-        return _param(self.params, "tag")
+        params = self._params
+        if params is None:
+            return _param_in_text(self._params_text, "tag")
+        return _param(params, "tag")
 
     @property
     def expires(self) -> int | None:
@@ -469,7 +526,7 @@ def parse_via_value(value: str) -> tuple[Via, ...]:
     fast = _abnf.FAST_VIA_RE.fullmatch(value)
     if fast is not None:  # the common "SIP/2.0/UDP host:port;params" shape
         transport, host, port, params = fast.groups()
-        return (Via(transport, host, _port(port, value) if port else None, _params(params)),)
+        return (Via._received(transport, host, _port(port, value) if port else None, params),)
     out: list[Via] = []
     match = _abnf.VIA_RE.match
     pos, end = 0, len(value)
@@ -563,6 +620,14 @@ def parse_name_addr_list(values: list[str]) -> tuple[NameAddr, ...]:
 
 def parse_contact(values: list[str]) -> tuple[bool, tuple[NameAddr, ...]]:
     """Contact: (is_star, contacts). "*" must stand alone (RFC 3261 20.10, 10.2.2)."""
+    if len(values) == 1:
+        # One entry in the usual shape: what the general path below returns for it, minus the
+        # list walk ("*" alone cannot match the <...> form; "<*>" is left to the check below).
+        fast = _abnf.FAST_NAME_ADDR_RE.fullmatch(values[0])
+        if fast is not None:
+            display, uri, params = fast.groups()
+            if uri != "*":
+                return False, (NameAddr._received(uri, display, params),)
     if any("*" in v and _abnf.STAR_RE.fullmatch(v) for v in values):
         if len(values) != 1:
             raise _bad("Contact", "* with other contacts")

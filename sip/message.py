@@ -3,16 +3,20 @@
 How this works: `parse_message` does one pass over the datagram. It finds the empty line that ends
 the header section, decodes the header section once (UTF-8 with surrogateescape, so any byte
 survives a round trip), splits it into lines with `str.split` and each line at its first colon with
-`str.partition` (C loops, no per-character Python). Names in the usual spellings map to their
-canonical key through one dict lookup; any other name is checked against the token grammar. A line
-starting with SP/HTAB shows up on that slow path and triggers unfolding of the block (7.3.1), so
-ordinary messages never pay for the search. The body is framed by Content-Length (18.3: on a
-datagram, octets beyond it are ignored, a shorter body is an error; without Content-Length the body
-runs to the end of the datagram). The headers the transaction layer always needs (Via, From, To,
-Call-ID, CSeq, Max-Forwards) are then typed eagerly with compiled regexes (fast-path regexes for the
-common shapes first), so a message returned by `parse_message` has well-formed core headers; the
-URIs and parameters inside From/To and everything else are typed lazily on first access and cached
-(see `sip.headers`).
+`str.partition` in one plain loop (on CPython 3.11 that beats map() over the unbound method). Names
+in the usual spellings map to their canonical key through one dict lookup; any other name is checked
+against the token grammar. A line starting with SP/HTAB shows up on that slow path and triggers
+unfolding of the block (7.3.1), so ordinary messages never pay for the search. One dict() over the
+keys then gives each header's first line without a list scan per lookup. The body is framed by
+Content-Length (18.3: on a datagram, octets beyond it are ignored, a shorter body is an error;
+without Content-Length the body runs to the end of the datagram). The headers the transaction layer
+always needs (Via, From, To, Call-ID, CSeq, Max-Forwards) are then typed eagerly, so a message
+returned by `parse_message` has well-formed core headers: in the common shape all of them (and a
+single Contact) are validated and split by ONE fused regex (`_abnf.CORE_RE`), because sre's cost is
+mostly per call and per character; anything that regex declines goes through the per-header parsers,
+which accept or raise exactly as before (tests/sip/test_message_perf_invariants.py checks that both
+paths agree). The URIs and parameters inside From/To/Via and everything else are typed lazily on
+first access and cached (see `sip.headers`).
 
 Missing or duplicated mandatory headers do not fail the parse (RFC 4475 3.3.1 and 3.3.8 put those at
 the application layer): call `check_mandatory()` where a 400 is wanted.
@@ -27,7 +31,6 @@ from __future__ import annotations
 import random
 import secrets
 from collections.abc import Iterable
-from itertools import repeat
 from typing import Final
 
 from sip import _abnf
@@ -183,10 +186,10 @@ class Message:
     @property
     def via(self) -> tuple[Via, ...]:
         """Via entries, topmost first (RFC 3261 20.42)."""
-        cache = self.headers._cache
-        if "via" in cache:
-            return cache["via"]  # type: ignore[return-value]
-        return self.headers._typed("via", parse_via_list)
+        try:
+            return self.headers._cache["via"]  # type: ignore[return-value]
+        except KeyError:
+            return self.headers._typed("via", parse_via_list)
 
     @via.setter
     def via(self, value: Iterable[Via]) -> None:
@@ -196,10 +199,10 @@ class Message:
 
     @property
     def from_(self) -> NameAddr | None:
-        cache = self.headers._cache
-        if "from" in cache:
-            return cache["from"]  # type: ignore[return-value]
-        return self.headers._typed("from", parse_name_addr)
+        try:
+            return self.headers._cache["from"]  # type: ignore[return-value]
+        except KeyError:
+            return self.headers._typed("from", parse_name_addr)
 
     @from_.setter
     def from_(self, value: NameAddr) -> None:
@@ -207,10 +210,10 @@ class Message:
 
     @property
     def to(self) -> NameAddr | None:
-        cache = self.headers._cache
-        if "to" in cache:
-            return cache["to"]  # type: ignore[return-value]
-        return self.headers._typed("to", parse_name_addr)
+        try:
+            return self.headers._cache["to"]  # type: ignore[return-value]
+        except KeyError:
+            return self.headers._typed("to", parse_name_addr)
 
     @to.setter
     def to(self, value: NameAddr) -> None:
@@ -218,10 +221,10 @@ class Message:
 
     @property
     def call_id(self) -> str | None:
-        cache = self.headers._cache
-        if "call-id" in cache:
-            return cache["call-id"]  # type: ignore[return-value]
-        return self.headers._typed("call-id", parse_call_id)
+        try:
+            return self.headers._cache["call-id"]  # type: ignore[return-value]
+        except KeyError:
+            return self.headers._typed("call-id", parse_call_id)
 
     @call_id.setter
     def call_id(self, value: str) -> None:
@@ -231,10 +234,10 @@ class Message:
 
     @property
     def cseq(self) -> CSeq | None:
-        cache = self.headers._cache
-        if "cseq" in cache:
-            return cache["cseq"]  # type: ignore[return-value]
-        return self.headers._typed("cseq", parse_cseq)
+        try:
+            return self.headers._cache["cseq"]  # type: ignore[return-value]
+        except KeyError:
+            return self.headers._typed("cseq", parse_cseq)
 
     @cseq.setter
     def cseq(self, value: CSeq) -> None:
@@ -242,10 +245,10 @@ class Message:
 
     @property
     def max_forwards(self) -> int | None:
-        cache = self.headers._cache
-        if "max-forwards" in cache:
-            return cache["max-forwards"]  # type: ignore[return-value]
-        return self.headers._typed("max-forwards", parse_max_forwards)
+        try:
+            return self.headers._cache["max-forwards"]  # type: ignore[return-value]
+        except KeyError:
+            return self.headers._typed("max-forwards", parse_max_forwards)
 
     @max_forwards.setter
     def max_forwards(self, value: int) -> None:
@@ -322,7 +325,10 @@ class Message:
     @property
     def content_length(self) -> int | None:
         """Content-Length as received (None if absent); serialisation always writes len(body)."""
-        return self.headers._typed("content-length", _parse_content_length)
+        try:
+            return self.headers._cache["content-length"]  # type: ignore[return-value]
+        except KeyError:
+            return self.headers._typed("content-length", _parse_content_length)
 
     @property
     def require(self) -> tuple[str, ...]:
@@ -483,10 +489,18 @@ def _split_header_lines(block: str) -> tuple[list[tuple[str, str, str]], list[st
         raise ParseError("bare CR or LF in the header section", reason="bad_header_line")
     if len(block) > MAX_LINE_BYTES and max(map(len, lines)) > MAX_LINE_BYTES:
         raise _too_large(f"header line longer than {MAX_LINE_BYTES}")
-    # map() with an unbound method keeps the per-line loop in C.
-    fields = list(map(str.partition, lines, repeat(":", nlines)))
+    # One plain loop: on CPython 3.11 a specialised `line.partition` call in a loop is faster than
+    # map(str.partition, ...). Names in the usual spellings map to their key by one dict lookup.
+    fields = []
+    keys = []
     key_of = _KEY_OF
-    keys = [(key_of.get(n) or _header_key(n)) if c else _no_colon(n) for n, c, _ in fields]
+    for line in lines:
+        field = line.partition(":")
+        if field[1]:
+            keys.append(key_of.get(field[0]) or _header_key(field[0]))
+        else:
+            keys.append(_no_colon(line))
+        fields.append(field)
     return fields, keys
 
 
@@ -542,24 +556,27 @@ def parse_message(data: bytes) -> Request | Response:
         if m is None:
             raise ParseError(f"bad status line {start[:60]!r}", reason="bad_start_line")
         version, code, reason = m.groups()
-        _check_version(version)
+        if version != SIP_VERSION:
+            _check_version(version)
         status = int(code)
         if status < 100:
             raise ParseError(f"bad status code {code}", reason="bad_start_line")
         message = Response.__new__(Response)
         message.status = status
         message.reason = reason or ""
+        method = None
     else:
         m = _abnf.REQUEST_LINE_RE.fullmatch(start)
         if m is None:
             raise ParseError(f"bad request line {start[:60]!r}", reason="bad_start_line")
         method, uri_text, version = m.groups()
-        _check_version(version)
+        if version != SIP_VERSION:
+            _check_version(version)
         try:
             uri = Uri.parse(uri_text)
         except ParseError as exc:
             raise ParseError(str(exc), reason="bad_request_uri") from None
-        if uri.headers:  # RFC 3261 19.1.1 table: headers are not allowed in a Request-URI
+        if uri._headers:  # RFC 3261 19.1.1 table: headers are not allowed in a Request-URI
             raise ParseError("headers in Request-URI", reason="bad_request_uri")
         request = Request.__new__(Request)
         request.method = method
@@ -580,16 +597,25 @@ def parse_message(data: bytes) -> Request | Response:
                 ) from None
     else:
         fields, keys = [], []
-    headers = Headers._from_parsed(fields, keys)
+    headers = Headers.__new__(Headers)
+    headers._fields = fields
+    headers._keys = keys
+    # The line of each key, built by one C-level dict() instead of a list scan per lookup below.
+    # dict() keeps the last line of a repeated key; if any key repeats, rebuild it reversed so
+    # the first line wins (what check_mandatory and the typed accessors see as "the" value).
+    first = dict(zip(keys, fields, strict=True))
+    repeated = len(first) != len(keys)
+    if repeated:
+        first = dict(zip(reversed(keys), reversed(fields), strict=True))
     # -- body (RFC 3261 18.3 / 20.14) --
-    at = keys.index("content-length") if "content-length" in keys else None
-    if at is None:
+    field = first.get("content-length")
+    if field is None:
         length = None
         body = data[body_start:]
     else:
-        if keys.count("content-length") > 1:  # RFC 4475 3.3.9: which one frames the body?
+        if repeated and keys.count("content-length") > 1:  # RFC 4475 3.3.9: which one frames?
             raise ParseError("Content-Length given more than once", reason="bad_content_length")
-        length = _content_length_value(fields[at][2].strip(_WS))
+        length = _content_length_value(field[2].strip(_WS))
         if len(data) - body_start < length:
             raise ParseError(f"body shorter than Content-Length {length}", reason="truncated_body")
         body = data[body_start : body_start + length]
@@ -597,25 +623,95 @@ def parse_message(data: bytes) -> Request | Response:
     message.body = body
 
     # -- core headers typed eagerly: a returned message never has a malformed one --
-    at = keys.index("via") if "via" in keys else None
-    if at is None:
+    cache = _core_fast(first, keys if repeated else None)
+    if cache is None:
+        cache = _core_slow(headers, first)
+    cache["content-length"] = length
+    headers._cache = cache
+    if method is not None:
+        cseq: CSeq | None = cache["cseq"]  # type: ignore[assignment]
+        if cseq is not None and cseq.method != method:
+            raise ParseError("CSeq method differs from request method", reason="cseq_mismatch")
+    return message
+
+
+_ABSENT: Final = ("", ":", "\r")  # CORE_RE's stand-in for a header that is not there
+
+
+def _core_fast(
+    first: dict[str, tuple[str, str, str]], keys: list[str] | None
+) -> dict[str, object] | None:
+    """Type the core headers with one fused regex (`_abnf.CORE_RE`); None if it declines.
+
+    Declines (so the caller takes `_core_slow`, which accepts or raises as before) when Via,
+    From, To, Call-ID or CSeq is missing, Via spans several lines, a header is not in its common
+    shape, or a number is out of range. `keys` is given only when some header repeats. A single
+    Contact line in the common shape is typed on the way (what `parse_contact` would return).
+    """
+    if keys is not None and keys.count("via") != 1:
+        return None
+    absent = _ABSENT
+    try:
+        joined = "\n".join(
+            (
+                first["via"][2],
+                first["from"][2],
+                first["to"][2],
+                first["call-id"][2],
+                first["cseq"][2],
+                first.get("max-forwards", absent)[2],
+                first.get("contact", absent)[2],
+            )
+        )
+    except KeyError:
+        return None
+    m = _abnf.CORE_RE.fullmatch(joined)
+    if m is None:
+        return None
+    (transport, host, port, vparams, fdisp, furi, fparams, tdisp, turi, tparams, call_id,
+     seq, method, mf, cdisp, curi, cparams) = m.groups()  # fmt: skip
+    port_number = None if port is None else int(port)
+    seq_number = int(seq)
+    max_forwards = None if mf is None else int(mf)
+    if (
+        seq_number > 2**32 - 1
+        or (port_number is not None and port_number > 65535)
+        or (max_forwards is not None and max_forwards > 255)
+    ):
+        return None
+    cache: dict[str, object] = {
+        "via": (Via._received(transport, host, port_number, vparams),),
+        "cseq": tuple.__new__(CSeq, (seq_number, method)),
+        "from": NameAddr._received(furi, fdisp, fparams),
+        "to": NameAddr._received(turi, tdisp, tparams),
+        "call-id": call_id,
+        "max-forwards": max_forwards,
+    }
+    if curi is not None and curi != "*" and (keys is None or keys.count("contact") == 1):
+        cache["contact"] = (False, (NameAddr._received(curi, cdisp, cparams),))
+    return cache
+
+
+def _core_slow(headers: Headers, first: dict[str, tuple[str, str, str]]) -> dict[str, object]:
+    """Type the core headers one by one; raises ParseError for a malformed one."""
+    n_via = headers._keys.count("via")
+    if n_via == 0:
         via: tuple[Via, ...] = ()
-    elif keys.count("via") == 1:
-        via = parse_via_value(fields[at][2].strip(_WS))
+    elif n_via == 1:
+        via = parse_via_value(first["via"][2].strip(_WS))
     else:
         via = parse_via_list(headers._raw_values("via"))
-    at = keys.index("cseq") if "cseq" in keys else None
-    cseq = None if at is None else parse_cseq_value(fields[at][2].strip(_WS))
-    at = keys.index("from") if "from" in keys else None
-    from_ = None if at is None else parse_name_addr_value(fields[at][2].strip(_WS))
-    at = keys.index("to") if "to" in keys else None
-    to = None if at is None else parse_name_addr_value(fields[at][2].strip(_WS))
-    at = keys.index("call-id") if "call-id" in keys else None
-    call_id = None if at is None else parse_call_id_value(fields[at][2].strip(_WS))
-    at = keys.index("max-forwards") if "max-forwards" in keys else None
-    max_forwards = None if at is None else parse_max_forwards_value(fields[at][2].strip(_WS))
-    headers._cache = {
-        "content-length": length,
+    field = first.get("cseq")
+    cseq = None if field is None else parse_cseq_value(field[2].strip(_WS))
+    field = first.get("from")
+    from_ = None if field is None else parse_name_addr_value(field[2].strip(_WS))
+    field = first.get("to")
+    to = None if field is None else parse_name_addr_value(field[2].strip(_WS))
+    field = first.get("call-id")
+    call_id = None if field is None else parse_call_id_value(field[2].strip(_WS))
+    field = first.get("max-forwards")
+    max_forwards = None if field is None else parse_max_forwards_value(field[2].strip(_WS))
+    return {
         "via": via,
         "cseq": cseq,
         "from": from_,
@@ -623,9 +719,6 @@ def parse_message(data: bytes) -> Request | Response:
         "call-id": call_id,
         "max-forwards": max_forwards,
     }
-    if cseq is not None and isinstance(message, Request) and cseq.method != message.method:
-        raise ParseError("CSeq method differs from request method", reason="cseq_mismatch")
-    return message
 
 
 def _check_version(version: str) -> None:

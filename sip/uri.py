@@ -138,7 +138,7 @@ class Uri:
             _unescape(password) if password and "%" in password else password
         )
         self.host = host  # type: ignore[misc]
-        self.port = _port(port)  # type: ignore[misc]
+        self.port = None if port is None else _port(port)  # type: ignore[misc]
         # Parameters and headers are split on first access (most URIs are only compared or
         # forwarded); escapes are checked now so a bad one still fails the parse.
         if params and "%" in params:
@@ -164,6 +164,21 @@ class Uri:
             m = _abnf.SIP_URI_USER_RE.fullmatch(text)
             if m is not None:
                 scheme, user, password, host, port, params, headers = m.groups()
+                if headers is None and "%" not in text and (port is None or len(port) < 5):
+                    # The usual shape: nothing to unescape, a port that cannot exceed 65535.
+                    # Same fields as `_parsed` sets, without its checks.
+                    self = cls.__new__(cls)
+                    self.scheme = scheme if scheme == "sip" else scheme.lower()  # type: ignore[misc]
+                    self.user = user  # type: ignore[misc]
+                    self.password = password  # type: ignore[misc]
+                    self.host = host  # type: ignore[misc]
+                    self.port = None if port is None else int(port)  # type: ignore[misc]
+                    self._params = None if params else ()
+                    self._params_text = params
+                    self._headers = ()
+                    self.opaque = None  # type: ignore[misc]
+                    self._text = text
+                    return self
                 return cls._parsed(text, scheme, user, host, port, params, headers, password)
         else:
             m = _abnf.SIP_URI_NOUSER_RE.fullmatch(text)
