@@ -58,6 +58,9 @@ class AgentDirectory:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._logout_after_call: set[str] = set()
+        # agent id -> the address-of-record its phone registers (the SIP core keys bindings by
+        # AOR, e.g. "sip:1001@acd.example.com"; direct register() calls use the agent id itself)
+        self._aor: dict[str, str] = {}
 
     # -- registrations ---------------------------------------------------------------------------
 
@@ -72,6 +75,7 @@ class AgentDirectory:
     ) -> RegisterResult:
         """Apply an authenticated REGISTER for an agent's phone; the result says what to answer."""
         now = self._loop.time()
+        self._aor[agent_id] = agent_id
         had = bool(self.registrar.bindings(agent_id, now))
         result = self.registrar.register(
             agent_id, contacts, call_id=call_id, cseq=cseq, expires=expires, now=now
@@ -85,6 +89,19 @@ class AgentDirectory:
         self._arm()
         return result
 
+    def registration_changed(self, aor: str) -> None:
+        """The SIP endpoint's registrar changed an AOR's bindings (REGISTER or expiry)."""
+        user = aor.split(":", 1)[-1].split("@", 1)[0]
+        agent_id = user if user in self._agents else aor
+        if agent_id not in self._agents:
+            return
+        self._aor[agent_id] = aor
+        if self.registrar.bindings(aor, self._loop.time()):
+            self._phone_up(agent_id)
+        else:
+            self._phone_gone(agent_id, "unregistered or expired")
+        self._arm()
+
     def contacts(self, agent_id: str) -> list[str]:
         """URIs to ring for an agent, best first (registered bindings, or the static contact)."""
         agent = self._agents.get(agent_id)
@@ -92,15 +109,18 @@ class AgentDirectory:
             return []
         if agent.login is LoginMode.STATIC:
             return [agent.contact]
-        return [b.contact for b in self.registrar.bindings(agent_id, self._loop.time())]
+        aor = self._aor.get(agent_id, agent_id)
+        return [b.contact for b in self.registrar.bindings(aor, self._loop.time())]
 
     def _expire(self) -> None:
         self._timer = None
         self._timer_at = None
         now = self._loop.time()
+        by_aor = {aor: agent for agent, aor in self._aor.items()}
         gone: set[str] = {b.aor for b in self.registrar.expire(now)}
-        for agent_id in sorted(gone):
-            if not self.registrar.bindings(agent_id, now):
+        for aor in sorted(gone):
+            agent_id = by_aor.get(aor)
+            if agent_id is not None and not self.registrar.bindings(aor, now):
                 self._phone_gone(agent_id, "registration expired")
         self._arm()
 

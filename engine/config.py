@@ -115,6 +115,10 @@ class SipConfig(_Struct, frozen=True):
     t4_ms: int = 5000
     realm: str = "acd"
     user_agent: str = "acd"
+    # Digest algorithms challenged, in order. MD5 alone by default: many desk phones (and
+    # baresip 1.0) fail to register when a 401 also offers SHA-256 (RFC 8760); add "SHA-256"
+    # first where every phone supports it.
+    digest_algorithms: tuple[str, ...] = ("MD5",)
 
 
 class StorageConfig(_Struct, frozen=True):
@@ -498,6 +502,15 @@ def _validate(cfg: Config, file: str) -> None:
             )
         _check_address(file, f"{base}.bind", listener.bind)
         _check_port(file, f"{base}.port", listener.port)
+    for i, algorithm in enumerate(cfg.sip.digest_algorithms):
+        if algorithm not in ("MD5", "SHA-256"):
+            raise ConfigError(
+                file,
+                f"sip.digest_algorithms[{i}]",
+                f"expected 'MD5' or 'SHA-256', found {algorithm!r}",
+            )
+    if not cfg.sip.digest_algorithms:
+        raise ConfigError(file, "sip.digest_algorithms", "expected at least one algorithm")
     for key in ("t1_ms", "t2_ms", "t4_ms"):
         _check_positive(file, f"sip.{key}", getattr(cfg.sip, key))
     if cfg.sip.t2_ms < cfg.sip.t1_ms:

@@ -13,18 +13,24 @@ reason is logged and counted. Keys that need a restart (listen addresses, storag
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import structlog
 from aiohttp import web
 
+import routing_core as rc
 from engine import api
+from engine.agents import AgentDirectory
+from engine.calls import CallService
 from engine.cdr import CdrWriter
 from engine.config import Config, ConfigError, load_config
 from engine.events import EventBus
+from engine.flows import FlowRunner
 from engine.http import ReadyCheck, make_app, openapi_document
 from engine.logs import configure_logging
 from engine.metrics import EventLoopLagMonitor, Metrics
@@ -47,6 +53,10 @@ class Daemon:
         self.cdr: CdrWriter | None = None
         self.routing: RoutingService | None = None
         self.recordings: RecordingService | None = None
+        self.calls: CallService | None = None
+        self.agents: AgentDirectory | None = None
+        self.sip_addr: tuple[str, int] | None = None
+        self._http_client: aiohttp.ClientSession | None = None
         self.api = api.ApiContext(get_config=lambda: self.config, reload=self.reload)
         self.http_port: int | None = None
         self._runner: web.AppRunner | None = None
@@ -68,7 +78,9 @@ class Daemon:
             return None
 
         async def listeners() -> str | None:
-            return None if self.http_port is not None else "HTTP listener not open"
+            if self.http_port is None:
+                return "HTTP listener not open"
+            return None if self.sip_addr is not None else "SIP listener not open"
 
         async def cdr() -> str | None:
             return None if self.cdr is None else await self.cdr.ready_check()
@@ -187,6 +199,25 @@ class Daemon:
             return 1
         self.metrics.registry.register(RecordingCollector(self.recordings))
         self.api.recordings = self.recordings
+        loop = asyncio.get_running_loop()
+        self.agents = AgentDirectory(self.config, self.routing, self.cdr, loop)
+        # CRM lookups from call flows: one pooled client, bounded per host.
+        self._http_client = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit_per_host=32))
+        self.calls = CallService(
+            self.config,
+            routing=self.routing,
+            agents=self.agents,
+            cdr=self.cdr,
+            recordings=self.recordings,
+            metrics=self.metrics,
+            flows=FlowRunner(self.config, self._http_client),
+        )
+        try:
+            self.sip_addr = await self.calls.start()
+        except OSError as exc:
+            log.error("sip_listen_failed", reason=str(exc))
+            await self._shutdown()
+            return 1
         try:
             await self._start_http()
         except OSError as exc:
@@ -206,17 +237,23 @@ class Daemon:
                     tasks.create_task(self.cdr.run()),
                     tasks.create_task(self.recordings.purge_loop()),
                 ]
+                # Everything allocated so far (config, routing arrays, compiled kernels) lives for the
+                # whole run: move it out of the collector's reach so a full collection never walks it
+                # in the middle of a dispatch (measured: it dominated routing p99).
+                gc.freeze()
                 self.metrics.ready.set(1)
                 log.info(
                     "ready",
                     http=f"http://{self.config.http.bind}:{self.http_port}",
                     storage=self.store.dialect,
+                    sip=f"udp:{self.sip_addr[0]}:{self.sip_addr[1]}",
                     config=self.config.source or "embedded default",
                     startup_s=round(time.monotonic() - self._started_monotonic, 3),
                 )
                 await self._stop.wait()
-                log.info("stopping")
+                log.info("stopping", live_calls=len(self.calls.calls))
                 self.metrics.ready.set(0)
+                await self.calls.drain(self.config.runtime.drain_timeout_s)
                 for task in owned:
                     task.cancel()
         finally:
@@ -233,14 +270,21 @@ class Daemon:
             return
         add_web_routes(app)
 
-    def _on_offer(self, offer: object) -> None:
-        # The call layer (SIP legs) rings the agent here; until it lands, offers are only logged.
-        log.info("offer", offer=str(offer))
+    def _on_offer(self, offer: rc.Offer) -> None:
+        if self.calls is not None:
+            self.calls.on_offer(offer)
 
-    def _on_withdraw(self, offer: object) -> None:
-        log.info("offer_withdrawn", offer=str(offer))
+    def _on_withdraw(self, offer: rc.Offer) -> None:
+        if self.calls is not None:
+            self.calls.on_withdraw(offer)
 
     async def _shutdown(self) -> None:
+        if self.calls is not None:
+            await self.calls.stop()
+        if self.agents is not None:
+            self.agents.close()
+        if self._http_client is not None:
+            await self._http_client.close()
         if self.routing is not None:
             self.routing.close()
         if self.recordings is not None:

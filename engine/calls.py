@@ -1,0 +1,943 @@
+"""Calls: the B2BUA that takes a trunk call through its flow and queue to an agent and bridges them.
+
+How this works (DESIGN.md section 3): one UDP SIP endpoint (sip.endpoint + sip.transport.udp) feeds
+``CallService.on_event``. A new INVITE from an allowed trunk whose dialled number matches a route
+becomes a ``Call`` run by one task in the service's TaskGroup: the flow runs against the call (it is
+the flow's ``CallIO``: prompts through the shared media clock, DTMF from RFC 4733 or SIP INFO), and
+an ``enqueue`` outcome hands the call to the routing service with music on hold playing. Offers from
+the routing core ring agents (INVITE to their registered or static contact with our SDP offer);
+ring timeout, busy and reject go back to the router, which offers the next agent. The first agent
+to answer is accepted (ring-all withdrawals are cancelled) and the two RTP legs are bridged, with
+the recording tap when the queue records. A BYE on either leg ends the other; the agent goes to
+wrap-up; the CDR row, queue events and metrics are written.
+
+Every way a caller can leave (CANCEL before answer, BYE during the flow, while queued or while an
+agent rings) cancels the call's task; its ``finally`` releases everything: routing (abandon or
+complete), ringing legs (CANCEL), RTP ports, recording, and writes the CDR. An exception inside one
+call ends that call (logged with its call_id and counted), never the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import re
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+import routing_core as rc
+from engine.agents import AgentDirectory
+from engine.announcements import SHIPPED_PROMPTS
+from engine.cdr import CallRecord, CdrWriter, QueueEventData
+from engine.config import Config, LoginMode, TrunkConfig
+from engine.flows import FlowOutcome, FlowRunner
+from engine.metrics import WAIT_BUCKETS, Metrics
+from engine.recording_service import RecordingService
+from engine.routing import RoutingService
+from sip import Request, Uri
+from sip.auth import DigestAlgorithm, DigestAuthenticator, Password
+from sip.dialog import DialogId
+from sip.endpoint import (
+    AckReceived,
+    ByeReceived,
+    CancelReceived,
+    DialogTerminated,
+    Endpoint,
+    EndpointConfig,
+    EndpointEvent,
+    InfoReceived,
+    InternalErrorOccurred,
+    RegistrationChanged,
+    RequestReceived,
+    ResponseReceived,
+    uri_addr,
+)
+from sip.media import (
+    Bridge,
+    DtmfReceived,
+    LegPlayer,
+    MediaClock,
+    MediaEvent,
+    MediaStats,
+    MediaTimedOut,
+    PlaybackFinished,
+    PortAllocator,
+    RtpEndpoint,
+    open_endpoint,
+)
+from sip.rtp.dtmf import DtmfError, parse_sip_info
+from sip.rtp.playback import Playlist, PromptCache
+from sip.sdp import (
+    PCMA,
+    PCMU,
+    AudioCapabilities,
+    OfferAnswerError,
+    SdpError,
+    make_offer,
+    negotiate_answer,
+    parse_sdp,
+    process_answer,
+)
+from sip.transport.udp import UdpTransport, serve_udp
+
+log = structlog.stdlib.get_logger("acd.calls")
+
+# How long a caller's INVITE may wait for the flow's `answer` step before we answer 480 for it.
+_ANSWER_GRACE_S = 30.0
+_CODECS = {"PCMU": PCMU, "PCMA": PCMA}
+_BUSY = {486, 600}
+_DECLINED = {603}
+
+
+@dataclass(eq=False)
+class AgentLeg:
+    call: Call
+    agent_id: str
+    rtp: RtpEndpoint
+    offer_sdp: Any
+    request_id: int = -1
+    dialog_id: DialogId | None = None
+    ring_timer: asyncio.TimerHandle | None = None
+    rang_at: float = 0.0
+    answered: bool = False
+    finished: bool = False
+    codec: str = "PCMU"
+
+
+@dataclass(eq=False)
+class Call:
+    id: str
+    sip_call_id: str
+    transaction_id: int
+    request: Request
+    source: tuple[str, int]
+    trunk: TrunkConfig
+    flow: str
+    arrived_at: float
+    caller: str
+    dialed: str
+    rtp: RtpEndpoint | None = None
+    codec: str = "PCMU"
+    dialog_id: DialogId | None = None
+    answered: bool = False
+    digits: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
+    player: LegPlayer | None = None
+    playback_done: asyncio.Future[bool] | None = None
+    legs: dict[str, AgentLeg] = field(default_factory=dict)
+    connected: asyncio.Future[AgentLeg] | None = None
+    task: asyncio.Task[None] | None = None
+    queue: str = ""
+    enqueued_at: float | None = None
+    first_offer_at: float | None = None
+    agent_answered_at: float | None = None
+    agent_id: str | None = None
+    hangup_side: str = "system"
+    hangup_reason: str = ""
+    disposition: str = "flow_ended"
+    flow_data: dict[str, Any] = field(default_factory=dict)
+    recording_id: str | None = None
+    bridge: Bridge | None = None
+
+
+class CallMetrics:
+    def __init__(self, metrics: Metrics) -> None:
+        r = metrics.registry
+        self.active = Gauge("acd_calls_active", "Calls in progress (any phase).", registry=r)
+        self.total = Counter(
+            "acd_calls_total", "Finished calls by outcome.", ["outcome"], registry=r
+        )
+        self.wait = Histogram(
+            "acd_queue_wait_seconds",
+            "Time callers waited in queue until answered or abandoned.",
+            ["queue", "outcome"],
+            buckets=WAIT_BUCKETS,
+            registry=r,
+        )
+        self.ring_no_answer = Counter(
+            "acd_ring_no_answer_total",
+            "Agent rings that ended without answer (timeout, busy, declined).",
+            ["queue", "reason"],
+            registry=r,
+        )
+        self.sip_requests = Counter(
+            "acd_sip_requests_total", "SIP requests received by method.", ["method"], registry=r
+        )
+        self.sip_responses = Counter(
+            "acd_sip_responses_total",
+            "SIP responses received to our requests, by status class.",
+            ["code"],
+            registry=r,
+        )
+        self.errors = metrics.unexpected_errors
+
+
+class _CallIO:
+    """The flow's view of a call (engine.flows.CallIO)."""
+
+    def __init__(self, service: CallService, call: Call) -> None:
+        self._service = service
+        self._call = call
+
+    async def answer(self) -> None:
+        await self._service.answer_caller(self._call)
+
+    async def play(self, prompts: Sequence[str], *, barge_in: bool) -> str | None:
+        return await self._service.play(self._call, prompts, barge_in=barge_in)
+
+    async def read_digits(
+        self, *, max_digits: int, terminator: str, timeout_s: float, first: str = ""
+    ) -> str:
+        digits = first
+        while len(digits) < max_digits:
+            try:
+                digit = await asyncio.wait_for(self._call.digits.get(), timeout_s)
+            except TimeoutError:
+                break
+            if terminator and digit == terminator:
+                break
+            digits += digit
+        return digits
+
+
+class CallService:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        routing: RoutingService,
+        agents: AgentDirectory,
+        cdr: CdrWriter | None,
+        recordings: RecordingService | None,
+        metrics: Metrics,
+        flows: FlowRunner,
+    ) -> None:
+        self.config = config
+        self.routing = routing
+        self.agents = agents
+        self.cdr = cdr
+        self.recordings = recordings
+        self.flows = flows
+        self.metrics = CallMetrics(metrics)
+        self.media_stats = MediaStats()
+        self.ports = PortAllocator(config.media.rtp_port_min, config.media.rtp_port_max)
+        self.prompts = PromptCache(("PCMU", "PCMA"))
+        self.clock: MediaClock | None = None
+        self.transport: UdpTransport | None = None
+        self.calls: dict[str, Call] = {}
+        self._by_transaction: dict[int, Call] = {}
+        self._by_dialog: dict[DialogId, Call] = {}
+        self._legs_by_request: dict[int, AgentLeg] = {}
+        self._legs_by_dialog: dict[DialogId, AgentLeg] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.draining = False
+        self._passwords = {a.id: a.password for a in config.agents if a.password}
+        metrics.registry.register(_SipMediaCollector(self))
+
+    # -- start and stop ------------------------------------------------------------------------------
+
+    @property
+    def endpoint(self) -> Endpoint:
+        assert self.transport is not None
+        return self.transport.endpoint
+
+    async def start(self) -> tuple[str, int]:
+        listener = next(
+            (x for x in self.config.sip.listeners if x.transport.lower() == "udp"), None
+        )
+        if listener is None:
+            raise OSError("no UDP SIP listener configured (TCP/TLS listeners come later)")
+        loop = asyncio.get_running_loop()
+        self.clock = MediaClock(loop, self.media_stats)
+        self.clock.start()
+        sip_cfg = self.config.sip
+        authenticator = DigestAuthenticator(
+            sip_cfg.realm,
+            algorithms=tuple(DigestAlgorithm(a) for a in sip_cfg.digest_algorithms),
+        )
+
+        def lookup(username: str) -> Password | None:
+            secret = self._passwords.get(username)
+            return Password(secret) if secret else None
+
+        def make_endpoint(addr: tuple[str, int]) -> Endpoint:
+            return Endpoint(
+                EndpointConfig(
+                    local_host=addr[0],
+                    local_port=addr[1],
+                    t1_s=sip_cfg.t1_ms / 1000,
+                    t2_s=sip_cfg.t2_ms / 1000,
+                    t4_s=sip_cfg.t4_ms / 1000,
+                    user_agent=sip_cfg.user_agent,
+                    relayed_methods=("INVITE",),
+                    force_rport=True,
+                ),
+                registrar=self.agents.registrar,
+                authenticator=authenticator,
+                user_lookup=lookup,
+            )
+
+        self.transport = await serve_udp(make_endpoint, self.on_event, listener.bind, listener.port)
+        return self.transport.local_addr
+
+    def transmit(self) -> None:
+        if self.transport is not None:
+            self.transport.transmit()
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.transport is not None:
+            self.transmit()
+            self.transport.close()
+        if self.clock is not None:
+            self.clock.stop()
+
+    async def drain(self, timeout_s: float) -> None:
+        """SIGTERM: refuse new calls (503) and let live ones finish, up to timeout_s."""
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self.calls and loop.time() < deadline:  # noqa: ASYNC110 - polling a dict, 10 Hz
+            await asyncio.sleep(0.1)
+
+    def _spawn(self, coro: Any, call_id: str | None = None) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                self.metrics.errors.labels(where="call").inc()
+                log.error("call_task_failed", call_id=call_id, error=repr(t.exception()))
+
+        task.add_done_callback(done)
+        return task
+
+    # -- SIP events ----------------------------------------------------------------------------------
+
+    def on_event(self, endpoint: Endpoint, event: EndpointEvent) -> None:
+        try:
+            self._on_event(endpoint, event)
+        except Exception:
+            # One misbehaving event must not take the SIP transport down with it.
+            self.metrics.errors.labels(where="sip_event").inc()
+            log.exception("sip_event_failed", sip_event=type(event).__name__)
+
+    def _on_event(self, endpoint: Endpoint, event: EndpointEvent) -> None:
+        now = asyncio.get_running_loop().time()
+        if isinstance(event, RequestReceived):
+            self.metrics.sip_requests.labels(method=event.request.method).inc()
+            if event.request.method == "INVITE" and event.dialog_id is None:
+                self._new_invite(event, now)
+            elif event.request.method == "INVITE":
+                # re-INVITE (hold, session refresh): keep the session as it is.
+                call = self._by_dialog.get(event.dialog_id) if event.dialog_id else None
+                body = self._sdp_for(call, event.dialog_id)
+                if body is None:
+                    endpoint.send_response(event.transaction_id, 488, now=now)
+                else:
+                    endpoint.answer(event.transaction_id, body, now=now)
+            else:
+                endpoint.send_response(event.transaction_id, 405, now=now)
+        elif isinstance(event, ResponseReceived):
+            self.metrics.sip_responses.labels(code=f"{event.response.status // 100}xx").inc()
+            leg = self._legs_by_request.get(event.request_id)
+            if leg is not None:
+                self._agent_response(leg, event, now)
+        elif isinstance(event, AckReceived):
+            pass
+        elif isinstance(event, CancelReceived):
+            call = self._by_transaction.get(event.transaction_id)
+            if call is not None:
+                self._caller_gone(call, "cancel")
+        elif isinstance(event, ByeReceived):
+            call = self._by_dialog.get(event.dialog_id)
+            if call is not None:
+                self._caller_gone(call, "bye")
+            leg = self._legs_by_dialog.get(event.dialog_id)
+            if leg is not None:
+                self._agent_gone(leg, "bye")
+        elif isinstance(event, InfoReceived):
+            call = self._by_dialog.get(event.dialog_id)
+            if call is not None:
+                ctype = event.request.content_type
+                with contextlib.suppress(DtmfError):
+                    info = parse_sip_info(ctype.mime if ctype else "", event.request.body)
+                    self._digit(call, info.digit, "info")
+        elif isinstance(event, DialogTerminated):
+            if event.reason == "timed_out":
+                call = self._by_dialog.get(event.dialog_id)
+                if call is not None:
+                    self._caller_gone(call, "ack timeout")
+        elif isinstance(event, RegistrationChanged):
+            self.agents.registration_changed(event.aor)
+        elif isinstance(event, InternalErrorOccurred):
+            self.metrics.errors.labels(where="sip_core").inc()
+            log.error("sip_internal_error", call_id=event.call_id, error=event.error)
+
+    # -- inbound calls -------------------------------------------------------------------------------
+
+    def _trunk_for(self, source: tuple[str, int]) -> TrunkConfig | None:
+        address = ipaddress.ip_address(source[0])
+        for trunk in self.config.trunks:
+            if any(address in ipaddress.ip_network(n, strict=False) for n in trunk.allow):
+                return trunk
+        return None
+
+    def _route(self, trunk: TrunkConfig, dialed: str) -> str | None:
+        for route in self.config.routes:
+            if route.trunk not in ("*", trunk.name):
+                continue
+            if (route.number and route.number == dialed) or (
+                route.pattern and re.fullmatch(route.pattern, dialed)
+            ):
+                return route.flow
+        return None
+
+    def _new_invite(self, event: RequestReceived, now: float) -> None:
+        endpoint = self.endpoint
+        request = event.request
+        dialed = request.uri.user or "" if isinstance(request.uri, Uri) else ""
+        caller_uri = request.from_.uri if request.from_ else None
+        caller = (caller_uri.user or "") if isinstance(caller_uri, Uri) else ""
+        # An agent's phone dialling a feature code (*1 ready, ...).
+        if caller in {a.id for a in self.config.agents} and dialed.startswith("*"):
+            # Answered with a final status whose reason phrase the phone shows ("Agent ready");
+            # no media session is set up for a feature code.
+            action = self.agents.feature_code(caller, dialed)
+            if action is None:
+                endpoint.send_response(event.transaction_id, 404, "Unknown feature code", now=now)
+            elif action.prompt == "invalid":
+                endpoint.send_response(event.transaction_id, 403, "Not allowed now", now=now)
+            else:
+                phrase = {"ready": "Agent ready", "not_ready": "Agent not ready"}.get(
+                    action.state, "Agent logged out"
+                )
+                endpoint.send_response(event.transaction_id, 480, phrase, now=now)
+            return
+        if self.draining:
+            endpoint.send_response(
+                event.transaction_id, 503, now=now, headers=[("Retry-After", "60")]
+            )
+            return
+        trunk = self._trunk_for(event.source)
+        if trunk is None:
+            endpoint.send_response(event.transaction_id, 403, "Source not allowed", now=now)
+            return
+        flow = self._route(trunk, dialed)
+        if flow is None:
+            endpoint.send_response(event.transaction_id, 404, now=now)
+            return
+        call = Call(
+            id=uuid.uuid4().hex,
+            sip_call_id=request.call_id or "",
+            transaction_id=event.transaction_id,
+            request=request,
+            source=event.source,
+            trunk=trunk,
+            flow=flow,
+            arrived_at=time.time(),
+            caller=caller,
+            dialed=dialed,
+        )
+        self.calls[call.id] = call
+        self._by_transaction[event.transaction_id] = call
+        self.metrics.active.inc()
+        endpoint.send_response(event.transaction_id, 180, now=now)
+        call.task = self._spawn(self._run_call(call), call.id)
+
+    def _sdp_for(self, call: Call | None, dialog_id: DialogId | None) -> bytes | None:
+        if call is not None and call.rtp is not None:
+            return self._answer_sdp(call.request.body, call.rtp)[0]
+        leg = self._legs_by_dialog.get(dialog_id) if dialog_id else None
+        if leg is not None:
+            return bytes(leg.offer_sdp.to_bytes())
+        return None
+
+    def _answer_sdp(self, offer_body: bytes, rtp: RtpEndpoint) -> tuple[bytes, Any]:
+        offer = parse_sdp(offer_body)
+        host = rtp.local_address[0]
+        caps = AudioCapabilities(address=host, port=rtp.port, codecs=(PCMU, PCMA))
+        answer = negotiate_answer(offer, caps)
+        return answer.sdp.to_bytes(), answer.audio
+
+    async def _open_rtp(self, call: Call) -> RtpEndpoint:
+        def on_media(event: MediaEvent) -> None:
+            if isinstance(event, DtmfReceived):
+                self._digit(call, event.digit, event.method)
+            elif isinstance(event, MediaTimedOut):
+                self._caller_gone(call, f"media timeout ({event.reason})")
+
+        timeout = self.config.media.inactivity_timeout_s or None
+        return await open_endpoint(
+            self.ports,
+            self.media_stats,
+            host=self.endpoint.config.local_host,
+            clock=self.clock,
+            inactivity_timeout_s=timeout,
+            on_event=on_media,
+        )
+
+    async def answer_caller(self, call: Call) -> None:
+        if call.answered:
+            return
+        call.rtp = await self._open_rtp(call)
+        try:
+            body, audio = self._answer_sdp(call.request.body, call.rtp)
+        except (SdpError, OfferAnswerError) as exc:
+            self.endpoint.send_response(call.transaction_id, 488, now=_now())
+            self.transmit()
+            raise _CallEnded("no common codec", "failed") from exc
+        call.codec = audio.codec.name
+        call.rtp.remote_addr = (audio.remote_address, audio.remote_port)
+        response = self.endpoint.answer(call.transaction_id, body, now=_now())
+        self.transmit()
+        to, frm = response.to, response.from_
+        if to is not None and frm is not None and to.tag and frm.tag:
+            call.dialog_id = DialogId(call.sip_call_id, to.tag, frm.tag)
+            self._by_dialog[call.dialog_id] = call
+        call.answered = True
+
+    def _prompt(self, name: str) -> Any:
+        extra = self.config.media.prompts_dir
+        for base in ([Path(extra)] if extra else []) + [SHIPPED_PROMPTS]:
+            path = base / f"{name}.wav"
+            if path.exists():
+                return self.prompts.get(path)
+        raise _CallEnded(f"prompt {name!r} not found", "failed")
+
+    async def play(self, call: Call, prompts: Sequence[str], *, barge_in: bool) -> str | None:
+        if call.rtp is None or self.clock is None:
+            return None
+        playlist = Playlist(call.codec, [self._prompt(p) for p in prompts], barge_in=barge_in)
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+        def finished(event: PlaybackFinished) -> None:
+            if not done.done():
+                done.set_result(event.interrupted_by_dtmf)
+
+        self._stop_player(call)
+        call.player = LegPlayer(call.rtp, playlist, self.clock, on_finished=finished)
+        call.playback_done = done
+        call.player.start(_now())
+        barged = await done
+        call.player = None
+        if barged and not call.digits.empty():
+            return call.digits.get_nowait()
+        return None
+
+    def _stop_player(self, call: Call) -> None:
+        if call.player is not None:
+            call.player.stop()
+            call.player = None
+        if call.playback_done is not None and not call.playback_done.done():
+            call.playback_done.set_result(False)
+
+    def _music_on_hold(self, call: Call, queue: str) -> None:
+        if call.rtp is None or self.clock is None:
+            return
+        qcfg = next(q for q in self.config.queues if q.name == queue)
+        playlist = Playlist(call.codec, [], loop=[self._prompt(qcfg.music_on_hold)])
+        self._stop_player(call)
+        call.player = LegPlayer(call.rtp, playlist, self.clock)
+        call.player.start(_now())
+
+    def _digit(self, call: Call, digit: str, method: str) -> None:
+        self.media_stats.dtmf_digits[method] = self.media_stats.dtmf_digits.get(method, 0) + 1
+        call.digits.put_nowait(digit)
+        barged = call.player is not None and call.player.on_dtmf()
+        if barged and call.playback_done is not None and not call.playback_done.done():
+            call.playback_done.set_result(True)
+
+    # -- the life of one call ------------------------------------------------------------------------
+
+    async def _run_call(self, call: Call) -> None:
+        structlog.contextvars.bind_contextvars(call_id=call.id)
+        log.info("call_arrived", trunk=call.trunk.name, dialed=call.dialed, caller=call.caller)
+        try:
+            outcome = await self.flows.run(
+                call.flow, _CallIO(self, call), {"caller": call.caller, "dialed": call.dialed}
+            )
+            call.flow_data = outcome.data
+            await self._after_flow(call, outcome)
+        except _CallEnded as ended:
+            call.hangup_reason = call.hangup_reason or ended.reason
+            call.disposition = ended.disposition
+        except asyncio.CancelledError:
+            pass  # the caller (or the agent) hung up: _caller_gone/_agent_gone set the reason
+        finally:
+            await self._finish(call)
+
+    async def _after_flow(self, call: Call, outcome: FlowOutcome) -> None:
+        if outcome.kind == "enqueue":
+            await self._queue_and_bridge(call, outcome)
+            return
+        if outcome.kind == "hangup" and outcome.hangup_prompt and call.answered:
+            await self.play(call, [outcome.hangup_prompt], barge_in=False)
+        call.hangup_side = "system"
+        call.hangup_reason = outcome.reason or outcome.kind
+        if outcome.kind == "transfer":
+            # Blind transfer to a trunk is not built yet: say so plainly, never pretend.
+            call.disposition = "failed"
+            call.hangup_reason = "transfer not supported yet"
+        else:
+            call.disposition = "flow_ended"
+
+    async def _queue_and_bridge(self, call: Call, outcome: FlowOutcome) -> None:
+        if not call.answered:
+            await self.answer_caller(call)
+        call.queue = outcome.queue
+        loop = asyncio.get_running_loop()
+        call.connected = loop.create_future()
+        try:
+            self.routing.enqueue(
+                call.id, outcome.queue, priority=outcome.priority, requirements=outcome.requirements
+            )
+        except rc.QueueFull:
+            if call.answered:
+                await self.play(call, ["all-busy"], barge_in=False)
+            raise _CallEnded("queue full", "overflowed") from None
+        call.enqueued_at = time.time()
+        position = self.routing.router.waiting(outcome.queue)
+        if self.cdr:
+            self.cdr.queue_event(
+                "enter", call_id=call.id, queue=call.queue,
+                data=QueueEventData(caller=call.caller, position=position, orig_position=position),
+            )  # fmt: skip
+        self._music_on_hold(call, outcome.queue)
+        qcfg = next(q for q in self.config.queues if q.name == outcome.queue)
+        try:
+            if qcfg.max_wait_s > 0:
+                leg = await asyncio.wait_for(asyncio.shield(call.connected), qcfg.max_wait_s)
+            else:
+                leg = await call.connected
+        except TimeoutError:
+            raise _CallEnded("max wait reached", "overflowed") from None
+        self._stop_player(call)
+        assert call.rtp is not None
+        recording = None
+        if self.recordings is not None:
+            recording = await self.recordings.start(call.id, call.queue, leg.agent_id)
+            if recording is not None:
+                call.recording_id = str(getattr(recording, "recording_id", "")) or None
+        call.bridge = Bridge(
+            call.rtp, leg.rtp, stats=self.media_stats, caller_codec=call.codec,
+            agent_codec=leg.codec, sink=recording,
+        )  # fmt: skip
+        call.bridge.start(_now())
+        log.info("call_bridged", agent=leg.agent_id)
+        await asyncio.Event().wait()  # until a BYE on either leg cancels this task
+
+    # -- agents --------------------------------------------------------------------------------------
+
+    def on_offer(self, offer: rc.Offer) -> None:
+        call = self.calls.get(offer.task_id)
+        if call is None:
+            self.routing.abandon(offer.task_id)
+            return
+        if call.first_offer_at is None:
+            call.first_offer_at = time.time()
+        if self.cdr:
+            self.cdr.queue_event(
+                "offer", call_id=call.id, queue=offer.queue, agent_id=offer.agent_id
+            )
+        self._spawn(self._ring(call, offer), call.id)
+
+    async def _ring(self, call: Call, offer: rc.Offer) -> None:
+        agent = next(a for a in self.config.agents if a.id == offer.agent_id)
+        contacts = self.agents.contacts(agent.id)
+        if not contacts:
+            self._reject(call, agent.id, "no_answer")
+            return
+        try:
+            rtp = await open_endpoint(
+                self.ports, self.media_stats, host=self.endpoint.config.local_host, clock=self.clock,
+                inactivity_timeout_s=self.config.media.inactivity_timeout_s or None,
+                on_event=lambda e: self._agent_media(call, e),
+            )  # fmt: skip
+        except OSError:
+            self._reject(call, agent.id, "no_answer")
+            return
+        sdp = make_offer(rtp.local_address[0], rtp.port, (_CODECS.get(call.codec, PCMU),))
+        leg = AgentLeg(call, agent.id, rtp, sdp, rang_at=_now(), codec=call.codec)
+        contact = Uri.parse(contacts[0])
+        addr = uri_addr(contact)
+        if agent.login is LoginMode.STATIC and agent.trunk:
+            trunk = next(t for t in self.config.trunks if t.name == agent.trunk)
+            if trunk.outbound_proxy:
+                host, _, port = trunk.outbound_proxy.rpartition(":")
+                addr = (host, int(port))
+        if call.task is None or call.task.done() or call.agent_id is not None:
+            rtp.close()
+            return
+        leg.request_id = self.endpoint.invite(
+            contact, addr, now=_now(), body=sdp.to_bytes(),
+            from_uri=f"sip:{call.caller or 'anonymous'}@{self.endpoint.config.local_host}",
+            headers=[("X-ACD-Queue", call.queue), ("X-ACD-Call-ID", call.id)],
+        )  # fmt: skip
+        call.legs[agent.id] = leg
+        self._legs_by_request[leg.request_id] = leg
+        qcfg = next(q for q in self.config.queues if q.name == call.queue)
+        leg.ring_timer = asyncio.get_running_loop().call_later(
+            qcfg.ring_timeout_s, self._ring_timeout, leg
+        )
+        self.transmit()
+
+    def _agent_media(self, call: Call, event: MediaEvent) -> None:
+        if isinstance(event, MediaTimedOut) and call.agent_id is not None:
+            self._caller_gone(call, f"agent media timeout ({event.reason})", side="agent")
+
+    def _ring_timeout(self, leg: AgentLeg) -> None:
+        if leg.answered or leg.finished:
+            return
+        self.endpoint.cancel(leg.request_id, now=_now())
+        self.transmit()
+        self._end_leg(leg)
+        self._reject(leg.call, leg.agent_id, "no_answer")
+
+    def _reject(self, call: Call, agent_id: str, reason: str) -> None:
+        with contextlib.suppress(rc.RoutingError):
+            self.routing.reject(call.id, agent_id, reason)
+            self.metrics.ring_no_answer.labels(queue=call.queue, reason=reason).inc()
+            if self.cdr:
+                self.cdr.queue_event(
+                    "ring_no_answer", call_id=call.id, queue=call.queue, agent_id=agent_id,
+                    data=QueueEventData(reason=reason),
+                )  # fmt: skip
+
+    def _agent_response(self, leg: AgentLeg, event: ResponseReceived, now: float) -> None:
+        status = event.response.status
+        call = leg.call
+        if status < 200 or leg.finished:
+            return
+        if 200 <= status < 300:
+            if leg.ring_timer is not None:
+                leg.ring_timer.cancel()
+            leg.dialog_id = event.dialog_id
+            if event.dialog_id is not None:
+                self._legs_by_dialog[event.dialog_id] = leg
+            if call.agent_id is not None or call.connected is None or call.connected.done():
+                # Ring-all: someone else won (or the caller left): this agent gets BYE at once.
+                self._hang_up_leg(leg)
+                return
+            try:
+                audio = process_answer(leg.offer_sdp, parse_sdp(event.response.body))
+            except (SdpError, OfferAnswerError):
+                self._hang_up_leg(leg)
+                self._reject(call, leg.agent_id, "reject")
+                return
+            leg.rtp.remote_addr = (audio.remote_address, audio.remote_port)
+            leg.codec = audio.codec.name
+            leg.answered = True
+            try:
+                self.routing.accept(call.id, leg.agent_id)
+            except rc.RoutingError:
+                self._hang_up_leg(leg)
+                return
+            call.agent_id = leg.agent_id
+            call.agent_answered_at = time.time()
+            if self.cdr:
+                waited = call.agent_answered_at - (call.enqueued_at or call.agent_answered_at)
+                self.cdr.queue_event(
+                    "answer", call_id=call.id, queue=call.queue, agent_id=leg.agent_id,
+                    data=QueueEventData(wait_s=waited, ring_s=now - leg.rang_at),
+                )  # fmt: skip
+                self.cdr.agent_event(leg.agent_id, "busy", call_id=call.id)
+            call.connected.set_result(leg)
+            return
+        if status == 487:
+            return  # our CANCEL was answered: already accounted for
+        if leg.ring_timer is not None:
+            leg.ring_timer.cancel()
+        self._end_leg(leg)
+        reason = "busy" if status in _BUSY else "reject" if status in _DECLINED else "no_answer"
+        self._reject(call, leg.agent_id, reason)
+
+    def on_withdraw(self, offer: rc.Offer) -> None:
+        call = self.calls.get(offer.task_id)
+        leg = call.legs.get(offer.agent_id) if call else None
+        if leg is not None and not leg.answered and not leg.finished:
+            if leg.ring_timer is not None:
+                leg.ring_timer.cancel()
+            with contextlib.suppress(KeyError):
+                self.endpoint.cancel(leg.request_id, now=_now())
+            self.transmit()
+            self._end_leg(leg)
+
+    def _hang_up_leg(self, leg: AgentLeg) -> None:
+        if leg.dialog_id is not None and self.endpoint.dialog(leg.dialog_id) is not None:
+            self.endpoint.bye(leg.dialog_id, now=_now())
+            self.transmit()
+        self._end_leg(leg)
+
+    def _end_leg(self, leg: AgentLeg) -> None:
+        leg.finished = True
+        leg.rtp.close()
+        self._legs_by_request.pop(leg.request_id, None)
+        if leg.dialog_id is not None:
+            self._legs_by_dialog.pop(leg.dialog_id, None)
+
+    # -- hang-ups ------------------------------------------------------------------------------------
+
+    def _caller_gone(self, call: Call, reason: str, *, side: str = "caller") -> None:
+        if call.hangup_reason:
+            return
+        call.hangup_side, call.hangup_reason = side, reason
+        if call.task is not None:
+            call.task.cancel()
+
+    def _agent_gone(self, leg: AgentLeg, reason: str) -> None:
+        call = leg.call
+        if leg.dialog_id is not None:
+            self._legs_by_dialog.pop(leg.dialog_id, None)
+        leg.finished = True
+        if call.agent_id == leg.agent_id:
+            self._caller_gone(call, f"agent {reason}", side="agent")
+
+    async def _finish(self, call: Call) -> None:
+        now_wall = time.time()
+        self._stop_player(call)
+        talk_s = None
+        if call.bridge is not None:
+            call.bridge.stop(_now())
+            talk_s = now_wall - (call.agent_answered_at or now_wall)
+        # The other side of the bridge, or ringing legs, or the caller's dialog.
+        for leg in list(call.legs.values()):
+            if leg.answered and not leg.finished:
+                self._hang_up_leg(leg)
+            elif not leg.finished:
+                if leg.ring_timer is not None:
+                    leg.ring_timer.cancel()
+                with contextlib.suppress(KeyError):
+                    self.endpoint.cancel(leg.request_id, now=_now())
+                self._end_leg(leg)
+        if call.hangup_side != "caller" and call.dialog_id is not None:
+            with contextlib.suppress(KeyError):
+                self.endpoint.bye(call.dialog_id, now=_now())
+        elif not call.answered and call.hangup_reason != "cancel":
+            with contextlib.suppress(KeyError, Exception):
+                self.endpoint.send_response(call.transaction_id, 480, now=_now())
+        self.transmit()
+        # Routing: complete the answered call, abandon the waiting one.
+        if call.agent_id is not None:
+            with contextlib.suppress(rc.RoutingError):
+                self.routing.complete(call.agent_id, call.id)
+            self.agents.call_completed(call.agent_id)
+            call.disposition = "answered"
+            if self.cdr:
+                self.cdr.agent_event(call.agent_id, "wrap_up", call_id=call.id)
+                self.cdr.queue_event(
+                    "complete", call_id=call.id, queue=call.queue, agent_id=call.agent_id,
+                    data=QueueEventData(
+                        wait_s=(call.agent_answered_at or now_wall) - (call.enqueued_at or now_wall),
+                        talk_s=talk_s, hangup_side=call.hangup_side,
+                    ),
+                )  # fmt: skip
+        elif call.enqueued_at is not None:
+            with contextlib.suppress(rc.RoutingError):
+                self.routing.abandon(call.id)
+            waited = now_wall - call.enqueued_at
+            if call.disposition != "overflowed":
+                call.disposition = "abandoned"
+            self.metrics.wait.labels(queue=call.queue, outcome=call.disposition).observe(waited)
+            if self.cdr:
+                self.cdr.queue_event(
+                    "abandon" if call.disposition == "abandoned" else "overflow",
+                    call_id=call.id, queue=call.queue, data=QueueEventData(wait_s=waited),
+                )  # fmt: skip
+        if call.agent_answered_at is not None and call.enqueued_at is not None:
+            self.metrics.wait.labels(queue=call.queue, outcome="answered").observe(
+                call.agent_answered_at - call.enqueued_at
+            )
+        if call.rtp is not None:
+            call.rtp.close()
+        self.calls.pop(call.id, None)
+        self._by_transaction.pop(call.transaction_id, None)
+        if call.dialog_id is not None:
+            self._by_dialog.pop(call.dialog_id, None)
+        self.metrics.active.dec()
+        self.metrics.total.labels(outcome=call.disposition).inc()
+        if self.cdr:
+            wait_s = None
+            if call.enqueued_at is not None:
+                wait_s = (call.agent_answered_at or now_wall) - call.enqueued_at
+            self.cdr.call_ended(
+                CallRecord(
+                    id=call.id, sip_call_id=call.sip_call_id, arrived_at=call.arrived_at,
+                    trunk=call.trunk.name, caller=call.caller, dialed=call.dialed, flow=call.flow,
+                    queue=call.queue or None, agent_id=call.agent_id,
+                    enqueued_at=call.enqueued_at, first_offer_at=call.first_offer_at,
+                    agent_answered_at=call.agent_answered_at, ended_at=now_wall,
+                    disposition=call.disposition, hangup_side=call.hangup_side,
+                    hangup_reason=call.hangup_reason or None, wait_s=wait_s, talk_s=talk_s,
+                    flow_data=call.flow_data or None, recording_id=call.recording_id,
+                )
+            )  # fmt: skip
+        log.info("call_ended", disposition=call.disposition, side=call.hangup_side,
+                 reason=call.hangup_reason, agent=call.agent_id)  # fmt: skip
+
+
+class _CallEnded(Exception):
+    """The call cannot go on (no codec, queue full, max wait): ends it with a disposition."""
+
+    def __init__(self, reason: str, disposition: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.disposition = disposition
+
+
+def _now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+class _SipMediaCollector(Collector):
+    """SIP rejections and RTP figures, read from the stack's plain counters at scrape time."""
+
+    def __init__(self, service: CallService) -> None:
+        self._service = service
+
+    def collect(self) -> Any:
+        s = self._service
+        parse = CounterMetricFamily(
+            "acd_sip_parse_errors",
+            "SIP messages rejected or dropped, by reason.",
+            labels=["reason"],
+        )
+        if s.transport is not None:
+            for reason, n in sorted(s.endpoint.rejections.items()):
+                parse.add_metric([reason], n)
+        yield parse
+        m = s.media_stats
+        yield GaugeMetricFamily(
+            "acd_rtp_sessions_active", "RTP legs open.", value=m.sessions_active
+        )
+        packets = CounterMetricFamily(
+            "acd_rtp_packets", "RTP packets by direction.", labels=["direction"]
+        )
+        packets.add_metric(["in"], m.packets_received)
+        packets.add_metric(["out"], m.packets_sent)
+        yield packets
+        yield CounterMetricFamily(
+            "acd_rtp_packets_lost", "RTP packets lost (RFC 3550 A.3).", value=m.packets_lost
+        )
+        dtmf = CounterMetricFamily(
+            "acd_dtmf_digits", "DTMF digits received by method.", labels=["method"]
+        )
+        for method, n in sorted(m.dtmf_digits.items()):
+            dtmf.add_metric([method], n)
+        yield dtmf
+
+    def describe(self) -> Any:
+        return iter(())

@@ -1,0 +1,129 @@
+"""Real peers for end-to-end tests: baresip phones (agent or caller) driven over ctrl_tcp.
+
+Each phone gets its own config directory, SIP/TCP/TLS ports (port, port+1) and RTP range, plays a
+tone file as its microphone, and records what it hears (sndfile module: ``*-dec.wav``). Processes
+are stopped by their own PID when the test ends.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+import subprocess
+import time
+import wave
+from pathlib import Path
+
+import numpy as np
+
+
+def write_tone(path: Path, hz: float, seconds: float) -> None:
+    t = np.arange(int(8000 * seconds)) / 8000
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes((8000 * np.sin(2 * np.pi * hz * t)).astype("<i2").tobytes())
+
+
+def dominant_hz(pcm: np.ndarray, rate: int = 8000) -> float:
+    spectrum = np.abs(np.fft.rfft(pcm.astype(float) * np.hanning(len(pcm))))
+    return float(np.fft.rfftfreq(len(pcm), 1 / rate)[int(np.argmax(spectrum))])
+
+
+def free_port_block(size: int, step: int = 2) -> int:
+    """A base port whose UDP and TCP ports base..base+size-1 were all free a moment ago."""
+    for _ in range(300):
+        base = random.randrange(30000, 60000 - size, step)
+        socks: list[socket.socket] = []
+        try:
+            for p in range(base, base + size):
+                for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                    s = socket.socket(socket.AF_INET, kind)
+                    socks.append(s)
+                    s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free port block")
+
+
+class Baresip:
+    """One baresip process: ``account`` is the accounts-file line, ``tone_hz`` its microphone."""
+
+    def __init__(
+        self, workdir: Path, account: str, tone_hz: float, *, dial: str | None = None
+    ) -> None:
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "rec").mkdir(exist_ok=True)
+        write_tone(self.dir / "tone.wav", tone_hz, 120)
+        base = free_port_block(24)
+        self.sip_port, self.ctrl_port, rtp = base, base + 2, base + 4
+        (self.dir / "config").write_text(
+            f"sip_listen 127.0.0.1:{self.sip_port}\n"
+            "net_interface 127.0.0.1\n"
+            "audio_player aubridge,sink_b\naudio_alert aubridge,sink_b\n"
+            f"audio_source aufile,{self.dir}/tone.wav\n"
+            f"rtp_ports {rtp}-{rtp + 18}\n"
+            "module_path /usr/lib/baresip/modules\n"
+            "module g711.so\nmodule aufile.so\nmodule aubridge.so\nmodule sndfile.so\n"
+            "module ctrl_tcp.so\n"
+            f"ctrl_tcp_listen 127.0.0.1:{self.ctrl_port}\n"
+            "module_tmp account.so\nmodule_app menu.so\n"
+            f"snd_path {self.dir}/rec\n"
+        )
+        (self.dir / "accounts").write_text(account + "\n")
+        self.log_path = self.dir / "baresip.log"
+        args = ["baresip", "-f", str(self.dir)]
+        if dial:
+            args += ["-e", f"/dial {dial}"]
+        with self.log_path.open("w") as log:
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+
+    @property
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for(self, text: str, timeout_s: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if text in self.output:
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"baresip never printed {text!r}:\n{self.output[-3000:]}")
+
+    def command(self, command: str, params: str = "") -> dict[str, object]:
+        body = json.dumps({"command": command, "params": params, "token": "t"}).encode()
+        with socket.create_connection(("127.0.0.1", self.ctrl_port), timeout=5) as s:
+            s.sendall(str(len(body)).encode() + b":" + body + b",")
+            data = b""
+            while b'"response"' not in data:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+        length, _, rest = data.partition(b":")
+        return json.loads(rest[: int(length)])  # type: ignore[no-any-return]
+
+    def heard(self) -> np.ndarray:
+        """What the phone decoded (its received audio), from the sndfile dump."""
+        files = sorted((self.dir / "rec").glob("*-dec.wav"))
+        assert files, f"no recording of received audio:\n{self.output[-2000:]}"
+        with wave.open(str(files[-1])) as w:
+            return np.frombuffer(w.readframes(w.getnframes()), "<i2")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

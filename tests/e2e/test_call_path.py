@@ -1,0 +1,152 @@
+"""One call through the whole ACD with real phones: trunk -> flow -> queue -> agent -> bridge -> CDR.
+
+baresip plays the caller (440 Hz microphone) dialling `support` over the loopback trunk; another
+baresip is agent 1001, registered with digest auth and auto-answering (880 Hz microphone). Each must
+hear the other's tone, the recording must hold 440 Hz on the left and 880 Hz on the right, and the
+CDR, queue events, agent events and metrics must tell the same story.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import urllib.request
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.e2e.conftest import DaemonFactory, DaemonProcess
+from tests.e2e.peers import Baresip, dominant_hz, free_port_block
+
+pytestmark = pytest.mark.e2e
+
+ADMIN = "admin-token-0123456789"
+
+
+def config(rtp_base: int) -> str:
+    return f"""
+[media]
+rtp_port_min = {rtp_base}
+rtp_port_max = {rtp_base + 98}
+
+[recordings]
+flush_interval_s = 0.5
+
+[[api.tokens]]
+name = "ops"
+role = "admin"
+token = "{ADMIN}"
+
+[[trunks]]
+name = "local"
+allow = ["127.0.0.0/8"]
+
+[[routes]]
+trunk = "local"
+number = "support"
+flow = "support"
+
+[[flows]]
+name = "support"
+steps = [{{ type = "answer" }}, {{ type = "play", prompt = "digit-1" }}, {{ type = "enqueue", queue = "support" }}]
+
+[[queues]]
+name = "support"
+requirements = {{ support = 1 }}
+ring_timeout_s = 10.0
+wrap_up_s = 1.0
+
+[[agents]]
+id = "1001"
+password = "alice-secret-1001"
+skills = {{ support = 8 }}
+queues = {{ support = 0 }}
+"""
+
+
+def api(daemon: DaemonProcess, path: str) -> object:
+    request = urllib.request.Request(daemon.base_url + path)
+    request.add_header("Authorization", f"Bearer {ADMIN}")
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+def wait_until(predicate: object, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def agent_state(daemon: DaemonProcess) -> str:
+    return str(api(daemon, "/api/v1/agents/1001")["state"])  # type: ignore[index]
+
+
+def test_call_reaches_agent_with_audio_both_ways(
+    start_daemon: DaemonFactory, tmp_path: Path
+) -> None:
+    daemon = start_daemon(config(free_port_block(100)))
+    sip = f"127.0.0.1:{_sip_port(daemon)}"
+    agent = Baresip(
+        tmp_path / "agent",
+        f"<sip:1001@{sip}>;auth_pass=alice-secret-1001;regint=60;answermode=auto;audio_codecs=PCMU",
+        880,
+    )
+    caller: Baresip | None = None
+    try:
+        agent.wait_for("200 OK")  # registered with digest auth
+        wait_until(lambda: agent_state(daemon) == "available", 10, "agent 1001 available")
+        caller = Baresip(
+            tmp_path / "caller", f"<sip:5551234@{sip}>;regint=0;audio_codecs=PCMU", 440,
+            dial=f"sip:support@{sip}",
+        )  # fmt: skip
+        wait_until(lambda: agent_state(daemon) == "busy", 20, "agent 1001 on the call")
+        time.sleep(3.0)  # bridged audio both ways
+        caller.command("hangup")
+        wait_until(lambda: agent_state(daemon) in ("wrap_up", "available"), 10, "call end")
+    finally:
+        for phone in (caller, agent):
+            if phone is not None:
+                phone.stop()  # baresip finishes its recordings when it exits
+    assert caller is not None
+    agent_heard, caller_heard = agent.heard(), caller.heard()
+    # Each phone heard the other one's microphone (the last second of what it decoded).
+    assert abs(dominant_hz(agent_heard[-8000:]) - 440) < 10
+    assert abs(dominant_hz(caller_heard[-8000:]) - 880) < 10
+
+    time.sleep(1.5)  # CDR writer flush
+    with sqlite3.connect(daemon.workdir / "var" / "acd.sqlite3") as db:
+        db.row_factory = sqlite3.Row
+        (cdr,) = db.execute("SELECT * FROM calls").fetchall()
+        events = [r[0] for r in db.execute("SELECT event FROM queue_events ORDER BY id")]
+        rec = db.execute("SELECT * FROM recordings").fetchone()
+    assert cdr["disposition"] == "answered"
+    assert cdr["agent_id"] == "1001"
+    assert cdr["queue"] == "support"
+    assert cdr["caller"] == "5551234"
+    assert cdr["hangup_side"] == "caller"
+    assert cdr["talk_s"] > 2.5
+    assert events == ["enter", "offer", "answer", "complete"]
+    assert rec is not None
+    assert cdr["recording_id"] == rec["id"]
+    with wave.open(rec["path"]) as w:
+        assert (w.getnchannels(), w.getframerate()) == (2, 8000)
+        stereo = np.frombuffer(w.readframes(w.getnframes()), "<i2").reshape(-1, 2)
+    assert abs(len(stereo) / 8000 - cdr["talk_s"]) < 0.5
+    assert abs(dominant_hz(stereo[-12000:-4000, 0]) - 440) < 10  # caller on the left
+    assert abs(dominant_hz(stereo[-12000:-4000, 1]) - 880) < 10  # agent on the right
+
+    _, exposition, _ = daemon.get("/metrics")
+    text = exposition.decode()
+    assert 'acd_calls_total{outcome="answered"} 1.0' in text
+    assert "acd_calls_active 0.0" in text
+
+
+def _sip_port(daemon: DaemonProcess) -> int:
+    ready = daemon.wait_for_log("ready")
+    return int(str(ready["sip"]).rsplit(":", 1)[1])
