@@ -555,7 +555,8 @@ class CallService:
         call.player.start(_now())
 
     def _digit(self, call: Call, digit: str, method: str) -> None:
-        self.media_stats.dtmf_digits[method] = self.media_stats.dtmf_digits.get(method, 0) + 1
+        if method != "rfc4733":  # the RTP endpoint counts its own RFC 4733 digits
+            self.media_stats.dtmf_digits[method] = self.media_stats.dtmf_digits.get(method, 0) + 1
         call.digits.put_nowait(digit)
         barged = call.player is not None and call.player.on_dtmf()
         if barged and call.playback_done is not None and not call.playback_done.done():

@@ -127,3 +127,38 @@ class Baresip:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+SIPP = "/usr/bin/sipp"
+
+
+def sipp(
+    workdir: Path,
+    scenario: list[str],
+    target: str | None,
+    *extra: str,
+    background: bool = False,
+) -> subprocess.Popen[bytes]:
+    """Start SIPp with a built-in (``["-sn", "uac"]``) or file scenario on its own ports."""
+    base = free_port_block(4)
+    args = [SIPP, *scenario]
+    if target:
+        args.append(target)
+    args += ["-i", "127.0.0.1", "-p", str(base), "-mp", str(base + 2), "-cp", str(base + 1),
+             "-nostdin", "-trace_err", "-error_file", str(workdir / f"sipp-{base}-errors.log"),
+             *extra]  # fmt: skip
+    with (workdir / f"sipp-{base}.log").open("wb") as log:
+        proc = subprocess.Popen(args, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
+    proc.sip_port = base  # type: ignore[attr-defined]
+    proc.log_path = workdir / f"sipp-{base}.log"  # type: ignore[attr-defined]
+    return proc
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

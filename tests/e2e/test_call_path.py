@@ -150,3 +150,89 @@ def test_call_reaches_agent_with_audio_both_ways(
 def _sip_port(daemon: DaemonProcess) -> int:
     ready = daemon.wait_for_log("ready")
     return int(str(ready["sip"]).rsplit(":", 1)[1])
+
+
+IVR = """
+[[api.tokens]]
+name = "ops"
+role = "admin"
+token = "{admin}"
+
+[[trunks]]
+name = "local"
+allow = ["127.0.0.0/8"]
+
+[[routes]]
+number = "ivr"
+flow = "ivr"
+
+[[flows]]
+name = "ivr"
+steps = [{{ type = "answer" }}, {{ type = "menu", prompt = "ivr-menu", options = {{ "1" = "support", "2" = "sales" }}, timeout_s = 8.0 }}]
+
+[[flows]]
+name = "support"
+steps = [{{ type = "enqueue", queue = "support" }}]
+
+[[flows]]
+name = "sales"
+steps = [{{ type = "enqueue", queue = "sales" }}]
+
+[[queues]]
+name = "support"
+requirements = {{ support = 1 }}
+
+[[queues]]
+name = "sales"
+requirements = {{ sales = 1 }}
+
+[[agents]]
+id = "1002"
+password = "bob-secret-1002"
+skills = {{ sales = 9 }}
+queues = {{ sales = 0 }}
+
+[media]
+rtp_port_min = {rtp}
+rtp_port_max = {rtp_max}
+"""
+
+
+def test_dtmf_menu_chooses_the_queue(start_daemon: DaemonFactory, tmp_path: Path) -> None:
+    rtp = free_port_block(100)
+    daemon = start_daemon(IVR.format(admin=ADMIN, rtp=rtp, rtp_max=rtp + 98))
+    sip = f"127.0.0.1:{_sip_port(daemon)}"
+    agent = Baresip(
+        tmp_path / "agent",
+        f"<sip:1002@{sip}>;auth_pass=bob-secret-1002;regint=60;answermode=auto;audio_codecs=PCMU",
+        880,
+    )
+    caller: Baresip | None = None
+    try:
+        agent.wait_for("200 OK")
+        wait_until(lambda: _state(daemon, "1002") == "available", 10, "agent 1002 available")
+        caller = Baresip(
+            tmp_path / "caller", f"<sip:5550002@{sip}>;regint=0;audio_codecs=PCMU", 440,
+            dial=f"sip:ivr@{sip}",
+        )  # fmt: skip
+        caller.wait_for("Call established")
+        time.sleep(1.0)  # into the menu prompt
+        reply = caller.command("sndcode", "2")  # RFC 4733 telephone-event
+        assert reply.get("ok") is True, reply
+        wait_until(lambda: _state(daemon, "1002") == "busy", 20, "agent 1002 on the call")
+        caller.command("hangup")
+        wait_until(lambda: _state(daemon, "1002") in ("wrap_up", "available"), 10, "call end")
+    finally:
+        for phone in (caller, agent):
+            if phone is not None:
+                phone.stop()
+    time.sleep(1.5)
+    with sqlite3.connect(daemon.workdir / "var" / "acd.sqlite3") as db:
+        (row,) = db.execute("SELECT queue, agent_id, disposition, flow FROM calls").fetchall()
+    assert row == ("sales", "1002", "answered", "ivr")
+    _, exposition, _ = daemon.get("/metrics")
+    assert 'acd_dtmf_digits_total{method="rfc4733"} 1.0' in exposition.decode()
+
+
+def _state(daemon: DaemonProcess, agent_id: str) -> str:
+    return str(api(daemon, f"/api/v1/agents/{agent_id}")["state"])  # type: ignore[index]
