@@ -241,6 +241,7 @@ class CallService:
         self._tasks: set[asyncio.Task[None]] = set()
         self.draining = False
         self._passwords = {a.id: a.password for a in config.agents if a.password}
+        self._agent_ids = frozenset(a.id for a in config.agents)
         metrics.registry.register(_SipMediaCollector(self))
 
     # -- start and stop ------------------------------------------------------------------------------
@@ -413,7 +414,7 @@ class CallService:
         caller_uri = request.from_.uri if request.from_ else None
         caller = (caller_uri.user or "") if isinstance(caller_uri, Uri) else ""
         # An agent's phone dialling a feature code (*1 ready, ...).
-        if caller in {a.id for a in self.config.agents} and dialed.startswith("*"):
+        if dialed.startswith("*") and caller in self._agent_ids:
             # Answered with a final status whose reason phrase the phone shows ("Agent ready");
             # no media session is set up for a feature code.
             action = self.agents.feature_code(caller, dialed)
