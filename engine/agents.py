@@ -62,6 +62,11 @@ class AgentDirectory:
         # AOR, e.g. "sip:1001@acd.example.com"; direct register() calls use the agent id itself)
         self._aor: dict[str, str] = {}
 
+    def apply(self, config: Config) -> None:
+        """A reloaded config: new agents, passwords, contacts and feature codes apply at once."""
+        self._config = config
+        self._agents = {a.id: a for a in config.agents}
+
     # -- registrations ---------------------------------------------------------------------------
 
     def register(

@@ -244,6 +244,14 @@ class CallService:
         self._agent_ids = frozenset(a.id for a in config.agents)
         metrics.registry.register(_SipMediaCollector(self))
 
+    def apply(self, config: Config) -> None:
+        """A reloaded config: trunks, routes, flows, prompts and agent passwords apply to new calls
+        and registrations at once; calls in progress keep what they started with."""
+        self.config = config
+        self._passwords = {a.id: a.password for a in config.agents if a.password}
+        self._agent_ids = frozenset(a.id for a in config.agents)
+        self.flows.apply(config)
+
     # -- start and stop ------------------------------------------------------------------------------
 
     @property

@@ -154,6 +154,14 @@ class Daemon:
             self.metrics.config_reloads.labels(outcome="rejected").inc()
             return False
         needs_restart = [k for k in _RESTART_ONLY if getattr(new, k) != getattr(self.config, k)]
+        if self.routing is not None:
+            needs_restart += self.routing.apply(new)
+        if self.agents is not None:
+            self.agents.apply(new)
+        if self.calls is not None:
+            self.calls.apply(new)
+        if self.recordings is not None:
+            self.recordings.apply(new)
         self.config = new
         configure_logging(new.log)
         self.metrics.config_reloads.labels(outcome="applied").inc()

@@ -97,6 +97,10 @@ class FlowRunner:
         self._http = http
         self.lookups_failed = 0
 
+    def apply(self, config: Config) -> None:
+        """A reloaded config: calls already in a flow keep the steps they hold; new calls get these."""
+        self._flows = {f.name: f for f in config.flows}
+
     async def run(self, flow: str, io: CallIO, data: dict[str, Any] | None = None) -> FlowOutcome:
         data = dict(data or {})
         state: dict[str, Any] = {"queue": "", "priority": 0, "requirements": None}

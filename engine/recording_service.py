@@ -76,6 +76,10 @@ class RecordingService:
         self._pending: set[asyncio.Future[Any]] = set()
         self.index_errors = 0
 
+    def apply(self, config: Config) -> None:
+        """A reloaded config: queue policies (record, encrypt, retention) apply to new calls."""
+        self._config = config
+
     @staticmethod
     def _load_keyring(config: Config) -> rec.Keyring | None:
         """The keyring, if any queue encrypts (or one is configured). A bad key source fails start."""

@@ -177,6 +177,51 @@ class RoutingService:
     def warmup(self) -> None:
         self.router.warmup()
 
+    def apply(self, cfg: Config) -> list[str]:
+        """Apply a reloaded config to the live Router; what it could not apply (needs a restart).
+
+        New queues and agents are added at once. A changed or removed queue or agent, or a skill
+        name the running Router has no column for, keeps its running definition until a restart:
+        live calls and agent states are never disturbed by a reload.
+        """
+        pending: list[str] = []
+        old_queues = {q.name: q for q in self._cfg.queues}
+        old_agents = {a.id: a for a in self._cfg.agents}
+        known_queues = set(old_queues)  # what the running Router has
+        for queue in cfg.queues:
+            names = set(queue.requirements) | {
+                s for step in queue.steps for s in (step.requirements or {})
+            }
+            if not names <= set(self.skills.index):
+                pending.append(f"queues.{queue.name} (new skill names)")
+            elif queue.name not in old_queues:
+                self.router.add_queue(queue_spec(queue, self.skills))
+                known_queues.add(queue.name)
+            elif queue_spec(queue, self.skills) != queue_spec(old_queues[queue.name], self.skills):
+                pending.append(f"queues.{queue.name}")
+        for agent in cfg.agents:
+            if not set(agent.skills) <= set(self.skills.index):
+                pending.append(f"agents.{agent.id} (new skill names)")
+            elif agent.id not in old_agents:
+                self.router.add_agent(
+                    agent.id,
+                    skills={self.skills.index[s]: lvl for s, lvl in agent.skills.items()},
+                    queues={q: p for q, p in agent.queues.items() if q in known_queues},
+                    capacity={CHANNELS.get(ch, 0): n for ch, n in agent.capacity.items()},
+                )
+            else:
+                before = old_agents[agent.id]
+                if (before.skills, before.queues, before.capacity) != (
+                    agent.skills, agent.queues, agent.capacity,
+                ):  # fmt: skip
+                    pending.append(f"agents.{agent.id}")
+        removed = set(old_queues) - {q.name for q in cfg.queues}
+        removed |= set(old_agents) - {a.id for a in cfg.agents}
+        pending += sorted(f"removed {name}" for name in removed)
+        self._cfg = cfg
+        self._kick()
+        return pending
+
     # -- tasks -----------------------------------------------------------------------------------
 
     def enqueue(
