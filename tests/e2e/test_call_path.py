@@ -236,3 +236,64 @@ def test_dtmf_menu_chooses_the_queue(start_daemon: DaemonFactory, tmp_path: Path
 
 def _state(daemon: DaemonProcess, agent_id: str) -> str:
     return str(api(daemon, f"/api/v1/agents/{agent_id}")["state"])  # type: ignore[index]
+
+
+def test_readme_demo_call_on_the_default_config(tmp_path: Path) -> None:
+    """The README's 'try a call' on config/acd.toml as shipped (only ports and paths moved)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, free_port
+
+    http_port, sip_port, rtp = free_port(), free_port(), free_port_block(100)
+    text = (
+        (REPO / "config" / "acd.toml")
+        .read_text()
+        .replace("port = 8080", f"port = {http_port}")
+        .replace("port = 5060", f"port = {sip_port}")
+        .replace("rtp_port_min = 20000", f"rtp_port_min = {rtp}")
+        .replace("rtp_port_max = 29999", f"rtp_port_max = {rtp + 98}")
+    )
+    cfg = tmp_path / "acd.toml"
+    cfg.write_text(text)
+    log = (tmp_path / "acd.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", "run", "--config", str(cfg)],
+        cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    log.close()
+    sip = f"127.0.0.1:{sip_port}"
+    agent = caller = None
+    try:
+        daemon = DaemonProcess(proc, http_port, tmp_path, cfg, tmp_path / "acd.log")
+        daemon.wait_ready()
+        agent = Baresip(
+            tmp_path / "agent",
+            f"<sip:1001@{sip}>;auth_pass=alice-1001-demo;regint=60;answermode=auto;audio_codecs=PCMU",
+            880,
+        )
+        agent.wait_for("200 OK")
+        token = "demo-supervisor-token-change-me"
+
+        def state() -> str:
+            req = urllib.request.Request(f"{daemon.base_url}/api/v1/agents/1001")
+            req.add_header("Authorization", f"Bearer {token}")
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                return str(json.loads(resp.read())["state"])
+
+        wait_until(lambda: state() == "available", 10, "agent 1001 available")
+        caller = Baresip(tmp_path / "caller", f"<sip:5550001@{sip}>;regint=0;audio_codecs=PCMU", 440,
+                         dial=f"sip:support@{sip}")  # fmt: skip
+        wait_until(lambda: state() == "busy", 30, "agent 1001 answering (after the welcome prompt)")
+        caller.command("hangup")
+        wait_until(lambda: state() in ("wrap_up", "available"), 10, "call end")
+        time.sleep(1.5)
+        with sqlite3.connect(tmp_path / "var" / "acd.sqlite3") as db:
+            (row,) = db.execute("SELECT queue, agent_id, disposition FROM calls").fetchall()
+        assert row == ("support", "1001", "answered")
+    finally:
+        for phone in (caller, agent):
+            if phone is not None:
+                phone.stop()
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
