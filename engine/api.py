@@ -71,6 +71,7 @@ class ApiContext:
     routing: RoutingService | None = None
     bus: EventBus | None = None
     recordings: RecordingService | None = None
+    calls: Any = None  # engine.calls.CallService (typed loosely: calls imports this module's peers)
 
 
 CONTEXT_KEY = web.AppKey("api_context", ApiContext)
@@ -589,6 +590,37 @@ async def download_recording(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def live_calls(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT_KEY]
+    _require(request, Role.SUPERVISOR)
+    return json_response([] if ctx.calls is None else ctx.calls.live_calls())
+
+
+class RecordingPause(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    paused: bool
+
+
+async def pause_call_recording(request: web.Request) -> web.Response:
+    """PCI: the agent (of this call) or a supervisor stops the recording while card data is read."""
+    ctx = request.app[CONTEXT_KEY]
+    principal = _principal(request)
+    call_id = request.match_info["call_id"]
+    call = None if ctx.calls is None else ctx.calls.calls.get(call_id)
+    if call is None:
+        raise web.HTTPNotFound(text=f"no live call {call_id!r}")
+    if not principal.at_least(Role.SUPERVISOR) and principal.agent_id != call.agent_id:
+        raise web.HTTPForbidden(text="only the call's agent or a supervisor")
+    try:
+        body = msgspec.json.decode(await request.read(), type=RecordingPause)
+    except msgspec.DecodeError as exc:
+        raise web.HTTPBadRequest(text=f'expected {{"paused": true|false}}: {exc}') from None
+    if not ctx.calls.pause_recording(call_id, body.paused):
+        raise web.HTTPConflict(text="the call is not being recorded")
+    await audit(ctx, request, action="recording_pause" if body.paused else "recording_resume",
+                outcome="done", object_type="call", object_id=call_id)  # fmt: skip
+    return json_response({"call_id": call_id, "recording_paused": body.paused})
+
+
 class LegalHold(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     legal_hold: bool
 
@@ -677,6 +709,8 @@ def add_routes(app: web.Application, ctx: ApiContext) -> None:
     app.router.add_get("/api/v1/recordings", list_recordings)
     app.router.add_get("/api/v1/recordings/{recording_id}/audio", download_recording)
     app.router.add_put("/api/v1/recordings/{recording_id}/legal_hold", set_legal_hold)
+    app.router.add_get("/api/v1/calls", live_calls)
+    app.router.add_put("/api/v1/calls/{call_id}/recording", pause_call_recording)
 
 
 def _op(

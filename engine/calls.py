@@ -146,6 +146,7 @@ class Call:
     disposition: str = "flow_ended"
     flow_data: dict[str, Any] = field(default_factory=dict)
     recording_id: str | None = None
+    recording: Any = None  # recordings.Recording while the bridge feeds it
     bridge: Bridge | None = None
 
 
@@ -251,6 +252,45 @@ class CallService:
         self._passwords = {a.id: a.password for a in config.agents if a.password}
         self._agent_ids = frozenset(a.id for a in config.agents)
         self.flows.apply(config)
+
+    # -- live calls (API) ----------------------------------------------------------------------------
+
+    def live_calls(self) -> list[dict[str, Any]]:
+        now = time.time()
+        out = []
+        for call in self.calls.values():
+            phase = "flow"
+            if call.agent_id is not None:
+                phase = "bridged"
+            elif call.enqueued_at is not None:
+                phase = (
+                    "ringing" if any(not leg.finished for leg in call.legs.values()) else "queued"
+                )
+            out.append(
+                {
+                    "id": call.id, "caller": call.caller, "dialed": call.dialed, "phase": phase,
+                    "queue": call.queue or None, "agent_id": call.agent_id,
+                    "age_s": round(now - call.arrived_at, 3),
+                    "recording_id": call.recording_id,
+                    "recording_paused": bool(call.recording is not None and call.recording.paused),
+                }
+            )  # fmt: skip
+        return out
+
+    def pause_recording(self, call_id: str, paused: bool) -> bool:
+        """PCI: stop (or resume) writing a bridged call's recording; False if nothing to pause."""
+        call = self.calls.get(call_id)
+        if call is None or call.bridge is None or call.recording is None:
+            return False
+        now = _now()
+        position = call.bridge.position(now)
+        if paused:
+            call.recording.pause(position)  # the span is written as silence and listed in the index
+            call.bridge.pause_recording(now, "paused")
+        else:
+            call.bridge.resume_recording(now)
+            call.recording.resume(position)
+        return True
 
     # -- start and stop ------------------------------------------------------------------------------
 
@@ -641,6 +681,7 @@ class CallService:
         if self.recordings is not None:
             recording = await self.recordings.start(call.id, call.queue, leg.agent_id)
             if recording is not None:
+                call.recording = recording
                 call.recording_id = str(getattr(recording, "recording_id", "")) or None
         call.bridge = Bridge(
             call.rtp, leg.rtp, stats=self.media_stats, caller_codec=call.codec,

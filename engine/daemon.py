@@ -220,6 +220,7 @@ class Daemon:
             metrics=self.metrics,
             flows=FlowRunner(self.config, self._http_client),
         )
+        self.api.calls = self.calls
         try:
             self.sip_addr = await self.calls.start()
         except OSError as exc:

@@ -74,6 +74,15 @@ def api(daemon: DaemonProcess, path: str) -> object:
         return json.loads(resp.read())
 
 
+def put(daemon: DaemonProcess, path: str, body: object) -> int:
+    request = urllib.request.Request(
+        daemon.base_url + path, data=json.dumps(body).encode(), method="PUT"
+    )
+    request.add_header("Authorization", f"Bearer {ADMIN}")
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        return int(resp.status)
+
+
 def wait_until(predicate: object, timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -106,7 +115,17 @@ def test_call_reaches_agent_with_audio_both_ways(
             dial=f"sip:support@{sip}",
         )  # fmt: skip
         wait_until(lambda: agent_state(daemon) == "busy", 20, "agent 1001 on the call")
-        time.sleep(3.0)  # bridged audio both ways
+        (live,) = api(daemon, "/api/v1/calls")  # type: ignore[misc]
+        assert (live["phase"], live["agent_id"], live["recording_paused"]) == (
+            "bridged",
+            "1001",
+            False,
+        )
+        time.sleep(1.5)  # bridged audio both ways
+        assert put(daemon, f"/api/v1/calls/{live['id']}/recording", {"paused": True}) == 200
+        time.sleep(1.0)  # PCI: card number read out here, not recorded
+        assert put(daemon, f"/api/v1/calls/{live['id']}/recording", {"paused": False}) == 200
+        time.sleep(1.5)
         caller.command("hangup")
         wait_until(lambda: agent_state(daemon) in ("wrap_up", "available"), 10, "call end")
     finally:
@@ -138,8 +157,14 @@ def test_call_reaches_agent_with_audio_both_ways(
         assert (w.getnchannels(), w.getframerate()) == (2, 8000)
         stereo = np.frombuffer(w.readframes(w.getnframes()), "<i2").reshape(-1, 2)
     assert abs(len(stereo) / 8000 - cdr["talk_s"]) < 0.5
-    assert abs(dominant_hz(stereo[-12000:-4000, 0]) - 440) < 10  # caller on the left
-    assert abs(dominant_hz(stereo[-12000:-4000, 1]) - 880) < 10  # agent on the right
+    assert abs(dominant_hz(stereo[-8000:-2000, 0]) - 440) < 10  # caller on the left
+    assert abs(dominant_hz(stereo[-8000:-2000, 1]) - 880) < 10  # agent on the right
+    ((start, end),) = json.loads(rec["paused_spans"])
+    assert 0.8 < (end - start) / 8000 < 1.3  # the paused second is marked in the index...
+    paused = stereo[start + 400 : end - 400].astype(float)
+    assert np.sqrt(np.mean(paused**2)) < 50  # ...and written as silence on both channels
+    before = stereo[max(0, start - 4000) : start - 400, 0].astype(float)
+    assert np.sqrt(np.mean(before**2)) > 1000
 
     _, exposition, _ = daemon.get("/metrics")
     text = exposition.decode()
