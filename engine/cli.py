@@ -108,10 +108,11 @@ def _cmd_operator(args: argparse.Namespace) -> int:
     return opcli.run(args.op, args, config)
 
 
-def _delegate(module: str, function: str, argv: list[str]) -> int:
+def _delegate(name: str, argv: list[str]) -> int:
     """Subcommands with their own argument parsers (simulate, erlang, recordings)."""
     import importlib
 
+    module, function, _summary = _DELEGATED[name]
     entry = getattr(importlib.import_module(module), function)
     code: int = entry(list(argv))
     return code
@@ -170,27 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from engine import opcli
 
-    simulate = sub.add_parser(
-        "simulate",
-        help="discrete-event simulation of the routing core (Erlang C/A check, staffing what-ifs)",
-        description="Simulate calls through the routing core; see `acd simulate --help`.",
-        add_help=False,
-    )
-    simulate.set_defaults(func=lambda a: _delegate(*_DELEGATED["simulate"], []))
-    erlang = sub.add_parser(
-        "erlang",
-        help="Erlang B, C and A, and staffing for a service-level or ASA target",
-        description="Erlang calculator; see `acd erlang --help`.",
-        add_help=False,
-    )
-    erlang.set_defaults(func=lambda a: _delegate(*_DELEGATED["erlang"], []))
-    recordings = sub.add_parser(
-        "recordings",
-        help="decrypt, repair or purge call recordings",
-        description="Recordings maintenance; see `acd recordings --help`.",
-        add_help=False,
-    )
-    recordings.set_defaults(func=lambda a: _delegate(*_DELEGATED["recordings"], []))
+    # Listed here for `acd --help`; main() hands their arguments over before this parser runs.
+    for name, (_module, _function, summary) in _DELEGATED.items():
+        delegated = sub.add_parser(name, help=summary, add_help=False)
+        delegated.set_defaults(func=lambda a, name=name: _delegate(name, []))
 
     queues = sub.add_parser(
         "queues",
@@ -224,16 +208,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Subcommands that own their argument parsing: `acd simulate --agents 14 ...` goes straight there.
 _DELEGATED = {
-    "simulate": ("engine.simulate_cli", "simulate_main"),
-    "erlang": ("routing_core.erlang", "erlang_main"),
-    "recordings": ("recordings.cli", "recordings_cli_main"),
+    "simulate": (
+        "engine.simulate_cli",
+        "simulate_main",
+        "discrete-event simulation of the routing core (Erlang C/A check, staffing what-ifs)",
+    ),
+    "erlang": (
+        "routing_core.erlang",
+        "erlang_main",
+        "Erlang B, C and A, and staffing for a service-level or ASA target",
+    ),
+    "recordings": (
+        "recordings.cli",
+        "recordings_cli_main",
+        "decrypt, repair or purge call recordings",
+    ),
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in _DELEGATED:
-        return _delegate(*_DELEGATED[argv[0]], argv[1:])
+        return _delegate(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
