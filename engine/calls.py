@@ -37,7 +37,7 @@ from prometheus_client.registry import Collector
 
 import routing_core as rc
 from engine.agents import AgentDirectory
-from engine.announcements import SHIPPED_PROMPTS
+from engine.announcements import SHIPPED_PROMPTS, expected_wait_prompts, position_prompts
 from engine.cdr import CallRecord, CdrWriter, QueueEventData
 from engine.config import Config, LoginMode, TrunkConfig
 from engine.flows import FlowOutcome, FlowRunner
@@ -147,6 +147,7 @@ class Call:
     flow_data: dict[str, Any] = field(default_factory=dict)
     recording_id: str | None = None
     recording: Any = None  # recordings.Recording while the bridge feeds it
+    priority: int = 0
     bridge: Bridge | None = None
 
 
@@ -177,6 +178,12 @@ class CallMetrics:
             "acd_sip_responses_total",
             "SIP responses received to our requests, by status class.",
             ["code"],
+            registry=r,
+        )
+        self.announcements = Counter(
+            "acd_queue_announcements_total",
+            "Position / expected-wait announcements played to waiting callers.",
+            ["queue"],
             registry=r,
         )
         self.errors = metrics.unexpected_errors
@@ -243,6 +250,8 @@ class CallService:
         self.draining = False
         self._passwords = {a.id: a.password for a in config.agents if a.password}
         self._agent_ids = frozenset(a.id for a in config.agents)
+        # Per queue: moving average of recent answered waits, for expected-wait announcements.
+        self.average_wait_s: dict[str, float] = {}
         metrics.registry.register(_SipMediaCollector(self))
 
     def apply(self, config: Config) -> None:
@@ -271,6 +280,7 @@ class CallService:
                     "id": call.id, "caller": call.caller, "dialed": call.dialed, "phase": phase,
                     "queue": call.queue or None, "agent_id": call.agent_id,
                     "age_s": round(now - call.arrived_at, 3),
+                    "position": self.position(call) if phase in ("queued", "ringing") else None,
                     "recording_id": call.recording_id,
                     "recording_paused": bool(call.recording is not None and call.recording.paused),
                 }
@@ -649,6 +659,7 @@ class CallService:
         if not call.answered:
             await self.answer_caller(call)
         call.queue = outcome.queue
+        call.priority = outcome.priority
         loop = asyncio.get_running_loop()
         call.connected = loop.create_future()
         try:
@@ -660,7 +671,7 @@ class CallService:
                 await self.play(call, ["all-busy"], barge_in=False)
             raise _CallEnded("queue full", "overflowed") from None
         call.enqueued_at = time.time()
-        position = self.routing.router.waiting(outcome.queue)
+        position = self.position(call)
         if self.cdr:
             self.cdr.queue_event(
                 "enter", call_id=call.id, queue=call.queue,
@@ -668,11 +679,12 @@ class CallService:
             )  # fmt: skip
         self._music_on_hold(call, outcome.queue)
         qcfg = next(q for q in self.config.queues if q.name == outcome.queue)
+        waiting = self._wait_for_agent(call, qcfg.announce_every_s)
         try:
             if qcfg.max_wait_s > 0:
-                leg = await asyncio.wait_for(asyncio.shield(call.connected), qcfg.max_wait_s)
+                leg = await asyncio.wait_for(waiting, qcfg.max_wait_s)
             else:
-                leg = await call.connected
+                leg = await waiting
         except TimeoutError:
             raise _CallEnded("max wait reached", "overflowed") from None
         self._stop_player(call)
@@ -690,6 +702,51 @@ class CallService:
         call.bridge.start(_now())
         log.info("call_bridged", agent=leg.agent_id)
         await asyncio.Event().wait()  # until a BYE on either leg cancels this task
+
+    def position(self, call: Call) -> int:
+        """1-based place of a waiting call in its queue: higher priority first, then older."""
+        key = (-call.priority, call.enqueued_at or 0.0)
+        ahead = sum(
+            1
+            for other in self.calls.values()
+            if other is not call
+            and other.queue == call.queue
+            and other.enqueued_at is not None
+            and other.agent_id is None
+            and (-other.priority, other.enqueued_at) < key
+        )
+        return ahead + 1
+
+    async def _wait_for_agent(self, call: Call, every_s: float) -> AgentLeg:
+        """Music on hold until an agent answers, with an announcement every ``every_s`` seconds."""
+        connected = call.connected
+        assert connected is not None
+        if every_s <= 0:
+            return await connected
+        while not connected.done():
+            done, _ = await asyncio.wait({connected}, timeout=every_s)
+            if done:
+                break
+            prompts = position_prompts(self.position(call))
+            if call.queue in self.average_wait_s:
+                prompts += expected_wait_prompts(self.average_wait_s[call.queue])
+            self.metrics.announcements.labels(queue=call.queue).inc()
+            announce = asyncio.ensure_future(self.play(call, prompts, barge_in=False))
+            racing: set[asyncio.Future[Any]] = {announce, connected}
+            try:
+                await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not announce.done():  # the agent answered mid-sentence: stop talking
+                    self._stop_player(call)
+                    await asyncio.gather(announce, return_exceptions=True)
+            if not connected.done():
+                self._music_on_hold(call, call.queue)
+        return connected.result()
+
+    def _record_wait(self, queue: str, wait_s: float) -> None:
+        # An exponential moving average over roughly the last ten answered calls.
+        previous = self.average_wait_s.get(queue)
+        self.average_wait_s[queue] = wait_s if previous is None else 0.8 * previous + 0.2 * wait_s
 
     # -- agents --------------------------------------------------------------------------------------
 
@@ -799,6 +856,7 @@ class CallService:
                 return
             call.agent_id = leg.agent_id
             call.agent_answered_at = time.time()
+            self._record_wait(call.queue, call.agent_answered_at - (call.enqueued_at or 0.0))
             if self.cdr:
                 waited = call.agent_answered_at - (call.enqueued_at or call.agent_answered_at)
                 self.cdr.queue_event(

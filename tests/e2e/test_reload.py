@@ -83,3 +83,38 @@ def test_reload_under_a_live_call(start_daemon: DaemonFactory, tmp_path: Path) -
         rows = sorted(db.execute("SELECT dialed, queue, disposition FROM calls"))
     assert rows == [("sales", "sales", "abandoned"), ("support", "support", "abandoned")]
     assert daemon.stop() == 0
+
+
+def test_waiting_callers_get_positions_and_announcements(
+    start_daemon: DaemonFactory, tmp_path: Path
+) -> None:
+    import json
+    import urllib.request
+
+    admin = "admin-token-0123456789"
+    extra = BASE.replace(
+        "requirements = { support = 1 }", "requirements = { support = 1 }\nannounce_every_s = 1.0"
+    )
+    extra += f'\n[[api.tokens]]\nname = "ops"\nrole = "admin"\ntoken = "{admin}"\n'
+    daemon = start_daemon(extra)
+    target = str(daemon.wait_for_log("ready")["sip"]).removeprefix("udp:")
+    first = sipp(tmp_path, ["-sn", "uac"], target, "-s", "support", "-m", "1", "-d", "5000")
+    time.sleep(0.5)
+    second = sipp(tmp_path, ["-sn", "uac"], target, "-s", "support", "-m", "1", "-d", "5000")
+    time.sleep(3.0)
+    request = urllib.request.Request(daemon.base_url + "/api/v1/calls")
+    request.add_header("Authorization", f"Bearer {admin}")
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        live = json.loads(resp.read())
+    assert sorted((c["phase"], c["position"]) for c in live) == [("queued", 1), ("queued", 2)]
+    oldest = max(live, key=lambda c: c["age_s"])
+    assert oldest["position"] == 1  # the earlier caller is ahead
+    _, exposition, _ = daemon.get("/metrics")
+    count = next(
+        float(line.split()[-1])
+        for line in exposition.decode().splitlines()
+        if line.startswith('acd_queue_announcements_total{queue="support"}')
+    )
+    assert count >= 2  # each caller heard at least one announcement in 3 s at 1 s intervals
+    assert first.wait(timeout=30) == 0
+    assert second.wait(timeout=30) == 0
