@@ -17,6 +17,15 @@ Ordering rules (documented choices):
 
 Timers (wrap-up end, reject delays, relaxation steps, preferred-agent timeouts) sit in one heap;
 `dispatch(now)` applies those due and `next_deadline()` reports the earliest, sans-I/O style.
+
+Speed (every API call is on the daemon's and the simulator's hot path):
+- Every kernel array is a view into one flat buffer per dtype (the arenas, `_ARENAS`); the kernel takes
+  `now`, the four arenas and a layout, so numba unboxes 6 arguments instead of 34. Growth rebinds an
+  attribute to a larger copy and `_pack` rebuilds the arenas before the next dispatch.
+- What Python reads on every call has a Python-list mirror written together with the array the kernel
+  or the tests read: agent state codes (`_st`), free capacity units (`_spare`), free-list membership,
+  and the task fields the kernel never writes (queue, channel, time, sequence, preference,
+  exclusions, task state). States are compared as ints; AgentState objects are built only at the API.
 """
 
 from __future__ import annotations
@@ -70,15 +79,85 @@ _TM_UNBLOCK: Final = 1
 _TM_TASK: Final = 2
 
 _ROUTABLE_CODES: Final = frozenset(int(s) for s in ROUTABLE_STATES)
+# Agent states as plain ints: hot paths compare the Python mirror `_st` against these, because building
+# an AgentState costs ~0.4 us and comparing ints ~0.03 us.
+_LOGGED_OUT: Final = int(AgentState.LOGGED_OUT)
+_AVAILABLE: Final = int(AgentState.AVAILABLE)
 _RESERVED: Final = int(AgentState.RESERVED)
-# The state table as int pairs: the hot path compares numpy int8 codes, and numpy scalar vs IntEnum
-# comparisons cost microseconds.
+_BUSY: Final = int(AgentState.BUSY)
+_WRAP_UP: Final = int(AgentState.WRAP_UP)
+_NOT_READY: Final = int(AgentState.NOT_READY)
+_EVENT_CODES: Final = {ev: frozenset(int(s) for s in sts) for ev, sts in EVENT_ALLOWED_FROM.items()}
+# The state table as int pairs: the hot path compares the int codes of the `_st` mirror, and IntEnum
+# construction or numpy scalar comparisons cost far more than an int-tuple set lookup.
 _ALLOWED_CODES: Final = frozenset(
     (int(old), int(new)) for old in AgentState for new in AgentState if transition_allowed(old, new)
 )
 
 
 _ArrT = TypeVar("_ArrT", bound=npt.NDArray[Any])
+
+# Offer is a frozen slotted dataclass whose generated __init__ sets each field via object.__setattr__
+# (~0.43 us); writing the three slots through their descriptors builds the identical object (same
+# fields, equality, hash and repr) in about half that, once per offer on the dispatch hot path.
+_new_object = object.__new__
+_SET_OFFER_TASK: Final = Offer.__dict__["task_id"].__set__
+_SET_OFFER_AGENT: Final = Offer.__dict__["agent_id"].__set__
+_SET_OFFER_QUEUE: Final = Offer.__dict__["queue"].__set__
+
+# Which Router array lives in which arena (one flat buffer per dtype, see `_kernels.P_*`). Order inside
+# an arena is irrelevant to the kernel, which reads offsets and shapes from the layout array.
+_ARENAS: Final = (
+    (
+        np.int32,
+        (
+            (K.P_PENALTY, "_penalty"),
+            (K.P_MEMBER_POS, "_member_pos"),
+            (K.P_CAP, "_cap"),
+            (K.P_LOAD, "_load"),
+            (K.P_FREE_LIST, "_free_list"),
+            (K.P_TASK_I, "_task_i"),
+            (K.P_TASK_EXCL, "_task_excl"),
+            (K.P_BUCKET_I, "_bucket_i"),
+            (K.P_REQSET_SKILL, "_reqset_skill"),
+            (K.P_REQSET_LEVEL, "_reqset_level"),
+            (K.P_REQSET_LEN, "_reqset_len"),
+            (K.P_QUEUE_I, "_queue_i"),
+            (K.P_STEP_REQSET, "_step_reqset"),
+            (K.P_STEP_MAXPEN, "_step_maxpen"),
+            (K.P_OUT_TASK, "_out_task"),
+            (K.P_OUT_AGENT, "_out_agent"),
+            (K.P_AGENT_QUEUES, "_agent_queues"),
+            (K.P_AGENT_NQ, "_agent_nq"),
+            (K.P_Q_BUCKETS, "_q_buckets"),
+            (K.P_Q_NB, "_q_nb"),
+            (K.P_ACTIVE, "_scratch_active"),
+            (K.P_CURSOR, "_scratch_cursor"),
+            (K.P_CANDS, "_scratch_cands"),
+        ),
+    ),
+    (
+        np.int64,
+        (
+            (K.P_AGENT_CALLS, "_agent_calls"),
+            (K.P_COUNTERS, "_counters"),
+            (K.P_TASK_SEQ, "_task_seq"),
+            (K.P_Q_VER, "_q_ver"),
+            (K.P_AGENT_MEMO, "_agent_memo"),
+        ),
+    ),
+    (
+        np.float64,
+        (
+            (K.P_AGENT_F, "_agent_f"),
+            (K.P_TASK_F, "_task_f"),
+            (K.P_STEP_AFTER, "_step_after"),
+            (K.P_RNG_BUF, "_rng_buf"),
+            (K.P_BUCKET_F, "_bucket_f"),
+        ),
+    ),
+    (np.uint8, ((K.P_SKILLS, "_skills"), (K.P_IN_FREE, "_in_free"))),
+)
 
 
 def _grow(arr: _ArrT, axis: int, new: int, fill: float) -> _ArrT:
@@ -132,6 +211,13 @@ class Router:
         self._agent_offers: list[set[int]] = []
         self._agent_tasks: list[set[int]] = []
         self._misses: list[int] = []
+        # Python mirrors read on every call (a numpy scalar read costs ~0.1 us, a list read ~0.02 us):
+        # state codes (written together with `_state`), free capacity units (sum of cap - load, > 0
+        # exactly when some channel has room since load <= cap), free-list membership and its size.
+        self._st: list[int] = []
+        self._spare: list[int] = []
+        self._is_free: list[bool] = []
+        self._n_free = 0
         self._pending_pause: list[str | None] = []
         self._reason: list[str] = []
         self._wrap_gen: list[int] = []
@@ -148,11 +234,21 @@ class Router:
         self._task_index: dict[str, int] = {}
         self._task_offers: dict[int, list[int]] = {}  # only ringing tasks: few objects for the GC
         self._n_waiting = 0
-        self._task_agent = np.full(T, -1, np.int32)
-        self._task_accept_s = np.zeros(T, np.float64)
+        self._task_agent = [-1] * T
+        self._task_accept_s = [0.0] * T
         self._task_prio = np.zeros(T, np.int64)
         self._task_reqs: list[tuple[Requirement, ...]] = [()] * T
-        self._task_gen = np.zeros(T, np.int64)
+        self._task_gen = [0] * T
+        # Mirrors of task rows and task_state that Python reads per call (the kernel writes none of
+        # these fields, only the bucket links).
+        self._task_q = [0] * T
+        self._task_ch = [0] * T
+        self._tst = [0] * T
+        self._task_time = [0.0] * T
+        self._task_seqs = [0] * T
+        self._task_pref = [-1] * T
+        self._task_pref_until = [0.0] * T
+        self._task_nexcl = [0] * T
         self._free_slots = list(range(T - 1, -1, -1))
         self._seq = 0
         # Buckets.
@@ -178,18 +274,25 @@ class Router:
         self._queue_names: list[str] = []
         self._queue_index: dict[str, int] = {}
         self._queue_count: list[int] = []  # tasks waiting or offered
+        self._queue_rset: list[tuple[tuple[int, int], ...]] = []  # checked default requirements
+        self._queue_nsteps: list[int] = []
         self._queue_offered: list[set[int]] = []
         # Random numbers and output buffers.
         self._rng_buf = self._rng.random(RNG_BUFFER)
         self._out_task = np.zeros(max(64, A), np.int32)
         self._out_agent = np.zeros(max(64, A), np.int32)
         self._max_cap_sum = 1
+        self._has_random = False  # some queue draws from _rng_buf (RANDOM, WEIGHTED_RANDOM)
         self._timers: list[tuple[float, int, int, int, int]] = []
         self._timer_seq = 0
         self.transition_log: list[tuple[str, AgentState, AgentState]] | None = None
-        self._kargs: tuple[Any, ...] | None = (
-            None  # kernel arguments after `now`, rebuilt on growth
-        )
+        # Kernel scratch (sized in `_pack`) and the kernel arguments after `now`: the four arenas and
+        # their layout. None after any growth; `_pack` then copies every array into fresh arenas.
+        self._scratch_active = np.zeros(0, np.int32)
+        self._scratch_cursor = np.zeros(0, np.int32)
+        self._scratch_cands = np.zeros(0, np.int32)
+        self._arena: tuple[Any, ...] | None = None
+        self._pack()
 
     # ------------------------------------------------------------------ configuration
 
@@ -198,7 +301,7 @@ class Router:
         if spec.name in self._queue_index:
             raise InvalidArgument(f"queue {spec.name!r} already exists")
         Strategy(spec.strategy)
-        self._check_reqs(spec.requirements)
+        default_rset = self._check_reqs(spec.requirements)
         afters = [s.after_s for s in spec.steps]
         if any(x < 0 for x in afters) or afters != sorted(afters):
             raise InvalidArgument("relaxation steps must have after_s >= 0, in ascending order")
@@ -237,6 +340,8 @@ class Router:
             self._step_reqset[q, i] = -1 if rset is None else self._reqset_id(rset)
             self._step_maxpen[q, i] = -1 if step.max_penalty is None else step.max_penalty
         self._queue_i[K.QI_STRATEGY, q] = int(spec.strategy)
+        if spec.strategy in (Strategy.RANDOM, Strategy.WEIGHTED_RANDOM):
+            self._has_random = True
         self._queue_i[K.QI_WEIGHT, q] = spec.weight
         self._queue_i[K.QI_N_STEPS, q] = n_steps
         self._queue_i[K.QI_RR_LAST, q] = -1
@@ -245,6 +350,8 @@ class Router:
         self._queue_names.append(spec.name)
         self._queue_index[spec.name] = q
         self._queue_count.append(0)
+        self._queue_rset.append(default_rset)
+        self._queue_nsteps.append(n_steps)
         self._queue_offered.append(set())
 
     def add_agent(
@@ -290,9 +397,12 @@ class Router:
         if need > self._out_task.shape[0]:
             self._out_task = np.zeros(need, np.int32)
             self._out_agent = np.zeros(need, np.int32)
-            self._kargs = None
+            self._arena = None
         self._agent_ids.append(agent_id)
         self._agent_index[agent_id] = a
+        self._st.append(_LOGGED_OUT)
+        self._spare.append(cap_sum)
+        self._is_free.append(False)
         self._agent_offers.append(set())
         self._agent_tasks.append(set())
         self._misses.append(0)
@@ -309,35 +419,34 @@ class Router:
         self._agent_f[K.AF_LAST_IDLE, a] = now
         self._misses[a] = 0
         self._pending_pause[a] = None
-        self._set_state(a, AgentState.AVAILABLE)
+        self._set_state(a, _AVAILABLE)
 
     def logout(self, agent_id: str, now: float) -> None:
         """-> LOGGED_OUT from AVAILABLE, NOT_READY or WRAP_UP (reject or complete ringing/active work first)."""
         a = self._agent_for("logout", agent_id)
-        if int(self._state[a]) != AgentState.LOGGED_OUT:
+        if self._st[a] != _LOGGED_OUT:
             self._wrap_gen[a] += 1
-            self._set_state(a, AgentState.LOGGED_OUT)
+            self._set_state(a, _LOGGED_OUT)
 
     def set_ready(self, agent_id: str, now: float) -> None:
         """NOT_READY or WRAP_UP -> AVAILABLE (ends wrap-up early); clears a pending pause."""
         a = self._agent_for("set_ready", agent_id)
         self._pending_pause[a] = None
         self._misses[a] = 0
-        if int(self._state[a]) != AgentState.AVAILABLE:
+        if self._st[a] != _AVAILABLE:
             self._wrap_gen[a] += 1
             self._agent_f[K.AF_LAST_IDLE, a] = now
-            self._set_state(a, AgentState.AVAILABLE)
+            self._set_state(a, _AVAILABLE)
 
     def set_not_ready(self, agent_id: str, now: float, reason: str = "") -> None:
         """Pause the agent; while it has ringing or active work the pause applies when that ends."""
         a = self._agent_for("set_not_ready", agent_id)
-        st = AgentState(self._state[a])
-        if st in (AgentState.RESERVED, AgentState.BUSY):
+        if self._st[a] in (_RESERVED, _BUSY):
             self._pending_pause[a] = reason
             return
         self._wrap_gen[a] += 1
         self._reason[a] = reason
-        self._set_state(a, AgentState.NOT_READY)
+        self._set_state(a, _NOT_READY)
 
     # ------------------------------------------------------------------ tasks
 
@@ -359,8 +468,12 @@ class Router:
             raise InvalidArgument(f"task {task_id!r} already exists")
         q = self._queue(queue)
         spec = self._queues[q]
-        reqs = spec.requirements if requirements is None else requirements
-        rset = self._check_reqs(reqs)
+        if requirements is None:
+            reqs = spec.requirements
+            rset = self._queue_rset[q]
+        else:
+            reqs = requirements
+            rset = self._check_reqs(reqs)
         self._check_task_args(priority, preferred_timeout_s, channel)
         pref = -1 if preferred_agent is None else self._agent(preferred_agent)
         if spec.max_length and self._queue_count[q] >= spec.max_length:
@@ -370,9 +483,11 @@ class Router:
         t = self._free_slots.pop()
         self._seq += 1
         self._task_seq[t] = self._seq
+        self._task_seqs[t] = self._seq
         self._task_ids[t] = task_id
         self._task_index[task_id] = t
         self._task_i[t, K.TI_N_EXCL] = 0
+        self._task_nexcl[t] = 0
         self._task_agent[t] = -1
         self._place(
             t,
@@ -407,7 +522,7 @@ class Router:
         t = self._task(task_id)
         q = self._queue(queue)
         spec = self._queues[q]
-        old_q = int(self._task_i[t, K.TI_QUEUE])
+        old_q = self._task_q[t]
         if requirements is not None:
             reqs = requirements
         elif q != old_q:
@@ -416,12 +531,12 @@ class Router:
             reqs = self._task_reqs[t]
         rset = self._check_reqs(reqs)
         prio = int(self._task_prio[t]) if priority is None else priority
-        ch = int(self._task_i[t, K.TI_CHANNEL]) if channel is None else channel
+        ch = self._task_ch[t] if channel is None else channel
         self._check_task_args(prio, preferred_timeout_s, ch)
         pref = -1 if preferred_agent is None else self._agent(preferred_agent)
         if q != old_q and spec.max_length and self._queue_count[q] >= spec.max_length:
             raise QueueFull(f"queue {queue!r} holds max_length={spec.max_length} tasks")
-        eff = float(self._task_f[t, K.TF_TIME]) if enqueue_time is None else enqueue_time
+        eff = self._task_time[t] if enqueue_time is None else enqueue_time
         withdrawn = self._detach(t, now)
         self._place(t, q, now, prio, reqs, rset, eff, pref, preferred_timeout_s, ch)
         return withdrawn
@@ -429,7 +544,7 @@ class Router:
     def abandon(self, task_id: str, now: float) -> list[Offer]:
         """The caller left: withdraw its offers (returned, so the engine cancels their ringing)."""
         t = self._task(task_id)
-        if self._task_state[t] == _T_ASSIGNED:
+        if self._tst[t] == _T_ASSIGNED:
             raise InvalidTransition(f"task {task_id!r} was accepted; use complete()")
         withdrawn = self._detach(t, now)
         self._release_slot(t)
@@ -453,10 +568,11 @@ class Router:
                 withdrawn.append(self._withdraw(t, b))
         self._agent_offers[a].discard(t)
         self._agent_tasks[a].add(t)
-        q = int(self._task_i[t, K.TI_QUEUE])
+        q = self._task_q[t]
         self._queue_offered[q].discard(t)
         self._queue_count[q] -= 1
         self._task_state[t] = _T_ASSIGNED
+        self._tst[t] = _T_ASSIGNED
         self._task_agent[t] = a
         self._task_accept_s[t] = now
         self._agent_calls[a] += 1
@@ -470,7 +586,7 @@ class Router:
         if reason not in REJECT_REASONS:
             raise InvalidArgument(f"reason must be one of {REJECT_REASONS}")
         t, a = self._offer_pair(task_id, agent_id)
-        spec = self._queues[int(self._task_i[t, K.TI_QUEUE])]
+        spec = self._queues[self._task_q[t]]
         self._withdraw(t, a, settle=False)
         ringing = self._task_offers[t]
         ringing.remove(a)
@@ -524,7 +640,7 @@ class Router:
         return h[0][0] if h else None
 
     def agent_state(self, agent_id: str) -> AgentState:
-        return AgentState(self._state[self._agent(agent_id)])
+        return AgentState(self._st[self._agent(agent_id)])
 
     def not_ready_reason(self, agent_id: str) -> str:
         """Reason given with the last NOT_READY (e.g. "auto-paused")."""
@@ -552,7 +668,7 @@ class Router:
         return 0.0 if best is None else max(0.0, now - best)
 
     def task_queue(self, task_id: str) -> str:
-        return self._queues[int(self._task_i[self._task(task_id), K.TI_QUEUE])].name
+        return self._queues[self._task_q[self._task(task_id)]].name
 
     def offers_of(self, task_id: str) -> list[str]:
         """Agents currently ringing for the task, by agent index."""
@@ -583,127 +699,137 @@ class Router:
         h = self._timers
         while h and h[0][0] <= now:
             when, _, kind, idx, gen = heapq.heappop(h)
-            if (
-                kind == _TM_WRAP_END
-                and self._wrap_gen[idx] == gen
-                and int(self._state[idx]) == AgentState.WRAP_UP
-            ):
+            if kind == _TM_WRAP_END and self._wrap_gen[idx] == gen and self._st[idx] == _WRAP_UP:
                 self._agent_f[K.AF_LAST_IDLE, idx] = when
                 self._go_idle(idx)
             elif kind == _TM_UNBLOCK and self._timer_live((when, 0, kind, idx, gen)):
                 self._agent_memo[idx] = -1
             elif kind == _TM_TASK and self._timer_live((when, 0, kind, idx, gen)):
-                self._q_ver[int(self._task_i[idx, K.TI_QUEUE])] += 1
+                self._q_ver[self._task_q[idx]] += 1
 
     def _run_kernel(self, now: float) -> list[Offer]:
-        if self._counters[K.CN_FREE] == 0 or self._n_waiting == 0:
+        if self._n_free == 0 or self._n_waiting == 0:
             return []
-        if self._counters[K.CN_RNG_POS] > RNG_BUFFER // 2:
+        arena = self._arena
+        if arena is None:
+            arena = self._pack()
+        n = K.dispatch_kernel(float(now), *arena)
+        if n == 0:
+            return []
+        # Only the kernel draws from the buffer, so refilling after it (rather than before the next
+        # call) consumes the very same sequence.
+        if self._has_random and self._counters[K.CN_RNG_POS] > RNG_BUFFER // 2:
             self._rng_buf[:] = self._rng.random(RNG_BUFFER)
             self._counters[K.CN_RNG_POS] = 0
-        kargs = self._kargs
-        if kargs is None:
-            kargs = self._kargs = (
-                self._skills,
-                self._penalty,
-                self._member_pos,
-                self._cap,
-                self._load,
-                self._agent_f,
-                self._agent_calls,
-                self._free_list,
-                self._in_free,
-                self._counters,
-                self._task_i,
-                self._task_f,
-                self._task_seq,
-                self._task_excl,
-                self._bucket_i,
-                self._n_buckets,
-                self._reqset_skill,
-                self._reqset_level,
-                self._reqset_len,
-                self._queue_i,
-                self._step_after,
-                self._step_reqset,
-                self._step_maxpen,
-                self._rng_buf,
-                self._out_task,
-                self._out_agent,
-                self._q_ver,
-                self._agent_memo,
-                self._agent_queues,
-                self._agent_nq,
-                self._q_buckets,
-                self._q_nb,
-                self._bucket_f,
-            )
-        n = K.dispatch_kernel(float(now), *kargs)
+        if n == 1:  # the steady state: one agent freed, one offer; .item() beats two .tolist()
+            pairs: Any = ((self._out_task.item(0), self._out_agent.item(0)),)
+        else:
+            pairs = zip(self._out_task[:n].tolist(), self._out_agent[:n].tolist(), strict=True)
         offers: list[Offer] = []
+        append = offers.append
         ids = self._agent_ids
-        task_offers = self._task_offers
+        tids = self._task_ids
         names = self._queue_names
-        for t, a in zip(self._out_task[:n].tolist(), self._out_agent[:n].tolist(), strict=True):
-            q = int(self._task_i[t, K.TI_QUEUE])
-            if t not in task_offers:
-                task_offers[t] = []
+        task_q = self._task_q
+        task_offers = self._task_offers
+        agent_offers = self._agent_offers
+        st = self._st
+        spare = self._spare
+        state = self._state
+        log_off = self.transition_log is None
+        for t, a in pairs:
+            q = task_q[t]
+            ringing = task_offers.get(t)
+            if ringing is None:
+                task_offers[t] = [a]
                 self._task_state[t] = _T_OFFERED
+                self._tst[t] = _T_OFFERED
                 self._queue_offered[q].add(t)
                 self._n_waiting -= 1
-            task_offers[t].append(a)
-            self._agent_offers[a].add(t)
-            if int(self._state[a]) != _RESERVED:
-                # The kernel already updated the free list and memo of this agent.
-                self._set_state(a, AgentState.RESERVED, refresh=False)
-            tid = self._task_ids[t]
-            assert tid is not None
-            offers.append(Offer(tid, ids[a], names[q]))
+            else:
+                ringing.append(a)
+            agent_offers[a].add(t)
+            # The kernel took one unit of capacity and dropped the agent from the free list (and
+            # cleared its memo) exactly when no unit was left: mirror that.
+            spare[a] -= 1
+            if spare[a] == 0:
+                self._is_free[a] = False
+                self._n_free -= 1
+            old = st[a]
+            if old != _RESERVED:
+                if log_off and (old, _RESERVED) in _ALLOWED_CODES:  # _set_state, inlined
+                    st[a] = _RESERVED
+                    state[a] = _RESERVED
+                else:
+                    self._set_state(a, _RESERVED, refresh=False)
+            offer = _new_object(Offer)
+            _SET_OFFER_TASK(offer, tids[t])
+            _SET_OFFER_AGENT(offer, ids[a])
+            _SET_OFFER_QUEUE(offer, names[q])
+            append(offer)
         return offers
+
+    def _pack(self) -> tuple[Any, ...]:
+        """Copy every kernel array into fresh arenas and rebind the attributes to views of them."""
+        n_buckets = self._bucket_i.shape[1]
+        self._scratch_active = np.zeros(self._max_agents, np.int32)
+        self._scratch_cursor = np.full(n_buckets, -2, np.int32)
+        self._scratch_cands = np.zeros(n_buckets, np.int32)
+        layout = np.zeros((K.P_SLOTS, 3), np.int64)
+        bufs: list[npt.NDArray[Any]] = []
+        for dtype, slots in _ARENAS:
+            arrs = [getattr(self, name) for _, name in slots]
+            buf = np.empty(sum(x.size for x in arrs), dtype)
+            o = 0
+            for (slot, name), x in zip(slots, arrs, strict=True):
+                assert x.dtype == dtype, name
+                assert x.ndim in (1, 2), name
+                view = buf[o : o + x.size].reshape(x.shape)
+                view[...] = x
+                setattr(self, name, view)
+                layout[slot] = (o, x.shape[0], x.shape[1] if x.ndim == 2 else 1)
+                o += x.size
+            bufs.append(buf)
+        self._arena = (*bufs, layout)
+        return self._arena
 
     # ------------------------------------------------------------------ internals: agents
 
     def _regrow(self, name: str, axis: int, new: int, fill: float) -> None:
-        """Enlarge array attribute `name` (see _grow) and drop the cached kernel arguments."""
+        """Enlarge array attribute `name` (see _grow); the arenas are rebuilt before the next kernel."""
         setattr(self, name, _grow(getattr(self, name), axis, new, fill))
-        self._kargs = None
+        self._arena = None
 
-    def _set_state(self, a: int, new: AgentState, *, refresh: bool = True) -> None:
-        old_i = int(self._state[a])
-        if old_i != new:
-            if (old_i, int(new)) not in _ALLOWED_CODES:
-                old = AgentState(old_i)
-                raise InvalidTransition(f"agent {self._agent_ids[a]!r}: {old.name} -> {new.name}")
+    def _set_state(self, a: int, new: int, *, refresh: bool = True) -> None:
+        """Move agent a to state code `new` (an AgentState or its int) if the table allows it."""
+        old = self._st[a]
+        if old != new:
+            if (old, new) not in _ALLOWED_CODES:
+                raise InvalidTransition(
+                    f"agent {self._agent_ids[a]!r}: {AgentState(old).name} -> {AgentState(new).name}"
+                )
             if self.transition_log is not None:
-                self.transition_log.append((self._agent_ids[a], AgentState(old_i), new))
-        self._state[a] = int(new)
+                self.transition_log.append((self._agent_ids[a], AgentState(old), AgentState(new)))
+            self._st[a] = new
+            self._state[a] = new
         if refresh:
             self._refresh_free(a)
 
     def _refresh_free(self, a: int) -> None:
         self._agent_memo[a] = -1
-        want = int(self._state[a]) in _ROUTABLE_CODES and bool((self._load[a] < self._cap[a]).any())
-        have = bool(self._in_free[a])
-        if want == have:
-            return
-        n = int(self._counters[K.CN_FREE])
-        fl = self._free_list
-        i = int(np.searchsorted(fl[:n], a))
-        if want:
-            fl[i + 1 : n + 1] = fl[i:n].copy()
-            fl[i] = a
-            self._counters[K.CN_FREE] = n + 1
-        else:
-            fl[i : n - 1] = fl[i + 1 : n].copy()
-            self._counters[K.CN_FREE] = n - 1
-        self._in_free[a] = 1 if want else 0
+        want = self._spare[a] > 0 and self._st[a] in _ROUTABLE_CODES
+        if want != self._is_free[a]:
+            self._is_free[a] = want
+            self._n_free += 1 if want else -1
+            K.free_set(a, want, self._free_list, self._in_free, self._counters)
 
     def _settle(self, a: int, now: float) -> None:
         """Derive a logged-in agent's state from its offers and load after a change."""
         if self._agent_offers[a]:
-            self._set_state(a, AgentState.RESERVED)
+            self._set_state(a, _RESERVED)
         elif self._agent_tasks[a]:
-            self._set_state(a, AgentState.BUSY)
-        elif int(self._state[a]) in (AgentState.RESERVED, AgentState.BUSY):
+            self._set_state(a, _BUSY)
+        elif self._st[a] in (_RESERVED, _BUSY):
             self._go_idle(a)
         else:
             self._refresh_free(a)
@@ -713,33 +839,34 @@ class Router:
         if pause is not None:
             self._pending_pause[a] = None
             self._reason[a] = pause
-            self._set_state(a, AgentState.NOT_READY)
+            self._set_state(a, _NOT_READY)
         else:
-            self._set_state(a, AgentState.AVAILABLE)
+            self._set_state(a, _AVAILABLE)
 
     def _withdraw(self, t: int, a: int, *, settle: bool = True) -> Offer:
-        ch = int(self._task_i[t, K.TI_CHANNEL])
-        self._load[a, ch] -= 1
+        self._load[a, self._task_ch[t]] -= 1
+        self._spare[a] += 1
         self._agent_offers[a].discard(t)
         if settle:
             self._settle(a, 0.0)
         tid = self._task_ids[t]
         assert tid is not None
-        return Offer(tid, self._agent_ids[a], self._queues[int(self._task_i[t, K.TI_QUEUE])].name)
+        return Offer(tid, self._agent_ids[a], self._queue_names[self._task_q[t]])
 
     def _finish(self, t: int, a: int, now: float) -> None:
-        ch = int(self._task_i[t, K.TI_CHANNEL])
-        self._load[a, ch] -= 1
-        self._agent_tasks[a].discard(t)
-        self._agent_f[K.AF_TALK_S, a] += max(0.0, now - float(self._task_accept_s[t]))
-        if self._agent_offers[a] or self._agent_tasks[a]:
+        self._load[a, self._task_ch[t]] -= 1
+        self._spare[a] += 1
+        tasks = self._agent_tasks[a]
+        tasks.discard(t)
+        self._agent_f[K.AF_TALK_S, a] += max(0.0, now - self._task_accept_s[t])
+        if self._agent_offers[a] or tasks:
             self._settle(a, now)
             return
-        wrap = self._queues[int(self._task_i[t, K.TI_QUEUE])].wrap_up_s
+        wrap = self._queues[self._task_q[t]].wrap_up_s
         if wrap > 0:
             self._wrap_gen[a] += 1
             self._wrap_until[a] = now + wrap
-            self._set_state(a, AgentState.WRAP_UP)
+            self._set_state(a, _WRAP_UP)
             self._push_timer(now + wrap, _TM_WRAP_END, a, self._wrap_gen[a])
         else:
             self._agent_f[K.AF_LAST_IDLE, a] = now
@@ -763,17 +890,23 @@ class Router:
         rs = self._reqset_id(rset)
         self._task_i[t, K.TI_QUEUE] = q
         self._task_i[t, K.TI_CHANNEL] = ch
+        self._task_q[t] = q
+        self._task_ch[t] = ch
         self._task_i[t, K.TI_PREF] = pref
         self._task_f[t, K.TF_TIME] = eff
-        self._task_f[t, K.TF_PREF_UNTIL] = now + pref_timeout_s if pref >= 0 else now
+        pref_until = now + pref_timeout_s if pref >= 0 else now
+        self._task_f[t, K.TF_PREF_UNTIL] = pref_until
+        self._task_time[t] = eff
+        self._task_pref[t] = pref
+        self._task_pref_until[t] = pref_until
         self._task_prio[t] = prio
         self._task_reqs[t] = tuple(reqs)
         self._task_i[t, K.TI_BUCKET] = self._bucket_id(q, prio, rs, ch)
         self._task_gen[t] += 1
         self._queue_count[q] += 1
         self._to_waiting(t)
-        gen = int(self._task_gen[t])
-        for i in range(int(self._queue_i[K.QI_N_STEPS, q])):
+        gen = self._task_gen[t]
+        for i in range(self._queue_nsteps[q]):
             when = eff + float(self._step_after[q, i])
             if when > now:
                 self._push_timer(when, _TM_TASK, t, gen)
@@ -783,14 +916,17 @@ class Router:
     def _to_waiting(self, t: int) -> None:
         """Link t into its bucket, keeping (time, seq) order; usually an append at the tail."""
         self._task_state[t] = _T_WAITING
+        self._tst[t] = _T_WAITING
         self._n_waiting += 1
-        self._q_ver[int(self._task_i[t, K.TI_QUEUE])] += 1
-        self._queue_offered[int(self._task_i[t, K.TI_QUEUE])].discard(t)
+        q = self._task_q[t]
+        self._q_ver[q] += 1
+        self._queue_offered[q].discard(t)
         ti, bi = self._task_i, self._bucket_i
         b = int(ti[t, K.TI_BUCKET])
-        key = (float(self._task_f[t, K.TF_TIME]), int(self._task_seq[t]))
+        times, seqs = self._task_time, self._task_seqs
+        key = (times[t], seqs[t])
         p = int(bi[K.BI_TAIL, b])
-        while p >= 0 and (float(self._task_f[p, K.TF_TIME]), int(self._task_seq[p])) > key:
+        while p >= 0 and (times[p], seqs[p]) > key:
             p = int(ti[p, K.TI_PREV])
         n = int(bi[K.BI_HEAD, b]) if p < 0 else int(ti[p, K.TI_NEXT])
         ti[t, K.TI_PREV] = p
@@ -831,19 +967,19 @@ class Router:
         if h < 0:
             return
         bf = self._bucket_f
-        bf[K.BF_HEAD_TIME, b] = self._task_f[h, K.TF_TIME]
-        bf[K.BF_HEAD_SEQ, b] = float(self._task_seq[h])
-        if self._task_i[h, K.TI_N_EXCL] > 0:
+        bf[K.BF_HEAD_TIME, b] = self._task_time[h]
+        bf[K.BF_HEAD_SEQ, b] = float(self._task_seqs[h])
+        if self._task_nexcl[h] > 0:
             bf[K.BF_PLAIN_FROM, b] = np.inf
-        elif self._task_i[h, K.TI_PREF] >= 0:
-            bf[K.BF_PLAIN_FROM, b] = self._task_f[h, K.TF_PREF_UNTIL]
+        elif self._task_pref[h] >= 0:
+            bf[K.BF_PLAIN_FROM, b] = self._task_pref_until[h]
         else:
             bf[K.BF_PLAIN_FROM, b] = -np.inf
 
     def _detach(self, t: int, now: float) -> list[Offer]:
         """Take t out of its queue (unlink or withdraw offers, or release its agent)."""
-        st = int(self._task_state[t])
-        q = int(self._task_i[t, K.TI_QUEUE])
+        st = self._tst[t]
+        q = self._task_q[t]
         withdrawn: list[Offer] = []
         if st == _T_WAITING:
             self._unlink(t)
@@ -858,13 +994,14 @@ class Router:
         self._queue_offered[q].discard(t)
         self._queue_count[q] -= 1
         self._task_state[t] = 0
+        self._tst[t] = 0
         self._task_gen[t] += 1
         return withdrawn
 
     def _release_slot(self, t: int) -> None:
-        st = int(self._task_state[t])
-        if st == _T_ASSIGNED:
+        if self._tst[t] == _T_ASSIGNED:
             self._task_state[t] = 0
+            self._tst[t] = 0
         tid = self._task_ids[t]
         assert tid is not None
         del self._task_index[tid]
@@ -874,11 +1011,12 @@ class Router:
         self._free_slots.append(t)
 
     def _exclude(self, t: int, a: int) -> None:
-        n = int(self._task_i[t, K.TI_N_EXCL])
+        n = self._task_nexcl[t]
         if n >= self._task_excl.shape[1]:
             self._regrow("_task_excl", 1, 2 * n, -1)
         self._task_excl[t, n] = a
         self._task_i[t, K.TI_N_EXCL] = n + 1
+        self._task_nexcl[t] = n + 1
 
     def _bucket_id(self, q: int, prio: int, rs: int, ch: int) -> int:
         key = (q, prio, rs, ch)
@@ -905,7 +1043,6 @@ class Router:
         self._q_buckets[q, nb] = b
         self._q_nb[q] = nb + 1
         self._n_buckets = b + 1
-        self._kargs = None
         return b
 
     def _monotone(self, q: int, rs: int) -> bool:
@@ -913,7 +1050,7 @@ class Router:
         stages: list[tuple[tuple[tuple[int, int], ...], float]] = [
             (self._reqsets[rs], float("inf"))
         ]
-        for i in range(int(self._queue_i[K.QI_N_STEPS, q])):
+        for i in range(self._queue_nsteps[q]):
             srs = int(self._step_reqset[q, i])
             mp = int(self._step_maxpen[q, i])
             stages.append((self._reqsets[rs if srs < 0 else srs], float("inf") if mp < 0 else mp))
@@ -970,9 +1107,11 @@ class Router:
 
     def _agent_for(self, event: str, agent_id: str) -> int:
         a = self._agent(agent_id)
-        st = AgentState(self._state[a])
-        if st not in EVENT_ALLOWED_FROM[event]:
-            raise InvalidTransition(f"{event} not allowed for agent {agent_id!r} in {st.name}")
+        st = self._st[a]
+        if st not in _EVENT_CODES[event]:
+            raise InvalidTransition(
+                f"{event} not allowed for agent {agent_id!r} in {AgentState(st).name}"
+            )
         return a
 
     def _task(self, task_id: str) -> int:
@@ -1001,10 +1140,10 @@ class Router:
     def _timer_live(self, entry: tuple[float, int, int, int, int]) -> bool:
         when, _, kind, idx, gen = entry
         if kind == _TM_WRAP_END:
-            return self._wrap_gen[idx] == gen and int(self._state[idx]) == AgentState.WRAP_UP
+            return self._wrap_gen[idx] == gen and self._st[idx] == _WRAP_UP
         if kind == _TM_UNBLOCK:
             return bool(self._agent_f[K.AF_BLOCKED_UNTIL, idx] == when)
-        return bool(self._task_gen[idx] == gen and self._task_state[idx] == _T_WAITING)
+        return self._task_gen[idx] == gen and self._tst[idx] == _T_WAITING
 
 
 __all__ = ["Router", "RoutingError"]
