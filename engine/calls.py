@@ -45,7 +45,7 @@ from engine.metrics import WAIT_BUCKETS, Metrics
 from engine.recording_service import RecordingService
 from engine.routing import RoutingService
 from sip import Request, Uri
-from sip.auth import DigestAlgorithm, DigestAuthenticator, Password
+from sip.auth import DigestAlgorithm, DigestAuthenticator, DigestClient, Password
 from sip.dialog import DialogId
 from sip.endpoint import (
     AckReceived,
@@ -782,18 +782,23 @@ class CallService:
         leg = AgentLeg(call, agent.id, rtp, sdp, rang_at=_now(), codec=call.codec)
         contact = Uri.parse(contacts[0])
         addr = uri_addr(contact)
+        auth: DigestClient | None = None
         if agent.login is LoginMode.STATIC and agent.trunk:
+            # An extension behind a PBX: send through its trunk, answer its 401/407 with the
+            # trunk's outbound credentials.
             trunk = next(t for t in self.config.trunks if t.name == agent.trunk)
             if trunk.outbound_proxy:
                 host, _, port = trunk.outbound_proxy.rpartition(":")
                 addr = (host, int(port))
+            if trunk.outbound_username:
+                auth = DigestClient(trunk.outbound_username, trunk.outbound_password)
         if call.task is None or call.task.done() or call.agent_id is not None:
             rtp.close()
             return
         leg.request_id = self.endpoint.invite(
             contact, addr, now=_now(), body=sdp.to_bytes(),
             from_uri=f"sip:{call.caller or 'anonymous'}@{self.endpoint.config.local_host}",
-            headers=[("X-ACD-Queue", call.queue), ("X-ACD-Call-ID", call.id)],
+            headers=[("X-ACD-Queue", call.queue), ("X-ACD-Call-ID", call.id)], auth=auth,
         )  # fmt: skip
         call.legs[agent.id] = leg
         self._legs_by_request[leg.request_id] = leg

@@ -119,3 +119,80 @@ def test_sipp_load_through_queue_to_sipp_agents(
     _, exposition, _ = daemon.get("/metrics")
     assert "acd_calls_active 0.0" in exposition.decode()
     print(f"{CALLS} calls in {elapsed:.1f} s, {len(answered)} answered by {len(spans)} agents")
+
+
+def test_static_agent_behind_a_pbx_that_challenges(
+    start_daemon: DaemonFactory, tmp_path: Path
+) -> None:
+    pbx = sipp(tmp_path, ["-sf", str(Path(__file__).parent / "sipp" / "pbx_extension_407.xml")], None,
+               "-m", "1", "-trace_msg")  # fmt: skip
+    time.sleep(0.5)
+    daemon = start_daemon(f"""
+[[api.tokens]]
+name = "ops"
+role = "admin"
+token = "{ADMIN}"
+
+[[trunks]]
+name = "callers"
+allow = ["127.0.0.0/8"]
+
+[[trunks]]
+name = "pbx"
+allow = ["192.0.2.1"]
+outbound_username = "trunkuser"
+outbound_password = "trunksecret"
+
+[[routes]]
+number = "support"
+flow = "support"
+
+[[flows]]
+name = "support"
+steps = [{{ type = "answer" }}, {{ type = "enqueue", queue = "support" }}]
+
+[[queues]]
+name = "support"
+
+[[agents]]
+id = "2001"
+login = "static"
+contact = "sip:ext2001@127.0.0.1:{pbx.sip_port}"
+trunk = "pbx"
+queues = {{ support = 0 }}
+""")  # type: ignore[attr-defined]
+    request = urllib.request.Request(
+        f"{daemon.base_url}/api/v1/agents/2001/state", data=b'{"state": "logged_in"}', method="PUT"
+    )
+    request.add_header("Authorization", f"Bearer {ADMIN}")
+    urllib.request.urlopen(request, timeout=5).close()
+    target = str(daemon.wait_for_log("ready")["sip"]).removeprefix("udp:")
+    caller = sipp(tmp_path, ["-sn", "uac"], target, "-s", "support", "-m", "1", "-d", "2000")
+    try:
+        assert caller.wait(timeout=30) == 0
+        assert pbx.wait(timeout=30) == 0, pbx.log_path.read_text()[-2000:]  # type: ignore[attr-defined]
+    finally:
+        stop(pbx)
+    time.sleep(1.5)
+    with sqlite3.connect(daemon.workdir / "var" / "acd.sqlite3") as db:
+        (row,) = db.execute("SELECT agent_id, disposition FROM calls").fetchall()
+    assert row == ("2001", "answered")
+    # The credentials we answered the 407 with, checked with the RFC 2617 digest formula.
+    import hashlib
+    import re
+
+    trace = next(tmp_path.glob("pbx_extension_407_*_messages.log")).read_text()
+    header = re.search(r"Proxy-Authorization: Digest (.*)", trace)
+    assert header is not None
+    fields = dict(re.findall(r'(\w+)="?([^",]+)"?', header.group(1)))
+    nonce = re.search(r'Proxy-Authenticate: Digest .*nonce="([^"]+)"', trace)
+    assert nonce is not None
+    assert fields["username"] == "trunkuser"
+    assert fields["nonce"] == nonce.group(1)
+
+    def md5(text: str) -> str:
+        return hashlib.md5(text.encode()).hexdigest()
+
+    ha1 = md5("trunkuser:pbx.example:trunksecret")
+    ha2 = md5(f"INVITE:{fields['uri']}")
+    assert fields["response"] == md5(f"{ha1}:{fields['nonce']}:{ha2}")
