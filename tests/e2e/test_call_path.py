@@ -322,3 +322,66 @@ def test_readme_demo_call_on_the_default_config(tmp_path: Path) -> None:
                 phone.stop()
         proc.terminate()
         assert proc.wait(timeout=30) == 0
+
+
+def test_sigkill_during_a_recorded_call_then_restart_recovers_the_file(
+    start_daemon: DaemonFactory, tmp_path: Path
+) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    daemon = start_daemon(config(free_port_block(100)))
+    sip = f"127.0.0.1:{_sip_port(daemon)}"
+    agent = Baresip(
+        tmp_path / "agent",
+        f"<sip:1001@{sip}>;auth_pass=alice-secret-1001;regint=60;answermode=auto;audio_codecs=PCMU",
+        880,
+    )
+    caller = None
+    try:
+        agent.wait_for("200 OK")
+        wait_until(lambda: agent_state(daemon) == "available", 10, "agent 1001 available")
+        caller = Baresip(tmp_path / "caller", f"<sip:5551234@{sip}>;regint=0;audio_codecs=PCMU", 440,
+                         dial=f"sip:support@{sip}")  # fmt: skip
+        wait_until(lambda: agent_state(daemon) == "busy", 20, "agent 1001 on the call")
+        time.sleep(3.0)  # recorded, flushed every 0.5 s
+        daemon.proc.send_signal(signal.SIGKILL)
+        daemon.proc.wait(timeout=10)
+    finally:
+        for phone in (caller, agent):
+            if phone is not None:
+                phone.stop()
+    db_path = daemon.workdir / "var" / "acd.sqlite3"
+    with sqlite3.connect(db_path) as db:
+        db.row_factory = sqlite3.Row
+        (row,) = db.execute("SELECT * FROM recordings").fetchall()
+    assert row["duration_s"] is None  # the crash left the row incomplete
+    # Restart on the same directory and config: recovery runs before the daemon is ready.
+    log = (daemon.workdir / "acd-restart.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", "run", "--config", str(daemon.config_path)],
+        cwd=daemon.workdir, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    log.close()
+    restarted = DaemonProcess(proc, daemon.http_port, daemon.workdir, daemon.config_path,
+                              daemon.workdir / "acd-restart.log")  # fmt: skip
+    try:
+        restarted.wait_ready()
+        with sqlite3.connect(db_path) as db:
+            db.row_factory = sqlite3.Row
+            (row,) = db.execute("SELECT * FROM recordings").fetchall()
+    finally:
+        assert restarted.stop() == 0
+    assert row["recovered"] == 1
+    assert row["error"] == "recovered after a crash"
+    info = subprocess.run(
+        ["sox", "--i", "-D", row["path"]], capture_output=True, text=True, check=True
+    )
+    duration = float(info.stdout)
+    assert 1.5 < duration <= 3.5  # audio up to the last flush before the kill
+    assert row["duration_s"] == pytest.approx(duration, abs=0.05)
+    with wave.open(row["path"]) as w:
+        stereo = np.frombuffer(w.readframes(w.getnframes()), "<i2").reshape(-1, 2)
+    assert abs(dominant_hz(stereo[-6000:, 0]) - 440) < 10
+    assert abs(dominant_hz(stereo[-6000:, 1]) - 880) < 10
