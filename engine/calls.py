@@ -148,6 +148,7 @@ class Call:
     recording_id: str | None = None
     recording: Any = None  # recordings.Recording while the bridge feeds it
     priority: int = 0
+    overflows: int = 0
     bridge: Bridge | None = None
 
 
@@ -640,6 +641,30 @@ class CallService:
         finally:
             await self._finish(call)
 
+    async def _overflow(self, call: Call, reason: str, *, waited_s: float) -> None:
+        """The queue is full, or the caller waited max_wait_s: run its overflow flow (which may
+        enqueue elsewhere), or play all-busy and end the call."""
+        self._stop_player(call)
+        queue = call.queue
+        qcfg = next(q for q in self.config.queues if q.name == queue)
+        call.overflows += 1
+        self.metrics.wait.labels(queue=queue, outcome="overflowed").observe(waited_s)
+        if self.cdr:
+            self.cdr.queue_event(
+                "overflow", call_id=call.id, queue=queue,
+                data=QueueEventData(wait_s=waited_s, reason=reason, target=qcfg.overflow or None),
+            )  # fmt: skip
+        # A chain of overflows longer than this is a configuration loop (a -> b -> a ...).
+        if qcfg.overflow and call.overflows <= 5:
+            log.info("queue_overflow", queue=queue, reason=reason, flow=qcfg.overflow)
+            outcome = await self.flows.run(qcfg.overflow, _CallIO(self, call), call.flow_data)
+            call.flow_data = outcome.data
+            await self._after_flow(call, outcome)
+            return
+        if call.answered:
+            await self.play(call, ["all-busy"], barge_in=False)
+        raise _CallEnded(f"queue {reason}", "overflowed")
+
     async def _after_flow(self, call: Call, outcome: FlowOutcome) -> None:
         if outcome.kind == "enqueue":
             await self._queue_and_bridge(call, outcome)
@@ -667,9 +692,8 @@ class CallService:
                 call.id, outcome.queue, priority=outcome.priority, requirements=outcome.requirements
             )
         except rc.QueueFull:
-            if call.answered:
-                await self.play(call, ["all-busy"], barge_in=False)
-            raise _CallEnded("queue full", "overflowed") from None
+            await self._overflow(call, "full", waited_s=0.0)
+            return
         call.enqueued_at = time.time()
         position = self.position(call)
         if self.cdr:
@@ -686,7 +710,12 @@ class CallService:
             else:
                 leg = await waiting
         except TimeoutError:
-            raise _CallEnded("max wait reached", "overflowed") from None
+            waited = time.time() - (call.enqueued_at or time.time())
+            with contextlib.suppress(rc.RoutingError):
+                self.routing.abandon(call.id)  # withdraws any ringing offer
+            call.enqueued_at = None
+            await self._overflow(call, "timeout", waited_s=waited)
+            return
         self._stop_player(call)
         assert call.rtp is not None
         recording = None

@@ -196,3 +196,68 @@ queues = {{ support = 0 }}
     ha1 = md5("trunkuser:pbx.example:trunksecret")
     ha2 = md5(f"INVITE:{fields['uri']}")
     assert fields["response"] == md5(f"{ha1}:{fields['nonce']}:{ha2}")
+
+
+def test_max_wait_overflows_to_another_queue(start_daemon: DaemonFactory, tmp_path: Path) -> None:
+    uas = sipp(tmp_path, ["-sn", "uas"], None)
+    time.sleep(0.5)
+    daemon = start_daemon(f"""
+[[api.tokens]]
+name = "ops"
+role = "admin"
+token = "{ADMIN}"
+
+[[trunks]]
+name = "callers"
+allow = ["127.0.0.0/8"]
+
+[[routes]]
+number = "support"
+flow = "support"
+
+[[flows]]
+name = "support"
+steps = [{{ type = "answer" }}, {{ type = "enqueue", queue = "support" }}]
+
+[[flows]]
+name = "to-backup"
+steps = [{{ type = "enqueue", queue = "backup" }}]
+
+[[queues]]
+name = "support"
+max_wait_s = 1.0
+overflow = "to-backup"
+
+[[queues]]
+name = "backup"
+
+[[agents]]
+id = "b1"
+login = "static"
+contact = "sip:b1@127.0.0.1:{uas.sip_port}"
+queues = {{ backup = 0 }}
+""")  # type: ignore[attr-defined]
+    request = urllib.request.Request(
+        f"{daemon.base_url}/api/v1/agents/b1/state", data=b'{"state": "logged_in"}', method="PUT"
+    )
+    request.add_header("Authorization", f"Bearer {ADMIN}")
+    urllib.request.urlopen(request, timeout=5).close()
+    target = str(daemon.wait_for_log("ready")["sip"]).removeprefix("udp:")
+    caller = sipp(tmp_path, ["-sn", "uac"], target, "-s", "support", "-m", "1", "-d", "4000")
+    try:
+        assert caller.wait(timeout=30) == 0
+    finally:
+        stop(uas)
+    time.sleep(1.5)
+    with sqlite3.connect(daemon.workdir / "var" / "acd.sqlite3") as db:
+        (row,) = db.execute("SELECT queue, agent_id, disposition FROM calls").fetchall()
+        events = db.execute("SELECT queue, event FROM queue_events ORDER BY id").fetchall()
+    assert row == ("backup", "b1", "answered")
+    assert events == [
+        ("support", "enter"),
+        ("support", "overflow"),
+        ("backup", "enter"),
+        ("backup", "offer"),
+        ("backup", "answer"),
+        ("backup", "complete"),
+    ]
