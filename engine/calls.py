@@ -487,18 +487,33 @@ class CallService:
                 )
                 endpoint.send_response(event.transaction_id, 480, phrase, now=now)
             return
-        if self.draining:
+
+        def refuse(status: int, reason: str, trunk: str | None, **headers: str) -> None:
             endpoint.send_response(
-                event.transaction_id, 503, now=now, headers=[("Retry-After", "60")]
+                event.transaction_id, status, reason, now=now, headers=list(headers.items())
             )
+            self.metrics.total.labels(outcome="rejected").inc()
+            if self.cdr:  # an attempt that never became a call still gets its row
+                wall = time.time()
+                self.cdr.call_ended(
+                    CallRecord(
+                        id=uuid.uuid4().hex, sip_call_id=request.call_id or "", arrived_at=wall,
+                        trunk=trunk, caller=caller, dialed=dialed, ended_at=wall,
+                        disposition="rejected", hangup_side="system",
+                        hangup_reason=f"{status} {reason}",
+                    )
+                )  # fmt: skip
+
+        if self.draining:
+            refuse(503, "Shutting down", None, **{"Retry-After": "60"})
             return
         trunk = self._trunk_for(event.source)
         if trunk is None:
-            endpoint.send_response(event.transaction_id, 403, "Source not allowed", now=now)
+            refuse(403, "Source not allowed", None)
             return
         flow = self._route(trunk, dialed)
         if flow is None:
-            endpoint.send_response(event.transaction_id, 404, now=now)
+            refuse(404, "No route for this number", trunk.name)
             return
         call = Call(
             id=uuid.uuid4().hex,

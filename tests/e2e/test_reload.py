@@ -80,8 +80,14 @@ def test_reload_under_a_live_call(start_daemon: DaemonFactory, tmp_path: Path) -
     assert live.wait(timeout=30) == 0  # the call that was live during the reload completed
     time.sleep(1.5)
     with sqlite3.connect(daemon.workdir / "var" / "acd.sqlite3") as db:
-        rows = sorted(db.execute("SELECT dialed, queue, disposition FROM calls"))
-    assert rows == [("sales", "sales", "abandoned"), ("support", "support", "abandoned")]
+        rows = db.execute(
+            "SELECT dialed, queue, disposition, hangup_reason FROM calls ORDER BY arrived_at"
+        ).fetchall()
+    assert rows == [
+        ("sales", None, "rejected", "404 No route for this number"),  # before the reload
+        ("support", "support", "abandoned", "bye"),  # live across the reload
+        ("sales", "sales", "abandoned", "bye"),  # routed by the new config
+    ]
     assert daemon.stop() == 0
 
 
