@@ -577,6 +577,7 @@ class CallService:
             raise _CallEnded("no common codec", "failed") from exc
         call.codec = audio.codec.name
         call.rtp.remote_addr = (audio.remote_address, audio.remote_port)
+        call.rtp.dtmf_payload_type = audio.telephone_event_pt  # as negotiated, not assumed 101
         response = self.endpoint.answer(call.transaction_id, body, now=_now())
         self.transmit()
         to, frm = response.to, response.from_
@@ -643,9 +644,8 @@ class CallService:
         structlog.contextvars.bind_contextvars(call_id=call.id)
         log.info("call_arrived", trunk=call.trunk.name, dialed=call.dialed, caller=call.caller)
         try:
-            outcome = await self.flows.run(
-                call.flow, _CallIO(self, call), {"caller": call.caller, "dialed": call.dialed}
-            )
+            call.flow_data.update(caller=call.caller, dialed=call.dialed)
+            outcome = await self.flows.run(call.flow, _CallIO(self, call), call.flow_data)
             call.flow_data = outcome.data
             await self._after_flow(call, outcome)
         except _CallEnded as ended:

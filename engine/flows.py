@@ -102,7 +102,9 @@ class FlowRunner:
         self._flows = {f.name: f for f in config.flows}
 
     async def run(self, flow: str, io: CallIO, data: dict[str, Any] | None = None) -> FlowOutcome:
-        data = dict(data or {})
+        """Run ``flow``; ``data`` is filled in place, so what was gathered before a caller hangs up
+        mid-flow still reaches the CDR."""
+        data = {} if data is None else data
         state: dict[str, Any] = {"queue": "", "priority": 0, "requirements": None}
         current, position, jumps = self._flows[flow], 0, 0
         while True:

@@ -261,3 +261,37 @@ queues = {{ backup = 0 }}
         ("backup", "answer"),
         ("backup", "complete"),
     ]
+
+
+def test_sipp_uac_pcap_dtmf_is_recognised_once(start_daemon: DaemonFactory, tmp_path: Path) -> None:
+    # SIPp's built-in uac_pcap: 8 s of G.711 A-law speech, then an RFC 2833 "1", then BYE.
+    (tmp_path / "pcap").symlink_to("/usr/share/sip-tester")
+    daemon = start_daemon("""
+[[trunks]]
+name = "callers"
+allow = ["127.0.0.0/8"]
+
+[[routes]]
+number = "account"
+flow = "account"
+
+[[flows]]
+name = "account"
+steps = [
+  { type = "answer" },
+  { type = "collect", var = "account", max_digits = 1, timeout_s = 12.0 },
+  { type = "enqueue", queue = "q" },
+]
+
+[[queues]]
+name = "q"
+""")
+    target = str(daemon.wait_for_log("ready")["sip"]).removeprefix("udp:")
+    caller = sipp(tmp_path, ["-sn", "uac_pcap"], target, "-s", "account", "-m", "1")
+    assert caller.wait(timeout=40) == 0, caller.log_path.read_text()[-2000:]  # type: ignore[attr-defined]
+    time.sleep(1.5)
+    with sqlite3.connect(daemon.workdir / "var" / "acd.sqlite3") as db:
+        (flow_data,) = db.execute("SELECT flow_data FROM calls").fetchone()
+    assert json.loads(flow_data)["account"] == "1"
+    _, exposition, _ = daemon.get("/metrics")
+    assert 'acd_dtmf_digits_total{method="rfc4733"} 1.0' in exposition.decode()
