@@ -27,27 +27,16 @@ AGENTS = 30
 CALLS = 200
 
 
-def config(uas_port: int, rtp_base: int) -> str:
-    agents = "".join(
-        f'[[agents]]\nid = "a{i}"\nlogin = "static"\ncontact = "sip:a{i}@127.0.0.1:{uas_port}"\n'
-        "skills = { support = 5 }\nqueues = { support = 0 }\n\n"
-        for i in range(AGENTS)
-    )
+def front_door(steps: str = '{ type = "answer" }, { type = "enqueue", queue = "support" }') -> str:
+    """Admin token, a loopback trunk, and the number `support` routed to a flow of ``steps``."""
     return f"""
-[media]
-rtp_port_min = {rtp_base}
-rtp_port_max = {rtp_base + 998}
-
-[recordings]
-flush_interval_s = 1.0
-
 [[api.tokens]]
 name = "ops"
 role = "admin"
 token = "{ADMIN}"
 
 [[trunks]]
-name = "sipp"
+name = "callers"
 allow = ["127.0.0.0/8"]
 
 [[routes]]
@@ -56,7 +45,33 @@ flow = "support"
 
 [[flows]]
 name = "support"
-steps = [{{ type = "answer" }}, {{ type = "enqueue", queue = "support" }}]
+steps = [{steps}]
+"""
+
+
+def login(daemon: DaemonProcess, agent_id: str) -> None:
+    request = urllib.request.Request(
+        f"{daemon.base_url}/api/v1/agents/{agent_id}/state",
+        data=json.dumps({"state": "logged_in"}).encode(),
+        method="PUT",
+    )
+    request.add_header("Authorization", f"Bearer {ADMIN}")
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        assert json.loads(resp.read())["state"] == "available"
+
+
+def config(uas_port: int, rtp_base: int) -> str:
+    agents = "".join(
+        f'[[agents]]\nid = "a{i}"\nlogin = "static"\ncontact = "sip:a{i}@127.0.0.1:{uas_port}"\n'
+        "skills = { support = 5 }\nqueues = { support = 0 }\n\n"
+        for i in range(AGENTS)
+    )
+    return (
+        front_door()
+        + f"""
+[media]
+rtp_port_min = {rtp_base}
+rtp_port_max = {rtp_base + 998}
 
 [[queues]]
 name = "support"
@@ -66,18 +81,7 @@ wrap_up_s = 0.0
 record = "never"
 
 {agents}"""
-
-
-def login_all(daemon: DaemonProcess) -> None:
-    for i in range(AGENTS):
-        request = urllib.request.Request(
-            f"{daemon.base_url}/api/v1/agents/a{i}/state",
-            data=json.dumps({"state": "logged_in"}).encode(),
-            method="PUT",
-        )
-        request.add_header("Authorization", f"Bearer {ADMIN}")
-        with urllib.request.urlopen(request, timeout=5) as resp:
-            assert json.loads(resp.read())["state"] == "available"
+    )
 
 
 def test_sipp_load_through_queue_to_sipp_agents(
@@ -88,7 +92,8 @@ def test_sipp_load_through_queue_to_sipp_agents(
         time.sleep(0.5)
         assert uas.poll() is None, uas.log_path.read_text()  # type: ignore[attr-defined]
         daemon = start_daemon(config(uas.sip_port, free_port_block(1000)))  # type: ignore[attr-defined]
-        login_all(daemon)
+        for i in range(AGENTS):
+            login(daemon, f"a{i}")
         ready = daemon.wait_for_log("ready")
         target = str(ready["sip"]).removeprefix("udp:")
         started = time.monotonic()
@@ -127,29 +132,14 @@ def test_static_agent_behind_a_pbx_that_challenges(
     pbx = sipp(tmp_path, ["-sf", str(Path(__file__).parent / "sipp" / "pbx_extension_407.xml")], None,
                "-m", "1", "-trace_msg")  # fmt: skip
     time.sleep(0.5)
-    daemon = start_daemon(f"""
-[[api.tokens]]
-name = "ops"
-role = "admin"
-token = "{ADMIN}"
-
-[[trunks]]
-name = "callers"
-allow = ["127.0.0.0/8"]
-
+    daemon = start_daemon(
+        front_door()
+        + f"""
 [[trunks]]
 name = "pbx"
 allow = ["192.0.2.1"]
 outbound_username = "trunkuser"
 outbound_password = "trunksecret"
-
-[[routes]]
-number = "support"
-flow = "support"
-
-[[flows]]
-name = "support"
-steps = [{{ type = "answer" }}, {{ type = "enqueue", queue = "support" }}]
 
 [[queues]]
 name = "support"
@@ -160,12 +150,9 @@ login = "static"
 contact = "sip:ext2001@127.0.0.1:{pbx.sip_port}"
 trunk = "pbx"
 queues = {{ support = 0 }}
-""")  # type: ignore[attr-defined]
-    request = urllib.request.Request(
-        f"{daemon.base_url}/api/v1/agents/2001/state", data=b'{"state": "logged_in"}', method="PUT"
-    )
-    request.add_header("Authorization", f"Bearer {ADMIN}")
-    urllib.request.urlopen(request, timeout=5).close()
+"""
+    )  # type: ignore[attr-defined]
+    login(daemon, "2001")
     target = str(daemon.wait_for_log("ready")["sip"]).removeprefix("udp:")
     caller = sipp(tmp_path, ["-sn", "uac"], target, "-s", "support", "-m", "1", "-d", "2000")
     try:
@@ -201,24 +188,9 @@ queues = {{ support = 0 }}
 def test_max_wait_overflows_to_another_queue(start_daemon: DaemonFactory, tmp_path: Path) -> None:
     uas = sipp(tmp_path, ["-sn", "uas"], None)
     time.sleep(0.5)
-    daemon = start_daemon(f"""
-[[api.tokens]]
-name = "ops"
-role = "admin"
-token = "{ADMIN}"
-
-[[trunks]]
-name = "callers"
-allow = ["127.0.0.0/8"]
-
-[[routes]]
-number = "support"
-flow = "support"
-
-[[flows]]
-name = "support"
-steps = [{{ type = "answer" }}, {{ type = "enqueue", queue = "support" }}]
-
+    daemon = start_daemon(
+        front_door()
+        + f"""
 [[flows]]
 name = "to-backup"
 steps = [{{ type = "enqueue", queue = "backup" }}]
@@ -236,12 +208,9 @@ id = "b1"
 login = "static"
 contact = "sip:b1@127.0.0.1:{uas.sip_port}"
 queues = {{ backup = 0 }}
-""")  # type: ignore[attr-defined]
-    request = urllib.request.Request(
-        f"{daemon.base_url}/api/v1/agents/b1/state", data=b'{"state": "logged_in"}', method="PUT"
-    )
-    request.add_header("Authorization", f"Bearer {ADMIN}")
-    urllib.request.urlopen(request, timeout=5).close()
+"""
+    )  # type: ignore[attr-defined]
+    login(daemon, "b1")
     target = str(daemon.wait_for_log("ready")["sip"]).removeprefix("udp:")
     caller = sipp(tmp_path, ["-sn", "uac"], target, "-s", "support", "-m", "1", "-d", "4000")
     try:
@@ -266,28 +235,11 @@ queues = {{ backup = 0 }}
 def test_sipp_uac_pcap_dtmf_is_recognised_once(start_daemon: DaemonFactory, tmp_path: Path) -> None:
     # SIPp's built-in uac_pcap: 8 s of G.711 A-law speech, then an RFC 2833 "1", then BYE.
     (tmp_path / "pcap").symlink_to("/usr/share/sip-tester")
-    daemon = start_daemon("""
-[[trunks]]
-name = "callers"
-allow = ["127.0.0.0/8"]
-
-[[routes]]
-number = "account"
-flow = "account"
-
-[[flows]]
-name = "account"
-steps = [
-  { type = "answer" },
-  { type = "collect", var = "account", max_digits = 1, timeout_s = 12.0 },
-  { type = "enqueue", queue = "q" },
-]
-
-[[queues]]
-name = "q"
-""")
+    collect = '{ type = "collect", var = "account", max_digits = 1, timeout_s = 12.0 }'
+    steps = f'{{ type = "answer" }}, {collect}, {{ type = "enqueue", queue = "support" }}'
+    daemon = start_daemon(front_door(steps) + '[[queues]]\nname = "support"\n')
     target = str(daemon.wait_for_log("ready")["sip"]).removeprefix("udp:")
-    caller = sipp(tmp_path, ["-sn", "uac_pcap"], target, "-s", "account", "-m", "1")
+    caller = sipp(tmp_path, ["-sn", "uac_pcap"], target, "-s", "support", "-m", "1")
     assert caller.wait(timeout=40) == 0, caller.log_path.read_text()[-2000:]  # type: ignore[attr-defined]
     time.sleep(1.5)
     with sqlite3.connect(daemon.workdir / "var" / "acd.sqlite3") as db:
