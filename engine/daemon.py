@@ -37,6 +37,7 @@ from engine.metrics import EventLoopLagMonitor, Metrics
 from engine.recording_service import RecordingCollector, RecordingService
 from engine.routing import RoutingCollector, RoutingService
 from engine.storage import StorageError, Store, database_url
+from engine.webui import add_web_routes
 
 log = structlog.stdlib.get_logger("acd.daemon")
 
@@ -118,7 +119,7 @@ class Daemon:
         )
         app[api.TOKENS_KEY] = tokens
         api.add_routes(app, self.api)
-        self._add_web_routes(app)
+        add_web_routes(app)
         runner = web.AppRunner(
             app,
             access_log=None,
@@ -269,15 +270,6 @@ class Daemon:
             await self._shutdown()
         log.info("stopped")
         return 0
-
-    @staticmethod
-    def _add_web_routes(app: web.Application) -> None:
-        """The wallboard and agent desktop pages (engine/webui.py), when present."""
-        try:
-            from engine.webui import add_web_routes
-        except ImportError:
-            return
-        add_web_routes(app)
 
     def _on_offer(self, offer: rc.Offer) -> None:
         if self.calls is not None:

@@ -1,0 +1,1 @@
+"""Static assets of the wallboard and agent desktop pages (HTML, CSS, vanilla JS modules)."""

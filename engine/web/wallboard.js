@@ -1,0 +1,50 @@
+import { api, debounce, el, login, stream } from "/static/common.js";
+
+const STATES = ["available", "busy", "wrap_up", "not_ready"];
+let fetchedAt = performance.now();
+let queues = [];
+
+function slClass(sl) {
+  if (sl === null || sl === undefined) return "sl-none";
+  return sl >= 0.8 ? "sl-good" : sl >= 0.6 ? "sl-warn" : "sl-bad";
+}
+
+function fmtWait(s) {
+  const t = Math.floor(s);
+  return `${Math.floor(t / 60)}:${String(t % 60).padStart(2, "0")}`;
+}
+
+function render() {
+  const board = document.getElementById("board");
+  const elapsed = (performance.now() - fetchedAt) / 1000;
+  board.replaceChildren(...queues.map((q) => {
+    const sl = q.today.service_level;
+    const wait = q.waiting > 0 ? q.oldest_wait_s + elapsed : 0;
+    const agents = STATES.map((s) => el("span", { class: `ag ag-${s}`, "data-state": s }, `${s.replace("_", " ")} ${q.agents[s] ?? 0}`));
+    return el("section", { class: "queue", "data-queue": q.name },
+      el("h2", {}, q.name),
+      el("div", { class: "big waiting" }, el("small", {}, "waiting"), String(q.waiting)),
+      el("div", { class: "big oldest" }, el("small", {}, "oldest"), fmtWait(wait)),
+      el("div", { class: `big sl ${slClass(sl)}` }, el("small", {}, "SL today"), sl === null ? "–" : `${Math.round(sl * 100)}%`),
+      el("div", { class: "figs" }, `answered ${q.today.answered} · abandoned ${q.today.abandoned}`),
+      el("div", { class: "agents" }, ...agents));
+  }));
+}
+
+async function refresh() {
+  try {
+    const data = await api("/api/v1/queues");
+    queues = Array.isArray(data) ? data : data.queues;
+    fetchedAt = performance.now();
+    render();
+  } catch (exc) {
+    document.getElementById("conn").textContent = exc.message;
+  }
+}
+
+login(refresh, () => {
+  const soon = debounce(refresh, 250);
+  stream(soon);
+  setInterval(refresh, 5000);
+  setInterval(render, 1000);
+});
