@@ -66,6 +66,9 @@ def configure_logging(cfg: LogConfig, *, level_override: str | None = None) -> N
     logging.getLogger("aiohttp.access").setLevel(max(level, logging.WARNING))
     # aiosqlite logs every operation at debug: noise that hides the daemon's own debug lines.
     logging.getLogger("aiosqlite").setLevel(max(level, logging.INFO))
+    # numba logs every bytecode step of a compile at debug: with a cold cache that turns the
+    # kernels' warm-up from seconds into minutes. Its warnings still come through.
+    logging.getLogger("numba").setLevel(logging.WARNING)
 
 
 def get_logger(name: str) -> Any:

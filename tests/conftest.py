@@ -29,6 +29,18 @@ def repo_root() -> Path:
     return REPO
 
 
+@pytest.fixture(scope="session", autouse=True)
+def warm_numba_cache() -> None:
+    """Compile the routing kernels once (numba's on-disk cache) before any daemon starts.
+
+    On a fresh clone the cache is cold: without this every daemon the e2e tests start would pay the
+    full compile (15-20 s on these machines) inside its start-up.
+    """
+    from routing_core import Router
+
+    Router(n_skills=1).warmup()
+
+
 def _pg_bin() -> Path:
     for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
         if (candidate / "initdb").exists():

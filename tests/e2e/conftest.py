@@ -63,7 +63,7 @@ class DaemonProcess:
             time.sleep(0.05)
         raise AssertionError(f"no {event!r} log line; log:\n{self.log_path.read_text()}")
 
-    def wait_ready(self, timeout_s: float = 30.0) -> None:
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
