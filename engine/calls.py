@@ -416,6 +416,8 @@ class CallService:
             leg = self._legs_by_request.get(event.request_id)
             if leg is not None:
                 self._agent_response(leg, event, now)
+            else:
+                self._late_answer(event, now)
         elif isinstance(event, AckReceived):
             pass
         elif isinstance(event, CancelReceived):
@@ -922,6 +924,27 @@ class CallService:
         self._end_leg(leg)
         reason = "busy" if status in _BUSY else "reject" if status in _DECLINED else "no_answer"
         self._reject(call, leg.agent_id, reason)
+
+    def _late_answer(self, event: ResponseReceived, now: float) -> None:
+        """A 2xx to an agent INVITE we had already given up on (ring-all withdrawal, ring timeout,
+        caller gone): the phone's 200 crossed our CANCEL on the wire. A CANCEL cannot undo an
+        answered INVITE (RFC 3261 9.1); the core has ACKed the 2xx, so the UAC must send BYE
+        (15), or the agent's phone stays in a call nobody is on while routing thinks it is free.
+        Seen with two SIPp agents answering a ring-all offer at once."""
+        cseq = event.response.cseq
+        dialog_id = event.dialog_id
+        if (
+            200 <= event.response.status < 300
+            and cseq is not None
+            and cseq.method == "INVITE"
+            and dialog_id is not None
+            and dialog_id not in self._legs_by_dialog  # never a live leg's re-INVITE answer
+            and dialog_id not in self._by_dialog
+            and self.endpoint.dialog(dialog_id) is not None
+        ):
+            log.info("late_agent_answer_hung_up", sip_call_id=dialog_id.call_id)
+            self.endpoint.bye(dialog_id, now=now)
+            self.transmit()
 
     def on_withdraw(self, offer: rc.Offer) -> None:
         call = self.calls.get(offer.task_id)
