@@ -24,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import msgspec
 import sqlalchemy as sa
@@ -36,7 +36,12 @@ from engine.cdr import CdrWriter
 from engine.config import Config, Role
 from engine.events import Event, EventBus
 from engine.http import Problem, json_response
-from engine.recording_service import CONTENT_TYPES, RecordingService
+from engine.recording_service import (
+    CONTENT_TYPES,
+    OnDemandRecording,
+    RecordingRefused,
+    RecordingService,
+)
 from engine.routing import RoutingService
 from engine.storage import Store
 from engine.storage.schema import audit_log, calls, recordings
@@ -596,29 +601,79 @@ async def live_calls(request: web.Request) -> web.Response:
     return json_response([] if ctx.calls is None else ctx.calls.live_calls())
 
 
-class RecordingPause(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    paused: bool
+class CallRecordingChange(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """PUT /api/v1/calls/{call_id}/recording: exactly one of ``paused`` (PCI pause/resume) or
+    ``record: true`` (start recording now, for queues recorded on demand)."""
+
+    paused: bool | None = None
+    record: bool | None = None
 
 
-async def pause_call_recording(request: web.Request) -> web.Response:
-    """PCI: the agent (of this call) or a supervisor stops the recording while card data is read."""
+class CallRecordingState(msgspec.Struct, frozen=True):
+    call_id: str
+    recording_id: str | None
+    recording_paused: bool
+    on_demand: bool = False
+
+
+_RECORDING_BODY = 'expected {"paused": true|false} or {"record": true}'
+
+
+async def change_call_recording(request: web.Request) -> web.Response:
+    """The call's agent or a supervisor: pause/resume (PCI: card data is not recorded) or start
+    recording now (on demand). Every attempt that names an action is audited, refused or not."""
     ctx = request.app[CONTEXT_KEY]
     principal = _principal(request)
     call_id = request.match_info["call_id"]
+    try:
+        body = msgspec.json.decode(await request.read(), type=CallRecordingChange)
+    except msgspec.DecodeError as exc:
+        raise web.HTTPBadRequest(text=f"{_RECORDING_BODY}: {exc}") from None
+    if (body.paused is None) == (body.record is None):
+        raise web.HTTPBadRequest(text=f"{_RECORDING_BODY}, one of the two")
+    if body.record is False:
+        raise web.HTTPBadRequest(
+            text='a recording cannot be stopped mid-call; {"paused": true} stops writing audio'
+        )
+    if body.record:
+        action = "recording_start"
+    else:
+        action = "recording_pause" if body.paused else "recording_resume"
+
+    async def refuse(error: type[web.HTTPException], outcome: str, text: str) -> NoReturn:
+        await audit(ctx, request, action=action, outcome=outcome, object_type="call",
+                    object_id=call_id, detail={"why": text})  # fmt: skip
+        raise error(text=text)
+
     call = None if ctx.calls is None else ctx.calls.calls.get(call_id)
     if call is None:
-        raise web.HTTPNotFound(text=f"no live call {call_id!r}")
+        await refuse(web.HTTPNotFound, "refused", f"no live call {call_id!r}")
     if not principal.at_least(Role.SUPERVISOR) and principal.agent_id != call.agent_id:
-        raise web.HTTPForbidden(text="only the call's agent or a supervisor")
+        await refuse(web.HTTPForbidden, "denied", "only the call's agent or a supervisor")
+    if body.paused is not None:
+        if not ctx.calls.pause_recording(call_id, body.paused):
+            await refuse(web.HTTPConflict, "refused", "the call is not being recorded")
+        await audit(ctx, request, action=action, outcome="done", object_type="call",
+                    object_id=call_id, detail={"recording_id": call.recording_id})  # fmt: skip
+        return json_response(
+            CallRecordingState(call_id, call.recording_id, body.paused, _on_demand(call))
+        )
     try:
-        body = msgspec.json.decode(await request.read(), type=RecordingPause)
-    except msgspec.DecodeError as exc:
-        raise web.HTTPBadRequest(text=f'expected {{"paused": true|false}}: {exc}') from None
-    if not ctx.calls.pause_recording(call_id, body.paused):
-        raise web.HTTPConflict(text="the call is not being recorded")
-    await audit(ctx, request, action="recording_pause" if body.paused else "recording_resume",
-                outcome="done", object_type="call", object_id=call_id)  # fmt: skip
-    return json_response({"call_id": call_id, "recording_paused": body.paused})
+        recording_id = await ctx.calls.start_recording(call_id, principal.name)
+    except KeyError:
+        await refuse(web.HTTPNotFound, "refused", f"the call {call_id!r} ended")
+    except RecordingRefused as exc:
+        await refuse(web.HTTPConflict, "refused", str(exc))
+    except sa.exc.SQLAlchemyError as exc:
+        log.error("recording_start_failed", call_id=call_id, reason=str(exc))
+        await refuse(web.HTTPServiceUnavailable, "failed", "the recordings index is unavailable")
+    await audit(ctx, request, action=action, outcome="done", object_type="call",
+                object_id=call_id, detail={"recording_id": recording_id, "on_demand": True})  # fmt: skip
+    return json_response(CallRecordingState(call_id, recording_id, False, True))
+
+
+def _on_demand(call: Any) -> bool:
+    return isinstance(call.recording, OnDemandRecording)
 
 
 class LegalHold(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -710,7 +765,7 @@ def add_routes(app: web.Application, ctx: ApiContext) -> None:
     app.router.add_get("/api/v1/recordings/{recording_id}/audio", download_recording)
     app.router.add_put("/api/v1/recordings/{recording_id}/legal_hold", set_legal_hold)
     app.router.add_get("/api/v1/calls", live_calls)
-    app.router.add_put("/api/v1/calls/{call_id}/recording", pause_call_recording)
+    app.router.add_put("/api/v1/calls/{call_id}/recording", change_call_recording)
 
 
 def _op(
@@ -787,5 +842,84 @@ def openapi_paths() -> tuple[dict[str, Any], dict[str, Any]]:
         "/api/v1/reload": {
             "post": _op("Reload the config file (admin, audited)", {"type": "object"})
         },
+        **_recording_paths(),
     }
-    return paths, schemas
+    (change, state), recording_schemas = msgspec.json.schema_components(
+        [CallRecordingChange, CallRecordingState], ref_template="#/components/schemas/{name}"
+    )
+    put = paths["/api/v1/calls/{call_id}/recording"]["put"]
+    put["requestBody"]["content"]["application/json"]["schema"] = change
+    put["responses"]["200"]["content"]["application/json"]["schema"] = state
+    return paths, {**schemas, **recording_schemas}
+
+
+def _recording_paths() -> dict[str, Any]:
+    """Recordings and the live calls' recording control (bodies filled in by openapi_paths)."""
+    rows = {"type": "array", "items": {"type": "object"}}
+
+    def path_param(name: str) -> dict[str, Any]:
+        return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+    def problems(op: dict[str, Any], **codes: str) -> dict[str, Any]:
+        for code, description in codes.items():
+            # OpenAPI 3.1: a reference may carry its own description
+            op["responses"][code.removeprefix("s")] = {
+                "$ref": "#/components/responses/Problem",
+                "description": description,
+            }
+        return op
+
+    audio = _op("Download a recording, decrypted (audited)", {"type": "string"})
+    audio["responses"]["200"] = {
+        "description": "the audio file",
+        "content": {t: {"schema": {"type": "string", "format": "binary"}} for t in CONTENT_TYPES.values()},
+    }  # fmt: skip
+    change = problems(
+        _op(
+            "The call's agent or a supervisor pauses/resumes the recording (PCI) or, with "
+            '{"record": true}, starts recording it from now to the hang-up (any queue policy '
+            "but never; the index row says on_demand). Every attempt is audited.",
+            {"type": "object"},
+            body={"type": "object"},
+        ),
+        s404="no such live call",
+        s409="refused: not bridged yet, already recorded, not recorded (pause), or the queue's "
+        "policy is never",
+    )
+    return {
+        "/api/v1/recordings": {
+            "get": {
+                **_op("Search the recordings index, newest first", rows),
+                "parameters": [
+                    {"name": n, "in": "query", "schema": {"type": t}}
+                    for n, t in (
+                        ("call_id", "string"),
+                        ("queue", "string"),
+                        ("agent", "string"),
+                        ("since", "number"),
+                        ("limit", "integer"),
+                    )
+                ],
+            }
+        },
+        "/api/v1/recordings/{recording_id}/audio": {
+            "get": {
+                **problems(audio, s404="no such recording", s410="purged"),
+                "parameters": [path_param("recording_id")],
+            },
+        },
+        "/api/v1/recordings/{recording_id}/legal_hold": {
+            "put": {
+                **_op(
+                    "Set or clear a recording's legal hold (admin, audited)",
+                    {"type": "object"},
+                    body={"type": "object", "properties": {"legal_hold": {"type": "boolean"}}},
+                ),
+                "parameters": [path_param("recording_id")],
+            },
+        },
+        "/api/v1/calls": {"get": _op("Live calls (supervisor)", rows)},
+        "/api/v1/calls/{call_id}/recording": {
+            "put": {**change, "parameters": [path_param("call_id")]},
+        },
+    }

@@ -42,7 +42,7 @@ from engine.cdr import CallRecord, CdrWriter, QueueEventData
 from engine.config import Config, LoginMode, TrunkConfig
 from engine.flows import FlowOutcome, FlowRunner
 from engine.metrics import WAIT_BUCKETS, Metrics
-from engine.recording_service import RecordingService
+from engine.recording_service import OnDemandRecording, RecordingRefused, RecordingService
 from engine.routing import RoutingService
 from sip import Request, Uri
 from sip.auth import DigestAlgorithm, DigestAuthenticator, DigestClient, Password
@@ -302,6 +302,33 @@ class CallService:
             call.bridge.resume_recording(now)
             call.recording.resume(position)
         return True
+
+    async def start_recording(self, call_id: str, requested_by: str) -> str:
+        """On demand (API): record a bridged call from now until it ends; the new recording's id.
+
+        The tap is attached to the live bridge with the bridge's current position as the file's
+        position 0, so the file lasts from the request to the hang-up. Raises ``RecordingRefused``
+        (not bridged, already recorded, the queue's policy is ``never``, the call ended meanwhile)
+        or ``KeyError`` for a call that is not live."""
+        call = self.calls[call_id]
+        bridge = call.bridge
+        if bridge is None or bridge.stopped_at is not None:
+            raise RecordingRefused("the call is not bridged to an agent")
+        if call.recording is not None:
+            raise RecordingRefused("the call is already being recorded")
+        if self.recordings is None:
+            raise RecordingRefused("recording is unavailable: the recording service did not start")
+        recording = await self.recordings.start_on_demand(
+            call.id, call.queue, call.agent_id, requested_by=requested_by
+        )
+        if bridge.stopped_at is not None:  # hung up while the index row was written
+            recording.close(0)
+            raise RecordingRefused("the call ended before the recording could start")
+        sink = OnDemandRecording(recording, bridge.position(_now()))
+        call.recording, call.recording_id = sink, sink.recording_id
+        bridge.sink = sink  # the tap rebases on the next packet of each leg
+        log.info("recording_started_on_demand", recording_id=sink.recording_id, by=requested_by)
+        return sink.recording_id
 
     # -- start and stop ------------------------------------------------------------------------------
 

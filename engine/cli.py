@@ -218,10 +218,12 @@ _DELEGATED = {
         "erlang_main",
         "Erlang B, C and A, and staffing for a service-level or ASA target",
     ),
+    # engine.recordings_cli purges the daemon's live index (`purge --config`) and hands every
+    # other form to recordings.cli, which must not import the engine.
     "recordings": (
-        "recordings.cli",
-        "recordings_cli_main",
-        "decrypt, repair or purge call recordings",
+        "engine.recordings_cli",
+        "recordings_main",
+        "decrypt, repair or purge call recordings (purge --config: the daemon's own index)",
     ),
 }
 

@@ -8,6 +8,16 @@ the media bridge feeds through its tap. When the recording closes, its result (d
 sha256, error, paused spans) completes the row. At start, rows that were never completed are files
 a crash left behind: they are repaired and marked ``recovered``.
 
+On demand: ``start_on_demand`` is the API's way in (any policy but ``never``); the engine attaches
+the returned ``OnDemandRecording`` to the live bridge, which shifts the bridge's sample positions
+so the file's position 0 is the moment of the request (recordings/policy.py). Its index row has
+``on_demand`` set and names who asked in ``started_by``; the API writes the audit row.
+
+Retention: ``purge_index`` is the one purge, used by the daemon's scheduled job and by the
+operator's ``acd recordings purge --config`` (engine/recordings_cli.py): it reads the live index,
+deletes through ``recordings.purge`` (never a legal-hold row), marks the rows ``purged_at`` and
+writes one audit row per deletion, in the same transaction.
+
 The writer runs in its own threads (recordings package); this module only talks to it from the
 event loop and awaits its futures. Downloads stream the decrypted audio from a worker thread and
 every attempt, allowed or not, goes to the audit log.
@@ -16,9 +26,11 @@ every attempt, allowed or not, goes to the audit log.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,7 +43,9 @@ from prometheus_client.registry import Collector
 import recordings as rec
 from engine.config import Config, QueueConfig
 from engine.storage import Store
+from engine.storage.schema import audit_log
 from engine.storage.schema import recordings as recordings_table
+from recordings.retention import SECONDS_PER_DAY
 from sip.rtp.g711 import DECODERS
 
 log = structlog.stdlib.get_logger("acd.recordings")
@@ -61,12 +75,197 @@ def queue_policy(config: Config, queue: QueueConfig) -> rec.RecordingPolicy:
     )
 
 
+class RecordingRefused(Exception):
+    """An on-demand start the rules forbid; the text says why (the API answers 409 with it).
+
+    Not raised for a storage failure (that is ``sqlalchemy.exc.SQLAlchemyError``) nor for a call
+    that does not exist (the caller looks the call up first)."""
+
+
+class OnDemandRecording:
+    """A recording started mid-call: the bridge's positions, shifted so the request is position 0.
+
+    The bridge counts samples from its own start; a recording asked for later must not begin with
+    the silence of everything before the request (the file covers the request to the hang-up).
+    Implements the tap's ``RecordingSink`` and the pause/resume the API uses, like ``Recording``.
+    """
+
+    __slots__ = ("_offset", "_recording")
+
+    def __init__(self, recording: rec.Recording, offset: int) -> None:
+        self._recording = recording
+        self._offset = max(0, offset)
+
+    @property
+    def recording_id(self) -> str:
+        return self._recording.recording_id
+
+    @property
+    def paused(self) -> bool:
+        return self._recording.paused
+
+    def feed(self, channel: int, position: int, payload: bytes, codec: str) -> None:
+        position -= self._offset
+        if position < 0:
+            # a frame straddling the request: keep only its samples from the request on
+            width = 2 if codec == "L16" else 1
+            payload = payload[-position * width :]
+            if not payload:
+                return
+            position = 0
+        self._recording.feed(channel, position, payload, codec)
+
+    def gap(self, channel: int, position: int, samples: int, reason: str) -> None:
+        start = position - self._offset
+        if start < 0:
+            samples += start
+            start = 0
+        if samples > 0:
+            self._recording.gap(channel, start, samples, reason)
+
+    def close(self, end_position: int) -> None:
+        self._recording.close(max(0, end_position - self._offset))
+
+    def pause(self, position: int) -> None:
+        self._recording.pause(max(0, position - self._offset))
+
+    def resume(self, position: int) -> None:
+        self._recording.resume(max(0, position - self._offset))
+
+
+def recordings_root(config: Config, base_dir: Path) -> Path:
+    """Where recordings live: ``[recordings] dir``, relative to the daemon's working directory."""
+    directory = Path(config.recordings.dir)
+    return directory if directory.is_absolute() else base_dir / directory
+
+
+def retention_policy(config: Config) -> rec.RetentionPolicy:
+    """Days to keep per queue from the config (0 in the config means forever, None here)."""
+    default = config.recordings.retention_days or None
+    days: dict[str, int | None] = {}
+    for q in config.queues:
+        if q.retention_days is not None:
+            days[q.name] = q.retention_days or None
+    return rec.RetentionPolicy(days_by_queue=days, default_days=default)
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeLine:
+    """One recording a purge deleted, would delete, found gone, failed on, or kept (legal hold)."""
+
+    recording_id: str
+    queue: str
+    age_days: float
+    size_bytes: int | None
+    path: str
+    # deleted | would delete | file already gone | failed | kept: legal hold
+    outcome: str
+    why: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class IndexPurge:
+    report: rec.PurgeReport
+    lines: tuple[PurgeLine, ...]
+
+
+# The audit log's actor for purges the daemon runs on its own schedule.
+PURGE_JOB_ACTOR = "retention-job"
+
+
+async def purge_index(
+    store: Store,
+    policy: rec.RetentionPolicy,
+    root: Path,
+    *,
+    now: float,
+    dry_run: bool,
+    actor: str,
+) -> IndexPurge:
+    """Delete the recordings past their queue's retention, from the live index; mark and audit.
+
+    Legal-hold rows are never touched; those that would otherwise have expired are reported as
+    kept. Files are deleted first (in a thread), then their rows get ``purged_at`` and the audit
+    rows are written in one transaction: a crash in between leaves rows whose files are gone,
+    which the next run reports as "file already gone" and marks."""
+    async with store.engine.connect() as conn:
+        rows = (
+            (
+                await conn.execute(
+                    sa.select(recordings_table).where(recordings_table.c.purged_at.is_(None))
+                )
+            )
+            .mappings()
+            .all()
+        )
+    index = [
+        rec.IndexRow(
+            recording_id=r["id"], queue=r["queue"] or "", started_at=r["started_at"],
+            legal_hold=r["legal_hold"], path=r["path"],
+        )
+        for r in rows
+    ]  # fmt: skip
+    sizes: dict[str, int | None] = {r["id"]: r["size_bytes"] for r in rows}
+    held = [dataclasses.replace(row, legal_hold=False) for row in index if row.legal_hold]
+    # The same selection as the purge, as if there were no hold: what the hold is keeping.
+    kept = rec.select_for_purge(held, policy, now)
+    report = await asyncio.to_thread(rec.purge, index, policy, now, dry_run=dry_run, root=root)
+    lines = _purge_lines(report, kept, sizes, now)
+    if not dry_run and (report.deleted or report.missing or report.failed):
+        gone = [row.recording_id for row in (*report.deleted, *report.missing)]
+        audits = [
+            {
+                "at": now, "actor": actor, "role": None, "action": "recording_purge",
+                "object_type": "recording", "object_id": line.recording_id,
+                "outcome": "failed" if line.outcome == "failed" else "done",
+                "remote_addr": None,
+                "detail": {
+                    "queue": line.queue, "age_days": line.age_days, "size_bytes": line.size_bytes,
+                    "path": line.path, "result": line.outcome, **({"why": line.why} if line.why else {}),
+                    "retention_days": policy.days_for(line.queue),
+                },
+            }
+            for line in lines
+            if line.outcome in ("deleted", "file already gone", "failed")
+        ]  # fmt: skip
+        async with store.engine.begin() as conn:
+            if gone:
+                await conn.execute(
+                    recordings_table.update()
+                    .where(recordings_table.c.id.in_(gone))
+                    .values(purged_at=now)
+                )
+            await conn.execute(audit_log.insert(), audits)
+    return IndexPurge(report, lines)
+
+
+def _purge_lines(
+    report: rec.PurgeReport,
+    kept: Sequence[rec.IndexRow],
+    sizes: Mapping[str, int | None],
+    now: float,
+) -> tuple[PurgeLine, ...]:
+    def line(row: rec.IndexRow, outcome: str, why: str = "") -> PurgeLine:
+        age = round((now - row.started_at) / SECONDS_PER_DAY, 1)
+        return PurgeLine(
+            row.recording_id, row.queue, age, sizes.get(row.recording_id), row.path, outcome, why
+        )
+
+    deleted = "would delete" if report.dry_run else "deleted"
+    return (
+        *(line(row, deleted) for row in report.deleted),
+        *(line(row, "file already gone") for row in report.missing),
+        *(line(row, "failed", why) for row, why in report.failed),
+        *(line(row, "kept: legal hold") for row in kept),
+    )
+
+
 class RecordingService:
     def __init__(self, config: Config, store: Store, *, base_dir: Path) -> None:
         self._config = config
         self._store = store
         rc = config.recordings
-        self.root = Path(rc.dir) if Path(rc.dir).is_absolute() else base_dir / rc.dir
+        self.root = recordings_root(config, base_dir)
         self.keyring = self._load_keyring(config)
         self.writer = rec.RecordingWriter(
             dict(DECODERS),
@@ -74,6 +273,7 @@ class RecordingService:
             keyring=self.keyring,
         )
         self._pending: set[asyncio.Future[Any]] = set()
+        self._starting: set[str] = set()  # call ids with an on-demand start in flight
         self.index_errors = 0
 
     def apply(self, config: Config) -> None:
@@ -110,9 +310,18 @@ class RecordingService:
     # -- one call ----------------------------------------------------------------------------------
 
     async def start(
-        self, call_id: str, queue: str, agent_id: str | None, *, on_demand: bool = False
+        self,
+        call_id: str,
+        queue: str,
+        agent_id: str | None,
+        *,
+        on_demand: bool = False,
+        started_by: str | None = None,
     ) -> rec.Recording | None:
-        """A Recording to feed, or None when the queue's policy says this call is not recorded."""
+        """A Recording to feed, or None when the queue's policy says this call is not recorded.
+
+        ``on_demand`` skips the policy's decision (the caller checked ``never``): see
+        ``start_on_demand``."""
         qcfg = next((q for q in self._config.queues if q.name == queue), None)
         if qcfg is None:
             return None
@@ -131,6 +340,7 @@ class RecordingService:
                 recordings_table.insert().values(
                     id=recording_id, call_id=call_id, queue=queue, agent_id=agent_id,
                     started_at=now, path=str(path), codec=policy.format.value, key_id=key_id,
+                    on_demand=on_demand, started_by=started_by if on_demand else None,
                 )
             )  # fmt: skip
         recording = self.writer.start_recording(
@@ -139,6 +349,34 @@ class RecordingService:
         done = asyncio.wrap_future(recording.result)
         self._pending.add(done)
         done.add_done_callback(self._finished)
+        return recording
+
+    async def start_on_demand(
+        self, call_id: str, queue: str, agent_id: str | None, *, requested_by: str
+    ) -> rec.Recording:
+        """An authorised user asks to record a live call from now on (API).
+
+        Any policy but ``never`` allows it: ``on_demand`` queues exist for this, and a supervisor
+        may also want a sampled call that was not drawn. The engine has already refused calls
+        that are not bridged or already recorded; here two requests racing for the same call
+        cannot both start one. Raises ``RecordingRefused``."""
+        qcfg = next((q for q in self._config.queues if q.name == queue), None)
+        if qcfg is None:
+            raise RecordingRefused(f"the call's queue {queue!r} is no longer configured")
+        if qcfg.record == "never":
+            raise RecordingRefused(
+                f'queue {queue!r} has record = "never": its policy forbids recording this call'
+            )
+        if call_id in self._starting:
+            raise RecordingRefused("a recording of this call is already being started")
+        self._starting.add(call_id)
+        try:
+            recording = await self.start(
+                call_id, queue, agent_id, on_demand=True, started_by=requested_by
+            )
+        finally:
+            self._starting.discard(call_id)
+        assert recording is not None  # on_demand skips the policy; the queue exists
         return recording
 
     def _finished(self, fut: asyncio.Future[rec.RecordingResult]) -> None:
@@ -228,46 +466,16 @@ class RecordingService:
             )
 
     def retention_policy(self) -> rec.RetentionPolicy:
-        default = self._config.recordings.retention_days or None
-        days: dict[str, int | None] = {}
-        for q in self._config.queues:
-            if q.retention_days is not None:
-                days[q.name] = q.retention_days or None
-        return rec.RetentionPolicy(days_by_queue=days, default_days=default)
+        return retention_policy(self._config)
 
     async def purge(self, *, dry_run: bool = False, now: float | None = None) -> rec.PurgeReport:
         """Delete recordings past their queue's retention (never legal hold); mark their rows."""
         now = time.time() if now is None else now
-        async with self._store.engine.connect() as conn:
-            rows = (
-                (
-                    await conn.execute(
-                        sa.select(recordings_table).where(recordings_table.c.purged_at.is_(None))
-                    )
-                )
-                .mappings()
-                .all()
-            )
-        index = [
-            rec.IndexRow(
-                recording_id=r["id"], queue=r["queue"] or "", started_at=r["started_at"],
-                legal_hold=r["legal_hold"], path=r["path"],
-            )
-            for r in rows
-        ]  # fmt: skip
-        report = await asyncio.to_thread(
-            rec.purge, index, self.retention_policy(), now, dry_run=dry_run, root=self.root
-        )
-        if not dry_run:
-            gone = [row.recording_id for row in (*report.deleted, *report.missing)]
-            if gone:
-                async with self._store.engine.begin() as conn:
-                    await conn.execute(
-                        recordings_table.update()
-                        .where(recordings_table.c.id.in_(gone))
-                        .values(purged_at=now)
-                    )
-        return report
+        result = await purge_index(
+            self._store, self.retention_policy(), self.root,
+            now=now, dry_run=dry_run, actor=PURGE_JOB_ACTOR,
+        )  # fmt: skip
+        return result.report
 
     async def purge_loop(self) -> None:
         while True:

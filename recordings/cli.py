@@ -4,8 +4,10 @@ How this works: ``recordings_cli_main(argv)`` parses its own sub-arguments and r
 so the engine's CLI mounts it as a subcommand without knowing its options. Exit codes: 0 success,
 1 the operation failed (named on stderr), 2 usage error (argparse).
 
-``purge`` works from a JSON export of index rows because the index lives in the engine's store; the
-engine's own scheduled purge calls ``recordings.retention.purge`` directly with rows it queried.
+``purge`` here works from a JSON export of index rows (``--index``/``--retention``) because the index
+lives in the engine's store. ``acd recordings purge --config acd.toml`` (no ``--index``) never
+reaches this module: the engine answers it from its live store (engine/recordings_cli.py), with the
+same ``recordings.retention.purge`` its scheduled job uses.
 """
 
 from __future__ import annotations
@@ -46,7 +48,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     r.add_argument("files", type=Path, nargs="+")
 
-    g = sub.add_parser("purge", help="delete recordings past their queue's retention")
+    g = sub.add_parser(
+        "purge",
+        help="delete recordings past their queue's retention",
+        description="Purge from a JSON export of index rows. To purge the daemon's own index "
+        "with the retention of its config, use: acd recordings purge --config acd.toml "
+        "[--dry-run].",
+    )
     g.add_argument("--index", type=Path, required=True, help="JSON list of index rows")
     g.add_argument(
         "--retention",

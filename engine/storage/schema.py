@@ -101,6 +101,10 @@ recordings = sa.Table(
     sa.Column("paused_spans", sa.JSON),
     sa.Column("error", sa.String(255)),
     sa.Column("purged_at", sa.Double),
+    # Started through the API mid-call (the file covers the request to the hang-up), and by whom;
+    # False / NULL: started by the queue's policy when the call was bridged (migration 0002).
+    sa.Column("on_demand", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("started_by", sa.String(64)),
     sa.Index(None, "call_id"),
     sa.Index(None, "started_at"),
 )
