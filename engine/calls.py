@@ -112,6 +112,12 @@ class AgentLeg:
     answered: bool = False
     finished: bool = False
     codec: str = "PCMU"
+    # A transfer target reached through a trunk (not an agent): its final status lands here.
+    final: asyncio.Future[int] | None = None
+
+    @property
+    def external(self) -> bool:
+        return self.final is not None
 
 
 @dataclass(eq=False)
@@ -150,6 +156,7 @@ class Call:
     priority: int = 0
     overflows: int = 0
     bridge: Bridge | None = None
+    transfer_answered_at: float | None = None
 
 
 class CallMetrics:
@@ -217,6 +224,9 @@ class _CallIO:
             digits += digit
         return digits
 
+    async def transfer(self, trunk: str, number: str, *, timeout_s: float) -> str:
+        return await self._service.transfer(self._call, trunk, number, timeout_s=timeout_s)
+
 
 class CallService:
     def __init__(
@@ -253,6 +263,9 @@ class CallService:
         self._agent_ids = frozenset(a.id for a in config.agents)
         # Per queue: moving average of recent answered waits, for expected-wait announcements.
         self.average_wait_s: dict[str, float] = {}
+        # Prompt name -> loaded prompt: the file lookup (a stat per directory) happens once per
+        # name, not on every play; a reload (prompts_dir may change) starts over.
+        self._prompt_by_name: dict[str, Any] = {}
         metrics.registry.register(_SipMediaCollector(self))
 
     def apply(self, config: Config) -> None:
@@ -261,6 +274,7 @@ class CallService:
         self.config = config
         self._passwords = {a.id: a.password for a in config.agents if a.password}
         self._agent_ids = frozenset(a.id for a in config.agents)
+        self._prompt_by_name = {}
         self.flows.apply(config)
 
     # -- live calls (API) ----------------------------------------------------------------------------
@@ -272,6 +286,10 @@ class CallService:
             phase = "flow"
             if call.agent_id is not None:
                 phase = "bridged"
+            elif call.transfer_answered_at is not None:
+                phase = "transferred"
+            elif any(leg.external and not leg.finished for leg in call.legs.values()):
+                phase = "transferring"
             elif call.enqueued_at is not None:
                 phase = (
                     "ringing" if any(not leg.finished for leg in call.legs.values()) else "queued"
@@ -616,11 +634,15 @@ class CallService:
         call.answered = True
 
     def _prompt(self, name: str) -> Any:
+        prompt = self._prompt_by_name.get(name)
+        if prompt is not None:
+            return prompt
         extra = self.config.media.prompts_dir
         for base in ([Path(extra)] if extra else []) + [SHIPPED_PROMPTS]:
             path = base / f"{name}.wav"
             if path.exists():
-                return self.prompts.get(path)
+                prompt = self._prompt_by_name[name] = self.prompts.get(path)
+                return prompt
         raise _CallEnded(f"prompt {name!r} not found", "failed")
 
     async def play(self, call: Call, prompts: Sequence[str], *, barge_in: bool) -> str | None:
@@ -717,18 +739,17 @@ class CallService:
             await self.play(call, [outcome.hangup_prompt], barge_in=False)
         call.hangup_side = "system"
         call.hangup_reason = outcome.reason or outcome.kind
-        if outcome.kind == "transfer":
-            # Blind transfer to a trunk is not built yet: say so plainly, never pretend.
-            call.disposition = "failed"
-            call.hangup_reason = "transfer not supported yet"
-        else:
-            call.disposition = "flow_ended"
+        call.disposition = "flow_ended"
 
     async def _queue_and_bridge(self, call: Call, outcome: FlowOutcome) -> None:
         if not call.answered:
             await self.answer_caller(call)
         call.queue = outcome.queue
         call.priority = outcome.priority
+        qcfg = next(q for q in self.config.queues if q.name == outcome.queue)
+        if not qcfg.join_empty and self.routing.members_logged_in(outcome.queue) == 0:
+            await self._overflow(call, "join_empty", waited_s=0.0)
+            return
         loop = asyncio.get_running_loop()
         call.connected = loop.create_future()
         try:
@@ -746,19 +767,19 @@ class CallService:
                 data=QueueEventData(caller=call.caller, position=position, orig_position=position),
             )  # fmt: skip
         self._music_on_hold(call, outcome.queue)
-        qcfg = next(q for q in self.config.queues if q.name == outcome.queue)
         waiting = self._wait_for_agent(call, qcfg.announce_every_s)
         try:
             if qcfg.max_wait_s > 0:
                 leg = await asyncio.wait_for(waiting, qcfg.max_wait_s)
             else:
                 leg = await waiting
-        except TimeoutError:
+        except (TimeoutError, _QueueEmptied) as exc:
             waited = time.time() - (call.enqueued_at or time.time())
             with contextlib.suppress(rc.RoutingError):
                 self.routing.abandon(call.id)  # withdraws any ringing offer
             call.enqueued_at = None
-            await self._overflow(call, "timeout", waited_s=waited)
+            reason = "empty" if isinstance(exc, _QueueEmptied) else "timeout"
+            await self._overflow(call, reason, waited_s=waited)
             return
         self._stop_player(call)
         assert call.rtp is not None
@@ -816,6 +837,20 @@ class CallService:
                 self._music_on_hold(call, call.queue)
         return connected.result()
 
+    def on_queue_empty(self, queue: str) -> None:
+        """The last logged-in member of ``queue`` left: with ``leave_empty`` its waiting callers
+        (not those already ringing an agent or talking) go to the queue's overflow."""
+        qcfg = next((q for q in self.config.queues if q.name == queue), None)
+        if qcfg is None or not qcfg.leave_empty:
+            return
+        for call in list(self.calls.values()):
+            waiting = call.connected
+            if call.queue == queue and waiting is not None and not waiting.done():
+                ringing = any(not leg.finished for leg in call.legs.values())
+                if call.enqueued_at is not None and not ringing:
+                    log.info("queue_left_empty", call_id=call.id, queue=queue)
+                    waiting.set_exception(_QueueEmptied())
+
     def _record_wait(self, queue: str, wait_s: float) -> None:
         # An exponential moving average over roughly the last ten answered calls.
         previous = self.average_wait_s.get(queue)
@@ -843,16 +878,11 @@ class CallService:
             self._reject(call, agent.id, "no_answer")
             return
         try:
-            rtp = await open_endpoint(
-                self.ports, self.media_stats, host=self.endpoint.config.local_host, clock=self.clock,
-                inactivity_timeout_s=self.config.media.inactivity_timeout_s or None,
-                on_event=lambda e: self._agent_media(call, e),
-            )  # fmt: skip
+            leg = await self._open_leg(call, agent.id)
         except OSError:
             self._reject(call, agent.id, "no_answer")
             return
-        sdp = make_offer(rtp.local_address[0], rtp.port, (_CODECS.get(call.codec, PCMU),))
-        leg = AgentLeg(call, agent.id, rtp, sdp, rang_at=_now(), codec=call.codec)
+        rtp, sdp = leg.rtp, leg.offer_sdp
         contact = Uri.parse(contacts[0])
         addr = uri_addr(contact)
         auth: DigestClient | None = None
@@ -860,11 +890,7 @@ class CallService:
             # An extension behind a PBX: send through its trunk, answer its 401/407 with the
             # trunk's outbound credentials.
             trunk = next(t for t in self.config.trunks if t.name == agent.trunk)
-            if trunk.outbound_proxy:
-                host, _, port = trunk.outbound_proxy.rpartition(":")
-                addr = (host, int(port))
-            if trunk.outbound_username:
-                auth = DigestClient(trunk.outbound_username, trunk.outbound_password)
+            addr, auth = _through_trunk(trunk, addr)
         if call.task is None or call.task.done() or call.agent_id is not None:
             rtp.close()
             return
@@ -881,9 +907,112 @@ class CallService:
         )
         self.transmit()
 
+    async def _open_leg(self, call: Call, name: str) -> AgentLeg:
+        """An outbound leg's RTP endpoint and SDP offer (in the caller's codec: no transcoding
+        unless the far end insists). Raises OSError when no port can be had."""
+        rtp = await open_endpoint(
+            self.ports, self.media_stats, host=self.endpoint.config.local_host, clock=self.clock,
+            inactivity_timeout_s=self.config.media.inactivity_timeout_s or None,
+            on_event=lambda e: self._agent_media(call, e),
+        )  # fmt: skip
+        sdp = make_offer(rtp.local_address[0], rtp.port, (_CODECS.get(call.codec, PCMU),))
+        return AgentLeg(call, name, rtp, sdp, rang_at=_now(), codec=call.codec)
+
     def _agent_media(self, call: Call, event: MediaEvent) -> None:
-        if isinstance(event, MediaTimedOut) and call.agent_id is not None:
+        if not isinstance(event, MediaTimedOut):
+            return
+        if call.agent_id is not None:
             self._caller_gone(call, f"agent media timeout ({event.reason})", side="agent")
+        elif call.transfer_answered_at is not None:
+            self._caller_gone(call, f"transfer media timeout ({event.reason})", side="callee")
+
+    # -- blind transfer through a trunk ------------------------------------------------------------
+
+    async def transfer(self, call: Call, trunk_name: str, number: str, *, timeout_s: float) -> str:
+        """engine.flows.CallIO.transfer: INVITE ``number`` at the trunk's outbound proxy, bridge
+        the caller on answer and stay bridged; or return why not (the flow goes on).
+
+        The caller is answered first, as an IVR that says "transferring you" has already done;
+        the B2BUA stays in the media path (carriers rarely honour REFER), so the transferred
+        call is still counted, timed and ended cleanly."""
+        trunk = next(t for t in self.config.trunks if t.name == trunk_name)
+        await self.answer_caller(call)
+        self._stop_player(call)
+        try:
+            leg = await self._open_leg(call, f"transfer:{number}")
+        except OSError:
+            log.warning("transfer_failed", target=number, reason="no RTP port")
+            return "failed"
+        leg.final = asyncio.get_running_loop().create_future()
+        target = Uri.parse(f"sip:{number}@{trunk.outbound_proxy}")
+        addr, auth = _through_trunk(trunk, uri_addr(target))
+        leg.request_id = self.endpoint.invite(
+            target, addr, now=_now(), body=leg.offer_sdp.to_bytes(),
+            from_uri=f"sip:{call.caller or 'anonymous'}@{self.endpoint.config.local_host}",
+            headers=[("X-ACD-Call-ID", call.id)], auth=auth,
+        )  # fmt: skip
+        call.legs[leg.agent_id] = leg
+        self._legs_by_request[leg.request_id] = leg
+        self.transmit()
+        log.info("transfer_ringing", target=number, trunk=trunk.name)
+        try:
+            status = await asyncio.wait_for(asyncio.shield(leg.final), timeout_s)
+        except TimeoutError:
+            with contextlib.suppress(KeyError):
+                self.endpoint.cancel(leg.request_id, now=_now())
+            self.transmit()
+            self._end_leg(leg)
+            call.legs.pop(leg.agent_id, None)
+            log.info("transfer_failed", target=number, reason="no answer")
+            return "no_answer"
+        if not 200 <= status < 300:
+            call.legs.pop(leg.agent_id, None)
+            why = (
+                "busy" if status in _BUSY
+                else "no_answer" if status in (408, 480)
+                else "failed" if status == 0
+                else "rejected"
+            )  # fmt: skip
+            log.info("transfer_failed", target=number, status=status, reason=why)
+            return why
+        assert call.rtp is not None
+        call.transfer_answered_at = time.time()
+        call.disposition = "transferred"
+        if self.cdr and call.queue:
+            self.cdr.queue_event(
+                "transfer", call_id=call.id, queue=call.queue,
+                data=QueueEventData(target=number),
+            )  # fmt: skip
+        call.bridge = Bridge(
+            call.rtp, leg.rtp, stats=self.media_stats, caller_codec=call.codec,
+            agent_codec=leg.codec, sink=None,
+        )  # fmt: skip
+        call.bridge.start(_now())
+        log.info("call_transferred", target=number, trunk=trunk.name)
+        await asyncio.Event().wait()  # until a BYE on either leg cancels this task
+        raise AssertionError("unreachable")
+
+    def _transfer_response(self, leg: AgentLeg, event: ResponseReceived) -> None:
+        status = event.response.status
+        assert leg.final is not None
+        if status < 200 or leg.finished or leg.final.done():
+            return
+        if 200 <= status < 300:
+            leg.dialog_id = event.dialog_id
+            if event.dialog_id is not None:
+                self._legs_by_dialog[event.dialog_id] = leg
+            try:
+                audio = process_answer(leg.offer_sdp, parse_sdp(event.response.body))
+            except (SdpError, OfferAnswerError):
+                self._hang_up_leg(leg)
+                leg.final.set_result(0)
+                return
+            leg.rtp.remote_addr = (audio.remote_address, audio.remote_port)
+            leg.codec = audio.codec.name
+            leg.answered = True
+        else:
+            self._end_leg(leg)
+        leg.final.set_result(status)
 
     def _ring_timeout(self, leg: AgentLeg) -> None:
         if leg.answered or leg.finished:
@@ -904,6 +1033,9 @@ class CallService:
                 )  # fmt: skip
 
     def _agent_response(self, leg: AgentLeg, event: ResponseReceived, now: float) -> None:
+        if leg.external:
+            self._transfer_response(leg, event)
+            return
         status = event.response.status
         call = leg.call
         if status < 200 or leg.finished:
@@ -1013,6 +1145,8 @@ class CallService:
         leg.finished = True
         if call.agent_id == leg.agent_id:
             self._caller_gone(call, f"agent {reason}", side="agent")
+        elif leg.external and leg.answered:
+            self._caller_gone(call, f"transfer target {reason}", side="callee")
 
     async def _finish(self, call: Call) -> None:
         now_wall = time.time()
@@ -1020,7 +1154,7 @@ class CallService:
         talk_s = None
         if call.bridge is not None:
             call.bridge.stop(_now())
-            talk_s = now_wall - (call.agent_answered_at or now_wall)
+            talk_s = now_wall - (call.agent_answered_at or call.transfer_answered_at or now_wall)
         # The other side of the bridge, or ringing legs, or the caller's dialog.
         for leg in list(call.legs.values()):
             if leg.answered and not leg.finished:
@@ -1097,6 +1231,10 @@ class CallService:
                  reason=call.hangup_reason, agent=call.agent_id)  # fmt: skip
 
 
+class _QueueEmptied(Exception):
+    """Set on a waiting call's ``connected`` future when its queue has no member left."""
+
+
 class _CallEnded(Exception):
     """The call cannot go on (no codec, queue full, max wait): ends it with a disposition."""
 
@@ -1104,6 +1242,20 @@ class _CallEnded(Exception):
         super().__init__(reason)
         self.reason = reason
         self.disposition = disposition
+
+
+def _through_trunk(
+    trunk: TrunkConfig, addr: tuple[str, int]
+) -> tuple[tuple[str, int], DigestClient | None]:
+    """Where an INVITE through ``trunk`` goes (its outbound proxy, else ``addr``) and the
+    credentials that answer its 401/407."""
+    if trunk.outbound_proxy:
+        host, _, port = trunk.outbound_proxy.rpartition(":")
+        addr = (host, int(port))
+    auth = None
+    if trunk.outbound_username:
+        auth = DigestClient(trunk.outbound_username, trunk.outbound_password)
+    return addr, auth
 
 
 def _now() -> float:

@@ -83,7 +83,7 @@ class QueueEventData(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
     wait_s: float | None = None
     ring_s: float | None = None
     talk_s: float | None = None
-    hangup_side: str | None = None  # caller | agent | system
+    hangup_side: str | None = None  # caller | agent | callee (a transfer target) | system
     target: str | None = None  # transfer or overflow destination
     reason: str | None = None  # overflow: timeout | full | empty
 

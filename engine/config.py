@@ -265,8 +265,9 @@ class EnqueueStep(_Struct, frozen=True, tag="enqueue", tag_field="type"):
 
 
 class TransferStep(_Struct, frozen=True, tag="transfer", tag_field="type"):
-    trunk: str
-    number: str
+    trunk: str  # must have an outbound_proxy: the INVITE goes there
+    number: str  # dialed at the trunk; may use {var} from flow data
+    timeout_s: float = 30.0  # ring time before giving up (the flow then goes on)
 
 
 class GotoStep(_Struct, frozen=True, tag="goto", tag_field="type"):
@@ -589,6 +590,10 @@ def _unknown(kind: str, name: str, known: set[str]) -> str:
     return f"expected the name of a configured {kind} ({listing}), found {name!r}"
 
 
+def _outbound(cfg: Config, trunk: str) -> bool:
+    return any(t.name == trunk and t.outbound_proxy for t in cfg.trunks)
+
+
 def _validate_telephony(cfg: Config, file: str) -> None:
     """Trunks, routes, flows, queue and agent options, and every name that refers to another."""
     trunks = {t.name for t in cfg.trunks}
@@ -614,6 +619,13 @@ def _validate_telephony(cfg: Config, file: str) -> None:
             raise ConfigError(
                 file, f"{base}.allow", "expected source networks or a username: the trunk is open"
             )
+        if trunk.outbound_proxy:
+            host, _, port = trunk.outbound_proxy.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConfigError(
+                    file, f"{base}.outbound_proxy",
+                    f"expected host:port such as 192.0.2.10:5060, found {trunk.outbound_proxy!r}",
+                )  # fmt: skip
         for j, codec in enumerate(trunk.codecs):
             if codec.upper() not in _CODECS:
                 raise ConfigError(
@@ -669,6 +681,18 @@ def _validate_telephony(cfg: Config, file: str) -> None:
                 raise ConfigError(file, f"{where}.queue", _unknown("queue", step.queue, queues))
             elif isinstance(step, TransferStep) and step.trunk not in trunks:
                 raise ConfigError(file, f"{where}.trunk", _unknown("trunk", step.trunk, trunks))
+            elif isinstance(step, TransferStep) and not _outbound(cfg, step.trunk):
+                raise ConfigError(
+                    file, f"{where}.trunk",
+                    f"expected a trunk with an outbound_proxy (where the transfer is sent), "
+                    f"found trunk {step.trunk!r} without one",
+                )  # fmt: skip
+            elif isinstance(step, TransferStep) and step.timeout_s <= 0:
+                raise ConfigError(
+                    file,
+                    f"{where}.timeout_s",
+                    f"expected a positive number, found {step.timeout_s}",
+                )
             elif isinstance(step, LookupStep) and not step.url.startswith(("http://", "https://")):
                 raise ConfigError(
                     file, f"{where}.url", f"expected an http(s) URL, found {step.url!r}"

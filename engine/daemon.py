@@ -191,6 +191,7 @@ class Daemon:
             self.config,
             on_offer=self._on_offer,
             on_withdraw=self._on_withdraw,
+            on_queue_empty=self._on_queue_empty,
             loop=asyncio.get_running_loop(),
         )
         # Compile or load every numba kernel before any listener opens (DESIGN.md section 4): the
@@ -278,6 +279,10 @@ class Daemon:
     def _on_withdraw(self, offer: rc.Offer) -> None:
         if self.calls is not None:
             self.calls.on_withdraw(offer)
+
+    def _on_queue_empty(self, queue: str) -> None:
+        if self.calls is not None:
+            self.calls.on_queue_empty(queue)
 
     async def _shutdown(self) -> None:
         if self.calls is not None:

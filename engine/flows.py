@@ -3,7 +3,8 @@
 How this works: ``FlowRunner.run(flow, io, data)`` walks the steps of a flow. Audio and DTMF go through
 the ``CallIO`` protocol, which the call's SIP/media leg implements (and which has nothing to do with
 routing); the runner itself only decides. A flow ends in one ``FlowOutcome``: enqueue (with queue,
-priority, requirements), transfer, hang up, or ran out of steps. ``menu`` options and ``goto`` jump to
+priority, requirements), hang up, or ran out of steps; a ``transfer`` that connects never returns
+(the call ends bridged), one that fails records why in the data and the flow goes on. ``menu`` options and ``goto`` jump to
 another flow; the jump count is bounded so a config loop ends the call with a clear reason instead of
 spinning. ``lookup`` POSTs the call's data as JSON to a webhook (a CRM) and merges the JSON object it
 returns; a slow or broken CRM costs at most ``timeout_s`` and follows ``on_error``.
@@ -65,15 +66,19 @@ class CallIO(Protocol):
         """Collect DTMF until the terminator, max_digits, or timeout_s of silence between digits."""
         ...
 
+    async def transfer(self, trunk: str, number: str, *, timeout_s: float) -> str:
+        """Blind transfer: call ``number`` through ``trunk`` and bridge the caller to it. Returns
+        only when the far end did not answer, with why ("busy", "rejected", "no_answer",
+        "failed"); once bridged it does not return (the call ends when a side hangs up)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class FlowOutcome:
-    kind: str  # "enqueue" | "transfer" | "hangup" | "ended"
+    kind: str  # "enqueue" | "hangup" | "ended"
     queue: str = ""
     priority: int = 0
     requirements: dict[str, int] | None = None
-    trunk: str = ""
-    number: str = ""
     reason: str = ""
     hangup_prompt: str = ""
     data: dict[str, Any] = field(default_factory=dict)
@@ -152,8 +157,12 @@ class FlowRunner:
                     data=data,
                 )
             elif isinstance(step, TransferStep):
-                return FlowOutcome(
-                    "transfer", trunk=step.trunk, number=expand(step.number, data), data=data
+                # Like Asterisk's Dial() and DIALSTATUS: a failed transfer goes on with the next
+                # step (an apology, a queue, voicemail...) which can branch on the status.
+                number = expand(step.number, data)
+                data["transfer_target"] = number
+                data["transfer_status"] = await io.transfer(
+                    step.trunk, number, timeout_s=step.timeout_s
                 )
             elif isinstance(step, GotoStep):
                 jump = step.flow

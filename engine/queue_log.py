@@ -10,7 +10,7 @@ follows Asterisk's documented queue_log events (doc/queuelog.txt, app_queue.c):
 | ring_no_answer  | RINGNOANSWER      | ring time in milliseconds                      |
 | answer          | CONNECT           | hold time, bridged call id, ring time (s)      |
 | abandon         | ABANDON           | position, original position, wait time         |
-| overflow        | EXITWITHTIMEOUT / FULL / EXITEMPTY | position, original position, wait time |
+| overflow        | EXITWITHTIMEOUT / FULL / EXITEMPTY / JOINEMPTY | position, original position, wait time |
 | transfer        | BLINDTRANSFER     | target, context (empty), hold time, talk time, original position |
 | complete        | COMPLETECALLER / COMPLETEAGENT | hold time, talk time, original position |
 | agent available after not_ready | UNPAUSE | reason                                   |
@@ -64,7 +64,7 @@ def format_queue_event(row: dict[str, Any]) -> str | None:
             _secs(data.get("wait_s")),
         ]
     elif event == "overflow":
-        name = {"full": "FULL", "empty": "EXITEMPTY"}.get(
+        name = {"full": "FULL", "empty": "EXITEMPTY", "join_empty": "JOINEMPTY"}.get(
             data.get("reason") or "", "EXITWITHTIMEOUT"
         )
         fields = [

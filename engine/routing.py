@@ -122,12 +122,15 @@ class RoutingService:
         on_offer: OfferCallback,
         on_withdraw: OfferCallback,
         loop: asyncio.AbstractEventLoop,
+        on_queue_empty: Callable[[str], None] | None = None,
         max_tasks: int = 8192,
     ) -> None:
         self.router, self.skills = build_router(cfg, max_tasks=max_tasks)
         self._cfg = cfg
         self._on_offer = on_offer
         self._on_withdraw = on_withdraw
+        # Called with a queue's name when its last logged-in member logs out (leave_empty).
+        self.on_queue_empty = on_queue_empty
         self._loop = loop
         self._dispatch_pending = False
         self._timer: asyncio.TimerHandle | None = None
@@ -273,8 +276,29 @@ class RoutingService:
         self._kick()
 
     def logout(self, agent_id: str) -> None:
+        was_in = self.router.agent_state(agent_id) is not rc.AgentState.LOGGED_OUT
         self.router.logout(agent_id, self.now)
         self._kick()
+        if not was_in or self.on_queue_empty is None:
+            return
+        agent = next((a for a in self._cfg.agents if a.id == agent_id), None)
+        for queue in () if agent is None else agent.queues:
+            if self.members_logged_in(queue) == 0:
+                self.on_queue_empty(queue)
+
+    def members_logged_in(self, queue: str) -> int:
+        """Members of ``queue`` in any state but logged out (not ready and wrap-up count: they
+        will come back; Asterisk's default joinempty/leavewhenempty conditions judge the same)."""
+        count = 0
+        for agent in self._cfg.agents:
+            if queue not in agent.queues:
+                continue
+            try:
+                state = self.router.agent_state(agent.id)
+            except rc.UnknownAgent:  # reloaded in, waiting for a restart to join the Router
+                continue
+            count += state is not rc.AgentState.LOGGED_OUT
+        return count
 
     def set_ready(self, agent_id: str) -> None:
         self.router.set_ready(agent_id, self.now)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import itertools
 import json
 import sqlite3
+import subprocess
+import sys
 import time
 import urllib.request
 from collections import defaultdict
@@ -49,15 +51,20 @@ steps = [{steps}]
 """
 
 
-def login(daemon: DaemonProcess, agent_id: str) -> None:
+def set_state(daemon: DaemonProcess, agent_id: str, state: str) -> str:
+    """PUT the agent's state through the API as the admin; the state the daemon reports back."""
     request = urllib.request.Request(
         f"{daemon.base_url}/api/v1/agents/{agent_id}/state",
-        data=json.dumps({"state": "logged_in"}).encode(),
+        data=json.dumps({"state": state}).encode(),
         method="PUT",
     )
     request.add_header("Authorization", f"Bearer {ADMIN}")
     with urllib.request.urlopen(request, timeout=5) as resp:
-        assert json.loads(resp.read())["state"] == "available"
+        return str(json.loads(resp.read())["state"])
+
+
+def login(daemon: DaemonProcess, agent_id: str) -> None:
+    assert set_state(daemon, agent_id, "logged_in") == "available"
 
 
 def config(uas_port: int, rtp_base: int) -> str:
@@ -229,6 +236,117 @@ queues = {{ backup = 0 }}
         ("backup", "offer"),
         ("backup", "answer"),
         ("backup", "complete"),
+    ]
+
+
+def empty_queue_config(uas_port: int, rule: str) -> str:
+    """`support` (member s1, never reachable: its contact is a closed port) overflows to `backup`,
+    whose agent b1 is a SIPp uas at ``uas_port``; ``rule`` is join_empty/leave_empty."""
+    return (
+        front_door()
+        + f"""
+[[flows]]
+name = "to-backup"
+steps = [{{ type = "enqueue", queue = "backup" }}]
+
+[[queues]]
+name = "support"
+{rule}
+overflow = "to-backup"
+
+[[queues]]
+name = "backup"
+
+[[agents]]
+id = "s1"
+login = "static"
+contact = "sip:s1@127.0.0.1:9"
+queues = {{ support = 0 }}
+
+[[agents]]
+id = "b1"
+login = "static"
+contact = "sip:b1@127.0.0.1:{uas_port}"
+queues = {{ backup = 0 }}
+"""
+    )
+
+
+def queue_events(daemon: DaemonProcess) -> list[tuple[str, str, str]]:
+    with sqlite3.connect(daemon.workdir / "var" / "acd.sqlite3") as db:
+        rows = db.execute("SELECT queue, event, data FROM queue_events ORDER BY id").fetchall()
+    return [(q, e, (json.loads(d or "null") or {}).get("reason") or "") for q, e, d in rows]
+
+
+def waiting(daemon: DaemonProcess, queue: str) -> int:
+    request = urllib.request.Request(f"{daemon.base_url}/api/v1/queues")
+    request.add_header("Authorization", f"Bearer {ADMIN}")
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        queues = json.loads(resp.read())
+    return int(next(q for q in queues if q["name"] == queue)["waiting"])
+
+
+def test_join_empty_false_sends_the_caller_to_overflow(
+    start_daemon: DaemonFactory, tmp_path: Path
+) -> None:
+    uas = sipp(tmp_path, ["-sn", "uas"], None)
+    time.sleep(0.5)
+    daemon = start_daemon(empty_queue_config(uas.sip_port, "join_empty = false"))  # type: ignore[attr-defined]
+    login(daemon, "b1")  # s1 stays logged out: support is empty
+    target = str(daemon.wait_for_log("ready")["sip"]).removeprefix("udp:")
+    caller = sipp(tmp_path, ["-sn", "uac"], target, "-s", "support", "-m", "1", "-d", "1000")
+    try:
+        assert caller.wait(timeout=30) == 0
+    finally:
+        stop(uas)
+    time.sleep(1.5)
+    # Never entered support (Asterisk logs JOINEMPTY without ENTERQUEUE), answered in backup.
+    assert queue_events(daemon) == [
+        ("support", "overflow", "join_empty"),
+        ("backup", "enter", ""),
+        ("backup", "offer", ""),
+        ("backup", "answer", ""),
+        ("backup", "complete", ""),
+    ]
+    exported = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "export", "queue-log", "--config", str(daemon.config_path)],
+        cwd=daemon.workdir, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert exported.returncode == 0, exported.stderr
+    assert "|support|NONE|JOINEMPTY|" in exported.stdout
+
+
+def test_leave_empty_moves_waiting_callers_when_the_last_agent_logs_out(
+    start_daemon: DaemonFactory, tmp_path: Path
+) -> None:
+    uas = sipp(tmp_path, ["-sn", "uas"], None)
+    time.sleep(0.5)
+    daemon = start_daemon(empty_queue_config(uas.sip_port, "leave_empty = true"))  # type: ignore[attr-defined]
+    login(daemon, "b1")
+    login(daemon, "s1")
+    assert set_state(daemon, "s1", "not_ready") == "not_ready"  # logged in, takes no calls
+    target = str(daemon.wait_for_log("ready")["sip"]).removeprefix("udp:")
+    caller = sipp(tmp_path, ["-sn", "uac"], target, "-s", "support", "-m", "1", "-d", "1000")
+    try:
+        deadline = time.monotonic() + 10
+        while waiting(daemon, "support") != 1:
+            assert time.monotonic() < deadline, "the caller never queued in support"
+            time.sleep(0.1)
+        time.sleep(0.5)
+        assert caller.poll() is None  # still waiting: the queue is not empty
+        assert waiting(daemon, "support") == 1
+        assert set_state(daemon, "s1", "logged_out") == "logged_out"
+        assert caller.wait(timeout=30) == 0
+    finally:
+        stop(uas)
+    time.sleep(1.5)
+    assert queue_events(daemon) == [
+        ("support", "enter", ""),
+        ("support", "overflow", "empty"),
+        ("backup", "enter", ""),
+        ("backup", "offer", ""),
+        ("backup", "answer", ""),
+        ("backup", "complete", ""),
     ]
 
 

@@ -203,6 +203,16 @@ name = "q"
             "flows[1].steps[0].url",
             "http(s)",
         ),
+        (
+            '[[trunks]]\nname = "t2"\nallow = ["10.0.0.0/8"]\noutbound_proxy = "pbx.example"\n',
+            "trunks[1].outbound_proxy",
+            "host:port",
+        ),
+        (
+            '[[flows]]\nname = "m2"\nsteps = [{ type = "transfer", trunk = "pbx", number = "1" }]\n',
+            "flows[1].steps[0].trunk",
+            "outbound_proxy",
+        ),
         ('[[queues]]\nname = "q2"\nrecord = "sometimes"\n', "queues[1].record", "percentage"),
         (
             '[[queues]]\nname = "q2"\nsteps = [{ after_s = 30.0 }, { after_s = 10.0 }]\n',

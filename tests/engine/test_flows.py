@@ -48,6 +48,11 @@ class ScriptedCaller:
             digits = digits.split(terminator, 1)[0]
         return digits[:max_digits]
 
+    async def transfer(self, trunk: str, number: str, *, timeout_s: float) -> str:
+        status = self._next() or "no_answer"  # scripted like a key: the far end's outcome
+        self.log.append(f"transfer:{trunk}:{number}:{timeout_s}:{status}")
+        return status
+
 
 CONFIG = """
 [[queues]]
@@ -96,11 +101,16 @@ steps = [{ type = "answer" }, { type = "hangup", prompt = "goodbye" }]
 
 [[flows]]
 name = "out"
-steps = [{ type = "set", data = { n = "00{account}" } }, { type = "transfer", trunk = "pbx", number = "{n}" }]
+steps = [
+  { type = "set", data = { n = "00{account}" } },
+  { type = "transfer", trunk = "pbx", number = "{n}", timeout_s = 12 },
+  { type = "enqueue", queue = "support" },
+]
 
 [[trunks]]
 name = "pbx"
 allow = ["127.0.0.1"]
+outbound_proxy = "127.0.0.1:5070"
 """
 
 
@@ -212,8 +222,12 @@ async def test_hangup_and_transfer(runner: FlowRunner) -> None:
     assert await runner.run("bye", ScriptedCaller()) == FlowOutcome(
         "hangup", reason="flow hangup", hangup_prompt="goodbye"
     )
-    out = await runner.run("out", ScriptedCaller(), {"account": "42"})
-    assert (out.kind, out.trunk, out.number) == ("transfer", "pbx", "0042")
+    # A transfer the far end refuses: the status lands in the data and the flow goes on.
+    caller = ScriptedCaller(["busy"])
+    out = await runner.run("out", caller, {"account": "42"})
+    assert caller.log == ["transfer:pbx:0042:12.0:busy"]
+    assert (out.kind, out.queue) == ("enqueue", "support")
+    assert (out.data["transfer_target"], out.data["transfer_status"]) == ("0042", "busy")
 
 
 def test_expand() -> None:
