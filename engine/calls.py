@@ -114,6 +114,10 @@ class AgentLeg:
     codec: str = "PCMU"
     # A transfer target reached through a trunk (not an agent): its final status lands here.
     final: asyncio.Future[int] | None = None
+    # The SDP we last sent on this leg (first our offer, then our answers to its re-INVITEs) and
+    # the last offer it sent us (None until its first re-INVITE).
+    local_sdp: Any = None
+    last_offer_in: Any = None
 
     @property
     def external(self) -> bool:
@@ -157,6 +161,10 @@ class Call:
     overflows: int = 0
     bridge: Bridge | None = None
     transfer_answered_at: float | None = None
+    # The caller's last SDP offer and our last answer (re-INVITEs are answered from these).
+    remote_sdp: Any = None
+    local_sdp: Any = None
+    held_by: set[str] = field(default_factory=set)  # "caller" / "agent": who put the other on hold
 
 
 class CallMetrics:
@@ -447,13 +455,7 @@ class CallService:
             if event.request.method == "INVITE" and event.dialog_id is None:
                 self._new_invite(event, now)
             elif event.request.method == "INVITE":
-                # re-INVITE (hold, session refresh): keep the session as it is.
-                call = self._by_dialog.get(event.dialog_id) if event.dialog_id else None
-                body = self._sdp_for(call, event.dialog_id)
-                if body is None:
-                    endpoint.send_response(event.transaction_id, 488, now=now)
-                else:
-                    endpoint.answer(event.transaction_id, body, now=now)
+                self._reinvite(endpoint, event, now)
             else:
                 endpoint.send_response(event.transaction_id, 405, now=now)
         elif isinstance(event, ResponseReceived):
@@ -580,20 +582,99 @@ class CallService:
         endpoint.send_response(event.transaction_id, 180, now=now)
         call.task = self._spawn(self._run_call(call), call.id)
 
-    def _sdp_for(self, call: Call | None, dialog_id: DialogId | None) -> bytes | None:
-        if call is not None and call.rtp is not None:
-            return self._answer_sdp(call.request.body, call.rtp)[0]
-        leg = self._legs_by_dialog.get(dialog_id) if dialog_id else None
-        if leg is not None:
-            return bytes(leg.offer_sdp.to_bytes())
-        return None
-
-    def _answer_sdp(self, offer_body: bytes, rtp: RtpEndpoint) -> tuple[bytes, Any]:
-        offer = parse_sdp(offer_body)
+    def _answer_sdp(self, call: Call, rtp: RtpEndpoint) -> tuple[bytes, Any]:
+        offer = parse_sdp(call.request.body)
         host = rtp.local_address[0]
         caps = AudioCapabilities(address=host, port=rtp.port, codecs=(PCMU, PCMA))
         answer = negotiate_answer(offer, caps)
+        call.remote_sdp, call.local_sdp = offer, answer.sdp
         return answer.sdp.to_bytes(), answer.audio
+
+    # -- re-INVITE: session refresh, hold and resume (RFC 3264 8) ----------------------------------
+
+    def _reinvite(self, endpoint: Endpoint, event: RequestReceived, now: float) -> None:
+        """Answer a re-INVITE from the caller or an agent leg from that leg's own offer/answer
+        state (same o= session, version up when our answer changes), and act on hold/resume.
+
+        A re-offer that would change the codec mid-call gets 488: RFC 3264 keeps the session
+        as it was, and the bridge (and recording) keep their codec."""
+        dialog_id = event.dialog_id
+        call = self._by_dialog.get(dialog_id) if dialog_id else None
+        leg = None if call is not None or not dialog_id else self._legs_by_dialog.get(dialog_id)
+        owner = call if call is not None else leg.call if leg is not None else None
+        rtp = call.rtp if call is not None else leg.rtp if leg is not None else None
+        local = call.local_sdp if call is not None else leg.local_sdp if leg is not None else None
+        if owner is None or rtp is None or local is None:
+            endpoint.send_response(event.transaction_id, 488, now=now)
+            return
+        if not event.request.body:  # an offerless re-INVITE: our current SDP is the offer
+            endpoint.answer(event.transaction_id, local.to_bytes(), now=now)
+            return
+        codec = owner.codec if call is not None else leg.codec  # type: ignore[union-attr]
+        previous = call.remote_sdp if call is not None else leg.last_offer_in  # type: ignore[union-attr]
+        try:
+            offer = parse_sdp(event.request.body)
+            ours = _CODECS.get(codec, PCMU)
+            caps = AudioCapabilities(
+                address=rtp.local_address[0], port=rtp.port,
+                codecs=(ours, *(c for c in (PCMU, PCMA) if c.name != ours.name)),
+            )  # fmt: skip
+            answer = negotiate_answer(
+                offer, caps, previous_offer=previous if previous is not None else None,
+                previous_answer=local,
+            )  # fmt: skip
+        except (SdpError, OfferAnswerError):
+            endpoint.send_response(event.transaction_id, 488, now=now)
+            return
+        audio = answer.audio
+        if audio.codec.name != codec:
+            endpoint.send_response(event.transaction_id, 488, now=now)
+            return
+        if call is not None:
+            call.remote_sdp, call.local_sdp = offer, answer.sdp
+        else:
+            assert leg is not None
+            leg.last_offer_in, leg.local_sdp = offer, answer.sdp
+        if not _unspecified(audio.remote_address):  # c=0.0.0.0 (RFC 2543 hold): keep the old one
+            rtp.remote_addr = (audio.remote_address, audio.remote_port)
+        endpoint.answer(event.transaction_id, answer.sdp.to_bytes(), now=now)
+        side = "caller" if call is not None else "agent"
+        if audio.remote_hold != (side in owner.held_by):
+            self._hold_changed(owner, side, audio.remote_hold)
+
+    def _hold_changed(self, call: Call, side: str, held: bool) -> None:
+        """``side`` put the other on hold, or took it off. An agent's hold gives the caller the
+        queue's music (as Asterisk does); a caller's hold (its PBX may play its own music, which
+        the agent then hears) only stops our audio towards it. The recording is paused as
+        "hold" while anyone holds, unless it is already paused for another reason (PCI)."""
+        now = _now()
+        rtp = call.rtp if side == "caller" else self._leg_of(call)
+        if rtp is not None:
+            rtp.set_held(held, now)
+        if held:
+            call.held_by.add(side)
+        else:
+            call.held_by.discard(side)
+        log.info("call_hold" if held else "call_resume", by=side, call_id=call.id)
+        bridge = call.bridge
+        if bridge is None or bridge.stopped_at is not None:
+            return
+        agent_holds, caller_holds = "agent" in call.held_by, "caller" in call.held_by
+        if agent_holds and not caller_holds:
+            if call.player is None:
+                self._music_on_hold(call, call.queue)
+        else:
+            self._stop_player(call)
+        bridge.set_relay(now, caller_to_agent=not agent_holds, agent_to_caller=not call.held_by)
+        if call.held_by and bridge.recording_paused_for is None:
+            bridge.pause_recording(now, "hold")
+        elif not call.held_by and bridge.recording_paused_for == "hold":
+            bridge.resume_recording(now)
+
+    def _leg_of(self, call: Call) -> RtpEndpoint | None:
+        """The bridged far leg's RTP endpoint (the agent's, or a transfer target's)."""
+        bridge = call.bridge
+        return None if bridge is None else bridge.legs[1]
 
     async def _open_rtp(self, call: Call) -> RtpEndpoint:
         def on_media(event: MediaEvent) -> None:
@@ -617,7 +698,7 @@ class CallService:
             return
         call.rtp = await self._open_rtp(call)
         try:
-            body, audio = self._answer_sdp(call.request.body, call.rtp)
+            body, audio = self._answer_sdp(call, call.rtp)
         except (SdpError, OfferAnswerError) as exc:
             self.endpoint.send_response(call.transaction_id, 488, now=_now())
             self.transmit()
@@ -675,8 +756,9 @@ class CallService:
     def _music_on_hold(self, call: Call, queue: str) -> None:
         if call.rtp is None or self.clock is None:
             return
-        qcfg = next(q for q in self.config.queues if q.name == queue)
-        playlist = Playlist(call.codec, [], loop=[self._prompt(qcfg.music_on_hold)])
+        qcfg = next((q for q in self.config.queues if q.name == queue), None)
+        music = qcfg.music_on_hold if qcfg is not None else "moh"  # a transferred call: no queue
+        playlist = Playlist(call.codec, [], loop=[self._prompt(music)])
         self._stop_player(call)
         call.player = LegPlayer(call.rtp, playlist, self.clock)
         call.player.start(_now())
@@ -916,7 +998,7 @@ class CallService:
             on_event=lambda e: self._agent_media(call, e),
         )  # fmt: skip
         sdp = make_offer(rtp.local_address[0], rtp.port, (_CODECS.get(call.codec, PCMU),))
-        return AgentLeg(call, name, rtp, sdp, rang_at=_now(), codec=call.codec)
+        return AgentLeg(call, name, rtp, sdp, rang_at=_now(), codec=call.codec, local_sdp=sdp)
 
     def _agent_media(self, call: Call, event: MediaEvent) -> None:
         if not isinstance(event, MediaTimedOut):
@@ -1256,6 +1338,13 @@ def _through_trunk(
     if trunk.outbound_username:
         auth = DigestClient(trunk.outbound_username, trunk.outbound_password)
     return addr, auth
+
+
+def _unspecified(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_unspecified
+    except ValueError:  # a host name: a real address
+        return False
 
 
 def _now() -> float:

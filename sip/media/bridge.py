@@ -216,9 +216,30 @@ class Bridge:
         caller.on_rtp = self._directions[0]
         agent.on_rtp = self._directions[1]
 
+    def set_relay(self, now: float, *, caller_to_agent: bool, agent_to_caller: bool) -> None:
+        """Turn each way of the relay off (hold: the held side gets music instead, or nothing)
+        or back on; a way turned back on continues its far end's stream with a marker. No-op
+        once stopped. Whoever sends on a leg while its way is off owns that leg's stream."""
+        if self.stopped_at is not None:
+            return
+        for on, leg, direction in zip(
+            (caller_to_agent, agent_to_caller), self.legs, self._directions, strict=True
+        ):
+            if on and leg.on_rtp is not direction:
+                direction.dst.stream.begin_source(now)
+                direction.tap.ssrc = None  # rebase the tap: the silence is hold, not loss
+                leg.on_rtp = direction
+            elif not on and leg.on_rtp is direction:
+                leg.on_rtp = None
+
     def position(self, now: float) -> int:
         """Sample position of ``now`` on the recording's time line."""
         return max(0, round((now - self.started_at) * SAMPLE_RATE))
+
+    @property
+    def recording_paused_for(self) -> str | None:
+        """Why the tap is paused ("paused", "hold", ...), or None while it feeds the sink."""
+        return None if self._paused_at is None else self._pause_reason
 
     def pause_recording(self, now: float, reason: str = "paused") -> None:
         """Stop feeding the sink (PCI pause, or ``reason="hold"``); audio is still relayed."""

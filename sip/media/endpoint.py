@@ -169,6 +169,7 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         self._lost_reported = 0
         self._dtmf = DtmfReceiver(clock_rate)
         self.last_rx_s = 0.0
+        self.held = False  # see set_held
         self._timed_out = False
         self._next_rtcp_s = 0.0
         self._closed = False
@@ -291,7 +292,7 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         for event in self._dtmf.handle_timer(now):
             if isinstance(event, DtmfEnded):
                 self._digit(event)
-        timeout = self.inactivity_timeout_s
+        timeout = None if self.held else self.inactivity_timeout_s
         idle = now - self.last_rx_s
         if timeout is not None and idle < timeout:
             self._timed_out = False  # traffic resumed: a new silence is reported again
@@ -308,6 +309,13 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         if now >= self._next_rtcp_s:
             self._next_rtcp_s = now + _rtcp_interval_s()
             self.send_rtcp(now)
+
+    def set_held(self, held: bool, now: float) -> None:
+        """The peer put this leg on hold (it may stop sending: no inactivity timeout meanwhile)
+        or took it off hold (the timeout counts again from ``now``)."""
+        if self.held and not held:
+            self.last_rx_s = max(self.last_rx_s, now)
+        self.held = held
 
     def _account_loss(self) -> None:
         rx = self.rx

@@ -361,3 +361,40 @@ def test_sigterm_drains_the_live_call_and_refuses_new_ones(
         ("answered", "a1", "caller", "bye"),
         ("rejected", None, "system", "503 Shutting down"),
     ]
+
+
+def rtp_sent(daemon: DaemonProcess) -> float:
+    _, body, _ = daemon.get("/metrics")
+    for line in body.decode().splitlines():
+        if line.startswith('acd_rtp_packets_total{direction="out"}'):
+            return float(line.split()[-1])
+    raise AssertionError("no acd_rtp_packets_total{direction=out} in /metrics")
+
+
+def test_agent_hold_gives_the_caller_music_then_resumes(
+    start_daemon: DaemonFactory, peers: Peers
+) -> None:
+    phone = peers.agent("agent_hold")  # holds 1 s after answering, for 4 s; checks our SDP answers
+    daemon = start_daemon(config({"a1": phone.sip_port}))  # type: ignore[attr-defined]
+    login(daemon, "a1")
+    call = peers.caller(daemon, 7000)
+    wait_until(lambda: state(daemon, "a1") == "busy", 5, "a1 on the call")
+    # Neither SIPp side sends RTP: while bridged, the ACD sends nothing; on hold it plays music.
+    bridged = rtp_sent(daemon)
+    time.sleep(0.4)  # the phone holds 1 s after its answer
+    assert rtp_sent(daemon) - bridged < 5
+    daemon.wait_for_log("call_hold", timeout_s=5)
+    held = rtp_sent(daemon)
+    time.sleep(2.0)
+    assert 80 <= rtp_sent(daemon) - held <= 110  # music on hold to the caller: 50 packets/s
+    daemon.wait_for_log("call_resume", timeout_s=5)
+    time.sleep(0.3)
+    resumed = rtp_sent(daemon)
+    time.sleep(1.0)
+    assert rtp_sent(daemon) - resumed < 5  # relay again, and nobody talks
+    assert finished(call, 15) == 0, sipp_output(call)
+    assert finished(phone, 10) == 0, sipp_output(phone)
+    seen = [m for m in received(peers.messages("agent_hold", phone)) if m != "100"]
+    assert seen == ["INVITE", "ACK", "200", "200", "BYE"]
+    (row,), _ = cdr(daemon)
+    assert (row["disposition"], row["agent_id"], row["hangup_side"]) == ("answered", "a1", "caller")

@@ -192,3 +192,62 @@ async def test_symmetric_latching_dtmf_and_relay_of_events(
     for p in (phone_a, phone_b, intruder):
         assert p.transport is not None
         p.transport.close()
+
+
+async def test_hold_stops_each_way_and_resume_continues_with_a_marker(
+    allocator: PortAllocator, stats: MediaStats
+) -> None:
+    phone_a, phone_b = await open_phone(), await open_phone()
+    async with (
+        await open_endpoint(allocator, stats, remote=phone_a.address) as caller,
+        await open_endpoint(allocator, stats, remote=phone_b.address) as agent,
+    ):
+        loop = asyncio.get_running_loop()
+        bridge = Bridge(caller, agent, stats=stats, sink=CollectingSink())
+        bridge.start(loop.time())
+        await talk(phone_a, caller.local_address, phone_b, agent.local_address)
+        # The agent holds: neither way is relayed, the recording is paused as "hold".
+        bridge.set_relay(loop.time(), caller_to_agent=False, agent_to_caller=False)
+        bridge.pause_recording(loop.time(), "hold")
+        assert bridge.recording_paused_for == "hold"
+        heard_a, heard_b = len(phone_a.received), len(phone_b.received)
+        await talk(phone_a, caller.local_address, phone_b, agent.local_address)
+        assert (len(phone_a.received), len(phone_b.received)) == (heard_a, heard_b)
+        # Resumed: both ways again, each far end sees a marker and its timestamps jump with time.
+        bridge.set_relay(loop.time(), caller_to_agent=True, agent_to_caller=True)
+        bridge.resume_recording(loop.time())
+        assert bridge.recording_paused_for is None
+        await talk(phone_a, caller.local_address, phone_b, agent.local_address)
+        bridge.stop(loop.time())
+        bridge.set_relay(loop.time(), caller_to_agent=True, agent_to_caller=True)  # no-op now
+        assert caller.on_rtp is None
+        assert agent.on_rtp is None
+    for phone in (phone_a, phone_b):
+        got = sorted(phone.received, key=lambda p: p.sequence)
+        assert len(got) == 2 * FRAMES
+        resumed = got[FRAMES]
+        assert resumed.marker
+        assert resumed.sequence == (got[FRAMES - 1].sequence + 1) % 65536  # no sequence gap
+        gap = (resumed.timestamp - got[FRAMES - 1].timestamp) % 2**32
+        assert gap >= 160 * FRAMES  # the held half second, in RTP time
+        assert phone.transport is not None
+        phone.transport.close()
+
+
+async def test_held_leg_is_not_timed_out(allocator: PortAllocator, stats: MediaStats) -> None:
+    events: list[MediaEvent] = []
+    async with await open_endpoint(
+        allocator, stats, inactivity_timeout_s=0.1, on_event=events.append
+    ) as leg:
+        loop = asyncio.get_running_loop()
+        leg.set_held(True, loop.time())
+        for _ in range(4):
+            leg.watch(loop.time())
+            await asyncio.sleep(0.06)
+        assert events == []  # 0.24 s without RTP, on hold: no timeout
+        leg.set_held(False, loop.time())
+        leg.watch(loop.time())
+        assert events == []  # counts again from the resume
+        await asyncio.sleep(0.12)
+        leg.watch(loop.time())
+    assert [type(e).__name__ for e in events] == ["MediaTimedOut"]
