@@ -80,7 +80,7 @@ class ApiContext:
 
 
 CONTEXT_KEY = web.AppKey("api_context", ApiContext)
-PRINCIPAL_KEY = "principal"  # request-scoped, set by the middleware
+PRINCIPAL_KEY = web.RequestKey("principal", Principal)  # request-scoped, set by the middleware
 
 
 def _sha256(token: str) -> str:
@@ -119,7 +119,9 @@ def _problem(
 
 
 # The event stream authenticates in its first message (browsers cannot set headers on a WebSocket).
-_PUBLIC = {"/api/v1/", "/api/v1/openapi.json", "/api/v1/events"}
+# Public to the bearer middleware: the index, the OpenAPI document, and the two WebSockets, which
+# authenticate in their first message (a browser cannot set headers on a WebSocket).
+_PUBLIC = {"/api/v1/", "/api/v1/openapi.json", "/api/v1/events", "/api/v1/agent/rtc"}
 # Seconds a WebSocket client has to send its auth message.
 WS_AUTH_TIMEOUT_S = 5.0
 

@@ -32,6 +32,7 @@ __all__ = [
     "SipConfig",
     "StorageConfig",
     "Strategy",
+    "WebRtcConfig",
     "load_config",
     "parse_config",
 ]
@@ -339,6 +340,29 @@ class MediaConfig(_Struct, frozen=True):
     inactivity_timeout_s: float = 30.0
 
 
+class IceServerConfig(_Struct, frozen=True):
+    """One ICE server handed to the browser and to the gateway's peer connections."""
+
+    urls: tuple[str, ...]  # stun:host:port, turn:host:port?transport=udp, turns:...
+    username: str = ""  # TURN only
+    credential: str = ""  # TURN only
+
+
+class WebRtcConfig(_Struct, frozen=True):
+    """The media gateway for browser agents (engine/webrtc.py)."""
+
+    enabled: bool = True
+    # Empty: host candidates only. aiortc's own default would reach out to a public STUN server,
+    # which a daemon that may have no internet (and should leak nothing) must not do.
+    ice_servers: tuple[IceServerConfig, ...] = ()
+    # Addresses offered as ICE host candidates; empty: every interface's (aioice's own choice,
+    # which never includes loopback). Loopback is what the demo and the tests need.
+    host_addresses: tuple[str, ...] = ("127.0.0.1",)
+    # Each browser leg costs tens of ms of CPU per call-second (aiortc): a bound keeps a login
+    # storm from starving the SIP side.
+    max_sessions: int = 200
+
+
 class FeatureCodes(_Struct, frozen=True):
     ready: str = "*1"
     not_ready: str = "*2"
@@ -355,6 +379,7 @@ class Config(_Struct, frozen=True):
     features: FeatureCodes = FeatureCodes()
     api: ApiConfig = ApiConfig()
     recordings: RecordingsConfig = RecordingsConfig()
+    webrtc: WebRtcConfig = WebRtcConfig()
     trunks: tuple[TrunkConfig, ...] = ()
     routes: tuple[RouteConfig, ...] = ()
     flows: tuple[FlowConfig, ...] = ()
@@ -532,6 +557,7 @@ def _validate(cfg: Config, file: str) -> None:
             f"expected 'uvloop' or 'asyncio', found {cfg.runtime.event_loop!r}",
         )
     _check_positive(file, "runtime.drain_timeout_s", cfg.runtime.drain_timeout_s, allow_zero=True)
+    _validate_webrtc(cfg.webrtc, file)
 
     queue_names: set[str] = set()
     for i, queue in enumerate(cfg.queues):
@@ -576,6 +602,34 @@ def _validate(cfg: Config, file: str) -> None:
 
 _CODECS: Final = ("PCMU", "PCMA")
 _RECORD_RE: Final = re.compile(r"^(always|never|on_demand|(100|[1-9]?[0-9])%)$")
+
+
+# The schemes aiortc's ICE agent understands (it has no stuns:).
+_ICE_URL_RE: Final = re.compile(r"^(stun|turn|turns):[^\s]+$")
+
+
+def _validate_webrtc(cfg: WebRtcConfig, file: str) -> None:
+    for i, server in enumerate(cfg.ice_servers):
+        base = f"webrtc.ice_servers[{i}]"
+        if not server.urls:
+            raise ConfigError(file, f"{base}.urls", "expected at least one URL")
+        for j, url in enumerate(server.urls):
+            if not _ICE_URL_RE.match(url):
+                raise ConfigError(
+                    file,
+                    f"{base}.urls[{j}]",
+                    f"expected a stun:, turn: or turns: URL, found {url!r}",
+                )
+        if any(u.startswith("turn") for u in server.urls) and not (
+            server.username and server.credential
+        ):
+            raise ConfigError(file, base, "a TURN server needs username and credential")
+    for i, address in enumerate(cfg.host_addresses):
+        _check_address(file, f"webrtc.host_addresses[{i}]", address)
+    if cfg.max_sessions < 1:
+        raise ConfigError(
+            file, "webrtc.max_sessions", f"expected an integer >= 1, found {cfg.max_sessions}"
+        )
 
 
 def _check_requirements(file: str, path: str, requirements: dict[str, int]) -> None:

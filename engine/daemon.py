@@ -37,6 +37,7 @@ from engine.metrics import EventLoopLagMonitor, Metrics
 from engine.recording_service import RecordingCollector, RecordingService
 from engine.routing import RoutingCollector, RoutingService
 from engine.storage import StorageError, Store, database_url
+from engine.webrtc import WebRtcGateway
 from engine.webui import add_web_routes
 
 log = structlog.stdlib.get_logger("acd.daemon")
@@ -56,6 +57,7 @@ class Daemon:
         self.recordings: RecordingService | None = None
         self.calls: CallService | None = None
         self.agents: AgentDirectory | None = None
+        self.webrtc: WebRtcGateway | None = None
         self.sip_addr: tuple[str, int] | None = None
         self._http_client: aiohttp.ClientSession | None = None
         self.api = api.ApiContext(get_config=lambda: self.config, reload=self.reload)
@@ -120,6 +122,18 @@ class Daemon:
         app[api.TOKENS_KEY] = tokens
         api.add_routes(app, self.api)
         add_web_routes(app)
+
+        def agent_of(token: str) -> str | None:
+            principal = tokens.lookup(self.config, token)
+            return None if principal is None else principal.agent_id
+
+        self.webrtc = WebRtcGateway(
+            lambda: self.config,
+            agent_of,
+            self.metrics.registry,
+            on_unexpected=self.metrics.unexpected_errors.labels(where="webrtc").inc,
+        )
+        self.webrtc.add_routes(app)
         runner = web.AppRunner(
             app,
             access_log=None,
@@ -297,6 +311,8 @@ class Daemon:
             await self.recordings.stop()
         if self.cdr is not None:
             await self.cdr.close()
+        if self.webrtc is not None:  # before the HTTP server: open WebSockets would hold it up
+            await self.webrtc.close()
         if self._runner is not None:
             try:
                 await self._runner.cleanup()

@@ -1,4 +1,4 @@
-import { api, debounce, el, login, stream } from "/static/common.js";
+import { TOKEN_KEY, api, debounce, el, login, stream } from "/static/common.js";
 
 let me = null;
 
@@ -40,6 +40,157 @@ async function setState(state, reason = "") {
   }
 }
 
+// Softphone: the page's half of the daemon's WebRTC media gateway (engine/webrtc.py; the message
+// types are listed there). One peer connection for the whole login: calls are connected to it on
+// the server side, without renegotiation. Only agents configured with login = "webrtc" get one; the
+// server tells the others with a close code, and they are not retried.
+const RTC_FINAL = {
+  4401: "softphone: token rejected",
+  4403: "calls ring on your desk phone",
+  4409: "softphone open in another window",
+  4503: "softphone disabled on the server",
+};
+// G.711 first: with a G.711 caller the server then has no Opus to encode (the costly half of a leg).
+const CODEC_RANK = { "audio/PCMU": 0, "audio/PCMA": 1, "audio/opus": 2 };
+
+function preferG711(transceiver) {
+  if (!transceiver.setCodecPreferences || !RTCRtpReceiver.getCapabilities) return;
+  const codecs = [...RTCRtpReceiver.getCapabilities("audio").codecs];
+  const rank = (c) => CODEC_RANK[c.mimeType] ?? 9;
+  transceiver.setCodecPreferences(codecs.sort((a, b) => rank(a) - rank(b)));
+}
+
+// The server's ICE agent does not trickle: send the offer once gathering is complete (host
+// candidates take milliseconds; a slow STUN/TURN server gets a few seconds at most).
+function gathered(pc, timeoutMs = 4000) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => { if (pc.iceGatheringState === "complete") resolve(); };
+    pc.addEventListener("icegatheringstatechange", done);
+    setTimeout(resolve, timeoutMs);
+  });
+}
+
+function softphone() {
+  const state = document.getElementById("rtc-state");
+  const note = document.getElementById("rtc-note");
+  const section = document.getElementById("softphone");
+  const audio = document.getElementById("remote-audio");
+  const keys = [...document.querySelectorAll("#keypad button")];
+  const mute = document.getElementById("mute");
+  const answer = document.getElementById("answer");
+  const hangup = document.getElementById("hangup");
+  const incoming = document.getElementById("incoming");
+  let ws = null, pc = null, mic = null, sender = null, codec = "", call = null, delayMs = 1000;
+
+  const show = (text, up) => { state.textContent = text; state.className = `conn ${up ? "up" : "down"}`; };
+  const send = (msg) => { if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(msg)); };
+  const enable = (on) => {
+    section.setAttribute("aria-disabled", String(!on));
+    for (const key of keys) key.disabled = !on;
+    mute.disabled = !on;
+  };
+  const teardown = () => {
+    enable(false);
+    if (pc) pc.close();
+    if (mic) for (const track of mic.getTracks()) track.stop();
+    pc = mic = sender = null;
+    audio.srcObject = null;
+  };
+
+  async function startMedia(hello) {
+    show("softphone starting", false);
+    try {
+      mic = await navigator.mediaDevices.getUserMedia({ audio: true, video: false });
+    } catch (exc) {
+      show("no microphone", false);
+      note.textContent = `The browser did not give the page a microphone: ${exc.message}`;
+      send({ type: "bye" });
+      return;
+    }
+    pc = new RTCPeerConnection({ iceServers: hello.ice_servers });
+    // The microphone goes on the sender only while a call is connected (the "media" message):
+    // between calls nothing is streamed, and no renegotiation is needed to start again.
+    const transceiver = pc.addTransceiver("audio", { direction: "sendrecv", streams: [mic] });
+    sender = transceiver.sender;
+    if (hello.media_active) await sender.replaceTrack(mic.getAudioTracks()[0]);
+    preferG711(transceiver);
+    pc.ontrack = (ev) => { audio.srcObject = ev.streams[0] || new MediaStream([ev.track]); };
+    pc.onconnectionstatechange = () => {
+      if (!pc) return;
+      const up = pc.connectionState === "connected";
+      show(up ? `softphone ${codec}`.trim() : `softphone ${pc.connectionState}`, up);
+      enable(up);
+    };
+    await pc.setLocalDescription(await pc.createOffer());
+    await gathered(pc);
+    send({ type: "offer", sdp: pc.localDescription.sdp });
+  }
+
+  function showIncoming(msg) {
+    call = msg.call_id ?? null;
+    document.getElementById("incoming-caller").textContent = msg.caller ?? "";
+    document.getElementById("incoming-queue").textContent = msg.queue ? `(${msg.queue})` : "";
+    const rows = Object.entries(msg.data ?? {}).flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, String(v))]);
+    document.getElementById("incoming-data").replaceChildren(...rows);
+    incoming.hidden = false;
+    answer.disabled = false;
+  }
+
+  const open = () => {
+    ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/api/v1/agent/rtc`);
+    ws.onopen = () => ws.send(JSON.stringify({ type: "auth", token: sessionStorage.getItem(TOKEN_KEY) }));
+    ws.onmessage = async (m) => {
+      const msg = JSON.parse(m.data);
+      if (msg.type === "hello") {
+        delayMs = 1000;
+        note.textContent = "";
+        await startMedia(msg);
+      } else if (msg.type === "answer" && pc) {
+        codec = msg.codec ?? "";
+        await pc.setRemoteDescription({ type: "answer", sdp: msg.sdp });
+      } else if (msg.type === "media" && sender && mic) {
+        await sender.replaceTrack(msg.active ? mic.getAudioTracks()[0] : null);
+      } else if (msg.type === "incoming") {
+        showIncoming(msg);
+      } else if (msg.type === "error") {
+        note.textContent = msg.reason;
+      }
+    };
+    ws.onclose = (ev) => {
+      teardown();
+      const final = RTC_FINAL[ev.code];
+      if (final) {
+        show(final, false);
+        if (ev.code !== 4403 && ev.reason) note.textContent = ev.reason;
+        if (ev.code === 4403) note.textContent = "";
+        return;
+      }
+      show("softphone reconnecting", false);
+      if (ev.reason) note.textContent = ev.reason;
+      setTimeout(open, delayMs);
+      delayMs = Math.min(delayMs * 2, 15000);
+    };
+  };
+
+  for (const key of keys) key.onclick = () => send({ type: "dtmf", digits: key.dataset.digit });
+  mute.onclick = () => {
+    const muted = mute.getAttribute("aria-pressed") !== "true";
+    for (const track of mic ? mic.getAudioTracks() : []) track.enabled = !muted;
+    mute.setAttribute("aria-pressed", String(muted));
+  };
+  answer.onclick = () => {
+    send({ type: "answer", call_id: call });
+    incoming.hidden = true;
+    answer.disabled = true;
+    hangup.disabled = false;
+  };
+  hangup.onclick = () => { send({ type: "hangup", call_id: call }); hangup.disabled = true; };
+  // Tell the server at once instead of leaving it to notice the socket is gone.
+  addEventListener("pagehide", () => send({ type: "bye" }));
+  open();
+}
+
 login(loadMe, () => {
   document.getElementById("desk").hidden = false;
   // A logged-out agent going ready logs in first: the daemon only readies a logged-in agent.
@@ -57,4 +208,5 @@ login(loadMe, () => {
     if (ev.type === "queue") queuesSoon();
   });
   setInterval(() => { loadMe(); loadQueues(); }, 5000);
+  softphone();
 });

@@ -1,0 +1,263 @@
+"""The softphone in Debian's Chromium against the real daemon's WebRTC gateway, checked by frequency.
+
+The browser's fake microphone plays 880 Hz; the test is the call's side of the bridge: a UDP socket
+that sends 440 Hz PCMU to the agent session's RTP port and keeps what the gateway sends back.
+
+Why the daemon runs in the test process (``Daemon(config).run()`` on the test's event loop, the very
+object ``acd run`` builds) rather than as a subprocess: the call side needs the session's RTP address
+and must call ``connect_rtp``, which is the call layer's in-process API. Reaching it from outside
+would need an API route that lets someone point an agent's microphone at any address, which only a
+test would want and an attacker would love. In-process, production code stays as it ships.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+import socket
+import struct
+import wave
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from engine.config import load_config
+from engine.daemon import Daemon
+from engine.webrtc import RTC_PATH, CloseCode
+from sip.rtp.dtmf import parse_telephone_event
+from sip.rtp.g711 import ULAW_DECODE, ULAW_ENCODE
+from sip.rtp.packet import parse_rtp
+from tests.conftest import free_port
+from tests.e2e.conftest import render_config
+
+pytestmark = pytest.mark.e2e
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+WEBRTC_AGENT = "agent-3001-token-webrtc"
+DESK_AGENT = "agent-3002-token-deskphone"
+EXTRA = f"""
+[[queues]]
+name = "support"
+
+[[agents]]
+id = "3001"
+name = "Wendy"
+login = "webrtc"
+queues = {{ support = 0 }}
+api_token = "{WEBRTC_AGENT}"
+
+[[agents]]
+id = "3002"
+name = "Desmond"
+queues = {{ support = 0 }}
+api_token = "{DESK_AGENT}"
+"""
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+    "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+    # Chromium leaves loopback out of its ICE candidates unless told; the gateway is on 127.0.0.1.
+    "--allow-loopback-in-peer-connection",
+    "--autoplay-policy=no-user-gesture-required",
+]  # fmt: skip
+
+
+def dominant_hz(samples: np.ndarray, rate: int) -> float:
+    x = samples.astype(np.float64)
+    x = (x - x.mean()) * np.hanning(len(x))
+    return float(np.argmax(np.abs(np.fft.rfft(x))) * rate / len(x))
+
+
+def write_tone(path: Path, hz: float, seconds: float, rate: int = 48000) -> None:
+    t = np.arange(int(seconds * rate)) / rate
+    pcm = (12000 * np.sin(2 * math.pi * hz * t)).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm.tobytes())
+
+
+class CallSide(asyncio.DatagramProtocol):
+    """Stands in for the call's bridge: 440 Hz PCMU out, every received packet kept."""
+
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+        self.transport: Any = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.received.append(data)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.transport.get_extra_info("sockname")[:2]
+        return host, port
+
+    async def play_tone(self, to: tuple[str, int], hz: float, seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for i in range(int(seconds * 50)):
+            t = (i * 160 + np.arange(160)) / 8000
+            pcm = (8000 * np.sin(2 * math.pi * hz * t)).astype(np.int16)
+            header = struct.pack("!BBHII", 0x80, 0, i & 0xFFFF, i * 160, 0xCA11)
+            self.transport.sendto(header + ULAW_ENCODE[pcm.view(np.uint16)].tobytes(), to)
+            await asyncio.sleep(max(0.0, start + (i + 1) * 0.02 - loop.time()))
+
+
+@pytest.fixture
+async def daemon(tmp_path: Path) -> AsyncIterator[tuple[Daemon, str]]:
+    http_port = free_port()
+    extra = EXTRA + f'\n[recordings]\ndir = "{tmp_path / "recordings"}"\n'
+    path = tmp_path / "acd.toml"
+    path.write_text(
+        render_config(
+            http_port, free_port(), extra, storage=f'sqlite_path = "{tmp_path / "acd.sqlite3"}"'
+        )
+    )
+    d = Daemon(load_config(path), config_path=path)
+    run = asyncio.create_task(d.run())
+    base = f"http://127.0.0.1:{http_port}"
+    async with aiohttp.ClientSession() as http:
+        for _ in range(600):
+            assert not run.done(), "the daemon stopped during start-up"
+            try:
+                async with http.get(base + "/readyz") as resp:
+                    if resp.status == 200:
+                        break
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.05)
+    try:
+        yield d, base
+    finally:
+        d.request_stop()
+        assert await asyncio.wait_for(run, 20) == 0
+
+
+@pytest.fixture
+async def browser(tmp_path: Path) -> AsyncIterator[Browser]:
+    tone = tmp_path / "mic-880.wav"
+    write_tone(tone, 880, 10)
+    async with async_playwright() as pw:
+        b = await pw.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            args=[*CHROMIUM_FLAGS, f"--use-file-for-fake-audio-capture={tone}"],
+        )
+        try:
+            yield b
+        finally:
+            await b.close()
+
+
+async def _log_in(page: Page, url: str, token: str) -> None:
+    await page.goto(url)
+    await page.fill("#token", token)
+    await page.press("#token", "Enter")
+
+
+# Runs in the page: the dominant frequency of what the <audio> element plays, every 100 ms.
+HEARD_JS = """async (samples) => {
+  const audio = document.getElementById("remote-audio");
+  const ctx = new AudioContext();
+  await ctx.resume();
+  const analyser = ctx.createAnalyser();
+  analyser.fftSize = 8192;
+  analyser.smoothingTimeConstant = 0;
+  ctx.createMediaStreamSource(audio.srcObject).connect(analyser);
+  const bins = new Float32Array(analyser.frequencyBinCount);
+  const peaks = [];
+  for (let i = 0; i < samples; i++) {
+    await new Promise((r) => setTimeout(r, 100));
+    analyser.getFloatFrequencyData(bins);
+    let best = 1;
+    for (let k = 2; k < bins.length; k++) if (bins[k] > bins[best]) best = k;
+    peaks.push([best * ctx.sampleRate / analyser.fftSize, bins[best]]);
+  }
+  await ctx.close();
+  return peaks;
+}"""
+
+
+async def test_softphone_hears_and_is_heard_sends_dtmf_and_lets_go(
+    daemon: tuple[Daemon, str], browser: Browser
+) -> None:
+    d, base = daemon
+    assert d.webrtc is not None
+    loop = asyncio.get_running_loop()
+    transport, call = await loop.create_datagram_endpoint(CallSide, local_addr=("127.0.0.1", 0))
+    try:
+        page = await browser.new_page()
+        await _log_in(page, base + "/agent", WEBRTC_AGENT)
+        await expect(page.locator("#rtc-state")).to_have_text("softphone PCMU", timeout=10000)
+        session = d.webrtc.session("3001")
+        assert session is not None
+        assert session.codec == "PCMU"
+
+        # What the call layer does at bridge time.
+        session.connect_rtp(*call.address)
+        player = asyncio.create_task(call.play_tone(session.rtp_address, 440, 4.0))
+        peaks = await page.evaluate(HEARD_JS, 20)
+        late = peaks[5:]  # skip the jitter buffer's first fill
+        assert sum(abs(hz - 440) < 12 and db > -70 for hz, db in late) >= len(late) * 0.8, peaks
+
+        voice = [p for p in map(parse_rtp, call.received) if p.payload_type == 0]
+        assert len(voice) > 50
+        pcm = ULAW_DECODE[np.frombuffer(b"".join(p.payload for p in voice[-50:]), np.uint8)]
+        assert abs(dominant_hz(pcm, 8000) - 880) < 15
+        assert np.abs(pcm.astype(np.int32)).mean() > 300  # a tone, not comfort noise
+
+        call.received.clear()
+        await page.click('#keypad [data-digit="7"]')
+        for _ in range(50):
+            events = [p for p in map(parse_rtp, call.received) if p.payload_type == 101]
+            if sum(parse_telephone_event(p.payload).end for p in events) >= 3:
+                break
+            await asyncio.sleep(0.05)
+        assert {parse_telephone_event(p.payload).digit for p in events} == {"7"}
+        assert sum(parse_telephone_event(p.payload).end for p in events) == 3
+        assert len({p.timestamp for p in events}) == 1
+        await player
+
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.screenshot(path=str(ARTIFACTS / "agent-softphone.png"))
+        port = session.rtp_address[1]
+        await page.close()
+        for _ in range(100):
+            if d.webrtc.session("3001") is None:
+                break
+            await asyncio.sleep(0.05)
+        assert d.webrtc.session("3001") is None
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", port))  # the session's RTP port is free again
+        async with aiohttp.ClientSession() as http, http.get(base + "/metrics") as resp:
+            text = await resp.text()
+        assert re.search(r"^acd_webrtc_sessions 0\.0$", text, re.M)
+        assert re.search(r'^acd_webrtc_packets_total\{direction="to_browser"\} [1-9]', text, re.M)
+    finally:
+        transport.close()
+
+
+async def test_desk_phone_agent_gets_no_softphone(
+    daemon: tuple[Daemon, str], browser: Browser
+) -> None:
+    d, base = daemon
+    page = await browser.new_page()
+    await _log_in(page, base + "/agent", DESK_AGENT)
+    await expect(page.locator("#rtc-state")).to_have_text("calls ring on your desk phone")
+    async with aiohttp.ClientSession() as http, http.ws_connect(base + RTC_PATH) as ws:
+        await ws.send_json({"type": "auth", "token": DESK_AGENT})
+        msg = await asyncio.wait_for(ws.receive(), 5)
+        assert msg.type is aiohttp.WSMsgType.CLOSE
+        assert ws.close_code == CloseCode.NOT_WEBRTC_AGENT
+        assert "login" in msg.extra
+    assert d.webrtc is not None
+    assert d.webrtc.sessions == {}

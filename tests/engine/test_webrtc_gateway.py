@@ -1,0 +1,344 @@
+"""The WebRTC media gateway in-process: real aiohttp WebSocket, real aiortc peer on the browser's side,
+real UDP sockets on the call's side. Content is checked by frequency, DTMF by its RFC 4733 packets.
+
+The browser itself is covered by tests/e2e/test_webrtc.py; this file is the fast loop and the cases a
+browser cannot easily produce (an Opus-only offer, garbage SDP, a replaced login).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import itertools
+import math
+import socket
+import struct
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+from aiohttp import web
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from av import AudioFrame, AudioResampler
+from prometheus_client import CollectorRegistry
+
+from engine.config import ConfigError, parse_config
+from engine.webrtc import RTC_PATH, CloseCode, WebRtcGateway
+from sip.rtp.dtmf import parse_telephone_event
+from sip.rtp.g711 import ULAW_DECODE, ULAW_ENCODE
+from sip.rtp.packet import parse_rtp
+from tests.conftest import free_port
+
+CONFIG = """
+[[queues]]
+name = "support"
+
+[[agents]]
+id = "2001"
+login = "webrtc"
+queues = { support = 0 }
+api_token = "agent-2001-token-webrtc"
+
+[[agents]]
+id = "2002"
+queues = { support = 0 }
+api_token = "agent-2002-token-sipphone"
+"""
+TOKENS = {"agent-2001-token-webrtc": "2001", "agent-2002-token-sipphone": "2002"}
+
+
+def dominant_hz(samples: np.ndarray, rate: int) -> float:
+    x = samples.astype(np.float64)
+    x = (x - x.mean()) * np.hanning(len(x))
+    spectrum = np.abs(np.fft.rfft(x))
+    return float(np.argmax(spectrum) * rate / len(x))
+
+
+class ToneTrack(MediaStreamTrack):
+    """A microphone that plays a sine, paced like a real capture device (48 kHz, 20 ms)."""
+
+    kind = "audio"
+
+    def __init__(self, hz: float, rate: int = 48000) -> None:
+        super().__init__()
+        self.hz, self.rate, self.n = hz, rate, rate // 50
+        self._start: float | None = None
+        self._pts = 0
+
+    async def recv(self) -> AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        loop = asyncio.get_running_loop()
+        if self._start is None:
+            self._start = loop.time()
+        else:
+            self._pts += self.n
+            await asyncio.sleep(max(0.0, self._start + self._pts / self.rate - loop.time()))
+        t = (self._pts + np.arange(self.n)) / self.rate
+        pcm = (8000 * np.sin(2 * math.pi * self.hz * t)).astype(np.int16)
+        frame = AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate, frame.pts = self.rate, self._pts
+        frame.time_base = fractions.Fraction(1, self.rate)
+        return frame
+
+
+class CallSide(asyncio.DatagramProtocol):
+    """The call's bridge stand-in: sends a 440 Hz PCMU stream, keeps every packet it receives."""
+
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.received.append(data)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self.transport is not None
+        host, port = self.transport.get_extra_info("sockname")[:2]
+        return host, port
+
+    async def play_tone(self, to: tuple[str, int], hz: float, seconds: float) -> None:
+        assert self.transport is not None
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for i in range(int(seconds * 50)):
+            t = (i * 160 + np.arange(160)) / 8000
+            pcm = (8000 * np.sin(2 * math.pi * hz * t)).astype(np.int16)
+            payload = ULAW_ENCODE[pcm.view(np.uint16)].tobytes()
+            header = struct.pack("!BBHII", 0x80, 0, i & 0xFFFF, i * 160, 0x1234)
+            self.transport.sendto(header + payload, to)
+            await asyncio.sleep(max(0.0, start + (i + 1) * 0.02 - loop.time()))
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[tuple[WebRtcGateway, str]]:
+    config = parse_config(CONFIG, "test.toml")
+    gw = WebRtcGateway(lambda: config, TOKENS.get, CollectorRegistry())
+    app = web.Application()
+    gw.add_routes(app)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield gw, f"ws://127.0.0.1:{port}{RTC_PATH}"
+    finally:
+        await gw.close()
+        await runner.cleanup()
+
+
+async def _next(ws: aiohttp.ClientWebSocketResponse, kind: str) -> dict[str, Any]:
+    while True:
+        msg = await asyncio.wait_for(ws.receive(), 10)
+        assert msg.type is aiohttp.WSMsgType.TEXT, (msg.type, msg.data, msg.extra)
+        data: dict[str, Any] = msg.json()
+        if data["type"] == kind:
+            return data
+
+
+async def _softphone(
+    ws: aiohttp.ClientWebSocketResponse, mic: MediaStreamTrack, codec: str | None = None
+) -> tuple[RTCPeerConnection, list[MediaStreamTrack], str]:
+    """Do what the page does: auth, offer with candidates gathered, apply the answer."""
+    await ws.send_json({"type": "auth", "token": "agent-2001-token-webrtc"})
+    await _next(ws, "hello")
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    tracks: list[MediaStreamTrack] = []
+    pc.on("track", tracks.append)
+    transceiver = pc.addTransceiver(mic, direction="sendrecv")
+    if codec:  # a browser that insists on one codec
+        caps = RTCRtpSender.getCapabilities("audio").codecs
+        transceiver.setCodecPreferences([c for c in caps if c.mimeType == codec])
+    await pc.setLocalDescription(await pc.createOffer())
+    await ws.send_json({"type": "offer", "sdp": pc.localDescription.sdp})
+    answer = await _next(ws, "answer")
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+    while (await _next(ws, "connection"))["state"] != "connected":
+        pass
+    return pc, tracks, answer["codec"]
+
+
+async def _collect(track: MediaStreamTrack, seconds: float) -> np.ndarray:
+    """What the 'browser' hears, as 8 kHz mono."""
+    resampler = AudioResampler(format="s16", layout="mono", rate=8000)
+    out: list[np.ndarray] = []
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    while loop.time() < end:
+        frame = await asyncio.wait_for(track.recv(), 2)
+        out += [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
+    return np.concatenate(out)
+
+
+@pytest.mark.parametrize("codec", [None, "audio/opus"], ids=["pcmu-preferred", "opus-only"])
+async def test_audio_both_ways_dtmf_and_release(
+    gateway: tuple[WebRtcGateway, str], codec: str | None
+) -> None:
+    gw, url = gateway
+    loop = asyncio.get_running_loop()
+    call_transport, call = await loop.create_datagram_endpoint(
+        CallSide, local_addr=("127.0.0.1", 0)
+    )
+    async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+        pc, tracks, negotiated = await _softphone(ws, ToneTrack(880), codec)
+        try:
+            assert negotiated == ("PCMU" if codec is None else "opus")
+            session = gw.session("2001")
+            assert session is not None
+            assert session.rtp_address[0] == "127.0.0.1"
+            assert not call.received  # nothing is sent before the call layer connects the RTP
+            with pytest.raises(TimeoutError):  # and between calls the browser gets no audio at all
+                await asyncio.wait_for(tracks[0].recv(), 0.3)
+
+            session.connect_rtp(*call.address)
+            assert (await _next(ws, "media"))["active"] is True
+            player = asyncio.create_task(call.play_tone(session.rtp_address, 440, 2.5))
+            await asyncio.sleep(0.5)  # let the browser's jitter buffer settle
+            heard = await _collect(tracks[0], 1.5)
+            assert abs(dominant_hz(heard[-8000:], 8000) - 440) < 15
+            await player
+
+            packets = [parse_rtp(p) for p in call.received]
+            voice = [p for p in packets if p.payload_type == 0]
+            assert len(voice) > 50
+            assert len({p.ssrc for p in packets}) == 1
+            pcm = ULAW_DECODE[np.frombuffer(b"".join(p.payload for p in voice[-50:]), np.uint8)]
+            assert abs(dominant_hz(pcm, 8000) - 880) < 15
+            seqs = [p.sequence for p in voice]
+            assert all((b - a) % 65536 == 1 for a, b in itertools.pairwise(seqs))
+
+            call.received.clear()
+            await ws.send_json({"type": "dtmf", "digits": "5"})
+            await asyncio.sleep(0.4)
+            packets = [parse_rtp(p) for p in call.received]
+            events = [p for p in packets if p.payload_type == 101]
+            assert {parse_telephone_event(p.payload).digit for p in events} == {"5"}
+            assert events[0].marker
+            assert len({p.timestamp for p in events}) == 1
+            ends = [p for p in events if parse_telephone_event(p.payload).end]
+            assert len(ends) == 3
+            after = [p for p in packets if p.payload_type == 0 and p.sequence > events[-1].sequence]
+            assert after
+            assert (after[0].timestamp - events[0].timestamp) % 2**32 >= 800
+
+            # an unknown message without a call-layer hook is an error, not a disconnect
+            await ws.send_json({"type": "hangup"})
+            assert "not handled" in (await _next(ws, "error"))["reason"]
+            port = session.rtp_address[1]
+        finally:
+            await pc.close()
+    for _ in range(100):
+        if gw.session("2001") is None:
+            break
+        await asyncio.sleep(0.05)
+    assert gw.session("2001") is None
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", port))  # the RTP port was released
+    call_transport.close()
+
+
+async def _closed(ws: aiohttp.ClientWebSocketResponse) -> tuple[int | None, str]:
+    while True:
+        msg = await asyncio.wait_for(ws.receive(), 10)
+        if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+            return ws.close_code, str(msg.extra or "")
+
+
+async def test_refusals(gateway: tuple[WebRtcGateway, str]) -> None:
+    gw, url = gateway
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(url) as ws:
+            await ws.send_json({"type": "auth", "token": "agent-2002-token-sipphone"})
+            code, reason = await _closed(ws)
+            assert code == CloseCode.NOT_WEBRTC_AGENT
+            assert "not a webrtc agent" in reason
+        async with http.ws_connect(url) as ws:
+            await ws.send_json({"type": "auth", "token": "nope-nope-nope-nope"})
+            assert (await _closed(ws))[0] == CloseCode.UNAUTHORIZED
+        async with http.ws_connect(url) as ws:
+            await ws.send_str("not json")
+            assert (await _closed(ws))[0] == CloseCode.UNAUTHORIZED
+    assert gw.sessions == {}
+
+
+async def test_bad_offer_closes_only_that_session_and_a_new_login_replaces_the_old(
+    gateway: tuple[WebRtcGateway, str],
+) -> None:
+    gw, url = gateway
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(url) as ws:
+            await ws.send_json({"type": "auth", "token": "agent-2001-token-webrtc"})
+            await _next(ws, "hello")
+            await ws.send_json({"type": "offer", "sdp": "v=0\r\nthis is not sdp\r\n"})
+            code, reason = await _closed(ws)
+            assert code == CloseCode.PROTOCOL
+            assert "bad offer" in reason
+        async with http.ws_connect(url) as first:
+            await first.send_json({"type": "auth", "token": "agent-2001-token-webrtc"})
+            await _next(first, "hello")
+            old = gw.session("2001")
+            async with http.ws_connect(url) as second:
+                await second.send_json({"type": "auth", "token": "agent-2001-token-webrtc"})
+                await _next(second, "hello")
+                code, reason = await _closed(first)
+                assert code == CloseCode.REPLACED
+                assert "replaced" in reason
+                new = gw.session("2001")
+                assert new is not None
+                assert new is not old
+                assert new.send_event({"type": "incoming", "caller": "+15550100"})
+                assert (await _next(second, "incoming"))["caller"] == "+15550100"
+                await second.send_json({"type": "dtmf", "digits": "12x"})
+                assert "dtmf" in (await _next(second, "error"))["reason"]
+                await second.send_json({"type": "bye"})
+                assert (await _closed(second))[0] == CloseCode.NORMAL
+    assert gw.sessions == {}
+
+
+def test_webrtc_config_defaults_and_errors() -> None:
+    cfg = parse_config("", "x.toml").webrtc
+    assert cfg.enabled
+    assert cfg.ice_servers == ()  # never a public STUN server by default
+    assert cfg.host_addresses == ("127.0.0.1",)
+    cfg = parse_config(
+        '[webrtc]\nice_servers = [{ urls = ["turn:192.0.2.1:3478"], username = "u", '
+        'credential = "c" }]\nhost_addresses = ["192.0.2.2"]\n',
+        "x.toml",
+    ).webrtc
+    assert cfg.ice_servers[0].urls == ("turn:192.0.2.1:3478",)
+    for text, where in [
+        ('[webrtc]\nice_servers = [{ urls = ["http://x"] }]', "webrtc.ice_servers[0].urls[0]"),
+        ('[webrtc]\nice_servers = [{ urls = ["turn:x:3478"] }]', "webrtc.ice_servers[0]"),
+        ('[webrtc]\nhost_addresses = ["eth0"]', "webrtc.host_addresses[0]"),
+        ("[webrtc]\nmax_sessions = 0", "webrtc.max_sessions"),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            parse_config(text, "x.toml")
+        assert err.value.key_path == where
+
+
+async def test_shutdown_ends_live_sessions_with_going_away(
+    gateway: tuple[WebRtcGateway, str],
+) -> None:
+    gw, url = gateway
+    async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+        await ws.send_json({"type": "auth", "token": "agent-2001-token-webrtc"})
+        await _next(ws, "hello")
+        port = gw.session("2001").rtp_address[1]  # type: ignore[union-attr]
+        await gw.close()
+        code, reason = await _closed(ws)
+        assert code == CloseCode.GOING_AWAY
+        assert "shutting down" in reason
+        assert gw.sessions == {}
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", port))
+        async with http.ws_connect(url) as late:  # no new sessions while shutting down
+            await late.send_json({"type": "auth", "token": "agent-2001-token-webrtc"})
+            assert (await _closed(late))[0] == CloseCode.DISABLED
