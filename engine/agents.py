@@ -4,7 +4,8 @@ How this works: ``AgentDirectory`` owns the SIP registrar's binding store for th
 agent with ``login = "register"`` becomes available when its first binding appears and is logged out
 when its last binding goes away, whether by un-REGISTER or by expiry (Asterisk's behaviour with
 ``autopause``-free dynamic members). Expiries are served by ONE ``loop.call_at`` re-armed from the
-registrar's ``next_expiry()``: no timer per phone. If the last binding vanishes while the agent is on
+registrar's ``next_expiry()``: no timer per phone. A browser agent (``login = "webrtc"``) is logged
+in when its softphone's media comes up and out when the page goes away, the same way. If the last binding vanishes while the agent is on
 a call, the logout waits until the call completes (``call_completed``), so a phone that reboots mid
 call does not tear down routing state under a live call.
 
@@ -61,6 +62,8 @@ class AgentDirectory:
         # agent id -> the address-of-record its phone registers (the SIP core keys bindings by
         # AOR, e.g. "sip:1001@acd.example.com"; direct register() calls use the agent id itself)
         self._aor: dict[str, str] = {}
+        # browser agents whose softphone media is up (engine.webrtc): their "registration"
+        self._softphones: set[str] = set()
 
     def apply(self, config: Config) -> None:
         """A reloaded config: new agents, passwords, contacts and feature codes apply at once."""
@@ -107,6 +110,22 @@ class AgentDirectory:
             self._phone_gone(agent_id, "unregistered or expired")
         self._arm()
 
+    def softphone_up(self, agent_id: str) -> None:
+        """A browser agent's softphone connected its media: like a phone registering."""
+        if agent_id in self._agents:
+            self._softphones.add(agent_id)
+            self._phone_up(agent_id)
+
+    def softphone_gone(self, agent_id: str, reason: str) -> None:
+        """The agent page closed (or lost its connection): like the last binding expiring."""
+        if agent_id in self._softphones:
+            self._softphones.discard(agent_id)
+            self._phone_gone(agent_id, reason)
+
+    def reachable(self, agent_id: str) -> bool:
+        """Has a phone or softphone to ring (a static contact always counts)."""
+        return agent_id in self._softphones or bool(self.contacts(agent_id))
+
     def contacts(self, agent_id: str) -> list[str]:
         """URIs to ring for an agent, best first (registered bindings, or the static contact)."""
         agent = self._agents.get(agent_id)
@@ -114,6 +133,8 @@ class AgentDirectory:
             return []
         if agent.login is LoginMode.STATIC:
             return [agent.contact]
+        if agent.login is LoginMode.WEBRTC:
+            return []  # rung over its softphone's WebSocket, not at a SIP contact
         aor = self._aor.get(agent_id, agent_id)
         return [b.contact for b in self.registrar.bindings(aor, self._loop.time())]
 
@@ -170,7 +191,7 @@ class AgentDirectory:
 
     def call_completed(self, agent_id: str) -> None:
         """The call layer finished an agent's call: apply a logout that was waiting for it."""
-        if agent_id in self._logout_after_call and not self.contacts(agent_id):
+        if agent_id in self._logout_after_call and not self.reachable(agent_id):
             self._logout_after_call.discard(agent_id)
             self._routing.logout(agent_id)
             self._record(agent_id, "logged_out", "registration ended during a call")

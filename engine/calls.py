@@ -118,6 +118,9 @@ class AgentLeg:
     # the last offer it sent us (None until its first re-INVITE).
     local_sdp: Any = None
     last_offer_in: Any = None
+    # A browser agent's softphone (engine.webrtc.Session): the leg's far end is its loopback
+    # RTP port, ringing and answering happen over its WebSocket instead of SIP.
+    softphone: Any = None
 
     @property
     def external(self) -> bool:
@@ -254,6 +257,7 @@ class CallService:
         self.cdr = cdr
         self.recordings = recordings
         self.flows = flows
+        self.webrtc: Any = None  # engine.webrtc.WebRtcGateway, when attached (browser agents)
         self.metrics = CallMetrics(metrics)
         self.media_stats = MediaStats()
         self.ports = PortAllocator(config.media.rtp_port_min, config.media.rtp_port_max)
@@ -955,6 +959,9 @@ class CallService:
 
     async def _ring(self, call: Call, offer: rc.Offer) -> None:
         agent = next(a for a in self.config.agents if a.id == offer.agent_id)
+        if agent.login is LoginMode.WEBRTC:
+            await self._ring_softphone(call, agent.id)
+            return
         contacts = self.agents.contacts(agent.id)
         if not contacts:
             self._reject(call, agent.id, "no_answer")
@@ -999,6 +1006,93 @@ class CallService:
         )  # fmt: skip
         sdp = make_offer(rtp.local_address[0], rtp.port, (_CODECS.get(call.codec, PCMU),))
         return AgentLeg(call, name, rtp, sdp, rang_at=_now(), codec=call.codec, local_sdp=sdp)
+
+    # -- browser agents (engine.webrtc) -------------------------------------------------------------
+
+    def attach_webrtc(self, gateway: Any) -> None:
+        """Take calls to browser agents through ``gateway`` (an engine.webrtc.WebRtcGateway)."""
+        self.webrtc = gateway
+        gateway.on_message = self._softphone_message
+        gateway.on_session_closed = self._softphone_closed
+        gateway.on_media_ready = lambda session: self.agents.softphone_up(session.agent_id)
+
+    async def _ring_softphone(self, call: Call, agent_id: str) -> None:
+        """Offer the call to a browser agent: our leg's far end is its session's loopback RTP
+        port; the page shows the alert with the call's data (the screen-pop) and answers over
+        its WebSocket. Ring timeout, withdrawal and hang-ups work as for a SIP phone."""
+        session = None if self.webrtc is None else self.webrtc.session(agent_id)
+        if session is None:
+            self._reject(call, agent_id, "no_answer")
+            return
+        try:
+            leg = await self._open_leg(call, agent_id)
+        except OSError:
+            self._reject(call, agent_id, "no_answer")
+            return
+        if call.task is None or call.task.done() or call.agent_id is not None:
+            leg.rtp.close()
+            return
+        leg.softphone = session
+        leg.codec = "PCMU"  # what the gateway speaks on its RTP side
+        leg.rtp.remote_addr = session.rtp_address
+        call.legs[agent_id] = leg
+        qcfg = next(q for q in self.config.queues if q.name == call.queue)
+        leg.ring_timer = asyncio.get_running_loop().call_later(
+            qcfg.ring_timeout_s, self._ring_timeout, leg
+        )
+        session.send_event(
+            {
+                "type": "incoming", "call_id": call.id, "caller": call.caller,
+                "queue": call.queue, "data": _screen_pop(call.flow_data),
+                "ring_timeout_s": qcfg.ring_timeout_s,
+            }
+        )  # fmt: skip
+
+    def _softphone_message(self, session: Any, message: dict[str, Any]) -> None:
+        """A click on the agent page: answer, reject, hangup, hold or unhold a call of its own."""
+        kind, call_id = message.get("type"), message.get("call_id")
+        call = self.calls.get(call_id) if isinstance(call_id, str) else None
+        leg = None if call is None else call.legs.get(session.agent_id)
+        if call is None or leg is None or leg.softphone is not session or leg.finished:
+            session.send_event({"type": "error", "reason": f"no call {call_id!r} for you now"})
+            return
+        if kind == "answer" and not leg.answered:
+            if leg.ring_timer is not None:
+                leg.ring_timer.cancel()
+            if call.agent_id is not None or call.connected is None or call.connected.done():
+                self._end_leg(leg)  # another agent won, or the caller left
+                return
+            self._accepted(leg, _now())
+        elif kind == "reject" and not leg.answered:
+            if leg.ring_timer is not None:
+                leg.ring_timer.cancel()
+            self._end_leg(leg)
+            self._reject(call, leg.agent_id, "reject")
+        elif kind == "hangup" and leg.answered:
+            self._agent_gone(leg, "hangup")
+            self._end_leg(leg)
+        elif kind in ("hold", "unhold") and leg.answered:
+            held = kind == "hold"
+            if held != ("agent" in call.held_by):
+                leg.rtp.set_held(held, _now())
+                self._hold_changed(call, "agent", held)
+        else:
+            session.send_event({"type": "error", "reason": f"cannot {kind!r} this call now"})
+
+    def _softphone_closed(self, session: Any, reason: str) -> None:
+        """The page went away: a ringing offer is a no-answer, a connected call ends."""
+        self.agents.softphone_gone(session.agent_id, f"softphone closed: {reason}")
+        for call in list(self.calls.values()):
+            leg = call.legs.get(session.agent_id)
+            if leg is None or leg.softphone is not session or leg.finished:
+                continue
+            if leg.answered:
+                self._agent_gone(leg, "softphone closed")
+            else:
+                if leg.ring_timer is not None:
+                    leg.ring_timer.cancel()
+                self._reject(call, leg.agent_id, "no_answer")
+            self._end_leg(leg)
 
     def _agent_media(self, call: Call, event: MediaEvent) -> None:
         if not isinstance(event, MediaTimedOut):
@@ -1099,8 +1193,9 @@ class CallService:
     def _ring_timeout(self, leg: AgentLeg) -> None:
         if leg.answered or leg.finished:
             return
-        self.endpoint.cancel(leg.request_id, now=_now())
-        self.transmit()
+        if leg.softphone is None:
+            self.endpoint.cancel(leg.request_id, now=_now())
+            self.transmit()
         self._end_leg(leg)
         self._reject(leg.call, leg.agent_id, "no_answer")
 
@@ -1140,23 +1235,7 @@ class CallService:
                 return
             leg.rtp.remote_addr = (audio.remote_address, audio.remote_port)
             leg.codec = audio.codec.name
-            leg.answered = True
-            try:
-                self.routing.accept(call.id, leg.agent_id)
-            except rc.RoutingError:
-                self._hang_up_leg(leg)
-                return
-            call.agent_id = leg.agent_id
-            call.agent_answered_at = time.time()
-            self._record_wait(call.queue, call.agent_answered_at - (call.enqueued_at or 0.0))
-            if self.cdr:
-                waited = call.agent_answered_at - (call.enqueued_at or call.agent_answered_at)
-                self.cdr.queue_event(
-                    "answer", call_id=call.id, queue=call.queue, agent_id=leg.agent_id,
-                    data=QueueEventData(wait_s=waited, ring_s=now - leg.rang_at),
-                )  # fmt: skip
-                self.cdr.agent_event(leg.agent_id, "busy", call_id=call.id)
-            call.connected.set_result(leg)
+            self._accepted(leg, now)
             return
         if status == 487:
             return  # our CANCEL was answered: already accounted for
@@ -1165,6 +1244,31 @@ class CallService:
         self._end_leg(leg)
         reason = "busy" if status in _BUSY else "reject" if status in _DECLINED else "no_answer"
         self._reject(call, leg.agent_id, reason)
+
+    def _accepted(self, leg: AgentLeg, now: float) -> None:
+        """An agent answered (SIP 2xx or the softphone's Answer): it wins the call, unless routing
+        says otherwise; the waiting caller task then bridges."""
+        call = leg.call
+        assert call.connected is not None
+        leg.answered = True
+        try:
+            self.routing.accept(call.id, leg.agent_id)
+        except rc.RoutingError:
+            self._hang_up_leg(leg)
+            return
+        if leg.softphone is not None:
+            leg.softphone.connect_rtp(*leg.rtp.local_address)
+        call.agent_id = leg.agent_id
+        call.agent_answered_at = time.time()
+        self._record_wait(call.queue, call.agent_answered_at - (call.enqueued_at or 0.0))
+        if self.cdr:
+            waited = call.agent_answered_at - (call.enqueued_at or call.agent_answered_at)
+            self.cdr.queue_event(
+                "answer", call_id=call.id, queue=call.queue, agent_id=leg.agent_id,
+                data=QueueEventData(wait_s=waited, ring_s=now - leg.rang_at),
+            )  # fmt: skip
+            self.cdr.agent_event(leg.agent_id, "busy", call_id=call.id)
+        call.connected.set_result(leg)
 
     def _late_answer(self, event: ResponseReceived, now: float) -> None:
         """A 2xx to an agent INVITE we had already given up on (ring-all withdrawal, ring timeout,
@@ -1193,9 +1297,10 @@ class CallService:
         if leg is not None and not leg.answered and not leg.finished:
             if leg.ring_timer is not None:
                 leg.ring_timer.cancel()
-            with contextlib.suppress(KeyError):
-                self.endpoint.cancel(leg.request_id, now=_now())
-            self.transmit()
+            if leg.softphone is None:
+                with contextlib.suppress(KeyError):
+                    self.endpoint.cancel(leg.request_id, now=_now())
+                self.transmit()
             self._end_leg(leg)
 
     def _hang_up_leg(self, leg: AgentLeg) -> None:
@@ -1205,6 +1310,10 @@ class CallService:
         self._end_leg(leg)
 
     def _end_leg(self, leg: AgentLeg) -> None:
+        if leg.softphone is not None and not leg.finished:
+            if leg.answered:
+                leg.softphone.disconnect_rtp()
+            leg.softphone.send_event({"type": "call_ended", "call_id": leg.call.id})
         leg.finished = True
         leg.rtp.close()
         self._legs_by_request.pop(leg.request_id, None)
@@ -1244,8 +1353,9 @@ class CallService:
             elif not leg.finished:
                 if leg.ring_timer is not None:
                     leg.ring_timer.cancel()
-                with contextlib.suppress(KeyError):
-                    self.endpoint.cancel(leg.request_id, now=_now())
+                if leg.softphone is None:
+                    with contextlib.suppress(KeyError):
+                        self.endpoint.cancel(leg.request_id, now=_now())
                 self._end_leg(leg)
         if call.hangup_side != "caller" and call.dialog_id is not None:
             with contextlib.suppress(KeyError):
@@ -1338,6 +1448,11 @@ def _through_trunk(
     if trunk.outbound_username:
         auth = DigestClient(trunk.outbound_username, trunk.outbound_password)
     return addr, auth
+
+
+def _screen_pop(data: dict[str, Any]) -> dict[str, Any]:
+    """What the flow gathered, for the agent's alert (values are already bounded scalars)."""
+    return {k: v for k, v in data.items() if isinstance(v, str | int | float | bool) or v is None}
 
 
 def _unspecified(address: str) -> bool:

@@ -254,6 +254,8 @@ class Daemon:
             )
             await self.store.close()
             return 1
+        if self.webrtc is not None:
+            self.calls.attach_webrtc(self.webrtc)  # browser agents ring through their softphone
         try:
             async with asyncio.TaskGroup() as tasks:
                 owned = [

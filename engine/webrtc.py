@@ -451,6 +451,8 @@ class Session:
         def _state() -> None:
             state = self._pc.connectionState
             self.send_event({"type": "connection", "state": state})
+            if state == "connected" and self._gateway.on_media_ready is not None:
+                self._gateway.on_media_ready(self)
             if state == "failed":
                 self._end(CloseCode.MEDIA_FAILED, "media connection failed (ICE/DTLS)")
 
@@ -710,6 +712,8 @@ class WebRtcGateway:
         self.on_message: MessageHook | None = None
         #: Set by the call layer: a session ended (reason given), e.g. to hang up its call.
         self.on_session_closed: ClosedHook | None = None
+        #: Set by the call layer: the session's media (ICE + DTLS) is up: the agent can take calls.
+        self.on_media_ready: Callable[[Session], None] | None = None
         # aiortc and aioice log every packet and ICE check at debug level: at the daemon's debug
         # level that would drown its own lines.
         for name in ("aiortc", "aioice"):

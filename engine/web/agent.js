@@ -80,6 +80,7 @@ function softphone() {
   const mute = document.getElementById("mute");
   const answer = document.getElementById("answer");
   const hangup = document.getElementById("hangup");
+  const hold = document.getElementById("hold");
   const incoming = document.getElementById("incoming");
   let ws = null, pc = null, mic = null, sender = null, codec = "", call = null, delayMs = 1000;
 
@@ -127,6 +128,15 @@ function softphone() {
     send({ type: "offer", sdp: pc.localDescription.sdp });
   }
 
+  // The call is gone (answered elsewhere, caller hung up, we hung up): back to waiting.
+  function callOver() {
+    call = null;
+    incoming.hidden = true;
+    answer.disabled = hangup.disabled = hold.disabled = true;
+    hold.setAttribute("aria-pressed", "false");
+    hold.textContent = "Hold";
+  }
+
   function showIncoming(msg) {
     call = msg.call_id ?? null;
     document.getElementById("incoming-caller").textContent = msg.caller ?? "";
@@ -153,6 +163,8 @@ function softphone() {
         await sender.replaceTrack(msg.active ? mic.getAudioTracks()[0] : null);
       } else if (msg.type === "incoming") {
         showIncoming(msg);
+      } else if (msg.type === "call_ended" && msg.call_id === call) {
+        callOver();
       } else if (msg.type === "error") {
         note.textContent = msg.reason;
       }
@@ -183,9 +195,16 @@ function softphone() {
     send({ type: "answer", call_id: call });
     incoming.hidden = true;
     answer.disabled = true;
-    hangup.disabled = false;
+    hangup.disabled = hold.disabled = false;
   };
   hangup.onclick = () => { send({ type: "hangup", call_id: call }); hangup.disabled = true; };
+  // Hold: the caller hears the queue's music until Resume.
+  hold.onclick = () => {
+    const held = hold.getAttribute("aria-pressed") !== "true";
+    send({ type: held ? "hold" : "unhold", call_id: call });
+    hold.setAttribute("aria-pressed", String(held));
+    hold.textContent = held ? "Resume" : "Hold";
+  };
   // Tell the server at once instead of leaving it to notice the socket is gone.
   addEventListener("pagehide", () => send({ type: "bye" }));
   open();

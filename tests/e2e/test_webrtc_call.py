@@ -1,0 +1,162 @@
+"""A real call to a browser agent: baresip dials the queue, the agent answers in headless Chromium.
+
+The caller's microphone plays 440 Hz, the browser's fake microphone 880 Hz. Checked by frequency: the
+page hears 440 Hz, the caller hears 880 Hz, the recording has 440 Hz on the left and 880 Hz on the
+right. Also the alert's screen-pop (the caller and the flow's data), the agent's state through the
+call, and the CDR (answered by the browser agent, hung up on the agent's side).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import urllib.request
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+from playwright.async_api import async_playwright, expect
+
+from tests.e2e.conftest import DaemonFactory, DaemonProcess
+from tests.e2e.peers import Baresip, dominant_hz, free_port_block
+from tests.e2e.test_webrtc import ARTIFACTS, CHROMIUM_FLAGS, HEARD_JS, write_tone
+
+pytestmark = pytest.mark.e2e
+
+ADMIN = "admin-token-webrtc-call-0123"
+AGENT_TOKEN = "agent-3001-token-webrtc-call"
+
+
+def config(rtp_base: int) -> str:
+    return f"""
+[media]
+rtp_port_min = {rtp_base}
+rtp_port_max = {rtp_base + 98}
+
+[recordings]
+flush_interval_s = 0.5
+
+[[api.tokens]]
+name = "ops"
+role = "admin"
+token = "{ADMIN}"
+
+[[trunks]]
+name = "local"
+allow = ["127.0.0.0/8"]
+
+[[routes]]
+number = "support"
+flow = "support"
+
+[[flows]]
+name = "support"
+steps = [
+  {{ type = "answer" }},
+  {{ type = "set", data = {{ account = "4711", tier = "gold" }} }},
+  {{ type = "enqueue", queue = "support" }},
+]
+
+[[queues]]
+name = "support"
+ring_timeout_s = 30.0
+wrap_up_s = 1.0
+
+[[agents]]
+id = "3001"
+name = "Wendy"
+login = "webrtc"
+queues = {{ support = 0 }}
+api_token = "{AGENT_TOKEN}"
+"""
+
+
+def agent_state(daemon: DaemonProcess) -> str:
+    request = urllib.request.Request(f"{daemon.base_url}/api/v1/agents/3001")
+    request.add_header("Authorization", f"Bearer {ADMIN}")
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        return str(json.loads(resp.read())["state"])
+
+
+async def wait_state(daemon: DaemonProcess, wanted: set[str], timeout_s: float) -> None:
+    import asyncio
+
+    deadline = time.monotonic() + timeout_s
+    while agent_state(daemon) not in wanted:
+        assert time.monotonic() < deadline, f"agent 3001 never {wanted}: {agent_state(daemon)}"
+        await asyncio.sleep(0.1)
+
+
+async def test_browser_agent_takes_a_sip_call_with_audio_both_ways(
+    start_daemon: DaemonFactory, tmp_path: Path
+) -> None:
+    daemon = start_daemon(config(free_port_block(100)))
+    sip = str(daemon.wait_for_log("ready")["sip"]).removeprefix("udp:")
+    tone = tmp_path / "mic-880.wav"
+    write_tone(tone, 880, 60)
+    caller: Baresip | None = None
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            args=[*CHROMIUM_FLAGS, f"--use-file-for-fake-audio-capture={tone}"],
+        )
+        try:
+            page = await browser.new_page()
+            await page.goto(daemon.base_url + "/agent")
+            await page.fill("#token", AGENT_TOKEN)
+            await page.press("#token", "Enter")
+            await expect(page.locator("#rtc-state")).to_have_text("softphone PCMU", timeout=15000)
+            # The softphone's media came up: the agent is logged in, like a phone registering.
+            await wait_state(daemon, {"available"}, 10)
+
+            caller = Baresip(
+                tmp_path / "caller", f"<sip:5551234@{sip}>;regint=0;audio_codecs=PCMU", 440,
+                dial=f"sip:support@{sip}",
+            )  # fmt: skip
+            alert = page.locator("#incoming")
+            await expect(alert).to_be_visible(timeout=15000)
+            await expect(page.locator("#incoming-caller")).to_have_text("5551234")
+            await expect(page.locator("#incoming-queue")).to_have_text("(support)")
+            await expect(page.locator("#incoming-data")).to_contain_text("4711")
+            await expect(page.locator("#incoming-data")).to_contain_text("gold")
+            assert agent_state(daemon) == "reserved"  # ringing
+            ARTIFACTS.mkdir(exist_ok=True)
+            await page.screenshot(path=str(ARTIFACTS / "agent-incoming-call.png"))
+            await page.click("#answer")
+            await wait_state(daemon, {"busy"}, 10)
+            await expect(alert).to_be_hidden()
+
+            peaks = await page.evaluate(HEARD_JS, 25)
+            late = peaks[8:]  # skip the first fill of the jitter buffers
+            assert sum(abs(hz - 440) < 12 and db > -70 for hz, db in late) >= len(late) * 0.8, peaks
+            await page.click("#hangup")  # the agent ends the call
+            await wait_state(daemon, {"wrap_up", "available"}, 10)
+            await expect(page.locator("#hangup")).to_be_disabled()
+            caller.wait_for("terminated (duration", 10)  # our BYE reached the caller
+        finally:
+            await browser.close()
+            if caller is not None:
+                caller.stop()  # baresip finishes its recording of what it heard when it exits
+    assert caller is not None
+    heard = caller.heard()
+    assert abs(dominant_hz(heard[-8000:]) - 880) < 15  # the browser's microphone
+
+    time.sleep(1.5)  # CDR writer flush
+    with sqlite3.connect(daemon.workdir / "var" / "acd.sqlite3") as db:
+        db.row_factory = sqlite3.Row
+        (cdr,) = db.execute("SELECT * FROM calls").fetchall()
+        rec = db.execute("SELECT * FROM recordings").fetchone()
+    assert (cdr["disposition"], cdr["agent_id"], cdr["hangup_side"]) == (
+        "answered",
+        "3001",
+        "agent",
+    )
+    assert json.loads(cdr["flow_data"])["account"] == "4711"
+    assert rec is not None
+    with wave.open(rec["path"]) as w:
+        stereo = np.frombuffer(w.readframes(w.getnframes()), "<i2").reshape(-1, 2)
+    assert abs(len(stereo) / 8000 - cdr["talk_s"]) < 0.5
+    assert abs(dominant_hz(stereo[-8000:-2000, 0]) - 440) < 10  # caller on the left
+    assert abs(dominant_hz(stereo[-8000:-2000, 1]) - 880) < 15  # browser agent on the right
