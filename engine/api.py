@@ -603,6 +603,49 @@ async def live_calls(request: web.Request) -> web.Response:
     return json_response([] if ctx.calls is None else ctx.calls.live_calls())
 
 
+class CallTransfer(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """POST /api/v1/calls/{call_id}/transfer: a blind transfer of the bridged caller to a queue,
+    or to a number through a trunk (default: the one trunk with an outbound_proxy)."""
+
+    queue: str = ""
+    number: str = ""
+    trunk: str = ""
+
+
+async def transfer_call(request: web.Request) -> web.Response:
+    """The call's agent or a supervisor sends the caller elsewhere; the agent's part ends."""
+    ctx = request.app[CONTEXT_KEY]
+    principal = _principal(request)
+    call_id = request.match_info["call_id"]
+    try:
+        body = msgspec.json.decode(await request.read(), type=CallTransfer)
+    except msgspec.DecodeError as exc:
+        raise web.HTTPBadRequest(
+            text=f'expected {{"queue": ...}} or {{"number": ...}}: {exc}'
+        ) from None
+    detail: dict[str, Any] = {k: v for k, v in msgspec.structs.asdict(body).items() if v}
+
+    async def refuse(error: type[web.HTTPException], outcome: str, text: str) -> NoReturn:
+        await audit(ctx, request, action="transfer", outcome=outcome, object_type="call",
+                    object_id=call_id, detail={**detail, "why": text})  # fmt: skip
+        raise error(text=text)
+
+    call = None if ctx.calls is None else ctx.calls.calls.get(call_id)
+    if call is None:
+        await refuse(web.HTTPNotFound, "refused", f"no live call {call_id!r}")
+    if not principal.at_least(Role.SUPERVISOR) and principal.agent_id != call.agent_id:
+        await refuse(web.HTTPForbidden, "denied", "only the call's agent or a supervisor")
+    try:
+        where = ctx.calls.request_transfer(
+            call_id, queue=body.queue, number=body.number, trunk=body.trunk, by=principal.name
+        )
+    except (KeyError, ValueError) as exc:
+        await refuse(web.HTTPConflict, "refused", str(exc.args[0] if exc.args else exc))
+    await audit(ctx, request, action="transfer", outcome="done", object_type="call",
+                object_id=call_id, detail=detail)  # fmt: skip
+    return json_response({"call_id": call_id, "transferred_to": where})
+
+
 class CallRecordingChange(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """PUT /api/v1/calls/{call_id}/recording: exactly one of ``paused`` (PCI pause/resume) or
     ``record: true`` (start recording now, for queues recorded on demand)."""
@@ -768,6 +811,7 @@ def add_routes(app: web.Application, ctx: ApiContext) -> None:
     app.router.add_put("/api/v1/recordings/{recording_id}/legal_hold", set_legal_hold)
     app.router.add_get("/api/v1/calls", live_calls)
     app.router.add_put("/api/v1/calls/{call_id}/recording", change_call_recording)
+    app.router.add_post("/api/v1/calls/{call_id}/transfer", transfer_call)
 
 
 def _op(
@@ -923,5 +967,28 @@ def _recording_paths() -> dict[str, Any]:
         "/api/v1/calls": {"get": _op("Live calls (supervisor)", rows)},
         "/api/v1/calls/{call_id}/recording": {
             "put": {**change, "parameters": [path_param("call_id")]},
+        },
+        "/api/v1/calls/{call_id}/transfer": {
+            "post": {
+                **problems(
+                    _op(
+                        "The call's agent or a supervisor blind-transfers the caller to a queue, "
+                        "or to a number through a trunk; the agent's part ends (audited). A "
+                        "number that does not answer puts the caller back in its queue.",
+                        {"type": "object"},
+                        body={
+                            "type": "object",
+                            "properties": {
+                                "queue": {"type": "string"},
+                                "number": {"type": "string"},
+                                "trunk": {"type": "string"},
+                            },
+                        },
+                    ),
+                    s404="no such live call",
+                    s409="refused: not bridged, unknown queue, no trunk to the number",
+                ),
+                "parameters": [path_param("call_id")],
+            },
         },
     }

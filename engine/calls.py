@@ -127,6 +127,16 @@ class AgentLeg:
         return self.final is not None
 
 
+@dataclass(frozen=True, slots=True)
+class TransferTarget:
+    """Where an agent sends its caller: a queue, or a number through a trunk."""
+
+    queue: str = ""
+    number: str = ""
+    trunk: str = ""
+    by: str = ""  # who asked (agent id or API token name), for the CDR's flow data
+
+
 @dataclass(eq=False)
 class Call:
     id: str
@@ -148,6 +158,8 @@ class Call:
     playback_done: asyncio.Future[bool] | None = None
     legs: dict[str, AgentLeg] = field(default_factory=dict)
     connected: asyncio.Future[AgentLeg] | None = None
+    # Set while bridged to an agent: the agent's blind transfer (to a queue or a number) lands here.
+    transfer_request: asyncio.Future[TransferTarget] | None = None
     task: asyncio.Task[None] | None = None
     queue: str = ""
     enqueued_at: float | None = None
@@ -881,7 +893,80 @@ class CallService:
         )  # fmt: skip
         call.bridge.start(_now())
         log.info("call_bridged", agent=leg.agent_id)
-        await asyncio.Event().wait()  # until a BYE on either leg cancels this task
+        # Until a BYE on either leg cancels this task, or the agent transfers the caller.
+        call.transfer_request = asyncio.get_running_loop().create_future()
+        target = await call.transfer_request
+        await self._agent_transfer(call, leg, target)
+
+    # -- blind transfer by the agent ---------------------------------------------------------------
+
+    def request_transfer(
+        self, call_id: str, *, queue: str = "", number: str = "", trunk: str = "", by: str = ""
+    ) -> str:
+        """The agent (or a supervisor) sends a bridged caller to ``queue`` or to ``number``
+        through ``trunk`` (default: the one trunk with an outbound_proxy). Returns where to;
+        raises KeyError for a call that is not live, ValueError (why) when it cannot be done."""
+        call = self.calls[call_id]
+        waiting = call.transfer_request
+        if call.agent_id is None or waiting is None or waiting.done():
+            raise ValueError("the call is not bridged to an agent")
+        if bool(queue) == bool(number):
+            raise ValueError("give a queue or a number")
+        if queue and not any(q.name == queue for q in self.config.queues):
+            raise ValueError(f"no queue {queue!r}")
+        if number:
+            if not re.fullmatch(r"[0-9A-Za-z*#+._-]{1,64}", number):
+                raise ValueError(f"not a dialable number: {number!r}")
+            outbound = [t.name for t in self.config.trunks if t.outbound_proxy]
+            if not trunk and len(outbound) == 1:
+                trunk = outbound[0]
+            if trunk not in outbound:
+                raise ValueError(
+                    f"name a trunk with an outbound_proxy ({', '.join(outbound) or 'none'})"
+                )
+        waiting.set_result(TransferTarget(queue, number, trunk, by))
+        return queue or number
+
+    async def _agent_transfer(self, call: Call, leg: AgentLeg, target: TransferTarget) -> None:
+        """The agent's part ends (BLINDTRANSFER in the queue_log, then wrap-up) and the caller,
+        who stays on our side of the B2BUA, goes to the new queue or number. A number that does
+        not answer puts the caller back in the queue it came from: a transfer never loses a call."""
+        now_wall = time.time()
+        agent_id = call.agent_id
+        assert agent_id is not None
+        assert call.bridge is not None
+        call.bridge.stop(_now())
+        talk_s = now_wall - (call.agent_answered_at or now_wall)
+        self._hang_up_leg(leg)
+        with contextlib.suppress(rc.RoutingError):
+            self.routing.complete(agent_id, call.id)
+        self.agents.call_completed(agent_id)
+        where = target.queue or target.number
+        log.info("agent_transfer", agent=agent_id, to=where)
+        if self.cdr:
+            self.cdr.agent_event(agent_id, "wrap_up", call_id=call.id)
+            self.cdr.queue_event(
+                "transfer", call_id=call.id, queue=call.queue, agent_id=agent_id,
+                data=QueueEventData(
+                    target=where, talk_s=talk_s,
+                    wait_s=(call.agent_answered_at or now_wall) - (call.enqueued_at or now_wall),
+                ),
+            )  # fmt: skip
+        call.flow_data.update(transferred_by=target.by or agent_id, transferred_to=where)
+        origin = call.queue
+        call.bridge = call.recording = call.connected = call.transfer_request = None
+        call.agent_id = call.agent_answered_at = call.enqueued_at = None
+        call.legs = {}
+        call.held_by.clear()
+        queue = target.queue
+        if target.number:
+            status = await self.transfer(
+                call, target.trunk, target.number, timeout_s=30.0, queue_event=False
+            )
+            call.flow_data["transfer_status"] = status  # reached only if it failed
+            queue = origin
+        outcome = FlowOutcome("enqueue", queue=queue, priority=call.priority, data=call.flow_data)
+        await self._queue_and_bridge(call, outcome)
 
     def position(self, call: Call) -> int:
         """1-based place of a waiting call in its queue: higher priority first, then older."""
@@ -1071,6 +1156,16 @@ class CallService:
         elif kind == "hangup" and leg.answered:
             self._agent_gone(leg, "hangup")
             self._end_leg(leg)
+        elif kind == "transfer" and leg.answered:
+            try:
+                where = self.request_transfer(
+                    call.id, queue=str(message.get("queue") or ""),
+                    number=str(message.get("number") or ""), by=session.agent_id,
+                )  # fmt: skip
+            except ValueError as exc:
+                session.send_event({"type": "error", "reason": f"transfer refused: {exc}"})
+                return
+            session.send_event({"type": "transferred", "call_id": call.id, "to": where})
         elif kind in ("hold", "unhold") and leg.answered:
             held = kind == "hold"
             if held != ("agent" in call.held_by):
@@ -1104,7 +1199,10 @@ class CallService:
 
     # -- blind transfer through a trunk ------------------------------------------------------------
 
-    async def transfer(self, call: Call, trunk_name: str, number: str, *, timeout_s: float) -> str:
+    async def transfer(
+        self, call: Call, trunk_name: str, number: str, *, timeout_s: float,
+        queue_event: bool = True,
+    ) -> str:  # fmt: skip
         """engine.flows.CallIO.transfer: INVITE ``number`` at the trunk's outbound proxy, bridge
         the caller on answer and stay bridged; or return why not (the flow goes on).
 
@@ -1154,7 +1252,7 @@ class CallService:
         assert call.rtp is not None
         call.transfer_answered_at = time.time()
         call.disposition = "transferred"
-        if self.cdr and call.queue:
+        if self.cdr and call.queue and queue_event:
             self.cdr.queue_event(
                 "transfer", call_id=call.id, queue=call.queue,
                 data=QueueEventData(target=number),

@@ -398,3 +398,102 @@ def test_agent_hold_gives_the_caller_music_then_resumes(
     assert seen == ["INVITE", "ACK", "200", "200", "BYE"]
     (row,), _ = cdr(daemon)
     assert (row["disposition"], row["agent_id"], row["hangup_side"]) == ("answered", "a1", "caller")
+
+
+def post(daemon: DaemonProcess, path: str, body: object) -> tuple[int, str]:
+    request = urllib.request.Request(
+        daemon.base_url + path, data=json.dumps(body).encode(), method="POST"
+    )
+    request.add_header("Authorization", f"Bearer {ADMIN}")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_agent_blind_transfer_to_another_queue(start_daemon: DaemonFactory, peers: Peers) -> None:
+    first, second = peers.agent("agent_answer"), peers.agent("agent_answer")
+    daemon = start_daemon(
+        config({"a1": first.sip_port})  # type: ignore[attr-defined]
+        + f"""
+[[queues]]
+name = "sales"
+wrap_up_s = 1.0
+record = "never"
+
+[[agents]]
+id = "b1"
+login = "static"
+contact = "sip:b1@127.0.0.1:{second.sip_port}"
+queues = {{ sales = 0 }}
+"""  # type: ignore[attr-defined]
+    )
+    login(daemon, "a1")
+    login(daemon, "b1")
+    call = peers.caller(daemon, 5000)
+    wait_until(lambda: state(daemon, "a1") == "busy", 5, "a1 on the call")
+    (live,) = api(daemon, "/api/v1/calls")  # type: ignore[misc]
+    path = f"/api/v1/calls/{live['id']}/transfer"  # type: ignore[index]
+    status, body = post(daemon, path, {"queue": "nowhere"})
+    assert (status, json.loads(body)["detail"]) == (409, "no queue 'nowhere'")
+    status, body = post(daemon, path, {"queue": "sales", "number": "1"})
+    assert (status, json.loads(body)["detail"]) == (409, "give a queue or a number")
+    status, body = post(daemon, path, {"queue": "sales"})
+    assert (status, json.loads(body)) == (200, {"call_id": live["id"], "transferred_to": "sales"})  # type: ignore[index]
+    wait_until(lambda: state(daemon, "b1") == "busy", 5, "b1 on the transferred call")
+    assert state(daemon, "a1") in ("wrap_up", "available")
+    assert finished(first, 5) == 0, sipp_output(first)  # a1 was hung up at once
+    assert call.poll() is None  # the caller is still talking, now to b1
+    assert finished(call, 20) == 0, sipp_output(call)
+    assert finished(second, 10) == 0, sipp_output(second)
+    assert received(peers.messages("agent_answer", first)) == ["INVITE", "ACK", "BYE"]
+    assert received(peers.messages("agent_answer", second)) == ["INVITE", "ACK", "BYE"]
+    (row,), events = cdr(daemon)
+    assert (row["disposition"], row["agent_id"], row["queue"]) == ("answered", "b1", "sales")
+    assert json.loads(row["flow_data"])["transferred_to"] == "sales"
+    assert events == [
+        ("enter", None, None),
+        ("offer", "a1", None),
+        ("answer", "a1", None),
+        ("transfer", "a1", None),
+        ("enter", None, None),
+        ("offer", "b1", None),
+        ("answer", "b1", None),
+        ("complete", "b1", None),
+    ]
+    assert calls_active(daemon) == 0
+
+
+def test_agent_transfer_to_a_busy_number_puts_the_caller_back_in_the_queue(
+    start_daemon: DaemonFactory, peers: Peers
+) -> None:
+    first, second = peers.agent("agent_answer"), peers.agent("agent_answer")
+    pbx = peers.agent("agent_busy")  # the number behind the trunk answers 486
+    daemon = start_daemon(
+        config({"a1": first.sip_port, "a2": second.sip_port})  # type: ignore[attr-defined]
+        + f"""
+[[trunks]]
+name = "pbx"
+allow = ["192.0.2.1"]
+outbound_proxy = "127.0.0.1:{pbx.sip_port}"
+"""  # type: ignore[attr-defined]
+    )
+    login(daemon, "a1")
+    call = peers.caller(daemon, 5000)
+    wait_until(lambda: state(daemon, "a1") == "busy", 5, "a1 on the call")
+    login(daemon, "a2")  # only now: the caller must come back to someone
+    (live,) = api(daemon, "/api/v1/calls")  # type: ignore[misc]
+    status, _ = post(daemon, f"/api/v1/calls/{live['id']}/transfer", {"number": "5000"})  # type: ignore[index]
+    assert status == 200
+    wait_until(lambda: state(daemon, "a2") == "busy", 8, "a2 took the caller back")
+    assert finished(pbx, 5) == 0, sipp_output(pbx)
+    assert finished(call, 20) == 0, sipp_output(call)
+    (row,), events = cdr(daemon)
+    assert (row["disposition"], row["agent_id"], row["queue"]) == ("answered", "a2", "support")
+    data = json.loads(row["flow_data"])
+    assert (data["transferred_to"], data["transfer_status"]) == ("5000", "busy")
+    assert [e for e, _, _ in events] == [
+        "enter", "offer", "answer", "transfer", "enter", "offer", "answer", "complete",
+    ]  # fmt: skip
+    assert calls_active(daemon) == 0
