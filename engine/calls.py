@@ -1117,6 +1117,13 @@ class CallService:
         if call.task is None or call.task.done() or call.agent_id is not None:
             leg.rtp.close()
             return
+        history: list[dict[str, Any]] = []
+        if self.cdr is not None:
+            with contextlib.suppress(TimeoutError):  # a slow store must not hold up the ringing
+                history = await asyncio.wait_for(self.cdr.previous_contacts(call.caller), 0.5)
+        if call.task is None or call.task.done() or call.agent_id is not None:
+            leg.rtp.close()
+            return
         leg.softphone = session
         leg.codec = "PCMU"  # what the gateway speaks on its RTP side
         leg.rtp.remote_addr = session.rtp_address
@@ -1129,7 +1136,7 @@ class CallService:
             {
                 "type": "incoming", "call_id": call.id, "caller": call.caller,
                 "queue": call.queue, "data": _screen_pop(call.flow_data),
-                "ring_timeout_s": qcfg.ring_timeout_s,
+                "history": history, "ring_timeout_s": qcfg.ring_timeout_s,
             }
         )  # fmt: skip
 

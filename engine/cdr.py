@@ -22,6 +22,7 @@ from collections import deque
 from typing import Any
 
 import msgspec
+import sqlalchemy as sa
 import structlog
 from prometheus_client import Counter, Gauge
 from sqlalchemy.exc import SQLAlchemyError
@@ -138,6 +139,30 @@ class CdrWriter:
         self._backlog = 0  # rows across the three tables; kept, not summed, on the hot path
         self._wake = asyncio.Event()
         self.last_error: str | None = None
+
+    # -- readers ----------------------------------------------------------------------------------
+
+    async def previous_contacts(self, caller: str, limit: int = 5) -> list[dict[str, Any]]:
+        """The caller's latest calls in the store, newest first (for the agent's screen-pop).
+        Rows still waiting for the next flush are not seen; a store error gives an empty list."""
+        if not caller:
+            return []
+        query = (
+            sa.select(
+                calls.c.arrived_at, calls.c.queue, calls.c.agent_id, calls.c.disposition,
+                calls.c.talk_s,
+            )
+            .where(calls.c.caller == caller)
+            .order_by(calls.c.arrived_at.desc())
+            .limit(limit)
+        )  # fmt: skip
+        try:
+            async with self._store.engine.connect() as conn:
+                rows = (await conn.execute(query)).mappings().all()
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("previous_contacts_failed", reason=str(exc))
+            return []
+        return [dict(row) for row in rows]
 
     # -- producers (never await) -------------------------------------------------------------------
 
