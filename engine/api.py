@@ -624,26 +624,49 @@ async def transfer_call(request: web.Request) -> web.Response:
             text=f'expected {{"queue": ...}} or {{"number": ...}}: {exc}'
         ) from None
     detail: dict[str, Any] = {k: v for k, v in msgspec.structs.asdict(body).items() if v}
-
-    async def refuse(error: type[web.HTTPException], outcome: str, text: str) -> NoReturn:
-        await audit(ctx, request, action="transfer", outcome=outcome, object_type="call",
-                    object_id=call_id, detail={**detail, "why": text})  # fmt: skip
-        raise error(text=text)
-
-    call = None if ctx.calls is None else ctx.calls.calls.get(call_id)
-    if call is None:
-        await refuse(web.HTTPNotFound, "refused", f"no live call {call_id!r}")
-    if not principal.at_least(Role.SUPERVISOR) and principal.agent_id != call.agent_id:
-        await refuse(web.HTTPForbidden, "denied", "only the call's agent or a supervisor")
+    act = _CallAction(request, "transfer", call_id, detail)
+    await act.own_call(principal)
     try:
         where = ctx.calls.request_transfer(
             call_id, queue=body.queue, number=body.number, trunk=body.trunk, by=principal.name
         )
     except (KeyError, ValueError) as exc:
-        await refuse(web.HTTPConflict, "refused", str(exc.args[0] if exc.args else exc))
-    await audit(ctx, request, action="transfer", outcome="done", object_type="call",
-                object_id=call_id, detail=detail)  # fmt: skip
+        await act.refuse(web.HTTPConflict, "refused", str(exc.args[0] if exc.args else exc))
+    await act.done()
     return json_response({"call_id": call_id, "transferred_to": where})
+
+
+class _CallAction:
+    """An audited action on a live call, allowed to the call's agent and to supervisors: every
+    attempt lands in the audit log, refused (with why) or done."""
+
+    def __init__(
+        self, request: web.Request, action: str, call_id: str, detail: dict[str, Any] | None = None
+    ) -> None:
+        self.request, self.action, self.call_id = request, action, call_id
+        self.detail = detail or {}
+        self.ctx = request.app[CONTEXT_KEY]
+
+    async def refuse(self, error: type[web.HTTPException], outcome: str, text: str) -> NoReturn:
+        await audit(self.ctx, self.request, action=self.action, outcome=outcome,
+                    object_type="call", object_id=self.call_id,
+                    detail={**self.detail, "why": text})  # fmt: skip
+        raise error(text=text)
+
+    async def own_call(self, principal: Principal) -> Any:
+        """The live call, if ``principal`` may act on it (404 / 403 otherwise, audited)."""
+        calls = self.ctx.calls
+        call = None if calls is None else calls.calls.get(self.call_id)
+        if call is None:
+            await self.refuse(web.HTTPNotFound, "refused", f"no live call {self.call_id!r}")
+        if not principal.at_least(Role.SUPERVISOR) and principal.agent_id != call.agent_id:
+            await self.refuse(web.HTTPForbidden, "denied", "only the call's agent or a supervisor")
+        return call
+
+    async def done(self, detail: dict[str, Any] | None = None) -> None:
+        await audit(self.ctx, self.request, action=self.action, outcome="done",
+                    object_type="call", object_id=self.call_id,
+                    detail=self.detail if detail is None else detail)  # fmt: skip
 
 
 class CallRecordingChange(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -685,21 +708,13 @@ async def change_call_recording(request: web.Request) -> web.Response:
     else:
         action = "recording_pause" if body.paused else "recording_resume"
 
-    async def refuse(error: type[web.HTTPException], outcome: str, text: str) -> NoReturn:
-        await audit(ctx, request, action=action, outcome=outcome, object_type="call",
-                    object_id=call_id, detail={"why": text})  # fmt: skip
-        raise error(text=text)
-
-    call = None if ctx.calls is None else ctx.calls.calls.get(call_id)
-    if call is None:
-        await refuse(web.HTTPNotFound, "refused", f"no live call {call_id!r}")
-    if not principal.at_least(Role.SUPERVISOR) and principal.agent_id != call.agent_id:
-        await refuse(web.HTTPForbidden, "denied", "only the call's agent or a supervisor")
+    act = _CallAction(request, action, call_id)
+    refuse = act.refuse
+    call = await act.own_call(principal)
     if body.paused is not None:
         if not ctx.calls.pause_recording(call_id, body.paused):
             await refuse(web.HTTPConflict, "refused", "the call is not being recorded")
-        await audit(ctx, request, action=action, outcome="done", object_type="call",
-                    object_id=call_id, detail={"recording_id": call.recording_id})  # fmt: skip
+        await act.done({"recording_id": call.recording_id})
         return json_response(
             CallRecordingState(call_id, call.recording_id, body.paused, _on_demand(call))
         )
@@ -712,8 +727,7 @@ async def change_call_recording(request: web.Request) -> web.Response:
     except sa.exc.SQLAlchemyError as exc:
         log.error("recording_start_failed", call_id=call_id, reason=str(exc))
         await refuse(web.HTTPServiceUnavailable, "failed", "the recordings index is unavailable")
-    await audit(ctx, request, action=action, outcome="done", object_type="call",
-                object_id=call_id, detail={"recording_id": recording_id, "on_demand": True})  # fmt: skip
+    await act.done({"recording_id": recording_id, "on_demand": True})
     return json_response(CallRecordingState(call_id, recording_id, False, True))
 
 
