@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import re
+import ssl
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,6 +90,7 @@ from sip.sdp import (
     parse_sdp,
     process_answer,
 )
+from sip.transport.tcp import TcpTransport, serve_tcp
 from sip.transport.udp import UdpTransport, serve_udp
 
 log = structlog.stdlib.get_logger("acd.calls")
@@ -105,6 +108,7 @@ class AgentLeg:
     agent_id: str
     rtp: RtpEndpoint
     offer_sdp: Any
+    endpoint: Any = None  # the SIP endpoint (UDP, TCP or TLS listener) the leg's INVITE left on
     request_id: int = -1
     dialog_id: DialogId | None = None
     ring_timer: asyncio.TimerHandle | None = None
@@ -149,6 +153,7 @@ class Call:
     arrived_at: float
     caller: str
     dialed: str
+    endpoint: Any = None  # the SIP endpoint (listener) the caller's INVITE came in on
     rtp: RtpEndpoint | None = None
     codec: str = "PCMU"
     dialog_id: DialogId | None = None
@@ -275,11 +280,17 @@ class CallService:
         self.ports = PortAllocator(config.media.rtp_port_min, config.media.rtp_port_max)
         self.prompts = PromptCache(("PCMU", "PCMA"))
         self.clock: MediaClock | None = None
-        self.transport: UdpTransport | None = None
+        self.transport: UdpTransport | TcpTransport | None = None  # the first listener's
+        # Every listener's transport, and the first endpoint of each kind ("udp", "tcp", "tls"):
+        # where an INVITE to a contact with ;transport=... leaves from.
+        self.transports: list[UdpTransport | TcpTransport] = []
+        self._endpoint_by_kind: dict[str, Endpoint] = {}
+        self.listening: list[tuple[str, tuple[str, int]]] = []  # (kind, address) per listener
         self.calls: dict[str, Call] = {}
-        self._by_transaction: dict[int, Call] = {}
+        # Transaction and request ids are per endpoint: keyed with it (one per listener).
+        self._by_transaction: dict[tuple[Endpoint, int], Call] = {}
         self._by_dialog: dict[DialogId, Call] = {}
-        self._legs_by_request: dict[int, AgentLeg] = {}
+        self._legs_by_request: dict[tuple[Endpoint, int], AgentLeg] = {}
         self._legs_by_dialog: dict[DialogId, AgentLeg] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.draining = False
@@ -380,11 +391,7 @@ class CallService:
         return self.transport.endpoint
 
     async def start(self) -> tuple[str, int]:
-        listener = next(
-            (x for x in self.config.sip.listeners if x.transport.lower() == "udp"), None
-        )
-        if listener is None:
-            raise OSError("no UDP SIP listener configured (TCP/TLS listeners come later)")
+        """Open every [[sip.listeners]] entry (UDP, TCP, TLS); the first one's address."""
         loop = asyncio.get_running_loop()
         self.clock = MediaClock(loop, self.media_stats)
         self.clock.start()
@@ -398,11 +405,12 @@ class CallService:
             secret = self._passwords.get(username)
             return Password(secret) if secret else None
 
-        def make_endpoint(addr: tuple[str, int]) -> Endpoint:
+        def make_endpoint(addr: tuple[str, int], kind: str) -> Endpoint:
             return Endpoint(
                 EndpointConfig(
                     local_host=addr[0],
                     local_port=addr[1],
+                    transport=kind.upper(),
                     t1_s=sip_cfg.t1_ms / 1000,
                     t2_s=sip_cfg.t2_ms / 1000,
                     t4_s=sip_cfg.t4_ms / 1000,
@@ -415,21 +423,64 @@ class CallService:
                 user_lookup=lookup,
             )
 
-        self.transport = await serve_udp(make_endpoint, self.on_event, listener.bind, listener.port)
-        return self.transport.local_addr
+        addresses: list[tuple[str, int]] = []
+        try:
+            for listener in self.config.sip.listeners:
+                kind = listener.transport.lower()
+                factory = functools.partial(_make, make_endpoint, kind)
+                transport: UdpTransport | TcpTransport
+                if kind == "udp":
+                    transport = await serve_udp(
+                        factory, self.on_event, listener.bind, listener.port
+                    )
+                    addresses.append(transport.local_addr)
+                else:
+                    server_ssl, client_ssl = (
+                        _tls_contexts(listener) if kind == "tls" else (None, None)
+                    )
+                    transport = await serve_tcp(
+                        factory, self.on_event, listener.bind, listener.port,
+                        server_ssl=server_ssl, client_ssl=client_ssl,
+                    )  # fmt: skip
+                    config = transport.endpoint.config
+                    addresses.append((config.local_host, config.local_port))
+                self.transports.append(transport)
+                self._endpoint_by_kind.setdefault(kind, transport.endpoint)
+        except BaseException:
+            for opened in self.transports:
+                opened.close()
+            self.transports.clear()
+            raise
+        if not self.transports:
+            raise OSError("no SIP listener configured ([[sip.listeners]])")
+        self.transport = self.transports[0]
+        self.listening = [
+            (listener.transport.lower(), addr)
+            for listener, addr in zip(self.config.sip.listeners, addresses, strict=True)
+        ]
+        return addresses[0]
+
+    def endpoint_for(self, uri: Uri | None) -> Endpoint:
+        """The endpoint an outbound INVITE to ``uri`` leaves on: its ;transport= (sips: is TLS),
+        if we listen on that kind, else the first listener's."""
+        kind = "udp"
+        if uri is not None:
+            kind = "tls" if uri.scheme == "sips" else (uri.transport or "udp")
+        return self._endpoint_by_kind.get(kind.lower(), self.endpoint)
 
     def transmit(self) -> None:
-        if self.transport is not None:
-            self.transport.transmit()
+        for transport in self.transports:
+            transport.transmit()
 
     async def stop(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self.transport is not None:
+        if self.transports:
             self.transmit()
-            self.transport.close()
+            for transport in self.transports:
+                transport.close()
         if self.clock is not None:
             self.clock.stop()
 
@@ -469,22 +520,22 @@ class CallService:
         if isinstance(event, RequestReceived):
             self.metrics.sip_requests.labels(method=event.request.method).inc()
             if event.request.method == "INVITE" and event.dialog_id is None:
-                self._new_invite(event, now)
+                self._new_invite(endpoint, event, now)
             elif event.request.method == "INVITE":
                 self._reinvite(endpoint, event, now)
             else:
                 endpoint.send_response(event.transaction_id, 405, now=now)
         elif isinstance(event, ResponseReceived):
             self.metrics.sip_responses.labels(code=f"{event.response.status // 100}xx").inc()
-            leg = self._legs_by_request.get(event.request_id)
+            leg = self._legs_by_request.get((endpoint, event.request_id))
             if leg is not None:
                 self._agent_response(leg, event, now)
             else:
-                self._late_answer(event, now)
+                self._late_answer(endpoint, event, now)
         elif isinstance(event, AckReceived):
             pass
         elif isinstance(event, CancelReceived):
-            call = self._by_transaction.get(event.transaction_id)
+            call = self._by_transaction.get((endpoint, event.transaction_id))
             if call is not None:
                 self._caller_gone(call, "cancel")
         elif isinstance(event, ByeReceived):
@@ -531,8 +582,7 @@ class CallService:
                 return route.flow
         return None
 
-    def _new_invite(self, event: RequestReceived, now: float) -> None:
-        endpoint = self.endpoint
+    def _new_invite(self, endpoint: Endpoint, event: RequestReceived, now: float) -> None:
         request = event.request
         dialed = request.uri.user or "" if isinstance(request.uri, Uri) else ""
         caller_uri = request.from_.uri if request.from_ else None
@@ -591,9 +641,10 @@ class CallService:
             arrived_at=time.time(),
             caller=caller,
             dialed=dialed,
+            endpoint=endpoint,
         )
         self.calls[call.id] = call
-        self._by_transaction[event.transaction_id] = call
+        self._by_transaction[(endpoint, event.transaction_id)] = call
         self.metrics.active.inc()
         endpoint.send_response(event.transaction_id, 180, now=now)
         call.task = self._spawn(self._run_call(call), call.id)
@@ -716,13 +767,13 @@ class CallService:
         try:
             body, audio = self._answer_sdp(call, call.rtp)
         except (SdpError, OfferAnswerError) as exc:
-            self.endpoint.send_response(call.transaction_id, 488, now=_now())
+            call.endpoint.send_response(call.transaction_id, 488, now=_now())
             self.transmit()
             raise _CallEnded("no common codec", "failed") from exc
         call.codec = audio.codec.name
         call.rtp.remote_addr = (audio.remote_address, audio.remote_port)
         call.rtp.dtmf_payload_type = audio.telephone_event_pt  # as negotiated, not assumed 101
-        response = self.endpoint.answer(call.transaction_id, body, now=_now())
+        response = call.endpoint.answer(call.transaction_id, body, now=_now())
         self.transmit()
         to, frm = response.to, response.from_
         if to is not None and frm is not None and to.tag and frm.tag:
@@ -1065,16 +1116,18 @@ class CallService:
             # trunk's outbound credentials.
             trunk = next(t for t in self.config.trunks if t.name == agent.trunk)
             addr, auth = _through_trunk(trunk, addr)
+            contact = _with_transport(contact, trunk.transport)
         if call.task is None or call.task.done() or call.agent_id is not None:
             rtp.close()
             return
-        leg.request_id = self.endpoint.invite(
+        leg.endpoint = endpoint = self.endpoint_for(contact)
+        leg.request_id = endpoint.invite(
             contact, addr, now=_now(), body=sdp.to_bytes(),
-            from_uri=f"sip:{call.caller or 'anonymous'}@{self.endpoint.config.local_host}",
+            from_uri=f"sip:{call.caller or 'anonymous'}@{endpoint.config.local_host}",
             headers=[("X-ACD-Queue", call.queue), ("X-ACD-Call-ID", call.id)], auth=auth,
         )  # fmt: skip
         call.legs[agent.id] = leg
-        self._legs_by_request[leg.request_id] = leg
+        self._legs_by_request[(endpoint, leg.request_id)] = leg
         qcfg = next(q for q in self.config.queues if q.name == call.queue)
         leg.ring_timer = asyncio.get_running_loop().call_later(
             qcfg.ring_timeout_s, self._ring_timeout, leg
@@ -1225,22 +1278,23 @@ class CallService:
             log.warning("transfer_failed", target=number, reason="no RTP port")
             return "failed"
         leg.final = asyncio.get_running_loop().create_future()
-        target = Uri.parse(f"sip:{number}@{trunk.outbound_proxy}")
+        target = _with_transport(Uri.parse(f"sip:{number}@{trunk.outbound_proxy}"), trunk.transport)
         addr, auth = _through_trunk(trunk, uri_addr(target))
-        leg.request_id = self.endpoint.invite(
+        leg.endpoint = endpoint = self.endpoint_for(target)
+        leg.request_id = endpoint.invite(
             target, addr, now=_now(), body=leg.offer_sdp.to_bytes(),
-            from_uri=f"sip:{call.caller or 'anonymous'}@{self.endpoint.config.local_host}",
+            from_uri=f"sip:{call.caller or 'anonymous'}@{endpoint.config.local_host}",
             headers=[("X-ACD-Call-ID", call.id)], auth=auth,
         )  # fmt: skip
         call.legs[leg.agent_id] = leg
-        self._legs_by_request[leg.request_id] = leg
+        self._legs_by_request[(endpoint, leg.request_id)] = leg
         self.transmit()
         log.info("transfer_ringing", target=number, trunk=trunk.name)
         try:
             status = await asyncio.wait_for(asyncio.shield(leg.final), timeout_s)
         except TimeoutError:
             with contextlib.suppress(KeyError):
-                self.endpoint.cancel(leg.request_id, now=_now())
+                leg.endpoint.cancel(leg.request_id, now=_now())
             self.transmit()
             self._end_leg(leg)
             call.legs.pop(leg.agent_id, None)
@@ -1299,7 +1353,7 @@ class CallService:
         if leg.answered or leg.finished:
             return
         if leg.softphone is None:
-            self.endpoint.cancel(leg.request_id, now=_now())
+            leg.endpoint.cancel(leg.request_id, now=_now())
             self.transmit()
         self._end_leg(leg)
         self._reject(leg.call, leg.agent_id, "no_answer")
@@ -1375,7 +1429,7 @@ class CallService:
             self.cdr.agent_event(leg.agent_id, "busy", call_id=call.id)
         call.connected.set_result(leg)
 
-    def _late_answer(self, event: ResponseReceived, now: float) -> None:
+    def _late_answer(self, endpoint: Endpoint, event: ResponseReceived, now: float) -> None:
         """A 2xx to an agent INVITE we had already given up on (ring-all withdrawal, ring timeout,
         caller gone): the phone's 200 crossed our CANCEL on the wire. A CANCEL cannot undo an
         answered INVITE (RFC 3261 9.1); the core has ACKed the 2xx, so the UAC must send BYE
@@ -1390,10 +1444,10 @@ class CallService:
             and dialog_id is not None
             and dialog_id not in self._legs_by_dialog  # never a live leg's re-INVITE answer
             and dialog_id not in self._by_dialog
-            and self.endpoint.dialog(dialog_id) is not None
+            and endpoint.dialog(dialog_id) is not None
         ):
             log.info("late_agent_answer_hung_up", sip_call_id=dialog_id.call_id)
-            self.endpoint.bye(dialog_id, now=now)
+            endpoint.bye(dialog_id, now=now)
             self.transmit()
 
     def on_withdraw(self, offer: rc.Offer) -> None:
@@ -1404,13 +1458,13 @@ class CallService:
                 leg.ring_timer.cancel()
             if leg.softphone is None:
                 with contextlib.suppress(KeyError):
-                    self.endpoint.cancel(leg.request_id, now=_now())
+                    leg.endpoint.cancel(leg.request_id, now=_now())
                 self.transmit()
             self._end_leg(leg)
 
     def _hang_up_leg(self, leg: AgentLeg) -> None:
-        if leg.dialog_id is not None and self.endpoint.dialog(leg.dialog_id) is not None:
-            self.endpoint.bye(leg.dialog_id, now=_now())
+        if leg.dialog_id is not None and leg.endpoint.dialog(leg.dialog_id) is not None:
+            leg.endpoint.bye(leg.dialog_id, now=_now())
             self.transmit()
         self._end_leg(leg)
 
@@ -1421,7 +1475,7 @@ class CallService:
             leg.softphone.send_event({"type": "call_ended", "call_id": leg.call.id})
         leg.finished = True
         leg.rtp.close()
-        self._legs_by_request.pop(leg.request_id, None)
+        self._legs_by_request.pop((leg.endpoint, leg.request_id), None)
         if leg.dialog_id is not None:
             self._legs_by_dialog.pop(leg.dialog_id, None)
 
@@ -1460,14 +1514,14 @@ class CallService:
                     leg.ring_timer.cancel()
                 if leg.softphone is None:
                     with contextlib.suppress(KeyError):
-                        self.endpoint.cancel(leg.request_id, now=_now())
+                        leg.endpoint.cancel(leg.request_id, now=_now())
                 self._end_leg(leg)
         if call.hangup_side != "caller" and call.dialog_id is not None:
             with contextlib.suppress(KeyError):
-                self.endpoint.bye(call.dialog_id, now=_now())
+                call.endpoint.bye(call.dialog_id, now=_now())
         elif not call.answered and call.hangup_reason != "cancel":
             with contextlib.suppress(KeyError, Exception):
-                self.endpoint.send_response(call.transaction_id, 480, now=_now())
+                call.endpoint.send_response(call.transaction_id, 480, now=_now())
         self.transmit()
         # Routing: complete the answered call, abandon the waiting one.
         if call.agent_id is not None:
@@ -1503,7 +1557,7 @@ class CallService:
         if call.rtp is not None:
             call.rtp.close()
         self.calls.pop(call.id, None)
-        self._by_transaction.pop(call.transaction_id, None)
+        self._by_transaction.pop((call.endpoint, call.transaction_id), None)
         if call.dialog_id is not None:
             self._by_dialog.pop(call.dialog_id, None)
         self.metrics.active.dec()
@@ -1539,6 +1593,29 @@ class _CallEnded(Exception):
         super().__init__(reason)
         self.reason = reason
         self.disposition = disposition
+
+
+def _make(
+    make_endpoint: Callable[[tuple[str, int], str], Endpoint], kind: str, addr: tuple[str, int]
+) -> Endpoint:
+    return make_endpoint(addr, kind)
+
+
+def _with_transport(uri: Uri, transport: str) -> Uri:
+    """``uri`` with ;transport= set for a trunk reached over TCP or TLS (UDP: unchanged)."""
+    if transport == "udp" or uri.transport:
+        return uri
+    params = [(k, v) for k, v in uri.params if k != "transport"] + [("transport", transport)]
+    return uri.replace(params=params)
+
+
+def _tls_contexts(listener: Any) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """Server context from the listener's certificate and key; client context for our outbound
+    TLS connections (verifying peers against ``ca_file``, or the system store)."""
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(listener.cert_file, listener.key_file)
+    client = ssl.create_default_context(cafile=listener.ca_file or None)
+    return server, client
 
 
 def _through_trunk(

@@ -103,9 +103,12 @@ class HttpConfig(_Struct, frozen=True):
 
 
 class SipListener(_Struct, frozen=True):
-    transport: str = "udp"
+    transport: str = "udp"  # udp | tcp | tls
     bind: str = "127.0.0.1"
     port: int = 5060
+    cert_file: str = ""  # tls: PEM certificate chain we present
+    key_file: str = ""  # tls: its PEM private key
+    ca_file: str = ""  # tls: CAs our outbound TLS connections trust (empty: the system's)
 
 
 class SipConfig(_Struct, frozen=True):
@@ -210,6 +213,7 @@ class TrunkConfig(_Struct, frozen=True):
     outbound_proxy: str = ""
     outbound_username: str = ""  # credentials we answer a 401/407 from the PBX with
     outbound_password: str = ""
+    transport: str = "udp"  # udp | tcp | tls: how our INVITEs reach outbound_proxy"
 
 
 class RouteConfig(_Struct, frozen=True):
@@ -528,6 +532,16 @@ def _validate(cfg: Config, file: str) -> None:
             )
         _check_address(file, f"{base}.bind", listener.bind)
         _check_port(file, f"{base}.port", listener.port)
+        if listener.transport.lower() == "tls":
+            for key in ("cert_file", "key_file"):
+                path = getattr(listener, key)
+                if not path or not Path(path).is_file():
+                    raise ConfigError(
+                        file, f"{base}.{key}",
+                        f"expected a readable PEM file for the TLS listener, found {path!r}",
+                    )  # fmt: skip
+    if not cfg.sip.listeners:
+        raise ConfigError(file, "sip.listeners", "expected at least one SIP listener")
     for i, algorithm in enumerate(cfg.sip.digest_algorithms):
         if algorithm not in ("MD5", "SHA-256"):
             raise ConfigError(
@@ -672,6 +686,12 @@ def _validate_telephony(cfg: Config, file: str) -> None:
         if not trunk.allow and not trunk.username:
             raise ConfigError(
                 file, f"{base}.allow", "expected source networks or a username: the trunk is open"
+            )
+        if trunk.transport not in ("udp", "tcp", "tls"):
+            raise ConfigError(
+                file,
+                f"{base}.transport",
+                f"expected 'udp', 'tcp' or 'tls', found {trunk.transport!r}",
             )
         if trunk.outbound_proxy:
             host, _, port = trunk.outbound_proxy.rpartition(":")

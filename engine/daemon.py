@@ -273,7 +273,9 @@ class Daemon:
                     "ready",
                     http=f"http://{self.config.http.bind}:{self.http_port}",
                     storage=self.store.dialect,
-                    sip=f"udp:{self.sip_addr[0]}:{self.sip_addr[1]}",
+                    # the first listener (what the README's examples dial), then all of them
+                    sip=_listener_text(self.calls.listening[0]),
+                    sip_listeners=[_listener_text(x) for x in self.calls.listening],
                     config=self.config.source or "embedded default",
                     startup_s=round(time.monotonic() - self._started_monotonic, 3),
                 )
@@ -346,3 +348,8 @@ def run_daemon(config: Config, *, config_path: Path | None) -> int:
             loop_factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         return runner.run(Daemon(config, config_path=config_path).run())
+
+
+def _listener_text(listener: tuple[str, tuple[str, int]]) -> str:
+    kind, (host, port) = listener
+    return f"{kind}:{host}:{port}"

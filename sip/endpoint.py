@@ -472,13 +472,24 @@ class Endpoint:
         self._accept: Final = frozenset(a.lower() for a in self.config.accept)
         self._supported: Final = frozenset(s.lower() for s in self.config.supported)
         cfg = self.config
+        # sip: with ;transport=tls over TLS, as Kamailio and Asterisk send it: a sips: Contact
+        # only where the request was sips: (RFC 3261 8.1.1.8, RFC 5630 3.1.3); many UAs that
+        # call over TLS with a sip: URI cannot route to a sips: one.
         self.contact_uri: Final = Uri(
-            "sips" if cfg.transport.upper() == "TLS" else "sip",
+            "sip",
             user=cfg.contact_user,
             host=cfg.local_host,
             port=cfg.local_port,
             params=(("transport", cfg.transport.lower()),) if cfg.reliable else (),
         )
+        self._sips_contact_uri: Final = self.contact_uri.replace(scheme="sips", params=())
+
+    def _contact_for(self, uri: object) -> Uri:
+        """Our Contact for a dialog with ``uri`` as its Request-URI: sips: only for a sips:
+        request over TLS."""
+        if self.config.transport.upper() == "TLS" and getattr(uri, "scheme", "") == "sips":
+            return self._sips_contact_uri
+        return self.contact_uri
 
     # -- aioquic-style I/O surface --------------------------------------------------------------
 
@@ -616,7 +627,7 @@ class Endpoint:
         is_invite = request.method == "INVITE"
         to_tag = ctx.to_tag if status > 100 else None
         if is_invite and 100 < status < 300:
-            extra.insert(0, ("Contact", f"<{self.contact_uri}>"))
+            extra.insert(0, ("Contact", f"<{self._contact_for(request.uri)}>"))
             if status >= 200:
                 extra += [("Allow", self._allow_value)]
         response = make_response(request, status, reason, to_tag=to_tag, headers=extra, body=body)
@@ -700,7 +711,7 @@ class Endpoint:
         h.add("To", str(NameAddr(to_uri)))
         h.add("Call-ID", new_call_id(cfg.local_host))
         h.add("CSeq", "1 INVITE")
-        h.add("Contact", f"<{self.contact_uri}>")
+        h.add("Contact", f"<{self._contact_for(to_uri)}>")
         h.add("Allow", self._allow_value)
         h.add("User-Agent", cfg.user_agent)
         for name, value in headers:
@@ -1118,7 +1129,7 @@ class Endpoint:
                     self._start_2xx(dialog, response, ctx, now)
             return
         if 100 < status < 300 and dialog is None:
-            dialog = Dialog.as_uas(req, ctx.to_tag, self.contact_uri)
+            dialog = Dialog.as_uas(req, ctx.to_tag, self._contact_for(req.uri))
             self._dialogs[dialog.id] = dialog
             ctx.dialog_id = dialog.id
         if dialog is None:

@@ -1,0 +1,164 @@
+"""Calls over TCP: a SIPp trunk over TCP into the ACD's TCP listener, the agent's phone reached over
+TCP because its contact says ;transport=tcp, alongside the UDP listener. And a bad TLS listener is
+refused with the file and key named."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+from tests.e2e.conftest import DaemonFactory
+from tests.e2e.peers import Baresip, sipp, stop
+from tests.e2e.test_call_load import front_door, login
+
+pytestmark = pytest.mark.e2e
+
+
+def test_trunk_and_agent_over_tcp(start_daemon: DaemonFactory, tmp_path: Path) -> None:
+    agent = sipp(tmp_path, ["-sn", "uas", "-t", "t1"], None, "-trace_msg")
+    time.sleep(0.5)
+    tcp_port = free_port()
+    daemon = start_daemon(
+        front_door()
+        + f"""
+[[sip.listeners]]
+transport = "tcp"
+bind = "127.0.0.1"
+port = {tcp_port}
+
+[[queues]]
+name = "support"
+
+[[agents]]
+id = "a1"
+login = "static"
+contact = "sip:a1@127.0.0.1:{agent.sip_port};transport=tcp"
+queues = {{ support = 0 }}
+"""  # type: ignore[attr-defined]
+    )
+    login(daemon, "a1")
+    ready = daemon.wait_for_log("ready")
+    assert ready["sip_listeners"][1] == f"tcp:127.0.0.1:{tcp_port}"  # type: ignore[index]
+    caller = sipp(tmp_path, ["-sn", "uac", "-t", "t1"], f"127.0.0.1:{tcp_port}",
+                  "-s", "support", "-m", "1", "-d", "1000", "-trace_msg")  # fmt: skip
+    try:
+        assert caller.wait(timeout=30) == 0, caller.log_path.read_text()[-2000:]  # type: ignore[attr-defined]
+    finally:
+        stop(agent)
+    time.sleep(1.5)
+    with sqlite3.connect(daemon.workdir / "var" / "acd.sqlite3") as db:
+        (row,) = db.execute("SELECT agent_id, disposition, hangup_side FROM calls").fetchall()
+    assert row == ("a1", "answered", "caller")
+    # The agent leg really went over TCP: every request we sent it has our TCP Via and Contact.
+    (trace,) = tmp_path.glob("uas_*_messages.log")
+    text = trace.read_text()
+    vias = re.findall(r"^Via: SIP/2.0/(\w+) 127.0.0.1:(\d+)", text, re.M)
+    assert len(vias) >= 3  # INVITE, ACK, BYE
+    assert set(vias) == {("TCP", str(tcp_port))}
+    assert re.search(rf"^Contact: <sip:[^>]*127.0.0.1:{tcp_port};transport=tcp>", text, re.M)
+
+
+def test_tls_listener_needs_its_certificate(tmp_path: Path) -> None:
+    config = tmp_path / "acd.toml"
+    config.write_text(
+        '[[sip.listeners]]\ntransport = "tls"\nport = 5061\ncert_file = "missing.pem"\n'
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "check-config", str(config)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "sip.listeners[0].cert_file" in done.stderr + done.stdout
+    assert "Traceback" not in done.stderr
+
+
+def write_self_signed(directory: Path) -> tuple[Path, Path]:
+    """A throw-away certificate for 127.0.0.1 (the trunk side does not verify it, as is usual
+    for a PBX configured with a self-signed ACD certificate)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "acd.test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_caller_over_tls(start_daemon: DaemonFactory, tmp_path: Path) -> None:
+    agent = sipp(tmp_path, ["-sn", "uas"], None)
+    time.sleep(0.5)
+    cert, key = write_self_signed(tmp_path)
+    tls_port = free_port()
+    daemon = start_daemon(
+        front_door()
+        + f"""
+[[sip.listeners]]
+transport = "tls"
+bind = "127.0.0.1"
+port = {tls_port}
+cert_file = "{cert}"
+key_file = "{key}"
+
+[[queues]]
+name = "support"
+
+[[agents]]
+id = "a1"
+login = "static"
+contact = "sip:a1@127.0.0.1:{agent.sip_port}"
+queues = {{ support = 0 }}
+"""  # type: ignore[attr-defined]
+    )
+    login(daemon, "a1")
+    sip = f"127.0.0.1:{tls_port};transport=tls"
+    caller = Baresip(
+        tmp_path / "caller", f"<sip:5551234@{sip}>;regint=0;audio_codecs=PCMU", 440,
+        dial=f"sip:support@{sip}",
+    )  # fmt: skip
+    try:
+        caller.wait_for("Call established", 20)
+        time.sleep(1.0)
+        caller.command("hangup")
+        caller.wait_for("terminated (duration", 10)
+    finally:
+        caller.stop()
+        stop(agent)
+    time.sleep(1.5)
+    with sqlite3.connect(daemon.workdir / "var" / "acd.sqlite3") as db:
+        (row,) = db.execute("SELECT agent_id, disposition, hangup_side FROM calls").fetchall()
+    assert row == ("a1", "answered", "caller")
