@@ -1,7 +1,8 @@
 """Calls: the B2BUA that takes a trunk call through its flow and queue to an agent and bridges them.
 
-How this works (DESIGN.md section 3): one UDP SIP endpoint (sip.endpoint + sip.transport.udp) feeds
-``CallService.on_event``. A new INVITE from an allowed trunk whose dialled number matches a route
+How this works (DESIGN.md section 3): one SIP endpoint per listener (sip.endpoint with
+sip.transport.udp or .tcp, TLS included) feeds ``CallService.on_event``; a call and each of its
+legs remember the endpoint they use. A new INVITE from an allowed trunk whose dialled number matches a route
 becomes a ``Call`` run by one task in the service's TaskGroup: the flow runs against the call (it is
 the flow's ``CallIO``: prompts through the shared media clock, DTMF from RFC 4733 or SIP INFO), and
 an ``enqueue`` outcome hands the call to the routing service with music on hold playing. Offers from
@@ -9,7 +10,9 @@ the routing core ring agents (INVITE to their registered or static contact with 
 ring timeout, busy and reject go back to the router, which offers the next agent. The first agent
 to answer is accepted (ring-all withdrawals are cancelled) and the two RTP legs are bridged, with
 the recording tap when the queue records. A BYE on either leg ends the other; the agent goes to
-wrap-up; the CDR row, queue events and metrics are written.
+wrap-up; the CDR row, queue events and metrics are written. Re-INVITEs are answered from each leg's
+own offer/answer state (hold gives the caller music); an agent may blind-transfer the caller to a
+queue or a number; browser agents (engine.webrtc) ring, answer and hang up over their softphone.
 
 Every way a caller can leave (CANCEL before answer, BYE during the flow, while queued or while an
 agent rings) cancels the call's task; its ``finally`` releases everything: routing (abandon or
