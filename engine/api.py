@@ -29,12 +29,12 @@ from typing import Any, NoReturn
 import msgspec
 import sqlalchemy as sa
 import structlog
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 
 import routing_core as rc
 from engine.cdr import CdrWriter
 from engine.config import Config, Role
-from engine.events import Event, EventBus
+from engine.events import Event, EventBus, Subscription
 from engine.http import Problem, json_response
 from engine.recording_service import (
     CONTENT_TYPES,
@@ -124,9 +124,14 @@ def _problem(
 _PUBLIC = {"/api/v1/", "/api/v1/openapi.json", "/api/v1/events", "/api/v1/agent/rtc"}
 # Seconds a WebSocket client has to send its auth message.
 WS_AUTH_TIMEOUT_S = 5.0
+# Seconds we wait for a client to answer our close frame before dropping the connection. A client
+# that is there answers in milliseconds; aiohttp's default (10 s) would outlast the shutdown budget.
+WS_CLOSE_TIMEOUT_S = 1.0
 
 
 TOKENS_KEY = web.AppKey("api_tokens", TokenTable)
+# The open /api/v1/events sockets, so that shutdown can close them (1001) instead of waiting them out.
+EVENT_STREAMS_KEY = web.AppKey("event_streams", set[web.WebSocketResponse])
 
 
 def make_auth_middleware(tokens: TokenTable) -> Callable[..., Awaitable[web.StreamResponse]]:
@@ -781,33 +786,75 @@ def _event_filter(config: Config, principal: Principal) -> Callable[[Event], boo
 
 
 async def event_stream(request: web.Request) -> web.WebSocketResponse:
-    """WebSocket: send {"type": "auth", "token": ...} first; then events arrive as JSON objects."""
+    """WebSocket: send {"type": "auth", "token": ...} first; then events arrive as JSON objects.
+
+    Close codes: 4401 bad token, 4008 too slow (reconnect and re-read state), 1001 the daemon is
+    shutting down."""
     ctx = request.app[CONTEXT_KEY]
-    ws = web.WebSocketResponse(heartbeat=30.0)
+    ws = web.WebSocketResponse(heartbeat=30.0, timeout=WS_CLOSE_TIMEOUT_S)
     await ws.prepare(request)
+    streams = request.app[EVENT_STREAMS_KEY]
+    streams.add(ws)  # from here on, shutdown closes it (even before it authenticated)
     try:
-        first = await ws.receive(timeout=WS_AUTH_TIMEOUT_S)
-        auth = msgspec.json.decode(first.data, type=WsAuth) if first.type.name == "TEXT" else None
-    except (TimeoutError, msgspec.DecodeError):
-        auth = None
-    config = ctx.get_config()
-    principal = None if auth is None else request.app[TOKENS_KEY].lookup(config, auth.token)
-    if principal is None or ctx.bus is None:
-        await ws.close(code=4401, message=b"unauthorized")
-        return ws
-    request[PRINCIPAL_KEY] = principal
-    sub = ctx.bus.subscribe(_event_filter(config, principal))
-    await ws.send_str(msgspec.json.encode({"type": "hello", "principal": principal.name}).decode())
-    try:
-        while not ws.closed:
-            payload = await sub.get()
-            if payload is None:  # cut off for being too slow
-                await ws.close(code=4008, message=b"too slow: reconnect and re-read state")
-                break
-            await ws.send_str(payload.decode())
+        try:
+            first = await ws.receive(timeout=WS_AUTH_TIMEOUT_S)
+            auth = (
+                msgspec.json.decode(first.data, type=WsAuth) if first.type.name == "TEXT" else None
+            )
+        except (TimeoutError, msgspec.DecodeError):
+            auth = None
+        config = ctx.get_config()
+        principal = None if auth is None else request.app[TOKENS_KEY].lookup(config, auth.token)
+        if principal is None or ctx.bus is None:
+            await ws.close(code=4401, message=b"unauthorized")
+            return ws
+        request[PRINCIPAL_KEY] = principal
+        sub = ctx.bus.subscribe(_event_filter(config, principal))
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(_read_until_closed(ws, sub))
+                await _forward_events(ws, sub, principal)
+        finally:
+            sub.close()
     finally:
-        sub.close()
+        streams.discard(ws)
     return ws
+
+
+async def _read_until_closed(ws: web.WebSocketResponse, sub: Subscription) -> None:
+    """The client has nothing to say after its auth message, but reading is how a socket that
+    closed (the page left, the TCP connection dropped, shutdown closed it) is noticed at once
+    rather than at the next event, which on a quiet night may be hours away."""
+    async for _ignored in ws:
+        pass
+    sub.close()  # wakes the forwarder
+
+
+async def _forward_events(ws: web.WebSocketResponse, sub: Subscription, who: Principal) -> None:
+    try:
+        await ws.send_str(msgspec.json.encode({"type": "hello", "principal": who.name}).decode())
+        while (payload := await sub.get()) is not None:
+            await ws.send_str(payload.decode())
+    except ConnectionResetError:
+        pass  # the socket closed under a send; the reader has seen it or is about to
+    if sub.overflowed:
+        await ws.close(code=4008, message=b"too slow: reconnect and re-read state")
+    else:  # no-op when the client or the shutdown closed it; ends the reader otherwise
+        await ws.close()
+
+
+async def close_event_streams(app: web.Application) -> None:
+    """``on_shutdown``: tell every event stream the daemon is going away (1001), all at once. Their
+    handlers then end by themselves, instead of holding the HTTP server's shutdown for its whole
+    ``shutdown_timeout`` (the close waits at most WS_CLOSE_TIMEOUT_S for each client's answer)."""
+    open_streams = app[EVENT_STREAMS_KEY]
+    streams = list(open_streams)  # a copy: handlers leave the set as their sockets close
+    if streams:
+        log.info("event_streams_closing", streams=len(streams))
+    await asyncio.gather(
+        *(ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down") for ws in streams),
+        return_exceptions=True,
+    )
 
 
 def add_routes(app: web.Application, ctx: ApiContext) -> None:
@@ -820,6 +867,8 @@ def add_routes(app: web.Application, ctx: ApiContext) -> None:
     app.router.add_get("/api/v1/stats/intervals", interval_stats)
     app.router.add_post("/api/v1/reload", reload_config)
     app.router.add_get("/api/v1/events", event_stream)
+    app[EVENT_STREAMS_KEY] = set[web.WebSocketResponse]()
+    app.on_shutdown.append(close_event_streams)
     app.router.add_get("/api/v1/recordings", list_recordings)
     app.router.add_get("/api/v1/recordings/{recording_id}/audio", download_recording)
     app.router.add_put("/api/v1/recordings/{recording_id}/legal_hold", set_legal_hold)

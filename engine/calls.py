@@ -1218,7 +1218,6 @@ class CallService:
             self._reject(call, leg.agent_id, "reject")
         elif kind == "hangup" and leg.answered:
             self._agent_gone(leg, "hangup")
-            self._end_leg(leg)
         elif kind == "transfer" and leg.answered:
             try:
                 where = self.request_transfer(
@@ -1249,8 +1248,8 @@ class CallService:
             else:
                 if leg.ring_timer is not None:
                     leg.ring_timer.cancel()
+                self._end_leg(leg)
                 self._reject(call, leg.agent_id, "no_answer")
-            self._end_leg(leg)
 
     def _agent_media(self, call: Call, event: MediaEvent) -> None:
         if not isinstance(event, MediaTimedOut):
@@ -1492,10 +1491,10 @@ class CallService:
             call.task.cancel()
 
     def _agent_gone(self, leg: AgentLeg, reason: str) -> None:
+        """The agent's side hung up (BYE, the softphone's Hang up, the page closing): its leg is
+        released here (RTP port, maps, the page told), then the call ends if it was bridged."""
         call = leg.call
-        if leg.dialog_id is not None:
-            self._legs_by_dialog.pop(leg.dialog_id, None)
-        leg.finished = True
+        self._end_leg(leg)
         if call.agent_id == leg.agent_id:
             self._caller_gone(call, f"agent {reason}", side="agent")
         elif leg.external and leg.answered:

@@ -49,7 +49,16 @@ class Subscription:
         return await self.queue.get()
 
     def close(self) -> None:
+        """Unsubscribe, and wake a ``get`` that is waiting: it returns None instead of waiting for
+        an event that may never come (a WebSocket whose client left must not be held open)."""
         self._bus._subscribers.discard(self)
+        self._end()
+
+    def _end(self) -> None:
+        # Events still queued are dropped: the end marker must fit and must come first.
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.queue.put_nowait(None)
 
 
 class EventBus:
@@ -82,6 +91,4 @@ class EventBus:
                 sub.overflowed = True
                 self._subscribers.discard(sub)
                 self.disconnected_slow += 1
-                while not sub.queue.empty():
-                    sub.queue.get_nowait()
-                sub.queue.put_nowait(None)
+                sub._end()

@@ -131,6 +131,7 @@ function softphone() {
   // The call is gone (answered elsewhere, caller hung up, we hung up): back to waiting.
   function callOver() {
     call = null;
+    recorder.connected(null);
     incoming.hidden = true;
     answer.disabled = hangup.disabled = hold.disabled = true;
     hold.setAttribute("aria-pressed", "false");
@@ -143,6 +144,13 @@ function softphone() {
     document.getElementById("incoming-queue").textContent = msg.queue ? `(${msg.queue})` : "";
     const rows = Object.entries(msg.data ?? {}).flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, String(v))]);
     document.getElementById("incoming-data").replaceChildren(...rows);
+    // This caller's latest calls from the CDR store: when, where, who, how it ended.
+    const history = (msg.history ?? []).map((h) => el("li", {},
+      `${new Date(h.arrived_at * 1000).toLocaleString()} · ${h.queue ?? "-"} · ` +
+      `${h.agent_id ?? "no agent"} · ${h.disposition ?? ""}` +
+      (h.talk_s ? ` · ${Math.round(h.talk_s)} s` : "")));
+    document.getElementById("incoming-history").replaceChildren(...history);
+    document.getElementById("incoming-history-title").hidden = history.length === 0;
     incoming.hidden = false;
     answer.disabled = false;
   }
@@ -152,6 +160,7 @@ function softphone() {
     ws.onopen = () => ws.send(JSON.stringify({ type: "auth", token: sessionStorage.getItem(TOKEN_KEY) }));
     ws.onmessage = async (m) => {
       const msg = JSON.parse(m.data);
+      if (msg.type === "media") recorder.connected(msg.active ? call : null);
       if (msg.type === "hello") {
         delayMs = 1000;
         note.textContent = "";
@@ -209,6 +218,82 @@ function softphone() {
   addEventListener("pagehide", () => send({ type: "bye" }));
   open();
 }
+
+// Recording controls: record the connected call from now on (queues with record = "on_demand"), and
+// pause/resume the recording while the caller reads out card data (PCI). The server decides (the
+// queue's policy, the call's state); the page shows its answer, with its reason when it refuses.
+// Agents cannot list calls, so the page does not know up front whether a call is being recorded:
+// the server's "already being recorded" (409) to Record tells it.
+function recordingControls() {
+  const record = document.getElementById("record");
+  const pause = document.getElementById("record-pause");
+  const status = document.getElementById("record-state");
+  let callId = null;
+
+  const show = (text, cls = "") => { status.textContent = text; status.className = cls; };
+  const showRecording = (paused) => {
+    record.disabled = true;
+    pause.setAttribute("aria-pressed", String(paused));
+    pause.textContent = paused ? "Resume recording" : "Pause recording";
+    show(paused ? "recording paused" : "recording", paused ? "rec-paused" : "rec-on");
+  };
+
+  // PUT /api/v1/calls/{id}/recording; the server's problem detail when it refuses.
+  async function put(body) {
+    const forCall = callId;
+    let resp, answer = {};
+    try {
+      resp = await fetch(`/api/v1/calls/${encodeURIComponent(forCall)}/recording`, {
+        method: "PUT",
+        headers: { Authorization: `Bearer ${sessionStorage.getItem(TOKEN_KEY)}`, "Content-Type": "application/json" },
+        body: JSON.stringify(body),
+      });
+      answer = await resp.json().catch(() => ({}));
+    } catch (exc) {
+      return { current: forCall === callId, ok: false, status: 0, reason: `no answer from the server (${exc.message})` };
+    }
+    const reason = answer.detail || answer.title || `HTTP ${resp.status}`;
+    return { current: forCall === callId, ok: resp.ok, status: resp.status, reason, answer };
+  }
+
+  record.onclick = async () => {
+    record.disabled = true;
+    show("starting recording…");
+    const r = await put({ record: true });
+    if (!r.current) return;  // the call ended meanwhile
+    if (r.ok || (r.status === 409 && r.reason.includes("already being recorded"))) {
+      showRecording(Boolean(r.answer?.recording_paused));
+    } else {
+      show(`not recording: ${r.reason}`, "error");
+      record.disabled = false;  // e.g. not bridged yet: a second try may succeed
+    }
+  };
+  pause.onclick = async () => {
+    const paused = pause.getAttribute("aria-pressed") !== "true";
+    pause.disabled = true;
+    const r = await put({ paused });
+    if (!r.current) return;
+    pause.disabled = false;
+    if (r.ok) showRecording(r.answer.recording_paused);
+    else show(`${paused ? "pause" : "resume"} refused: ${r.reason}`, "error");
+  };
+
+  // Hanging up ends the call from this side: the controls go at once, not when the server confirms.
+  document.getElementById("hangup").addEventListener("click", () => controls.connected(null));
+  // The softphone says when a call's audio is connected (its id) and when it is over (null).
+  const controls = {
+    connected(id) {
+      if (id === callId) return;
+      callId = id;
+      record.disabled = pause.disabled = id === null;
+      pause.setAttribute("aria-pressed", "false");
+      pause.textContent = "Pause recording";
+      show("");
+    },
+  };
+  return controls;
+}
+const recorder = recordingControls();
 
 login(loadMe, () => {
   document.getElementById("desk").hidden = false;

@@ -1,6 +1,8 @@
 import { api, debounce, el, login, stream } from "/static/common.js";
 
-const STATES = ["available", "busy", "wrap_up", "not_ready"];
+// Agent states as the routing core names them; "reserved" is an agent whose phone is ringing.
+const STATES = ["available", "reserved", "busy", "wrap_up", "not_ready"];
+const LABELS = { reserved: "ringing", wrap_up: "wrap up", not_ready: "not ready" };
 let fetchedAt = performance.now();
 let queues = [];
 
@@ -20,7 +22,7 @@ function render() {
   board.replaceChildren(...queues.map((q) => {
     const sl = q.today.service_level;
     const wait = q.waiting > 0 ? q.oldest_wait_s + elapsed : 0;
-    const agents = STATES.map((s) => el("span", { class: `ag ag-${s}`, "data-state": s }, `${s.replace("_", " ")} ${q.agents[s] ?? 0}`));
+    const agents = STATES.map((s) => el("span", { class: `ag ag-${s}`, "data-state": s }, `${LABELS[s] ?? s} ${q.agents[s] ?? 0}`));
     return el("section", { class: "queue", "data-queue": q.name },
       el("h2", {}, q.name),
       el("div", { class: "big waiting" }, el("small", {}, "waiting"), String(q.waiting)),
@@ -44,7 +46,10 @@ async function refresh() {
 
 login(refresh, () => {
   const soon = debounce(refresh, 250);
-  stream(soon);
+  // Today's figures (answered, abandoned, SL) come from the CDR store, which is written in batches
+  // (every half second): a second look after the events settle picks up the call that just ended.
+  const settled = debounce(refresh, 1500);
+  stream(() => { soon(); settled(); });
   setInterval(refresh, 5000);
   setInterval(render, 1000);
 });

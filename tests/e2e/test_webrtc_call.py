@@ -111,6 +111,14 @@ async def test_browser_agent_takes_a_sip_call_with_audio_both_ways(
             # The softphone's media came up: the agent is logged in, like a phone registering.
             await wait_state(daemon, {"available"}, 10)
 
+            # This caller phoned yesterday: the screen-pop lists it from the CDR store.
+            with sqlite3.connect(daemon.workdir / "var" / "acd.sqlite3") as db:
+                db.execute(
+                    "INSERT INTO calls (id, sip_call_id, caller, arrived_at, queue, agent_id,"
+                    " disposition, talk_s) VALUES ('earlier-call', 'x@pbx', '5551234', ?, 'sales',"
+                    " '1002', 'answered', 95.0)",
+                    (time.time() - 86400,),
+                )
             caller = Baresip(
                 tmp_path / "caller", f"<sip:5551234@{sip}>;regint=0;audio_codecs=PCMU", 440,
                 dial=f"sip:support@{sip}",
@@ -121,6 +129,10 @@ async def test_browser_agent_takes_a_sip_call_with_audio_both_ways(
             await expect(page.locator("#incoming-queue")).to_have_text("(support)")
             await expect(page.locator("#incoming-data")).to_contain_text("4711")
             await expect(page.locator("#incoming-data")).to_contain_text("gold")
+            await expect(page.locator("#incoming-history li")).to_have_count(1)
+            await expect(page.locator("#incoming-history")).to_contain_text(
+                "sales · 1002 · answered · 95 s"
+            )
             assert agent_state(daemon) == "reserved"  # ringing
             ARTIFACTS.mkdir(exist_ok=True)
             await page.screenshot(path=str(ARTIFACTS / "agent-incoming-call.png"))
@@ -134,19 +146,23 @@ async def test_browser_agent_takes_a_sip_call_with_audio_both_ways(
             await page.click("#hangup")  # the agent ends the call
             await wait_state(daemon, {"wrap_up", "available"}, 10)
             await expect(page.locator("#hangup")).to_be_disabled()
+            # The page was told the call ended ("call_ended": only that disables Hold again).
+            await expect(page.locator("#hold")).to_be_disabled()
             caller.wait_for("terminated (duration", 10)  # our BYE reached the caller
         finally:
             await browser.close()
             if caller is not None:
                 caller.stop()  # baresip finishes its recording of what it heard when it exits
     assert caller is not None
+    _, exposition, _ = daemon.get("/metrics")
+    assert "acd_rtp_sessions_active 0.0" in exposition.decode()  # both legs' ports released
     heard = caller.heard()
     assert abs(dominant_hz(heard[-8000:]) - 880) < 15  # the browser's microphone
 
     time.sleep(1.5)  # CDR writer flush
     with sqlite3.connect(daemon.workdir / "var" / "acd.sqlite3") as db:
         db.row_factory = sqlite3.Row
-        (cdr,) = db.execute("SELECT * FROM calls").fetchall()
+        (cdr,) = db.execute("SELECT * FROM calls WHERE id != 'earlier-call'").fetchall()
         rec = db.execute("SELECT * FROM recordings").fetchone()
     assert (cdr["disposition"], cdr["agent_id"], cdr["hangup_side"]) == (
         "answered",

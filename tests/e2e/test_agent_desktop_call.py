@@ -1,0 +1,245 @@
+"""A call to a browser agent seen from the two pages: the desk records it, the wallboard follows it.
+
+baresip dials the ``support`` queue (``record = "on_demand"``) while agent 3001 is not ready, so the
+call really waits; the agent, in headless Chromium, goes ready, answers, and drives the recording
+controls: Pause before anything is recorded is refused with the server's reason, Record starts an
+on-demand recording (a row in the recordings index, started by the agent), Pause then Resume leave
+one paused span. The wallboard, open in a second page with the admin token, follows the call from
+the event stream (each step within 2 s, well inside its 5 s fallback poll): waiting 1 with the agent
+not ready, the agent ringing, busy with nothing waiting, then wrap-up after hang-up; available after
+wrap-up comes from the poll (no event marks the end of wrap-up).
+
+The recording is checked by content: 440 Hz (caller) on the left and 880 Hz (the browser's fake
+microphone) on the right before and after the pause, silence on both channels inside it. Last, with
+both pages still open, SIGTERM ends the daemon in well under its 5 s HTTP shutdown timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import sqlite3
+import time
+import urllib.request
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+from playwright.async_api import Page, async_playwright, expect
+
+from tests.e2e.conftest import DaemonFactory, DaemonProcess
+from tests.e2e.peers import Baresip, dominant_hz, free_port_block
+from tests.e2e.test_webrtc import ARTIFACTS, CHROMIUM_FLAGS, write_tone
+
+pytestmark = pytest.mark.e2e
+
+ADMIN = "admin-token-agent-desktop-0123"
+AGENT_TOKEN = "agent-3001-token-agent-desktop"
+# The wallboard refreshes on every event (250 ms debounce) and polls every 5 s: 2 s shows it is live.
+LIVE_S = 2.0
+
+
+def config(rtp_base: int) -> str:
+    return f"""
+[media]
+rtp_port_min = {rtp_base}
+rtp_port_max = {rtp_base + 98}
+
+[recordings]
+flush_interval_s = 0.5
+
+[[api.tokens]]
+name = "ops"
+role = "admin"
+token = "{ADMIN}"
+
+[[trunks]]
+name = "local"
+allow = ["127.0.0.0/8"]
+
+[[routes]]
+number = "support"
+flow = "support"
+
+[[flows]]
+name = "support"
+steps = [{{ type = "answer" }}, {{ type = "enqueue", queue = "support" }}]
+
+[[queues]]
+name = "support"
+ring_timeout_s = 30.0
+wrap_up_s = 1.0
+record = "on_demand"
+
+[[agents]]
+id = "3001"
+name = "Wendy"
+login = "webrtc"
+queues = {{ support = 0 }}
+api_token = "{AGENT_TOKEN}"
+"""
+
+
+def agent_state(daemon: DaemonProcess) -> str:
+    request = urllib.request.Request(f"{daemon.base_url}/api/v1/agents/3001")
+    request.add_header("Authorization", f"Bearer {ADMIN}")
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        return str(json.loads(resp.read())["state"])
+
+
+async def wait_state(daemon: DaemonProcess, wanted: set[str], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while (state := await asyncio.to_thread(agent_state, daemon)) not in wanted:
+        assert time.monotonic() < deadline, f"agent 3001 never {wanted}: {state}"
+        await asyncio.sleep(0.1)
+
+
+def db_rows(daemon: DaemonProcess, sql: str) -> list[sqlite3.Row]:
+    with sqlite3.connect(daemon.workdir / "var" / "acd.sqlite3") as db:
+        db.row_factory = sqlite3.Row
+        return db.execute(sql).fetchall()
+
+
+async def log_in(page: Page, url: str, token: str) -> None:
+    await page.goto(url)
+    await page.fill("#token", token)
+    await page.press("#token", "Enter")
+
+
+def rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(x.astype(float) ** 2)))
+
+
+async def test_agent_records_and_pauses_while_the_wallboard_follows_the_call(
+    start_daemon: DaemonFactory, tmp_path: Path
+) -> None:
+    daemon = start_daemon(config(free_port_block(100)))
+    sip = str(daemon.wait_for_log("ready")["sip"]).removeprefix("udp:")
+    tone = tmp_path / "mic-880.wav"
+    write_tone(tone, 880, 60)
+    caller: Baresip | None = None
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            args=[*CHROMIUM_FLAGS, f"--use-file-for-fake-audio-capture={tone}"],
+        )
+        try:
+            board = await browser.new_page(viewport={"width": 1920, "height": 1080})
+            await log_in(board, daemon.base_url + "/wallboard", ADMIN)
+            await expect(board.locator("#conn")).to_have_text("live")
+            queue = board.locator('[data-queue="support"]')
+            waiting = queue.locator(".waiting")
+            agents = {
+                s: queue.locator(f'[data-state="{s}"]')
+                for s in ("available", "reserved", "busy", "wrap_up", "not_ready")
+            }
+
+            desk = await browser.new_page()
+            await log_in(desk, daemon.base_url + "/agent", AGENT_TOKEN)
+            await expect(desk.locator("#rtc-state")).to_have_text("softphone PCMU", timeout=15000)
+            await wait_state(daemon, {"available"}, 10)
+            await expect(agents["available"]).to_have_text("available 1", timeout=LIVE_S * 1000)
+            for button in ("#record", "#record-pause"):  # no call: nothing to record
+                await expect(desk.locator(button)).to_be_disabled()
+
+            # -- queued: the only agent is not ready, so the caller waits --------------------------
+            await desk.select_option("#reason", "break")
+            await desk.click("#not-ready")
+            await expect(agents["not_ready"]).to_have_text("not ready 1", timeout=LIVE_S * 1000)
+            caller = Baresip(
+                tmp_path / "caller", f"<sip:5551234@{sip}>;regint=0;audio_codecs=PCMU", 440,
+                dial=f"sip:support@{sip}",
+            )  # fmt: skip
+            await expect(waiting).to_have_text(re.compile(r"waiting\s*1$"), timeout=15000)
+            await expect(agents["not_ready"]).to_have_text("not ready 1")
+
+            # -- ringing, then bridged ----------------------------------------------------------------
+            await desk.click("#ready")
+            await expect(desk.locator("#incoming")).to_be_visible(timeout=15000)
+            await expect(agents["reserved"]).to_have_text("ringing 1", timeout=LIVE_S * 1000)
+            await desk.click("#answer")
+            await wait_state(daemon, {"busy"}, 10)
+            await expect(waiting).to_have_text(re.compile(r"waiting\s*0$"), timeout=LIVE_S * 1000)
+            await expect(agents["busy"]).to_have_text("busy 1", timeout=LIVE_S * 1000)
+            await expect(queue.locator(".figs")).to_have_text("answered 0 · abandoned 0")
+            await board.screenshot(path=str(ARTIFACTS / "wallboard-during-call.png"))
+
+            # -- recording controls -------------------------------------------------------------------
+            record, pause, status = (
+                desk.locator("#record"), desk.locator("#record-pause"), desk.locator("#record-state")
+            )  # fmt: skip
+            await expect(record).to_be_enabled(timeout=5000)
+            await pause.click()  # nothing is recorded yet: the server says so, the page shows it
+            await expect(status).to_have_text(
+                "pause refused: the call is not being recorded", timeout=5000
+            )
+            assert db_rows(daemon, "SELECT id FROM recordings") == []
+            await record.click()
+            await expect(status).to_have_text("recording", timeout=5000)
+            await expect(record).to_be_disabled()
+            (row,) = db_rows(daemon, "SELECT * FROM recordings")  # the index row, from the click
+            assert (row["queue"], row["agent_id"], row["on_demand"], row["started_by"]) == (
+                "support", "3001", 1, "agent:3001",
+            )  # fmt: skip
+            await desk.screenshot(path=str(ARTIFACTS / "agent-recording.png"))
+            await asyncio.sleep(1.5)
+            await pause.click()
+            await expect(status).to_have_text("recording paused", timeout=5000)
+            await expect(pause).to_have_text("Resume recording")
+            await expect(pause).to_have_attribute("aria-pressed", "true")
+            await asyncio.sleep(1.5)
+            await pause.click()
+            await expect(status).to_have_text("recording", timeout=5000)
+            await expect(pause).to_have_text("Pause recording")
+            await asyncio.sleep(1.5)
+
+            # -- hang-up ---------------------------------------------------------------------------
+            await desk.click("#hangup")
+            await expect(agents["busy"]).to_have_text("busy 0", timeout=LIVE_S * 1000)
+            await expect(agents["wrap_up"]).to_have_text("wrap up 1")
+            figures = queue.locator(".figs")  # today's, from the CDR store
+            await expect(figures).to_have_text("answered 1 · abandoned 0", timeout=LIVE_S * 1000)
+            # The end of wrap-up is a routing-core timer that publishes no event (yet): the board
+            # learns of it from its 5 s poll, not live.
+            await expect(agents["available"]).to_have_text("available 1", timeout=7000)
+            for button in ("#record", "#record-pause"):
+                await expect(desk.locator(button)).to_be_disabled()
+            await expect(status).to_have_text("")
+            caller.wait_for("terminated (duration", 10)
+
+            # -- shutdown with both pages open -------------------------------------------------------
+            started = time.monotonic()
+            daemon.signal(signal.SIGTERM)
+            code = await asyncio.to_thread(daemon.proc.wait, 10)
+            elapsed = time.monotonic() - started
+            assert code == 0
+            assert elapsed < 2.5, elapsed  # http.shutdown_timeout_s is 5 s
+            await expect(board.locator("#conn")).to_have_text("disconnected", timeout=5000)
+        finally:
+            await browser.close()
+            if caller is not None:
+                caller.stop()
+
+    (row,) = db_rows(daemon, "SELECT * FROM recordings")
+    assert row["duration_s"] is not None, dict(row)
+    spans = json.loads(row["paused_spans"])
+    assert len(spans) == 1, spans
+    start, end = spans[0]
+    assert abs((end - start) / 8000 - 1.5) < 0.5, spans
+    with wave.open(row["path"]) as w:
+        assert (w.getnchannels(), w.getframerate()) == (2, 8000)
+        stereo = np.frombuffer(w.readframes(w.getnframes()), "<i2").reshape(-1, 2)
+    assert abs(len(stereo) / 8000 - 4.5) < 1.0, len(stereo) / 8000
+    before, during, past = (
+        stereo[800 : start - 800],
+        stereo[start + 400 : end - 400],
+        stereo[end + 1600 : -800],
+    )
+    for part in (before, past):  # the call's audio, caller left, agent right
+        assert abs(dominant_hz(part[:, 0]) - 440) < 15
+        assert abs(dominant_hz(part[:, 1]) - 880) < 20
+        assert min(rms(part[:, 0]), rms(part[:, 1])) > 300
+    assert max(rms(during[:, 0]), rms(during[:, 1])) < 50  # PCI: nothing of the paused span
