@@ -189,6 +189,10 @@ class AgentDirectory:
         self._routing.logout(agent_id)
         self._record(agent_id, "logged_out", reason)
 
+    def wrap_up_ended(self, agent_id: str) -> None:
+        """The agent's wrap-up timer ran out: it is available again (recorded and published)."""
+        self._record(agent_id, "available", "wrap-up ended")
+
     def call_completed(self, agent_id: str) -> None:
         """The call layer finished an agent's call: apply a logout that was waiting for it."""
         if agent_id in self._logout_after_call and not self.reachable(agent_id):

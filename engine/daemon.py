@@ -206,6 +206,7 @@ class Daemon:
             on_offer=self._on_offer,
             on_withdraw=self._on_withdraw,
             on_queue_empty=self._on_queue_empty,
+            on_wrap_up_end=self._on_wrap_up_end,
             loop=asyncio.get_running_loop(),
         )
         # Compile or load every numba kernel before any listener opens (DESIGN.md section 4): the
@@ -297,6 +298,10 @@ class Daemon:
     def _on_withdraw(self, offer: rc.Offer) -> None:
         if self.calls is not None:
             self.calls.on_withdraw(offer)
+
+    def _on_wrap_up_end(self, agent_id: str) -> None:
+        if self.agents is not None:
+            self.agents.wrap_up_ended(agent_id)
 
     def _on_queue_empty(self, queue: str) -> None:
         if self.calls is not None:

@@ -6,8 +6,8 @@ controls: Pause before anything is recorded is refused with the server's reason,
 on-demand recording (a row in the recordings index, started by the agent), Pause then Resume leave
 one paused span. The wallboard, open in a second page with the admin token, follows the call from
 the event stream (each step within 2 s, well inside its 5 s fallback poll): waiting 1 with the agent
-not ready, the agent ringing, busy with nothing waiting, then wrap-up after hang-up; available after
-wrap-up comes from the poll (no event marks the end of wrap-up).
+not ready, the agent ringing, busy with nothing waiting, then wrap-up after hang-up, and available
+again when the wrap-up timer runs out.
 
 The recording is checked by content: 440 Hz (caller) on the left and 880 Hz (the browser's fake
 microphone) on the right before and after the pause, silence on both channels inside it. Last, with
@@ -202,9 +202,10 @@ async def test_agent_records_and_pauses_while_the_wallboard_follows_the_call(
             await expect(agents["wrap_up"]).to_have_text("wrap up 1")
             figures = queue.locator(".figs")  # today's, from the CDR store
             await expect(figures).to_have_text("answered 1 · abandoned 0", timeout=LIVE_S * 1000)
-            # The end of wrap-up is a routing-core timer that publishes no event (yet): the board
-            # learns of it from its 5 s poll, not live.
-            await expect(agents["available"]).to_have_text("available 1", timeout=7000)
+            # The end of the 1 s wrap-up (a routing-core timer) is published as an agent event.
+            await expect(agents["available"]).to_have_text(
+                "available 1", timeout=(1.0 + LIVE_S) * 1000
+            )
             for button in ("#record", "#record-pause"):
                 await expect(desk.locator(button)).to_be_disabled()
             await expect(status).to_have_text("")
