@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, self_signed_cert
 from tests.e2e.conftest import DaemonFactory
 from tests.e2e.peers import Baresip, sipp, stop
 from tests.e2e.test_call_load import front_door, login
@@ -79,50 +79,10 @@ def test_tls_listener_needs_its_certificate(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
 
 
-def write_self_signed(directory: Path) -> tuple[Path, Path]:
-    """A throw-away certificate for 127.0.0.1 (the trunk side does not verify it, as is usual
-    for a PBX configured with a self-signed ACD certificate)."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "acd.test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 def test_caller_over_tls(start_daemon: DaemonFactory, tmp_path: Path) -> None:
     agent = sipp(tmp_path, ["-sn", "uas"], None)
     time.sleep(0.5)
-    cert, key = write_self_signed(tmp_path)
+    cert, key = self_signed_cert(tmp_path)
     tls_port = free_port()
     daemon = start_daemon(
         front_door()
