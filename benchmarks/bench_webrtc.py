@@ -9,17 +9,19 @@ Two processes per codec, all on 127.0.0.1:
   aiohttp app, plus one call-side feeder per session that sends 440 Hz PCMU every 20 ms to the
   session's RTP port (as the call's bridge would) and receives the agent's audio back.
 
-Measured: first the CPU of N logged-in softphones without a call (nothing should flow), then the
-gateway process's CPU time (``time.process_time``, every thread) over a fixed window
-after a warm-up, divided by N x seconds. The feeders run in that process too; their own share is
-measured first, alone (same sockets and pacing, no gateway), and subtracted. Packet counts through
-the gateway show the legs really carried audio both ways. The machine is shared and has 2 cores:
-read ratios, not absolutes.
-
-Not yet here: worker processes (the gateway runs on the daemon's loop; moving legs to workers is
-the next slice of issue #8, and this benchmark's ``gateway`` half is what a worker would run).
+Measured: first the CPU of N logged-in softphones without a call (nothing should flow), then the CPU
+time of the gateway's processes over a fixed window after a warm-up, divided by N x seconds: the
+daemon process (every thread) plus, with ``--workers``, the media worker processes, all read from
+``/proc/PID/stat`` (utime + stime). The feeders run in the daemon process; their own share is
+measured first, alone (same sockets and pacing, no gateway), and subtracted. Two figures per run:
+the total per leg (what the legs cost the machine) and the daemon's own share (what stays on the
+event loop that also runs SIP and routing; with workers only the signalling and the bridge's side
+of the RTP remain there). Packet counts through the gateway show the legs really carried audio
+both ways (with workers they are the workers' reports, up to a second old). The machine is shared
+and has 2 cores, and the browser stand-ins run on it too: read ratios, not absolutes.
 
     .venv/bin/python benchmarks/bench_webrtc.py --legs 8 --seconds 10
+    .venv/bin/python benchmarks/bench_webrtc.py --legs 8 --seconds 4 --workers 0,2
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import asyncio
 import fractions
 import math
 import multiprocessing as mp
+import os
 import struct
 import sys
 import time
@@ -42,6 +45,18 @@ import numpy as np
 
 FRAME_S = 0.02
 IDLE_S = 3.0
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (every thread), from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def _cpu_by_pid(pids: list[int]) -> dict[int, float]:
+    return {pid: _cpu_s(pid) for pid in pids}
 
 
 def _token(i: int) -> str:
@@ -213,7 +228,7 @@ async def _feeders_alone(legs: int, seconds: float) -> float:
     return cpu / (legs * seconds)
 
 
-async def _gateway_run(legs: int, seconds: float, codec: str) -> dict[str, float]:
+async def _gateway_run(legs: int, seconds: float, codec: str, workers: int) -> dict[str, Any]:
     from aiohttp import web
     from prometheus_client import CollectorRegistry
 
@@ -225,9 +240,13 @@ async def _gateway_run(legs: int, seconds: float, codec: str) -> dict[str, float
         f'[[agents]]\nid = "b{i:04d}"\nlogin = "webrtc"\napi_token = "{_token(i)}"\n'
         for i in range(legs)
     )
-    config = parse_config(f"[webrtc]\nmax_sessions = {legs}\n{agents}", "bench.toml")
+    config = parse_config(
+        f"[webrtc]\nmax_sessions = {legs}\nworkers = {workers}\n{agents}", "bench.toml"
+    )
     tokens = {_token(i): f"b{i:04d}" for i in range(legs)}
     gateway = WebRtcGateway(lambda: config, tokens.get, CollectorRegistry())
+    await gateway.start()
+    pids = [os.getpid(), *gateway.worker_pids]
     app = web.Application()
     gateway.add_routes(app)
     runner = web.AppRunner(app, handle_signals=False)
@@ -252,9 +271,10 @@ async def _gateway_run(legs: int, seconds: float, codec: str) -> dict[str, float
     sessions = list(gateway.sessions.values())
     codecs = {s.codec for s in sessions}
     await asyncio.sleep(0.5)
-    cpu0 = time.process_time()
+    cpu0 = _cpu_by_pid(pids)
     await asyncio.sleep(IDLE_S)  # logged in, no call: what a waiting agent costs
-    idle_cpu = (time.process_time() - cpu0) / (len(sessions) * IDLE_S)
+    cpu1 = _cpu_by_pid(pids)
+    idle_cpu = sum(cpu1[p] - cpu0[p] for p in pids) / (len(sessions) * IDLE_S)
     frames = _tone_frames()
     feeders = []
     for session in sessions:
@@ -266,9 +286,11 @@ async def _gateway_run(legs: int, seconds: float, codec: str) -> dict[str, float
     await asyncio.sleep(1.0)  # warm-up: jitter buffers, first encoder frames
     to0 = sum(s.packets_to_browser for s in sessions)
     from0 = sum(s.packets_from_browser for s in sessions)
-    wall0, cpu0 = time.monotonic(), time.process_time()
+    wall0, cpu0 = time.monotonic(), _cpu_by_pid(pids)
     await asyncio.sleep(seconds)
-    wall, cpu = time.monotonic() - wall0, time.process_time() - cpu0
+    wall, cpu1 = time.monotonic() - wall0, _cpu_by_pid(pids)
+    by_pid = {p: cpu1[p] - cpu0[p] for p in pids}
+    legs_by_worker = [sum(s.worker_pid == pid for s in sessions) for pid in pids[1:]]
     to_browser = sum(s.packets_to_browser for s in sessions) - to0
     from_browser = sum(s.packets_from_browser for s in sessions) - from0
     stop.set()
@@ -282,7 +304,10 @@ async def _gateway_run(legs: int, seconds: float, codec: str) -> dict[str, float
     return {
         "legs": len(sessions),
         "codec": ",".join(sorted(codecs)),
-        "cpu_per_leg_s": cpu / (len(sessions) * wall),
+        "cpu_per_leg_s": sum(by_pid.values()) / (len(sessions) * wall),
+        "daemon_cpu_per_leg_s": by_pid[pids[0]] / (len(sessions) * wall),
+        "worker_cpu_s": [by_pid[p] / wall for p in pids[1:]],
+        "legs_by_worker": legs_by_worker,
         "idle_cpu_per_session_s": idle_cpu,
         "to_browser_pps": to_browser / (len(sessions) * wall),
         "from_browser_pps": from_browser / (len(sessions) * wall),
@@ -295,6 +320,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--codec", choices=["pcmu", "opus", "both"], default="both")
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
+    parser.add_argument(
+        "--workers",
+        default="0",
+        help="[webrtc] workers to measure, comma-separated (0: media in the daemon), e.g. 0,2",
+    )
     args = parser.parse_args()
     import logging
 
@@ -302,6 +332,7 @@ def main() -> None:
 
     # the gateway logs every session's open/close at info: noise in a table of figures
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    logging.getLogger().setLevel(logging.WARNING)  # what the workers are started with
     if args.loop == "uvloop":
         import uvloop
 
@@ -315,18 +346,31 @@ def main() -> None:
             f"(call side; subtracted below), loop={args.loop}"
         )
         codecs = ["pcmu", "opus"] if args.codec == "both" else [args.codec]
-        for codec in codecs:
-            r = runner.run(_gateway_run(args.legs, args.seconds, f"audio/{codec}"))
-            per_leg = float(r["cpu_per_leg_s"]) - feeder_cpu
-            print(
-                f"{codec:>4}: {r['legs']} legs (negotiated {r['codec']}) for {args.seconds:g} s: "
-                f"{per_leg * 1000:.1f} ms CPU per leg per call-second "
-                f"-> {1 / per_leg:.0f} legs per core; "
-                f"packets/s per leg to browser {r['to_browser_pps']:.1f}, "
-                f"from browser {r['from_browser_pps']:.1f}; "
-                f"idle (logged in, no call) {float(r['idle_cpu_per_session_s']) * 1000:.2f} ms "
-                f"CPU per session per second"
-            )
+        for workers in (int(w) for w in args.workers.split(",")):
+            for codec in codecs:
+                r = runner.run(_gateway_run(args.legs, args.seconds, f"audio/{codec}", workers))
+                per_leg = float(r["cpu_per_leg_s"]) - feeder_cpu
+                daemon = float(r["daemon_cpu_per_leg_s"]) - feeder_cpu
+                split = ""
+                if workers:
+                    split = (
+                        " (workers: "
+                        + ", ".join(
+                            f"{cpu * 100:.0f}% of a core for {n} legs"
+                            for cpu, n in zip(r["worker_cpu_s"], r["legs_by_worker"], strict=True)
+                        )
+                        + ")"
+                    )
+                print(
+                    f"workers={workers} {codec:>4}: {r['legs']} legs (negotiated {r['codec']}) "
+                    f"for {args.seconds:g} s: {per_leg * 1000:.1f} ms CPU per leg per call-second "
+                    f"in all -> {1 / per_leg:.0f} legs per core; daemon's own share "
+                    f"{daemon * 1000:.1f} ms{split}; "
+                    f"packets/s per leg to browser {r['to_browser_pps']:.1f}, "
+                    f"from browser {r['from_browser_pps']:.1f}; "
+                    f"idle (logged in, no call) {float(r['idle_cpu_per_session_s']) * 1000:.2f} ms "
+                    f"CPU per session per second"
+                )
 
 
 if __name__ == "__main__":

@@ -365,6 +365,9 @@ class WebRtcConfig(_Struct, frozen=True):
     # Each browser leg costs tens of ms of CPU per call-second (aiortc): a bound keeps a login
     # storm from starving the SIP side.
     max_sessions: int = 200
+    # Worker processes running the legs' media (aiortc, codecs, RTP); 0: the daemon's own process.
+    # Read at start: a change needs a restart.
+    workers: int = 0
 
 
 class FeatureCodes(_Struct, frozen=True):
@@ -618,6 +621,9 @@ _CODECS: Final = ("PCMU", "PCMA")
 _RECORD_RE: Final = re.compile(r"^(always|never|on_demand|(100|[1-9]?[0-9])%)$")
 
 
+# More media workers than this is a typo, not a machine: each is a process of about 100 MB.
+_MAX_WEBRTC_WORKERS: Final = 64
+
 # The schemes aiortc's ICE agent understands (it has no stuns:).
 _ICE_URL_RE: Final = re.compile(r"^(stun|turn|turns):[^\s]+$")
 
@@ -643,6 +649,13 @@ def _validate_webrtc(cfg: WebRtcConfig, file: str) -> None:
     if cfg.max_sessions < 1:
         raise ConfigError(
             file, "webrtc.max_sessions", f"expected an integer >= 1, found {cfg.max_sessions}"
+        )
+    if not 0 <= cfg.workers <= _MAX_WEBRTC_WORKERS:
+        raise ConfigError(
+            file,
+            "webrtc.workers",
+            f"expected 0 (media in the daemon) to {_MAX_WEBRTC_WORKERS} worker processes, "
+            f"found {cfg.workers}",
         )
 
 

@@ -134,6 +134,7 @@ class Daemon:
             on_unexpected=self.metrics.unexpected_errors.labels(where="webrtc").inc,
         )
         self.webrtc.add_routes(app)
+        await self.webrtc.start()  # media workers ([webrtc] workers): up before the first login
         runner = web.AppRunner(
             app,
             access_log=None,
@@ -253,7 +254,7 @@ class Daemon:
                 port=self.config.http.port,
                 reason=str(exc),
             )
-            await self.store.close()
+            await self._shutdown()  # SIP listeners, media workers, the store: all that started
             return 1
         if self.webrtc is not None:
             self.calls.attach_webrtc(self.webrtc)  # browser agents ring through their softphone

@@ -58,11 +58,21 @@ gateway -> page
 Close codes: 4401 unauthorized, 4403 not a webrtc agent, 4409 replaced by a newer login of the same
 agent, 4400 protocol error (bad JSON, bad SDP, a second offer), 4429 too many sessions, 4503 WebRTC
 disabled, 4504 media connection failed (ICE/DTLS), 4008 too slow to read its messages, 1011 internal
-error, 1001 daemon shutting down, 1000 normal (after "bye"). An error in one session closes that
-session with its reason; it never reaches the daemon.
+error (also "media worker died"), 1001 daemon shutting down, 1000 normal (after "bye"). An error in
+one session closes that session with its reason; it never reaches the daemon.
+
+Worker processes (``[webrtc] workers = N``, issue #8): a leg costs tens of ms of CPU per
+call-second, all of it in aiortc, PyAV and the G.711 work, none in the signalling. So the session
+(`Session`: WebSocket, auth, registry, the call layer's hooks, metrics) always stays here, and its
+media (engine.webrtc_worker.MediaLeg) runs either in this process (N = 0) or, through a
+`WorkerMedia` proxy with the same API, in one of N worker processes (the one with the fewest
+sessions). The worker's RTP socket is the session's ``rtp_address``, so the bridge talks to the
+worker directly. `WorkerPool` starts the workers with the gateway, restarts one that dies (its
+sessions close with 1011 "media worker died"; counted in ``acd_webrtc_worker_restarts_total``) and
+stops them at shutdown, after the sessions. The call layer cannot tell the two modes apart.
 
 ICE host candidates: aioice has no per-connection interface list and always skips 127.0.0.1, so the
-gateway replaces ``aioice.ice.get_host_addresses`` (process-wide) with one that returns
+media side (in whichever process it runs) replaces ``aioice.ice.get_host_addresses`` (process-wide) with one that returns
 ``[webrtc] host_addresses``. ICE and DTLS ports are ephemeral (aioice has no port range).
 """
 
@@ -70,59 +80,80 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fractions
 import logging
+import os
 import re
-import secrets
-from collections.abc import Awaitable, Callable
-from typing import Any, cast
+import socket
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
 
-import aioice.ice
-import av
 import msgspec
-import numpy as np
 import structlog
 from aiohttp import WSMsgType, web
-from aiortc import (
-    RTCConfiguration,
-    RTCIceServer,
-    RTCPeerConnection,
-    RTCRtpSender,
-    RTCSessionDescription,
-)
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, Metric
 
 from engine.config import Config, LoginMode, WebRtcConfig
-from sip.rtp.dtmf import dtmf_packets
-from sip.rtp.g711 import ALAW_DECODE, ULAW_DECODE, ULAW_ENCODE
-from sip.rtp.packet import RtpError, parse_rtp
-from sip.rtp.stream import OutboundStream
+from engine.webrtc_worker import (
+    CODEC_PREFERENCE,
+    FRAME_S,
+    FRAME_SAMPLES,
+    SAMPLE_RATE,
+    Answered,
+    ChannelClosed,
+    Close,
+    Closed,
+    ConnectRtp,
+    DisconnectRtp,
+    Dtmf,
+    Failed,
+    FromWorker,
+    MediaEvents,
+    MediaLeg,
+    MediaStats,
+    OfferError,
+    OfferRefused,
+    Open,
+    Opened,
+    OpenFailed,
+    PageError,
+    Ready,
+    StateChanged,
+    Stats,
+    ToBrowserTrack,
+    encode_frame,
+    read_frame,
+    set_host_addresses,
+)
+from engine.webrtc_worker import Offer as OfferMessage
+
+__all__ = [
+    "CODEC_PREFERENCE",
+    "FRAME_S",
+    "FRAME_SAMPLES",
+    "RTC_PATH",
+    "SAMPLE_RATE",
+    "WORKER_DIED",
+    "CloseCode",
+    "MediaBackend",
+    "MediaGone",
+    "MediaLeg",
+    "MediaStats",
+    "Session",
+    "ToBrowserTrack",
+    "WebRtcGateway",
+    "WorkerMedia",
+    "WorkerPool",
+    "set_host_addresses",
+]
 
 log = structlog.stdlib.get_logger("acd.webrtc")
 
 RTC_PATH = "/api/v1/agent/rtc"
 
-SAMPLE_RATE = 8000
-FRAME_SAMPLES = 160  # 20 ms at 8 kHz: the ptime of every G.711 peer and of aiortc's audio
-FRAME_S = FRAME_SAMPLES / SAMPLE_RATE
-PT_PCMU = 0
-PT_PCMA = 8
-PT_TELEPHONE_EVENT = 101
-_TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
-_SILENCE = bytes(FRAME_SAMPLES * 2)
-
-#: Audio buffered towards the browser at most (frames). Network jitter on loopback is well below
-#: this; beyond it the oldest audio is dropped so latency cannot creep up over a long call.
-MAX_BUFFERED_FRAMES = 6
-#: When the loop was blocked for longer than this, the to-browser clock restarts instead of
-#: bursting the backlog (a burst only fills the browser's jitter buffer with stale audio).
-MAX_CATCH_UP_S = 0.1
-#: A key press: 100 ms of event, then a gap, the usual figures of SIP phones (and of the
-#: RFC 4733 examples); the receiver's own minimums are around 40 ms.
-DTMF_DURATION_MS = 100
-DTMF_GAP_MS = 60
-MAX_PENDING_DIGITS = 32
 _DIGIT_RE = re.compile(r"^[0-9*#A-Da-d]{1,32}$")
 
 WS_AUTH_TIMEOUT_S = 5.0
@@ -132,8 +163,21 @@ MAX_MESSAGE_BYTES = 64 * 1024
 MAX_OUTBOX = 256
 #: How long a replaced or shut-down session may take to release its resources.
 CLOSE_TIMEOUT_S = 5.0
-#: Codec preference towards the browser: G.711 first (no Opus encode), Opus when the browser insists.
-CODEC_PREFERENCE = ("audio/PCMU", "audio/PCMA", "audio/opus")
+
+#: A worker imports aiortc, PyAV and numpy before it says "ready": about a second on an idle core,
+#: several when the machine is busy starting everything else.
+WORKER_START_TIMEOUT_S = 30.0
+#: A stopping worker closes its legs, then exits; one that takes longer is killed.
+WORKER_STOP_TIMEOUT_S = 5.0
+#: Restart delay after a worker that died young (a broken install must not spin): doubles per quick
+#: death up to the cap, back to none once a worker lived longer than `WORKER_STABLE_S`.
+WORKER_BACKOFF_S = 0.5
+WORKER_BACKOFF_MAX_S = 30.0
+WORKER_STABLE_S = 10.0
+#: `-m engine.webrtc_worker` must find this very engine package, installed or not.
+_ROOT = str(Path(__file__).resolve().parents[1])
+#: The close reason of the sessions of a worker that died.
+WORKER_DIED = "media worker died"
 
 
 class CloseCode:
@@ -168,23 +212,10 @@ ClosedHook = Callable[["Session", str], None]
 
 
 class WebRtcMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, media_totals: Callable[[], MediaStats]) -> None:
         self.sessions = Gauge(
             "acd_webrtc_sessions",
             "Browser softphone sessions (peer connections) open now.",
-            registry=registry,
-        )
-        self.packets = Counter(
-            "acd_webrtc_packets_total",
-            "20 ms audio packets through the WebRTC gateway, by direction "
-            "(to_browser: RTP from the call played to the page; from_browser: sent as RTP).",
-            ["direction"],
-            registry=registry,
-        )
-        self.dropped = Counter(
-            "acd_webrtc_rtp_dropped_total",
-            "RTP packets the gateway dropped (wrong source, no call connected, unknown payload "
-            "type, malformed, or too late for the browser).",
             registry=registry,
         )
         self.closed = Counter(
@@ -199,204 +230,456 @@ class WebRtcMetrics:
             ["reason"],
             registry=registry,
         )
-        self.dtmf_digits = Counter(
-            "acd_webrtc_dtmf_digits_total",
-            "Keypad digits sent as RFC 4733 events.",
+        self.workers = Gauge(
+            "acd_webrtc_workers",
+            "Media worker processes running ([webrtc] workers; 0: legs run in the daemon).",
             registry=registry,
+        )
+        self.worker_restarts = Counter(
+            "acd_webrtc_worker_restarts_total",
+            "Media worker processes that died (their sessions closed) and were restarted.",
+            registry=registry,
+        )
+        registry.register(_MediaCounters(media_totals))
+
+
+class _MediaCounters:
+    """The legs' packet counters, read at scrape time.
+
+    The media path counts in plain ints (in a worker process a Prometheus counter could not be
+    reached at all); this sums the live sessions' counts (a worker's as of its last report, at
+    most `engine.webrtc_worker.STATS_INTERVAL_S` old) and those of the sessions already closed.
+    """
+
+    def __init__(self, totals: Callable[[], MediaStats]) -> None:
+        self._totals = totals
+
+    def collect(self) -> Iterator[Metric]:
+        totals = self._totals()
+        packets = CounterMetricFamily(
+            "acd_webrtc_packets",
+            "20 ms audio packets through the WebRTC gateway, by direction "
+            "(to_browser: RTP from the call played to the page; from_browser: sent as RTP).",
+            labels=["direction"],
+        )
+        packets.add_metric(["to_browser"], totals.to_browser)
+        packets.add_metric(["from_browser"], totals.from_browser)
+        yield packets
+        yield CounterMetricFamily(
+            "acd_webrtc_rtp_dropped",
+            "RTP packets the gateway dropped (wrong source, no call connected, or malformed).",
+            value=totals.dropped,
+        )
+        yield CounterMetricFamily(
+            "acd_webrtc_dtmf_digits",
+            "Keypad digits sent as RFC 4733 events.",
+            value=totals.dtmf_digits,
         )
 
 
-# -- ICE host candidates ---------------------------------------------------------------------------
-
-_aioice_host_addresses = aioice.ice.get_host_addresses
-_host_addresses: tuple[str, ...] = ()
-
-
-def _configured_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-    if not _host_addresses:
-        return list(_aioice_host_addresses(use_ipv4, use_ipv6))
-    return [a for a in _host_addresses if (use_ipv6 if ":" in a else use_ipv4)]
-
-
-def set_host_addresses(addresses: tuple[str, ...]) -> None:
-    """Make aioice gather host candidates on ``addresses`` (empty: its own choice)."""
-    global _host_addresses
-    _host_addresses = addresses
-    aioice.ice.get_host_addresses = _configured_host_addresses
-
-
-# -- audio towards the browser -----------------------------------------------------------------------
-
-
-class ToBrowserTrack(MediaStreamTrack):
-    """What the page hears while a call is connected: its audio, or silence when RTP pauses.
-
-    Between calls `recv` blocks, so aiortc sends nothing (ICE consent and RTCP keep the connection
-    alive): an idle softphone costs no encoding. On resume the RTP time jumps by the idle spell.
-    """
-
-    kind = "audio"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._fifo = bytearray()  # s16le samples, at most MAX_BUFFERED_FRAMES frames
-        self._start: float | None = None
-        self._pts = 0
-        self._active = asyncio.Event()
-        self._resumed = False
-        self.dropped_samples = 0
-
-    def activate(self) -> None:
-        self._active.set()
-
-    def deactivate(self) -> None:
-        self._active.clear()
-        self._fifo.clear()
-
-    def stop(self) -> None:
-        super().stop()
-        self._active.set()  # wake a recv waiting for a call, which then sees the track ended
-
-    def feed(self, pcm: bytes) -> None:
-        self._fifo += pcm
-        excess = len(self._fifo) - MAX_BUFFERED_FRAMES * FRAME_SAMPLES * 2
-        if excess > 0:
-            del self._fifo[:excess]
-            self.dropped_samples += excess // 2
-
-    def clear(self) -> None:
-        self._fifo.clear()
-
-    async def recv(self) -> av.AudioFrame:
-        if not self._active.is_set():
-            await self._active.wait()
-            self._resumed = True
-        if self.readyState != "live":
-            raise MediaStreamError
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        if self._start is None:
-            self._start = now
-        elif self._resumed:
-            # RTP time follows the wall clock across the idle spell; this frame is due now
-            idle = int((now - self._start) * SAMPLE_RATE) // FRAME_SAMPLES * FRAME_SAMPLES
-            self._pts = max(self._pts + FRAME_SAMPLES, idle)
-            self._start = now - self._pts / SAMPLE_RATE
-        else:
-            self._pts += FRAME_SAMPLES
-            wait = self._start + self._pts / SAMPLE_RATE - now
-            if wait > 0:
-                await asyncio.sleep(wait)
-            elif wait < -MAX_CATCH_UP_S:
-                # the loop stalled: restart the clock here instead of bursting the backlog
-                self._start = loop.time() - self._pts / SAMPLE_RATE
-        self._resumed = False
-        if len(self._fifo) >= FRAME_SAMPLES * 2:
-            pcm = bytes(self._fifo[: FRAME_SAMPLES * 2])
-            del self._fifo[: FRAME_SAMPLES * 2]
-        else:
-            pcm = _SILENCE
-        frame = av.AudioFrame(format="s16", layout="mono", samples=FRAME_SAMPLES)
-        frame.planes[0].update(pcm)
-        frame.pts = self._pts
-        frame.sample_rate = SAMPLE_RATE
-        frame.time_base = _TIME_BASE
-        return frame
-
-
-class _RtpSocket(asyncio.DatagramProtocol):
-    """The session's loopback plain RTP port."""
-
-    def __init__(self, session: Session) -> None:
-        self._session = session
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # the selector loop's datagram transport is not a DatagramTransport subclass
-        self.transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        self._session._rtp_received(data, (addr[0], addr[1]))
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP port unreachable from a peer that went away: the call layer ends the call.
-        log.debug("webrtc_rtp_error", agent_id=self._session.agent_id, reason=str(exc))
+def _add_stats(total: MediaStats, more: MediaStats) -> None:
+    total.to_browser += more.to_browser
+    total.from_browser += more.from_browser
+    total.dropped += more.dropped
+    total.dtmf_digits += more.dtmf_digits
 
 
 class _ProtocolError(Exception):
     """The page sent something the signalling cannot accept; closes the session with 4400."""
 
 
+class MediaGone(Exception):
+    """The session's media worker is gone: it died, or none came up in time. The session ends
+    with 1011 and this reason. Never raised when the media runs in the daemon (workers = 0)."""
+
+
+# -- the media side of a session, in this process or in a worker -----------------------------------
+
+
+class MediaBackend(Protocol):
+    """What a `Session` drives: `MediaLeg` itself (in-process) or a `WorkerMedia` proxy."""
+
+    stats: MediaStats
+
+    @property
+    def worker_pid(self) -> int | None: ...
+    @property
+    def rtp_address(self) -> tuple[str, int]: ...
+    @property
+    def connection_state(self) -> str: ...
+    async def open(self) -> None: ...
+    async def answer(self, offer_sdp: str) -> tuple[str, str]: ...
+    def connect_rtp(self, host: str, port: int) -> None: ...
+    def disconnect_rtp(self) -> None: ...
+    def dtmf(self, digits: str) -> None: ...
+    async def close(self) -> None: ...
+
+
+def _settle(future: asyncio.Future[Any], result: Any = None, exc: Exception | None = None) -> None:
+    if future.done():
+        return
+    if exc is None:
+        future.set_result(result)
+    else:
+        future.set_exception(exc)
+        future.exception()  # nobody may be waiting (yet): don't log it as never retrieved
+
+
+class WorkerMedia:
+    """A session's `MediaLeg` in a worker process: the same API, as control messages."""
+
+    def __init__(
+        self, pool: WorkerPool, agent_id: str, cfg: WebRtcConfig, events: MediaEvents
+    ) -> None:
+        self._pool = pool
+        self._agent_id = agent_id
+        self._cfg = cfg
+        self._events = events
+        self._worker: _WorkerProcess | None = None
+        self.sid = 0
+        self._address: tuple[str, int] | None = None
+        self._state = "new"
+        self.stats = MediaStats()
+        loop = asyncio.get_running_loop()
+        self._opened: asyncio.Future[tuple[str, int]] = loop.create_future()
+        self._answered: asyncio.Future[tuple[str, str]] = loop.create_future()
+        self._closed: asyncio.Future[None] = loop.create_future()
+        self._closing = False
+
+    @property
+    def worker_pid(self) -> int | None:
+        return None if self._worker is None else self._worker.pid
+
+    @property
+    def rtp_address(self) -> tuple[str, int]:
+        assert self._address is not None, "rtp_address before open()"
+        return self._address
+
+    @property
+    def connection_state(self) -> str:
+        return self._state
+
+    async def open(self) -> None:
+        self._worker, self.sid = await self._pool.assign(self)
+        self._send(Open(self.sid, self._agent_id, self._cfg))
+        self._address = await self._opened
+
+    async def answer(self, offer_sdp: str) -> tuple[str, str]:
+        self._send(OfferMessage(self.sid, offer_sdp))
+        return await self._answered
+
+    def connect_rtp(self, host: str, port: int) -> None:
+        self._send(ConnectRtp(self.sid, host, port))
+
+    def disconnect_rtp(self) -> None:
+        self._send(DisconnectRtp(self.sid))
+
+    def dtmf(self, digits: str) -> None:
+        self._send(Dtmf(self.sid, digits))
+
+    async def close(self) -> None:
+        if not self._closing:
+            self._closing = True
+            if self._worker is None or not self._worker.alive:
+                _settle(self._closed)
+            else:
+                self._send(Close(self.sid))
+        with contextlib.suppress(TimeoutError, MediaGone):
+            await asyncio.wait_for(asyncio.shield(self._closed), CLOSE_TIMEOUT_S)
+        if self._worker is not None:
+            self._worker.media.pop(self.sid, None)
+
+    def _send(self, message: msgspec.Struct) -> None:
+        if self._worker is not None:
+            self._worker.send(message)
+
+    def received(self, message: Any) -> None:
+        """A message from the worker about this session."""
+        if isinstance(message, StateChanged):
+            self._state = message.state
+            self._events.media_state(message.state)
+        elif isinstance(message, Stats):
+            self.stats = message.stats
+        elif isinstance(message, Opened):
+            _settle(self._opened, (message.host, message.port))
+        elif isinstance(message, OpenFailed):
+            _settle(self._opened, exc=OSError(message.reason))
+        elif isinstance(message, Answered):
+            _settle(self._answered, (message.sdp, message.codec))
+        elif isinstance(message, OfferRefused):
+            _settle(self._answered, exc=OfferError(message.reason))
+        elif isinstance(message, PageError):
+            self._events.media_error(message.reason)
+        elif isinstance(message, Failed):
+            self._events.media_failed(message.reason, bug=message.bug)
+        elif isinstance(message, Closed):
+            self.stats = message.stats
+            _settle(self._closed)
+
+    def worker_died(self) -> None:
+        self.detach(WORKER_DIED)
+        self._events.media_failed(WORKER_DIED, bug=False)
+
+    def detach(self, reason: str = "shutting down") -> None:
+        """The worker is gone or going: whatever still waits for it gets MediaGone."""
+        self._state = "closed"
+        for future in (self._opened, self._answered, self._closed):
+            _settle(future, exc=MediaGone(reason))
+
+
+class _WorkerProcess:
+    """One worker slot: the current process, its control stream and the sessions it carries."""
+
+    def __init__(self, slot: int) -> None:
+        self.slot = slot
+        self.pid = 0
+        self.proc: asyncio.subprocess.Process | None = None
+        self.sock: socket.socket | None = None
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.media: dict[int, WorkerMedia] = {}
+        self.alive = False
+
+    def send(self, message: msgspec.Struct) -> None:
+        if self.alive and self.writer is not None and not self.writer.is_closing():
+            self.writer.write(encode_frame(message))
+
+    async def reap(self) -> int | None:
+        """Close the control stream (the worker then exits), wait for the exit; the exit status."""
+        self.alive = False
+        if self.writer is not None:
+            self.writer.close()
+        elif self.sock is not None:
+            self.sock.close()
+        self.writer = self.reader = self.sock = None
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return None
+        if proc.returncode is None:
+            try:
+                await asyncio.wait_for(proc.wait(), WORKER_STOP_TIMEOUT_S)
+            except TimeoutError:
+                log.warning("webrtc_worker_kill", worker=self.slot, pid=proc.pid)
+                proc.kill()
+                await proc.wait()
+        return proc.returncode
+
+
+class WorkerPool:
+    """N media worker processes: started together, each restarted when it dies, stopped together.
+
+    One supervisor task per slot owns the slot's process: it starts it, reads its control stream
+    until it ends, then fails the sessions it carried and starts a new one.
+    """
+
+    def __init__(
+        self,
+        count: int,
+        metrics: WebRtcMetrics,
+        *,
+        log_level: str,
+        log_format: str,
+        event_loop: str,
+        on_unexpected: Callable[[], None],
+    ) -> None:
+        self._slots = [_WorkerProcess(i) for i in range(count)]
+        self._metrics = metrics
+        self._args = [log_level, log_format, event_loop]
+        self._on_unexpected = on_unexpected
+        self._supervisors: list[asyncio.Task[None]] = []
+        self._some_up = asyncio.Event()
+        self._closing = False
+        self._next_sid = 0
+        self._decoder = msgspec.msgpack.Decoder(FromWorker)
+
+    @property
+    def pids(self) -> list[int]:
+        return [w.pid for w in self._slots if w.alive]
+
+    async def start(self) -> None:
+        """Start every worker; returns when each is up or its first start failed (logged)."""
+        loop = asyncio.get_running_loop()
+        first: list[asyncio.Future[None]] = [loop.create_future() for _ in self._slots]
+        self._supervisors = [
+            asyncio.ensure_future(self._supervise(w, f))
+            for w, f in zip(self._slots, first, strict=True)
+        ]
+        await asyncio.wait(first)
+
+    async def close(self) -> None:
+        self._closing = True
+        for task in self._supervisors:
+            task.cancel()
+        await asyncio.gather(*self._supervisors, return_exceptions=True)
+        for worker in self._slots:
+            for media in worker.media.values():
+                media.detach()  # nobody waits for a reply that cannot come any more
+            worker.media.clear()
+        await asyncio.gather(*(w.reap() for w in self._slots))
+        self._some_up.clear()
+        self._metrics.workers.set(0)
+
+    async def assign(self, media: WorkerMedia) -> tuple[_WorkerProcess, int]:
+        """The worker with the fewest sessions takes ``media``; waits while none is up."""
+        if self._closing:
+            raise MediaGone("shutting down")
+        try:
+            await asyncio.wait_for(self._some_up.wait(), WORKER_START_TIMEOUT_S)
+        except TimeoutError:
+            raise MediaGone("no media worker running") from None
+        worker = min((w for w in self._slots if w.alive), key=lambda w: len(w.media))
+        self._next_sid += 1
+        worker.media[self._next_sid] = media
+        return worker, self._next_sid
+
+    def _update_up(self) -> None:
+        alive = sum(w.alive for w in self._slots)
+        self._metrics.workers.set(alive)
+        if alive:
+            self._some_up.set()
+        else:
+            self._some_up.clear()
+
+    async def _supervise(self, worker: _WorkerProcess, first: asyncio.Future[None]) -> None:
+        backoff = 0.0
+        while not self._closing:
+            started = time.monotonic()
+            try:
+                await self._spawn(worker)
+            except (OSError, TimeoutError, ChannelClosed) as exc:
+                log.error(
+                    "webrtc_worker_start_failed",
+                    worker=worker.slot,
+                    reason=str(exc) or type(exc).__name__,
+                )
+                await worker.reap()
+            else:
+                log.info("webrtc_worker_started", worker=worker.slot, pid=worker.pid)
+                self._update_up()
+                _settle(first)
+                reason = await self._serve(worker)
+                status = await worker.reap()
+                self._update_up()
+                sessions = list(worker.media.values())
+                worker.media.clear()
+                for media in sessions:
+                    media.worker_died()
+                self._metrics.worker_restarts.inc()
+                log.error(
+                    "webrtc_worker_died",
+                    worker=worker.slot,
+                    pid=worker.pid,
+                    exit_status=status,
+                    reason=reason,
+                    sessions_closed=len(sessions),
+                )
+            _settle(first)
+            if time.monotonic() - started > WORKER_STABLE_S:
+                backoff = 0.0
+            else:
+                backoff = min(max(backoff * 2, WORKER_BACKOFF_S), WORKER_BACKOFF_MAX_S)
+            await asyncio.sleep(backoff)
+
+    async def _spawn(self, worker: _WorkerProcess) -> None:
+        parent, child = socket.socketpair()
+        worker.sock = parent
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, env.get("PYTHONPATH")) if p)
+        try:
+            worker.proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "engine.webrtc_worker",
+                str(child.fileno()),
+                *self._args,
+                pass_fds=(child.fileno(),),
+                stdin=asyncio.subprocess.DEVNULL,
+                env=env,
+            )
+        finally:
+            child.close()
+        worker.reader, worker.writer = await asyncio.open_connection(sock=parent)
+        ready = await asyncio.wait_for(
+            read_frame(worker.reader, self._decoder), WORKER_START_TIMEOUT_S
+        )
+        if not isinstance(ready, Ready):
+            raise ChannelClosed(f"expected Ready, got {type(ready).__name__}")
+        worker.pid = ready.pid
+        worker.alive = True
+
+    async def _serve(self, worker: _WorkerProcess) -> str:
+        """Hand the worker's messages to their sessions until its stream ends; why it ended."""
+        assert worker.reader is not None
+        while True:
+            try:
+                message = await read_frame(worker.reader, self._decoder)
+            except ChannelClosed as exc:
+                return str(exc)
+            media = worker.media.get(getattr(message, "sid", -1))
+            if media is None:
+                continue  # a late report for a session that closed
+            try:
+                media.received(message)
+            except Exception:  # our bug (or a hook's): it ends that session, not the others
+                log.exception("webrtc_session_error", where="worker_message", sid=media.sid)
+                self._on_unexpected()
+                media.worker_died()
+
+
 # -- one agent's softphone ---------------------------------------------------------------------------
 
 
 class Session:
-    """One logged-in browser agent: peer connection, loopback RTP port, signalling socket."""
+    """One logged-in browser agent: the signalling socket, and its media (here or in a worker)."""
 
     def __init__(
         self, gateway: WebRtcGateway, agent_id: str, ws: web.WebSocketResponse, cfg: WebRtcConfig
     ) -> None:
         self.agent_id = agent_id
         self._gateway = gateway
-        self._metrics = gateway.metrics
         self._ws = ws
         self._cfg = cfg
-        self._peer: tuple[str, int] | None = None
-        self._rtp: _RtpSocket | None = None
-        self._stream = OutboundStream(
-            secrets.randbits(32), secrets.randbits(16), secrets.randbits(32)
-        )
-        self._track = ToBrowserTrack()
-        self._pc = RTCPeerConnection(
-            RTCConfiguration(
-                iceServers=[
-                    RTCIceServer(
-                        urls=list(s.urls),
-                        username=s.username or None,
-                        credential=s.credential or None,
-                    )
-                    for s in cfg.ice_servers
-                ]
-            )
-        )
-        self._transceiver = self._pc.addTransceiver(self._track, direction="sendrecv")
-        caps = RTCRtpSender.getCapabilities("audio").codecs
-        self._transceiver.setCodecPreferences(
-            [c for name in CODEC_PREFERENCE for c in caps if c.mimeType.lower() == name.lower()]
-        )
         self._outbox: asyncio.Queue[str] = asyncio.Queue(MAX_OUTBOX)
-        self._digits: asyncio.Queue[str] = asyncio.Queue(MAX_PENDING_DIGITS)
-        self._dtmf_active = False
         self._offered = False
-        self._tasks: asyncio.TaskGroup | None = None
-        self._helpers: list[asyncio.Task[None]] = []
+        self._rtp_connected = False
         self._reader: asyncio.Task[None] | None = None
         self._close: tuple[int, str] | None = None
         self._done = asyncio.Event()
         self.codec = ""
-        self.packets_to_browser = 0
-        self.packets_from_browser = 0
+        self._media = gateway._new_media(agent_id, cfg, self)
 
     # -- API for the call layer ----------------------------------------------------------------
 
     @property
     def rtp_address(self) -> tuple[str, int]:
         """(host, port) of this session's plain RTP socket: where the bridge sends the call's audio."""
-        transport = None if self._rtp is None else self._rtp.transport
-        assert transport is not None, "rtp_address before open()"
-        host, port = transport.get_extra_info("sockname")[:2]
-        return str(host), int(port)
+        return self._media.rtp_address
 
     @property
     def connection_state(self) -> str:
-        return str(self._pc.connectionState)
+        return self._media.connection_state
+
+    @property
+    def worker_pid(self) -> int | None:
+        """The PID of the worker process running this session's media; None: this process."""
+        return self._media.worker_pid
+
+    @property
+    def stats(self) -> MediaStats:
+        return self._media.stats
+
+    @property
+    def packets_to_browser(self) -> int:
+        return self._media.stats.to_browser
+
+    @property
+    def packets_from_browser(self) -> int:
+        return self._media.stats.from_browser
 
     def connect_rtp(self, host: str, port: int) -> None:
         """Start exchanging RTP with the call's bridge at (host, port); the page sends its mic."""
-        self._peer = (host, port)
-        self._track.clear()
-        self._track.activate()
-        self._stream.begin_source(asyncio.get_running_loop().time())
+        self._rtp_connected = True
+        self._media.connect_rtp(host, port)
         self.send_event({"type": "media", "active": True})
 
     def disconnect_rtp(self) -> None:
@@ -405,8 +688,8 @@ class Session:
         For hold, keep the RTP connected and let the bridge stop sending: the page then hears
         silence and its microphone keeps flowing (muted by the bridge, not by the page).
         """
-        self._peer = None
-        self._track.deactivate()
+        self._rtp_connected = False
+        self._media.disconnect_rtp()
         self.send_event({"type": "media", "active": False})
 
     def send_event(self, message: dict[str, Any]) -> bool:
@@ -429,14 +712,28 @@ class Session:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._done.wait(), CLOSE_TIMEOUT_S)
 
+    # -- what the media side reports (engine.webrtc_worker.MediaEvents) --------------------------
+
+    def media_state(self, state: str) -> None:
+        self.send_event({"type": "connection", "state": state})
+        if state == "connected" and self._gateway.on_media_ready is not None:
+            self._gateway.on_media_ready(self)
+        if state == "failed":
+            self._end(CloseCode.MEDIA_FAILED, "media connection failed (ICE/DTLS)")
+
+    def media_error(self, reason: str) -> None:
+        self.send_event({"type": "error", "reason": reason})
+
+    def media_failed(self, reason: str, *, bug: bool) -> None:
+        if bug:
+            self._gateway.count_unexpected()
+        self._end(CloseCode.INTERNAL_ERROR, reason)
+
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def open(self) -> None:
-        loop = asyncio.get_running_loop()
-        _, protocol = await loop.create_datagram_endpoint(
-            lambda: _RtpSocket(self), local_addr=("127.0.0.1", 0)
-        )
-        self._rtp = protocol
+        """Open the media side: the RTP port (OSError), in a worker (MediaGone) when configured."""
+        await self._media.open()
 
     def _end(self, code: int, reason: str) -> None:
         if self._close is None:
@@ -446,28 +743,8 @@ class Session:
 
     async def run(self) -> tuple[int, str]:
         """Serve the page until it leaves or the session is ended; the close code and reason."""
-
-        @self._pc.on("connectionstatechange")
-        def _state() -> None:
-            state = self._pc.connectionState
-            self.send_event({"type": "connection", "state": state})
-            if state == "connected" and self._gateway.on_media_ready is not None:
-                self._gateway.on_media_ready(self)
-            if state == "failed":
-                self._end(CloseCode.MEDIA_FAILED, "media connection failed (ICE/DTLS)")
-
-        @self._pc.on("track")
-        def _track(track: MediaStreamTrack) -> None:
-            if track.kind == "audio" and self._tasks is not None:
-                pump = self._guard(self._from_browser(track), "from_browser")
-                self._helpers.append(self._tasks.create_task(pump))
-
         async with asyncio.TaskGroup() as tasks:
-            self._tasks = tasks
-            self._helpers += [
-                tasks.create_task(self._guard(self._writer(), "writer")),
-                tasks.create_task(self._guard(self._dtmf_sender(), "dtmf")),
-            ]
+            writer = tasks.create_task(self._guard(self._writer(), "writer"))
             self._reader = tasks.create_task(self._guard(self._read_loop(), "reader"))
             if self._close is not None:  # ended (replaced, shutdown) while it was opening
                 self._reader.cancel()
@@ -475,7 +752,7 @@ class Session:
                 {
                     "type": "hello",
                     "agent_id": self.agent_id,
-                    "media_active": self._peer is not None,
+                    "media_active": self._rtp_connected,
                     "ice_servers": [
                         {
                             "urls": list(s.urls),
@@ -488,21 +765,14 @@ class Session:
             )
             await asyncio.wait([self._reader])
             self._end(CloseCode.NORMAL, "page closed")  # no-op if a reason is already set
-            for task in self._helpers:
-                task.cancel()
-            self._track.stop()  # ends aiortc's sender loop
-            await self._pc.close()
+            writer.cancel()
         assert self._close is not None
         return self._close
 
     async def release(self) -> None:
-        """Free the RTP port and the peer connection; idempotent, safe after a failed open."""
-        self._peer = None
-        self._track.stop()
-        with contextlib.suppress(Exception):  # closing a half-built aiortc connection
-            await self._pc.close()
-        if self._rtp is not None and self._rtp.transport is not None:
-            self._rtp.transport.close()
+        """Free the media (RTP port, peer connection); idempotent, safe after a failed open."""
+        self._rtp_connected = False
+        await self._media.close()
         self._done.set()
 
     async def _guard(self, work: Awaitable[None], where: str) -> None:
@@ -561,17 +831,12 @@ class Session:
         if self._offered:
             raise _ProtocolError("one offer per session: reconnect to negotiate again")
         self._offered = True
-        # The ICE agent gathers on the configured addresses when the local description is set.
-        set_host_addresses(self._cfg.host_addresses)
         try:
-            await self._pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
-            await self._pc.setLocalDescription(await self._pc.createAnswer())
-        except Exception as exc:
-            # aiortc reports a bad offer with whatever its parser raised (ValueError, KeyError,
-            # OperationError, ...): all of them mean "this SDP cannot be answered".
-            raise _ProtocolError(f"bad offer: {type(exc).__name__}: {exc}"[:120]) from exc
-        answer = self._pc.localDescription.sdp
-        self.codec = _first_codec(answer)
+            answer, self.codec = await self._media.answer(sdp)
+        except OfferError as exc:
+            raise _ProtocolError(str(exc)) from exc
+        except MediaGone:
+            return  # the worker died: the session is ending with that reason already
         log.info("webrtc_negotiated", agent_id=self.agent_id, codec=self.codec)
         self.send_event({"type": "answer", "sdp": answer, "codec": self.codec})
 
@@ -580,119 +845,18 @@ class Session:
         if not isinstance(digits, str) or not _DIGIT_RE.match(digits):
             self.send_event({"type": "error", "reason": "dtmf digits must be 1-32 of 0-9 * # A-D"})
             return
-        for digit in digits.upper():
-            try:
-                self._digits.put_nowait(digit)
-            except asyncio.QueueFull:
-                self.send_event({"type": "error", "reason": "too many digits pending"})
-                return
-
-    # -- media -----------------------------------------------------------------------------------
-
-    def _rtp_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        if addr != self._peer:
-            self._metrics.dropped.inc()
-            return
-        try:
-            packet = parse_rtp(data)
-        except RtpError:
-            self._metrics.dropped.inc()
-            return
-        if packet.payload_type == PT_PCMU:
-            table = ULAW_DECODE
-        elif packet.payload_type == PT_PCMA:
-            table = ALAW_DECODE
-        else:  # telephone-events from the caller mean nothing to the agent's ear; CN is silence
-            return
-        self._track.feed(table[np.frombuffer(packet.payload, dtype=np.uint8)].tobytes())
-        self.packets_to_browser += 1
-        self._metrics.packets.labels(direction="to_browser").inc()
-
-    def _send_rtp(self, packet: bytes) -> None:
-        peer = self._peer
-        if peer is not None and self._rtp is not None and self._rtp.transport is not None:
-            self._rtp.transport.sendto(packet, peer)
-
-    async def _from_browser(self, track: MediaStreamTrack) -> None:
-        """The browser's microphone, as aiortc decodes it, out as 20 ms PCMU packets."""
-        loop = asyncio.get_running_loop()
-        resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-        pending = np.empty(0, dtype=np.int16)
-        counter = self._metrics.packets.labels(direction="from_browser")
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return  # the browser's track ended; the connection state reports why
-            if self._peer is None or not isinstance(frame, av.AudioFrame):
-                pending = pending[:0]
-                continue
-            if (
-                frame.sample_rate == SAMPLE_RATE
-                and frame.format.name == "s16"
-                and frame.layout.name == "mono"
-                and not len(pending)
-            ):
-                # G.711 from the browser arrives as 8 kHz mono s16 already: no resampling
-                pending = frame.to_ndarray().reshape(-1).astype(np.int16, copy=False)
-            else:
-                for out in resampler.resample(frame):
-                    pending = np.concatenate((pending, out.to_ndarray().reshape(-1)))
-            while len(pending) >= FRAME_SAMPLES:
-                chunk, pending = pending[:FRAME_SAMPLES], pending[FRAME_SAMPLES:]
-                if self._dtmf_active:
-                    continue  # the event stands in for this audio (RFC 4733 2.5.1.1)
-                payload = ULAW_ENCODE[chunk.view(np.uint16)].tobytes()
-                self._send_rtp(self._stream.send(PT_PCMU, payload, loop.time()))
-                self.packets_from_browser += 1
-                counter.inc()
-
-    async def _dtmf_sender(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            digit = await self._digits.get()
-            if self._peer is None:
-                continue  # no call: nobody to hear it
-            plan = dtmf_packets(digit, DTMF_DURATION_MS)
-            start = loop.time()
-            timestamp = self._stream.next_timestamp(start)
-            self._dtmf_active = True
-            try:
-                for i, planned in enumerate(plan):
-                    delay = start + planned.offset_ms / 1000 - loop.time()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                    last = i == len(plan) - 1
-                    packet = self._stream.send(
-                        PT_TELEPHONE_EVENT,
-                        planned.payload,
-                        loop.time(),
-                        # the voice that follows continues after the event's duration
-                        samples=DTMF_DURATION_MS * SAMPLE_RATE // 1000 if last else 0,
-                        timestamp=timestamp,
-                        marker=planned.marker,
-                    )
-                    self._send_rtp(packet)
-            finally:
-                self._dtmf_active = False
-            self._metrics.dtmf_digits.inc()
-            await asyncio.sleep(DTMF_GAP_MS / 1000)
-
-
-def _first_codec(sdp: str) -> str:
-    """The codec name of the first payload type of the audio m-line (what both sides send)."""
-    m_line = re.search(r"^m=audio \S+ \S+ (\d+)", sdp, re.M)
-    if m_line is None:
-        return ""
-    rtpmap = re.search(rf"^a=rtpmap:{m_line.group(1)} ([^/\s]+)", sdp, re.M)
-    return rtpmap.group(1) if rtpmap else ""
+        self._media.dtmf(digits.upper())
 
 
 # -- the gateway -------------------------------------------------------------------------------------
 
 
 class WebRtcGateway:
-    """All softphone sessions of the daemon, by agent id; mounts the signalling WebSocket."""
+    """All softphone sessions of the daemon, by agent id; mounts the signalling WebSocket.
+
+    `start` starts the media workers when ``[webrtc] workers`` > 0 (without it, or with 0, the
+    media runs in this process); `close` ends every session, then stops the workers.
+    """
 
     def __init__(
         self,
@@ -704,10 +868,15 @@ class WebRtcGateway:
     ) -> None:
         self._get_config = get_config
         self._authenticate = authenticate
-        self.metrics = WebRtcMetrics(registry)
         self._sessions: dict[str, Session] = {}
+        # Sessions whose packet counts are not yet in `_closed_stats` (a replaced session stays
+        # here until its media has let go, so the exported counters never step back).
+        self._live: set[Session] = set()
+        self._closed_stats = MediaStats()
+        self.metrics = WebRtcMetrics(registry, self._media_totals)
         self._closing = False
         self._on_unexpected = on_unexpected
+        self._workers: WorkerPool | None = None
         #: Set by the call layer: messages from a page the gateway does not handle itself.
         self.on_message: MessageHook | None = None
         #: Set by the call layer: a session ended (reason given), e.g. to hang up its call.
@@ -728,6 +897,11 @@ class WebRtcGateway:
     def sessions(self) -> dict[str, Session]:
         return dict(self._sessions)
 
+    @property
+    def worker_pids(self) -> list[int]:
+        """PIDs of the media workers running now (empty: the media runs in this process)."""
+        return [] if self._workers is None else self._workers.pids
+
     def count_unexpected(self) -> None:
         if self._on_unexpected is not None:
             self._on_unexpected()
@@ -735,15 +909,43 @@ class WebRtcGateway:
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get(RTC_PATH, self.handle)
 
-    async def close(self) -> None:
-        """Daemon shutdown: end every session (1001) and wait for them to let go."""
-        self._closing = True
-        await asyncio.gather(
-            *(
-                s.close(CloseCode.GOING_AWAY, "server shutting down")
-                for s in self._sessions.values()
-            )
+    async def start(self) -> None:
+        """Start the media workers ([webrtc] workers > 0; read once: a change needs a restart)."""
+        config = self._get_config()
+        if config.webrtc.workers == 0 or self._workers is not None or self._closing:
+            return
+        level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
+        self._workers = WorkerPool(
+            config.webrtc.workers,
+            self.metrics,
+            log_level=level if level in ("debug", "info", "warning", "error") else "error",
+            log_format=config.log.format.value,
+            event_loop=config.runtime.event_loop,
+            on_unexpected=self.count_unexpected,
         )
+        await self._workers.start()
+
+    async def close(self) -> None:
+        """Daemon shutdown: end every session (1001), wait for them to let go, stop the workers."""
+        self._closing = True
+        # `_live`, not `_sessions`: a session whose page just left is out of the registry but may
+        # still be letting go of its media, which needs its worker until it has.
+        await asyncio.gather(
+            *(s.close(CloseCode.GOING_AWAY, "server shutting down") for s in list(self._live))
+        )
+        if self._workers is not None:
+            await self._workers.close()
+
+    def _new_media(self, agent_id: str, cfg: WebRtcConfig, events: MediaEvents) -> MediaBackend:
+        if self._workers is None:
+            return MediaLeg(agent_id, cfg, events)
+        return WorkerMedia(self._workers, agent_id, cfg, events)
+
+    def _media_totals(self) -> MediaStats:
+        totals = msgspec.structs.replace(self._closed_stats)
+        for session in self._live:
+            _add_stats(totals, session.stats)
+        return totals
 
     async def _refuse(self, ws: web.WebSocketResponse, code: int, reason: str, label: str) -> None:
         self.metrics.refused.labels(reason=label).inc()
@@ -780,13 +982,21 @@ class WebRtcGateway:
         session = Session(self, agent_id, ws, config.webrtc)
         code, reason = CloseCode.INTERNAL_ERROR, "internal error"
         self._sessions[agent_id] = session
+        self._live.add(session)
         self.metrics.sessions.inc()
         try:
             await session.open()
-            log.info("webrtc_session_opened", agent_id=agent_id, rtp=list(session.rtp_address))
+            log.info(
+                "webrtc_session_opened",
+                agent_id=agent_id,
+                rtp=list(session.rtp_address),
+                worker=session.worker_pid,
+            )
             code, reason = await session.run()
         except OSError as exc:
             code, reason = CloseCode.INTERNAL_ERROR, f"cannot open the RTP port: {exc}"
+        except MediaGone as exc:
+            code, reason = CloseCode.INTERNAL_ERROR, str(exc)
         except Exception:  # our bug: it ends this agent's softphone, never the daemon
             log.exception("webrtc_session_error", agent_id=agent_id, where="handler")
             self.count_unexpected()
@@ -795,9 +1005,13 @@ class WebRtcGateway:
                 del self._sessions[agent_id]
             self.metrics.sessions.dec()
             await session.release()
+            _add_stats(self._closed_stats, session.stats)
+            self._live.discard(session)
             label = _CLOSE_REASON_LABEL.get(code, "other")
             if code == CloseCode.NORMAL and reason != "bye":
                 label = "page_closed"
+            elif reason == WORKER_DIED:
+                label = "worker_died"
             self.metrics.closed.labels(reason=label).inc()
             log.info(
                 "webrtc_session_closed",
@@ -805,6 +1019,7 @@ class WebRtcGateway:
                 code=code,
                 reason=reason,
                 codec=session.codec,
+                worker=session.worker_pid,
                 packets_to_browser=session.packets_to_browser,
                 packets_from_browser=session.packets_from_browser,
             )

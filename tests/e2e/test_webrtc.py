@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import re
+import signal
 import socket
 import struct
 import wave
@@ -114,9 +116,13 @@ class CallSide(asyncio.DatagramProtocol):
 
 
 @pytest.fixture
-async def daemon(tmp_path: Path) -> AsyncIterator[tuple[Daemon, str]]:
+async def daemon(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[tuple[Daemon, str]]:
     http_port = free_port()
+    workers = getattr(request, "param", 0)  # [webrtc] workers: media worker processes
     extra = EXTRA + f'\n[recordings]\ndir = "{tmp_path / "recordings"}"\n'
+    extra += f"\n[webrtc]\nworkers = {workers}\n"
     path = tmp_path / "acd.toml"
     path.write_text(
         render_config(
@@ -141,6 +147,21 @@ async def daemon(tmp_path: Path) -> AsyncIterator[tuple[Daemon, str]]:
     finally:
         d.request_stop()
         assert await asyncio.wait_for(run, 20) == 0
+
+
+async def _wait_port_released(port: int) -> None:
+    """The session's RTP port can be bound again. With workers the registry lets go first and the
+    worker closes the socket a moment later, so poll (5 s at most)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                pass
+            else:
+                return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"RTP port {port} is still bound")
 
 
 @pytest.fixture
@@ -187,11 +208,14 @@ HEARD_JS = """async (samples) => {
 }"""
 
 
+@pytest.mark.parametrize("daemon", [0, 2], ids=["in-daemon", "2-workers"], indirect=True)
 async def test_softphone_hears_and_is_heard_sends_dtmf_and_lets_go(
     daemon: tuple[Daemon, str], browser: Browser
 ) -> None:
     d, base = daemon
     assert d.webrtc is not None
+    workers = d.webrtc.worker_pids
+    assert len(workers) == d.config.webrtc.workers
     loop = asyncio.get_running_loop()
     transport, call = await loop.create_datagram_endpoint(CallSide, local_addr=("127.0.0.1", 0))
     try:
@@ -201,6 +225,8 @@ async def test_softphone_hears_and_is_heard_sends_dtmf_and_lets_go(
         session = d.webrtc.session("3001")
         assert session is not None
         assert session.codec == "PCMU"
+        # with workers, the media (and the RTP port the call side talks to) is in one of them
+        assert (session.worker_pid in workers) if workers else session.worker_pid is None
 
         # What the call layer does at bridge time.
         session.connect_rtp(*call.address)
@@ -236,8 +262,7 @@ async def test_softphone_hears_and_is_heard_sends_dtmf_and_lets_go(
                 break
             await asyncio.sleep(0.05)
         assert d.webrtc.session("3001") is None
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.bind(("127.0.0.1", port))  # the session's RTP port is free again
+        await _wait_port_released(port)  # the session's RTP port is free again
         async with aiohttp.ClientSession() as http, http.get(base + "/metrics") as resp:
             text = await resp.text()
         assert re.search(r"^acd_webrtc_sessions 0\.0$", text, re.M)
@@ -261,3 +286,41 @@ async def test_desk_phone_agent_gets_no_softphone(
         assert "login" in msg.extra
     assert d.webrtc is not None
     assert d.webrtc.sessions == {}
+
+
+@pytest.mark.parametrize("daemon", [2], ids=["2-workers"], indirect=True)
+async def test_a_dead_media_worker_closes_its_softphones_and_comes_back(
+    daemon: tuple[Daemon, str], browser: Browser
+) -> None:
+    d, base = daemon
+    assert d.webrtc is not None
+    page = await browser.new_page()
+    await _log_in(page, base + "/agent", WEBRTC_AGENT)
+    await expect(page.locator("#rtc-state")).to_have_text("softphone PCMU", timeout=10000)
+    session = d.webrtc.session("3001")
+    assert session is not None
+    dead = session.worker_pid
+    assert dead in d.webrtc.worker_pids
+    os.kill(dead, signal.SIGKILL)
+    # the page is told why (close 1011), and its softphone reconnects by itself: to a worker
+    # that is up (the other one, or the dead one's replacement)
+    await expect(page.locator("#rtc-note")).to_have_text("media worker died", timeout=10000)
+    await expect(page.locator("#rtc-state")).to_have_text("softphone PCMU", timeout=15000)
+    again = d.webrtc.session("3001")
+    assert again is not None
+    assert again is not session
+    assert again.connection_state == "connected"
+    for _ in range(200):  # the replacement worker takes a second or two to import aiortc
+        if len(d.webrtc.worker_pids) == 2:
+            break
+        await asyncio.sleep(0.05)
+    pids = d.webrtc.worker_pids
+    assert len(pids) == 2
+    assert dead not in pids
+    assert again.worker_pid in pids
+    async with aiohttp.ClientSession() as http, http.get(base + "/metrics") as resp:
+        text = await resp.text()
+    assert re.search(r"^acd_webrtc_worker_restarts_total 1\.0$", text, re.M)
+    assert re.search(r"^acd_webrtc_workers 2\.0$", text, re.M)
+    assert re.search(r'^acd_webrtc_sessions_closed_total\{reason="worker_died"\} 1\.0$', text, re.M)
+    await page.close()

@@ -11,6 +11,8 @@ import asyncio
 import fractions
 import itertools
 import math
+import os
+import signal
 import socket
 import struct
 from collections.abc import AsyncIterator
@@ -118,9 +120,12 @@ class CallSide(asyncio.DatagramProtocol):
 
 
 @pytest.fixture
-async def gateway() -> AsyncIterator[tuple[WebRtcGateway, str]]:
-    config = parse_config(CONFIG, "test.toml")
+async def gateway(request: pytest.FixtureRequest) -> AsyncIterator[tuple[WebRtcGateway, str]]:
+    workers = getattr(request, "param", 0)  # media worker processes ([webrtc] workers)
+    config = parse_config(f"[webrtc]\nworkers = {workers}\n{CONFIG}", "test.toml")
     gw = WebRtcGateway(lambda: config, TOKENS.get, CollectorRegistry())
+    await gw.start()
+    assert len(gw.worker_pids) == workers
     app = web.Application()
     gw.add_routes(app)
     runner = web.AppRunner(app, handle_signals=False)
@@ -177,7 +182,27 @@ async def _collect(track: MediaStreamTrack, seconds: float) -> np.ndarray:
     return np.concatenate(out)
 
 
-@pytest.mark.parametrize("codec", [None, "audio/opus"], ids=["pcmu-preferred", "opus-only"])
+async def _wait_port_released(port: int) -> None:
+    """The session's RTP port can be bound again. With workers the registry lets go first and the
+    worker closes the socket a moment later, so poll (5 s at most)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                pass
+            else:
+                return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"RTP port {port} is still bound")
+
+
+@pytest.mark.parametrize(
+    ("codec", "gateway"),
+    [(None, 0), ("audio/opus", 0), (None, 1)],
+    ids=["pcmu-preferred", "opus-only", "pcmu-in-worker"],
+    indirect=["gateway"],
+)
 async def test_audio_both_ways_dtmf_and_release(
     gateway: tuple[WebRtcGateway, str], codec: str | None
 ) -> None:
@@ -193,6 +218,9 @@ async def test_audio_both_ways_dtmf_and_release(
             session = gw.session("2001")
             assert session is not None
             assert session.rtp_address[0] == "127.0.0.1"
+            # the media runs where configured: in a worker process, or in this one
+            assert session.worker_pid == (gw.worker_pids[0] if gw.worker_pids else None)
+            assert session.worker_pid != os.getpid()
             assert not call.received  # nothing is sent before the call layer connects the RTP
             with pytest.raises(TimeoutError):  # and between calls the browser gets no audio at all
                 await asyncio.wait_for(tracks[0].recv(), 0.3)
@@ -239,8 +267,7 @@ async def test_audio_both_ways_dtmf_and_release(
             break
         await asyncio.sleep(0.05)
     assert gw.session("2001") is None
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", port))  # the RTP port was released
+    await _wait_port_released(port)
     call_transport.close()
 
 
@@ -307,6 +334,7 @@ def test_webrtc_config_defaults_and_errors() -> None:
     assert cfg.enabled
     assert cfg.ice_servers == ()  # never a public STUN server by default
     assert cfg.host_addresses == ("127.0.0.1",)
+    assert cfg.workers == 0  # the media runs in the daemon unless configured
     cfg = parse_config(
         '[webrtc]\nice_servers = [{ urls = ["turn:192.0.2.1:3478"], username = "u", '
         'credential = "c" }]\nhost_addresses = ["192.0.2.2"]\n',
@@ -318,6 +346,8 @@ def test_webrtc_config_defaults_and_errors() -> None:
         ('[webrtc]\nice_servers = [{ urls = ["turn:x:3478"] }]', "webrtc.ice_servers[0]"),
         ('[webrtc]\nhost_addresses = ["eth0"]', "webrtc.host_addresses[0]"),
         ("[webrtc]\nmax_sessions = 0", "webrtc.max_sessions"),
+        ("[webrtc]\nworkers = -1", "webrtc.workers"),
+        ("[webrtc]\nworkers = 65", "webrtc.workers"),
     ]:
         with pytest.raises(ConfigError) as err:
             parse_config(text, "x.toml")
@@ -342,3 +372,47 @@ async def test_shutdown_ends_live_sessions_with_going_away(
         async with http.ws_connect(url) as late:  # no new sessions while shutting down
             await late.send_json({"type": "auth", "token": "agent-2001-token-webrtc"})
             assert (await _closed(late))[0] == CloseCode.DISABLED
+
+
+@pytest.mark.parametrize("gateway", [1], indirect=True)
+async def test_a_worker_that_dies_closes_its_sessions_and_is_restarted(
+    gateway: tuple[WebRtcGateway, str],
+) -> None:
+    gw, url = gateway
+    closed: list[str] = []
+    gw.on_session_closed = lambda session, reason: closed.append(reason)
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(url) as ws:
+            pc, _, _ = await _softphone(ws, ToneTrack(880))
+            try:
+                session = gw.session("2001")
+                assert session is not None
+                [pid] = gw.worker_pids
+                assert session.worker_pid == pid
+                os.kill(pid, signal.SIGKILL)
+                code, reason = await _closed(ws)
+                assert (code, reason) == (CloseCode.INTERNAL_ERROR, "media worker died")
+                for _ in range(100):
+                    if closed:
+                        break
+                    await asyncio.sleep(0.02)
+                assert closed == ["media worker died"]  # the call layer hears why
+            finally:
+                await pc.close()
+        for _ in range(300):  # a new worker: aiortc's imports take a second or two
+            if gw.worker_pids:
+                break
+            await asyncio.sleep(0.05)
+        assert gw.worker_pids
+        assert gw.worker_pids != [pid]
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # reaped, not a zombie
+        assert gw.metrics.worker_restarts._value.get() == 1
+        async with http.ws_connect(url) as ws:  # and a new login gets its media in the new one
+            pc, _, _ = await _softphone(ws, ToneTrack(880))
+            try:
+                session = gw.session("2001")
+                assert session is not None
+                assert session.worker_pid == gw.worker_pids[0]
+            finally:
+                await pc.close()

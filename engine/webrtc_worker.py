@@ -1,0 +1,761 @@
+"""The media half of a browser softphone (`MediaLeg`), and the worker process that runs many of them.
+
+How this works: engine/webrtc.py keeps the signalling (WebSocket, auth, the session registry, the
+call layer's hooks, metrics); everything that costs CPU per call-second lives in a `MediaLeg`: the
+aiortc ``RTCPeerConnection``, the to-browser track, resampling and G.711 work, RFC 4733 sending and
+the session's loopback plain RTP socket. A leg reports back through three callbacks
+(`MediaEvents`): the peer connection's state, a message for the page, and "this leg failed".
+
+With ``[webrtc] workers = 0`` the gateway runs `MediaLeg` in the daemon's own process and loop.
+With N > 0 it starts N of these processes (``python -m engine.webrtc_worker FD ...``) and each
+session's `MediaLeg` runs in one of them, the same class, driven over a control stream: an
+AF_UNIX socketpair made by the daemon, frames of a 4-byte big-endian length and a msgpack message
+(the `ToWorker` / `FromWorker` unions below). The leg's RTP socket is the session's
+``rtp_address``: the call's bridge in the daemon exchanges RTP with the worker directly, so moving a
+leg out of the daemon adds no hop to the audio path.
+
+Lifetime: the worker ignores SIGINT and SIGTERM (a Ctrl-C or a service manager's SIGTERM goes to
+the whole process group; the daemon must drain its calls first, then it stops its workers), and it
+exits when its control stream closes, whether the daemon closed it or died: no orphans.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fractions
+import logging
+import os
+import re
+import secrets
+import signal
+import socket
+import struct
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, cast
+
+import aioice.ice
+import av
+import msgspec
+import numpy as np
+import structlog
+from aiortc import (
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from engine.config import LogConfig, LogFormat, LogLevel, WebRtcConfig
+from sip.rtp.dtmf import dtmf_packets
+from sip.rtp.g711 import ALAW_DECODE, ULAW_DECODE, ULAW_ENCODE
+from sip.rtp.packet import RtpError, parse_rtp
+from sip.rtp.stream import OutboundStream
+
+log = structlog.stdlib.get_logger("acd.webrtc")
+
+SAMPLE_RATE = 8000
+FRAME_SAMPLES = 160  # 20 ms at 8 kHz: the ptime of every G.711 peer and of aiortc's audio
+FRAME_S = FRAME_SAMPLES / SAMPLE_RATE
+PT_PCMU = 0
+PT_PCMA = 8
+PT_TELEPHONE_EVENT = 101
+_TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
+_SILENCE = bytes(FRAME_SAMPLES * 2)
+
+#: Audio buffered towards the browser at most (frames). Network jitter on loopback is well below
+#: this; beyond it the oldest audio is dropped so latency cannot creep up over a long call.
+MAX_BUFFERED_FRAMES = 6
+#: When the loop was blocked for longer than this, the to-browser clock restarts instead of
+#: bursting the backlog (a burst only fills the browser's jitter buffer with stale audio).
+MAX_CATCH_UP_S = 0.1
+#: A key press: 100 ms of event, then a gap, the usual figures of SIP phones (and of the
+#: RFC 4733 examples); the receiver's own minimums are around 40 ms.
+DTMF_DURATION_MS = 100
+DTMF_GAP_MS = 60
+MAX_PENDING_DIGITS = 32
+#: Codec preference towards the browser: G.711 first (no Opus encode), Opus when the browser insists.
+CODEC_PREFERENCE = ("audio/PCMU", "audio/PCMA", "audio/opus")
+
+#: How often a worker reports its legs' packet counters (metrics lag the truth by at most this).
+STATS_INTERVAL_S = 1.0
+#: A control message is an SDP (a few KiB) at most; a larger length prefix means a broken stream.
+MAX_FRAME_BYTES = 1 << 20
+_LENGTH = struct.Struct("!I")
+
+
+class MediaStats(msgspec.Struct):
+    """A leg's counters since it opened (plain ints: no metrics library on the per-packet path)."""
+
+    to_browser: int = 0  # 20 ms packets from the call played to the page
+    from_browser: int = 0  # 20 ms packets from the page sent as RTP
+    dropped: int = 0  # RTP dropped: wrong source, malformed, or too late for the browser
+    dtmf_digits: int = 0
+
+
+class MediaEvents(Protocol):
+    """What a leg tells its session (engine.webrtc.Session), in whichever process it runs."""
+
+    def media_state(self, state: str) -> None:
+        """The peer connection's state changed (aiortc ``connectionState``)."""
+
+    def media_error(self, reason: str) -> None:
+        """Tell the page something went wrong; the session stays."""
+
+    def media_failed(self, reason: str, *, bug: bool) -> None:
+        """The leg cannot go on: end the session (1011). ``bug``: an unexpected exception."""
+
+
+class OfferError(Exception):
+    """The page's SDP offer cannot be answered (the session closes with 4400)."""
+
+
+# -- ICE host candidates ---------------------------------------------------------------------------
+
+_aioice_host_addresses = aioice.ice.get_host_addresses
+_host_addresses: tuple[str, ...] = ()
+
+
+def _configured_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+    if not _host_addresses:
+        return list(_aioice_host_addresses(use_ipv4, use_ipv6))
+    return [a for a in _host_addresses if (use_ipv6 if ":" in a else use_ipv4)]
+
+
+def set_host_addresses(addresses: tuple[str, ...]) -> None:
+    """Make aioice gather host candidates on ``addresses`` (empty: its own choice)."""
+    global _host_addresses
+    _host_addresses = addresses
+    aioice.ice.get_host_addresses = _configured_host_addresses
+
+
+# -- audio towards the browser -----------------------------------------------------------------------
+
+
+class ToBrowserTrack(MediaStreamTrack):
+    """What the page hears while a call is connected: its audio, or silence when RTP pauses.
+
+    Between calls `recv` blocks, so aiortc sends nothing (ICE consent and RTCP keep the connection
+    alive): an idle softphone costs no encoding. On resume the RTP time jumps by the idle spell.
+    """
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._fifo = bytearray()  # s16le samples, at most MAX_BUFFERED_FRAMES frames
+        self._start: float | None = None
+        self._pts = 0
+        self._active = asyncio.Event()
+        self._resumed = False
+        self.dropped_samples = 0
+
+    def activate(self) -> None:
+        self._active.set()
+
+    def deactivate(self) -> None:
+        self._active.clear()
+        self._fifo.clear()
+
+    def stop(self) -> None:
+        super().stop()
+        self._active.set()  # wake a recv waiting for a call, which then sees the track ended
+
+    def feed(self, pcm: bytes) -> None:
+        self._fifo += pcm
+        excess = len(self._fifo) - MAX_BUFFERED_FRAMES * FRAME_SAMPLES * 2
+        if excess > 0:
+            del self._fifo[:excess]
+            self.dropped_samples += excess // 2
+
+    def clear(self) -> None:
+        self._fifo.clear()
+
+    async def recv(self) -> av.AudioFrame:
+        if not self._active.is_set():
+            await self._active.wait()
+            self._resumed = True
+        if self.readyState != "live":
+            raise MediaStreamError
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._start is None:
+            self._start = now
+        elif self._resumed:
+            # RTP time follows the wall clock across the idle spell; this frame is due now
+            idle = int((now - self._start) * SAMPLE_RATE) // FRAME_SAMPLES * FRAME_SAMPLES
+            self._pts = max(self._pts + FRAME_SAMPLES, idle)
+            self._start = now - self._pts / SAMPLE_RATE
+        else:
+            self._pts += FRAME_SAMPLES
+            wait = self._start + self._pts / SAMPLE_RATE - now
+            if wait > 0:
+                await asyncio.sleep(wait)
+            elif wait < -MAX_CATCH_UP_S:
+                # the loop stalled: restart the clock here instead of bursting the backlog
+                self._start = loop.time() - self._pts / SAMPLE_RATE
+        self._resumed = False
+        if len(self._fifo) >= FRAME_SAMPLES * 2:
+            pcm = bytes(self._fifo[: FRAME_SAMPLES * 2])
+            del self._fifo[: FRAME_SAMPLES * 2]
+        else:
+            pcm = _SILENCE
+        frame = av.AudioFrame(format="s16", layout="mono", samples=FRAME_SAMPLES)
+        frame.planes[0].update(pcm)
+        frame.pts = self._pts
+        frame.sample_rate = SAMPLE_RATE
+        frame.time_base = _TIME_BASE
+        return frame
+
+
+class _RtpSocket(asyncio.DatagramProtocol):
+    """The leg's loopback plain RTP port."""
+
+    def __init__(self, leg: MediaLeg) -> None:
+        self._leg = leg
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # the selector loop's datagram transport is not a DatagramTransport subclass
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        self._leg._rtp_received(data, (addr[0], addr[1]))
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable from a peer that went away: the call layer ends the call.
+        log.debug("webrtc_rtp_error", agent_id=self._leg.agent_id, reason=str(exc))
+
+
+# -- one softphone's media ---------------------------------------------------------------------------
+
+
+class MediaLeg:
+    """One agent's media: aiortc peer connection, audio both ways, DTMF, loopback RTP port.
+
+    The API the session uses, identical for the worker's proxy (engine.webrtc.WorkerMedia):
+    `open`, `answer`, `connect_rtp`, `disconnect_rtp`, `dtmf`, `close`, and the read-only
+    `rtp_address`, `connection_state`, `stats`, `worker_pid`.
+    """
+
+    #: In-process: no worker.
+    worker_pid: int | None = None
+
+    def __init__(self, agent_id: str, cfg: WebRtcConfig, events: MediaEvents) -> None:
+        self.agent_id = agent_id
+        self._cfg = cfg
+        self._events = events
+        self._peer: tuple[str, int] | None = None
+        self._rtp: _RtpSocket | None = None
+        self._stream = OutboundStream(
+            secrets.randbits(32), secrets.randbits(16), secrets.randbits(32)
+        )
+        self._track = ToBrowserTrack()
+        self._pc = RTCPeerConnection(
+            RTCConfiguration(
+                iceServers=[
+                    RTCIceServer(
+                        urls=list(s.urls),
+                        username=s.username or None,
+                        credential=s.credential or None,
+                    )
+                    for s in cfg.ice_servers
+                ]
+            )
+        )
+        self._transceiver = self._pc.addTransceiver(self._track, direction="sendrecv")
+        caps = RTCRtpSender.getCapabilities("audio").codecs
+        self._transceiver.setCodecPreferences(
+            [c for name in CODEC_PREFERENCE for c in caps if c.mimeType.lower() == name.lower()]
+        )
+        self._digits: asyncio.Queue[str] = asyncio.Queue(MAX_PENDING_DIGITS)
+        self._dtmf_active = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self.stats = MediaStats()
+        self._pc.on("connectionstatechange", self._state_changed)
+        self._pc.on("track", self._track_received)
+
+    @property
+    def rtp_address(self) -> tuple[str, int]:
+        """(host, port) of the plain RTP socket: where the bridge sends the call's audio."""
+        transport = None if self._rtp is None else self._rtp.transport
+        assert transport is not None, "rtp_address before open()"
+        host, port = transport.get_extra_info("sockname")[:2]
+        return str(host), int(port)
+
+    @property
+    def connection_state(self) -> str:
+        return str(self._pc.connectionState)
+
+    async def open(self) -> None:
+        """Bind the RTP port (OSError if it cannot) and start the DTMF sender."""
+        loop = asyncio.get_running_loop()
+        transport, protocol = await loop.create_datagram_endpoint(
+            lambda: _RtpSocket(self), local_addr=("127.0.0.1", 0)
+        )
+        if self._closed:  # closed while binding
+            transport.close()
+            return
+        self._rtp = protocol
+        self._spawn(self._dtmf_sender(), "dtmf")
+
+    async def answer(self, offer_sdp: str) -> tuple[str, str]:
+        """Answer the page's offer: (answer SDP with candidates gathered, negotiated codec)."""
+        # The ICE agent gathers on the configured addresses when the local description is set.
+        set_host_addresses(self._cfg.host_addresses)
+        try:
+            await self._pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+            await self._pc.setLocalDescription(await self._pc.createAnswer())
+        except Exception as exc:
+            # aiortc reports a bad offer with whatever its parser raised (ValueError, KeyError,
+            # OperationError, ...): all of them mean "this SDP cannot be answered".
+            raise OfferError(f"bad offer: {type(exc).__name__}: {exc}"[:120]) from exc
+        answer = self._pc.localDescription.sdp
+        return answer, _first_codec(answer)
+
+    def connect_rtp(self, host: str, port: int) -> None:
+        self._peer = (host, port)
+        self._track.clear()
+        self._track.activate()
+        self._stream.begin_source(asyncio.get_running_loop().time())
+
+    def disconnect_rtp(self) -> None:
+        self._peer = None
+        self._track.deactivate()
+
+    def dtmf(self, digits: str) -> None:
+        """Queue validated keypad digits (0-9 * # A-D) for RFC 4733 sending."""
+        for digit in digits:
+            try:
+                self._digits.put_nowait(digit)
+            except asyncio.QueueFull:
+                self._events.media_error("too many digits pending")
+                return
+
+    async def close(self) -> None:
+        """Stop the media and free the RTP port and peer connection; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._peer = None
+        for task in self._tasks:
+            task.cancel()
+        self._track.stop()  # ends aiortc's sender loop
+        with contextlib.suppress(Exception):  # closing a half-built aiortc connection
+            await self._pc.close()
+        if self._rtp is not None and self._rtp.transport is not None:
+            self._rtp.transport.close()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _spawn(self, work: Awaitable[None], where: str) -> None:
+        task = asyncio.ensure_future(self._guard(work, where))
+        self._tasks.add(task)  # owned here: close() cancels and awaits every one
+        task.add_done_callback(self._tasks.discard)
+
+    async def _guard(self, work: Awaitable[None], where: str) -> None:
+        """Run one of the leg's tasks; an unexpected error ends this session, not the process."""
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("webrtc_session_error", agent_id=self.agent_id, where=where)
+            self._events.media_failed(f"internal error in {where}: {type(exc).__name__}", bug=True)
+
+    def _state_changed(self) -> None:
+        if not self._closed:
+            self._events.media_state(str(self._pc.connectionState))
+
+    def _track_received(self, track: MediaStreamTrack) -> None:
+        if track.kind == "audio" and not self._closed:
+            self._spawn(self._from_browser(track), "from_browser")
+
+    def _rtp_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if addr != self._peer:
+            self.stats.dropped += 1
+            return
+        try:
+            packet = parse_rtp(data)
+        except RtpError:
+            self.stats.dropped += 1
+            return
+        if packet.payload_type == PT_PCMU:
+            table = ULAW_DECODE
+        elif packet.payload_type == PT_PCMA:
+            table = ALAW_DECODE
+        else:  # telephone-events from the caller mean nothing to the agent's ear; CN is silence
+            return
+        self._track.feed(table[np.frombuffer(packet.payload, dtype=np.uint8)].tobytes())
+        self.stats.to_browser += 1
+
+    def _send_rtp(self, packet: bytes) -> None:
+        peer = self._peer
+        if peer is not None and self._rtp is not None and self._rtp.transport is not None:
+            self._rtp.transport.sendto(packet, peer)
+
+    async def _from_browser(self, track: MediaStreamTrack) -> None:
+        """The browser's microphone, as aiortc decodes it, out as 20 ms PCMU packets."""
+        loop = asyncio.get_running_loop()
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+        pending = np.empty(0, dtype=np.int16)
+        stats = self.stats
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return  # the browser's track ended; the connection state reports why
+            if self._peer is None or not isinstance(frame, av.AudioFrame):
+                pending = pending[:0]
+                continue
+            if (
+                frame.sample_rate == SAMPLE_RATE
+                and frame.format.name == "s16"
+                and frame.layout.name == "mono"
+                and not len(pending)
+            ):
+                # G.711 from the browser arrives as 8 kHz mono s16 already: no resampling
+                pending = frame.to_ndarray().reshape(-1).astype(np.int16, copy=False)
+            else:
+                for out in resampler.resample(frame):
+                    pending = np.concatenate((pending, out.to_ndarray().reshape(-1)))
+            while len(pending) >= FRAME_SAMPLES:
+                chunk, pending = pending[:FRAME_SAMPLES], pending[FRAME_SAMPLES:]
+                if self._dtmf_active:
+                    continue  # the event stands in for this audio (RFC 4733 2.5.1.1)
+                payload = ULAW_ENCODE[chunk.view(np.uint16)].tobytes()
+                self._send_rtp(self._stream.send(PT_PCMU, payload, loop.time()))
+                stats.from_browser += 1
+
+    async def _dtmf_sender(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            digit = await self._digits.get()
+            if self._peer is None:
+                continue  # no call: nobody to hear it
+            plan = dtmf_packets(digit, DTMF_DURATION_MS)
+            start = loop.time()
+            timestamp = self._stream.next_timestamp(start)
+            self._dtmf_active = True
+            try:
+                for i, planned in enumerate(plan):
+                    delay = start + planned.offset_ms / 1000 - loop.time()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    last = i == len(plan) - 1
+                    packet = self._stream.send(
+                        PT_TELEPHONE_EVENT,
+                        planned.payload,
+                        loop.time(),
+                        # the voice that follows continues after the event's duration
+                        samples=DTMF_DURATION_MS * SAMPLE_RATE // 1000 if last else 0,
+                        timestamp=timestamp,
+                        marker=planned.marker,
+                    )
+                    self._send_rtp(packet)
+            finally:
+                self._dtmf_active = False
+            self.stats.dtmf_digits += 1
+            await asyncio.sleep(DTMF_GAP_MS / 1000)
+
+
+def _first_codec(sdp: str) -> str:
+    """The codec name of the first payload type of the audio m-line (what both sides send)."""
+    m_line = re.search(r"^m=audio \S+ \S+ (\d+)", sdp, re.M)
+    if m_line is None:
+        return ""
+    rtpmap = re.search(rf"^a=rtpmap:{m_line.group(1)} ([^/\s]+)", sdp, re.M)
+    return rtpmap.group(1) if rtpmap else ""
+
+
+# -- control channel: daemon <-> worker ------------------------------------------------------------
+# Every message names its session by ``sid``, a number the daemon gives (unique per daemon run).
+
+
+class Open(msgspec.Struct, tag=True, array_like=True):
+    sid: int
+    agent_id: str
+    cfg: WebRtcConfig
+
+
+class Offer(msgspec.Struct, tag=True, array_like=True):
+    sid: int
+    sdp: str
+
+
+class ConnectRtp(msgspec.Struct, tag=True, array_like=True):
+    sid: int
+    host: str
+    port: int
+
+
+class DisconnectRtp(msgspec.Struct, tag=True, array_like=True):
+    sid: int
+
+
+class Dtmf(msgspec.Struct, tag=True, array_like=True):
+    sid: int
+    digits: str
+
+
+class Close(msgspec.Struct, tag=True, array_like=True):
+    sid: int
+
+
+ToWorker = Open | Offer | ConnectRtp | DisconnectRtp | Dtmf | Close
+
+
+class Ready(msgspec.Struct, tag=True, array_like=True):
+    pid: int
+
+
+class Opened(msgspec.Struct, tag=True, array_like=True):
+    sid: int
+    host: str
+    port: int
+
+
+class OpenFailed(msgspec.Struct, tag=True, array_like=True):
+    sid: int
+    reason: str
+
+
+class Answered(msgspec.Struct, tag=True, array_like=True):
+    sid: int
+    sdp: str
+    codec: str
+
+
+class OfferRefused(msgspec.Struct, tag=True, array_like=True):
+    sid: int
+    reason: str
+
+
+class StateChanged(msgspec.Struct, tag=True, array_like=True):
+    sid: int
+    state: str
+
+
+class PageError(msgspec.Struct, tag=True, array_like=True):
+    sid: int
+    reason: str
+
+
+class Failed(msgspec.Struct, tag=True, array_like=True):
+    sid: int
+    reason: str
+    bug: bool
+
+
+class Stats(msgspec.Struct, tag=True, array_like=True):
+    sid: int
+    stats: MediaStats
+
+
+class Closed(msgspec.Struct, tag=True, array_like=True):
+    sid: int
+    stats: MediaStats
+
+
+FromWorker = (
+    Ready | Opened | OpenFailed | Answered | OfferRefused | StateChanged | PageError | Failed
+) | (Stats | Closed)
+
+_encoder = msgspec.msgpack.Encoder()
+
+
+def encode_frame(message: msgspec.Struct) -> bytes:
+    body = _encoder.encode(message)
+    return _LENGTH.pack(len(body)) + body
+
+
+class ChannelClosed(Exception):
+    """The control stream ended (EOF, reset, or a frame that cannot be a control message)."""
+
+
+async def read_frame(reader: asyncio.StreamReader, decoder: msgspec.msgpack.Decoder[Any]) -> Any:
+    """The next message on a control stream; ChannelClosed when the other process is gone."""
+    try:
+        (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
+        if length > MAX_FRAME_BYTES:
+            raise ChannelClosed(f"control frame of {length} bytes")
+        return decoder.decode(await reader.readexactly(length))
+    except (asyncio.IncompleteReadError, ConnectionError) as exc:
+        raise ChannelClosed(str(exc) or type(exc).__name__) from exc
+    except msgspec.DecodeError as exc:
+        raise ChannelClosed(f"bad control message: {exc}") from exc
+
+
+# -- the worker process ----------------------------------------------------------------------------
+
+
+class _LegEvents:
+    """A leg's events, sent to the daemon's session over the control stream."""
+
+    def __init__(self, sid: int, send: Callable[[msgspec.Struct], None]) -> None:
+        self._sid = sid
+        self._send = send
+
+    def media_state(self, state: str) -> None:
+        self._send(StateChanged(self._sid, state))
+
+    def media_error(self, reason: str) -> None:
+        self._send(PageError(self._sid, reason))
+
+    def media_failed(self, reason: str, *, bug: bool) -> None:
+        self._send(Failed(self._sid, reason, bug))
+
+
+class _Worker:
+    """The legs of one worker process and the control stream that drives them."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+        self._legs: dict[int, MediaLeg] = {}
+        self._reported: dict[int, MediaStats] = {}
+        self._requests: set[asyncio.Task[None]] = set()
+
+    def send(self, message: msgspec.Struct) -> None:
+        if not self._writer.is_closing():
+            self._writer.write(encode_frame(message))
+
+    async def serve(self, reader: asyncio.StreamReader) -> None:
+        self.send(Ready(os.getpid()))
+        decoder = msgspec.msgpack.Decoder(ToWorker)
+        reporter = asyncio.ensure_future(self._report_stats())
+        try:
+            while True:
+                try:
+                    message = await read_frame(reader, decoder)
+                except ChannelClosed as exc:
+                    log.info("webrtc_worker_channel_closed", reason=str(exc))
+                    return
+                self._dispatch(message)
+        finally:
+            reporter.cancel()
+            for task in self._requests:
+                task.cancel()
+            await asyncio.gather(
+                reporter,
+                *self._requests,
+                *(leg.close() for leg in self._legs.values()),
+                return_exceptions=True,
+            )
+
+    def _dispatch(self, message: Any) -> None:
+        if isinstance(message, Open):
+            new = MediaLeg(message.agent_id, message.cfg, _LegEvents(message.sid, self.send))
+            self._legs[message.sid] = new
+            self._request(self._open(message.sid, new), message.sid)
+            return
+        leg = self._legs.get(message.sid)
+        if leg is None:  # closed meanwhile: the daemon no longer waits for this one
+            return
+        if isinstance(message, Offer):
+            self._request(self._answer(message.sid, leg, message.sdp), message.sid)
+        elif isinstance(message, ConnectRtp):
+            leg.connect_rtp(message.host, message.port)
+        elif isinstance(message, DisconnectRtp):
+            leg.disconnect_rtp()
+        elif isinstance(message, Dtmf):
+            leg.dtmf(message.digits)
+        elif isinstance(message, Close):
+            del self._legs[message.sid]
+            self._reported.pop(message.sid, None)
+            self._request(self._close(message.sid, leg), message.sid)
+
+    def _request(self, work: Awaitable[None], sid: int) -> None:
+        async def run() -> None:
+            try:
+                await work
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # our bug: it ends that session, never the worker
+                log.exception("webrtc_worker_error", sid=sid)
+                self.send(Failed(sid, f"internal error in worker: {type(exc).__name__}", True))
+
+        task = asyncio.ensure_future(run())
+        self._requests.add(task)
+        task.add_done_callback(self._requests.discard)
+
+    async def _open(self, sid: int, leg: MediaLeg) -> None:
+        try:
+            await leg.open()
+        except OSError as exc:
+            self.send(OpenFailed(sid, str(exc)))
+            return
+        if sid in self._legs:
+            self.send(Opened(sid, *leg.rtp_address))
+
+    async def _answer(self, sid: int, leg: MediaLeg, sdp: str) -> None:
+        try:
+            answer, codec = await leg.answer(sdp)
+        except OfferError as exc:
+            self.send(OfferRefused(sid, str(exc)))
+            return
+        self.send(Answered(sid, answer, codec))
+
+    async def _close(self, sid: int, leg: MediaLeg) -> None:
+        await leg.close()
+        self.send(Closed(sid, leg.stats))
+
+    async def _report_stats(self) -> None:
+        while True:
+            await asyncio.sleep(STATS_INTERVAL_S)
+            for sid, leg in self._legs.items():
+                if self._reported.get(sid) != leg.stats:
+                    snapshot = msgspec.structs.replace(leg.stats)
+                    self._reported[sid] = snapshot
+                    self.send(Stats(sid, snapshot))
+
+
+async def _serve(fd: int) -> None:
+    sock = socket.socket(fileno=fd)
+    reader, writer = await asyncio.open_connection(sock=sock)
+    try:
+        await _Worker(writer).serve(reader)
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+def main(argv: list[str]) -> int:
+    """``python -m engine.webrtc_worker FD LOG_LEVEL LOG_FORMAT EVENT_LOOP`` (the daemon runs it)."""
+    if len(argv) != 4 or not argv[0].isdigit():
+        print(
+            "usage: python -m engine.webrtc_worker FD LOG_LEVEL LOG_FORMAT EVENT_LOOP\n"
+            "(started by the acd daemon with [webrtc] workers > 0; not for running by hand)",
+            file=sys.stderr,
+        )
+        return 2
+    fd, level, fmt, event_loop = int(argv[0]), argv[1], argv[2], argv[3]
+    # The daemon drains its calls on SIGINT/SIGTERM and then stops us by closing the channel.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    from engine.logs import configure_logging
+
+    configure_logging(LogConfig(level=LogLevel(level), format=LogFormat(fmt)))
+    structlog.contextvars.bind_contextvars(webrtc_worker=os.getpid())
+    # aiortc and aioice log every packet and ICE check at debug level
+    for name in ("aiortc", "aioice"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    loop_factory: Any = None
+    if event_loop == "uvloop":
+        with contextlib.suppress(ImportError):
+            import uvloop
+
+            loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(_serve(fd))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
