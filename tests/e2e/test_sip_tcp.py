@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,8 +22,25 @@ from tests.e2e.test_call_load import front_door, login
 pytestmark = pytest.mark.e2e
 
 
-def test_trunk_and_agent_over_tcp(start_daemon: DaemonFactory, tmp_path: Path) -> None:
-    agent = sipp(tmp_path, ["-sn", "uas", "-t", "t1"], None, "-trace_msg")
+@pytest.fixture
+def uas(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Start SIPp UAS agents; every one is stopped (by PID) when the test ends, failed or not."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(*args: str) -> subprocess.Popen[bytes]:
+        proc = sipp(tmp_path, ["-sn", "uas", *args], None, "-trace_msg")
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        stop(proc)
+
+
+def test_trunk_and_agent_over_tcp(
+    start_daemon: DaemonFactory, tmp_path: Path, uas: Callable[..., subprocess.Popen[bytes]]
+) -> None:
+    agent = uas("-t", "t1")
     time.sleep(0.5)
     tcp_port = free_port()
     daemon = start_daemon(
@@ -51,7 +69,8 @@ queues = {{ support = 0 }}
     try:
         assert caller.wait(timeout=30) == 0, caller.log_path.read_text()[-2000:]  # type: ignore[attr-defined]
     finally:
-        stop(agent)
+        stop(caller)
+        stop(agent)  # now, so its message trace is complete
     time.sleep(1.5)
     with sqlite3.connect(daemon.workdir / "var" / "acd.sqlite3") as db:
         (row,) = db.execute("SELECT agent_id, disposition, hangup_side FROM calls").fetchall()
@@ -79,8 +98,10 @@ def test_tls_listener_needs_its_certificate(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
 
 
-def test_caller_over_tls(start_daemon: DaemonFactory, tmp_path: Path) -> None:
-    agent = sipp(tmp_path, ["-sn", "uas"], None)
+def test_caller_over_tls(
+    start_daemon: DaemonFactory, tmp_path: Path, uas: Callable[..., subprocess.Popen[bytes]]
+) -> None:
+    agent = uas()
     time.sleep(0.5)
     cert, key = self_signed_cert(tmp_path)
     tls_port = free_port()
