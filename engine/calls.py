@@ -1219,10 +1219,13 @@ class CallService:
         elif kind == "hangup" and leg.answered:
             self._agent_gone(leg, "hangup")
         elif kind == "transfer" and leg.answered:
+            # "target": a queue's name, else a number (through the one outbound trunk).
+            target = str(message.get("target") or "").strip()
+            is_queue = any(q.name == target for q in self.config.queues)
             try:
                 where = self.request_transfer(
-                    call.id, queue=str(message.get("queue") or ""),
-                    number=str(message.get("number") or ""), by=session.agent_id,
+                    call.id, queue=target if is_queue else "",
+                    number="" if is_queue else target, by=session.agent_id,
                 )  # fmt: skip
             except ValueError as exc:
                 session.send_event({"type": "error", "reason": f"transfer refused: {exc}"})

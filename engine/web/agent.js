@@ -17,6 +17,9 @@ async function loadQueues() {
   const rows = (Array.isArray(data) ? data : data.queues).map((q) =>
     el("tr", { "data-queue": q.name }, el("td", {}, q.name), el("td", { class: "num" }, String(q.waiting))));
   document.querySelector("#queues tbody").replaceChildren(...rows);
+  // The agent's queues are offered as transfer targets; any other queue name or a number works too.
+  const names = (Array.isArray(data) ? data : data.queues).map((q) => el("option", { value: q.name }));
+  document.getElementById("transfer-queues").replaceChildren(...names);
 }
 
 async function loadCdr() {
@@ -81,6 +84,8 @@ function softphone() {
   const answer = document.getElementById("answer");
   const hangup = document.getElementById("hangup");
   const hold = document.getElementById("hold");
+  const transferTo = document.getElementById("transfer-to");
+  const transfer = document.getElementById("transfer");
   const incoming = document.getElementById("incoming");
   let ws = null, pc = null, mic = null, sender = null, codec = "", call = null, delayMs = 1000;
 
@@ -133,7 +138,7 @@ function softphone() {
     call = null;
     recorder.connected(null);
     incoming.hidden = true;
-    answer.disabled = hangup.disabled = hold.disabled = true;
+    answer.disabled = hangup.disabled = hold.disabled = transfer.disabled = transferTo.disabled = true;
     hold.setAttribute("aria-pressed", "false");
     hold.textContent = "Hold";
   }
@@ -174,6 +179,9 @@ function softphone() {
         showIncoming(msg);
       } else if (msg.type === "call_ended" && msg.call_id === call) {
         callOver();
+      } else if (msg.type === "transferred") {
+        note.textContent = `Transferred to ${msg.to}`;
+        transferTo.value = "";
       } else if (msg.type === "error") {
         note.textContent = msg.reason;
       }
@@ -204,7 +212,13 @@ function softphone() {
     send({ type: "answer", call_id: call });
     incoming.hidden = true;
     answer.disabled = true;
-    hangup.disabled = hold.disabled = false;
+    hangup.disabled = hold.disabled = transfer.disabled = transferTo.disabled = false;
+  };
+  // Blind transfer: the caller goes to the queue (or number) and this call ends here.
+  transfer.onclick = () => {
+    const target = transferTo.value.trim();
+    if (!target) return;
+    send({ type: "transfer", call_id: call, target });  // a queue's name, or a number
   };
   hangup.onclick = () => { send({ type: "hangup", call_id: call }); hangup.disabled = true; };
   // Hold: the caller hears the queue's music until Resume.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
 import time
 import urllib.request
 import wave
@@ -20,7 +21,7 @@ import pytest
 from playwright.async_api import async_playwright, expect
 
 from tests.e2e.conftest import DaemonFactory, DaemonProcess
-from tests.e2e.peers import Baresip, dominant_hz, free_port_block
+from tests.e2e.peers import Baresip, dominant_hz, free_port_block, sipp, stop
 from tests.e2e.test_webrtc import ARTIFACTS, CHROMIUM_FLAGS, HEARD_JS, write_tone
 
 pytestmark = pytest.mark.e2e
@@ -176,3 +177,82 @@ async def test_browser_agent_takes_a_sip_call_with_audio_both_ways(
     assert abs(len(stereo) / 8000 - cdr["talk_s"]) < 0.5
     assert abs(dominant_hz(stereo[-8000:-2000, 0]) - 440) < 10  # caller on the left
     assert abs(dominant_hz(stereo[-8000:-2000, 1]) - 880) < 15  # browser agent on the right
+
+
+async def test_browser_agent_transfers_the_caller_to_another_queue(
+    start_daemon: DaemonFactory, tmp_path: Path
+) -> None:
+    other = sipp(tmp_path, ["-sn", "uas"], None)  # agent b1 of queue sales, answers at once
+    caller: subprocess.Popen[bytes] | None = None
+    try:
+        daemon = start_daemon(
+            config(free_port_block(100))
+            + f"""
+[[queues]]
+name = "sales"
+wrap_up_s = 1.0
+
+[[agents]]
+id = "b1"
+login = "static"
+contact = "sip:b1@127.0.0.1:{other.sip_port}"
+queues = {{ sales = 0 }}
+"""  # type: ignore[attr-defined]
+        )
+        request = urllib.request.Request(
+            f"{daemon.base_url}/api/v1/agents/b1/state", data=b'{"state": "logged_in"}',
+            method="PUT", headers={"Authorization": f"Bearer {ADMIN}"},
+        )  # fmt: skip
+        urllib.request.urlopen(request, timeout=5).close()
+        sip = str(daemon.wait_for_log("ready")["sip"]).removeprefix("udp:")
+        tone = tmp_path / "mic-880.wav"
+        write_tone(tone, 880, 30)
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(
+                executable_path="/usr/bin/chromium",
+                args=[*CHROMIUM_FLAGS, f"--use-file-for-fake-audio-capture={tone}"],
+            )
+            try:
+                page = await browser.new_page()
+                await page.goto(daemon.base_url + "/agent")
+                await page.fill("#token", AGENT_TOKEN)
+                await page.press("#token", "Enter")
+                await expect(page.locator("#rtc-state")).to_have_text(
+                    "softphone PCMU", timeout=15000
+                )
+                await wait_state(daemon, {"available"}, 10)
+                caller = sipp(tmp_path, ["-sn", "uac"], sip, "-s", "support", "-m", "1",
+                              "-d", "6000")  # fmt: skip
+                await expect(page.locator("#incoming")).to_be_visible(timeout=15000)
+                await page.click("#answer")
+                await wait_state(daemon, {"busy"}, 10)
+                await page.fill("#transfer-to", "sales")
+                await page.click("#transfer")
+                await expect(page.locator("#rtc-note")).to_have_text("Transferred to sales")
+                await expect(page.locator("#transfer")).to_be_disabled()  # the call left this page
+                await wait_state(daemon, {"wrap_up", "available"}, 5)
+            finally:
+                await browser.close()
+        assert caller.wait(timeout=20) == 0  # the caller talked on with b1 and hung up normally
+    finally:
+        for proc in (caller, other):
+            if proc is not None:
+                stop(proc)
+    time.sleep(1.5)
+    with sqlite3.connect(daemon.workdir / "var" / "acd.sqlite3") as db:
+        (row,) = db.execute("SELECT agent_id, queue, disposition, flow_data FROM calls").fetchall()
+        events = db.execute(
+            "SELECT queue, agent_id, event FROM queue_events ORDER BY id"
+        ).fetchall()
+    assert row[:3] == ("b1", "sales", "answered")
+    assert json.loads(row[3])["transferred_by"] == "3001"
+    assert events == [
+        ("support", None, "enter"),
+        ("support", "3001", "offer"),
+        ("support", "3001", "answer"),
+        ("support", "3001", "transfer"),
+        ("sales", None, "enter"),
+        ("sales", "b1", "offer"),
+        ("sales", "b1", "answer"),
+        ("sales", "b1", "complete"),
+    ]
