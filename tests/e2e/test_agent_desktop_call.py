@@ -30,6 +30,7 @@ import numpy as np
 import pytest
 from playwright.async_api import Page, async_playwright, expect
 
+from tests.e2e.configs import front_door
 from tests.e2e.conftest import DaemonFactory, DaemonProcess
 from tests.e2e.peers import Baresip, dominant_hz, free_port_block
 from tests.e2e.test_webrtc import ARTIFACTS, CHROMIUM_FLAGS, write_tone
@@ -43,31 +44,9 @@ LIVE_S = 2.0
 
 
 def config(rtp_base: int) -> str:
-    return f"""
-[media]
-rtp_port_min = {rtp_base}
-rtp_port_max = {rtp_base + 98}
-
-[recordings]
-flush_interval_s = 0.5
-
-[[api.tokens]]
-name = "ops"
-role = "admin"
-token = "{ADMIN}"
-
-[[trunks]]
-name = "local"
-allow = ["127.0.0.0/8"]
-
-[[routes]]
-number = "support"
-flow = "support"
-
-[[flows]]
-name = "support"
-steps = [{{ type = "answer" }}, {{ type = "enqueue", queue = "support" }}]
-
+    return (
+        front_door(ADMIN, rtp_base=rtp_base, flush_s=0.5)
+        + f"""
 [[queues]]
 name = "support"
 ring_timeout_s = 30.0
@@ -81,6 +60,7 @@ login = "webrtc"
 queues = {{ support = 0 }}
 api_token = "{AGENT_TOKEN}"
 """
+    )
 
 
 def agent_state(daemon: DaemonProcess) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e import configs
 from tests.e2e.conftest import DaemonFactory, DaemonProcess
 from tests.e2e.peers import free_port_block, sipp, stop
 
@@ -31,24 +32,7 @@ CALLS = 200
 
 def front_door(steps: str = '{ type = "answer" }, { type = "enqueue", queue = "support" }') -> str:
     """Admin token, a loopback trunk, and the number `support` routed to a flow of ``steps``."""
-    return f"""
-[[api.tokens]]
-name = "ops"
-role = "admin"
-token = "{ADMIN}"
-
-[[trunks]]
-name = "callers"
-allow = ["127.0.0.0/8"]
-
-[[routes]]
-number = "support"
-flow = "support"
-
-[[flows]]
-name = "support"
-steps = [{steps}]
-"""
+    return configs.front_door(ADMIN, steps=steps, trunk="callers")
 
 
 def set_state(daemon: DaemonProcess, agent_id: str, state: str) -> str:

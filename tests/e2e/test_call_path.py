@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.e2e.configs import front_door
 from tests.e2e.conftest import DaemonFactory, DaemonProcess
 from tests.e2e.peers import Baresip, dominant_hz, free_port_block
 
@@ -27,44 +28,26 @@ ADMIN = "admin-token-0123456789"
 
 
 def config(rtp_base: int) -> str:
-    return f"""
-[media]
-rtp_port_min = {rtp_base}
-rtp_port_max = {rtp_base + 98}
-
-[recordings]
-flush_interval_s = 0.5
-
-[[api.tokens]]
-name = "ops"
-role = "admin"
-token = "{ADMIN}"
-
-[[trunks]]
-name = "local"
-allow = ["127.0.0.0/8"]
-
-[[routes]]
-trunk = "local"
-number = "support"
-flow = "support"
-
-[[flows]]
-name = "support"
-steps = [{{ type = "answer" }}, {{ type = "play", prompt = "digit-1" }}, {{ type = "enqueue", queue = "support" }}]
-
+    steps = (
+        '{ type = "answer" }, { type = "play", prompt = "digit-1" }, '
+        '{ type = "enqueue", queue = "support" }'
+    )
+    return (
+        front_door(ADMIN, steps=steps, rtp_base=rtp_base, flush_s=0.5)
+        + """
 [[queues]]
 name = "support"
-requirements = {{ support = 1 }}
+requirements = { support = 1 }
 ring_timeout_s = 10.0
 wrap_up_s = 1.0
 
 [[agents]]
 id = "1001"
 password = "alice-secret-1001"
-skills = {{ support = 8 }}
-queues = {{ support = 0 }}
+skills = { support = 8 }
+queues = { support = 0 }
 """
+    )
 
 
 def api(daemon: DaemonProcess, path: str) -> object:

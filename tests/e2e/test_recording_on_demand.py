@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.e2e.configs import front_door
 from tests.e2e.conftest import DaemonFactory, DaemonProcess
 from tests.e2e.peers import Baresip, dominant_hz, free_port_block, sipp, stop
 
@@ -36,39 +37,9 @@ SCENARIOS = Path(__file__).parent / "sipp" / "scenarios"
 
 
 def config(rtp_base: int, agent_1002_port: int) -> str:
-    return f"""
-[media]
-rtp_port_min = {rtp_base}
-rtp_port_max = {rtp_base + 98}
-
-[recordings]
-flush_interval_s = 0.5
-
-[[api.tokens]]
-name = "ops"
-role = "admin"
-token = "{ADMIN}"
-
-[[trunks]]
-name = "local"
-allow = ["127.0.0.0/8"]
-
-[[routes]]
-number = "support"
-flow = "support"
-
-[[routes]]
-number = "sales"
-flow = "sales"
-
-[[flows]]
-name = "support"
-steps = [{{ type = "answer" }}, {{ type = "enqueue", queue = "support" }}]
-
-[[flows]]
-name = "sales"
-steps = [{{ type = "answer" }}, {{ type = "enqueue", queue = "sales" }}]
-
+    return (
+        front_door(ADMIN, numbers=("support", "sales"), rtp_base=rtp_base, flush_s=0.5)
+        + f"""
 [[queues]]
 name = "support"
 requirements = {{ support = 1 }}
@@ -96,6 +67,7 @@ api_token = "{TOKEN_1002}"
 skills = {{ sales = 8 }}
 queues = {{ sales = 0 }}
 """
+    )
 
 
 def request(

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from playwright.async_api import async_playwright, expect
 
+from tests.e2e.configs import front_door
 from tests.e2e.conftest import DaemonFactory, DaemonProcess
 from tests.e2e.peers import Baresip, dominant_hz, free_port_block, sipp, stop
 from tests.e2e.test_webrtc import ARTIFACTS, CHROMIUM_FLAGS, HEARD_JS, write_tone
@@ -31,35 +32,13 @@ AGENT_TOKEN = "agent-3001-token-webrtc-call"
 
 
 def config(rtp_base: int) -> str:
-    return f"""
-[media]
-rtp_port_min = {rtp_base}
-rtp_port_max = {rtp_base + 98}
-
-[recordings]
-flush_interval_s = 0.5
-
-[[api.tokens]]
-name = "ops"
-role = "admin"
-token = "{ADMIN}"
-
-[[trunks]]
-name = "local"
-allow = ["127.0.0.0/8"]
-
-[[routes]]
-number = "support"
-flow = "support"
-
-[[flows]]
-name = "support"
-steps = [
-  {{ type = "answer" }},
-  {{ type = "set", data = {{ account = "4711", tier = "gold" }} }},
-  {{ type = "enqueue", queue = "support" }},
-]
-
+    steps = (
+        '{ type = "answer" }, { type = "set", data = { account = "4711", tier = "gold" } }, '
+        '{ type = "enqueue", queue = "support" }'
+    )
+    return (
+        front_door(ADMIN, steps=steps, rtp_base=rtp_base, flush_s=0.5)
+        + f"""
 [[queues]]
 name = "support"
 ring_timeout_s = 30.0
@@ -72,6 +51,7 @@ login = "webrtc"
 queues = {{ support = 0 }}
 api_token = "{AGENT_TOKEN}"
 """
+    )
 
 
 def agent_state(daemon: DaemonProcess) -> str:

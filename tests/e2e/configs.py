@@ -1,0 +1,36 @@
+"""Config fragments the end-to-end tests share: the front of a test call center.
+
+Each test appends its own queues and agents; what every one of them needs first is an admin token for
+the API, a loopback trunk, a route per dialled number to a flow that answers and queues the caller
+in the queue of the same name, and (for tests with media) an RTP port range of its own and
+recordings flushed often.
+"""
+
+from __future__ import annotations
+
+QUEUE_STEPS = '{{ type = "answer" }}, {{ type = "enqueue", queue = "{queue}" }}'
+
+
+def front_door(
+    admin: str,
+    *,
+    numbers: tuple[str, ...] = ("support",),
+    steps: str | None = None,
+    trunk: str = "local",
+    rtp_base: int | None = None,
+    flush_s: float | None = None,
+) -> str:
+    """Admin token, a loopback trunk, and each number routed to a flow of that name; the flow
+    answers and enqueues in the queue of that name, or runs ``steps`` (for a single number)."""
+    parts = []
+    if rtp_base is not None:
+        parts.append(f"[media]\nrtp_port_min = {rtp_base}\nrtp_port_max = {rtp_base + 98}\n")
+    if flush_s is not None:
+        parts.append(f"[recordings]\nflush_interval_s = {flush_s}\n")
+    parts.append(f'[[api.tokens]]\nname = "ops"\nrole = "admin"\ntoken = "{admin}"\n')
+    parts.append(f'[[trunks]]\nname = "{trunk}"\nallow = ["127.0.0.0/8"]\n')
+    for number in numbers:
+        flow_steps = steps if steps is not None else QUEUE_STEPS.format(queue=number)
+        parts.append(f'[[routes]]\nnumber = "{number}"\nflow = "{number}"\n')
+        parts.append(f'[[flows]]\nname = "{number}"\nsteps = [{flow_steps}]\n')
+    return "\n" + "\n".join(parts) + "\n"
