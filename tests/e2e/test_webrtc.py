@@ -19,7 +19,6 @@ import re
 import signal
 import socket
 import struct
-import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, expect
 
 from engine.config import load_config
 from engine.daemon import Daemon
@@ -36,11 +35,11 @@ from sip.rtp.dtmf import parse_telephone_event
 from sip.rtp.g711 import ULAW_DECODE, ULAW_ENCODE
 from sip.rtp.packet import parse_rtp
 from tests.conftest import free_port
+from tests.e2e.browser import ARTIFACTS, HEARD_JS, chromium, log_in
 from tests.e2e.conftest import render_config
 
 pytestmark = pytest.mark.e2e
 
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 WEBRTC_AGENT = "agent-3001-token-webrtc"
 DESK_AGENT = "agent-3002-token-deskphone"
 EXTRA = f"""
@@ -60,30 +59,12 @@ name = "Desmond"
 queues = {{ support = 0 }}
 api_token = "{DESK_AGENT}"
 """
-CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-    "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-    # Chromium leaves loopback out of its ICE candidates unless told; the gateway is on 127.0.0.1.
-    "--allow-loopback-in-peer-connection",
-    "--autoplay-policy=no-user-gesture-required",
-]  # fmt: skip
 
 
 def dominant_hz(samples: np.ndarray, rate: int) -> float:
     x = samples.astype(np.float64)
     x = (x - x.mean()) * np.hanning(len(x))
     return float(np.argmax(np.abs(np.fft.rfft(x))) * rate / len(x))
-
-
-def write_tone(path: Path, hz: float, seconds: float, rate: int = 48000) -> None:
-    t = np.arange(int(seconds * rate)) / rate
-    pcm = (12000 * np.sin(2 * math.pi * hz * t)).astype("<i2")
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm.tobytes())
 
 
 class CallSide(asyncio.DatagramProtocol):
@@ -166,46 +147,8 @@ async def _wait_port_released(port: int) -> None:
 
 @pytest.fixture
 async def browser(tmp_path: Path) -> AsyncIterator[Browser]:
-    tone = tmp_path / "mic-880.wav"
-    write_tone(tone, 880, 10)
-    async with async_playwright() as pw:
-        b = await pw.chromium.launch(
-            executable_path="/usr/bin/chromium",
-            args=[*CHROMIUM_FLAGS, f"--use-file-for-fake-audio-capture={tone}"],
-        )
-        try:
-            yield b
-        finally:
-            await b.close()
-
-
-async def _log_in(page: Page, url: str, token: str) -> None:
-    await page.goto(url)
-    await page.fill("#token", token)
-    await page.press("#token", "Enter")
-
-
-# Runs in the page: the dominant frequency of what the <audio> element plays, every 100 ms.
-HEARD_JS = """async (samples) => {
-  const audio = document.getElementById("remote-audio");
-  const ctx = new AudioContext();
-  await ctx.resume();
-  const analyser = ctx.createAnalyser();
-  analyser.fftSize = 8192;
-  analyser.smoothingTimeConstant = 0;
-  ctx.createMediaStreamSource(audio.srcObject).connect(analyser);
-  const bins = new Float32Array(analyser.frequencyBinCount);
-  const peaks = [];
-  for (let i = 0; i < samples; i++) {
-    await new Promise((r) => setTimeout(r, 100));
-    analyser.getFloatFrequencyData(bins);
-    let best = 1;
-    for (let k = 2; k < bins.length; k++) if (bins[k] > bins[best]) best = k;
-    peaks.push([best * ctx.sampleRate / analyser.fftSize, bins[best]]);
-  }
-  await ctx.close();
-  return peaks;
-}"""
+    async with chromium(tmp_path, 880, 10) as b:
+        yield b
 
 
 @pytest.mark.parametrize("daemon", [0, 2], ids=["in-daemon", "2-workers"], indirect=True)
@@ -220,7 +163,7 @@ async def test_softphone_hears_and_is_heard_sends_dtmf_and_lets_go(
     transport, call = await loop.create_datagram_endpoint(CallSide, local_addr=("127.0.0.1", 0))
     try:
         page = await browser.new_page()
-        await _log_in(page, base + "/agent", WEBRTC_AGENT)
+        await log_in(page, base + "/agent", WEBRTC_AGENT)
         await expect(page.locator("#rtc-state")).to_have_text("softphone PCMU", timeout=10000)
         session = d.webrtc.session("3001")
         assert session is not None
@@ -276,7 +219,7 @@ async def test_desk_phone_agent_gets_no_softphone(
 ) -> None:
     d, base = daemon
     page = await browser.new_page()
-    await _log_in(page, base + "/agent", DESK_AGENT)
+    await log_in(page, base + "/agent", DESK_AGENT)
     await expect(page.locator("#rtc-state")).to_have_text("calls ring on your desk phone")
     async with aiohttp.ClientSession() as http, http.ws_connect(base + RTC_PATH) as ws:
         await ws.send_json({"type": "auth", "token": DESK_AGENT})
@@ -295,7 +238,7 @@ async def test_a_dead_media_worker_closes_its_softphones_and_comes_back(
     d, base = daemon
     assert d.webrtc is not None
     page = await browser.new_page()
-    await _log_in(page, base + "/agent", WEBRTC_AGENT)
+    await log_in(page, base + "/agent", WEBRTC_AGENT)
     await expect(page.locator("#rtc-state")).to_have_text("softphone PCMU", timeout=10000)
     session = d.webrtc.session("3001")
     assert session is not None

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from playwright.async_api import async_playwright, expect
+from playwright.async_api import expect
 
+from tests.e2e.browser import ARTIFACTS, HEARD_JS, chromium, open_softphone
 from tests.e2e.configs import front_door
 from tests.e2e.conftest import DaemonFactory, DaemonProcess
 from tests.e2e.peers import Baresip, dominant_hz, free_port_block, sipp, stop
-from tests.e2e.test_webrtc import ARTIFACTS, CHROMIUM_FLAGS, HEARD_JS, write_tone
 
 pytestmark = pytest.mark.e2e
 
@@ -75,20 +75,10 @@ async def test_browser_agent_takes_a_sip_call_with_audio_both_ways(
 ) -> None:
     daemon = start_daemon(config(free_port_block(100)))
     sip = str(daemon.wait_for_log("ready")["sip"]).removeprefix("udp:")
-    tone = tmp_path / "mic-880.wav"
-    write_tone(tone, 880, 60)
     caller: Baresip | None = None
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(
-            executable_path="/usr/bin/chromium",
-            args=[*CHROMIUM_FLAGS, f"--use-file-for-fake-audio-capture={tone}"],
-        )
+    async with chromium(tmp_path, 880) as browser:
         try:
-            page = await browser.new_page()
-            await page.goto(daemon.base_url + "/agent")
-            await page.fill("#token", AGENT_TOKEN)
-            await page.press("#token", "Enter")
-            await expect(page.locator("#rtc-state")).to_have_text("softphone PCMU", timeout=15000)
+            page = await open_softphone(browser, daemon.base_url, AGENT_TOKEN)
             # The softphone's media came up: the agent is logged in, like a phone registering.
             await wait_state(daemon, {"available"}, 10)
 
@@ -131,7 +121,6 @@ async def test_browser_agent_takes_a_sip_call_with_audio_both_ways(
             await expect(page.locator("#hold")).to_be_disabled()
             caller.wait_for("terminated (duration", 10)  # our BYE reached the caller
         finally:
-            await browser.close()
             if caller is not None:
                 caller.stop()  # baresip finishes its recording of what it heard when it exits
     assert caller is not None
@@ -185,34 +174,20 @@ queues = {{ sales = 0 }}
         )  # fmt: skip
         urllib.request.urlopen(request, timeout=5).close()
         sip = str(daemon.wait_for_log("ready")["sip"]).removeprefix("udp:")
-        tone = tmp_path / "mic-880.wav"
-        write_tone(tone, 880, 30)
-        async with async_playwright() as pw:
-            browser = await pw.chromium.launch(
-                executable_path="/usr/bin/chromium",
-                args=[*CHROMIUM_FLAGS, f"--use-file-for-fake-audio-capture={tone}"],
-            )
-            try:
-                page = await browser.new_page()
-                await page.goto(daemon.base_url + "/agent")
-                await page.fill("#token", AGENT_TOKEN)
-                await page.press("#token", "Enter")
-                await expect(page.locator("#rtc-state")).to_have_text(
-                    "softphone PCMU", timeout=15000
-                )
-                await wait_state(daemon, {"available"}, 10)
-                caller = sipp(tmp_path, ["-sn", "uac"], sip, "-s", "support", "-m", "1",
-                              "-d", "6000")  # fmt: skip
-                await expect(page.locator("#incoming")).to_be_visible(timeout=15000)
-                await page.click("#answer")
-                await wait_state(daemon, {"busy"}, 10)
-                await page.fill("#transfer-to", "sales")
-                await page.click("#transfer")
-                await expect(page.locator("#rtc-note")).to_have_text("Transferred to sales")
-                await expect(page.locator("#transfer")).to_be_disabled()  # the call left this page
-                await wait_state(daemon, {"wrap_up", "available"}, 5)
-            finally:
-                await browser.close()
+        async with chromium(tmp_path, 880, 30) as browser:
+            page = await open_softphone(browser, daemon.base_url, AGENT_TOKEN)
+            await wait_state(daemon, {"available"}, 10)
+            caller = sipp(tmp_path, ["-sn", "uac"], sip, "-s", "support", "-m", "1",
+                          "-d", "6000")  # fmt: skip
+            await expect(page.locator("#incoming")).to_be_visible(timeout=15000)
+            await page.click("#answer")
+            await wait_state(daemon, {"busy"}, 10)
+            await page.fill("#transfer-to", "sales")
+            await page.click("#transfer")
+            await expect(page.locator("#rtc-note")).to_have_text("Transferred to sales")
+            await expect(page.locator("#transfer")).to_be_disabled()  # the call left this page
+            await wait_state(daemon, {"wrap_up", "available"}, 5)
+        assert caller is not None
         assert caller.wait(timeout=20) == 0  # the caller talked on with b1 and hung up normally
     finally:
         for proc in (caller, other):
