@@ -12,12 +12,15 @@ which re-render the raw value. A received `Via` or `NameAddr` keeps its paramete
 text and splits them on first access; ``branch`` and ``tag``, the lookups every transaction and
 dialog makes, are found in that text without splitting it. Single-key lookups on the container use
 ``list.count``/``list.index`` (C loops) instead of keeping a dict that every edit would have to
-maintain.
+maintain. `Headers.add` refuses CR/LF in a value and checks a name against the token grammar unless
+it is one of the spellings in the known-name table (all tokens), which saves a regex call per line
+on the paths that build messages.
 """
 
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Final, NamedTuple, TypeVar
 
@@ -124,10 +127,12 @@ _KNOWN: Final = [
     "Proxy-Authenticate", "Accept", "Date", "Subject", "Event", "Allow-Events", "Session-Expires",
 ]  # fmt: skip
 # Raw spelling -> key for the spellings peers actually use; anything else goes through .lower().
+# Keys are interned, so the list scans over a message's keys (`list.index`, `in`) and dict
+# lookups with the string literals used in code succeed on the identity check.
 _KEY_OF: Final[dict[str, str]] = {
-    **{n: n.lower() for n in _KNOWN},
-    **{n.lower(): n.lower() for n in _KNOWN},
-    **{n.upper(): n.lower() for n in _KNOWN},
+    **{n: sys.intern(n.lower()) for n in _KNOWN},
+    **{n.lower(): sys.intern(n.lower()) for n in _KNOWN},
+    **{n.upper(): sys.intern(n.lower()) for n in _KNOWN},
     "Call-Id": "call-id",
     "Cseq": "cseq",
     "Www-Authenticate": "www-authenticate",
@@ -196,21 +201,28 @@ def _param(params: Params, name: str) -> str | None:
 def _param_in_text(text: str, name: str) -> str | None:
     """`_param(_params(text), name)` for a lower-case `name`, without splitting every parameter.
 
-    Used for the hot lookups (Via branch, From/To tag) before the parameters were split. Falls
-    back to the full split unless the text is ASCII with no LWS or quotes, where ";" and "=" can
-    only be separators and lower-casing keeps every offset.
+    Falls back to the full split unless the text is ASCII with no LWS or quotes, where ";" and
+    "=" can only be separators and lower-casing keeps every offset.
     """
     if not text:
         return None
     if " " in text or "\t" in text or '"' in text or not text.isascii():
         return _param(_params(text), name)
+    return _simple_param(text, ";" + name)
+
+
+def _simple_param(text: str, key: str) -> str | None:
+    """`_param_in_text` for a text known to be plain (ASCII, no LWS, no quotes); key is ";name".
+
+    The received `Via`/`NameAddr` keep their parameter text unsplit only when the fast element
+    regexes validated it, which guarantees that shape, so the hot lookups (Via branch, From/To
+    tag) come here directly.
+    """
     low = text.lower()
-    key = ";" + name
-    end = len(text)
     at = low.find(key)
     while at >= 0:
         after = at + len(key)
-        if after == end or text[after] == ";":
+        if after == len(text) or text[after] == ";":
             return ""  # a flag
         if text[after] == "=":
             stop = text.find(";", after)
@@ -309,7 +321,7 @@ class Via:
     def branch(self) -> str | None:
         params = self._params
         if params is None:
-            return _param_in_text(self._params_text, "branch")
+            return _simple_param(self._params_text, ";branch")
         return _param(params, "branch")
 
     @property
@@ -383,7 +395,8 @@ class NameAddr:
 
     @classmethod
     def _received(cls, uri_text: str, display_name: str | None, params_text: str) -> NameAddr:
-        # Parse path: the element regex validated `params_text`; it is split on first access.
+        # Parse path: a fast element regex validated `params_text` (so it is plain: ASCII, no
+        # LWS, no quotes, see `_simple_param`); it is split on first access.
         self = cls.__new__(cls)
         self._uri = None
         self._uri_text = uri_text
@@ -415,7 +428,7 @@ class NameAddr:
     def tag(self) -> str | None:
         params = self._params
         if params is None:
-            return _param_in_text(self._params_text, "tag")
+            return _simple_param(self._params_text, ";tag")
         return _param(params, "tag")
 
     @property
@@ -572,7 +585,10 @@ def _name_addr(m: re.Match[str]) -> NameAddr:
         display: str | None = unquote(quoted)
     else:
         display = tokens
-    return NameAddr._received(bracketed or bare, display, params)
+    name_addr = NameAddr._received(bracketed or bare, display, "")
+    if params:  # may hold LWS or quoted strings: split now, the unsplit text must stay plain
+        name_addr._params = _params(params)
+    return name_addr
 
 
 def parse_name_addr_value(value: str) -> NameAddr:
@@ -833,8 +849,12 @@ class Headers:
 
     def add(self, name: str, value: str) -> None:
         """Append a header line."""
-        _check_field(name, value)
-        key = canonical_key(name)
+        key = _KEY_OF.get(name)
+        if key is None:  # not a spelling we know (those are all tokens): check the name
+            _check_field(name, value)
+            key = canonical_key(name)
+        elif "\r" in value or "\n" in value:
+            raise LocalProtocolError(f"header value for {name!r} contains CR/LF")
         self._fields.append((name, ":", value))
         self._keys.append(key)
         self._cache.pop(key, None)
@@ -882,7 +902,7 @@ class Headers:
 
 
 def _check_field(name: str, value: str) -> None:
-    if _abnf.TOKEN_RE.fullmatch(name) is None:
+    if name not in _KEY_OF and _abnf.TOKEN_RE.fullmatch(name) is None:
         raise LocalProtocolError(f"invalid header name {name!r}")
     if "\r" in value or "\n" in value:
         raise LocalProtocolError(f"header value for {name!r} contains CR/LF")

@@ -1,29 +1,46 @@
 """SIP requests and responses: parsing, typed access, building and serialisation (RFC 3261 7, 20).
 
 How this works: `parse_message` does one pass over the datagram. It finds the empty line that ends
-the header section, decodes the header section once (UTF-8 with surrogateescape, so any byte
-survives a round trip), splits it into lines with `str.split` and each line at its first colon with
-`str.partition` in one plain loop (on CPython 3.11 that beats map() over the unbound method). Names
-in the usual spellings map to their canonical key through one dict lookup; any other name is checked
-against the token grammar. A line starting with SP/HTAB shows up on that slow path and triggers
-unfolding of the block (7.3.1), so ordinary messages never pay for the search. One dict() over the
-keys then gives each header's first line without a list scan per lookup. The body is framed by
-Content-Length (18.3: on a datagram, octets beyond it are ignored, a shorter body is an error;
-without Content-Length the body runs to the end of the datagram). The headers the transaction layer
-always needs (Via, From, To, Call-ID, CSeq, Max-Forwards) are then typed eagerly, so a message
-returned by `parse_message` has well-formed core headers: in the common shape all of them (and a
-single Contact) are validated and split by ONE fused regex (`_abnf.CORE_RE`), because sre's cost is
-mostly per call and per character; anything that regex declines goes through the per-header parsers,
-which accept or raise exactly as before (tests/sip/test_message_perf_invariants.py checks that both
-paths agree). The URIs and parameters inside From/To/Via and everything else are typed lazily on
-first access and cached (see `sip.headers`).
+the header section and decodes the header section once (UTF-8 with surrogateescape, so any byte
+survives a round trip). A request line in the usual shape (known method, single spaces, SIP/2.0) is
+split with `str.split`; anything else goes through the request-line regex. The Request-URI is parsed
+at once. The header block is split into lines with `str.split`; any CR or LF left inside a line is a
+bare one (two memchr scans over the joined lines find it). Each line is cut at its first colon with
+`str.partition` in one plain loop (on CPython 3.11 that beats map() over the unbound method and list
+comprehensions). Names in the usual spellings map to their canonical key through one dict lookup;
+any other name is checked against the token grammar. A line starting with SP/HTAB shows up on that
+slow path and triggers unfolding of the block (7.3.1), so ordinary messages never pay for the
+search. One dict() over the keys then gives each header's first line without a list scan per lookup.
+The body is framed by Content-Length (18.3: on a datagram, octets beyond it are ignored, a shorter
+body is an error; without Content-Length the body runs to the end of the datagram). The headers the
+transaction layer always needs (Via, From, To, Call-ID, CSeq, Max-Forwards) are then typed eagerly,
+so a message returned by `parse_message` has well-formed core headers: in the common shape all of
+them (and a single Contact) are validated and split by ONE fused regex (`_abnf.CORE_RE`), because
+sre's cost is mostly per call and per character; anything that regex declines goes through the
+per-header parsers, which accept or raise exactly as before
+(tests/sip/test_message_perf_invariants.py checks that both paths agree). Typed values are built
+from the regex groups without further validation; the parameters inside Via/From/To and the URIs
+inside From/To/Contact are split on first access.
+
+What is validated when: the start line, the Request-URI, the line structure (CRLF, no bare CR or
+LF, a colon, a token name, the size limits of `sip.limits`), Content-Length and the core headers
+above at parse time; Contact, Route, Record-Route, the URIs inside name-addrs, the auth headers,
+Expires, Content-Type, Require, Proxy-Require, Supported, Unsupported and Allow on first typed
+access (raising ParseError then; `sip.endpoint` reads the ones it uses before the application sees
+a request and answers 400 for a bad one); every other header (User-Agent, Server, Subject, Date,
+Session-Expires, P-Asserted-Identity, ...) never by this module, beyond the line structure: they
+are kept and re-emitted verbatim (`Headers.get` returns the raw text), as RFC 3261 allows (8.2.2: a
+UAS ignores a header field it does not understand) and as Kamailio and Asterisk treat headers they
+do not use.
 
 Missing or duplicated mandatory headers do not fail the parse (RFC 4475 3.3.1 and 3.3.8 put those at
 the application layer): call `check_mandatory()` where a 400 is wanted.
 
 `bytes(message)` re-emits the start line from its parts (so extra spaces a liberal parse accepted are
 never forwarded), every header line as ``name: value`` in order, and a Content-Length that always
-matches the body.
+matches the body. `make_response` copies the request's Via/From/To/Call-ID/CSeq lines as they are
+(a Headers container never holds CR or LF in a value, so they need no re-check) and adds the To tag
+to the To value as received.
 """
 
 from __future__ import annotations
@@ -37,6 +54,7 @@ from sip import _abnf
 from sip.errors import LocalProtocolError, ParseError
 from sip.headers import (
     _KEY_OF,
+    _METHODS,
     AuthHeader,
     CSeq,
     Headers,
@@ -382,20 +400,26 @@ class Message:
         raise NotImplementedError
 
     def __bytes__(self) -> bytes:
+        headers = self.headers
+        keys = headers._keys
+        lines = [f"{name.rstrip(_WS)}: {value.strip(_WS)}" for name, _, value in headers._fields]
         body_len = str(len(self.body))
-        lines = [self._start_line()]
-        wrote_length = False
-        for (name, _, value), key in zip(self.headers._fields, self.headers._keys, strict=True):
-            if key == "content-length":
-                if wrote_length:
-                    continue
-                wrote_length = True
-                value = body_len
-            lines.append(f"{name.rstrip(_WS)}: {value.strip(_WS)}")
-        if not wrote_length:
+        n_length = keys.count("content-length")
+        if n_length == 0:
             lines.append(f"Content-Length: {body_len}")
+        else:  # the first Content-Length line says len(body); any further one is dropped
+            at = keys.index("content-length")
+            lines[at] = f"{headers._fields[at][0].rstrip(_WS)}: {body_len}"
+            if n_length > 1:
+                lines = [
+                    line
+                    for i, (line, key) in enumerate(zip(lines, keys, strict=True))
+                    if key != "content-length" or i == at
+                ]
         lines.append("\r\n")
-        return "\r\n".join(lines).encode("utf-8", "surrogateescape") + self.body
+        return (f"{self._start_line()}\r\n" + "\r\n".join(lines)).encode(
+            "utf-8", "surrogateescape"
+        ) + self.body
 
 
 class Request(Message):
@@ -440,19 +464,40 @@ class Response(Message):
         headers: Iterable[tuple[str, str]] | Headers = (),
         body: bytes = b"",
     ) -> None:
-        if not 100 <= status <= 699:
-            raise LocalProtocolError(f"status {status} outside 100-699")
-        if reason is not None and ("\r" in reason or "\n" in reason):
-            raise LocalProtocolError("reason phrase contains CR/LF")
         super().__init__(headers, body)
         self.status: int = status
-        self.reason: str = REASON_PHRASES.get(status, "") if reason is None else reason
+        self.reason: str = _reason_phrase(status, reason)
 
     def _start_line(self) -> str:
         return f"{SIP_VERSION} {self.status} {self.reason}"
 
+    @classmethod
+    def _empty(cls, status: int, reason: str | None, body: bytes) -> Response:
+        # `Response(status, reason, body=body)` without the generic constructor's layers
+        # (make_response builds one per answer, then fills its header lists directly).
+        self = cls.__new__(cls)
+        self.reason = _reason_phrase(status, reason)
+        self.status = status
+        headers = self.headers = Headers.__new__(Headers)
+        headers._fields = []
+        headers._keys = []
+        headers._cache = {}
+        self.body = bytes(body)
+        return self
+
     def __repr__(self) -> str:
         return f"<Response {self.status} {self.reason} call_id={self.headers.get('call-id')!r}>"
+
+
+def _reason_phrase(status: int, reason: str | None) -> str:
+    """Validate a status and reason we are asked to send; the default phrase if reason is None."""
+    if not 100 <= status <= 699:
+        raise LocalProtocolError(f"status {status} outside 100-699")
+    if reason is None:
+        return REASON_PHRASES.get(status, "")
+    if "\r" in reason or "\n" in reason:
+        raise LocalProtocolError("reason phrase contains CR/LF")
+    return reason
 
 
 # -- parsing ------------------------------------------------------------------------------------
@@ -485,12 +530,16 @@ def _split_header_lines(block: str) -> tuple[list[tuple[str, str, str]], list[st
     nlines = len(lines)
     if nlines > MAX_HEADER_COUNT:
         raise _too_large(f"more than {MAX_HEADER_COUNT} header lines")
-    if block.count("\r") != nlines - 1 or block.count("\n") != nlines - 1:
+    # Any CR or LF left inside a line is a bare one. Joining the lines and two memchr scans are
+    # several times cheaper than counting CR and LF over the block character by character.
+    joined = "".join(lines)
+    if "\r" in joined or "\n" in joined:
         raise ParseError("bare CR or LF in the header section", reason="bad_header_line")
     if len(block) > MAX_LINE_BYTES and max(map(len, lines)) > MAX_LINE_BYTES:
         raise _too_large(f"header line longer than {MAX_LINE_BYTES}")
-    # One plain loop: on CPython 3.11 a specialised `line.partition` call in a loop is faster than
-    # map(str.partition, ...). Names in the usual spellings map to their key by one dict lookup.
+    # One plain loop: on CPython 3.11 a specialised `line.partition` call and the specialised
+    # list.append in a loop are cheaper than map(str.partition, ...) or two list comprehensions
+    # (measured in instructions). Names in the usual spellings map to their key by one dict lookup.
     fields = []
     keys = []
     key_of = _KEY_OF
@@ -566,12 +615,16 @@ def parse_message(data: bytes) -> Request | Response:
         message.reason = reason or ""
         method = None
     else:
-        m = _abnf.REQUEST_LINE_RE.fullmatch(start)
-        if m is None:
-            raise ParseError(f"bad request line {start[:60]!r}", reason="bad_start_line")
-        method, uri_text, version = m.groups()
-        if version != SIP_VERSION:
-            _check_version(version)
+        parts = start.split(" ")
+        if len(parts) == 3 and parts[2] == SIP_VERSION and parts[0] in _METHODS and parts[1]:
+            method, uri_text = parts[0], parts[1]  # the usual shape: what the regex would find
+        else:
+            m = _abnf.REQUEST_LINE_RE.fullmatch(start)
+            if m is None:
+                raise ParseError(f"bad request line {start[:60]!r}", reason="bad_start_line")
+            method, uri_text, version = m.groups()
+            if version != SIP_VERSION:
+                _check_version(version)
         try:
             uri = Uri.parse(uri_text)
         except ParseError as exc:
@@ -674,22 +727,26 @@ def _core_fast(
     seq_number = int(seq)
     max_forwards = None if mf is None else int(mf)
     if (
-        seq_number > 2**32 - 1
+        seq_number > 4294967295  # 2**32 - 1, RFC 3261 8.1.1.5
         or (port_number is not None and port_number > 65535)
         or (max_forwards is not None and max_forwards > 255)
     ):
         return None
     cache: dict[str, object] = {
-        "via": (Via._received(transport, host, port_number, vparams),),
+        "via": (_received_via(transport, host, port_number, vparams),),
         "cseq": tuple.__new__(CSeq, (seq_number, method)),
-        "from": NameAddr._received(furi, fdisp, fparams),
-        "to": NameAddr._received(turi, tdisp, tparams),
+        "from": _received_name_addr(furi, fdisp, fparams),
+        "to": _received_name_addr(turi, tdisp, tparams),
         "call-id": call_id,
         "max-forwards": max_forwards,
     }
     if curi is not None and curi != "*" and (keys is None or keys.count("contact") == 1):
-        cache["contact"] = (False, (NameAddr._received(curi, cdisp, cparams),))
+        cache["contact"] = (False, (_received_name_addr(curi, cdisp, cparams),))
     return cache
+
+
+_received_via: Final = Via._received
+_received_name_addr: Final = NameAddr._received
 
 
 def _core_slow(headers: Headers, first: dict[str, tuple[str, str, str]]) -> dict[str, object]:
@@ -751,32 +808,43 @@ def make_response(
     and CSeq; adds `to_tag` to To if the request's To has no tag yet (8.2.6.2); copies Timestamp into
     a 100 (8.2.6.1). `headers` are appended after those; Content-Length is written on serialisation.
     """
-    response = Response(status, reason, body=body)
+    response = Response._empty(status, reason, body)
     out = response.headers
-    req = request.headers
-    for key in _COPIED:
-        for value in req._raw_values(key):
-            name = _DISPLAY_NAMES[key]
-            if key == "to" and to_tag is not None:
-                to = request.to
-                if to is not None and to.tag is None:
-                    value = str(to.with_tag(to_tag))
-            out.add(name, value)
+    fields, keys = out._fields, out._keys
+    req_fields = request.headers._fields
+    tag = None
+    if to_tag is not None:
+        to = request.to
+        if to is not None and to.tag is None:
+            if "\r" in to_tag or "\n" in to_tag:
+                raise LocalProtocolError(f"To tag {to_tag!r} contains CR/LF")
+            tag = ";tag=" + to_tag
+    # One pass picks the lines to copy; sorting (rank, position) puts them in _COPIED order and
+    # keeps repeated lines (Via) in the order received. They come from a Headers container, which
+    # never holds a CR or LF in a value (the parser rejects them, Headers.add/set refuse them), so
+    # they are appended as they are, without Headers.add's checks; only the name's spelling is ours.
+    rank_of = _COPY_RANK
+    for rank, at in sorted(
+        [(rank_of[key], at) for at, key in enumerate(request.headers._keys) if key in rank_of]
+    ):
+        value = req_fields[at][2]
+        if rank == 2 and tag is not None:
+            # 8.2.6.2: the request's To plus our tag. Appending to the value as received keeps
+            # it exactly (display name, URI, parameters); ";tag=..." after an addr-spec is a
+            # header parameter too (20.10).
+            value = value.strip(_WS) + tag
+        fields.append((_COPIED_NAMES[rank], ":", value))
+        keys.append(_COPIED[rank])
     if status == 100:
-        for value in req._raw_values("timestamp"):
+        for value in request.headers._raw_values("timestamp"):
             out.add("Timestamp", value)
     for name, value in headers:
         out.add(name, value)
     return response
 
 
-_DISPLAY_NAMES: Final = {
-    "via": "Via",
-    "from": "From",
-    "to": "To",
-    "call-id": "Call-ID",
-    "cseq": "CSeq",
-}
+_COPY_RANK: Final = {key: rank for rank, key in enumerate(_COPIED)}
+_COPIED_NAMES: Final = ("Via", "From", "To", "Call-ID", "CSeq")  # spelling of each _COPIED key
 
 
 def _random_hex(rng: random.Random | None, bits: int) -> str:

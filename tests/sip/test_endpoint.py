@@ -360,6 +360,48 @@ def test_uas_owes_these_answers(data: bytes, status: int, reason: str, header: s
         assert out[-1].unsupported == ("100rel", "foo")
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "Contact: <sip:alice@127.0.0.1:99999>\r\n",  # port out of range: typed on access
+        "Contact: <sip:al%zzice@127.0.0.1>\r\n",  # bad escape: typed on access
+        "Contact: <sip:alice@127.0.0.1>, <sip:bob@127.0.0.1:70000>\r\n",
+        "Record-Route: <sip:p1.example.net;lr\r\n",
+        "Require: foo bar\r\n",
+        "Content-Type: text\r\n",
+    ],
+)
+@pytest.mark.parametrize("method", ["OPTIONS", "INVITE"])
+def test_malformed_header_typed_only_on_access_still_gets_a_400(method: str, extra: str) -> None:
+    # parse_message validates the core headers eagerly but leaves the rest (Contact and its URIs,
+    # Route/Record-Route, Require, Content-Type, ...) to the first typed access. Through the
+    # endpoint such a message must still end in a 400 carrying the request's Via, Call-ID and
+    # CSeq and a To tag, counted as a bad header, and never reach the application.
+    data = raw_request(method, extra=extra, body=b"v=0\r\n" if "Content-Type" in extra else b"")
+    message = parse_message(data)  # the parse itself succeeds
+    assert isinstance(message, Request)
+    uas = Endpoint(EndpointConfig())
+    out = answer_of(uas, data)
+    assert [r.status for r in out][-1] == 400
+    assert [r.status for r in out] in ([400], [100, 400])
+    answer = out[-1]
+    assert answer.via[0].branch == "z9hG4bKraw1"
+    assert answer.call_id == "raw-call-1"
+    assert answer.cseq is not None
+    assert answer.cseq.method == method
+    assert answer.to is not None
+    assert answer.to.tag
+    assert uas.rejections == {"bad_header": 1}
+    assert not [e for e in pair_events(uas) if isinstance(e, RequestReceived)]
+
+
+def pair_events(endpoint: Endpoint) -> list[EndpointEvent]:
+    events = []
+    while (event := endpoint.next_event()) is not None:
+        events.append(event)
+    return events
+
+
 def test_unanswerable_garbage_dropped_and_counted() -> None:
     uas = Endpoint(EndpointConfig())
     assert (

@@ -431,6 +431,112 @@ def test_make_response_keeps_existing_to_tag() -> None:
     assert bytes(response).endswith(b"Content-Length: 1\r\n\r\nx")
 
 
+@pytest.mark.parametrize(
+    ("to", "expected"),
+    [
+        ("<sip:bob@example.com>", "<sip:bob@example.com>;tag=t9"),
+        ("Bob <sip:bob@example.com>", "Bob <sip:bob@example.com>;tag=t9"),
+        ('"Bob, B." <sip:bob@example.com;user=phone>;x=1', '"Bob, B." <sip:bob@example.com;user=phone>;x=1;tag=t9'),
+        ("sip:bob@example.com", "sip:bob@example.com;tag=t9"),
+        ("<sip:bob@example.com> ; x = 1 ", "<sip:bob@example.com> ; x = 1;tag=t9"),
+    ],
+)  # fmt: skip
+def test_make_response_adds_the_tag_to_the_to_as_received(to: str, expected: str) -> None:
+    # 8.2.6.2: the response's To is the request's To plus our tag, byte for byte otherwise.
+    request = sip.parse_message(_req().replace(b"To: <sip:bob@example.com>", f"To: {to}".encode()))
+    assert isinstance(request, sip.Request)
+    response = sip.make_response(request, 200, to_tag="t9")
+    assert response.headers.get("To") == expected
+    reparsed = sip.parse_message(bytes(response))
+    assert reparsed.to is not None
+    assert request.to is not None
+    assert reparsed.to.tag == "t9"
+    assert reparsed.to.uri == request.to.uri
+    assert reparsed.to.display_name == request.to.display_name
+    assert [p for p in reparsed.to.params if p[0] != "tag"] == list(request.to.params)
+
+
+def test_make_response_copies_repeated_and_compact_headers_in_rfc_order() -> None:
+    raw = (
+        b"OPTIONS sip:bob@example.com SIP/2.0\r\n"
+        b"v: SIP/2.0/UDP a.example.com;branch=z9hG4bK1\r\n"
+        b"i: c1@a\r\n"
+        b"Via: SIP/2.0/TCP b.example.com;branch=z9hG4bK2\r\n"
+        b"t: <sip:bob@example.com>\r\n"
+        b"f: <sip:al@example.com>;tag=1\r\n"
+        b"CSeq: 4 OPTIONS\r\n"
+        b"Max-Forwards: 70\r\n"
+        b"l: 0\r\n\r\n"
+    )
+    request = sip.parse_message(raw)
+    assert isinstance(request, sip.Request)
+    response = sip.make_response(request, 404, to_tag="z")
+    assert list(response.headers) == [
+        ("Via", "SIP/2.0/UDP a.example.com;branch=z9hG4bK1"),
+        ("Via", "SIP/2.0/TCP b.example.com;branch=z9hG4bK2"),
+        ("From", "<sip:al@example.com>;tag=1"),
+        ("To", "<sip:bob@example.com>;tag=z"),
+        ("Call-ID", "c1@a"),
+        ("CSeq", "4 OPTIONS"),
+    ]
+    assert bytes(response) == (
+        b"SIP/2.0 404 Not Found\r\n"
+        b"Via: SIP/2.0/UDP a.example.com;branch=z9hG4bK1\r\n"
+        b"Via: SIP/2.0/TCP b.example.com;branch=z9hG4bK2\r\n"
+        b"From: <sip:al@example.com>;tag=1\r\n"
+        b"To: <sip:bob@example.com>;tag=z\r\n"
+        b"Call-ID: c1@a\r\n"
+        b"CSeq: 4 OPTIONS\r\n"
+        b"Content-Length: 0\r\n\r\n"
+    )
+
+
+def test_make_response_refuses_a_to_tag_with_cr_or_lf() -> None:
+    request = sip.parse_message(_req())
+    assert isinstance(request, sip.Request)
+    with pytest.raises(sip.LocalProtocolError):
+        sip.make_response(request, 200, to_tag="a\r\nX-Injected: 1")
+    with pytest.raises(sip.LocalProtocolError):
+        sip.make_response(request, 200, "OK\r\nX-Injected: 1")
+    with pytest.raises(sip.LocalProtocolError):
+        sip.make_response(request, 99)
+    assert sip.make_response(request, 299).reason == ""  # no default phrase for an unknown code
+
+
+def test_serialisation_writes_one_content_length_where_the_first_was() -> None:
+    msg = sip.Response(
+        200, headers=[("Content-Length", "99"), ("X-A", "1"), ("l", "7")], body=b"ab"
+    )
+    assert bytes(msg) == b"SIP/2.0 200 OK\r\nContent-Length: 2\r\nX-A: 1\r\n\r\nab"
+    msg = sip.Response(200, headers=[("X-A", " 1 "), ("X-B", "\t2")])
+    assert bytes(msg) == b"SIP/2.0 200 OK\r\nX-A: 1\r\nX-B: 2\r\nContent-Length: 0\r\n\r\n"
+    parsed = sip.parse_message(b"SIP/2.0 200 OK\r\nX-A :  1 \r\nl: 2\r\n\r\nabc")
+    assert bytes(parsed) == b"SIP/2.0 200 OK\r\nX-A: 1\r\nl: 2\r\n\r\nab"
+
+
+@pytest.mark.parametrize("name", ["Via", "v", "CSeq", "User-Agent", "X-Custom"])
+def test_headers_add_refuses_cr_lf_for_known_and_unknown_names(name: str) -> None:
+    headers = sip.Headers()
+    with pytest.raises(sip.LocalProtocolError):
+        headers.add(name, "a\r\nb")
+    with pytest.raises(sip.LocalProtocolError):
+        headers.add(name, "a\nb")
+    assert len(headers) == 0
+
+
+@pytest.mark.parametrize("name", ["Bad Name", "Via:", "", "X\u00e9"])
+def test_headers_add_refuses_names_that_are_not_tokens(name: str) -> None:
+    with pytest.raises(sip.LocalProtocolError):
+        sip.Headers().add(name, "x")
+
+
+def test_headers_add_maps_every_spelling_to_its_key() -> None:
+    headers = sip.Headers([("v", "a"), ("VIA", "b"), ("call-id", "c"), ("X-Foo", "d"), ("m", "e")])
+    assert headers.keys() == ["via", "via", "call-id", "x-foo", "contact"]
+    assert headers.get_all("Via") == ["a", "b"]
+    assert list(headers) == [("v", "a"), ("VIA", "b"), ("call-id", "c"), ("X-Foo", "d"), ("m", "e")]
+
+
 def test_make_response_rejects_bad_status(invite_bytes: bytes) -> None:
     request = sip.parse_message(invite_bytes)
     assert isinstance(request, sip.Request)

@@ -92,6 +92,16 @@ CSEQS = [
 MAX_FORWARDS = ["70", "0", "255", "256", "070", "99999999999", "x", ""]
 CONTACTS = [
     "<sip:alice@192.0.2.10:5060;transport=udp>",
+    "<SIPS:Bob:pw@[2001:db8::1]:5061;transport=TLS;lr>",
+    "<sip:host.example.com>",
+    "<sip:al%41ice@192.0.2.10>",
+    "<sip:al%zzice@192.0.2.10>",
+    "<sip:alice@192.0.2.10:99999>",
+    "<sip:alice@192.0.2.10:05060>",
+    "<sip:alice@192.0.2.10?subject=x&priority=urgent>",
+    "<sip:a@b@c>",
+    "<tel:+1-555-0100>",
+    "<mailto:x@example.net>",
     "*",
     "<*>",
     '"Bob" <sip:bob@example.net>;expires=60;q=0.5',
@@ -126,7 +136,7 @@ def outcome(data: bytes) -> tuple[object, ...]:
     try:
         contacts: object = (
             msg.contact_star,
-            [(str(c), c.display_name, c._uri_text, c.params) for c in msg.contacts],
+            [(str(c), c.display_name, c._uri_text, c.params, uri_outcome(c)) for c in msg.contacts],
         )
     except ParseError as exc:  # Contact is typed lazily: its error shows on access
         contacts = ("error", exc.reason, str(exc))
@@ -146,6 +156,16 @@ def outcome(data: bytes) -> tuple[object, ...]:
         contacts,
         bytes(msg),
     )
+
+
+def uri_outcome(name_addr: sip.NameAddr) -> tuple[object, ...]:
+    """Every field of a name-addr's URI, or the error reading it raises (URIs are typed lazily)."""
+    try:
+        uri = name_addr.uri
+    except ParseError as exc:
+        return ("error", exc.reason, str(exc))
+    fields = (uri.scheme, uri.user, uri.password, uri.host, uri.port, uri.params, uri.headers)
+    return (*fields, uri.opaque, str(uri), uri.transport)
 
 
 def outcome_without_fused_path(data: bytes, monkeypatch: pytest.MonkeyPatch) -> tuple[object, ...]:
@@ -319,11 +339,14 @@ def test_line_splitter_matches_naive_reference(block: str) -> None:
     assert run(sip_message._split_header_lines) == run(reference_split)
 
 
-def test_space_class_is_exactly_backslash_s() -> None:
+def test_fast_uri_class_is_the_ascii_part_of_the_general_one() -> None:
+    # The fast name-addr path takes the URI inside <...> from a narrower class than NAME_ADDR_RE's
+    # [^<>\s"]; it must be exactly that class restricted to printable ASCII (anything else takes
+    # the general path), never wider.
     everything = "".join(map(chr, range(sys.maxunicode + 1)))
-    spelled_out = re.findall(f"[{_abnf.SPACE_CHARS}]", everything)
-    assert spelled_out == re.findall(r"\s", everything)
-    assert spelled_out == [c for c in everything if c.isspace()]
+    fast = re.findall(_abnf.URI_IN_BRACKETS[:-1], everything)
+    general = re.findall(r'[^<>\s"]', everything)
+    assert fast == [c for c in general if "!" <= c <= "~"]
 
 
 def test_via_with_lazy_params_equals_built_via() -> None:
