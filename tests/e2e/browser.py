@@ -6,11 +6,16 @@ and let WebRTC use loopback, where the daemon's gateway listens. See ../shared/P
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import math
+import time
+import urllib.request
 import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from playwright.async_api import Browser, Page, async_playwright, expect
@@ -88,3 +93,21 @@ HEARD_JS = """async (samples) => {
   await ctx.close();
   return peaks;
 }"""
+
+
+def agent_state(daemon: Any, token: str, agent_id: str) -> str:
+    """An agent's routing state through the API (``daemon``: a tests.e2e.conftest.DaemonProcess)."""
+    request = urllib.request.Request(f"{daemon.base_url}/api/v1/agents/{agent_id}")
+    request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        return str(json.loads(resp.read())["state"])
+
+
+async def wait_state(
+    daemon: Any, token: str, agent_id: str, wanted: set[str], timeout_s: float
+) -> None:
+    """Poll (off the event loop) until the agent is in one of the ``wanted`` states."""
+    deadline = time.monotonic() + timeout_s
+    while (state := await asyncio.to_thread(agent_state, daemon, token, agent_id)) not in wanted:
+        assert time.monotonic() < deadline, f"agent {agent_id} never {wanted}: {state}"
+        await asyncio.sleep(0.1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -10,9 +12,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -153,3 +156,38 @@ def start_daemon(tmp_path: Path) -> Iterator[DaemonFactory]:
         if daemon.proc.poll() is None:
             daemon.proc.kill()
             daemon.proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def in_process_daemon(tmp_path: Path, extra: str) -> AsyncIterator[tuple[Any, str]]:
+    """The daemon ``acd run`` builds (engine.daemon.Daemon), run on the test's event loop: for tests
+    that need its in-process objects (the WebRTC gateway, the event bus). Yields (daemon, base URL);
+    stops it and checks it exited 0."""
+    import aiohttp
+
+    from engine.config import load_config
+    from engine.daemon import Daemon
+
+    http_port = free_port()
+    path = tmp_path / "acd.toml"
+    extra += f'\n[recordings]\ndir = "{tmp_path / "recordings"}"\n'
+    storage = f'sqlite_path = "{tmp_path / "acd.sqlite3"}"'
+    path.write_text(render_config(http_port, free_port(), extra, storage=storage))
+    d = Daemon(load_config(path), config_path=path)
+    run = asyncio.create_task(d.run())
+    base = f"http://127.0.0.1:{http_port}"
+    async with aiohttp.ClientSession() as http:
+        for _ in range(600):
+            assert not run.done(), "the daemon stopped during start-up"
+            try:
+                async with http.get(base + "/readyz") as resp:
+                    if resp.status == 200:
+                        break
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.05)
+    try:
+        yield d, base
+    finally:
+        d.request_stop()
+        assert await asyncio.wait_for(run, 20) == 0

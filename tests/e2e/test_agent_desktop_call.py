@@ -22,7 +22,6 @@ import re
 import signal
 import sqlite3
 import time
-import urllib.request
 import wave
 from pathlib import Path
 
@@ -30,7 +29,7 @@ import numpy as np
 import pytest
 from playwright.async_api import expect
 
-from tests.e2e.browser import ARTIFACTS, chromium, log_in, open_softphone
+from tests.e2e.browser import ARTIFACTS, chromium, log_in, open_softphone, wait_state
 from tests.e2e.configs import front_door
 from tests.e2e.conftest import DaemonFactory, DaemonProcess
 from tests.e2e.peers import Baresip, dominant_hz, free_port_block
@@ -63,20 +62,6 @@ api_token = "{AGENT_TOKEN}"
     )
 
 
-def agent_state(daemon: DaemonProcess) -> str:
-    request = urllib.request.Request(f"{daemon.base_url}/api/v1/agents/3001")
-    request.add_header("Authorization", f"Bearer {ADMIN}")
-    with urllib.request.urlopen(request, timeout=5) as resp:
-        return str(json.loads(resp.read())["state"])
-
-
-async def wait_state(daemon: DaemonProcess, wanted: set[str], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while (state := await asyncio.to_thread(agent_state, daemon)) not in wanted:
-        assert time.monotonic() < deadline, f"agent 3001 never {wanted}: {state}"
-        await asyncio.sleep(0.1)
-
-
 def db_rows(daemon: DaemonProcess, sql: str) -> list[sqlite3.Row]:
     with sqlite3.connect(daemon.workdir / "var" / "acd.sqlite3") as db:
         db.row_factory = sqlite3.Row
@@ -106,7 +91,7 @@ async def test_agent_records_and_pauses_while_the_wallboard_follows_the_call(
             }
 
             desk = await open_softphone(browser, daemon.base_url, AGENT_TOKEN)
-            await wait_state(daemon, {"available"}, 10)
+            await wait_state(daemon, ADMIN, "3001", {"available"}, 10)
             await expect(agents["available"]).to_have_text("available 1", timeout=LIVE_S * 1000)
             for button in ("#record", "#record-pause"):  # no call: nothing to record
                 await expect(desk.locator(button)).to_be_disabled()
@@ -127,7 +112,7 @@ async def test_agent_records_and_pauses_while_the_wallboard_follows_the_call(
             await expect(desk.locator("#incoming")).to_be_visible(timeout=15000)
             await expect(agents["reserved"]).to_have_text("ringing 1", timeout=LIVE_S * 1000)
             await desk.click("#answer")
-            await wait_state(daemon, {"busy"}, 10)
+            await wait_state(daemon, ADMIN, "3001", {"busy"}, 10)
             await expect(waiting).to_have_text(re.compile(r"waiting\s*0$"), timeout=LIVE_S * 1000)
             await expect(agents["busy"]).to_have_text("busy 1", timeout=LIVE_S * 1000)
             await expect(queue.locator(".figs")).to_have_text("answered 0 · abandoned 0")

@@ -26,11 +26,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from engine.config import load_config
 from engine.daemon import Daemon
 from engine.events import SUBSCRIBER_QUEUE_EVENTS, Event, EventBus
-from tests.conftest import free_port
-from tests.e2e.conftest import DaemonFactory, render_config
+from tests.e2e.conftest import DaemonFactory, in_process_daemon
 
 pytestmark = pytest.mark.e2e
 
@@ -88,29 +86,8 @@ async def test_sigterm_closes_open_streams_with_going_away_promptly(
 
 @pytest.fixture
 async def daemon(tmp_path: Path) -> AsyncIterator[tuple[Daemon, str]]:
-    http_port = free_port()
-    path = tmp_path / "acd.toml"
-    extra = EXTRA + f'\n[recordings]\ndir = "{tmp_path / "recordings"}"\n'
-    storage = f'sqlite_path = "{tmp_path / "acd.sqlite3"}"'
-    path.write_text(render_config(http_port, free_port(), extra, storage=storage))
-    d = Daemon(load_config(path), config_path=path)
-    run = asyncio.create_task(d.run())
-    base = f"http://127.0.0.1:{http_port}"
-    async with aiohttp.ClientSession() as http:
-        for _ in range(600):
-            assert not run.done(), "the daemon stopped during start-up"
-            try:
-                async with http.get(base + "/readyz") as resp:
-                    if resp.status == 200:
-                        break
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.05)
-    try:
-        yield d, base
-    finally:
-        d.request_stop()
-        assert await asyncio.wait_for(run, 20) == 0
+    async with in_process_daemon(tmp_path, EXTRA) as running:
+        yield running
 
 
 async def _raw_stream(port: int, token: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

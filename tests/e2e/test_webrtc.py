@@ -28,15 +28,13 @@ import numpy as np
 import pytest
 from playwright.async_api import Browser, expect
 
-from engine.config import load_config
 from engine.daemon import Daemon
 from engine.webrtc import RTC_PATH, CloseCode
 from sip.rtp.dtmf import parse_telephone_event
 from sip.rtp.g711 import ULAW_DECODE, ULAW_ENCODE
 from sip.rtp.packet import parse_rtp
-from tests.conftest import free_port
 from tests.e2e.browser import ARTIFACTS, HEARD_JS, chromium, log_in
-from tests.e2e.conftest import render_config
+from tests.e2e.conftest import in_process_daemon
 
 pytestmark = pytest.mark.e2e
 
@@ -100,34 +98,9 @@ class CallSide(asyncio.DatagramProtocol):
 async def daemon(
     tmp_path: Path, request: pytest.FixtureRequest
 ) -> AsyncIterator[tuple[Daemon, str]]:
-    http_port = free_port()
     workers = getattr(request, "param", 0)  # [webrtc] workers: media worker processes
-    extra = EXTRA + f'\n[recordings]\ndir = "{tmp_path / "recordings"}"\n'
-    extra += f"\n[webrtc]\nworkers = {workers}\n"
-    path = tmp_path / "acd.toml"
-    path.write_text(
-        render_config(
-            http_port, free_port(), extra, storage=f'sqlite_path = "{tmp_path / "acd.sqlite3"}"'
-        )
-    )
-    d = Daemon(load_config(path), config_path=path)
-    run = asyncio.create_task(d.run())
-    base = f"http://127.0.0.1:{http_port}"
-    async with aiohttp.ClientSession() as http:
-        for _ in range(600):
-            assert not run.done(), "the daemon stopped during start-up"
-            try:
-                async with http.get(base + "/readyz") as resp:
-                    if resp.status == 200:
-                        break
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.05)
-    try:
-        yield d, base
-    finally:
-        d.request_stop()
-        assert await asyncio.wait_for(run, 20) == 0
+    async with in_process_daemon(tmp_path, EXTRA + f"\n[webrtc]\nworkers = {workers}\n") as running:
+        yield running
 
 
 async def _wait_port_released(port: int) -> None:

@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 from playwright.async_api import expect
 
-from tests.e2e.browser import ARTIFACTS, HEARD_JS, chromium, open_softphone
+from tests.e2e.browser import ARTIFACTS, HEARD_JS, agent_state, chromium, open_softphone, wait_state
 from tests.e2e.configs import front_door
-from tests.e2e.conftest import DaemonFactory, DaemonProcess
+from tests.e2e.conftest import DaemonFactory
 from tests.e2e.peers import Baresip, dominant_hz, free_port_block, sipp, stop
 
 pytestmark = pytest.mark.e2e
@@ -54,22 +54,6 @@ api_token = "{AGENT_TOKEN}"
     )
 
 
-def agent_state(daemon: DaemonProcess) -> str:
-    request = urllib.request.Request(f"{daemon.base_url}/api/v1/agents/3001")
-    request.add_header("Authorization", f"Bearer {ADMIN}")
-    with urllib.request.urlopen(request, timeout=5) as resp:
-        return str(json.loads(resp.read())["state"])
-
-
-async def wait_state(daemon: DaemonProcess, wanted: set[str], timeout_s: float) -> None:
-    import asyncio
-
-    deadline = time.monotonic() + timeout_s
-    while agent_state(daemon) not in wanted:
-        assert time.monotonic() < deadline, f"agent 3001 never {wanted}: {agent_state(daemon)}"
-        await asyncio.sleep(0.1)
-
-
 async def test_browser_agent_takes_a_sip_call_with_audio_both_ways(
     start_daemon: DaemonFactory, tmp_path: Path
 ) -> None:
@@ -80,7 +64,7 @@ async def test_browser_agent_takes_a_sip_call_with_audio_both_ways(
         try:
             page = await open_softphone(browser, daemon.base_url, AGENT_TOKEN)
             # The softphone's media came up: the agent is logged in, like a phone registering.
-            await wait_state(daemon, {"available"}, 10)
+            await wait_state(daemon, ADMIN, "3001", {"available"}, 10)
 
             # This caller phoned yesterday: the screen-pop lists it from the CDR store.
             with sqlite3.connect(daemon.workdir / "var" / "acd.sqlite3") as db:
@@ -104,18 +88,18 @@ async def test_browser_agent_takes_a_sip_call_with_audio_both_ways(
             await expect(page.locator("#incoming-history")).to_contain_text(
                 "sales · 1002 · answered · 95 s"
             )
-            assert agent_state(daemon) == "reserved"  # ringing
+            assert agent_state(daemon, ADMIN, "3001") == "reserved"  # ringing
             ARTIFACTS.mkdir(exist_ok=True)
             await page.screenshot(path=str(ARTIFACTS / "agent-incoming-call.png"))
             await page.click("#answer")
-            await wait_state(daemon, {"busy"}, 10)
+            await wait_state(daemon, ADMIN, "3001", {"busy"}, 10)
             await expect(alert).to_be_hidden()
 
             peaks = await page.evaluate(HEARD_JS, 25)
             late = peaks[8:]  # skip the first fill of the jitter buffers
             assert sum(abs(hz - 440) < 12 and db > -70 for hz, db in late) >= len(late) * 0.8, peaks
             await page.click("#hangup")  # the agent ends the call
-            await wait_state(daemon, {"wrap_up", "available"}, 10)
+            await wait_state(daemon, ADMIN, "3001", {"wrap_up", "available"}, 10)
             await expect(page.locator("#hangup")).to_be_disabled()
             # The page was told the call ended ("call_ended": only that disables Hold again).
             await expect(page.locator("#hold")).to_be_disabled()
@@ -176,17 +160,17 @@ queues = {{ sales = 0 }}
         sip = str(daemon.wait_for_log("ready")["sip"]).removeprefix("udp:")
         async with chromium(tmp_path, 880, 30) as browser:
             page = await open_softphone(browser, daemon.base_url, AGENT_TOKEN)
-            await wait_state(daemon, {"available"}, 10)
+            await wait_state(daemon, ADMIN, "3001", {"available"}, 10)
             caller = sipp(tmp_path, ["-sn", "uac"], sip, "-s", "support", "-m", "1",
                           "-d", "6000")  # fmt: skip
             await expect(page.locator("#incoming")).to_be_visible(timeout=15000)
             await page.click("#answer")
-            await wait_state(daemon, {"busy"}, 10)
+            await wait_state(daemon, ADMIN, "3001", {"busy"}, 10)
             await page.fill("#transfer-to", "sales")
             await page.click("#transfer")
             await expect(page.locator("#rtc-note")).to_have_text("Transferred to sales")
             await expect(page.locator("#transfer")).to_be_disabled()  # the call left this page
-            await wait_state(daemon, {"wrap_up", "available"}, 5)
+            await wait_state(daemon, ADMIN, "3001", {"wrap_up", "available"}, 5)
         assert caller is not None
         assert caller.wait(timeout=20) == 0  # the caller talked on with b1 and hung up normally
     finally:
