@@ -189,9 +189,13 @@ class AgentDirectory:
         self._routing.logout(agent_id)
         self._record(agent_id, "logged_out", reason)
 
-    def wrap_up_ended(self, agent_id: str) -> None:
-        """The agent's wrap-up timer ran out: it is available again (recorded and published)."""
-        self._record(agent_id, "available", "wrap-up ended")
+    def wrap_up_ended(self, agent_id: str, state: rc.AgentState) -> None:
+        """The agent's wrap-up timer ran out: available again, or not ready when a pause was asked
+        for during the call (recorded and published)."""
+        if state is rc.AgentState.NOT_READY:
+            self._record(agent_id, "not_ready", self._routing.router.not_ready_reason(agent_id))
+        else:
+            self._record(agent_id, "available", "wrap-up ended")
 
     def call_completed(self, agent_id: str) -> None:
         """The call layer finished an agent's call: apply a logout that was waiting for it."""

@@ -300,9 +300,9 @@ class Daemon:
         if self.calls is not None:
             self.calls.on_withdraw(offer)
 
-    def _on_wrap_up_end(self, agent_id: str) -> None:
+    def _on_wrap_up_end(self, agent_id: str, state: rc.AgentState) -> None:
         if self.agents is not None:
-            self.agents.wrap_up_ended(agent_id)
+            self.agents.wrap_up_ended(agent_id, state)
 
     def _on_queue_empty(self, queue: str) -> None:
         if self.calls is not None:

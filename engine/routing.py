@@ -123,7 +123,7 @@ class RoutingService:
         on_withdraw: OfferCallback,
         loop: asyncio.AbstractEventLoop,
         on_queue_empty: Callable[[str], None] | None = None,
-        on_wrap_up_end: Callable[[str], None] | None = None,
+        on_wrap_up_end: Callable[[str, rc.AgentState], None] | None = None,
         max_tasks: int = 8192,
     ) -> None:
         self.router, self.skills = build_router(cfg, max_tasks=max_tasks)
@@ -132,10 +132,9 @@ class RoutingService:
         self._on_withdraw = on_withdraw
         # Called with a queue's name when its last logged-in member logs out (leave_empty).
         self.on_queue_empty = on_queue_empty
-        # Called with an agent's id when its wrap-up timer ran out inside dispatch (the router
-        # has no event for it): the live views and the agent events learn it at once.
+        # Called with an agent's id and new state when its wrap-up timer ran out inside dispatch:
+        # the live views and the agent events learn it at once.
         self.on_wrap_up_end = on_wrap_up_end
-        self._wrapping: set[str] = set()
         self._loop = loop
         self._dispatch_pending = False
         self._timer: asyncio.TimerHandle | None = None
@@ -159,8 +158,10 @@ class RoutingService:
         self._timer_at = None
         offers = self.router.dispatch(self.now)
         self.decisions += len(offers)
-        if self._wrapping:
-            self._check_wrap_up()
+        ends = self.router.take_wrap_up_ends()
+        if ends and self.on_wrap_up_end is not None:
+            for agent_id, state in ends:
+                self.on_wrap_up_end(agent_id, state)
         for offer in offers:
             try:
                 self._on_offer(offer)
@@ -269,21 +270,7 @@ class RoutingService:
 
     def complete(self, agent_id: str, call_id: str) -> None:
         self.router.complete(agent_id, self.now, task_id=call_id)
-        if self.router.agent_state(agent_id) is rc.AgentState.WRAP_UP:
-            self._wrapping.add(agent_id)
         self._kick()
-
-    def _check_wrap_up(self) -> None:
-        for agent_id in list(self._wrapping):
-            state = self.router.agent_state(agent_id)
-            if state is rc.AgentState.WRAP_UP:
-                continue
-            self._wrapping.discard(agent_id)
-            # Ended by its timer (-> available, perhaps offered a call at once), not by the
-            # agent (ready / not ready / logout record their own change).
-            ended = state in (rc.AgentState.AVAILABLE, rc.AgentState.RESERVED)
-            if ended and self.on_wrap_up_end is not None:
-                self.on_wrap_up_end(agent_id)
 
     def abandon(self, call_id: str) -> None:
         for withdrawn in self.router.abandon(call_id, self.now):
@@ -298,7 +285,6 @@ class RoutingService:
 
     def logout(self, agent_id: str) -> None:
         was_in = self.router.agent_state(agent_id) is not rc.AgentState.LOGGED_OUT
-        self._wrapping.discard(agent_id)
         self.router.logout(agent_id, self.now)
         self._kick()
         if not was_in or self.on_queue_empty is None:
@@ -323,12 +309,10 @@ class RoutingService:
         return count
 
     def set_ready(self, agent_id: str) -> None:
-        self._wrapping.discard(agent_id)  # the agent ended its wrap-up: recorded by the caller
         self.router.set_ready(agent_id, self.now)
         self._kick()
 
     def set_not_ready(self, agent_id: str, reason: str = "") -> None:
-        self._wrapping.discard(agent_id)
         self.router.set_not_ready(agent_id, self.now, reason)
         self._kick()
 

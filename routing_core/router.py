@@ -285,6 +285,9 @@ class Router:
         self._has_random = False  # some queue draws from _rng_buf (RANDOM, WEIGHTED_RANDOM)
         self._timers: list[tuple[float, int, int, int, int]] = []
         self._timer_seq = 0
+        # Agents whose wrap-up timer ran out (inside dispatch/next timer), with the state they
+        # went to; drained by `take_wrap_up_ends` so the caller can record and publish them.
+        self._wrap_ends: list[tuple[str, AgentState]] = []
         self.transition_log: list[tuple[str, AgentState, AgentState]] | None = None
         # Kernel scratch (sized in `_pack`) and the kernel arguments after `now`: the four arenas and
         # their layout. None after any growth; `_pack` then copies every array into fresh arenas.
@@ -642,6 +645,12 @@ class Router:
     def agent_state(self, agent_id: str) -> AgentState:
         return AgentState(self._st[self._agent(agent_id)])
 
+    def take_wrap_up_ends(self) -> list[tuple[str, AgentState]]:
+        """Agents whose wrap-up ended on its timer since the last call, and the state each went
+        to (AVAILABLE, or NOT_READY for a pause asked for during the call); empties the list."""
+        ends, self._wrap_ends = self._wrap_ends, []
+        return ends
+
     def not_ready_reason(self, agent_id: str) -> str:
         """Reason given with the last NOT_READY (e.g. "auto-paused")."""
         return self._reason[self._agent(agent_id)]
@@ -702,6 +711,9 @@ class Router:
             if kind == _TM_WRAP_END and self._wrap_gen[idx] == gen and self._st[idx] == _WRAP_UP:
                 self._agent_f[K.AF_LAST_IDLE, idx] = when
                 self._go_idle(idx)
+                agent_id = self._agent_ids[idx]
+                assert agent_id is not None
+                self._wrap_ends.append((agent_id, AgentState(self._st[idx])))
             elif kind == _TM_UNBLOCK and self._timer_live((when, 0, kind, idx, gen)):
                 self._agent_memo[idx] = -1
             elif kind == _TM_TASK and self._timer_live((when, 0, kind, idx, gen)):

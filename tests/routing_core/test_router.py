@@ -251,6 +251,23 @@ def test_wrap_up_then_available_at_deadline() -> None:
     assert offered(r.dispatch(40.0)) == [("u", "a0")]
 
 
+def test_wrap_up_ends_are_reported_once_with_the_state_they_reach() -> None:
+    r = make(n=2, wrap_up_s=30.0)
+    for agent in ("a0", "a1"):
+        r.login(agent, 0.0)
+        r.enqueue(f"t-{agent}", "q", 0.0)
+    r.dispatch(0.0)
+    serve(r, "t-a0", "a0", 1.0, 10.0)
+    r.set_not_ready("a1", 5.0, "lunch")  # asked during the call: applies when wrap-up ends
+    serve(r, "t-a1", "a1", 1.0, 10.0)
+    assert r.take_wrap_up_ends() == []
+    r.set_ready("a0", 20.0)  # the agent ends its own wrap-up: not a timer end
+    r.dispatch(41.0)
+    assert r.take_wrap_up_ends() == [("a1", AgentState.NOT_READY)]
+    assert r.not_ready_reason("a1") == "lunch"
+    assert r.take_wrap_up_ends() == []  # drained
+
+
 def test_capacity_is_per_channel_and_across_queues() -> None:
     r = Router(n_skills=1, max_agents=2, max_tasks=16)
     r.add_queue(QueueSpec("chat-a"))
