@@ -54,25 +54,38 @@ def call_row(daemon: DaemonProcess) -> dict[str, object]:
     return dict(row)
 
 
-def test_transfer_through_a_challenging_pbx_bridges_the_caller(
-    start_daemon: DaemonFactory, tmp_path: Path
-) -> None:
-    pbx = sipp(tmp_path, ["-sf", str(SIPP_DIR / "pbx_extension_407.xml")], None,
-               "-m", "1", "-trace_msg")  # fmt: skip
-    uas = sipp(tmp_path, ["-sn", "uas"], None)  # the queue's agent: must not be needed
-    time.sleep(0.5)
-    daemon = start_daemon(config(pbx.sip_port, uas.sip_port))  # type: ignore[attr-defined]
-    login(daemon, "b1")
-    target = str(daemon.wait_for_log("ready")["sip"]).removeprefix("udp:")
-    caller = sipp(tmp_path, ["-sn", "uac"], target, "-s", "support", "-m", "1", "-d", "2000")
+def transfer_call(
+    start_daemon: DaemonFactory, tmp_path: Path, far_end: Path, hold_ms: int
+) -> tuple[DaemonProcess, dict[str, object], int]:
+    """One SIPp caller into the transfer flow; ``far_end`` is the SIPp scenario behind the trunk,
+    a SIPp uas is agent b1 of the queue the flow falls back to. (daemon, CDR row, far end's port);
+    every SIPp is stopped by PID whatever happens."""
+    pbx = sipp(tmp_path, ["-sf", str(far_end)], None, "-m", "1", "-trace_msg")
+    uas = sipp(tmp_path, ["-sn", "uas"], None)
+    caller = None
     try:
+        time.sleep(0.5)
+        daemon = start_daemon(config(pbx.sip_port, uas.sip_port))  # type: ignore[attr-defined]
+        login(daemon, "b1")
+        target = str(daemon.wait_for_log("ready")["sip"]).removeprefix("udp:")
+        caller = sipp(tmp_path, ["-sn", "uac"], target, "-s", "support", "-m", "1",
+                      "-d", str(hold_ms))  # fmt: skip
         assert caller.wait(timeout=30) == 0
         assert pbx.wait(timeout=30) == 0, pbx.log_path.read_text()[-2000:]  # type: ignore[attr-defined]
     finally:
-        stop(pbx)
-        stop(uas)
+        for proc in (caller, pbx, uas):
+            if proc is not None:
+                stop(proc)
     time.sleep(1.5)
-    row = call_row(daemon)
+    return daemon, call_row(daemon), int(pbx.sip_port)  # type: ignore[attr-defined]
+
+
+def test_transfer_through_a_challenging_pbx_bridges_the_caller(
+    start_daemon: DaemonFactory, tmp_path: Path
+) -> None:
+    _, row, pbx_port = transfer_call(
+        start_daemon, tmp_path, SIPP_DIR / "pbx_extension_407.xml", hold_ms=2000
+    )
     assert (row["disposition"], row["agent_id"], row["queue"]) == ("transferred", None, None)
     assert row["hangup_side"] == "caller"
     data = json.loads(str(row["flow_data"]))
@@ -81,11 +94,7 @@ def test_transfer_through_a_challenging_pbx_bridges_the_caller(
     trace = next(tmp_path.glob("pbx_extension_407_*_messages.log")).read_text()
     # Both INVITEs (the challenged one and the one with credentials) ask the PBX for 5000.
     assert (
-        re.findall(r"^INVITE (\S+) SIP/2.0", trace, re.M)
-        == [
-            f"sip:5000@127.0.0.1:{pbx.sip_port}"  # type: ignore[attr-defined]
-        ]
-        * 2
+        re.findall(r"^INVITE (\S+) SIP/2.0", trace, re.M) == [f"sip:5000@127.0.0.1:{pbx_port}"] * 2
     )
     assert 'Proxy-Authorization: Digest username="trunkuser"' in trace
     assert "X-ACD-Call-ID:" in trace
@@ -94,22 +103,9 @@ def test_transfer_through_a_challenging_pbx_bridges_the_caller(
 def test_refused_transfer_goes_on_with_the_flow(
     start_daemon: DaemonFactory, tmp_path: Path
 ) -> None:
-    busy = sipp(tmp_path, ["-sf", str(SIPP_DIR / "scenarios" / "agent_busy.xml")], None,
-                "-m", "1", "-trace_msg")  # fmt: skip
-    uas = sipp(tmp_path, ["-sn", "uas"], None)
-    time.sleep(0.5)
-    daemon = start_daemon(config(busy.sip_port, uas.sip_port))  # type: ignore[attr-defined]
-    login(daemon, "b1")
-    target = str(daemon.wait_for_log("ready")["sip"]).removeprefix("udp:")
-    caller = sipp(tmp_path, ["-sn", "uac"], target, "-s", "support", "-m", "1", "-d", "1000")
-    try:
-        assert caller.wait(timeout=30) == 0
-        assert busy.wait(timeout=10) == 0, busy.log_path.read_text()[-2000:]  # type: ignore[attr-defined]
-    finally:
-        stop(busy)
-        stop(uas)
-    time.sleep(1.5)
-    row = call_row(daemon)
+    _, row, _ = transfer_call(
+        start_daemon, tmp_path, SIPP_DIR / "scenarios" / "agent_busy.xml", hold_ms=1000
+    )
     # 486 from the far end: the next step queued the caller, and agent b1 took the call.
     assert (row["disposition"], row["agent_id"], row["queue"]) == ("answered", "b1", "support")
     data = json.loads(str(row["flow_data"]))
