@@ -93,6 +93,7 @@ from sip.sdp import (
     parse_sdp,
     process_answer,
 )
+from sip.session_timer import SessionTimerPolicy
 from sip.transport.tcp import TcpTransport, serve_tcp
 from sip.transport.udp import UdpTransport, serve_udp
 
@@ -101,6 +102,9 @@ log = structlog.stdlib.get_logger("acd.calls")
 # How long a caller's INVITE may wait for the flow's `answer` step before we answer 480 for it.
 _ANSWER_GRACE_S = 30.0
 _CODECS = {"PCMU": PCMU, "PCMA": PCMA}
+# PRACK and UPDATE (RFC 3262, 3311) on top of the core's methods: trunks that require 100rel or
+# refresh sessions by UPDATE (RFC 4028) keep their calls.
+_ALLOW = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "REGISTER", "PRACK", "UPDATE")
 _BUSY = {486, 600}
 _DECLINED = {603}
 
@@ -420,6 +424,11 @@ class CallService:
                     user_agent=sip_cfg.user_agent,
                     relayed_methods=("INVITE",),
                     force_rport=True,
+                    allow=_ALLOW,
+                    supported=("100rel",),
+                    session_timer=SessionTimerPolicy(
+                        sip_cfg.session_timers, sip_cfg.session_expires_s, sip_cfg.min_se_s
+                    ),
                 ),
                 registrar=self.agents.registrar,
                 authenticator=authenticator,
@@ -524,8 +533,8 @@ class CallService:
             self.metrics.sip_requests.labels(method=event.request.method).inc()
             if event.request.method == "INVITE" and event.dialog_id is None:
                 self._new_invite(endpoint, event, now)
-            elif event.request.method == "INVITE":
-                self._reinvite(endpoint, event, now)
+            elif event.request.method in ("INVITE", "UPDATE") and event.dialog_id is not None:
+                self._reinvite(endpoint, event, now)  # an UPDATE here carries an offer
             else:
                 endpoint.send_response(event.transaction_id, 405, now=now)
         elif isinstance(event, ResponseReceived):
@@ -556,10 +565,16 @@ class CallService:
                     info = parse_sip_info(ctype.mime if ctype else "", event.request.body)
                     self._digit(call, info.digit, "info")
         elif isinstance(event, DialogTerminated):
-            if event.reason == "timed_out":
+            if event.reason in ("timed_out", "session_expired"):
+                # The core has given the dialog up (no ACK, 408/481 inside it, or RFC 4028: the
+                # session was not refreshed): the call or the agent's leg ends with it.
+                why = "ack timeout" if event.reason == "timed_out" else "session expired"
                 call = self._by_dialog.get(event.dialog_id)
                 if call is not None:
-                    self._caller_gone(call, "ack timeout")
+                    self._caller_gone(call, why)
+                leg = self._legs_by_dialog.get(event.dialog_id)
+                if leg is not None:
+                    self._agent_gone(leg, why)
         elif isinstance(event, RegistrationChanged):
             self.agents.registration_changed(event.aor)
         elif isinstance(event, InternalErrorOccurred):
@@ -663,8 +678,9 @@ class CallService:
     # -- re-INVITE: session refresh, hold and resume (RFC 3264 8) ----------------------------------
 
     def _reinvite(self, endpoint: Endpoint, event: RequestReceived, now: float) -> None:
-        """Answer a re-INVITE from the caller or an agent leg from that leg's own offer/answer
-        state (same o= session, version up when our answer changes), and act on hold/resume.
+        """Answer a re-INVITE (or an UPDATE with an offer, RFC 3311) from the caller or an agent
+        leg from that leg's own offer/answer state (same o= session, version up when our answer
+        changes), and act on hold/resume. Session timers ride on these answers (sip.endpoint).
 
         A re-offer that would change the codec mid-call gets 488: RFC 3264 keeps the session
         as it was, and the bridge (and recording) keep their codec."""

@@ -123,6 +123,12 @@ class SipConfig(_Struct, frozen=True):
     # baresip 1.0) fail to register when a 401 also offers SHA-256 (RFC 8760); add "SHA-256"
     # first where every phone supports it.
     digest_algorithms: tuple[str, ...] = ("MD5",)
+    # RFC 4028 session timers, as Asterisk's session-timers: "accept" runs them when a trunk's
+    # INVITE asks (refreshing ourselves if it says refresher=uas, hanging up a call whose
+    # refreshes stop), "refuse" never does.
+    session_timers: str = "accept"
+    session_expires_s: int = 1800
+    min_se_s: int = 90
 
 
 class StorageConfig(_Struct, frozen=True):
@@ -559,6 +565,22 @@ def _validate(cfg: Config, file: str) -> None:
     if cfg.sip.t2_ms < cfg.sip.t1_ms:
         raise ConfigError(
             file, "sip.t2_ms", f"expected >= sip.t1_ms ({cfg.sip.t1_ms}), found {cfg.sip.t2_ms}"
+        )
+    if cfg.sip.session_timers not in ("accept", "refuse"):
+        raise ConfigError(
+            file,
+            "sip.session_timers",
+            f"expected 'accept' or 'refuse', found {cfg.sip.session_timers!r}",
+        )
+    if cfg.sip.min_se_s < 90:
+        raise ConfigError(
+            file, "sip.min_se_s", f"expected >= 90 (RFC 4028 4), found {cfg.sip.min_se_s}"
+        )
+    if cfg.sip.session_expires_s < cfg.sip.min_se_s:
+        raise ConfigError(
+            file,
+            "sip.session_expires_s",
+            f"expected >= sip.min_se_s ({cfg.sip.min_se_s}), found {cfg.sip.session_expires_s}",
         )
     url = cfg.storage.url
     if url and not url.startswith(("postgresql://", "postgres://", "sqlite://")):

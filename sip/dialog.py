@@ -208,6 +208,14 @@ class Dialog:
             target = _contact_uri(request)
             if target is not None:
                 self.remote_target = target  # 12.2.2: target refresh
+        elif method == "UPDATE":
+            if request.body and self.pending_invite_out:
+                return (491, None)  # RFC 3311 5.2: our offer is outstanding
+            if request.body and self.pending_invite_in:
+                return (500, str(RETRY_AFTER_S))  # RFC 3311 5.2: their re-INVITE's offer
+            target = _contact_uri(request)
+            if target is not None:
+                self.remote_target = target  # RFC 3311 5.2: UPDATE is a target refresh
         return None
 
     # -- UAC side: building requests inside the dialog (12.2.1.1) -------------------------------

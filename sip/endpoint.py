@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import heapq
 import ipaddress
+import secrets
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -73,6 +74,14 @@ from sip.message import (
     parse_message,
 )
 from sip.registrar import ContactRequest, RegisterResult, Registrar
+from sip.session_timer import (
+    Negotiated,
+    SessionExpires,
+    SessionTimerPolicy,
+    negotiate,
+    parse_allow,
+    too_small,
+)
 from sip.transaction import (
     ClientTransaction,
     InviteClientTransaction,
@@ -158,6 +167,9 @@ REJECTION_REASONS: Final = frozenset(
         "overloaded",  # 503: transaction table full
         "framing_failed",  # a stream could not be framed; connection closed
         "internal_error",  # our bug while handling a message: 500
+        "interval_too_small",  # 422 (RFC 4028 6): Session-Expires below our Min-SE
+        "no_matching_rseq",  # 481 to a PRACK acknowledging nothing we sent (RFC 3262 3)
+        "forked_answer",  # a second fork's 2xx to our INVITE: ACKed and hung up (13.2.2.4)
     }
 )
 
@@ -203,8 +215,12 @@ class EndpointConfig:
     user_agent: str = "acd"
     #: Methods we implement; anything else gets 501 with this list in Allow (8.2.1).
     allow: tuple[str, ...] = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "REGISTER")
-    #: Option tags we support (8.2.2.3); a Require outside this set gets 420.
+    #: Option tags we support (8.2.2.3); a Require outside this set gets 420. With "100rel" an
+    #: INVITE that requires it gets its provisional responses reliably (RFC 3262); "timer" is
+    #: added by `session_timer`.
     supported: tuple[str, ...] = ()
+    #: RFC 4028 session timers as a UAS (INVITE and UPDATE); None never uses them.
+    session_timer: SessionTimerPolicy | None = None
     #: Body types we accept (8.2.3); another Content-Type gets 415.
     accept: tuple[str, ...] = _DEFAULT_ACCEPT
     #: Methods we relay to another leg (B2BUA): Max-Forwards 0 gets 483 for these (16.3 step 3).
@@ -290,7 +306,9 @@ class InfoReceived:
 
 @dataclass(frozen=True, slots=True)
 class DialogTerminated:
-    """A dialog ended: "bye_received", "bye_sent", "rejected", "cancelled" or "timed_out"."""
+    """A dialog ended: "bye_received", "bye_sent", "rejected", "cancelled", "timed_out" (no
+    answer, or 408/481 inside the dialog) or "session_expired" (RFC 4028: no session refresh in
+    time, or our refresh failed; the core has sent the BYE)."""
 
     dialog_id: DialogId
     reason: str
@@ -348,6 +366,7 @@ class _ServerCtx:
     dest: Addr
     to_tag: str
     dialog_id: DialogId | None = None
+    rseq: int = 0  # RSeq of our last reliable provisional response (RFC 3262 3)
 
 
 @dataclass(slots=True, eq=False)
@@ -362,6 +381,11 @@ class _ClientCtx:
     ack: _UacAck | None = None  # our ACK of the 2xx, re-sent for its retransmissions
     cancel_pending: bool = False
     cancelled: bool = False
+    #: A session refresh the core sent itself (RFC 4028): its responses are not reported.
+    refresh: bool = False
+    #: ACKs of 2xx from other forks than the one taken, by To tag (13.2.2.4), re-sent when
+    #: those 2xx are retransmitted.
+    fork_acks: dict[str, _UacAck] = field(default_factory=dict)
 
 
 @dataclass(slots=True, eq=False)
@@ -381,6 +405,47 @@ class _Retransmit2xx:
         if self.done:
             return None
         return self.give_up_at if self.next_at is None else min(self.next_at, self.give_up_at)
+
+
+@dataclass(slots=True, eq=False)
+class _Reliable1xx:
+    """RFC 3262 3: our reliable provisional response, re-sent until its PRACK (T1 doubling)."""
+
+    dialog_id: DialogId
+    rseq: int
+    cseq: int
+    wire: bytes
+    dest: Addr
+    next_at: float | None
+    interval_s: float
+    give_up_at: float
+    acked: bool = False
+    done: bool = False  # no more retransmissions (PRACKed, final response sent, or gave up)
+
+    def get_timer(self) -> float | None:
+        if self.done:
+            return None
+        return self.give_up_at if self.next_at is None else min(self.next_at, self.give_up_at)
+
+
+@dataclass(slots=True, eq=False)
+class _SessionTimer:
+    """RFC 4028 10: when we refresh the session (we are the refresher) or give up on it (BYE
+    before expiry: the peer is the refresher and no refresh came)."""
+
+    dialog_id: DialogId
+    interval_s: int
+    we_refresh: bool
+    deadline: float
+    expires_at: float  # when the session itself expires
+    done: bool = False
+
+    @property
+    def give_up_at(self) -> float:
+        return self.expires_at - min(32.0, self.interval_s / 3)
+
+    def get_timer(self) -> float | None:
+        return None if self.done else self.deadline
 
 
 @dataclass(slots=True, eq=False)
@@ -409,7 +474,7 @@ def _deadline_of(owner: object) -> float | None:
         return None if owner.tx.terminated else owner.tx.get_timer()
     if isinstance(owner, _ClientCtx):
         return None if owner.tx.terminated else owner.tx.get_timer()
-    if isinstance(owner, _Retransmit2xx):
+    if isinstance(owner, (_Retransmit2xx, _Reliable1xx, _SessionTimer)):
         return owner.get_timer()
     return None
 
@@ -461,6 +526,13 @@ class Endpoint:
         self._client_by_id: dict[int, _ClientCtx] = {}
         self._dialogs: dict[DialogId, Dialog] = {}
         self._retx_2xx: dict[DialogId, _Retransmit2xx] = {}
+        self._rel_1xx: dict[DialogId, list[_Reliable1xx]] = {}
+        self._sessions: dict[DialogId, _SessionTimer] = {}
+        #: Our last SDP in each dialog (the body of our last 2xx or offer): a refresh re-INVITE
+        #: re-sends it unchanged (RFC 4028 7.4, same o= version: no new session).
+        self._local_sdp: dict[DialogId, tuple[bytes, str]] = {}
+        #: Methods in the peer's Allow, per dialog: UPDATE there makes refreshes cheap.
+        self._peer_allow: dict[DialogId, frozenset[str]] = {}
         self._framers: dict[Addr, StreamFramer] = {}
         self._to_close: list[Addr] = []
         self._next_id = 0
@@ -470,7 +542,15 @@ class Endpoint:
         self._allow: Final = frozenset(allow)
         self._allow_value: Final = ", ".join(allow)
         self._accept: Final = frozenset(a.lower() for a in self.config.accept)
-        self._supported: Final = frozenset(s.lower() for s in self.config.supported)
+        supported = [s.lower() for s in self.config.supported]
+        policy = self.config.session_timer
+        if policy is not None and policy.mode != "refuse" and "timer" not in supported:
+            supported.append("timer")
+        self._session_policy: Final = (
+            policy if policy is not None and policy.mode != "refuse" else None
+        )
+        self._supported: Final = frozenset(supported)
+        self._supported_value: Final = ", ".join(supported)
         cfg = self.config
         # sip: with ;transport=tls over TLS, as Kamailio and Asterisk send it: a sips: Contact
         # only where the request was sips: (RFC 3261 8.1.1.8, RFC 5630 3.1.3); many UAs that
@@ -572,6 +652,10 @@ class Endpoint:
                     self._flush_client(owner, now)
                 elif isinstance(owner, _Retransmit2xx):
                     self._fire_2xx(owner, now)
+                elif isinstance(owner, _Reliable1xx):
+                    self._fire_1xx(owner, now)
+                elif isinstance(owner, _SessionTimer):
+                    self._fire_session(owner, now)
             except Exception as exc:
                 self._internal_error(None, exc)
         if self.registrar is not None:
@@ -621,19 +705,44 @@ class Endpoint:
         """
         ctx = self._server_by_id[transaction_id]
         request = ctx.tx.request
+        method = request.method
         extra = list(headers)
         if body and content_type:
             extra.append(("Content-Type", content_type))
-        is_invite = request.method == "INVITE"
+        is_invite = method == "INVITE"
         to_tag = ctx.to_tag if status > 100 else None
-        if is_invite and 100 < status < 300:
+        accepted = 200 <= status < 300 and method in ("INVITE", "UPDATE")
+        session: Negotiated | None = None
+        reliable = False
+        if (is_invite and 100 < status < 300) or accepted:  # target refresh (RFC 3311 5.2)
             extra.insert(0, ("Contact", f"<{self._contact_for(request.uri)}>"))
-            if status >= 200:
-                extra += [("Allow", self._allow_value)]
+        if accepted:
+            extra.append(("Allow", self._allow_value))
+            if self._supported_value:
+                extra.append(("Supported", self._supported_value))
+            if self._session_policy is not None:
+                session = negotiate(request, self._session_policy)
+                if session is not None:
+                    extra += session.response_headers()
+        elif is_invite and 100 < status < 200 and self._reliable_wanted(request):
+            if self._unacked_1xx(ctx.dialog_id):
+                # RFC 3262 3: no second reliable provisional before the first is PRACKed;
+                # a provisional response is only progress information, so it is not sent.
+                return make_response(request, status, reason, to_tag=to_tag, headers=extra)
+            reliable = True
+            ctx.rseq = ctx.rseq + 1 if ctx.rseq else secrets.randbelow(2**31 - 2) + 1
+            extra += [("Require", "100rel"), ("RSeq", str(ctx.rseq))]
         response = make_response(request, status, reason, to_tag=to_tag, headers=extra, body=body)
         ctx.tx.send_response(response, now)  # may slim ctx.tx.request: use `request` below
         if is_invite:
             self._uas_invite_response(ctx, request, response, now)
+            if reliable:
+                self._start_1xx(ctx, request, response, now)
+            elif status >= 200 and ctx.dialog_id is not None:
+                for rel in self._rel_1xx.get(ctx.dialog_id, ()):
+                    rel.done = True  # a final response ends the retransmissions (RFC 3262 3)
+        if accepted and ctx.dialog_id is not None and ctx.dialog_id in self._dialogs:
+            self._accepted_offer_answer(ctx.dialog_id, request, session, body, content_type, now)
         self._flush_server(ctx, now)
         return response
 
@@ -751,6 +860,8 @@ class Endpoint:
             raise LocalProtocolError("a re-INVITE is already pending in this dialog (14.1)")
         request = dialog.create_request("INVITE", body=body, content_type=content_type)
         dialog.pending_invite_out = True
+        if body:
+            self._local_sdp[dialog_id] = (body, content_type)
         return self.send_request(request, uri_addr(dialog.next_hop()), now=now, dialog_id=dialog_id)
 
     def info(self, dialog_id: DialogId, body: bytes, content_type: str, *, now: float) -> int:
@@ -944,6 +1055,11 @@ class Endpoint:
         if method in self.config.relayed_methods and req.max_forwards == 0:
             self._count("too_many_hops")
             return (483, "Too Many Hops", [])  # 16.3 step 3
+        if method in ("INVITE", "UPDATE") and self._session_policy is not None:
+            min_se = too_small(req, self._session_policy)  # a bad header raises ParseError: 400
+            if min_se is not None:
+                self._count("interval_too_small")
+                return (422, "Session Interval Too Small", [("Min-SE", str(min_se))])
         return None
 
     def _in_dialog(self, ctx: _ServerCtx, to_tag: str, now: float) -> None:
@@ -979,6 +1095,11 @@ class Endpoint:
             self._events.append(InfoReceived(dialog.id, req))
         elif method == "OPTIONS":
             self._answer_options(ctx, now)
+        elif method == "PRACK":
+            self._on_prack(ctx, dialog, now)
+        elif method == "UPDATE" and not req.body:
+            # No offer: a session refresh (RFC 4028 7.4) or a target refresh; answered here.
+            self.send_response(ctx.tx_id, 200, now=now)
         else:
             if method == "INVITE":
                 dialog.pending_invite_in = True
@@ -1160,6 +1281,203 @@ class Endpoint:
         self._retx_2xx[dialog.id] = retx
         self._heap.push(retx.get_timer(), retx)
 
+    # -- RFC 3262: reliable provisional responses -------------------------------------------------
+
+    def _reliable_wanted(self, req: Request) -> bool:
+        """Only when the INVITE requires it: with Supported alone, plain 1xx are fine (3)."""
+        return "100rel" in self._supported and any(r.lower() == "100rel" for r in req.require)
+
+    def _unacked_1xx(self, dialog_id: DialogId | None) -> bool:
+        if dialog_id is None:
+            return False
+        return any(not rel.acked for rel in self._rel_1xx.get(dialog_id, ()))
+
+    def _start_1xx(self, ctx: _ServerCtx, req: Request, response: Response, now: float) -> None:
+        if ctx.dialog_id is None:
+            return
+        cfg = self._timers
+        cseq = req.cseq
+        rel = _Reliable1xx(
+            ctx.dialog_id,
+            ctx.rseq,
+            cseq.seq if cseq else 0,
+            bytes(response),
+            ctx.dest,
+            None if cfg.reliable else now + cfg.t1_s,
+            cfg.t1_s,
+            now + cfg.timeout_s,
+        )
+        self._rel_1xx.setdefault(ctx.dialog_id, []).append(rel)
+        self._heap.push(rel.get_timer(), rel)
+
+    def _fire_1xx(self, rel: _Reliable1xx, now: float) -> None:
+        if now >= rel.give_up_at:
+            # 3 suggests rejecting the INVITE here; the call goes on instead: its 2xx does not
+            # need the PRACK (our provisional responses carry no SDP), and a caller is not lost
+            # over a peer's missing PRACK.
+            rel.done = True
+            return
+        self._outbox.append((rel.wire, rel.dest))
+        rel.interval_s *= 2  # 3: T1, doubling, for 64*T1
+        rel.next_at = now + rel.interval_s
+        self._heap.push(rel.get_timer(), rel)
+
+    def _on_prack(self, ctx: _ServerCtx, dialog: Dialog, now: float) -> None:
+        """7.2: a PRACK matching an unacknowledged reliable 1xx by RAck gets 200, else 481."""
+        rack = ctx.tx.request.headers.get("rack")
+        parts = rack.split() if rack else []
+        if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit():
+            self._count("bad_header")
+            self._respond(ctx, 400, now, reason="Bad RAck")
+            return
+        rseq, cseq, method = int(parts[0]), int(parts[1]), parts[2].upper()
+        for rel in self._rel_1xx.get(dialog.id, ()):
+            if rel.rseq == rseq and rel.cseq == cseq and method == "INVITE" and not rel.acked:
+                rel.acked = rel.done = True
+                self._respond(ctx, 200, now)
+                return
+        self._count("no_matching_rseq")
+        self._respond(ctx, 481, now)
+
+    # -- RFC 4028: session timers ------------------------------------------------------------------
+
+    def _accepted_offer_answer(
+        self,
+        dialog_id: DialogId,
+        req: Request,
+        session: Negotiated | None,
+        body: bytes,
+        content_type: str | None,
+        now: float,
+    ) -> None:
+        """After our 2xx to an INVITE or UPDATE: remember our SDP and the peer's Allow, and
+        (re)arm or drop the session timer as this 2xx negotiated it (a refresh without
+        Session-Expires turns the timer off: 9)."""
+        if body:
+            self._local_sdp[dialog_id] = (body, content_type or "application/sdp")
+        allow = req.headers.values("allow")
+        if allow:
+            self._peer_allow[dialog_id] = parse_allow(allow)
+        if session is None:
+            self._arm_session(dialog_id, None, False, now)
+        else:
+            self._arm_session(dialog_id, session.interval_s, session.we_refresh, now)
+
+    def _arm_session(
+        self, dialog_id: DialogId, interval_s: int | None, we_refresh: bool, now: float
+    ) -> None:
+        old = self._sessions.pop(dialog_id, None)
+        if old is not None:
+            old.done = True
+        if interval_s is None:
+            return
+        timer = _SessionTimer(dialog_id, interval_s, we_refresh, 0.0, now + interval_s)
+        # 10: the refresher at half the interval; the other side BYEs min(32 s, interval/3)
+        # before expiry. The refresher also gives up at that point if its refresh got nowhere.
+        timer.deadline = now + interval_s / 2 if we_refresh else timer.give_up_at
+        self._sessions[dialog_id] = timer
+        self._heap.push(timer.get_timer(), timer)
+
+    def _fire_session(self, timer: _SessionTimer, now: float) -> None:
+        dialog = self._dialogs.get(timer.dialog_id)
+        if dialog is None or self._sessions.get(timer.dialog_id) is not timer:
+            timer.done = True
+            return
+        if not timer.we_refresh or now >= timer.give_up_at:
+            timer.done = True
+            self._expire_session(dialog, now)
+            return
+        if (
+            dialog.pending_invite_out
+            or dialog.pending_invite_in
+            or dialog.state is not DialogState.CONFIRMED
+        ):
+            # An offer/answer in progress: try again shortly (a refresh may not overlap it).
+            timer.deadline = min(now + 2.0, timer.give_up_at)
+            self._heap.push(timer.get_timer(), timer)
+            return
+        headers = [
+            ("Session-Expires", f"{timer.interval_s};refresher=uac"),  # we keep refreshing
+            ("Supported", self._supported_value or "timer"),
+        ]
+        if "UPDATE" in self._peer_allow.get(dialog.id, ()):
+            request = dialog.create_request("UPDATE", headers=headers)  # 7.4: no SDP needed
+        else:
+            sdp = self._local_sdp.get(dialog.id)
+            if sdp is None:  # nothing to re-offer: let the session run to its give-up point
+                timer.deadline = timer.give_up_at
+                self._heap.push(timer.get_timer(), timer)
+                return
+            request = dialog.create_request(
+                "INVITE", body=sdp[0], content_type=sdp[1], headers=headers
+            )
+            dialog.pending_invite_out = True
+        request_id = self.send_request(
+            request, uri_addr(dialog.next_hop()), now=now, dialog_id=dialog.id
+        )
+        ctx = self._client_by_id.get(request_id)
+        if ctx is not None:
+            ctx.refresh = True
+        timer.deadline = timer.give_up_at  # re-armed from the 2xx; BYE if none comes in time
+        self._heap.push(timer.get_timer(), timer)
+
+    def _refresh_answered(self, ctx: _ClientCtx, response: Response, now: float) -> None:
+        """The answer to our own session refresh: never reported to the application."""
+        status = response.status
+        dialog = self._dialogs.get(ctx.dialog_id) if ctx.dialog_id is not None else None
+        if ctx.tx.request.method == "INVITE":
+            if 200 <= status < 300 and self._uac_invite_response(ctx, response, now):
+                return  # a retransmitted 2xx, ACKed again
+            if status >= 200 and dialog is not None:
+                dialog.pending_invite_out = False
+        if status < 200 or dialog is None:
+            return
+        if status < 300:
+            value = response.headers.get("session-expires")
+            try:
+                se = SessionExpires.parse(value) if value is not None else None
+            except ParseError:
+                se = None
+            if se is None:
+                self._arm_session(dialog.id, None, False, now)  # 7.2: no timer any more
+            else:
+                self._arm_session(dialog.id, se.delta_s, se.refresher != "uas", now)
+        elif status in (408, 481):
+            self._expire_session(dialog, now)  # 10: the session is gone
+        # Any other failure: the timer waits at its give-up point and BYEs then.
+
+    def _expire_session(self, dialog: Dialog, now: float) -> None:
+        """10: BYE, and tell the application the dialog ended as "session_expired"."""
+        request = dialog.create_request("BYE")
+        self._end_dialog(dialog, "session_expired")
+        self.send_request(request, uri_addr(dialog.next_hop()), now=now, dialog_id=dialog.id)
+
+    # -- forking: a second 2xx to our INVITE -------------------------------------------------------
+
+    def _hang_up_fork(self, ctx: _ClientCtx, response: Response, to_tag: str, now: float) -> None:
+        """13.2.2.4: another fork answered after we took a 2xx: ACK it (again, for each of its
+        retransmissions) and end that dialog with a BYE, so the far phone is not left in a call
+        nobody is on. The application never hears of it."""
+        old = ctx.fork_acks.get(to_tag)
+        if old is not None:
+            self._outbox.append((old.wire, old.dest))
+            return
+        self._count("forked_answer")
+        dialog = Dialog.as_uac(ctx.tx.request, response, self.contact_uri)
+        dialog.handle(DialogInput.ACCEPTED)
+        contacts = response.contacts
+        if contacts:
+            dialog.remote_target = contacts[0].uri
+        cseq = response.cseq
+        seq = cseq.seq if cseq else dialog.invite_cseq
+        ack = dialog.create_request("ACK", cseq=seq)
+        ack.headers.insert(0, "Via", str(self._our_via()))
+        dest = uri_addr(dialog.next_hop())
+        wire = bytes(ack)
+        ctx.fork_acks[to_tag] = _UacAck(wire, dest, seq, to_tag)
+        self._outbox.append((wire, dest))
+        self.send_request(dialog.create_request("BYE"), dest, now=now)
+
     def _fire_2xx(self, retx: _Retransmit2xx, now: float) -> None:
         if now >= retx.give_up_at:
             retx.done = True
@@ -1195,7 +1513,7 @@ class Endpoint:
             self._events.append(
                 TransactionTimedOut(ctx.request_id, tx.request.method, tx.request.call_id, False)
             )
-            self._uac_failed(ctx)
+            self._uac_failed(ctx, now)
         if tx.terminated:
             if self._client.get(tx.key) is ctx:
                 del self._client[tx.key]
@@ -1204,7 +1522,7 @@ class Endpoint:
         else:
             self._heap.push(tx.get_timer(), ctx)
 
-    def _uac_failed(self, ctx: _ClientCtx) -> None:
+    def _uac_failed(self, ctx: _ClientCtx, now: float) -> None:
         dialog = self._dialogs.get(ctx.dialog_id) if ctx.dialog_id is not None else None
         if dialog is None:
             return
@@ -1212,6 +1530,9 @@ class Endpoint:
             dialog.pending_invite_out = False
             if dialog.state is DialogState.EARLY:
                 self._end_dialog(dialog, "timed_out")
+                return
+        if ctx.refresh:
+            self._expire_session(dialog, now)  # RFC 4028 10: the refresh got no answer
 
     def _uac_response(self, ctx: _ClientCtx, response: Response, now: float) -> None:
         req = ctx.tx.request
@@ -1221,6 +1542,9 @@ class Endpoint:
             and ctx.auth is not None
             and self._retry_with_auth(ctx, response, now)
         ):
+            return
+        if ctx.refresh:
+            self._refresh_answered(ctx, response, now)
             return
         if req.method == "INVITE":
             if ctx.cancel_pending and status < 200:
@@ -1245,6 +1569,9 @@ class Endpoint:
             cseq = response.cseq
             if to_tag == ack.to_tag and cseq is not None and cseq.seq == ack.cseq:
                 self._outbox.append((ack.wire, ack.dest))  # 13.2.2.4: a retransmitted 2xx
+                return True
+            if ctx.creates_dialog and to_tag:
+                self._hang_up_fork(ctx, response, to_tag, now)
                 return True
         dialog = self._dialogs.get(ctx.dialog_id) if ctx.dialog_id is not None else None
         if not ctx.creates_dialog:  # a re-INVITE (14.1)
@@ -1415,10 +1742,18 @@ class Endpoint:
     def _end_dialog(self, dialog: Dialog, reason: str) -> None:
         dialog.handle(DialogInput.BYE if reason.startswith("bye") else DialogInput.TIMED_OUT)
         dialog.state = DialogState.TERMINATED
-        self._dialogs.pop(dialog.id, None)
-        retx = self._retx_2xx.pop(dialog.id, None)
+        did = dialog.id
+        self._dialogs.pop(did, None)
+        retx = self._retx_2xx.pop(did, None)
         if retx is not None:
             retx.done = True
+        for rel in self._rel_1xx.pop(did, ()):
+            rel.done = True
+        session = self._sessions.pop(did, None)
+        if session is not None:
+            session.done = True
+        self._local_sdp.pop(did, None)
+        self._peer_allow.pop(did, None)
         self._events.append(DialogTerminated(dialog.id, reason))
 
     def _our_via(self) -> Via:

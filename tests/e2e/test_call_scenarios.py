@@ -102,6 +102,11 @@ class Peers:
         return self._start(["-sn", "uac"], sip_target(daemon), "-s", "support", "-m", "1",
                            "-d", str(hold_ms))  # fmt: skip
 
+    def scripted_caller(self, daemon: DaemonProcess, scenario: str) -> Proc:
+        """One call to support running ``scenario`` (a file in sipp/scenarios), traced."""
+        return self._start(["-sf", str(SCENARIOS / f"{scenario}.xml")], sip_target(daemon),
+                           "-s", "support", "-m", "1", "-trace_msg")  # fmt: skip
+
     def refused_caller(self, target: str) -> Proc:
         """One INVITE to support that must get 503 (sipp/scenarios/caller_expect_503.xml)."""
         return self._start(["-sf", str(SCENARIOS / "caller_expect_503.xml")], target,
@@ -497,3 +502,27 @@ outbound_proxy = "127.0.0.1:{pbx.sip_port}"
         "enter", "offer", "answer", "transfer", "enter", "offer", "answer", "complete",
     ]  # fmt: skip
     assert calls_active(daemon) == 0
+
+
+def test_trunk_requiring_100rel_and_session_timers_keeps_its_call(
+    start_daemon: DaemonFactory, peers: Peers
+) -> None:
+    """Carriers' SBCs require 100rel and refresh sessions by UPDATE: the 180 is sent reliably
+    and PRACKed, the 200 grants the timer, the UPDATE refresh is answered with it (the SIPp
+    scenario checks each header); an interval below 90 s gets 422 with Min-SE first."""
+    daemon = start_daemon(config({"a1": 9}))  # nobody logs in: the caller waits in the queue
+    refused = peers.scripted_caller(daemon, "caller_expect_422")
+    assert finished(refused, 20) == 0, sipp_output(refused)
+    call = peers.scripted_caller(daemon, "caller_100rel_timers")
+    assert finished(call, 20) == 0, sipp_output(call)
+    seen = [m for m in received(peers.messages("caller_100rel_timers", call)) if m != "100"]
+    # 180 once (PRACKed before a retransmission), then the 200s of PRACK and INVITE (either
+    # order; SIPp matched each to its transaction), of the UPDATE and of the BYE.
+    assert seen == ["180", "200", "200", "200", "200"]
+    (row,), _ = cdr(daemon)
+    assert (row["disposition"], row["hangup_side"], row["hangup_reason"]) == (
+        "abandoned", "caller", "bye",
+    )  # fmt: skip
+    _, exposition, _ = daemon.get("/metrics")
+    assert 'acd_sip_parse_errors_total{reason="interval_too_small"} 1.0' in exposition.decode()
+    assert daemon.stop() == 0
