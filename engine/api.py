@@ -234,6 +234,9 @@ class AgentView(msgspec.Struct, frozen=True):
     reason: str
     queues: dict[str, int]
     skills: dict[str, int]
+    # Seconds of wrap-up left when this answer was made (null outside wrap-up). Relative, not a
+    # wall-clock end time: a page counts down from its own receipt, whatever its clock says.
+    wrap_up_remaining_s: float | None = None
 
 
 class AgentStateChange(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -347,11 +350,15 @@ def _agent_view(ctx: ApiContext, agent_id: str) -> AgentView | None:
     agent = next((a for a in ctx.get_config().agents if a.id == agent_id), None)
     if agent is None:
         return None
-    state, reason = "logged_out", ""
+    state, reason, wrap_left = "logged_out", "", None
     if ctx.routing is not None:
         state = ctx.routing.agent_state(agent.id).name.lower()
         if state == "not_ready":
             reason = ctx.routing.router.not_ready_reason(agent.id)
+        until = ctx.routing.router.wrap_up_until(agent.id)
+        if until is not None:
+            # 0 once due: the routing timer may not have run yet; its agent event follows.
+            wrap_left = round(max(0.0, until - ctx.routing.now), 3)
     return AgentView(
         id=agent.id,
         name=agent.name,
@@ -359,6 +366,7 @@ def _agent_view(ctx: ApiContext, agent_id: str) -> AgentView | None:
         reason=reason,
         queues=dict(agent.queues),
         skills=dict(agent.skills),
+        wrap_up_remaining_s=wrap_left,
     )
 
 

@@ -91,7 +91,21 @@ class Daemon:
         async def recordings() -> str | None:
             return None if self.recordings is None else self.recordings.healthy()
 
-        return {"storage": storage, "listeners": listeners, "cdr": cdr, "recordings": recordings}
+        checks: dict[str, ReadyCheck] = {
+            "storage": storage,
+            "listeners": listeners,
+            "cdr": cdr,
+            "recordings": recordings,
+        }
+        if self.config.webrtc.workers > 0:  # read at start, like the pool itself
+
+            async def webrtc_workers() -> str | None:
+                if self.webrtc is None:
+                    return "media workers not started"
+                return self.webrtc.workers_not_ready()
+
+            checks["webrtc_workers"] = webrtc_workers
+        return checks
 
     # -- lifecycle -----------------------------------------------------------------------------
 

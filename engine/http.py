@@ -2,7 +2,8 @@
 
 - ``/healthz``: the process is up and its event loop answers. Never touches dependencies, so a slow
   database does not get a healthy daemon restarted by its supervisor.
-- ``/readyz``: every readiness check passes (listeners open, storage reachable, later: recording disks).
+- ``/readyz``: every readiness check passes (listeners open, storage reachable, CDR writer and
+  recordings healthy, every WebRTC media worker up when ``[webrtc] workers`` > 0).
   503 with the failing checks named otherwise; this is what a load balancer or Kamailio's dispatcher
   probes before sending calls.
 - ``/metrics``: Prometheus text exposition of the daemon's own registry.

@@ -68,8 +68,9 @@ media (engine.webrtc_worker.MediaLeg) runs either in this process (N = 0) or, th
 `WorkerMedia` proxy with the same API, in one of N worker processes (the one with the fewest
 sessions). The worker's RTP socket is the session's ``rtp_address``, so the bridge talks to the
 worker directly. `WorkerPool` starts the workers with the gateway, restarts one that dies (its
-sessions close with 1011 "media worker died"; counted in ``acd_webrtc_worker_restarts_total``) and
-stops them at shutdown, after the sessions. The call layer cannot tell the two modes apart.
+sessions close with 1011 "media worker died"; counted in ``acd_webrtc_worker_restarts_total``;
+``/readyz`` names it until its replacement is up) and stops them at shutdown, after the sessions.
+The call layer cannot tell the two modes apart.
 
 ICE host candidates: aioice has no per-connection interface list and always skips 127.0.0.1, so the
 media side (in whichever process it runs) replaces ``aioice.ice.get_host_addresses`` (process-wide) with one that returns
@@ -83,6 +84,7 @@ import contextlib
 import logging
 import os
 import re
+import signal
 import socket
 import sys
 import time
@@ -427,6 +429,14 @@ class WorkerMedia:
             _settle(future, exc=MediaGone(reason))
 
 
+def _exit_text(status: int | None) -> str:
+    """A worker's exit status as an operator reads it: "killed by SIGKILL", "exit status 1"."""
+    if status is not None and status < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-status).name}"
+    return f"exit status {status}"
+
+
 class _WorkerProcess:
     """One worker slot: the current process, its control stream and the sessions it carries."""
 
@@ -439,6 +449,8 @@ class _WorkerProcess:
         self.writer: asyncio.StreamWriter | None = None
         self.media: dict[int, WorkerMedia] = {}
         self.alive = False
+        # Why no worker serves this slot while `alive` is false (for /readyz).
+        self.down = "starting"
 
     def send(self, message: msgspec.Struct) -> None:
         if self.alive and self.writer is not None and not self.writer.is_closing():
@@ -496,6 +508,13 @@ class WorkerPool:
     def pids(self) -> list[int]:
         return [w.pid for w in self._slots if w.alive]
 
+    def not_ready(self) -> str | None:
+        """Why some worker is not serving (for /readyz), or None when every one is up. A slot
+        that is down does not strand anyone (new sessions go to the others), but capacity is
+        short and a slot that keeps dying is what an operator must hear about."""
+        down = [f"media worker {w.slot} {w.down}" for w in self._slots if not w.alive]
+        return "; ".join(down) or None
+
     async def start(self) -> None:
         """Start every worker; returns when each is up or its first start failed (logged)."""
         loop = asyncio.get_running_loop()
@@ -515,6 +534,7 @@ class WorkerPool:
             for media in worker.media.values():
                 media.detach()  # nobody waits for a reply that cannot come any more
             worker.media.clear()
+            worker.down = "stopped (shutting down)"
         await asyncio.gather(*(w.reap() for w in self._slots))
         self._some_up.clear()
         self._metrics.workers.set(0)
@@ -552,13 +572,17 @@ class WorkerPool:
                     worker=worker.slot,
                     reason=str(exc) or type(exc).__name__,
                 )
+                worker.down = f"failed to start ({str(exc) or type(exc).__name__}); retrying"
                 await worker.reap()
             else:
                 log.info("webrtc_worker_started", worker=worker.slot, pid=worker.pid)
+                worker.down = ""
                 self._update_up()
                 _settle(first)
                 reason = await self._serve(worker)
+                worker.down = f"(pid {worker.pid}) died; restarting"
                 status = await worker.reap()
+                worker.down = f"(pid {worker.pid}) died ({_exit_text(status)}); restarting"
                 self._update_up()
                 sessions = list(worker.media.values())
                 worker.media.clear()
@@ -901,6 +925,11 @@ class WebRtcGateway:
     def worker_pids(self) -> list[int]:
         """PIDs of the media workers running now (empty: the media runs in this process)."""
         return [] if self._workers is None else self._workers.pids
+
+    def workers_not_ready(self) -> str | None:
+        """For /readyz: why a media worker is not serving (down, restarting, failing to start);
+        None when all are up or the media runs in this process."""
+        return None if self._workers is None else self._workers.not_ready()
 
     def count_unexpected(self) -> None:
         if self._on_unexpected is not None:

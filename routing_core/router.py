@@ -651,6 +651,12 @@ class Router:
         ends, self._wrap_ends = self._wrap_ends, []
         return ends
 
+    def wrap_up_until(self, agent_id: str) -> float | None:
+        """When the agent's wrap-up timer runs out (the time base of `now`), or None when the agent
+        is not in wrap-up (never entered it, ended it early with `set_ready`, paused, logged out)."""
+        a = self._agent(agent_id)
+        return self._wrap_until[a] if self._st[a] == _WRAP_UP else None
+
     def not_ready_reason(self, agent_id: str) -> str:
         """Reason given with the last NOT_READY (e.g. "auto-paused")."""
         return self._reason[self._agent(agent_id)]

@@ -1,15 +1,43 @@
 import { TOKEN_KEY, api, debounce, el, login, stream } from "/static/common.js";
 
 let me = null;
+let loads = 0;  // answers can overtake each other: only the latest request's is shown
+let wrapTimer = null;
 
 async function loadMe() {
+  const mine = ++loads;
   const agents = await api("/api/v1/agents");
   if (agents.length !== 1) throw new Error("this page needs an agent's own token");
+  if (mine !== loads) return;
   me = agents[0];
   document.getElementById("name").textContent = me.name;
   const state = document.getElementById("state");
   state.textContent = me.reason ? `${me.state.replace("_", " ")} (${me.reason})` : me.state.replace("_", " ");
   state.className = `state st-${me.state}`;
+  wrapUpCountdown(state, me.state === "wrap_up" ? me.wrap_up_remaining_s : null);
+}
+
+// Wrap-up countdown. The server sends the seconds left when it answered, not an end time, so the
+// browser's clock may be off by any amount; counting from this page's own receipt is off by one
+// request's latency at most. Every later answer (the agent events, the 5 s refresh) re-syncs it.
+// The next state comes from the server (the routing timer publishes an agent event when wrap-up
+// ends), so at zero the page asks once more instead of guessing "ready" or "not ready".
+function wrapUpCountdown(state, remainingS) {
+  clearInterval(wrapTimer);
+  wrapTimer = null;
+  if (remainingS == null) return;
+  const endsAt = performance.now() + remainingS * 1000;
+  const tick = () => {
+    const left = Math.max(0, Math.ceil((endsAt - performance.now()) / 1000));
+    state.textContent = `wrap up ${Math.floor(left / 60)}:${String(left % 60).padStart(2, "0")}`;
+    if (left > 0 || wrapTimer === null) return;
+    clearInterval(wrapTimer);
+    wrapTimer = null;
+    setTimeout(() => loadMe().catch(() => {}), 500);
+  };
+  // Already due when sent (0): the routing timer is about to run; its event brings the next state.
+  if (remainingS > 0) wrapTimer = setInterval(tick, 250);
+  tick();
 }
 
 async function loadQueues() {

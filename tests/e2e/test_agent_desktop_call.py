@@ -7,7 +7,8 @@ on-demand recording (a row in the recordings index, started by the agent), Pause
 one paused span. The wallboard, open in a second page with the admin token, follows the call from
 the event stream (each step within 2 s, well inside its 5 s fallback poll): waiting 1 with the agent
 not ready, the agent ringing, busy with nothing waiting, then wrap-up after hang-up, and available
-again when the wrap-up timer runs out.
+again when the wrap-up timer runs out. Meanwhile the agent's own page counts the wrap-up down and
+shows the state the routing core reaches when it ends.
 
 The recording is checked by content: 440 Hz (caller) on the left and 880 Hz (the browser's fake
 microphone) on the right before and after the pause, silence on both channels inside it. Last, with
@@ -40,6 +41,8 @@ ADMIN = "admin-token-agent-desktop-0123"
 AGENT_TOKEN = "agent-3001-token-agent-desktop"
 # The wallboard refreshes on every event (250 ms debounce) and polls every 5 s: 2 s shows it is live.
 LIVE_S = 2.0
+# Long enough to see the agent page's countdown step down at least once after it appeared.
+WRAP_UP_S = 4.0
 
 
 def config(rtp_base: int) -> str:
@@ -49,7 +52,7 @@ def config(rtp_base: int) -> str:
 [[queues]]
 name = "support"
 ring_timeout_s = 30.0
-wrap_up_s = 1.0
+wrap_up_s = {WRAP_UP_S}
 record = "on_demand"
 
 [[agents]]
@@ -153,12 +156,26 @@ async def test_agent_records_and_pauses_while_the_wallboard_follows_the_call(
             recorded_s = time.monotonic() - recorded_from  # Record click to hang-up click
             await expect(agents["busy"]).to_have_text("busy 0", timeout=LIVE_S * 1000)
             await expect(agents["wrap_up"]).to_have_text("wrap up 1")
+            # The desk counts the wrap-up down from the seconds left the API reported.
+            state = desk.locator("#state")
+            countdown = re.compile(r"^wrap up 0:0(\d)$")
+            await expect(state).to_have_text(countdown, timeout=LIVE_S * 1000)
+            shown = countdown.match(await state.inner_text())
+            assert shown is not None
+            first = int(shown[1])
+            assert WRAP_UP_S - LIVE_S <= first <= WRAP_UP_S, first
+            await desk.screenshot(path=str(ARTIFACTS / "agent-wrap-up.png"))
+            await expect(state).to_have_text(
+                re.compile(rf"^wrap up 0:0[0-{first - 1}]$"), timeout=1500
+            )
             figures = queue.locator(".figs")  # today's, from the CDR store
             await expect(figures).to_have_text("answered 1 · abandoned 0", timeout=LIVE_S * 1000)
-            # The end of the 1 s wrap-up (a routing-core timer) is published as an agent event.
+            # The end of the wrap-up (a routing-core timer) is published as an agent event: both
+            # pages show the state it reached.
             await expect(agents["available"]).to_have_text(
-                "available 1", timeout=(1.0 + LIVE_S) * 1000
+                "available 1", timeout=(WRAP_UP_S + LIVE_S) * 1000
             )
+            await expect(state).to_have_text("available", timeout=LIVE_S * 1000)
             for button in ("#record", "#record-pause"):
                 await expect(desk.locator(button)).to_be_disabled()
             await expect(status).to_have_text("")

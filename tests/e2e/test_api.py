@@ -112,6 +112,7 @@ def test_agent_state_changes_go_through_routing_and_are_audited(daemon: DaemonPr
         "reason": "coaching",
         "queues": {"support": 0, "sales": 1},
         "skills": {"support": 8, "sales": 3},
+        "wrap_up_remaining_s": None,  # only in wrap-up (tests/engine/test_api_agents.py)
     }
     # An agent cannot change another agent; a bad body is a 400; an impossible transition a 409.
     assert (

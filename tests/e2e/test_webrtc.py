@@ -19,7 +19,7 @@ import re
 import signal
 import socket
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +116,21 @@ async def _wait_port_released(port: int) -> None:
                 return
         await asyncio.sleep(0.05)
     raise AssertionError(f"RTP port {port} is still bound")
+
+
+async def _readyz(
+    base: str, until: Callable[[int, dict[str, Any]], bool] | None = None, timeout_s: float = 15.0
+) -> tuple[int, dict[str, Any]]:
+    """GET /readyz; with ``until``, poll (every 20 ms, ``timeout_s`` at most) until it holds."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    async with aiohttp.ClientSession() as http:
+        while True:
+            async with http.get(base + "/readyz") as resp:
+                status, body = resp.status, await resp.json()
+            if until is None or until(status, body):
+                return status, body
+            assert asyncio.get_running_loop().time() < deadline, (status, body)
+            await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -217,7 +232,17 @@ async def test_a_dead_media_worker_closes_its_softphones_and_comes_back(
     assert session is not None
     dead = session.worker_pid
     assert dead in d.webrtc.worker_pids
+    status, body = await _readyz(base)
+    assert (status, body["checks"]["webrtc_workers"]) == (200, "ok")
     os.kill(dead, signal.SIGKILL)
+    # /readyz names the slot that is down until its replacement is up (the restart takes at least
+    # the 0.5 s back-off plus a second or so of imports: the poll sees it)
+    status, body = await _readyz(base, until=lambda status, _: status == 503)
+    assert body["status"] == "not_ready"
+    assert re.fullmatch(
+        rf"media worker [01] \(pid {dead}\) died( \(killed by SIGKILL\))?; restarting",
+        body["checks"]["webrtc_workers"],
+    ), body
     # the page is told why (close 1011), and its softphone reconnects by itself: to a worker
     # that is up (the other one, or the dead one's replacement)
     await expect(page.locator("#rtc-note")).to_have_text("media worker died", timeout=10000)
@@ -226,10 +251,9 @@ async def test_a_dead_media_worker_closes_its_softphones_and_comes_back(
     assert again is not None
     assert again is not session
     assert again.connection_state == "connected"
-    for _ in range(200):  # the replacement worker takes a second or two to import aiortc
-        if len(d.webrtc.worker_pids) == 2:
-            break
-        await asyncio.sleep(0.05)
+    # ready again once the replacement worker is up (it takes a second or two to import aiortc)
+    status, body = await _readyz(base, until=lambda status, _: status == 200)
+    assert body == {"status": "ready", "checks": {**body["checks"], "webrtc_workers": "ok"}}
     pids = d.webrtc.worker_pids
     assert len(pids) == 2
     assert dead not in pids

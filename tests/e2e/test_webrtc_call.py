@@ -8,7 +8,9 @@ call, and the CDR (answered by the browser agent, hung up on the agent's side).
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 import sqlite3
 import subprocess
 import time
@@ -31,7 +33,7 @@ ADMIN = "admin-token-webrtc-call-0123"
 AGENT_TOKEN = "agent-3001-token-webrtc-call"
 
 
-def config(rtp_base: int) -> str:
+def config(rtp_base: int, wrap_up_s: float = 1.0) -> str:
     steps = (
         '{ type = "answer" }, { type = "set", data = { account = "4711", tier = "gold" } }, '
         '{ type = "enqueue", queue = "support" }'
@@ -42,7 +44,7 @@ def config(rtp_base: int) -> str:
 [[queues]]
 name = "support"
 ring_timeout_s = 30.0
-wrap_up_s = 1.0
+wrap_up_s = {wrap_up_s}
 
 [[agents]]
 id = "3001"
@@ -57,7 +59,8 @@ api_token = "{AGENT_TOKEN}"
 async def test_browser_agent_takes_a_sip_call_with_audio_both_ways(
     start_daemon: DaemonFactory, tmp_path: Path
 ) -> None:
-    daemon = start_daemon(config(free_port_block(100)))
+    # A long wrap-up: the agent ends it early from the page.
+    daemon = start_daemon(config(free_port_block(100), wrap_up_s=60.0))
     sip = str(daemon.wait_for_log("ready")["sip"]).removeprefix("udp:")
     caller: Baresip | None = None
     async with chromium(tmp_path, 880) as browser:
@@ -99,10 +102,18 @@ async def test_browser_agent_takes_a_sip_call_with_audio_both_ways(
             late = peaks[8:]  # skip the first fill of the jitter buffers
             assert sum(abs(hz - 440) < 12 and db > -70 for hz, db in late) >= len(late) * 0.8, peaks
             await page.click("#hangup")  # the agent ends the call
-            await wait_state(daemon, ADMIN, "3001", {"wrap_up", "available"}, 10)
+            await wait_state(daemon, ADMIN, "3001", {"wrap_up"}, 10)
             await expect(page.locator("#hangup")).to_be_disabled()
             # The page was told the call ended ("call_ended": only that disables Hold again).
             await expect(page.locator("#hold")).to_be_disabled()
+            # Wrap-up counts down on the page; Ready ends it early and stops the countdown.
+            state = page.locator("#state")
+            await expect(state).to_have_text(re.compile(r"^wrap up (0:5\d|1:00)$"), timeout=5000)
+            await page.click("#ready")
+            await expect(state).to_have_text("available", timeout=5000)
+            assert agent_state(daemon, ADMIN, "3001") == "available"
+            await asyncio.sleep(1.0)  # a countdown still ticking (every 250 ms) would show by now
+            assert await state.inner_text() == "available"
             caller.wait_for("terminated (duration", 10)  # our BYE reached the caller
         finally:
             if caller is not None:

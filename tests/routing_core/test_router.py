@@ -251,6 +251,26 @@ def test_wrap_up_then_available_at_deadline() -> None:
     assert offered(r.dispatch(40.0)) == [("u", "a0")]
 
 
+def test_wrap_up_until_is_known_only_while_wrapping_up() -> None:
+    r = make(n=3, wrap_up_s=30.0)
+    for agent in ("a0", "a1", "a2"):
+        r.login(agent, 0.0)
+        r.enqueue(f"t-{agent}", "q", 0.0)
+    r.dispatch(0.0)
+    assert r.wrap_up_until("a0") is None  # ringing
+    for agent in ("a0", "a1", "a2"):
+        serve(r, f"t-{agent}", agent, 1.0, 10.0)
+        assert r.wrap_up_until(agent) == 40.0
+    r.set_ready("a0", 12.0)  # ended early: no countdown left
+    r.set_not_ready("a1", 12.0, "break")
+    assert (r.wrap_up_until("a0"), r.wrap_up_until("a1")) == (None, None)
+    r.dispatch(40.0)  # the timer ran out
+    assert r.agent_state("a2") == AgentState.AVAILABLE
+    assert r.wrap_up_until("a2") is None
+    with pytest.raises(UnknownAgent):
+        r.wrap_up_until("nobody")
+
+
 def test_wrap_up_ends_are_reported_once_with_the_state_they_reach() -> None:
     r = make(n=2, wrap_up_s=30.0)
     for agent in ("a0", "a1"):
