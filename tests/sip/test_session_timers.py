@@ -15,7 +15,7 @@ from sip.endpoint import (
 from sip.errors import ParseError
 from sip.message import Request, Response, make_response, parse_message
 from sip.session_timer import SessionExpires, SessionTimerPolicy, negotiate, too_small
-from tests.sip.test_endpoint import SDP, UAC_ADDR, UAS_ADDR, Pair, first, raw_request
+from tests.sip.test_endpoint import SDP, UAC_ADDR, UAS_ADDR, Pair, establish, first, raw_request
 
 TIMERS = SessionTimerPolicy(session_expires_s=1800, min_se_s=90)
 
@@ -47,12 +47,18 @@ def invite_with(extra: str) -> bytes:
     )
 
 
-def accept_invite(uas: Endpoint, extra: str, now: float = 0.0) -> tuple[Response, int]:
-    """Feed an INVITE with `extra` headers, answer it with our SDP; the 2xx and its tx id."""
+def offered(uas: Endpoint, extra: str, now: float = 0.0) -> RequestReceived:
+    """Feed an INVITE with `extra` headers; the application's event (the 100 is drained)."""
     uas.receive_datagram(invite_with(extra), UAC_ADDR, now)
     req = first(Pair.events(uas), RequestReceived)
     assert isinstance(req, RequestReceived)
-    sent(uas, now)  # the 100
+    sent(uas, now)
+    return req
+
+
+def accept_invite(uas: Endpoint, extra: str, now: float = 0.0) -> tuple[Response, int]:
+    """Feed an INVITE with `extra` headers, answer it with our SDP; the 2xx and its tx id."""
+    req = offered(uas, extra, now)
     uas.answer(req.transaction_id, SDP, now=now)
     (ok,) = sent(uas, now)
     assert isinstance(ok, Response)
@@ -232,19 +238,11 @@ def test_no_session_expires_no_timer() -> None:
 
 def test_update_with_an_offer_goes_to_the_application_and_glare_rules_apply() -> None:
     pair = Pair(uas=uas_endpoint())
-    pair.uac.invite("sip:bob@127.0.0.1:5060", UAS_ADDR, now=0.0, body=SDP)
-    pair.pump()
-    req = first(pair.events(pair.uas), RequestReceived)
-    assert isinstance(req, RequestReceived)
-    pair.uas.answer(req.transaction_id, SDP, now=0.0)
-    pair.pump()
-    pair.events(pair.uas)
-    ok = [e for e in pair.events(pair.uac) if isinstance(e, ResponseReceived)][-1]
-    assert ok.dialog_id is not None
-    dialog = pair.uac.dialog(ok.dialog_id)
+    uac_dialog, _ = establish(pair)
+    dialog = pair.uac.dialog(uac_dialog)
     assert dialog is not None
     update = dialog.create_request("UPDATE", body=SDP, content_type="application/sdp")
-    pair.uac.send_request(update, UAS_ADDR, now=1.0, dialog_id=ok.dialog_id)
+    pair.uac.send_request(update, UAS_ADDR, now=1.0, dialog_id=uac_dialog)
     pair.pump()
     got = first(pair.events(pair.uas), RequestReceived)
     assert isinstance(got, RequestReceived)
@@ -260,7 +258,7 @@ def test_update_with_an_offer_goes_to_the_application_and_glare_rules_apply() ->
     pair.pump()
     pair.drop = lambda direction, data: False
     again = dialog.create_request("UPDATE", body=SDP, content_type="application/sdp")
-    pair.uac.send_request(again, UAS_ADDR, now=2.1, dialog_id=ok.dialog_id)
+    pair.uac.send_request(again, UAS_ADDR, now=2.1, dialog_id=uac_dialog)
     pair.pump()
     assert 491 in statuses_of(pair)
 
@@ -274,10 +272,7 @@ def statuses_of(pair: Pair) -> list[int]:
 
 def test_required_100rel_makes_our_180_reliable_until_prack() -> None:
     uas = uas_endpoint(t1_s=0.5)
-    uas.receive_datagram(invite_with("Require: 100rel\r\nSupported: timer\r\n"), UAC_ADDR, 0.0)
-    req = first(Pair.events(uas), RequestReceived)
-    assert isinstance(req, RequestReceived)
-    sent(uas, 0.0)
+    req = offered(uas, "Require: 100rel\r\nSupported: timer\r\n")
     uas.send_response(req.transaction_id, 180, now=0.0)
     (ringing,) = sent(uas, 0.0)
     assert isinstance(ringing, Response)
@@ -321,10 +316,7 @@ def test_required_100rel_makes_our_180_reliable_until_prack() -> None:
 
 def test_supported_100rel_alone_keeps_provisionals_unreliable() -> None:
     uas = uas_endpoint()
-    uas.receive_datagram(invite_with("Supported: 100rel\r\n"), UAC_ADDR, 0.0)
-    req = first(Pair.events(uas), RequestReceived)
-    assert isinstance(req, RequestReceived)
-    sent(uas, 0.0)
+    req = offered(uas, "Supported: 100rel\r\n")
     uas.send_response(req.transaction_id, 180, now=0.0)
     (ringing,) = sent(uas, 0.0)
     assert isinstance(ringing, Response)
