@@ -1682,9 +1682,12 @@ class _SipMediaCollector(Collector):
             "SIP messages rejected or dropped, by reason.",
             labels=["reason"],
         )
-        if s.transport is not None:
-            for reason, n in sorted(s.endpoint.rejections.items()):
-                parse.add_metric([reason], n)
+        totals: dict[str, int] = {}
+        for transport in s.transports:  # every listener's core: UDP, TCP and TLS
+            for reason, n in transport.endpoint.rejections.items():
+                totals[reason] = totals.get(reason, 0) + n
+        for reason, n in sorted(totals.items()):
+            parse.add_metric([reason], n)
         yield parse
         m = s.media_stats
         yield GaugeMetricFamily(

@@ -5,6 +5,7 @@ refused with the file and key named."""
 from __future__ import annotations
 
 import re
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -82,6 +83,17 @@ queues = {{ support = 0 }}
     assert len(vias) >= 3  # INVITE, ACK, BYE
     assert set(vias) == {("TCP", str(tcp_port))}
     assert re.search(rf"^Contact: <sip:[^>]*127.0.0.1:{tcp_port};transport=tcp>", text, re.M)
+    # A malformed request over TCP gets its 400 and is counted like one over UDP.
+    with socket.create_connection(("127.0.0.1", tcp_port), timeout=5) as conn:
+        conn.sendall(
+            b"OPTIONS sip:acd@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:9;branch=z9hG4bKx\r\n"
+            b"From: <sip:x@127.0.0.1>;tag=1\r\nTo: <sip:acd@127.0.0.1>\r\nCall-ID: tcp-bad\r\n"
+            b"CSeq: 1 OPTIONS\r\nMax-Forwards: seventy\r\nContent-Length: 0\r\n\r\n"
+        )
+        assert conn.recv(4096).startswith(b"SIP/2.0 400 ")
+    _, exposition, _ = daemon.get("/metrics")
+    assert re.search(r'^acd_sip_parse_errors_total\{reason="bad_header"\} 1\.0$',
+                     exposition.decode(), re.M)  # fmt: skip
 
 
 def test_tls_listener_needs_its_certificate(tmp_path: Path) -> None:
