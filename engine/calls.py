@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import functools
 import ipaddress
+import random
 import re
 import ssl
 import time
@@ -44,7 +45,7 @@ import routing_core as rc
 from engine.agents import AgentDirectory
 from engine.announcements import SHIPPED_PROMPTS, expected_wait_prompts, position_prompts
 from engine.cdr import CallRecord, CdrWriter, QueueEventData
-from engine.config import Config, LoginMode, TrunkConfig
+from engine.config import Config, LoginMode, TrunkConfig, outbound_proxy_uri
 from engine.flows import FlowOutcome, FlowRunner
 from engine.metrics import WAIT_BUCKETS, Metrics
 from engine.recording_service import OnDemandRecording, RecordingRefused, RecordingService
@@ -65,7 +66,7 @@ from sip.endpoint import (
     RegistrationChanged,
     RequestReceived,
     ResponseReceived,
-    uri_addr,
+    TransactionTimedOut,
 )
 from sip.media import (
     Bridge,
@@ -94,6 +95,7 @@ from sip.sdp import (
     process_answer,
 )
 from sip.session_timer import SessionTimerPolicy
+from sip.transport.dns import LocateError, SipResolver
 from sip.transport.tcp import TcpTransport, serve_tcp
 from sip.transport.udp import UdpTransport, serve_udp
 
@@ -132,6 +134,10 @@ class AgentLeg:
     # A browser agent's softphone (engine.webrtc.Session): the leg's far end is its loopback
     # RTP port, ringing and answering happen over its WebSocket instead of SIP.
     softphone: Any = None
+    # RFC 3263 4.3: the targets (listener endpoint, address) still to try if the current one
+    # times out or answers 503, and how to send this leg's INVITE to one of them (request id).
+    next_targets: list[tuple[Any, tuple[str, int]]] = field(default_factory=list)
+    send_invite: Callable[[Any, tuple[str, int]], int] | None = None
 
     @property
     def external(self) -> bool:
@@ -229,6 +235,18 @@ class CallMetrics:
             ["queue"],
             registry=r,
         )
+        self.dns_failures = Counter(
+            "acd_sip_dns_failures_total",
+            "RFC 3263 lookups of an outbound INVITE's destination that gave no target, by reason "
+            "(nxdomain, no_records, timeout, servfail, error, unsupported_transport, address_family).",
+            ["reason"],
+            registry=r,
+        )
+        self.sip_failovers = Counter(
+            "acd_sip_failovers_total",
+            "Outbound INVITEs sent to the next RFC 3263 target after a timeout or 503.",
+            registry=r,
+        )
         self.errors = metrics.unexpected_errors
 
 
@@ -308,6 +326,11 @@ class CallService:
         # Prompt name -> loaded prompt: the file lookup (a stat per directory) happens once per
         # name, not on every play; a reload (prompts_dir may change) starts over.
         self._prompt_by_name: dict[str, Any] = {}
+        # RFC 3263 lookups of outbound destinations (cached for each record's TTL); the random
+        # source for RFC 2782's weighted SRV choice.
+        self._dns_settings = (config.sip.dns_servers, config.sip.dns_timeout_s)
+        self.resolver = SipResolver(config.sip.dns_servers, timeout_s=config.sip.dns_timeout_s)
+        self._rng = random.Random()
         metrics.registry.register(_SipMediaCollector(self))
 
     def apply(self, config: Config) -> None:
@@ -317,6 +340,10 @@ class CallService:
         self._passwords = {a.id: a.password for a in config.agents if a.password}
         self._agent_ids = frozenset(a.id for a in config.agents)
         self._prompt_by_name = {}
+        dns = (config.sip.dns_servers, config.sip.dns_timeout_s)
+        if dns != self._dns_settings:  # a new resolver (and an empty cache) only when they change
+            self._dns_settings = dns
+            self.resolver = SipResolver(dns[0], timeout_s=dns[1])
         self.flows.apply(config)
 
     # -- live calls (API) ----------------------------------------------------------------------------
@@ -575,6 +602,11 @@ class CallService:
                 leg = self._legs_by_dialog.get(event.dialog_id)
                 if leg is not None:
                     self._agent_gone(leg, why)
+        elif isinstance(event, TransactionTimedOut):
+            if not event.is_server and event.method == "INVITE":
+                leg = self._legs_by_request.get((endpoint, event.transaction_id))
+                if leg is not None:
+                    self._leg_timed_out(leg)
         elif isinstance(event, RegistrationChanged):
             self.agents.registration_changed(event.aor)
         elif isinstance(event, InternalErrorOccurred):
@@ -1128,25 +1160,33 @@ class CallService:
             return
         rtp, sdp = leg.rtp, leg.offer_sdp
         contact = Uri.parse(contacts[0])
-        addr = uri_addr(contact)
+        destination = contact  # RFC 3263 locates this: the contact, or the trunk's proxy
         auth: DigestClient | None = None
         if agent.login is LoginMode.STATIC and agent.trunk:
             # An extension behind a PBX: send through its trunk, answer its 401/407 with the
             # trunk's outbound credentials.
             trunk = next(t for t in self.config.trunks if t.name == agent.trunk)
-            addr, auth = _through_trunk(trunk, addr)
             contact = _with_transport(contact, trunk.transport)
+            destination, auth = _through_trunk(trunk, contact)
+        targets = await self._locate(destination)
+        if targets is None:  # logged and counted: this agent cannot be reached now
+            rtp.close()
+            self._reject(call, agent.id, "no_answer")
+            return
         if call.task is None or call.task.done() or call.agent_id is not None:
             rtp.close()
             return
-        leg.endpoint = endpoint = self.endpoint_for(contact)
-        leg.request_id = endpoint.invite(
-            contact, addr, now=_now(), body=sdp.to_bytes(),
-            from_uri=f"sip:{call.caller or 'anonymous'}@{endpoint.config.local_host}",
-            headers=[("X-ACD-Queue", call.queue), ("X-ACD-Call-ID", call.id)], auth=auth,
-        )  # fmt: skip
+
+        def send_invite(endpoint: Endpoint, addr: tuple[str, int]) -> int:
+            return endpoint.invite(
+                contact, addr, now=_now(), body=sdp.to_bytes(),
+                from_uri=f"sip:{call.caller or 'anonymous'}@{endpoint.config.local_host}",
+                headers=[("X-ACD-Queue", call.queue), ("X-ACD-Call-ID", call.id)], auth=auth,
+            )  # fmt: skip
+
+        leg.send_invite, leg.next_targets = send_invite, targets
+        self._send_invite(leg)
         call.legs[agent.id] = leg
-        self._legs_by_request[(endpoint, leg.request_id)] = leg
         qcfg = next(q for q in self.config.queues if q.name == call.queue)
         leg.ring_timer = asyncio.get_running_loop().call_later(
             qcfg.ring_timeout_s, self._ring_timeout, leg
@@ -1293,22 +1333,31 @@ class CallService:
         trunk = next(t for t in self.config.trunks if t.name == trunk_name)
         await self.answer_caller(call)
         self._stop_player(call)
+        proxy = outbound_proxy_uri(trunk)
+        target = proxy.replace(user=number) if proxy is not None else None
+        targets = await self._locate(proxy) if proxy is not None else None
+        if target is None or targets is None:  # the lookup logged and counted why
+            log.warning("transfer_failed", target=number, reason="outbound proxy not found")
+            return "failed"
+        _, auth = _through_trunk(trunk, target)
         try:
             leg = await self._open_leg(call, f"transfer:{number}")
         except OSError:
             log.warning("transfer_failed", target=number, reason="no RTP port")
             return "failed"
         leg.final = asyncio.get_running_loop().create_future()
-        target = _with_transport(Uri.parse(f"sip:{number}@{trunk.outbound_proxy}"), trunk.transport)
-        addr, auth = _through_trunk(trunk, uri_addr(target))
-        leg.endpoint = endpoint = self.endpoint_for(target)
-        leg.request_id = endpoint.invite(
-            target, addr, now=_now(), body=leg.offer_sdp.to_bytes(),
-            from_uri=f"sip:{call.caller or 'anonymous'}@{endpoint.config.local_host}",
-            headers=[("X-ACD-Call-ID", call.id)], auth=auth,
-        )  # fmt: skip
+        body = leg.offer_sdp.to_bytes()
+
+        def send_invite(endpoint: Endpoint, addr: tuple[str, int]) -> int:
+            return endpoint.invite(
+                target, addr, now=_now(), body=body,
+                from_uri=f"sip:{call.caller or 'anonymous'}@{endpoint.config.local_host}",
+                headers=[("X-ACD-Call-ID", call.id)], auth=auth,
+            )  # fmt: skip
+
+        leg.send_invite, leg.next_targets = send_invite, targets
+        self._send_invite(leg)
         call.legs[leg.agent_id] = leg
-        self._legs_by_request[(endpoint, leg.request_id)] = leg
         self.transmit()
         log.info("transfer_ringing", target=number, trunk=trunk.name)
         try:
@@ -1370,6 +1419,72 @@ class CallService:
             self._end_leg(leg)
         leg.final.set_result(status)
 
+    # -- RFC 3263: where an outbound INVITE goes, and the next target when one fails ------------
+
+    async def _locate(self, uri: Uri) -> list[tuple[Endpoint, tuple[str, int]]] | None:
+        """The (listener endpoint, address) pairs a request to ``uri`` goes to, in the order to
+        try them (NAPTR/SRV/A/AAAA; a numeric host costs no lookup). None when there is none:
+        logged and counted in acd_sip_dns_failures_total, so one call attempt ends, nothing
+        raises."""
+        kinds = self._endpoint_by_kind
+        families = {_family(e) for e in kinds.values()}
+        order = [f for f in ("A", "AAAA") if f in families or "any" in families]
+        try:
+            targets = await self.resolver.locate(
+                uri, transports=kinds.keys(), rng=self._rng, families=order
+            )
+        except LocateError as exc:
+            self.metrics.dns_failures.labels(reason=exc.reason).inc()
+            log.warning("sip_destination_not_found", uri=str(uri), reason=exc.reason,
+                        detail=exc.detail)  # fmt: skip
+            return None
+        out = [
+            (kinds[t.transport], t.addr)
+            for t in targets
+            if _family(kinds[t.transport]) in ("any", "AAAA" if ":" in t.address else "A")
+        ]
+        if not out:  # e.g. only AAAA records and an IPv4-only listener of that transport
+            self.metrics.dns_failures.labels(reason="address_family").inc()
+            log.warning("sip_destination_not_found", uri=str(uri), reason="address_family",
+                        detail=f"no listener can send to {[t.address for t in targets]}")  # fmt: skip
+            return None
+        return out
+
+    def _send_invite(self, leg: AgentLeg) -> None:
+        """Send the leg's INVITE to its next target (a new transaction: RFC 3263 4.3)."""
+        assert leg.send_invite is not None
+        endpoint, addr = leg.next_targets.pop(0)
+        self._legs_by_request.pop((leg.endpoint, leg.request_id), None)
+        leg.endpoint = endpoint
+        leg.request_id = leg.send_invite(endpoint, addr)
+        self._legs_by_request[(endpoint, leg.request_id)] = leg
+
+    def _fail_over(self, leg: AgentLeg, why: str) -> bool:
+        """The current target timed out or answered 503: try the next one, if any is left."""
+        if leg.answered or leg.finished or not leg.next_targets or leg.send_invite is None:
+            return False
+        log.info("sip_failover", leg=leg.agent_id, why=why, to=leg.next_targets[0][1])
+        self.metrics.sip_failovers.inc()
+        self._send_invite(leg)
+        self.transmit()
+        return True
+
+    def _leg_timed_out(self, leg: AgentLeg) -> None:
+        """Timer B: our INVITE got no final answer (unreachable, or the transport failed)."""
+        if leg.answered or leg.finished or leg.softphone is not None:
+            return
+        if self._fail_over(leg, "timeout"):
+            return
+        if leg.external:
+            self._end_leg(leg)
+            if leg.final is not None and not leg.final.done():
+                leg.final.set_result(408)
+            return
+        if leg.ring_timer is not None:
+            leg.ring_timer.cancel()
+        self._end_leg(leg)
+        self._reject(leg.call, leg.agent_id, "no_answer")
+
     def _ring_timeout(self, leg: AgentLeg) -> None:
         if leg.answered or leg.finished:
             return
@@ -1390,6 +1505,8 @@ class CallService:
                 )  # fmt: skip
 
     def _agent_response(self, leg: AgentLeg, event: ResponseReceived, now: float) -> None:
+        if event.response.status == 503 and self._fail_over(leg, "503"):
+            return  # RFC 3263 4.3: the next target gets a new INVITE
         if leg.external:
             self._transfer_response(leg, event)
             return
@@ -1639,23 +1756,31 @@ def _tls_contexts(listener: Any) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     return server, client
 
 
-def _through_trunk(
-    trunk: TrunkConfig, addr: tuple[str, int]
-) -> tuple[tuple[str, int], DigestClient | None]:
-    """Where an INVITE through ``trunk`` goes (its outbound proxy, else ``addr``) and the
-    credentials that answer its 401/407."""
-    if trunk.outbound_proxy:
-        host, _, port = trunk.outbound_proxy.rpartition(":")
-        addr = (host, int(port))
+def _through_trunk(trunk: TrunkConfig, uri: Uri) -> tuple[Uri, DigestClient | None]:
+    """Where an INVITE through ``trunk`` goes (the URI RFC 3263 locates: its outbound proxy,
+    else ``uri``) and the credentials that answer its 401/407."""
+    destination = outbound_proxy_uri(trunk) or uri
     auth = None
     if trunk.outbound_username:
         auth = DigestClient(trunk.outbound_username, trunk.outbound_password)
-    return addr, auth
+    return destination, auth
 
 
 def _screen_pop(data: dict[str, Any]) -> dict[str, Any]:
     """What the flow gathered, for the agent's alert (values are already bounded scalars)."""
     return {k: v for k, v in data.items() if isinstance(v, str | int | float | bool) or v is None}
+
+
+def _family(endpoint: Endpoint) -> str:
+    """Which addresses ("A", "AAAA" or "any") a listener can send to: a UDP listener sends from
+    its own socket, bound to one address family; TCP and TLS open a new connection per peer."""
+    if endpoint.config.transport != "UDP":
+        return "any"
+    try:
+        ip = ipaddress.ip_address(endpoint.config.local_host.strip("[]"))
+    except ValueError:
+        return "any"
+    return "A" if ip.version == 4 else "AAAA"
 
 
 def _unspecified(address: str) -> bool:

@@ -22,6 +22,9 @@ from typing import Any, Final
 
 import msgspec
 
+from sip import ParseError, Uri
+from sip.transport.dns import parse_nameserver
+
 __all__ = [
     "AgentConfig",
     "Config",
@@ -129,6 +132,10 @@ class SipConfig(_Struct, frozen=True):
     session_timers: str = "accept"
     session_expires_s: int = 1800
     min_se_s: int = 90
+    # RFC 3263: name servers for NAPTR/SRV/A/AAAA lookups of host names in trunks' outbound
+    # proxies and agents' contacts, as "address" or "address:port"; empty: /etc/resolv.conf.
+    dns_servers: tuple[str, ...] = ()
+    dns_timeout_s: float = 2.0  # one DNS question, every retry and server included
 
 
 class StorageConfig(_Struct, frozen=True):
@@ -526,6 +533,29 @@ def _check_positive(file: str, path: str, value: float, *, allow_zero: bool = Fa
         raise ConfigError(file, path, f"expected a number {bound}, found {value}")
 
 
+def outbound_proxy_uri(trunk: TrunkConfig) -> Uri | None:
+    """The trunk's ``outbound_proxy`` as a SIP URI (None when it is not one): "host:port",
+    "host" or a sip:/sips: URI, with ``;transport=`` from the trunk's ``transport`` unless the
+    URI names one. RFC 3263 then locates it: a port or a numeric host needs no NAPTR/SRV."""
+    text = trunk.outbound_proxy.strip()
+    if not text.lower().startswith(("sip:", "sips:")):
+        text = f"sip:{text}"
+    try:
+        uri = Uri.parse(text)
+    except ParseError:
+        return None
+    if (
+        not uri.host
+        or uri.user is not None
+        or uri.headers
+        or (uri.port is not None and not 0 < uri.port < 65536)
+    ):
+        return None
+    if trunk.transport != "udp" and uri.transport is None:
+        uri = uri.with_param("transport", trunk.transport)
+    return uri
+
+
 def _validate(cfg: Config, file: str) -> None:
     """Cross-field rules msgspec's types cannot express; the first violation is reported."""
     _check_address(file, "http.bind", cfg.http.bind)
@@ -566,6 +596,15 @@ def _validate(cfg: Config, file: str) -> None:
         raise ConfigError(
             file, "sip.t2_ms", f"expected >= sip.t1_ms ({cfg.sip.t1_ms}), found {cfg.sip.t2_ms}"
         )
+    for i, server in enumerate(cfg.sip.dns_servers):
+        try:
+            parse_nameserver(server)
+        except ValueError:
+            raise ConfigError(
+                file, f"sip.dns_servers[{i}]",
+                f"expected an IP address with an optional port such as 192.0.2.53:5353, found {server!r}",
+            ) from None  # fmt: skip
+    _check_positive(file, "sip.dns_timeout_s", cfg.sip.dns_timeout_s)
     if cfg.sip.session_timers not in ("accept", "refuse"):
         raise ConfigError(
             file,
@@ -728,13 +767,12 @@ def _validate_telephony(cfg: Config, file: str) -> None:
                 f"{base}.transport",
                 f"expected 'udp', 'tcp' or 'tls', found {trunk.transport!r}",
             )
-        if trunk.outbound_proxy:
-            host, _, port = trunk.outbound_proxy.rpartition(":")
-            if not host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise ConfigError(
-                    file, f"{base}.outbound_proxy",
-                    f"expected host:port such as 192.0.2.10:5060, found {trunk.outbound_proxy!r}",
-                )  # fmt: skip
+        if trunk.outbound_proxy and outbound_proxy_uri(trunk) is None:
+            raise ConfigError(
+                file, f"{base}.outbound_proxy",
+                "expected host:port such as 192.0.2.10:5060, a host name (located by NAPTR/SRV) "
+                f"or a sip:/sips: URI such as sip:sip.carrier.net;transport=tcp, found {trunk.outbound_proxy!r}",
+            )  # fmt: skip
         for j, codec in enumerate(trunk.codecs):
             if codec.upper() not in _CODECS:
                 raise ConfigError(

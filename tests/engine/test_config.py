@@ -204,10 +204,17 @@ name = "q"
             "http(s)",
         ),
         (
-            '[[trunks]]\nname = "t2"\nallow = ["10.0.0.0/8"]\noutbound_proxy = "pbx.example"\n',
+            '[[trunks]]\nname = "t2"\nallow = ["10.0.0.0/8"]\noutbound_proxy = "pbx.example:99999"\n',
             "trunks[1].outbound_proxy",
             "host:port",
         ),
+        (
+            '[[trunks]]\nname = "t2"\nallow = ["10.0.0.0/8"]\noutbound_proxy = "sip:u@pbx.example"\n',
+            "trunks[1].outbound_proxy",
+            "sip:/sips: URI",
+        ),
+        ('[sip]\ndns_servers = ["ns.example.com"]\n', "sip.dns_servers[0]", "IP address"),
+        ("[sip]\ndns_timeout_s = 0\n", "sip.dns_timeout_s", "> 0"),
         (
             '[[flows]]\nname = "m2"\nsteps = [{ type = "transfer", trunk = "pbx", number = "1" }]\n',
             "flows[1].steps[0].trunk",
