@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import re
 import socket
-import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from tests.dns_server import DnsServer
 from tests.e2e.conftest import DaemonFactory, DaemonProcess
 from tests.e2e.peers import sipp, stop
 from tests.e2e.test_call_load import front_door, login
+from tests.e2e.test_transfer import call_row
 
 pytestmark = pytest.mark.e2e
 
@@ -72,13 +72,6 @@ contact = "{agent_contact}"
 queues = {{ support = 0 }}
 """
     )
-
-
-def call_row(daemon: DaemonProcess) -> dict[str, object]:
-    with sqlite3.connect(daemon.workdir / "var" / "acd.sqlite3") as db:
-        db.row_factory = sqlite3.Row
-        (row,) = db.execute("SELECT * FROM calls").fetchall()
-    return dict(row)
 
 
 def metric(daemon: DaemonProcess, name: str) -> float:
