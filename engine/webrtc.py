@@ -16,15 +16,19 @@ Between calls no audio flows either way: the page detaches its microphone from t
 (``replaceTrack``, no renegotiation) and `ToBrowserTrack` produces nothing, so an idle logged-in
 agent costs neither Opus/G.711 work nor bandwidth, and its microphone is not streamed to the server.
 
-Audio to the browser: RTP from the connected peer (other sources are dropped and counted) is decoded
-with the G.711 tables into a small FIFO; `ToBrowserTrack.recv` paces itself on the loop clock (one
-20 ms frame per tick from a fixed start, as aiortc's own ``AudioStreamTrack`` does) and hands aiortc
-the next 160 samples, or silence when no RTP is flowing (no call, hold, loss). aiortc encodes PCMU or
-Opus for the browser. Audio from the browser: aiortc decodes the browser's track; the frames are
-resampled to 8 kHz mono s16, cut into 160-sample chunks, encoded to PCMU and sent as RTP through
-an `OutboundStream` (own SSRC, monotonic sequence and timestamp; a marker and a timestamp jump when
-a new call is connected). Keypad digits become RFC 4733 packets on that same stream (voice is held
-back while an event is on the wire, so the far end's detector sees a clean event).
+Audio to the browser: RTP from the connected peer (other sources are dropped and counted) goes into
+a small FIFO; `ToBrowserTrack.recv` paces itself on the loop clock (one 20 ms frame per tick from a
+fixed start, as aiortc's own ``AudioStreamTrack`` does) and hands aiortc the next frame, or silence
+when no RTP is flowing (no call, hold, loss). With G.711 towards the browser (the usual case) the
+frame is the call's payload bytes (PCMA <-> PCMU by a byte table), sent without aiortc's
+per-packet sender loop: nothing is decoded or encoded (engine.webrtc_worker, "G.711
+passthrough"). With Opus the FIFO holds PCM (G.711 tables) and aiortc encodes. Audio from the
+browser: G.711 packets are relayed to the call as they came, right after SRTP, with their own
+sequence and timing mapped onto the session's stream; Opus is decoded by aiortc, resampled to
+8 kHz and encoded to PCMU. Either way it leaves in 160-sample packets through an `OutboundStream`
+(own SSRC; a marker and a timestamp jump when a new call is connected). Keypad digits become
+RFC 4733 packets on that same stream (voice is held back while an event is on the wire, so the
+far end's detector sees a clean event).
 
 Codecs with the browser: the gateway's transceiver prefers PCMU, then PCMA, then Opus; the page asks
 for PCMU first too. With a G.711 caller that spares the Opus encode (the expensive half of an aiortc

@@ -14,6 +14,20 @@ AF_UNIX socketpair made by the daemon, frames of a 4-byte big-endian length and 
 ``rtp_address``: the call's bridge in the daemon exchanges RTP with the worker directly, so moving a
 leg out of the daemon adds no hop to the audio path.
 
+G.711 passthrough: with PCMU or PCMA towards the browser (the gateway prefers them) a leg neither
+decodes nor encodes, and skips aiortc's per-packet Python, which is most of what is left once
+nothing is transcoded. `_G711Sender` stamps the call's bytes with a header made once by aiortc's
+serializer and sends them through aiortc's DTLS transport (SRTP, ICE); `_G711Receiver` takes the
+browser's 20 ms packets right after SRTP and relays them to the call with their own sequence and
+timing (as the SIP bridge relays). Both keep aiortc's RTCP counters and statistics fed, so its
+sender and receiver reports stay true; DTLS, ICE (consent freshness) and RTCP stay aiortc's. What
+the lean paths do not take (the first packet of a stream, odd sizes, padding) goes aiortc's way,
+with `_G711Tap` taking G.711 frames off before its decoder thread; `G711Frames` re-cuts those into
+20 ms and rewrites the law with a byte table when the two sides differ. The aiortc internals this
+relies on are pinned (pyproject.toml) and checked by tests/engine/test_webrtc_g711.py; if they are
+missing at run time a leg logs a warning and takes aiortc's normal path. Opus legs keep the
+decode/resample/encode path.
+
 Lifetime: the worker ignores SIGINT and SIGTERM (a Ctrl-C or a service manager's SIGTERM goes to
 the whole process group; the daemon must drain its calls first, then it stops its workers), and it
 exits when its control stream closes, whether the daemon closed it or died: no orphans.
@@ -26,6 +40,7 @@ import contextlib
 import fractions
 import logging
 import os
+import queue
 import re
 import secrets
 import signal
@@ -36,6 +51,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, cast
 
 import aioice.ice
+import aiortc
 import av
 import msgspec
 import numpy as np
@@ -47,12 +63,22 @@ from aiortc import (
     RTCRtpSender,
     RTCSessionDescription,
 )
+from aiortc.clock import current_ntp_time
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtp import RtpPacket
 
 from engine.config import LogConfig, LogFormat, LogLevel, WebRtcConfig
 from sip.rtp.dtmf import dtmf_packets
-from sip.rtp.g711 import ALAW_DECODE, ULAW_DECODE, ULAW_ENCODE
-from sip.rtp.packet import RtpError, parse_rtp
+from sip.rtp.g711 import (
+    ALAW_DECODE,
+    ALAW_SILENCE,
+    ALAW_TO_ULAW,
+    ULAW_DECODE,
+    ULAW_ENCODE,
+    ULAW_SILENCE,
+    ULAW_TO_ALAW,
+)
+from sip.rtp.packet import RtpError, parse_rtp, payload_offset, read_header
 from sip.rtp.stream import OutboundStream
 
 log = structlog.stdlib.get_logger("acd.webrtc")
@@ -132,6 +158,109 @@ def set_host_addresses(addresses: tuple[str, ...]) -> None:
     aioice.ice.get_host_addresses = _configured_host_addresses
 
 
+# -- G.711 passed through as it is ------------------------------------------------------------------
+
+#: Payload rewriting between the two laws, one `bytes.translate` per packet (no PCM in between).
+_ULAW_TO_ALAW = ULAW_TO_ALAW.tobytes()
+_ALAW_TO_ULAW = ALAW_TO_ULAW.tobytes()
+#: payload type of what comes in -> payload type wanted -> translation table (None: as it is)
+_TRANSLATE: dict[int, dict[int, bytes | None]] = {
+    PT_PCMU: {PT_PCMU: None, PT_PCMA: _ULAW_TO_ALAW},
+    PT_PCMA: {PT_PCMU: _ALAW_TO_ULAW, PT_PCMA: None},
+}
+_G711_SILENCE = {PT_PCMU: bytes((ULAW_SILENCE,)), PT_PCMA: bytes((ALAW_SILENCE,))}
+#: RTP header of a relayed PCMU packet before `OutboundStream.rewrite` stamps it.
+_PCMU_HEADER = bytes((0x80, PT_PCMU)) + bytes(10)
+
+
+class G711Frames:
+    """G.711 payloads in one law (``payload_type``), re-cut into 20 ms frames.
+
+    The G.711 passthrough of both directions: `push` takes any payload of either law (a packet
+    of any ptime), `pop` hands out 160-byte frames. Nothing is decoded: a law change is a byte
+    table, and with the same law on both sides the bytes are the very bytes that came in. At most
+    ``max_frames`` frames are kept; beyond that the oldest audio goes (counted in
+    ``dropped_samples``), so latency cannot creep up over a long call.
+    """
+
+    __slots__ = ("_buf", "_max_bytes", "dropped_samples", "payload_type", "silence")
+
+    def __init__(self, payload_type: int, max_frames: int = MAX_BUFFERED_FRAMES) -> None:
+        if payload_type not in _G711_SILENCE:
+            raise ValueError(f"payload type {payload_type} is not G.711 (0 PCMU, 8 PCMA)")
+        self.payload_type = payload_type
+        #: A frame of silence in this law (for the gaps: no call, hold, loss).
+        self.silence = _G711_SILENCE[payload_type] * FRAME_SAMPLES
+        self._buf = bytearray()
+        self._max_bytes = max_frames * FRAME_SAMPLES
+        self.dropped_samples = 0
+
+    def push(self, payload_type: int, payload: bytes) -> bool:
+        """Queue a payload; False (and nothing queued) for a payload type that is not G.711."""
+        laws = _TRANSLATE.get(payload_type)
+        if laws is None:
+            return False
+        table = laws[self.payload_type]
+        self._buf += payload if table is None else payload.translate(table)
+        excess = len(self._buf) - self._max_bytes
+        if excess > 0:
+            del self._buf[:excess]
+            self.dropped_samples += excess
+        return True
+
+    def pop(self) -> bytes | None:
+        """The next 20 ms frame, or None while less than that is queued."""
+        if len(self._buf) < FRAME_SAMPLES:
+            return None
+        frame = bytes(self._buf[:FRAME_SAMPLES])
+        del self._buf[:FRAME_SAMPLES]
+        return frame
+
+    def clear(self) -> None:
+        self._buf.clear()
+
+
+class _G711Tap(queue.Queue[Any]):
+    """aiortc's hand-off from a receiver to its decoder thread, with G.711 frames taken out.
+
+    ``RTCRtpReceiver`` (aiortc 1.16) puts every encoded frame the jitter buffer releases, as a
+    ``(codec, JitterFrame)`` tuple, on a ``queue.Queue`` read by its decoder thread, and ``None``
+    to stop that thread. Put in the receiver's place before it starts, this queue hands G.711
+    frames to ``sink`` right there, on the event loop, instead: no thread hop, no PyAV decode, no
+    ``AudioFrame``, no re-encode. Everything else (Opus, the stop) goes the normal way. RTCP,
+    statistics and the jitter buffer are untouched: they run before the hand-off. The internals
+    this relies on are checked by tests/engine/test_webrtc_g711.py.
+    """
+
+    def __init__(self, sink: Callable[[bytes, int], None]) -> None:
+        super().__init__()
+        self._sink = sink
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        if item is not None:
+            codec, frame = item
+            payload_type = _G711_PAYLOAD_TYPES.get(codec.mimeType.lower())
+            if payload_type is not None:
+                self._sink(frame.data, payload_type)
+                return
+        super().put(item, block, timeout)
+
+
+_G711_PAYLOAD_TYPES = {"audio/pcmu": PT_PCMU, "audio/pcma": PT_PCMA}
+#: The receiver's decoder hand-off (name-mangled private of ``aiortc.RTCRtpReceiver``).
+_DECODER_QUEUE_ATTR = "_RTCRtpReceiver__decoder_queue"
+
+
+def install_g711_tap(receiver: Any, sink: Callable[[bytes, int], None]) -> bool:
+    """Divert ``receiver``'s G.711 frames to ``sink`` (see `_G711Tap`); False if aiortc's
+    internals are not the ones we know (the leg then decodes and re-encodes, as before)."""
+    current = getattr(receiver, _DECODER_QUEUE_ATTR, None)
+    if type(current) is not queue.Queue or not current.empty():
+        return False
+    setattr(receiver, _DECODER_QUEUE_ATTR, _G711Tap(sink))
+    return True
+
+
 # -- audio towards the browser -----------------------------------------------------------------------
 
 
@@ -140,6 +269,12 @@ class ToBrowserTrack(MediaStreamTrack):
 
     Between calls `recv` blocks, so aiortc sends nothing (ICE consent and RTCP keep the connection
     alive): an idle softphone costs no encoding. On resume the RTP time jumps by the idle spell.
+
+    With G.711 towards the browser (`use_g711`) the FIFO holds the call's payload bytes, and
+    either `_G711Sender` sends them (`detach`: aiortc's sender then waits in `recv` until the
+    track stops) or `recv` returns them as an ``av.Packet``, which aiortc's sender packs as it is
+    (its path for pre-encoded media). Either way no decode here, no encode in aiortc's thread
+    pool. Otherwise (Opus) `recv` returns PCM frames for aiortc to encode.
     """
 
     kind = "audio"
@@ -147,37 +282,72 @@ class ToBrowserTrack(MediaStreamTrack):
     def __init__(self) -> None:
         super().__init__()
         self._fifo = bytearray()  # s16le samples, at most MAX_BUFFERED_FRAMES frames
+        self._g711: G711Frames | None = None
         self._start: float | None = None
         self._pts = 0
         self._active = asyncio.Event()
         self._resumed = False
-        self.dropped_samples = 0
+        self._dropped_pcm = 0
+        self._detached = False
+        self._stopped = asyncio.Event()
+
+    @property
+    def dropped_samples(self) -> int:
+        return self._dropped_pcm + (0 if self._g711 is None else self._g711.dropped_samples)
+
+    def use_g711(self, payload_type: int) -> None:
+        """The browser negotiated this G.711 law: pass payloads through (before any audio)."""
+        self._g711 = G711Frames(payload_type)
 
     def activate(self) -> None:
         self._active.set()
 
     def deactivate(self) -> None:
         self._active.clear()
-        self._fifo.clear()
+        self.clear()
+
+    def detach(self) -> None:
+        """`_G711Sender` takes the frames: aiortc's sender gets none (before it starts)."""
+        self._detached = True
 
     def stop(self) -> None:
         super().stop()
         self._active.set()  # wake a recv waiting for a call, which then sees the track ended
+        self._stopped.set()
+
+    def feed_rtp(self, payload_type: int, payload: bytes) -> bool:
+        """Queue the payload of an RTP packet from the call; False if it is not G.711 audio."""
+        if self._g711 is not None:
+            return self._g711.push(payload_type, payload)
+        if payload_type == PT_PCMU:
+            table = ULAW_DECODE
+        elif payload_type == PT_PCMA:
+            table = ALAW_DECODE
+        else:
+            return False
+        self.feed(table[np.frombuffer(payload, dtype=np.uint8)].tobytes())
+        return True
 
     def feed(self, pcm: bytes) -> None:
         self._fifo += pcm
         excess = len(self._fifo) - MAX_BUFFERED_FRAMES * FRAME_SAMPLES * 2
         if excess > 0:
             del self._fifo[:excess]
-            self.dropped_samples += excess // 2
+            self._dropped_pcm += excess // 2
 
     def clear(self) -> None:
         self._fifo.clear()
+        if self._g711 is not None:
+            self._g711.clear()
 
-    async def recv(self) -> av.AudioFrame:
+    async def tick(self) -> bool:
+        """Wait for the next 20 ms frame time (and for a call while there is none); advances the
+        media time (``pts``). True for the first frame after a pause (a new talkspurt).
+        MediaStreamError once the track has stopped."""
+        resumed = self._start is None
         if not self._active.is_set():
             await self._active.wait()
-            self._resumed = True
+            self._resumed = resumed = True
         if self.readyState != "live":
             raise MediaStreamError
         loop = asyncio.get_running_loop()
@@ -198,6 +368,28 @@ class ToBrowserTrack(MediaStreamTrack):
                 # the loop stalled: restart the clock here instead of bursting the backlog
                 self._start = loop.time() - self._pts / SAMPLE_RATE
         self._resumed = False
+        return resumed
+
+    @property
+    def pts(self) -> int:
+        """Media time of the current frame, in samples from the track's first frame."""
+        return self._pts
+
+    def next_g711(self) -> bytes:
+        """The current frame's G.711 payload (silence when none is queued); after `tick`."""
+        assert self._g711 is not None, "next_g711 without use_g711"
+        return self._g711.pop() or self._g711.silence
+
+    async def recv(self) -> av.AudioFrame | av.Packet[Any]:
+        if self._detached:
+            await self._stopped.wait()
+            raise MediaStreamError
+        await self.tick()
+        if self._g711 is not None:
+            packet = av.Packet(self.next_g711())
+            packet.pts = self._pts
+            packet.time_base = _TIME_BASE
+            return packet
         if len(self._fifo) >= FRAME_SAMPLES * 2:
             pcm = bytes(self._fifo[: FRAME_SAMPLES * 2])
             del self._fifo[: FRAME_SAMPLES * 2]
@@ -209,6 +401,139 @@ class ToBrowserTrack(MediaStreamTrack):
         frame.sample_rate = SAMPLE_RATE
         frame.time_base = _TIME_BASE
         return frame
+
+
+#: What `_G711Sender` needs of aiortc 1.16 beyond its public API (tests/engine/test_webrtc_g711.py):
+#: the counters its sender's RTCP loop reports in sender reports (name-mangled privates) ...
+_SR_NTP = "_RTCRtpSender__ntp_timestamp"
+_SR_RTP = "_RTCRtpSender__rtp_timestamp"
+_SR_PACKETS = "_RTCRtpSender__packet_count"
+_SR_OCTETS = "_RTCRtpSender__octet_count"
+_SENDER_ATTRS = ("_ssrc", _SR_NTP, _SR_RTP, _SR_PACKETS, _SR_OCTETS)
+#: ... and the DTLS transport's SRTP-protect-and-send and its negotiated header extension ids.
+_DTLS_ATTRS = ("_send_rtp", "_rtp_header_extensions_map")
+_SEQ_TS = struct.Struct("!HI")
+
+
+def g711_sender_supported(sender: Any) -> bool:
+    """Whether aiortc's internals are those `_G711Sender` was written against."""
+    transport = getattr(sender, "transport", None)
+    return all(hasattr(sender, a) for a in _SENDER_ATTRS) and all(
+        hasattr(transport, a) for a in _DTLS_ATTRS
+    )
+
+
+class _G711Sender:
+    """G.711 towards the browser without aiortc's per-packet sender loop.
+
+    aiortc's ``RTCRtpSender`` turns every 20 ms frame into an ``RtpPacket`` object (two NTP clock
+    reads, header extensions built per packet, the frame handed to its encoder), which is most
+    of what a PCMU leg costs once nothing is transcoded. For G.711 the packet is a fixed header
+    and the call's bytes, so this stamps a header made once by aiortc's own serializer (same
+    SSRC, the negotiated MID extension) with sequence number and timestamp, and sends it through
+    aiortc's DTLS transport (SRTP protect, ICE). It keeps the sender's packet and octet counts
+    and last NTP/RTP time up to date, so aiortc's RTCP sender reports stay true; ICE consent,
+    DTLS and RTCP stay aiortc's. The track paces the frames (`ToBrowserTrack.tick`), detached
+    from aiortc's sender, which waits for it to stop.
+    """
+
+    def __init__(
+        self, track: ToBrowserTrack, sender: RTCRtpSender, payload_type: int, mid: str | None
+    ) -> None:
+        self._track = track
+        self._sender: Any = sender
+        self._dtls: Any = sender.transport
+        template = RtpPacket(payload_type=payload_type, ssrc=self._sender._ssrc)
+        template.extensions.mid = mid
+        self._header = bytearray(template.serialize(self._dtls._rtp_header_extensions_map))
+        self._payload_type = payload_type & 0x7F
+        # a fresh random start, as aiortc's own sender loop would pick (it sends nothing here)
+        self._sequence = secrets.randbits(15)  # lower half: no early wrap (see aiortc)
+        self._timestamp_origin = secrets.randbits(32)
+
+    async def run(self) -> None:
+        track, header, sender = self._track, self._header, self._sender
+        send_rtp = self._dtls._send_rtp
+        while True:
+            try:
+                talkspurt = await track.tick()
+            except MediaStreamError:
+                return  # the leg is closing
+            payload = track.next_g711()
+            timestamp = (self._timestamp_origin + track.pts) & 0xFFFFFFFF
+            header[1] = self._payload_type | (0x80 if talkspurt else 0)
+            _SEQ_TS.pack_into(header, 2, self._sequence, timestamp)
+            try:
+                await send_rtp(bytes(header) + payload)
+            except ConnectionError:
+                continue  # DTLS not (or no longer) connected: the connection state tells why
+            self._sequence = (self._sequence + 1) & 0xFFFF
+            setattr(sender, _SR_NTP, current_ntp_time())
+            setattr(sender, _SR_RTP, timestamp)
+            setattr(sender, _SR_PACKETS, getattr(sender, _SR_PACKETS) + 1)
+            setattr(sender, _SR_OCTETS, getattr(sender, _SR_OCTETS) + len(payload))
+
+
+#: What `_G711Receiver` needs of aiortc 1.16 (tests/engine/test_webrtc_g711.py): the DTLS
+#: transport's per-packet RTP handler, and the receiver's RTCP receiver-report statistics.
+_RECEIVER_STREAMS = "_RTCRtpReceiver__remote_streams"
+
+
+def g711_receiver_supported(receiver: Any) -> bool:
+    """Whether aiortc's internals are those `_G711Receiver` was written against."""
+    transport = getattr(receiver, "transport", None)
+    streams = getattr(receiver, _RECEIVER_STREAMS, None)
+    return isinstance(streams, dict) and callable(getattr(transport, "_handle_rtp_data", None))
+
+
+class _Seen:
+    """The two fields of a packet aiortc's ``StreamStatistics.add`` reads."""
+
+    __slots__ = ("sequence_number", "timestamp")
+
+    def __init__(self, sequence_number: int, timestamp: int) -> None:
+        self.sequence_number = sequence_number
+        self.timestamp = timestamp
+
+
+#: A browser packet the lean path takes: RTP version 2, no padding, no CSRC.
+_LEAN_FIRST_BYTE_MASK = 0xEF  # version, padding, CSRC count (the extension bit may be set)
+
+
+class _G711Receiver:
+    """G.711 from the browser without aiortc's per-packet receive path.
+
+    Once a browser stream is known (its first packet went the normal way, which made aiortc's
+    statistics for it), each 20 ms G.711 packet is handled right after SRTP: its receiver-report
+    statistics are fed (loss, jitter, highest sequence: RTCP stays true) and it goes to
+    ``sink(packet, payload offset, payload type, sequence, timestamp, ssrc)``, which relays it
+    with the browser's own sequence and timestamps mapped onto the leg's stream, so loss and
+    reordering reach the far end as they happened (as a SIP bridge relays). Anything else (other
+    payload types, other sizes, padding, a new SSRC) goes aiortc's way: parse, jitter buffer,
+    `_G711Tap` or its decoder.
+    """
+
+    def __init__(
+        self, receiver: Any, sink: Callable[[bytes, int, int, int, int, int], None]
+    ) -> None:
+        dtls = receiver.transport
+        self._normal = dtls._handle_rtp_data
+        self._streams: dict[int, Any] = getattr(receiver, _RECEIVER_STREAMS)
+        self._sink = sink
+        dtls._handle_rtp_data = self._handle  # the transport looks it up per packet
+
+    async def _handle(self, data: bytes, arrival_time_ms: int) -> None:
+        payload_type = data[1] & 0x7F if len(data) > 1 else -1
+        if payload_type in _TRANSLATE and data[0] & _LEAN_FIRST_BYTE_MASK == 0x80:
+            offset = payload_offset(data)
+            if offset > 0 and len(data) - offset == FRAME_SAMPLES:
+                sequence, timestamp, ssrc = read_header(data)
+                statistics = self._streams.get(ssrc)
+                if statistics is not None:
+                    statistics.add(_Seen(sequence, timestamp))
+                    self._sink(data, offset, payload_type, sequence, timestamp, ssrc)
+                    return
+        await self._normal(data, arrival_time_ms)
 
 
 class _RtpSocket(asyncio.DatagramProtocol):
@@ -271,6 +596,16 @@ class MediaLeg:
         self._transceiver.setCodecPreferences(
             [c for name in CODEC_PREFERENCE for c in caps if c.mimeType.lower() == name.lower()]
         )
+        # G.711 from the browser goes out as it came in, without the decoder thread (see
+        # `_G711Tap`); other codecs (Opus) are decoded by aiortc and re-encoded in _from_browser.
+        self._from_g711 = G711Frames(PT_PCMU)
+        self._g711_failed = False
+        if not install_g711_tap(self._transceiver.receiver, self._g711_from_browser):
+            log.warning(
+                "webrtc_g711_passthrough_unavailable",
+                aiortc=aiortc.__version__,
+                reason="aiortc's receiver internals changed: G.711 is decoded and re-encoded",
+            )
         self._digits: asyncio.Queue[str] = asyncio.Queue(MAX_PENDING_DIGITS)
         self._dtmf_active = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -315,11 +650,32 @@ class MediaLeg:
             # OperationError, ...): all of them mean "this SDP cannot be answered".
             raise OfferError(f"bad offer: {type(exc).__name__}: {exc}"[:120]) from exc
         answer = self._pc.localDescription.sdp
-        return answer, _first_codec(answer)
+        codec = _first_codec(answer)
+        payload_type = _G711_PAYLOAD_TYPES.get(f"audio/{codec.lower()}")
+        if payload_type is not None:
+            self._track.use_g711(payload_type)
+            receiver = self._transceiver.receiver
+            if g711_receiver_supported(receiver):
+                _G711Receiver(receiver, self._relay_from_browser)
+            sender = self._transceiver.sender
+            if g711_sender_supported(sender):
+                # aiortc's sender loop waits for a frame only once ICE and DTLS are up, long
+                # after this: it never gets one, `_G711Sender` sends instead
+                self._track.detach()
+                lean = _G711Sender(self._track, sender, payload_type, self._transceiver.mid)
+                self._spawn(lean.run(), "to_browser")
+            else:
+                log.warning(
+                    "webrtc_g711_sender_unavailable",
+                    aiortc=aiortc.__version__,
+                    reason="aiortc's sender internals changed: G.711 goes through its sender",
+                )
+        return answer, codec
 
     def connect_rtp(self, host: str, port: int) -> None:
         self._peer = (host, port)
         self._track.clear()
+        self._from_g711.clear()
         self._track.activate()
         self._stream.begin_source(asyncio.get_running_loop().time())
 
@@ -386,19 +742,69 @@ class MediaLeg:
         except RtpError:
             self.stats.dropped += 1
             return
-        if packet.payload_type == PT_PCMU:
-            table = ULAW_DECODE
-        elif packet.payload_type == PT_PCMA:
-            table = ALAW_DECODE
-        else:  # telephone-events from the caller mean nothing to the agent's ear; CN is silence
-            return
-        self._track.feed(table[np.frombuffer(packet.payload, dtype=np.uint8)].tobytes())
-        self.stats.to_browser += 1
+        # telephone-events from the caller mean nothing to the agent's ear; CN is silence
+        if self._track.feed_rtp(packet.payload_type, packet.payload):
+            self.stats.to_browser += 1
 
-    def _send_rtp(self, packet: bytes) -> None:
+    def _send_rtp(self, packet: bytes | bytearray) -> None:
         peer = self._peer
         if peer is not None and self._rtp is not None and self._rtp.transport is not None:
             self._rtp.transport.sendto(packet, peer)
+
+    def _relay_from_browser(
+        self, data: bytes, offset: int, payload_type: int, sequence: int, timestamp: int, ssrc: int
+    ) -> None:
+        """A 20 ms G.711 packet from the browser (`_G711Receiver`), relayed to the call as PCMU.
+
+        Called by aiortc's receive path: an exception here would end the leg's DTLS transport,
+        so it ends this session the orderly way instead.
+        """
+        if self._closed or self._g711_failed or self._peer is None or self._dtmf_active:
+            return  # no call; or a key press on the wire stands in for this audio (RFC 4733)
+        try:
+            payload = data[offset:]
+            if payload_type == PT_PCMA:
+                payload = payload.translate(_ALAW_TO_ULAW)
+            packet = bytearray(_PCMU_HEADER)
+            packet += payload
+            self._stream.rewrite(
+                packet, sequence, timestamp, ssrc, asyncio.get_running_loop().time()
+            )
+            self._send_rtp(packet)
+            self.stats.from_browser += 1
+        except Exception as exc:
+            log.exception("webrtc_session_error", agent_id=self.agent_id, where="from_browser")
+            self._g711_failed = True  # once: the session is ending
+            self._events.media_failed(
+                f"internal error in from_browser: {type(exc).__name__}", bug=True
+            )
+
+    def _g711_from_browser(self, payload: bytes, payload_type: int) -> None:
+        """A G.711 frame from the browser's jitter buffer, out as 20 ms PCMU packets as it is.
+
+        Called by aiortc's receive path (`_G711Tap`): an exception here would end the leg's DTLS
+        transport, so it ends this session the orderly way instead.
+        """
+        if self._closed or self._g711_failed:
+            return
+        try:
+            if self._peer is None:
+                self._from_g711.clear()
+                return
+            frames = self._from_g711
+            frames.push(payload_type, payload)
+            now = asyncio.get_running_loop().time()
+            while (chunk := frames.pop()) is not None:
+                if self._dtmf_active:
+                    continue  # the event stands in for this audio (RFC 4733 2.5.1.1)
+                self._send_rtp(self._stream.send(PT_PCMU, chunk, now))
+                self.stats.from_browser += 1
+        except Exception as exc:
+            log.exception("webrtc_session_error", agent_id=self.agent_id, where="from_browser")
+            self._g711_failed = True  # once: the session is ending
+            self._events.media_failed(
+                f"internal error in from_browser: {type(exc).__name__}", bug=True
+            )
 
     async def _from_browser(self, track: MediaStreamTrack) -> None:
         """The browser's microphone, as aiortc decodes it, out as 20 ms PCMU packets."""
@@ -461,6 +867,8 @@ class MediaLeg:
                     self._send_rtp(packet)
             finally:
                 self._dtmf_active = False
+                # relayed voice resumes as a new source: after the event, with a marker
+                self._stream.begin_source(loop.time())
             self.stats.dtmf_digits += 1
             await asyncio.sleep(DTMF_GAP_MS / 1000)
 

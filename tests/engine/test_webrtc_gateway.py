@@ -24,13 +24,14 @@ import pytest
 from aiohttp import web
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from av import AudioFrame, AudioResampler
+from av import AudioFrame, AudioResampler, Packet
 from prometheus_client import CollectorRegistry
 
 from engine.config import ConfigError, parse_config
 from engine.webrtc import RTC_PATH, CloseCode, WebRtcGateway
+from engine.webrtc_worker import install_g711_tap
 from sip.rtp.dtmf import parse_telephone_event
-from sip.rtp.g711 import ULAW_DECODE, ULAW_ENCODE
+from sip.rtp.g711 import ALAW_TO_ULAW, ULAW_DECODE, ULAW_ENCODE, ULAW_TO_ALAW
 from sip.rtp.packet import parse_rtp
 from tests.conftest import free_port
 
@@ -416,3 +417,118 @@ async def test_a_worker_that_dies_closes_its_sessions_and_is_restarted(
                 assert session.worker_pid == gw.worker_pids[0]
             finally:
                 await pc.close()
+
+
+class PatternTrack(MediaStreamTrack):
+    """A browser's PCMU sender reduced to its bytes: frame i is `_pattern(i)`, paced at 20 ms,
+    handed to aiortc pre-encoded (its sender packs an ``av.Packet`` as it is)."""
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._start: float | None = None
+        self._i = 0
+
+    async def recv(self) -> Packet:
+        if self.readyState != "live":
+            raise MediaStreamError
+        loop = asyncio.get_running_loop()
+        if self._start is None:
+            self._start = loop.time()
+        else:
+            self._i += 1
+            await asyncio.sleep(max(0.0, self._start + self._i * 0.02 - loop.time()))
+        packet = Packet(_pattern(self._i))
+        packet.pts, packet.time_base = self._i * 160, fractions.Fraction(1, 8000)
+        return packet
+
+
+def _pattern(i: int) -> bytes:
+    # every byte value turns up, 0x7F among them: u-law 0x7F and 0xFF are both a zero sample, so a
+    # decode and re-encode would turn the one into the other; a passthrough keeps it
+    return bytes((i * 160 + k) % 251 for k in range(160))
+
+
+def _pattern_frames(frames: list[bytes], table: bytes | None, silence: bytes) -> list[int]:
+    """The `_pattern` numbers of ``frames`` (each byte through ``table``, the law change, if
+    any), in order, silence left out; any other frame is an alteration and fails the test (the
+    playout clock fills gaps in the call's RTP with silence)."""
+    index = {  # the pattern repeats every 251 frames
+        _pattern(i) if table is None else _pattern(i).translate(table): i for i in range(251)
+    }
+    altered = [f for f in frames if f != silence and f not in index]
+    assert not altered, f"{len(altered)} of {len(frames)} frames altered"
+    return [index[f] for f in frames if f != silence]
+
+
+@pytest.mark.parametrize("law", ["PCMU", "PCMA"])
+@pytest.mark.parametrize("gateway", [0, 1], ids=["in-process", "in-worker"], indirect=True)
+async def test_g711_bytes_pass_through_unchanged_both_ways(
+    gateway: tuple[WebRtcGateway, str], law: str
+) -> None:
+    """G.711 with the browser, PCMU with the call: the payload bytes cross the gateway as they
+    are (PCMU), or rewritten by the law table and nothing else (PCMA), in both directions."""
+    gw, url = gateway
+    to_call = None if law == "PCMU" else ALAW_TO_ULAW.tobytes()
+    to_browser = None if law == "PCMU" else ULAW_TO_ALAW.tobytes()
+    silence = (b"\xff" if law == "PCMU" else b"\xd5") * 160
+    loop = asyncio.get_running_loop()
+    call_transport, call = await loop.create_datagram_endpoint(
+        CallSide, local_addr=("127.0.0.1", 0)
+    )
+    heard: list[bytes] = []
+    async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+        await ws.send_json({"type": "auth", "token": "agent-2001-token-webrtc"})
+        await _next(ws, "hello")
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        try:
+            transceiver = pc.addTransceiver(PatternTrack(), direction="sendrecv")
+            caps = RTCRtpSender.getCapabilities("audio").codecs
+            transceiver.setCodecPreferences([c for c in caps if c.mimeType == f"audio/{law}"])
+            # the stand-in browser's ear: the payloads as they arrive, before any decoder
+            assert install_g711_tap(transceiver.receiver, lambda data, pt: heard.append(data))
+            await pc.setLocalDescription(await pc.createOffer())
+            await ws.send_json({"type": "offer", "sdp": pc.localDescription.sdp})
+            answer = await _next(ws, "answer")
+            assert answer["codec"] == law
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+            while (await _next(ws, "connection"))["state"] != "connected":
+                pass
+            session = gw.session("2001")
+            assert session is not None
+            session.connect_rtp(*call.address)
+            assert call.transport is not None
+            for i in range(75):  # 1.5 s of the pattern from the call, as PCMU
+                header = struct.pack("!BBHII", 0x80, 0, i, i * 160, 0x1234)
+                call.transport.sendto(header + _pattern(i), session.rtp_address)
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.2)
+            # RTCP stays true with aiortc's per-packet paths bypassed: its sender reports count
+            # the packets the lean sender sent ...
+            reports = [s for s in (await pc.getStats()).values() if s.type == "remote-outbound-rtp"]
+            assert reports
+            assert reports[0].packetsSent >= 20  # as of its last report (one a second or so)
+            assert reports[0].bytesSent == reports[0].packetsSent * 160
+            if not gw.worker_pids:  # ... and its receiver-report statistics saw every packet
+                leg: Any = session._media  # type: ignore[attr-defined]
+                streams = leg._transceiver.receiver._RTCRtpReceiver__remote_streams
+                [statistics] = streams.values()
+                assert statistics.packets_received >= len(call.received) - 2
+                assert statistics.packets_lost == 0
+        finally:
+            await pc.close()
+            call_transport.close()
+    # browser -> call: the browser's frames in order, every one of them after the first few
+    # (the jitter buffer holds a few before it releases any)
+    voice = [p.payload for p in map(parse_rtp, call.received) if p.payload_type == 0]
+    sent = _pattern_frames(voice, to_call, silence=b"")
+    assert len(sent) >= 60
+    assert all(b - a == 1 for a, b in itertools.pairwise(sent)), sent
+    # call -> browser: the call's frames in order; a frame late for its tick is replaced by silence
+    # and the backlog beyond MAX_BUFFERED_FRAMES is dropped, so allow a few gaps
+    played = _pattern_frames(heard, to_browser, silence)
+    assert len(played) >= 60
+    assert played == sorted(set(played)), played
+    # the call stopped sending (as on hold): the browser's stream goes on, with silence
+    assert heard[-3:] == [silence] * 3
