@@ -26,6 +26,9 @@ Speed (every API call is on the daemon's and the simulator's hot path):
   or the tests read: agent state codes (`_st`), free capacity units (`_spare`), free-list membership,
   and the task fields the kernel never writes (queue, channel, time, sequence, preference,
   exclusions, task state). States are compared as ints; AgentState objects are built only at the API.
+- The kernel itself writes what it decided (capacity, free list, agent RESERVED, task offered) and
+  returns the first offer; for each offer Python only updates its mirrors and builds the Offer, and
+  the steady-state case (one offer) does so inline in `dispatch`.
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ AUTO_PAUSE_REASON: Final = "auto-paused"
 
 # Task states (Python side only).
 _T_WAITING: Final = 1
-_T_OFFERED: Final = 2
+_T_OFFERED: Final = K.TASK_OFFERED  # the dispatch kernel writes this one
 _T_ASSIGNED: Final = 3
 
 # Timer kinds in the heap.
@@ -156,7 +159,15 @@ _ARENAS: Final = (
             (K.P_BUCKET_F, "_bucket_f"),
         ),
     ),
-    (np.uint8, ((K.P_SKILLS, "_skills"), (K.P_IN_FREE, "_in_free"))),
+    (
+        np.uint8,
+        (
+            (K.P_SKILLS, "_skills"),
+            (K.P_IN_FREE, "_in_free"),
+            (K.P_AGENT_STATE, "_state"),
+            (K.P_TASK_STATE, "_task_state"),
+        ),
+    ),
 )
 
 
@@ -198,7 +209,7 @@ class Router:
         self._load = np.zeros((A, MAX_CHANNELS), np.int32)
         self._agent_f = np.zeros((K.AF_ROWS, A), np.float64)
         self._agent_calls = np.zeros(A, np.int64)
-        self._state = np.zeros(A, np.int8)
+        self._state = np.zeros(A, np.uint8)
         self._free_list = np.zeros(A, np.int32)
         self._in_free = np.zeros(A, np.uint8)
         self._counters = np.zeros(K.CN_ROWS, np.int64)
@@ -229,7 +240,7 @@ class Router:
         self._task_f = np.zeros((T, K.TF_ROWS), np.float64)
         self._task_seq = np.zeros(T, np.int64)
         self._task_excl = np.full((T, 4), -1, np.int32)
-        self._task_state = np.zeros(T, np.int8)
+        self._task_state = np.zeros(T, np.uint8)
         self._task_ids: list[str | None] = [None] * T
         self._task_index: dict[str, int] = {}
         self._task_offers: dict[int, list[int]] = {}  # only ringing tasks: few objects for the GC
@@ -560,7 +571,45 @@ class Router:
         timers = self._timers
         if timers and timers[0][0] <= now:
             self._apply_timers(now)
-        return self._run_kernel(now)
+        if self._n_free == 0 or self._n_waiting == 0:
+            return []
+        arena = self._arena
+        if arena is None:
+            arena = self._pack()
+        n, t, a = K.dispatch_kernel(float(now), *arena)
+        if n == 0:
+            return []
+        # Only the kernel draws from the buffer, so refilling after it (rather than before the next
+        # call) consumes the very same sequence.
+        if self._has_random and self._counters[K.CN_RNG_POS] > RNG_BUFFER // 2:
+            self._rng_buf[:] = self._rng.random(RNG_BUFFER)
+            self._counters[K.CN_RNG_POS] = 0
+        if n != 1:
+            pairs = zip(self._out_task[:n].tolist(), self._out_agent[:n].tolist(), strict=True)
+            return [self._offered(t, a) for t, a in pairs]
+        # The steady state: one agent freed, one offer (returned by the kernel itself). This is
+        # `_offered` inlined, less what cannot happen: a waiting task rings for nobody yet. A method
+        # call costs as much as four of these lines.
+        q = self._task_q[t]
+        self._task_offers[t] = [a]
+        self._tst[t] = _T_OFFERED
+        self._queue_offered[q].add(t)
+        self._n_waiting -= 1
+        self._agent_offers[a].add(t)
+        left = self._spare[a] - 1
+        self._spare[a] = left
+        if left == 0:
+            self._is_free[a] = False
+            self._n_free -= 1
+        if self.transition_log is None:
+            self._st[a] = _RESERVED
+        else:
+            self._set_state(a, _RESERVED, refresh=False)
+        offer = _new_object(Offer)
+        _SET_OFFER_TASK(offer, self._task_ids[t])
+        _SET_OFFER_AGENT(offer, self._agent_ids[a])
+        _SET_OFFER_QUEUE(offer, self._queue_names[q])
+        return [offer]
 
     def accept(self, task_id: str, agent_id: str, now: float) -> list[Offer]:
         """RESERVED -> BUSY. Returns the other offers of the task (ring-all) withdrawn atomically."""
@@ -725,67 +774,34 @@ class Router:
             elif kind == _TM_TASK and self._timer_live((when, 0, kind, idx, gen)):
                 self._q_ver[self._task_q[idx]] += 1
 
-    def _run_kernel(self, now: float) -> list[Offer]:
-        if self._n_free == 0 or self._n_waiting == 0:
-            return []
-        arena = self._arena
-        if arena is None:
-            arena = self._pack()
-        n = K.dispatch_kernel(float(now), *arena)
-        if n == 0:
-            return []
-        # Only the kernel draws from the buffer, so refilling after it (rather than before the next
-        # call) consumes the very same sequence.
-        if self._has_random and self._counters[K.CN_RNG_POS] > RNG_BUFFER // 2:
-            self._rng_buf[:] = self._rng.random(RNG_BUFFER)
-            self._counters[K.CN_RNG_POS] = 0
-        if n == 1:  # the steady state: one agent freed, one offer; .item() beats two .tolist()
-            pairs: Any = ((self._out_task.item(0), self._out_agent.item(0)),)
+    def _offered(self, t: int, a: int) -> Offer:
+        """Python side of one offer the kernel made: it already took one unit of a's capacity, dropped
+        a from the free list when none was left, and wrote both states (task offered, agent reserved;
+        every free agent is in a routable state, from which the table allows RESERVED)."""
+        q = self._task_q[t]
+        ringing = self._task_offers.get(t)
+        if ringing is None:
+            self._task_offers[t] = [a]
+            self._tst[t] = _T_OFFERED
+            self._queue_offered[q].add(t)
+            self._n_waiting -= 1
         else:
-            pairs = zip(self._out_task[:n].tolist(), self._out_agent[:n].tolist(), strict=True)
-        offers: list[Offer] = []
-        append = offers.append
-        ids = self._agent_ids
-        tids = self._task_ids
-        names = self._queue_names
-        task_q = self._task_q
-        task_offers = self._task_offers
-        agent_offers = self._agent_offers
-        st = self._st
-        spare = self._spare
-        state = self._state
-        log_off = self.transition_log is None
-        for t, a in pairs:
-            q = task_q[t]
-            ringing = task_offers.get(t)
-            if ringing is None:
-                task_offers[t] = [a]
-                self._task_state[t] = _T_OFFERED
-                self._tst[t] = _T_OFFERED
-                self._queue_offered[q].add(t)
-                self._n_waiting -= 1
-            else:
-                ringing.append(a)
-            agent_offers[a].add(t)
-            # The kernel took one unit of capacity and dropped the agent from the free list (and
-            # cleared its memo) exactly when no unit was left: mirror that.
-            spare[a] -= 1
-            if spare[a] == 0:
-                self._is_free[a] = False
-                self._n_free -= 1
-            old = st[a]
-            if old != _RESERVED:
-                if log_off and (old, _RESERVED) in _ALLOWED_CODES:  # _set_state, inlined
-                    st[a] = _RESERVED
-                    state[a] = _RESERVED
-                else:
-                    self._set_state(a, _RESERVED, refresh=False)
-            offer = _new_object(Offer)
-            _SET_OFFER_TASK(offer, tids[t])
-            _SET_OFFER_AGENT(offer, ids[a])
-            _SET_OFFER_QUEUE(offer, names[q])
-            append(offer)
-        return offers
+            ringing.append(a)
+        self._agent_offers[a].add(t)
+        left = self._spare[a] - 1
+        self._spare[a] = left
+        if left == 0:
+            self._is_free[a] = False
+            self._n_free -= 1
+        if self.transition_log is None:
+            self._st[a] = _RESERVED
+        else:
+            self._set_state(a, _RESERVED, refresh=False)  # checks and logs
+        offer = _new_object(Offer)
+        _SET_OFFER_TASK(offer, self._task_ids[t])
+        _SET_OFFER_AGENT(offer, self._agent_ids[a])
+        _SET_OFFER_QUEUE(offer, self._queue_names[q])
+        return offer
 
     def _pack(self) -> tuple[Any, ...]:
         """Copy every kernel array into fresh arenas and rebind the attributes to views of them."""

@@ -10,14 +10,17 @@ after every operation that the copies agree and that dispatch still equals the n
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
+import numba
 import numpy as np
 import pytest
 from reference import reference_dispatch, snapshot, unmatched_pairs
 
 from routing_core import AgentState, Offer, QueueSpec, RelaxStep, Requirement, Router, Strategy
 from routing_core import _kernels as K
-from routing_core.router import _ARENAS
+from routing_core._jit import JIT_OPTIONS, view_2d
+from routing_core.router import _ARENAS, _T_OFFERED
 
 
 def check_mirrors(r: Router) -> None:
@@ -161,3 +164,35 @@ def test_hot_path_offers_are_ordinary_frozen_offers() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         offer.task_id = "x"  # type: ignore[misc]
     assert r.agent_state("a0") is AgentState.RESERVED
+
+
+def test_kernel_state_codes_equal_their_sources() -> None:
+    """The kernel writes the agent and task states of each offer with its own copies of the codes."""
+    assert int(AgentState.RESERVED) == K.AGENT_RESERVED
+    assert K.TASK_OFFERED == _T_OFFERED
+
+
+@pytest.mark.parametrize(
+    ("offset", "n0", "n1"), [(0, 1, 1), (3, 4, 5), (7, 1, 9), (0, 6, 1), (2, 0, 3)]
+)
+def test_view_2d_is_the_reshape_it_replaces(offset: int, n0: int, n1: int) -> None:
+    """The kernels' 2-D views alias the arena exactly as `reshape` would: same cells, writes go through."""
+
+    @numba.njit(**{**JIT_OPTIONS, "cache": False})  # type: ignore[misc]
+    def bump(buf: Any, o: int, n0: int, n1: int) -> Any:
+        v = view_2d(buf[o : o + n0 * n1], n0, n1)
+        total = 0
+        for i in range(n0):
+            for j in range(n1):
+                v[i, j] += 1000 * i + j
+                total += v[i, j]
+        return total, v.shape[0], v.shape[1]
+
+    buf = np.arange(64, dtype=np.int32)
+    expected = buf.copy()
+    ref = expected[offset : offset + n0 * n1].reshape((n0, n1))
+    ref += np.add.outer(1000 * np.arange(n0), np.arange(n1)).astype(np.int32)
+    total, s0, s1 = bump(buf, offset, n0, n1)
+    assert (s0, s1) == (n0, n1)
+    assert total == int(ref.sum())
+    assert np.array_equal(buf, expected)
