@@ -138,6 +138,8 @@ class AgentLeg:
     # times out or answers 503, and how to send this leg's INVITE to one of them (request id).
     next_targets: list[tuple[Any, tuple[str, int]]] = field(default_factory=list)
     send_invite: Callable[[Any, tuple[str, int]], int] | None = None
+    # Armed while the current target has not answered at all and another target is left.
+    failover_timer: asyncio.TimerHandle | None = None
 
     @property
     def external(self) -> bool:
@@ -1451,13 +1453,35 @@ class CallService:
         return out
 
     def _send_invite(self, leg: AgentLeg) -> None:
-        """Send the leg's INVITE to its next target (a new transaction: RFC 3263 4.3)."""
+        """Send the leg's INVITE to its next target (a new transaction: RFC 3263 4.3).
+
+        While other targets are left, a target that sends nothing at all (not even 100 Trying)
+        within ``[sip] failover_timeout_s`` is given up for the next one, as Kamailio's fr_timer
+        does for dispatcher failover: timer B (64*T1, 32 s) is longer than a caller waits. The
+        abandoned transaction runs out on its own; a late 2xx from it is hung up (_late_answer)."""
         assert leg.send_invite is not None
         endpoint, addr = leg.next_targets.pop(0)
         self._legs_by_request.pop((leg.endpoint, leg.request_id), None)
         leg.endpoint = endpoint
         leg.request_id = leg.send_invite(endpoint, addr)
         self._legs_by_request[(endpoint, leg.request_id)] = leg
+        self._cancel_failover_timer(leg)
+        timeout = self.config.sip.failover_timeout_s
+        if leg.next_targets and timeout > 0:
+            leg.failover_timer = asyncio.get_running_loop().call_later(
+                timeout, self._no_response, leg, leg.request_id
+            )
+
+    @staticmethod
+    def _cancel_failover_timer(leg: AgentLeg) -> None:
+        if leg.failover_timer is not None:
+            leg.failover_timer.cancel()
+            leg.failover_timer = None
+
+    def _no_response(self, leg: AgentLeg, request_id: int) -> None:
+        leg.failover_timer = None
+        if leg.request_id == request_id:
+            self._fail_over(leg, "no_response")
 
     def _fail_over(self, leg: AgentLeg, why: str) -> bool:
         """The current target timed out or answered 503: try the next one, if any is left."""
@@ -1505,6 +1529,7 @@ class CallService:
                 )  # fmt: skip
 
     def _agent_response(self, leg: AgentLeg, event: ResponseReceived, now: float) -> None:
+        self._cancel_failover_timer(leg)  # the target is alive: its answer decides from here
         if event.response.status == 503 and self._fail_over(leg, "503"):
             return  # RFC 3263 4.3: the next target gets a new INVITE
         if leg.external:
@@ -1613,6 +1638,7 @@ class CallService:
             leg.softphone.send_event({"type": "call_ended", "call_id": leg.call.id})
         leg.finished = True
         leg.rtp.close()
+        self._cancel_failover_timer(leg)
         self._legs_by_request.pop((leg.endpoint, leg.request_id), None)
         if leg.dialog_id is not None:
             self._legs_by_dialog.pop(leg.dialog_id, None)

@@ -136,6 +136,9 @@ class SipConfig(_Struct, frozen=True):
     # proxies and agents' contacts, as "address" or "address:port"; empty: /etc/resolv.conf.
     dns_servers: tuple[str, ...] = ()
     dns_timeout_s: float = 2.0  # one DNS question, every retry and server included
+    # An outbound INVITE whose target sends nothing (not even 100 Trying) for this long goes to
+    # the next RFC 3263 target, when there is one (Kamailio's fr_timer); 0 waits for timer B.
+    failover_timeout_s: float = 4.0
 
 
 class StorageConfig(_Struct, frozen=True):
@@ -605,6 +608,7 @@ def _validate(cfg: Config, file: str) -> None:
                 f"expected an IP address with an optional port such as 192.0.2.53:5353, found {server!r}",
             ) from None  # fmt: skip
     _check_positive(file, "sip.dns_timeout_s", cfg.sip.dns_timeout_s)
+    _check_positive(file, "sip.failover_timeout_s", cfg.sip.failover_timeout_s, allow_zero=True)
     if cfg.sip.session_timers not in ("accept", "refuse"):
         raise ConfigError(
             file,

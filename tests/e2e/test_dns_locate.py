@@ -45,7 +45,9 @@ def dns_server_factory() -> Iterator[ServerFactory]:
         server.close()
 
 
-def config(dns_port: int, proxy: str, agent_contact: str, *, t1_ms: int = 500) -> str:
+def config(
+    dns_port: int, proxy: str, agent_contact: str, *, t1_ms: int = 500, failover_s: float = 4.0
+) -> str:
     steps = """{ type = "answer" },
   { type = "transfer", trunk = "carrier", number = "5000", timeout_s = 15 },
   { type = "enqueue", queue = "support" }"""
@@ -56,6 +58,7 @@ def config(dns_port: int, proxy: str, agent_contact: str, *, t1_ms: int = 500) -
 dns_servers = ["127.0.0.1:{dns_port}"]
 dns_timeout_s = 2.0
 t1_ms = {t1_ms}
+failover_timeout_s = {failover_s}
 
 [[trunks]]
 name = "carrier"
@@ -129,10 +132,23 @@ def test_transfer_to_a_host_name_goes_through_naptr_srv_and_a(
     assert metric(daemon, "acd_sip_dns_failures_total") == 0.0
 
 
+@pytest.mark.parametrize(
+    ("t1_ms", "failover_s", "dead_why"),
+    [(50, 0.0, "timeout"), (500, 1.0, "no_response")],
+    ids=["timer-b", "failover-timeout"],
+)
 def test_dead_and_overloaded_srv_targets_fail_over_to_the_next(
-    start_daemon: DaemonFactory, tmp_path: Path, dns_server_factory: ServerFactory
+    start_daemon: DaemonFactory,
+    tmp_path: Path,
+    dns_server_factory: ServerFactory,
+    t1_ms: int,
+    failover_s: float,
+    dead_why: str,
 ) -> None:
-    dead_port = free_port(socket.SOCK_DGRAM)  # nothing listens there: timer B fires
+    """The dead first target is given up by timer B (64*T1, here 3.2 s) or, sooner, by the
+    failover timeout (nothing heard from it for 1 s); the second answers 503; the third takes
+    the call."""
+    dead_port = free_port(socket.SOCK_DGRAM)  # nothing listens there: no answer at all
     busy = sipp(tmp_path, ["-sf", str(SCENARIOS / "far_end_503.xml")], None, "-m", "1")
     live = sipp(tmp_path, ["-sn", "uas"], None, "-m", "1")
     agent = sipp(tmp_path, ["-sn", "uas"], None)
@@ -150,11 +166,11 @@ def test_dead_and_overloaded_srv_targets_fail_over_to_the_next(
             }
         )
         time.sleep(0.5)
-        # t1 = 50 ms: timer B (64*T1) gives up on the dead target after 3.2 s.
         daemon = start_daemon(
             config(
                 server.port, "sip:carrier.acd.test;transport=udp",
-                f"sip:b1@127.0.0.1:{agent.sip_port}", t1_ms=50,  # type: ignore[attr-defined]
+                f"sip:b1@127.0.0.1:{agent.sip_port}",  # type: ignore[attr-defined]
+                t1_ms=t1_ms, failover_s=failover_s,
             )
         )  # fmt: skip
         login(daemon, "b1")
@@ -168,7 +184,7 @@ def test_dead_and_overloaded_srv_targets_fail_over_to_the_next(
     assert (row["disposition"], row["agent_id"]) == ("transferred", None)
     assert ("carrier.acd.test", "NAPTR") not in server.asked  # ;transport= means SRV at once
     failovers = [e for e in daemon.log_lines() if e.get("event") == "sip_failover"]
-    assert [e["why"] for e in failovers] == ["timeout", "503"]
+    assert [e["why"] for e in failovers] == [dead_why, "503"]
     assert metric(daemon, "acd_sip_failovers_total") == 2.0
 
 
