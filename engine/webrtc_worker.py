@@ -16,7 +16,7 @@ leg out of the daemon adds no hop to the audio path.
 
 G.711 passthrough: with PCMU or PCMA towards the browser (the gateway prefers them) a leg neither
 decodes nor encodes, and skips aiortc's per-packet Python, which is most of what is left once
-nothing is transcoded. `_G711Sender` stamps the call's bytes with a header made once by aiortc's
+nothing is transcoded. `_LeanSender` stamps the call's bytes with a header made once by aiortc's
 serializer and sends them through aiortc's DTLS transport (SRTP, ICE); `_G711Receiver` takes the
 browser's 20 ms packets right after SRTP and relays them to the call with their own sequence and
 timing (as the SIP bridge relays). Both keep aiortc's RTCP counters and statistics fed, so its
@@ -25,8 +25,18 @@ the lean paths do not take (the first packet of a stream, odd sizes, padding) go
 with `_G711Tap` taking G.711 frames off before its decoder thread; `G711Frames` re-cuts those into
 20 ms and rewrites the law with a byte table when the two sides differ. The aiortc internals this
 relies on are pinned (pyproject.toml) and checked by tests/engine/test_webrtc_g711.py; if they are
-missing at run time a leg logs a warning and takes aiortc's normal path. Opus legs keep the
-decode/resample/encode path.
+missing at run time a leg logs a warning and takes aiortc's normal path.
+
+One clock per process: every leg's frame towards the browser is sent from one 20 ms timer
+(`_MediaClock`), not one timer per leg (a timer, a sleeping task and its wake-up per leg per
+frame: 10-25 % of a PCMU leg's CPU in bench_webrtc.py). Legs are on it only while a call is
+connected.
+
+Opus with the browser: the same lean sender and tap, with PyAV's libopus on the event loop
+(`_OpusEncoder`: the call's 8 kHz PCM straight into narrowband Opus; `_OpusDecoder`: the
+browser's Opus to 48 kHz, resampled to 8 kHz, out as PCMU). aiortc's own path decodes on a thread
+per leg and encodes in a thread pool at 48 kHz stereo; handing every 20 ms frame to those threads
+and back (and the GIL switches it forces) cost more than the codec work itself.
 
 Lifetime: the worker ignores SIGINT and SIGTERM (a Ctrl-C or a service manager's SIGTERM goes to
 the whole process group; the daemon must drain its calls first, then it stops its workers), and it
@@ -47,8 +57,9 @@ import signal
 import socket
 import struct
 import sys
+import weakref
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, cast
+from typing import Any, ClassVar, Protocol, cast
 
 import aioice.ice
 import aiortc
@@ -235,13 +246,19 @@ class _G711Tap(queue.Queue[Any]):
     def __init__(self, sink: Callable[[bytes, int], None]) -> None:
         super().__init__()
         self._sink = sink
+        #: Set once Opus is negotiated: Opus frames go here too, to be decoded on the loop.
+        self.opus_sink: Callable[[bytes], None] | None = None
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         if item is not None:
             codec, frame = item
-            payload_type = _G711_PAYLOAD_TYPES.get(codec.mimeType.lower())
+            mime = codec.mimeType.lower()
+            payload_type = _G711_PAYLOAD_TYPES.get(mime)
             if payload_type is not None:
                 self._sink(frame.data, payload_type)
+                return
+            if mime == "audio/opus" and self.opus_sink is not None:
+                self.opus_sink(frame.data)
                 return
         super().put(item, block, timeout)
 
@@ -271,7 +288,7 @@ class ToBrowserTrack(MediaStreamTrack):
     alive): an idle softphone costs no encoding. On resume the RTP time jumps by the idle spell.
 
     With G.711 towards the browser (`use_g711`) the FIFO holds the call's payload bytes, and
-    either `_G711Sender` sends them (`detach`: aiortc's sender then waits in `recv` until the
+    either `_LeanSender` sends them (`detach`: aiortc's sender then waits in `recv` until the
     track stops) or `recv` returns them as an ``av.Packet``, which aiortc's sender packs as it is
     (its path for pre-encoded media). Either way no decode here, no encode in aiortc's thread
     pool. Otherwise (Opus) `recv` returns PCM frames for aiortc to encode.
@@ -304,10 +321,11 @@ class ToBrowserTrack(MediaStreamTrack):
 
     def deactivate(self) -> None:
         self._active.clear()
+        self._resumed = True  # the next frame starts a talkspurt, after the idle spell
         self.clear()
 
     def detach(self) -> None:
-        """`_G711Sender` takes the frames: aiortc's sender gets none (before it starts)."""
+        """`_LeanSender` takes the frames: aiortc's sender gets none (before it starts)."""
         self._detached = True
 
     def stop(self) -> None:
@@ -370,6 +388,26 @@ class ToBrowserTrack(MediaStreamTrack):
         self._resumed = False
         return resumed
 
+    def step(self, now: float) -> bool | None:
+        """`tick` for a caller that keeps the time itself (`_MediaClock`, every 20 ms): advances
+        the media time to this frame, due ``now``. True for the first frame after a pause (a new
+        talkspurt), None while no call is connected (no frame: nothing is sent)."""
+        if not self._active.is_set():
+            self._resumed = True
+            return None
+        resumed = self._start is None or self._resumed
+        if self._start is None:
+            self._start = now
+        elif self._resumed:
+            # as in `tick`: RTP time follows the wall clock across the idle spell
+            idle = int((now - self._start) * SAMPLE_RATE) // FRAME_SAMPLES * FRAME_SAMPLES
+            self._pts = max(self._pts + FRAME_SAMPLES, idle)
+            self._start = now - self._pts / SAMPLE_RATE
+        else:
+            self._pts += FRAME_SAMPLES
+        self._resumed = False
+        return resumed
+
     @property
     def pts(self) -> int:
         """Media time of the current frame, in samples from the track's first frame."""
@@ -379,6 +417,15 @@ class ToBrowserTrack(MediaStreamTrack):
         """The current frame's G.711 payload (silence when none is queued); after `tick`."""
         assert self._g711 is not None, "next_g711 without use_g711"
         return self._g711.pop() or self._g711.silence
+
+    def next_pcm(self) -> bytes:
+        """The current frame's 160 samples of s16 PCM (silence when none is queued); after
+        `step`, without G.711 (Opus towards the browser)."""
+        if len(self._fifo) < FRAME_SAMPLES * 2:
+            return _SILENCE
+        pcm = bytes(self._fifo[: FRAME_SAMPLES * 2])
+        del self._fifo[: FRAME_SAMPLES * 2]
+        return pcm
 
     async def recv(self) -> av.AudioFrame | av.Packet[Any]:
         if self._detached:
@@ -403,7 +450,65 @@ class ToBrowserTrack(MediaStreamTrack):
         return frame
 
 
-#: What `_G711Sender` needs of aiortc 1.16 beyond its public API (tests/engine/test_webrtc_g711.py):
+#: Opus's RTP clock is 48 kHz whatever the audio's bandwidth (RFC 7587 4.1).
+OPUS_RATE = 48000
+#: Towards the browser the audio is the call's, 8 kHz G.711: narrowband Opus carries all of it,
+#: and libopus takes 8 kHz mono as it is (no resampler; aiortc's encoder works at 48 kHz stereo).
+OPUS_BITRATE = 24000
+
+
+class _OpusEncoder:
+    """8 kHz mono PCM -> 20 ms Opus packets, with PyAV's libopus, on the event loop."""
+
+    def __init__(self) -> None:
+        codec: Any = av.CodecContext.create("libopus", "w")
+        codec.sample_rate = SAMPLE_RATE
+        codec.format = "s16"
+        codec.layout = "mono"
+        codec.bit_rate = OPUS_BITRATE
+        codec.time_base = _TIME_BASE
+        # complexity 5 of 10: a fifth less CPU per frame than the default, and the source is
+        # already 8 kHz G.711, which narrowband Opus at this rate carries without audible loss
+        codec.options = {"application": "voip", "compression_level": "5"}
+        self._codec = codec
+        self._pts = 0
+
+    def encode(self, pcm: bytes) -> bytes | None:
+        """One 20 ms frame in; its packet, or None while libopus still fills its look-ahead."""
+        frame = av.AudioFrame(format="s16", layout="mono", samples=FRAME_SAMPLES)
+        frame.planes[0].update(pcm)
+        frame.sample_rate = SAMPLE_RATE
+        frame.time_base = _TIME_BASE
+        frame.pts = self._pts
+        self._pts += FRAME_SAMPLES
+        packets = self._codec.encode(frame)
+        return bytes(packets[0]) if packets else None
+
+
+class _OpusDecoder:
+    """Opus packets from the browser -> 8 kHz mono s16 PCM, with PyAV, on the event loop.
+
+    libopus decodes at 48 kHz here whatever is asked; FFmpeg's resampler takes it to 8 kHz (with
+    its anti-aliasing filter, as aiortc's path did after aiortc's own decoder thread).
+    """
+
+    def __init__(self) -> None:
+        codec: Any = av.CodecContext.create("libopus", "r")
+        codec.format = "s16"
+        codec.layout = "mono"
+        self._codec = codec
+        self._resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+
+    def decode(self, payload: bytes) -> list[Any]:
+        """The PCM of one packet, as int16 arrays (empty while the resampler fills)."""
+        out = []
+        for frame in self._codec.decode(av.Packet(payload)):
+            for resampled in self._resampler.resample(frame):
+                out.append(resampled.to_ndarray().reshape(-1))
+        return out
+
+
+#: What `_LeanSender` needs of aiortc 1.16 beyond its public API (tests/engine/test_webrtc_g711.py):
 #: the counters its sender's RTCP loop reports in sender reports (name-mangled privates) ...
 _SR_NTP = "_RTCRtpSender__ntp_timestamp"
 _SR_RTP = "_RTCRtpSender__rtp_timestamp"
@@ -416,14 +521,14 @@ _SEQ_TS = struct.Struct("!HI")
 
 
 def g711_sender_supported(sender: Any) -> bool:
-    """Whether aiortc's internals are those `_G711Sender` was written against."""
+    """Whether aiortc's internals are those `_LeanSender` was written against."""
     transport = getattr(sender, "transport", None)
     return all(hasattr(sender, a) for a in _SENDER_ATTRS) and all(
         hasattr(transport, a) for a in _DTLS_ATTRS
     )
 
 
-class _G711Sender:
+class _LeanSender:
     """G.711 towards the browser without aiortc's per-packet sender loop.
 
     aiortc's ``RTCRtpSender`` turns every 20 ms frame into an ``RtpPacket`` object (two NTP clock
@@ -433,14 +538,23 @@ class _G711Sender:
     SSRC, the negotiated MID extension) with sequence number and timestamp, and sends it through
     aiortc's DTLS transport (SRTP protect, ICE). It keeps the sender's packet and octet counts
     and last NTP/RTP time up to date, so aiortc's RTCP sender reports stay true; ICE consent,
-    DTLS and RTCP stay aiortc's. The track paces the frames (`ToBrowserTrack.tick`), detached
-    from aiortc's sender, which waits for it to stop.
+    DTLS and RTCP stay aiortc's. The process's `_MediaClock` paces the frames (`send`), detached
+    from aiortc's sender, which waits for the track to stop.
     """
 
     def __init__(
-        self, track: ToBrowserTrack, sender: RTCRtpSender, payload_type: int, mid: str | None
+        self,
+        track: ToBrowserTrack,
+        sender: RTCRtpSender,
+        payload_type: int,
+        mid: str | None,
+        failed: Callable[[Exception], None],
+        opus: _OpusEncoder | None = None,
     ) -> None:
         self._track = track
+        #: None: G.711, the call's bytes as they are; else the PCM is encoded here, on the loop.
+        self._opus = opus
+        self._rtp_per_sample = 1 if opus is None else OPUS_RATE // SAMPLE_RATE
         self._sender: Any = sender
         self._dtls: Any = sender.transport
         template = RtpPacket(payload_type=payload_type, ssrc=self._sender._ssrc)
@@ -450,28 +564,99 @@ class _G711Sender:
         # a fresh random start, as aiortc's own sender loop would pick (it sends nothing here)
         self._sequence = secrets.randbits(15)  # lower half: no early wrap (see aiortc)
         self._timestamp_origin = secrets.randbits(32)
+        #: Called (once, by the clock, which then forgets this sender) for an unexpected error.
+        self.failed = failed
 
-    async def run(self) -> None:
+    def start(self) -> None:
+        """On the clock (idempotent); between calls a leg is off it, so idle legs cost nothing."""
+        _MediaClock.of_running_loop().add(self)
+
+    def stop(self) -> None:
+        _MediaClock.of_running_loop().discard(self)
+
+    async def send(self, now: float, ntp: int) -> None:
+        """The frame due ``now`` (``ntp``: the same instant as aiortc's RTCP wants it), if any."""
         track, header, sender = self._track, self._header, self._sender
-        send_rtp = self._dtls._send_rtp
-        while True:
-            try:
-                talkspurt = await track.tick()
-            except MediaStreamError:
-                return  # the leg is closing
+        talkspurt = track.step(now)
+        if talkspurt is None:
+            return  # no call connected: nothing to send
+        if self._opus is None:
             payload = track.next_g711()
-            timestamp = (self._timestamp_origin + track.pts) & 0xFFFFFFFF
-            header[1] = self._payload_type | (0x80 if talkspurt else 0)
-            _SEQ_TS.pack_into(header, 2, self._sequence, timestamp)
-            try:
-                await send_rtp(bytes(header) + payload)
-            except ConnectionError:
-                continue  # DTLS not (or no longer) connected: the connection state tells why
-            self._sequence = (self._sequence + 1) & 0xFFFF
-            setattr(sender, _SR_NTP, current_ntp_time())
-            setattr(sender, _SR_RTP, timestamp)
-            setattr(sender, _SR_PACKETS, getattr(sender, _SR_PACKETS) + 1)
-            setattr(sender, _SR_OCTETS, getattr(sender, _SR_OCTETS) + len(payload))
+        else:
+            encoded = self._opus.encode(track.next_pcm())
+            if encoded is None:
+                return  # the encoder holds the first frame back (its look-ahead)
+            payload = encoded
+        timestamp = (self._timestamp_origin + track.pts * self._rtp_per_sample) & 0xFFFFFFFF
+        header[1] = self._payload_type | (0x80 if talkspurt else 0)
+        _SEQ_TS.pack_into(header, 2, self._sequence, timestamp)
+        try:
+            await self._dtls._send_rtp(bytes(header) + payload)
+        except ConnectionError:
+            return  # DTLS not (or no longer) connected: the connection state tells why
+        self._sequence = (self._sequence + 1) & 0xFFFF
+        setattr(sender, _SR_NTP, ntp)
+        setattr(sender, _SR_RTP, timestamp)
+        setattr(sender, _SR_PACKETS, getattr(sender, _SR_PACKETS) + 1)
+        setattr(sender, _SR_OCTETS, getattr(sender, _SR_OCTETS) + len(payload))
+
+
+class _MediaClock:
+    """One 20 ms timer for every `_LeanSender` of an event loop (a process, in a worker).
+
+    A timer per leg meant a timer handle, a sleep future and a task step per leg every 20 ms
+    for one packet; measured (bench_webrtc.py, back to back), dropping them saved 10-25 % of a
+    PCMU leg's CPU. Here one timer sends the frame due of every leg in turn (each through its own SRTP context:
+    nothing is shared but the time). The media time of a leg still starts at its own first frame
+    and jumps by the idle spell after a pause (`ToBrowserTrack.step`). The clock runs while it
+    has senders (legs with a call connected) and stops when the last one leaves.
+    """
+
+    _by_loop: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _MediaClock]] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(self) -> None:
+        self._senders: dict[_LeanSender, None] = {}  # insertion-ordered set
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def of_running_loop(cls) -> _MediaClock:
+        loop = asyncio.get_running_loop()
+        clock = cls._by_loop.get(loop)
+        if clock is None:
+            clock = cls._by_loop[loop] = cls()
+        return clock
+
+    def add(self, sender: _LeanSender) -> None:
+        self._senders[sender] = None
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+
+    def discard(self, sender: _LeanSender) -> None:
+        self._senders.pop(sender, None)
+        if not self._senders and self._task is not None:
+            self._task.cancel()  # owned here: nothing awaits the clock but its senders
+            self._task = None
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        start, ticks = loop.time(), 0
+        while True:
+            now = loop.time()
+            ntp = current_ntp_time()  # once a tick, not once a packet: it reads the clock twice
+            for sender in list(self._senders):
+                try:
+                    await sender.send(now, ntp)
+                except Exception as exc:  # that leg's bug: it ends that leg, not the clock
+                    self._senders.pop(sender, None)
+                    sender.failed(exc)
+            ticks += 1
+            wait = start + ticks * FRAME_S - loop.time()
+            if wait < -MAX_CATCH_UP_S:
+                # the loop stalled: restart the clock here instead of bursting the backlog
+                start, ticks, wait = loop.time(), 0, 0.0
+            await asyncio.sleep(max(wait, 0.0))
 
 
 #: What `_G711Receiver` needs of aiortc 1.16 (tests/engine/test_webrtc_g711.py): the DTLS
@@ -600,6 +785,8 @@ class MediaLeg:
         # `_G711Tap`); other codecs (Opus) are decoded by aiortc and re-encoded in _from_browser.
         self._from_g711 = G711Frames(PT_PCMU)
         self._g711_failed = False
+        self._lean_sender: _LeanSender | None = None
+        self._opus_pending = np.empty(0, dtype=np.int16)
         if not install_g711_tap(self._transceiver.receiver, self._g711_from_browser):
             log.warning(
                 "webrtc_g711_passthrough_unavailable",
@@ -660,17 +847,45 @@ class MediaLeg:
             sender = self._transceiver.sender
             if g711_sender_supported(sender):
                 # aiortc's sender loop waits for a frame only once ICE and DTLS are up, long
-                # after this: it never gets one, `_G711Sender` sends instead
+                # after this: it never gets one, `_LeanSender` sends instead
                 self._track.detach()
-                lean = _G711Sender(self._track, sender, payload_type, self._transceiver.mid)
-                self._spawn(lean.run(), "to_browser")
+                self._lean_sender = _LeanSender(
+                    self._track, sender, payload_type, self._transceiver.mid, self._sender_failed
+                )
+                if self._peer is not None:  # a call connected while this answer was made
+                    self._lean_sender.start()
             else:
                 log.warning(
                     "webrtc_g711_sender_unavailable",
                     aiortc=aiortc.__version__,
                     reason="aiortc's sender internals changed: G.711 goes through its sender",
                 )
+        elif codec.lower() == "opus":
+            self._lean_opus(answer)
         return answer, codec
+
+    def _lean_opus(self, answer: str) -> None:
+        """Opus with the browser: decoded and encoded here, on the loop, by PyAV (no decoder
+        thread, no encoder thread pool: the hand-offs to those threads cost more than the codec
+        work). What the internals do not allow stays aiortc's (decode and encode in its threads)."""
+        tap = getattr(self._transceiver.receiver, _DECODER_QUEUE_ATTR, None)
+        if isinstance(tap, _G711Tap):
+            self._opus_decoder = _OpusDecoder()
+            tap.opus_sink = self._opus_from_browser
+        sender = self._transceiver.sender
+        payload_type = _first_payload_type(answer)
+        if payload_type is not None and g711_sender_supported(sender):
+            self._track.detach()
+            self._lean_sender = _LeanSender(
+                self._track,
+                sender,
+                payload_type,
+                self._transceiver.mid,
+                self._sender_failed,
+                opus=_OpusEncoder(),
+            )
+            if self._peer is not None:
+                self._lean_sender.start()
 
     def connect_rtp(self, host: str, port: int) -> None:
         self._peer = (host, port)
@@ -678,9 +893,13 @@ class MediaLeg:
         self._from_g711.clear()
         self._track.activate()
         self._stream.begin_source(asyncio.get_running_loop().time())
+        if self._lean_sender is not None:
+            self._lean_sender.start()  # on the clock while a call is connected, not between
 
     def disconnect_rtp(self) -> None:
         self._peer = None
+        if self._lean_sender is not None:
+            self._lean_sender.stop()
         self._track.deactivate()
 
     def dtmf(self, digits: str) -> None:
@@ -700,6 +919,8 @@ class MediaLeg:
         self._peer = None
         for task in self._tasks:
             task.cancel()
+        if self._lean_sender is not None:
+            self._lean_sender.stop()
         self._track.stop()  # ends aiortc's sender loop
         with contextlib.suppress(Exception):  # closing a half-built aiortc connection
             await self._pc.close()
@@ -724,6 +945,11 @@ class MediaLeg:
         except Exception as exc:
             log.exception("webrtc_session_error", agent_id=self.agent_id, where=where)
             self._events.media_failed(f"internal error in {where}: {type(exc).__name__}", bug=True)
+
+    def _sender_failed(self, exc: Exception) -> None:
+        """`_LeanSender` raised (our bug): end this session, as `_guard` does for a task."""
+        log.error("webrtc_session_error", agent_id=self.agent_id, where="to_browser", exc_info=exc)
+        self._events.media_failed(f"internal error in to_browser: {type(exc).__name__}", bug=True)
 
     def _state_changed(self) -> None:
         if not self._closed:
@@ -806,6 +1032,36 @@ class MediaLeg:
                 f"internal error in from_browser: {type(exc).__name__}", bug=True
             )
 
+    def _opus_from_browser(self, payload: bytes) -> None:
+        """An Opus frame from the browser's jitter buffer (`_G711Tap`): decoded here, out as
+        20 ms PCMU packets. Called by aiortc's receive path: an exception here would end the
+        leg's DTLS transport, so it ends this session the orderly way instead."""
+        if self._closed or self._g711_failed:
+            return
+        try:
+            pcm = self._opus_decoder.decode(payload)
+            if self._peer is None:
+                self._opus_pending = self._opus_pending[:0]
+                return
+            pending = np.concatenate((self._opus_pending, *pcm))
+            now = asyncio.get_running_loop().time()
+            sent = 0
+            while len(pending) - sent >= FRAME_SAMPLES:
+                chunk = pending[sent : sent + FRAME_SAMPLES]
+                sent += FRAME_SAMPLES
+                if self._dtmf_active:
+                    continue  # the event stands in for this audio (RFC 4733 2.5.1.1)
+                payload = ULAW_ENCODE[chunk.view(np.uint16)].tobytes()
+                self._send_rtp(self._stream.send(PT_PCMU, payload, now))
+                self.stats.from_browser += 1
+            self._opus_pending = pending[sent:]
+        except Exception as exc:
+            log.exception("webrtc_session_error", agent_id=self.agent_id, where="from_browser")
+            self._g711_failed = True  # once: the session is ending
+            self._events.media_failed(
+                f"internal error in from_browser: {type(exc).__name__}", bug=True
+            )
+
     async def _from_browser(self, track: MediaStreamTrack) -> None:
         """The browser's microphone, as aiortc decodes it, out as 20 ms PCMU packets."""
         loop = asyncio.get_running_loop()
@@ -871,6 +1127,12 @@ class MediaLeg:
                 self._stream.begin_source(loop.time())
             self.stats.dtmf_digits += 1
             await asyncio.sleep(DTMF_GAP_MS / 1000)
+
+
+def _first_payload_type(sdp: str) -> int | None:
+    """The first payload type of the audio m-line (what both sides send)."""
+    m_line = re.search(r"^m=audio \S+ \S+ (\d+)", sdp, re.M)
+    return None if m_line is None else int(m_line.group(1))
 
 
 def _first_codec(sdp: str) -> str:

@@ -139,6 +139,49 @@ async def browser(tmp_path: Path) -> AsyncIterator[Browser]:
         yield b
 
 
+#: A browser that will not do G.711 (the page asks for PCMU first; this one only offers Opus).
+OPUS_ONLY_JS = """
+const prefer = RTCRtpTransceiver.prototype.setCodecPreferences;
+RTCRtpTransceiver.prototype.setCodecPreferences = function (codecs) {
+  return prefer.call(this, codecs.filter((c) => c.mimeType === "audio/opus"));
+};
+"""
+
+
+@pytest.mark.parametrize("daemon", [0, 2], ids=["in-daemon", "2-workers"], indirect=True)
+async def test_opus_softphone_hears_and_is_heard(
+    daemon: tuple[Daemon, str], browser: Browser
+) -> None:
+    """Opus with Chromium: the gateway's own Opus encode and decode (PyAV on the loop, not
+    aiortc's codec threads) carry the call's tone to the page and the page's tone to the call."""
+    d, base = daemon
+    assert d.webrtc is not None
+    loop = asyncio.get_running_loop()
+    transport, call = await loop.create_datagram_endpoint(CallSide, local_addr=("127.0.0.1", 0))
+    try:
+        page = await browser.new_page()
+        await page.add_init_script(OPUS_ONLY_JS)
+        await log_in(page, base + "/agent", WEBRTC_AGENT)
+        await expect(page.locator("#rtc-state")).to_have_text("softphone opus", timeout=10000)
+        session = d.webrtc.session("3001")
+        assert session is not None
+        assert session.codec == "opus"
+        session.connect_rtp(*call.address)
+        player = asyncio.create_task(call.play_tone(session.rtp_address, 440, 4.0))
+        peaks = await page.evaluate(HEARD_JS, 20)
+        late = peaks[5:]  # skip the jitter buffer's first fill
+        assert sum(abs(hz - 440) < 12 and db > -70 for hz, db in late) >= len(late) * 0.8, peaks
+        await player
+        voice = [p for p in map(parse_rtp, call.received) if p.payload_type == 0]
+        assert len(voice) > 100
+        pcm = ULAW_DECODE[np.frombuffer(b"".join(p.payload for p in voice[-50:]), np.uint8)]
+        assert abs(dominant_hz(pcm, 8000) - 880) < 15
+        assert np.abs(pcm.astype(np.int32)).mean() > 300  # a tone, not comfort noise
+        await page.close()
+    finally:
+        transport.close()
+
+
 @pytest.mark.parametrize("daemon", [0, 2], ids=["in-daemon", "2-workers"], indirect=True)
 async def test_softphone_hears_and_is_heard_sends_dtmf_and_lets_go(
     daemon: tuple[Daemon, str], browser: Browser

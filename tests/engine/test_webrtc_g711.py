@@ -1,5 +1,6 @@
 """The WebRTC gateway's G.711 passthrough, without sockets: the frame re-cutting and law rewriting
-(`G711Frames`, against a naive reference), and the aiortc internals the receive side relies on.
+(`G711Frames`, against a naive reference), and the aiortc internals the receive side relies on;
+the shared clock's media time (`ToBrowserTrack.step`) and the on-loop Opus codec.
 
 The same path end to end, with a real aiortc peer and the call side on UDP, is in
 tests/engine/test_webrtc_gateway.py (``test_g711_bytes_pass_through_unchanged_both_ways``).
@@ -27,7 +28,11 @@ from engine.webrtc_worker import (
     MAX_BUFFERED_FRAMES,
     PT_PCMA,
     PT_PCMU,
+    SAMPLE_RATE,
     G711Frames,
+    ToBrowserTrack,
+    _OpusDecoder,
+    _OpusEncoder,
     g711_receiver_supported,
     g711_sender_supported,
     install_g711_tap,
@@ -189,3 +194,43 @@ async def test_lean_paths_find_their_internals_on_a_fresh_connection() -> None:
         assert g711_receiver_supported(transceiver.receiver)
     finally:
         await pc.close()
+
+
+async def test_step_keeps_media_time_per_leg_on_a_shared_clock() -> None:
+    """`_MediaClock` calls `step` every 20 ms for every leg: nothing while no call is connected, a
+    talkspurt at the first frame and after a pause, and RTP time that follows the wall clock
+    across the pause (as `tick` does for a leg that paces itself)."""
+    track = ToBrowserTrack()
+    assert track.step(10.0) is None  # no call
+    track.activate()
+    assert track.step(10.0) is True
+    assert track.pts == 0
+    assert [track.step(10.0 + 0.02 * i) for i in (1, 2, 3)] == [False, False, False]
+    assert track.pts == 3 * FRAME_SAMPLES
+    track.deactivate()
+    assert track.step(10.08) is None
+    track.activate()
+    assert track.step(12.0) is True  # two seconds after the start: media time jumped with it
+    assert track.pts == 2 * SAMPLE_RATE
+    assert track.step(12.02) is False
+    assert track.pts == 2 * SAMPLE_RATE + FRAME_SAMPLES
+    track.stop()
+
+
+def test_opus_on_the_loop_carries_the_tone_both_ways() -> None:
+    """The call's 8 kHz PCM through `_OpusEncoder` (one packet per 20 ms frame) and back through
+    `_OpusDecoder` (8 kHz again): the tone is the tone, and 20 ms in is 20 ms out."""
+    t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
+    pcm = (8000 * np.sin(2 * np.pi * 440 * t)).astype(np.int16)
+    encoder, decoder = _OpusEncoder(), _OpusDecoder()
+    packets = [
+        encoder.encode(pcm[i : i + FRAME_SAMPLES].tobytes())
+        for i in range(0, len(pcm), FRAME_SAMPLES)
+    ]
+    assert all(p is not None and 0 < len(p) < 200 for p in packets)
+    out = np.concatenate([a for p in packets if p is not None for a in decoder.decode(p)])
+    assert abs(len(out) - len(pcm)) <= FRAME_SAMPLES  # the resampler may hold a few back
+    tail = out[-4000:].astype(float)
+    spectrum = np.abs(np.fft.rfft(tail * np.hanning(len(tail))))
+    assert abs(np.argmax(spectrum) * SAMPLE_RATE / len(tail) - 440) < 10
+    assert np.sqrt(np.mean(tail**2)) > 3000  # not faint: the level survived

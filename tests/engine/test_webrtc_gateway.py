@@ -200,8 +200,8 @@ async def _wait_port_released(port: int) -> None:
 
 @pytest.mark.parametrize(
     ("codec", "gateway"),
-    [(None, 0), ("audio/opus", 0), (None, 1)],
-    ids=["pcmu-preferred", "opus-only", "pcmu-in-worker"],
+    [(None, 0), ("audio/opus", 0), (None, 1), ("audio/opus", 1)],
+    ids=["pcmu-preferred", "opus-only", "pcmu-in-worker", "opus-in-worker"],
     indirect=["gateway"],
 )
 async def test_audio_both_ways_dtmf_and_release(
@@ -222,6 +222,11 @@ async def test_audio_both_ways_dtmf_and_release(
             # the media runs where configured: in a worker process, or in this one
             assert session.worker_pid == (gw.worker_pids[0] if gw.worker_pids else None)
             assert session.worker_pid != os.getpid()
+            if not gw.worker_pids:  # both codecs take the lean paths (no codec threads)
+                leg: Any = session._media  # type: ignore[attr-defined]
+                assert leg._lean_sender is not None
+                tap = leg._transceiver.receiver._RTCRtpReceiver__decoder_queue
+                assert (tap.opus_sink is not None) == (codec == "audio/opus")
             assert not call.received  # nothing is sent before the call layer connects the RTP
             with pytest.raises(TimeoutError):  # and between calls the browser gets no audio at all
                 await asyncio.wait_for(tracks[0].recv(), 0.3)
