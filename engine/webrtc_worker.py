@@ -373,10 +373,7 @@ class ToBrowserTrack(MediaStreamTrack):
         if self._start is None:
             self._start = now
         elif self._resumed:
-            # RTP time follows the wall clock across the idle spell; this frame is due now
-            idle = int((now - self._start) * SAMPLE_RATE) // FRAME_SAMPLES * FRAME_SAMPLES
-            self._pts = max(self._pts + FRAME_SAMPLES, idle)
-            self._start = now - self._pts / SAMPLE_RATE
+            self._follow_wall_clock(now)
         else:
             self._pts += FRAME_SAMPLES
             wait = self._start + self._pts / SAMPLE_RATE - now
@@ -399,14 +396,18 @@ class ToBrowserTrack(MediaStreamTrack):
         if self._start is None:
             self._start = now
         elif self._resumed:
-            # as in `tick`: RTP time follows the wall clock across the idle spell
-            idle = int((now - self._start) * SAMPLE_RATE) // FRAME_SAMPLES * FRAME_SAMPLES
-            self._pts = max(self._pts + FRAME_SAMPLES, idle)
-            self._start = now - self._pts / SAMPLE_RATE
+            self._follow_wall_clock(now)
         else:
             self._pts += FRAME_SAMPLES
         self._resumed = False
         return resumed
+
+    def _follow_wall_clock(self, now: float) -> None:
+        """After an idle spell RTP time follows the wall clock: the next frame is due ``now``."""
+        assert self._start is not None
+        idle = int((now - self._start) * SAMPLE_RATE) // FRAME_SAMPLES * FRAME_SAMPLES
+        self._pts = max(self._pts + FRAME_SAMPLES, idle)
+        self._start = now - self._pts / SAMPLE_RATE
 
     @property
     def pts(self) -> int:
