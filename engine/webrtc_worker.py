@@ -370,12 +370,8 @@ class ToBrowserTrack(MediaStreamTrack):
             raise MediaStreamError
         loop = asyncio.get_running_loop()
         now = loop.time()
-        if self._start is None:
-            self._start = now
-        elif self._resumed:
-            self._follow_wall_clock(now)
-        else:
-            self._pts += FRAME_SAMPLES
+        if self._advance(now):
+            assert self._start is not None
             wait = self._start + self._pts / SAMPLE_RATE - now
             if wait > 0:
                 await asyncio.sleep(wait)
@@ -393,14 +389,21 @@ class ToBrowserTrack(MediaStreamTrack):
             self._resumed = True
             return None
         resumed = self._start is None or self._resumed
-        if self._start is None:
-            self._start = now
-        elif self._resumed:
-            self._follow_wall_clock(now)
-        else:
-            self._pts += FRAME_SAMPLES
+        self._advance(now)
         self._resumed = False
         return resumed
+
+    def _advance(self, now: float) -> bool:
+        """Media time to the next frame; True when it follows the running clock (the frame is due
+        one interval after the last), False when the clock (re)starts at ``now``."""
+        if self._start is None:
+            self._start = now
+            return False
+        if self._resumed:
+            self._follow_wall_clock(now)
+            return False
+        self._pts += FRAME_SAMPLES
+        return True
 
     def _follow_wall_clock(self, now: float) -> None:
         """After an idle spell RTP time follows the wall clock: the next frame is due ``now``."""
