@@ -86,14 +86,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import re
-import signal
-import socket
-import sys
-import time
 from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
 from typing import Any, Protocol
 
 import msgspec
@@ -109,7 +103,6 @@ from engine.webrtc_worker import (
     FRAME_SAMPLES,
     SAMPLE_RATE,
     Answered,
-    ChannelClosed,
     Close,
     Closed,
     ConnectRtp,
@@ -126,15 +119,13 @@ from engine.webrtc_worker import (
     Opened,
     OpenFailed,
     PageError,
-    Ready,
     StateChanged,
     Stats,
     ToBrowserTrack,
-    encode_frame,
-    read_frame,
     set_host_addresses,
 )
 from engine.webrtc_worker import Offer as OfferMessage
+from engine.workers import WorkerPool, WorkerProcess, settle, worker_args
 
 __all__ = [
     "CODEC_PREFERENCE",
@@ -170,18 +161,6 @@ MAX_OUTBOX = 256
 #: How long a replaced or shut-down session may take to release its resources.
 CLOSE_TIMEOUT_S = 5.0
 
-#: A worker imports aiortc, PyAV and numpy before it says "ready": about a second on an idle core,
-#: several when the machine is busy starting everything else.
-WORKER_START_TIMEOUT_S = 30.0
-#: A stopping worker closes its legs, then exits; one that takes longer is killed.
-WORKER_STOP_TIMEOUT_S = 5.0
-#: Restart delay after a worker that died young (a broken install must not spin): doubles per quick
-#: death up to the cap, back to none once a worker lived longer than `WORKER_STABLE_S`.
-WORKER_BACKOFF_S = 0.5
-WORKER_BACKOFF_MAX_S = 30.0
-WORKER_STABLE_S = 10.0
-#: `-m engine.webrtc_worker` must find this very engine package, installed or not.
-_ROOT = str(Path(__file__).resolve().parents[1])
 #: The close reason of the sessions of a worker that died.
 WORKER_DIED = "media worker died"
 
@@ -321,16 +300,6 @@ class MediaBackend(Protocol):
     async def close(self) -> None: ...
 
 
-def _settle(future: asyncio.Future[Any], result: Any = None, exc: Exception | None = None) -> None:
-    if future.done():
-        return
-    if exc is None:
-        future.set_result(result)
-    else:
-        future.set_exception(exc)
-        future.exception()  # nobody may be waiting (yet): don't log it as never retrieved
-
-
 class WorkerMedia:
     """A session's `MediaLeg` in a worker process: the same API, as control messages."""
 
@@ -341,7 +310,7 @@ class WorkerMedia:
         self._agent_id = agent_id
         self._cfg = cfg
         self._events = events
-        self._worker: _WorkerProcess | None = None
+        self._worker: WorkerProcess | None = None
         self.sid = 0
         self._address: tuple[str, int] | None = None
         self._state = "new"
@@ -387,13 +356,13 @@ class WorkerMedia:
         if not self._closing:
             self._closing = True
             if self._worker is None or not self._worker.alive:
-                _settle(self._closed)
+                settle(self._closed)
             else:
                 self._send(Close(self.sid))
         with contextlib.suppress(TimeoutError, MediaGone):
             await asyncio.wait_for(asyncio.shield(self._closed), CLOSE_TIMEOUT_S)
         if self._worker is not None:
-            self._worker.media.pop(self.sid, None)
+            self._worker.clients.pop(self.sid, None)
 
     def _send(self, message: msgspec.Struct) -> None:
         if self._worker is not None:
@@ -407,20 +376,20 @@ class WorkerMedia:
         elif isinstance(message, Stats):
             self.stats = message.stats
         elif isinstance(message, Opened):
-            _settle(self._opened, (message.host, message.port))
+            settle(self._opened, (message.host, message.port))
         elif isinstance(message, OpenFailed):
-            _settle(self._opened, exc=OSError(message.reason))
+            settle(self._opened, exc=OSError(message.reason))
         elif isinstance(message, Answered):
-            _settle(self._answered, (message.sdp, message.codec))
+            settle(self._answered, (message.sdp, message.codec))
         elif isinstance(message, OfferRefused):
-            _settle(self._answered, exc=OfferError(message.reason))
+            settle(self._answered, exc=OfferError(message.reason))
         elif isinstance(message, PageError):
             self._events.media_error(message.reason)
         elif isinstance(message, Failed):
             self._events.media_failed(message.reason, bug=message.bug)
         elif isinstance(message, Closed):
             self.stats = message.stats
-            _settle(self._closed)
+            settle(self._closed)
 
     def worker_died(self) -> None:
         self.detach(WORKER_DIED)
@@ -430,228 +399,7 @@ class WorkerMedia:
         """The worker is gone or going: whatever still waits for it gets MediaGone."""
         self._state = "closed"
         for future in (self._opened, self._answered, self._closed):
-            _settle(future, exc=MediaGone(reason))
-
-
-def _exit_text(status: int | None) -> str:
-    """A worker's exit status as an operator reads it: "killed by SIGKILL", "exit status 1"."""
-    if status is not None and status < 0:
-        with contextlib.suppress(ValueError):
-            return f"killed by {signal.Signals(-status).name}"
-    return f"exit status {status}"
-
-
-class _WorkerProcess:
-    """One worker slot: the current process, its control stream and the sessions it carries."""
-
-    def __init__(self, slot: int) -> None:
-        self.slot = slot
-        self.pid = 0
-        self.proc: asyncio.subprocess.Process | None = None
-        self.sock: socket.socket | None = None
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-        self.media: dict[int, WorkerMedia] = {}
-        self.alive = False
-        # Why no worker serves this slot while `alive` is false (for /readyz).
-        self.down = "starting"
-
-    def send(self, message: msgspec.Struct) -> None:
-        if self.alive and self.writer is not None and not self.writer.is_closing():
-            self.writer.write(encode_frame(message))
-
-    async def reap(self) -> int | None:
-        """Close the control stream (the worker then exits), wait for the exit; the exit status."""
-        self.alive = False
-        if self.writer is not None:
-            self.writer.close()
-        elif self.sock is not None:
-            self.sock.close()
-        self.writer = self.reader = self.sock = None
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return None
-        if proc.returncode is None:
-            try:
-                await asyncio.wait_for(proc.wait(), WORKER_STOP_TIMEOUT_S)
-            except TimeoutError:
-                log.warning("webrtc_worker_kill", worker=self.slot, pid=proc.pid)
-                proc.kill()
-                await proc.wait()
-        return proc.returncode
-
-
-class WorkerPool:
-    """N media worker processes: started together, each restarted when it dies, stopped together.
-
-    One supervisor task per slot owns the slot's process: it starts it, reads its control stream
-    until it ends, then fails the sessions it carried and starts a new one.
-    """
-
-    def __init__(
-        self,
-        count: int,
-        metrics: WebRtcMetrics,
-        *,
-        log_level: str,
-        log_format: str,
-        event_loop: str,
-        on_unexpected: Callable[[], None],
-    ) -> None:
-        self._slots = [_WorkerProcess(i) for i in range(count)]
-        self._metrics = metrics
-        self._args = [log_level, log_format, event_loop]
-        self._on_unexpected = on_unexpected
-        self._supervisors: list[asyncio.Task[None]] = []
-        self._some_up = asyncio.Event()
-        self._closing = False
-        self._next_sid = 0
-        self._decoder = msgspec.msgpack.Decoder(FromWorker)
-
-    @property
-    def pids(self) -> list[int]:
-        return [w.pid for w in self._slots if w.alive]
-
-    def not_ready(self) -> str | None:
-        """Why some worker is not serving (for /readyz), or None when every one is up. A slot
-        that is down does not strand anyone (new sessions go to the others), but capacity is
-        short and a slot that keeps dying is what an operator must hear about."""
-        down = [f"media worker {w.slot} {w.down}" for w in self._slots if not w.alive]
-        return "; ".join(down) or None
-
-    async def start(self) -> None:
-        """Start every worker; returns when each is up or its first start failed (logged)."""
-        loop = asyncio.get_running_loop()
-        first: list[asyncio.Future[None]] = [loop.create_future() for _ in self._slots]
-        self._supervisors = [
-            asyncio.ensure_future(self._supervise(w, f))
-            for w, f in zip(self._slots, first, strict=True)
-        ]
-        await asyncio.wait(first)
-
-    async def close(self) -> None:
-        self._closing = True
-        for task in self._supervisors:
-            task.cancel()
-        await asyncio.gather(*self._supervisors, return_exceptions=True)
-        for worker in self._slots:
-            for media in worker.media.values():
-                media.detach()  # nobody waits for a reply that cannot come any more
-            worker.media.clear()
-            worker.down = "stopped (shutting down)"
-        await asyncio.gather(*(w.reap() for w in self._slots))
-        self._some_up.clear()
-        self._metrics.workers.set(0)
-
-    async def assign(self, media: WorkerMedia) -> tuple[_WorkerProcess, int]:
-        """The worker with the fewest sessions takes ``media``; waits while none is up."""
-        if self._closing:
-            raise MediaGone("shutting down")
-        try:
-            await asyncio.wait_for(self._some_up.wait(), WORKER_START_TIMEOUT_S)
-        except TimeoutError:
-            raise MediaGone("no media worker running") from None
-        worker = min((w for w in self._slots if w.alive), key=lambda w: len(w.media))
-        self._next_sid += 1
-        worker.media[self._next_sid] = media
-        return worker, self._next_sid
-
-    def _update_up(self) -> None:
-        alive = sum(w.alive for w in self._slots)
-        self._metrics.workers.set(alive)
-        if alive:
-            self._some_up.set()
-        else:
-            self._some_up.clear()
-
-    async def _supervise(self, worker: _WorkerProcess, first: asyncio.Future[None]) -> None:
-        backoff = 0.0
-        while not self._closing:
-            started = time.monotonic()
-            try:
-                await self._spawn(worker)
-            except (OSError, TimeoutError, ChannelClosed) as exc:
-                log.error(
-                    "webrtc_worker_start_failed",
-                    worker=worker.slot,
-                    reason=str(exc) or type(exc).__name__,
-                )
-                worker.down = f"failed to start ({str(exc) or type(exc).__name__}); retrying"
-                await worker.reap()
-            else:
-                log.info("webrtc_worker_started", worker=worker.slot, pid=worker.pid)
-                worker.down = ""
-                self._update_up()
-                _settle(first)
-                reason = await self._serve(worker)
-                worker.down = f"(pid {worker.pid}) died; restarting"
-                status = await worker.reap()
-                worker.down = f"(pid {worker.pid}) died ({_exit_text(status)}); restarting"
-                self._update_up()
-                sessions = list(worker.media.values())
-                worker.media.clear()
-                for media in sessions:
-                    media.worker_died()
-                self._metrics.worker_restarts.inc()
-                log.error(
-                    "webrtc_worker_died",
-                    worker=worker.slot,
-                    pid=worker.pid,
-                    exit_status=status,
-                    reason=reason,
-                    sessions_closed=len(sessions),
-                )
-            _settle(first)
-            if time.monotonic() - started > WORKER_STABLE_S:
-                backoff = 0.0
-            else:
-                backoff = min(max(backoff * 2, WORKER_BACKOFF_S), WORKER_BACKOFF_MAX_S)
-            await asyncio.sleep(backoff)
-
-    async def _spawn(self, worker: _WorkerProcess) -> None:
-        parent, child = socket.socketpair()
-        worker.sock = parent
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, env.get("PYTHONPATH")) if p)
-        try:
-            worker.proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "engine.webrtc_worker",
-                str(child.fileno()),
-                *self._args,
-                pass_fds=(child.fileno(),),
-                stdin=asyncio.subprocess.DEVNULL,
-                env=env,
-            )
-        finally:
-            child.close()
-        worker.reader, worker.writer = await asyncio.open_connection(sock=parent)
-        ready = await asyncio.wait_for(
-            read_frame(worker.reader, self._decoder), WORKER_START_TIMEOUT_S
-        )
-        if not isinstance(ready, Ready):
-            raise ChannelClosed(f"expected Ready, got {type(ready).__name__}")
-        worker.pid = ready.pid
-        worker.alive = True
-
-    async def _serve(self, worker: _WorkerProcess) -> str:
-        """Hand the worker's messages to their sessions until its stream ends; why it ended."""
-        assert worker.reader is not None
-        while True:
-            try:
-                message = await read_frame(worker.reader, self._decoder)
-            except ChannelClosed as exc:
-                return str(exc)
-            media = worker.media.get(getattr(message, "sid", -1))
-            if media is None:
-                continue  # a late report for a session that closed
-            try:
-                media.received(message)
-            except Exception:  # our bug (or a hook's): it ends that session, not the others
-                log.exception("webrtc_session_error", where="worker_message", sid=media.sid)
-                self._on_unexpected()
-                media.worker_died()
+            settle(future, exc=MediaGone(reason))
 
 
 # -- one agent's softphone ---------------------------------------------------------------------------
@@ -947,13 +695,15 @@ class WebRtcGateway:
         config = self._get_config()
         if config.webrtc.workers == 0 or self._workers is not None or self._closing:
             return
-        level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
         self._workers = WorkerPool(
+            "webrtc",
+            "engine.webrtc_worker",
             config.webrtc.workers,
-            self.metrics,
-            log_level=level if level in ("debug", "info", "warning", "error") else "error",
-            log_format=config.log.format.value,
-            event_loop=config.runtime.event_loop,
+            msgspec.msgpack.Decoder(FromWorker),
+            args=worker_args(config),
+            workers_gauge=self.metrics.workers,
+            restarts=self.metrics.worker_restarts,
+            gone=MediaGone,
             on_unexpected=self.count_unexpected,
         )
         await self._workers.start()

@@ -48,12 +48,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fractions
-import logging
 import os
 import queue
 import re
 import secrets
-import signal
 import socket
 import struct
 import sys
@@ -78,7 +76,8 @@ from aiortc.clock import current_ntp_time
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtp import RtpPacket
 
-from engine.config import LogConfig, LogFormat, LogLevel, WebRtcConfig
+from engine.config import WebRtcConfig
+from engine.workers import ChannelClosed, Ready, encode_frame, read_frame, worker_main
 from sip.rtp.dtmf import dtmf_packets
 from sip.rtp.g711 import (
     ALAW_DECODE,
@@ -120,8 +119,6 @@ CODEC_PREFERENCE = ("audio/PCMU", "audio/PCMA", "audio/opus")
 #: How often a worker reports its legs' packet counters (metrics lag the truth by at most this).
 STATS_INTERVAL_S = 1.0
 #: A control message is an SDP (a few KiB) at most; a larger length prefix means a broken stream.
-MAX_FRAME_BYTES = 1 << 20
-_LENGTH = struct.Struct("!I")
 
 
 class MediaStats(msgspec.Struct):
@@ -1185,10 +1182,6 @@ class Close(msgspec.Struct, tag=True, array_like=True):
 ToWorker = Open | Offer | ConnectRtp | DisconnectRtp | Dtmf | Close
 
 
-class Ready(msgspec.Struct, tag=True, array_like=True):
-    pid: int
-
-
 class Opened(msgspec.Struct, tag=True, array_like=True):
     sid: int
     host: str
@@ -1240,31 +1233,6 @@ class Closed(msgspec.Struct, tag=True, array_like=True):
 FromWorker = (
     Ready | Opened | OpenFailed | Answered | OfferRefused | StateChanged | PageError | Failed
 ) | (Stats | Closed)
-
-_encoder = msgspec.msgpack.Encoder()
-
-
-def encode_frame(message: msgspec.Struct) -> bytes:
-    body = _encoder.encode(message)
-    return _LENGTH.pack(len(body)) + body
-
-
-class ChannelClosed(Exception):
-    """The control stream ended (EOF, reset, or a frame that cannot be a control message)."""
-
-
-async def read_frame(reader: asyncio.StreamReader, decoder: msgspec.msgpack.Decoder[Any]) -> Any:
-    """The next message on a control stream; ChannelClosed when the other process is gone."""
-    try:
-        (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
-        if length > MAX_FRAME_BYTES:
-            raise ChannelClosed(f"control frame of {length} bytes")
-        return decoder.decode(await reader.readexactly(length))
-    except (asyncio.IncompleteReadError, ConnectionError) as exc:
-        raise ChannelClosed(str(exc) or type(exc).__name__) from exc
-    except msgspec.DecodeError as exc:
-        raise ChannelClosed(f"bad control message: {exc}") from exc
-
 
 # -- the worker process ----------------------------------------------------------------------------
 
@@ -1402,33 +1370,19 @@ async def _serve(fd: int) -> None:
 
 def main(argv: list[str]) -> int:
     """``python -m engine.webrtc_worker FD LOG_LEVEL LOG_FORMAT EVENT_LOOP`` (the daemon runs it)."""
-    if len(argv) != 4 or not argv[0].isdigit():
-        print(
-            "usage: python -m engine.webrtc_worker FD LOG_LEVEL LOG_FORMAT EVENT_LOOP\n"
-            "(started by the acd daemon with [webrtc] workers > 0; not for running by hand)",
-            file=sys.stderr,
-        )
-        return 2
-    fd, level, fmt, event_loop = int(argv[0]), argv[1], argv[2], argv[3]
-    # The daemon drains its calls on SIGINT/SIGTERM and then stops us by closing the channel.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    from engine.logs import configure_logging
 
-    configure_logging(LogConfig(level=LogLevel(level), format=LogFormat(fmt)))
-    structlog.contextvars.bind_contextvars(webrtc_worker=os.getpid())
+    async def serve(fds: list[int]) -> None:
+        await _serve(fds[0])
+
     # aiortc and aioice log every packet and ICE check at debug level
-    for name in ("aiortc", "aioice"):
-        logging.getLogger(name).setLevel(logging.INFO)
-    loop_factory: Any = None
-    if event_loop == "uvloop":
-        with contextlib.suppress(ImportError):
-            import uvloop
-
-            loop_factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(_serve(fd))
-    return 0
+    return worker_main(
+        argv,
+        module="engine.webrtc_worker",
+        n_fds=1,
+        serve=serve,
+        context_key="webrtc_worker",
+        quiet_loggers=("aiortc", "aioice"),
+    )
 
 
 if __name__ == "__main__":
