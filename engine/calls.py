@@ -47,9 +47,11 @@ from engine.announcements import SHIPPED_PROMPTS, expected_wait_prompts, positio
 from engine.cdr import CallRecord, CdrWriter, QueueEventData
 from engine.config import Config, LoginMode, TrunkConfig, outbound_proxy_uri
 from engine.flows import FlowOutcome, FlowRunner
+from engine.media_offload import MediaWorkers, RemoteBridge, RemoteRecording
 from engine.metrics import WAIT_BUCKETS, Metrics
 from engine.recording_service import OnDemandRecording, RecordingRefused, RecordingService
 from engine.routing import RoutingService
+from engine.workers import worker_args
 from sip import Request, Uri
 from sip.auth import DigestAlgorithm, DigestAuthenticator, DigestClient, Password
 from sip.dialog import DialogId
@@ -156,6 +158,11 @@ class TransferTarget:
     by: str = ""  # who asked (agent id or API token name), for the CDR's flow data
 
 
+#: How long a new bridge waits for a media worker to hand a leg back (a reply takes a millisecond;
+#: a worker that died is noticed at once, and the leg is then taken back without it).
+MEDIA_HOME_TIMEOUT_S = 2.0
+
+
 @dataclass(eq=False)
 class Call:
     id: str
@@ -194,12 +201,14 @@ class Call:
     recording: Any = None  # recordings.Recording while the bridge feeds it
     priority: int = 0
     overflows: int = 0
-    bridge: Bridge | None = None
+    bridge: Bridge | RemoteBridge | None = None
     transfer_answered_at: float | None = None
     # The caller's last SDP offer and our last answer (re-INVITEs are answered from these).
     remote_sdp: Any = None
     local_sdp: Any = None
     held_by: set[str] = field(default_factory=set)  # "caller" / "agent": who put the other on hold
+    # The last media-worker bridge's "legs are back" future: the next bridge waits for it.
+    media_home: asyncio.Future[None] | None = None
 
 
 class CallMetrics:
@@ -303,7 +312,10 @@ class CallService:
         self.flows = flows
         self.webrtc: Any = None  # engine.webrtc.WebRtcGateway, when attached (browser agents)
         self.metrics = CallMetrics(metrics)
+        self._metrics = metrics
         self.media_stats = MediaStats()
+        # [media] workers > 0: bridged calls' media in worker processes (engine/media_offload.py)
+        self.media_workers: MediaWorkers | None = None
         self.ports = PortAllocator(config.media.rtp_port_min, config.media.rtp_port_max)
         self.prompts = PromptCache(("PCMU", "PCMA"))
         self.clock: MediaClock | None = None
@@ -385,7 +397,9 @@ class CallService:
         now = _now()
         position = call.bridge.position(now)
         if paused:
-            call.recording.pause(position)  # the span is written as silence and listed in the index
+            call.recording.pause(
+                position
+            )  # (a worker's recording: paused at its own position)  # the span is written as silence and listed in the index
             call.bridge.pause_recording(now, "paused")
         else:
             call.bridge.resume_recording(now)
@@ -407,12 +421,24 @@ class CallService:
             raise RecordingRefused("the call is already being recorded")
         if self.recordings is None:
             raise RecordingRefused("recording is unavailable: the recording service did not start")
+        remote = isinstance(bridge, RemoteBridge) and bridge.carried_by is not None
         recording = await self.recordings.start_on_demand(
-            call.id, call.queue, call.agent_id, requested_by=requested_by
-        )
+            call.id, call.queue, call.agent_id, requested_by=requested_by,
+            remote=self.media_workers if remote else None,
+        )  # fmt: skip
         if bridge.stopped_at is not None:  # hung up while the index row was written
             recording.close(0)
             raise RecordingRefused("the call ended before the recording could start")
+        if isinstance(bridge, RemoteBridge):
+            if not isinstance(recording, RemoteRecording):  # taken back meanwhile: not recorded
+                recording.close(0)
+                raise RecordingRefused("the call's media moved while the recording was started")
+            bridge.start_recording(recording)  # the worker's position 0 is now
+            call.recording, call.recording_id = recording, recording.recording_id
+            log.info(
+                "recording_started_on_demand", recording_id=recording.recording_id, by=requested_by
+            )
+            return recording.recording_id
         sink = OnDemandRecording(recording, bridge.position(_now()))
         call.recording, call.recording_id = sink, sink.recording_id
         bridge.sink = sink  # the tap rebases on the next packet of each leg
@@ -431,6 +457,17 @@ class CallService:
         loop = asyncio.get_running_loop()
         self.clock = MediaClock(loop, self.media_stats)
         self.clock.start()
+        if self.config.media.workers > 0 and self.media_workers is None:
+            self.media_workers = MediaWorkers(
+                self.config.media.workers,
+                self._metrics.registry,
+                self.media_stats,
+                args=worker_args(self.config),
+                on_unexpected=self._metrics.unexpected_errors.inc,
+            )
+            await self.media_workers.start()
+            if self.recordings is not None:
+                self.recordings.remote_writer_error = self.media_workers.writer_error
         sip_cfg = self.config.sip
         authenticator = DigestAuthenticator(
             sip_cfg.realm,
@@ -522,6 +559,8 @@ class CallService:
             self.transmit()
             for transport in self.transports:
                 transport.close()
+        if self.media_workers is not None:
+            await self.media_workers.close()
         if self.clock is not None:
             self.clock.stop()
 
@@ -769,7 +808,9 @@ class CallService:
         "hold" while anyone holds, unless it is already paused for another reason (PCI)."""
         now = _now()
         rtp = call.rtp if side == "caller" else self._leg_of(call)
-        if rtp is not None:
+        if isinstance(call.bridge, RemoteBridge) and call.bridge.stopped_at is None:
+            call.bridge.set_held(0 if side == "caller" else 1, held, now)
+        elif rtp is not None:
             rtp.set_held(held, now)
         if held:
             call.held_by.add(side)
@@ -781,7 +822,7 @@ class CallService:
             return
         agent_holds, caller_holds = "agent" in call.held_by, "caller" in call.held_by
         if agent_holds and not caller_holds:
-            if call.player is None:
+            if call.player is None and not (isinstance(bridge, RemoteBridge) and bridge.playing[0]):
                 self._music_on_hold(call, call.queue)
         else:
             self._stop_player(call)
@@ -790,6 +831,36 @@ class CallService:
             bridge.pause_recording(now, "hold")
         elif not call.held_by and bridge.recording_paused_for == "hold":
             bridge.resume_recording(now)
+
+    def _new_bridge(
+        self, call: Call, other: RtpEndpoint, other_codec: str, recording: Any
+    ) -> Bridge | RemoteBridge:
+        """The caller bridged to ``other`` (an agent or a transfer target): in a media worker
+        when [media] workers > 0 (``recording`` is then a RemoteRecording, or None), else here."""
+        assert call.rtp is not None
+        assert self.clock is not None
+        if self.media_workers is not None and (
+            recording is None or isinstance(recording, RemoteRecording)
+        ):
+            bridge = RemoteBridge(
+                self.media_workers, call.rtp, other, stats=self.media_stats, clock=self.clock,
+                prompts=self.prompts, call_id=call.id, caller_codec=call.codec,
+                agent_codec=other_codec, sink=recording,
+            )  # fmt: skip
+            call.media_home = bridge.home
+            return bridge
+        return Bridge(
+            call.rtp, other, stats=self.media_stats, caller_codec=call.codec,
+            agent_codec=other_codec, sink=recording,
+        )  # fmt: skip
+
+    async def _media_home(self, call: Call) -> None:
+        """Wait (briefly) until a media worker has handed the caller's leg back from the last
+        bridge (a transferred caller bridged again): a leg is carried by one process at a time."""
+        home = call.media_home
+        if home is not None and not home.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(home), MEDIA_HOME_TIMEOUT_S)
 
     def _leg_of(self, call: Call) -> RtpEndpoint | None:
         """The bridged far leg's RTP endpoint (the agent's, or a transfer target's)."""
@@ -838,12 +909,15 @@ class CallService:
         prompt = self._prompt_by_name.get(name)
         if prompt is not None:
             return prompt
+        prompt = self._prompt_by_name[name] = self.prompts.get(self._prompt_path(name))
+        return prompt
+
+    def _prompt_path(self, name: str) -> Path:
         extra = self.config.media.prompts_dir
         for base in ([Path(extra)] if extra else []) + [SHIPPED_PROMPTS]:
             path = base / f"{name}.wav"
             if path.exists():
-                prompt = self._prompt_by_name[name] = self.prompts.get(path)
-                return prompt
+                return path
         raise _CallEnded(f"prompt {name!r} not found", "failed")
 
     async def play(self, call: Call, prompts: Sequence[str], *, barge_in: bool) -> str | None:
@@ -867,6 +941,8 @@ class CallService:
         return None
 
     def _stop_player(self, call: Call) -> None:
+        if isinstance(call.bridge, RemoteBridge) and call.bridge.stopped_at is None:
+            call.bridge.stop_play(0)
         if call.player is not None:
             call.player.stop()
             call.player = None
@@ -878,6 +954,10 @@ class CallService:
             return
         qcfg = next((q for q in self.config.queues if q.name == queue), None)
         music = qcfg.music_on_hold if qcfg is not None else "moh"  # a transferred call: no queue
+        if isinstance(call.bridge, RemoteBridge) and call.bridge.stopped_at is None:
+            # the caller's socket is the worker's while bridged: the music is played there
+            call.bridge.play(0, call.codec, [], [str(self._prompt_path(music))])
+            return
         playlist = Playlist(call.codec, [], loop=[self._prompt(music)])
         self._stop_player(call)
         call.player = LegPlayer(call.rtp, playlist, self.clock)
@@ -986,15 +1066,16 @@ class CallService:
         self._stop_player(call)
         assert call.rtp is not None
         recording = None
+        remote = self.media_workers is not None and bool(self.media_workers.pool.pids)
         if self.recordings is not None:
-            recording = await self.recordings.start(call.id, call.queue, leg.agent_id)
+            recording = await self.recordings.start(
+                call.id, call.queue, leg.agent_id, remote=self.media_workers if remote else None
+            )
             if recording is not None:
                 call.recording = recording
                 call.recording_id = str(getattr(recording, "recording_id", "")) or None
-        call.bridge = Bridge(
-            call.rtp, leg.rtp, stats=self.media_stats, caller_codec=call.codec,
-            agent_codec=leg.codec, sink=recording,
-        )  # fmt: skip
+        await self._media_home(call)
+        call.bridge = self._new_bridge(call, leg.rtp, leg.codec, recording)
         call.bridge.start(_now())
         log.info("call_bridged", agent=leg.agent_id)
         # Until a BYE on either leg cancels this task, or the agent transfers the caller.
@@ -1292,7 +1373,8 @@ class CallService:
         elif kind in ("hold", "unhold") and leg.answered:
             held = kind == "hold"
             if held != ("agent" in call.held_by):
-                leg.rtp.set_held(held, _now())
+                if not isinstance(call.bridge, RemoteBridge):  # else _hold_changed tells its worker
+                    leg.rtp.set_held(held, _now())
                 self._hold_changed(call, "agent", held)
         else:
             session.send_event({"type": "error", "reason": f"cannot {kind!r} this call now"})
@@ -1390,10 +1472,8 @@ class CallService:
                 "transfer", call_id=call.id, queue=call.queue,
                 data=QueueEventData(target=number),
             )  # fmt: skip
-        call.bridge = Bridge(
-            call.rtp, leg.rtp, stats=self.media_stats, caller_codec=call.codec,
-            agent_codec=leg.codec, sink=None,
-        )  # fmt: skip
+        await self._media_home(call)
+        call.bridge = self._new_bridge(call, leg.rtp, leg.codec, None)
         call.bridge.start(_now())
         log.info("call_transferred", target=number, trunk=trunk.name)
         await asyncio.Event().wait()  # until a BYE on either leg cancels this task

@@ -358,6 +358,8 @@ class MediaConfig(_Struct, frozen=True):
     prompts_dir: str = ""  # empty: the prompts shipped with acd
     # seconds without RTP from a bridged leg before the call is ended (0 = never)
     inactivity_timeout_s: float = 30.0
+    # processes that carry bridged calls' media (relay, tap, recording); 0 = the daemon itself
+    workers: int = 0
 
 
 class IceServerConfig(_Struct, frozen=True):
@@ -687,7 +689,7 @@ _RECORD_RE: Final = re.compile(r"^(always|never|on_demand|(100|[1-9]?[0-9])%)$")
 
 
 # More media workers than this is a typo, not a machine: each is a process of about 100 MB.
-_MAX_WEBRTC_WORKERS: Final = 64
+_MAX_WORKERS: Final = 64
 
 # The schemes aiortc's ICE agent understands (it has no stuns:).
 _ICE_URL_RE: Final = re.compile(r"^(stun|turn|turns):[^\s]+$")
@@ -715,12 +717,15 @@ def _validate_webrtc(cfg: WebRtcConfig, file: str) -> None:
         raise ConfigError(
             file, "webrtc.max_sessions", f"expected an integer >= 1, found {cfg.max_sessions}"
         )
-    if not 0 <= cfg.workers <= _MAX_WEBRTC_WORKERS:
+    _check_workers(file, "webrtc.workers", cfg.workers)
+
+
+def _check_workers(file: str, key: str, workers: int) -> None:
+    if not 0 <= workers <= _MAX_WORKERS:
         raise ConfigError(
             file,
-            "webrtc.workers",
-            f"expected 0 (media in the daemon) to {_MAX_WEBRTC_WORKERS} worker processes, "
-            f"found {cfg.workers}",
+            key,
+            f"expected 0 (media in the daemon) to {_MAX_WORKERS} worker processes, found {workers}",
         )
 
 
@@ -921,6 +926,7 @@ def _validate_telephony(cfg: Config, file: str) -> None:
             "recordings.retention_days",
             f"expected >= 0 (0 = forever), found {rec.retention_days}",
         )
+    _check_workers(file, "media.workers", cfg.media.workers)
     if not cfg.media.rtp_port_min < cfg.media.rtp_port_max:
         raise ConfigError(
             file, "media.rtp_port_max", f"expected > media.rtp_port_min ({cfg.media.rtp_port_min})"

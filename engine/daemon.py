@@ -105,6 +105,15 @@ class Daemon:
                 return self.webrtc.workers_not_ready()
 
             checks["webrtc_workers"] = webrtc_workers
+        if self.config.media.workers > 0:
+
+            async def media_workers() -> str | None:
+                workers = None if self.calls is None else self.calls.media_workers
+                if workers is None:
+                    return "media workers not started"
+                return workers.not_ready()
+
+            checks["media_workers"] = media_workers
         return checks
 
     # -- lifecycle -----------------------------------------------------------------------------

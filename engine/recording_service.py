@@ -29,11 +29,11 @@ import asyncio
 import dataclasses
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 import structlog
@@ -47,6 +47,9 @@ from engine.storage.schema import audit_log
 from engine.storage.schema import recordings as recordings_table
 from recordings.retention import SECONDS_PER_DAY
 from sip.rtp.g711 import DECODERS
+
+if TYPE_CHECKING:
+    from engine.media_offload import MediaWorkers
 
 log = structlog.stdlib.get_logger("acd.recordings")
 
@@ -275,6 +278,8 @@ class RecordingService:
         self._pending: set[asyncio.Future[Any]] = set()
         self._starting: set[str] = set()  # call ids with an on-demand start in flight
         self.index_errors = 0
+        #: Set by the call layer with [media] workers: their writers' health (None = healthy).
+        self.remote_writer_error: Callable[[], str | None] | None = None
 
     def apply(self, config: Config) -> None:
         """A reloaded config: queue policies (record, encrypt, retention) apply to new calls."""
@@ -303,9 +308,10 @@ class RecordingService:
             await asyncio.gather(*self._pending, return_exceptions=True)
 
     def healthy(self) -> str | None:
-        if self.writer.healthy():
-            return None
-        return f"recording writes failing: {self.writer.last_error}"
+        if not self.writer.healthy():
+            return f"recording writes failing: {self.writer.last_error}"
+        remote = self.remote_writer_error() if self.remote_writer_error is not None else None
+        return None if remote is None else f"recording writes failing: {remote}"
 
     # -- one call ----------------------------------------------------------------------------------
 
@@ -317,11 +323,13 @@ class RecordingService:
         *,
         on_demand: bool = False,
         started_by: str | None = None,
-    ) -> rec.Recording | None:
+        remote: MediaWorkers | None = None,
+    ) -> Any:
         """A Recording to feed, or None when the queue's policy says this call is not recorded.
 
         ``on_demand`` skips the policy's decision (the caller checked ``never``): see
-        ``start_on_demand``."""
+        ``start_on_demand``. With ``remote`` the call's media worker writes the file: the result
+        is a `RemoteRecording` for its bridge (the index row is written here all the same)."""
         qcfg = next((q for q in self._config.queues if q.name == queue), None)
         if qcfg is None:
             return None
@@ -343,17 +351,34 @@ class RecordingService:
                     on_demand=on_demand, started_by=started_by if on_demand else None,
                 )
             )  # fmt: skip
-        recording = self.writer.start_recording(
-            recording_id, path, fmt=policy.format, encrypt=policy.encrypt, call_id=call_id
-        )
+        if remote is not None:
+            from engine.media_worker import RecordingSpec  # the worker's module imports this one
+
+            rc = self._config.recordings
+            recording: Any = remote.new_recording(
+                RecordingSpec(
+                    recording_id, str(path), policy.format.value, policy.encrypt, call_id,
+                    rc.key_file, rc.flush_interval_s,
+                )
+            )  # fmt: skip
+        else:
+            recording = self.writer.start_recording(
+                recording_id, path, fmt=policy.format, encrypt=policy.encrypt, call_id=call_id
+            )
         done = asyncio.wrap_future(recording.result)
         self._pending.add(done)
         done.add_done_callback(self._finished)
         return recording
 
     async def start_on_demand(
-        self, call_id: str, queue: str, agent_id: str | None, *, requested_by: str
-    ) -> rec.Recording:
+        self,
+        call_id: str,
+        queue: str,
+        agent_id: str | None,
+        *,
+        requested_by: str,
+        remote: MediaWorkers | None = None,
+    ) -> Any:
         """An authorised user asks to record a live call from now on (API).
 
         Any policy but ``never`` allows it: ``on_demand`` queues exist for this, and a supervisor
@@ -372,7 +397,7 @@ class RecordingService:
         self._starting.add(call_id)
         try:
             recording = await self.start(
-                call_id, queue, agent_id, on_demand=True, started_by=requested_by
+                call_id, queue, agent_id, on_demand=True, started_by=requested_by, remote=remote
             )
         finally:
             self._starting.discard(call_id)

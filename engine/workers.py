@@ -250,7 +250,7 @@ class WorkerPool:
             task.cancel()
         await asyncio.gather(*self._supervisors, return_exceptions=True)
         for worker in self._slots:
-            for client in worker.clients.values():
+            for client in list(worker.clients.values()):
                 client.detach()
             worker.clients.clear()
             worker.down = "stopped (shutting down)"

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import random
 import secrets
 import socket
@@ -106,6 +107,41 @@ class RtcpReceived:
 MediaEvent = RemoteLatched | MediaTimedOut | DtmfReceived | RtcpReceived
 
 
+@dataclass(slots=True)
+class EndpointState:
+    """A leg's RTP state as it moves between processes (`RtpEndpoint.detach` / `adopt`).
+
+    Plain, picklable objects: the outbound stream (so the far end keeps one continuous stream),
+    the receiver statistics and the RFC 4733 receiver (so loss, jitter and a digit in progress
+    carry on), and the latch. Times are ages (seconds before the handoff), so the two processes'
+    clocks need not agree."""
+
+    port: int
+    remote_addr: Address | None
+    rtcp_remote: Address | None
+    latched: bool
+    symmetric: bool
+    payload_types: dict[int, str]
+    dtmf_payload_type: int | None
+    inactivity_timeout_s: float | None
+    held: bool
+    timed_out: bool
+    idle_s: float
+    rtcp_due_in_s: float
+    stream: OutboundStream
+    rx: ReceiverStats | None
+    rx_ssrc: int | None
+    lost_reported: int
+    dtmf: DtmfReceiver
+    packets_received: int
+    packets_sent: int
+    last_rtt_s: float | None
+    peer_lsr: int
+    peer_sr_age_s: float
+    cname: bytes
+    clock_rate: int
+
+
 def _rtcp_interval_s() -> float:
     # RFC 3550 6.3.1: randomise to 0.5-1.5 x the interval so legs set up together do not report
     # in lockstep
@@ -127,7 +163,7 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         self,
         port: int,
         *,
-        allocator: PortAllocator,
+        allocator: PortAllocator | None,
         stats: MediaStats,
         clock: MediaClock | None = None,
         remote: Address | None = None,
@@ -179,6 +215,9 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         # the far end's last SR: middle 32 bits and when it arrived (for LSR/DLSR, RFC 3550 6.4.1)
         self._peer_lsr = 0
         self._peer_sr_at = 0.0
+        # while another process carries this leg (`detach`): our duplicates of its sockets
+        self._parked: list[socket.socket] = []
+        self._local_address: Address | None = None
 
     # -- asyncio.DatagramProtocol -------------------------------------------------------------
 
@@ -419,8 +458,145 @@ class RtpEndpoint(asyncio.DatagramProtocol):
                 self.transport.close()
             if self.rtcp is not None and self.rtcp.transport is not None:
                 self.rtcp.transport.close()
-            self._allocator.release(self.port)
-            self._stats.sessions_active -= 1
+            for sock in self._parked:
+                sock.close()
+            self._parked = []
+            if self._allocator is not None:
+                self._allocator.release(self.port)
+                self._stats.sessions_active -= 1
+
+    # -- handing the leg to another process -----------------------------------------------------
+
+    @property
+    def detached(self) -> bool:
+        """True while another process carries this leg (between `detach` and `reattach`)."""
+        return bool(self._parked)
+
+    def detach(self, *, park: bool = True) -> tuple[EndpointState, list[socket.socket]]:
+        """Stop carrying this leg here: its state, and duplicates of its RTP and RTCP sockets
+        for the process that takes over (send them with SCM_RIGHTS, then close them).
+
+        This process keeps its own duplicates (the port pair stays ours: `close` still gives it
+        back) and reads nothing more until `reattach`; meanwhile sending is a no-op. With
+        ``park=False`` (a process handing back a leg it adopted) it keeps nothing."""
+        if self.transport is None or self.rtcp is None or self.rtcp.transport is None:
+            raise RuntimeError("only a leg carried by this process can be detached")
+        self.local_address  # noqa: B018 (cached now: SDP answers need it while it is away)
+        now = self._time()
+        self._account_loss()
+        state = EndpointState(
+            port=self.port,
+            remote_addr=self.remote_addr,
+            rtcp_remote=self.rtcp.remote_addr,
+            latched=self._latched,
+            symmetric=self.symmetric,
+            payload_types=dict(self.payload_types),
+            dtmf_payload_type=self.dtmf_payload_type,
+            inactivity_timeout_s=self.inactivity_timeout_s,
+            held=self.held,
+            timed_out=self._timed_out,
+            idle_s=now - self.last_rx_s,
+            rtcp_due_in_s=self._next_rtcp_s - now,
+            stream=self.stream,
+            rx=self.rx,
+            rx_ssrc=self.rx_ssrc,
+            lost_reported=self._lost_reported,
+            dtmf=self._dtmf,
+            packets_received=self.packets_received,
+            packets_sent=self.packets_sent,
+            last_rtt_s=self.last_rtt_s,
+            peer_lsr=self._peer_lsr,
+            peer_sr_age_s=now - self._peer_sr_at,
+            cname=self.cname,
+            clock_rate=self.clock_rate,
+        )
+        handed = [_dup_socket(self.transport), _dup_socket(self.rtcp.transport)]
+        if park:
+            self._parked = [_dup_socket(self.transport), _dup_socket(self.rtcp.transport)]
+        self.on_rtp = None
+        if self._clock is not None:
+            self._clock.remove_watcher(self)
+        self.transport.close()
+        self.rtcp.transport.close()
+        self.transport = self.rtcp.transport = None
+        return state, handed
+
+    def _restore(self, state: EndpointState, now: float) -> None:
+        self.remote_addr = state.remote_addr
+        self._latched = state.latched
+        self.symmetric = state.symmetric
+        self.payload_types = state.payload_types
+        self.dtmf_payload_type = state.dtmf_payload_type
+        self.inactivity_timeout_s = state.inactivity_timeout_s
+        self.held = state.held
+        self._timed_out = state.timed_out
+        self.last_rx_s = now - state.idle_s
+        self._next_rtcp_s = now + state.rtcp_due_in_s
+        self.stream = state.stream
+        self.rx = state.rx
+        self.rx_ssrc = state.rx_ssrc
+        self._lost_reported = state.lost_reported
+        self._dtmf = state.dtmf
+        self.packets_received = state.packets_received
+        self.packets_sent = state.packets_sent
+        self.last_rtt_s = state.last_rtt_s
+        self._peer_lsr = state.peer_lsr
+        self._peer_sr_at = now - state.peer_sr_age_s
+        if self.rtcp is not None:
+            self.rtcp.remote_addr = state.rtcp_remote
+
+    async def _connect(self, rtp_sock: socket.socket, rtcp_sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        rtcp = self.rtcp or RtcpEndpoint(self)
+        self.rtcp = rtcp
+        await loop.create_datagram_endpoint(functools.partial(_same, self), sock=rtp_sock)
+        await loop.create_datagram_endpoint(functools.partial(_same, rtcp), sock=rtcp_sock)
+
+    async def reattach(self, state: EndpointState | None) -> None:
+        """Carry the leg here again, from the state the other process handed back (None: it
+        could not, e.g. it died; this process's own state then resumes, a new source marked).
+        A leg closed meanwhile stays closed."""
+        parked, self._parked = self._parked, []
+        if self._closed or len(parked) != 2:
+            for sock in parked:
+                sock.close()
+            return
+        await self._connect(parked[0], parked[1])
+        now = self._time()
+        if state is not None:
+            self._restore(state, now)
+        self.stream.begin_source(now)
+        if self._clock is not None:
+            self._clock.add_watcher(self)
+
+    @classmethod
+    async def adopt(
+        cls,
+        state: EndpointState,
+        sockets: list[socket.socket],
+        *,
+        stats: MediaStats,
+        clock: MediaClock | None,
+        on_event: Callable[[MediaEvent], None] = _ignore,
+    ) -> RtpEndpoint:
+        """The other side of `detach`: carry a leg handed over by another process on its
+        ``sockets`` (RTP, RTCP). It owns no port (the other process does): ``detach`` it again
+        to hand it back, and close the sockets that returns."""
+        endpoint = cls(
+            state.port,
+            allocator=None,
+            stats=stats,
+            clock=clock,
+            symmetric=state.symmetric,
+            on_event=on_event,
+            cname=state.cname,
+            clock_rate=state.clock_rate,
+        )
+        await endpoint._connect(sockets[0], sockets[1])
+        endpoint._restore(state, endpoint._time())
+        if clock is not None:
+            clock.add_watcher(endpoint)
+        return endpoint
 
     async def __aenter__(self) -> RtpEndpoint:
         return self
@@ -435,9 +611,12 @@ class RtpEndpoint(asyncio.DatagramProtocol):
 
     @property
     def local_address(self) -> Address:
-        assert self.transport is not None
-        host, port = self.transport.get_extra_info("sockname")[:2]
-        return str(host), int(port)
+        """(host, port) of the RTP socket (also while another process carries the leg)."""
+        if self._local_address is None:
+            assert self.transport is not None
+            host, port = self.transport.get_extra_info("sockname")[:2]
+            self._local_address = str(host), int(port)
+        return self._local_address
 
 
 class RtcpEndpoint(asyncio.DatagramProtocol):
@@ -468,6 +647,15 @@ class RtcpEndpoint(asyncio.DatagramProtocol):
             remote = (host, port + 1)
         if remote is not None and self.transport is not None:
             self.transport.sendto(data, remote)
+
+
+def _dup_socket(transport: asyncio.BaseTransport) -> socket.socket:
+    """A socket object on a duplicate of the transport's descriptor (uvloop's transports hand
+    out a pseudo-socket that cannot be sent; the duplicate is a real one)."""
+    sock = transport.get_extra_info("socket")
+    dup = socket.socket(fileno=os.dup(sock.fileno()))
+    dup.setblocking(False)
+    return dup
 
 
 def _same(protocol: asyncio.DatagramProtocol) -> asyncio.DatagramProtocol:

@@ -19,12 +19,16 @@ def front_door(
     trunk: str = "local",
     rtp_base: int | None = None,
     flush_s: float | None = None,
+    media_workers: int = 0,
 ) -> str:
     """Admin token, a loopback trunk, and each number routed to a flow of that name; the flow
     answers and enqueues in the queue of that name, or runs ``steps`` (for a single number)."""
     parts = []
     if rtp_base is not None:
-        parts.append(f"[media]\nrtp_port_min = {rtp_base}\nrtp_port_max = {rtp_base + 98}\n")
+        parts.append(
+            f"[media]\nrtp_port_min = {rtp_base}\nrtp_port_max = {rtp_base + 98}\n"
+            f"workers = {media_workers}\n"
+        )
     if flush_s is not None:
         parts.append(f"[recordings]\nflush_interval_s = {flush_s}\n")
     parts.append(f'[[api.tokens]]\nname = "ops"\nrole = "admin"\ntoken = "{admin}"\n')

@@ -27,13 +27,13 @@ pytestmark = pytest.mark.e2e
 ADMIN = "admin-token-0123456789"
 
 
-def config(rtp_base: int) -> str:
+def config(rtp_base: int, media_workers: int = 0) -> str:
     steps = (
         '{ type = "answer" }, { type = "play", prompt = "digit-1" }, '
         '{ type = "enqueue", queue = "support" }'
     )
     return (
-        front_door(ADMIN, steps=steps, rtp_base=rtp_base, flush_s=0.5)
+        front_door(ADMIN, steps=steps, rtp_base=rtp_base, flush_s=0.5, media_workers=media_workers)
         + """
 [[queues]]
 name = "support"
@@ -79,10 +79,13 @@ def agent_state(daemon: DaemonProcess) -> str:
     return str(api(daemon, "/api/v1/agents/1001")["state"])  # type: ignore[index]
 
 
+@pytest.mark.parametrize("media_workers", [0, 1], ids=["in_daemon", "media_worker"])
 def test_call_reaches_agent_with_audio_both_ways(
-    start_daemon: DaemonFactory, tmp_path: Path
+    start_daemon: DaemonFactory, tmp_path: Path, media_workers: int
 ) -> None:
-    daemon = start_daemon(config(free_port_block(100)))
+    """With ``[media] workers = 1`` the bridged call's relay, PCI pause and recording run in a
+    media worker process: the same audio, recording and index row must come out."""
+    daemon = start_daemon(config(free_port_block(100), media_workers))
     sip = f"127.0.0.1:{_sip_port(daemon)}"
     agent = Baresip(
         tmp_path / "agent",
@@ -153,6 +156,18 @@ def test_call_reaches_agent_with_audio_both_ways(
     text = exposition.decode()
     assert 'acd_calls_total{outcome="answered"} 1.0' in text
     assert "acd_calls_active 0.0" in text
+    if media_workers:
+        assert 'acd_media_handoffs_total{outcome="carried"} 1.0' in text
+        assert "acd_media_workers 1.0" in text
+        assert 'acd_media_handoffs_total{outcome="taken_back"}' not in text
+        # the worker's packet counters reach the daemon's metrics
+        relayed = [
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith('acd_rtp_packets_total{direction="in"}')
+        ]
+        assert relayed
+        assert relayed[0] > 2 * 4 * 50
 
 
 def _sip_port(daemon: DaemonProcess) -> int:

@@ -193,6 +193,8 @@ name = "q"
             "required",
         ),
         ('[[flows]]\nname = "m2"\nsteps = []\n', "flows[1].steps", "at least one step"),
+        ("[media]\nworkers = 65\n", "media.workers", "0 (media in the daemon) to 64"),
+        ("[media]\nworkers = -1\n", "media.workers", "found -1"),
         (
             '[[flows]]\nname = "m2"\nsteps = [{ type = "enqueue", queue = "zz" }]\n',
             "flows[1].steps[0].queue",

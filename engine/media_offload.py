@@ -1,0 +1,468 @@
+"""The daemon's side of the SIP media workers: bridged calls carried by other processes.
+
+One core relays about 480 bridged, tapped and recorded calls here (benchmarks/bench_media.py:
+``sendmsg``/``recvmsg`` and the Python around them per packet, nothing left to batch). With
+``[media] workers = N`` a bridged call's media runs in one of N worker processes
+(engine/media_worker.py, whose docstring tells how a call is handed over) and the daemon's loop
+keeps signalling, routing, flows, prompts and music for callers in queue.
+
+`RemoteBridge` has `sip.media.Bridge`'s API, so the call layer drives either the same way, plus
+`play`/`stop_play`/`set_held` for hold (the legs' sockets are the worker's while bridged, so the
+caller's music on hold is played there). `RemoteRecording` stands for a recording the worker
+writes: the daemon still writes its index row first and completes it from `RecordingDone`.
+
+When no worker is up, when one refuses a call (`Failed`) or dies, the bridge is carried here:
+the legs are reattached (from the state the worker handed back, else from the daemon's own) and
+a local `Bridge` relays them with the same hold state. A call is never lost with its worker;
+only its recording ends there (the index row says why).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+import recordings as rec
+from engine.media_worker import (
+    Attach,
+    Digit,
+    Failed,
+    FromWorker,
+    PauseRecording,
+    PauseTap,
+    Play,
+    RecordingDone,
+    RecordingSpec,
+    SetHeld,
+    SetRelay,
+    StartRecording,
+    Stats,
+    Stop,
+    Stopped,
+    StopPlay,
+    TimedOut,
+    add_stats,
+)
+from engine.workers import WorkerPool, WorkerProcess, settle
+from sip.media import Bridge, LegPlayer, MediaClock, MediaStats
+from sip.media.endpoint import DtmfReceived, EndpointState, MediaTimedOut, RtpEndpoint
+from sip.rtp.playback import Playlist, PromptCache
+
+log = structlog.stdlib.get_logger("acd.media")
+
+SAMPLE_RATE = 8000
+WORKER_DIED = "media worker died"
+#: At shutdown: how long a worker may take to finish the recordings of the calls that just ended.
+RECORDING_CLOSE_TIMEOUT_S = 5.0
+
+
+class MediaWorkerGone(Exception):
+    """No media worker can take the call (none running, shutting down)."""
+
+
+class RemoteRecording:
+    """A recording written by a media worker; its result comes back as `RecordingDone`."""
+
+    __slots__ = ("_bridge", "_paused", "result", "spec")
+
+    def __init__(self, spec: RecordingSpec, result: asyncio.Future[rec.RecordingResult]) -> None:
+        self.spec = spec
+        self.result = result
+        self._paused = False
+        self._bridge: RemoteBridge | None = None
+
+    @property
+    def recording_id(self) -> str:
+        return self.spec.recording_id
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def pause(self, position: int) -> None:
+        del position  # the worker takes its own bridge's position
+        self._paused = True
+        if self._bridge is not None:
+            self._bridge.send(PauseRecording(0, True))
+
+    def resume(self, position: int) -> None:
+        del position
+        self._paused = False
+        if self._bridge is not None:
+            self._bridge.send(PauseRecording(0, False))
+
+    def close(self, end_position: int) -> None:
+        """Never fed (the call ended before its bridge took it): nothing was written."""
+        del end_position
+        settle(self.result, exc=RuntimeError("the call ended before the recording started"))
+
+
+class MediaWorkers:
+    """The pool of SIP media workers, their metrics, and the recordings they write."""
+
+    def __init__(
+        self,
+        count: int,
+        registry: CollectorRegistry,
+        stats: MediaStats,
+        *,
+        args: list[str],
+        on_unexpected: Callable[[], None],
+    ) -> None:
+        self.stats = stats
+        self.workers_up = Gauge(
+            "acd_media_workers",
+            "SIP media worker processes running ([media] workers).",
+            registry=registry,
+        )
+        self.restarts = Counter(
+            "acd_media_worker_restarts_total",
+            "SIP media worker processes that died and were restarted.",
+            registry=registry,
+        )
+        self.handoffs = Counter(
+            "acd_media_handoffs_total",
+            "Bridged calls handed to a media worker, by outcome (carried; local: no worker was "
+            "up or one refused the call; taken_back: its worker died while carrying it).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.pool = WorkerPool(
+            "media",
+            "engine.media_worker",
+            count,
+            msgspec.msgpack.Decoder(FromWorker),
+            args=args,
+            workers_gauge=self.workers_up,
+            restarts=self.restarts,
+            gone=MediaWorkerGone,
+            on_unexpected=on_unexpected,
+            on_other=self._other,
+            fd_channel=True,
+        )
+        self._recordings: dict[str, RemoteRecording] = {}
+        self._writer_errors: dict[int, str] = {}
+
+    async def start(self) -> None:
+        await self.pool.start()
+
+    async def close(self) -> None:
+        """Shutdown, after the calls ended: recordings still being finished by a worker get
+        `RECORDING_CLOSE_TIMEOUT_S` to come back, then the workers stop."""
+        pending = [r.result for r in self._recordings.values()]
+        if pending:
+            await asyncio.wait(pending, timeout=RECORDING_CLOSE_TIMEOUT_S)
+        await self.pool.close()
+        for recording in self._recordings.values():
+            settle(recording.result, exc=RuntimeError("the daemon stopped its media workers"))
+        self._recordings.clear()
+
+    def not_ready(self) -> str | None:
+        return self.pool.not_ready()
+
+    def writer_error(self) -> str | None:
+        """A worker's recording writer is failing (for /readyz), or None."""
+        errors = [f"media worker {slot}: {e}" for slot, e in self._writer_errors.items() if e]
+        return "; ".join(errors) or None
+
+    def new_recording(self, spec: RecordingSpec) -> RemoteRecording:
+        future: asyncio.Future[rec.RecordingResult] = asyncio.get_running_loop().create_future()
+        recording = RemoteRecording(spec, future)
+        self._recordings[spec.recording_id] = recording
+        future.add_done_callback(lambda _: self._recordings.pop(spec.recording_id, None))
+        return recording
+
+    def _other(self, worker: WorkerProcess, message: Any) -> None:
+        if isinstance(message, Stats):
+            add_stats(self.stats, message)
+            self._writer_errors[worker.slot] = message.writer_error
+        elif isinstance(message, RecordingDone):
+            recording = self._recordings.pop(message.recording_id, None)
+            if recording is not None:
+                # our own worker's RecordingResult, over a private socketpair
+                result = pickle.loads(message.result)  # noqa: S301
+                settle(recording.result, result)
+
+    def recording_lost(self, recording: RemoteRecording, why: str) -> None:
+        self._recordings.pop(recording.recording_id, None)
+        settle(recording.result, exc=RuntimeError(why))
+
+
+class RemoteBridge:
+    """`sip.media.Bridge`'s API for a call whose media a worker carries (see the module doc)."""
+
+    def __init__(
+        self,
+        workers: MediaWorkers,
+        caller: RtpEndpoint,
+        agent: RtpEndpoint,
+        *,
+        stats: MediaStats,
+        clock: MediaClock,
+        prompts: PromptCache,
+        call_id: str,
+        caller_codec: str = "PCMU",
+        agent_codec: str = "PCMU",
+        sink: RemoteRecording | None = None,
+    ) -> None:
+        self.legs = [caller, agent]
+        self._workers = workers
+        self._stats = stats
+        self._clock = clock
+        self._prompts = prompts
+        self._call_id = call_id
+        self._codecs = (caller_codec, agent_codec)
+        self.recording = sink
+        self.started_at = 0.0
+        self.stopped_at: float | None = None
+        self._worker: WorkerProcess | None = None
+        self._sid = 0
+        # What the call layer asked for, replayed on a local bridge if the worker goes away.
+        self._relay = (True, True)
+        self._tap_paused: str | None = None
+        self._music: list[tuple[str, list[str], list[str]] | None] = [None, None]
+        self._local: Bridge | None = None
+        self._players: list[LegPlayer | None] = [None, None]
+        self._taking_back: asyncio.Task[None] | None = None
+        #: Done when the legs are carried by this process again (after `stop`, or a take-back):
+        #: a new bridge of the same leg must wait for it.
+        self.home: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    # -- the Bridge API ------------------------------------------------------------------------------
+
+    @property
+    def carried_by(self) -> int | None:
+        """PID of the worker carrying the call, None when carried here."""
+        return self._worker.pid if self._worker is not None else None
+
+    def start(self, now: float) -> None:
+        self.started_at = now
+        assigned = self._workers.pool.assign_now(self)
+        if assigned is None:
+            self._workers.handoffs.labels(outcome="local").inc()
+            self._start_local()
+            return
+        worker, sid = assigned
+        states: list[EndpointState] = []
+        fds = []
+        try:
+            for leg in self.legs:
+                state, socks = leg.detach()
+                states.append(state)
+                fds.extend(socks)
+            worker.send_fds([s.fileno() for s in fds])
+        except (OSError, RuntimeError) as exc:
+            worker.clients.pop(sid, None)
+            self._workers.handoffs.labels(outcome="local").inc()
+            self._take_back(f"handoff failed: {exc}")
+            return
+        finally:
+            for sock in fds:
+                sock.close()
+        self._worker, self._sid = worker, sid
+        if self.recording is not None:
+            self.recording._bridge = self
+        worker.send(
+            Attach(
+                sid,
+                self._call_id,
+                pickle.dumps(states[0]),
+                pickle.dumps(states[1]),
+                self._codecs[0],
+                self._codecs[1],
+                True,
+                True,
+                self.recording.spec if self.recording is not None else None,
+            )
+        )
+        self._workers.handoffs.labels(outcome="carried").inc()
+
+    def stop(self, now: float) -> int:
+        if self.stopped_at is None:
+            self.stopped_at = now
+            if self._worker is not None:
+                self.send(Stop(0))  # the legs come back with Stopped
+            elif self._local is not None:
+                self._local.stop(now)
+                self._stop_players()
+        return round((self.stopped_at - self.started_at) * SAMPLE_RATE)
+
+    def set_relay(self, now: float, *, caller_to_agent: bool, agent_to_caller: bool) -> None:
+        if self.stopped_at is not None:
+            return
+        self._relay = (caller_to_agent, agent_to_caller)
+        if self._local is not None:
+            self._local.set_relay(
+                now, caller_to_agent=caller_to_agent, agent_to_caller=agent_to_caller
+            )
+        else:
+            self.send(SetRelay(0, caller_to_agent, agent_to_caller))
+
+    def position(self, now: float) -> int:
+        return max(0, round((now - self.started_at) * SAMPLE_RATE))
+
+    @property
+    def recording_paused_for(self) -> str | None:
+        return self._tap_paused
+
+    def pause_recording(self, now: float, reason: str = "paused") -> None:
+        if self._tap_paused is None and self.recording is not None:
+            self._tap_paused = reason
+            self.send(PauseTap(0, reason))
+
+    def resume_recording(self, now: float) -> None:
+        if self._tap_paused is not None:
+            self._tap_paused = None
+            self.send(PauseTap(0, ""))
+
+    def start_recording(self, recording: RemoteRecording) -> None:
+        """On demand: the worker records from now on (its position 0 is now)."""
+        self.recording = recording
+        if self._worker is None:
+            self._workers.recording_lost(recording, "the call's media worker is gone")
+            return
+        recording._bridge = self
+        self.send(StartRecording(0, recording.spec))
+
+    # -- hold ------------------------------------------------------------------------------------
+
+    def play(self, leg: int, codec: str, prompts: list[str], loop: list[str]) -> None:
+        """Play files on ``leg`` (0 caller, 1 agent): music on hold."""
+        self._music[leg] = (codec, prompts, loop)
+        if self._local is not None:
+            self._play_here(leg)
+        else:
+            self.send(Play(0, leg, codec, prompts, loop))
+
+    def stop_play(self, leg: int) -> None:
+        if self._music[leg] is None:
+            return
+        self._music[leg] = None
+        if self._local is not None:
+            player = self._players[leg]
+            if player is not None:
+                player.stop()
+                self._players[leg] = None
+        else:
+            self.send(StopPlay(0, leg))
+
+    @property
+    def playing(self) -> list[bool]:
+        return [m is not None for m in self._music]
+
+    def set_held(self, leg: int, held: bool, now: float) -> None:
+        if self._local is not None or self._worker is None:
+            self.legs[leg].set_held(held, now)
+        else:
+            self.send(SetHeld(0, leg, held))
+
+    # -- the worker's side ---------------------------------------------------------------------
+
+    def send(self, message: Any) -> None:
+        """A message about this call to its worker (``sid`` filled in); dropped once carried here."""
+        if self._worker is not None:
+            message.sid = self._sid
+            self._worker.send(message)
+
+    def received(self, message: Any) -> None:
+        if isinstance(message, Digit):
+            self.legs[message.leg].on_event(
+                DtmfReceived(message.digit, message.duration_ms, message.method)
+            )
+        elif isinstance(message, TimedOut):
+            self.legs[message.leg].on_event(MediaTimedOut(message.reason, message.idle_s))
+        elif isinstance(message, Stopped):
+            worker, self._worker = self._worker, None
+            if worker is not None:
+                worker.clients.pop(self._sid, None)
+            states = [pickle.loads(message.caller), pickle.loads(message.agent)]  # noqa: S301
+            self._reattach(states)
+        elif isinstance(message, Failed):
+            log.error("media_handoff_failed", call_id=self._call_id, reason=message.reason)
+            self._take_back(message.reason)
+
+    def worker_died(self) -> None:
+        self._take_back(WORKER_DIED)
+
+    def detach(self) -> None:
+        """The pool is shutting down: the legs come home so the call can still be hung up."""
+        self._take_back("media workers stopped")
+
+    # -- carrying the call here ----------------------------------------------------------------
+
+    def _take_back(self, why: str) -> None:
+        if self._worker is not None:
+            self._worker.clients.pop(self._sid, None)
+        self._worker = None
+        if self.stopped_at is None:
+            self._workers.handoffs.labels(outcome="taken_back").inc()
+            log.warning("media_taken_back", call_id=self._call_id, reason=why)
+        if self.recording is not None:
+            self._workers.recording_lost(self.recording, f"recording ended early: {why}")
+            self.recording = None
+        if any(leg.detached for leg in self.legs):
+            self._reattach([None, None])  # the daemon's own (older) state; a new source marked
+        else:
+            self._start_local()
+
+    def _reattach(self, states: list[Any]) -> None:
+        async def reattach() -> None:
+            try:
+                for leg, state in zip(self.legs, states, strict=True):
+                    await leg.reattach(state)
+            finally:
+                settle(self.home)
+            if self.stopped_at is None:
+                self._start_local()
+
+        self._taking_back = asyncio.ensure_future(reattach())
+
+    def _start_local(self) -> None:
+        settle(self.home)
+        now = asyncio.get_running_loop().time()
+        bridge = Bridge(
+            self.legs[0],
+            self.legs[1],
+            stats=self._stats,
+            caller_codec=self._codecs[0],
+            agent_codec=self._codecs[1],
+            sink=None,
+        )
+        bridge.start(now)
+        bridge.started_at = self.started_at
+        caller_to_agent, agent_to_caller = self._relay
+        if not (caller_to_agent and agent_to_caller):
+            bridge.set_relay(now, caller_to_agent=caller_to_agent, agent_to_caller=agent_to_caller)
+        self._local = bridge
+        for leg in (0, 1):
+            self._play_here(leg)
+
+    def _play_here(self, leg: int) -> None:
+        music = self._music[leg]
+        player = self._players[leg]
+        if player is not None:
+            player.stop()
+            self._players[leg] = None
+        if music is None or self.legs[leg].closed:
+            return
+        codec, prompts, loop = music
+        playlist = Playlist(
+            codec,
+            [self._prompts.get(p) for p in prompts],
+            loop=[self._prompts.get(p) for p in loop],
+        )
+        player = self._players[leg] = LegPlayer(self.legs[leg], playlist, self._clock)
+        player.start(asyncio.get_running_loop().time())
+
+    def _stop_players(self) -> None:
+        for leg in (0, 1):
+            player = self._players[leg]
+            if player is not None:
+                player.stop()
+                self._players[leg] = None

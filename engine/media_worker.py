@@ -1,0 +1,537 @@
+"""A media worker process: carries bridged SIP calls (relay, tap, recording) off the daemon's core.
+
+How this works: with ``[media] workers = N`` the daemon starts N of these (``python -m
+engine.media_worker FD FD2 ...``, through `engine.workers.WorkerPool`). When a call is bridged, the
+daemon hands both legs over (`engine.media_offload.RemoteBridge`): each leg's `RtpEndpoint.detach`
+gives its state (outbound stream, receiver statistics, latch, a DTMF digit in progress) and
+duplicates of its RTP and RTCP sockets. The sockets travel on the fd channel (SCM_RIGHTS), the
+state in an `Attach` message on the control stream. Here `RtpEndpoint.adopt` carries each leg on
+its own socket, and the very same `sip.media.Bridge` relays, rewrites and taps into a
+`recordings.RecordingWriter` running in this process (its keyring loaded here from the same
+source). Ports stay the daemon's: no second range, no new SDP, nothing the far ends can notice.
+
+While the call is bridged the daemon drives it by messages: hold (`SetRelay`, music on hold with
+`Play`/`StopPlay`, `SetHeld`), PCI pause (`PauseRecording`, `PauseTap`) and on-demand recording
+(`StartRecording`). DTMF and media timeouts come back as `Digit` and `TimedOut`, a finished
+recording as `RecordingDone` (the daemon completes its index row), the process's media counters as
+`Stats` deltas every second. `Stop` ends the bridge (the recording is closed at the bridged
+length), hands the legs' state back in `Stopped`, and the daemon carries them again (a transferred
+caller continues with the same stream).
+
+Messages are handled one after the other, in order: an `Attach` is complete before the next
+message of the call is looked at. A failure with one call (a bug) is reported as `Failed` and
+the daemon takes the call back; it never ends the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pickle
+import socket
+import sys
+from typing import Any
+
+import msgspec
+import structlog
+
+import recordings as rec
+from engine.recording_service import OnDemandRecording
+from engine.workers import (
+    MAX_FDS,
+    ChannelClosed,
+    Ready,
+    encode_frame,
+    read_frame,
+    worker_main,
+)
+from sip.media import Bridge, LegPlayer, MediaClock, MediaStats
+from sip.media.endpoint import DtmfReceived, EndpointState, MediaEvent, MediaTimedOut, RtpEndpoint
+from sip.rtp.g711 import DECODERS
+from sip.rtp.playback import Playlist, PromptCache
+
+log = structlog.stdlib.get_logger("acd.media")
+
+#: Media counters reach the daemon's /metrics this often.
+STATS_INTERVAL_S = 0.25
+
+# -- messages ----------------------------------------------------------------------------------------
+
+
+class RecordingSpec(msgspec.Struct, array_like=True):
+    """Where and how to record; the daemon has written the index row already."""
+
+    recording_id: str
+    path: str
+    format: str
+    encrypt: bool
+    call_id: str
+    key_file: str  # "" = the keyring from the environment (ACD_RECORDING_KEYS...)
+    flush_interval_s: float
+
+
+class Attach(msgspec.Struct, tag=True, array_like=True):
+    """Take a bridged call; its four sockets (caller RTP, RTCP, agent RTP, RTCP) are on the fd
+    channel. ``caller`` / ``agent`` are pickled `EndpointState`s."""
+
+    sid: int
+    call_id: str
+    caller: bytes
+    agent: bytes
+    caller_codec: str
+    agent_codec: str
+    caller_to_agent: bool
+    agent_to_caller: bool
+    recording: RecordingSpec | None
+
+
+class SetRelay(msgspec.Struct, tag=True, array_like=True):
+    sid: int
+    caller_to_agent: bool
+    agent_to_caller: bool
+
+
+class Play(msgspec.Struct, tag=True, array_like=True):
+    """Play ``prompts`` then loop ``loop`` (files) on leg ``leg`` (0 caller, 1 agent)."""
+
+    sid: int
+    leg: int
+    codec: str
+    prompts: list[str]
+    loop: list[str]
+
+
+class StopPlay(msgspec.Struct, tag=True, array_like=True):
+    sid: int
+    leg: int
+
+
+class SetHeld(msgspec.Struct, tag=True, array_like=True):
+    sid: int
+    leg: int
+    held: bool
+
+
+class PauseRecording(msgspec.Struct, tag=True, array_like=True):
+    """PCI: the recording writes the span as silence and lists it (``Recording.pause``)."""
+
+    sid: int
+    paused: bool
+
+
+class PauseTap(msgspec.Struct, tag=True, array_like=True):
+    """``Bridge.pause_recording(reason)``, or ``resume_recording`` when reason is ""."""
+
+    sid: int
+    reason: str
+
+
+class StartRecording(msgspec.Struct, tag=True, array_like=True):
+    """On demand: record from now on (the file's position 0 is now)."""
+
+    sid: int
+    spec: RecordingSpec
+
+
+class Stop(msgspec.Struct, tag=True, array_like=True):
+    sid: int
+
+
+class Digit(msgspec.Struct, tag=True, array_like=True):
+    sid: int
+    leg: int
+    digit: str
+    duration_ms: int
+    method: str
+
+
+class TimedOut(msgspec.Struct, tag=True, array_like=True):
+    sid: int
+    leg: int
+    reason: str
+    idle_s: float
+
+
+class Stopped(msgspec.Struct, tag=True, array_like=True):
+    """The legs' states, pickled, for the daemon to carry them again."""
+
+    sid: int
+    caller: bytes
+    agent: bytes
+
+
+class Failed(msgspec.Struct, tag=True, array_like=True):
+    """This call could not be (or no longer is) carried here: the daemon takes it back."""
+
+    sid: int
+    reason: str
+
+
+class RecordingDone(msgspec.Struct, tag=True, array_like=True):
+    """A recording was finished by this worker's writer: a pickled `RecordingResult`."""
+
+    recording_id: str
+    result: bytes
+
+
+class Stats(msgspec.Struct, tag=True, array_like=True):
+    """Deltas of this process's `MediaStats` since the last report, and its writer's health."""
+
+    packets_received: int
+    packets_sent: int
+    packets_lost: int
+    packets_malformed: int
+    packets_foreign: int
+    packets_tapped: int
+    timeouts: int
+    ticker_errors: int
+    dtmf_digits: dict[str, int]
+    jitter_counts: list[int]
+    jitter_sum: float
+    writer_error: str
+
+
+ToWorker = (
+    Attach
+    | SetRelay
+    | Play
+    | StopPlay
+    | SetHeld
+    | PauseRecording
+    | PauseTap
+    | StartRecording
+    | Stop
+)
+FromWorker = Ready | Digit | TimedOut | Stopped | Failed | RecordingDone | Stats
+
+_COUNTERS = (
+    "packets_received",
+    "packets_sent",
+    "packets_lost",
+    "packets_malformed",
+    "packets_foreign",
+    "packets_tapped",
+    "timeouts",
+    "ticker_errors",
+)
+
+
+def stats_delta(now: MediaStats, before: MediaStats, writer_error: str) -> Stats:
+    """What changed in ``now`` since ``before`` (then make ``before`` a copy of ``now``)."""
+    counts = {name: getattr(now, name) - getattr(before, name) for name in _COUNTERS}
+    delta = Stats(
+        **counts,
+        dtmf_digits={
+            k: v - before.dtmf_digits.get(k, 0)
+            for k, v in now.dtmf_digits.items()
+            if v != before.dtmf_digits.get(k, 0)
+        },
+        jitter_counts=[a - b for a, b in zip(now.jitter.counts, before.jitter.counts, strict=True)],
+        jitter_sum=now.jitter.sum - before.jitter.sum,
+        writer_error=writer_error,
+    )
+    for name in _COUNTERS:
+        setattr(before, name, getattr(now, name))
+    before.dtmf_digits = now.dtmf_digits.copy()
+    before.jitter.counts = list(now.jitter.counts)
+    before.jitter.sum = now.jitter.sum
+    before.jitter.count = now.jitter.count
+    return delta
+
+
+def add_stats(into: MediaStats, delta: Stats) -> None:
+    """The daemon's side of `stats_delta`: a worker's counters join the process's."""
+    for name in _COUNTERS:
+        setattr(into, name, getattr(into, name) + getattr(delta, name))
+    into.dtmf_digits.update(delta.dtmf_digits)
+    if len(delta.jitter_counts) == len(into.jitter.counts):
+        for i, n in enumerate(delta.jitter_counts):
+            into.jitter.counts[i] += n
+        into.jitter.count += sum(delta.jitter_counts)
+        into.jitter.sum += delta.jitter_sum
+
+
+# -- the worker ------------------------------------------------------------------------------------
+
+
+class _Call:
+    __slots__ = ("bridge", "legs", "players", "recording")
+
+    def __init__(self, legs: list[RtpEndpoint], bridge: Bridge) -> None:
+        self.legs = legs
+        self.bridge = bridge
+        self.players: list[LegPlayer | None] = [None, None]
+        self.recording: Any = None  # rec.Recording or OnDemandRecording
+
+
+class _Worker:
+    """The calls of one worker process and the control stream that drives them."""
+
+    def __init__(self, writer: asyncio.StreamWriter, fd_sock: socket.socket) -> None:
+        self._writer = writer
+        self._fd_sock = fd_sock
+        self._loop = asyncio.get_running_loop()
+        self.stats = MediaStats()
+        self._reported = MediaStats()
+        self.clock = MediaClock(self._loop, self.stats)
+        self._calls: dict[int, _Call] = {}
+        self._prompts = PromptCache()
+        self._writers: dict[str, rec.RecordingWriter] = {}
+
+    def send(self, message: msgspec.Struct) -> None:
+        if not self._writer.is_closing():
+            self._writer.write(encode_frame(message))
+
+    async def serve(self, reader: asyncio.StreamReader) -> None:
+        self.clock.start()
+        self.send(Ready(os.getpid()))
+        decoder = msgspec.msgpack.Decoder(ToWorker)
+        reporter = asyncio.ensure_future(self._report_stats())
+        try:
+            while True:
+                try:
+                    message = await read_frame(reader, decoder)
+                except ChannelClosed as exc:
+                    log.info("media_worker_channel_closed", reason=str(exc))
+                    return
+                try:
+                    await self._dispatch(message)
+                except Exception as exc:  # our bug: it ends that call's stay here, not the worker
+                    log.exception("media_worker_error", sid=message.sid)
+                    self._drop(message.sid)
+                    self.send(Failed(message.sid, f"internal error in worker: {exc!r}"))
+        finally:
+            reporter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reporter
+            for sid in list(self._calls):
+                self._drop(sid)
+            for writer in self._writers.values():
+                await asyncio.to_thread(writer.stop)
+            self.clock.stop()
+
+    async def _dispatch(self, message: Any) -> None:
+        if isinstance(message, Attach):
+            await self._attach(message)
+            return
+        call = self._calls.get(message.sid)
+        if call is None:
+            return  # failed earlier: the daemon has taken it back
+        now = self._loop.time()
+        bridge = call.bridge
+        if isinstance(message, SetRelay):
+            bridge.set_relay(
+                now,
+                caller_to_agent=message.caller_to_agent,
+                agent_to_caller=message.agent_to_caller,
+            )
+        elif isinstance(message, Play):
+            self._stop_player(call, message.leg)
+            playlist = Playlist(
+                message.codec,
+                [self._prompts.get(p) for p in message.prompts],
+                loop=[self._prompts.get(p) for p in message.loop],
+            )
+            player = LegPlayer(call.legs[message.leg], playlist, self.clock)
+            call.players[message.leg] = player
+            player.start(now)
+        elif isinstance(message, StopPlay):
+            self._stop_player(call, message.leg)
+        elif isinstance(message, SetHeld):
+            call.legs[message.leg].set_held(message.held, now)
+        elif isinstance(message, PauseRecording):
+            if call.recording is not None:
+                position = bridge.position(now)
+                if message.paused:
+                    call.recording.pause(position)
+                else:
+                    call.recording.resume(position)
+        elif isinstance(message, PauseTap):
+            if message.reason:
+                bridge.pause_recording(now, message.reason)
+            else:
+                bridge.resume_recording(now)
+        elif isinstance(message, StartRecording):
+            recording = self._start_recording(message.spec)
+            sink = OnDemandRecording(recording, bridge.position(now))
+            call.recording = bridge.sink = sink  # the tap rebases on each leg's next packet
+        elif isinstance(message, Stop):
+            del self._calls[message.sid]
+            bridge.stop(now)
+            for leg in (0, 1):
+                self._stop_player(call, leg)
+            states = []
+            for endpoint in call.legs:
+                state, socks = endpoint.detach(park=False)
+                for sock in socks:
+                    sock.close()
+                states.append(pickle.dumps(state))
+            self.send(Stopped(message.sid, states[0], states[1]))
+
+    async def _attach(self, message: Attach) -> None:
+        _, fds, _, _ = socket.recv_fds(self._fd_sock, 16, MAX_FDS)
+        socks = [socket.socket(fileno=fd) for fd in fds]
+        if len(socks) != 4:
+            for sock in socks:
+                sock.close()
+            self.send(Failed(message.sid, f"expected 4 sockets, got {len(socks)}"))
+            return
+        sid = message.sid
+        legs: list[RtpEndpoint] = []
+        try:
+            for index, blob in enumerate((message.caller, message.agent)):
+                # the daemon's own state, pickled by this very code (a private socketpair)
+                state = pickle.loads(blob)  # noqa: S301
+                if not isinstance(state, EndpointState):
+                    raise TypeError(f"not an EndpointState: {type(state).__name__}")
+                legs.append(
+                    await RtpEndpoint.adopt(
+                        state,
+                        socks[2 * index : 2 * index + 2],
+                        stats=self.stats,
+                        clock=self.clock,
+                        on_event=self._events(sid, index),
+                    )
+                )
+        except BaseException:
+            for endpoint in legs:
+                _let_go(endpoint)
+            for sock in socks:
+                sock.close()
+            raise
+        sink = None
+        recording = None
+        if message.recording is not None:
+            recording = sink = self._start_recording(message.recording)
+        bridge = Bridge(
+            legs[0],
+            legs[1],
+            stats=self.stats,
+            caller_codec=message.caller_codec,
+            agent_codec=message.agent_codec,
+            sink=sink,
+        )
+        call = _Call(legs, bridge)
+        call.recording = recording
+        self._calls[sid] = call
+        now = self._loop.time()
+        bridge.start(now)
+        if not (message.caller_to_agent and message.agent_to_caller):
+            bridge.set_relay(
+                now,
+                caller_to_agent=message.caller_to_agent,
+                agent_to_caller=message.agent_to_caller,
+            )
+        log.debug("media_worker_attached", call_id=message.call_id, sid=sid)
+
+    def _events(self, sid: int, leg: int) -> Any:
+        def on_event(event: MediaEvent) -> None:
+            if isinstance(event, DtmfReceived):
+                call = self._calls.get(sid)
+                player = call.players[leg] if call is not None else None
+                if player is not None:
+                    player.on_dtmf()
+                self.send(Digit(sid, leg, event.digit, event.duration_ms, event.method))
+            elif isinstance(event, MediaTimedOut):
+                self.send(TimedOut(sid, leg, event.reason, event.idle_s))
+
+        return on_event
+
+    def _start_recording(self, spec: RecordingSpec) -> rec.Recording:
+        writer = self._writers.get(spec.key_file)
+        if writer is None:
+            keyring = None
+            if spec.encrypt or spec.key_file:
+                keyring = (
+                    rec.Keyring.from_file(spec.key_file)
+                    if spec.key_file
+                    else rec.Keyring.from_env()
+                )
+            writer = rec.RecordingWriter(
+                dict(DECODERS),
+                rec.WriterConfig(flush_interval_s=spec.flush_interval_s),
+                keyring=keyring,
+            )
+            writer.start()
+            self._writers[spec.key_file] = writer
+        recording = writer.start_recording(
+            spec.recording_id,
+            spec.path,
+            fmt=rec.RecordingFormat(spec.format),
+            encrypt=spec.encrypt,
+            call_id=spec.call_id,
+        )
+        recording.result.add_done_callback(self._recording_done)
+        return recording
+
+    def _recording_done(self, future: Any) -> None:
+        # on the writer's thread
+        if future.cancelled() or future.exception() is not None:
+            return
+        result = future.result()
+        message = RecordingDone(result.recording_id, pickle.dumps(result))
+        with contextlib.suppress(RuntimeError):  # the loop is closing
+            self._loop.call_soon_threadsafe(self.send, message)
+
+    def _stop_player(self, call: _Call, leg: int) -> None:
+        player = call.players[leg]
+        if player is not None:
+            player.stop()
+            call.players[leg] = None
+
+    def _drop(self, sid: int) -> None:
+        """Let go of a call without handing its state back (it failed, or we are exiting)."""
+        call = self._calls.pop(sid, None)
+        if call is None:
+            return
+        now = self._loop.time()
+        with contextlib.suppress(Exception):
+            call.bridge.stop(now)
+        for leg, endpoint in enumerate(call.legs):
+            self._stop_player(call, leg)
+            _let_go(endpoint)
+
+    def writer_error(self) -> str:
+        for writer in self._writers.values():
+            if not writer.healthy():
+                return str(writer.last_error or "recording writes failing")
+        return ""
+
+    async def _report_stats(self) -> None:
+        while True:
+            await asyncio.sleep(STATS_INTERVAL_S)
+            self.send(stats_delta(self.stats, self._reported, self.writer_error()))
+
+
+def _let_go(endpoint: RtpEndpoint) -> None:
+    """Stop carrying an adopted leg without handing anything back (the daemon still owns it)."""
+    with contextlib.suppress(RuntimeError):
+        for sock in endpoint.detach(park=False)[1]:
+            sock.close()
+
+
+async def _serve(fds: list[int]) -> None:
+    sock = socket.socket(fileno=fds[0])
+    fd_sock = socket.socket(fileno=fds[1])
+    fd_sock.setblocking(False)
+    reader, writer = await asyncio.open_connection(sock=sock)
+    try:
+        await _Worker(writer, fd_sock).serve(reader)
+    finally:
+        writer.close()
+        fd_sock.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+def main(argv: list[str]) -> int:
+    """``python -m engine.media_worker FD FD2 LOG_LEVEL LOG_FORMAT EVENT_LOOP`` (the daemon runs
+    it with ``[media] workers > 0``)."""
+    return worker_main(
+        argv, module="engine.media_worker", n_fds=2, serve=_serve, context_key="media_worker"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,234 @@
+"""Bridged calls carried by a real media worker process (engine/media_worker.py) over real UDP.
+
+The daemon's side (`RemoteBridge`, `MediaWorkers`) hands both legs' sockets and state to a worker
+started with ``python -m engine.media_worker``; two plain UDP "phones" in this process talk tones
+through it. Checked: each phone hears the other's tone from our continuous stream, the worker
+writes the stereo recording (caller left, agent right, each tone on its channel), hold plays music
+from the worker, the legs come back with the very same stream (no sequence jump), and a worker
+killed mid-call loses the recording but not the call: the daemon relays it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+import wave
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from media_helpers import Phone, dominant_hz, open_phone, tone_frames
+from prometheus_client import CollectorRegistry
+
+from engine.media_offload import MediaWorkers, RemoteBridge
+from engine.media_worker import RecordingSpec
+from sip.media import DtmfReceived, MediaClock, MediaEvent, MediaStats, PortAllocator, open_endpoint
+from sip.rtp.dtmf import dtmf_packets
+from sip.rtp.g711 import decode_pcmu
+from sip.rtp.packet import RtpPacket
+from sip.rtp.playback import PromptCache
+
+SHIPPED_MOH = Path(__file__).resolve().parents[3] / "engine" / "prompts" / "moh.wav"
+
+
+@pytest.fixture
+async def workers(stats: MediaStats) -> AsyncIterator[MediaWorkers]:
+    errors: list[int] = []
+    pool = MediaWorkers(
+        1,
+        CollectorRegistry(),
+        stats,
+        args=["info", "json", "asyncio"],
+        on_unexpected=lambda: errors.append(1),
+    )
+    await pool.start()
+    assert pool.pool.pids, pool.not_ready()
+    yield pool
+    await pool.close()
+    assert errors == []
+
+
+class Talker:
+    """Phone ``phone`` sends a tone to ``to`` at 50 packets/s until stopped."""
+
+    def __init__(self, phone: Phone, to: tuple[str, int], hz: float, ssrc: int) -> None:
+        self.frames = tone_frames(hz, 500)
+        self.phone, self.to, self.ssrc = phone, to, ssrc
+        self.i = 0
+        self.task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        while self.i < len(self.frames):
+            packet = RtpPacket(0, self.i, 160 * self.i, self.ssrc, self.frames[self.i])
+            self.phone.send(packet.serialize(), self.to)
+            self.i += 1
+            await asyncio.sleep(0.02)
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+
+def decode(packets: list[RtpPacket]) -> np.ndarray:
+    return np.frombuffer(b"".join(decode_pcmu(p.payload) for p in packets), "<i2")
+
+
+def since(phone: Phone, mark: int) -> list[RtpPacket]:
+    return [p for p in phone.received[mark:] if p.payload_type == 0]
+
+
+async def until(cond: object, timeout_s: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not cond():  # type: ignore[operator]
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+def spec(path: Path, recording_id: str = "r1") -> RecordingSpec:
+    return RecordingSpec(recording_id, str(path), "wav", False, "c1", "", 0.2)
+
+
+def read_stereo(path: Path) -> np.ndarray:
+    with wave.open(str(path)) as w:
+        assert (w.getnchannels(), w.getframerate(), w.getsampwidth()) == (2, 8000, 2)
+        data = np.frombuffer(w.readframes(w.getnframes()), "<i2")
+    return data.reshape(-1, 2)
+
+
+async def test_worker_relays_records_holds_and_hands_the_legs_back(
+    allocator: PortAllocator,
+    stats: MediaStats,
+    clock: MediaClock,
+    workers: MediaWorkers,
+    tmp_path: Path,
+) -> None:
+    phone_a, phone_b = await open_phone(), await open_phone()
+    digits: list[str] = []
+
+    def on_caller(event: MediaEvent) -> None:
+        if isinstance(event, DtmfReceived):
+            digits.append(event.digit)
+
+    caller = await open_endpoint(
+        allocator, stats, remote=phone_a.address, clock=clock, on_event=on_caller
+    )
+    agent = await open_endpoint(allocator, stats, remote=phone_b.address, clock=clock)
+    loop = asyncio.get_running_loop()
+    # what the caller heard from us before the bridge (a prompt, here one frame) is our stream
+    caller.send_payload(0, tone_frames(1000, 1)[0], loop.time())
+    await until(lambda: len(phone_a.received) == 1)
+    recording = workers.new_recording(spec(tmp_path / "r1.wav"))
+    bridge = RemoteBridge(
+        workers, caller, agent, stats=stats, clock=clock, prompts=PromptCache(),
+        call_id="c1", sink=recording,
+    )  # fmt: skip
+    bridge.start(loop.time())
+    assert bridge.carried_by == workers.pool.pids[0] != os.getpid()
+    assert caller.detached
+    assert agent.detached
+    talk_a = Talker(phone_a, caller.local_address, 440, 0xA)
+    talk_b = Talker(phone_b, agent.local_address, 880, 0xB)
+    await until(lambda: len(phone_b.received) >= 40 and len(phone_a.received) >= 41)
+    # each phone hears the other's tone, from one stream of ours with no sequence gap
+    assert abs(dominant_hz(decode(phone_b.received[:40])) - 440) < 10
+    assert abs(dominant_hz(decode(phone_a.received[1:41])) - 880) < 10
+    assert {p.ssrc for p in phone_a.received} == {caller.stream.ssrc}
+    # DTMF from the caller, received by the worker, reaches the daemon's leg
+    for i, planned in enumerate(dtmf_packets("5", 100, update_interval_ms=20)):
+        packet = RtpPacket(101, 30_000 + i, 1_600_000, 0xD, planned.payload, planned.marker)
+        phone_a.send(packet.serialize(), caller.local_address)
+    await until(lambda: digits == ["5"])
+
+    # hold: the agent holds, the caller gets music from the worker, the agent's tone stops
+    bridge.set_relay(loop.time(), caller_to_agent=False, agent_to_caller=False)
+    bridge.pause_recording(loop.time(), "hold")
+    bridge.play(0, "PCMU", [], [str(SHIPPED_MOH)])
+    await asyncio.sleep(0.3)
+    mark = len(phone_a.received)
+    await asyncio.sleep(0.5)
+    held = since(phone_a, mark)
+    assert len(held) >= 15  # music at 50 packets/s
+    assert abs(dominant_hz(decode(held)) - 880) > 50  # not the agent's tone
+    bridge.stop_play(0)
+    bridge.resume_recording(loop.time())
+    bridge.set_relay(loop.time(), caller_to_agent=True, agent_to_caller=True)
+    mark = len(phone_a.received)
+    await until(lambda: len(since(phone_a, mark)) >= 20)
+    assert abs(dominant_hz(decode(since(phone_a, mark)[-20:])) - 880) < 10
+
+    # stop: the legs come back here with the worker's stream state
+    await talk_a.stop()
+    await talk_b.stop()
+    bridge.stop(loop.time())
+    await until(lambda: not caller.detached and caller.transport is not None)
+    await asyncio.sleep(0.05)
+    before = len(phone_a.received)
+    caller.send_payload(0, tone_frames(1000, 1)[0], loop.time())
+    await until(lambda: len(phone_a.received) == before + 1)
+    seqs = [p.sequence for p in phone_a.received]
+    assert all((b - a) % 65536 == 1 for a, b in itertools.pairwise(seqs)), seqs
+    assert {p.ssrc for p in phone_a.received} == {caller.stream.ssrc}
+    # the worker's counters reached this process's stats (reported every second)
+    await until(lambda: stats.packets_tapped >= 80, timeout_s=3)
+
+    # the recording, written by the worker: caller's tone left, agent's right
+    result = await asyncio.wait_for(recording.result, 10)
+    assert result.error is None
+    frames = read_stereo(Path(result.path))
+    assert len(frames) > 8000  # more than a second of call
+    assert abs(dominant_hz(frames[:4000, 0]) - 440) < 10
+    assert abs(dominant_hz(frames[:4000, 1]) - 880) < 10
+    assert result.paused_spans == ()  # hold is a gap in the tap, not a PCI pause
+    caller.close()
+    agent.close()
+    assert stats.sessions_active == 0
+    for p in (phone_a, phone_b):
+        assert p.transport is not None
+        p.transport.close()
+
+
+async def test_a_killed_worker_loses_the_recording_not_the_call(
+    allocator: PortAllocator,
+    stats: MediaStats,
+    clock: MediaClock,
+    workers: MediaWorkers,
+    tmp_path: Path,
+) -> None:
+    phone_a, phone_b = await open_phone(), await open_phone()
+    caller = await open_endpoint(allocator, stats, remote=phone_a.address, clock=clock)
+    agent = await open_endpoint(allocator, stats, remote=phone_b.address, clock=clock)
+    loop = asyncio.get_running_loop()
+    recording = workers.new_recording(spec(tmp_path / "r2.wav", "r2"))
+    bridge = RemoteBridge(
+        workers, caller, agent, stats=stats, clock=clock, prompts=PromptCache(),
+        call_id="c2", sink=recording,
+    )  # fmt: skip
+    bridge.start(loop.time())
+    pid = bridge.carried_by
+    assert pid is not None
+    talk_a = Talker(phone_a, caller.local_address, 440, 0xA)
+    await until(lambda: len(phone_b.received) >= 10)
+    os.kill(pid, signal.SIGKILL)
+    await until(lambda: not caller.detached and bridge.carried_by is None)
+    with pytest.raises(RuntimeError, match="media worker died"):
+        await asyncio.wait_for(recording.result, 5)
+    mark = len(phone_b.received)
+    await until(lambda: len(phone_b.received) >= mark + 20)  # relayed here now
+    assert abs(dominant_hz(decode(phone_b.received[mark : mark + 20])) - 440) < 10
+    assert workers.handoffs.labels(outcome="taken_back")._value.get() == 1
+    down = workers.not_ready()  # for /readyz, until the replacement is up
+    assert down is not None
+    assert "media worker 0" in down
+    # a new worker comes up for the next calls
+    await until(lambda: bool(workers.pool.pids) and workers.pool.pids[0] != pid, timeout_s=20)
+    assert workers.not_ready() is None
+    await talk_a.stop()
+    bridge.stop(loop.time())
+    caller.close()
+    agent.close()
+    for p in (phone_a, phone_b):
+        assert p.transport is not None
+        p.transport.close()
