@@ -6,7 +6,11 @@ Three processes per run, all on 127.0.0.1:
   the 20 ms frame (as independent phones would be); each payload carries its send time;
 * media (the system under test, uvloop): ``acd`` = 2N ``sip.media`` endpoints (open_endpoint, the
   shared MediaClock watching them) and N ``Bridge``s with continuity rewriting, receiver statistics
-  and a tap into a sink that appends (drained every second, like the recorder's queue); or
+  and a tap into a sink that appends (drained every second, like the recorder's queue);
+  ``acd-rec`` = the same with the real ``recordings.RecordingWriter`` (WAV files in a temporary
+  directory: decoding and writing on its threads); ``workers`` = the daemon's ``[media] workers =
+  --workers``: each bridge handed to a media worker process (engine/media_offload.py), which relays,
+  taps and records (real WAV files) there; its CPU is the media process's plus its workers'; or
   ``baseline`` = the plain asyncio relay (``datagram_received`` -> ``sendto``, nothing else);
 * receiver: reads what the media process relays and measures one-way latency per packet.
 
@@ -16,6 +20,7 @@ added jitter: percentiles of (latency - minimum latency). The machine is shared 
 so the sender and receiver compete with the media process: read ratios, not absolutes.
 
     .venv/bin/python benchmarks/bench_media.py --calls 100 500 --seconds 5
+    .venv/bin/python benchmarks/bench_media.py --calls 300 600 --modes acd-rec workers --workers 1 2
 """
 
 from __future__ import annotations
@@ -178,6 +183,16 @@ class _PlainRelay(asyncio.DatagramProtocol):
         peer.transport.sendto(data, peer.dest)
 
 
+def _proc_cpu_s(pids: list[int]) -> float:
+    """utime + stime of other processes (the media workers), from /proc."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 async def _serve(
     conn: Connection,
     mode: str,
@@ -185,20 +200,44 @@ async def _serve(
     receivers: list[tuple[str, int]],
     port_base: int,
     window: tuple[float, float],
+    workers: int,
 ) -> None:
+    import tempfile
+
+    import recordings as rec
     from sip.media import Bridge, MediaClock, MediaStats, PortAllocator, open_endpoint
+    from sip.rtp.g711 import DECODERS
 
     loop = asyncio.get_running_loop()
     stats = MediaStats()
     sinks: list[_AppendingSink] = []
     ports: list[int] = []
     closers: list[Any] = []
+    stoppers: list[Any] = []
+    tmp = tempfile.TemporaryDirectory(prefix="bench_media_")
+    writer = None
+    pool = None
 
     def dest(leg: int) -> tuple[str, int]:
         return receivers[(leg // LEGS_PER_RECEIVER_SOCKET) % len(receivers)]
 
     clock = MediaClock(loop, stats)
-    if mode == "acd":
+    if mode == "acd-rec":
+        writer = rec.RecordingWriter(dict(DECODERS), rec.WriterConfig(flush_interval_s=1.0))
+        writer.start()
+    if mode == "workers":
+        from prometheus_client import CollectorRegistry
+
+        from engine.media_offload import MediaWorkers, RemoteBridge
+        from engine.media_worker import RecordingSpec
+        from sip.rtp.playback import PromptCache
+
+        pool = MediaWorkers(
+            workers, CollectorRegistry(), stats, args=["warning", "json", "uvloop"],
+            on_unexpected=lambda: None,
+        )  # fmt: skip
+        await pool.start()
+    if mode != "baseline":
         alloc = PortAllocator(port_base, port_base + 4 * calls + 200)
         clock.start()
         for i in range(calls):
@@ -208,11 +247,28 @@ async def _serve(
             agent = await open_endpoint(
                 alloc, stats, clock=clock, remote=dest(2 * i), symmetric=False
             )
-            sink = _AppendingSink()
-            sinks.append(sink)
-            Bridge(caller, agent, stats=stats, sink=sink).start(loop.time())
+            path = f"{tmp.name}/{i}.wav"
+            bridge: Any
+            if pool is not None:
+                recording = pool.new_recording(
+                    RecordingSpec(f"r{i}", path, "wav", False, f"c{i}", "", 1.0)
+                )
+                bridge = RemoteBridge(
+                    pool, caller, agent, stats=stats, clock=clock, prompts=PromptCache(),
+                    call_id=f"c{i}", sink=recording,
+                )  # fmt: skip
+            else:
+                sink: Any
+                if writer is not None:
+                    sink = writer.start_recording(f"r{i}", path)
+                else:
+                    sink = _AppendingSink()
+                    sinks.append(sink)
+                bridge = Bridge(caller, agent, stats=stats, sink=sink)
+            bridge.start(loop.time())
             ports += [caller.port, agent.port]
             closers += [caller.close, agent.close]
+            stoppers.append(bridge.stop)
     else:
         for i in range(calls):
             a = _PlainRelay(dest(2 * i + 1))
@@ -235,29 +291,51 @@ async def _serve(
     drainer = asyncio.ensure_future(drain_sinks())
 
     def processed() -> int:
-        if mode == "acd":
+        if mode != "baseline":
             return stats.packets_received
         return _PlainRelay.received
+
+    worker_pids = pool.pool.pids if pool is not None else []
 
     # CPU time per packet processed, from just before the first packet until the queue is
     # drained: robust against this process being starved of CPU by the others on a shared box
     await asyncio.sleep(max(0.0, start_s - 0.05 - time.monotonic()))
     cpu0, wall0, done0 = time.process_time(), time.monotonic(), processed()
+    wcpu0 = _proc_cpu_s(worker_pids)
     await asyncio.sleep(max(0.0, end_s - time.monotonic()))
     last = -1
     while processed() != last:  # drained when nothing arrived for 300 ms
         last = processed()
         await asyncio.sleep(0.3)
     cpu1, wall1, done1 = time.process_time(), time.monotonic() - 0.3, processed()
+    wcpu1 = _proc_cpu_s(worker_pids)
     drainer.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await drainer
+    handoffs = ""
+    if pool is not None:
+        handoffs = " ".join(
+            f"{m.labels['outcome']}={int(m.value)}"
+            for metric in pool.handoffs.collect()
+            for m in metric.samples
+            if m.name.endswith("_total")
+        )
+    for stop in stoppers:
+        stop(loop.time())
+    if pool is not None:
+        await asyncio.sleep(0.5)  # the legs come back
+        await pool.close()
+    if writer is not None:
+        await asyncio.to_thread(writer.stop)
     clock.stop()
     for close in closers:
         close()
+    tmp.cleanup()
     conn.send(
         {
-            "cpu_s": cpu1 - cpu0,
+            "cpu_s": cpu1 - cpu0 + wcpu1 - wcpu0,
+            "main_cpu_s": cpu1 - cpu0,
+            "handoffs": handoffs,
             "wall_s": wall1 - wall0,
             "processed": done1 - done0,
             "relayed": stats.packets_sent if mode == "acd" else done1 - done0,
@@ -274,11 +352,12 @@ def media_main(
     receivers: list[tuple[str, int]],
     port_base: int,
     window: tuple[float, float],
+    workers: int,
 ) -> None:
     _raise_fd_limit()
     import uvloop
 
-    uvloop.run(_serve(conn, mode, calls, receivers, port_base, window))
+    uvloop.run(_serve(conn, mode, calls, receivers, port_base, window, workers))
 
 
 # -- orchestration -----------------------------------------------------------------------------
@@ -291,7 +370,9 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def run_once(mode: str, calls: int, seconds: float, port_base: int) -> dict[str, float]:
+def run_once(
+    mode: str, calls: int, seconds: float, port_base: int, workers: int = 0
+) -> dict[str, float]:
     ctx = mp.get_context("spawn")
     warmup_s = 1.0
     window = (warmup_s, warmup_s + seconds)
@@ -303,7 +384,7 @@ def run_once(mode: str, calls: int, seconds: float, port_base: int) -> dict[str,
     receiver.start()
     receivers = r_parent.recv()
     media = ctx.Process(
-        target=media_main, args=(m_child, mode, calls, receivers, port_base, window)
+        target=media_main, args=(m_child, mode, calls, receivers, port_base, window, workers)
     )
     media.start()
     ports = m_parent.recv()
@@ -331,6 +412,7 @@ def run_once(mode: str, calls: int, seconds: float, port_base: int) -> dict[str,
         "us_per_packet": 1e6 * media_result["cpu_s"] / max(media_result["processed"], 1),
         "calls_per_core": 1000 / cpu_ms if cpu_ms else float("inf"),
         "cpu_share": media_result["cpu_s"] / media_result["wall_s"],
+        "main_share": media_result["main_cpu_s"] / media_result["wall_s"],
         "sent": sent,
         "relayed": media_result["relayed"],
         "lost": sent - received,
@@ -339,6 +421,7 @@ def run_once(mode: str, calls: int, seconds: float, port_base: int) -> dict[str,
         "latency_min_ms": 1000 * base,
         "sender_late_ms": 1000 * sender_late_s,
         "tapped": media_result["tapped"],
+        "handoffs": media_result["handoffs"],
     }
 
 
@@ -346,8 +429,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, nargs="+", default=[100, 500])
     parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--modes", nargs="+", default=["baseline", "acd"])
+    parser.add_argument(
+        "--modes", nargs="+", default=["baseline", "acd"],
+        choices=["baseline", "acd", "acd-rec", "workers"],
+    )  # fmt: skip
     parser.add_argument("--port-base", type=int, default=42000)
+    parser.add_argument(
+        "--workers", type=int, nargs="+", default=[1], help="media workers (workers mode)"
+    )
     args = parser.parse_args()
     print(f"load average before: {os.getloadavg()}, cpus: {os.cpu_count()}")
     header = (
@@ -356,14 +445,17 @@ def main() -> None:
         f"{'jit p99 ms':>10} {'sender late ms':>14}"
     )
     print(header)
+    runs = [(mode, n) for mode in args.modes for n in (args.workers if mode == "workers" else [0])]
     for calls in args.calls:
-        for mode in args.modes:
-            r = run_once(mode, calls, args.seconds, args.port_base)
+        for mode, n in runs:
+            r = run_once(mode, calls, args.seconds, args.port_base, n)
+            label = f"workers={n}" if mode == "workers" else mode
             print(
-                f"{mode:9} {calls:5d} {r['cpu_ms_per_call_s']:13.3f} {r['us_per_packet']:6.2f} "
+                f"{label:9} {calls:5d} {r['cpu_ms_per_call_s']:13.3f} {r['us_per_packet']:6.2f} "
                 f"{r['calls_per_core']:10.0f} {100 * r['cpu_share']:6.1f}% {r['sent']:8.0f} "
                 f"{r['relayed']:8.0f} {r['lost']:6.0f} {r['jitter_p50_ms']:10.2f} "
-                f"{r['jitter_p99_ms']:10.2f} {r['sender_late_ms']:14.2f}",
+                f"{r['jitter_p99_ms']:10.2f} {r['sender_late_ms']:14.2f}"
+                + (f"  (daemon's loop {100 * r['main_share']:.1f}%; {r['handoffs']})" if n else ""),
                 flush=True,
             )
     print(f"load average after: {os.getloadavg()}")

@@ -250,37 +250,41 @@ class RemoteBridge:
             return
         worker, sid = assigned
         states: list[EndpointState] = []
-        fds = []
+        socks = []
         try:
             for leg in self.legs:
-                state, socks = leg.detach()
+                state, handed = leg.detach()
                 states.append(state)
-                fds.extend(socks)
-            worker.send_fds([s.fileno() for s in fds])
-        except (OSError, RuntimeError) as exc:
+                socks.extend(handed)
+        except RuntimeError as exc:  # a leg not carried here (closed meanwhile): stay local
+            for sock in socks:
+                sock.close()
             worker.clients.pop(sid, None)
             self._workers.handoffs.labels(outcome="local").inc()
             self._take_back(f"handoff failed: {exc}")
             return
-        finally:
-            for sock in fds:
-                sock.close()
         self._worker, self._sid = worker, sid
         if self.recording is not None:
             self.recording._bridge = self
-        worker.send(
-            Attach(
-                sid,
-                self._call_id,
-                pickle.dumps(states[0]),
-                pickle.dumps(states[1]),
-                self._codecs[0],
-                self._codecs[1],
-                True,
-                True,
-                self.recording.spec if self.recording is not None else None,
-            )
+        message = Attach(
+            sid,
+            self._call_id,
+            pickle.dumps(states[0]),
+            pickle.dumps(states[1]),
+            self._codecs[0],
+            self._codecs[1],
+            True,
+            True,
+            self.recording.spec if self.recording is not None else None,
         )
+        try:
+            worker.send_with_fds(socks, message)
+        except OSError as exc:
+            worker.clients.pop(sid, None)
+            self._worker = None
+            self._workers.handoffs.labels(outcome="local").inc()
+            self._take_back(f"handoff failed: {exc}")
+            return
         self._workers.handoffs.labels(outcome="carried").inc()
 
     def stop(self, now: float) -> int:
@@ -397,12 +401,13 @@ class RemoteBridge:
     # -- carrying the call here ----------------------------------------------------------------
 
     def _take_back(self, why: str) -> None:
+        carried = self._worker is not None
         if self._worker is not None:
             self._worker.clients.pop(self._sid, None)
         self._worker = None
-        if self.stopped_at is None:
+        if carried and self.stopped_at is None:
             self._workers.handoffs.labels(outcome="taken_back").inc()
-            log.warning("media_taken_back", call_id=self._call_id, reason=why)
+        log.warning("media_taken_back", call_id=self._call_id, reason=why)
         if self.recording is not None:
             self._workers.recording_lost(self.recording, f"recording ended early: {why}")
             self.recording = None

@@ -16,6 +16,7 @@ exits when its control stream closes, whether the daemon closed it or died: no o
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -141,24 +142,75 @@ class WorkerProcess:
         #: The daemon's end of the fd channel (``fd_channel=True`` pools).
         self.fd_sock: socket.socket | None = None
         self.clients: dict[int, Client] = {}
+        # Messages waiting for the fd channel (a full one: EAGAIN), each after its descriptors;
+        # while any wait, every message waits behind them, so the worker sees them in order.
+        self._fd_queue: collections.deque[tuple[list[socket.socket], msgspec.Struct]] = (
+            collections.deque()
+        )
+        self._fd_writer = False
         self.alive = False
         # Why no worker serves this slot while `alive` is false (for /readyz).
         self.down = "starting"
 
     def send(self, message: msgspec.Struct) -> None:
-        if self.alive and self.writer is not None and not self.writer.is_closing():
+        if self._fd_queue:
+            self._fd_queue.append(([], message))
+        elif self.alive and self.writer is not None and not self.writer.is_closing():
             self.writer.write(encode_frame(message))
 
-    def send_fds(self, fds: list[int]) -> None:
-        """Queue ``fds`` on the fd channel; the next message that expects them finds them there
-        (AF_UNIX delivers before sendmsg returns). OSError if the worker cannot take them."""
+    def send_with_fds(self, socks: list[socket.socket], message: msgspec.Struct) -> None:
+        """Send ``message`` once ``socks`` are on the fd channel (AF_UNIX delivers them before
+        sendmsg returns, so the worker finds them when it reads ``message``). Takes ownership of
+        ``socks`` (closed once sent). A full channel (a few datagrams: net.unix.max_dgram_qlen)
+        queues them; OSError if the worker is not running."""
         if not self.alive or self.fd_sock is None:
+            for sock in socks:
+                sock.close()
             raise OSError("the media worker is not running")
-        socket.send_fds(self.fd_sock, [b"f"], fds)
+        self._fd_queue.append((socks, message))
+        if len(self._fd_queue) == 1:
+            self._flush_fds()
+
+    def _flush_fds(self) -> None:
+        queue = self._fd_queue
+        while queue:
+            socks, message = queue[0]
+            if socks:
+                if self.fd_sock is None:
+                    break
+                try:
+                    socket.send_fds(self.fd_sock, [b"f"], [s.fileno() for s in socks])
+                except BlockingIOError:
+                    if not self._fd_writer:
+                        asyncio.get_running_loop().add_writer(self.fd_sock, self._flush_fds)
+                        self._fd_writer = True
+                    return
+                except OSError as exc:  # the worker is gone: its death ends what it carried
+                    log.warning("worker_fd_channel_failed", kind=self.kind, reason=str(exc))
+                    self._drop_fd_queue()
+                    return
+                for sock in socks:
+                    sock.close()
+            queue.popleft()
+            if self.alive and self.writer is not None and not self.writer.is_closing():
+                self.writer.write(encode_frame(message))
+        if self._fd_writer and self.fd_sock is not None:
+            asyncio.get_running_loop().remove_writer(self.fd_sock)
+        self._fd_writer = False
+
+    def _drop_fd_queue(self) -> None:
+        if self._fd_writer and self.fd_sock is not None:
+            asyncio.get_running_loop().remove_writer(self.fd_sock)
+        self._fd_writer = False
+        for socks, _ in self._fd_queue:
+            for sock in socks:
+                sock.close()
+        self._fd_queue.clear()
 
     async def reap(self) -> int | None:
         """Close the control stream (the worker then exits), wait for the exit; the exit status."""
         self.alive = False
+        self._drop_fd_queue()
         if self.writer is not None:
             self.writer.close()
         elif self.sock is not None:

@@ -36,9 +36,15 @@ TOKEN_1002 = "agent-1002-token-uvwxyz"
 SCENARIOS = Path(__file__).parent / "sipp" / "scenarios"
 
 
-def config(rtp_base: int, agent_1002_port: int) -> str:
+def config(rtp_base: int, agent_1002_port: int, media_workers: int = 0) -> str:
     return (
-        front_door(ADMIN, numbers=("support", "sales"), rtp_base=rtp_base, flush_s=0.5)
+        front_door(
+            ADMIN,
+            numbers=("support", "sales"),
+            rtp_base=rtp_base,
+            flush_s=0.5,
+            media_workers=media_workers,
+        )
         + f"""
 [[queues]]
 name = "support"
@@ -113,11 +119,13 @@ def db_rows(daemon: DaemonProcess, sql: str) -> list[sqlite3.Row]:
         return db.execute(sql).fetchall()
 
 
+@pytest.mark.parametrize("media_workers", [0, 1], ids=["in_daemon", "media_worker"])
 def test_record_on_demand_from_the_request_to_the_hang_up(
-    start_daemon: DaemonFactory, tmp_path: Path
+    start_daemon: DaemonFactory, tmp_path: Path, media_workers: int
 ) -> None:
+    """With a media worker the recording asked for mid-call is started and written there."""
     agent_1002 = sipp(tmp_path, ["-sf", str(SCENARIOS / "agent_answer.xml")], None, "-m", "1")
-    daemon = start_daemon(config(free_port_block(100), agent_1002.sip_port))  # type: ignore[attr-defined]
+    daemon = start_daemon(config(free_port_block(100), agent_1002.sip_port, media_workers))  # type: ignore[attr-defined]
     sip = str(daemon.wait_for_log("ready")["sip"]).removeprefix("udp:")
     agent = Baresip(
         tmp_path / "agent",
@@ -221,4 +229,8 @@ def test_record_on_demand_from_the_request_to_the_hang_up(
         ("agent:1001", "recording_start", "done", live["id"]),
         ("ops", "recording_start", "refused", live["id"]),
     ]
+    if media_workers:  # both bridges were carried by the worker, none taken back
+        _, body, _ = daemon.get("/metrics")
+        assert 'acd_media_handoffs_total{outcome="carried"} 2.0' in body.decode()
+        assert 'outcome="taken_back"' not in body.decode()
     assert daemon.stop() == 0
