@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import pickle
 
 import numpy as np
 from media_helpers import CollectingSink, Phone, dominant_hz, open_phone, tone_frames
@@ -14,6 +15,7 @@ from sip.media import (
     MediaStats,
     PortAllocator,
     RemoteLatched,
+    RtpEndpoint,
     open_endpoint,
 )
 from sip.rtp.dtmf import dtmf_packets
@@ -251,3 +253,63 @@ async def test_held_leg_is_not_timed_out(allocator: PortAllocator, stats: MediaS
         await asyncio.sleep(0.12)
         leg.watch(loop.time())
     assert [type(e).__name__ for e in events] == ["MediaTimedOut"]
+
+
+async def test_detach_adopt_and_reattach_carry_the_leg_state(
+    allocator: PortAllocator, stats: MediaStats
+) -> None:
+    """A leg handed to another carrier (here: a second endpoint in this process, as a media
+    worker would adopt it) keeps its port, latch, receiver statistics and outbound stream, and
+    comes back with what the other carrier did to them."""
+    phone = await open_phone()
+    async with await open_endpoint(allocator, stats, remote=phone.address) as leg:
+        loop = asyncio.get_running_loop()
+        frames = tone_frames(440, 10)
+        for i in range(5):
+            phone.send(
+                RtpPacket(0, 100 + i, 160 * i, 0xA, frames[i]).serialize(), leg.local_address
+            )
+            leg.send_payload(0, frames[i], loop.time())
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.05)
+        address = leg.local_address
+        state, socks = leg.detach()
+        state = pickle.loads(pickle.dumps(state))  # it crosses a process boundary
+        assert leg.detached
+        assert leg.transport is None
+        assert leg.local_address == address  # SDP answers still need it while it is away
+        leg.send_payload(0, frames[0], loop.time())  # not carried here: nothing is sent
+        assert state.packets_received == 5
+        assert state.rx is not None
+        counted = state.rx.received  # A.1 counts from its first packet's successor
+        assert counted >= 4
+        other_stats = MediaStats()
+        adopted = await RtpEndpoint.adopt(state, socks, stats=other_stats, clock=None)
+        assert adopted.local_address == address
+        for i in range(5, 10):
+            phone.send(RtpPacket(0, 100 + i, 160 * i, 0xA, frames[i]).serialize(), address)
+            adopted.send_payload(0, frames[i], loop.time())
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.05)
+        assert other_stats.packets_received == 5  # the adopter read them, not the leg
+        assert stats.packets_received == 5
+        back, handed = adopted.detach(park=False)
+        back = pickle.loads(pickle.dumps(back))
+        for sock in handed:
+            sock.close()
+        await leg.reattach(back)
+        assert not leg.detached
+        assert leg.packets_received == 10
+        assert leg.rx is not None
+        assert leg.rx.received == counted + 5  # the adopter's five, on the same statistics
+        assert leg.rx.lost == 0
+        leg.send_payload(0, frames[0], loop.time())
+        await asyncio.sleep(0.05)
+    # what the phone got: one stream, sequence +1 all along, three carriers later
+    got = phone.received
+    assert len(got) == 11
+    assert {p.ssrc for p in got} == {got[0].ssrc}
+    assert [(p.sequence - got[0].sequence) % 65536 for p in got] == list(range(11))
+    assert stats.sessions_active == 0
+    assert phone.transport is not None
+    phone.transport.close()
