@@ -11,9 +11,11 @@ first task that some free agent can take (the cursor), picks the smallest cursor
 to the best eligible free agent by the queue's strategy (every agent of the lowest penalty tier for
 RING_ALL), reserves the agent's capacity, and repeats until no free agent or no candidate is left. The free
 set only shrinks during a call, so a task found ineligible stays ineligible; a cursor made stale by an
-earlier offer is re-checked when it wins the merge. A bucket whose relaxation steps only ever widen
-eligibility (`monotone`) is closed as soon as a task without preferred agent or exclusions is ineligible:
-newer tasks of the bucket waited less and cannot be eligible either.
+earlier offer is re-checked when it wins the merge. Cursors are found lazily: a bucket's cursor sorts at
+or after its head, so the merge ranks unchecked buckets by their heads and advances one only when its
+head wins; most buckets of a steady-state dispatch are never checked. A bucket whose relaxation steps
+only ever widen eligibility (`monotone`) is closed as soon as a task without preferred agent or
+exclusions is ineligible: newer tasks of the bucket waited less and cannot be eligible either.
 
 Only "active" free agents are searched: a free agent left unmatched by a dispatch provably has no
 eligible task (work conservation), so it gets a memo (the sum of its queues' versions). The Router bumps
@@ -31,7 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from routing_core._jit import jit, jit_inline, view_2d
+from routing_core._jit import arena_1d, arena_2d, jit, jit_inline
 
 # Row indices of the packed per-entity arrays (kernel ABI shared with router.py and the tests).
 AF_LAST_IDLE = 0  # agent float rows
@@ -39,20 +41,23 @@ AF_TALK_S = 1
 AF_BLOCKED_UNTIL = 2
 AF_ROWS = 3
 
-TI_BUCKET = 0  # task int rows
+# Task and bucket records are rows `[task or bucket, field]` padded to 32 bytes: in the 64-byte aligned
+# arena no record straddles two cache lines, and a bucket or task is judged from one line (its float
+# record from a second).
+TI_BUCKET = 0  # task int fields
 TI_NEXT = 1
 TI_PREV = 2
 TI_PREF = 3
 TI_CHANNEL = 4
 TI_N_EXCL = 5
 TI_QUEUE = 6
-TI_ROWS = 7
+TI_ROWS = 8  # field 7 is padding
 
-TF_TIME = 0  # task float rows: effective enqueue time, preferred-agent deadline
+TF_TIME = 0  # task float fields: effective enqueue time, preferred-agent deadline
 TF_PREF_UNTIL = 1
 TF_ROWS = 2
 
-BI_HEAD = 0  # bucket int rows
+BI_HEAD = 0  # bucket int fields
 BI_TAIL = 1
 BI_QUEUE = 2
 BI_PRIO = 3
@@ -62,17 +67,22 @@ BI_COUNT = 6
 BI_CHANNEL = 7
 BI_ROWS = 8
 
-BF_HEAD_TIME = 0  # bucket float rows: a copy of the head task's key, so a bucket can be judged
+BF_HEAD_TIME = 0  # bucket float fields: a copy of the head task's key, so a bucket can be judged
 BF_HEAD_SEQ = 1  # without touching the head's (cache-cold) task rows
 BF_PLAIN_FROM = 2  # from this time on the head has no active preferred agent and no exclusions
-BF_ROWS = 3
+BF_ROWS = 4  # field 3 is padding
 
-QI_STRATEGY = 0  # queue int rows
+QI_STRATEGY = 0  # queue int fields, rows `[queue, field]` padded to 32 bytes like the records above
 QI_WEIGHT = 1
 QI_N_STEPS = 2
 QI_RR_LAST = 3
 QI_N_POS = 4
-QI_ROWS = 5
+QI_ROWS = 8  # fields 5-7 are padding
+
+# Per-bucket dispatch cursor (scratch): a task index, or one of these.
+CURSOR_IDLE = -2  # not a candidate in this call (every cursor holds this between calls)
+CURSOR_NONE = -1  # no task of the bucket can be taken by an active agent
+CURSOR_UNCHECKED = -3  # the bucket's head, not yet advanced (see `_dispatch`)
 
 CN_FREE = 0  # counters
 CN_RNG_POS = 1
@@ -84,11 +94,13 @@ CN_ROWS = 2
 AGENT_RESERVED = 2
 TASK_OFFERED = 2
 
-# Arena slots. The Router keeps every kernel array as a view into one flat buffer per dtype (the
-# "arenas") and passes the kernel four buffers plus `layout[slot] = (offset, rows, cols)`: numba's
-# call overhead is paid per argument (~70 ns an array), so 6 arguments instead of 34 save ~2 us per
-# dispatch. The kernel rebuilds the views with a slice and `view_2d`, which allocates nothing and,
-# unlike `reshape`, calls no C helper (24 reshapes cost ~0.9 us a dispatch).
+# Arena slots. The Router keeps every kernel array as a view into one byte buffer, the arena, and passes
+# the kernel `now` and the arena alone: numba unboxes every array argument, ~0.2 us each on a cache-cold
+# slow core, so two arguments instead of 35 save several us per dispatch. The arena opens with the
+# layout, P_SLOTS rows of int64 `(byte offset, rows, cols)`, then holds each array, C-ordered and
+# 64-byte aligned. The kernel rebuilds the typed views with `arena_1d`/`arena_2d`, which allocate
+# nothing, check nothing and call no C helper (a slice and `reshape` per array cost ~0.9 us a dispatch).
+# The dtype each slot is viewed as is the one named below; the Router's table lists the same.
 # int32 arena
 P_PENALTY = 0
 P_MEMBER_POS = 1
@@ -148,7 +160,7 @@ S_RING_ALL = 8
 def stage_of(q, wait_s, queue_i, step_after):  # type: ignore[no-untyped-def]
     """Index of the last relaxation step whose after_s has passed, -1 before the first."""
     s = -1
-    for i in range(queue_i[QI_N_STEPS, q]):
+    for i in range(queue_i[q, QI_N_STEPS]):
         if wait_s >= step_after[q, i]:
             s = i
         else:
@@ -159,9 +171,9 @@ def stage_of(q, wait_s, queue_i, step_after):  # type: ignore[no-untyped-def]
 @jit_inline
 def _task_rule(t, b, now, task_f, bucket_i, queue_i, step_after, step_reqset, step_maxpen):  # type: ignore[no-untyped-def]
     """(requirement set, max penalty or -1) that apply to task t at `now`."""
-    q = bucket_i[BI_QUEUE, b]
+    q = bucket_i[b, BI_QUEUE]
     st = stage_of(q, now - task_f[t, TF_TIME], queue_i, step_after)
-    rs = bucket_i[BI_REQSET, b]
+    rs = bucket_i[b, BI_REQSET]
     maxpen = -1
     if st >= 0:
         if step_reqset[q, st] >= 0:
@@ -269,10 +281,10 @@ def _key(  # type: ignore[no-untyped-def]
         return -float(_score(a, rs, skills, reqset_skill, reqset_len))
     if strategy == S_ROUND_ROBIN:
         pos = member_pos[q, a]
-        last = queue_i[QI_RR_LAST, q]
+        last = queue_i[q, QI_RR_LAST]
         if pos > last:
             return float(pos - last - 1)
-        return float(pos - last - 1 + queue_i[QI_N_POS, q])
+        return float(pos - last - 1 + queue_i[q, QI_N_POS])
     if strategy == S_LINEAR:
         return float(member_pos[q, a])
     return 0.0
@@ -281,23 +293,23 @@ def _key(  # type: ignore[no-untyped-def]
 @jit_inline
 def _before(t1, b1, t2, b2, task_f, task_seq, bucket_i, bucket_f, queue_i):  # type: ignore[no-untyped-def]
     """True if task t1 (bucket b1) comes before t2 (bucket b2) in global task order."""
-    p1 = bucket_i[BI_PRIO, b1]
-    p2 = bucket_i[BI_PRIO, b2]
+    p1 = bucket_i[b1, BI_PRIO]
+    p2 = bucket_i[b2, BI_PRIO]
     if p1 != p2:
         return p1 > p2
-    w1 = queue_i[QI_WEIGHT, bucket_i[BI_QUEUE, b1]]
-    w2 = queue_i[QI_WEIGHT, bucket_i[BI_QUEUE, b2]]
+    w1 = queue_i[bucket_i[b1, BI_QUEUE], QI_WEIGHT]
+    w2 = queue_i[bucket_i[b2, BI_QUEUE], QI_WEIGHT]
     if w1 != w2:
         return w1 > w2
     # A head's key comes from the bucket's cached copy: no task row is read for it.
-    h1 = t1 == bucket_i[BI_HEAD, b1]
-    h2 = t2 == bucket_i[BI_HEAD, b2]
-    x1 = bucket_f[BF_HEAD_TIME, b1] if h1 else task_f[t1, TF_TIME]
-    x2 = bucket_f[BF_HEAD_TIME, b2] if h2 else task_f[t2, TF_TIME]
+    h1 = t1 == bucket_i[b1, BI_HEAD]
+    h2 = t2 == bucket_i[b2, BI_HEAD]
+    x1 = bucket_f[b1, BF_HEAD_TIME] if h1 else task_f[t1, TF_TIME]
+    x2 = bucket_f[b2, BF_HEAD_TIME] if h2 else task_f[t2, TF_TIME]
     if x1 != x2:
         return x1 < x2
-    s1 = bucket_f[BF_HEAD_SEQ, b1] if h1 else float(task_seq[t1])
-    s2 = bucket_f[BF_HEAD_SEQ, b2] if h2 else float(task_seq[t2])
+    s1 = bucket_f[b1, BF_HEAD_SEQ] if h1 else float(task_seq[t1])
+    s2 = bucket_f[b2, BF_HEAD_SEQ] if h2 else float(task_seq[t2])
     return s1 < s2
 
 
@@ -385,14 +397,14 @@ def _advance(  # type: ignore[no-untyped-def]
     n_free,
 ):
     """First task from t on in bucket b that some free agent may take, or -1."""
-    q = bucket_i[BI_QUEUE, b]
-    ch = bucket_i[BI_CHANNEL, b]
+    q = bucket_i[b, BI_QUEUE]
+    ch = bucket_i[b, BI_CHANNEL]
     if t < 0 or not _reachable(q, ch, now, penalty, cap, load, agent_f, free_list, n_free):
         return -1
-    if t == bucket_i[BI_HEAD, b] and now >= bucket_f[BF_PLAIN_FROM, b]:
+    if t == bucket_i[b, BI_HEAD] and now >= bucket_f[b, BF_PLAIN_FROM]:
         # Plain head: bucket-level eligibility decides, from the cached head time alone.
-        st = stage_of(q, now - bucket_f[BF_HEAD_TIME, b], queue_i, step_after)
-        rs = bucket_i[BI_REQSET, b]
+        st = stage_of(q, now - bucket_f[b, BF_HEAD_TIME], queue_i, step_after)
+        rs = bucket_i[b, BI_REQSET]
         maxpen = -1
         if st >= 0:
             if step_reqset[q, st] >= 0:
@@ -416,7 +428,7 @@ def _advance(  # type: ignore[no-untyped-def]
                 reqset_len,
             ):
                 return t
-        if bucket_i[BI_MONOTONE, b] != 0:
+        if bucket_i[b, BI_MONOTONE] != 0:
             return -1
         t = task_i[t, TI_NEXT]
     while t >= 0:
@@ -447,7 +459,7 @@ def _advance(  # type: ignore[no-untyped-def]
         plain = task_i[t, TI_N_EXCL] == 0 and (
             task_i[t, TI_PREF] < 0 or now >= task_f[t, TF_PREF_UNTIL]
         )
-        if plain and bucket_i[BI_MONOTONE, b] != 0:
+        if plain and bucket_i[b, BI_MONOTONE] != 0:
             return -1
         t = task_i[t, TI_NEXT]
     return -1
@@ -456,17 +468,17 @@ def _advance(  # type: ignore[no-untyped-def]
 @jit_inline
 def cache_head(b, task_i, task_f, task_seq, bucket_i, bucket_f):  # type: ignore[no-untyped-def]
     """Copy the key and plainness of bucket b's head into bucket_f (call whenever the head changes)."""
-    h = bucket_i[BI_HEAD, b]
+    h = bucket_i[b, BI_HEAD]
     if h < 0:
         return
-    bucket_f[BF_HEAD_TIME, b] = task_f[h, TF_TIME]
-    bucket_f[BF_HEAD_SEQ, b] = float(task_seq[h])
+    bucket_f[b, BF_HEAD_TIME] = task_f[h, TF_TIME]
+    bucket_f[b, BF_HEAD_SEQ] = float(task_seq[h])
     if task_i[h, TI_N_EXCL] > 0:
-        bucket_f[BF_PLAIN_FROM, b] = np.inf
+        bucket_f[b, BF_PLAIN_FROM] = np.inf
     elif task_i[h, TI_PREF] >= 0:
-        bucket_f[BF_PLAIN_FROM, b] = task_f[h, TF_PREF_UNTIL]
+        bucket_f[b, BF_PLAIN_FROM] = task_f[h, TF_PREF_UNTIL]
     else:
-        bucket_f[BF_PLAIN_FROM, b] = -np.inf
+        bucket_f[b, BF_PLAIN_FROM] = -np.inf
 
 
 @jit_inline
@@ -477,15 +489,15 @@ def _unlink(t, task_i, task_f, task_seq, bucket_i, bucket_f):  # type: ignore[no
     if p >= 0:
         task_i[p, TI_NEXT] = n
     else:
-        bucket_i[BI_HEAD, b] = n
+        bucket_i[b, BI_HEAD] = n
         cache_head(b, task_i, task_f, task_seq, bucket_i, bucket_f)
     if n >= 0:
         task_i[n, TI_PREV] = p
     else:
-        bucket_i[BI_TAIL, b] = p
+        bucket_i[b, BI_TAIL] = p
     task_i[t, TI_NEXT] = -1
     task_i[t, TI_PREV] = -1
-    bucket_i[BI_COUNT, b] -= 1
+    bucket_i[b, BI_COUNT] -= 1
 
 
 @jit_inline
@@ -567,8 +579,9 @@ def _dispatch(  # type: ignore[no-untyped-def]
     Agents whose memo says "nothing eligible" and whose queues did not change since (q_ver) are
     skipped; only buckets of the queues of the remaining (active) agents are searched. When the call
     ends every active agent still free has no eligible task (work conservation) and gets its memo.
-    `active`, `cursor` and `cands` are caller-owned scratch; `cursor` must hold -2 everywhere on entry
-    and is left that way on return (only the searched buckets are reset: O(searched), not O(buckets)).
+    `active`, `cursor` and `cands` are caller-owned scratch; `cursor` must hold CURSOR_IDLE everywhere
+    on entry and is left that way on return (only the candidates are reset: O(candidates), not
+    O(buckets)).
     """
     n_free = counters[CN_FREE]
     if n_free == 0:
@@ -581,42 +594,24 @@ def _dispatch(  # type: ignore[no-untyped-def]
             n_act += 1
     if n_act == 0:
         return 0
-    n_cands = 0  # cursor[b] == -2: bucket b not searched in this call
+    # Candidate buckets: those of the active agents' queues. Their cursors start unchecked (the head,
+    # not yet advanced past tasks no active agent may take): a bucket is advanced only when its head
+    # wins the merge, since an advanced cursor only ever sorts later than the head. Most buckets never
+    # win, so their eligibility (agent, requirement and skill rows, cache-cold) is never read.
+    n_cands = 0
     for i in range(n_act):
         a = active[i]
         for j in range(agent_nq[a]):
             q = agent_queues[a, j]
             for k in range(q_nb[q]):
                 b = q_buckets[q, k]
-                if cursor[b] != -2:
+                if cursor[b] != CURSOR_IDLE:
                     continue
-                cursor[b] = _advance(
-                    b,
-                    bucket_i[BI_HEAD, b],
-                    now,
-                    skills,
-                    penalty,
-                    cap,
-                    load,
-                    agent_f,
-                    task_i,
-                    task_f,
-                    task_excl,
-                    bucket_i,
-                    bucket_f,
-                    reqset_skill,
-                    reqset_level,
-                    reqset_len,
-                    queue_i,
-                    step_after,
-                    step_reqset,
-                    step_maxpen,
-                    active,
-                    n_act,
-                )
+                cursor[b] = CURSOR_UNCHECKED if bucket_i[b, BI_HEAD] >= 0 else CURSOR_NONE
                 cands[n_cands] = b
                 n_cands += 1
     n_out = 0
+    lazy = True  # check only the winning candidate (see below)
     cap_out = out_task.shape[0]
     done = True  # False only if the output buffer filled up before the search ended
     while n_act > 0:
@@ -624,24 +619,62 @@ def _dispatch(  # type: ignore[no-untyped-def]
             done = False
             break
         best = -1
+        t = -1
         for i in range(n_cands):
             b = cands[i]
-            if cursor[b] >= 0 and (
-                best < 0
-                or _before(
-                    cursor[b], b, cursor[best], best, task_f, task_seq, bucket_i, bucket_f, queue_i
-                )
+            c = cursor[b]
+            if c == CURSOR_UNCHECKED:
+                c = bucket_i[b, BI_HEAD]
+            if c >= 0 and (
+                best < 0 or _before(c, b, t, best, task_f, task_seq, bucket_i, bucket_f, queue_i)
             ):
                 best = b
+                t = c
         if best < 0:
             break
-        t = cursor[best]
-        q = bucket_i[BI_QUEUE, best]
+        if cursor[best] == CURSOR_UNCHECKED:
+            # Its head sorts first: advance it to its first task an active agent may take, then merge
+            # again (every other candidate's true cursor sorts at or after its own head). Checking one
+            # candidate per merge pays off while heads prove takeable (the steady state: one freed
+            # agent takes the first head it is checked against). Once a head proved untakeable or an
+            # offer was made, every unchecked candidate is advanced at once instead, so a call makes
+            # O(1) extra merges rather than one per candidate.
+            for i in range(n_cands):
+                b = cands[i]
+                if cursor[b] == CURSOR_UNCHECKED and (b == best or not lazy):
+                    cursor[b] = _advance(
+                        b,
+                        bucket_i[b, BI_HEAD],
+                        now,
+                        skills,
+                        penalty,
+                        cap,
+                        load,
+                        agent_f,
+                        task_i,
+                        task_f,
+                        task_excl,
+                        bucket_i,
+                        bucket_f,
+                        reqset_skill,
+                        reqset_level,
+                        reqset_len,
+                        queue_i,
+                        step_after,
+                        step_reqset,
+                        step_maxpen,
+                        active,
+                        n_act,
+                    )
+            if cursor[best] != t:
+                lazy = False
+            continue
+        q = bucket_i[best, BI_QUEUE]
         ch = task_i[t, TI_CHANNEL]
         rs, maxpen = _task_rule(
             t, best, now, task_f, bucket_i, queue_i, step_after, step_reqset, step_maxpen
         )
-        strategy = queue_i[QI_STRATEGY, q]
+        strategy = queue_i[q, QI_STRATEGY]
         # Pass 1: lowest penalty tier among eligible agents, best key in it, count and weights.
         best_a = -1
         best_pen = 0
@@ -702,8 +735,8 @@ def _dispatch(  # type: ignore[no-untyped-def]
             plain = task_i[t, TI_N_EXCL] == 0 and (
                 task_i[t, TI_PREF] < 0 or now >= task_f[t, TF_PREF_UNTIL]
             )
-            if plain and bucket_i[BI_MONOTONE, best] != 0:
-                cursor[best] = -1
+            if plain and bucket_i[best, BI_MONOTONE] != 0:
+                cursor[best] = CURSOR_NONE
             else:
                 cursor[best] = _advance(
                     best,
@@ -804,13 +837,14 @@ def _dispatch(  # type: ignore[no-untyped-def]
             out_agent[n_out] = chosen
             n_out += 1
         task_state[t] = TASK_OFFERED
+        lazy = False
         for k in range(first, n_out):
             a = out_agent[k]
             agent_state[a] = AGENT_RESERVED
             if _reserve(a, ch, cap, load, free_list, in_free, counters):
                 n_act = _remove_sorted(active, n_act, a)
             if strategy == S_ROUND_ROBIN:
-                queue_i[QI_RR_LAST, q] = member_pos[q, a]
+                queue_i[q, QI_RR_LAST] = member_pos[q, a]
         nxt = task_i[t, TI_NEXT]
         _unlink(t, task_i, task_f, task_seq, bucket_i, bucket_f)
         cursor[best] = _advance(
@@ -841,77 +875,74 @@ def _dispatch(  # type: ignore[no-untyped-def]
         a = active[i]
         agent_memo[a] = _memo_key(a, agent_queues, agent_nq, q_ver)
     for i in range(n_cands):
-        cursor[cands[i]] = -2
+        cursor[cands[i]] = CURSOR_IDLE
     return n_out
 
 
 @jit_inline
-def _v1(buf, layout, slot):  # type: ignore[no-untyped-def]
-    """1-D view of arena `buf` for `slot` (no copy)."""
-    o = layout[slot, 0]
-    return buf[o : o + layout[slot, 1]]
+def _v1(arena, layout, slot, dtype):  # type: ignore[no-untyped-def]
+    """1-D view of the arena's `slot` as `dtype` (no copy)."""
+    return arena_1d(arena, layout[slot, 0], layout[slot, 1], dtype)
 
 
 @jit_inline
-def _v2(buf, layout, slot):  # type: ignore[no-untyped-def]
-    """2-D C-contiguous view of arena `buf` for `slot` (no copy)."""
-    o = layout[slot, 0]
-    n0 = layout[slot, 1]
-    n1 = layout[slot, 2]
-    return view_2d(buf[o : o + n0 * n1], n0, n1)
+def _v2(arena, layout, slot, dtype):  # type: ignore[no-untyped-def]
+    """2-D C-contiguous view of the arena's `slot` as `dtype` (no copy)."""
+    return arena_2d(arena, layout[slot, 0], layout[slot, 1], layout[slot, 2], dtype)
 
 
 @jit
-def dispatch_kernel(now, i32, i64, f64, u8, layout):  # type: ignore[no-untyped-def]
-    """`_dispatch` on the arenas (see the P_* slots): (number of offers written, task and agent of the
-    first offer or -1). The steady state makes one offer per call, and returning it here spares the
-    Router two numpy reads."""
-    counters = _v1(i64, layout, P_COUNTERS)
-    out_task = _v1(i32, layout, P_OUT_TASK)
-    out_agent = _v1(i32, layout, P_OUT_AGENT)
+def dispatch_kernel(now, arena):  # type: ignore[no-untyped-def]
+    """`_dispatch` on the arena (layout and P_* slots above). Returns one int64: when exactly one offer
+    was made (the steady state) its task and agent as `task << 32 | agent` (>= 0), else `-1 - n` for n
+    offers (< 0) left in the output slots. A returned tuple would cost the Router ~0.4 us to box and
+    unpack, and reading the first offer from the output arrays two numpy scalar reads."""
+    layout = arena_2d(arena, 0, P_SLOTS, 3, np.int64)
+    out_task = _v1(arena, layout, P_OUT_TASK, np.int32)
+    out_agent = _v1(arena, layout, P_OUT_AGENT, np.int32)
     n = _dispatch(
         now,
-        _v2(u8, layout, P_SKILLS),
-        _v2(i32, layout, P_PENALTY),
-        _v2(i32, layout, P_MEMBER_POS),
-        _v2(i32, layout, P_CAP),
-        _v2(i32, layout, P_LOAD),
-        _v2(f64, layout, P_AGENT_F),
-        _v1(i64, layout, P_AGENT_CALLS),
-        _v1(i32, layout, P_FREE_LIST),
-        _v1(u8, layout, P_IN_FREE),
-        counters,
-        _v2(i32, layout, P_TASK_I),
-        _v2(f64, layout, P_TASK_F),
-        _v1(i64, layout, P_TASK_SEQ),
-        _v2(i32, layout, P_TASK_EXCL),
-        _v2(i32, layout, P_BUCKET_I),
-        _v2(i32, layout, P_REQSET_SKILL),
-        _v2(i32, layout, P_REQSET_LEVEL),
-        _v1(i32, layout, P_REQSET_LEN),
-        _v2(i32, layout, P_QUEUE_I),
-        _v2(f64, layout, P_STEP_AFTER),
-        _v2(i32, layout, P_STEP_REQSET),
-        _v2(i32, layout, P_STEP_MAXPEN),
-        _v1(f64, layout, P_RNG_BUF),
+        _v2(arena, layout, P_SKILLS, np.uint8),
+        _v2(arena, layout, P_PENALTY, np.int32),
+        _v2(arena, layout, P_MEMBER_POS, np.int32),
+        _v2(arena, layout, P_CAP, np.int32),
+        _v2(arena, layout, P_LOAD, np.int32),
+        _v2(arena, layout, P_AGENT_F, np.float64),
+        _v1(arena, layout, P_AGENT_CALLS, np.int64),
+        _v1(arena, layout, P_FREE_LIST, np.int32),
+        _v1(arena, layout, P_IN_FREE, np.uint8),
+        _v1(arena, layout, P_COUNTERS, np.int64),
+        _v2(arena, layout, P_TASK_I, np.int32),
+        _v2(arena, layout, P_TASK_F, np.float64),
+        _v1(arena, layout, P_TASK_SEQ, np.int64),
+        _v2(arena, layout, P_TASK_EXCL, np.int32),
+        _v2(arena, layout, P_BUCKET_I, np.int32),
+        _v2(arena, layout, P_REQSET_SKILL, np.int32),
+        _v2(arena, layout, P_REQSET_LEVEL, np.int32),
+        _v1(arena, layout, P_REQSET_LEN, np.int32),
+        _v2(arena, layout, P_QUEUE_I, np.int32),
+        _v2(arena, layout, P_STEP_AFTER, np.float64),
+        _v2(arena, layout, P_STEP_REQSET, np.int32),
+        _v2(arena, layout, P_STEP_MAXPEN, np.int32),
+        _v1(arena, layout, P_RNG_BUF, np.float64),
         out_task,
         out_agent,
-        _v1(i64, layout, P_Q_VER),
-        _v1(i64, layout, P_AGENT_MEMO),
-        _v2(i32, layout, P_AGENT_QUEUES),
-        _v1(i32, layout, P_AGENT_NQ),
-        _v2(i32, layout, P_Q_BUCKETS),
-        _v1(i32, layout, P_Q_NB),
-        _v2(f64, layout, P_BUCKET_F),
-        _v1(i32, layout, P_ACTIVE),
-        _v1(i32, layout, P_CURSOR),
-        _v1(i32, layout, P_CANDS),
-        _v1(u8, layout, P_AGENT_STATE),
-        _v1(u8, layout, P_TASK_STATE),
+        _v1(arena, layout, P_Q_VER, np.int64),
+        _v1(arena, layout, P_AGENT_MEMO, np.int64),
+        _v2(arena, layout, P_AGENT_QUEUES, np.int32),
+        _v1(arena, layout, P_AGENT_NQ, np.int32),
+        _v2(arena, layout, P_Q_BUCKETS, np.int32),
+        _v1(arena, layout, P_Q_NB, np.int32),
+        _v2(arena, layout, P_BUCKET_F, np.float64),
+        _v1(arena, layout, P_ACTIVE, np.int32),
+        _v1(arena, layout, P_CURSOR, np.int32),
+        _v1(arena, layout, P_CANDS, np.int32),
+        _v1(arena, layout, P_AGENT_STATE, np.uint8),
+        _v1(arena, layout, P_TASK_STATE, np.uint8),
     )
-    if n == 0:
-        return n, np.int64(-1), np.int64(-1)
-    return n, np.int64(out_task[0]), np.int64(out_agent[0])
+    if n == 1:
+        return (np.int64(out_task[0]) << 32) | np.int64(out_agent[0])
+    return np.int64(-1 - n)
 
 
 @jit

@@ -19,9 +19,10 @@ Timers (wrap-up end, reject delays, relaxation steps, preferred-agent timeouts) 
 `dispatch(now)` applies those due and `next_deadline()` reports the earliest, sans-I/O style.
 
 Speed (every API call is on the daemon's and the simulator's hot path):
-- Every kernel array is a view into one flat buffer per dtype (the arenas, `_ARENAS`); the kernel takes
-  `now`, the four arenas and a layout, so numba unboxes 6 arguments instead of 34. Growth rebinds an
-  attribute to a larger copy and `_pack` rebuilds the arenas before the next dispatch.
+- Every kernel array is a view into one byte buffer (the arena, `_ARENA_SLOTS`; layout in `_kernels`),
+  and the kernel takes `now` and the arena alone, called through its compiled entry point rather than
+  numba's dispatcher: numba unboxes 2 arguments instead of 35 and types none of them. Growth rebinds
+  an attribute to a larger copy and `_pack` rebuilds the arena before the next dispatch.
 - What Python reads on every call has a Python-list mirror written together with the array the kernel
   or the tests read: agent state codes (`_st`), free capacity units (`_spare`), free-list membership,
   and the task fields the kernel never writes (queue, channel, time, sequence, preference,
@@ -42,6 +43,7 @@ import numpy as np
 import numpy.typing as npt
 
 from routing_core import _kernels as K
+from routing_core._jit import entry_point
 from routing_core.states import EVENT_ALLOWED_FROM, ROUTABLE_STATES, transition_allowed
 from routing_core.types import (
     AgentState,
@@ -108,9 +110,9 @@ _SET_OFFER_TASK: Final = Offer.__dict__["task_id"].__set__
 _SET_OFFER_AGENT: Final = Offer.__dict__["agent_id"].__set__
 _SET_OFFER_QUEUE: Final = Offer.__dict__["queue"].__set__
 
-# Which Router array lives in which arena (one flat buffer per dtype, see `_kernels.P_*`). Order inside
-# an arena is irrelevant to the kernel, which reads offsets and shapes from the layout array.
-_ARENAS: Final = (
+# The Router arrays in the arena, by the dtype the kernel views them as (see `_kernels.P_*`). Their order
+# is irrelevant to the kernel, which reads offsets and shapes from the layout at the arena's start.
+_ARENA_SLOTS: Final = (
     (
         np.int32,
         (
@@ -169,6 +171,13 @@ _ARENAS: Final = (
         ),
     ),
 )
+
+
+_ARENA_ALIGN: Final = 64  # bytes: every array starts on its own cache line
+
+
+def _aligned(n: int) -> int:
+    return -(-n // _ARENA_ALIGN) * _ARENA_ALIGN
 
 
 def _grow(arr: _ArrT, axis: int, new: int, fill: float) -> _ArrT:
@@ -263,8 +272,10 @@ class Router:
         self._free_slots = list(range(T - 1, -1, -1))
         self._seq = 0
         # Buckets.
-        self._bucket_i = np.full((K.BI_ROWS, 64), -1, np.int32)
-        self._bucket_f = np.zeros((K.BF_ROWS, 64), np.float64)
+        # [bucket, field]: the kernel ranks a dozen buckets per dispatch by several fields of each, so
+        # a bucket's fields share one cache line (and its float fields a second) instead of one line each.
+        self._bucket_i = np.full((64, K.BI_ROWS), -1, np.int32)
+        self._bucket_f = np.zeros((64, K.BF_ROWS), np.float64)
         self._bucket_index: dict[tuple[int, int, int, int], int] = {}
         self._n_buckets = 0
         # Requirement sets.
@@ -274,7 +285,7 @@ class Router:
         self._reqset_index: dict[tuple[tuple[int, int], ...], int] = {}
         self._reqsets: list[tuple[tuple[int, int], ...]] = []
         # Queues.
-        self._queue_i = np.zeros((K.QI_ROWS, Q), np.int32)
+        self._queue_i = np.zeros((Q, K.QI_ROWS), np.int32)
         self._q_ver = np.zeros(Q, np.int64)  # bumped whenever a task may have become eligible
         self._q_buckets = np.full((Q, 4), -1, np.int32)
         self._q_nb = np.zeros(Q, np.int32)
@@ -287,7 +298,6 @@ class Router:
         self._queue_count: list[int] = []  # tasks waiting or offered
         self._queue_rset: list[tuple[tuple[int, int], ...]] = []  # checked default requirements
         self._queue_nsteps: list[int] = []
-        self._queue_offered: list[set[int]] = []
         # Random numbers and output buffers.
         self._rng_buf = self._rng.random(RNG_BUFFER)
         self._out_task = np.zeros(max(64, A), np.int32)
@@ -300,12 +310,15 @@ class Router:
         # went to; drained by `take_wrap_up_ends` so the caller can record and publish them.
         self._wrap_ends: list[tuple[str, AgentState]] = []
         self.transition_log: list[tuple[str, AgentState, AgentState]] | None = None
-        # Kernel scratch (sized in `_pack`) and the kernel arguments after `now`: the four arenas and
-        # their layout. None after any growth; `_pack` then copies every array into fresh arenas.
+        # Kernel scratch (sized in `_pack`) and the kernel's argument after `now`: the arena. None after
+        # any growth; `_pack` then copies every array into a fresh arena.
         self._scratch_active = np.zeros(0, np.int32)
         self._scratch_cursor = np.zeros(0, np.int32)
         self._scratch_cands = np.zeros(0, np.int32)
-        self._arena: tuple[Any, ...] | None = None
+        self._arena: npt.NDArray[np.uint8] | None = None
+        # The dispatch kernel's compiled entry point, looked up on the first dispatch (not here: the
+        # lookup compiles or loads the kernel, which the daemon does in `warmup`, off its event loop).
+        self._kernel: Any = self._first_kernel_call
         self._pack()
 
     # ------------------------------------------------------------------ configuration
@@ -333,11 +346,11 @@ class Router:
             if s.max_penalty is not None and not 0 <= s.max_penalty < 2**31:
                 raise InvalidArgument("max_penalty must be >= 0")
         q = len(self._queues)
-        if q >= self._queue_i.shape[1]:
+        if q >= self._queue_i.shape[0]:
             nq = 2 * q
             self._regrow("_penalty", 0, nq, -1)
             self._regrow("_member_pos", 0, nq, -1)
-            self._regrow("_queue_i", 1, nq, 0)
+            self._regrow("_queue_i", 0, nq, 0)
             self._regrow("_q_ver", 0, nq, 0)
             self._regrow("_q_buckets", 0, nq, -1)
             self._regrow("_q_nb", 0, nq, 0)
@@ -353,20 +366,19 @@ class Router:
             self._step_after[q, i] = step.after_s
             self._step_reqset[q, i] = -1 if rset is None else self._reqset_id(rset)
             self._step_maxpen[q, i] = -1 if step.max_penalty is None else step.max_penalty
-        self._queue_i[K.QI_STRATEGY, q] = int(spec.strategy)
+        self._queue_i[q, K.QI_STRATEGY] = int(spec.strategy)
         if spec.strategy in (Strategy.RANDOM, Strategy.WEIGHTED_RANDOM):
             self._has_random = True
-        self._queue_i[K.QI_WEIGHT, q] = spec.weight
-        self._queue_i[K.QI_N_STEPS, q] = n_steps
-        self._queue_i[K.QI_RR_LAST, q] = -1
-        self._queue_i[K.QI_N_POS, q] = 0
+        self._queue_i[q, K.QI_WEIGHT] = spec.weight
+        self._queue_i[q, K.QI_N_STEPS] = n_steps
+        self._queue_i[q, K.QI_RR_LAST] = -1
+        self._queue_i[q, K.QI_N_POS] = 0
         self._queues.append(spec)
         self._queue_names.append(spec.name)
         self._queue_index[spec.name] = q
         self._queue_count.append(0)
         self._queue_rset.append(default_rset)
         self._queue_nsteps.append(n_steps)
-        self._queue_offered.append(set())
 
     def add_agent(
         self,
@@ -401,8 +413,8 @@ class Router:
         self._agent_nq[a] = len(qs)
         for q, pen in qs:
             self._penalty[q, a] = pen
-            self._member_pos[q, a] = self._queue_i[K.QI_N_POS, q]
-            self._queue_i[K.QI_N_POS, q] += 1
+            self._member_pos[q, a] = self._queue_i[q, K.QI_N_POS]
+            self._queue_i[q, K.QI_N_POS] += 1
         for ch, c in caps.items():
             self._cap[a, ch] = c
         cap_sum = sum(caps.values())
@@ -576,24 +588,26 @@ class Router:
         arena = self._arena
         if arena is None:
             arena = self._pack()
-        n, t, a = K.dispatch_kernel(float(now), *arena)
-        if n == 0:
+        res = self._kernel(float(now), arena)
+        if res == -1:  # no offer
             return []
         # Only the kernel draws from the buffer, so refilling after it (rather than before the next
         # call) consumes the very same sequence.
         if self._has_random and self._counters[K.CN_RNG_POS] > RNG_BUFFER // 2:
             self._rng_buf[:] = self._rng.random(RNG_BUFFER)
             self._counters[K.CN_RNG_POS] = 0
-        if n != 1:
+        if res < 0:  # -1 - n for n offers, left in the output arrays
+            n = -1 - res
             pairs = zip(self._out_task[:n].tolist(), self._out_agent[:n].tolist(), strict=True)
             return [self._offered(t, a) for t, a in pairs]
+        t = res >> 32
+        a = res & 0xFFFFFFFF
         # The steady state: one agent freed, one offer (returned by the kernel itself). This is
         # `_offered` inlined, less what cannot happen: a waiting task rings for nobody yet. A method
         # call costs as much as four of these lines.
         q = self._task_q[t]
         self._task_offers[t] = [a]
         self._tst[t] = _T_OFFERED
-        self._queue_offered[q].add(t)
         self._n_waiting -= 1
         self._agent_offers[a].add(t)
         left = self._spare[a] - 1
@@ -621,7 +635,6 @@ class Router:
         self._agent_offers[a].discard(t)
         self._agent_tasks[a].add(t)
         q = self._task_q[t]
-        self._queue_offered[q].discard(t)
         self._queue_count[q] -= 1
         self._task_state[t] = _T_ASSIGNED
         self._tst[t] = _T_ASSIGNED
@@ -722,13 +735,17 @@ class Router:
         best: float | None = None
         bi = self._bucket_i
         for b in range(self._n_buckets):
-            h = int(bi[K.BI_HEAD, b])
-            if bi[K.BI_QUEUE, b] == q and h >= 0:
+            h = int(bi[b, K.BI_HEAD])
+            if bi[b, K.BI_QUEUE] == q and h >= 0:
                 x = float(self._task_f[h, K.TF_TIME])
                 best = x if best is None else min(best, x)
-        for t in self._queue_offered[q]:
-            x = float(self._task_f[t, K.TF_TIME])
-            best = x if best is None else min(best, x)
+        # The ringing tasks of every queue: dispatch does not keep a set per queue for this (a set
+        # update per offer on the hot path for what a metrics scrape reads now and then).
+        times, queues = self._task_time, self._task_q
+        for t in self._task_offers:
+            if queues[t] == q:
+                x = times[t]
+                best = x if best is None else min(best, x)
         return 0.0 if best is None else max(0.0, now - best)
 
     def task_queue(self, task_id: str) -> str:
@@ -783,7 +800,6 @@ class Router:
         if ringing is None:
             self._task_offers[t] = [a]
             self._tst[t] = _T_OFFERED
-            self._queue_offered[q].add(t)
             self._n_waiting -= 1
         else:
             ringing.append(a)
@@ -803,29 +819,38 @@ class Router:
         _SET_OFFER_QUEUE(offer, self._queue_names[q])
         return offer
 
-    def _pack(self) -> tuple[Any, ...]:
-        """Copy every kernel array into fresh arenas and rebind the attributes to views of them."""
-        n_buckets = self._bucket_i.shape[1]
+    def _pack(self) -> npt.NDArray[np.uint8]:
+        """Copy every kernel array into a fresh arena and rebind the attributes to views of it."""
+        n_buckets = self._bucket_i.shape[0]
         self._scratch_active = np.zeros(self._max_agents, np.int32)
-        self._scratch_cursor = np.full(n_buckets, -2, np.int32)
+        self._scratch_cursor = np.full(n_buckets, K.CURSOR_IDLE, np.int32)
         self._scratch_cands = np.zeros(n_buckets, np.int32)
-        layout = np.zeros((K.P_SLOTS, 3), np.int64)
-        bufs: list[npt.NDArray[Any]] = []
-        for dtype, slots in _ARENAS:
-            arrs = [getattr(self, name) for _, name in slots]
-            buf = np.empty(sum(x.size for x in arrs), dtype)
-            o = 0
-            for (slot, name), x in zip(slots, arrs, strict=True):
+        placed: list[tuple[int, str, npt.NDArray[Any], int]] = []
+        size = _aligned(K.P_SLOTS * 3 * 8)  # the layout comes first
+        for dtype, slots in _ARENA_SLOTS:
+            for slot, name in slots:
+                x = getattr(self, name)
                 assert x.dtype == dtype, name
                 assert x.ndim in (1, 2), name
-                view = buf[o : o + x.size].reshape(x.shape)
-                view[...] = x
-                setattr(self, name, view)
-                layout[slot] = (o, x.shape[0], x.shape[1] if x.ndim == 2 else 1)
-                o += x.size
-            bufs.append(buf)
-        self._arena = (*bufs, layout)
-        return self._arena
+                placed.append((slot, name, x, size))
+                size = _aligned(size + x.nbytes)
+        raw = np.zeros(size + _ARENA_ALIGN, np.uint8)
+        start = -raw.ctypes.data % _ARENA_ALIGN
+        arena = raw[start : start + size]
+        layout = arena[: K.P_SLOTS * 3 * 8].view(np.int64).reshape(K.P_SLOTS, 3)
+        for slot, name, x, off in placed:
+            view = arena[off : off + x.nbytes].view(x.dtype).reshape(x.shape)
+            view[...] = x
+            setattr(self, name, view)
+            layout[slot] = (off, x.shape[0], x.shape[1] if x.ndim == 2 else 1)
+        self._arena = arena
+        return arena
+
+    def _first_kernel_call(self, now: float, arena: npt.NDArray[np.uint8]) -> Any:
+        """Look up the dispatch kernel's entry point for the arena's type, then call it. The arena's
+        type never changes (1-D C-contiguous uint8), so every later call can skip the dispatcher."""
+        self._kernel = entry_point(K.dispatch_kernel, now, arena)
+        return self._kernel(now, arena)
 
     # ------------------------------------------------------------------ internals: agents
 
@@ -954,27 +979,26 @@ class Router:
         self._n_waiting += 1
         q = self._task_q[t]
         self._q_ver[q] += 1
-        self._queue_offered[q].discard(t)
         ti, bi = self._task_i, self._bucket_i
         b = int(ti[t, K.TI_BUCKET])
         times, seqs = self._task_time, self._task_seqs
         key = (times[t], seqs[t])
-        p = int(bi[K.BI_TAIL, b])
+        p = int(bi[b, K.BI_TAIL])
         while p >= 0 and (times[p], seqs[p]) > key:
             p = int(ti[p, K.TI_PREV])
-        n = int(bi[K.BI_HEAD, b]) if p < 0 else int(ti[p, K.TI_NEXT])
+        n = int(bi[b, K.BI_HEAD]) if p < 0 else int(ti[p, K.TI_NEXT])
         ti[t, K.TI_PREV] = p
         ti[t, K.TI_NEXT] = n
         if p >= 0:
             ti[p, K.TI_NEXT] = t
         else:
-            bi[K.BI_HEAD, b] = t
+            bi[b, K.BI_HEAD] = t
             self._cache_head(b)
         if n >= 0:
             ti[n, K.TI_PREV] = t
         else:
-            bi[K.BI_TAIL, b] = t
-        bi[K.BI_COUNT, b] += 1
+            bi[b, K.BI_TAIL] = t
+        bi[b, K.BI_COUNT] += 1
 
     def _unlink(self, t: int) -> None:
         ti, bi = self._task_i, self._bucket_i
@@ -984,31 +1008,31 @@ class Router:
         if p >= 0:
             ti[p, K.TI_NEXT] = n
         else:
-            bi[K.BI_HEAD, b] = n
+            bi[b, K.BI_HEAD] = n
             self._cache_head(b)
         if n >= 0:
             ti[n, K.TI_PREV] = p
         else:
-            bi[K.BI_TAIL, b] = p
+            bi[b, K.BI_TAIL] = p
         ti[t, K.TI_NEXT] = -1
         ti[t, K.TI_PREV] = -1
-        bi[K.BI_COUNT, b] -= 1
+        bi[b, K.BI_COUNT] -= 1
         self._n_waiting -= 1
 
     def _cache_head(self, b: int) -> None:
         """Python twin of `_kernels.cache_head` for links and unlinks done here."""
-        h = int(self._bucket_i[K.BI_HEAD, b])
+        h = int(self._bucket_i[b, K.BI_HEAD])
         if h < 0:
             return
         bf = self._bucket_f
-        bf[K.BF_HEAD_TIME, b] = self._task_time[h]
-        bf[K.BF_HEAD_SEQ, b] = float(self._task_seqs[h])
+        bf[b, K.BF_HEAD_TIME] = self._task_time[h]
+        bf[b, K.BF_HEAD_SEQ] = float(self._task_seqs[h])
         if self._task_nexcl[h] > 0:
-            bf[K.BF_PLAIN_FROM, b] = np.inf
+            bf[b, K.BF_PLAIN_FROM] = np.inf
         elif self._task_pref[h] >= 0:
-            bf[K.BF_PLAIN_FROM, b] = self._task_pref_until[h]
+            bf[b, K.BF_PLAIN_FROM] = self._task_pref_until[h]
         else:
-            bf[K.BF_PLAIN_FROM, b] = -np.inf
+            bf[b, K.BF_PLAIN_FROM] = -np.inf
 
     def _detach(self, t: int, now: float) -> list[Offer]:
         """Take t out of its queue (unlink or withdraw offers, or release its agent)."""
@@ -1025,7 +1049,6 @@ class Router:
             self._finish(t, a, now)
             self._task_agent[t] = -1
             self._queue_count[q] += 1  # _place counts it again in the new queue
-        self._queue_offered[q].discard(t)
         self._queue_count[q] -= 1
         self._task_state[t] = 0
         self._tst[t] = 0
@@ -1058,18 +1081,18 @@ class Router:
         if b is not None:
             return b
         b = self._n_buckets
-        if b >= self._bucket_i.shape[1]:
-            self._regrow("_bucket_i", 1, 2 * b, -1)
-            self._regrow("_bucket_f", 1, 2 * b, 0.0)
+        if b >= self._bucket_i.shape[0]:
+            self._regrow("_bucket_i", 0, 2 * b, -1)
+            self._regrow("_bucket_f", 0, 2 * b, 0.0)
         bi = self._bucket_i
-        bi[K.BI_HEAD, b] = -1
-        bi[K.BI_TAIL, b] = -1
-        bi[K.BI_QUEUE, b] = q
-        bi[K.BI_PRIO, b] = prio
-        bi[K.BI_REQSET, b] = rs
-        bi[K.BI_CHANNEL, b] = ch
-        bi[K.BI_COUNT, b] = 0
-        bi[K.BI_MONOTONE, b] = 1 if self._monotone(q, rs) else 0
+        bi[b, K.BI_HEAD] = -1
+        bi[b, K.BI_TAIL] = -1
+        bi[b, K.BI_QUEUE] = q
+        bi[b, K.BI_PRIO] = prio
+        bi[b, K.BI_REQSET] = rs
+        bi[b, K.BI_CHANNEL] = ch
+        bi[b, K.BI_COUNT] = 0
+        bi[b, K.BI_MONOTONE] = 1 if self._monotone(q, rs) else 0
         self._bucket_index[key] = b
         nb = int(self._q_nb[q])
         if nb >= self._q_buckets.shape[1]:

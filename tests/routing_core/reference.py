@@ -79,8 +79,8 @@ def snapshot(r: Router) -> Snapshot:
         calls=r._agent_calls[:n].copy(),
         tasks=tasks,
         queues=copy.copy(r._queues),
-        rr_last=[int(r._queue_i[K.QI_RR_LAST, q]) for q in range(nq)],
-        n_pos=[int(r._queue_i[K.QI_N_POS, q]) for q in range(nq)],
+        rr_last=[int(r._queue_i[q, K.QI_RR_LAST]) for q in range(nq)],
+        n_pos=[int(r._queue_i[q, K.QI_N_POS]) for q in range(nq)],
         rng_buf=r._rng_buf.copy(),
         rng_pos=int(r._counters[K.CN_RNG_POS]),
     )

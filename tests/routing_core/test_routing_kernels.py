@@ -122,8 +122,8 @@ def test_dispatch_equals_reference(case: tuple[Router, float]) -> None:
     st.floats(-5, 15, allow_nan=False),
 )
 def test_stage_of_equals_reference(afters: list[float], wait_s: float) -> None:
-    queue_i = np.zeros((K.QI_ROWS, 1), np.int32)
-    queue_i[K.QI_N_STEPS, 0] = len(afters)
+    queue_i = np.zeros((1, K.QI_ROWS), np.int32)
+    queue_i[0, K.QI_N_STEPS] = len(afters)
     step_after = np.zeros((1, max(1, len(afters))), np.float64)
     step_after[0, : len(afters)] = afters
     expected = max((i for i, x in enumerate(afters) if wait_s >= x), default=-1)
