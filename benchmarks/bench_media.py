@@ -314,6 +314,7 @@ async def _serve(
         await drainer
     handoffs = ""
     if pool is not None:
+        await asyncio.sleep(1.0)  # a busy worker's last counter reports (every 0.25 s) trail
         handoffs = " ".join(
             f"{m.labels['outcome']}={int(m.value)}"
             for metric in pool.handoffs.collect()
@@ -323,7 +324,7 @@ async def _serve(
     for stop in stoppers:
         stop(loop.time())
     if pool is not None:
-        await asyncio.sleep(0.5)  # the legs come back
+        await asyncio.sleep(1.0)  # the legs come back, the workers' last counters arrive
         await pool.close()
     if writer is not None:
         await asyncio.to_thread(writer.stop)
