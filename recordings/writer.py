@@ -679,7 +679,10 @@ class RecordingWriter:
             self._discard_pending(rec)
         with shard.lock:
             shard.recordings.discard(rec)
-        self._closer.submit(self._finalize, rec, interrupted)
+        try:
+            self._closer.submit(self._finalize, rec, interrupted)
+        except RuntimeError:  # stop() stopped waiting for this thread: finish here, not never
+            self._finalize(rec, interrupted)
 
     def _final_flush(self, rec: Recording) -> None:
         self._flush_one(rec, closing=True)

@@ -389,6 +389,33 @@ def test_stop_interrupts_open_recordings(tmp_path: Path) -> None:
         w.start_recording("late", tmp_path / "late.wav")
 
 
+def test_stop_that_gives_up_waiting_still_finishes_a_closing_recording(tmp_path: Path) -> None:
+    """A writer thread still busy with a last flush when stop() stops waiting for it (a media
+    worker closing hundreds of calls on a busy machine) finishes the recording itself: its
+    result arrives, instead of the thread dying on the closer's shutdown."""
+    w = RecordingWriter(DECODERS, FAST)
+    flushing = threading.Event()
+    original = w._final_flush
+
+    def slow_final_flush(rec: object) -> None:
+        flushing.set()
+        threading.Event().wait(0.5)
+        original(rec)  # type: ignore[arg-type]
+
+    w._final_flush = slow_final_flush  # type: ignore[method-assign]
+    w.start()
+    rec = w.start_recording("slow", tmp_path / "slow.wav")
+    rec.feed(0, 0, tone(440, 1600), "L16")
+    rec.close(1600)
+    assert flushing.wait(5)
+    w.stop(timeout_s=0.05)  # gives up on the thread, shuts the closer down
+    res = rec.result.result(timeout=5)
+    assert res.error is None
+    assert not res.interrupted
+    _, _, data = read_wav(tmp_path / "slow.wav")
+    assert len(data) == 1600
+
+
 def test_several_writer_threads(tmp_path: Path) -> None:
     cfg = WriterConfig(flush_interval_s=0.05, writer_threads=2)
     with RecordingWriter(DECODERS, cfg) as w:
