@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import multiprocessing as mp
 import os
 import resource
@@ -278,6 +279,9 @@ async def _serve(
             tb, _ = await loop.create_datagram_endpoint(lambda b=b: b, local_addr=("127.0.0.1", 0))
             ports += [ta.get_extra_info("sockname")[1], tb.get_extra_info("sockname")[1]]
             closers += [ta.close, tb.close]
+    # as the daemon does once it is up: the long-lived objects leave the collector's scans
+    gc.collect()
+    gc.freeze()
     conn.send(ports)
     start_s, end_s = await loop.run_in_executor(None, conn.recv)
 
@@ -396,6 +400,12 @@ def run_once(
     for c in (r_parent, m_parent, s_parent):
         c.send((start_s, end_s))
     sent, sender_late_s = s_parent.recv()
+    if not m_parent.poll(seconds + 120):
+        # a media process that never reports (seen once in a long run on a shared box): say so
+        # and go on with the next run rather than wait forever
+        for p in (sender, media, receiver):
+            p.kill()
+        raise TimeoutError(f"{mode} with {calls} calls: the media process did not report")
     media_result = m_parent.recv()
     received, lat_bytes = r_parent.recv()
     for p in (sender, media, receiver):
@@ -449,7 +459,11 @@ def main() -> None:
     runs = [(mode, n) for mode in args.modes for n in (args.workers if mode == "workers" else [0])]
     for calls in args.calls:
         for mode, n in runs:
-            r = run_once(mode, calls, args.seconds, args.port_base, n)
+            try:
+                r = run_once(mode, calls, args.seconds, args.port_base, n)
+            except TimeoutError as exc:
+                print(f"{mode:9} {calls:5d}  HUNG: {exc} (not a result)", flush=True)
+                continue
             label = f"workers={n}" if mode == "workers" else mode
             print(
                 f"{label:9} {calls:5d} {r['cpu_ms_per_call_s']:13.3f} {r['us_per_packet']:6.2f} "
