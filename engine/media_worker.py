@@ -43,6 +43,7 @@ from engine.workers import (
     MAX_FDS,
     ChannelClosed,
     Ready,
+    control_stream,
     encode_frame,
     read_frame,
     worker_main,
@@ -517,17 +518,11 @@ def _let_go(endpoint: RtpEndpoint) -> None:
 
 
 async def _serve(fds: list[int]) -> None:
-    sock = socket.socket(fileno=fds[0])
     fd_sock = socket.socket(fileno=fds[1])
     fd_sock.setblocking(False)
-    reader, writer = await asyncio.open_connection(sock=sock)
-    try:
-        await _Worker(writer, fd_sock).serve(reader)
-    finally:
-        writer.close()
-        fd_sock.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
+    with fd_sock:
+        async with control_stream(fds[0]) as (reader, writer):
+            await _Worker(writer, fd_sock).serve(reader)
 
 
 def main(argv: list[str]) -> int:

@@ -52,7 +52,6 @@ import os
 import queue
 import re
 import secrets
-import socket
 import struct
 import sys
 import weakref
@@ -77,7 +76,14 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtp import RtpPacket
 
 from engine.config import WebRtcConfig
-from engine.workers import ChannelClosed, Ready, encode_frame, read_frame, worker_main
+from engine.workers import (
+    ChannelClosed,
+    Ready,
+    control_stream,
+    encode_frame,
+    read_frame,
+    worker_main,
+)
 from sip.rtp.dtmf import dtmf_packets
 from sip.rtp.g711 import (
     ALAW_DECODE,
@@ -1358,14 +1364,8 @@ class _Worker:
 
 
 async def _serve(fd: int) -> None:
-    sock = socket.socket(fileno=fd)
-    reader, writer = await asyncio.open_connection(sock=sock)
-    try:
+    async with control_stream(fd) as (reader, writer):
         await _Worker(writer).serve(reader)
-    finally:
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
 
 
 def main(argv: list[str]) -> int:

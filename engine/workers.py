@@ -25,7 +25,7 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -452,6 +452,20 @@ class WorkerPool:
 
 
 # -- the worker's side -----------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def control_stream(
+    fd: int,
+) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """The worker's end of its control stream (descriptor ``fd``), closed on the way out."""
+    reader, writer = await asyncio.open_connection(sock=socket.socket(fileno=fd))
+    try:
+        yield reader, writer
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
 
 
 def worker_main(
