@@ -185,8 +185,8 @@ class RoutingService:
             self._timer.cancel()
             self._timer = None
 
-    def warmup(self) -> None:
-        self.router.warmup()
+    def warmup(self) -> tuple[int, int]:
+        return self.router.warmup()
 
     def apply(self, cfg: Config) -> list[str]:
         """Apply a reloaded config to the live Router; what it could not apply (needs a restart).

@@ -43,7 +43,7 @@ import numpy as np
 import numpy.typing as npt
 
 from routing_core import _kernels as K
-from routing_core._jit import entry_point
+from routing_core._jit import cache_counts, entry_point
 from routing_core.states import EVENT_ALLOWED_FROM, ROUTABLE_STATES, transition_allowed
 from routing_core.types import (
     AgentState,
@@ -765,14 +765,18 @@ class Router:
         out["assigned"] = int(np.count_nonzero(self._task_state == _T_ASSIGNED))
         return out
 
-    def warmup(self) -> None:
-        """Compile or load (numba cache) every kernel by running it once on a throwaway router."""
+    def warmup(self) -> tuple[int, int]:
+        """Compile or load (numba cache) every kernel by running it once on a throwaway router.
+
+        Returns how many kernel signatures this process has compiled and loaded so far
+        (`_jit.cache_counts`): an operator sees why a first start after an upgrade is slow."""
         r = Router(n_skills=2, max_agents=2, max_tasks=2)
         r.add_queue(QueueSpec("warmup", steps=()))
         r.add_agent("a", skills={0: 1}, queues={"warmup": 0})
         r.login("a", 0.0)
         r.enqueue("t", "warmup", 0.0, requirements=(Requirement(0, 1),))
         r.dispatch(0.0)
+        return cache_counts()
 
     # ------------------------------------------------------------------ internals: kernel
 

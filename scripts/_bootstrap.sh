@@ -72,6 +72,10 @@ ensure_venv() {
         "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
         (cd "$ACD_ROOT" && "$VENV/bin/python" -m pip install -q -e "$spec") ||
             die "pip install failed"
+        # Numba compiles the routing kernels once into its on-disk cache (~20 s here), so the
+        # daemon's first start does not.
+        echo "acd: compiling the routing kernels (once per install)" >&2
+        "$VENV/bin/acd" precompile >&2 || die "acd precompile failed"
         # The dev stamp covers the runtime set too, so record both.
         { echo "$want"; [ -n "$extra" ] && echo "${want% *} ."; } >"$stamp"
     fi

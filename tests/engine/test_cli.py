@@ -22,7 +22,7 @@ def test_version() -> None:
     assert result.stdout.strip() == "acd 0.1.0"
 
 
-@pytest.mark.parametrize("sub", [[], ["run"], ["check-config"], ["version"]])
+@pytest.mark.parametrize("sub", [[], ["run"], ["check-config"], ["precompile"], ["version"]])
 def test_help_everywhere(sub: list[str]) -> None:
     result = run(*sub, "--help")
     assert result.returncode == 0
@@ -127,3 +127,31 @@ def test_recordings_repair_through_acd(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     with wave.open(str(broken)) as w:
         assert w.getnframes() == 1600
+
+
+@pytest.mark.slow
+def test_precompile_fills_an_empty_kernel_cache_and_the_next_start_loads_it(tmp_path: Path) -> None:
+    """`acd precompile` on an empty numba cache compiles (what a first start would otherwise pay);
+    run again on the same cache it compiles nothing and loads every kernel from disk."""
+    import os
+    import re
+
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    pattern = re.compile(r"routing kernels: (\d+) compiled, (\d+) loaded from the cache")
+
+    def precompile() -> tuple[int, int]:
+        result = subprocess.run(
+            [*ACD, "precompile"], capture_output=True, text=True, timeout=240, env=env
+        )
+        assert result.returncode == 0, result.stderr
+        found = pattern.search(result.stdout)
+        assert found, result.stdout
+        return int(found[1]), int(found[2])
+
+    compiled, loaded = precompile()
+    assert compiled > 0
+    assert loaded == 0
+    assert list(tmp_path.rglob("*.nbi")), "no numba index file was written to the cache"
+    compiled, loaded = precompile()
+    assert compiled == 0
+    assert loaded > 0
