@@ -38,7 +38,6 @@ from engine.events import Event, EventBus, Subscription
 from engine.http import Problem, json_response
 from engine.recording_service import (
     CONTENT_TYPES,
-    OnDemandRecording,
     RecordingRefused,
     RecordingService,
 )
@@ -745,7 +744,7 @@ async def change_call_recording(request: web.Request) -> web.Response:
 
 
 def _on_demand(call: Any) -> bool:
-    return isinstance(call.recording, OnDemandRecording)
+    return bool(call.recording_on_demand)
 
 
 class LegalHold(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

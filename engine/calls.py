@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -199,6 +200,7 @@ class Call:
     flow_data: dict[str, Any] = field(default_factory=dict)
     recording_id: str | None = None
     recording: Any = None  # recordings.Recording while the bridge feeds it
+    recording_on_demand: bool = False  # started through the API mid-call
     priority: int = 0
     overflows: int = 0
     bridge: Bridge | RemoteBridge | None = None
@@ -433,14 +435,16 @@ class CallService:
             if not isinstance(recording, RemoteRecording):  # taken back meanwhile: not recorded
                 recording.close(0)
                 raise RecordingRefused("the call's media moved while the recording was started")
-            bridge.start_recording(recording)  # the worker's position 0 is now
             call.recording, call.recording_id = recording, recording.recording_id
+            call.recording_on_demand = True
+            bridge.start_recording(recording)  # the worker's position 0 is now
             log.info(
                 "recording_started_on_demand", recording_id=recording.recording_id, by=requested_by
             )
             return recording.recording_id
         sink = OnDemandRecording(recording, bridge.position(_now()))
         call.recording, call.recording_id = sink, sink.recording_id
+        call.recording_on_demand = True
         bridge.sink = sink  # the tap rebases on the next packet of each leg
         log.info("recording_started_on_demand", recording_id=sink.recording_id, by=requested_by)
         return sink.recording_id
@@ -848,11 +852,48 @@ class CallService:
                 agent_codec=other_codec, sink=recording,
             )  # fmt: skip
             call.media_home = bridge.home
+            bridge.on_recording_lost = lambda lost, why: self._spawn(
+                self._continue_recording(call, bridge, lost, why), call.id
+            )
             return bridge
         return Bridge(
             call.rtp, other, stats=self.media_stats, caller_codec=call.codec,
             agent_codec=other_codec, sink=recording,
         )  # fmt: skip
+
+    async def _continue_recording(
+        self, call: Call, bridge: RemoteBridge, lost: RemoteRecording, why: str
+    ) -> None:
+        """The worker writing this call's recording died (or refused the call): the file so far
+        is repaired by the recording service, and the rest of the call is recorded here in a new
+        file whose index row ``continues`` the lost one, paused if the call's recording is
+        (PCI). Nothing is recorded twice and nothing after the loss goes unrecorded, bar the
+        moments the new row takes to write."""
+        if self.recordings is None:
+            return
+        try:
+            recording = await self.recordings.start(
+                call.id, call.queue, call.agent_id, continues=lost.recording_id
+            )
+        except sa.exc.SQLAlchemyError as exc:
+            self.recordings.index_errors += 1
+            log.error("recording_continue_failed", call_id=call.id, reason=str(exc))
+            return
+        if recording is None:  # the queue is no longer configured
+            return
+        sink = OnDemandRecording(recording, bridge.position(_now()))
+        if lost.paused:
+            sink.pause(0)
+        if call.bridge is bridge and call.recording is lost:
+            call.recording = sink  # call.recording_id stays the first file's (the CDR's link)
+        bridge.record_here(sink)  # closed at once if the call ended meanwhile
+        log.warning(
+            "recording_continued",
+            call_id=call.id,
+            recording_id=sink.recording_id,
+            continues=lost.recording_id,
+            why=why,
+        )
 
     async def _media_home(self, call: Call) -> None:
         """Wait (briefly) until a media worker has handed the caller's leg back from the last
@@ -1140,6 +1181,7 @@ class CallService:
         call.flow_data.update(transferred_by=target.by or agent_id, transferred_to=where)
         origin = call.queue
         call.bridge = call.recording = call.connected = call.transfer_request = None
+        call.recording_on_demand = False
         call.agent_id = call.agent_answered_at = call.enqueued_at = None
         call.legs = {}
         call.held_by.clear()

@@ -1,6 +1,6 @@
 """The daemon's side of the SIP media workers: bridged calls carried by other processes.
 
-One core relays about 480 bridged, tapped and recorded calls here (benchmarks/bench_media.py:
+One core relays about 380 bridged, tapped and recorded calls here (benchmarks/bench_media.py:
 ``sendmsg``/``recvmsg`` and the Python around them per packet, nothing left to batch). With
 ``[media] workers = N`` a bridged call's media runs in one of N worker processes
 (engine/media_worker.py, whose docstring tells how a call is handed over) and the daemon's loop
@@ -13,8 +13,11 @@ writes: the daemon still writes its index row first and completes it from `Recor
 
 When no worker is up, when one refuses a call (`Failed`) or dies, the bridge is carried here:
 the legs are reattached (from the state the worker handed back, else from the daemon's own) and
-a local `Bridge` relays them with the same hold state. A call is never lost with its worker;
-only its recording ends there (the index row says why).
+a local `Bridge` relays them with the same hold state. A call is never lost with its worker, nor
+its recording: the file the worker wrote is repaired up to its death (`RecordingLost`; the
+recording service completes its row at once), and `RemoteBridge.on_recording_lost` lets the call
+layer record the rest of the call here, in a new file that ``continues`` the first
+(`record_here`; still paused for PCI if it was).
 """
 
 from __future__ import annotations
@@ -49,8 +52,9 @@ from engine.media_worker import (
     TimedOut,
     add_stats,
 )
+from engine.recording_service import RecordingLost
 from engine.workers import WorkerPool, WorkerProcess, settle
-from sip.media import Bridge, LegPlayer, MediaClock, MediaStats
+from sip.media import Bridge, LegPlayer, MediaClock, MediaStats, RecordingSink
 from sip.media.endpoint import DtmfReceived, EndpointState, MediaTimedOut, RtpEndpoint
 from sip.rtp.playback import Playlist, PromptCache
 
@@ -190,8 +194,10 @@ class MediaWorkers:
                 settle(recording.result, result)
 
     def recording_lost(self, recording: RemoteRecording, why: str) -> None:
+        """Its worker will never finish it: the recording service repairs what was written."""
         self._recordings.pop(recording.recording_id, None)
-        settle(recording.result, exc=RuntimeError(why))
+        spec = recording.spec
+        settle(recording.result, exc=RecordingLost(why, spec.recording_id, spec.path, spec.format))
 
 
 class RemoteBridge:
@@ -233,6 +239,10 @@ class RemoteBridge:
         #: Done when the legs are carried by this process again (after `stop`, or a take-back):
         #: a new bridge of the same leg must wait for it.
         self.home: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        #: The call layer's hook for a recording that ended early with its worker (the recording
+        #: and why): it starts a new one here and hands it to `record_here`.
+        self.on_recording_lost: Callable[[RemoteRecording, str], object] | None = None
+        self._here_sink: RecordingSink | None = None
 
     # -- the Bridge API ------------------------------------------------------------------------------
 
@@ -293,8 +303,10 @@ class RemoteBridge:
             if self._worker is not None:
                 self.send(Stop(0))  # the legs come back with Stopped
             elif self._local is not None:
-                self._local.stop(now)
+                self._local.stop(now)  # closes a recording that continues here
                 self._stop_players()
+            elif self._here_sink is not None:  # still reattaching the legs
+                self._here_sink.close(self.position(now))
         return round((self.stopped_at - self.started_at) * SAMPLE_RATE)
 
     def set_relay(self, now: float, *, caller_to_agent: bool, agent_to_caller: bool) -> None:
@@ -316,23 +328,44 @@ class RemoteBridge:
         return self._tap_paused
 
     def pause_recording(self, now: float, reason: str = "paused") -> None:
-        if self._tap_paused is None and self.recording is not None:
+        # Kept even with no recording at the moment: one that continues a lost recording
+        # must start paused (PCI) if the call layer paused it meanwhile.
+        if self._tap_paused is None:
             self._tap_paused = reason
-            self.send(PauseTap(0, reason))
+            if self._local is not None:
+                self._local.pause_recording(now, reason)
+            elif self.recording is not None:
+                self.send(PauseTap(0, reason))
 
     def resume_recording(self, now: float) -> None:
         if self._tap_paused is not None:
             self._tap_paused = None
-            self.send(PauseTap(0, ""))
+            if self._local is not None:
+                self._local.resume_recording(now)
+            elif self.recording is not None:
+                self.send(PauseTap(0, ""))
 
     def start_recording(self, recording: RemoteRecording) -> None:
         """On demand: the worker records from now on (its position 0 is now)."""
         self.recording = recording
         if self._worker is None:
-            self._workers.recording_lost(recording, "the call's media worker is gone")
+            self._lose_recording("the call's media worker is gone")
             return
         recording._bridge = self
         self.send(StartRecording(0, recording.spec))
+
+    def record_here(self, sink: RecordingSink) -> None:
+        """Record the rest of the call in this process (the worker's recording was lost): the
+        local bridge's tap feeds ``sink``, paused if the call layer paused the recording."""
+        if self.stopped_at is not None:  # hung up meanwhile
+            sink.close(self.position(self.stopped_at))
+            return
+        self._here_sink = sink
+        local = self._local
+        if local is not None:
+            local.sink = sink
+            if self._tap_paused is not None:
+                local.pause_recording(asyncio.get_running_loop().time(), self._tap_paused)
 
     # -- hold ------------------------------------------------------------------------------------
 
@@ -408,13 +441,19 @@ class RemoteBridge:
         if carried and self.stopped_at is None:
             self._workers.handoffs.labels(outcome="taken_back").inc()
         log.warning("media_taken_back", call_id=self._call_id, reason=why)
-        if self.recording is not None:
-            self._workers.recording_lost(self.recording, f"recording ended early: {why}")
-            self.recording = None
+        self._lose_recording(why)
         if any(leg.detached for leg in self.legs):
             self._reattach([None, None])  # the daemon's own (older) state; a new source marked
         else:
             self._start_local()
+
+    def _lose_recording(self, why: str) -> None:
+        lost, self.recording = self.recording, None
+        if lost is None:
+            return
+        self._workers.recording_lost(lost, why)
+        if self.stopped_at is None and self.on_recording_lost is not None:
+            self.on_recording_lost(lost, why)
 
     def _reattach(self, states: list[Any]) -> None:
         async def reattach() -> None:
@@ -437,10 +476,12 @@ class RemoteBridge:
             stats=self._stats,
             caller_codec=self._codecs[0],
             agent_codec=self._codecs[1],
-            sink=None,
+            sink=self._here_sink,
         )
         bridge.start(now)
         bridge.started_at = self.started_at
+        if self._tap_paused is not None:
+            bridge.pause_recording(now, self._tap_paused)
         caller_to_agent, agent_to_caller = self._relay
         if not (caller_to_agent and agent_to_caller):
             bridge.set_relay(now, caller_to_agent=caller_to_agent, agent_to_caller=agent_to_caller)

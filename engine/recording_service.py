@@ -29,7 +29,7 @@ import asyncio
 import dataclasses
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -76,6 +76,17 @@ def queue_policy(config: Config, queue: QueueConfig) -> rec.RecordingPolicy:
         format=_FORMATS[config.recordings.format],
         sample_seed=queue.name,
     )
+
+
+class RecordingLost(RuntimeError):
+    """A recording whose writer went away mid-call (a media worker died, or refused the call):
+    the result future fails with this, and the service repairs the file written so far at once and
+    completes its index row (the call layer goes on recording in a new file that ``continues`` it).
+    """
+
+    def __init__(self, why: str, recording_id: str, path: str, codec: str) -> None:
+        super().__init__(why)
+        self.why, self.recording_id, self.path, self.codec = why, recording_id, path, codec
 
 
 class RecordingRefused(Exception):
@@ -324,17 +335,30 @@ class RecordingService:
         on_demand: bool = False,
         started_by: str | None = None,
         remote: MediaWorkers | None = None,
+        continues: str | None = None,
     ) -> Any:
         """A Recording to feed, or None when the queue's policy says this call is not recorded.
 
         ``on_demand`` skips the policy's decision (the caller checked ``never``): see
         ``start_on_demand``. With ``remote`` the call's media worker writes the file: the result
-        is a `RemoteRecording` for its bridge (the index row is written here all the same)."""
+        is a `RemoteRecording` for its bridge (the index row is written here all the same).
+        ``continues``: the id of this call's recording that ended early (`RecordingLost`); the
+        new one is started whatever the policy says now, and inherits its on-demand marks."""
         qcfg = next((q for q in self._config.queues if q.name == queue), None)
         if qcfg is None:
             return None
         policy = queue_policy(self._config, qcfg)
-        if not on_demand and not rec.should_record(policy, call_id):
+        if continues is not None:
+            async with self._store.engine.connect() as conn:
+                before = (
+                    await conn.execute(
+                        sa.select(recordings_table.c.on_demand, recordings_table.c.started_by)
+                        .where(recordings_table.c.id == continues)
+                    )
+                ).first()  # fmt: skip
+            if before is not None:
+                on_demand, started_by = bool(before.on_demand), before.started_by
+        elif not on_demand and not rec.should_record(policy, call_id):
             return None
         recording_id = uuid.uuid4().hex
         now = time.time()
@@ -349,6 +373,7 @@ class RecordingService:
                     id=recording_id, call_id=call_id, queue=queue, agent_id=agent_id,
                     started_at=now, path=str(path), codec=policy.format.value, key_id=key_id,
                     on_demand=on_demand, started_by=started_by if on_demand else None,
+                    continues=continues,
                 )
             )  # fmt: skip
         if remote is not None:
@@ -406,10 +431,22 @@ class RecordingService:
 
     def _finished(self, fut: asyncio.Future[rec.RecordingResult]) -> None:
         self._pending.discard(fut)
-        if fut.cancelled() or fut.exception() is not None:
-            log.error("recording_result_missing", reason=str(fut.exception()))
+        if fut.cancelled():
+            log.error("recording_result_missing", reason="cancelled")
             return
-        task = asyncio.get_running_loop().create_task(self._complete_row(fut.result()))
+        exc = fut.exception()
+        work: Coroutine[Any, Any, Any]
+        if isinstance(exc, RecordingLost):
+            log.error("recording_lost", recording_id=exc.recording_id, reason=exc.why)
+            work = self._recover_row(
+                exc.recording_id, exc.path, exc.codec, why=exc.why, crashed=False
+            )
+        elif exc is not None:
+            log.error("recording_result_missing", reason=str(exc))
+            return
+        else:
+            work = self._complete_row(fut.result())
+        task = asyncio.get_running_loop().create_task(work)
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
@@ -455,32 +492,52 @@ class RecordingService:
             ).all()
         recovered: list[str] = []
         for recording_id, path, codec in rows:
-            live = Path(path) if codec == "wav" else Path(f"{path}.live.wav")
-            target = live if live.exists() else Path(path)
+            if await self._recover_row(recording_id, path, codec, why="a crash", crashed=True):
+                recovered.append(recording_id)
+        return recovered
+
+    async def _recover_row(
+        self, recording_id: str, path: str, codec: str, *, why: str, crashed: bool
+    ) -> bool:
+        """Repair the file of a recording that was never closed and complete its row; True if
+        some audio was saved. ``why``: what ended it (``a crash`` at start-up, or what a live
+        call's writer died of); ``crashed`` marks the row ``recovered``, as the index has always
+        meant by it, the other case says so in ``error`` alone."""
+        live = Path(path) if codec == "wav" else Path(f"{path}.live.wav")
+        target = live if live.exists() else Path(path)
+        try:
             if not target.exists():
-                await self._mark(recording_id, error="file missing after a crash", recovered=True)
-                continue
+                missing = "file missing after a crash" if crashed else f"{why}: nothing was written"
+                await self._mark(recording_id, error=missing[:255], recovered=crashed)
+                return False
             try:
                 result = await asyncio.to_thread(rec.recover_file, target)
             except (OSError, rec.RecordingCryptoError) as exc:
-                await self._mark(recording_id, error=f"recovery failed: {exc}", recovered=True)
-                continue
+                await self._mark(
+                    recording_id, error=f"recovery failed: {exc}"[:255], recovered=crashed
+                )
+                return False
             if not result.ok:
                 await self._mark(
-                    recording_id, error=f"recovery failed: {result.problem}", recovered=True
+                    recording_id,
+                    error=f"recovery failed: {result.problem}"[:255],
+                    recovered=crashed,
                 )
-                continue
+                return False
             await self._mark(
                 recording_id,
-                recovered=True,
+                recovered=crashed,
                 path=str(target),
                 size_bytes=target.stat().st_size,
                 duration_s=result.duration_s,
-                error="recovered after a crash",
+                error="recovered after a crash" if crashed else f"{why}; repaired up to it"[:255],
             )
-            recovered.append(recording_id)
-            log.warning("recording_recovered", recording_id=recording_id, path=str(target))
-        return recovered
+        except sa.exc.SQLAlchemyError as exc:
+            self.index_errors += 1
+            log.error("recording_index_failed", recording_id=recording_id, reason=str(exc))
+            return False
+        log.warning("recording_recovered", recording_id=recording_id, path=str(target), why=why)
+        return True
 
     async def _mark(self, recording_id: str, **values: Any) -> None:
         async with self._store.engine.begin() as conn:

@@ -105,6 +105,9 @@ recordings = sa.Table(
     # False / NULL: started by the queue's policy when the call was bridged (migration 0002).
     sa.Column("on_demand", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("started_by", sa.String(64)),
+    # The id of this call's recording that ended early (its media worker died): this file takes
+    # over from the moment it was started (migration 0003).
+    sa.Column("continues", sa.String(64)),
     sa.Index(None, "call_id"),
     sa.Index(None, "started_at"),
 )

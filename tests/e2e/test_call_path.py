@@ -9,6 +9,7 @@ CDR, queue events, agent events and metrics must tell the same story.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 import urllib.request
@@ -383,3 +384,105 @@ def test_sigkill_during_a_recorded_call_then_restart_recovers_the_file(
         stereo = np.frombuffer(w.readframes(w.getnframes()), "<i2").reshape(-1, 2)
     assert abs(dominant_hz(stereo[-6000:, 0]) - 440) < 10
     assert abs(dominant_hz(stereo[-6000:, 1]) - 880) < 10
+
+
+def _media_worker_pid(daemon: DaemonProcess) -> int:
+    """The daemon's one media worker: a child process of the daemon this test started."""
+    children = Path(f"/proc/{daemon.proc.pid}/task/{daemon.proc.pid}/children").read_text().split()
+    workers = [
+        int(pid)
+        for pid in children
+        if b"engine.media_worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+    assert len(workers) == 1, children
+    return workers[0]
+
+
+def test_a_media_worker_killed_mid_call_the_recording_goes_on_in_the_daemon(
+    start_daemon: DaemonFactory, tmp_path: Path
+) -> None:
+    """The worker carrying a recorded call is SIGKILLed while the agent has the recording paused
+    (PCI). The call goes on in the daemon; the worker's file is repaired at once (its row complete,
+    the reason given) and the rest of the call is recorded in a second file whose row `continues`
+    the first: still paused until the agent resumes (nothing of the card number written), then
+    both tones again. Together the two files cover the call."""
+    import signal
+
+    daemon = start_daemon(config(free_port_block(100), media_workers=1))
+    sip = f"127.0.0.1:{_sip_port(daemon)}"
+    agent = Baresip(
+        tmp_path / "agent",
+        f"<sip:1001@{sip}>;auth_pass=alice-secret-1001;regint=60;answermode=auto;audio_codecs=PCMU",
+        880,
+    )
+    caller: Baresip | None = None
+
+    def metrics() -> str:
+        return daemon.get("/metrics")[1].decode()
+
+    try:
+        agent.wait_for("200 OK")
+        wait_until(lambda: agent_state(daemon) == "available", 10, "agent 1001 available")
+        caller = Baresip(
+            tmp_path / "caller", f"<sip:5551234@{sip}>;regint=0;audio_codecs=PCMU", 440,
+            dial=f"sip:support@{sip}",
+        )  # fmt: skip
+        wait_until(lambda: agent_state(daemon) == "busy", 20, "agent 1001 on the call")
+        wait_until(lambda: 'acd_media_handoffs_total{outcome="carried"} 1.0' in metrics(), 5,
+                   "the call carried by the worker")  # fmt: skip
+        (live,) = api(daemon, "/api/v1/calls")  # type: ignore[misc]
+        recording_path = f"/api/v1/calls/{live['id']}/recording"
+        time.sleep(1.5)  # recorded by the worker
+        assert put(daemon, recording_path, {"paused": True}) == 200
+        time.sleep(0.3)
+        os.kill(_media_worker_pid(daemon), signal.SIGKILL)
+        wait_until(lambda: 'acd_media_handoffs_total{outcome="taken_back"} 1.0' in metrics(), 5,
+                   "the call taken back by the daemon")  # fmt: skip
+        time.sleep(1.0)  # still paused: the card number is read out here
+        (live,) = api(daemon, "/api/v1/calls")  # type: ignore[misc]
+        assert (live["phase"], live["recording_paused"]) == ("bridged", True)
+        assert put(daemon, recording_path, {"paused": False}) == 200
+        time.sleep(2.0)
+        caller.command("hangup")
+        wait_until(lambda: agent_state(daemon) in ("wrap_up", "available"), 10, "call end")
+    finally:
+        for phone in (caller, agent):
+            if phone is not None:
+                phone.stop()
+    assert caller is not None
+    # The call itself went on: each phone still hears the other at the end.
+    assert abs(dominant_hz(agent.heard()[-8000:]) - 440) < 10
+    assert abs(dominant_hz(caller.heard()[-8000:]) - 880) < 10
+
+    time.sleep(1.5)  # CDR writer and index rows
+    with sqlite3.connect(daemon.workdir / "var" / "acd.sqlite3") as db:
+        db.row_factory = sqlite3.Row
+        (cdr,) = db.execute("SELECT * FROM calls").fetchall()
+        first, second = db.execute("SELECT * FROM recordings ORDER BY started_at").fetchall()
+    assert cdr["disposition"] == "answered"
+    assert cdr["recording_id"] == first["id"]
+    # The worker's file: repaired now, not at the next start; the row says why it ends early.
+    assert first["error"].startswith("media worker died"), first["error"]
+    assert first["recovered"] == 0
+    assert first["continues"] is None
+    assert first["duration_s"] > 1.0
+    with wave.open(first["path"]) as w:
+        stereo = np.frombuffer(w.readframes(w.getnframes()), "<i2").reshape(-1, 2)
+    assert len(stereo) / 8000 == pytest.approx(first["duration_s"], abs=0.05)
+    assert abs(dominant_hz(stereo[4000:12000, 0]) - 440) < 10
+    assert abs(dominant_hz(stereo[4000:12000, 1]) - 880) < 10
+    # The daemon's file: the rest of the call, paused until the agent resumed.
+    assert second["continues"] == first["id"]
+    assert second["error"] is None
+    assert second["call_id"] == first["call_id"]
+    with wave.open(second["path"]) as w:
+        rest = np.frombuffer(w.readframes(w.getnframes()), "<i2").reshape(-1, 2)
+    ((start, end),) = json.loads(second["paused_spans"])
+    assert start == 0
+    assert 0.6 < end / 8000 < 2.0  # from the take-back to the resume
+    assert np.sqrt(np.mean(rest[start : end - 400].astype(float) ** 2)) < 50  # nothing written
+    assert abs(dominant_hz(rest[-8000:-2000, 0]) - 440) < 10
+    assert abs(dominant_hz(rest[-8000:-2000, 1]) - 880) < 10
+    # Nothing lost but the moments between the worker's death and the new file's start.
+    covered = first["duration_s"] + second["duration_s"]
+    assert cdr["talk_s"] - 1.0 < covered <= cdr["talk_s"] + 0.5

@@ -5,7 +5,8 @@ started with ``python -m engine.media_worker``; two plain UDP "phones" in this p
 through it. Checked: each phone hears the other's tone from our continuous stream, the worker
 writes the stereo recording (caller left, agent right, each tone on its channel), hold plays music
 from the worker, the legs come back with the very same stream (no sequence jump), and a worker
-killed mid-call loses the recording but not the call: the daemon relays it again.
+killed mid-call loses neither the call (the daemon relays it again) nor the rest of its recording
+(the call layer is told, and the daemon's own bridge feeds the sink it hands back, still paused).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from prometheus_client import CollectorRegistry
 
 from engine.media_offload import MediaWorkers, RemoteBridge
 from engine.media_worker import RecordingSpec
+from engine.recording_service import RecordingLost
 from sip.media import DtmfReceived, MediaClock, MediaEvent, MediaStats, PortAllocator, open_endpoint
 from sip.rtp.dtmf import dtmf_packets
 from sip.rtp.g711 import decode_pcmu
@@ -190,7 +192,7 @@ async def test_worker_relays_records_holds_and_hands_the_legs_back(
         p.transport.close()
 
 
-async def test_a_killed_worker_loses_the_recording_not_the_call(
+async def test_a_killed_worker_loses_neither_the_call_nor_the_rest_of_its_recording(
     allocator: PortAllocator,
     stats: MediaStats,
     clock: MediaClock,
@@ -206,15 +208,30 @@ async def test_a_killed_worker_loses_the_recording_not_the_call(
         workers, caller, agent, stats=stats, clock=clock, prompts=PromptCache(),
         call_id="c2", sink=recording,
     )  # fmt: skip
+    lost: list[tuple[object, str]] = []
+    bridge.on_recording_lost = lambda rec, why: lost.append((rec, why))
     bridge.start(loop.time())
     pid = bridge.carried_by
     assert pid is not None
     talk_a = Talker(phone_a, caller.local_address, 440, 0xA)
     await until(lambda: len(phone_b.received) >= 10)
+    bridge.pause_recording(loop.time(), "paused")  # PCI, in the worker
     os.kill(pid, signal.SIGKILL)
     await until(lambda: not caller.detached and bridge.carried_by is None)
-    with pytest.raises(RuntimeError, match="media worker died"):
+    with pytest.raises(RecordingLost, match="media worker died") as failed:
         await asyncio.wait_for(recording.result, 5)
+    assert (failed.value.recording_id, failed.value.path) == ("r2", str(tmp_path / "r2.wav"))
+    # The call layer is told, to record the rest here; the sink it hands back starts paused.
+    assert lost == [(recording, "media worker died")]
+    here = CollectingSink()
+    bridge.record_here(here)
+    await asyncio.sleep(0.3)
+    assert here.fed == []
+    bridge.resume_recording(loop.time())
+    await until(lambda: len(here.fed) >= 20)
+    assert {channel for channel, _ in here.fed} == {0}  # only the caller talks
+    assert abs(dominant_hz(decode_payloads([payload for _, payload in here.fed[-20:]])) - 440) < 10
+    assert here.gaps[0][3] == "paused"  # the paused span reached the sink as a gap
     mark = len(phone_b.received)
     await until(lambda: len(phone_b.received) >= mark + 20)  # relayed here now
     assert abs(dominant_hz(decode(phone_b.received[mark : mark + 20])) - 440) < 10
@@ -227,8 +244,36 @@ async def test_a_killed_worker_loses_the_recording_not_the_call(
     assert workers.not_ready() is None
     await talk_a.stop()
     bridge.stop(loop.time())
+    assert here.closed_at is not None
+    assert here.closed_at > 0
+    late = CollectingSink()
+    bridge.record_here(late)  # one that was ready only after the hang-up is closed at once
+    assert late.closed_at == here.closed_at
     caller.close()
     agent.close()
     for p in (phone_a, phone_b):
         assert p.transport is not None
         p.transport.close()
+
+
+class CollectingSink:
+    """A `RecordingSink` that keeps what the bridge's tap hands it."""
+
+    def __init__(self) -> None:
+        self.fed: list[tuple[int, bytes]] = []
+        self.gaps: list[tuple[int, int, int, str]] = []
+        self.closed_at: int | None = None
+
+    def feed(self, channel: int, position: int, payload: bytes, codec: str) -> None:
+        assert codec == "PCMU"
+        self.fed.append((channel, payload))
+
+    def gap(self, channel: int, position: int, samples: int, reason: str) -> None:
+        self.gaps.append((channel, position, samples, reason))
+
+    def close(self, end_position: int) -> None:
+        self.closed_at = end_position
+
+
+def decode_payloads(payloads: list[bytes]) -> np.ndarray:
+    return np.frombuffer(b"".join(decode_pcmu(p) for p in payloads), "<i2")
