@@ -197,7 +197,10 @@ class MediaWorkers:
         """Its worker will never finish it: the recording service repairs what was written."""
         self._recordings.pop(recording.recording_id, None)
         spec = recording.spec
-        settle(recording.result, exc=RecordingLost(why, spec.recording_id, spec.path, spec.format))
+        settle(
+            recording.result,
+            exc=RecordingLost(why, spec.recording_id, spec.path, spec.format, spec.call_id),
+        )
 
 
 class RemoteBridge:

@@ -84,9 +84,10 @@ class RecordingLost(RuntimeError):
     completes its index row (the call layer goes on recording in a new file that ``continues`` it).
     """
 
-    def __init__(self, why: str, recording_id: str, path: str, codec: str) -> None:
+    def __init__(self, why: str, recording_id: str, path: str, codec: str, call_id: str) -> None:
         super().__init__(why)
         self.why, self.recording_id, self.path, self.codec = why, recording_id, path, codec
+        self.call_id = call_id
 
 
 class RecordingRefused(Exception):
@@ -437,7 +438,9 @@ class RecordingService:
         exc = fut.exception()
         work: Coroutine[Any, Any, Any]
         if isinstance(exc, RecordingLost):
-            log.error("recording_lost", recording_id=exc.recording_id, reason=exc.why)
+            log.error(
+                "recording_lost", call_id=exc.call_id, recording_id=exc.recording_id, reason=exc.why
+            )
             work = self._recover_row(
                 exc.recording_id, exc.path, exc.codec, why=exc.why, crashed=False
             )

@@ -69,6 +69,9 @@ MAX_BIND_ATTEMPTS = 16
 #: RFC 3551 table 4 static types; dynamic ones (telephone-event) come from SDP.
 STATIC_PAYLOAD_TYPES: Mapping[int, str] = MappingProxyType({0: "PCMU", 8: "PCMA"})
 DEFAULT_DTMF_PAYLOAD_TYPE = 101
+#: `close` of a leg another process carries waits this long for it to come home (`reattach`)
+#: so the RTCP BYE goes out with that process's final counts; then it closes regardless.
+HOME_WAIT_S = 2.0
 
 _unpack_seq_ts_ssrc = struct.Struct("!HII").unpack_from
 _log = logging.getLogger(__name__)
@@ -218,6 +221,8 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         # while another process carries this leg (`detach`): our duplicates of its sockets
         self._parked: list[socket.socket] = []
         self._local_address: Address | None = None
+        # `close` asked while away: the handle that closes it anyway if it never comes home
+        self._closing: asyncio.TimerHandle | None = None
 
     # -- asyncio.DatagramProtocol -------------------------------------------------------------
 
@@ -433,12 +438,29 @@ class RtpEndpoint(asyncio.DatagramProtocol):
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        return self._closed or self._closing is not None
 
     def close(self) -> None:
-        """Idempotent: send RTCP BYE, close both sockets, release the port pair."""
+        """Idempotent: send RTCP BYE, close both sockets, release the port pair.
+
+        A leg another process carries (`detach`) is closed when it comes home (`reattach`, which
+        the other process's hand-back triggers), so the BYE carries that process's final counts
+        and goes out before the port is given back; after `HOME_WAIT_S` without it, it is
+        closed without a BYE."""
+        if self._closed or self._closing is not None:
+            return
+        if self._parked and self._loop is not None:
+            self.on_rtp = None
+            self._closing = self._loop.call_later(HOME_WAIT_S, self._close_now)
+            return
+        self._close_now()
+
+    def _close_now(self) -> None:
         if self._closed:
             return
+        if self._closing is not None:
+            self._closing.cancel()
+            self._closing = None
         try:
             reported = False
             if self._loop is not None and self.transport is not None:
@@ -562,9 +584,17 @@ class RtpEndpoint(asyncio.DatagramProtocol):
                 sock.close()
             return
         await self._connect(parked[0], parked[1])
+        if self._closed:  # the wait for it ran out during the connect
+            for transport in (self.transport, self.rtcp.transport if self.rtcp else None):
+                if transport is not None:
+                    transport.close()
+            return
         now = self._time()
         if state is not None:
             self._restore(state, now)
+        if self._closing is not None:  # hung up while away: the BYE, then close
+            self._close_now()
+            return
         self.stream.begin_source(now)
         if self._clock is not None:
             self._clock.add_watcher(self)

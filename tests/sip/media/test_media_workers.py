@@ -32,6 +32,7 @@ from sip.rtp.dtmf import dtmf_packets
 from sip.rtp.g711 import decode_pcmu
 from sip.rtp.packet import RtpPacket
 from sip.rtp.playback import PromptCache
+from sip.rtp.rtcp import Bye, SenderReport, parse_rtcp
 
 SHIPPED_MOH = Path(__file__).resolve().parents[3] / "engine" / "prompts" / "moh.wav"
 
@@ -277,3 +278,58 @@ class CollectingSink:
 
 def decode_payloads(payloads: list[bytes]) -> np.ndarray:
     return np.frombuffer(b"".join(decode_pcmu(p) for p in payloads), "<i2")
+
+
+async def test_a_leg_hung_up_in_a_worker_says_rtcp_bye_with_the_workers_counts(
+    allocator: PortAllocator,
+    stats: MediaStats,
+    clock: MediaClock,
+    workers: MediaWorkers,
+) -> None:
+    """The call layer stops the bridge and closes both legs at once on a SIP BYE, while the
+    worker still carries them. Each leg comes home with the worker's final state, then sends its
+    RTCP BYE (RFC 3550 6.6) from its own RTCP port, with a sender report that counts every packet
+    the worker sent, and only then gives its port pair back."""
+    phone_a, phone_b = await open_phone(), await open_phone()
+    rtcp_a = await open_phone()  # phone A's RTCP port
+    caller = await open_endpoint(allocator, stats, remote=phone_a.address, clock=clock)
+    agent = await open_endpoint(allocator, stats, remote=phone_b.address, clock=clock)
+    assert caller.rtcp is not None
+    caller.rtcp.remote_addr = rtcp_a.address
+    loop = asyncio.get_running_loop()
+    bridge = RemoteBridge(
+        workers, caller, agent, stats=stats, clock=clock, prompts=PromptCache(), call_id="c3"
+    )
+    bridge.start(loop.time())
+    assert bridge.carried_by is not None
+    talk_b = Talker(phone_b, agent.local_address, 880, 0xB)
+    await until(lambda: len(phone_a.received) >= 25)
+    await talk_b.stop()
+    await asyncio.sleep(0.1)  # the last relayed packets arrive
+    bridge.stop(loop.time())
+    caller.close()  # as the call layer does on a BYE: at once, not after the hand-back
+    agent.close()
+    assert caller.closed
+    assert allocator.in_use == 2  # both port pairs stay ours until the legs come home
+
+    def bye() -> list[object] | None:
+        for data in rtcp_a.raw:
+            packets = parse_rtcp(data)
+            if any(isinstance(p, Bye) for p in packets):
+                return packets
+        return None
+
+    await until(lambda: bye() is not None)
+    packets = bye()
+    assert packets is not None
+    report = packets[0]
+    assert isinstance(report, SenderReport)
+    assert report.ssrc == caller.stream.ssrc
+    assert report.packet_count == len(phone_a.received)  # the worker's counts, every packet
+    (goodbye,) = [p for p in packets if isinstance(p, Bye)]
+    assert goodbye.ssrcs == (caller.stream.ssrc,)
+    await until(lambda: stats.sessions_active == 0)  # both port pairs given back
+    assert allocator.in_use == 0
+    for p in (phone_a, phone_b, rtcp_a):
+        assert p.transport is not None
+        p.transport.close()
