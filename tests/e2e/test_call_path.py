@@ -8,12 +8,14 @@ CDR, queue events, agent events and metrics must tell the same story.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
 import time
 import urllib.request
 import wave
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -80,13 +82,11 @@ def agent_state(daemon: DaemonProcess) -> str:
     return str(api(daemon, "/api/v1/agents/1001")["state"])  # type: ignore[index]
 
 
-@pytest.mark.parametrize("media_workers", [0, 1], ids=["in_daemon", "media_worker"])
-def test_call_reaches_agent_with_audio_both_ways(
-    start_daemon: DaemonFactory, tmp_path: Path, media_workers: int
-) -> None:
-    """With ``[media] workers = 1`` the bridged call's relay, PCI pause and recording run in a
-    media worker process: the same audio, recording and index row must come out."""
-    daemon = start_daemon(config(free_port_block(100), media_workers))
+@contextlib.contextmanager
+def answered_call(daemon: DaemonProcess, tmp_path: Path) -> Iterator[tuple[Baresip, Baresip]]:
+    """Agent 1001 (baresip, 880 Hz) registers; a caller (baresip, 440 Hz) dials ``support``;
+    yields (agent, caller) once the agent is on the call. Both phones are stopped on the way
+    out, which makes baresip finish the recordings of what it heard."""
     sip = f"127.0.0.1:{_sip_port(daemon)}"
     agent = Baresip(
         tmp_path / "agent",
@@ -102,6 +102,21 @@ def test_call_reaches_agent_with_audio_both_ways(
             dial=f"sip:support@{sip}",
         )  # fmt: skip
         wait_until(lambda: agent_state(daemon) == "busy", 20, "agent 1001 on the call")
+        yield agent, caller
+    finally:
+        for phone in (caller, agent):
+            if phone is not None:
+                phone.stop()
+
+
+@pytest.mark.parametrize("media_workers", [0, 1], ids=["in_daemon", "media_worker"])
+def test_call_reaches_agent_with_audio_both_ways(
+    start_daemon: DaemonFactory, tmp_path: Path, media_workers: int
+) -> None:
+    """With ``[media] workers = 1`` the bridged call's relay, PCI pause and recording run in a
+    media worker process: the same audio, recording and index row must come out."""
+    daemon = start_daemon(config(free_port_block(100), media_workers))
+    with answered_call(daemon, tmp_path) as (agent, caller):
         (live,) = api(daemon, "/api/v1/calls")  # type: ignore[misc]
         assert (live["phase"], live["agent_id"], live["recording_paused"]) == (
             "bridged",
@@ -115,11 +130,6 @@ def test_call_reaches_agent_with_audio_both_ways(
         time.sleep(1.5)
         caller.command("hangup")
         wait_until(lambda: agent_state(daemon) in ("wrap_up", "available"), 10, "call end")
-    finally:
-        for phone in (caller, agent):
-            if phone is not None:
-                phone.stop()  # baresip finishes its recordings when it exits
-    assert caller is not None
     agent_heard, caller_heard = agent.heard(), caller.heard()
     # Each phone heard the other one's microphone (the last second of what it decoded).
     assert abs(dominant_hz(agent_heard[-8000:]) - 440) < 10
@@ -331,26 +341,10 @@ def test_sigkill_during_a_recorded_call_then_restart_recovers_the_file(
     import sys
 
     daemon = start_daemon(config(free_port_block(100)))
-    sip = f"127.0.0.1:{_sip_port(daemon)}"
-    agent = Baresip(
-        tmp_path / "agent",
-        f"<sip:1001@{sip}>;auth_pass=alice-secret-1001;regint=60;answermode=auto;audio_codecs=PCMU",
-        880,
-    )
-    caller = None
-    try:
-        agent.wait_for("200 OK")
-        wait_until(lambda: agent_state(daemon) == "available", 10, "agent 1001 available")
-        caller = Baresip(tmp_path / "caller", f"<sip:5551234@{sip}>;regint=0;audio_codecs=PCMU", 440,
-                         dial=f"sip:support@{sip}")  # fmt: skip
-        wait_until(lambda: agent_state(daemon) == "busy", 20, "agent 1001 on the call")
+    with answered_call(daemon, tmp_path):
         time.sleep(3.0)  # recorded, flushed every 0.5 s
         daemon.proc.send_signal(signal.SIGKILL)
         daemon.proc.wait(timeout=10)
-    finally:
-        for phone in (caller, agent):
-            if phone is not None:
-                phone.stop()
     db_path = daemon.workdir / "var" / "acd.sqlite3"
     with sqlite3.connect(db_path) as db:
         db.row_factory = sqlite3.Row
@@ -409,25 +403,11 @@ def test_a_media_worker_killed_mid_call_the_recording_goes_on_in_the_daemon(
     import signal
 
     daemon = start_daemon(config(free_port_block(100), media_workers=1))
-    sip = f"127.0.0.1:{_sip_port(daemon)}"
-    agent = Baresip(
-        tmp_path / "agent",
-        f"<sip:1001@{sip}>;auth_pass=alice-secret-1001;regint=60;answermode=auto;audio_codecs=PCMU",
-        880,
-    )
-    caller: Baresip | None = None
 
     def metrics() -> str:
         return daemon.get("/metrics")[1].decode()
 
-    try:
-        agent.wait_for("200 OK")
-        wait_until(lambda: agent_state(daemon) == "available", 10, "agent 1001 available")
-        caller = Baresip(
-            tmp_path / "caller", f"<sip:5551234@{sip}>;regint=0;audio_codecs=PCMU", 440,
-            dial=f"sip:support@{sip}",
-        )  # fmt: skip
-        wait_until(lambda: agent_state(daemon) == "busy", 20, "agent 1001 on the call")
+    with answered_call(daemon, tmp_path) as (agent, caller):
         wait_until(lambda: 'acd_media_handoffs_total{outcome="carried"} 1.0' in metrics(), 5,
                    "the call carried by the worker")  # fmt: skip
         (live,) = api(daemon, "/api/v1/calls")  # type: ignore[misc]
@@ -445,11 +425,6 @@ def test_a_media_worker_killed_mid_call_the_recording_goes_on_in_the_daemon(
         time.sleep(2.0)
         caller.command("hangup")
         wait_until(lambda: agent_state(daemon) in ("wrap_up", "available"), 10, "call end")
-    finally:
-        for phone in (caller, agent):
-            if phone is not None:
-                phone.stop()
-    assert caller is not None
     # The call itself went on: each phone still hears the other at the end.
     assert abs(dominant_hz(agent.heard()[-8000:]) - 440) < 10
     assert abs(dominant_hz(caller.heard()[-8000:]) - 880) < 10
