@@ -37,6 +37,7 @@ from engine.metrics import EventLoopLagMonitor, Metrics
 from engine.recording_service import RecordingCollector, RecordingService
 from engine.routing import RoutingCollector, RoutingService
 from engine.storage import StorageError, Store, database_url
+from engine.systemd import Notifier
 from engine.webrtc import WebRtcGateway
 from engine.webui import add_web_routes
 
@@ -66,6 +67,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._reload_requested = asyncio.Event()
         self._started_monotonic = time.monotonic()
+        self.systemd = Notifier()
 
     # -- readiness -----------------------------------------------------------------------------
 
@@ -180,6 +182,22 @@ class Daemon:
 
     def reload(self) -> bool:
         """Validate and apply the config file again; False (and the old config kept) if invalid."""
+        self.systemd.reloading()
+        applied = self._reload()
+        self.systemd.ready(
+            f"{self._status()}; config reloaded"
+            if applied
+            else f"{self._status()}; the last reload was rejected (see the log), the config in use kept"
+        )
+        return applied
+
+    def _status(self) -> str:
+        """One line for `systemctl status`."""
+        calls = len(self.calls.calls) if self.calls is not None else 0
+        sip = ", ".join(_listener_text(x) for x in self.calls.listening) if self.calls else "-"
+        return f"ready: SIP {sip}, HTTP port {self.http_port}, {calls} live calls"
+
+    def _reload(self) -> bool:
         if self.config_path is None:
             log.warning(
                 "reload_skipped", reason="running on the embedded default; no file to re-read"
@@ -297,6 +315,7 @@ class Daemon:
                     tasks.create_task(self._reload_loop()),
                     tasks.create_task(self.cdr.run()),
                     tasks.create_task(self.recordings.purge_loop()),
+                    tasks.create_task(self.systemd.watchdog()),
                 ]
                 # Everything allocated so far (config, routing arrays, compiled kernels) lives for the
                 # whole run: move it out of the collector's reach so a full collection never walks it
@@ -313,8 +332,10 @@ class Daemon:
                     config=self.config.source or "embedded default",
                     startup_s=round(time.monotonic() - self._started_monotonic, 3),
                 )
+                self.systemd.ready(self._status())
                 await self._stop.wait()
                 log.info("stopping", live_calls=len(self.calls.calls))
+                self.systemd.stopping(f"draining {len(self.calls.calls)} live calls")
                 self.metrics.ready.set(0)
                 await self.calls.drain(self.config.runtime.drain_timeout_s)
                 for task in owned:
@@ -341,6 +362,7 @@ class Daemon:
             self.calls.on_queue_empty(queue)
 
     async def _shutdown(self) -> None:
+        self.systemd.close()
         if self.calls is not None:
             await self.calls.stop()
         if self.agents is not None:

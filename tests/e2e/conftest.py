@@ -126,7 +126,12 @@ def start_daemon(tmp_path: Path) -> Iterator[DaemonFactory]:
     started: list[DaemonProcess] = []
 
     def start(
-        extra: str = "", *, storage: str = "", wait: bool = True, http_port: int | None = None
+        extra: str = "",
+        *,
+        storage: str = "",
+        wait: bool = True,
+        http_port: int | None = None,
+        env: dict[str, str] | None = None,
     ) -> DaemonProcess:
         workdir = tmp_path / f"daemon{len(started)}"
         workdir.mkdir()
@@ -134,7 +139,7 @@ def start_daemon(tmp_path: Path) -> Iterator[DaemonFactory]:
         config_path = workdir / "acd.toml"
         config_path.write_text(render_config(http_port, free_port(), extra, storage))
         log_path = workdir / "acd.log"
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         log_file = log_path.open("w")
         proc = subprocess.Popen(
             [sys.executable, "-m", "engine.cli", "run", "--config", str(config_path)],

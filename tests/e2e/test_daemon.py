@@ -164,3 +164,75 @@ def test_readme_run_command_starts_and_stops_the_daemon(repo_root: Path, tmp_pat
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_systemd_readiness_watchdog_reload_and_stop(
+    start_daemon: DaemonFactory, tmp_path: Path
+) -> None:
+    """Under Type=notify (config/acd.service): READY=1 only once /readyz answers 200, WATCHDOG=1
+    at half of WATCHDOG_USEC from the event loop, RELOADING=1 then READY=1 around a SIGHUP
+    reload, STOPPING=1 when SIGTERM starts the drain. The test's socket plays systemd."""
+    import socket
+
+    path = tmp_path / "notify.sock"
+    systemd = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    systemd.bind(str(path))
+    systemd.settimeout(20)
+    received: list[dict[str, str]] = []
+
+    def next_message() -> dict[str, str]:
+        fields = dict(line.split("=", 1) for line in systemd.recv(4096).decode().splitlines())
+        received.append(fields)
+        return fields
+
+    def wait_message(key: str) -> dict[str, str]:
+        while True:
+            fields = next_message()
+            if key in fields:
+                return fields
+
+    try:
+        daemon = start_daemon(
+            env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "400000"}, wait=False
+        )
+        ready = wait_message("READY")
+        assert daemon.get_json("/readyz")[0] == 200  # never READY=1 before ready
+        assert ready["READY"] == "1"
+        assert ready["STATUS"].startswith("ready: SIP udp:127.0.0.1:")
+        began = time.monotonic()
+        pings = 0
+        while time.monotonic() - began < 1.0:
+            pings += "WATCHDOG" in next_message()
+        assert 3 <= pings <= 8  # every 0.2 s
+        daemon.signal(signal.SIGHUP)
+        reloading = wait_message("RELOADING")
+        assert int(reloading["MONOTONIC_USEC"]) > 0
+        assert wait_message("READY")["STATUS"].endswith("config reloaded")
+        daemon.signal(signal.SIGTERM)
+        assert wait_message("STOPPING")["STATUS"] == "draining 0 live calls"
+        assert daemon.proc.wait(timeout=30) == 0
+    finally:
+        systemd.close()
+    assert all(set(m) <= {"READY", "STATUS", "WATCHDOG", "RELOADING", "MONOTONIC_USEC",
+                          "STOPPING"} for m in received)  # fmt: skip
+
+
+def test_the_shipped_systemd_unit_runs_what_acd_accepts(repo_root: Path) -> None:
+    """config/acd.service: Type=notify with a watchdog, and an ExecStart the CLI parses."""
+    import configparser
+    import shlex
+
+    from engine.cli import build_parser
+
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]
+    unit.read(repo_root / "config" / "acd.service")
+    service = unit["Service"]
+    assert service["Type"] == "notify"
+    assert int(service["WatchdogSec"]) > 0
+    assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    program, *args = shlex.split(service["ExecStart"])
+    assert program.endswith("/bin/acd")
+    parsed = build_parser().parse_args(args)
+    assert (parsed.command, parsed.config) == ("run", "/etc/acd/acd.toml")
+    assert unit["Install"]["WantedBy"] == "multi-user.target"
