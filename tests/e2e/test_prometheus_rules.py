@@ -1,0 +1,53 @@
+"""config/prometheus/acd-rules.yml: valid for promtool, right in promtool's rule unit tests, and
+written against metrics the daemon really exports (a renamed metric would leave an alert that
+can never fire, which no other check would notice)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import DaemonFactory
+
+pytestmark = pytest.mark.e2e
+
+HERE = Path(__file__).parent
+RULES = HERE.parent.parent / "config" / "prometheus" / "acd-rules.yml"
+
+
+def promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    binary = shutil.which("promtool")
+    assert binary, "promtool missing: scripts/test installs the Debian package 'prometheus'"
+    return subprocess.run(
+        [binary, *args], capture_output=True, text=True, timeout=60, cwd=cwd, check=False
+    )
+
+
+def test_promtool_accepts_the_rules() -> None:
+    checked = promtool("check", "rules", str(RULES))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "SUCCESS: 19 rules found" in checked.stdout
+
+
+def test_the_rules_fire_when_they_should_and_only_then() -> None:
+    tested = promtool("test", "rules", "acd-rules.test.yml", cwd=HERE / "promtool")
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert "SUCCESS" in tested.stdout
+
+
+def test_every_metric_the_rules_use_is_exported(start_daemon: DaemonFactory) -> None:
+    # media workers on, so their metrics are registered too
+    daemon = start_daemon("[media]\nworkers = 1\n")
+    _, exposition, _ = daemon.get("/metrics")
+    exported = set(re.findall(r"^# TYPE (\S+) ", exposition.decode(), re.MULTILINE))
+    used = {
+        re.sub(r"_(bucket|count|sum)$", "", name)
+        for name in re.findall(r"(?<![:\w])(acd_[a-z_]+)", RULES.read_text())
+    }
+    assert len(used) >= 15
+    assert used - exported == set()
+    assert daemon.stop() == 0
