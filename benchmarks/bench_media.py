@@ -61,18 +61,37 @@ def _raise_fd_limit() -> None:
 # -- receiver ----------------------------------------------------------------------------------
 
 
+def _bind_pair() -> tuple[socket.socket, socket.socket]:
+    """An RTP socket and, on the port above it, its RTCP socket, as a phone has: the media
+    process's endpoints send RTCP to remote port + 1 (RFC 3550 11). Without it that RTCP landed on
+    whatever had the port, once the media process's own RTP ports, which accept any source in this
+    benchmark (symmetric=False): a stream of "RTP" that kept the drain wait below from ending."""
+    for _ in range(200):
+        rtp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        rtcp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        rtp.bind(("127.0.0.1", 0))
+        try:
+            rtcp.bind(("127.0.0.1", rtp.getsockname()[1] + 1))
+        except OSError:
+            rtp.close()
+            rtcp.close()
+            continue
+        return rtp, rtcp
+    raise OSError("no free pair of adjacent UDP ports")
+
+
 def receiver_main(conn: Connection, n_sockets: int, window: tuple[float, float]) -> None:
     socks = []
     sel = selectors.DefaultSelector()
     for _ in range(n_sockets):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s, rtcp = _bind_pair()
         with contextlib.suppress(OSError):
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        s.bind(("127.0.0.1", 0))
-        s.setblocking(False)
-        sel.register(s, selectors.EVENT_READ)
-        socks.append(s)
-    conn.send([s.getsockname() for s in socks])
+        for sock, kind in ((s, "rtp"), (rtcp, "rtcp")):
+            sock.setblocking(False)
+            sel.register(sock, selectors.EVENT_READ, kind)
+            socks.append(sock)
+    conn.send([s.getsockname() for s in socks[::2]])
     start_s, end_s = conn.recv()  # sending window (monotonic), then drain
     latencies = array("d")
     received = 0
@@ -89,6 +108,8 @@ def receiver_main(conn: Connection, n_sockets: int, window: tuple[float, float])
                     data = sock.recv(2048)
                 except BlockingIOError:
                     break
+                if key.data == "rtcp":
+                    continue  # reports, not relayed audio
                 now = mono()
                 received += 1
                 sent_at, _leg = unpack(data, 12)
@@ -308,9 +329,12 @@ async def _serve(
     wcpu0 = _proc_cpu_s(worker_pids)
     await asyncio.sleep(max(0.0, end_s - time.monotonic()))
     last = -1
-    while processed() != last:  # drained when nothing arrived for 300 ms
+    give_up = time.monotonic() + 15.0
+    while processed() != last and time.monotonic() < give_up:  # drained: 300 ms of quiet
         last = processed()
         await asyncio.sleep(0.3)
+    if processed() != last:
+        print("bench_media: packets still arriving 15 s after the senders stopped", flush=True)
     cpu1, wall1, done1 = time.process_time(), time.monotonic() - 0.3, processed()
     wcpu1 = _proc_cpu_s(worker_pids)
     drainer.cancel()

@@ -244,6 +244,11 @@ class RtpEndpoint(asyncio.DatagramProtocol):
             self._stats.packets_malformed += 1
             return
         now = self._time()
+        if 72 <= data[1] & 0x7F <= 76:
+            # RTCP on the RTP port (RFC 5761 4: SR..APP in the payload type's place; no audio
+            # payload type lives there): read as RTCP, never counted or relayed as audio
+            self.rtcp_received(data, now)
+            return
         self.last_rx_s = now
         self.packets_received += 1
         self._stats.packets_received += 1

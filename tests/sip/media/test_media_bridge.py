@@ -15,12 +15,14 @@ from sip.media import (
     MediaStats,
     PortAllocator,
     RemoteLatched,
+    RtcpReceived,
     RtpEndpoint,
     open_endpoint,
 )
 from sip.rtp.dtmf import dtmf_packets
 from sip.rtp.g711 import decode_pcma, decode_pcmu
 from sip.rtp.packet import RtpPacket
+from sip.rtp.rtcp import SenderReport, build_compound, ntp_timestamp
 
 FRAMES = 25  # 0.5 s at 20 ms
 
@@ -313,3 +315,36 @@ async def test_detach_adopt_and_reattach_carry_the_leg_state(
     assert stats.sessions_active == 0
     assert phone.transport is not None
     phone.transport.close()
+
+
+async def test_rtcp_on_the_rtp_port_is_read_as_rtcp_not_relayed_as_audio(
+    allocator: PortAllocator, stats: MediaStats
+) -> None:
+    """A phone multiplexing RTCP on its RTP port (RFC 5761): its sender report is taken as RTCP
+    (payload-type field 72-76 is SR..APP; no audio type lives there), never counted as received
+    audio nor relayed to the other leg."""
+    phone_a, phone_b = await open_phone(), await open_phone()
+    events: list[MediaEvent] = []
+    async with (
+        await open_endpoint(
+            allocator, stats, remote=phone_a.address, on_event=events.append
+        ) as caller,
+        await open_endpoint(allocator, stats, remote=phone_b.address) as agent,
+    ):
+        Bridge(caller, agent, stats=stats).start(asyncio.get_running_loop().time())
+        frame = tone_frames(440, 1)[0]
+        phone_a.send(RtpPacket(0, 1, 160, 0xA, frame).serialize(), caller.local_address)
+        report = SenderReport(0xA, ntp_timestamp(1_800_000_000.0), 160, 1, 160)
+        phone_a.send(build_compound(report, b"phone-a"), caller.local_address)
+        phone_a.send(RtpPacket(0, 2, 320, 0xA, frame).serialize(), caller.local_address)
+        await asyncio.sleep(0.1)
+        assert caller.packets_received == 2
+        assert len(phone_b.received) == 2  # the two audio packets, and only those
+        first, second = phone_b.received
+        assert (second.sequence - first.sequence) % 65536 == 1
+        assert all(p.payload_type == 0 for p in phone_b.received)
+        assert [e for e in events if isinstance(e, RtcpReceived)] == [RtcpReceived(None, None)]
+        assert stats.packets_malformed == 0
+    for p in (phone_a, phone_b):
+        assert p.transport is not None
+        p.transport.close()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from media_helpers import Phone, dominant_hz, open_phone, tone_frames
+from media_helpers import CollectingSink, Phone, dominant_hz, open_phone, tone_frames
 from prometheus_client import CollectorRegistry
 
 from engine.media_offload import MediaWorkers, RemoteBridge
@@ -230,8 +230,11 @@ async def test_a_killed_worker_loses_neither_the_call_nor_the_rest_of_its_record
     assert here.fed == []
     bridge.resume_recording(loop.time())
     await until(lambda: len(here.fed) >= 20)
-    assert {channel for channel, _ in here.fed} == {0}  # only the caller talks
-    assert abs(dominant_hz(decode_payloads([payload for _, payload in here.fed[-20:]])) - 440) < 10
+    assert {channel for channel, _, _, _ in here.fed} == {0}  # only the caller talks
+    assert (
+        abs(dominant_hz(decode_payloads([payload for _, _, payload, _ in here.fed[-20:]])) - 440)
+        < 10
+    )
     assert here.gaps[0][3] == "paused"  # the paused span reached the sink as a gap
     mark = len(phone_b.received)
     await until(lambda: len(phone_b.received) >= mark + 20)  # relayed here now
@@ -255,25 +258,6 @@ async def test_a_killed_worker_loses_neither_the_call_nor_the_rest_of_its_record
     for p in (phone_a, phone_b):
         assert p.transport is not None
         p.transport.close()
-
-
-class CollectingSink:
-    """A `RecordingSink` that keeps what the bridge's tap hands it."""
-
-    def __init__(self) -> None:
-        self.fed: list[tuple[int, bytes]] = []
-        self.gaps: list[tuple[int, int, int, str]] = []
-        self.closed_at: int | None = None
-
-    def feed(self, channel: int, position: int, payload: bytes, codec: str) -> None:
-        assert codec == "PCMU"
-        self.fed.append((channel, payload))
-
-    def gap(self, channel: int, position: int, samples: int, reason: str) -> None:
-        self.gaps.append((channel, position, samples, reason))
-
-    def close(self, end_position: int) -> None:
-        self.closed_at = end_position
 
 
 def decode_payloads(payloads: list[bytes]) -> np.ndarray:
