@@ -76,7 +76,11 @@ class Talker:
 
 
 def decode(packets: list[RtpPacket]) -> np.ndarray:
-    return np.frombuffer(b"".join(decode_pcmu(p.payload) for p in packets), "<i2")
+    return decode_payloads([p.payload for p in packets])
+
+
+def decode_payloads(payloads: list[bytes]) -> np.ndarray:
+    return np.frombuffer(b"".join(decode_pcmu(p) for p in payloads), "<i2")
 
 
 def since(phone: Phone, mark: int) -> list[RtpPacket]:
@@ -258,10 +262,6 @@ async def test_a_killed_worker_loses_neither_the_call_nor_the_rest_of_its_record
     for p in (phone_a, phone_b):
         assert p.transport is not None
         p.transport.close()
-
-
-def decode_payloads(payloads: list[bytes]) -> np.ndarray:
-    return np.frombuffer(b"".join(decode_pcmu(p) for p in payloads), "<i2")
 
 
 async def test_a_leg_hung_up_in_a_worker_says_rtcp_bye_with_the_workers_counts(
