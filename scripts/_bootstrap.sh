@@ -76,7 +76,16 @@ ensure_venv() {
         # daemon's first start does not.
         echo "acd: compiling the routing kernels (once per install)" >&2
         "$VENV/bin/acd" precompile >&2 || die "acd precompile failed"
-        # The dev stamp covers the runtime set too, so record both.
-        { echo "$want"; [ -n "$extra" ] && echo "${want% *} ."; } >"$stamp"
+        write_stamp "$stamp" "$want" "$extra"
+    fi
+}
+
+write_stamp() {
+    # write_stamp FILE WANT EXTRA: what is installed; the dev stamp covers the runtime set too,
+    # so with EXTRA both lines. (It must return 0 without EXTRA: scripts/run runs under set -e,
+    # and a trailing `[ -n "" ] && ...` once ended the first run after a fresh install with 1.)
+    echo "$2" >"$1"
+    if [ -n "$3" ]; then
+        echo "${2% *} ." >>"$1"
     fi
 }

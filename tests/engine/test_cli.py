@@ -155,3 +155,24 @@ def test_precompile_fills_an_empty_kernel_cache_and_the_next_start_loads_it(tmp_
     compiled, loaded = precompile()
     assert compiled == 0
     assert loaded > 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "lines"), [("", ["abc123 ."]), ("dev", ["abc123 .[dev]", "abc123 ."])]
+)
+def test_install_stamp_is_written_and_succeeds_under_set_e(
+    repo_root: Path, tmp_path: Path, extra: str, lines: list[str]
+) -> None:
+    """scripts/run (no extra) and scripts/test (dev) both run ensure_venv under `set -e`: writing
+    the stamp must succeed in both, or the first `scripts/run` on a fresh clone exits 1 right
+    after installing (it did)."""
+    stamp = tmp_path / "stamp"
+    want = "abc123 ." if not extra else f"abc123 .[{extra}]"
+    script = (
+        f"set -euo pipefail; source {repo_root / 'scripts' / '_bootstrap.sh'}; "
+        f"write_stamp {stamp} '{want}' '{extra}'; echo done"
+    )
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "done"
+    assert stamp.read_text().splitlines() == lines
