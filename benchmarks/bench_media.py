@@ -9,7 +9,7 @@ Three processes per run, all on 127.0.0.1:
   and a tap into a sink that appends (drained every second, like the recorder's queue);
   ``acd-rec`` = the same with the real ``recordings.RecordingWriter`` (WAV files in a temporary
   directory: decoding and writing on its threads); ``workers`` = the daemon's ``[media] workers =
-  --workers``: each bridge handed to a media worker process (engine/media_offload.py), which relays,
+  --workers``: each bridge handed to a media worker process (engine/media/offload.py), which relays,
   taps and records (real WAV files) there; its CPU is the media process's plus its workers'; or
   ``baseline`` = the plain asyncio relay (``datagram_received`` -> ``sendto``, nothing else);
 * receiver: reads what the media process relays and measures one-way latency per packet.
@@ -250,8 +250,8 @@ async def _serve(
     if mode == "workers":
         from prometheus_client import CollectorRegistry
 
-        from engine.media_offload import MediaWorkers, RemoteBridge
-        from engine.media_worker import RecordingSpec
+        from engine.media.offload import MediaWorkers, RemoteBridge
+        from engine.media.worker import RecordingSpec
         from sip.rtp.playback import PromptCache
 
         pool = MediaWorkers(

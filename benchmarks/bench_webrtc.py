@@ -11,7 +11,7 @@ Two kinds of process, all on 127.0.0.1:
   statistics are fed, so its receiver reports stay true). Beside them, one call-side feeder per
   leg: the call's bridge stand-in, 440 Hz PCMU every 20 ms to the session's RTP port, counting
   what comes back.
-* gateway (the system under test, uvloop as ``acd run``): ``engine.webrtc.WebRtcGateway`` in an
+* gateway (the system under test, uvloop as ``acd run``): ``engine.webrtc.gateway.WebRtcGateway`` in an
   aiohttp app, with ``--workers`` media worker processes.
 
 Measured: first the CPU of N logged-in softphones without a call (nothing should flow), then the
@@ -158,8 +158,8 @@ async def _load(conn: Connection, url: str, indices: range, codec: str) -> None:
     from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
     from aiortc.rtp import RtpPacket
 
-    from engine.webrtc import set_host_addresses
-    from engine.webrtc_worker import (
+    from engine.webrtc.gateway import set_host_addresses
+    from engine.webrtc.worker import (
         _DECODER_QUEUE_ATTR,
         _RECEIVER_STREAMS,
         _SR_NTP,
@@ -334,7 +334,7 @@ async def _gateway_run(
     from prometheus_client import CollectorRegistry
 
     from engine.config import parse_config
-    from engine.webrtc import RTC_PATH, WebRtcGateway
+    from engine.webrtc.gateway import RTC_PATH, WebRtcGateway
     from tests.conftest import free_port
 
     agents = "".join(

@@ -371,7 +371,7 @@ class IceServerConfig(_Struct, frozen=True):
 
 
 class WebRtcConfig(_Struct, frozen=True):
-    """The media gateway for browser agents (engine/webrtc.py)."""
+    """The media gateway for browser agents (engine/webrtc/gateway.py)."""
 
     enabled: bool = True
     # Empty: host candidates only. aiortc's own default would reach out to a public STUN server,

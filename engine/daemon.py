@@ -24,22 +24,22 @@ import structlog
 from aiohttp import web
 
 import routing_core as rc
-from engine import api
-from engine.agents import AgentDirectory
-from engine.calls import CallService
-from engine.cdr import CdrWriter
+from engine.api import routes as api
+from engine.api.app import ReadyCheck, make_app, openapi_document
+from engine.calls.flows import FlowRunner
+from engine.calls.service import CallService
 from engine.config import Config, ConfigError, load_config
-from engine.events import EventBus
-from engine.flows import FlowRunner
-from engine.http import ReadyCheck, make_app, openapi_document
-from engine.logs import configure_logging
-from engine.metrics import EventLoopLagMonitor, Metrics
-from engine.recording_service import RecordingCollector, RecordingService
-from engine.routing import RoutingCollector, RoutingService
+from engine.recording.service import RecordingCollector, RecordingService
+from engine.routing.agents import AgentDirectory
+from engine.routing.service import RoutingCollector, RoutingService
+from engine.runtime.events import EventBus
+from engine.runtime.logs import configure_logging
+from engine.runtime.metrics import EventLoopLagMonitor, Metrics
+from engine.runtime.systemd import Notifier
 from engine.storage import StorageError, Store, database_url
-from engine.systemd import Notifier
-from engine.webrtc import WebRtcGateway
-from engine.webui import add_web_routes
+from engine.storage.cdr import CdrWriter
+from engine.web import add_web_routes
+from engine.webrtc.gateway import WebRtcGateway
 
 log = structlog.stdlib.get_logger("acd.daemon")
 

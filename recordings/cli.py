@@ -6,7 +6,7 @@ so the engine's CLI mounts it as a subcommand without knowing its options. Exit 
 
 ``purge`` here works from a JSON export of index rows (``--index``/``--retention``) because the index
 lives in the engine's store. ``acd recordings purge --config acd.toml`` (no ``--index``) never
-reaches this module: the engine answers it from its live store (engine/recordings_cli.py), with the
+reaches this module: the engine answers it from its live store (engine/cli/recordings.py), with the
 same ``recordings.retention.purge`` its scheduled job uses.
 """
 

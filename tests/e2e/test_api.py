@@ -300,7 +300,7 @@ def test_recording_download_is_authorised_and_audited(daemon: DaemonProcess) -> 
     import numpy as np
 
     from engine.config import load_config
-    from engine.recording_service import RecordingService
+    from engine.recording.service import RecordingService
     from engine.storage import Store
     from sip.rtp.g711 import encode_pcmu
 

@@ -386,7 +386,7 @@ def _media_worker_pid(daemon: DaemonProcess) -> int:
     workers = [
         int(pid)
         for pid in children
-        if b"engine.media_worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        if b"engine.media.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
     ]
     assert len(workers) == 1, children
     return workers[0]

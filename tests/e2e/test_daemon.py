@@ -222,7 +222,7 @@ def test_the_shipped_systemd_unit_runs_what_acd_accepts(repo_root: Path) -> None
     import configparser
     import shlex
 
-    from engine.cli import build_parser
+    from engine.cli.main import build_parser
 
     unit = configparser.ConfigParser(strict=False, interpolation=None)
     unit.optionxform = str  # type: ignore[assignment,method-assign]

@@ -27,7 +27,7 @@ import aiohttp
 import pytest
 
 from engine.daemon import Daemon
-from engine.events import SUBSCRIBER_QUEUE_EVENTS, Event, EventBus
+from engine.runtime.events import SUBSCRIBER_QUEUE_EVENTS, Event, EventBus
 from tests.e2e.conftest import DaemonFactory, in_process_daemon
 
 pytestmark = pytest.mark.e2e

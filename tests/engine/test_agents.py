@@ -7,9 +7,9 @@ import asyncio
 import pytest
 
 import routing_core as rc
-from engine.agents import AgentDirectory
 from engine.config import parse_config
-from engine.routing import RoutingService
+from engine.routing.agents import AgentDirectory
+from engine.routing.service import RoutingService
 from sip.registrar import ContactRequest, Registrar
 
 CONFIG = """

@@ -15,11 +15,11 @@ import pytest
 from aiohttp import web
 
 import routing_core as rc
-from engine import api
+from engine.api import routes as api
+from engine.api.app import make_app
 from engine.config import parse_config
-from engine.http import make_app
-from engine.metrics import Metrics
-from engine.routing import RoutingService
+from engine.routing.service import RoutingService
+from engine.runtime.metrics import Metrics
 from tests.conftest import free_port
 
 WRAP_S = 1.0

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from engine.cdr import CallRecord, CdrWriter, QueueEventData
-from engine.metrics import Metrics
-from engine.queue_log import export_queue_log
+from engine.runtime.metrics import Metrics
 from engine.storage import StorageError, Store
+from engine.storage.cdr import CallRecord, CdrWriter, QueueEventData
+from engine.storage.queue_log import export_queue_log
 from engine.storage.schema import calls, queue_events
 
 T0 = 1_795_000_000.0

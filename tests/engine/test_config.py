@@ -7,7 +7,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from engine.cli import embedded_default_text
+from engine.cli.main import embedded_default_text
 from engine.config import Config, ConfigError, MenuStep, Strategy, load_config, parse_config
 
 REPO = Path(__file__).resolve().parents[2]

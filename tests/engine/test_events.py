@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from engine.events import SUBSCRIBER_QUEUE_EVENTS, Event, EventBus
+from engine.runtime.events import SUBSCRIBER_QUEUE_EVENTS, Event, EventBus
 
 
 def ev(n: int, agent: str = "1001") -> Event:

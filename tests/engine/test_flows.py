@@ -14,8 +14,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from engine.calls.flows import MAX_FLOW_JUMPS, FlowOutcome, FlowRunner, expand
 from engine.config import parse_config
-from engine.flows import MAX_FLOW_JUMPS, FlowOutcome, FlowRunner, expand
 from tests.conftest import free_port
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.announcements import (
+from engine.calls.announcements import (
     SHIPPED_PROMPTS,
     expected_wait_prompts,
     number_prompts,

@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from engine.config import parse_config
-from engine.recording_service import RecordingService
+from engine.recording.service import RecordingService
 from engine.storage import Store
 from engine.storage.schema import recordings
 from sip.rtp.g711 import encode_pcmu

@@ -20,7 +20,7 @@ import pytest
 import sqlalchemy as sa
 
 from engine.config import load_config
-from engine.recording_service import PURGE_JOB_ACTOR, RecordingService
+from engine.recording.service import PURGE_JOB_ACTOR, RecordingService
 from engine.storage import Store
 from engine.storage.schema import recordings
 

@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 import routing_core as rc
 from engine.config import parse_config
-from engine.routing import RoutingCollector, RoutingService, SkillCatalogue
+from engine.routing.service import RoutingCollector, RoutingService, SkillCatalogue
 
 CONFIG = """
 [[queues]]

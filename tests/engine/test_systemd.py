@@ -1,4 +1,4 @@
-"""engine.systemd.Notifier against a real AF_UNIX datagram socket standing in for systemd."""
+"""engine.runtime.systemd.Notifier against a real AF_UNIX datagram socket standing in for systemd."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import socket
 from pathlib import Path
 
-from engine.systemd import Notifier
+from engine.runtime.systemd import Notifier
 
 
 def listener(address: str) -> socket.socket:

@@ -23,7 +23,7 @@ from aiortc import RTCPeerConnection
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.webrtc_worker import (
+from engine.webrtc.worker import (
     FRAME_SAMPLES,
     MAX_BUFFERED_FRAMES,
     PT_PCMA,
@@ -113,7 +113,7 @@ def test_law_translation_is_the_table() -> None:
 
 
 # -- the aiortc internals the receive-side tap relies on ------------------------------------------
-# engine.webrtc_worker._G711Tap takes the place of RTCRtpReceiver's decoder queue. If aiortc
+# engine.webrtc.worker._G711Tap takes the place of RTCRtpReceiver's decoder queue. If aiortc
 # changes any of this, these tests fail (and the gateway logs a warning and falls back to
 # decoding): read aiortc's new rtcrtpreceiver.py before moving the pin in pyproject.toml.
 

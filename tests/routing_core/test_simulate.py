@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from engine.simulate_cli import _ProgressBar, simulate_main
+from engine.cli.simulate import _ProgressBar, simulate_main
 from routing_core.erlang import erlang_a, erlang_c
 from routing_core.router import Router
 from routing_core.simulate import (

@@ -1,7 +1,7 @@
-"""Bridged calls carried by a real media worker process (engine/media_worker.py) over real UDP.
+"""Bridged calls carried by a real media worker process (engine/media/worker.py) over real UDP.
 
 The daemon's side (`RemoteBridge`, `MediaWorkers`) hands both legs' sockets and state to a worker
-started with ``python -m engine.media_worker``; two plain UDP "phones" in this process talk tones
+started with ``python -m engine.media.worker``; two plain UDP "phones" in this process talk tones
 through it. Checked: each phone hears the other's tone from our continuous stream, the worker
 writes the stereo recording (caller left, agent right, each tone on its channel), hold plays music
 from the worker, the legs come back with the very same stream (no sequence jump), and a worker
@@ -21,12 +21,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from media_helpers import CollectingSink, Phone, dominant_hz, open_phone, tone_frames
+from media_helpers import (
+    CollectingSink,
+    Phone,
+    dominant_hz,
+    open_phone,
+    tone_frames,
+)
 from prometheus_client import CollectorRegistry
 
-from engine.media_offload import MediaWorkers, RemoteBridge
-from engine.media_worker import RecordingSpec
-from engine.recording_service import RecordingLost
+from engine.media.offload import MediaWorkers, RemoteBridge
+from engine.media.worker import RecordingSpec
+from engine.recording.service import RecordingLost
 from sip.media import DtmfReceived, MediaClock, MediaEvent, MediaStats, PortAllocator, open_endpoint
 from sip.rtp.dtmf import dtmf_packets
 from sip.rtp.g711 import decode_pcmu

@@ -2,7 +2,7 @@
 
 How this works: ``acd recordings purge --config PATH [--dry-run]`` purges against the daemon's own
 store (the SQLite file or PostgreSQL URL in ``[storage]``) with the per-queue retention of that
-config, through ``engine.recording_service.purge_index``: the very function the daemon's scheduled
+config, through ``engine.recording.service.purge_index``: the very function the daemon's scheduled
 job runs, so the two cannot disagree on what expires, never touch a legal-hold file, and both mark
 the index rows ``purged_at`` and write one audit row per deletion. Every other form goes unchanged
 to ``recordings.cli`` (decrypt, repair, and purge from a JSON export with ``--index``/``--retention``):
@@ -28,7 +28,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from engine.config import Config, ConfigError, load_config
-from engine.recording_service import (
+from engine.recording.service import (
     IndexPurge,
     PurgeLine,
     purge_index,

@@ -1,13 +1,13 @@
 """The media half of a browser softphone (`MediaLeg`), and the worker process that runs many of them.
 
-How this works: engine/webrtc.py keeps the signalling (WebSocket, auth, the session registry, the
+How this works: engine/webrtc/gateway.py keeps the signalling (WebSocket, auth, the session registry, the
 call layer's hooks, metrics); everything that costs CPU per call-second lives in a `MediaLeg`: the
 aiortc ``RTCPeerConnection``, the to-browser track, resampling and G.711 work, RFC 4733 sending and
 the session's loopback plain RTP socket. A leg reports back through three callbacks
 (`MediaEvents`): the peer connection's state, a message for the page, and "this leg failed".
 
 With ``[webrtc] workers = 0`` the gateway runs `MediaLeg` in the daemon's own process and loop.
-With N > 0 it starts N of these processes (``python -m engine.webrtc_worker FD ...``) and each
+With N > 0 it starts N of these processes (``python -m engine.webrtc.worker FD ...``) and each
 session's `MediaLeg` runs in one of them, the same class, driven over a control stream: an
 AF_UNIX socketpair made by the daemon, frames of a 4-byte big-endian length and a msgpack message
 (the `ToWorker` / `FromWorker` unions below). The leg's RTP socket is the session's
@@ -76,7 +76,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtp import RtpPacket
 
 from engine.config import WebRtcConfig
-from engine.workers import (
+from engine.runtime.workers import (
     ChannelClosed,
     Ready,
     control_stream,
@@ -137,7 +137,7 @@ class MediaStats(msgspec.Struct):
 
 
 class MediaEvents(Protocol):
-    """What a leg tells its session (engine.webrtc.Session), in whichever process it runs."""
+    """What a leg tells its session (engine.webrtc.gateway.Session), in whichever process it runs."""
 
     def media_state(self, state: str) -> None:
         """The peer connection's state changed (aiortc ``connectionState``)."""
@@ -753,7 +753,7 @@ class _RtpSocket(asyncio.DatagramProtocol):
 class MediaLeg:
     """One agent's media: aiortc peer connection, audio both ways, DTMF, loopback RTP port.
 
-    The API the session uses, identical for the worker's proxy (engine.webrtc.WorkerMedia):
+    The API the session uses, identical for the worker's proxy (engine.webrtc.gateway.WorkerMedia):
     `open`, `answer`, `connect_rtp`, `disconnect_rtp`, `dtmf`, `close`, and the read-only
     `rtp_address`, `connection_state`, `stats`, `worker_pid`.
     """
@@ -1369,7 +1369,7 @@ async def _serve(fd: int) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """``python -m engine.webrtc_worker FD LOG_LEVEL LOG_FORMAT EVENT_LOOP`` (the daemon runs it)."""
+    """``python -m engine.webrtc.worker FD LOG_LEVEL LOG_FORMAT EVENT_LOOP`` (the daemon runs it)."""
 
     async def serve(fds: list[int]) -> None:
         await _serve(fds[0])
@@ -1377,7 +1377,7 @@ def main(argv: list[str]) -> int:
     # aiortc and aioice log every packet and ICE check at debug level
     return worker_main(
         argv,
-        module="engine.webrtc_worker",
+        module="engine.webrtc.worker",
         n_fds=1,
         serve=serve,
         context_key="webrtc_worker",

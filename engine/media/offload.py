@@ -3,7 +3,7 @@
 One core relays about 380 bridged, tapped and recorded calls here (benchmarks/bench_media.py:
 ``sendmsg``/``recvmsg`` and the Python around them per packet, nothing left to batch). With
 ``[media] workers = N`` a bridged call's media runs in one of N worker processes
-(engine/media_worker.py, whose docstring tells how a call is handed over) and the daemon's loop
+(engine/media/worker.py, whose docstring tells how a call is handed over) and the daemon's loop
 keeps signalling, routing, flows, prompts and music for callers in queue.
 
 `RemoteBridge` has `sip.media.Bridge`'s API, so the call layer drives either the same way, plus
@@ -32,7 +32,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 import recordings as rec
-from engine.media_worker import (
+from engine.media.worker import (
     Attach,
     Digit,
     Failed,
@@ -52,8 +52,8 @@ from engine.media_worker import (
     TimedOut,
     add_stats,
 )
-from engine.recording_service import RecordingLost
-from engine.workers import WorkerPool, WorkerProcess, settle
+from engine.recording.service import RecordingLost
+from engine.runtime.workers import WorkerPool, WorkerProcess, settle
 from sip.media import Bridge, LegPlayer, MediaClock, MediaStats, RecordingSink
 from sip.media.endpoint import DtmfReceived, EndpointState, MediaTimedOut, RtpEndpoint
 from sip.rtp.playback import Playlist, PromptCache
@@ -139,7 +139,7 @@ class MediaWorkers:
         )
         self.pool = WorkerPool(
             "media",
-            "engine.media_worker",
+            "engine.media.worker",
             count,
             msgspec.msgpack.Decoder(FromWorker),
             args=args,

@@ -21,7 +21,7 @@ a small FIFO; `ToBrowserTrack.recv` paces itself on the loop clock (one 20 ms fr
 fixed start, as aiortc's own ``AudioStreamTrack`` does) and hands aiortc the next frame, or silence
 when no RTP is flowing (no call, hold, loss). With G.711 towards the browser (the usual case) the
 frame is the call's payload bytes (PCMA <-> PCMU by a byte table), sent without aiortc's
-per-packet sender loop: nothing is decoded or encoded (engine.webrtc_worker, "G.711
+per-packet sender loop: nothing is decoded or encoded (engine.webrtc.worker, "G.711
 passthrough"). With Opus the FIFO holds PCM (G.711 tables) and aiortc encodes. Audio from the
 browser: G.711 packets are relayed to the call as they came, right after SRTP, with their own
 sequence and timing mapped onto the session's stream; Opus is decoded by aiortc, resampled to
@@ -68,7 +68,7 @@ one session closes that session with its reason; it never reaches the daemon.
 Worker processes (``[webrtc] workers = N``, issue #8): a leg costs tens of ms of CPU per
 call-second, all of it in aiortc, PyAV and the G.711 work, none in the signalling. So the session
 (`Session`: WebSocket, auth, registry, the call layer's hooks, metrics) always stays here, and its
-media (engine.webrtc_worker.MediaLeg) runs either in this process (N = 0) or, through a
+media (engine.webrtc.worker.MediaLeg) runs either in this process (N = 0) or, through a
 `WorkerMedia` proxy with the same API, in one of N worker processes (the one with the fewest
 sessions). The worker's RTP socket is the session's ``rtp_address``, so the bridge talks to the
 worker directly. `WorkerPool` starts the workers with the gateway, restarts one that dies (its
@@ -97,7 +97,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, Metric
 
 from engine.config import Config, LoginMode, WebRtcConfig
-from engine.webrtc_worker import (
+from engine.runtime.workers import WorkerPool, WorkerProcess, settle, worker_args
+from engine.webrtc.worker import (
     CODEC_PREFERENCE,
     FRAME_S,
     FRAME_SAMPLES,
@@ -124,8 +125,7 @@ from engine.webrtc_worker import (
     ToBrowserTrack,
     set_host_addresses,
 )
-from engine.webrtc_worker import Offer as OfferMessage
-from engine.workers import WorkerPool, WorkerProcess, settle, worker_args
+from engine.webrtc.worker import Offer as OfferMessage
 
 __all__ = [
     "CODEC_PREFERENCE",
@@ -233,7 +233,7 @@ class _MediaCounters:
 
     The media path counts in plain ints (in a worker process a Prometheus counter could not be
     reached at all); this sums the live sessions' counts (a worker's as of its last report, at
-    most `engine.webrtc_worker.STATS_INTERVAL_S` old) and those of the sessions already closed.
+    most `engine.webrtc.worker.STATS_INTERVAL_S` old) and those of the sessions already closed.
     """
 
     def __init__(self, totals: Callable[[], MediaStats]) -> None:
@@ -488,7 +488,7 @@ class Session:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._done.wait(), CLOSE_TIMEOUT_S)
 
-    # -- what the media side reports (engine.webrtc_worker.MediaEvents) --------------------------
+    # -- what the media side reports (engine.webrtc.worker.MediaEvents) --------------------------
 
     def media_state(self, state: str) -> None:
         self.send_event({"type": "connection", "state": state})
@@ -697,7 +697,7 @@ class WebRtcGateway:
             return
         self._workers = WorkerPool(
             "webrtc",
-            "engine.webrtc_worker",
+            "engine.webrtc.worker",
             config.webrtc.workers,
             msgspec.msgpack.Decoder(FromWorker),
             args=worker_args(config),

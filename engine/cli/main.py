@@ -33,7 +33,7 @@ def _load(path: str | None) -> tuple[Config, Path | None]:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from engine.daemon import run_daemon
-    from engine.logs import configure_logging
+    from engine.runtime.logs import configure_logging
 
     config, path = _load(args.config)
     configure_logging(config.log, level_override=args.log_level)
@@ -87,8 +87,8 @@ def _parse_time(text: str | None) -> float | None:
 def _cmd_export_queue_log(args: argparse.Namespace) -> int:
     import asyncio
 
-    from engine.queue_log import export_queue_log
     from engine.storage import StorageError, Store, database_url
+    from engine.storage.queue_log import export_queue_log
 
     config, _ = _load(args.config)
     since, until = _parse_time(args.since), _parse_time(args.until)
@@ -116,7 +116,7 @@ def _cmd_export_queue_log(args: argparse.Namespace) -> int:
 
 
 def _cmd_operator(args: argparse.Namespace) -> int:
-    from engine import opcli
+    from engine.cli import operator as opcli
 
     config, _ = _load(args.config)
     return opcli.run(args.op, args, config)
@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     queue_log.add_argument("--output", "-o", metavar="FILE", help="write here instead of stdout")
     queue_log.set_defaults(func=_cmd_export_queue_log)
 
-    from engine import opcli
+    from engine.cli import operator as opcli
 
     # Listed here for `acd --help`; main() hands their arguments over before this parser runs.
     for name, (_module, _function, summary) in _DELEGATED.items():
@@ -234,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Subcommands that own their argument parsing: `acd simulate --agents 14 ...` goes straight there.
 _DELEGATED = {
     "simulate": (
-        "engine.simulate_cli",
+        "engine.cli.simulate",
         "simulate_main",
         "discrete-event simulation of the routing core (Erlang C/A check, staffing what-ifs)",
     ),
@@ -243,10 +243,10 @@ _DELEGATED = {
         "erlang_main",
         "Erlang B, C and A, and staffing for a service-level or ASA target",
     ),
-    # engine.recordings_cli purges the daemon's live index (`purge --config`) and hands every
+    # engine.cli.recordings purges the daemon's live index (`purge --config`) and hands every
     # other form to recordings.cli, which must not import the engine.
     "recordings": (
-        "engine.recordings_cli",
+        "engine.cli.recordings",
         "recordings_main",
         "decrypt, repair or purge call recordings (purge --config: the daemon's own index)",
     ),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-SHIPPED_PROMPTS = Path(__file__).with_name("prompts")
+SHIPPED_PROMPTS = Path(__file__).parents[1] / "prompts"
 # Beyond this a spoken number stops helping; Asterisk also caps announce-position (announce-position-limit).
 MAX_SPOKEN_NUMBER = 999
 

@@ -12,7 +12,7 @@ to answer is accepted (ring-all withdrawals are cancelled) and the two RTP legs 
 the recording tap when the queue records. A BYE on either leg ends the other; the agent goes to
 wrap-up; the CDR row, queue events and metrics are written. Re-INVITEs are answered from each leg's
 own offer/answer state (hold gives the caller music); an agent may blind-transfer the caller to a
-queue or a number; browser agents (engine.webrtc) ring, answer and hang up over their softphone.
+queue or a number; browser agents (engine.webrtc.gateway) ring, answer and hang up over their softphone.
 
 Every way a caller can leave (CANCEL before answer, BYE during the flow, while queued or while an
 agent rings) cancels the call's task; its ``finally`` releases everything: routing (abandon or
@@ -43,16 +43,16 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 import routing_core as rc
-from engine.agents import AgentDirectory
-from engine.announcements import SHIPPED_PROMPTS, expected_wait_prompts, position_prompts
-from engine.cdr import CallRecord, CdrWriter, QueueEventData
+from engine.calls.announcements import SHIPPED_PROMPTS, expected_wait_prompts, position_prompts
+from engine.calls.flows import FlowOutcome, FlowRunner
 from engine.config import Config, LoginMode, TrunkConfig, outbound_proxy_uri
-from engine.flows import FlowOutcome, FlowRunner
-from engine.media_offload import MediaWorkers, RemoteBridge, RemoteRecording
-from engine.metrics import WAIT_BUCKETS, Metrics
-from engine.recording_service import OnDemandRecording, RecordingRefused, RecordingService
-from engine.routing import RoutingService
-from engine.workers import worker_args
+from engine.media.offload import MediaWorkers, RemoteBridge, RemoteRecording
+from engine.recording.service import OnDemandRecording, RecordingRefused, RecordingService
+from engine.routing.agents import AgentDirectory
+from engine.routing.service import RoutingService
+from engine.runtime.metrics import WAIT_BUCKETS, Metrics
+from engine.runtime.workers import worker_args
+from engine.storage.cdr import CallRecord, CdrWriter, QueueEventData
 from sip import Request, Uri
 from sip.auth import DigestAlgorithm, DigestAuthenticator, DigestClient, Password
 from sip.dialog import DialogId
@@ -134,7 +134,7 @@ class AgentLeg:
     # the last offer it sent us (None until its first re-INVITE).
     local_sdp: Any = None
     last_offer_in: Any = None
-    # A browser agent's softphone (engine.webrtc.Session): the leg's far end is its loopback
+    # A browser agent's softphone (engine.webrtc.gateway.Session): the leg's far end is its loopback
     # RTP port, ringing and answering happen over its WebSocket instead of SIP.
     softphone: Any = None
     # RFC 3263 4.3: the targets (listener endpoint, address) still to try if the current one
@@ -264,7 +264,7 @@ class CallMetrics:
 
 
 class _CallIO:
-    """The flow's view of a call (engine.flows.CallIO)."""
+    """The flow's view of a call (engine.calls.flows.CallIO)."""
 
     def __init__(self, service: CallService, call: Call) -> None:
         self._service = service
@@ -312,11 +312,13 @@ class CallService:
         self.cdr = cdr
         self.recordings = recordings
         self.flows = flows
-        self.webrtc: Any = None  # engine.webrtc.WebRtcGateway, when attached (browser agents)
+        self.webrtc: Any = (
+            None  # engine.webrtc.gateway.WebRtcGateway, when attached (browser agents)
+        )
         self.metrics = CallMetrics(metrics)
         self._metrics = metrics
         self.media_stats = MediaStats()
-        # [media] workers > 0: bridged calls' media in worker processes (engine/media_offload.py)
+        # [media] workers > 0: bridged calls' media in worker processes (engine/media/offload.py)
         self.media_workers: MediaWorkers | None = None
         self.ports = PortAllocator(config.media.rtp_port_min, config.media.rtp_port_max)
         self.prompts = PromptCache(("PCMU", "PCMA"))
@@ -1329,10 +1331,10 @@ class CallService:
         sdp = make_offer(rtp.local_address[0], rtp.port, (_CODECS.get(call.codec, PCMU),))
         return AgentLeg(call, name, rtp, sdp, rang_at=_now(), codec=call.codec, local_sdp=sdp)
 
-    # -- browser agents (engine.webrtc) -------------------------------------------------------------
+    # -- browser agents (engine.webrtc.gateway) -------------------------------------------------------------
 
     def attach_webrtc(self, gateway: Any) -> None:
-        """Take calls to browser agents through ``gateway`` (an engine.webrtc.WebRtcGateway)."""
+        """Take calls to browser agents through ``gateway`` (an engine.webrtc.gateway.WebRtcGateway)."""
         self.webrtc = gateway
         gateway.on_message = self._softphone_message
         gateway.on_session_closed = self._softphone_closed
@@ -1450,7 +1452,7 @@ class CallService:
         self, call: Call, trunk_name: str, number: str, *, timeout_s: float,
         queue_event: bool = True,
     ) -> str:  # fmt: skip
-        """engine.flows.CallIO.transfer: INVITE ``number`` at the trunk's outbound proxy, bridge
+        """engine.calls.flows.CallIO.transfer: INVITE ``number`` at the trunk's outbound proxy, bridge
         the caller on answer and stay bridged; or return why not (the flow goes on).
 
         The caller is answered first, as an IVR that says "transferring you" has already done;

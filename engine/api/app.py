@@ -21,7 +21,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from engine import __version__
-from engine.metrics import Metrics
+from engine.runtime.metrics import Metrics
 
 # A readiness check returns None when fine, or a short operator-readable reason when not.
 ReadyCheck = Callable[[], Awaitable[str | None]]

@@ -14,7 +14,7 @@ so the file's position 0 is the moment of the request (recordings/policy.py). It
 ``on_demand`` set and names who asked in ``started_by``; the API writes the audit row.
 
 Retention: ``purge_index`` is the one purge, used by the daemon's scheduled job and by the
-operator's ``acd recordings purge --config`` (engine/recordings_cli.py): it reads the live index,
+operator's ``acd recordings purge --config`` (engine/cli/recordings.py): it reads the live index,
 deletes through ``recordings.purge`` (never a legal-hold row), marks the rows ``purged_at`` and
 writes one audit row per deletion, in the same transaction.
 
@@ -49,7 +49,7 @@ from recordings.retention import SECONDS_PER_DAY
 from sip.rtp.g711 import DECODERS
 
 if TYPE_CHECKING:
-    from engine.media_offload import MediaWorkers
+    from engine.media.offload import MediaWorkers
 
 log = structlog.stdlib.get_logger("acd.recordings")
 
@@ -378,7 +378,7 @@ class RecordingService:
                 )
             )  # fmt: skip
         if remote is not None:
-            from engine.media_worker import RecordingSpec  # the worker's module imports this one
+            from engine.media.worker import RecordingSpec  # the worker's module imports this one
 
             rc = self._config.recordings
             recording: Any = remote.new_recording(

@@ -32,17 +32,17 @@ import structlog
 from aiohttp import WSCloseCode, web
 
 import routing_core as rc
-from engine.cdr import CdrWriter
+from engine.api.app import Problem, json_response
 from engine.config import Config, Role
-from engine.events import Event, EventBus, Subscription
-from engine.http import Problem, json_response
-from engine.recording_service import (
+from engine.recording.service import (
     CONTENT_TYPES,
     RecordingRefused,
     RecordingService,
 )
-from engine.routing import RoutingService
+from engine.routing.service import RoutingService
+from engine.runtime.events import Event, EventBus, Subscription
 from engine.storage import Store
+from engine.storage.cdr import CdrWriter
 from engine.storage.schema import audit_log, calls, recordings
 
 log = structlog.stdlib.get_logger("acd.api")
@@ -75,7 +75,9 @@ class ApiContext:
     routing: RoutingService | None = None
     bus: EventBus | None = None
     recordings: RecordingService | None = None
-    calls: Any = None  # engine.calls.CallService (typed loosely: calls imports this module's peers)
+    calls: Any = (
+        None  # engine.calls.service.CallService (typed loosely: calls imports this module's peers)
+    )
 
 
 CONTEXT_KEY = web.AppKey("api_context", ApiContext)

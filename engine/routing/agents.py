@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import structlog
 
 import routing_core as rc
-from engine.cdr import CdrWriter
 from engine.config import AgentConfig, Config, LoginMode
-from engine.routing import RoutingService
+from engine.routing.service import RoutingService
+from engine.storage.cdr import CdrWriter
 from sip.registrar import ContactRequest, RegisterResult, Registrar
 
 log = structlog.stdlib.get_logger("acd.agents")
@@ -62,7 +62,7 @@ class AgentDirectory:
         # agent id -> the address-of-record its phone registers (the SIP core keys bindings by
         # AOR, e.g. "sip:1001@acd.example.com"; direct register() calls use the agent id itself)
         self._aor: dict[str, str] = {}
-        # browser agents whose softphone media is up (engine.webrtc): their "registration"
+        # browser agents whose softphone media is up (engine.webrtc.gateway): their "registration"
         self._softphones: set[str] = set()
 
     def apply(self, config: Config) -> None:

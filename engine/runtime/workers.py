@@ -1,7 +1,7 @@
 """Worker processes of the daemon: started together, each restarted when it dies, stopped together.
 
-Both kinds of media worker use this: the WebRTC gateway's (engine/webrtc_worker.py, browser legs)
-and the SIP media's (engine/media_worker.py, bridged calls). A worker is ``python -m MODULE FD
+Both kinds of media worker use this: the WebRTC gateway's (engine/webrtc/worker.py, browser legs)
+and the SIP media's (engine/media/worker.py, bridged calls). A worker is ``python -m MODULE FD
 [FD2] ARGS...``: FD is its end of an AF_UNIX socketpair made by the daemon, the control stream,
 frames of a 4-byte big-endian length and a msgpack message (each kind has its own `msgspec`
 unions; `Ready` opens every worker's side). With ``fd_channel=True`` the pool also hands the worker
@@ -48,7 +48,7 @@ WORKER_BACKOFF_S = 0.5
 WORKER_BACKOFF_MAX_S = 30.0
 WORKER_STABLE_S = 10.0
 #: `-m engine.xxx_worker` must find this very engine package, installed or not.
-_ROOT = str(Path(__file__).resolve().parents[1])
+_ROOT = str(Path(__file__).resolve().parents[2])
 MAX_FRAME_BYTES = 1 << 20
 _LENGTH = struct.Struct("!I")
 #: File descriptors one message on the fd channel may carry (a call's two legs: RTP and RTCP each).
@@ -492,7 +492,7 @@ def worker_main(
     # The daemon drains its calls on SIGINT/SIGTERM and then stops us by closing the channel.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    from engine.logs import configure_logging
+    from engine.runtime.logs import configure_logging
 
     configure_logging(LogConfig(level=LogLevel(level), format=LogFormat(fmt)))
     structlog.contextvars.bind_contextvars(**{context_key: os.getpid()})

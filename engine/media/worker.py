@@ -1,8 +1,8 @@
 """A media worker process: carries bridged SIP calls (relay, tap, recording) off the daemon's core.
 
 How this works: with ``[media] workers = N`` the daemon starts N of these (``python -m
-engine.media_worker FD FD2 ...``, through `engine.workers.WorkerPool`). When a call is bridged, the
-daemon hands both legs over (`engine.media_offload.RemoteBridge`): each leg's `RtpEndpoint.detach`
+engine.media.worker FD FD2 ...``, through `engine.runtime.workers.WorkerPool`). When a call is bridged, the
+daemon hands both legs over (`engine.media.offload.RemoteBridge`): each leg's `RtpEndpoint.detach`
 gives its state (outbound stream, receiver statistics, latch, a DTMF digit in progress) and
 duplicates of its RTP and RTCP sockets. The sockets travel on the fd channel (SCM_RIGHTS), the
 state in an `Attach` message on the control stream. Here `RtpEndpoint.adopt` carries each leg on
@@ -38,8 +38,8 @@ import msgspec
 import structlog
 
 import recordings as rec
-from engine.recording_service import OnDemandRecording
-from engine.workers import (
+from engine.recording.service import OnDemandRecording
+from engine.runtime.workers import (
     MAX_FDS,
     ChannelClosed,
     Ready,
@@ -526,10 +526,10 @@ async def _serve(fds: list[int]) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """``python -m engine.media_worker FD FD2 LOG_LEVEL LOG_FORMAT EVENT_LOOP`` (the daemon runs
+    """``python -m engine.media.worker FD FD2 LOG_LEVEL LOG_FORMAT EVENT_LOOP`` (the daemon runs
     it with ``[media] workers > 0``)."""
     return worker_main(
-        argv, module="engine.media_worker", n_fds=2, serve=_serve, context_key="media_worker"
+        argv, module="engine.media.worker", n_fds=2, serve=_serve, context_key="media_worker"
     )
 
 

@@ -27,8 +27,8 @@ import structlog
 from prometheus_client import Counter, Gauge
 from sqlalchemy.exc import SQLAlchemyError
 
-from engine.events import Event, EventBus
-from engine.metrics import Metrics
+from engine.runtime.events import Event, EventBus
+from engine.runtime.metrics import Metrics
 from engine.storage import StorageError, Store
 from engine.storage.schema import agent_events, calls, queue_events
 

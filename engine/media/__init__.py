@@ -1,0 +1,1 @@
+"""Media offload: bridged calls' RTP, recording and hold music in worker processes."""

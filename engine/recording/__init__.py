@@ -1,0 +1,1 @@
+"""Recording: the engine's side of call recording (policy, index, health, purge)."""

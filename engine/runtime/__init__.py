@@ -1,0 +1,1 @@
+"""Runtime: logs, metrics, the event bus, systemd notification and worker-process supervision."""
