@@ -251,7 +251,7 @@ async def _serve(
         from prometheus_client import CollectorRegistry
 
         from engine.media.offload import MediaWorkers, RemoteBridge
-        from engine.media.worker import RecordingSpec
+        from engine.recording.spec import RecordingSpec
         from sip.rtp.playback import PromptCache
 
         pool = MediaWorkers(

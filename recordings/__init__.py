@@ -26,6 +26,7 @@ from recordings.crypto import (
     is_encrypted,
     open_recording_stream,
 )
+from recordings.on_demand import OnDemandRecording
 from recordings.outputs import FsyncPolicy, RecordingFormat
 from recordings.policy import RecordingMode, RecordingPolicy, should_record
 from recordings.recovery import recover_file
@@ -52,6 +53,7 @@ __all__ = [
     "Keyring",
     "KeyringError",
     "NotEncryptedRecordingError",
+    "OnDemandRecording",
     "PurgeReport",
     "Recording",
     "RecordingCryptoError",

@@ -47,12 +47,13 @@ from engine.calls.announcements import SHIPPED_PROMPTS, expected_wait_prompts, p
 from engine.calls.flows import FlowOutcome, FlowRunner
 from engine.config import Config, LoginMode, TrunkConfig, outbound_proxy_uri
 from engine.media.offload import MediaWorkers, RemoteBridge, RemoteRecording
-from engine.recording.service import OnDemandRecording, RecordingRefused, RecordingService
+from engine.recording.service import RecordingRefused, RecordingService
 from engine.routing.agents import AgentDirectory
 from engine.routing.service import RoutingService
 from engine.runtime.metrics import WAIT_BUCKETS, Metrics
 from engine.runtime.workers import worker_args
 from engine.storage.cdr import CallRecord, CdrWriter, QueueEventData
+from recordings import OnDemandRecording
 from sip import Request, Uri
 from sip.auth import DigestAlgorithm, DigestAuthenticator, DigestClient, Password
 from sip.dialog import DialogId

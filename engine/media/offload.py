@@ -32,7 +32,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 import recordings as rec
-from engine.media.worker import (
+from engine.media.protocol import (
     Attach,
     Digit,
     Failed,
@@ -41,7 +41,6 @@ from engine.media.worker import (
     PauseTap,
     Play,
     RecordingDone,
-    RecordingSpec,
     SetHeld,
     SetRelay,
     StartRecording,
@@ -53,6 +52,7 @@ from engine.media.worker import (
     add_stats,
 )
 from engine.recording.service import RecordingLost
+from engine.recording.spec import RecordingSpec
 from engine.runtime.workers import WorkerPool, WorkerProcess, settle
 from sip.media import Bridge, LegPlayer, MediaClock, MediaStats, RecordingSink
 from sip.media.endpoint import DtmfReceived, EndpointState, MediaTimedOut, RtpEndpoint

@@ -9,8 +9,8 @@ sha256, error, paused spans) completes the row. At start, rows that were never c
 a crash left behind: they are repaired and marked ``recovered``.
 
 On demand: ``start_on_demand`` is the API's way in (any policy but ``never``); the engine attaches
-the returned ``OnDemandRecording`` to the live bridge, which shifts the bridge's sample positions
-so the file's position 0 is the moment of the request (recordings/policy.py). Its index row has
+the returned recording to the live bridge through ``recordings.OnDemandRecording``, which shifts
+the bridge's sample positions so the file's position 0 is the moment of the request. Its row has
 ``on_demand`` set and names who asked in ``started_by``; the API writes the audit row.
 
 Retention: ``purge_index`` is the one purge, used by the daemon's scheduled job and by the
@@ -33,7 +33,7 @@ from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sqlalchemy as sa
 import structlog
@@ -42,14 +42,12 @@ from prometheus_client.registry import Collector
 
 import recordings as rec
 from engine.config import Config, QueueConfig
+from engine.recording.spec import RecordingSpec, RemoteRecorder
 from engine.storage import Store
 from engine.storage.schema import audit_log
 from engine.storage.schema import recordings as recordings_table
 from recordings.retention import SECONDS_PER_DAY
 from sip.rtp.g711 import DECODERS
-
-if TYPE_CHECKING:
-    from engine.media.offload import MediaWorkers
 
 log = structlog.stdlib.get_logger("acd.recordings")
 
@@ -95,57 +93,6 @@ class RecordingRefused(Exception):
 
     Not raised for a storage failure (that is ``sqlalchemy.exc.SQLAlchemyError``) nor for a call
     that does not exist (the caller looks the call up first)."""
-
-
-class OnDemandRecording:
-    """A recording started mid-call: the bridge's positions, shifted so the request is position 0.
-
-    The bridge counts samples from its own start; a recording asked for later must not begin with
-    the silence of everything before the request (the file covers the request to the hang-up).
-    Implements the tap's ``RecordingSink`` and the pause/resume the API uses, like ``Recording``.
-    """
-
-    __slots__ = ("_offset", "_recording")
-
-    def __init__(self, recording: rec.Recording, offset: int) -> None:
-        self._recording = recording
-        self._offset = max(0, offset)
-
-    @property
-    def recording_id(self) -> str:
-        return self._recording.recording_id
-
-    @property
-    def paused(self) -> bool:
-        return self._recording.paused
-
-    def feed(self, channel: int, position: int, payload: bytes, codec: str) -> None:
-        position -= self._offset
-        if position < 0:
-            # a frame straddling the request: keep only its samples from the request on
-            width = 2 if codec == "L16" else 1
-            payload = payload[-position * width :]
-            if not payload:
-                return
-            position = 0
-        self._recording.feed(channel, position, payload, codec)
-
-    def gap(self, channel: int, position: int, samples: int, reason: str) -> None:
-        start = position - self._offset
-        if start < 0:
-            samples += start
-            start = 0
-        if samples > 0:
-            self._recording.gap(channel, start, samples, reason)
-
-    def close(self, end_position: int) -> None:
-        self._recording.close(max(0, end_position - self._offset))
-
-    def pause(self, position: int) -> None:
-        self._recording.pause(max(0, position - self._offset))
-
-    def resume(self, position: int) -> None:
-        self._recording.resume(max(0, position - self._offset))
 
 
 def recordings_root(config: Config, base_dir: Path) -> Path:
@@ -335,7 +282,7 @@ class RecordingService:
         *,
         on_demand: bool = False,
         started_by: str | None = None,
-        remote: MediaWorkers | None = None,
+        remote: RemoteRecorder | None = None,
         continues: str | None = None,
     ) -> Any:
         """A Recording to feed, or None when the queue's policy says this call is not recorded.
@@ -378,8 +325,6 @@ class RecordingService:
                 )
             )  # fmt: skip
         if remote is not None:
-            from engine.media.worker import RecordingSpec  # the worker's module imports this one
-
             rc = self._config.recordings
             recording: Any = remote.new_recording(
                 RecordingSpec(
@@ -403,7 +348,7 @@ class RecordingService:
         agent_id: str | None,
         *,
         requested_by: str,
-        remote: MediaWorkers | None = None,
+        remote: RemoteRecorder | None = None,
     ) -> Any:
         """An authorised user asks to record a live call from now on (API).
 

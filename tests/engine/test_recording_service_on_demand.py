@@ -18,9 +18,10 @@ import pytest
 import sqlalchemy as sa
 
 from engine.config import parse_config
-from engine.recording.service import OnDemandRecording, RecordingRefused, RecordingService
+from engine.recording.service import RecordingRefused, RecordingService
 from engine.storage import Store
 from engine.storage.schema import recordings
+from recordings import OnDemandRecording
 from sip.rtp.g711 import decode_pcmu, encode_pcmu
 
 CONFIG = """

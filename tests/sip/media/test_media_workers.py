@@ -31,8 +31,8 @@ from media_helpers import (
 from prometheus_client import CollectorRegistry
 
 from engine.media.offload import MediaWorkers, RemoteBridge
-from engine.media.worker import RecordingSpec
 from engine.recording.service import RecordingLost
+from engine.recording.spec import RecordingSpec
 from sip.media import DtmfReceived, MediaClock, MediaEvent, MediaStats, PortAllocator, open_endpoint
 from sip.rtp.dtmf import dtmf_packets
 from sip.rtp.g711 import decode_pcmu
@@ -229,6 +229,9 @@ async def test_a_killed_worker_loses_neither_the_call_nor_the_rest_of_its_record
     bridge.pause_recording(loop.time(), "paused")  # PCI, in the worker
     os.kill(pid, signal.SIGKILL)
     await until(lambda: not caller.detached and bridge.carried_by is None)
+    # for /readyz, until the replacement is up (a worker starts in well under a second, so this
+    # is read as soon as the death is noticed, not after the checks below)
+    down = workers.not_ready()
     with pytest.raises(RecordingLost, match="media worker died") as failed:
         await asyncio.wait_for(recording.result, 5)
     assert (failed.value.recording_id, failed.value.path) == ("r2", str(tmp_path / "r2.wav"))
@@ -250,7 +253,6 @@ async def test_a_killed_worker_loses_neither_the_call_nor_the_rest_of_its_record
     await until(lambda: len(phone_b.received) >= mark + 20)  # relayed here now
     assert abs(dominant_hz(decode(phone_b.received[mark : mark + 20])) - 440) < 10
     assert workers.handoffs.labels(outcome="taken_back")._value.get() == 1
-    down = workers.not_ready()  # for /readyz, until the replacement is up
     assert down is not None
     assert "media worker 0" in down
     # a new worker comes up for the next calls
