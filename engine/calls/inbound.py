@@ -1,0 +1,184 @@
+"""Inbound calls: a trunk's INVITE is admitted (trunk by source, route by dialled number) and
+becomes a ``Call`` whose task runs its flow, then what the flow's outcome says.
+
+How this works: ``new_invite`` answers agents' feature codes (*1 ready ...) at once, refuses
+what cannot become a call (draining: 503, unknown source: 403, no route: 404; each gets a CDR
+row), and otherwise sends 180, indexes the call and spawns ``_run_call``: the flow runs against
+``CallIO`` (prompts, DTMF, transfer through the other phases); an ``enqueue`` outcome goes to
+``queueing``; a ``CallEnded`` or a cancellation (the caller hung up) ends in ``teardown.finish``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import re
+import time
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import structlog
+
+from engine.calls.flows import FlowOutcome
+from engine.calls.model import Call, CallEnded
+from engine.calls.record import rejected_attempt
+from engine.config import Config, TrunkConfig
+from sip import Uri
+from sip.endpoint import Endpoint, RequestReceived
+
+if TYPE_CHECKING:
+    from engine.calls.service import CallService
+
+log = structlog.stdlib.get_logger("acd.calls")
+
+
+class Inbound:
+    """Admission of trunk INVITEs and the task that runs each call."""
+
+    def __init__(self, service: CallService) -> None:
+        self._s = service
+        self.agent_ids = frozenset(a.id for a in service.config.agents)
+
+    def apply(self, config: Config) -> None:
+        self.agent_ids = frozenset(a.id for a in config.agents)
+
+    def _trunk_for(self, source: tuple[str, int]) -> TrunkConfig | None:
+        address = ipaddress.ip_address(source[0])
+        for trunk in self._s.config.trunks:
+            if any(address in ipaddress.ip_network(n, strict=False) for n in trunk.allow):
+                return trunk
+        return None
+
+    def _route(self, trunk: TrunkConfig, dialed: str) -> str | None:
+        for route in self._s.config.routes:
+            if route.trunk not in ("*", trunk.name):
+                continue
+            if (route.number and route.number == dialed) or (
+                route.pattern and re.fullmatch(route.pattern, dialed)
+            ):
+                return route.flow
+        return None
+
+    def new_invite(self, endpoint: Endpoint, event: RequestReceived, now: float) -> None:
+        request = event.request
+        dialed = request.uri.user or "" if isinstance(request.uri, Uri) else ""
+        caller_uri = request.from_.uri if request.from_ else None
+        caller = (caller_uri.user or "") if isinstance(caller_uri, Uri) else ""
+        # An agent's phone dialling a feature code (*1 ready, ...).
+        if dialed.startswith("*") and caller in self.agent_ids:
+            # Answered with a final status whose reason phrase the phone shows ("Agent ready");
+            # no media session is set up for a feature code.
+            action = self._s.agents.feature_code(caller, dialed)
+            if action is None:
+                endpoint.send_response(event.transaction_id, 404, "Unknown feature code", now=now)
+            elif action.prompt == "invalid":
+                endpoint.send_response(event.transaction_id, 403, "Not allowed now", now=now)
+            else:
+                phrase = {"ready": "Agent ready", "not_ready": "Agent not ready"}.get(
+                    action.state, "Agent logged out"
+                )
+                endpoint.send_response(event.transaction_id, 480, phrase, now=now)
+            return
+
+        def refuse(status: int, reason: str, trunk: str | None, **headers: str) -> None:
+            endpoint.send_response(
+                event.transaction_id, status, reason, now=now, headers=list(headers.items())
+            )
+            self._s.metrics.total.labels(outcome="rejected").inc()
+            if self._s.cdr:  # an attempt that never became a call still gets its row
+                self._s.cdr.call_ended(
+                    rejected_attempt(
+                        sip_call_id=request.call_id or "", trunk=trunk, caller=caller,
+                        dialed=dialed, status=status, reason=reason,
+                    )
+                )  # fmt: skip
+
+        if self._s.draining:
+            refuse(503, "Shutting down", None, **{"Retry-After": "60"})
+            return
+        trunk = self._trunk_for(event.source)
+        if trunk is None:
+            refuse(403, "Source not allowed", None)
+            return
+        flow = self._route(trunk, dialed)
+        if flow is None:
+            refuse(404, "No route for this number", trunk.name)
+            return
+        call = Call(
+            id=uuid.uuid4().hex,
+            sip_call_id=request.call_id or "",
+            transaction_id=event.transaction_id,
+            request=request,
+            source=event.source,
+            trunk=trunk,
+            flow=flow,
+            arrived_at=time.time(),
+            caller=caller,
+            dialed=dialed,
+            endpoint=endpoint,
+        )
+        self._s.calls[call.id] = call
+        self._s.index.by_transaction[(endpoint, event.transaction_id)] = call
+        self._s.metrics.active.inc()
+        endpoint.send_response(event.transaction_id, 180, now=now)
+        call.task = self._s.spawn(self._run_call(call), call.id)
+
+    async def _run_call(self, call: Call) -> None:
+        structlog.contextvars.bind_contextvars(call_id=call.id)
+        log.info("call_arrived", trunk=call.trunk.name, dialed=call.dialed, caller=call.caller)
+        try:
+            call.flow_data.update(caller=call.caller, dialed=call.dialed)
+            outcome = await self._s.flows.run(call.flow, CallIO(self._s, call), call.flow_data)
+            call.flow_data = outcome.data
+            await self.after_flow(call, outcome)
+        except CallEnded as ended:
+            call.hangup_reason = call.hangup_reason or ended.reason
+            call.disposition = ended.disposition
+        except asyncio.CancelledError:
+            pass  # the caller (or the agent) hung up: _caller_gone/_agent_gone set the reason
+        finally:
+            await self._s.teardown.finish(call)
+
+    async def after_flow(self, call: Call, outcome: FlowOutcome) -> None:
+        if outcome.kind == "enqueue":
+            await self._s.queueing.queue_and_bridge(call, outcome)
+            return
+        if outcome.kind == "hangup" and outcome.hangup_prompt and call.answered:
+            await self._s.media.play(call, [outcome.hangup_prompt], barge_in=False)
+        call.hangup_side = "system"
+        call.hangup_reason = outcome.reason or outcome.kind
+        call.disposition = "flow_ended"
+
+
+class CallIO:
+    """The flow's view of a call (engine.calls.flows.CallIO)."""
+
+    def __init__(self, service: CallService, call: Call) -> None:
+        self._service = service
+        self._call = call
+
+    async def answer(self) -> None:
+        await self._service.session.answer_caller(self._call)
+
+    async def play(self, prompts: Sequence[str], *, barge_in: bool) -> str | None:
+        return await self._service.media.play(self._call, prompts, barge_in=barge_in)
+
+    async def read_digits(
+        self, *, max_digits: int, terminator: str, timeout_s: float, first: str = ""
+    ) -> str:
+        digits = first
+        while len(digits) < max_digits:
+            try:
+                digit = await asyncio.wait_for(self._call.digits.get(), timeout_s)
+            except TimeoutError:
+                break
+            if terminator and digit == terminator:
+                break
+            digits += digit
+        return digits
+
+    async def transfer(self, trunk: str, number: str, *, timeout_s: float) -> str:
+        return await self._service.transfers.transfer(
+            self._call, trunk, number, timeout_s=timeout_s
+        )

@@ -1,0 +1,113 @@
+"""The call layer's metrics: calls, waits, rings and SIP/RTP figures (prefix ``acd_``).
+
+How this works: ``CallMetrics`` holds the counters, gauges and histograms the phases update as
+things happen (bounded labels only: queue, outcome, reason, method, code). ``SipMediaCollector``
+reads the SIP cores' rejection counters and the RTP statistics at scrape time instead, since
+those are plain integers the hot paths bump without touching prometheus-client.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from engine.calls.listeners import Listeners
+from engine.runtime.metrics import WAIT_BUCKETS, Metrics
+from sip.media import MediaStats
+
+
+class CallMetrics:
+    def __init__(self, metrics: Metrics) -> None:
+        r = metrics.registry
+        self.active = Gauge("acd_calls_active", "Calls in progress (any phase).", registry=r)
+        self.total = Counter(
+            "acd_calls_total", "Finished calls by outcome.", ["outcome"], registry=r
+        )
+        self.wait = Histogram(
+            "acd_queue_wait_seconds",
+            "Time callers waited in queue until answered or abandoned.",
+            ["queue", "outcome"],
+            buckets=WAIT_BUCKETS,
+            registry=r,
+        )
+        self.ring_no_answer = Counter(
+            "acd_ring_no_answer_total",
+            "Agent rings that ended without answer (timeout, busy, declined).",
+            ["queue", "reason"],
+            registry=r,
+        )
+        self.sip_requests = Counter(
+            "acd_sip_requests_total", "SIP requests received by method.", ["method"], registry=r
+        )
+        self.sip_responses = Counter(
+            "acd_sip_responses_total",
+            "SIP responses received to our requests, by status class.",
+            ["code"],
+            registry=r,
+        )
+        self.announcements = Counter(
+            "acd_queue_announcements_total",
+            "Position / expected-wait announcements played to waiting callers.",
+            ["queue"],
+            registry=r,
+        )
+        self.dns_failures = Counter(
+            "acd_sip_dns_failures_total",
+            "RFC 3263 lookups of an outbound INVITE's destination that gave no target, by reason "
+            "(nxdomain, no_records, timeout, servfail, error, unsupported_transport, address_family).",
+            ["reason"],
+            registry=r,
+        )
+        self.sip_failovers = Counter(
+            "acd_sip_failovers_total",
+            "Outbound INVITEs sent to the next RFC 3263 target after a timeout or 503.",
+            registry=r,
+        )
+        self.errors = metrics.unexpected_errors
+
+
+class SipMediaCollector(Collector):
+    """SIP rejections and RTP figures, read from the stack's plain counters at scrape time."""
+
+    def __init__(self, listeners: Listeners, media_stats: MediaStats) -> None:
+        self._listeners = listeners
+        self._media_stats = media_stats
+
+    def collect(self) -> Any:
+        parse = CounterMetricFamily(
+            "acd_sip_parse_errors",
+            "SIP messages rejected or dropped, by reason.",
+            labels=["reason"],
+        )
+        totals: dict[str, int] = {}
+        for transport in self._listeners.transports:  # every listener's core: UDP, TCP and TLS
+            for reason, n in transport.endpoint.rejections.items():
+                totals[reason] = totals.get(reason, 0) + n
+        for reason, n in sorted(totals.items()):
+            parse.add_metric([reason], n)
+        yield parse
+        m = self._media_stats
+        yield GaugeMetricFamily(
+            "acd_rtp_sessions_active", "RTP legs open.", value=m.sessions_active
+        )
+        packets = CounterMetricFamily(
+            "acd_rtp_packets", "RTP packets by direction.", labels=["direction"]
+        )
+        packets.add_metric(["in"], m.packets_received)
+        packets.add_metric(["out"], m.packets_sent)
+        yield packets
+        yield CounterMetricFamily(
+            "acd_rtp_packets_lost", "RTP packets lost (RFC 3550 A.3).", value=m.packets_lost
+        )
+        dtmf = CounterMetricFamily(
+            "acd_dtmf_digits", "DTMF digits received by method.", labels=["method"]
+        )
+        for method, n in sorted(m.dtmf_digits.items()):
+            dtmf.add_metric([method], n)
+        yield dtmf
+
+    def describe(self) -> Any:
+        return iter(())

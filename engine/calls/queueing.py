@@ -1,0 +1,183 @@
+"""Queue treatment: a caller in queue, with music and announcements, until an agent answers.
+
+How this works: ``queue_and_bridge`` enqueues the call in the routing core (join_empty and a
+full queue overflow at once), plays music on hold, and waits for the ``connected`` future that
+``ringing`` resolves when an agent answers, with position / expected-wait announcements every
+``announce_every_s``. ``max_wait_s``, or the queue left empty (``leave_empty``), withdraws the
+call and runs the queue's overflow flow, or plays all-busy. On answer the recording starts and
+the caller is bridged to the agent's leg; the task then waits for a blind transfer by the agent
+(``transfers``) until a BYE cancels it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+import routing_core as rc
+from engine.calls.announcements import expected_wait_prompts, position_prompts
+from engine.calls.flows import FlowOutcome
+from engine.calls.inbound import CallIO
+from engine.calls.model import AgentLeg, Call, CallEnded, QueueEmptied, loop_now
+from engine.storage.cdr import QueueEventData
+
+if TYPE_CHECKING:
+    from engine.calls.service import CallService
+
+log = structlog.stdlib.get_logger("acd.calls")
+
+
+class Queueing:
+    """Waiting callers: enqueue, announcements, overflow, and the bridge on answer."""
+
+    def __init__(self, service: CallService) -> None:
+        self._s = service
+        # Per queue: moving average of recent answered waits, for expected-wait announcements.
+        self.average_wait_s: dict[str, float] = {}
+
+    async def _overflow(self, call: Call, reason: str, *, waited_s: float) -> None:
+        """The queue is full, or the caller waited max_wait_s: run its overflow flow (which may
+        enqueue elsewhere), or play all-busy and end the call."""
+        self._s.media.stop_player(call)
+        queue = call.queue
+        qcfg = next(q for q in self._s.config.queues if q.name == queue)
+        call.overflows += 1
+        self._s.metrics.wait.labels(queue=queue, outcome="overflowed").observe(waited_s)
+        if self._s.cdr:
+            self._s.cdr.queue_event(
+                "overflow", call_id=call.id, queue=queue,
+                data=QueueEventData(wait_s=waited_s, reason=reason, target=qcfg.overflow or None),
+            )  # fmt: skip
+        # A chain of overflows longer than this is a configuration loop (a -> b -> a ...).
+        if qcfg.overflow and call.overflows <= 5:
+            log.info("queue_overflow", queue=queue, reason=reason, flow=qcfg.overflow)
+            outcome = await self._s.flows.run(qcfg.overflow, CallIO(self._s, call), call.flow_data)
+            call.flow_data = outcome.data
+            await self._s.inbound.after_flow(call, outcome)
+            return
+        if call.answered:
+            await self._s.media.play(call, ["all-busy"], barge_in=False)
+        raise CallEnded(f"queue {reason}", "overflowed")
+
+    async def queue_and_bridge(self, call: Call, outcome: FlowOutcome) -> None:
+        if not call.answered:
+            await self._s.session.answer_caller(call)
+        call.queue = outcome.queue
+        call.priority = outcome.priority
+        qcfg = next(q for q in self._s.config.queues if q.name == outcome.queue)
+        if not qcfg.join_empty and self._s.routing.members_logged_in(outcome.queue) == 0:
+            await self._overflow(call, "join_empty", waited_s=0.0)
+            return
+        loop = asyncio.get_running_loop()
+        call.connected = loop.create_future()
+        try:
+            self._s.routing.enqueue(
+                call.id, outcome.queue, priority=outcome.priority, requirements=outcome.requirements
+            )
+        except rc.QueueFull:
+            await self._overflow(call, "full", waited_s=0.0)
+            return
+        call.enqueued_at = time.time()
+        position = self.position(call)
+        if self._s.cdr:
+            self._s.cdr.queue_event(
+                "enter", call_id=call.id, queue=call.queue,
+                data=QueueEventData(caller=call.caller, position=position, orig_position=position),
+            )  # fmt: skip
+        self._s.media.music_on_hold(call, outcome.queue)
+        waiting = self._wait_for_agent(call, qcfg.announce_every_s)
+        try:
+            if qcfg.max_wait_s > 0:
+                leg = await asyncio.wait_for(waiting, qcfg.max_wait_s)
+            else:
+                leg = await waiting
+        except (TimeoutError, QueueEmptied) as exc:
+            waited = time.time() - (call.enqueued_at or time.time())
+            with contextlib.suppress(rc.RoutingError):
+                self._s.routing.abandon(call.id)  # withdraws any ringing offer
+            call.enqueued_at = None
+            reason = "empty" if isinstance(exc, QueueEmptied) else "timeout"
+            await self._overflow(call, reason, waited_s=waited)
+            return
+        self._s.media.stop_player(call)
+        assert call.rtp is not None
+        recording = None
+        remote = self._s.media.workers is not None and bool(self._s.media.workers.pool.pids)
+        if self._s.recordings is not None:
+            recording = await self._s.recordings.start(
+                call.id, call.queue, leg.agent_id, remote=self._s.media.workers if remote else None
+            )
+            if recording is not None:
+                call.recording = recording
+                call.recording_id = str(getattr(recording, "recording_id", "")) or None
+        await self._s.media.media_home(call)
+        call.bridge = self._s.media.new_bridge(call, leg.rtp, leg.codec, recording)
+        call.bridge.start(loop_now())
+        log.info("call_bridged", agent=leg.agent_id)
+        # Until a BYE on either leg cancels this task, or the agent transfers the caller.
+        call.transfer_request = asyncio.get_running_loop().create_future()
+        target = await call.transfer_request
+        await self._s.transfers.agent_transfer(call, leg, target)
+
+    def position(self, call: Call) -> int:
+        """1-based place of a waiting call in its queue: higher priority first, then older."""
+        key = (-call.priority, call.enqueued_at or 0.0)
+        ahead = sum(
+            1
+            for other in self._s.calls.values()
+            if other is not call
+            and other.queue == call.queue
+            and other.enqueued_at is not None
+            and other.agent_id is None
+            and (-other.priority, other.enqueued_at) < key
+        )
+        return ahead + 1
+
+    async def _wait_for_agent(self, call: Call, every_s: float) -> AgentLeg:
+        """Music on hold until an agent answers, with an announcement every ``every_s`` seconds."""
+        connected = call.connected
+        assert connected is not None
+        if every_s <= 0:
+            return await connected
+        while not connected.done():
+            done, _ = await asyncio.wait({connected}, timeout=every_s)
+            if done:
+                break
+            prompts = position_prompts(self.position(call))
+            if call.queue in self.average_wait_s:
+                prompts += expected_wait_prompts(self.average_wait_s[call.queue])
+            self._s.metrics.announcements.labels(queue=call.queue).inc()
+            announce = asyncio.ensure_future(self._s.media.play(call, prompts, barge_in=False))
+            racing: set[asyncio.Future[Any]] = {announce, connected}
+            try:
+                await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not announce.done():  # the agent answered mid-sentence: stop talking
+                    self._s.media.stop_player(call)
+                    await asyncio.gather(announce, return_exceptions=True)
+            if not connected.done():
+                self._s.media.music_on_hold(call, call.queue)
+        return connected.result()
+
+    def on_queue_empty(self, queue: str) -> None:
+        """The last logged-in member of ``queue`` left: with ``leave_empty`` its waiting callers
+        (not those already ringing an agent or talking) go to the queue's overflow."""
+        qcfg = next((q for q in self._s.config.queues if q.name == queue), None)
+        if qcfg is None or not qcfg.leave_empty:
+            return
+        for call in list(self._s.calls.values()):
+            waiting = call.connected
+            if call.queue == queue and waiting is not None and not waiting.done():
+                ringing = any(not leg.finished for leg in call.legs.values())
+                if call.enqueued_at is not None and not ringing:
+                    log.info("queue_left_empty", call_id=call.id, queue=queue)
+                    waiting.set_exception(QueueEmptied())
+
+    def record_wait(self, queue: str, wait_s: float) -> None:
+        # An exponential moving average over roughly the last ten answered calls.
+        previous = self.average_wait_s.get(queue)
+        self.average_wait_s[queue] = wait_s if previous is None else 0.8 * previous + 0.2 * wait_s

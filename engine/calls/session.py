@@ -1,0 +1,165 @@
+"""The caller's and the agent legs' SIP sessions: answering with SDP, re-INVITEs, hold.
+
+How this works: ``answer_caller`` opens the caller's RTP endpoint, answers the INVITE's offer
+(PCMU/PCMA, RFC 3264) and indexes the dialog. A re-INVITE (or an UPDATE with an offer, RFC 3311)
+from either side is answered from that side's own offer/answer state (same o= session, version
+up when our answer changes); a codec change mid-call gets 488. Hold and resume (RFC 3264 8)
+change the bridge: an agent's hold gives the caller music, a caller's hold stops our audio to
+it, and the recording is paused as "hold" meanwhile unless already paused (PCI).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from engine.calls.model import CODECS, Call, CallEnded, loop_now
+from engine.media.offload import RemoteBridge
+from sip.dialog import DialogId
+from sip.endpoint import Endpoint, RequestReceived
+from sip.media import RtpEndpoint
+from sip.sdp import (
+    PCMA,
+    PCMU,
+    AudioCapabilities,
+    OfferAnswerError,
+    SdpError,
+    negotiate_answer,
+    parse_sdp,
+)
+
+if TYPE_CHECKING:
+    from engine.calls.service import CallService
+
+log = structlog.stdlib.get_logger("acd.calls")
+
+
+class Session:
+    """SDP offer/answer for the call's legs, re-INVITEs and hold."""
+
+    def __init__(self, service: CallService) -> None:
+        self._s = service
+
+    def _answer_sdp(self, call: Call, rtp: RtpEndpoint) -> tuple[bytes, Any]:
+        offer = parse_sdp(call.request.body)
+        host = rtp.local_address[0]
+        caps = AudioCapabilities(address=host, port=rtp.port, codecs=(PCMU, PCMA))
+        answer = negotiate_answer(offer, caps)
+        call.remote_sdp, call.local_sdp = offer, answer.sdp
+        return answer.sdp.to_bytes(), answer.audio
+
+    def reinvite(self, endpoint: Endpoint, event: RequestReceived, now: float) -> None:
+        """Answer a re-INVITE (or an UPDATE with an offer, RFC 3311) from the caller or an agent
+        leg from that leg's own offer/answer state (same o= session, version up when our answer
+        changes), and act on hold/resume. Session timers ride on these answers (sip.endpoint).
+
+        A re-offer that would change the codec mid-call gets 488: RFC 3264 keeps the session
+        as it was, and the bridge (and recording) keep their codec."""
+        dialog_id = event.dialog_id
+        call = self._s.index.by_dialog.get(dialog_id) if dialog_id else None
+        leg = (
+            None
+            if call is not None or not dialog_id
+            else self._s.index.legs_by_dialog.get(dialog_id)
+        )
+        owner = call if call is not None else leg.call if leg is not None else None
+        rtp = call.rtp if call is not None else leg.rtp if leg is not None else None
+        local = call.local_sdp if call is not None else leg.local_sdp if leg is not None else None
+        if owner is None or rtp is None or local is None:
+            endpoint.send_response(event.transaction_id, 488, now=now)
+            return
+        if not event.request.body:  # an offerless re-INVITE: our current SDP is the offer
+            endpoint.answer(event.transaction_id, local.to_bytes(), now=now)
+            return
+        codec = owner.codec if call is not None else leg.codec  # type: ignore[union-attr]
+        previous = call.remote_sdp if call is not None else leg.last_offer_in  # type: ignore[union-attr]
+        try:
+            offer = parse_sdp(event.request.body)
+            ours = CODECS.get(codec, PCMU)
+            caps = AudioCapabilities(
+                address=rtp.local_address[0], port=rtp.port,
+                codecs=(ours, *(c for c in (PCMU, PCMA) if c.name != ours.name)),
+            )  # fmt: skip
+            answer = negotiate_answer(
+                offer, caps, previous_offer=previous if previous is not None else None,
+                previous_answer=local,
+            )  # fmt: skip
+        except (SdpError, OfferAnswerError):
+            endpoint.send_response(event.transaction_id, 488, now=now)
+            return
+        audio = answer.audio
+        if audio.codec.name != codec:
+            endpoint.send_response(event.transaction_id, 488, now=now)
+            return
+        if call is not None:
+            call.remote_sdp, call.local_sdp = offer, answer.sdp
+        else:
+            assert leg is not None
+            leg.last_offer_in, leg.local_sdp = offer, answer.sdp
+        if not _unspecified(audio.remote_address):  # c=0.0.0.0 (RFC 2543 hold): keep the old one
+            rtp.remote_addr = (audio.remote_address, audio.remote_port)
+        endpoint.answer(event.transaction_id, answer.sdp.to_bytes(), now=now)
+        side = "caller" if call is not None else "agent"
+        if audio.remote_hold != (side in owner.held_by):
+            self.hold_changed(owner, side, audio.remote_hold)
+
+    def hold_changed(self, call: Call, side: str, held: bool) -> None:
+        """``side`` put the other on hold, or took it off. An agent's hold gives the caller the
+        queue's music (as Asterisk does); a caller's hold (its PBX may play its own music, which
+        the agent then hears) only stops our audio towards it. The recording is paused as
+        "hold" while anyone holds, unless it is already paused for another reason (PCI)."""
+        now = loop_now()
+        rtp = call.rtp if side == "caller" else self._s.media.leg_of(call)
+        if isinstance(call.bridge, RemoteBridge) and call.bridge.stopped_at is None:
+            call.bridge.set_held(0 if side == "caller" else 1, held, now)
+        elif rtp is not None:
+            rtp.set_held(held, now)
+        if held:
+            call.held_by.add(side)
+        else:
+            call.held_by.discard(side)
+        log.info("call_hold" if held else "call_resume", by=side, call_id=call.id)
+        bridge = call.bridge
+        if bridge is None or bridge.stopped_at is not None:
+            return
+        agent_holds, caller_holds = "agent" in call.held_by, "caller" in call.held_by
+        if agent_holds and not caller_holds:
+            if call.player is None and not (isinstance(bridge, RemoteBridge) and bridge.playing[0]):
+                self._s.media.music_on_hold(call, call.queue)
+        else:
+            self._s.media.stop_player(call)
+        bridge.set_relay(now, caller_to_agent=not agent_holds, agent_to_caller=not call.held_by)
+        if call.held_by and bridge.recording_paused_for is None:
+            bridge.pause_recording(now, "hold")
+        elif not call.held_by and bridge.recording_paused_for == "hold":
+            bridge.resume_recording(now)
+
+    async def answer_caller(self, call: Call) -> None:
+        if call.answered:
+            return
+        call.rtp = await self._s.media.open_rtp(call)
+        try:
+            body, audio = self._answer_sdp(call, call.rtp)
+        except (SdpError, OfferAnswerError) as exc:
+            call.endpoint.send_response(call.transaction_id, 488, now=loop_now())
+            self._s.transmit()
+            raise CallEnded("no common codec", "failed") from exc
+        call.codec = audio.codec.name
+        call.rtp.remote_addr = (audio.remote_address, audio.remote_port)
+        call.rtp.dtmf_payload_type = audio.telephone_event_pt  # as negotiated, not assumed 101
+        response = call.endpoint.answer(call.transaction_id, body, now=loop_now())
+        self._s.transmit()
+        to, frm = response.to, response.from_
+        if to is not None and frm is not None and to.tag and frm.tag:
+            call.dialog_id = DialogId(call.sip_call_id, to.tag, frm.tag)
+            self._s.index.by_dialog[call.dialog_id] = call
+        call.answered = True
+
+
+def _unspecified(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_unspecified
+    except ValueError:  # a host name: a real address
+        return False
