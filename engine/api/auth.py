@@ -23,7 +23,7 @@ from aiohttp import web
 from engine.api.app import Problem, json_response
 from engine.api.context import CONTEXT_KEY, ApiContext
 from engine.config import Config, Role
-from engine.storage.schema import audit_log
+from engine.storage import queries
 
 log = structlog.stdlib.get_logger("acd.api")
 
@@ -152,7 +152,6 @@ async def audit(
     if ctx.store is None:
         return
     try:
-        async with ctx.store.engine.begin() as conn:
-            await conn.execute(audit_log.insert().values(**row))
+        await queries.insert_audit(ctx.store, row)
     except sa.exc.SQLAlchemyError as exc:
         log.error("audit_write_failed", reason=str(exc), action=action)

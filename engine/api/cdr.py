@@ -7,14 +7,13 @@ searches only its own calls.
 
 from __future__ import annotations
 
-import sqlalchemy as sa
 from aiohttp import web
 
 from engine.api.app import json_response
 from engine.api.auth import _principal
 from engine.api.context import CONTEXT_KEY, _float_arg
 from engine.config import Role
-from engine.storage.schema import calls
+from engine.storage import queries
 
 # A CDR search returns at most this many rows; page with `until` = the oldest arrived_at seen.
 MAX_CDR_ROWS = 1000
@@ -31,21 +30,19 @@ async def search_cdr(request: web.Request) -> web.Response:
         limit = min(int(request.query.get("limit", "100")), MAX_CDR_ROWS)
     except ValueError:
         raise web.HTTPBadRequest(text="limit must be an integer") from None
-    query = sa.select(calls).order_by(calls.c.arrived_at.desc()).limit(limit)
-    if since is not None:
-        query = query.where(calls.c.arrived_at >= since)
-    if until is not None:
-        query = query.where(calls.c.arrived_at < until)
-    for arg in ("queue", "caller", "disposition"):
-        if arg in request.query:
-            query = query.where(calls.c[arg] == request.query[arg])
     agent = request.query.get("agent")
     if not principal.at_least(Role.SUPERVISOR):
         if agent not in (None, principal.agent_id):
             raise web.HTTPForbidden(text="agents may only search their own calls")
         agent = principal.agent_id
-    if agent is not None:
-        query = query.where(calls.c.agent_id == agent)
-    async with ctx.store.engine.connect() as conn:
-        rows = [dict(r) for r in (await conn.execute(query)).mappings()]
+    rows = await queries.search_calls(
+        ctx.store,
+        limit=limit,
+        since=since,
+        until=until,
+        queue=request.query.get("queue"),
+        caller=request.query.get("caller"),
+        disposition=request.query.get("disposition"),
+        agent=agent,
+    )
     return json_response(rows)

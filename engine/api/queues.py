@@ -16,15 +16,13 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
-import sqlalchemy as sa
 from aiohttp import web
 
 from engine.api.app import json_response
 from engine.api.auth import _principal, _require
 from engine.api.context import CONTEXT_KEY, _float_arg
 from engine.config import Role
-from engine.storage import Store
-from engine.storage.schema import calls
+from engine.storage import queries
 
 # Interval statistics cover at most this span per request (31 days of 15-minute intervals).
 MAX_STATS_SPAN_S = 31 * 86400
@@ -81,33 +79,10 @@ def summarize(rows: Iterable[Mapping[str, Any]], threshold_s: float) -> DayFigur
     )
 
 
-_STAT_COLUMNS = (
-    calls.c.queue,
-    calls.c.arrived_at,
-    calls.c.agent_answered_at,
-    calls.c.disposition,
-    calls.c.wait_s,
-    calls.c.talk_s,
-    calls.c.wrap_up_s,
-)
-
-
 def start_of_today(now: float | None = None) -> float:
     """Local midnight of the server's time zone, as epoch seconds (what 'today' means on a wallboard)."""
     moment = datetime.fromtimestamp(time.time() if now is None else now).astimezone()
     return moment.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
-
-
-async def _stat_rows(
-    store: Store, since: float, until: float | None, queues: Iterable[str] | None
-) -> list[Mapping[str, Any]]:
-    query = sa.select(*_STAT_COLUMNS).where(calls.c.arrived_at >= since, calls.c.queue.is_not(None))
-    if until is not None:
-        query = query.where(calls.c.arrived_at < until)
-    if queues is not None:
-        query = query.where(calls.c.queue.in_(list(queues)))
-    async with store.engine.connect() as conn:
-        return [dict(row) for row in (await conn.execute(query)).mappings()]
 
 
 async def list_queues(request: web.Request) -> web.Response:
@@ -126,7 +101,7 @@ async def list_queues(request: web.Request) -> web.Response:
         live = {name: (n, wait) for name, n, wait in ctx.routing.queue_figures()}
         by_state = ctx.routing.agents_by_queue_and_state()
     rows = (
-        await _stat_rows(ctx.store, start_of_today(), None, [q.name for q in visible])
+        await queries.stat_rows(ctx.store, start_of_today(), None, [q.name for q in visible])
         if ctx.store
         else []
     )
@@ -167,7 +142,7 @@ async def interval_stats(request: web.Request) -> web.Response:
     config = ctx.get_config()
     thresholds = {q.name: q.service_level_s for q in config.queues}
     wanted = [request.query["queue"]] if "queue" in request.query else list(thresholds)
-    rows = await _stat_rows(ctx.store, since, until, wanted)
+    rows = await queries.stat_rows(ctx.store, since, until, wanted)
     buckets: dict[tuple[float, str], list[Mapping[str, Any]]] = {}
     for row in rows:
         start = since + ((row["arrived_at"] - since) // interval_s) * interval_s

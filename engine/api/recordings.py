@@ -13,7 +13,6 @@ import asyncio
 from typing import Any
 
 import msgspec
-import sqlalchemy as sa
 from aiohttp import web
 
 from engine.api.app import json_response
@@ -22,19 +21,13 @@ from engine.api.cdr import MAX_CDR_ROWS
 from engine.api.context import CONTEXT_KEY, ApiContext, _float_arg
 from engine.config import Role
 from engine.recording.service import CONTENT_TYPES
-from engine.storage.schema import recordings
+from engine.storage import queries
 
 
 async def _recording_row(ctx: ApiContext, recording_id: str) -> dict[str, Any] | None:
     if ctx.store is None:
         raise web.HTTPServiceUnavailable(text="storage is not open")
-    async with ctx.store.engine.connect() as conn:
-        row = (
-            (await conn.execute(sa.select(recordings).where(recordings.c.id == recording_id)))
-            .mappings()
-            .first()
-        )
-    return None if row is None else dict(row)
+    return await queries.recording_row(ctx.store, recording_id)
 
 
 def _may_hear(ctx: ApiContext, principal: Principal, row: dict[str, Any]) -> bool:
@@ -49,14 +42,8 @@ async def list_recordings(request: web.Request) -> web.Response:
     principal = _principal(request)
     if ctx.store is None:
         raise web.HTTPServiceUnavailable(text="storage is not open")
-    query = sa.select(recordings).order_by(recordings.c.started_at.desc())
-    query = query.limit(min(int(request.query.get("limit", "100") or 100), MAX_CDR_ROWS))
-    for arg, column in (("call_id", recordings.c.call_id), ("queue", recordings.c.queue)):
-        if arg in request.query:
-            query = query.where(column == request.query[arg])
+    limit = min(int(request.query.get("limit", "100") or 100), MAX_CDR_ROWS)
     since = _float_arg(request, "since", None)
-    if since is not None:
-        query = query.where(recordings.c.started_at >= since)
     agent = request.query.get("agent")
     if not principal.at_least(Role.SUPERVISOR):
         if not ctx.get_config().recordings.agents_download_own or agent not in (
@@ -67,10 +54,14 @@ async def list_recordings(request: web.Request) -> web.Response:
                 text="recordings are for supervisors (or own calls when allowed)"
             )
         agent = principal.agent_id
-    if agent is not None:
-        query = query.where(recordings.c.agent_id == agent)
-    async with ctx.store.engine.connect() as conn:
-        rows = [dict(r) for r in (await conn.execute(query)).mappings()]
+    rows = await queries.search_recordings(
+        ctx.store,
+        limit=limit,
+        call_id=request.query.get("call_id"),
+        queue=request.query.get("queue"),
+        since=since,
+        agent=agent,
+    )
     return json_response(rows)
 
 
@@ -130,12 +121,7 @@ async def set_legal_hold(request: web.Request) -> web.Response:
     except msgspec.DecodeError as exc:
         raise web.HTTPBadRequest(text=f'expected {{"legal_hold": true|false}}: {exc}') from None
     assert ctx.store is not None  # checked by _recording_row
-    async with ctx.store.engine.begin() as conn:
-        await conn.execute(
-            recordings.update()
-            .where(recordings.c.id == recording_id)
-            .values(legal_hold=hold.legal_hold)
-        )
+    await queries.update_legal_hold(ctx.store, recording_id, hold.legal_hold)
     await audit(ctx, request, action="legal_hold", outcome="done", object_type="recording",
                 object_id=recording_id, detail={"legal_hold": hold.legal_hold})  # fmt: skip
     return json_response({"id": recording_id, "legal_hold": hold.legal_hold})
