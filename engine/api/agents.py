@@ -16,7 +16,7 @@ from aiohttp import web
 
 import routing_core as rc
 from engine.api.app import json_response
-from engine.api.auth import Principal, _principal, audit
+from engine.api.auth import Principal, audit, principal_of
 from engine.api.context import CONTEXT_KEY, ApiContext
 from engine.config import Role
 
@@ -64,7 +64,7 @@ def _agent_view(ctx: ApiContext, agent_id: str) -> AgentView | None:
 
 async def list_agents(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT_KEY]
-    principal = _principal(request)
+    principal = principal_of(request)
     ids = [a.id for a in ctx.get_config().agents]
     if not principal.at_least(Role.SUPERVISOR):
         ids = [i for i in ids if i == principal.agent_id]
@@ -79,7 +79,7 @@ def _check_agent_access(principal: Principal, agent_id: str) -> None:
 async def get_agent(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT_KEY]
     agent_id = request.match_info["agent_id"]
-    _check_agent_access(_principal(request), agent_id)
+    _check_agent_access(principal_of(request), agent_id)
     view = _agent_view(ctx, agent_id)
     if view is None:
         raise web.HTTPNotFound(text=f"no agent {agent_id!r}")
@@ -92,7 +92,7 @@ _STATE_EVENTS = {"ready": "available", "not_ready": "not_ready", "logged_out": "
 async def set_agent_state(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT_KEY]
     agent_id = request.match_info["agent_id"]
-    principal = _principal(request)
+    principal = principal_of(request)
     _check_agent_access(principal, agent_id)
     if _agent_view(ctx, agent_id) is None:
         raise web.HTTPNotFound(text=f"no agent {agent_id!r}")

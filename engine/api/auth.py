@@ -79,7 +79,6 @@ def _problem(
     return response
 
 
-# The event stream authenticates in its first message (browsers cannot set headers on a WebSocket).
 # Public to the bearer middleware: the index, the OpenAPI document, and the two WebSockets, which
 # authenticate in their first message (a browser cannot set headers on a WebSocket).
 _PUBLIC = {"/api/v1/", "/api/v1/openapi.json", "/api/v1/events", "/api/v1/agent/rtc"}
@@ -113,13 +112,15 @@ def make_auth_middleware(tokens: TokenTable) -> Callable[..., Awaitable[web.Stre
     return auth_middleware
 
 
-def _principal(request: web.Request) -> Principal:
+def principal_of(request: web.Request) -> Principal:
+    """Who sent this request, as the auth middleware resolved it (not set on its public paths)."""
     principal: Principal = request[PRINCIPAL_KEY]
     return principal
 
 
-def _require(request: web.Request, role: Role) -> Principal:
-    principal = _principal(request)
+def require_role(request: web.Request, role: Role) -> Principal:
+    """The request's principal if it holds ``role`` or a higher one; 403 otherwise."""
+    principal = principal_of(request)
     if not principal.at_least(role):
         raise web.HTTPForbidden(text=f"needs the {role.value} role")
     return principal

@@ -17,7 +17,7 @@ import structlog
 from aiohttp import web
 
 from engine.api.app import json_response
-from engine.api.auth import Principal, _principal, _require, audit
+from engine.api.auth import Principal, audit, principal_of, require_role
 from engine.api.context import CONTEXT_KEY
 from engine.config import Role
 from engine.recording.service import RecordingRefused
@@ -27,7 +27,7 @@ log = structlog.stdlib.get_logger("acd.api")
 
 async def live_calls(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT_KEY]
-    _require(request, Role.SUPERVISOR)
+    require_role(request, Role.SUPERVISOR)
     return json_response([] if ctx.calls is None else ctx.calls.live_calls())
 
 
@@ -43,7 +43,7 @@ class CallTransfer(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 async def transfer_call(request: web.Request) -> web.Response:
     """The call's agent or a supervisor sends the caller elsewhere; the agent's part ends."""
     ctx = request.app[CONTEXT_KEY]
-    principal = _principal(request)
+    principal = principal_of(request)
     call_id = request.match_info["call_id"]
     try:
         body = msgspec.json.decode(await request.read(), type=CallTransfer)
@@ -119,7 +119,7 @@ async def change_call_recording(request: web.Request) -> web.Response:
     """The call's agent or a supervisor: pause/resume (PCI: card data is not recorded) or start
     recording now (on demand). Every attempt that names an action is audited, refused or not."""
     ctx = request.app[CONTEXT_KEY]
-    principal = _principal(request)
+    principal = principal_of(request)
     call_id = request.match_info["call_id"]
     try:
         body = msgspec.json.decode(await request.read(), type=CallRecordingChange)

@@ -10,8 +10,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from engine.api.app import json_response
-from engine.api.auth import _principal
-from engine.api.context import CONTEXT_KEY, _float_arg
+from engine.api.auth import principal_of
+from engine.api.context import CONTEXT_KEY, float_arg
 from engine.config import Role
 from engine.storage import queries
 
@@ -21,11 +21,11 @@ MAX_CDR_ROWS = 1000
 
 async def search_cdr(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT_KEY]
-    principal = _principal(request)
+    principal = principal_of(request)
     if ctx.store is None:
         raise web.HTTPServiceUnavailable(text="storage is not open")
-    since = _float_arg(request, "since", None)
-    until = _float_arg(request, "until", None)
+    since = float_arg(request, "since", None)
+    until = float_arg(request, "until", None)
     try:
         limit = min(int(request.query.get("limit", "100")), MAX_CDR_ROWS)
     except ValueError:

@@ -42,7 +42,8 @@ class ApiContext:
 CONTEXT_KEY = web.AppKey("api_context", ApiContext)
 
 
-def _float_arg(request: web.Request, name: str, default: float | None) -> float | None:
+def float_arg(request: web.Request, name: str, default: float | None) -> float | None:
+    """The query argument ``name`` as a number, ``default`` when absent; 400 when not a number."""
     raw = request.query.get(name)
     if raw is None:
         return default

@@ -19,8 +19,8 @@ import msgspec
 from aiohttp import web
 
 from engine.api.app import json_response
-from engine.api.auth import _principal, _require
-from engine.api.context import CONTEXT_KEY, _float_arg
+from engine.api.auth import principal_of, require_role
+from engine.api.context import CONTEXT_KEY, float_arg
 from engine.config import Role
 from engine.storage import queries
 
@@ -87,7 +87,7 @@ def start_of_today(now: float | None = None) -> float:
 
 async def list_queues(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT_KEY]
-    principal = _principal(request)
+    principal = principal_of(request)
     config = ctx.get_config()
     if principal.at_least(Role.SUPERVISOR):
         visible = list(config.queues)
@@ -126,13 +126,13 @@ async def list_queues(request: web.Request) -> web.Response:
 
 async def interval_stats(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT_KEY]
-    _require(request, Role.SUPERVISOR)
+    require_role(request, Role.SUPERVISOR)
     if ctx.store is None:
         raise web.HTTPServiceUnavailable(text="storage is not open")
     now = time.time()
-    interval_s = _float_arg(request, "interval_s", 900.0) or 900.0
-    since = _float_arg(request, "since", start_of_today(now))
-    until = _float_arg(request, "until", now)
+    interval_s = float_arg(request, "interval_s", 900.0) or 900.0
+    since = float_arg(request, "since", start_of_today(now))
+    until = float_arg(request, "until", now)
     assert since is not None
     assert until is not None
     if interval_s < 60 or until <= since or until - since > MAX_STATS_SPAN_S:

@@ -16,9 +16,9 @@ import msgspec
 from aiohttp import web
 
 from engine.api.app import json_response
-from engine.api.auth import Principal, _principal, _require, audit
+from engine.api.auth import Principal, audit, principal_of, require_role
 from engine.api.cdr import MAX_CDR_ROWS
-from engine.api.context import CONTEXT_KEY, ApiContext, _float_arg
+from engine.api.context import CONTEXT_KEY, ApiContext, float_arg
 from engine.config import Role
 from engine.recording.service import CONTENT_TYPES
 from engine.storage import queries
@@ -39,11 +39,11 @@ def _may_hear(ctx: ApiContext, principal: Principal, row: dict[str, Any]) -> boo
 
 async def list_recordings(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT_KEY]
-    principal = _principal(request)
+    principal = principal_of(request)
     if ctx.store is None:
         raise web.HTTPServiceUnavailable(text="storage is not open")
     limit = min(int(request.query.get("limit", "100") or 100), MAX_CDR_ROWS)
-    since = _float_arg(request, "since", None)
+    since = float_arg(request, "since", None)
     agent = request.query.get("agent")
     if not principal.at_least(Role.SUPERVISOR):
         if not ctx.get_config().recordings.agents_download_own or agent not in (
@@ -67,7 +67,7 @@ async def list_recordings(request: web.Request) -> web.Response:
 
 async def download_recording(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CONTEXT_KEY]
-    principal = _principal(request)
+    principal = principal_of(request)
     recording_id = request.match_info["recording_id"]
     row = await _recording_row(ctx, recording_id)
     if row is None:
@@ -112,7 +112,7 @@ class LegalHold(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 async def set_legal_hold(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT_KEY]
-    _require(request, Role.ADMIN)
+    require_role(request, Role.ADMIN)
     recording_id = request.match_info["recording_id"]
     if await _recording_row(ctx, recording_id) is None:
         raise web.HTTPNotFound(text=f"no recording {recording_id!r}")

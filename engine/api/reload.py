@@ -9,14 +9,14 @@ from __future__ import annotations
 from aiohttp import web
 
 from engine.api.app import json_response
-from engine.api.auth import _require, audit
+from engine.api.auth import audit, require_role
 from engine.api.context import CONTEXT_KEY
 from engine.config import Role
 
 
 async def reload_config(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT_KEY]
-    _require(request, Role.ADMIN)
+    require_role(request, Role.ADMIN)
     applied = ctx.reload()
     await audit(ctx, request, action="reload", outcome="done" if applied else "refused")
     if not applied:
