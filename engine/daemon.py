@@ -24,7 +24,7 @@ import structlog
 from aiohttp import web
 
 import routing_core as rc
-from engine.api import routes as api
+from engine import api
 from engine.api.app import ReadyCheck, make_app, openapi_document
 from engine.calls.flows import FlowRunner
 from engine.calls.service import CallService

@@ -1,1 +1,61 @@
-"""HTTP API: the aiohttp app (health, metrics), the JSON API under /api/v1/ and its event stream."""
+"""HTTP API: the aiohttp app (health, metrics), the JSON API under /api/v1/ and its event stream.
+
+How this works: the daemon makes the app with ``app.make_app`` (``/healthz``, ``/readyz``,
+``/metrics``, the index and the OpenAPI document, Problem JSON for errors), adds
+``make_auth_middleware``, and calls ``add_routes`` below with its ``ApiContext``. Every handler is
+a function of the request alone; what it needs from the daemon it reads from that context.
+
+Where each resource lives, one module per concern:
+
+- ``app``: the aiohttp app, health, readiness, metrics, ``Problem`` and ``json_response``
+- ``context``: ``ApiContext``, the daemon's parts the handlers reach, and query-argument parsing
+- ``auth``: bearer tokens, roles (``Principal``), the auth middleware, the audit log
+- ``queues``: ``GET /api/v1/queues`` (live and today's figures), ``GET /api/v1/stats/intervals``
+- ``agents``: ``GET /api/v1/agents``, ``GET|PUT /api/v1/agents/{agent_id}[/state]``
+- ``cdr``: ``GET /api/v1/cdr``
+- ``recordings``: ``GET /api/v1/recordings``, ``.../{recording_id}/audio``, ``.../legal_hold``
+- ``calls``: ``GET /api/v1/calls``, ``PUT .../{call_id}/recording``, ``POST .../{call_id}/transfer``
+- ``reload``: ``POST /api/v1/reload``
+- ``events``: the ``/api/v1/events`` WebSocket
+- ``openapi``: the control API's paths and schemas in ``/api/v1/openapi.json``
+
+The browser agents' ``/api/v1/agent/rtc`` WebSocket is served by ``engine.webrtc.gateway``.
+
+This package's own names (``__all__``) are what the daemon uses to put the API together.
+"""
+
+from aiohttp import web
+
+from engine.api import agents, calls, cdr, events, queues, recordings, reload
+from engine.api.auth import TOKENS_KEY, TokenTable, make_auth_middleware
+from engine.api.context import CONTEXT_KEY, ApiContext
+from engine.api.openapi import openapi_paths
+
+__all__ = [
+    "TOKENS_KEY",
+    "ApiContext",
+    "TokenTable",
+    "add_routes",
+    "make_auth_middleware",
+    "openapi_paths",
+]
+
+
+def add_routes(app: web.Application, ctx: ApiContext) -> None:
+    app[CONTEXT_KEY] = ctx
+    app.router.add_get("/api/v1/queues", queues.list_queues)
+    app.router.add_get("/api/v1/agents", agents.list_agents)
+    app.router.add_get("/api/v1/agents/{agent_id}", agents.get_agent)
+    app.router.add_put("/api/v1/agents/{agent_id}/state", agents.set_agent_state)
+    app.router.add_get("/api/v1/cdr", cdr.search_cdr)
+    app.router.add_get("/api/v1/stats/intervals", queues.interval_stats)
+    app.router.add_post("/api/v1/reload", reload.reload_config)
+    app.router.add_get("/api/v1/events", events.event_stream)
+    app[events.EVENT_STREAMS_KEY] = set[web.WebSocketResponse]()
+    app.on_shutdown.append(events.close_event_streams)
+    app.router.add_get("/api/v1/recordings", recordings.list_recordings)
+    app.router.add_get("/api/v1/recordings/{recording_id}/audio", recordings.download_recording)
+    app.router.add_put("/api/v1/recordings/{recording_id}/legal_hold", recordings.set_legal_hold)
+    app.router.add_get("/api/v1/calls", calls.live_calls)
+    app.router.add_put("/api/v1/calls/{call_id}/recording", calls.change_call_recording)
+    app.router.add_post("/api/v1/calls/{call_id}/transfer", calls.transfer_call)

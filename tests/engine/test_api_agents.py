@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 
 import routing_core as rc
-from engine.api import routes as api
+from engine import api
 from engine.api.app import make_app
 from engine.config import parse_config
 from engine.routing.service import RoutingService

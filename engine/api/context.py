@@ -1,0 +1,53 @@
+"""What every API handler starts from: the daemon's parts, and query arguments.
+
+How this works: the daemon builds one ``ApiContext`` and fills in its parts (store, CDR writer,
+routing, event bus, recordings, calls) as they start; ``add_routes`` puts it on the app under
+``CONTEXT_KEY``. Handlers read ``request.app[CONTEXT_KEY]`` and never hold state of their own; a
+part that is not running yet is ``None``, and a handler that needs it answers 503. Agent state is
+read from and changed in the routing service (the one owner, DESIGN.md section 2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from engine.config import Config
+from engine.recording.service import RecordingService
+from engine.routing.service import RoutingService
+from engine.runtime.events import EventBus
+from engine.storage import Store
+from engine.storage.cdr import CdrWriter
+
+
+@dataclass
+class ApiContext:
+    """What the API needs from the daemon; filled in by the daemon as parts start."""
+
+    get_config: Callable[[], Config]
+    reload: Callable[[], bool]
+    store: Store | None = None
+    cdr: CdrWriter | None = None
+    routing: RoutingService | None = None
+    bus: EventBus | None = None
+    recordings: RecordingService | None = None
+    calls: Any = (
+        None  # engine.calls.service.CallService (typed loosely: calls imports this module's peers)
+    )
+
+
+CONTEXT_KEY = web.AppKey("api_context", ApiContext)
+
+
+def float_arg(request: web.Request, name: str, default: float | None) -> float | None:
+    """The query argument ``name`` as a number, ``default`` when absent; 400 when not a number."""
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise web.HTTPBadRequest(text=f"{name} must be epoch seconds, found {raw!r}") from None

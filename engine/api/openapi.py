@@ -1,0 +1,201 @@
+"""The control API's part of the OpenAPI 3.1 document at ``/api/v1/openapi.json``.
+
+How this works: ``openapi_paths`` returns the paths and component schemas of the routes
+``add_routes`` serves; the daemon hands them to ``engine.api.app.openapi_document``, which adds
+its own (health, readiness, metrics, index) and the shared Problem response. Where a handler
+decodes or answers a msgspec struct (queues, agents, intervals, call recording control), the schema
+is generated from that struct, so it cannot drift from the code; the rest (summaries, query
+parameters, error codes, the other bodies) is written here by hand.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from engine.api.agents import AgentStateChange, AgentView
+from engine.api.calls import CallRecordingChange, CallRecordingState
+from engine.api.cdr import MAX_CDR_ROWS
+from engine.api.queues import IntervalFigures, QueueView
+from engine.recording.service import CONTENT_TYPES
+
+
+def _op(
+    summary: str, ok_schema: dict[str, Any], *, body: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary,
+        "security": [{"bearer": []}],
+        "responses": {
+            "200": {"description": "OK", "content": {"application/json": {"schema": ok_schema}}},
+            "401": {"$ref": "#/components/responses/Problem"},
+            "403": {"$ref": "#/components/responses/Problem"},
+        },
+    }
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+    return op
+
+
+def openapi_paths() -> tuple[dict[str, Any], dict[str, Any]]:
+    """(paths, component schemas) of the routes ``add_routes`` serves."""
+    (queues, agents, agent, change, intervals), schemas = msgspec.json.schema_components(
+        [list[QueueView], list[AgentView], AgentView, AgentStateChange, list[IntervalFigures]],
+        ref_template="#/components/schemas/{name}",
+    )
+    agent_id = {"name": "agent_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    epoch = {"type": "number", "description": "epoch seconds"}
+    paths: dict[str, Any] = {
+        "/api/v1/queues": {"get": _op("Queues with live and today's figures", queues)},
+        "/api/v1/agents": {"get": _op("Agents and their routing state", agents)},
+        "/api/v1/agents/{agent_id}": {
+            "get": {**_op("One agent", agent), "parameters": [agent_id]},
+        },
+        "/api/v1/agents/{agent_id}/state": {
+            "put": {
+                **_op("Change an agent's state (audited)", agent, body=change),
+                "parameters": [agent_id],
+            },
+        },
+        "/api/v1/cdr": {
+            "get": {
+                **_op(
+                    "Search call detail records, newest first",
+                    {"type": "array", "items": {"type": "object"}},
+                ),
+                "parameters": [
+                    {"name": n, "in": "query", "schema": sch}
+                    for n, sch in (
+                        ("since", epoch),
+                        ("until", epoch),
+                        ("queue", {"type": "string"}),
+                        ("agent", {"type": "string"}),
+                        ("caller", {"type": "string"}),
+                        ("disposition", {"type": "string"}),
+                        ("limit", {"type": "integer", "maximum": MAX_CDR_ROWS}),
+                    )
+                ],
+            }
+        },
+        "/api/v1/stats/intervals": {
+            "get": {
+                **_op("Per-interval queue statistics", intervals),
+                "parameters": [
+                    {"name": n, "in": "query", "schema": sch}
+                    for n, sch in (
+                        ("since", epoch),
+                        ("until", epoch),
+                        ("interval_s", {"type": "number", "minimum": 60}),
+                        ("queue", {"type": "string"}),
+                    )
+                ],
+            }
+        },
+        "/api/v1/reload": {
+            "post": _op("Reload the config file (admin, audited)", {"type": "object"})
+        },
+        **_recording_paths(),
+    }
+    (change, state), recording_schemas = msgspec.json.schema_components(
+        [CallRecordingChange, CallRecordingState], ref_template="#/components/schemas/{name}"
+    )
+    put = paths["/api/v1/calls/{call_id}/recording"]["put"]
+    put["requestBody"]["content"]["application/json"]["schema"] = change
+    put["responses"]["200"]["content"]["application/json"]["schema"] = state
+    return paths, {**schemas, **recording_schemas}
+
+
+def _recording_paths() -> dict[str, Any]:
+    """Recordings and the live calls' recording control (bodies filled in by openapi_paths)."""
+    rows = {"type": "array", "items": {"type": "object"}}
+
+    def path_param(name: str) -> dict[str, Any]:
+        return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+    def problems(op: dict[str, Any], **codes: str) -> dict[str, Any]:
+        for code, description in codes.items():
+            # OpenAPI 3.1: a reference may carry its own description
+            op["responses"][code.removeprefix("s")] = {
+                "$ref": "#/components/responses/Problem",
+                "description": description,
+            }
+        return op
+
+    audio = _op("Download a recording, decrypted (audited)", {"type": "string"})
+    audio["responses"]["200"] = {
+        "description": "the audio file",
+        "content": {t: {"schema": {"type": "string", "format": "binary"}} for t in CONTENT_TYPES.values()},
+    }  # fmt: skip
+    change = problems(
+        _op(
+            "The call's agent or a supervisor pauses/resumes the recording (PCI) or, with "
+            '{"record": true}, starts recording it from now to the hang-up (any queue policy '
+            "but never; the index row says on_demand). Every attempt is audited.",
+            {"type": "object"},
+            body={"type": "object"},
+        ),
+        s404="no such live call",
+        s409="refused: not bridged yet, already recorded, not recorded (pause), or the queue's "
+        "policy is never",
+    )
+    return {
+        "/api/v1/recordings": {
+            "get": {
+                **_op("Search the recordings index, newest first", rows),
+                "parameters": [
+                    {"name": n, "in": "query", "schema": {"type": t}}
+                    for n, t in (
+                        ("call_id", "string"),
+                        ("queue", "string"),
+                        ("agent", "string"),
+                        ("since", "number"),
+                        ("limit", "integer"),
+                    )
+                ],
+            }
+        },
+        "/api/v1/recordings/{recording_id}/audio": {
+            "get": {
+                **problems(audio, s404="no such recording", s410="purged"),
+                "parameters": [path_param("recording_id")],
+            },
+        },
+        "/api/v1/recordings/{recording_id}/legal_hold": {
+            "put": {
+                **_op(
+                    "Set or clear a recording's legal hold (admin, audited)",
+                    {"type": "object"},
+                    body={"type": "object", "properties": {"legal_hold": {"type": "boolean"}}},
+                ),
+                "parameters": [path_param("recording_id")],
+            },
+        },
+        "/api/v1/calls": {"get": _op("Live calls (supervisor)", rows)},
+        "/api/v1/calls/{call_id}/recording": {
+            "put": {**change, "parameters": [path_param("call_id")]},
+        },
+        "/api/v1/calls/{call_id}/transfer": {
+            "post": {
+                **problems(
+                    _op(
+                        "The call's agent or a supervisor blind-transfers the caller to a queue, "
+                        "or to a number through a trunk; the agent's part ends (audited). A "
+                        "number that does not answer puts the caller back in its queue.",
+                        {"type": "object"},
+                        body={
+                            "type": "object",
+                            "properties": {
+                                "queue": {"type": "string"},
+                                "number": {"type": "string"},
+                                "trunk": {"type": "string"},
+                            },
+                        },
+                    ),
+                    s404="no such live call",
+                    s409="refused: not bridged, unknown queue, no trunk to the number",
+                ),
+                "parameters": [path_param("call_id")],
+            },
+        },
+    }

@@ -1,0 +1,156 @@
+"""Queues with their live and today's figures, and per-interval statistics.
+
+How this works: live figures (waiting, oldest wait, agents per state) come from the routing
+service; the day's and the intervals' figures come from the CDR store. ``service_level`` is
+answered within the queue's threshold divided by answered (the same definition as ``acd
+simulate``'s ``service_level``), ``asa_s`` the mean wait of answered calls, ``aht_s`` the mean
+talk plus wrap-up, ``abandon_rate`` abandoned over offered. An agent sees only its own queues;
+interval statistics are for supervisors.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from engine.api.app import json_response
+from engine.api.auth import principal_of, require_role
+from engine.api.context import CONTEXT_KEY, float_arg
+from engine.config import Role
+from engine.storage import queries
+
+# Interval statistics cover at most this span per request (31 days of 15-minute intervals).
+MAX_STATS_SPAN_S = 31 * 86400
+
+
+class DayFigures(msgspec.Struct, frozen=True):
+    offered: int
+    answered: int
+    abandoned: int
+    service_level: float | None
+    asa_s: float | None
+    aht_s: float | None
+    abandon_rate: float | None
+
+
+class QueueView(msgspec.Struct, frozen=True):
+    name: str
+    strategy: str
+    waiting: int
+    oldest_wait_s: float
+    agents: dict[str, int]
+    service_level_s: float
+    today: DayFigures
+
+
+class IntervalFigures(msgspec.Struct, frozen=True):
+    start: float
+    queue: str
+    figures: DayFigures
+
+
+def summarize(rows: Iterable[Mapping[str, Any]], threshold_s: float) -> DayFigures:
+    offered = answered = abandoned = within = 0
+    waits: list[float] = []
+    handle: list[float] = []
+    for row in rows:
+        offered += 1
+        if row["agent_answered_at"] is not None:
+            answered += 1
+            wait = float(row["wait_s"] or 0.0)
+            waits.append(wait)
+            within += wait <= threshold_s
+            handle.append(float(row["talk_s"] or 0.0) + float(row["wrap_up_s"] or 0.0))
+        elif row["disposition"] == "abandoned":
+            abandoned += 1
+    return DayFigures(
+        offered=offered,
+        answered=answered,
+        abandoned=abandoned,
+        service_level=within / answered if answered else None,
+        asa_s=sum(waits) / len(waits) if waits else None,
+        aht_s=sum(handle) / len(handle) if handle else None,
+        abandon_rate=abandoned / offered if offered else None,
+    )
+
+
+def start_of_today(now: float | None = None) -> float:
+    """Local midnight of the server's time zone, as epoch seconds (what 'today' means on a wallboard)."""
+    moment = datetime.fromtimestamp(time.time() if now is None else now).astimezone()
+    return moment.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+
+
+async def list_queues(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT_KEY]
+    principal = principal_of(request)
+    config = ctx.get_config()
+    if principal.at_least(Role.SUPERVISOR):
+        visible = list(config.queues)
+    else:  # an agent sees the queues it is a member of
+        agent = next((a for a in config.agents if a.id == principal.agent_id), None)
+        member_of = set(agent.queues) if agent else set()
+        visible = [q for q in config.queues if q.name in member_of]
+    live: dict[str, tuple[int, float]] = {}
+    by_state: dict[tuple[str, str], int] = {}
+    if ctx.routing is not None:
+        live = {name: (n, wait) for name, n, wait in ctx.routing.queue_figures()}
+        by_state = ctx.routing.agents_by_queue_and_state()
+    rows = (
+        await queries.stat_rows(ctx.store, start_of_today(), None, [q.name for q in visible])
+        if ctx.store
+        else []
+    )
+    views = []
+    for queue in visible:
+        waiting, oldest = live.get(queue.name, (0, 0.0))
+        views.append(
+            QueueView(
+                name=queue.name,
+                strategy=queue.strategy.value,
+                waiting=waiting,
+                oldest_wait_s=round(oldest, 3),
+                agents={s: n for (q, s), n in by_state.items() if q == queue.name},
+                service_level_s=queue.service_level_s,
+                today=summarize(
+                    (r for r in rows if r["queue"] == queue.name), queue.service_level_s
+                ),
+            )
+        )
+    return json_response(views)
+
+
+async def interval_stats(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT_KEY]
+    require_role(request, Role.SUPERVISOR)
+    if ctx.store is None:
+        raise web.HTTPServiceUnavailable(text="storage is not open")
+    now = time.time()
+    interval_s = float_arg(request, "interval_s", 900.0) or 900.0
+    since = float_arg(request, "since", start_of_today(now))
+    until = float_arg(request, "until", now)
+    assert since is not None
+    assert until is not None
+    if interval_s < 60 or until <= since or until - since > MAX_STATS_SPAN_S:
+        raise web.HTTPBadRequest(
+            text=f"need interval_s >= 60 and 0 < until - since <= {MAX_STATS_SPAN_S} s"
+        )
+    config = ctx.get_config()
+    thresholds = {q.name: q.service_level_s for q in config.queues}
+    wanted = [request.query["queue"]] if "queue" in request.query else list(thresholds)
+    rows = await queries.stat_rows(ctx.store, since, until, wanted)
+    buckets: dict[tuple[float, str], list[Mapping[str, Any]]] = {}
+    for row in rows:
+        start = since + ((row["arrived_at"] - since) // interval_s) * interval_s
+        buckets.setdefault((start, row["queue"]), []).append(row)
+    out = [
+        IntervalFigures(
+            start=start, queue=queue, figures=summarize(group, thresholds.get(queue, 20.0))
+        )
+        for (start, queue), group in sorted(buckets.items())
+    ]
+    return json_response(out)
