@@ -17,7 +17,8 @@ checks of 8.2 (501 + Allow, 416, 420 + Unsupported, 415 + Accept, 406, 483 for t
 then dialog matching (12.2.2: 481, 500 + Retry-After, 491) and the method's own handling: OPTIONS,
 BYE and INFO are answered here, REGISTER goes to the registrar with digest auth, INVITE and the rest
 are reported to the application. A message that does not parse is answered statelessly with its
-`status_hint` when Via, Call-ID and CSeq can still be read, and dropped otherwise. Every rejection
+`status_hint` when it has Via, Call-ID and CSeq lines (the ones that do not parse are left out of
+the answer, which goes to the source address), and dropped otherwise. Every rejection
 increments `rejections[reason]` (a bounded key set, `REJECTION_REASONS`). An exception raised while
 handling one message never escapes: it becomes `InternalErrorOccurred` and a 500 where answerable.
 
@@ -148,7 +149,7 @@ REJECTION_REASONS: Final = frozenset(
         "missing_header",
         "duplicate_header",
         "too_large",
-        "unparsable_dropped",  # could not even read Via/Call-ID/CSeq: dropped without answer
+        "unparsable_dropped",  # no Via, Call-ID or CSeq line at all: dropped without answer
         "malformed_response",  # a response that does not parse: dropped (RFC 4475 3.1.2.5)
         "unmatched_response",  # a response matching no client transaction (17.1.3)
         "unsupported_method",  # 501 (8.2.1)
@@ -1813,10 +1814,15 @@ class Endpoint:
         if salvaged is None:
             self._count("unparsable_dropped")
             return
+        found, unreadable = salvaged
         self._count(error.reason)
-        response = Response(error.status_hint, _phrase(error))
-        for name, value in salvaged:
+        phrase = _phrase(error)
+        if unreadable and error.reason == "bad_header":
+            phrase = f"Bad {unreadable[0]} Header Field"  # 21.4.1: name the problem
+        response = Response(error.status_hint, phrase)
+        for name, value in found:
             response.headers.add(name, value)
+        # The source address, never the Via: it may be the broken part (18.2.2, RFC 3581 4).
         self._outbox.append((bytes(response), addr))
 
 
@@ -1835,18 +1841,23 @@ _SALVAGED: Final[dict[str, tuple[str, Callable[[list[str]], object]]]] = {
 }
 
 
-def _salvage(data: bytes) -> list[tuple[str, str]] | None:
-    """Via, From, To, Call-ID and CSeq of a request that did not parse; None if unanswerable.
+def _salvage(data: bytes) -> tuple[list[tuple[str, str]], list[str]] | None:
+    """Via, From, To, Call-ID and CSeq of a request that did not parse, and the names of those
+    present but unreadable; None if unanswerable.
 
     Only values that parse on their own are copied (8.2.6.2 copies them; a broken one would make
-    the answer unreadable too). Without a readable Via, Call-ID and CSeq there is nobody to
-    answer. The answer goes back to the source address, since the Via may be the broken part.
+    the answer unreadable too, so RFC 4475 3.1.2.1 badinv01 is answered without its Via and 3.1.2.4
+    scalar02 without its CSeq). Via, Call-ID and CSeq lines must be there, readable or not: without
+    them the bytes are no SIP request (8.1.1), and answering any junk sent to the port would make
+    us a reflector.
     """
     head = data[:8192].split(b"\r\n\r\n", 1)[0]
     if head.startswith(b"\r\n"):
         head = head.lstrip(b"\r\n")
     lines = head.decode("utf-8", "surrogateescape").split("\r\n")
     found: list[tuple[str, str]] = []
+    unreadable: list[str] = []
+    present: set[str] = set()
     seen: set[str] = set()
     for line in lines[1:]:
         name, colon, value = line.partition(":")
@@ -1855,15 +1866,19 @@ def _salvage(data: bytes) -> list[tuple[str, str]] | None:
         key = canonical_key(name.strip())
         known = _SALVAGED.get(key)
         value = value.strip()
-        if known is None or not value or (key != "via" and key in seen):
+        if known is None or not value:
+            continue
+        present.add(key)
+        if key != "via" and key in seen:
             continue
         display, parser = known
         try:
             parser([value])
         except ParseError:
+            unreadable.append(display)
             continue
         seen.add(key)
         found.append((display, value))
-    if not {"via", "call-id", "cseq"} <= seen:
+    if not {"via", "call-id", "cseq"} <= present:
         return None
-    return found
+    return found, unreadable
