@@ -1,4 +1,4 @@
-"""Screening SIP sources: flood limits, sans-I/O.
+"""Screening SIP sources: flood limits and auth-failure bans, sans-I/O.
 
 How this works
 --------------
@@ -8,30 +8,46 @@ reads no clock of its own, like the rest of the core:
 - `FloodLimiter` is Kamailio's pike: a token bucket per source address, checked per request
   before anything is parsed. A source that empties its bucket is *flooding*: its requests are
   dropped until it has kept under the rate long enough to earn a whole burst back.
-- `AllowList` holds the networks (trunks, management) it never touches.
+- `BanTracker` is fail2ban over Asterisk's security log, or Kamailio's htable ``ipban``: failed
+  digest attempts are counted per source address and per user name within a window; reaching
+  the threshold bans the source address, for twice as long at each repeat offence (capped).
+- `AllowList` holds the networks (trunks, management) that none of the above ever touches.
 
-The start of a flood (`FloodDetected`) is queued and drained with ``next_event()``, or handed to
-an ``emit`` callable. Memory is bounded: at most a fixed number of sources is tracked, and the
-least recently seen one is forgotten first, which is never a source still flooding, since every
-request refreshes it.
+Facts worth a log line (`SourceBanned`, `BanLifted`, `FloodDetected`) are queued and drained with
+``next_event()``, or handed to an ``emit`` callable; ban expiry is a timer query
+(``get_timer()`` / ``handle_timer(now)``). Memory is bounded: each table keeps at most a fixed
+number of sources and forgets the least recently seen one first, which is never a source still
+attacking, since every arrival refreshes it.
 """
 
 from __future__ import annotations
 
+import heapq
 import ipaddress
 import math
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Final
 
 __all__ = [
+    "BAN_REASONS",
+    "LIFT_REASONS",
+    "MAX_BAN_SOURCES",
+    "MAX_BAN_USERS",
     "MAX_FLOOD_SOURCES",
+    "MAX_USER_CHARS",
+    "STATE_VERSION",
     "AllowList",
+    "Ban",
+    "BanLifted",
+    "BanPolicy",
+    "BanTracker",
     "FloodDetected",
     "FloodLimiter",
     "FloodPolicy",
     "IPNetwork",
+    "SourceBanned",
     "parse_networks",
 ]
 
@@ -43,6 +59,31 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 #: sources churns the table, but a real flooder is refreshed by every request it sends and is
 #: never the one forgotten.
 MAX_FLOOD_SOURCES: Final = 65536
+#: Most sources a `BanTracker` remembers (failures, strikes, bans): same bound as ipset's, since
+#: an active ban here is what an ipset entry is to fail2ban. A source and the user name it
+#: tried take ~500 bytes together, so both tables stay within ~32 MB.
+MAX_BAN_SOURCES: Final = 65536
+#: Most user names whose failures are counted; a guesser cycling through names fills it.
+MAX_BAN_USERS: Final = 65536
+#: User names longer than this are cut before they are counted or reported. RFC 3261 sets no
+#: limit, real logins and extensions are short, and the cut bounds the user table (a header line
+#: may be 16 KiB, `sip.limits.MAX_LINE_BYTES`) and the log lines the engine writes from events.
+MAX_USER_CHARS: Final = 128
+#: Version of the `BanTracker.export_state` format.
+STATE_VERSION: Final = 1
+
+#: Why a source is banned: its own digest failures, failures against one user name from
+#: anywhere, a scanner seen (`BanTracker.ban`), or an operator.
+BAN_REASONS: Final = frozenset({"auth_failures", "user_auth_failures", "scanner", "manual"})
+#: Why a ban ended: its time ran out, `BanTracker.lift`, or the table was full (`MAX_BAN_SOURCES`).
+LIFT_REASONS: Final = frozenset({"expired", "lifted", "evicted"})
+
+#: The ban heap is rebuilt from its live entries when it grows past this many per tracked source
+#: (the registrar's heap keeps the same slack).
+_HEAP_SLACK_FACTOR: Final = 2
+#: The ban doubling stops here: 2**32 times any ban_s already exceeds every sensible max_ban_s,
+#: and a float overflows past 2**1023.
+_MAX_DOUBLINGS: Final = 32
 
 
 # -- addresses ------------------------------------------------------------------------------------
@@ -76,7 +117,7 @@ def parse_networks(specs: Iterable[str]) -> tuple[IPNetwork, ...]:
 
 @dataclass(frozen=True, slots=True)
 class AllowList:
-    """Networks whose sources are never flood-limited."""
+    """Networks whose sources are never flood-limited or banned."""
 
     networks: tuple[IPNetwork, ...] = ()
 
@@ -88,6 +129,30 @@ class AllowList:
 
 
 # -- events ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SourceBanned:
+    """`address` is banned until `until` (`reason` in `BAN_REASONS`); `user` is the user name
+    whose failures tipped it, `failures` how many were counted, `strikes` how many bans this
+    source has had (this one included), which doubled its ban time."""
+
+    address: str
+    reason: str
+    since: float
+    until: float
+    failures: int
+    strikes: int
+    user: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class BanLifted:
+    """The ban of `address` ended at `at`; `reason` in `LIFT_REASONS`. Its strikes are kept."""
+
+    address: str
+    reason: str
+    at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,3 +259,466 @@ class FloodLimiter:
     def next_event(self) -> FloodDetected | None:
         """The next queued event (never any when constructed with `emit`)."""
         return self._queue.popleft() if self._queue else None
+
+
+# -- auth-failure bans (fail2ban, Kamailio htable ipban) ------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BanPolicy:
+    """When digest failures ban a source, and for how long.
+
+    The defaults are fail2ban's jail.conf (maxretry 5, findtime 10m, bantime 10m) with its
+    ``bantime.increment`` on: each further ban of the same source lasts twice as long, up to
+    `max_ban_s`; a source banned nowhere for `forget_s` (fail2ban's dbpurgeage, 1 day) starts
+    over. `user_max_failures` also bans any source that fails for a user name which has failed
+    that often within the window from anywhere (a guesser spread over many addresses); None turns
+    that off. Mind NAT: one misconfigured phone bans the whole office behind its address, so
+    allow-list the sites you know.
+    """
+
+    max_failures: int = 5
+    find_window_s: float = 600.0
+    ban_s: float = 600.0
+    max_ban_s: float = 7 * 86400.0
+    forget_s: float = 86400.0
+    user_max_failures: int | None = 10
+
+    def __post_init__(self) -> None:
+        if self.max_failures < 1:
+            raise ValueError(f"max_failures must be at least 1, not {self.max_failures!r}")
+        if self.user_max_failures is not None and self.user_max_failures < 1:
+            raise ValueError(
+                f"user_max_failures must be at least 1, not {self.user_max_failures!r}"
+            )
+        for name in ("find_window_s", "ban_s", "max_ban_s", "forget_s"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+        if self.max_ban_s < self.ban_s:
+            raise ValueError("max_ban_s must not be shorter than ban_s")
+
+    def ban_time_s(self, strikes: int) -> float:
+        """Length of a source's `strikes`-th ban: ban_s, doubling, at most max_ban_s."""
+        doublings = min(max(strikes - 1, 0), _MAX_DOUBLINGS)
+        return min(math.ldexp(self.ban_s, doublings), self.max_ban_s)
+
+
+@dataclass(frozen=True, slots=True)
+class Ban:
+    """A ban of `address` for `reason` from `since` until `until` (see `SourceBanned`)."""
+
+    address: str
+    reason: str
+    since: float
+    until: float
+    failures: int
+    strikes: int
+    user: str | None = None
+
+
+@dataclass(slots=True, eq=False)
+class _Source:
+    #: Times of the failures inside the window, oldest first, at most max_failures of them. A
+    #: list, not a deque: a few floats in a list take ~100 bytes, an empty deque already 760.
+    failures: list[float] = field(default_factory=list)
+    strikes: int = 0
+    ban: Ban | None = None
+    last_ban_until: float = -math.inf  # when its last ban ended: strikes are forgotten from it
+
+
+class BanTracker:
+    """Failed digest attempts per source and per user name -> bans of source addresses.
+
+    A successful authentication resets nothing: fail2ban counts failures only, and clearing them
+    on success would let an attacker with one valid account (its own phone) mix logins in with
+    guesses at other accounts and never reach the threshold. A banned source's failures are not
+    counted (it is being refused anyway), and neither are an allow-listed source's.
+    """
+
+    def __init__(
+        self,
+        policy: BanPolicy,
+        allow: AllowList | None = None,
+        *,
+        emit: Callable[[SourceBanned | BanLifted], None] | None = None,
+    ) -> None:
+        self.policy: Final = policy
+        self.allow: Final = allow or AllowList()
+        self._sources: OrderedDict[str, _Source] = OrderedDict()
+        self._users: OrderedDict[str, list[float]] = OrderedDict()
+        self._queue: deque[SourceBanned | BanLifted] = deque()
+        self._emit: Final = emit if emit is not None else self._queue.append
+        # (until, seq, address) with lazy deletion: an entry counts only while its source still
+        # has that very ban (see `_live`); lifted or evicted bans leave stale entries behind.
+        self._heap: list[tuple[float, int, str]] = []
+        self._seq = 0
+
+    # -- commands --
+
+    def record_failure(self, address: str, user: str | None, now: float) -> Ban | None:
+        """One failed digest attempt from `address` for `user`; the ban it caused, if any."""
+        if address in self.allow:
+            return None
+        source = self._touch(address, now)
+        if self._active(address, source, now) is not None:
+            return None
+        policy = self.policy
+        window_start = now - policy.find_window_s
+        failures = source.failures
+        failures.append(now)
+        _slide(failures, window_start, policy.max_failures)
+        user = user[:MAX_USER_CHARS] if user else None
+        user_failures = 0
+        if user is not None and policy.user_max_failures is not None:
+            times = self._user_failures(user)
+            times.append(now)
+            _slide(times, window_start, policy.user_max_failures)
+            user_failures = len(times)
+        if len(failures) >= policy.max_failures:
+            return self._ban(address, source, "auth_failures", user, len(failures), now, None)
+        if policy.user_max_failures is not None and user_failures >= policy.user_max_failures:
+            return self._ban(address, source, "user_auth_failures", user, user_failures, now, None)
+        return None
+
+    def ban(
+        self,
+        address: str,
+        now: float,
+        *,
+        reason: str = "manual",
+        duration_s: float | None = None,
+        user: str | None = None,
+    ) -> Ban | None:
+        """Ban `address` now (an operator, or a scanner seen): for `duration_s`, or as long as
+        its next strike earns. Counts as a strike. An active ban is returned unchanged; an
+        allow-listed address is never banned (None)."""
+        if reason not in BAN_REASONS:
+            raise ValueError(f"unknown ban reason {reason!r}")
+        if duration_s is not None and not (duration_s > 0 and math.isfinite(duration_s)):
+            raise ValueError(f"duration_s must be a positive number, not {duration_s!r}")
+        if address in self.allow:
+            return None
+        source = self._touch(address, now)
+        active = self._active(address, source, now)
+        if active is not None:
+            return active
+        user = user[:MAX_USER_CHARS] if user else None
+        return self._ban(address, source, reason, user, len(source.failures), now, duration_s)
+
+    def lift(self, address: str, now: float) -> Ban | None:
+        """End the ban of `address` now (its strikes stay); the ban lifted, or None."""
+        source = self._sources.get(address)
+        if source is None or self._active(address, source, now) is None:
+            return None
+        ban = source.ban
+        assert ban is not None
+        self._end(address, source, "lifted", now)
+        return ban
+
+    def get_timer(self) -> float | None:
+        """When the next ban runs out (call `handle_timer` then), or None."""
+        heap = self._heap
+        while heap and not self._live(heap[0]):
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def handle_timer(self, now: float) -> None:
+        """End every ban whose time is up at `now` (one `BanLifted` each)."""
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            entry = heapq.heappop(heap)
+            if self._live(entry):
+                until, _, address = entry
+                self._end(address, self._sources[address], "expired", until)
+
+    def next_event(self) -> SourceBanned | BanLifted | None:
+        """The next queued event (never any when constructed with `emit`)."""
+        return self._queue.popleft() if self._queue else None
+
+    # -- queries --
+
+    def is_banned(self, address: str, now: float) -> bool:
+        """Is `address` banned at `now`? The per-request check: one dict lookup. A banned source
+        that keeps sending is moved to the young end of the table, so it is never forgotten
+        while it attacks."""
+        source = self._sources.get(address)
+        if source is None:
+            return False
+        ban = source.ban
+        if ban is None or now >= ban.until:
+            return False
+        self._sources.move_to_end(address)
+        return True
+
+    def ban_of(self, address: str, now: float) -> Ban | None:
+        source = self._sources.get(address)
+        ban = source.ban if source is not None else None
+        return ban if ban is not None and now < ban.until else None
+
+    def bans(self, now: float) -> list[Ban]:
+        """The bans active at `now`, oldest first."""
+        out = [s.ban for s in self._sources.values() if s.ban is not None and now < s.ban.until]
+        out.sort(key=lambda ban: (ban.since, ban.address))
+        return out
+
+    def strikes(self, address: str) -> int:
+        source = self._sources.get(address)
+        return source.strikes if source is not None else 0
+
+    def __len__(self) -> int:
+        """Sources tracked (failing, banned, or remembered for their strikes)."""
+        return len(self._sources)
+
+    # -- keeping bans across a reload --
+
+    def export_state(self, now: float) -> dict[str, object]:
+        """Everything worth keeping, as JSON-ready data with times relative to `now` (ages and
+        remaining seconds), so it can be imported under another clock (a new process's
+        monotonic time). Sources with nothing left to remember are left out."""
+        policy = self.policy
+        sources: list[dict[str, object]] = []
+        for address, source in self._sources.items():
+            failures = [now - t for t in source.failures if t > now - policy.find_window_s]
+            ban = self.ban_of(address, now)
+            remembered = ban is not None or now - source.last_ban_until < policy.forget_s
+            if not failures and not (remembered and source.strikes):
+                continue
+            last = source.last_ban_until
+            sources.append(
+                {
+                    "address": address,
+                    "strikes": source.strikes if remembered else 0,
+                    "failure_ages_s": failures,
+                    "last_ban_age_s": now - last if math.isfinite(last) else None,
+                    "ban": None if ban is None else _ban_state(ban, now),
+                }
+            )
+        users = [
+            {"user": user, "failure_ages_s": [now - t for t in times]}
+            for user, times in self._users.items()
+            if times and times[-1] > now - self.policy.find_window_s
+        ]
+        return {"version": STATE_VERSION, "sources": sources, "users": users}
+
+    def import_state(self, state: Mapping[str, object], now: float) -> None:
+        """Replace everything tracked with `state` from `export_state`, read at `now`.
+
+        Bans keep their remaining time (a restart's downtime is not taken off them); sources
+        that are allow-listed now are skipped. No events: the caller knows what it restored, and
+        `bans()` lists it. ValueError (nothing changed) if `state` is not what export_state
+        makes.
+        """
+        sources, users = _read_state(state)
+        self._sources.clear()
+        self._users.clear()
+        self._heap.clear()
+        for address, strikes, failure_ages, last_ban_age, ban in sources[-MAX_BAN_SOURCES:]:
+            if address in self.allow:
+                continue
+            times = sorted(now - age for age in failure_ages)[-self.policy.max_failures :]
+            source = _Source(times, strikes)
+            if last_ban_age is not None:
+                source.last_ban_until = now - last_ban_age
+            if ban is not None:
+                reason, user, age_s, remaining_s, failures = ban
+                source.ban = Ban(
+                    address, reason, now - age_s, now + remaining_s, failures, strikes, user
+                )
+                self._push(source.ban)
+            self._sources[address] = source
+        user_max = self.policy.user_max_failures
+        if user_max is not None:
+            for user, failure_ages in users[-MAX_BAN_USERS:]:
+                self._users[user] = sorted(now - age for age in failure_ages)[-user_max:]
+
+    # -- internals --
+
+    def _touch(self, address: str, now: float) -> _Source:
+        sources = self._sources
+        source = sources.get(address)
+        if source is not None:
+            sources.move_to_end(address)
+            return source
+        source = _Source()
+        sources[address] = source
+        if len(sources) > MAX_BAN_SOURCES:
+            old_address, old = sources.popitem(last=False)
+            ban = old.ban
+            if ban is not None:  # every ban ends with a BanLifted, even a forgotten one
+                running = now < ban.until
+                reason, at = ("evicted", now) if running else ("expired", ban.until)
+                self._emit(BanLifted(old_address, reason, at))
+        return source
+
+    def _user_failures(self, user: str) -> list[float]:
+        users = self._users
+        times = users.get(user)
+        if times is not None:
+            users.move_to_end(user)
+            return times
+        times = users[user] = []
+        if len(users) > MAX_BAN_USERS:
+            users.popitem(last=False)
+        return times
+
+    def _active(self, address: str, source: _Source, now: float) -> Ban | None:
+        """The source's ban if still running; one that ran out is ended here (its timer may not
+        have fired yet)."""
+        ban = source.ban
+        if ban is None:
+            return None
+        if now < ban.until:
+            return ban
+        self._end(address, source, "expired", ban.until)
+        return None
+
+    def _ban(
+        self,
+        address: str,
+        source: _Source,
+        reason: str,
+        user: str | None,
+        failures: int,
+        now: float,
+        duration_s: float | None,
+    ) -> Ban:
+        policy = self.policy
+        if source.strikes and now - source.last_ban_until >= policy.forget_s:
+            source.strikes = 0  # a day without a ban: a first offender again
+        source.strikes += 1
+        length = duration_s if duration_s is not None else policy.ban_time_s(source.strikes)
+        ban = Ban(address, reason, now, now + length, failures, source.strikes, user)
+        source.ban = ban
+        source.failures.clear()  # as fail2ban: the ban answers the failures that caused it
+        self._push(ban)
+        self._emit(SourceBanned(address, reason, now, ban.until, failures, source.strikes, user))
+        return ban
+
+    def _end(self, address: str, source: _Source, reason: str, at: float) -> None:
+        source.ban = None
+        source.last_ban_until = at
+        self._emit(BanLifted(address, reason, at))
+
+    def _push(self, ban: Ban) -> None:
+        heap = self._heap
+        if len(heap) >= _HEAP_SLACK_FACTOR * MAX_BAN_SOURCES:
+            # Lifted and evicted bans leave entries until their time comes (up to max_ban_s):
+            # under churn, rebuild from the live ones so the heap stays bounded too.
+            heap[:] = [entry for entry in heap if self._live(entry)]
+            heapq.heapify(heap)
+        self._seq += 1
+        heapq.heappush(heap, (ban.until, self._seq, ban.address))
+
+    def _live(self, entry: tuple[float, int, str]) -> bool:
+        until, _, address = entry
+        source = self._sources.get(address)
+        return source is not None and source.ban is not None and source.ban.until == until
+
+
+def _ban_state(ban: Ban, now: float) -> dict[str, object]:
+    return {
+        "reason": ban.reason,
+        "user": ban.user,
+        "age_s": now - ban.since,
+        "remaining_s": ban.until - now,
+        "failures": ban.failures,
+    }
+
+
+def _slide(times: list[float], start: float, keep: int) -> None:
+    """Drop the times at or before `start` (out of the window), and all but the last `keep`:
+    a threshold of `keep` never needs more."""
+    drop = 0
+    while drop < len(times) and times[drop] <= start:
+        drop += 1
+    drop = max(drop, len(times) - keep)
+    if drop:
+        del times[:drop]
+
+
+#: A ban as read from an exported state: reason, user, age_s, remaining_s, failures.
+_StateBan = tuple[str, str | None, float, float, int]
+#: A source as read from an exported state: address, strikes, failure ages, last ban age, ban.
+_StateSource = tuple[str, int, list[float], float | None, _StateBan | None]
+
+
+def _read_state(
+    state: Mapping[str, object],
+) -> tuple[list[_StateSource], list[tuple[str, list[float]]]]:
+    """Check an exported state completely before anything is replaced (ValueError otherwise)."""
+    if not isinstance(state, Mapping) or state.get("version") != STATE_VERSION:
+        raise ValueError(f"not a version {STATE_VERSION} ban state")
+    raw_sources, raw_users = state.get("sources"), state.get("users")
+    if not isinstance(raw_sources, list) or not isinstance(raw_users, list):
+        raise ValueError("ban state: 'sources' and 'users' must be lists")
+    sources: list[_StateSource] = []
+    for item in raw_sources:
+        entry = _mapping(item, "source")
+        address = _text(entry, "address")
+        strikes = entry.get("strikes")
+        if not isinstance(strikes, int) or isinstance(strikes, bool) or strikes < 0:
+            raise ValueError(f"ban state of {address!r}: strikes must be a count")
+        last = entry.get("last_ban_age_s")
+        raw_ban = entry.get("ban")
+        ban = None
+        if raw_ban is not None:
+            b = _mapping(raw_ban, "ban")
+            reason = _text(b, "reason")
+            if reason not in BAN_REASONS:
+                raise ValueError(f"ban state of {address!r}: unknown ban reason {reason!r}")
+            user = b.get("user")
+            if user is not None and not isinstance(user, str):
+                raise ValueError(f"ban state of {address!r}: ban user must be text or null")
+            failures = b.get("failures")
+            if not isinstance(failures, int) or isinstance(failures, bool) or failures < 0:
+                raise ValueError(f"ban state of {address!r}: ban failures must be a count")
+            remaining = _seconds(b.get("remaining_s"), address, age=False)
+            if remaining > 0:  # a ban that ran out in between is not restored
+                ban = (reason, user, _seconds(b.get("age_s"), address), remaining, failures)
+        sources.append(
+            (
+                address,
+                strikes,
+                _ages(entry.get("failure_ages_s"), address),
+                None if last is None else _seconds(last, address),
+                ban,
+            )
+        )
+    users = []
+    for item in raw_users:
+        entry = _mapping(item, "user")
+        user_name = _text(entry, "user")[:MAX_USER_CHARS]
+        users.append((user_name, _ages(entry.get("failure_ages_s"), user_name)))
+    return sources, users
+
+
+def _mapping(item: object, what: str) -> Mapping[str, object]:
+    if not isinstance(item, Mapping):
+        raise ValueError(f"ban state: each {what} must be an object")
+    return item
+
+
+def _text(entry: Mapping[str, object], key: str) -> str:
+    value = entry.get(key)
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"ban state: {key!r} must be non-empty text")
+    return value
+
+
+def _seconds(value: object, owner: str, *, age: bool = True) -> float:
+    """A finite number of seconds; an age (how long ago) is never negative."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or (age and value < 0)
+    ):
+        raise ValueError(f"ban state of {owner!r}: {value!r} is not a number of seconds")
+    return float(value)
+
+
+def _ages(value: object, owner: str) -> list[float]:
+    if not isinstance(value, list):
+        raise ValueError(f"ban state of {owner!r}: failure ages must be a list")
+    return [_seconds(v, owner) for v in value]
