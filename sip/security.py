@@ -1,4 +1,4 @@
-"""Screening SIP sources: flood limits and auth-failure bans, sans-I/O.
+"""Screening SIP sources: flood limits, auth-failure bans and scanner detection, sans-I/O.
 
 How this works
 --------------
@@ -11,13 +11,17 @@ reads no clock of its own, like the rest of the core:
 - `BanTracker` is fail2ban over Asterisk's security log, or Kamailio's htable ``ipban``: failed
   digest attempts are counted per source address and per user name within a window; reaching
   the threshold bans the source address, for twice as long at each repeat offence (capped).
+- `ScannerMatcher` recognises the User-Agent strings of SIP scanners and war-dialers.
 - `AllowList` holds the networks (trunks, management) that none of the above ever touches.
 
-Facts worth a log line (`SourceBanned`, `BanLifted`, `FloodDetected`) are queued and drained with
-``next_event()``, or handed to an ``emit`` callable; ban expiry is a timer query
-(``get_timer()`` / ``handle_timer(now)``). Memory is bounded: each table keeps at most a fixed
-number of sources and forgets the least recently seen one first, which is never a source still
-attacking, since every arrival refreshes it.
+`Guard` puts them together in front of `sip.endpoint.Endpoint` (``EndpointConfig.security``): it
+answers "drop or answer this" with a `Refusal` naming the counter to bump. Facts worth a log
+line (`SourceBanned`, `BanLifted`, `FloodDetected`) are queued and drained with
+``next_event()``, or handed to an ``emit`` callable (the endpoint passes its own event queue's
+``append``, so they come out of ``Endpoint.next_event()`` in the order they happened); ban
+expiry is a timer query (``get_timer()`` / ``handle_timer(now)``). Memory is bounded: each table keeps at most a
+fixed number of sources and forgets the least recently seen one first, which is never a source
+still attacking, since every arrival refreshes it.
 """
 
 from __future__ import annotations
@@ -25,18 +29,25 @@ from __future__ import annotations
 import heapq
 import ipaddress
 import math
+import re
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
 __all__ = [
+    "BANNED_ACTIONS",
+    "BANNED_DROPPED",
+    "BANNED_REJECTED",
     "BAN_REASONS",
+    "FLOOD_DROPPED",
     "LIFT_REASONS",
     "MAX_BAN_SOURCES",
     "MAX_BAN_USERS",
     "MAX_FLOOD_SOURCES",
     "MAX_USER_CHARS",
+    "SCANNER_DROPPED",
+    "SCANNER_USER_AGENTS",
     "STATE_VERSION",
     "AllowList",
     "Ban",
@@ -46,7 +57,12 @@ __all__ = [
     "FloodDetected",
     "FloodLimiter",
     "FloodPolicy",
+    "Guard",
     "IPNetwork",
+    "Refusal",
+    "ScannerMatcher",
+    "SecurityEvent",
+    "SecurityPolicy",
     "SourceBanned",
     "parse_networks",
 ]
@@ -72,11 +88,35 @@ MAX_USER_CHARS: Final = 128
 #: Version of the `BanTracker.export_state` format.
 STATE_VERSION: Final = 1
 
+#: User-Agent substrings of SIP scanners, war-dialers and fuzzers, matched case-insensitively
+#: anywhere in the header, as the Kamailio and OpenSIPS security guides do (``$ua =~ "..."``).
+#: "friendly-scanner" is SIPVicious' default (svmap, svwar, svcrack); "sipvicious" its newer
+#: versions; "sipcli", "sip-scan", "sipscan" and "sundayddr" are scanners; "VaxSIPUserAgent"
+#: is the SDK that dialers for toll fraud are built on; "pplsip", "iWar" (war-dialer) and
+#: "SIVuS" (vulnerability scanner) complete the lists those guides share. Left out on purpose:
+#: "sipsak" (operators use it for health checks, Kamailio's own docs among them) and short
+#: tokens such as "smap" that would match inside unrelated product names.
+SCANNER_USER_AGENTS: Final = (
+    "friendly-scanner",
+    "sipvicious",
+    "sipcli",
+    "sip-scan",
+    "sipscan",
+    "sundayddr",
+    "vaxsipuseragent",
+    "pplsip",
+    "iwar",
+    "sivus",
+)
+
 #: Why a source is banned: its own digest failures, failures against one user name from
-#: anywhere, a scanner seen (`BanTracker.ban`), or an operator.
+#: anywhere, a scanner User-Agent (`SecurityPolicy.ban_scanners`), or an operator.
 BAN_REASONS: Final = frozenset({"auth_failures", "user_auth_failures", "scanner", "manual"})
 #: Why a ban ended: its time ran out, `BanTracker.lift`, or the table was full (`MAX_BAN_SOURCES`).
 LIFT_REASONS: Final = frozenset({"expired", "lifted", "evicted"})
+#: What the endpoint does with a banned source's requests: drop them unseen (fail2ban's iptables
+#: DROP, Kamailio's ipban + ``exit``), or answer 403 so a misconfigured phone's owner sees why.
+BANNED_ACTIONS: Final = frozenset({"drop", "reject"})
 
 #: The ban heap is rebuilt from its live entries when it grows past this many per tracked source
 #: (the registrar's heap keeps the same slack).
@@ -117,7 +157,7 @@ def parse_networks(specs: Iterable[str]) -> tuple[IPNetwork, ...]:
 
 @dataclass(frozen=True, slots=True)
 class AllowList:
-    """Networks whose sources are never flood-limited or banned."""
+    """Networks whose sources are never flood-limited, banned or dropped as scanners."""
 
     networks: tuple[IPNetwork, ...] = ()
 
@@ -162,6 +202,9 @@ class FloodDetected:
 
     address: str
     at: float
+
+
+SecurityEvent = SourceBanned | BanLifted | FloodDetected
 
 
 # -- flood limits (Kamailio pike) -----------------------------------------------------------------
@@ -722,3 +765,128 @@ def _ages(value: object, owner: str) -> list[float]:
     if not isinstance(value, list):
         raise ValueError(f"ban state of {owner!r}: failure ages must be a list")
     return [_seconds(v, owner) for v in value]
+
+
+# -- scanners -------------------------------------------------------------------------------------
+
+
+class ScannerMatcher:
+    """Case-insensitive substring match of a User-Agent against known scanner names."""
+
+    def __init__(self, user_agents: Iterable[str] = SCANNER_USER_AGENTS) -> None:
+        names = sorted({name.strip().lower() for name in user_agents if name.strip()})
+        self.user_agents: Final = tuple(names)
+        self._pattern: Final = (
+            re.compile("|".join(re.escape(n) for n in names), re.IGNORECASE) if names else None
+        )
+
+    def matches(self, user_agent: str | None) -> bool:
+        if not user_agent or self._pattern is None:
+            return False
+        return self._pattern.search(user_agent) is not None
+
+
+# -- the endpoint's guard -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityPolicy:
+    """What `Guard` screens (`EndpointConfig.security`); each part is off until set.
+
+    `allow`: networks never limited, banned or dropped (trunks, management; see
+    `parse_networks`). `flood`: pike-style limits per source. `bans`: auth-failure bans, with
+    `banned_action` "drop" (silently) or "reject" (403 Forbidden, RFC 3261 21.4.4) for a banned
+    source's requests. `scanner_user_agents`: requests whose User-Agent contains one of these are
+    dropped silently (`SCANNER_USER_AGENTS` is the list to use); with `ban_scanners` the source
+    is banned as well (reason "scanner"), so everything else it sends is refused too.
+    """
+
+    allow: tuple[IPNetwork, ...] = ()
+    flood: FloodPolicy | None = None
+    bans: BanPolicy | None = None
+    banned_action: str = "drop"
+    scanner_user_agents: tuple[str, ...] = ()
+    ban_scanners: bool = False
+
+    def __post_init__(self) -> None:
+        if self.banned_action not in BANNED_ACTIONS:
+            raise ValueError(f"banned_action must be drop or reject, not {self.banned_action!r}")
+        if self.ban_scanners and (self.bans is None or not self.scanner_user_agents):
+            raise ValueError("ban_scanners needs both bans and scanner_user_agents")
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """What to do with a message instead of handling it: count `reason` (a key of
+    `Endpoint.rejections`) and answer `status` statelessly, or drop it when None."""
+
+    reason: str
+    status: int | None = None
+
+
+FLOOD_DROPPED: Final = Refusal("flood_dropped")
+BANNED_DROPPED: Final = Refusal("banned_dropped")
+BANNED_REJECTED: Final = Refusal("banned_rejected", 403)
+SCANNER_DROPPED: Final = Refusal("scanner_dropped")
+
+
+class Guard:
+    """The screening an `Endpoint` does, built from a `SecurityPolicy`.
+
+    ``screen(address, now)`` runs before a request's datagram (or framed stream message) is
+    parsed: the flood limit, then a dropped banned source. ``screen_request`` runs once the
+    request has parsed: a rejected banned source, then the User-Agent. ``auth_failed`` feeds the
+    ban tracker. Responses are never screened (pike, too, counts requests only): they can only
+    complete transactions we started, so a flood of them is our own doing (a ring-all offer to
+    fifty phones behind one NAT address), and an agent's phone must not lose its calls to its
+    office's ban.
+    """
+
+    def __init__(
+        self, policy: SecurityPolicy, *, emit: Callable[[SecurityEvent], None] | None = None
+    ) -> None:
+        self.policy: Final = policy
+        self.allow: Final = AllowList(policy.allow)
+        self._queue: deque[SecurityEvent] = deque()
+        sink = emit if emit is not None else self._queue.append
+        flood, bans = policy.flood, policy.bans
+        self.flood: Final = FloodLimiter(flood, self.allow, emit=sink) if flood else None
+        self.bans: Final = BanTracker(bans, self.allow, emit=sink) if bans else None
+        agents = policy.scanner_user_agents
+        self.scanners: Final = ScannerMatcher(agents) if agents else None
+        self._drop_banned: Final = policy.banned_action == "drop"
+
+    def screen(self, address: str, now: float) -> Refusal | None:
+        flood = self.flood
+        if flood is not None and not flood.admit(address, now):
+            return FLOOD_DROPPED
+        bans = self.bans
+        if bans is not None and self._drop_banned and bans.is_banned(address, now):
+            return BANNED_DROPPED
+        return None
+
+    def screen_request(self, address: str, user_agent: str | None, now: float) -> Refusal | None:
+        bans = self.bans
+        if bans is not None and not self._drop_banned and bans.is_banned(address, now):
+            return BANNED_REJECTED
+        scanners = self.scanners
+        if scanners is not None and scanners.matches(user_agent) and address not in self.allow:
+            if bans is not None and self.policy.ban_scanners:
+                bans.ban(address, now, reason="scanner")
+            return SCANNER_DROPPED
+        return None
+
+    def auth_failed(self, address: str, user: str | None, now: float) -> None:
+        if self.bans is not None:
+            self.bans.record_failure(address, user, now)
+
+    def get_timer(self) -> float | None:
+        return self.bans.get_timer() if self.bans is not None else None
+
+    def handle_timer(self, now: float) -> None:
+        if self.bans is not None:
+            self.bans.handle_timer(now)
+
+    def next_event(self) -> SecurityEvent | None:
+        """The next event of any part, in the order they happened (none when given `emit`)."""
+        return self._queue.popleft() if self._queue else None

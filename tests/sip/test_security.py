@@ -1,4 +1,4 @@
-"""sip.security on its own, with injected time: flood buckets and auth-failure bans."""
+"""sip.security on its own, with injected time: flood buckets, bans, scanner names, the guard."""
 
 from __future__ import annotations
 
@@ -11,6 +11,11 @@ from hypothesis import strategies as st
 
 from sip import security
 from sip.security import (
+    BANNED_DROPPED,
+    BANNED_REJECTED,
+    FLOOD_DROPPED,
+    SCANNER_DROPPED,
+    SCANNER_USER_AGENTS,
     AllowList,
     BanLifted,
     BanPolicy,
@@ -18,6 +23,9 @@ from sip.security import (
     FloodDetected,
     FloodLimiter,
     FloodPolicy,
+    Guard,
+    ScannerMatcher,
+    SecurityPolicy,
     SourceBanned,
     parse_networks,
 )
@@ -26,7 +34,7 @@ TRUNKS = AllowList(parse_networks(["192.0.2.0/24", "2001:db8:1::/48"]))
 ATTACKER = "203.0.113.9"
 
 
-def drain(source: FloodLimiter | BanTracker) -> list[object]:
+def drain(source: FloodLimiter | BanTracker | Guard) -> list[object]:
     out = []
     while (event := source.next_event()) is not None:
         out.append(event)
@@ -479,3 +487,116 @@ def test_a_source_is_banned_exactly_when_a_window_holds_enough_failures(times: l
         assert (ban is not None) == (len(in_window) >= POLICY.max_failures)
         if ban is not None:
             return  # the reference only describes the way to the first ban
+
+
+# -- scanners -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "user_agent",
+    [
+        "friendly-scanner",
+        "Friendly-Scanner",
+        "sipvicious",
+        "SIPVicious PRO 1.0",
+        "sipcli/v1.8",
+        "sip-scan",
+        "VaxSIPUserAgent/3.1",
+        "pplsip",
+        "iWar",
+        "sundayddr",
+        "SIVuS Scanner",
+    ],
+)
+def test_scanner_user_agents_match_case_insensitively(user_agent: str) -> None:
+    assert ScannerMatcher().matches(user_agent)
+
+
+@pytest.mark.parametrize(
+    "user_agent",
+    [
+        None,
+        "",
+        "Yealink SIP-T46S 66.85.0.5",
+        "PolycomVVX-VVX_411-UA/6.3.0.14929",
+        "Z 5.6.1 v2.10.19.9",
+        "MicroSIP/3.21.3",
+        "Linphone Desktop/5.0.0",
+        "Asterisk PBX 18.20.0",
+        "baresip v2.0.0 (x86_64/linux)",
+        "Grandstream GXP2170 1.0.11.3",
+        "sipsak 0.9.8",  # operators' health checks
+        "acd",
+    ],
+)
+def test_ordinary_phones_and_servers_are_no_scanners(user_agent: str | None) -> None:
+    assert not ScannerMatcher().matches(user_agent)
+
+
+def test_scanner_list_is_configurable() -> None:
+    matcher = ScannerMatcher(["EvilDialer", " "])
+    assert matcher.user_agents == ("evildialer",)
+    assert matcher.matches("the EVILDIALER 2")
+    assert not matcher.matches("friendly-scanner")
+    assert not ScannerMatcher([]).matches("friendly-scanner")
+    assert "friendly-scanner" in SCANNER_USER_AGENTS
+
+
+# -- the guard ------------------------------------------------------------------------------------
+
+
+def test_guard_off_parts_screen_nothing() -> None:
+    guard = Guard(SecurityPolicy())
+    assert (guard.flood, guard.bans, guard.scanners) == (None, None, None)
+    assert guard.screen(ATTACKER, 0.0) is None
+    assert guard.screen_request(ATTACKER, "friendly-scanner", 0.0) is None
+    guard.auth_failed(ATTACKER, "1001", 0.0)
+    assert guard.get_timer() is None
+    assert guard.next_event() is None
+
+
+def test_guard_checks_the_flood_limit_before_bans() -> None:
+    guard = Guard(SecurityPolicy(flood=FloodPolicy(rate_per_s=1, burst=2), bans=POLICY))
+    assert guard.bans is not None
+    guard.bans.ban(ATTACKER, 0.0)
+    assert guard.screen(ATTACKER, 0.0) is BANNED_DROPPED
+    assert guard.screen(ATTACKER, 0.0) is BANNED_DROPPED
+    assert guard.screen(ATTACKER, 0.0) is FLOOD_DROPPED  # banned or not, a flood is a flood
+    assert guard.screen_request(ATTACKER, None, 0.0) is None  # "drop" mode refused it already
+    assert [type(e) for e in drain(guard)] == [SourceBanned, FloodDetected]  # as they happened
+
+
+def test_guard_reject_mode_answers_403_after_parsing() -> None:
+    guard = Guard(SecurityPolicy(bans=POLICY, banned_action="reject"))
+    for _ in range(3):
+        guard.auth_failed(ATTACKER, "1001", 0.0)
+    assert guard.screen(ATTACKER, 1.0) is None
+    refusal = guard.screen_request(ATTACKER, "Yealink", 1.0)
+    assert refusal is BANNED_REJECTED
+    assert (refusal.reason, refusal.status) == ("banned_rejected", 403)
+    assert guard.get_timer() == 100.0
+    guard.handle_timer(100.0)
+    assert [type(e) for e in drain(guard)] == [SourceBanned, BanLifted]
+
+
+def test_guard_scanners_dropped_banned_on_request_but_not_when_allow_listed() -> None:
+    policy = SecurityPolicy(
+        allow=TRUNKS.networks,
+        bans=POLICY,
+        scanner_user_agents=SCANNER_USER_AGENTS,
+        ban_scanners=True,
+    )
+    guard = Guard(policy)
+    assert guard.screen_request(ATTACKER, "friendly-scanner", 0.0) is SCANNER_DROPPED
+    assert guard.screen(ATTACKER, 1.0) is BANNED_DROPPED
+    (banned,) = drain(guard)
+    assert isinstance(banned, SourceBanned)
+    assert banned.reason == "scanner"
+    assert guard.screen_request("192.0.2.9", "friendly-scanner", 0.0) is None
+
+
+def test_security_policy_rejects_nonsense() -> None:
+    with pytest.raises(ValueError, match="banned_action"):
+        SecurityPolicy(banned_action="shrug")
+    with pytest.raises(ValueError, match="ban_scanners"):
+        SecurityPolicy(scanner_user_agents=SCANNER_USER_AGENTS, ban_scanners=True)
