@@ -134,8 +134,10 @@ def raw_request(
     return head.encode() + body
 
 
-def answer_of(endpoint: Endpoint, data: bytes, now: float = 0.0) -> list[Response]:
-    endpoint.receive_datagram(data, UAC_ADDR, now)
+def answer_of(
+    endpoint: Endpoint, data: bytes, now: float = 0.0, source: Addr = UAC_ADDR
+) -> list[Response]:
+    endpoint.receive_datagram(data, source, now)
     out = []
     for wire, _addr in endpoint.datagrams_to_send(now):
         msg = parse_message(wire)
@@ -556,10 +558,10 @@ def register_request(cseq: int, auth: str | None = None) -> bytes:
     )
 
 
-def make_registrar_uas() -> Endpoint:
+def make_registrar_uas(config: EndpointConfig | None = None) -> Endpoint:
     users = {"alice": Password("secret")}
     return Endpoint(
-        EndpointConfig(),
+        config or EndpointConfig(),
         registrar=Registrar(),
         authenticator=DigestAuthenticator(realm="acd"),
         user_lookup=users.get,
