@@ -17,9 +17,16 @@ checks of 8.2 (501 + Allow, 416, 420 + Unsupported, 415 + Accept, 406, 483 for t
 then dialog matching (12.2.2: 481, 500 + Retry-After, 491) and the method's own handling: OPTIONS,
 BYE and INFO are answered here, REGISTER goes to the registrar with digest auth, INVITE and the rest
 are reported to the application. A message that does not parse is answered statelessly with its
-`status_hint` when Via, Call-ID and CSeq can still be read, and dropped otherwise. Every rejection
+`status_hint` when it has Via, Call-ID and CSeq lines (the ones that do not parse are left out of
+the answer, which goes to the source address), and dropped otherwise. Every rejection
 increments `rejections[reason]` (a bounded key set, `REJECTION_REASONS`). An exception raised while
 handling one message never escapes: it becomes `InternalErrorOccurred` and a 500 where answerable.
+
+With `EndpointConfig.security` set, a `sip.security.Guard` screens sources first: the flood limit
+and (in "drop" mode) a banned source before a request is parsed, then a banned source in
+"reject" mode (403) and scanner User-Agents before the request is handled; REGISTER digest
+failures feed its ban tracker. Its refusals are counted in `rejections` too, and its facts
+(`SourceBanned`, `BanLifted`, `FloodDetected`) come out of `next_event()` with the others.
 
 The UAS core retransmits its 2xx to INVITE until the ACK arrives (13.3.1.4: T1 doubling to T2) and
 reports `AckTimedOut` after 64*T1 so the application can send BYE. The UAC core ACKs 2xx itself
@@ -74,6 +81,7 @@ from sip.message import (
     parse_message,
 )
 from sip.registrar import ContactRequest, RegisterResult, Registrar
+from sip.security import BanLifted, FloodDetected, Guard, SecurityPolicy, SourceBanned
 from sip.session_timer import (
     Negotiated,
     SessionExpires,
@@ -104,18 +112,21 @@ __all__ = [
     "AckReceived",
     "AckTimedOut",
     "Addr",
+    "BanLifted",
     "ByeReceived",
     "CancelReceived",
     "DialogTerminated",
     "Endpoint",
     "EndpointConfig",
     "EndpointEvent",
+    "FloodDetected",
     "InfoReceived",
     "InternalErrorOccurred",
     "RegistrationChanged",
     "RequestReceived",
     "ResponseReceived",
     "SecretLookup",
+    "SourceBanned",
     "TransactionTimedOut",
     "uri_addr",
 ]
@@ -148,7 +159,7 @@ REJECTION_REASONS: Final = frozenset(
         "missing_header",
         "duplicate_header",
         "too_large",
-        "unparsable_dropped",  # could not even read Via/Call-ID/CSeq: dropped without answer
+        "unparsable_dropped",  # no Via, Call-ID or CSeq line at all: dropped without answer
         "malformed_response",  # a response that does not parse: dropped (RFC 4475 3.1.2.5)
         "unmatched_response",  # a response matching no client transaction (17.1.3)
         "unsupported_method",  # 501 (8.2.1)
@@ -170,6 +181,10 @@ REJECTION_REASONS: Final = frozenset(
         "interval_too_small",  # 422 (RFC 4028 6): Session-Expires below our Min-SE
         "no_matching_rseq",  # 481 to a PRACK acknowledging nothing we sent (RFC 3262 3)
         "forked_answer",  # a second fork's 2xx to our INVITE: ACKed and hung up (13.2.2.4)
+        "flood_dropped",  # sip.security: the source is over its flood limit, dropped unparsed
+        "banned_dropped",  # sip.security: a banned source's request, dropped unparsed
+        "banned_rejected",  # sip.security: a banned source's request, answered 403
+        "scanner_dropped",  # sip.security: a scanner's User-Agent, dropped without answer
     }
 )
 
@@ -229,6 +244,8 @@ class EndpointConfig:
     #: Send responses back to the packet's source port even without rport in Via (what
     #: Kamailio calls force_rport): needed behind NAT and for peers with a bogus sent-by.
     force_rport: bool = False
+    #: Flood limits, auth-failure bans and scanner drops (`sip.security`); None screens nothing.
+    security: SecurityPolicy | None = None
 
     @property
     def reliable(self) -> bool:
@@ -353,6 +370,9 @@ EndpointEvent = (
     | TransactionTimedOut
     | RegistrationChanged
     | InternalErrorOccurred
+    | SourceBanned
+    | BanLifted
+    | FloodDetected
 )
 
 
@@ -364,6 +384,7 @@ class _ServerCtx:
     tx: ServerTransaction
     tx_id: int
     dest: Addr
+    source: Addr  # where the request came from (dest follows the Via: 18.2.2)
     to_tag: str
     dialog_id: DialogId | None = None
     rseq: int = 0  # RSeq of our last reliable provisional response (RFC 3262 3)
@@ -518,6 +539,10 @@ class Endpoint:
             raise ValueError("an authenticator needs a user_lookup")
         self.rejections: dict[str, int] = {}
         self._events: deque[EndpointEvent] = deque()
+        #: The source screening of `EndpointConfig.security` (its `bans` answer "who is banned",
+        #: lift bans and export/import them), or None. Its events join ours, in order.
+        screening = self.config.security
+        self.security: Final = Guard(screening, emit=self._events.append) if screening else None
         self._outbox: list[tuple[bytes, Addr]] = []
         self._heap = _Heap()
         self._server: dict[TransactionKey, _ServerCtx] = {}
@@ -576,6 +601,8 @@ class Endpoint:
     def receive_datagram(self, data: bytes, addr: Addr, now: float) -> None:
         """One UDP datagram from `addr`. Never raises."""
         try:
+            if not data.lstrip(b"\r\n").startswith(b"SIP/") and self._screened_out(addr, now):
+                return
             self._receive_bytes(data, addr, now)
         except Exception as exc:
             self._internal_error(None, exc)
@@ -592,9 +619,12 @@ class Endpoint:
                 framer = self._framers[addr] = StreamFramer()
             for event in framer.feed(data):
                 if isinstance(event, MessageReceived):
-                    self._dispatch(event.message, addr, now)
+                    message = event.message
+                    if isinstance(message, Response) or not self._screened_out(addr, now):
+                        self._dispatch(message, addr, now)
                 elif isinstance(event, MessageRejected):
-                    self._reject_unparsed(event.raw, event.error, addr)
+                    if not self._screened_out(addr, now):
+                        self._reject_unparsed(event.raw, event.error, addr)
                 elif isinstance(event, KeepalivePingReceived):
                     self._outbox.append((b"\r\n", addr))  # RFC 5626 3.5.1 pong
                 elif isinstance(event, FramingFailed):
@@ -630,8 +660,10 @@ class Endpoint:
                 break
             heapq.heappop(heap)
         best = heap[0][0] if heap else None
-        if self.registrar is not None:
-            expiry = self.registrar.next_expiry()
+        for expiry in (
+            self.registrar.next_expiry() if self.registrar is not None else None,
+            self.security.get_timer() if self.security is not None else None,
+        ):
             if expiry is not None and (best is None or expiry < best):
                 best = expiry
         return best
@@ -666,6 +698,8 @@ class Endpoint:
                     by_aor.setdefault(binding.aor, []).append(binding.contact)
                 for aor, contacts in by_aor.items():
                     self._events.append(RegistrationChanged(aor, None, tuple(contacts)))
+        if self.security is not None:
+            self.security.handle_timer(now)
 
     # -- introspection ---------------------------------------------------------------------------
 
@@ -909,6 +943,14 @@ class Endpoint:
             except Exception as exc:
                 self._internal_error(message.headers.get("call-id"), exc)
             return
+        guard = self.security
+        if guard is not None:
+            refusal = guard.screen_request(addr[0], message.headers.get("user-agent"), now)
+            if refusal is not None:
+                self._count(refusal.reason)
+                if refusal.status is not None:
+                    self._answer_stateless(message, refusal.status, addr, None, to_source=True)
+                return
         try:
             self._on_request(message, addr, now)
         except ParseError as exc:
@@ -1015,7 +1057,7 @@ class Endpoint:
             tx = NonInviteServerTransaction(req, self._timers, now)
         to = req.to
         tag = to.tag if to is not None and to.tag else new_tag()
-        ctx = _ServerCtx(tx, self._new_id(), self._response_dest(req, addr), tag)
+        ctx = _ServerCtx(tx, self._new_id(), self._response_dest(req, addr), addr, tag)
         self._server[key] = ctx
         self._server_by_id[ctx.tx_id] = ctx
         return ctx
@@ -1221,6 +1263,8 @@ class Endpoint:
             self._respond(ctx, 401, now, headers=challenges)
             return False
         self._count("auth_failed")
+        if self.security is not None:
+            self.security.auth_failed(ctx.source[0], result.username or aor_uri.user, now)
         self._respond(ctx, 403, now)
         return False
 
@@ -1769,6 +1813,18 @@ class Endpoint:
         self._next_id += 1
         return self._next_id
 
+    def _screened_out(self, addr: Addr, now: float) -> bool:
+        """The guard's check of a request before parsing (responses skip it: see
+        `sip.security.Guard`); True (and counted) if it is dropped."""
+        guard = self.security
+        if guard is None:
+            return False
+        refusal = guard.screen(addr[0], now)
+        if refusal is None:
+            return False
+        self._count(refusal.reason)
+        return True
+
     def _count(self, reason: str) -> None:
         if reason not in REJECTION_REASONS:
             reason = "bad_header"
@@ -1785,8 +1841,14 @@ class Endpoint:
         addr: Addr,
         reason: str | None,
         headers: Iterable[tuple[str, str]] = (),
+        *,
+        to_source: bool = False,
     ) -> None:
-        """A response without a transaction (8.2.6 allows it for errors), never to an ACK."""
+        """A response without a transaction (8.2.6 allows it for errors), never to an ACK.
+
+        `to_source` sends it where the request came from whatever its Via says: for a source
+        we refuse before reading its Via, which may name someone else (a reflection attack).
+        """
         if req.method == "ACK":
             return
         try:
@@ -1794,7 +1856,8 @@ class Endpoint:
                 response = make_response(req, status, reason, to_tag=new_tag(), headers=headers)
             except ParseError:  # a To whose URI does not parse cannot take a tag: copy it as is
                 response = make_response(req, status, reason, headers=headers)
-            dest = addr if self.config.reliable or self.config.force_rport else None
+            cfg = self.config
+            dest = addr if to_source or cfg.reliable or cfg.force_rport else None
             if dest is None:
                 try:
                     dest = self._response_dest(req, addr)
@@ -1813,10 +1876,15 @@ class Endpoint:
         if salvaged is None:
             self._count("unparsable_dropped")
             return
+        found, unreadable = salvaged
         self._count(error.reason)
-        response = Response(error.status_hint, _phrase(error))
-        for name, value in salvaged:
+        phrase = _phrase(error)
+        if unreadable and error.reason == "bad_header":
+            phrase = f"Bad {unreadable[0]} Header Field"  # 21.4.1: name the problem
+        response = Response(error.status_hint, phrase)
+        for name, value in found:
             response.headers.add(name, value)
+        # The source address, never the Via: it may be the broken part (18.2.2, RFC 3581 4).
         self._outbox.append((bytes(response), addr))
 
 
@@ -1835,18 +1903,23 @@ _SALVAGED: Final[dict[str, tuple[str, Callable[[list[str]], object]]]] = {
 }
 
 
-def _salvage(data: bytes) -> list[tuple[str, str]] | None:
-    """Via, From, To, Call-ID and CSeq of a request that did not parse; None if unanswerable.
+def _salvage(data: bytes) -> tuple[list[tuple[str, str]], list[str]] | None:
+    """Via, From, To, Call-ID and CSeq of a request that did not parse, and the names of those
+    present but unreadable; None if unanswerable.
 
     Only values that parse on their own are copied (8.2.6.2 copies them; a broken one would make
-    the answer unreadable too). Without a readable Via, Call-ID and CSeq there is nobody to
-    answer. The answer goes back to the source address, since the Via may be the broken part.
+    the answer unreadable too, so RFC 4475 3.1.2.1 badinv01 is answered without its Via and 3.1.2.4
+    scalar02 without its CSeq). Via, Call-ID and CSeq lines must be there, readable or not: without
+    them the bytes are no SIP request (8.1.1), and answering any junk sent to the port would make
+    us a reflector.
     """
     head = data[:8192].split(b"\r\n\r\n", 1)[0]
     if head.startswith(b"\r\n"):
         head = head.lstrip(b"\r\n")
     lines = head.decode("utf-8", "surrogateescape").split("\r\n")
     found: list[tuple[str, str]] = []
+    unreadable: list[str] = []
+    present: set[str] = set()
     seen: set[str] = set()
     for line in lines[1:]:
         name, colon, value = line.partition(":")
@@ -1855,15 +1928,19 @@ def _salvage(data: bytes) -> list[tuple[str, str]] | None:
         key = canonical_key(name.strip())
         known = _SALVAGED.get(key)
         value = value.strip()
-        if known is None or not value or (key != "via" and key in seen):
+        if known is None or not value:
+            continue
+        present.add(key)
+        if key != "via" and key in seen:
             continue
         display, parser = known
         try:
             parser([value])
         except ParseError:
+            unreadable.append(display)
             continue
         seen.add(key)
         found.append((display, value))
-    if not {"via", "call-id", "cseq"} <= seen:
+    if not {"via", "call-id", "cseq"} <= present:
         return None
-    return found
+    return found, unreadable

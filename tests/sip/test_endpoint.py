@@ -134,8 +134,10 @@ def raw_request(
     return head.encode() + body
 
 
-def answer_of(endpoint: Endpoint, data: bytes, now: float = 0.0) -> list[Response]:
-    endpoint.receive_datagram(data, UAC_ADDR, now)
+def answer_of(
+    endpoint: Endpoint, data: bytes, now: float = 0.0, source: Addr = UAC_ADDR
+) -> list[Response]:
+    endpoint.receive_datagram(data, source, now)
     out = []
     for wire, _addr in endpoint.datagrams_to_send(now):
         msg = parse_message(wire)
@@ -404,14 +406,45 @@ def pair_events(endpoint: Endpoint) -> list[EndpointEvent]:
 
 def test_unanswerable_garbage_dropped_and_counted() -> None:
     uas = Endpoint(EndpointConfig())
-    assert (
-        answer_of(uas, raw_request("OPTIONS").replace(b"CSeq: 1 OPTIONS", b"CSeq: x OPTIONS")) == []
-    )
-    assert uas.rejections == {"unparsable_dropped": 1}
-    uas.rejections.clear()
     assert answer_of(uas, b"\x00\xff garbage\r\n\r\n") == []
     assert answer_of(uas, b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP x;branch=z9hG4bKq\r\n\r\n") == []
     assert uas.rejections == {"unparsable_dropped": 1, "unmatched_response": 1}
+    uas.rejections.clear()
+    # A broken start line and no Via line at all: not a SIP request (8.1.1), nobody is answered.
+    no_via = raw_request("OPTIONS").replace(b" SIP/2.0\r\n", b"\r\n", 1)
+    no_via = b"\r\n".join(line for line in no_via.split(b"\r\n") if not line.startswith(b"Via:"))
+    assert answer_of(uas, no_via) == []
+    assert uas.rejections == {"unparsable_dropped": 1}
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "left_out"),
+    [
+        # RFC 4475 3.1.2.1 badinv01: extraneous separators in Via
+        (b"127.0.0.1:5070;branch=z9hG4bKraw1;rport", b"192.0.2.15;;,;,,", "via"),
+        # RFC 4475 3.1.2.4 scalar02: CSeq above 2**32-1 (RFC 3261 8.1.1.5)
+        (b"CSeq: 1 OPTIONS", b"CSeq: 36893488147419103232 OPTIONS", "cseq"),
+        (b"CSeq: 1 OPTIONS", b"CSeq: x OPTIONS", "cseq"),
+    ],
+    ids=["badinv01", "scalar02", "cseq_not_a_number"],
+)
+def test_broken_via_or_cseq_gets_400_at_the_source_address(
+    old: bytes, new: bytes, left_out: str
+) -> None:
+    uas = Endpoint(EndpointConfig())  # no force_rport: an intact Via would route the answer
+    data = raw_request("OPTIONS").replace(old, new)
+    source: Addr = ("198.51.100.9", 41000)  # neither the Via's sent-by nor its received/rport
+    uas.receive_datagram(data, source, 0.0)
+    ((wire, dest),) = uas.datagrams_to_send(0.0)
+    assert dest == source  # 18.2.2 / RFC 3581 4: the Via cannot be trusted
+    answer = parse_message(wire)
+    assert isinstance(answer, Response)
+    assert answer.status == 400
+    assert answer.reason == f"Bad {'Via' if left_out == 'via' else 'CSeq'} Header Field"
+    assert left_out not in answer.headers  # the broken value is never re-emitted
+    assert answer.call_id == "raw-call-1"
+    _ = answer.via, answer.from_, answer.to, answer.cseq  # everything copied still parses
+    assert uas.rejections == {"bad_header": 1}
 
 
 def test_received_and_rport_and_response_routing() -> None:
@@ -525,10 +558,10 @@ def register_request(cseq: int, auth: str | None = None) -> bytes:
     )
 
 
-def make_registrar_uas() -> Endpoint:
+def make_registrar_uas(config: EndpointConfig | None = None) -> Endpoint:
     users = {"alice": Password("secret")}
     return Endpoint(
-        EndpointConfig(),
+        config or EndpointConfig(),
         registrar=Registrar(),
         authenticator=DigestAuthenticator(realm="acd"),
         user_lookup=users.get,
