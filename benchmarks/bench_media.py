@@ -252,7 +252,7 @@ async def _serve(
 
         from engine.media.offload import MediaWorkers, RemoteBridge
         from engine.recording.spec import RecordingSpec
-        from sip.rtp.playback import PromptCache
+        from sip.media.prompts import PromptCache
 
         pool = MediaWorkers(
             workers, CollectorRegistry(), stats, args=["warning", "json", "uvloop"],

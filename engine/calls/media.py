@@ -42,7 +42,8 @@ from sip.media import (
     RtpEndpoint,
     open_endpoint,
 )
-from sip.rtp.playback import Playlist, PromptCache
+from sip.media.prompts import PromptCache
+from sip.rtp.playback import Playlist
 from sip.sdp import PCMU, make_offer
 
 if TYPE_CHECKING:

@@ -56,7 +56,8 @@ from engine.recording.spec import RecordingSpec
 from engine.runtime.workers import WorkerPool, WorkerProcess, settle
 from sip.media import Bridge, LegPlayer, MediaClock, MediaStats, RecordingSink
 from sip.media.endpoint import DtmfReceived, EndpointState, MediaTimedOut, RtpEndpoint
-from sip.rtp.playback import Playlist, PromptCache
+from sip.media.prompts import PromptCache
+from sip.rtp.playback import Playlist
 
 log = structlog.stdlib.get_logger("acd.media")
 

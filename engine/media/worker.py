@@ -70,8 +70,9 @@ from engine.runtime.workers import (
 from recordings import OnDemandRecording
 from sip.media import Bridge, LegPlayer, MediaClock, MediaStats
 from sip.media.endpoint import DtmfReceived, EndpointState, MediaEvent, MediaTimedOut, RtpEndpoint
+from sip.media.prompts import PromptCache
 from sip.rtp.g711 import DECODERS
-from sip.rtp.playback import Playlist, PromptCache
+from sip.rtp.playback import Playlist
 
 log = structlog.stdlib.get_logger("acd.media")
 

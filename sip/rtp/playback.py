@@ -1,21 +1,17 @@
 """Prompts and music on hold: WAV files encoded once into 20 ms frames, played by playlists.
 
-How this works: `load_prompt` reads an 8 kHz mono 16-bit WAV with the stdlib ``wave`` module, pads
-the last frame with silence and encodes it into 160-byte frames for each codec asked for. A
-`PromptCache` keeps one `Prompt` per path, so a file is read and encoded once per process however
-many calls play it. A `Playlist` is the pure state of one leg's playback: prompts in order, then an
-optional loop (music on hold) that repeats until stopped; the shared media clock pulls one frame per
-20 ms with `next_frame()`. ``barge_in=True`` makes a DTMF digit stop the prompts (`on_dtmf`), which
-then continue with the loop part, if any. Reading a file is I/O, but it happens once at load time,
-outside any call's hot path, which is why it is allowed in this otherwise pure package.
+How this works: `prompt_from_samples` pads 8 kHz samples to whole 20 ms frames and encodes them
+into 160-byte frames for each codec asked for (reading the WAV files is `sip.media.prompts`', the
+I/O side). A `Playlist` is the pure state of one leg's playback: prompts in order, then an optional
+loop (music on hold) that repeats until stopped; the shared media clock pulls one frame per 20 ms
+with `next_frame()`. ``barge_in=True`` makes a DTMF digit stop the prompts (`on_dtmf`), which then
+continue with the loop part, if any.
 """
 
 from __future__ import annotations
 
-import wave
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -45,22 +41,6 @@ class Prompt:
         return self.samples / SAMPLE_RATE
 
 
-def load_prompt(path: str | Path, codecs: Iterable[str] = SUPPORTED_CODECS) -> Prompt:
-    try:
-        with wave.open(str(path), "rb") as wav:
-            if wav.getframerate() != SAMPLE_RATE or wav.getnchannels() != 1:
-                raise PromptFormatError(
-                    f"{path}: {wav.getframerate()} Hz x {wav.getnchannels()} channels, "
-                    f"need {SAMPLE_RATE} Hz mono"
-                )
-            if wav.getsampwidth() != 2:
-                raise PromptFormatError(f"{path}: {8 * wav.getsampwidth()}-bit, need 16-bit")
-            raw = wav.readframes(wav.getnframes())
-    except (wave.Error, EOFError) as exc:
-        raise PromptFormatError(f"{path}: not a PCM WAV file: {exc}") from exc
-    return prompt_from_samples(str(path), np.frombuffer(raw, dtype="<i2"), codecs)
-
-
 def prompt_from_samples(
     name: str, samples: np.ndarray[tuple[int], np.dtype[np.int16]], codecs: Iterable[str]
 ) -> Prompt:
@@ -76,27 +56,6 @@ def prompt_from_samples(
             encoded[i : i + FRAME_SAMPLES] for i in range(0, len(encoded), FRAME_SAMPLES)
         )
     return Prompt(name, frames, count)
-
-
-class PromptCache:
-    """One `Prompt` per file path, loaded on first use (normally at startup, from config)."""
-
-    __slots__ = ("_codecs", "_prompts")
-
-    def __init__(self, codecs: Sequence[str] = SUPPORTED_CODECS) -> None:
-        self._codecs = tuple(codecs)
-        self._prompts: dict[str, Prompt] = {}
-
-    def get(self, path: str | Path) -> Prompt:
-        key = str(Path(path).resolve())
-        prompt = self._prompts.get(key)
-        if prompt is None:
-            prompt = load_prompt(key, self._codecs)
-            self._prompts[key] = prompt
-        return prompt
-
-    def __len__(self) -> int:
-        return len(self._prompts)
 
 
 class Playlist:

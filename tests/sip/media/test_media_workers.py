@@ -34,10 +34,10 @@ from engine.media.offload import MediaWorkers, RemoteBridge
 from engine.recording.service import RecordingLost
 from engine.recording.spec import RecordingSpec
 from sip.media import DtmfReceived, MediaClock, MediaEvent, MediaStats, PortAllocator, open_endpoint
+from sip.media.prompts import PromptCache
 from sip.rtp.dtmf import dtmf_packets
 from sip.rtp.g711 import decode_pcmu
 from sip.rtp.packet import RtpPacket
-from sip.rtp.playback import PromptCache
 from sip.rtp.rtcp import Bye, SenderReport, parse_rtcp
 
 SHIPPED_MOH = Path(__file__).resolve().parents[3] / "engine" / "prompts" / "moh.wav"

@@ -8,13 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sip.media.prompts import PromptCache, load_prompt
 from sip.rtp.g711 import ALAW_SILENCE, ULAW_SILENCE, decode_pcmu, encode_pcmu
 from sip.rtp.playback import (
     Playlist,
     Prompt,
-    PromptCache,
     PromptFormatError,
-    load_prompt,
     prompt_from_samples,
 )
 
