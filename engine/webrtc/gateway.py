@@ -106,16 +106,16 @@ from engine.webrtc.protocol import (
     ConnectRtp,
     DisconnectRtp,
     Dtmf,
-    Failed,
     FromWorker,
-    MediaStats,
+    LegFailed,
+    LegStats,
+    LegStatsReported,
     OfferRefused,
     Open,
     Opened,
     OpenFailed,
     PageError,
     StateChanged,
-    Stats,
 )
 from engine.webrtc.protocol import Offer as OfferMessage
 
@@ -180,7 +180,7 @@ ClosedHook = Callable[["Session", str], None]
 
 
 class WebRtcMetrics:
-    def __init__(self, registry: CollectorRegistry, media_totals: Callable[[], MediaStats]) -> None:
+    def __init__(self, registry: CollectorRegistry, media_totals: Callable[[], LegStats]) -> None:
         self.sessions = Gauge(
             "acd_webrtc_sessions",
             "Browser softphone sessions (peer connections) open now.",
@@ -216,10 +216,11 @@ class _MediaCounters:
 
     The media path counts in plain ints (in a worker process a Prometheus counter could not be
     reached at all); this sums the live sessions' counts (a worker's as of its last report, at
-    most `engine.webrtc.protocol.STATS_INTERVAL_S` old) and those of the sessions already closed.
+    most `engine.webrtc.protocol.LEG_STATS_INTERVAL_S` old) and those of the sessions already
+    closed.
     """
 
-    def __init__(self, totals: Callable[[], MediaStats]) -> None:
+    def __init__(self, totals: Callable[[], LegStats]) -> None:
         self._totals = totals
 
     def collect(self) -> Iterator[Metric]:
@@ -245,7 +246,7 @@ class _MediaCounters:
         )
 
 
-def _add_stats(total: MediaStats, more: MediaStats) -> None:
+def _add_stats(total: LegStats, more: LegStats) -> None:
     total.to_browser += more.to_browser
     total.from_browser += more.from_browser
     total.dropped += more.dropped
@@ -267,7 +268,7 @@ class MediaGone(Exception):
 class MediaBackend(Protocol):
     """What a `Session` drives: `MediaLeg` itself (in-process) or a `WorkerMedia` proxy."""
 
-    stats: MediaStats
+    stats: LegStats
 
     @property
     def worker_pid(self) -> int | None: ...
@@ -297,7 +298,7 @@ class WorkerMedia:
         self.sid = 0
         self._address: tuple[str, int] | None = None
         self._state = "new"
-        self.stats = MediaStats()
+        self.stats = LegStats()
         loop = asyncio.get_running_loop()
         self._opened: asyncio.Future[tuple[str, int]] = loop.create_future()
         self._answered: asyncio.Future[tuple[str, str]] = loop.create_future()
@@ -356,7 +357,7 @@ class WorkerMedia:
         if isinstance(message, StateChanged):
             self._state = message.state
             self._events.media_state(message.state)
-        elif isinstance(message, Stats):
+        elif isinstance(message, LegStatsReported):
             self.stats = message.stats
         elif isinstance(message, Opened):
             settle(self._opened, (message.host, message.port))
@@ -368,7 +369,7 @@ class WorkerMedia:
             settle(self._answered, exc=OfferError(message.reason))
         elif isinstance(message, PageError):
             self._events.media_error(message.reason)
-        elif isinstance(message, Failed):
+        elif isinstance(message, LegFailed):
             self._events.media_failed(message.reason, bug=message.bug)
         elif isinstance(message, Closed):
             self.stats = message.stats
@@ -424,7 +425,7 @@ class Session:
         return self._media.worker_pid
 
     @property
-    def stats(self) -> MediaStats:
+    def stats(self) -> LegStats:
         return self._media.stats
 
     @property
@@ -631,7 +632,7 @@ class WebRtcGateway:
         # Sessions whose packet counts are not yet in `_closed_stats` (a replaced session stays
         # here until its media has let go, so the exported counters never step back).
         self._live: set[Session] = set()
-        self._closed_stats = MediaStats()
+        self._closed_stats = LegStats()
         self.metrics = WebRtcMetrics(registry, self._media_totals)
         self._closing = False
         self._on_unexpected = on_unexpected
@@ -707,7 +708,7 @@ class WebRtcGateway:
             return MediaLeg(agent_id, cfg, events)
         return WorkerMedia(self._workers, agent_id, cfg, events)
 
-    def _media_totals(self) -> MediaStats:
+    def _media_totals(self) -> LegStats:
         totals = msgspec.structs.replace(self._closed_stats)
         for session in self._live:
             _add_stats(totals, session.stats)

@@ -63,7 +63,7 @@ from engine.webrtc.g711 import (
     install_g711_tap,
 )
 from engine.webrtc.opus import _OpusDecoder, _OpusEncoder
-from engine.webrtc.protocol import MediaStats
+from engine.webrtc.protocol import LegStats
 from engine.webrtc.track import ToBrowserTrack, _LeanSender, g711_sender_supported
 from sip.rtp.dtmf import dtmf_packets
 from sip.rtp.g711 import ULAW_ENCODE
@@ -196,7 +196,7 @@ class MediaLeg:
         self._dtmf_active = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
-        self.stats = MediaStats()
+        self.stats = LegStats()
         self._pc.on("connectionstatechange", self._state_changed)
         self._pc.on("track", self._track_received)
 

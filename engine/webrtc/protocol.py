@@ -4,10 +4,14 @@ How this works: both sides import this module and nothing of each other. The gat
 `WorkerMedia` (engine/webrtc/gateway.py) sends `ToWorker` messages for a session's leg (`Open`,
 `Offer`, `ConnectRtp`, `DisconnectRtp`, `Dtmf`, `Close`); the worker (engine/webrtc/worker.py)
 answers with `FromWorker` messages: the replies (`Opened` / `OpenFailed`, `Answered` /
-`OfferRefused`, `Closed`), the leg's events (`StateChanged`, `PageError`, `Failed`) and its
-counters (`Stats`, every `STATS_INTERVAL_S` while they change). Framing (a 4-byte big-endian
-length and a msgpack message over an AF_UNIX socketpair) and the start-up handshake (`Ready`)
-are engine.runtime.workers'.
+`OfferRefused`, `Closed`), the leg's events (`StateChanged`, `PageError`, `LegFailed`) and its
+counters (`LegStatsReported`, every `LEG_STATS_INTERVAL_S` while they change). Framing (a
+4-byte big-endian length and a msgpack message over an AF_UNIX socketpair) and the start-up
+handshake (`Ready`) are engine.runtime.workers'.
+
+The SIP media workers' protocol (engine/media/protocol.py) has its own `Failed`, `Stats`,
+`STATS_INTERVAL_S` and counters (sip.media.MediaStats), which mean other things (a bridge that
+failed, per-process deltas, 0.25 s); the names here say "leg" so the two never read alike.
 """
 
 from __future__ import annotations
@@ -18,10 +22,10 @@ from engine.config import WebRtcConfig
 from engine.runtime.workers import Ready
 
 #: How often a worker reports its legs' packet counters (metrics lag the truth by at most this).
-STATS_INTERVAL_S = 1.0
+LEG_STATS_INTERVAL_S = 1.0
 
 
-class MediaStats(msgspec.Struct):
+class LegStats(msgspec.Struct):
     """A leg's counters since it opened (plain ints: no metrics library on the per-packet path)."""
 
     to_browser: int = 0  # 20 ms packets from the call played to the page
@@ -99,22 +103,26 @@ class PageError(msgspec.Struct, tag=True, array_like=True):
     reason: str
 
 
-class Failed(msgspec.Struct, tag=True, array_like=True):
+class LegFailed(msgspec.Struct, tag=True, array_like=True):
+    """The leg cannot go on (or its request hit a bug in the worker): the session ends (1011)."""
+
     sid: int
     reason: str
     bug: bool
 
 
-class Stats(msgspec.Struct, tag=True, array_like=True):
+class LegStatsReported(msgspec.Struct, tag=True, array_like=True):
+    """The leg's counters as they are now (totals since it opened, not deltas)."""
+
     sid: int
-    stats: MediaStats
+    stats: LegStats
 
 
 class Closed(msgspec.Struct, tag=True, array_like=True):
     sid: int
-    stats: MediaStats
+    stats: LegStats
 
 
 FromWorker = (
-    Ready | Opened | OpenFailed | Answered | OfferRefused | StateChanged | PageError | Failed
-) | (Stats | Closed)
+    Ready | Opened | OpenFailed | Answered | OfferRefused | StateChanged | PageError | LegFailed
+) | (LegStatsReported | Closed)

@@ -6,8 +6,8 @@ runs in one of them, the same class as in the daemon, driven over a control stre
 socketpair made by the daemon, frames of a 4-byte big-endian length and a msgpack message (the
 `ToWorker` / `FromWorker` unions of engine/webrtc/protocol.py). `_Worker` turns each message into
 a call on that session's leg, and the leg's events (`_LegEvents`) and counters (every
-`STATS_INTERVAL_S`, when they changed) into messages back. An unexpected error in one request
-ends that session, never the worker.
+`LEG_STATS_INTERVAL_S`, when they changed) into messages back. An unexpected error in one
+request ends that session, never the worker.
 
 Lifetime: the worker ignores SIGINT and SIGTERM (a Ctrl-C or a service manager's SIGTERM goes to
 the whole process group; the daemon must drain its calls first, then it stops its workers), and it
@@ -35,15 +35,16 @@ from engine.runtime.workers import (
 )
 from engine.webrtc.leg import MediaLeg, OfferError
 from engine.webrtc.protocol import (
-    STATS_INTERVAL_S,
+    LEG_STATS_INTERVAL_S,
     Answered,
     Close,
     Closed,
     ConnectRtp,
     DisconnectRtp,
     Dtmf,
-    Failed,
-    MediaStats,
+    LegFailed,
+    LegStats,
+    LegStatsReported,
     Offer,
     OfferRefused,
     Open,
@@ -51,7 +52,6 @@ from engine.webrtc.protocol import (
     OpenFailed,
     PageError,
     StateChanged,
-    Stats,
     ToWorker,
 )
 
@@ -72,7 +72,7 @@ class _LegEvents:
         self._send(PageError(self._sid, reason))
 
     def media_failed(self, reason: str, *, bug: bool) -> None:
-        self._send(Failed(self._sid, reason, bug))
+        self._send(LegFailed(self._sid, reason, bug))
 
 
 class _Worker:
@@ -81,7 +81,7 @@ class _Worker:
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self._writer = writer
         self._legs: dict[int, MediaLeg] = {}
-        self._reported: dict[int, MediaStats] = {}
+        self._reported: dict[int, LegStats] = {}
         self._requests: set[asyncio.Task[None]] = set()
 
     def send(self, message: msgspec.Struct) -> None:
@@ -141,7 +141,7 @@ class _Worker:
                 raise
             except Exception as exc:  # our bug: it ends that session, never the worker
                 log.exception("webrtc_worker_error", sid=sid)
-                self.send(Failed(sid, f"internal error in worker: {type(exc).__name__}", True))
+                self.send(LegFailed(sid, f"internal error in worker: {type(exc).__name__}", True))
 
         task = asyncio.ensure_future(run())
         self._requests.add(task)
@@ -170,12 +170,12 @@ class _Worker:
 
     async def _report_stats(self) -> None:
         while True:
-            await asyncio.sleep(STATS_INTERVAL_S)
+            await asyncio.sleep(LEG_STATS_INTERVAL_S)
             for sid, leg in self._legs.items():
                 if self._reported.get(sid) != leg.stats:
                     snapshot = msgspec.structs.replace(leg.stats)
                     self._reported[sid] = snapshot
-                    self.send(Stats(sid, snapshot))
+                    self.send(LegStatsReported(sid, snapshot))
 
 
 async def _serve(fd: int) -> None:
