@@ -158,16 +158,9 @@ async def _load(conn: Connection, url: str, indices: range, codec: str) -> None:
     from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
     from aiortc.rtp import RtpPacket
 
-    from engine.webrtc.gateway import set_host_addresses
-    from engine.webrtc.worker import (
-        _DECODER_QUEUE_ATTR,
-        _RECEIVER_STREAMS,
-        _SR_NTP,
-        _SR_OCTETS,
-        _SR_PACKETS,
-        _SR_RTP,
-        _Seen,
-    )
+    from engine.webrtc.g711 import _DECODER_QUEUE_ATTR, _RECEIVER_STREAMS, _Seen
+    from engine.webrtc.leg import set_host_addresses
+    from engine.webrtc.track import _SR_NTP, _SR_OCTETS, _SR_PACKETS, _SR_RTP
 
     set_host_addresses(("127.0.0.1",))  # aioice skips loopback on its own
     loop = asyncio.get_running_loop()

@@ -21,11 +21,11 @@ a small FIFO; `ToBrowserTrack.recv` paces itself on the loop clock (one 20 ms fr
 fixed start, as aiortc's own ``AudioStreamTrack`` does) and hands aiortc the next frame, or silence
 when no RTP is flowing (no call, hold, loss). With G.711 towards the browser (the usual case) the
 frame is the call's payload bytes (PCMA <-> PCMU by a byte table), sent without aiortc's
-per-packet sender loop: nothing is decoded or encoded (engine.webrtc.worker, "G.711
-passthrough"). With Opus the FIFO holds PCM (G.711 tables) and aiortc encodes. Audio from the
-browser: G.711 packets are relayed to the call as they came, right after SRTP, with their own
-sequence and timing mapped onto the session's stream; Opus is decoded by aiortc, resampled to
-8 kHz and encoded to PCMU. Either way it leaves in 160-sample packets through an `OutboundStream`
+per-packet sender loop: nothing is decoded or encoded (engine/webrtc/g711.py, track.py). With
+Opus the FIFO holds PCM (G.711 tables) and aiortc encodes. Audio from the browser: G.711 packets
+are relayed to the call as they came, right after SRTP, with their own sequence and timing
+mapped onto the session's stream; Opus is decoded by aiortc, resampled to 8 kHz and encoded
+to PCMU. Either way it leaves in 160-sample packets through an `OutboundStream`
 (own SSRC; a marker and a timestamp jump when a new call is connected). Keypad digits become
 RFC 4733 packets on that same stream (voice is held back while an event is on the wire, so the
 far end's detector sees a clean event).
@@ -68,7 +68,7 @@ one session closes that session with its reason; it never reaches the daemon.
 Worker processes (``[webrtc] workers = N``, issue #8): a leg costs tens of ms of CPU per
 call-second, all of it in aiortc, PyAV and the G.711 work, none in the signalling. So the session
 (`Session`: WebSocket, auth, registry, the call layer's hooks, metrics) always stays here, and its
-media (engine.webrtc.worker.MediaLeg) runs either in this process (N = 0) or, through a
+media (engine.webrtc.leg.MediaLeg) runs either in this process (N = 0) or, through a
 `WorkerMedia` proxy with the same API, in one of N worker processes (the one with the fewest
 sessions). The worker's RTP socket is the session's ``rtp_address``, so the bridge talks to the
 worker directly. `WorkerPool` starts the workers with the gateway, restarts one that dies (its
@@ -98,53 +98,36 @@ from prometheus_client.core import CounterMetricFamily, Metric
 
 from engine.config import Config, LoginMode, WebRtcConfig
 from engine.runtime.workers import WorkerPool, WorkerProcess, settle, worker_args
-from engine.webrtc.worker import (
-    CODEC_PREFERENCE,
-    FRAME_S,
-    FRAME_SAMPLES,
-    SAMPLE_RATE,
+from engine.webrtc.leg import MediaEvents, MediaLeg, OfferError, set_host_addresses
+from engine.webrtc.protocol import (
     Answered,
     Close,
     Closed,
     ConnectRtp,
     DisconnectRtp,
     Dtmf,
-    Failed,
     FromWorker,
-    MediaEvents,
-    MediaLeg,
-    MediaStats,
-    OfferError,
+    LegFailed,
+    LegStats,
+    LegStatsReported,
     OfferRefused,
     Open,
     Opened,
     OpenFailed,
     PageError,
     StateChanged,
-    Stats,
-    ToBrowserTrack,
-    set_host_addresses,
 )
-from engine.webrtc.worker import Offer as OfferMessage
+from engine.webrtc.protocol import Offer as OfferMessage
 
 __all__ = [
-    "CODEC_PREFERENCE",
-    "FRAME_S",
-    "FRAME_SAMPLES",
     "RTC_PATH",
-    "SAMPLE_RATE",
     "WORKER_DIED",
     "CloseCode",
     "MediaBackend",
     "MediaGone",
-    "MediaLeg",
-    "MediaStats",
     "Session",
-    "ToBrowserTrack",
     "WebRtcGateway",
     "WorkerMedia",
-    "WorkerPool",
-    "set_host_addresses",
 ]
 
 log = structlog.stdlib.get_logger("acd.webrtc")
@@ -197,7 +180,7 @@ ClosedHook = Callable[["Session", str], None]
 
 
 class WebRtcMetrics:
-    def __init__(self, registry: CollectorRegistry, media_totals: Callable[[], MediaStats]) -> None:
+    def __init__(self, registry: CollectorRegistry, media_totals: Callable[[], LegStats]) -> None:
         self.sessions = Gauge(
             "acd_webrtc_sessions",
             "Browser softphone sessions (peer connections) open now.",
@@ -233,10 +216,11 @@ class _MediaCounters:
 
     The media path counts in plain ints (in a worker process a Prometheus counter could not be
     reached at all); this sums the live sessions' counts (a worker's as of its last report, at
-    most `engine.webrtc.worker.STATS_INTERVAL_S` old) and those of the sessions already closed.
+    most `engine.webrtc.protocol.LEG_STATS_INTERVAL_S` old) and those of the sessions already
+    closed.
     """
 
-    def __init__(self, totals: Callable[[], MediaStats]) -> None:
+    def __init__(self, totals: Callable[[], LegStats]) -> None:
         self._totals = totals
 
     def collect(self) -> Iterator[Metric]:
@@ -262,7 +246,7 @@ class _MediaCounters:
         )
 
 
-def _add_stats(total: MediaStats, more: MediaStats) -> None:
+def _add_stats(total: LegStats, more: LegStats) -> None:
     total.to_browser += more.to_browser
     total.from_browser += more.from_browser
     total.dropped += more.dropped
@@ -284,7 +268,7 @@ class MediaGone(Exception):
 class MediaBackend(Protocol):
     """What a `Session` drives: `MediaLeg` itself (in-process) or a `WorkerMedia` proxy."""
 
-    stats: MediaStats
+    stats: LegStats
 
     @property
     def worker_pid(self) -> int | None: ...
@@ -314,7 +298,7 @@ class WorkerMedia:
         self.sid = 0
         self._address: tuple[str, int] | None = None
         self._state = "new"
-        self.stats = MediaStats()
+        self.stats = LegStats()
         loop = asyncio.get_running_loop()
         self._opened: asyncio.Future[tuple[str, int]] = loop.create_future()
         self._answered: asyncio.Future[tuple[str, str]] = loop.create_future()
@@ -373,7 +357,7 @@ class WorkerMedia:
         if isinstance(message, StateChanged):
             self._state = message.state
             self._events.media_state(message.state)
-        elif isinstance(message, Stats):
+        elif isinstance(message, LegStatsReported):
             self.stats = message.stats
         elif isinstance(message, Opened):
             settle(self._opened, (message.host, message.port))
@@ -385,7 +369,7 @@ class WorkerMedia:
             settle(self._answered, exc=OfferError(message.reason))
         elif isinstance(message, PageError):
             self._events.media_error(message.reason)
-        elif isinstance(message, Failed):
+        elif isinstance(message, LegFailed):
             self._events.media_failed(message.reason, bug=message.bug)
         elif isinstance(message, Closed):
             self.stats = message.stats
@@ -441,7 +425,7 @@ class Session:
         return self._media.worker_pid
 
     @property
-    def stats(self) -> MediaStats:
+    def stats(self) -> LegStats:
         return self._media.stats
 
     @property
@@ -488,7 +472,7 @@ class Session:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._done.wait(), CLOSE_TIMEOUT_S)
 
-    # -- what the media side reports (engine.webrtc.worker.MediaEvents) --------------------------
+    # -- what the media side reports (engine.webrtc.leg.MediaEvents) -----------------------------
 
     def media_state(self, state: str) -> None:
         self.send_event({"type": "connection", "state": state})
@@ -648,7 +632,7 @@ class WebRtcGateway:
         # Sessions whose packet counts are not yet in `_closed_stats` (a replaced session stays
         # here until its media has let go, so the exported counters never step back).
         self._live: set[Session] = set()
-        self._closed_stats = MediaStats()
+        self._closed_stats = LegStats()
         self.metrics = WebRtcMetrics(registry, self._media_totals)
         self._closing = False
         self._on_unexpected = on_unexpected
@@ -724,7 +708,7 @@ class WebRtcGateway:
             return MediaLeg(agent_id, cfg, events)
         return WorkerMedia(self._workers, agent_id, cfg, events)
 
-    def _media_totals(self) -> MediaStats:
+    def _media_totals(self) -> LegStats:
         totals = msgspec.structs.replace(self._closed_stats)
         for session in self._live:
             _add_stats(totals, session.stats)

@@ -23,20 +23,18 @@ from aiortc import RTCPeerConnection
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.webrtc.worker import (
+from engine.webrtc.g711 import (
     FRAME_SAMPLES,
     MAX_BUFFERED_FRAMES,
     PT_PCMA,
     PT_PCMU,
     SAMPLE_RATE,
     G711Frames,
-    ToBrowserTrack,
-    _OpusDecoder,
-    _OpusEncoder,
     g711_receiver_supported,
-    g711_sender_supported,
     install_g711_tap,
 )
+from engine.webrtc.opus import _OpusDecoder, _OpusEncoder
+from engine.webrtc.track import ToBrowserTrack, g711_sender_supported
 from sip.rtp.g711 import ALAW_TO_ULAW, ULAW_TO_ALAW
 
 payloads = st.lists(
@@ -113,7 +111,7 @@ def test_law_translation_is_the_table() -> None:
 
 
 # -- the aiortc internals the receive-side tap relies on ------------------------------------------
-# engine.webrtc.worker._G711Tap takes the place of RTCRtpReceiver's decoder queue. If aiortc
+# engine.webrtc.g711._G711Tap takes the place of RTCRtpReceiver's decoder queue. If aiortc
 # changes any of this, these tests fail (and the gateway logs a warning and falls back to
 # decoding): read aiortc's new rtcrtpreceiver.py before moving the pin in pyproject.toml.
 

@@ -71,9 +71,9 @@ async function setState(state, reason = "") {
   }
 }
 
-// Softphone: the page's half of the daemon's WebRTC media gateway (engine/webrtc.py; the message
-// types are listed there). One peer connection for the whole login: calls are connected to it on
-// the server side, without renegotiation. Only agents configured with login = "webrtc" get one; the
+// Softphone: the page's half of the daemon's WebRTC media gateway (engine/webrtc/gateway.py; the
+// message types are listed there). One peer connection for the whole login: calls are connected to
+// it on the server side, without renegotiation. Only agents configured with login = "webrtc" get one; the
 // server tells the others with a close code, and they are not retried.
 const RTC_FINAL = {
   4401: "softphone: token rejected",
