@@ -23,7 +23,6 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-import routing_core as rc
 from engine import api
 from engine.api.app import ReadyCheck, make_app, openapi_document
 from engine.calls.flows import FlowRunner
@@ -243,14 +242,7 @@ class Daemon:
             return 1
         self.bus = EventBus()
         self.cdr = CdrWriter(self.store, self.metrics, bus=self.bus)
-        self.routing = RoutingService(
-            self.config,
-            on_offer=self._on_offer,
-            on_withdraw=self._on_withdraw,
-            on_queue_empty=self._on_queue_empty,
-            on_wrap_up_end=self._on_wrap_up_end,
-            loop=asyncio.get_running_loop(),
-        )
+        self.routing = RoutingService(self.config, loop=asyncio.get_running_loop())
         # Compile or load every numba kernel before any listener opens (DESIGN.md section 4): the
         # first call must not pay a compile.
         began = time.monotonic()
@@ -289,6 +281,13 @@ class Daemon:
             flows=FlowRunner(self.config, self._http_client),
         )
         self.api.calls = self.calls
+        # The router's decisions go to the call layer and the agent directory, both built on it.
+        self.routing.connect(
+            on_offer=self.calls.on_offer,
+            on_withdraw=self.calls.on_withdraw,
+            on_queue_empty=self.calls.on_queue_empty,
+            on_wrap_up_end=self.agents.wrap_up_ended,
+        )
         try:
             self.sip_addr = await self.calls.start()
         except OSError as exc:
@@ -344,22 +343,6 @@ class Daemon:
             await self._shutdown()
         log.info("stopped")
         return 0
-
-    def _on_offer(self, offer: rc.Offer) -> None:
-        if self.calls is not None:
-            self.calls.on_offer(offer)
-
-    def _on_withdraw(self, offer: rc.Offer) -> None:
-        if self.calls is not None:
-            self.calls.on_withdraw(offer)
-
-    def _on_wrap_up_end(self, agent_id: str, state: rc.AgentState) -> None:
-        if self.agents is not None:
-            self.agents.wrap_up_ended(agent_id, state)
-
-    def _on_queue_empty(self, queue: str) -> None:
-        if self.calls is not None:
-            self.calls.on_queue_empty(queue)
 
     async def _shutdown(self) -> None:
         self.systemd.close()

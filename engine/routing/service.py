@@ -119,9 +119,9 @@ class RoutingService:
         self,
         cfg: Config,
         *,
-        on_offer: OfferCallback,
-        on_withdraw: OfferCallback,
         loop: asyncio.AbstractEventLoop,
+        on_offer: OfferCallback | None = None,
+        on_withdraw: OfferCallback | None = None,
         on_queue_empty: Callable[[str], None] | None = None,
         on_wrap_up_end: Callable[[str, rc.AgentState], None] | None = None,
         max_tasks: int = 8192,
@@ -141,6 +141,22 @@ class RoutingService:
         self._timer_at: float | None = None
         self.decisions = 0
 
+    def connect(
+        self,
+        *,
+        on_offer: OfferCallback,
+        on_withdraw: OfferCallback,
+        on_queue_empty: Callable[[str], None] | None = None,
+        on_wrap_up_end: Callable[[str, rc.AgentState], None] | None = None,
+    ) -> None:
+        """Who hears the router's decisions: the call layer (offers, withdrawals, a queue left
+        empty) and the agent directory (wrap-up ends). The daemon connects them once they exist,
+        since both are built on this service; until then no dispatch runs, so no agent is
+        reserved for an offer nobody would ring."""
+        self._on_offer, self._on_withdraw = on_offer, on_withdraw
+        self.on_queue_empty, self.on_wrap_up_end = on_queue_empty, on_wrap_up_end
+        self._kick()
+
     @property
     def now(self) -> float:
         return self._loop.time()
@@ -154,6 +170,8 @@ class RoutingService:
 
     def _dispatch(self) -> None:
         self._dispatch_pending = False
+        if self._on_offer is None:  # not connected yet (connect() dispatches)
+            return
         self._timer = None
         self._timer_at = None
         offers = self.router.dispatch(self.now)
@@ -261,7 +279,8 @@ class RoutingService:
 
     def accept(self, call_id: str, agent_id: str) -> None:
         for withdrawn in self.router.accept(call_id, agent_id, self.now):
-            self._on_withdraw(withdrawn)
+            if self._on_withdraw is not None:
+                self._on_withdraw(withdrawn)
         self._kick()
 
     def reject(self, call_id: str, agent_id: str, reason: str) -> None:
@@ -274,7 +293,8 @@ class RoutingService:
 
     def abandon(self, call_id: str) -> None:
         for withdrawn in self.router.abandon(call_id, self.now):
-            self._on_withdraw(withdrawn)
+            if self._on_withdraw is not None:
+                self._on_withdraw(withdrawn)
         self._kick()
 
     # -- agents ----------------------------------------------------------------------------------

@@ -183,19 +183,13 @@ async def layer(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator
     store = await Store.open(f"sqlite+aiosqlite:///{tmp_path}/cdr.sqlite3")
     metrics = Metrics()
     cdr = CdrWriter(store, metrics)
-    holder: list[CallService] = []
-    routing = RoutingService(
-        cfg,
-        on_offer=lambda offer: holder[0].on_offer(offer),
-        on_withdraw=lambda offer: holder[0].on_withdraw(offer),
-        loop=loop,
-    )
+    routing = RoutingService(cfg, loop=loop)
     agents = AgentDirectory(cfg, routing, cdr, loop)
     service = CallService(
         cfg, routing=routing, agents=agents, cdr=cdr, recordings=None, metrics=metrics,
         flows=FlowRunner(cfg, None),
     )  # fmt: skip
-    holder.append(service)
+    routing.connect(on_offer=service.on_offer, on_withdraw=service.on_withdraw)
     routing.login("2001")  # a static agent is logged in by the API or a feature code
     await service.start()
     try:

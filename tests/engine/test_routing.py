@@ -102,6 +102,22 @@ async def test_offer_accept_complete_and_wrap_up_ends_by_timer(
     svc.close()
 
 
+async def test_no_agent_is_reserved_until_someone_is_connected_to_hear_the_offer() -> None:
+    """The daemon builds the router first and connects the call layer afterwards: a caller
+    enqueued in between is offered only once the offer can be rung."""
+    rec = Recorder()
+    svc = RoutingService(parse_config(CONFIG, "t.toml"), loop=asyncio.get_running_loop())
+    svc.login("1001")
+    svc.enqueue("call-early", "support")
+    await asyncio.sleep(0.05)  # the dispatch has run (call_soon) and must have offered nothing
+    assert svc.agent_state("1001") is rc.AgentState.AVAILABLE
+    svc.connect(on_offer=rec.offer, on_withdraw=rec.withdraw)
+    (offer,) = await rec.wait_offers(1)
+    assert offer == rc.Offer("call-early", "1001", "support")
+    assert svc.agent_state("1001") is rc.AgentState.RESERVED
+    svc.close()
+
+
 async def test_relaxation_step_fires_from_the_timer_without_any_event(
     service: tuple[RoutingService, Recorder],
 ) -> None:
