@@ -4,7 +4,8 @@ How this works: ``AgentDirectory`` owns the SIP registrar's binding store for th
 agent with ``login = "register"`` becomes available when its first binding appears and is logged out
 when its last binding goes away, whether by un-REGISTER or by expiry (Asterisk's behaviour with
 ``autopause``-free dynamic members). Expiries are served by ONE ``loop.call_at`` re-armed from the
-registrar's ``next_expiry()``: no timer per phone. A browser agent (``login = "webrtc"``) is logged
+registrar's ``next_expiry()``: no timer per phone (``loop`` is the event loop, or a test's
+clock: engine.runtime.clock). A browser agent (``login = "webrtc"``) is logged
 in when its softphone's media comes up and out when the page goes away, the same way. If the last binding vanishes while the agent is on
 a call, the logout waits until the call completes (``call_completed``), so a phone that reboots mid
 call does not tear down routing state under a live call.
@@ -18,7 +19,6 @@ change as an agent event (CDR store and live event stream).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,6 +27,7 @@ import structlog
 import routing_core as rc
 from engine.config import AgentConfig, Config, LoginMode
 from engine.routing.service import RoutingService
+from engine.runtime.clock import Cancellable, Scheduler
 from engine.storage.cdr import CdrWriter
 from sip.registrar import ContactRequest, RegisterResult, Registrar
 
@@ -45,7 +46,7 @@ class AgentDirectory:
         config: Config,
         routing: RoutingService,
         cdr: CdrWriter | None,
-        loop: asyncio.AbstractEventLoop,
+        loop: Scheduler,
         *,
         registrar: Registrar | None = None,
     ) -> None:
@@ -56,7 +57,7 @@ class AgentDirectory:
         self._loop = loop
         # Not `registrar or ...`: an empty Registrar is falsy (it has __len__).
         self.registrar = registrar if registrar is not None else Registrar()
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: Cancellable | None = None
         self._timer_at: float | None = None
         self._logout_after_call: set[str] = set()
         # agent id -> the address-of-record its phone registers (the SIP core keys bindings by

@@ -11,6 +11,7 @@ from engine.config import parse_config
 from engine.routing.agents import AgentDirectory
 from engine.routing.service import RoutingService
 from sip.registrar import ContactRequest, Registrar
+from tests.engine.clocks import ManualClock
 
 CONFIG = """
 [[queues]]
@@ -29,20 +30,26 @@ queues = { support = 0 }
 
 
 @pytest.fixture
-async def directory() -> tuple[AgentDirectory, RoutingService, list[rc.Offer]]:
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+async def directory(clock: ManualClock) -> tuple[AgentDirectory, RoutingService, list[rc.Offer]]:
     loop = asyncio.get_running_loop()
     cfg = parse_config(CONFIG, "t.toml")
     offers: list[rc.Offer] = []
     routing = RoutingService(cfg, on_offer=offers.append, on_withdraw=offers.append, loop=loop)
     registrar = Registrar(min_expires_s=1, default_expires_s=1)
-    return AgentDirectory(cfg, routing, None, loop, registrar=registrar), routing, offers
+    # Registration expiry runs on the test's clock (no sleeping); routing on the real loop.
+    return AgentDirectory(cfg, routing, None, clock, registrar=registrar), routing, offers
 
 
 PHONE = [ContactRequest("sip:1001@127.0.0.1:5284;transport=udp")]
 
 
 async def test_register_makes_available_and_expiry_logs_out(
-    directory: tuple[AgentDirectory, RoutingService, list[rc.Offer]],
+    directory: tuple[AgentDirectory, RoutingService, list[rc.Offer]], clock: ManualClock
 ) -> None:
     agents, routing, _ = directory
     assert routing.agent_state("1001") is rc.AgentState.LOGGED_OUT
@@ -50,20 +57,23 @@ async def test_register_makes_available_and_expiry_logs_out(
     assert result.ok
     assert routing.agent_state("1001") is rc.AgentState.AVAILABLE
     assert agents.contacts("1001") == ["sip:1001@127.0.0.1:5284;transport=udp"]
-    await asyncio.sleep(1.3)  # one sweep timer serves every expiry
+    assert clock.pending == 1  # one sweep timer serves every expiry
+    clock.advance(0.9)
+    assert routing.agent_state("1001") is rc.AgentState.AVAILABLE
+    clock.advance(0.2)
     assert routing.agent_state("1001") is rc.AgentState.LOGGED_OUT
     assert agents.contacts("1001") == []
     agents.close()
 
 
 async def test_refresh_keeps_the_agent_and_unregister_logs_out(
-    directory: tuple[AgentDirectory, RoutingService, list[rc.Offer]],
+    directory: tuple[AgentDirectory, RoutingService, list[rc.Offer]], clock: ManualClock
 ) -> None:
     agents, routing, _ = directory
     agents.register("1001", PHONE, call_id="r1", cseq=1, expires=1)
-    await asyncio.sleep(0.6)
+    clock.advance(0.6)
     assert agents.register("1001", PHONE, call_id="r1", cseq=2, expires=1).ok
-    await asyncio.sleep(0.6)  # past the first expiry, within the refreshed one
+    clock.advance(0.6)  # past the first expiry, within the refreshed one
     assert routing.agent_state("1001") is rc.AgentState.AVAILABLE
     gone = agents.register(
         "1001", [ContactRequest(PHONE[0].uri, expires=0)], call_id="r1", cseq=3, expires=None
@@ -74,7 +84,7 @@ async def test_refresh_keeps_the_agent_and_unregister_logs_out(
 
 
 async def test_phone_gone_during_a_call_logs_out_after_the_call(
-    directory: tuple[AgentDirectory, RoutingService, list[rc.Offer]],
+    directory: tuple[AgentDirectory, RoutingService, list[rc.Offer]], clock: ManualClock
 ) -> None:
     agents, routing, offers = directory
     agents.register("1001", PHONE, call_id="r1", cseq=1, expires=1)
@@ -82,7 +92,8 @@ async def test_phone_gone_during_a_call_logs_out_after_the_call(
     await asyncio.sleep(0.05)
     assert offers == [rc.Offer("call-1", "1001", "support")]
     routing.accept("call-1", "1001")
-    await asyncio.sleep(1.3)  # the registration expires mid-call
+    clock.advance(1.1)  # the registration expires mid-call
+    assert agents.contacts("1001") == []
     assert routing.agent_state("1001") is rc.AgentState.BUSY
     routing.complete("1001", "call-1")
     agents.call_completed("1001")

@@ -372,8 +372,20 @@ def test_logout_refused_while_busy_and_stats_count_states() -> None:
     assert stats["waiting"] == 0
 
 
-def test_warmup_runs() -> None:
-    make().warmup()
+def test_warmup_readies_every_kernel_and_leaves_the_router_as_it_was() -> None:
+    from routing_core import _jit
+
+    r = make()
+    r.login("a0", 0.0)
+    r.enqueue("t0", "q", 0.0)
+    compiled, loaded = r.warmup()
+    if _jit._config.DISABLE_JIT:
+        assert (compiled, loaded) == (0, 0)
+    else:
+        # the dispatch kernels' machine code was compiled here or loaded from numba's cache
+        assert compiled + loaded >= 2
+    # the throwaway router's agent and task never reach this one: t0 still waits for a0
+    assert offered(r.dispatch(0.0)) == [("t0", "a0")]
 
 
 def test_arrays_grow_and_the_kernel_sees_the_new_ones() -> None:
