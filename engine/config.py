@@ -222,7 +222,9 @@ class TrunkConfig(_Struct, frozen=True):
     name: str
     # source networks allowed to send calls (IP ACL); empty means digest credentials are required
     allow: tuple[str, ...] = ()
-    username: str = ""  # digest credentials a trunk must present (inbound)
+    # digest credentials (realm: sip.realm) a source outside every trunk's `allow` may answer our
+    # 407 with, to call in as this trunk
+    username: str = ""
     password: str = ""
     codecs: tuple[str, ...] = ("PCMU", "PCMA")
     # where we send outbound INVITEs (agents behind a PBX, transfers); host:port
@@ -751,6 +753,7 @@ def _validate_telephony(cfg: Config, file: str) -> None:
     flows = {f.name for f in cfg.flows}
     queues = {q.name for q in cfg.queues}
     seen: set[str] = set()
+    usernames: set[str] = set()
     for i, trunk in enumerate(cfg.trunks):
         base = f"trunks[{i}]"
         _check_name(file, f"{base}.name", trunk.name)
@@ -770,6 +773,18 @@ def _validate_telephony(cfg: Config, file: str) -> None:
             raise ConfigError(
                 file, f"{base}.allow", "expected source networks or a username: the trunk is open"
             )
+        if bool(trunk.username) != bool(trunk.password):
+            raise ConfigError(
+                file, f"{base}.password" if trunk.username else f"{base}.username",
+                "expected both username and password (inbound digest) or neither",
+            )  # fmt: skip
+        if trunk.username and trunk.username in usernames:
+            raise ConfigError(
+                file, f"{base}.username",
+                f"expected a username no other trunk has (it says which trunk is calling), "
+                f"found {trunk.username!r} again",
+            )  # fmt: skip
+        usernames.add(trunk.username)
         if trunk.transport not in ("udp", "tcp", "tls"):
             raise ConfigError(
                 file,

@@ -104,10 +104,10 @@ class Peers:
         return self._start(["-sn", "uac"], sip_target(daemon), "-s", "support", "-m", "1",
                            "-d", str(hold_ms))  # fmt: skip
 
-    def scripted_caller(self, daemon: DaemonProcess, scenario: str) -> Proc:
+    def scripted_caller(self, daemon: DaemonProcess, scenario: str, *extra: str) -> Proc:
         """One call to support running ``scenario`` (a file in sipp/scenarios), traced."""
         return self._start(["-sf", str(SCENARIOS / f"{scenario}.xml")], sip_target(daemon),
-                           "-s", "support", "-m", "1", "-trace_msg")  # fmt: skip
+                           "-s", "support", "-m", "1", "-trace_msg", *extra)  # fmt: skip
 
     def refused_caller(self, target: str) -> Proc:
         """One INVITE to support that must get 503 (sipp/scenarios/caller_expect_503.xml)."""

@@ -167,6 +167,13 @@ name = "q"
         ('[[routes]]\npattern = "(1"\nflow = "main"\n', "routes[0].pattern", "regular expression"),
         ('[[trunks]]\nname = "t2"\nallow = ["300.1.1.1"]\n', "trunks[1].allow[0]", "network"),
         ('[[trunks]]\nname = "t2"\n', "trunks[1].allow", "the trunk is open"),
+        ('[[trunks]]\nname = "t2"\nusername = "pbx"\n', "trunks[1].password", "both username"),
+        (
+            '[[trunks]]\nname = "t2"\nusername = "u"\npassword = "p"\n'
+            '[[trunks]]\nname = "t3"\nusername = "u"\npassword = "q"\n',
+            "trunks[2].username",
+            "no other trunk",
+        ),
         (
             '[[trunks]]\nname = "t2"\nallow = ["10.0.0.0/8"]\ncodecs = ["G729"]\n',
             "trunks[1].codecs[0]",
