@@ -738,6 +738,25 @@ def _check_requirements(file: str, path: str, requirements: dict[str, int]) -> N
             raise ConfigError(file, f"{path}.{skill}", f"expected a level 1..100, found {level}")
 
 
+def _check_ha1(cfg: Config, file: str, base: str, agent: AgentConfig) -> None:
+    if agent.password:
+        raise ConfigError(
+            file, f"{base}.password_ha1", "expected `password` or `password_ha1`, not both"
+        )
+    if not re.fullmatch(r"[0-9a-fA-F]{32}", agent.password_ha1):
+        raise ConfigError(
+            file, f"{base}.password_ha1",
+            "expected 32 hex digits: printf %s 'ID:REALM:PASSWORD' | md5sum",
+        )  # fmt: skip
+    if "SHA-256" in cfg.sip.digest_algorithms:
+        # The stored HA1 is MD5's; a phone that picks the SHA-256 challenge could never pass.
+        raise ConfigError(
+            file, f"{base}.password_ha1",
+            "expected sip.digest_algorithms = [\"MD5\"] with password_ha1 (an MD5 HA1 cannot "
+            "check a phone that answers the SHA-256 challenge): use `password` instead",
+        )  # fmt: skip
+
+
 def _unknown(kind: str, name: str, known: set[str]) -> str:
     listing = ", ".join(sorted(known)) or "none defined"
     return f"expected the name of a configured {kind} ({listing}), found {name!r}"
@@ -902,6 +921,8 @@ def _validate_telephony(cfg: Config, file: str) -> None:
             )
         if agent.trunk and agent.trunk not in trunks:
             raise ConfigError(file, f"{base}.trunk", _unknown("trunk", agent.trunk, trunks))
+        if agent.password_ha1:
+            _check_ha1(cfg, file, base, agent)
         for channel, count in agent.capacity.items():
             if count < 1:
                 raise ConfigError(

@@ -5,22 +5,29 @@
   trunk: its INVITE gets 407 Proxy-Authenticate, it answers with Proxy-Authorization, and the
   call runs as the trunk whose credentials it gave; with a wrong password it gets 403, which is
   counted and leaves a CDR row.
+* ``agents[].password_ha1``: a real phone (baresip) registers with the password whose
+  MD5(id:realm:password) is all the config holds, and the agent becomes available.
 """
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
+from pathlib import Path
 
 import pytest
 
 from tests.e2e.configs import front_door
 from tests.e2e.conftest import DaemonFactory
+from tests.e2e.peers import Baresip
 from tests.e2e.test_call_scenarios import (
     Peers,
     finished,
     peers,  # noqa: F401 - the fixture
     sip_target,
     sipp_output,
+    state,
+    wait_until,
 )
 
 pytestmark = pytest.mark.e2e
@@ -59,3 +66,26 @@ def test_trunk_with_credentials_only_is_challenged_then_admitted(
         ("pbx", "5550100", "abandoned", "bye"),
         (None, "5550100", "rejected", "403 Authentication failed"),
     ]
+
+
+def test_agent_registers_with_the_password_whose_ha1_is_configured(
+    start_daemon: DaemonFactory, tmp_path: Path
+) -> None:
+    ha1 = hashlib.md5(b"1007:acd:ha1-only-secret").hexdigest()  # what md5sum gives an operator
+    daemon = start_daemon(
+        front_door(ADMIN)
+        + '[[queues]]\nname = "support"\n'
+        + f'[[agents]]\nid = "1007"\npassword_ha1 = "{ha1}"\nqueues = {{ support = 0 }}\n'
+    )
+    sip = sip_target(daemon)
+    phone = Baresip(
+        tmp_path / "agent",
+        f"<sip:1007@{sip}>;auth_pass=ha1-only-secret;regint=60;audio_codecs=PCMU",
+        440,
+    )
+    try:
+        phone.wait_for("200 OK")
+        wait_until(lambda: state(daemon, "1007") == "available", 10, "agent 1007 available")
+    finally:
+        phone.stop()
+    assert daemon.stop() == 0

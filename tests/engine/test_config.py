@@ -237,6 +237,17 @@ name = "q"
         ),
         ('[[queues]]\nname = "q2"\noverflow = "zz"\n', "queues[1].overflow", "flow (main)"),
         ('[[agents]]\nid = "9"\nlogin = "static"\n', "agents[0].contact", "sip: URI"),
+        ('[[agents]]\nid = "9"\npassword_ha1 = "abc"\n', "agents[0].password_ha1", "32 hex"),
+        (
+            f'[[agents]]\nid = "9"\npassword = "p"\npassword_ha1 = "{"a" * 32}"\n',
+            "agents[0].password_ha1",
+            "not both",
+        ),
+        (
+            f'[sip]\ndigest_algorithms = ["SHA-256", "MD5"]\n[[agents]]\nid = "9"\npassword_ha1 = "{"a" * 32}"\n',
+            "agents[0].password_ha1",
+            "MD5",
+        ),
         ('[[agents]]\nid = "9"\ncapacity = { voice = 0 }\n', "agents[0].capacity.voice", ">= 1"),
         (
             "[media]\nrtp_port_min = 3000\nrtp_port_max = 2000\n",
