@@ -99,9 +99,9 @@ class Peers:
         return self._start(["-sf", str(SCENARIOS / f"{scenario}.xml")], None, "-m", "1",
                            "-trace_msg", *extra)  # fmt: skip
 
-    def caller(self, daemon: DaemonProcess, hold_ms: int) -> Proc:
-        """SIPp's built-in uac: INVITE support, 200, ACK, hold ``hold_ms``, BYE."""
-        return self._start(["-sn", "uac"], sip_target(daemon), "-s", "support", "-m", "1",
+    def caller(self, daemon: DaemonProcess, hold_ms: int, number: str = "support") -> Proc:
+        """SIPp's built-in uac: INVITE ``number``, 200, ACK, hold ``hold_ms``, BYE."""
+        return self._start(["-sn", "uac"], sip_target(daemon), "-s", number, "-m", "1",
                            "-d", str(hold_ms))  # fmt: skip
 
     def scripted_caller(self, daemon: DaemonProcess, scenario: str, *extra: str) -> Proc:
