@@ -173,7 +173,8 @@ class QueueConfig(_Struct, frozen=True):
     steps: tuple[RelaxStepConfig, ...] = ()
     weight: int = 0  # Asterisk `weight`: a heavier queue wins an agent both queues want
     ring_timeout_s: float = 20.0
-    retry_delay_s: float = 2.0
+    # Asterisk `retry`: after a ring without answer, the caller rings nobody for this long
+    retry_delay_s: float = 0.0
     reject_delay_s: float = 0.0
     busy_delay_s: float = 0.0
     no_answer_delay_s: float = 0.0
