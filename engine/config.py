@@ -144,12 +144,14 @@ class SipConfig(_Struct, frozen=True):
 class StorageConfig(_Struct, frozen=True):
     # Empty means SQLite at ``sqlite_path``; a postgresql:// URL selects PostgreSQL.
     url: str = ""
-    sqlite_path: str = "var/acd.sqlite3"
+    sqlite_path: str = "var/acd.sqlite3"  # when not in the file: runtime.var_dir/acd.sqlite3
 
 
 class RuntimeConfig(_Struct, frozen=True):
     # uvloop roughly halves per-packet overhead on the media path; "off" is for debugging.
     event_loop: str = "uvloop"
+    # Home of the state files whose own key is not in the file: storage.sqlite_path becomes
+    # <var_dir>/acd.sqlite3 and recordings.dir <var_dir>/recordings (``_state_paths``).
     var_dir: str = "var"
     # Grace period SIGTERM gives live calls before the daemon exits anyway.
     drain_timeout_s: float = 30.0
@@ -345,7 +347,9 @@ class ApiConfig(_Struct, frozen=True):
 
 
 class RecordingsConfig(_Struct, frozen=True):
-    dir: str = "var/recordings"  # where recordings are written (one file per call, by date)
+    # where recordings are written (one file per call, by date); when not in the file:
+    # runtime.var_dir/recordings
+    dir: str = "var/recordings"
     format: str = "wav"  # wav | flac | opus (compressed files are made from the WAV at close)
     # JSON keyring {"active": id, "keys": {id: base64}}; empty: ACD_RECORDING_KEYS in the environment
     key_file: str = ""
@@ -970,6 +974,19 @@ def _validate_telephony(cfg: Config, file: str) -> None:
         )
 
 
+def _state_paths(cfg: Config, raw: dict[str, Any]) -> Config:
+    """Fill the state paths the file leaves out from ``runtime.var_dir``: the SQLite database
+    and the recordings root. A path the file gives stays as written (relative ones resolve
+    against the working directory, as var_dir itself does)."""
+    var = Path(cfg.runtime.var_dir)
+    storage, recordings = cfg.storage, cfg.recordings
+    if "sqlite_path" not in raw.get("storage", {}):
+        storage = msgspec.structs.replace(storage, sqlite_path=str(var / "acd.sqlite3"))
+    if "dir" not in raw.get("recordings", {}):
+        recordings = msgspec.structs.replace(recordings, dir=str(var / "recordings"))
+    return msgspec.structs.replace(cfg, storage=storage, recordings=recordings)
+
+
 def parse_config(text: str, file: str) -> Config:
     """Decode and validate TOML text; ``file`` is only used in messages."""
     try:
@@ -984,6 +1001,9 @@ def parse_config(text: str, file: str) -> Config:
         path, problem = _reword(str(exc), raw)
         raise ConfigError(file, path, problem) from None
     cfg = msgspec.structs.replace(cfg, source=file)
+    if not cfg.runtime.var_dir.strip():
+        raise ConfigError(file, "runtime.var_dir", "expected a directory, found an empty string")
+    cfg = _state_paths(cfg, raw)
     _validate(cfg, file)
     _validate_telephony(cfg, file)
     return cfg

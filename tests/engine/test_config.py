@@ -322,3 +322,23 @@ def test_strategies_match_the_routing_core_names() -> None:
     import routing_core
 
     assert {s.name for s in Strategy} == {s.name for s in routing_core.Strategy}
+
+
+def test_var_dir_is_home_to_the_state_paths_the_file_leaves_out() -> None:
+    cfg = parse_config('[runtime]\nvar_dir = "/srv/acd"\n', "t.toml")
+    assert cfg.storage.sqlite_path == "/srv/acd/acd.sqlite3"
+    assert cfg.recordings.dir == "/srv/acd/recordings"
+    given = parse_config(
+        '[runtime]\nvar_dir = "/srv/acd"\n[storage]\nsqlite_path = "db.sqlite3"\n'
+        '[recordings]\ndir = "/data/rec"\n',
+        "t.toml",
+    )
+    assert (given.storage.sqlite_path, given.recordings.dir) == ("db.sqlite3", "/data/rec")
+    plain = parse_config("", "t.toml")
+    assert (plain.storage.sqlite_path, plain.recordings.dir) == (
+        "var/acd.sqlite3",
+        "var/recordings",
+    )
+    with pytest.raises(ConfigError) as info:
+        parse_config('[runtime]\nvar_dir = ""\n', "t.toml")
+    assert info.value.key_path == "runtime.var_dir"
