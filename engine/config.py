@@ -235,6 +235,10 @@ class TrunkConfig(_Struct, frozen=True):
     outbound_username: str = ""  # credentials we answer a 401/407 from the PBX with
     outbound_password: str = ""
     transport: str = "udp"  # udp | tcp | tls: how our INVITEs reach outbound_proxy"
+    # How this trunk's callers send DTMF: "rfc4733" (telephone-event packets), "inband" (tones
+    # in the audio, detected while a flow runs; telephone-event is not offered), or "auto"
+    # (RFC 4733 when the caller's SDP offers telephone-event, tones otherwise). SIP INFO always.
+    dtmf: str = "auto"
 
 
 class RouteConfig(_Struct, frozen=True):
@@ -809,6 +813,12 @@ def _validate_telephony(cfg: Config, file: str) -> None:
                 f"found {trunk.username!r} again",
             )  # fmt: skip
         usernames.add(trunk.username)
+        if trunk.dtmf not in ("auto", "rfc4733", "inband"):
+            raise ConfigError(
+                file,
+                f"{base}.dtmf",
+                f"expected 'auto', 'rfc4733' or 'inband', found {trunk.dtmf!r}",
+            )
         if trunk.transport not in ("udp", "tcp", "tls"):
             raise ConfigError(
                 file,

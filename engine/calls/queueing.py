@@ -56,6 +56,7 @@ class Queueing:
         # A chain of overflows longer than this is a configuration loop (a -> b -> a ...).
         if qcfg.overflow and call.overflows <= 5:
             log.info("queue_overflow", queue=queue, reason=reason, flow=qcfg.overflow)
+            self._s.media.listen_for_tones(call, True)  # a flow again: its menus read digits
             outcome = await self._s.flows.run(qcfg.overflow, CallIO(self._s, call), call.flow_data)
             call.flow_data = outcome.data
             await self._s.inbound.after_flow(call, outcome)
@@ -89,6 +90,7 @@ class Queueing:
                 "enter", call_id=call.id, queue=call.queue,
                 data=QueueEventData(caller=call.caller, position=position, orig_position=position),
             )  # fmt: skip
+        self._s.media.listen_for_tones(call, False)  # no flow reads digits while queued
         self._s.media.music_on_hold(call, outcome.queue)
         waiting = self._wait_for_agent(call, qcfg)
         try:

@@ -169,6 +169,11 @@ name = "q"
         ('[[trunks]]\nname = "t2"\n', "trunks[1].allow", "the trunk is open"),
         ('[[trunks]]\nname = "t2"\nusername = "pbx"\n', "trunks[1].password", "both username"),
         (
+            '[[trunks]]\nname = "t2"\nallow = ["10.0.0.0/8"]\ndtmf = "tones"\n',
+            "trunks[1].dtmf",
+            "'inband'",
+        ),
+        (
             '[[trunks]]\nname = "t2"\nusername = "u"\npassword = "p"\n'
             '[[trunks]]\nname = "t3"\nusername = "u"\npassword = "q"\n',
             "trunks[2].username",
