@@ -144,12 +144,14 @@ class SipConfig(_Struct, frozen=True):
 class StorageConfig(_Struct, frozen=True):
     # Empty means SQLite at ``sqlite_path``; a postgresql:// URL selects PostgreSQL.
     url: str = ""
-    sqlite_path: str = "var/acd.sqlite3"
+    sqlite_path: str = "var/acd.sqlite3"  # when not in the file: runtime.var_dir/acd.sqlite3
 
 
 class RuntimeConfig(_Struct, frozen=True):
     # uvloop roughly halves per-packet overhead on the media path; "off" is for debugging.
     event_loop: str = "uvloop"
+    # Home of the state files whose own key is not in the file: storage.sqlite_path becomes
+    # <var_dir>/acd.sqlite3 and recordings.dir <var_dir>/recordings (``_state_paths``).
     var_dir: str = "var"
     # Grace period SIGTERM gives live calls before the daemon exits anyway.
     drain_timeout_s: float = 30.0
@@ -173,7 +175,8 @@ class QueueConfig(_Struct, frozen=True):
     steps: tuple[RelaxStepConfig, ...] = ()
     weight: int = 0  # Asterisk `weight`: a heavier queue wins an agent both queues want
     ring_timeout_s: float = 20.0
-    retry_delay_s: float = 2.0
+    # Asterisk `retry`: after a ring without answer, the caller rings nobody for this long
+    retry_delay_s: float = 0.0
     reject_delay_s: float = 0.0
     busy_delay_s: float = 0.0
     no_answer_delay_s: float = 0.0
@@ -222,7 +225,9 @@ class TrunkConfig(_Struct, frozen=True):
     name: str
     # source networks allowed to send calls (IP ACL); empty means digest credentials are required
     allow: tuple[str, ...] = ()
-    username: str = ""  # digest credentials a trunk must present (inbound)
+    # digest credentials (realm: sip.realm) a source outside every trunk's `allow` may answer our
+    # 407 with, to call in as this trunk
+    username: str = ""
     password: str = ""
     codecs: tuple[str, ...] = ("PCMU", "PCMA")
     # where we send outbound INVITEs (agents behind a PBX, transfers); host:port
@@ -230,6 +235,10 @@ class TrunkConfig(_Struct, frozen=True):
     outbound_username: str = ""  # credentials we answer a 401/407 from the PBX with
     outbound_password: str = ""
     transport: str = "udp"  # udp | tcp | tls: how our INVITEs reach outbound_proxy"
+    # How this trunk's callers send DTMF: "rfc4733" (telephone-event packets), "inband" (tones
+    # in the audio, detected while a flow runs; telephone-event is not offered), or "auto"
+    # (RFC 4733 when the caller's SDP offers telephone-event, tones otherwise). SIP INFO always.
+    dtmf: str = "auto"
 
 
 class RouteConfig(_Struct, frozen=True):
@@ -342,7 +351,9 @@ class ApiConfig(_Struct, frozen=True):
 
 
 class RecordingsConfig(_Struct, frozen=True):
-    dir: str = "var/recordings"  # where recordings are written (one file per call, by date)
+    # where recordings are written (one file per call, by date); when not in the file:
+    # runtime.var_dir/recordings
+    dir: str = "var/recordings"
     format: str = "wav"  # wav | flac | opus (compressed files are made from the WAV at close)
     # JSON keyring {"active": id, "keys": {id: base64}}; empty: ACD_RECORDING_KEYS in the environment
     key_file: str = ""
@@ -736,6 +747,25 @@ def _check_requirements(file: str, path: str, requirements: dict[str, int]) -> N
             raise ConfigError(file, f"{path}.{skill}", f"expected a level 1..100, found {level}")
 
 
+def _check_ha1(cfg: Config, file: str, base: str, agent: AgentConfig) -> None:
+    if agent.password:
+        raise ConfigError(
+            file, f"{base}.password_ha1", "expected `password` or `password_ha1`, not both"
+        )
+    if not re.fullmatch(r"[0-9a-fA-F]{32}", agent.password_ha1):
+        raise ConfigError(
+            file, f"{base}.password_ha1",
+            "expected 32 hex digits: printf %s 'ID:REALM:PASSWORD' | md5sum",
+        )  # fmt: skip
+    if "SHA-256" in cfg.sip.digest_algorithms:
+        # The stored HA1 is MD5's; a phone that picks the SHA-256 challenge could never pass.
+        raise ConfigError(
+            file, f"{base}.password_ha1",
+            "expected sip.digest_algorithms = [\"MD5\"] with password_ha1 (an MD5 HA1 cannot "
+            "check a phone that answers the SHA-256 challenge): use `password` instead",
+        )  # fmt: skip
+
+
 def _unknown(kind: str, name: str, known: set[str]) -> str:
     listing = ", ".join(sorted(known)) or "none defined"
     return f"expected the name of a configured {kind} ({listing}), found {name!r}"
@@ -751,6 +781,7 @@ def _validate_telephony(cfg: Config, file: str) -> None:
     flows = {f.name for f in cfg.flows}
     queues = {q.name for q in cfg.queues}
     seen: set[str] = set()
+    usernames: set[str] = set()
     for i, trunk in enumerate(cfg.trunks):
         base = f"trunks[{i}]"
         _check_name(file, f"{base}.name", trunk.name)
@@ -769,6 +800,24 @@ def _validate_telephony(cfg: Config, file: str) -> None:
         if not trunk.allow and not trunk.username:
             raise ConfigError(
                 file, f"{base}.allow", "expected source networks or a username: the trunk is open"
+            )
+        if bool(trunk.username) != bool(trunk.password):
+            raise ConfigError(
+                file, f"{base}.password" if trunk.username else f"{base}.username",
+                "expected both username and password (inbound digest) or neither",
+            )  # fmt: skip
+        if trunk.username and trunk.username in usernames:
+            raise ConfigError(
+                file, f"{base}.username",
+                f"expected a username no other trunk has (it says which trunk is calling), "
+                f"found {trunk.username!r} again",
+            )  # fmt: skip
+        usernames.add(trunk.username)
+        if trunk.dtmf not in ("auto", "rfc4733", "inband"):
+            raise ConfigError(
+                file,
+                f"{base}.dtmf",
+                f"expected 'auto', 'rfc4733' or 'inband', found {trunk.dtmf!r}",
             )
         if trunk.transport not in ("udp", "tcp", "tls"):
             raise ConfigError(
@@ -887,6 +936,8 @@ def _validate_telephony(cfg: Config, file: str) -> None:
             )
         if agent.trunk and agent.trunk not in trunks:
             raise ConfigError(file, f"{base}.trunk", _unknown("trunk", agent.trunk, trunks))
+        if agent.password_ha1:
+            _check_ha1(cfg, file, base, agent)
         for channel, count in agent.capacity.items():
             if count < 1:
                 raise ConfigError(
@@ -933,6 +984,19 @@ def _validate_telephony(cfg: Config, file: str) -> None:
         )
 
 
+def _state_paths(cfg: Config, raw: dict[str, Any]) -> Config:
+    """Fill the state paths the file leaves out from ``runtime.var_dir``: the SQLite database
+    and the recordings root. A path the file gives stays as written (relative ones resolve
+    against the working directory, as var_dir itself does)."""
+    var = Path(cfg.runtime.var_dir)
+    storage, recordings = cfg.storage, cfg.recordings
+    if "sqlite_path" not in raw.get("storage", {}):
+        storage = msgspec.structs.replace(storage, sqlite_path=str(var / "acd.sqlite3"))
+    if "dir" not in raw.get("recordings", {}):
+        recordings = msgspec.structs.replace(recordings, dir=str(var / "recordings"))
+    return msgspec.structs.replace(cfg, storage=storage, recordings=recordings)
+
+
 def parse_config(text: str, file: str) -> Config:
     """Decode and validate TOML text; ``file`` is only used in messages."""
     try:
@@ -947,6 +1011,9 @@ def parse_config(text: str, file: str) -> Config:
         path, problem = _reword(str(exc), raw)
         raise ConfigError(file, path, problem) from None
     cfg = msgspec.structs.replace(cfg, source=file)
+    if not cfg.runtime.var_dir.strip():
+        raise ConfigError(file, "runtime.var_dir", "expected a directory, found an empty string")
+    cfg = _state_paths(cfg, raw)
     _validate(cfg, file)
     _validate_telephony(cfg, file)
     return cfg

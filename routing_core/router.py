@@ -15,7 +15,7 @@ Ordering rules (documented choices):
 - The preferred agent must still meet the task's requirements; until the timeout nobody else is eligible.
 - `waiting(queue)` counts tasks not yet accepted (waiting or offered), as a caller in the queue sees it.
 
-Timers (wrap-up end, reject delays, relaxation steps, preferred-agent timeouts) sit in one heap;
+Timers (wrap-up end, reject delays, retry delays, relaxation steps, preferred-agent timeouts) sit in one heap;
 `dispatch(now)` applies those due and `next_deadline()` reports the earliest, sans-I/O style.
 
 Speed (every API call is on the daemon's and the simulator's hot path):
@@ -77,11 +77,13 @@ AUTO_PAUSE_REASON: Final = "auto-paused"
 _T_WAITING: Final = 1
 _T_OFFERED: Final = K.TASK_OFFERED  # the dispatch kernel writes this one
 _T_ASSIGNED: Final = 3
+_T_RETRY: Final = 4  # rang without answer; back to waiting when its queue's retry_delay_s is over
 
 # Timer kinds in the heap.
 _TM_WRAP_END: Final = 0
 _TM_UNBLOCK: Final = 1
 _TM_TASK: Final = 2
+_TM_RETRY: Final = 3
 
 _ROUTABLE_CODES: Final = frozenset(int(s) for s in ROUTABLE_STATES)
 # Agent states as plain ints: hot paths compare the Python mirror `_st` against these, because building
@@ -253,6 +255,7 @@ class Router:
         self._task_ids: list[str | None] = [None] * T
         self._task_index: dict[str, int] = {}
         self._task_offers: dict[int, list[int]] = {}  # only ringing tasks: few objects for the GC
+        self._retrying: set[int] = set()  # tasks in _T_RETRY: linked nowhere, read by oldest_wait
         self._n_waiting = 0
         self._task_agent = [-1] * T
         self._task_accept_s = [0.0] * T
@@ -332,7 +335,13 @@ class Router:
         afters = [s.after_s for s in spec.steps]
         if any(x < 0 for x in afters) or afters != sorted(afters):
             raise InvalidArgument("relaxation steps must have after_s >= 0, in ascending order")
-        for x in (spec.wrap_up_s, spec.reject_delay_s, spec.busy_delay_s, spec.no_answer_delay_s):
+        for x in (
+            spec.wrap_up_s,
+            spec.reject_delay_s,
+            spec.busy_delay_s,
+            spec.no_answer_delay_s,
+            spec.retry_delay_s,
+        ):
             if x < 0:
                 raise InvalidArgument("time spans must be >= 0")
         if spec.max_length < 0 or spec.auto_pause_after < 0:
@@ -647,7 +656,8 @@ class Router:
 
     def reject(self, task_id: str, agent_id: str, now: float, *, reason: str = "reject") -> None:
         """The agent declined, was busy, or did not answer: the task goes back (the agent excluded
-        from it), the agent waits the queue's delay for that reason and may be auto-paused."""
+        from it), at once or, when nobody else rings for it, after the queue's retry_delay_s; the
+        agent waits the queue's delay for that reason and may be auto-paused."""
         if reason not in REJECT_REASONS:
             raise InvalidArgument(f"reason must be one of {REJECT_REASONS}")
         t, a = self._offer_pair(task_id, agent_id)
@@ -672,7 +682,15 @@ class Router:
             self._pending_pause[a] = AUTO_PAUSE_REASON
         self._settle(a, now)
         if t not in self._task_offers:
-            self._to_waiting(t)
+            if spec.retry_delay_s > 0:
+                # Asterisk's `retry`: the caller is offered to nobody for a while (the task sits
+                # in no bucket); its timer puts it back, with its place in the queue kept.
+                self._task_state[t] = _T_RETRY
+                self._tst[t] = _T_RETRY
+                self._retrying.add(t)
+                self._push_timer(now + spec.retry_delay_s, _TM_RETRY, t, self._task_gen[t])
+            else:
+                self._to_waiting(t)
 
     def timeout(self, task_id: str, agent_id: str, now: float) -> None:
         """Ring timeout: the same as reject with reason "no_answer"."""
@@ -739,10 +757,10 @@ class Router:
             if bi[b, K.BI_QUEUE] == q and h >= 0:
                 x = float(self._task_f[h, K.TF_TIME])
                 best = x if best is None else min(best, x)
-        # The ringing tasks of every queue: dispatch does not keep a set per queue for this (a set
+        # The ringing (and retrying) tasks of every queue: dispatch does not keep a set per queue for this (a set
         # update per offer on the hot path for what a metrics scrape reads now and then).
         times, queues = self._task_time, self._task_q
-        for t in self._task_offers:
+        for t in itertools.chain(self._task_offers, self._retrying):
             if queues[t] == q:
                 x = times[t]
                 best = x if best is None else min(best, x)
@@ -756,13 +774,14 @@ class Router:
         return [self._agent_ids[a] for a in sorted(self._task_offers.get(self._task(task_id), ()))]
 
     def stats(self) -> dict[str, int]:
-        """Agents by state name plus task counts: waiting, offered, assigned."""
+        """Agents by state name plus task counts: waiting, offered, assigned, retrying."""
         n = len(self._agent_ids)
         counts = np.bincount(self._state[:n].astype(np.int64), minlength=len(AgentState))
         out = {s.name: int(counts[s]) for s in AgentState}
         out["waiting"] = int(np.count_nonzero(self._task_state == _T_WAITING))
         out["offered"] = int(np.count_nonzero(self._task_state == _T_OFFERED))
         out["assigned"] = int(np.count_nonzero(self._task_state == _T_ASSIGNED))
+        out["retrying"] = len(self._retrying)
         return out
 
     def warmup(self) -> tuple[int, int]:
@@ -794,6 +813,9 @@ class Router:
                 self._agent_memo[idx] = -1
             elif kind == _TM_TASK and self._timer_live((when, 0, kind, idx, gen)):
                 self._q_ver[self._task_q[idx]] += 1
+            elif kind == _TM_RETRY and self._timer_live((when, 0, kind, idx, gen)):
+                self._retrying.discard(idx)
+                self._to_waiting(idx)
 
     def _offered(self, t: int, a: int) -> Offer:
         """Python side of one offer the kernel made: it already took one unit of a's capacity, dropped
@@ -1045,6 +1067,8 @@ class Router:
         withdrawn: list[Offer] = []
         if st == _T_WAITING:
             self._unlink(t)
+        elif st == _T_RETRY:
+            self._retrying.discard(t)  # its timer dies with the generation below
         elif st == _T_OFFERED:
             for a in self._task_offers.pop(t, ()):
                 withdrawn.append(self._withdraw(t, a))
@@ -1204,6 +1228,8 @@ class Router:
             return self._wrap_gen[idx] == gen and self._st[idx] == _WRAP_UP
         if kind == _TM_UNBLOCK:
             return bool(self._agent_f[K.AF_BLOCKED_UNTIL, idx] == when)
+        if kind == _TM_RETRY:
+            return self._task_gen[idx] == gen and self._tst[idx] == _T_RETRY
         return self._task_gen[idx] == gen and self._tst[idx] == _T_WAITING
 
 

@@ -75,6 +75,10 @@ class QueueSpec:
     busy_delay_s: float = 0.0
     no_answer_delay_s: float = 0.0
     auto_pause_after: int = 0
+    # Asterisk `retry`: after a ring that ended unanswered (any reject reason) with nobody else
+    # ringing, the task is offered to nobody for this long. Per task, where the delays above are
+    # per agent.
+    retry_delay_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

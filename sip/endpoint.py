@@ -5,7 +5,9 @@ now)` (UDP) or `receive_stream(data, addr, now)` (TCP/TLS, framed per connection
 `sip.StreamFramer`), then drains `datagrams_to_send(now)` -> ``[(bytes, addr)]`` and `next_event()`,
 and re-arms one timer at `get_timer()`, calling `handle_timer(now)` when it fires. The application
 (the engine) reacts to events with commands: `send_response`, `answer`, `invite`, `cancel`, `bye`,
-`reinvite`, `info`, `options`, `send_request`. Nothing here sleeps, reads a clock or opens a socket.
+`reinvite`, `info`, `options`, `send_request`, and `authenticate` (digest-check a request it was
+given, e.g. a trunk's INVITE: 407 / 403 answered here, RFC 3261 22.3). Nothing here sleeps, reads a
+clock or opens a socket.
 
 One `Endpoint` serves one transport (`EndpointConfig.transport`): responses and in-dialog requests
 leave through the same transport the endpoint was fed by.
@@ -46,6 +48,7 @@ from typing import Final
 from sip.auth import AuthHeaderError as _AuthHeaderError
 from sip.auth import (
     AuthOutcome,
+    AuthResult,
     DigestAuthenticator,
     DigestClient,
     NoUsableChallengeError,
@@ -210,6 +213,28 @@ _PARSE_STATUS_PHRASES: Final = {
     "cseq_mismatch": "CSeq Method Mismatch",
     "missing_header": "Missing Mandatory Header",
     "duplicate_header": "Duplicated Single-Value Header",
+}
+
+
+#: Who challenges how (RFC 3261 22.1): kind -> (status, challenge header, credentials header).
+_CHALLENGES: Final = {
+    # 22.2 / 22.4: a UAS, and a registrar for REGISTER, answers 401 with WWW-Authenticate and
+    # reads Authorization.
+    "www": (401, "WWW-Authenticate", "authorization"),
+    # 22.3: 407 with Proxy-Authenticate, read from Proxy-Authorization. A B2BUA admitting a
+    # trunk's INVITE sits where the PBX's or carrier's SBC expects a proxy, and this is what
+    # Kamailio (auth_challenge: 407 for every method but REGISTER), FreeSWITCH (auth-calls) and
+    # Asterisk's chan_sip answer INVITEs with; a UAC must handle either (8.1.3.5).
+    "proxy": (407, "Proxy-Authenticate", "proxy-authorization"),
+}
+#: What the core answers per verification outcome (RFC 3261 22.2-22.4, RFC 7616 3.3):
+#: None lets the request through.
+_DIGEST_ANSWERS: Final[dict[AuthOutcome, str | None]] = {
+    AuthOutcome.OK: None,
+    AuthOutcome.MISSING: "challenge",  # 22.2: no credentials, ask for them
+    AuthOutcome.MALFORMED: "challenge",  # unreadable credentials: a fresh challenge (as Kamailio)
+    AuthOutcome.STALE: "challenge_stale",  # RFC 7616 3.3: right digest, old nonce: stale=true
+    AuthOutcome.BAD_CREDENTIALS: "forbidden",  # 403: wrong password, unknown user, replay
 }
 
 
@@ -794,6 +819,22 @@ class Endpoint:
             transaction_id, 200, now=now, headers=headers, body=body, content_type=content_type
         )
 
+    def authenticate(self, transaction_id: int, lookup: SecretLookup, *, now: float) -> AuthResult:
+        """Digest-authenticate a request the application was given (`RequestReceived`), as a
+        B2BUA does a trunk's INVITE from a source it does not know (RFC 3261 22.3, with this
+        endpoint's authenticator and ``lookup`` for the users it may be).
+
+        Credentials come in Proxy-Authorization, answering our 407 + Proxy-Authenticate. Only
+        when the result is ``ok`` is the request still the application's to answer; otherwise
+        the core has answered it: 407 again without (or with unreadable) credentials or with a
+        stale nonce (stale=true), 403 for wrong ones (counted as ``auth_failed`` and fed to the
+        security guard's ban tracker). Raises `KeyError` for an unknown transaction and
+        `LocalProtocolError` when the endpoint has no authenticator.
+        """
+        if self.authenticator is None:
+            raise LocalProtocolError("authenticate() needs an endpoint with an authenticator")
+        return self._digest(self._server_by_id[transaction_id], lookup, "proxy", now)
+
     # -- commands: UAC -----------------------------------------------------------------------------
 
     def send_request(
@@ -1238,15 +1279,30 @@ class Endpoint:
             self._events.append(RegistrationChanged(aor, result))
 
     def _authorize(self, ctx: _ServerCtx, aor_uri: Uri, now: float) -> bool:
-        """Digest check of a REGISTER (22.4); answers 401/403 itself and returns False."""
+        """Digest check of a REGISTER (22.4): a registrar challenges with 401; True when the
+        credentials are right and name the AOR's user, else the answer has been sent."""
+        assert self.user_lookup is not None
+        result = self._digest(ctx, self.user_lookup, "www", now, expected_user=aor_uri.user)
+        return result.ok
+
+    def _digest(
+        self,
+        ctx: _ServerCtx,
+        lookup: SecretLookup,
+        kind: str,
+        now: float,
+        *,
+        expected_user: str | None = None,
+    ) -> AuthResult:
+        """Verify the request's credentials of ``kind`` (`_CHALLENGES`) and, unless they are
+        right, send what `_DIGEST_ANSWERS` says for the outcome."""
         auth = self.authenticator
-        lookup = self.user_lookup
         assert auth is not None
-        assert lookup is not None
+        status, challenge_header, credentials_header = _CHALLENGES[kind]
         req = ctx.tx.request
-        values = [v for v in req.headers.get_all("authorization") if f'"{auth.realm}"' in v]
-        if not values:
-            values = req.headers.get_all("authorization")[:1]
+        offered = req.headers.get_all(credentials_header)
+        # RFC 3261 22.3: a request may carry credentials for several realms; take ours.
+        values = [v for v in offered if f'"{auth.realm}"' in v] or offered[:1]
         result = auth.verify(
             values[0] if values else None,
             method=req.method,
@@ -1255,18 +1311,22 @@ class Endpoint:
             now=now,
             body=req.body,
         )
-        if result.ok and result.username == aor_uri.user:
-            return True
-        if result.outcome in (AuthOutcome.MISSING, AuthOutcome.MALFORMED, AuthOutcome.STALE):
-            stale = result.outcome is AuthOutcome.STALE
-            challenges = [("WWW-Authenticate", c) for c in auth.challenge(now, stale=stale)]
-            self._respond(ctx, 401, now, headers=challenges)
-            return False
+        if result.ok and expected_user is not None and result.username != expected_user:
+            # Right password, someone else's AOR: RFC 3261 22.4 leaves it to policy; we refuse.
+            result = AuthResult(AuthOutcome.BAD_CREDENTIALS, result.username, "user is not the AOR")
+        answer = _DIGEST_ANSWERS[result.outcome]
+        if answer is None:
+            return result
+        if answer != "forbidden":
+            stale = answer == "challenge_stale"
+            challenges = [(challenge_header, c) for c in auth.challenge(now, stale=stale)]
+            self._respond(ctx, status, now, headers=challenges)
+            return result
         self._count("auth_failed")
         if self.security is not None:
-            self.security.auth_failed(ctx.source[0], result.username or aor_uri.user, now)
+            self.security.auth_failed(ctx.source[0], result.username or expected_user, now)
         self._respond(ctx, 403, now)
-        return False
+        return result
 
     def _ack_matches_2543(self, ack: Request, ctx: _ServerCtx) -> bool:
         to = ack.to

@@ -6,6 +6,11 @@ what cannot become a call (draining: 503, unknown source: 403, no route: 404; ea
 row), and otherwise sends 180, indexes the call and spawns ``_run_call``: the flow runs against
 ``CallIO`` (prompts, DTMF, transfer through the other phases); an ``enqueue`` outcome goes to
 ``queueing``; a ``CallEnded`` or a cancellation (the caller hung up) ends in ``teardown.finish``.
+
+A source that no trunk's ``allow`` matches may still be a trunk with ``username``/``password``
+(a PBX or carrier that authenticates rather than having a fixed address): its INVITE is
+challenged (407 Proxy-Authenticate, answered by the endpoint: RFC 3261 22.3) and admitted as the
+trunk whose credentials come back; wrong ones get 403 and a CDR row.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from engine.calls.model import Call, CallEnded
 from engine.calls.record import rejected_attempt
 from engine.config import Config, TrunkConfig
 from sip import Uri
+from sip.auth import AuthOutcome, Password
 from sip.endpoint import Endpoint, RequestReceived
 
 if TYPE_CHECKING:
@@ -38,10 +44,16 @@ class Inbound:
 
     def __init__(self, service: CallService) -> None:
         self._s = service
-        self.agent_ids = frozenset(a.id for a in service.config.agents)
+        self.apply(service.config)
 
     def apply(self, config: Config) -> None:
         self.agent_ids = frozenset(a.id for a in config.agents)
+        # Trunks that may authenticate instead of (or besides) coming from an allowed address.
+        self.trunks_by_username = {t.username: t for t in config.trunks if t.username}
+
+    def _trunk_secret(self, username: str) -> Password | None:
+        trunk = self.trunks_by_username.get(username)
+        return Password(trunk.password) if trunk is not None else None
 
     def _trunk_for(self, source: tuple[str, int]) -> TrunkConfig | None:
         address = ipaddress.ip_address(source[0])
@@ -81,10 +93,7 @@ class Inbound:
                 endpoint.send_response(event.transaction_id, 480, phrase, now=now)
             return
 
-        def refuse(status: int, reason: str, trunk: str | None, **headers: str) -> None:
-            endpoint.send_response(
-                event.transaction_id, status, reason, now=now, headers=list(headers.items())
-            )
+        def count_refusal(status: int, reason: str, trunk: str | None) -> None:
             self._s.metrics.total.labels(outcome="rejected").inc()
             if self._s.cdr:  # an attempt that never became a call still gets its row
                 self._s.cdr.call_ended(
@@ -94,10 +103,25 @@ class Inbound:
                     )
                 )  # fmt: skip
 
+        def refuse(status: int, reason: str, trunk: str | None, **headers: str) -> None:
+            endpoint.send_response(
+                event.transaction_id, status, reason, now=now, headers=list(headers.items())
+            )
+            count_refusal(status, reason, trunk)
+
         if self._s.draining:
             refuse(503, "Shutting down", None, **{"Retry-After": "60"})
             return
         trunk = self._trunk_for(event.source)
+        if trunk is None and self.trunks_by_username:
+            # The endpoint answers everything but success itself: 407 (a first INVITE, a
+            # stale nonce) is part of admission, not a refusal; 403 is, and gets its row.
+            result = endpoint.authenticate(event.transaction_id, self._trunk_secret, now=now)
+            if result.outcome is AuthOutcome.BAD_CREDENTIALS:
+                count_refusal(403, "Authentication failed", None)
+            if not result.ok or result.username is None:
+                return
+            trunk = self.trunks_by_username[result.username]
         if trunk is None:
             refuse(403, "Source not allowed", None)
             return

@@ -3,7 +3,8 @@
 How this works: ``start`` opens every configured listener with ``sip.transport.udp.serve_udp`` or
 ``sip.transport.tcp.serve_tcp`` (TLS is TCP with the listener's certificate). Each gets a
 ``sip.endpoint.Endpoint`` built from ``[sip]`` (timers, user agent, 100rel, session timers) with
-the agent directory's registrar and digest authentication against the agents' passwords, and
+the agent directory's registrar and digest authentication against the agents' passwords (or
+their stored MD5 HA1, ``password_ha1``), and
 hands every event to ``on_event``. An outbound INVITE leaves on the first listener of the kind
 its URI asks for (``endpoint_for``); ``family`` says which addresses a listener can reach.
 After the call layer has fed an endpoint, ``transmit`` flushes what its cores queued.
@@ -19,7 +20,7 @@ from typing import Any
 
 from engine.config import Config
 from sip import Uri
-from sip.auth import DigestAlgorithm, DigestAuthenticator, Password
+from sip.auth import DigestAlgorithm, DigestAuthenticator, Password, StoredHa1, UserSecret
 from sip.endpoint import Endpoint, EndpointConfig, EndpointEvent
 from sip.registrar import Registrar
 from sip.session_timer import SessionTimerPolicy
@@ -43,7 +44,7 @@ class Listeners:
         self._config = config
         self._registrar = registrar
         self._on_event = on_event
-        self.passwords = {a.id: a.password for a in config.agents if a.password}
+        self.secrets = agent_secrets(config)
         self.transport: UdpTransport | TcpTransport | None = None  # the first listener's
         # Every listener's transport, and the first endpoint of each kind ("udp", "tcp", "tls"):
         # where an INVITE to a contact with ;transport=... leaves from.
@@ -54,7 +55,7 @@ class Listeners:
     def apply(self, config: Config) -> None:
         """A reload: agents' passwords apply to the next registration (listeners stay open)."""
         self._config = config
-        self.passwords = {a.id: a.password for a in config.agents if a.password}
+        self.secrets = agent_secrets(config)
 
     @property
     def endpoint(self) -> Endpoint:
@@ -69,9 +70,8 @@ class Listeners:
             algorithms=tuple(DigestAlgorithm(a) for a in sip_cfg.digest_algorithms),
         )
 
-        def lookup(username: str) -> Password | None:
-            secret = self.passwords.get(username)
-            return Password(secret) if secret else None
+        def lookup(username: str) -> UserSecret | None:
+            return self.secrets.get(username)
 
         def make_endpoint(addr: tuple[str, int], kind: str) -> Endpoint:
             return Endpoint(
@@ -147,6 +147,18 @@ class Listeners:
         for transport in self.transports:
             transport.close()
         self.transports.clear()
+
+
+def agent_secrets(config: Config) -> dict[str, UserSecret]:
+    """Each agent's digest secret: its password, or the MD5 HA1 the config stores instead (the
+    config check keeps SHA-256 out of ``sip.digest_algorithms`` then: that HA1 is MD5's)."""
+    secrets: dict[str, UserSecret] = {}
+    for agent in config.agents:
+        if agent.password:
+            secrets[agent.id] = Password(agent.password)
+        elif agent.password_ha1:
+            secrets[agent.id] = StoredHa1({DigestAlgorithm.MD5: agent.password_ha1.lower()})
+    return secrets
 
 
 def family(endpoint: Endpoint) -> str:

@@ -2,7 +2,9 @@
 
 How this works: the caller's and each agent leg's RTP endpoint come from one port allocator and
 share one ``MediaClock``. Prompts are WAV files read once and cached as encoded frames (a name is
-looked up once per reload), played by a ``LegPlayer`` that DTMF may barge in on. When an agent
+looked up once per reload), played by a ``LegPlayer`` that DTMF may barge in on. DTMF arrives as
+RFC 4733 events, SIP INFO, or (``trunks[].dtmf``, while a flow runs) tones found in the caller's
+audio (``listen_for_tones``). When an agent
 answers, ``new_bridge`` joins the two legs: here (``sip.media.Bridge``) or, with ``[media]
 workers > 0``, in a media worker (``engine.media.offload.RemoteBridge``); both take the same
 commands. The recording tap is attached at the start, or on demand (``start_recording``), and
@@ -159,6 +161,7 @@ class CallMedia:
         when [media] workers > 0 (``recording`` is then a RemoteRecording, or None), else here."""
         assert call.rtp is not None
         assert self.clock is not None
+        self.listen_for_tones(call, False)  # bridged: the tones reach the far end as audio
         if self.workers is not None and (
             recording is None or isinstance(recording, RemoteRecording)
         ):
@@ -299,8 +302,20 @@ class CallMedia:
         call.player = LegPlayer(call.rtp, playlist, self.clock)
         call.player.start(loop_now())
 
+    def listen_for_tones(self, call: Call, on: bool) -> None:
+        """In-band DTMF detection on the caller's leg (``trunks[].dtmf``): on while a flow may
+        read digits, for callers whose trunk sends tones ("inband", or "auto" without
+        telephone-event in the answer); off while queued or bridged, so a leg pays for the
+        Goertzel pass (sip.rtp.inband) only when a digit could matter."""
+        rtp = call.rtp
+        if rtp is None:
+            return
+        mode = call.trunk.dtmf
+        tones = mode == "inband" or (mode == "auto" and rtp.dtmf_payload_type is None)
+        rtp.detect_inband_dtmf(on and tones)
+
     def digit(self, call: Call, digit: str, method: str) -> None:
-        if method != "rfc4733":  # the RTP endpoint counts its own RFC 4733 digits
+        if method == "info":  # the RTP endpoint counts its own (RFC 4733 and in-band) digits
             self.stats.dtmf_digits[method] = self.stats.dtmf_digits.get(method, 0) + 1
         call.digits.put_nowait(digit)
         barged = call.player is not None and call.player.on_dtmf()

@@ -3,7 +3,7 @@
 How this works: ``queue_and_bridge`` enqueues the call in the routing core (join_empty and a
 full queue overflow at once), plays music on hold, and waits for the ``connected`` future that
 ``ringing`` resolves when an agent answers, with position / expected-wait announcements every
-``announce_every_s``. ``max_wait_s``, or the queue left empty (``leave_empty``), withdraws the
+``announce_every_s`` (each part switched by ``announce_position`` / ``announce_wait``). ``max_wait_s``, or the queue left empty (``leave_empty``), withdraws the
 call and runs the queue's overflow flow, or plays all-busy. On answer the recording starts and
 the caller is bridged to the agent's leg; the task then waits for a blind transfer by the agent
 (``transfers``) until a BYE cancels it.
@@ -23,6 +23,7 @@ from engine.calls.announcements import expected_wait_prompts, position_prompts
 from engine.calls.flows import FlowOutcome
 from engine.calls.inbound import CallIO
 from engine.calls.model import AgentLeg, Call, CallEnded, QueueEmptied, loop_now
+from engine.config import QueueConfig
 from engine.storage.cdr import QueueEventData
 
 if TYPE_CHECKING:
@@ -55,6 +56,7 @@ class Queueing:
         # A chain of overflows longer than this is a configuration loop (a -> b -> a ...).
         if qcfg.overflow and call.overflows <= 5:
             log.info("queue_overflow", queue=queue, reason=reason, flow=qcfg.overflow)
+            self._s.media.listen_for_tones(call, True)  # a flow again: its menus read digits
             outcome = await self._s.flows.run(qcfg.overflow, CallIO(self._s, call), call.flow_data)
             call.flow_data = outcome.data
             await self._s.inbound.after_flow(call, outcome)
@@ -88,8 +90,9 @@ class Queueing:
                 "enter", call_id=call.id, queue=call.queue,
                 data=QueueEventData(caller=call.caller, position=position, orig_position=position),
             )  # fmt: skip
+        self._s.media.listen_for_tones(call, False)  # no flow reads digits while queued
         self._s.media.music_on_hold(call, outcome.queue)
-        waiting = self._wait_for_agent(call, qcfg.announce_every_s)
+        waiting = self._wait_for_agent(call, qcfg)
         try:
             if qcfg.max_wait_s > 0:
                 leg = await asyncio.wait_for(waiting, qcfg.max_wait_s)
@@ -137,20 +140,31 @@ class Queueing:
         )
         return ahead + 1
 
-    async def _wait_for_agent(self, call: Call, every_s: float) -> AgentLeg:
-        """Music on hold until an agent answers, with an announcement every ``every_s`` seconds."""
+    def announcement(self, call: Call, qcfg: QueueConfig) -> list[str]:
+        """What the periodic announcement says now: the caller's position (announce_position)
+        and the expected wait (announce_wait, once the queue has answered calls to estimate it
+        from: Asterisk's announce-holdtime is silent too before it knows); may be nothing."""
+        prompts = position_prompts(self.position(call)) if qcfg.announce_position else []
+        if qcfg.announce_wait and call.queue in self.average_wait_s:
+            prompts += expected_wait_prompts(self.average_wait_s[call.queue])
+        return prompts
+
+    async def _wait_for_agent(self, call: Call, qcfg: QueueConfig) -> AgentLeg:
+        """Music on hold until an agent answers, with an announcement every
+        ``announce_every_s`` seconds (when there is something to announce)."""
         connected = call.connected
         assert connected is not None
-        if every_s <= 0:
+        if qcfg.announce_every_s <= 0:
             return await connected
         while not connected.done():
-            done, _ = await asyncio.wait({connected}, timeout=every_s)
+            done, _ = await asyncio.wait({connected}, timeout=qcfg.announce_every_s)
             if done:
                 break
-            prompts = position_prompts(self.position(call))
-            if call.queue in self.average_wait_s:
-                prompts += expected_wait_prompts(self.average_wait_s[call.queue])
+            prompts = self.announcement(call, qcfg)
+            if not prompts:
+                continue  # nothing to say: the music goes on
             self._s.metrics.announcements.labels(queue=call.queue).inc()
+            log.debug("queue_announcement", queue=call.queue, prompts=prompts)
             announce = asyncio.ensure_future(self._s.media.play(call, prompts, barge_in=False))
             racing: set[asyncio.Future[Any]] = {announce, connected}
             try:

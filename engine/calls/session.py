@@ -45,7 +45,11 @@ class Session:
     def _answer_sdp(self, call: Call, rtp: RtpEndpoint) -> tuple[bytes, Any]:
         offer = parse_sdp(call.request.body)
         host = rtp.local_address[0]
-        caps = AudioCapabilities(address=host, port=rtp.port, codecs=(PCMU, PCMA))
+        # trunks[].dtmf = "inband": telephone-event is not offered back, so the caller sends tones
+        caps = AudioCapabilities(
+            address=host, port=rtp.port, codecs=(PCMU, PCMA),
+            telephone_event=call.trunk.dtmf != "inband",
+        )  # fmt: skip
         answer = negotiate_answer(offer, caps)
         call.remote_sdp, call.local_sdp = offer, answer.sdp
         return answer.sdp.to_bytes(), answer.audio
@@ -81,6 +85,7 @@ class Session:
             caps = AudioCapabilities(
                 address=rtp.local_address[0], port=rtp.port,
                 codecs=(ours, *(c for c in (PCMU, PCMA) if c.name != ours.name)),
+                telephone_event=call is None or call.trunk.dtmf != "inband",  # an agent leg: always
             )  # fmt: skip
             answer = negotiate_answer(
                 offer, caps, previous_offer=previous if previous is not None else None,
@@ -149,6 +154,7 @@ class Session:
         call.codec = audio.codec.name
         call.rtp.remote_addr = (audio.remote_address, audio.remote_port)
         call.rtp.dtmf_payload_type = audio.telephone_event_pt  # as negotiated, not assumed 101
+        self._s.media.listen_for_tones(call, True)  # the flow runs next
         response = call.endpoint.answer(call.transaction_id, body, now=loop_now())
         self._s.transmit()
         to, frm = response.to, response.from_

@@ -3,7 +3,7 @@
 How this works: the routing core is pure (time is an argument), so this module is its asyncio
 adapter, in the same shape as the SIP transports: every state change the engine reports (enqueue,
 accept, reject, agent ready, ...) is forwarded to the Router and then schedules ONE coalesced
-dispatch with ``loop.call_soon``; the Router's own timers (wrap-up ends, reject delays, relaxation
+dispatch with ``loop.call_soon``; the Router's own timers (wrap-up ends, reject and retry delays, relaxation
 steps, preferred-agent timeouts) are served by ONE ``loop.call_at`` re-armed from
 ``next_deadline()``. There is no timer per call or per agent. Offers go to the ``on_offer`` callback,
 which rings the agent; ring-all withdrawals go to ``on_withdraw``.
@@ -83,6 +83,7 @@ def queue_spec(queue: QueueConfig, skills: SkillCatalogue) -> rc.QueueSpec:
         busy_delay_s=queue.busy_delay_s,
         no_answer_delay_s=queue.no_answer_delay_s,
         auto_pause_after=queue.auto_pause_after,
+        retry_delay_s=queue.retry_delay_s,
     )
 
 

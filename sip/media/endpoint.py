@@ -11,6 +11,9 @@ Per packet, in ``datagram_received`` and without creating tasks:
   and counted; with ``symmetric=False`` we send to the signalled address and accept any source;
 * the RFC 3550 A.1/A.8 receiver statistics of the current source SSRC (a new SSRC restarts them);
 * RFC 4733 telephone-events go through a `DtmfReceiver`; each digit becomes one `DtmfReceived`;
+* only on a leg asked to (`detect_inband_dtmf`, for callers that send DTMF as tones), the G.711
+  audio is decoded and searched for DTMF tones (`sip.rtp.inband`): digits come out the same way,
+  with method "inband". Other legs pay one attribute test per packet for it;
 * then the optional ``on_rtp(data, seq, ts, ssrc, now)`` hook, which is how a `Bridge` relays
   (nothing is queued; the header fields are passed along so nobody unpacks them twice).
 
@@ -38,10 +41,15 @@ from dataclasses import dataclass
 from types import MappingProxyType, TracebackType
 from typing import Any, cast
 
+import numpy as np
+import numpy.typing as npt
+
 from sip.media.clock import MediaClock
 from sip.media.ports import PortAllocator, PortsExhaustedError
 from sip.media.stats import MediaStats
 from sip.rtp.dtmf import DtmfEnded, DtmfError, DtmfReceiver
+from sip.rtp.g711 import ALAW_DECODE, ULAW_DECODE
+from sip.rtp.inband import BLOCK_SAMPLES, CONFIRM_BLOCKS, SAMPLE_RATE, InbandDtmfDetector
 from sip.rtp.packet import FIXED_HEADER_LEN, payload_offset
 from sip.rtp.rtcp import (
     Bye,
@@ -74,6 +82,12 @@ DEFAULT_DTMF_PAYLOAD_TYPE = 101
 HOME_WAIT_S = 2.0
 
 _unpack_seq_ts_ssrc = struct.Struct("!HII").unpack_from
+#: G.711 decode tables by codec name, for in-band DTMF detection.
+_PCM_DECODE: Mapping[str, npt.NDArray[np.int16]] = MappingProxyType(
+    {"PCMU": ULAW_DECODE, "PCMA": ALAW_DECODE}
+)
+#: An in-band digit is known once it has lasted this long (the detector's confirmation).
+_INBAND_MIN_MS = CONFIRM_BLOCKS * BLOCK_SAMPLES * 1000 // SAMPLE_RATE
 _log = logging.getLogger(__name__)
 
 Address = tuple[str, int]
@@ -96,7 +110,7 @@ class MediaTimedOut:
 class DtmfReceived:
     digit: str
     duration_ms: int
-    method: str  # "rfc4733" here; the engine reports "info" / "inband" digits the same way
+    method: str  # "rfc4733" or "inband" here; the engine reports "info" digits the same way
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +221,7 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         self.rx: ReceiverStats | None = None
         self._lost_reported = 0
         self._dtmf = DtmfReceiver(clock_rate)
+        self._inband: InbandDtmfDetector | None = None  # see detect_inband_dtmf
         self.last_rx_s = 0.0
         self.held = False  # see set_held
         self._timed_out = False
@@ -262,6 +277,8 @@ class RtpEndpoint(asyncio.DatagramProtocol):
             self._on_dtmf(data, ts, now)
         else:
             rx.update(seq, ts, now)
+            if self._inband is not None:
+                self._on_audio_tones(data)
         handler = self.on_rtp
         if handler is not None:
             handler(data, seq, ts, ssrc, now)
@@ -312,6 +329,31 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         for event in events:
             if isinstance(event, DtmfEnded):
                 self._digit(event)
+
+    def detect_inband_dtmf(self, on: bool) -> None:
+        """Look for DTMF tones in the audio received (PCMU/PCMA), for a far end that sends its
+        digits in-band rather than as RFC 4733 events. Each packet then costs a G.711 decode and
+        a Goertzel pass (``benchmarks/bench_inband_dtmf.py``), so it is per leg and off unless
+        asked for; turning it off drops the detector's state."""
+        if not on:
+            self._inband = None
+        elif self._inband is None:
+            self._inband = InbandDtmfDetector()
+
+    @property
+    def detecting_inband_dtmf(self) -> bool:
+        return self._inband is not None
+
+    def _on_audio_tones(self, data: bytes) -> None:
+        detector = self._inband
+        assert detector is not None
+        table = _PCM_DECODE.get(self.payload_types.get(data[1] & 0x7F, ""))
+        offset = payload_offset(data)
+        if table is None or offset < 0:
+            return  # not G.711 audio (or a broken header, counted by the relay's parser)
+        for digit in detector.feed(table[np.frombuffer(data, np.uint8, offset=offset)]):
+            self._stats.dtmf_digits["inband"] += 1
+            self._emit(DtmfReceived(digit, _INBAND_MIN_MS, "inband"))
 
     def _digit(self, event: DtmfEnded) -> None:
         self._stats.dtmf_digits["rfc4733"] += 1

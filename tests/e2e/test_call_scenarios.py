@@ -36,6 +36,7 @@ def config(
     *,
     strategy: str = "longest_idle",
     ring_timeout_s: float = 2.0,
+    retry_delay_s: float = 0.0,
     drain_timeout_s: float = 30.0,
     media_workers: int = 0,
 ) -> str:
@@ -78,6 +79,7 @@ name = "support"
 strategy = "{strategy}"
 requirements = {{ support = 1 }}
 ring_timeout_s = {ring_timeout_s}
+retry_delay_s = {retry_delay_s}
 wrap_up_s = 1.0
 record = "never"
 
@@ -99,15 +101,15 @@ class Peers:
         return self._start(["-sf", str(SCENARIOS / f"{scenario}.xml")], None, "-m", "1",
                            "-trace_msg", *extra)  # fmt: skip
 
-    def caller(self, daemon: DaemonProcess, hold_ms: int) -> Proc:
-        """SIPp's built-in uac: INVITE support, 200, ACK, hold ``hold_ms``, BYE."""
-        return self._start(["-sn", "uac"], sip_target(daemon), "-s", "support", "-m", "1",
+    def caller(self, daemon: DaemonProcess, hold_ms: int, number: str = "support") -> Proc:
+        """SIPp's built-in uac: INVITE ``number``, 200, ACK, hold ``hold_ms``, BYE."""
+        return self._start(["-sn", "uac"], sip_target(daemon), "-s", number, "-m", "1",
                            "-d", str(hold_ms))  # fmt: skip
 
-    def scripted_caller(self, daemon: DaemonProcess, scenario: str) -> Proc:
+    def scripted_caller(self, daemon: DaemonProcess, scenario: str, *extra: str) -> Proc:
         """One call to support running ``scenario`` (a file in sipp/scenarios), traced."""
         return self._start(["-sf", str(SCENARIOS / f"{scenario}.xml")], sip_target(daemon),
-                           "-s", "support", "-m", "1", "-trace_msg")  # fmt: skip
+                           "-s", "support", "-m", "1", "-trace_msg", *extra)  # fmt: skip
 
     def refused_caller(self, target: str) -> Proc:
         """One INVITE to support that must get 503 (sipp/scenarios/caller_expect_503.xml)."""
@@ -300,6 +302,37 @@ def test_unanswered_agent_then_next_agent_answers(
     if reason == "no_answer":
         # a1 was CANCELled by the 2 s ring timeout; b2 then rang 0.5 s before answering.
         assert row["agent_answered_at"] - row["enqueued_at"] >= 2.0 + 0.5
+    assert calls_active(daemon) == 0
+
+
+def test_retry_delay_holds_the_caller_before_the_next_agent_rings(
+    start_daemon: DaemonFactory, peers: Peers
+) -> None:
+    first, second = peers.agent("agent_no_answer"), peers.agent("agent_answer")
+    daemon = start_daemon(
+        config(
+            {"a1": first.sip_port, "b2": second.sip_port},  # type: ignore[attr-defined]
+            ring_timeout_s=1.0,
+            retry_delay_s=1.5,
+        )
+    )
+    login(daemon, "a1")
+    call = peers.caller(daemon, 3500)
+    wait_until(lambda: "INVITE sip:" in peers.messages("agent_no_answer", first), 5, "a1 offered")
+    login(daemon, "b2")  # free from here on: only the retry delay keeps it from ringing
+    assert finished(call, 20) == 0, sipp_output(call)
+    assert finished(second, 10) == 0, sipp_output(second)
+    (row,), events = cdr(daemon)
+    assert (row["disposition"], row["agent_id"]) == ("answered", "b2")
+    assert [e[:2] for e in events[:4]] == [
+        ("enter", None), ("offer", "a1"), ("ring_no_answer", "a1"), ("offer", "b2"),
+    ]  # fmt: skip
+    with sqlite3.connect(daemon.workdir / "var" / "acd.sqlite3") as db:
+        at = dict(
+            db.execute("SELECT event || agent_id, at FROM queue_events WHERE agent_id IS NOT NULL")
+        )
+    assert at["offerb2"] - at["ring_no_answera1"] >= 1.5
+    assert at["offerb2"] - at["ring_no_answera1"] < 2.5
     assert calls_active(daemon) == 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import sqlite3
 import subprocess
 import time
 import urllib.request
@@ -13,6 +14,7 @@ import pytest
 
 from tests.conftest import free_port
 from tests.e2e.conftest import DaemonFactory
+from tests.e2e.peers import sipp
 
 pytestmark = pytest.mark.e2e
 
@@ -58,6 +60,24 @@ def test_health_ready_metrics_and_clean_sigterm(start_daemon: DaemonFactory) -> 
     assert daemon.stop() == 0
     events = [line["event"] for line in daemon.log_lines()]
     assert events[-2:] == ["stopping", "stopped"]
+
+
+def test_var_dir_holds_the_database_and_the_recordings(
+    start_daemon: DaemonFactory, tmp_path: Path
+) -> None:
+    # Neither storage.sqlite_path nor recordings.dir in the file: runtime.var_dir places both.
+    daemon = start_daemon('[runtime]\nvar_dir = "state"\n', storage='url = ""')
+    sip = str(daemon.wait_for_log("ready")["sip"]).removeprefix("udp:")
+    # No trunk allows anyone: the INVITE gets 403, and its attempt a CDR row.
+    caller = sipp(tmp_path, ["-sn", "uac"], sip, "-s", "support", "-m", "1", "-timeout", "10")
+    assert caller.wait(timeout=15) == 1  # SIPp's uac wanted a 200
+    assert daemon.stop() == 0
+    state = daemon.workdir / "state"
+    assert (state / "recordings").is_dir()
+    assert not (daemon.workdir / "var").exists()
+    with sqlite3.connect(state / "acd.sqlite3") as db:
+        rows = db.execute("SELECT disposition, hangup_reason FROM calls").fetchall()
+    assert rows == [("rejected", "403 Source not allowed")]
 
 
 def test_sigint_also_stops_with_exit_zero(start_daemon: DaemonFactory) -> None:

@@ -10,14 +10,17 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import msgspec
 import pytest
 import sqlalchemy as sa
 
 import routing_core as rc
 from engine.calls.flows import FlowRunner
 from engine.calls.listeners import family
+from engine.calls.media import CallMedia
 from engine.calls.model import Call
 from engine.calls.record import record_of, rejected_attempt
 from engine.calls.ringing import through_trunk, with_transport
@@ -343,3 +346,33 @@ def test_the_cdr_row_of_a_call_carries_its_times_and_its_wait() -> None:
     )
     assert (attempt.disposition, attempt.hangup_reason) == ("rejected", "403 No")
     assert attempt.arrived_at == attempt.ended_at
+
+
+@pytest.mark.parametrize(
+    ("mode", "telephone_event_pt", "listens"),
+    [
+        ("auto", None, True),  # no telephone-event negotiated: the caller can only send tones
+        ("auto", 101, False),
+        ("inband", 101, True),  # (our answer offers none; a caller sending events anyway)
+        ("inband", None, True),
+        ("rfc4733", None, False),
+    ],
+)
+def test_tones_are_listened_for_only_on_legs_whose_trunk_sends_them(
+    mode: str, telephone_event_pt: int | None, listens: bool
+) -> None:
+    class Leg:
+        def __init__(self) -> None:
+            self.dtmf_payload_type = telephone_event_pt
+            self.detecting: list[bool] = []
+
+        def detect_inband_dtmf(self, on: bool) -> None:
+            self.detecting.append(on)
+
+    cfg = parse_config(config_text(9, 20000), "t.toml")
+    media = CallMedia(SimpleNamespace(config=cfg))  # type: ignore[arg-type]
+    leg = Leg()
+    call = SimpleNamespace(trunk=msgspec.structs.replace(cfg.trunks[0], dtmf=mode), rtp=leg)
+    media.listen_for_tones(call, True)  # type: ignore[arg-type]
+    media.listen_for_tones(call, False)  # type: ignore[arg-type]
+    assert leg.detecting == [listens, False]

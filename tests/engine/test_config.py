@@ -167,6 +167,18 @@ name = "q"
         ('[[routes]]\npattern = "(1"\nflow = "main"\n', "routes[0].pattern", "regular expression"),
         ('[[trunks]]\nname = "t2"\nallow = ["300.1.1.1"]\n', "trunks[1].allow[0]", "network"),
         ('[[trunks]]\nname = "t2"\n', "trunks[1].allow", "the trunk is open"),
+        ('[[trunks]]\nname = "t2"\nusername = "pbx"\n', "trunks[1].password", "both username"),
+        (
+            '[[trunks]]\nname = "t2"\nallow = ["10.0.0.0/8"]\ndtmf = "tones"\n',
+            "trunks[1].dtmf",
+            "'inband'",
+        ),
+        (
+            '[[trunks]]\nname = "t2"\nusername = "u"\npassword = "p"\n'
+            '[[trunks]]\nname = "t3"\nusername = "u"\npassword = "q"\n',
+            "trunks[2].username",
+            "no other trunk",
+        ),
         (
             '[[trunks]]\nname = "t2"\nallow = ["10.0.0.0/8"]\ncodecs = ["G729"]\n',
             "trunks[1].codecs[0]",
@@ -230,6 +242,17 @@ name = "q"
         ),
         ('[[queues]]\nname = "q2"\noverflow = "zz"\n', "queues[1].overflow", "flow (main)"),
         ('[[agents]]\nid = "9"\nlogin = "static"\n', "agents[0].contact", "sip: URI"),
+        ('[[agents]]\nid = "9"\npassword_ha1 = "abc"\n', "agents[0].password_ha1", "32 hex"),
+        (
+            f'[[agents]]\nid = "9"\npassword = "p"\npassword_ha1 = "{"a" * 32}"\n',
+            "agents[0].password_ha1",
+            "not both",
+        ),
+        (
+            f'[sip]\ndigest_algorithms = ["SHA-256", "MD5"]\n[[agents]]\nid = "9"\npassword_ha1 = "{"a" * 32}"\n',
+            "agents[0].password_ha1",
+            "MD5",
+        ),
         ('[[agents]]\nid = "9"\ncapacity = { voice = 0 }\n', "agents[0].capacity.voice", ">= 1"),
         (
             "[media]\nrtp_port_min = 3000\nrtp_port_max = 2000\n",
@@ -304,3 +327,23 @@ def test_strategies_match_the_routing_core_names() -> None:
     import routing_core
 
     assert {s.name for s in Strategy} == {s.name for s in routing_core.Strategy}
+
+
+def test_var_dir_is_home_to_the_state_paths_the_file_leaves_out() -> None:
+    cfg = parse_config('[runtime]\nvar_dir = "/srv/acd"\n', "t.toml")
+    assert cfg.storage.sqlite_path == "/srv/acd/acd.sqlite3"
+    assert cfg.recordings.dir == "/srv/acd/recordings"
+    given = parse_config(
+        '[runtime]\nvar_dir = "/srv/acd"\n[storage]\nsqlite_path = "db.sqlite3"\n'
+        '[recordings]\ndir = "/data/rec"\n',
+        "t.toml",
+    )
+    assert (given.storage.sqlite_path, given.recordings.dir) == ("db.sqlite3", "/data/rec")
+    plain = parse_config("", "t.toml")
+    assert (plain.storage.sqlite_path, plain.recordings.dir) == (
+        "var/acd.sqlite3",
+        "var/recordings",
+    )
+    with pytest.raises(ConfigError) as info:
+        parse_config('[runtime]\nvar_dir = ""\n', "t.toml")
+    assert info.value.key_path == "runtime.var_dir"

@@ -238,6 +238,56 @@ def test_reject_excludes_agent_delays_it_and_auto_pauses() -> None:
     assert offered(r.dispatch(9.0)) == [("t", "a1")]  # older task first; voice capacity 1
 
 
+def test_retry_delay_holds_the_task_after_an_unanswered_ring() -> None:
+    # Asterisk's `retry`: a1 is free at once, but the caller waits retry_delay_s before it rings.
+    r = make(n=2, retry_delay_s=4.0)
+    r.login("a0", 0.0)
+    r.login("a1", 0.5)
+    r.enqueue("t", "q", 1.0)
+    r.enqueue("u", "q", 1.5)
+    assert offered(r.dispatch(1.5)) == [("t", "a0"), ("u", "a1")]
+    r.timeout("t", "a0", 3.0)
+    assert r.stats()["retrying"] == 1
+    assert r.waiting("q") == 2  # still in the queue, as its caller sees it
+    assert r.oldest_wait("q", 5.0) == 4.0
+    assert r.dispatch(6.9) == []  # a0 is free (and excluded), but t is held until 7.0
+    assert r.next_deadline() == 7.0
+    r.reject("u", "a1", 7.0, reason="busy")  # every reason, as Asterisk waits after any
+    assert offered(r.dispatch(7.0)) == [("t", "a1")]  # back in its place: the older task first
+    assert offered(r.dispatch(11.0)) == [("u", "a0")]
+
+
+def test_a_retrying_task_can_be_abandoned_or_moved() -> None:
+    r = make(n=1, retry_delay_s=4.0)
+    r.add_queue(QueueSpec("other"))
+    r.add_agent("b", skills={0: 1}, queues={"other": 0})
+    r.login("a0", 0.0)
+    r.enqueue("t", "q", 0.0)
+    r.enqueue("u", "q", 0.0)
+    r.dispatch(0.0)
+    r.reject("t", "a0", 1.0)
+    assert r.abandon("t", 2.0) == []
+    assert r.stats()["retrying"] == 0
+    assert offered(r.dispatch(5.0)) == [("u", "a0")]  # t's timer found nothing to put back
+    r.reject("u", "a0", 6.0)
+    r.login("b", 6.0)
+    assert r.requeue("u", "other", 6.5) == []  # moved: no wait for the old queue's retry
+    assert offered(r.dispatch(6.5)) == [("u", "b")]
+
+
+def test_ring_all_retries_only_once_every_ring_has_failed() -> None:
+    r = make(Strategy.RING_ALL, n=2, retry_delay_s=3.0)
+    r.login("a0", 0.0)
+    r.login("a1", 0.0)
+    r.enqueue("t", "q", 0.0)
+    assert len(r.dispatch(0.0)) == 2
+    r.timeout("t", "a0", 2.0)
+    assert r.stats()["retrying"] == 0  # a1 still rings
+    r.timeout("t", "a1", 2.0)
+    assert r.stats()["retrying"] == 1
+    assert r.next_deadline() == 5.0
+
+
 def test_wrap_up_then_available_at_deadline() -> None:
     r = make(n=1, wrap_up_s=30.0)
     r.login("a0", 0.0)

@@ -88,6 +88,7 @@ class RouterMachine(RuleBasedStateMachine):
                     max_length=6,
                     no_answer_delay_s=1.5,
                     auto_pause_after=2 if i == 2 else 0,
+                    retry_delay_s=1.0 if i == 1 else 0.0,
                 )
             )
         for a in range(N_AGENTS):

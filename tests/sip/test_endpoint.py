@@ -641,6 +641,112 @@ def test_client_answers_401_once_with_incremented_cseq() -> None:
     assert len(sent) == 2
 
 
+# -- digest for requests the application admits (a trunk's INVITE, RFC 3261 22.3) ----------------
+
+TRUNKS = {"pbx": Password("trunk-secret")}
+
+
+def make_trunk_uas(lifetime_s: float = 300.0) -> Endpoint:
+    return Endpoint(
+        EndpointConfig(),
+        authenticator=DigestAuthenticator(realm="acd", nonce_lifetime_s=lifetime_s),
+        user_lookup={}.get,  # no agents: only the application's lookup can admit anyone
+    )
+
+
+def admit(pair: Pair) -> list[str]:
+    """The application's side: every new INVITE is authenticated against TRUNKS and, when the
+    credentials are right, answered 200; the outcomes ``authenticate`` gave, in order."""
+    seen = []
+    for event in pair.events(pair.uas):
+        if isinstance(event, RequestReceived) and event.request.method == "INVITE":
+            result = pair.uas.authenticate(event.transaction_id, TRUNKS.get, now=pair.now)
+            seen.append(result.outcome.value)
+            if result.ok:
+                assert result.username == "pbx"
+                pair.uas.answer(event.transaction_id, SDP, now=pair.now)
+    return seen
+
+
+def test_invite_challenged_with_407_then_admitted_with_proxy_authorization() -> None:
+    pair = Pair(uas=make_trunk_uas())
+    pair.uac.invite(
+        "sip:support@127.0.0.1:5060", UAS_ADDR, now=0.0, body=SDP,
+        auth=DigestClient("pbx", "trunk-secret"),
+    )  # fmt: skip
+    pair.pump()
+    assert admit(pair) == ["missing"]
+    pair.pump()  # the 407 goes out; the UAC ACKs it (17.1.1.3) and re-sends with credentials
+    challenge = parse_message(next(d for n, d in pair.wire if n == "uas->uac" and b" 407 " in d))
+    assert isinstance(challenge, Response)
+    assert challenge.headers.get_all("www-authenticate") == []
+    assert 'realm="acd"' in challenge.headers.get_all("proxy-authenticate")[0]
+    assert admit(pair) == ["ok"]
+    pair.pump()
+    retried = [
+        parse_message(d) for n, d in pair.wire if n == "uac->uas" and d.startswith(b"INVITE")
+    ]
+    assert isinstance(retried[-1], Request)
+    assert "proxy-authorization" in retried[-1].headers
+    assert statuses(pair) == [100, 407, 100, 200]
+    answered = [e for e in pair.events(pair.uac) if isinstance(e, ResponseReceived)]
+    assert answered[-1].response.status == 200
+    assert pair.uas.rejections.get("auth_failed", 0) == 0
+
+
+def test_invite_with_wrong_password_gets_403_and_is_counted() -> None:
+    pair = Pair(uas=make_trunk_uas())
+    pair.uac.invite(
+        "sip:support@127.0.0.1:5060", UAS_ADDR, now=0.0, body=SDP,
+        auth=DigestClient("pbx", "WRONG"),
+    )  # fmt: skip
+    pair.pump()
+    assert admit(pair) == ["missing"]
+    pair.pump()
+    assert admit(pair) == ["bad_credentials"]
+    pair.pump()
+    assert statuses(pair) == [100, 407, 100, 403]
+    assert pair.uas.rejections["auth_failed"] == 1
+    codes = [e.response.status for e in pair.events(pair.uac) if isinstance(e, ResponseReceived)]
+    assert codes[-1] == 403
+
+
+def test_invite_with_a_stale_nonce_is_challenged_again_with_stale_true() -> None:
+    uas = make_trunk_uas(lifetime_s=10.0)
+    uas.receive_datagram(
+        raw_request("INVITE", body=SDP, extra="Content-Type: application/sdp\r\n"), UAC_ADDR, 0.0
+    )
+    (first,) = [e for e in Pair.events(uas) if isinstance(e, RequestReceived)]
+    assert uas.authenticate(first.transaction_id, TRUNKS.get, now=0.0).outcome.value == "missing"
+    sent = [parse_message(w) for w, _ in uas.datagrams_to_send(0.0)]
+    (challenge,) = [m for m in sent if isinstance(m, Response) and m.status == 407]
+    credentials = DigestClient("pbx", "trunk-secret").authorize(
+        challenge.headers.get_all("proxy-authenticate"), method="INVITE",
+        uri="sip:bob@127.0.0.1:5060",
+    )  # fmt: skip
+    late = raw_request(
+        "INVITE", branch="z9hG4bKraw2", cseq=2, body=SDP,
+        extra=f"Content-Type: application/sdp\r\nProxy-Authorization: {credentials}\r\n",
+    )  # fmt: skip
+    uas.receive_datagram(late, UAC_ADDR, 60.0)  # the nonce is older than its 10 s lifetime
+    (second,) = [e for e in Pair.events(uas) if isinstance(e, RequestReceived)]
+    assert uas.authenticate(second.transaction_id, TRUNKS.get, now=60.0).outcome.value == "stale"
+    sent = [parse_message(w) for w, _ in uas.datagrams_to_send(60.0)]
+    (again,) = [m for m in sent if isinstance(m, Response) and m.status == 407]
+    assert "stale=true" in again.headers.get_all("proxy-authenticate")[0]
+    assert uas.rejections.get("auth_failed", 0) == 0
+
+
+def test_authenticate_without_an_authenticator_is_our_misuse() -> None:
+    uas = Endpoint(EndpointConfig())
+    uas.receive_datagram(
+        raw_request("INVITE", body=SDP, extra="Content-Type: application/sdp\r\n"), UAC_ADDR, 0.0
+    )
+    (event,) = [e for e in Pair.events(uas) if isinstance(e, RequestReceived)]
+    with pytest.raises(LocalProtocolError):
+        uas.authenticate(event.transaction_id, TRUNKS.get, now=0.0)
+
+
 # -- robustness ---------------------------------------------------------------------------------
 
 SEEDS = [
