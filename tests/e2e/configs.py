@@ -20,8 +20,10 @@ def front_door(
     rtp_base: int | None = None,
     flush_s: float | None = None,
     media_workers: int = 0,
+    allow: tuple[str, ...] = ("127.0.0.0/8",),
 ) -> str:
-    """Admin token, a loopback trunk, and each number routed to a flow of that name; the flow
+    """Admin token, a loopback trunk (``allow``: all of loopback unless a test keeps some
+    127.0.0.x addresses off the trunk), and each number routed to a flow of that name; the flow
     answers and enqueues in the queue of that name, or runs ``steps`` (for a single number)."""
     parts = []
     if rtp_base is not None:
@@ -32,7 +34,8 @@ def front_door(
     if flush_s is not None:
         parts.append(f"[recordings]\nflush_interval_s = {flush_s}\n")
     parts.append(f'[[api.tokens]]\nname = "ops"\nrole = "admin"\ntoken = "{admin}"\n')
-    parts.append(f'[[trunks]]\nname = "{trunk}"\nallow = ["127.0.0.0/8"]\n')
+    networks = ", ".join(f'"{network}"' for network in allow)
+    parts.append(f'[[trunks]]\nname = "{trunk}"\nallow = [{networks}]\n')
     for number in numbers:
         flow_steps = steps if steps is not None else QUEUE_STEPS.format(queue=number)
         parts.append(f'[[routes]]\nnumber = "{number}"\nflow = "{number}"\n')
