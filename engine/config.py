@@ -14,6 +14,7 @@ it) and never look keys up by string.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import tomllib
 from enum import Enum
@@ -27,11 +28,14 @@ from sip.transport.dns import parse_nameserver
 
 __all__ = [
     "AgentConfig",
+    "BansConfig",
     "Config",
     "ConfigError",
+    "FloodConfig",
     "HttpConfig",
     "LogConfig",
     "QueueConfig",
+    "SecurityConfig",
     "SipConfig",
     "StorageConfig",
     "Strategy",
@@ -139,6 +143,46 @@ class SipConfig(_Struct, frozen=True):
     # An outbound INVITE whose target sends nothing (not even 100 Trying) for this long goes to
     # the next RFC 3263 target, when there is one (Kamailio's fr_timer); 0 waits for timer B.
     failover_timeout_s: float = 4.0
+
+
+class FloodConfig(_Struct, frozen=True):
+    """Kamailio pike: a token bucket per source address, checked before a request is parsed."""
+
+    enabled: bool = True
+    # Kamailio's stock config allows 8 requests/s per source (16 per 2 s); a contact center has
+    # whole floors of phones behind one NAT address, so the default is far above one site's
+    # signalling and far below a scanner's, which sends as fast as its link allows.
+    rate_per_s: float = 50.0
+    burst: int = 100  # requests a source may send at once before the rate applies
+
+
+class BansConfig(_Struct, frozen=True):
+    """fail2ban over digest failures: jail.conf's maxretry 5, findtime 10m, bantime 10m with
+    bantime.increment (each further ban of a source twice as long, up to max_ban_s)."""
+
+    enabled: bool = True
+    max_failures: int = 5  # failed REGISTER digests from one source within find_window_s: banned
+    find_window_s: float = 600.0
+    ban_s: float = 600.0  # the first ban; then doubling
+    max_ban_s: float = 604800.0  # a week: the doubling stops here
+    forget_s: float = 86400.0  # a source without a ban this long is a first offender again
+    # Failures for one user name from anywhere that also ban the source that fails next (a
+    # guesser spread over many addresses); 0 turns it off.
+    user_max_failures: int = 10
+
+
+class SecurityConfig(_Struct, frozen=True):
+    """Screening of SIP sources (sip.security): flood limits, auth-failure bans, scanners."""
+
+    # Networks never flood-limited, banned or dropped as scanners (management, known sites);
+    # every trunk's `allow` networks are added: a trunk must never be banned.
+    allow: tuple[str, ...] = ()
+    banned_action: str = "drop"  # drop: silently (fail2ban's DROP) | reject: 403 Forbidden
+    drop_scanners: bool = True  # drop requests from SIP scanners' User-Agents (friendly-scanner...)
+    # Also ban a scanner's source. Off by default: one spoofed UDP packet would ban its victim.
+    ban_scanners: bool = False
+    flood: FloodConfig = FloodConfig()
+    bans: BansConfig = BansConfig()
 
 
 class StorageConfig(_Struct, frozen=True):
@@ -409,6 +453,7 @@ class Config(_Struct, frozen=True):
     log: LogConfig = LogConfig()
     http: HttpConfig = HttpConfig()
     sip: SipConfig = SipConfig()
+    security: SecurityConfig = SecurityConfig()
     media: MediaConfig = MediaConfig()
     storage: StorageConfig = StorageConfig()
     runtime: RuntimeConfig = RuntimeConfig()
@@ -653,6 +698,7 @@ def _validate(cfg: Config, file: str) -> None:
         )
     _check_positive(file, "runtime.drain_timeout_s", cfg.runtime.drain_timeout_s, allow_zero=True)
     _validate_webrtc(cfg.webrtc, file)
+    _validate_security(cfg.security, file)
 
     queue_names: set[str] = set()
     for i, queue in enumerate(cfg.queues):
@@ -731,6 +777,64 @@ def _validate_webrtc(cfg: WebRtcConfig, file: str) -> None:
     _check_workers(file, "webrtc.workers", cfg.workers)
 
 
+def _check_network(file: str, path: str, network: str) -> None:
+    try:
+        ipaddress.ip_network(network, strict=False)
+    except ValueError:
+        raise ConfigError(
+            file, path, f"expected a network such as 192.0.2.0/24 or 127.0.0.1, found {network!r}"
+        ) from None
+
+
+def _check_seconds(file: str, path: str, value: float) -> None:
+    """A positive, finite number (TOML also spells inf and nan)."""
+    if not (value > 0 and math.isfinite(value)):
+        raise ConfigError(file, path, f"expected a number > 0, found {value}")
+
+
+def _validate_security(cfg: SecurityConfig, file: str) -> None:
+    for i, network in enumerate(cfg.allow):
+        _check_network(file, f"security.allow[{i}]", network)
+    if cfg.banned_action not in ("drop", "reject"):
+        raise ConfigError(
+            file,
+            "security.banned_action",
+            f"expected 'drop' or 'reject', found {cfg.banned_action!r}",
+        )
+    if cfg.ban_scanners and not (cfg.drop_scanners and cfg.bans.enabled):
+        raise ConfigError(
+            file,
+            "security.ban_scanners",
+            "expected drop_scanners = true and bans.enabled = true with ban_scanners = true",
+        )
+    _check_seconds(file, "security.flood.rate_per_s", cfg.flood.rate_per_s)
+    if cfg.flood.burst < 1:
+        raise ConfigError(
+            file, "security.flood.burst", f"expected an integer >= 1, found {cfg.flood.burst}"
+        )
+    bans = cfg.bans
+    if bans.max_failures < 1:
+        raise ConfigError(
+            file,
+            "security.bans.max_failures",
+            f"expected an integer >= 1, found {bans.max_failures}",
+        )
+    if bans.user_max_failures < 0:
+        raise ConfigError(
+            file,
+            "security.bans.user_max_failures",
+            f"expected an integer >= 0 (0 = off), found {bans.user_max_failures}",
+        )
+    for key in ("find_window_s", "ban_s", "max_ban_s", "forget_s"):
+        _check_seconds(file, f"security.bans.{key}", getattr(bans, key))
+    if bans.max_ban_s < bans.ban_s:
+        raise ConfigError(
+            file,
+            "security.bans.max_ban_s",
+            f"expected >= security.bans.ban_s ({bans.ban_s}), found {bans.max_ban_s}",
+        )
+
+
 def _check_workers(file: str, key: str, workers: int) -> None:
     if not 0 <= workers <= _MAX_WORKERS:
         raise ConfigError(
@@ -789,14 +893,7 @@ def _validate_telephony(cfg: Config, file: str) -> None:
             raise ConfigError(file, f"{base}.name", f"duplicate trunk name {trunk.name!r}")
         seen.add(trunk.name)
         for j, network in enumerate(trunk.allow):
-            try:
-                ipaddress.ip_network(network, strict=False)
-            except ValueError:
-                raise ConfigError(
-                    file,
-                    f"{base}.allow[{j}]",
-                    f"expected a network such as 192.0.2.0/24 or 127.0.0.1, found {network!r}",
-                ) from None
+            _check_network(file, f"{base}.allow[{j}]", network)
         if not trunk.allow and not trunk.username:
             raise ConfigError(
                 file, f"{base}.allow", "expected source networks or a username: the trunk is open"

@@ -24,11 +24,12 @@ the answer, which goes to the source address), and dropped otherwise. Every reje
 increments `rejections[reason]` (a bounded key set, `REJECTION_REASONS`). An exception raised while
 handling one message never escapes: it becomes `InternalErrorOccurred` and a 500 where answerable.
 
-With `EndpointConfig.security` set, a `sip.security.Guard` screens sources first: the flood limit
-and (in "drop" mode) a banned source before a request is parsed, then a banned source in
-"reject" mode (403) and scanner User-Agents before the request is handled; REGISTER digest
-failures feed its ban tracker. Its refusals are counted in `rejections` too, and its facts
-(`SourceBanned`, `BanLifted`, `FloodDetected`) come out of `next_event()` with the others.
+With `EndpointConfig.security` set (or a `sip.security.Guard` passed in, which several endpoints
+may share), the guard screens sources first: the flood limit and (in "drop" mode) a banned source
+before a request is parsed, then a banned source in "reject" mode (403) and scanner User-Agents
+before the request is handled; REGISTER digest failures feed its ban tracker. Its refusals are
+counted in `rejections` too, and its facts (`SourceBanned`, `BanLifted`, `FloodDetected`) come out
+of `next_event()` with the others (a guard passed in hands them to its own ``emit`` instead).
 
 The UAS core retransmits its 2xx to INVITE until the ACK arrives (13.3.1.4: T1 doubling to T2) and
 reports `AckTimedOut` after 64*T1 so the application can send BYE. The UAC core ACKs 2xx itself
@@ -554,6 +555,7 @@ class Endpoint:
         registrar: Registrar | None = None,
         authenticator: DigestAuthenticator | None = None,
         user_lookup: SecretLookup | None = None,
+        guard: Guard | None = None,
     ) -> None:
         self.config: Final = config or EndpointConfig()
         self._timers: Final = self.config.timers
@@ -564,10 +566,20 @@ class Endpoint:
             raise ValueError("an authenticator needs a user_lookup")
         self.rejections: dict[str, int] = {}
         self._events: deque[EndpointEvent] = deque()
-        #: The source screening of `EndpointConfig.security` (its `bans` answer "who is banned",
-        #: lift bans and export/import them), or None. Its events join ours, in order.
+        #: The source screening (its `bans` answer "who is banned", lift bans and export/import
+        #: them), or None. Built from `EndpointConfig.security`, its events join ours, in order.
+        #: Or passed in as `guard` and then possibly shared: several endpoints (the UDP, TCP and
+        #: TLS listeners of one server) that hold one `Guard` count every source's requests and
+        #: failures together and refuse a banned source on all of them; such a guard's events go
+        #: to its own ``emit`` (or queue), since they belong to no one endpoint. The attribute may
+        #: be replaced between calls (a reloaded policy: carry bans over with
+        #: `BanTracker.export_state` / `import_state`); the next `get_timer` follows the new one.
         screening = self.config.security
-        self.security: Final = Guard(screening, emit=self._events.append) if screening else None
+        if guard is not None and screening is not None:
+            raise ValueError("pass either EndpointConfig.security or a guard, not both")
+        if guard is None and screening is not None:
+            guard = Guard(screening, emit=self._events.append)
+        self.security: Guard | None = guard
         self._outbox: list[tuple[bytes, Addr]] = []
         self._heap = _Heap()
         self._server: dict[TransactionKey, _ServerCtx] = {}

@@ -3,7 +3,7 @@
 How this works: ``openapi_paths`` returns the paths and component schemas of the routes
 ``add_routes`` serves; the daemon hands them to ``engine.api.app.openapi_document``, which adds
 its own (health, readiness, metrics, index) and the shared Problem response. Where a handler
-decodes or answers a msgspec struct (queues, agents, intervals, call recording control), the schema
+decodes or answers a msgspec struct (queues, agents, intervals, bans, call recording control), the schema
 is generated from that struct, so it cannot drift from the code; the rest (summaries, query
 parameters, error codes, the other bodies) is written here by hand.
 """
@@ -18,6 +18,7 @@ from engine.api.agents import AgentStateChange, AgentView
 from engine.api.calls import CallRecordingChange, CallRecordingState
 from engine.api.cdr import MAX_CDR_ROWS
 from engine.api.queues import IntervalFigures, QueueView
+from engine.api.security import BanView
 from engine.recording.service import CONTENT_TYPES
 
 
@@ -40,11 +41,21 @@ def _op(
 
 def openapi_paths() -> tuple[dict[str, Any], dict[str, Any]]:
     """(paths, component schemas) of the routes ``add_routes`` serves."""
-    (queues, agents, agent, change, intervals), schemas = msgspec.json.schema_components(
-        [list[QueueView], list[AgentView], AgentView, AgentStateChange, list[IntervalFigures]],
+    (queues, agents, agent, change, intervals, bans, ban), schemas = msgspec.json.schema_components(
+        [
+            list[QueueView],
+            list[AgentView],
+            AgentView,
+            AgentStateChange,
+            list[IntervalFigures],
+            list[BanView],
+            BanView,
+        ],
         ref_template="#/components/schemas/{name}",
     )
     agent_id = {"name": "agent_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    address = {"name": "address", "in": "path", "required": True, "schema": {"type": "string"},
+               "description": "an IPv4 or IPv6 address"}  # fmt: skip
     epoch = {"type": "number", "description": "epoch seconds"}
     paths: dict[str, Any] = {
         "/api/v1/queues": {"get": _op("Queues with live and today's figures", queues)},
@@ -95,8 +106,20 @@ def openapi_paths() -> tuple[dict[str, Any], dict[str, Any]]:
         "/api/v1/reload": {
             "post": _op("Reload the config file (admin, audited)", {"type": "object"})
         },
+        "/api/v1/security/bans": {
+            "get": _op("SIP source addresses banned now, oldest first (admin)", bans),
+        },
+        "/api/v1/security/bans/{address}": {
+            "delete": {
+                **_op("Lift the ban of a SIP source address now (admin, audited)", ban),
+                "parameters": [address],
+            },
+        },
         **_recording_paths(),
     }
+    lift = paths["/api/v1/security/bans/{address}"]["delete"]["responses"]
+    lift["400"] = {"$ref": "#/components/responses/Problem", "description": "not an IP address"}
+    lift["404"] = {"$ref": "#/components/responses/Problem", "description": "not banned"}
     (change, state), recording_schemas = msgspec.json.schema_components(
         [CallRecordingChange, CallRecordingState], ref_template="#/components/schemas/{name}"
     )

@@ -6,12 +6,19 @@ event at a time. A new INVITE goes to ``inbound``, a re-INVITE or UPDATE with an
 up on), CANCEL/BYE/dialog ends to ``teardown``, SIP INFO DTMF to ``media``, registrations to the
 agent directory. Calls and legs are found through the service's ``CallIndex``. An exception
 while handling one event is logged and counted, never raised into the transport.
+
+The listeners' shared guard (engine.calls.security) hands its facts to ``on_security_event``:
+each ban is one ``security_ban`` line (logger ``acd.security``) shaped for fail2ban (docs/security.md:
+the source address is the first key, so an anchored filter cannot be fooled by text a peer put in
+another field), its end one ``security_unban`` line, a source starting to flood one
+``security_flood`` line; bans and floods are counted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 from typing import TYPE_CHECKING
 
 import structlog
@@ -31,11 +38,19 @@ from sip.endpoint import (
     TransactionTimedOut,
 )
 from sip.rtp.dtmf import DtmfError, parse_sip_info
+from sip.security import (
+    BanLifted,
+    FloodDetected,
+    SecurityEvent,
+    SecurityPolicy,
+    SourceBanned,
+)
 
 if TYPE_CHECKING:
     from engine.calls.service import CallService
 
 log = structlog.stdlib.get_logger("acd.calls")
+security_log = structlog.stdlib.get_logger("acd.security")
 
 
 class Dispatcher:
@@ -110,3 +125,80 @@ class Dispatcher:
         elif isinstance(event, InternalErrorOccurred):
             self._s.metrics.errors.labels(where="sip_core").inc()
             log.error("sip_internal_error", call_id=event.call_id, error=event.error)
+        elif isinstance(event, SourceBanned | BanLifted | FloodDetected):
+            self._on_security(event)  # an endpoint with a guard of its own (none of ours)
+
+    # -- the listeners' guard ----------------------------------------------------------------------
+
+    def on_security_event(self, event: SecurityEvent) -> None:
+        """A fact of the shared guard, handed over while an endpoint screens a request."""
+        try:
+            self._on_security(event)
+        except Exception:
+            self._s.metrics.errors.labels(where="sip_event").inc()
+            log.exception("sip_event_failed", sip_event=type(event).__name__)
+
+    def _on_security(self, event: SecurityEvent) -> None:
+        security = self._s.security
+        if isinstance(event, SourceBanned):
+            self._s.metrics.security_bans.labels(reason=event.reason).inc()
+            until = _iso(security.wall(event.until))
+            # The address first: fail2ban's filter anchors on it (docs/security.md). `user` is
+            # whatever the peer put in its credentials, so it stays out of `message`.
+            security_log.warning(
+                "security_ban",
+                address=event.address,
+                reason=event.reason,
+                until=until,
+                ban_s=round(event.until - event.since, 3),
+                failures=event.failures,
+                strikes=event.strikes,
+                user=event.user,
+                message=f"SIP source {event.address} banned until {until}: {event.reason}, "
+                f"{event.failures} failures, ban number {event.strikes}",
+            )
+        elif isinstance(event, BanLifted):
+            self.ban_ended(event.address, event.reason, event.at)
+        else:
+            self._s.metrics.security_floods.inc()
+            security_log.warning(
+                "security_flood",
+                address=event.address,
+                message=f"SIP source {event.address} is flooding: its requests are dropped "
+                "until it slows down",
+            )
+
+    def ban_ended(self, address: str, reason: str, at: float) -> None:
+        """The ban of ``address`` ended: expired, lifted (the API), evicted, or a reload."""
+        security_log.info(
+            "security_unban",
+            address=address,
+            reason=reason,
+            at=_iso(self._s.security.wall(at)),
+            message=f"SIP source {address} no longer banned: {reason}",
+        )
+
+    def security_policy(self, policy: SecurityPolicy | None, why: str) -> None:
+        """One line saying what is screened (at start, and when a reload changes it)."""
+        if policy is None:
+            security_log.warning("security_policy", why=why, screening="off")
+            return
+        flood, bans = policy.flood, policy.bans
+        security_log.info(
+            "security_policy",
+            why=why,
+            allow=[str(network) for network in policy.allow],
+            flood=None if flood is None else f"{flood.rate_per_s:g}/s, burst {flood.burst}",
+            bans=None
+            if bans is None
+            else f"{bans.max_failures} failures in {bans.find_window_s:g} s: {bans.ban_s:g} s",
+            banned_action=policy.banned_action,
+            drop_scanners=bool(policy.scanner_user_agents),
+            ban_scanners=policy.ban_scanners,
+        )
+
+
+def _iso(epoch_s: float) -> str:
+    """Epoch seconds as ISO 8601 UTC to the second (what fail2ban and people read)."""
+    moment = datetime.datetime.fromtimestamp(round(epoch_s), tz=datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")

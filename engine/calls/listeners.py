@@ -4,8 +4,10 @@ How this works: ``start`` opens every configured listener with ``sip.transport.u
 ``sip.transport.tcp.serve_tcp`` (TLS is TCP with the listener's certificate). Each gets a
 ``sip.endpoint.Endpoint`` built from ``[sip]`` (timers, user agent, 100rel, session timers) with
 the agent directory's registrar and digest authentication against the agents' passwords (or
-their stored MD5 HA1, ``password_ha1``), and
-hands every event to ``on_event``. An outbound INVITE leaves on the first listener of the kind
+their stored MD5 HA1, ``password_ha1``), the daemon's one ``sip.security.Guard``
+(engine.calls.security: every listener shares its flood and ban tables, and a reload may
+replace it, ``use_guard``), and hands every event to ``on_event``. An outbound INVITE leaves
+on the first listener of the kind
 its URI asks for (``endpoint_for``); ``family`` says which addresses a listener can reach.
 After the call layer has fed an endpoint, ``transmit`` flushes what its cores queued.
 """
@@ -23,6 +25,7 @@ from sip import Uri
 from sip.auth import DigestAlgorithm, DigestAuthenticator, Password, StoredHa1, UserSecret
 from sip.endpoint import Endpoint, EndpointConfig, EndpointEvent
 from sip.registrar import Registrar
+from sip.security import Guard
 from sip.session_timer import SessionTimerPolicy
 from sip.transport.tcp import TcpTransport, serve_tcp
 from sip.transport.udp import UdpTransport, serve_udp
@@ -40,11 +43,16 @@ class Listeners:
         config: Config,
         registrar: Registrar,
         on_event: Callable[[Endpoint, EndpointEvent], None],
+        guard: Guard | None = None,
     ) -> None:
         self._config = config
         self._registrar = registrar
         self._on_event = on_event
+        self.guard = guard
         self.secrets = agent_secrets(config)
+        #: Digest answers for a user name that is no agent's (each ends in a 403 the endpoint
+        #: counts as auth_failed): the "unknown_user" part of acd_sip_auth_failures_total.
+        self.unknown_user_failures = 0
         self.transport: UdpTransport | TcpTransport | None = None  # the first listener's
         # Every listener's transport, and the first endpoint of each kind ("udp", "tcp", "tls"):
         # where an INVITE to a contact with ;transport=... leaves from.
@@ -56,6 +64,12 @@ class Listeners:
         """A reload: agents' passwords apply to the next registration (listeners stay open)."""
         self._config = config
         self.secrets = agent_secrets(config)
+
+    def use_guard(self, guard: Guard | None) -> None:
+        """Screen every listener with ``guard`` from now on (a reload changed the policy)."""
+        self.guard = guard
+        for transport in self.transports:
+            transport.endpoint.security = guard
 
     @property
     def endpoint(self) -> Endpoint:
@@ -71,7 +85,11 @@ class Listeners:
         )
 
         def lookup(username: str) -> UserSecret | None:
-            return self.secrets.get(username)
+            secret = self.secrets.get(username)
+            if secret is None:
+                # sip.auth asks only once the nonce is ours; no secret is a failure (403) then
+                self.unknown_user_failures += 1
+            return secret
 
         def make_endpoint(addr: tuple[str, int], kind: str) -> Endpoint:
             return Endpoint(
@@ -94,6 +112,7 @@ class Listeners:
                 registrar=self._registrar,
                 authenticator=authenticator,
                 user_lookup=lookup,
+                guard=self.guard,
             )
 
         addresses: list[tuple[str, int]] = []

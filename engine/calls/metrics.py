@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from engine.calls.listeners import Listeners
+from engine.calls.security import Security
 from engine.runtime.metrics import WAIT_BUCKETS, Metrics
 from sip.media import MediaStats
 
@@ -66,6 +67,18 @@ class CallMetrics:
             "Outbound INVITEs sent to the next RFC 3263 target after a timeout or 503.",
             registry=r,
         )
+        self.security_bans = Counter(
+            "acd_security_bans_total",
+            "SIP sources banned, by reason (auth_failures, user_auth_failures, scanner).",
+            ["reason"],
+            registry=r,
+        )
+        self.security_floods = Counter(
+            "acd_security_floods_total",
+            "Times a SIP source went over its flood limit (its drops are in "
+            'acd_sip_parse_errors_total{reason="flood_dropped"}).',
+            registry=r,
+        )
         self.errors = metrics.unexpected_errors
 
 
@@ -108,6 +121,40 @@ class SipMediaCollector(Collector):
         for method, n in sorted(m.dtmf_digits.items()):
             dtmf.add_metric([method], n)
         yield dtmf
+
+    def describe(self) -> Any:
+        return iter(())
+
+
+class SecurityCollector(Collector):
+    """Bans in force and failed digest logins, read from the guard and the SIP cores at scrape
+    time (the drops a guard causes are in ``acd_sip_parse_errors_total``: flood_dropped,
+    banned_dropped, banned_rejected, scanner_dropped)."""
+
+    def __init__(self, listeners: Listeners, security: Security) -> None:
+        self._listeners = listeners
+        self._security = security
+
+    def collect(self) -> Any:
+        yield GaugeMetricFamily(
+            "acd_security_bans_active",
+            "SIP source addresses banned right now.",
+            value=len(self._security.bans(self._security.now())),
+        )
+        failed = sum(
+            t.endpoint.rejections.get("auth_failed", 0) for t in self._listeners.transports
+        )
+        unknown = min(self._listeners.unknown_user_failures, failed)
+        auth = CounterMetricFamily(
+            "acd_sip_auth_failures",
+            "Failed digest logins (REGISTER answered 403), by reason: unknown_user (no such "
+            "agent) or bad_credentials (wrong password, replayed or foreign nonce, another "
+            "agent's credentials).",
+            labels=["reason"],
+        )
+        auth.add_metric(["unknown_user"], unknown)
+        auth.add_metric(["bad_credentials"], failed - unknown)
+        yield auth
 
     def describe(self) -> Any:
         return iter(())

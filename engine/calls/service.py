@@ -4,6 +4,7 @@ How this works (DESIGN.md section 3): ``CallService`` is the coordinator the dae
 talk to; the work is done by one object per phase of a call, each in its own module:
 
 - ``listeners``: the SIP listeners (UDP, TCP, TLS) and their endpoints;
+- ``security``: the flood limits, auth-failure bans and scanner drops all listeners share;
 - ``dispatch``: every endpoint event, to the phase that handles it;
 - ``inbound``: a trunk INVITE admitted (trunk, route) and the call's task running its flow;
 - ``session``: answering with SDP, re-INVITEs, hold and resume;
@@ -37,10 +38,11 @@ from engine.calls.flows import FlowRunner
 from engine.calls.inbound import Inbound
 from engine.calls.listeners import Listeners
 from engine.calls.media import CallMedia
-from engine.calls.metrics import CallMetrics, SipMediaCollector
+from engine.calls.metrics import CallMetrics, SecurityCollector, SipMediaCollector
 from engine.calls.model import Call, CallIndex
 from engine.calls.queueing import Queueing
 from engine.calls.ringing import Ringing
+from engine.calls.security import Security
 from engine.calls.session import Session
 from engine.calls.softphones import Softphones
 from engine.calls.teardown import Teardown
@@ -80,7 +82,10 @@ class CallService:
         self._tasks: set[asyncio.Task[None]] = set()
         self.draining = False
         self.dispatch = Dispatcher(self)
-        self.listeners = Listeners(config, agents.registrar, self.dispatch.on_event)
+        self.security = Security(config, self.dispatch.on_security_event)
+        self.listeners = Listeners(
+            config, agents.registrar, self.dispatch.on_event, self.security.guard
+        )
         self.inbound = Inbound(self)
         self.session = Session(self)
         self.media = CallMedia(self)
@@ -90,6 +95,7 @@ class CallService:
         self.transfers = Transfers(self)
         self.teardown = Teardown(self)
         metrics.registry.register(SipMediaCollector(self.listeners, self.media.stats))
+        metrics.registry.register(SecurityCollector(self.listeners, self.security))
 
     @property
     def calls(self) -> dict[str, Call]:
@@ -107,8 +113,17 @@ class CallService:
 
     def apply(self, config: Config) -> None:
         """A reloaded config: trunks, routes, flows, prompts and agent passwords apply to new calls
-        and registrations at once; calls in progress keep what they started with."""
+        and registrations at once; calls in progress keep what they started with. A changed
+        ``[security]`` (or a trunk's ``allow``) screens the next request, keeping the bans."""
         self.config = config
+        now = self.security.now()
+        replaced, ended = self.security.apply(config, now)
+        if replaced:
+            self.listeners.use_guard(self.security.guard)
+            self.dispatch.security_policy(self.security.policy, "reload")
+            for address in ended:
+                self.dispatch.ban_ended(address, "reload", now)
+            self.transmit()  # the endpoints re-arm their timers on the new guard
         self.listeners.apply(config)
         self.inbound.apply(config)
         self.media.apply(config)
@@ -121,6 +136,7 @@ class CallService:
         """The media clock (and workers), then every [[sip.listeners]] entry; the first one's
         address."""
         await self.media.start(self._metrics)
+        self.dispatch.security_policy(self.security.policy, "start")
         return await self.listeners.start()
 
     def transmit(self) -> None:

@@ -17,13 +17,15 @@ def front_door(
     numbers: tuple[str, ...] = ("support",),
     steps: str | None = None,
     trunk: str = "local",
-    trunk_keys: str = 'allow = ["127.0.0.0/8"]',
+    trunk_keys: str | None = None,
     rtp_base: int | None = None,
     flush_s: float | None = None,
     media_workers: int = 0,
+    allow: tuple[str, ...] = ("127.0.0.0/8",),
 ) -> str:
-    """Admin token, a loopback trunk (or one described by ``trunk_keys``), and each number routed
-    to a flow of that name; the flow answers and enqueues in the queue of that name, or runs
+    """Admin token, a loopback trunk (``allow``: all of loopback unless a test keeps some
+    127.0.0.x addresses off the trunk; or a trunk described by ``trunk_keys``), and each number
+    routed to a flow of that name; the flow answers and enqueues in the queue of that name, or runs
     ``steps`` (for a single number)."""
     parts = []
     if rtp_base is not None:
@@ -34,6 +36,8 @@ def front_door(
     if flush_s is not None:
         parts.append(f"[recordings]\nflush_interval_s = {flush_s}\n")
     parts.append(f'[[api.tokens]]\nname = "ops"\nrole = "admin"\ntoken = "{admin}"\n')
+    if trunk_keys is None:
+        trunk_keys = "allow = [" + ", ".join(f'"{network}"' for network in allow) + "]"
     parts.append(f'[[trunks]]\nname = "{trunk}"\n{trunk_keys}\n')
     for number in numbers:
         flow_steps = steps if steps is not None else QUEUE_STEPS.format(queue=number)

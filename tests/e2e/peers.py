@@ -53,27 +53,35 @@ def free_port_block(size: int, step: int = 2) -> int:
 
 
 class Baresip:
-    """One baresip process: ``account`` is the accounts-file line, ``tone_hz`` its microphone."""
+    """One baresip process: ``account`` is the accounts-file line, ``tone_hz`` its microphone;
+    it binds ``host`` (any 127.0.0.x: a source address of its own)."""
 
     def __init__(
-        self, workdir: Path, account: str, tone_hz: float, *, dial: str | None = None
+        self,
+        workdir: Path,
+        account: str,
+        tone_hz: float,
+        *,
+        dial: str | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
         self.dir = workdir
+        self.host = host
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "rec").mkdir(exist_ok=True)
         write_tone(self.dir / "tone.wav", tone_hz, 120)
         base = free_port_block(24)
         self.sip_port, self.ctrl_port, rtp = base, base + 2, base + 4
         (self.dir / "config").write_text(
-            f"sip_listen 127.0.0.1:{self.sip_port}\n"
-            "net_interface 127.0.0.1\n"
+            f"sip_listen {host}:{self.sip_port}\n"
+            f"net_interface {host}\n"
             "audio_player aubridge,sink_b\naudio_alert aubridge,sink_b\n"
             f"audio_source aufile,{self.dir}/tone.wav\n"
             f"rtp_ports {rtp}-{rtp + 18}\n"
             "module_path /usr/lib/baresip/modules\n"
             "module g711.so\nmodule aufile.so\nmodule aubridge.so\nmodule sndfile.so\n"
             "module ctrl_tcp.so\n"
-            f"ctrl_tcp_listen 127.0.0.1:{self.ctrl_port}\n"
+            f"ctrl_tcp_listen {host}:{self.ctrl_port}\n"
             "module_tmp account.so\nmodule_app menu.so\n"
             f"snd_path {self.dir}/rec\n"
         )
@@ -101,7 +109,7 @@ class Baresip:
 
     def command(self, command: str, params: str = "") -> dict[str, object]:
         body = json.dumps({"command": command, "params": params, "token": "t"}).encode()
-        with socket.create_connection(("127.0.0.1", self.ctrl_port), timeout=5) as s:
+        with socket.create_connection((self.host, self.ctrl_port), timeout=5) as s:
             s.sendall(str(len(body)).encode() + b":" + body + b",")
             data = b""
             while b'"response"' not in data:
@@ -138,13 +146,15 @@ def sipp(
     target: str | None,
     *extra: str,
     background: bool = False,
+    host: str = "127.0.0.1",
 ) -> subprocess.Popen[bytes]:
-    """Start SIPp with a built-in (``["-sn", "uac"]``) or file scenario on its own ports."""
+    """Start SIPp with a built-in (``["-sn", "uac"]``) or file scenario on its own ports, bound
+    to ``host`` (any 127.0.0.x: a source address of its own)."""
     base = free_port_block(4)
     args = [SIPP, *scenario]
     if target:
         args.append(target)
-    args += ["-i", "127.0.0.1", "-p", str(base), "-mp", str(base + 2), "-cp", str(base + 1),
+    args += ["-i", host, "-p", str(base), "-mp", str(base + 2), "-cp", str(base + 1),
              "-nostdin", "-trace_err", "-error_file", str(workdir / f"sipp-{base}-errors.log"),
              *extra]  # fmt: skip
     with (workdir / f"sipp-{base}.log").open("wb") as log:

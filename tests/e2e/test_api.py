@@ -88,6 +88,10 @@ def test_tokens_and_roles(daemon: DaemonProcess) -> None:
     assert problem["detail"] == "agents may only see and change themselves"  # type: ignore[index]
     assert call(daemon, "POST", "/api/v1/reload", SUPERVISOR)[0] == 403
     assert call(daemon, "POST", "/api/v1/reload", ADMIN) == (200, {"reloaded": True})
+    # SIP source bans are the admins' business
+    assert call(daemon, "GET", "/api/v1/security/bans", SUPERVISOR)[0] == 403
+    assert call(daemon, "DELETE", "/api/v1/security/bans/192.0.2.1", SUPERVISOR)[0] == 403
+    assert call(daemon, "GET", "/api/v1/security/bans", ADMIN) == (200, [])
 
 
 def test_agent_state_changes_go_through_routing_and_are_audited(daemon: DaemonProcess) -> None:
@@ -218,6 +222,16 @@ def test_openapi_lists_the_control_api(daemon: DaemonProcess) -> None:
     assert {"/api/v1/queues", "/api/v1/agents/{agent_id}/state", "/api/v1/cdr"} <= set(paths)
     assert paths["/api/v1/agents/{agent_id}/state"]["put"]["security"] == [{"bearer": []}]
     assert "QueueView" in doc["components"]["schemas"]  # type: ignore[index]
+    assert set(paths["/api/v1/security/bans"]) == {"get"}
+    lift = paths["/api/v1/security/bans/{address}"]["delete"]
+    assert {"200", "400", "401", "403", "404"} <= set(lift["responses"])
+    assert lift["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/BanView"
+    }
+    ban = doc["components"]["schemas"]["BanView"]  # type: ignore[index]
+    assert {"address", "reason", "since", "until", "failures", "strikes", "user"} <= set(
+        ban["properties"]
+    )
 
 
 async def test_event_stream_over_websocket(daemon: DaemonProcess) -> None:

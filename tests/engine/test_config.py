@@ -347,3 +347,120 @@ def test_var_dir_is_home_to_the_state_paths_the_file_leaves_out() -> None:
     with pytest.raises(ConfigError) as info:
         parse_config('[runtime]\nvar_dir = ""\n', "t.toml")
     assert info.value.key_path == "runtime.var_dir"
+
+
+def test_security_defaults_screen_sources_with_fail2ban_and_pike_figures() -> None:
+    sec = parse_config("", "x.toml").security
+    assert (sec.allow, sec.banned_action, sec.drop_scanners, sec.ban_scanners) == (
+        (),
+        "drop",
+        True,
+        False,
+    )
+    assert (sec.flood.enabled, sec.flood.rate_per_s, sec.flood.burst) == (True, 50.0, 100)
+    b = sec.bans
+    assert (b.enabled, b.max_failures, b.find_window_s, b.ban_s) == (True, 5, 600.0, 600.0)
+    assert (b.max_ban_s, b.forget_s, b.user_max_failures) == (604800.0, 86400.0, 10)
+
+
+def test_security_section_decodes_every_key() -> None:
+    sec = parse_config(
+        """
+[security]
+allow = ["10.20.0.0/16", "2001:db8::/32"]
+banned_action = "reject"
+drop_scanners = true
+ban_scanners = true
+[security.flood]
+enabled = false
+rate_per_s = 5
+burst = 7
+[security.bans]
+max_failures = 3
+find_window_s = 60
+ban_s = 30
+max_ban_s = 3600
+forget_s = 7200
+user_max_failures = 0
+""",
+        "sec.toml",
+    ).security
+    assert sec.allow == ("10.20.0.0/16", "2001:db8::/32")
+    assert (sec.banned_action, sec.ban_scanners) == ("reject", True)
+    assert (sec.flood.enabled, sec.flood.rate_per_s, sec.flood.burst) == (False, 5.0, 7)
+    b = sec.bans
+    assert (b.max_failures, b.find_window_s, b.ban_s, b.max_ban_s) == (3, 60.0, 30.0, 3600.0)
+    assert (b.forget_s, b.user_max_failures) == (7200.0, 0)
+
+
+@pytest.mark.parametrize(
+    ("text", "key_path", "fragment"),
+    [
+        ("[security]\nalow = []\n", "security.alow", "unknown key"),
+        ("[security.flood]\nrate = 5\n", "security.flood.rate", "unknown key"),
+        ("[security.bans]\nbantime = 5\n", "security.bans.bantime", "unknown key"),
+        ('[security]\nallow = ["10.0.0.0/33"]\n', "security.allow[0]", "expected a network"),
+        ('[security]\nallow = "10.0.0.0/8"\n', "security.allow", "expected an array"),
+        ('[security]\nbanned_action = "tarpit"\n', "security.banned_action", "'drop' or 'reject'"),
+        ('[security]\ndrop_scanners = "yes"\n', "security.drop_scanners", "expected a boolean"),
+        (
+            "[security]\nban_scanners = true\ndrop_scanners = false\n",
+            "security.ban_scanners",
+            "drop_scanners = true and bans.enabled = true",
+        ),
+        (
+            "[security]\nban_scanners = true\n[security.bans]\nenabled = false\n",
+            "security.ban_scanners",
+            "bans.enabled = true",
+        ),
+        ("[security.flood]\nrate_per_s = 0\n", "security.flood.rate_per_s", "> 0"),
+        ("[security.flood]\nrate_per_s = inf\n", "security.flood.rate_per_s", "> 0, found inf"),
+        ("[security.flood]\nburst = 0\n", "security.flood.burst", ">= 1"),
+        ("[security.flood]\nburst = 1.5\n", "security.flood.burst", "expected an integer"),
+        ("[security.bans]\nmax_failures = 0\n", "security.bans.max_failures", ">= 1"),
+        ("[security.bans]\nfind_window_s = -1\n", "security.bans.find_window_s", "> 0"),
+        ("[security.bans]\nban_s = nan\n", "security.bans.ban_s", "> 0"),
+        ("[security.bans]\nforget_s = 0\n", "security.bans.forget_s", "> 0"),
+        (
+            "[security.bans]\nban_s = 60\nmax_ban_s = 30\n",
+            "security.bans.max_ban_s",
+            ">= security.bans.ban_s",
+        ),
+        ("[security.bans]\nuser_max_failures = -1\n", "security.bans.user_max_failures", "0 = off"),
+    ],
+)
+def test_security_mistakes_name_file_and_key_path(text: str, key_path: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "/etc/acd/acd.toml")
+    assert (info.value.file, info.value.key_path) == ("/etc/acd/acd.toml", key_path)
+    assert fragment in info.value.problem
+
+
+def test_security_policy_allow_lists_every_trunk_and_is_none_when_all_is_off() -> None:
+    from engine.calls.security import policy_of
+
+    cfg = parse_config(
+        """
+[security]
+allow = ["10.20.0.0/16"]
+[security.bans]
+user_max_failures = 0
+[[trunks]]
+name = "carrier"
+allow = ["192.0.2.10", "198.51.100.0/24"]
+[[trunks]]
+name = "pbx"
+username = "pbx"
+password = "secret"
+""",
+        "t.toml",
+    )
+    policy = policy_of(cfg)
+    assert policy is not None
+    assert [str(n) for n in policy.allow] == ["10.20.0.0/16", "192.0.2.10/32", "198.51.100.0/24"]
+    assert policy.bans is not None
+    assert policy.bans.user_max_failures is None  # 0 in the file: off
+    assert policy.flood is not None
+    assert policy.scanner_user_agents  # drop_scanners
+    off = "[security]\ndrop_scanners = false\n[security.flood]\nenabled = false\n"
+    assert policy_of(parse_config(off + "[security.bans]\nenabled = false\n", "off.toml")) is None

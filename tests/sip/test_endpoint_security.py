@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from sip.auth import DigestClient
+import pytest
+
+from sip.auth import DigestAuthenticator, DigestClient, Password
 from sip.endpoint import (
     Addr,
     BanLifted,
@@ -14,10 +16,13 @@ from sip.endpoint import (
     SourceBanned,
 )
 from sip.message import Response, parse_message
+from sip.registrar import Registrar
 from sip.security import (
     SCANNER_USER_AGENTS,
     BanPolicy,
     FloodPolicy,
+    Guard,
+    SecurityEvent,
     SecurityPolicy,
     parse_networks,
 )
@@ -201,3 +206,65 @@ def test_bans_survive_a_reload_and_lifting_one_is_an_event() -> None:
     assert new.security.bans.lift(UAC_ADDR[0], 2.0) is not None
     assert pair_events(new) == [BanLifted(UAC_ADDR[0], "lifted", 2.0)]
     assert register_with(new, "secret", 20, 3.0) == 200
+
+
+def registrar_with(guard: Guard) -> Endpoint:
+    return Endpoint(
+        EndpointConfig(),
+        registrar=Registrar(),
+        authenticator=DigestAuthenticator(realm="acd"),
+        user_lookup={"alice": Password("secret")}.get,
+        guard=guard,
+    )
+
+
+def test_a_shared_guard_counts_and_bans_across_endpoints() -> None:
+    # The UDP and the TCP listener of one server: failures on both add up, and the ban holds
+    # on both. The guard's events go to its own emit, not into either endpoint's queue.
+    events: list[SecurityEvent] = []
+    guard = Guard(SecurityPolicy(bans=BanPolicy(max_failures=3, ban_s=60)), emit=events.append)
+    udp, tcp = registrar_with(guard), registrar_with(guard)
+    assert udp.security is guard
+    assert tcp.security is guard
+    assert register_with(udp, "WRONG", 1, 1.0) == 403
+    assert register_with(tcp, "WRONG", 3, 2.0) == 403
+    assert register_with(udp, "WRONG", 5, 3.0) == 403
+    assert events == [SourceBanned(UAC_ADDR[0], "auth_failures", 3.0, 63.0, 3, 1, "alice")]
+    assert answer_of(tcp, options(1), 4.0) == []  # banned on the other listener too
+    assert (udp.rejections["auth_failed"], tcp.rejections["auth_failed"]) == (2, 1)
+    assert tcp.rejections["banned_dropped"] == 1
+    udp.handle_timer(40.0)  # the transactions' timers (J, 32 s) have run out
+    tcp.handle_timer(40.0)
+    assert udp.get_timer() == tcp.get_timer() == 63.0  # both arm the shared guard's timer
+    tcp.handle_timer(63.0)
+    udp.handle_timer(63.0)  # the second endpoint finds nothing left to do
+    assert events[1:] == [BanLifted(UAC_ADDR[0], "expired", 63.0)]
+    assert not any(isinstance(e, SourceBanned | BanLifted) for e in pair_events(udp))
+    assert not any(isinstance(e, SourceBanned | BanLifted) for e in pair_events(tcp))
+
+
+def test_a_guard_and_a_policy_together_are_refused() -> None:
+    policy = SecurityPolicy(bans=BanPolicy())
+    with pytest.raises(ValueError, match="not both"):
+        Endpoint(EndpointConfig(security=policy), guard=Guard(policy))
+
+
+def test_the_guard_of_a_live_endpoint_is_replaced_keeping_its_bans() -> None:
+    # A reload with another policy: the endpoint stays (its transactions and dialogs with it),
+    # the guard is rebuilt, and the bans carry over through export_state / import_state.
+    old = Guard(SecurityPolicy(bans=BanPolicy(max_failures=2, ban_s=600)))
+    uas = registrar_with(old)
+    register_with(uas, "WRONG", 1, 100.0)
+    register_with(uas, "WRONG", 3, 100.0)
+    assert old.bans is not None
+    new = Guard(SecurityPolicy(bans=BanPolicy(max_failures=9, ban_s=60), banned_action="reject"))
+    assert new.bans is not None
+    new.bans.import_state(old.bans.export_state(160.0), 160.0)
+    uas.security = new
+    (refused,) = answer_of(uas, options(1), 161.0)
+    assert refused.status == 403  # the new policy's action, the old ban
+    assert new.get_timer() == 700.0  # the ban's own end, not the new ban_s
+    uas.handle_timer(700.0)
+    assert len(answer_of(uas, options(2), 700.0)) == 1  # the endpoint ran the new guard's timer
+    uas.security = None  # and screening can be turned off as well
+    assert len(answer_of(uas, options(3), 700.0)) == 1

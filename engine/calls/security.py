@@ -1,0 +1,150 @@
+"""Screening SIP sources for the daemon: one ``sip.security.Guard`` that every listener shares.
+
+How this works: ``policy_of(config)`` turns ``[security]`` into a ``sip.security.SecurityPolicy``,
+adding every trunk's ``allow`` networks to the allow-list (a trunk must never be flood-limited or
+banned: one busy trunk alone sends more than any per-source limit that stops a flood).
+``Security`` holds the one ``Guard`` built from it; ``Listeners`` hands that guard to the endpoint
+of each listener (UDP, TCP, TLS), so a source's requests and digest failures count together and a
+ban holds on every transport. The guard's facts (``SourceBanned``, ``BanLifted``,
+``FloodDetected``) go to the call layer's dispatcher, which logs and counts them.
+
+A reload (``apply``) keeps the guard when the policy is the same. A changed policy gets a new
+guard, and the bans, strikes and failures of the old one carry over (``export_state`` /
+``import_state``): a reload never frees a banned source, except one the new config allow-lists or
+all of them when bans are turned off (``apply`` says which). Flood buckets start afresh.
+
+Times inside the guard are the event loop's (what the endpoints are fed); ``wall`` turns one into
+epoch seconds for the API and the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import time
+from collections.abc import Callable
+from typing import Final
+
+from engine.config import Config
+from sip.security import (
+    SCANNER_USER_AGENTS,
+    Ban,
+    BanPolicy,
+    FloodPolicy,
+    Guard,
+    SecurityEvent,
+    SecurityPolicy,
+    parse_networks,
+)
+
+#: What ``acd_sip_auth_failures_total`` counts by: a user name that is no agent's, and every other
+#: failed digest (wrong password, a replayed or foreign nonce, credentials of another agent).
+AUTH_FAILURE_REASONS: Final = ("unknown_user", "bad_credentials")
+
+
+def policy_of(config: Config) -> SecurityPolicy | None:
+    """The screening ``[security]`` asks for, or None when every part of it is off."""
+    sec = config.security
+    trunk_networks = [network for trunk in config.trunks for network in trunk.allow]
+    flood = (
+        FloodPolicy(rate_per_s=sec.flood.rate_per_s, burst=sec.flood.burst)
+        if sec.flood.enabled
+        else None
+    )
+    b = sec.bans
+    bans = (
+        BanPolicy(
+            max_failures=b.max_failures,
+            find_window_s=b.find_window_s,
+            ban_s=b.ban_s,
+            max_ban_s=b.max_ban_s,
+            forget_s=b.forget_s,
+            user_max_failures=b.user_max_failures or None,
+        )
+        if b.enabled
+        else None
+    )
+    scanners = SCANNER_USER_AGENTS if sec.drop_scanners else ()
+    if flood is None and bans is None and not scanners:
+        return None
+    return SecurityPolicy(
+        allow=parse_networks([*sec.allow, *trunk_networks]),
+        flood=flood,
+        bans=bans,
+        banned_action=sec.banned_action,
+        scanner_user_agents=scanners,
+        ban_scanners=sec.ban_scanners,
+    )
+
+
+class Security:
+    """The daemon's one guard, its reloads, and the bans the API lists and lifts."""
+
+    def __init__(self, config: Config, on_event: Callable[[SecurityEvent], None]) -> None:
+        self._on_event = on_event
+        self.policy = policy_of(config)
+        self.guard = self._build(self.policy)
+
+    def _build(self, policy: SecurityPolicy | None) -> Guard | None:
+        return Guard(policy, emit=self._on_event) if policy is not None else None
+
+    def apply(self, config: Config, now: float) -> tuple[bool, list[str]]:
+        """A reloaded config: (was the guard replaced, the addresses whose bans ended with it).
+
+        A replaced guard must be handed to the endpoints (``Listeners.use_guard``)."""
+        policy = policy_of(config)
+        if policy == self.policy:
+            return False, []
+        old, guard = self.guard, self._build(policy)
+        # (A tracker is falsy while empty: it has a __len__. Compare with None.)
+        before = old.bans if old is not None else None
+        after = guard.bans if guard is not None else None
+        if before is not None and after is not None:
+            after.import_state(before.export_state(now), now)
+        ended = [
+            ban.address
+            for ban in (before.bans(now) if before is not None else [])
+            if after is None or after.ban_of(ban.address, now) is None
+        ]
+        self.policy, self.guard = policy, guard
+        return True, ended
+
+    # -- what the API and the metrics ask --------------------------------------------------------
+
+    def bans(self, now: float) -> list[Ban]:
+        """Active bans, oldest first."""
+        guard = self.guard
+        return guard.bans.bans(now) if guard is not None and guard.bans is not None else []
+
+    def lift(self, address: str, now: float) -> Ban | None:
+        """End the ban of ``address`` (any spelling of the IP) now; the ban lifted, or None."""
+        guard = self.guard
+        if guard is None or guard.bans is None:
+            return None
+        wanted = _ip(address)
+        for ban in guard.bans.bans(now):
+            if wanted is not None and _ip(ban.address) == wanted:
+                return guard.bans.lift(ban.address, now)
+        return None
+
+    @staticmethod
+    def now() -> float:
+        """The clock the guard runs on (the endpoints are fed ``loop.time()``)."""
+        return asyncio.get_running_loop().time()
+
+    @staticmethod
+    def wall(loop_time: float) -> float:
+        """A time of the guard's clock as epoch seconds."""
+        return time.time() + (loop_time - asyncio.get_running_loop().time())
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The IP a transport address or an API path names: brackets and an IPv6 zone removed, an
+    IPv4-mapped IPv6 address (a dual-stack socket) read as the IPv4 address it carries."""
+    try:
+        ip = ipaddress.ip_address(text.strip("[]").partition("%")[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip

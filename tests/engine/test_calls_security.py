@@ -1,0 +1,65 @@
+"""engine.calls.security: the policy a config asks for, and what a reload keeps of the bans."""
+
+from __future__ import annotations
+
+import time
+
+from engine.calls.security import Security, policy_of
+from engine.config import parse_config
+from sip.security import BanLifted, SecurityEvent, SourceBanned
+
+BANS = "[security.bans]\nmax_failures = 1\nban_s = 600\n"
+
+
+def security(text: str, events: list[SecurityEvent]) -> Security:
+    return Security(parse_config(text, "t.toml"), events.append)
+
+
+async def test_a_reload_keeps_bans_and_frees_only_what_it_allow_lists() -> None:
+    events: list[SecurityEvent] = []
+    sec = security(BANS, events)
+    assert sec.guard is not None
+    now = sec.now()
+    for address in ("192.0.2.1", "192.0.2.2"):
+        sec.guard.auth_failed(address, "1001", now)
+    assert [type(e) for e in events] == [SourceBanned, SourceBanned]
+    old_guard = sec.guard
+
+    assert sec.apply(parse_config(BANS, "t.toml"), now + 1) == (False, [])  # same policy
+    assert sec.guard is old_guard
+
+    trunk = '[[trunks]]\nname = "carrier"\nallow = ["192.0.2.2"]\n'
+    replaced, ended = sec.apply(parse_config(BANS + trunk, "t.toml"), now + 2)
+    assert (replaced, ended) == (True, ["192.0.2.2"])  # a trunk now: never banned
+    assert sec.guard is not old_guard
+    (kept,) = sec.bans(now + 2)
+    assert (kept.address, kept.until, kept.strikes) == ("192.0.2.1", now + 600, 1)
+
+    replaced, ended = sec.apply(parse_config("[security.bans]\nenabled = false\n", "t.toml"), now)
+    assert (replaced, ended) == (True, ["192.0.2.1"])  # bans turned off free everyone
+    assert sec.bans(now) == []
+
+
+async def test_lifting_finds_the_ban_by_any_spelling_of_its_ip() -> None:
+    events: list[SecurityEvent] = []
+    sec = security(BANS, events)
+    assert sec.guard is not None
+    now = sec.now()
+    sec.guard.auth_failed("2001:db8::7", None, now)
+    assert sec.lift("not-an-ip", now) is None
+    assert sec.lift("2001:db8::8", now) is None
+    ban = sec.lift("[2001:0db8:0:0::7]", now)
+    assert ban is not None
+    assert ban.address == "2001:db8::7"
+    assert events[-1] == BanLifted("2001:db8::7", "lifted", now)
+    assert sec.lift("2001:db8::7", now) is None  # lifted already
+    assert abs(sec.wall(now + 60) - (time.time() + 60)) < 1  # the loop's clock as epoch seconds
+
+
+def test_no_policy_when_everything_is_off_and_no_guard_then() -> None:
+    off = "[security]\ndrop_scanners = false\n[security.flood]\nenabled = false\n"
+    cfg = parse_config(off + "[security.bans]\nenabled = false\n", "off.toml")
+    assert policy_of(cfg) is None
+    sec = Security(cfg, lambda event: None)
+    assert sec.guard is None
+    assert sec.lift("192.0.2.1", 0.0) is None
