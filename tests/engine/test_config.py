@@ -230,7 +230,8 @@ name = "q"
         ),
         ('[[queues]]\nname = "q2"\noverflow = "zz"\n', "queues[1].overflow", "flow (main)"),
         ('[[agents]]\nid = "9"\nlogin = "static"\n', "agents[0].contact", "sip: URI"),
-        ('[[agents]]\nid = "9"\ncapacity = { voice = 0 }\n', "agents[0].capacity.voice", ">= 1"),
+        ('[[agents]]\nid = "9"\ncapacity = { voice = -1 }\n', "agents[0].capacity.voice", ">= 0"),
+        ('[[agents]]\nid = "9"\ncapacity = { fax = 1 }\n', "agents[0].capacity.fax", "ticket"),
         (
             "[media]\nrtp_port_min = 3000\nrtp_port_max = 2000\n",
             "media.rtp_port_max",
