@@ -15,6 +15,7 @@ Where each resource lives, one module per concern:
 - ``cdr``: ``GET /api/v1/cdr``
 - ``recordings``: ``GET /api/v1/recordings``, ``.../{recording_id}/audio``, ``.../legal_hold``
 - ``calls``: ``GET /api/v1/calls``, ``PUT .../{call_id}/recording``, ``POST .../{call_id}/transfer``
+- ``tasks``: ``/api/v1/tasks`` (chats, e-mails, social messages, tickets) and their actions
 - ``reload``: ``POST /api/v1/reload``
 - ``events``: the ``/api/v1/events`` WebSocket
 - ``openapi``: the control API's paths and schemas in ``/api/v1/openapi.json``
@@ -26,7 +27,7 @@ This package's own names (``__all__``) are what the daemon uses to put the API t
 
 from aiohttp import web
 
-from engine.api import agents, calls, cdr, events, queues, recordings, reload
+from engine.api import agents, calls, cdr, events, queues, recordings, reload, tasks
 from engine.api.auth import TOKENS_KEY, TokenTable, make_auth_middleware
 from engine.api.context import CONTEXT_KEY, ApiContext
 from engine.api.openapi import openapi_paths
@@ -59,3 +60,4 @@ def add_routes(app: web.Application, ctx: ApiContext) -> None:
     app.router.add_get("/api/v1/calls", calls.live_calls)
     app.router.add_put("/api/v1/calls/{call_id}/recording", calls.change_call_recording)
     app.router.add_post("/api/v1/calls/{call_id}/transfer", calls.transfer_call)
+    tasks.add_task_routes(app)
