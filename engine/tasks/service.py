@@ -35,7 +35,7 @@ from engine.config import TASK_CHANNELS, Config, QueueConfig
 from engine.routing.service import OfferHandlers, RoutingService
 from engine.runtime.clock import Cancellable, Scheduler
 from engine.runtime.events import Event, EventBus
-from engine.storage import Store
+from engine.storage import StorageError, Store
 from engine.storage import tasks as task_store
 from engine.storage.tasks import TaskWrite, TaskWriter
 from engine.tasks.metrics import TaskMetrics
@@ -170,6 +170,10 @@ class TaskService:
             existing = await self._existing(external_id)
             if existing is not None:
                 return existing, False
+            # A create with the same id may have registered while the store was asked: from
+            # here to the registration below nothing awaits, so this check closes the race.
+            if external_id in self._by_external:
+                return self.tasks[self._by_external[external_id]], False
         now = self._wall()
         task = Task(
             id=uuid.uuid4().hex,
@@ -192,9 +196,22 @@ class TaskService:
         self.tasks[task.id] = task
         if external_id is not None:
             self._by_external[external_id] = task.id
+        try:
+            await self._change(task, "created", created_by, insert=True)
+        except StorageError:
+            # Not on disk, so not accepted: the client hears 503 and the task must not be routed.
+            self.tasks.pop(task.id, None)
+            if external_id is not None:
+                self._by_external.pop(external_id, None)
+            for agent_id in sorted(task.offered_to):
+                self._end_offer(task.id, agent_id)
+            if task.state is TaskState.ASSIGNED and task.agent_id is not None:
+                self._routing.complete(task.agent_id, task.id)
+            else:
+                self._routing.abandon(task.id)
+            raise
         if self._metrics is not None:
             self._metrics.created.labels(channel=channel).inc()
-        await self._change(task, "created", created_by, insert=True)
         return task, True
 
     async def _existing(self, external_id: str) -> Task | None:

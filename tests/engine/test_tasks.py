@@ -19,7 +19,7 @@ import routing_core as rc
 from engine.config import Config, parse_config
 from engine.routing.service import RoutingService
 from engine.runtime.events import Event, EventBus
-from engine.storage import Store
+from engine.storage import StorageError, Store
 from engine.storage.schema import task_events, task_messages, tasks
 from engine.storage.tasks import TaskWriter
 from engine.tasks import (
@@ -295,3 +295,35 @@ async def test_a_restart_puts_open_tasks_back_in_their_order(store: Store) -> No
         second.routing.close()
         await second.writer.close()
         await runner
+
+
+async def test_concurrent_creates_with_one_external_id_make_one_task(setup: Setup) -> None:
+    s = setup
+    made = await asyncio.gather(
+        *(
+            s.service.create(channel="chat", queue="support", created_by="w", external_id="dup")
+            for _ in range(5)
+        )
+    )
+    assert len({task.id for task, _ in made}) == 1
+    assert sorted(created for _, created in made) == [False] * 4 + [True]
+    assert s.routing.router.waiting("support") == 1
+
+
+async def test_a_task_the_store_refused_is_not_routed(setup: Setup) -> None:
+    s = setup
+    await s.service.create(channel="chat", queue="support", created_by="w", external_id="x")
+    await s.writer.flush()
+    s.service._by_external.clear()  # forget it in memory: the store's unique index refuses it
+    s.service.tasks.clear()
+    original = s.service._existing
+
+    async def not_found(_external_id: str) -> None:
+        return None
+
+    s.service._existing = not_found  # type: ignore[assignment,method-assign]
+    with pytest.raises(StorageError):
+        await s.service.create(channel="chat", queue="support", created_by="w", external_id="x")
+    s.service._existing = original  # type: ignore[method-assign]
+    assert s.service.tasks == {}
+    assert s.routing.router.waiting("support") == 1  # only the first, which is on disk
