@@ -176,3 +176,13 @@ async def search_tasks(
     if agent is not None:
         query = query.where(tasks.c.agent_id == agent)
     return await _rows(store, query.order_by(tasks.c.arrived_at.desc()).limit(limit))
+
+
+async def day_rows(store: Store, since: float, queues: Sequence[str]) -> list[dict[str, Any]]:
+    """What the queues' task figures are made of: tasks arrived since ``since`` in ``queues``."""
+    if not queues:
+        return []
+    columns = (tasks.c.queue, tasks.c.channel, tasks.c.state, tasks.c.accepted_at,
+               tasks.c.wait_s, tasks.c.handle_s)  # fmt: skip
+    query = sa.select(*columns).where(tasks.c.arrived_at >= since, tasks.c.queue.in_(queues))
+    return await _rows(store, query)

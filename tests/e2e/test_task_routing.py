@@ -129,6 +129,15 @@ def test_one_agent_holds_a_call_and_two_chats_never_a_third(
     assert (third["state"], third["offered_to"]) == ("waiting", [])
     _, agent = call(daemon, "GET", "/api/v1/agents/a1", ADMIN)
     assert agent["state"] == "busy"
+    _, (queue,) = call(daemon, "GET", "/api/v1/queues", ADMIN)
+    assert queue["waiting"] == 0  # the call is bridged; the chat waiting is no caller
+    chat_figures = queue["tasks"]["chat"]
+    assert chat_figures["waiting"] == 1
+    assert chat_figures["oldest_wait_s"] > 0
+    today = chat_figures["today"]
+    assert (today["offered"], today["answered"], today["abandoned"]) == (3, 2, 0)
+    assert today["service_level"] == 1.0
+    assert queue["tasks"]["email"]["today"]["offered"] == 0
     done = {"disposition": "answered", "notes": "sent the link"}
     status, body = call(daemon, "POST", f"/api/v1/tasks/{chats[0]}/complete", TOKENS["a1"], done)
     assert status == 200, body
