@@ -16,10 +16,10 @@ import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, generate_latest
 
 import routing_core as rc
-from engine.config import Config, parse_config
+from engine.config import Config, StorageConfig, parse_config
 from engine.routing.service import RoutingService
 from engine.runtime.events import Event, EventBus
-from engine.storage import StorageError, Store
+from engine.storage import StorageError, Store, database_url
 from engine.storage.schema import task_events, task_messages, tasks
 from engine.storage.tasks import TaskWriter
 from engine.tasks import (
@@ -106,9 +106,17 @@ async def build(store: Store, text: str = CONFIG) -> tuple[Setup, asyncio.Task[N
     return Setup(cfg, routing, service, writer, store, events, voice, metrics, registry), runner
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = await Store.open(f"sqlite+aiosqlite:///{tmp_path}/acd.sqlite3")
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    if request.param == "sqlite":
+        s = await Store.open(f"sqlite+aiosqlite:///{tmp_path}/acd.sqlite3")
+    else:  # one server for the session: each test starts from empty task tables
+        s = await Store.open(
+            database_url(StorageConfig(url=request.getfixturevalue("postgres_url")))
+        )
+        async with s.engine.begin() as conn:
+            for table in (tasks, task_events, task_messages):
+                await conn.execute(table.delete())
     yield s
     await s.close()
 
