@@ -295,6 +295,7 @@ class Daemon:
             writer=self.task_writer,
             bus=self.bus,
             metrics=TaskMetrics(self.metrics.registry),
+            on_work_done=self.agents.call_completed,
         )
         self.metrics.registry.register(TaskCollector(lambda: self.tasks))
         self.api.tasks = self.tasks

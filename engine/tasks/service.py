@@ -69,6 +69,7 @@ class TaskService:
         metrics: TaskMetrics | None = None,
         scheduler: Scheduler | None = None,
         wall: Callable[[], float] = time.time,
+        on_work_done: Callable[[str], None] | None = None,
     ) -> None:
         self._cfg = config
         self._routing = routing
@@ -80,6 +81,9 @@ class TaskService:
         self.tasks: dict[str, Task] = {}  # open tasks only
         self._by_external: dict[str, str] = {}
         self._offer_timers: dict[tuple[str, str], Cancellable] = {}
+        # Told an agent's id when one of its tasks ended (the agent directory applies a logout
+        # it deferred while the agent was busy).
+        self._on_work_done = on_work_done
 
     def handlers(self) -> OfferHandlers:
         return OfferHandlers(on_offer=self.on_offer, on_withdraw=self.on_withdraw)
@@ -430,6 +434,8 @@ class TaskService:
         task.state, task.ended_at = TaskState.COMPLETED, self._wall()
         task.disposition, task.notes = disposition, notes
         self._close(task, "completed")
+        if self._on_work_done is not None:
+            self._on_work_done(agent_id)
         await self._change(
             task, "completed", by, agent_id=agent_id, data={"disposition": disposition}
         )
@@ -495,6 +501,8 @@ class TaskService:
             data={"from_queue": from_queue, "to_queue": target_queue, "to_agent": agent},
         )  # fmt: skip
         written = self._save(task, [entry], agent_id=previous)
+        if previous is not None and self._on_work_done is not None:
+            self._on_work_done(previous)
         if written is not None:
             await written
         return task
