@@ -47,6 +47,11 @@ __all__ = [
 # Ports below this are privileged; a contact-center daemon should not need root to bind them.
 _MIN_PORT: Final = 1
 _MAX_PORT: Final = 65535
+# The channels an agent's `capacity` names and a routing task has (DESIGN.md section 9); the
+# order is the Router's channel index (engine.routing.service.CHANNELS). Tasks created through
+# the API are of TASK_CHANNELS; voice tasks are calls.
+CHANNEL_NAMES: Final = ("voice", "chat", "email", "callback", "social", "ticket")
+TASK_CHANNELS: Final = ("chat", "email", "social", "ticket")
 # Identifiers appear in metric labels, URLs and log lines: keep them to a safe, bounded alphabet.
 _NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -241,6 +246,9 @@ class QueueConfig(_Struct, frozen=True):
     record: str = "always"  # always | never | on_demand | a percentage such as "25%"
     encrypt_recordings: bool = False  # AES-256-GCM at rest with the active key
     retention_days: int | None = None  # None: [recordings] retention_days; 0 = keep forever
+    # how long a chat/email/social/ticket offer waits for the agent's accept before it goes to
+    # the next agent (as ring_timeout_s does for a call)
+    offer_timeout_s: float = 30.0
 
 
 class LoginMode(Enum):
@@ -381,6 +389,9 @@ class Role(Enum):
     ADMIN = "admin"  # everything, including reload and recordings of any call
     SUPERVISOR = "supervisor"  # live figures, every agent and CDR, agent state changes
     AGENT = "agent"  # their own state, calls and queues (agents' tokens live in [[agents]])
+    # a chat widget, mail gateway or CRM: creates and updates tasks, posts the customer's
+    # messages; nothing else (no calls, CDRs, recordings, agents or figures)
+    INTEGRATION = "integration"
 
 
 class ApiToken(_Struct, frozen=True):
@@ -708,6 +719,7 @@ def _validate(cfg: Config, file: str) -> None:
             raise ConfigError(file, f"{base}.name", f"duplicate queue name {queue.name!r}")
         queue_names.add(queue.name)
         _check_positive(file, f"{base}.ring_timeout_s", queue.ring_timeout_s)
+        _check_positive(file, f"{base}.offer_timeout_s", queue.offer_timeout_s)
         _check_positive(file, f"{base}.retry_delay_s", queue.retry_delay_s, allow_zero=True)
         _check_positive(file, f"{base}.wrap_up_s", queue.wrap_up_s, allow_zero=True)
         _check_positive(file, f"{base}.max_wait_s", queue.max_wait_s, allow_zero=True)
@@ -1036,9 +1048,15 @@ def _validate_telephony(cfg: Config, file: str) -> None:
         if agent.password_ha1:
             _check_ha1(cfg, file, base, agent)
         for channel, count in agent.capacity.items():
-            if count < 1:
+            if channel not in CHANNEL_NAMES:
                 raise ConfigError(
-                    file, f"{base}.capacity.{channel}", f"expected a capacity >= 1, found {count}"
+                    file,
+                    f"{base}.capacity.{channel}",
+                    f"expected a channel ({', '.join(CHANNEL_NAMES)}), found {channel!r}",
+                )
+            if count < 0:  # 0: never offered that channel (as leaving it out)
+                raise ConfigError(
+                    file, f"{base}.capacity.{channel}", f"expected a capacity >= 0, found {count}"
                 )
     token_names: set[str] = set()
     for i, api_token in enumerate(cfg.api.tokens):

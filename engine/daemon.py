@@ -27,7 +27,7 @@ from engine import api
 from engine.api.app import ReadyCheck, make_app, openapi_document
 from engine.calls.flows import FlowRunner
 from engine.calls.service import CallService
-from engine.config import Config, ConfigError, load_config
+from engine.config import TASK_CHANNELS, Config, ConfigError, load_config
 from engine.recording.service import RecordingCollector, RecordingService
 from engine.routing.agents import AgentDirectory
 from engine.routing.service import RoutingCollector, RoutingService
@@ -37,6 +37,8 @@ from engine.runtime.metrics import EventLoopLagMonitor, Metrics
 from engine.runtime.systemd import Notifier
 from engine.storage import StorageError, Store, database_url
 from engine.storage.cdr import CdrWriter
+from engine.storage.tasks import TaskWriter
+from engine.tasks import TaskCollector, TaskMetrics, TaskService
 from engine.web import add_web_routes
 from engine.webrtc.gateway import WebRtcGateway
 
@@ -57,6 +59,8 @@ class Daemon:
         self.recordings: RecordingService | None = None
         self.calls: CallService | None = None
         self.agents: AgentDirectory | None = None
+        self.tasks: TaskService | None = None
+        self.task_writer: TaskWriter | None = None
         self.webrtc: WebRtcGateway | None = None
         self.sip_addr: tuple[str, int] | None = None
         self._http_client: aiohttp.ClientSession | None = None
@@ -216,6 +220,8 @@ class Daemon:
             self.agents.apply(new)
         if self.calls is not None:
             self.calls.apply(new)
+        if self.tasks is not None:
+            self.tasks.apply(new)
         if self.recordings is not None:
             self.recordings.apply(new)
         self.config = new
@@ -281,13 +287,34 @@ class Daemon:
             flows=FlowRunner(self.config, self._http_client),
         )
         self.api.calls = self.calls
-        # The router's decisions go to the call layer and the agent directory, both built on it.
+        # Chats, e-mails, social messages and tickets: routing tasks of their channels.
+        self.task_writer = TaskWriter(self.store, on_error=self.metrics.storage_errors.inc)
+        self.tasks = TaskService(
+            self.config,
+            self.routing,
+            writer=self.task_writer,
+            bus=self.bus,
+            metrics=TaskMetrics(self.metrics.registry),
+            on_work_done=self.agents.call_completed,
+        )
+        self.metrics.registry.register(TaskCollector(lambda: self.tasks))
+        self.api.tasks = self.tasks
+        # The router's decisions go to the call layer (voice), the task service (the other
+        # channels) and the agent directory, all built on it.
+        task_handlers = self.tasks.handlers()
         self.routing.connect(
             on_offer=self.calls.on_offer,
             on_withdraw=self.calls.on_withdraw,
             on_queue_empty=self.calls.on_queue_empty,
             on_wrap_up_end=self.agents.wrap_up_ended,
+            channels=dict.fromkeys(TASK_CHANNELS, task_handlers),
         )
+        try:  # what was open when the daemon stopped goes back in its queues, in its order
+            await self.tasks.recover(self.store)
+        except StorageError as exc:
+            log.error("tasks_recovery_failed", reason=str(exc))
+            await self._shutdown()
+            return 1
         try:
             self.sip_addr = await self.calls.start()
         except OSError as exc:
@@ -316,6 +343,7 @@ class Daemon:
                     tasks.create_task(self.recordings.purge_loop()),
                     tasks.create_task(self.systemd.watchdog()),
                 ]
+                task_writes = tasks.create_task(self.task_writer.run())
                 # Everything allocated so far (config, routing arrays, compiled kernels) lives for the
                 # whole run: move it out of the collector's reach so a full collection never walks it
                 # in the middle of a dispatch (measured: it dominated routing p99).
@@ -337,6 +365,8 @@ class Daemon:
                 self.systemd.stopping(f"draining {len(self.calls.calls)} live calls")
                 self.metrics.ready.set(0)
                 await self.calls.drain(self.config.runtime.drain_timeout_s)
+                await self.task_writer.close()  # every task change is on disk before exit
+                await task_writes
                 for task in owned:
                     task.cancel()
         finally:
@@ -350,6 +380,8 @@ class Daemon:
             await self.calls.stop()
         if self.agents is not None:
             self.agents.close()
+        if self.tasks is not None:
+            self.tasks.close()
         if self._http_client is not None:
             await self._http_client.close()
         if self.routing is not None:

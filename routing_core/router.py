@@ -61,9 +61,10 @@ from routing_core.types import (
     UnknownTask,
 )
 
-MAX_CHANNELS: Final = (
-    4  # voice, chat, email, other: the media types contact centers route (Connect has 3)
-)
+# voice, chat, email, callback, social, ticket: the media types contact centers route (Amazon
+# Connect has voice, chat and task; Twilio TaskRouter any number of named channels). The engine
+# names them (engine.routing.service.CHANNELS); here a channel is only an index.
+MAX_CHANNELS: Final = 6
 MAX_REQUIREMENTS: Final = (
     16  # requirements per task; Genesys/Connect allow ~10-20 skills per routing step
 )
@@ -298,7 +299,7 @@ class Router:
         self._queues: list[QueueSpec] = []
         self._queue_names: list[str] = []
         self._queue_index: dict[str, int] = {}
-        self._queue_count: list[int] = []  # tasks waiting or offered
+        self._queue_count: list[list[int]] = []  # tasks waiting or offered, per channel
         self._queue_rset: list[tuple[tuple[int, int], ...]] = []  # checked default requirements
         self._queue_nsteps: list[int] = []
         # Random numbers and output buffers.
@@ -385,7 +386,7 @@ class Router:
         self._queues.append(spec)
         self._queue_names.append(spec.name)
         self._queue_index[spec.name] = q
-        self._queue_count.append(0)
+        self._queue_count.append([0] * MAX_CHANNELS)
         self._queue_rset.append(default_rset)
         self._queue_nsteps.append(n_steps)
 
@@ -511,7 +512,7 @@ class Router:
             rset = self._check_reqs(reqs)
         self._check_task_args(priority, preferred_timeout_s, channel)
         pref = -1 if preferred_agent is None else self._agent(preferred_agent)
-        if spec.max_length and self._queue_count[q] >= spec.max_length:
+        if spec.max_length and self._queue_count[q][channel] >= spec.max_length:
             raise QueueFull(f"queue {queue!r} holds max_length={spec.max_length} tasks")
         if not self._free_slots:
             raise CapacityExceeded(f"max_tasks={self._max_tasks} reached")
@@ -569,7 +570,8 @@ class Router:
         ch = self._task_ch[t] if channel is None else channel
         self._check_task_args(prio, preferred_timeout_s, ch)
         pref = -1 if preferred_agent is None else self._agent(preferred_agent)
-        if q != old_q and spec.max_length and self._queue_count[q] >= spec.max_length:
+        moves = q != old_q or ch != self._task_ch[t]
+        if moves and spec.max_length and self._queue_count[q][ch] >= spec.max_length:
             raise QueueFull(f"queue {queue!r} holds max_length={spec.max_length} tasks")
         eff = self._task_time[t] if enqueue_time is None else enqueue_time
         withdrawn = self._detach(t, now)
@@ -643,8 +645,7 @@ class Router:
                 withdrawn.append(self._withdraw(t, b))
         self._agent_offers[a].discard(t)
         self._agent_tasks[a].add(t)
-        q = self._task_q[t]
-        self._queue_count[q] -= 1
+        self._queue_count[self._task_q[t]][self._task_ch[t]] -= 1
         self._task_state[t] = _T_ASSIGNED
         self._tst[t] = _T_ASSIGNED
         self._task_agent[t] = a
@@ -741,30 +742,47 @@ class Router:
         """Reason given with the last NOT_READY (e.g. "auto-paused")."""
         return self._reason[self._agent(agent_id)]
 
-    def waiting(self, queue: str | None = None) -> int:
-        """Tasks not yet accepted (waiting or ringing) in `queue`, or in all queues."""
-        if queue is None:
-            return sum(self._queue_count)
-        return self._queue_count[self._queue(queue)]
+    def waiting(self, queue: str | None = None, channel: int | None = None) -> int:
+        """Tasks not yet accepted (waiting or ringing) in `queue` (or all queues), of `channel` (or
+        every channel)."""
+        if channel is not None and not 0 <= channel < MAX_CHANNELS:
+            raise InvalidArgument(f"channel must be in 0..{MAX_CHANNELS - 1}")
+        counts = self._queue_count if queue is None else [self._queue_count[self._queue(queue)]]
+        if channel is None:
+            return sum(sum(c) for c in counts)
+        return sum(c[channel] for c in counts)
 
-    def oldest_wait(self, queue: str, now: float) -> float:
-        """Longest wait (now - effective enqueue time) among the queue's unaccepted tasks, 0 if none."""
+    def oldest_wait(self, queue: str, now: float, channel: int | None = None) -> float:
+        """Longest wait (now - effective enqueue time) among the queue's unaccepted tasks (of
+        `channel`, or of every channel), 0 if none."""
         q = self._queue(queue)
+        if channel is not None and not 0 <= channel < MAX_CHANNELS:
+            raise InvalidArgument(f"channel must be in 0..{MAX_CHANNELS - 1}")
         best: float | None = None
         bi = self._bucket_i
         for b in range(self._n_buckets):
             h = int(bi[b, K.BI_HEAD])
             if bi[b, K.BI_QUEUE] == q and h >= 0:
+                if channel is not None and bi[b, K.BI_CHANNEL] != channel:
+                    continue
                 x = float(self._task_f[h, K.TF_TIME])
                 best = x if best is None else min(best, x)
         # The ringing (and retrying) tasks of every queue: dispatch does not keep a set per queue for this (a set
         # update per offer on the hot path for what a metrics scrape reads now and then).
-        times, queues = self._task_time, self._task_q
+        times, queues, channels = self._task_time, self._task_q, self._task_ch
         for t in itertools.chain(self._task_offers, self._retrying):
-            if queues[t] == q:
+            if queues[t] == q and (channel is None or channels[t] == channel):
                 x = times[t]
                 best = x if best is None else min(best, x)
         return 0.0 if best is None else max(0.0, now - best)
+
+    def agent_load(self, agent_id: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(capacity, load) of the agent per channel index: load counts offered and accepted tasks."""
+        a = self._agent(agent_id)
+        return tuple(self._cap[a].tolist()), tuple(self._load[a].tolist())
+
+    def task_channel(self, task_id: str) -> int:
+        return self._task_ch[self._task(task_id)]
 
     def task_queue(self, task_id: str) -> str:
         return self._queues[self._task_q[self._task(task_id)]].name
@@ -988,7 +1006,7 @@ class Router:
         self._task_reqs[t] = tuple(reqs)
         self._task_i[t, K.TI_BUCKET] = self._bucket_id(q, prio, rs, ch)
         self._task_gen[t] += 1
-        self._queue_count[q] += 1
+        self._queue_count[q][ch] += 1
         self._to_waiting(t)
         gen = self._task_gen[t]
         for i in range(self._queue_nsteps[q]):
@@ -1064,6 +1082,7 @@ class Router:
         """Take t out of its queue (unlink or withdraw offers, or release its agent)."""
         st = self._tst[t]
         q = self._task_q[t]
+        ch = self._task_ch[t]
         withdrawn: list[Offer] = []
         if st == _T_WAITING:
             self._unlink(t)
@@ -1076,8 +1095,8 @@ class Router:
             a = int(self._task_agent[t])
             self._finish(t, a, now)
             self._task_agent[t] = -1
-            self._queue_count[q] += 1  # _place counts it again in the new queue
-        self._queue_count[q] -= 1
+            self._queue_count[q][ch] += 1  # _place counts it again in the new queue
+        self._queue_count[q][ch] -= 1
         self._task_state[t] = 0
         self._tst[t] = 0
         self._task_gen[t] += 1

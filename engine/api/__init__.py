@@ -15,6 +15,7 @@ Where each resource lives, one module per concern:
 - ``cdr``: ``GET /api/v1/cdr``
 - ``recordings``: ``GET /api/v1/recordings``, ``.../{recording_id}/audio``, ``.../legal_hold``
 - ``calls``: ``GET /api/v1/calls``, ``PUT .../{call_id}/recording``, ``POST .../{call_id}/transfer``
+- ``tasks``: ``/api/v1/tasks`` (chats, e-mails, social messages, tickets) and their actions
 - ``reload``: ``POST /api/v1/reload``
 - ``security``: ``GET /api/v1/security/bans``, ``DELETE /api/v1/security/bans/{address}``
 - ``events``: the ``/api/v1/events`` WebSocket
@@ -27,7 +28,7 @@ This package's own names (``__all__``) are what the daemon uses to put the API t
 
 from aiohttp import web
 
-from engine.api import agents, calls, cdr, events, queues, recordings, reload, security
+from engine.api import agents, calls, cdr, events, queues, recordings, reload, security, tasks
 from engine.api.auth import TOKENS_KEY, TokenTable, make_auth_middleware
 from engine.api.context import CONTEXT_KEY, ApiContext
 from engine.api.openapi import openapi_paths
@@ -62,3 +63,4 @@ def add_routes(app: web.Application, ctx: ApiContext) -> None:
     app.router.add_post("/api/v1/calls/{call_id}/transfer", calls.transfer_call)
     app.router.add_get("/api/v1/security/bans", security.list_bans)
     app.router.add_delete("/api/v1/security/bans/{address}", security.lift_ban)
+    tasks.add_task_routes(app)

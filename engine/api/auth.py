@@ -4,6 +4,9 @@ How this works: ``auth_middleware`` resolves ``Authorization: Bearer <token>`` t
 (name, role, agent id) from the config's ``[[api.tokens]]`` and the agents' ``api_token``; tokens
 are looked up by their SHA-256, so a config may hold only hashes and a lookup leaks no timing about
 the secret. Roles nest: admin > supervisor > agent; an agent sees only itself and its own calls.
+The integration role stands outside the nesting (a chat widget or CRM is not a person): it may
+use the tasks API and nothing else, which the middleware enforces by path, so no handler written
+for people can leak calls, CDRs or recordings to it.
 Every state change made through the API (agent state, reload) is written to the audit log and to
 the agent-events table, so "who paused agent 1002 at 10:41" has an answer.
 """
@@ -28,7 +31,9 @@ from engine.storage import queries
 log = structlog.stdlib.get_logger("acd.api")
 
 
-_RANK = {Role.AGENT: 0, Role.SUPERVISOR: 1, Role.ADMIN: 2}
+_RANK = {Role.INTEGRATION: -1, Role.AGENT: 0, Role.SUPERVISOR: 1, Role.ADMIN: 2}
+# What an integration token may reach (the event stream checks its role itself).
+_INTEGRATION_PATHS = ("/api/v1/tasks",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,9 +112,15 @@ def make_auth_middleware(tokens: TokenTable) -> Callable[..., Awaitable[web.Stre
                 {"WWW-Authenticate": 'Bearer realm="acd"'},
             )
         request[PRINCIPAL_KEY] = principal
+        if principal.role is Role.INTEGRATION and not _integration_may(request.path):
+            return _problem(403, "Forbidden", "integration tokens may only use /api/v1/tasks")
         return await handler(request)
 
     return auth_middleware
+
+
+def _integration_may(path: str) -> bool:
+    return any(path == p or path.startswith(p + "/") for p in _INTEGRATION_PATHS)
 
 
 def principal_of(request: web.Request) -> Principal:

@@ -21,6 +21,7 @@ from engine.routing.service import RoutingService
 from engine.runtime.events import EventBus
 from engine.storage import Store
 from engine.storage.cdr import CdrWriter
+from engine.tasks import TaskService
 
 
 @dataclass
@@ -37,6 +38,7 @@ class ApiContext:
     calls: Any = (
         None  # engine.calls.service.CallService (typed loosely: calls imports this module's peers)
     )
+    tasks: TaskService | None = None
 
 
 CONTEXT_KEY = web.AppKey("api_context", ApiContext)

@@ -3,7 +3,8 @@
 How this works: a browser cannot set headers on a WebSocket, so the socket is public to the bearer
 middleware and the client authenticates in its first message, ``{"type": "auth", "token": ...}``,
 within ``WS_AUTH_TIMEOUT_S``. Then it subscribes to the event bus (an agent only to its own agent
-events and its queues' events) and one task forwards events while another reads, so that a socket
+events, its queues' events and the task events naming it; an integration token only to task
+events) and one task forwards events while another reads, so that a socket
 that closed is noticed at once. A subscriber that falls behind is closed with 4008 (reconnect and
 re-read state); shutdown closes every stream with 1001 at once.
 """
@@ -44,11 +45,13 @@ class WsAuth(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 def _event_filter(config: Config, principal: Principal) -> Callable[[Event], bool] | None:
     if principal.at_least(Role.SUPERVISOR):
         return None
+    if principal.role is Role.INTEGRATION:  # the tasks' events (and messages), nothing of calls
+        return lambda event: event.type == "task"
     agent = next((a for a in config.agents if a.id == principal.agent_id), None)
     queues = set(agent.queues) if agent else set()
 
     def accept(event: Event) -> bool:
-        if event.type == "agent":
+        if event.type in ("agent", "task"):  # a task event names the agent it is offered to
             return event.agent_id == principal.agent_id
         return event.queue in queues
 

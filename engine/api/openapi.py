@@ -19,6 +19,15 @@ from engine.api.calls import CallRecordingChange, CallRecordingState
 from engine.api.cdr import MAX_CDR_ROWS
 from engine.api.queues import IntervalFigures, QueueView
 from engine.api.security import BanView
+from engine.api.tasks import (
+    MAX_TASK_ROWS,
+    NewTask,
+    TaskCompletion,
+    TaskCreated,
+    TaskMessage,
+    TaskTransfer,
+)
+from engine.config import TASK_CHANNELS
 from engine.recording.service import CONTENT_TYPES
 
 
@@ -126,7 +135,94 @@ def openapi_paths() -> tuple[dict[str, Any], dict[str, Any]]:
     put = paths["/api/v1/calls/{call_id}/recording"]["put"]
     put["requestBody"]["content"]["application/json"]["schema"] = change
     put["responses"]["200"]["content"]["application/json"]["schema"] = state
-    return paths, {**schemas, **recording_schemas}
+    task_paths, task_schemas = _task_paths()
+    return {**paths, **task_paths}, {**schemas, **recording_schemas, **task_schemas}
+
+
+def _task_paths() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The tasks API (engine.api.tasks); request bodies generated from its structs."""
+    (new, created, completion, transfer, message), schemas = msgspec.json.schema_components(
+        [NewTask, TaskCreated, TaskCompletion, TaskTransfer, TaskMessage],
+        ref_template="#/components/schemas/{name}",
+    )
+    schemas["NewTask"]["properties"]["channel"]["enum"] = list(TASK_CHANNELS)
+    task = {"type": "object", "description": "the task with its history and messages"}
+    task_id = {"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+    def problems(op: dict[str, Any], **codes: str) -> dict[str, Any]:
+        for code, description in codes.items():
+            op["responses"][code.removeprefix("s")] = {
+                "$ref": "#/components/responses/Problem",
+                "description": description,
+            }
+        return op
+
+    def action(summary: str, body: dict[str, Any] | None = None, **codes: str) -> dict[str, Any]:
+        op = problems(_op(summary, task, body=body), s404="no such open task", **codes)
+        return {"post": {**op, "parameters": [task_id]}}
+
+    create = problems(
+        _op(
+            "Create a task (integration, supervisor, admin; audited). 201 with its id; a "
+            "second create with the same external_id answers 200 with the first task's id "
+            "and created = false.",
+            created,
+            body=new,
+        ),
+        s422="unknown channel, queue or skill, or a bad field (the detail names it)",
+        s409="the queue holds max_length tasks of this channel",
+    )
+    create["responses"]["201"] = create["responses"]["200"]
+    listing = _op("Tasks: open ones live, completed and cancelled from the store", task)
+    listing["parameters"] = [
+        {"name": n, "in": "query", "schema": sch}
+        for n, sch in (
+            ("state", {"type": "string", "description": "comma-separated states"}),
+            ("queue", {"type": "string"}),
+            ("channel", {"type": "string", "enum": list(TASK_CHANNELS)}),
+            ("agent", {"type": "string"}),
+            ("limit", {"type": "integer", "maximum": MAX_TASK_ROWS}),
+        )
+    ]
+    post_message = problems(
+        _op(
+            "A message on the task: the customer's (integration token) or the agent's (the "
+            "holding agent or a supervisor); on the event stream and stored with the task",
+            {"type": "object"},
+            body=message,
+        ),
+        s404="no such open task",
+    )
+    paths = {
+        "/api/v1/tasks": {"post": create, "get": listing},
+        "/api/v1/tasks/{task_id}": {
+            "get": {**problems(_op("One task", task), s404="no such task"), "parameters": [task_id]}
+        },
+        "/api/v1/tasks/{task_id}/accept": action(
+            "The agent the task is offered to accepts it (audited)", s409="not offered to you"
+        ),
+        "/api/v1/tasks/{task_id}/reject": action(
+            "The agent the task is offered to rejects it: the next agent is offered (audited)",
+            s409="not offered to you",
+        ),
+        "/api/v1/tasks/{task_id}/complete": action(
+            "The holding agent (or a supervisor) completes the task (audited)",
+            completion,
+            s409="not assigned",
+        ),
+        "/api/v1/tasks/{task_id}/transfer": action(
+            "To another queue or to an agent of the task's queue, keeping its enqueue time and "
+            "history (audited)",
+            transfer,
+            s422="unknown queue or agent, or an agent without capacity for the channel",
+        ),
+        "/api/v1/tasks/{task_id}/cancel": action(
+            "The customer left before an agent accepted the task (integration, supervisor)",
+            s409="already assigned",
+        ),
+        "/api/v1/tasks/{task_id}/messages": {"post": {**post_message, "parameters": [task_id]}},
+    }
+    return paths, schemas
 
 
 def _recording_paths() -> dict[str, Any]:

@@ -6,6 +6,12 @@ answered within the queue's threshold divided by answered (the same definition a
 simulate``'s ``service_level``), ``asa_s`` the mean wait of answered calls, ``aht_s`` the mean
 talk plus wrap-up, ``abandon_rate`` abandoned over offered. An agent sees only its own queues;
 interval statistics are for supervisors.
+
+The figures above are the calls'. ``tasks`` has the same per task channel (chat, email, social,
+ticket): live waiting and oldest wait from the same router, and today's from the tasks table,
+where a task is "answered" when an agent accepted it (``service_level`` accepted within the
+queue's threshold over accepted, ``asa_s`` the mean wait to accept, ``aht_s`` the mean time from
+accept to complete) and "abandoned" when it was cancelled before that.
 """
 
 from __future__ import annotations
@@ -21,8 +27,9 @@ from aiohttp import web
 from engine.api.app import json_response
 from engine.api.auth import principal_of, require_role
 from engine.api.context import CONTEXT_KEY, float_arg
-from engine.config import Role
+from engine.config import TASK_CHANNELS, Role
 from engine.storage import queries
+from engine.storage import tasks as task_store
 
 # Interval statistics cover at most this span per request (31 days of 15-minute intervals).
 MAX_STATS_SPAN_S = 31 * 86400
@@ -38,14 +45,22 @@ class DayFigures(msgspec.Struct, frozen=True):
     abandon_rate: float | None
 
 
+class ChannelFigures(msgspec.Struct, frozen=True):
+    waiting: int  # not yet accepted: waiting or offered
+    oldest_wait_s: float
+    today: DayFigures
+
+
 class QueueView(msgspec.Struct, frozen=True):
     name: str
     strategy: str
-    waiting: int
+    waiting: int  # calls
     oldest_wait_s: float
     agents: dict[str, int]
     service_level_s: float
     today: DayFigures
+    # per task channel (chat, email, social, ticket): the same figures for the tasks
+    tasks: dict[str, ChannelFigures] = msgspec.field(default_factory=dict)
 
 
 class IntervalFigures(msgspec.Struct, frozen=True):
@@ -79,6 +94,32 @@ def summarize(rows: Iterable[Mapping[str, Any]], threshold_s: float) -> DayFigur
     )
 
 
+def summarize_tasks(rows: Iterable[Mapping[str, Any]], threshold_s: float) -> DayFigures:
+    offered = answered = abandoned = within = 0
+    waits: list[float] = []
+    handle: list[float] = []
+    for row in rows:
+        offered += 1
+        if row["accepted_at"] is not None:
+            answered += 1
+            wait = float(row["wait_s"] or 0.0)
+            waits.append(wait)
+            within += wait <= threshold_s
+            if row["handle_s"] is not None:
+                handle.append(float(row["handle_s"]))
+        elif row["state"] == "cancelled":
+            abandoned += 1
+    return DayFigures(
+        offered=offered,
+        answered=answered,
+        abandoned=abandoned,
+        service_level=within / answered if answered else None,
+        asa_s=sum(waits) / len(waits) if waits else None,
+        aht_s=sum(handle) / len(handle) if handle else None,
+        abandon_rate=abandoned / offered if offered else None,
+    )
+
+
 def start_of_today(now: float | None = None) -> float:
     """Local midnight of the server's time zone, as epoch seconds (what 'today' means on a wallboard)."""
     moment = datetime.fromtimestamp(time.time() if now is None else now).astimezone()
@@ -96,15 +137,18 @@ async def list_queues(request: web.Request) -> web.Response:
         member_of = set(agent.queues) if agent else set()
         visible = [q for q in config.queues if q.name in member_of]
     live: dict[str, tuple[int, float]] = {}
+    live_tasks: dict[tuple[str, str], tuple[int, float]] = {}
     by_state: dict[tuple[str, str], int] = {}
     if ctx.routing is not None:
         live = {name: (n, wait) for name, n, wait in ctx.routing.queue_figures()}
+        for channel in TASK_CHANNELS:
+            for name, n, wait in ctx.routing.queue_figures(channel):
+                live_tasks[(name, channel)] = (n, wait)
         by_state = ctx.routing.agents_by_queue_and_state()
-    rows = (
-        await queries.stat_rows(ctx.store, start_of_today(), None, [q.name for q in visible])
-        if ctx.store
-        else []
-    )
+    names = [q.name for q in visible]
+    since = start_of_today()
+    rows = await queries.stat_rows(ctx.store, since, None, names) if ctx.store else []
+    task_rows = await task_store.day_rows(ctx.store, since, names) if ctx.store else []
     views = []
     for queue in visible:
         waiting, oldest = live.get(queue.name, (0, 0.0))
@@ -119,6 +163,21 @@ async def list_queues(request: web.Request) -> web.Response:
                 today=summarize(
                     (r for r in rows if r["queue"] == queue.name), queue.service_level_s
                 ),
+                tasks={
+                    channel: ChannelFigures(
+                        waiting=live_tasks.get((queue.name, channel), (0, 0.0))[0],
+                        oldest_wait_s=round(live_tasks.get((queue.name, channel), (0, 0.0))[1], 3),
+                        today=summarize_tasks(
+                            (
+                                r
+                                for r in task_rows
+                                if r["queue"] == queue.name and r["channel"] == channel
+                            ),
+                            queue.service_level_s,
+                        ),
+                    )
+                    for channel in TASK_CHANNELS
+                },
             )
         )
     return json_response(views)

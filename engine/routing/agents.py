@@ -199,7 +199,11 @@ class AgentDirectory:
             self._record(agent_id, "available", "wrap-up ended")
 
     def call_completed(self, agent_id: str) -> None:
-        """The call layer finished an agent's call: apply a logout that was waiting for it."""
+        """The call layer finished an agent's call (or the task service one of its tasks): apply
+        a logout that was waiting for it, once the agent holds no other work (a chat, say)."""
+        state = self._routing.agent_state(agent_id)
+        if state in (rc.AgentState.BUSY, rc.AgentState.RESERVED):
+            return
         if agent_id in self._logout_after_call and not self.reachable(agent_id):
             self._logout_after_call.discard(agent_id)
             self._routing.logout(agent_id)

@@ -5,8 +5,15 @@ adapter, in the same shape as the SIP transports: every state change the engine 
 accept, reject, agent ready, ...) is forwarded to the Router and then schedules ONE coalesced
 dispatch with ``loop.call_soon``; the Router's own timers (wrap-up ends, reject and retry delays, relaxation
 steps, preferred-agent timeouts) are served by ONE ``loop.call_at`` re-armed from
-``next_deadline()``. There is no timer per call or per agent. Offers go to the ``on_offer`` callback,
-which rings the agent; ring-all withdrawals go to ``on_withdraw``.
+``next_deadline()``. There is no timer per call or per agent.
+
+Every interaction is a task of one channel (DESIGN.md section 9): calls are voice, the task layer
+(``engine.tasks``) enqueues chats, e-mails, social messages and tickets into the same Router, so
+one agent's capacity is counted across channels. Offers and withdrawals go to the handlers
+connected for the task's channel (``connect``): voice to the call layer, which rings the agent;
+the other channels to the task service, which shows the offer on the agent's event stream. The
+service remembers the channel of each non-voice task it enqueued, so a voice offer costs no
+lookup beyond a dict miss.
 
 Config speaks in skill *names*; the Router in dense skill *indices*. The catalogue maps one to the
 other: every skill named by an agent, a queue, a relaxation step or a flow's ``set`` step gets an
@@ -21,18 +28,23 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 
 import structlog
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 import routing_core as rc
+from engine.config import CHANNEL_NAMES as _CONFIG_CHANNELS
 from engine.config import Config, QueueConfig, SetStep
 
 log = structlog.stdlib.get_logger("acd.routing")
 
-# Channel names in config -> channel indices in the Router; voice is the phone call.
-CHANNELS = {"voice": 0, "chat": 1, "email": 2, "callback": 3}
+# Channel names in config -> channel indices in the Router; voice is the phone call. Stored tasks
+# name their channel, never the index.
+CHANNELS = {name: i for i, name in enumerate(_CONFIG_CHANNELS)}
+VOICE = CHANNELS["voice"]
+CHANNEL_NAMES = {i: name for name, i in CHANNELS.items()}
 
 
 class SkillCatalogue:
@@ -105,12 +117,20 @@ def build_router(
             agent.id,
             skills={skills.index[s]: lvl for s, lvl in agent.skills.items()},
             queues=dict(agent.queues),
-            capacity={CHANNELS.get(ch, 0): n for ch, n in agent.capacity.items()},
+            capacity={CHANNELS[ch]: n for ch, n in agent.capacity.items()},
         )
     return router, skills
 
 
 OfferCallback = Callable[[rc.Offer], None]
+
+
+@dataclass(frozen=True, slots=True)
+class OfferHandlers:
+    """Who hears one channel's offers (and rings or shows them), and its withdrawals."""
+
+    on_offer: OfferCallback
+    on_withdraw: OfferCallback
 
 
 class RoutingService:
@@ -131,6 +151,10 @@ class RoutingService:
         self._cfg = cfg
         self._on_offer = on_offer
         self._on_withdraw = on_withdraw
+        # Handlers of the channels other than voice, and the channel of each non-voice task in
+        # the Router (added at enqueue, dropped when the task leaves it).
+        self._handlers: dict[int, OfferHandlers] = {}
+        self._channel_of: dict[str, int] = {}
         # Called with a queue's name when its last logged-in member logs out (leave_empty).
         self.on_queue_empty = on_queue_empty
         # Called with an agent's id and new state when its wrap-up timer ran out inside dispatch:
@@ -149,12 +173,15 @@ class RoutingService:
         on_withdraw: OfferCallback,
         on_queue_empty: Callable[[str], None] | None = None,
         on_wrap_up_end: Callable[[str, rc.AgentState], None] | None = None,
+        channels: Mapping[str, OfferHandlers] | None = None,
     ) -> None:
-        """Who hears the router's decisions: the call layer (offers, withdrawals, a queue left
-        empty) and the agent directory (wrap-up ends). The daemon connects them once they exist,
-        since both are built on this service; until then no dispatch runs, so no agent is
-        reserved for an offer nobody would ring."""
+        """Who hears the router's decisions: the call layer (voice offers and withdrawals, a queue
+        left empty), the task service (``channels``: the handlers of each other channel) and the
+        agent directory (wrap-up ends). The daemon connects them once they exist, since all are
+        built on this service; until then no dispatch runs, so no agent is reserved for an offer
+        nobody would ring. A channel without handlers is never enqueued (``enqueue`` raises)."""
         self._on_offer, self._on_withdraw = on_offer, on_withdraw
+        self._handlers = {CHANNELS[name]: h for name, h in (channels or {}).items()}
         self.on_queue_empty, self.on_wrap_up_end = on_queue_empty, on_wrap_up_end
         self._kick()
 
@@ -181,14 +208,32 @@ class RoutingService:
         if ends and self.on_wrap_up_end is not None:
             for agent_id, state in ends:
                 self.on_wrap_up_end(agent_id, state)
+        channel_of, handlers, on_voice = self._channel_of, self._handlers, self._on_offer
         for offer in offers:
+            ch = channel_of.get(offer.task_id, VOICE)
             try:
-                self._on_offer(offer)
+                if ch == VOICE:
+                    on_voice(offer)
+                else:
+                    handlers[ch].on_offer(offer)
             except Exception:
                 # One failing offer handler must not strand the other reserved agents; the handler
-                # owns its call and ends it. Logged with the ids so the bug can be found.
-                log.exception("offer_handler_failed", call_id=offer.task_id, agent=offer.agent_id)
+                # owns its call (or task) and ends it. Logged with the ids so the bug can be found.
+                log.exception(
+                    "offer_handler_failed",
+                    call_id=offer.task_id,
+                    agent=offer.agent_id,
+                    channel=CHANNEL_NAMES[ch],
+                )
         self._arm_timer()
+
+    def _withdrawn(self, offers: Iterable[rc.Offer]) -> None:
+        for offer in offers:
+            ch = self._channel_of.get(offer.task_id, VOICE)
+            if ch != VOICE:
+                self._handlers[ch].on_withdraw(offer)
+            elif self._on_withdraw is not None:
+                self._on_withdraw(offer)
 
     def _arm_timer(self) -> None:
         deadline = self.router.next_deadline()
@@ -237,7 +282,7 @@ class RoutingService:
                     agent.id,
                     skills={self.skills.index[s]: lvl for s, lvl in agent.skills.items()},
                     queues={q: p for q, p in agent.queues.items() if q in known_queues},
-                    capacity={CHANNELS.get(ch, 0): n for ch, n in agent.capacity.items()},
+                    capacity={CHANNELS[ch]: n for ch, n in agent.capacity.items()},
                 )
             else:
                 before = old_agents[agent.id]
@@ -264,8 +309,13 @@ class RoutingService:
         enqueue_time: float | None = None,
         preferred_agent: str | None = None,
         preferred_timeout_s: float = 0.0,
+        channel: str = "voice",
     ) -> None:
-        """Raises ``rc.QueueFull`` when the queue is at max_length (the caller then overflows)."""
+        """Raises ``rc.QueueFull`` when the queue holds max_length tasks of this channel (a caller
+        then overflows), ``rc.InvalidArgument`` for a channel nobody handles."""
+        ch = CHANNELS.get(channel)
+        if ch is None or (ch != VOICE and ch not in self._handlers):
+            raise rc.InvalidArgument(f"no handler for channel {channel!r}")
         self.router.enqueue(
             call_id,
             queue,
@@ -275,13 +325,36 @@ class RoutingService:
             enqueue_time=enqueue_time,
             preferred_agent=preferred_agent,
             preferred_timeout_s=preferred_timeout_s,
+            channel=ch,
+        )
+        if ch != VOICE:
+            self._channel_of[call_id] = ch
+        self._kick()
+
+    def requeue(
+        self,
+        task_id: str,
+        queue: str,
+        *,
+        preferred_agent: str | None = None,
+        preferred_timeout_s: float = 0.0,
+    ) -> None:
+        """Move a task (waiting, offered or accepted) to ``queue`` (its requirements become the
+        queue's when it changes), keeping its effective enqueue time; its offers are withdrawn
+        and an accepted task's agent is released as by ``complete``."""
+        self._withdrawn(
+            self.router.requeue(
+                task_id,
+                queue,
+                self.now,
+                preferred_agent=preferred_agent,
+                preferred_timeout_s=preferred_timeout_s,
+            )
         )
         self._kick()
 
     def accept(self, call_id: str, agent_id: str) -> None:
-        for withdrawn in self.router.accept(call_id, agent_id, self.now):
-            if self._on_withdraw is not None:
-                self._on_withdraw(withdrawn)
+        self._withdrawn(self.router.accept(call_id, agent_id, self.now))
         self._kick()
 
     def reject(self, call_id: str, agent_id: str, reason: str) -> None:
@@ -290,12 +363,12 @@ class RoutingService:
 
     def complete(self, agent_id: str, call_id: str) -> None:
         self.router.complete(agent_id, self.now, task_id=call_id)
+        self._channel_of.pop(call_id, None)
         self._kick()
 
     def abandon(self, call_id: str) -> None:
-        for withdrawn in self.router.abandon(call_id, self.now):
-            if self._on_withdraw is not None:
-                self._on_withdraw(withdrawn)
+        self._withdrawn(self.router.abandon(call_id, self.now))
+        self._channel_of.pop(call_id, None)
         self._kick()
 
     # -- agents ----------------------------------------------------------------------------------
@@ -342,15 +415,26 @@ class RoutingService:
 
     # -- figures ---------------------------------------------------------------------------------
 
-    def queue_figures(self) -> Iterator[tuple[str, int, float]]:
-        """(queue, waiting, oldest wait seconds) for every configured queue."""
-        now = self.now
+    def queue_figures(self, channel: str = "voice") -> Iterator[tuple[str, int, float]]:
+        """(queue, waiting, oldest wait seconds) of one channel's tasks (by default the calls)
+        for every configured queue."""
+        now, ch = self.now, CHANNELS[channel]
         for queue in self._cfg.queues:
             yield (
                 queue.name,
-                self.router.waiting(queue.name),
-                self.router.oldest_wait(queue.name, now),
+                self.router.waiting(queue.name, ch),
+                self.router.oldest_wait(queue.name, now, ch),
             )
+
+    def agent_load(self, agent_id: str) -> dict[str, tuple[int, int]]:
+        """channel -> (capacity, offered or accepted tasks) for the channels the agent has
+        capacity on or work in."""
+        caps, loads = self.router.agent_load(agent_id)
+        return {
+            CHANNEL_NAMES[ch]: (cap, load)
+            for ch, (cap, load) in enumerate(zip(caps, loads, strict=True))
+            if cap or load
+        }
 
     def agents_by_queue_and_state(self) -> dict[tuple[str, str], int]:
         counts: dict[tuple[str, str], int] = {

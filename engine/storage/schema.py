@@ -128,3 +128,68 @@ audit_log = sa.Table(
     sa.Column("detail", sa.JSON),
     sa.Index(None, "at"),
 )
+
+# One row per non-voice task (DESIGN.md section 9: chats, e-mails, social messages, tickets), with
+# the time stamps of a call's CDR: arrival, (effective) enqueue, first offer, accept, end. The row
+# is kept current while the task lives, so a daemon that stops finds its open tasks here
+# (migration 0004).
+tasks = sa.Table(
+    "tasks",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("external_id", sa.String(255)),  # the creator's id: a second create returns this row
+    sa.Column("channel", sa.String(16), nullable=False),  # chat, email, social, ticket
+    sa.Column("queue", sa.String(64), nullable=False),
+    # waiting, offered, assigned, completed, cancelled
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("priority", sa.Integer, nullable=False),
+    sa.Column("requirements", sa.JSON),  # skill -> minimum level; NULL: the queue's
+    sa.Column("customer", sa.JSON),  # {id, name, email, phone}
+    sa.Column("subject", sa.String(255)),
+    sa.Column("data", sa.JSON),
+    sa.Column("agent_id", sa.String(64)),  # offered to / assigned to / completed by
+    sa.Column("created_by", sa.String(64)),  # the token's name
+    sa.Column("arrived_at", sa.Double, nullable=False),
+    sa.Column("enqueued_at", sa.Double, nullable=False),  # effective: orders the queue
+    sa.Column("first_offer_at", sa.Double),
+    sa.Column("accepted_at", sa.Double),
+    sa.Column("ended_at", sa.Double),
+    sa.Column("disposition", sa.String(64)),
+    sa.Column("notes", sa.Text),
+    sa.Column("wait_s", sa.Double),  # arrival -> accept
+    sa.Column("handle_s", sa.Double),  # accept -> complete
+    sa.Index(None, "external_id", unique=True),
+    sa.Index(None, "state"),
+    sa.Index(None, "queue", "arrived_at"),
+    sa.Index(None, "agent_id", "arrived_at"),
+)
+
+# A task's history: who did what when (created, offered, accepted, rejected, offer_timeout,
+# transferred, completed, cancelled, requeued_after_restart).
+task_events = sa.Table(
+    "task_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("task_id", sa.String(64), nullable=False),
+    sa.Column("at", sa.Double, nullable=False),
+    sa.Column("event", sa.String(32), nullable=False),
+    sa.Column("actor", sa.String(64)),  # a token's name, or "router" / "daemon"
+    sa.Column("agent_id", sa.String(64)),
+    sa.Column("queue", sa.String(64)),
+    sa.Column("data", sa.JSON),
+    sa.Index(None, "task_id", "at"),
+    sa.Index(None, "at"),
+)
+
+# A chat's transcript (and the messages of any other task): the customer's and the agent's.
+task_messages = sa.Table(
+    "task_messages",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("task_id", sa.String(64), nullable=False),
+    sa.Column("at", sa.Double, nullable=False),
+    sa.Column("sender", sa.String(16), nullable=False),  # customer, agent
+    sa.Column("author", sa.String(64)),  # the token's name
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Index(None, "task_id", "at"),
+)

@@ -9,7 +9,7 @@ import pytest
 import routing_core as rc
 from engine.config import parse_config
 from engine.routing.agents import AgentDirectory
-from engine.routing.service import RoutingService
+from engine.routing.service import OfferHandlers, RoutingService
 from sip.registrar import ContactRequest, Registrar
 from tests.engine.clocks import ManualClock
 
@@ -97,6 +97,34 @@ async def test_phone_gone_during_a_call_logs_out_after_the_call(
     assert routing.agent_state("1001") is rc.AgentState.BUSY
     routing.complete("1001", "call-1")
     agents.call_completed("1001")
+    assert routing.agent_state("1001") is rc.AgentState.LOGGED_OUT
+    agents.close()
+
+
+async def test_a_logout_deferred_by_a_call_waits_for_the_agents_chats_too(
+    clock: ManualClock,
+) -> None:
+    cfg = parse_config(CONFIG.replace('queues = { support = 0 }\n', 'queues = { support = 0 }\n'
+                                      'capacity = { voice = 1, chat = 1 }\n', 1), "t.toml")  # fmt: skip
+    offers: list[rc.Offer] = []
+    routing = RoutingService(cfg, loop=asyncio.get_running_loop())
+    record = OfferHandlers(offers.append, offers.append)
+    routing.connect(on_offer=offers.append, on_withdraw=offers.append, channels={"chat": record})
+    registrar = Registrar(min_expires_s=1, default_expires_s=1)
+    agents = AgentDirectory(cfg, routing, None, clock, registrar=registrar)
+    agents.register("1001", PHONE, call_id="r1", cseq=1, expires=1)
+    routing.enqueue("call-1", "support")
+    routing.enqueue("chat-1", "support", channel="chat")
+    await asyncio.sleep(0.05)
+    assert sorted(o.task_id for o in offers) == ["call-1", "chat-1"]
+    routing.accept("call-1", "1001")
+    routing.accept("chat-1", "1001")
+    clock.advance(1.1)  # the registration expires mid-call
+    routing.complete("1001", "call-1")
+    agents.call_completed("1001")  # the chat goes on: still busy, no InvalidTransition
+    assert routing.agent_state("1001") is rc.AgentState.BUSY
+    routing.complete("1001", "chat-1")
+    agents.call_completed("1001")  # what the task service reports when a task ends
     assert routing.agent_state("1001") is rc.AgentState.LOGGED_OUT
     agents.close()
 

@@ -253,7 +253,8 @@ name = "q"
             "agents[0].password_ha1",
             "MD5",
         ),
-        ('[[agents]]\nid = "9"\ncapacity = { voice = 0 }\n', "agents[0].capacity.voice", ">= 1"),
+        ('[[agents]]\nid = "9"\ncapacity = { voice = -1 }\n', "agents[0].capacity.voice", ">= 0"),
+        ('[[agents]]\nid = "9"\ncapacity = { fax = 1 }\n', "agents[0].capacity.fax", "ticket"),
         (
             "[media]\nrtp_port_min = 3000\nrtp_port_max = 2000\n",
             "media.rtp_port_max",

@@ -464,3 +464,35 @@ def test_arrays_grow_and_the_kernel_sees_the_new_ones() -> None:
     offers = r.dispatch(10.0)
     assert [(r._task_index[o.task_id], r._agent_index[o.agent_id]) for o in offers] == expected
     assert (offers[0].task_id, offers[0].agent_id) == ("t90", "a6")  # a6 never rejected t90
+
+
+def test_waiting_and_oldest_wait_per_channel_and_max_length_per_channel() -> None:
+    """A queue's figures split by channel (a chat waiting is not a caller waiting), and
+    max_length bounds each channel apart: chats never push a caller into overflow."""
+    r = Router(n_skills=1, max_agents=2, max_tasks=16)
+    r.add_queue(QueueSpec("q", max_length=2))
+    r.enqueue("c1", "q", 1.0, channel=1)
+    r.enqueue("c2", "q", 2.0, channel=1)
+    with pytest.raises(QueueFull):
+        r.enqueue("c3", "q", 3.0, channel=1)
+    r.enqueue("v1", "q", 4.0, channel=0)
+    r.enqueue("t1", "q", 5.0, channel=5)
+    assert (r.waiting("q"), r.waiting("q", 0), r.waiting("q", 1), r.waiting("q", 5)) == (4, 1, 2, 1)
+    assert r.waiting(channel=1) == 2
+    assert r.oldest_wait("q", 10.0) == 9.0
+    assert (r.oldest_wait("q", 10.0, 0), r.oldest_wait("q", 10.0, 5)) == (6.0, 5.0)
+    assert r.task_channel("t1") == 5
+    with pytest.raises(InvalidArgument):
+        r.waiting("q", 6)
+
+
+def test_agent_load_reports_capacity_and_load_per_channel() -> None:
+    r = Router(n_skills=1, max_agents=2, max_tasks=16)
+    r.add_queue(QueueSpec("q"))
+    r.add_agent("a", skills={}, queues={"q": 0}, capacity={0: 1, 1: 2, 4: 1})
+    r.login("a", 0.0)
+    for i, ch in enumerate((1, 1, 1, 0, 5)):
+        r.enqueue(f"t{i}", "q", float(i), channel=ch)
+    offers = r.dispatch(10.0)
+    assert sorted(o.task_id for o in offers) == ["t0", "t1", "t3"]  # 2 chats, 1 call, no ticket
+    assert r.agent_load("a") == ((1, 2, 0, 0, 1, 0), (1, 2, 0, 0, 0, 0))

@@ -1,6 +1,10 @@
 """Rule-based state machine over the Router: random operations at random times, invariants after each.
 
-Invariants: no agent over capacity on any channel; load equals ringing offers plus accepted tasks;
+Tasks of every channel mix in the same queues (voice 0, chat 1, email 2, social 4, ticket 5, as
+the engine numbers them), and agents carry per-channel capacities, some of them 0 or absent.
+
+Invariants: no agent over capacity on any channel, and none offered a channel it has no capacity
+for; the per-(queue, channel) waiting counts equal the unaccepted tasks; load equals ringing offers plus accepted tasks;
 RESERVED exactly when an offer rings; every state change is in the transition table; every dispatch
 equals the naive reference, offers only to eligible non-excluded agents, prefers higher priority then
 older tasks for an agent, and leaves no eligible (task, free agent) pair unmatched.
@@ -35,6 +39,10 @@ N_SKILLS = 3
 N_AGENTS = 6
 QUEUES = ("q0", "q1", "q2")
 
+# voice-only (the default), the engine's usual mixes, and capacities of 0 on some channels
+CAPACITIES = (None, {0: 1, 1: 2}, {0: 1, 1: 3, 2: 5}, {1: 2}, {0: 1, 1: 0, 4: 2, 5: 3}, {5: 1})
+CHANNELS = st.sampled_from([0, 0, 1, 1, 2, 4, 5])
+
 reqs = st.lists(
     st.builds(Requirement, st.integers(0, N_SKILLS - 1), st.integers(1, 3)), max_size=2
 ).map(tuple)
@@ -60,9 +68,7 @@ class RouterMachine(RuleBasedStateMachine):
             min_size=N_AGENTS,
             max_size=N_AGENTS,
         ),
-        capacities=st.lists(
-            st.sampled_from([None, {0: 1, 1: 2}]), min_size=N_AGENTS, max_size=N_AGENTS
-        ),
+        capacities=st.lists(st.sampled_from(CAPACITIES), min_size=N_AGENTS, max_size=N_AGENTS),
         seed=st.integers(0, 5),
     )
     def setup(
@@ -121,7 +127,7 @@ class RouterMachine(RuleBasedStateMachine):
         requirements=st.none() | reqs,
         pref=st.none() | st.integers(0, N_AGENTS - 1),
         back_s=st.sampled_from([0.0, 3.0]),
-        channel=st.sampled_from([0, 0, 1]),
+        channel=CHANNELS,
     )
     def enqueue(
         self,
@@ -142,7 +148,7 @@ class RouterMachine(RuleBasedStateMachine):
             "preferred_timeout_s": 1.0,
             "channel": channel,
         }
-        if self.r.waiting(q) >= 6:
+        if self.r.waiting(q, channel) >= 6:  # max_length counts each channel apart
             with pytest.raises(QueueFull):
                 self.r.enqueue(tid, q, self.now, **kwargs)
         elif len(self.r._task_index) < 32:
@@ -152,7 +158,7 @@ class RouterMachine(RuleBasedStateMachine):
         q=st.sampled_from(QUEUES),
         prio=st.integers(0, 2),
         requirements=st.none() | reqs,
-        channel=st.sampled_from([0, 0, 1]),
+        channel=CHANNELS,
     )
     def enqueue_plain(
         self, q: str, prio: int, requirements: tuple[Requirement, ...] | None, channel: int
@@ -229,7 +235,8 @@ class RouterMachine(RuleBasedStateMachine):
             withdrawn = self.r.abandon(tid, self.now)
             assert tid not in self.r._task_index
         else:
-            if requeue_to != self.r.task_queue(tid) and self.r.waiting(requeue_to) >= 6:
+            ch = self.r.task_channel(tid)
+            if requeue_to != self.r.task_queue(tid) and self.r.waiting(requeue_to, ch) >= 6:
                 with pytest.raises(QueueFull):
                     self.r.requeue(tid, requeue_to, self.now)
                 return
@@ -258,6 +265,15 @@ class RouterMachine(RuleBasedStateMachine):
                 assert state == AgentState.BUSY
         assert np.array_equal(r._load[:n], expect)
         assert r._n_waiting == int(np.count_nonzero(r._task_state == 1))
+        unaccepted: dict[tuple[str, int], int] = {}
+        for tid, t in r._task_index.items():
+            if r._task_state[t] != 3:
+                key = (r.task_queue(tid), r.task_channel(tid))
+                unaccepted[key] = unaccepted.get(key, 0) + 1
+        for q in QUEUES:
+            for ch in range(6):
+                assert r.waiting(q, ch) == unaccepted.get((q, ch), 0)
+            assert r.waiting(q) == sum(n for (q2, _), n in unaccepted.items() if q2 == q)
 
     @invariant()
     def transitions_in_table(self) -> None:

@@ -1,0 +1,188 @@
+"""Tasks in the store: the ordered writer the task service persists through, and its queries.
+
+How this works: the task service keeps its open tasks in memory (the routing core holds their
+places in the queues) and hands every change to ``TaskWriter.submit`` as one ``TaskWrite``: the
+task's whole row as it now is, plus the history events and messages the change added. One writer
+task applies them in submission order, each in its own transaction, so the row, its history and
+its transcript never disagree and a later change can never be overtaken by an earlier one.
+``submit`` returns a future: the API awaits it before answering (a created task is on disk before
+the client hears 201), while changes the router makes (an offer, an offer timing out) do not wait.
+
+A failed write is logged and counted (``acd_storage_errors_total``) and its future carries the
+``StorageError``: unlike a CDR, a task is live state, so the request that made the change fails
+instead of pretending it was kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.exc import SQLAlchemyError
+
+from engine.storage import StorageError, Store
+from engine.storage.schema import task_events, task_messages, tasks
+
+log = structlog.stdlib.get_logger("acd.tasks")
+
+OPEN_STATES = ("waiting", "offered", "assigned")
+
+
+@dataclass(slots=True)
+class TaskWrite:
+    row: dict[str, Any]  # the tasks row, every column
+    insert: bool = False  # a new task: INSERT; otherwise UPDATE by id
+    events: list[dict[str, Any]] = field(default_factory=list)
+    messages: list[dict[str, Any]] = field(default_factory=list)
+
+
+class TaskWriter:
+    """Applies ``TaskWrite``s in order; ``run()`` is owned by the daemon's task group."""
+
+    def __init__(self, store: Store, *, on_error: Callable[[], None] | None = None) -> None:
+        self.store = store
+        self._queue: asyncio.Queue[tuple[TaskWrite, asyncio.Future[None]] | None] = asyncio.Queue()
+        self._on_error = on_error
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.failures = 0
+
+    def submit(self, write: TaskWrite) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._idle.clear()
+        self._queue.put_nowait((write, future))
+        return future
+
+    async def run(self) -> None:
+        while (item := await self._queue.get()) is not None:
+            write, future = item
+            try:
+                await self._apply(write)
+            except StorageError as exc:
+                self.failures += 1
+                if self._on_error is not None:
+                    self._on_error()
+                log.error("task_write_failed", task_id=write.row.get("id"), reason=str(exc))
+                if not future.done():
+                    future.set_exception(exc)
+            else:
+                if not future.done():
+                    future.set_result(None)
+            if not future.cancelled():
+                future.exception()  # retrieved: nobody awaiting a router-made change is warned
+            if self._queue.empty():
+                self._idle.set()
+
+    async def flush(self) -> None:
+        """Wait until everything submitted so far is applied (or failed)."""
+        await self._idle.wait()
+
+    async def close(self) -> None:
+        """Apply what is queued, then end ``run``."""
+        self._queue.put_nowait(None)
+
+    async def _apply(self, write: TaskWrite) -> None:
+        row = write.row
+        try:
+            async with self.store.engine.begin() as conn:
+                if write.insert:
+                    await conn.execute(tasks.insert().values(**row))
+                else:
+                    values = {k: v for k, v in row.items() if k != "id"}
+                    await conn.execute(tasks.update().where(tasks.c.id == row["id"]).values(values))
+                if write.events:
+                    await conn.execute(task_events.insert(), write.events)
+                if write.messages:
+                    await conn.execute(task_messages.insert(), write.messages)
+        except (SQLAlchemyError, OSError) as exc:
+            raise StorageError(f"task {row.get('id')}: {exc}") from exc
+
+
+async def _rows(store: Store, query: sa.Select[Any]) -> list[dict[str, Any]]:
+    try:
+        async with store.engine.connect() as conn:
+            return [dict(r) for r in (await conn.execute(query)).mappings().all()]
+    except (SQLAlchemyError, OSError) as exc:
+        raise StorageError(f"task query failed: {exc}") from exc
+
+
+async def open_tasks(store: Store) -> list[dict[str, Any]]:
+    """Tasks the daemon had not finished when it stopped, oldest effective enqueue time first."""
+    query = (
+        sa.select(tasks)
+        .where(tasks.c.state.in_(OPEN_STATES))
+        .order_by(tasks.c.priority.desc(), tasks.c.enqueued_at, tasks.c.arrived_at)
+    )
+    return await _rows(store, query)
+
+
+async def task_row(store: Store, task_id: str) -> dict[str, Any] | None:
+    rows = await _rows(store, sa.select(tasks).where(tasks.c.id == task_id))
+    return rows[0] if rows else None
+
+
+async def task_id_for_external(store: Store, external_id: str) -> str | None:
+    rows = await _rows(store, sa.select(tasks.c.id).where(tasks.c.external_id == external_id))
+    return str(rows[0]["id"]) if rows else None
+
+
+async def history(store: Store, task_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """task id -> its events, oldest first."""
+    rows = await _rows(
+        store,
+        sa.select(task_events)
+        .where(task_events.c.task_id.in_(task_ids))
+        .order_by(task_events.c.at, task_events.c.id),
+    )
+    out: dict[str, list[dict[str, Any]]] = {t: [] for t in task_ids}
+    for r in rows:
+        out[r.pop("task_id")].append({k: v for k, v in r.items() if k != "id"})
+    return out
+
+
+async def messages(store: Store, task_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """task id -> its messages, oldest first."""
+    rows = await _rows(
+        store,
+        sa.select(task_messages)
+        .where(task_messages.c.task_id.in_(task_ids))
+        .order_by(task_messages.c.at, task_messages.c.id),
+    )
+    out: dict[str, list[dict[str, Any]]] = {t: [] for t in task_ids}
+    for r in rows:
+        out[r.pop("task_id")].append(r)
+    return out
+
+
+async def search_tasks(
+    store: Store,
+    *,
+    states: Iterable[str],
+    queue: str | None = None,
+    channel: str | None = None,
+    agent: str | None = None,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
+    """Rows in ``states``, newest arrival first."""
+    query = sa.select(tasks).where(tasks.c.state.in_(list(states)))
+    if queue is not None:
+        query = query.where(tasks.c.queue == queue)
+    if channel is not None:
+        query = query.where(tasks.c.channel == channel)
+    if agent is not None:
+        query = query.where(tasks.c.agent_id == agent)
+    return await _rows(store, query.order_by(tasks.c.arrived_at.desc()).limit(limit))
+
+
+async def day_rows(store: Store, since: float, queues: Sequence[str]) -> list[dict[str, Any]]:
+    """What the queues' task figures are made of: tasks arrived since ``since`` in ``queues``."""
+    if not queues:
+        return []
+    columns = (tasks.c.queue, tasks.c.channel, tasks.c.state, tasks.c.accepted_at,
+               tasks.c.wait_s, tasks.c.handle_s)  # fmt: skip
+    query = sa.select(*columns).where(tasks.c.arrived_at >= since, tasks.c.queue.in_(queues))
+    return await _rows(store, query)

@@ -1,0 +1,30 @@
+"""Non-voice interactions (chat, e-mail, social, ticket) as routing tasks beside the calls.
+
+``model``: the task, its states and the service's errors; ``service``: ``TaskService``, which
+creates tasks, takes the routing service's offers for their channels, times offers out, and
+carries out agents' and integrations' actions; ``metrics``: the per-channel Prometheus figures.
+The record of each task is in the store (``engine.storage.tasks``); the API is ``engine.api.tasks``.
+"""
+
+from engine.tasks.metrics import TaskCollector, TaskMetrics
+from engine.tasks.model import (
+    InvalidTask,
+    Task,
+    TaskConflict,
+    TaskError,
+    TaskState,
+    UnknownTask,
+)
+from engine.tasks.service import TaskService
+
+__all__ = [
+    "InvalidTask",
+    "Task",
+    "TaskCollector",
+    "TaskConflict",
+    "TaskError",
+    "TaskMetrics",
+    "TaskService",
+    "TaskState",
+    "UnknownTask",
+]

@@ -1,0 +1,615 @@
+"""The task service: non-voice tasks from creation to completion, routed with the calls.
+
+How this works: every open task is a routing task of its channel in the daemon's one
+``RoutingService`` (DESIGN.md section 9), so an agent's capacity is counted across calls, chats,
+e-mails, social messages and tickets, and every strategy and relaxation step applies to tasks as
+to calls. The routing service hands this service the offers and withdrawals of the non-voice
+channels (``handlers()``); an offer is shown to the agent on the event stream and waits for the
+agent's accept for the queue's ``offer_timeout_s``. A rejected or timed-out offer goes back to the
+router with that agent excluded (``reason`` reject / no_answer, so the queue's reject and
+no-answer delays and auto-pause apply as for a ringing phone) and the next agent is offered.
+
+State lives in two places with one owner each: the task's place in a queue and the agents'
+capacity in the Router; the task's record (fields, state, history, messages) here, written
+through to the store (``engine.storage.tasks.TaskWriter``) on every change. Requests from the API
+await their write, so what a client was told is on disk; a daemon that stops leaves its open tasks
+in the store, and ``recover()`` puts them back in their queues with their original effective
+enqueue time (an assigned task goes back offered first to the agent that had it).
+
+Every change is one history entry (who, when, what) and one event on the bus (``type`` "task",
+``agent_id`` the agent it concerns, ``data.task_id``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import structlog
+
+import routing_core as rc
+from engine.config import TASK_CHANNELS, Config, QueueConfig
+from engine.routing.service import OfferHandlers, RoutingService
+from engine.runtime.clock import Cancellable, Scheduler
+from engine.runtime.events import Event, EventBus
+from engine.storage import StorageError, Store
+from engine.storage import tasks as task_store
+from engine.storage.tasks import TaskWrite, TaskWriter
+from engine.tasks.metrics import TaskMetrics
+from engine.tasks.model import (
+    OPEN_STATES,
+    InvalidTask,
+    Task,
+    TaskConflict,
+    TaskState,
+    UnknownTask,
+)
+
+log = structlog.stdlib.get_logger("acd.tasks")
+
+MAX_LEVEL = 255  # as the routing core's proficiency
+MAX_PRIORITY = 2**31 - 1
+MAX_MESSAGE_CHARS = 8000
+SENDERS = ("customer", "agent")
+
+
+class TaskService:
+    """Owns the open tasks; only the event loop's thread calls it."""
+
+    def __init__(
+        self,
+        config: Config,
+        routing: RoutingService,
+        *,
+        writer: TaskWriter | None = None,
+        bus: EventBus | None = None,
+        metrics: TaskMetrics | None = None,
+        scheduler: Scheduler | None = None,
+        wall: Callable[[], float] = time.time,
+        on_work_done: Callable[[str], None] | None = None,
+    ) -> None:
+        self._cfg = config
+        self._routing = routing
+        self._writer = writer
+        self._bus = bus
+        self._metrics = metrics
+        self._scheduler: Scheduler = scheduler or asyncio.get_running_loop()
+        self._wall = wall
+        self.tasks: dict[str, Task] = {}  # open tasks only
+        self._by_external: dict[str, str] = {}
+        self._offer_timers: dict[tuple[str, str], Cancellable] = {}
+        # Told an agent's id when one of its tasks ended (the agent directory applies a logout
+        # it deferred while the agent was busy).
+        self._on_work_done = on_work_done
+
+    def handlers(self) -> OfferHandlers:
+        return OfferHandlers(on_offer=self.on_offer, on_withdraw=self.on_withdraw)
+
+    def apply(self, config: Config) -> None:
+        self._cfg = config
+
+    def close(self) -> None:
+        for timer in self._offer_timers.values():
+            timer.cancel()
+        self._offer_timers.clear()
+
+    # -- lookups ---------------------------------------------------------------------------------
+
+    def _queue(self, name: str) -> QueueConfig | None:
+        return next((q for q in self._cfg.queues if q.name == name), None)
+
+    def get(self, task_id: str) -> Task | None:
+        """An open task (completed and cancelled ones are read from the store)."""
+        return self.tasks.get(task_id)
+
+    def open_for(self, agent_id: str) -> list[Task]:
+        """Open tasks offered to or assigned to the agent."""
+        return [
+            t for t in self.tasks.values() if t.agent_id == agent_id or agent_id in t.offered_to
+        ]
+
+    def queue_figures(self) -> Iterator[tuple[str, str, int, float]]:
+        """(queue, channel, waiting, oldest wait seconds) for every queue and task channel."""
+        for channel in TASK_CHANNELS:
+            for queue, n, wait_s in self._routing.queue_figures(channel):
+                yield queue, channel, n, wait_s
+
+    def open_counts(self) -> dict[tuple[str, str], int]:
+        counts = {(ch, st.value): 0 for ch in TASK_CHANNELS for st in OPEN_STATES}
+        for task in self.tasks.values():
+            counts[(task.channel, task.state.value)] += 1
+        return counts
+
+    # -- creation and recovery -------------------------------------------------------------------
+
+    def validate(
+        self,
+        *,
+        channel: str,
+        queue: str,
+        requirements: Mapping[str, int] | None,
+        priority: int,
+    ) -> None:
+        """Raises ``InvalidTask`` naming the first field that does not fit."""
+        if channel not in TASK_CHANNELS:
+            raise InvalidTask(
+                f"expected one of {', '.join(TASK_CHANNELS)}, found {channel!r}"
+                + (" (calls come in over SIP)" if channel == "voice" else ""),
+                field="channel",
+            )
+        if self._queue(queue) is None:
+            raise InvalidTask(f"no queue {queue!r}", field="queue")
+        for skill, level in (requirements or {}).items():
+            if skill not in self._routing.skills.index:
+                raise InvalidTask(
+                    f"no agent or queue has skill {skill!r}", field=f"requirements.{skill}"
+                )
+            if not 1 <= level <= MAX_LEVEL:
+                raise InvalidTask(
+                    f"expected a level 1-{MAX_LEVEL}, found {level}", field=f"requirements.{skill}"
+                )
+        if not -MAX_PRIORITY <= priority <= MAX_PRIORITY:
+            raise InvalidTask("out of the int32 range", field="priority")
+
+    async def create(
+        self,
+        *,
+        channel: str,
+        queue: str,
+        created_by: str,
+        requirements: Mapping[str, int] | None = None,
+        priority: int = 0,
+        customer: dict[str, Any] | None = None,
+        subject: str | None = None,
+        data: dict[str, Any] | None = None,
+        external_id: str | None = None,
+    ) -> tuple[Task, bool]:
+        """A new waiting task, stored before this returns; or, for an ``external_id`` seen
+        before, the task made the first time (and False)."""
+        self.validate(channel=channel, queue=queue, requirements=requirements, priority=priority)
+        if external_id is not None:
+            existing = await self._existing(external_id)
+            if existing is not None:
+                return existing, False
+            # A create with the same id may have registered while the store was asked: from
+            # here to the registration below nothing awaits, so this check closes the race.
+            if external_id in self._by_external:
+                return self.tasks[self._by_external[external_id]], False
+        now = self._wall()
+        task = Task(
+            id=uuid.uuid4().hex,
+            channel=channel,
+            queue=queue,
+            priority=priority,
+            arrived_at=now,
+            enqueued_at=now,
+            created_by=created_by,
+            requirements=None if requirements is None else dict(requirements),
+            customer=customer,
+            subject=subject,
+            data=data,
+            external_id=external_id,
+        )
+        try:
+            self._enqueue(task)
+        except rc.QueueFull:
+            raise TaskConflict(f"queue {queue!r} is full (max_length)", field="queue") from None
+        self.tasks[task.id] = task
+        if external_id is not None:
+            self._by_external[external_id] = task.id
+        try:
+            await self._change(task, "created", created_by, insert=True)
+        except StorageError:
+            # Not on disk, so not accepted: the client hears 503 and the task must not be routed.
+            self.tasks.pop(task.id, None)
+            if external_id is not None:
+                self._by_external.pop(external_id, None)
+            for agent_id in sorted(task.offered_to):
+                self._end_offer(task.id, agent_id)
+            if task.state is TaskState.ASSIGNED and task.agent_id is not None:
+                self._routing.complete(task.agent_id, task.id)
+            else:
+                self._routing.abandon(task.id)
+            raise
+        if self._metrics is not None:
+            self._metrics.created.labels(channel=channel).inc()
+        return task, True
+
+    async def _existing(self, external_id: str) -> Task | None:
+        task_id = self._by_external.get(external_id)
+        if task_id is None and self._writer is not None:
+            task_id = await task_store.task_id_for_external(self._writer.store, external_id)
+        if task_id is None:
+            return None
+        open_task = self.tasks.get(task_id)
+        if open_task is not None:
+            return open_task
+        return await self.stored(task_id)
+
+    async def stored(self, task_id: str) -> Task | None:
+        """A task read back from the store, with its history and messages."""
+        if self._writer is None:
+            return None
+        row = await task_store.task_row(self._writer.store, task_id)
+        if row is None:
+            return None
+        task = Task.from_row(row)
+        task.history = (await task_store.history(self._writer.store, [task_id]))[task_id]
+        task.messages = (await task_store.messages(self._writer.store, [task_id]))[task_id]
+        return task
+
+    def _enqueue(self, task: Task, *, preferred_agent: str | None = None) -> None:
+        # The Router's clock is the loop's: the effective enqueue time moves over by the same
+        # distance from now, so a recovered task keeps its place (and its wait) in the queue.
+        enqueue_time = self._routing.now - max(0.0, self._wall() - task.enqueued_at)
+        qcfg = self._queue(task.queue)
+        self._routing.enqueue(
+            task.id,
+            task.queue,
+            priority=task.priority,
+            requirements=task.requirements,
+            enqueue_time=enqueue_time,
+            preferred_agent=preferred_agent,
+            preferred_timeout_s=0.0
+            if qcfg is None or preferred_agent is None
+            else qcfg.offer_timeout_s,
+            channel=task.channel,
+        )
+
+    async def recover(self, store: Store) -> int:
+        """Put the tasks the daemon had open when it stopped back in their queues, in their
+        original order (priority, then effective enqueue time). Returns how many."""
+        rows = await task_store.open_tasks(store)
+        ids = [r["id"] for r in rows]
+        histories = await task_store.history(store, ids) if ids else {}
+        transcripts = await task_store.messages(store, ids) if ids else {}
+        recovered = 0
+        for row in rows:
+            task = Task.from_row(row)
+            task.history = histories.get(task.id, [])
+            task.messages = transcripts.get(task.id, [])
+            was, agent = task.state, task.agent_id
+            if self._queue(task.queue) is None or task.channel not in TASK_CHANNELS:
+                task.state, task.ended_at, task.disposition = (
+                    TaskState.CANCELLED, self._wall(), "queue_removed",
+                )  # fmt: skip
+                self._save(
+                    task,
+                    [self._entry(task, "cancelled", "daemon", data={"reason": "queue_removed"})],
+                )
+                continue
+            task.state, task.agent_id = TaskState.WAITING, None
+            # An assigned task goes first to the agent who had it (for the offer timeout),
+            # when that agent is still a member of the queue.
+            member = agent is not None and any(
+                a.id == agent and task.queue in a.queues for a in self._cfg.agents
+            )
+            try:
+                self._enqueue(
+                    task, preferred_agent=agent if was is TaskState.ASSIGNED and member else None
+                )
+            except rc.RoutingError as exc:  # e.g. the queue's max_length was lowered meanwhile
+                task.state, task.ended_at, task.disposition = (
+                    TaskState.CANCELLED,
+                    self._wall(),
+                    "not_requeued",
+                )
+                self._save(
+                    task, [self._entry(task, "cancelled", "daemon", data={"reason": str(exc)})]
+                )
+                continue
+            self.tasks[task.id] = task
+            if task.external_id is not None:
+                self._by_external[task.external_id] = task.id
+            self._save(
+                task,
+                [self._entry(task, "requeued_after_restart", "daemon", data={"was": was.value})],
+            )
+            recovered += 1
+        if recovered:
+            log.info("tasks_recovered", tasks=recovered)
+        return recovered
+
+    # -- the router's side -----------------------------------------------------------------------
+
+    def on_offer(self, offer: rc.Offer) -> None:
+        task = self.tasks.get(offer.task_id)
+        if task is None:  # cannot happen: a task leaves the Router when it leaves this service
+            self._routing.abandon(offer.task_id)
+            return
+        now = self._wall()
+        task.state = TaskState.OFFERED
+        task.offered_to.add(offer.agent_id)
+        task.agent_id = offer.agent_id
+        if task.first_offer_at is None:
+            task.first_offer_at = now
+        qcfg = self._queue(task.queue)
+        timeout_s = 30.0 if qcfg is None else qcfg.offer_timeout_s
+        key = (task.id, offer.agent_id)
+        self._offer_timers[key] = self._scheduler.call_at(
+            self._scheduler.time() + timeout_s, lambda: self._offer_timed_out(*key)
+        )
+        self._save(
+            task,
+            [self._entry(task, "offered", "router", agent_id=offer.agent_id)],
+            publish_data={
+                "subject": task.subject,
+                "customer": task.customer,
+                "data": task.data,
+                "offer_timeout_s": timeout_s,
+            },
+        )
+
+    def on_withdraw(self, offer: rc.Offer) -> None:
+        """Another agent accepted (ring-all), or the task left: the offer is over."""
+        task = self.tasks.get(offer.task_id)
+        self._end_offer(offer.task_id, offer.agent_id)
+        if task is not None:
+            if self._metrics is not None:
+                self._metrics.offers.labels(channel=task.channel, outcome="withdrawn").inc()
+            self._publish(task, "offer_withdrawn", agent_id=offer.agent_id)
+
+    def _end_offer(self, task_id: str, agent_id: str) -> None:
+        timer = self._offer_timers.pop((task_id, agent_id), None)
+        if timer is not None:
+            timer.cancel()
+        task = self.tasks.get(task_id)
+        if task is not None:
+            task.offered_to.discard(agent_id)
+
+    def _offer_timed_out(self, task_id: str, agent_id: str) -> None:
+        self._offer_timers.pop((task_id, agent_id), None)
+        task = self.tasks.get(task_id)
+        if task is None or agent_id not in task.offered_to:
+            return
+        self._back_to_queue(task, agent_id, "no_answer", "offer_timeout", "router")
+        if self._metrics is not None:
+            self._metrics.offers.labels(channel=task.channel, outcome="timeout").inc()
+
+    def _back_to_queue(
+        self, task: Task, agent_id: str, reason: str, event: str, by: str
+    ) -> asyncio.Future[None] | None:
+        self._end_offer(task.id, agent_id)
+        if not task.offered_to:
+            task.state, task.agent_id = TaskState.WAITING, None
+        written = self._save(
+            task, [self._entry(task, event, by, agent_id=agent_id)], agent_id=agent_id
+        )
+        # Last: the Router offers the task again (to another agent) in its next dispatch, a
+        # change that comes after this entry.
+        self._routing.reject(task.id, agent_id, reason)
+        return written
+
+    # -- agents' actions -------------------------------------------------------------------------
+
+    def _open(self, task_id: str) -> Task:
+        task = self.tasks.get(task_id)
+        if task is None:
+            raise UnknownTask(f"no open task {task_id!r}")
+        return task
+
+    async def accept(self, task_id: str, agent_id: str, *, by: str) -> Task:
+        task = self._open(task_id)
+        if agent_id not in task.offered_to:
+            raise TaskConflict(f"task {task_id!r} is not offered to agent {agent_id!r}")
+        self._end_offer(task.id, agent_id)
+        now = self._wall()
+        task.state, task.agent_id, task.accepted_at = TaskState.ASSIGNED, agent_id, now
+        self._routing.accept(task.id, agent_id)  # withdraws other ring-all offers
+        if self._metrics is not None:
+            self._metrics.offers.labels(channel=task.channel, outcome="accepted").inc()
+            self._metrics.wait.labels(queue=task.queue, channel=task.channel).observe(
+                max(0.0, now - task.arrived_at)
+            )
+        await self._change(task, "accepted", by, agent_id=agent_id)
+        return task
+
+    async def reject(self, task_id: str, agent_id: str, *, by: str) -> Task:
+        task = self._open(task_id)
+        if agent_id not in task.offered_to:
+            raise TaskConflict(f"task {task_id!r} is not offered to agent {agent_id!r}")
+        written = self._back_to_queue(task, agent_id, "reject", "rejected", by)
+        if self._metrics is not None:
+            self._metrics.offers.labels(channel=task.channel, outcome="rejected").inc()
+        if written is not None:
+            await written
+        return task
+
+    async def complete(
+        self,
+        task_id: str,
+        agent_id: str,
+        *,
+        by: str,
+        disposition: str = "completed",
+        notes: str | None = None,
+    ) -> Task:
+        task = self._open(task_id)
+        if task.state is not TaskState.ASSIGNED or task.agent_id != agent_id:
+            raise TaskConflict(f"task {task_id!r} is not assigned to agent {agent_id!r}")
+        self._routing.complete(agent_id, task.id)
+        task.state, task.ended_at = TaskState.COMPLETED, self._wall()
+        task.disposition, task.notes = disposition, notes
+        self._close(task, "completed")
+        if self._on_work_done is not None:
+            self._on_work_done(agent_id)
+        await self._change(
+            task, "completed", by, agent_id=agent_id, data={"disposition": disposition}
+        )
+        return task
+
+    async def cancel(self, task_id: str, *, by: str, reason: str = "cancelled") -> Task:
+        """The customer left (or the integration withdrew it) before an agent accepted it."""
+        task = self._open(task_id)
+        if task.state is TaskState.ASSIGNED:
+            raise TaskConflict(f"task {task_id!r} is assigned: its agent completes it")
+        offered = sorted(task.offered_to)
+        for agent_id in offered:
+            self._end_offer(task.id, agent_id)
+        self._routing.abandon(task.id)  # withdraws the offers (on_withdraw publishes them)
+        task.state, task.ended_at, task.disposition = TaskState.CANCELLED, self._wall(), reason
+        self._close(task, "cancelled")
+        await self._change(task, "cancelled", by, data={"reason": reason})
+        return task
+
+    async def transfer(
+        self, task_id: str, *, by: str, queue: str | None = None, agent: str | None = None
+    ) -> Task:
+        """To another queue (its requirements become that queue's), or to one agent of the
+        task's queue (offered to that agent alone for the queue's offer timeout, then to
+        anyone). The effective enqueue time and the history stay."""
+        task = self._open(task_id)
+        if (queue is None) == (agent is None):
+            raise InvalidTask("expected a queue or an agent, one of the two", field="queue")
+        target_queue = task.queue if queue is None else queue
+        if self._queue(target_queue) is None:
+            raise InvalidTask(f"no queue {target_queue!r}", field="queue")
+        if agent is not None:
+            acfg = next((a for a in self._cfg.agents if a.id == agent), None)
+            if acfg is None:
+                raise InvalidTask(f"no agent {agent!r}", field="agent")
+            if task.queue not in acfg.queues:
+                raise InvalidTask(
+                    f"agent {agent!r} is not a member of queue {task.queue!r}", field="agent"
+                )
+            if acfg.capacity.get(task.channel, 0) < 1:
+                raise InvalidTask(f"agent {agent!r} has no {task.channel} capacity", field="agent")
+        previous = task.agent_id if task.state is TaskState.ASSIGNED else None
+        qcfg = self._queue(target_queue)
+        try:  # first: a full queue refuses the transfer before anything changed
+            self._routing.requeue(
+                task.id,
+                target_queue,
+                preferred_agent=agent,
+                preferred_timeout_s=0.0 if agent is None or qcfg is None else qcfg.offer_timeout_s,
+            )
+        except rc.QueueFull:
+            raise TaskConflict(
+                f"queue {target_queue!r} is full (max_length)", field="queue"
+            ) from None
+        for offered in sorted(task.offered_to):  # withdrawn by the requeue
+            self._end_offer(task.id, offered)
+        if target_queue != task.queue:
+            task.requirements = None
+        from_queue = task.queue
+        task.queue, task.state, task.agent_id = target_queue, TaskState.WAITING, None
+        entry = self._entry(
+            task, "transferred", by, agent_id=previous,
+            data={"from_queue": from_queue, "to_queue": target_queue, "to_agent": agent},
+        )  # fmt: skip
+        written = self._save(task, [entry], agent_id=previous)
+        if previous is not None and self._on_work_done is not None:
+            self._on_work_done(previous)
+        if written is not None:
+            await written
+        return task
+
+    async def post_message(
+        self, task_id: str, *, sender: str, author: str, text: str
+    ) -> dict[str, Any]:
+        task = self._open(task_id)
+        if sender not in SENDERS:
+            raise InvalidTask(f"expected one of {SENDERS}", field="sender")
+        if not text or len(text) > MAX_MESSAGE_CHARS:
+            raise InvalidTask(f"expected 1-{MAX_MESSAGE_CHARS} characters", field="text")
+        message = {"at": self._wall(), "sender": sender, "author": author, "text": text}
+        task.messages.append(message)
+        if self._metrics is not None:
+            self._metrics.messages.labels(channel=task.channel, sender=sender).inc()
+        self._publish(task, "message", agent_id=task.agent_id, data=message)
+        written = self._submit(TaskWrite(task.row(), messages=[{"task_id": task.id, **message}]))
+        if written is not None:
+            await written
+        return message
+
+    # -- history, events, the store --------------------------------------------------------------
+
+    def _close(self, task: Task, outcome: str) -> None:
+        self.tasks.pop(task.id, None)
+        if task.external_id is not None:
+            self._by_external.pop(task.external_id, None)
+        if self._metrics is not None:
+            self._metrics.ended.labels(channel=task.channel, outcome=outcome).inc()
+
+    def _entry(
+        self,
+        task: Task,
+        event: str,
+        actor: str,
+        *,
+        agent_id: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        entry = {
+            "at": self._wall(),
+            "event": event,
+            "actor": actor,
+            "agent_id": agent_id,
+            "queue": task.queue,
+            "data": data,
+        }
+        task.history.append(entry)
+        return entry
+
+    def _publish(
+        self, task: Task, event: str, *, agent_id: str | None, data: dict[str, Any] | None = None
+    ) -> None:
+        if self._bus is None:
+            return
+        self._bus.publish(
+            Event(
+                type="task",
+                at=self._wall(),
+                event=event,
+                queue=task.queue,
+                agent_id=agent_id,
+                data={
+                    "task_id": task.id,
+                    "channel": task.channel,
+                    "state": task.state.value,
+                    **(data or {}),
+                },
+            )
+        )
+
+    def _save(
+        self,
+        task: Task,
+        entries: list[dict[str, Any]],
+        *,
+        insert: bool = False,
+        agent_id: str | None = None,
+        publish_data: dict[str, Any] | None = None,
+    ) -> asyncio.Future[None] | None:
+        for entry in entries:
+            who = entry["agent_id"] if agent_id is None else agent_id
+            extra = {**(entry["data"] or {}), **(publish_data or {})}
+            self._publish(task, entry["event"], agent_id=who, data=extra or None)
+        return self._submit(
+            TaskWrite(
+                task.row(), insert=insert, events=[{"task_id": task.id, **e} for e in entries]
+            )
+        )
+
+    def _submit(self, write: TaskWrite) -> asyncio.Future[None] | None:
+        return None if self._writer is None else self._writer.submit(write)
+
+    async def _change(
+        self,
+        task: Task,
+        event: str,
+        by: str,
+        *,
+        insert: bool = False,
+        agent_id: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        """One change an API request made: its history entry and event, awaited on disk."""
+        written = self._save(
+            task, [self._entry(task, event, by, agent_id=agent_id, data=data)], insert=insert
+        )
+        if written is not None:
+            await written

@@ -1,0 +1,337 @@
+"""The task service with the real RoutingService, Router and store (SQLite), on a real event loop.
+
+Offers of non-voice tasks come from the same Router as the calls', so the tests below enqueue
+calls next to tasks and check that one agent's capacity is counted across channels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from prometheus_client import CollectorRegistry, generate_latest
+
+import routing_core as rc
+from engine.config import Config, StorageConfig, parse_config
+from engine.routing.service import RoutingService
+from engine.runtime.events import Event, EventBus
+from engine.storage import StorageError, Store, database_url
+from engine.storage.schema import task_events, task_messages, tasks
+from engine.storage.tasks import TaskWriter
+from engine.tasks import (
+    InvalidTask,
+    TaskCollector,
+    TaskConflict,
+    TaskMetrics,
+    TaskService,
+    TaskState,
+)
+
+CONFIG = """
+[[queues]]
+name = "support"
+wrap_up_s = 0.0
+offer_timeout_s = 0.3
+
+[[queues]]
+name = "billing"
+wrap_up_s = 0.0
+
+[[agents]]
+id = "1001"
+skills = { support = 5 }
+queues = { support = 0, billing = 0 }
+capacity = { voice = 1, chat = 2, email = 1 }
+
+[[agents]]
+id = "1002"
+skills = { support = 5 }
+queues = { support = 1 }
+capacity = { voice = 1, chat = 0, email = 3 }
+"""
+
+
+@dataclass
+class Setup:
+    cfg: Config
+    routing: RoutingService
+    service: TaskService
+    writer: TaskWriter
+    store: Store
+    bus_events: list[Event]
+    voice_offers: list[rc.Offer]
+    metrics: TaskMetrics
+    registry: CollectorRegistry
+
+    def offered(self, agent: str) -> list[str]:
+        return sorted(t.id for t in self.service.tasks.values() if agent in t.offered_to)
+
+
+async def until(predicate: Callable[[], bool], timeout_s: float = 3.0) -> None:
+    """Poll: the facts checked live in the Router and the service, which signal nothing."""
+    async with asyncio.timeout(timeout_s):
+        while not predicate():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
+async def build(store: Store, text: str = CONFIG) -> tuple[Setup, asyncio.Task[None]]:
+    cfg = parse_config(text, "t.toml")
+    loop = asyncio.get_running_loop()
+    routing = RoutingService(cfg, loop=loop)
+    writer = TaskWriter(store)
+    runner = asyncio.create_task(writer.run())
+    bus = EventBus()
+    events: list[Event] = []
+    original = bus.publish
+
+    def publish(event: Event) -> None:
+        events.append(event)
+        original(event)
+
+    bus.publish = publish  # type: ignore[method-assign]
+    registry = CollectorRegistry()
+    metrics = TaskMetrics(registry)
+    service = TaskService(cfg, routing, writer=writer, bus=bus, metrics=metrics)
+    registry.register(TaskCollector(lambda: service))
+    voice: list[rc.Offer] = []
+    routing.connect(
+        on_offer=voice.append,
+        on_withdraw=lambda _: None,
+        channels={ch: service.handlers() for ch in ("chat", "email", "social", "ticket")},
+    )
+    return Setup(cfg, routing, service, writer, store, events, voice, metrics, registry), runner
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    if request.param == "sqlite":
+        s = await Store.open(f"sqlite+aiosqlite:///{tmp_path}/acd.sqlite3")
+    else:  # one server for the session: each test starts from empty task tables
+        s = await Store.open(
+            database_url(StorageConfig(url=request.getfixturevalue("postgres_url")))
+        )
+        async with s.engine.begin() as conn:
+            for table in (tasks, task_events, task_messages):
+                await conn.execute(table.delete())
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def setup(store: Store) -> AsyncIterator[Setup]:
+    s, runner = await build(store)
+    yield s
+    s.service.close()
+    s.routing.close()
+    await s.writer.close()
+    await runner
+
+
+async def test_one_agents_capacity_is_counted_across_voice_and_chat(setup: Setup) -> None:
+    s = setup
+    s.routing.login("1001")
+    chats = [
+        (await s.service.create(channel="chat", queue="support", created_by="w"))[0].id
+        for _ in range(3)
+    ]
+    s.routing.enqueue("call-1", "support")
+    await until(lambda: len(s.offered("1001")) == 2 and len(s.voice_offers) == 1)
+    assert s.voice_offers[0].agent_id == "1001"
+    assert s.offered("1001") == sorted(chats[:2])  # the oldest two, never the third
+    for task_id in chats[:2]:
+        await s.service.accept(task_id, "1001", by="agent:1001")
+    s.routing.accept("call-1", "1001")
+    await asyncio.sleep(0.05)
+    assert s.offered("1001") == []
+    assert s.routing.agent_load("1001") == {"voice": (1, 1), "chat": (2, 2), "email": (1, 0)}
+    done = await s.service.complete(chats[0], "1001", by="agent:1001", disposition="resolved")
+    assert done.state is TaskState.COMPLETED
+    await until(lambda: s.offered("1001") == [chats[2]])
+
+
+async def test_an_agent_with_chat_capacity_0_is_never_offered_a_chat(setup: Setup) -> None:
+    s = setup
+    s.routing.login("1002")
+    task, _ = await s.service.create(channel="chat", queue="support", created_by="w")
+    email, _ = await s.service.create(channel="email", queue="support", created_by="w")
+    await until(lambda: s.offered("1002") == [email.id])
+    await asyncio.sleep(0.1)
+    assert task.state is TaskState.WAITING
+    assert task.offered_to == set()
+    s.routing.login("1001")
+    await until(lambda: s.offered("1001") == [task.id])
+
+
+async def test_reject_and_offer_timeout_go_to_the_next_agent(setup: Setup) -> None:
+    s = setup
+    s.routing.login("1001")
+    s.routing.login("1002")
+    task, _ = await s.service.create(channel="email", queue="support", created_by="w")
+    await until(lambda: task.offered_to == {"1001"})  # penalty 0 before penalty 1
+    offered = next(e for e in s.bus_events if e.event == "offered")
+    assert offered.type == "task"
+    assert offered.agent_id == "1001"
+    assert offered.data is not None
+    assert offered.data["task_id"] == task.id
+    with pytest.raises(TaskConflict):
+        await s.service.accept(task.id, "1002", by="agent:1002")  # not offered to 1002
+    await s.service.reject(task.id, "1001", by="agent:1001")
+    await until(lambda: task.offered_to == {"1002"})
+    # 1002 lets the offer time out (0.3 s): nobody is left who was not excluded.
+    await until(lambda: task.state is TaskState.WAITING and not task.offered_to, 2.0)
+    events = [e["event"] for e in task.history]
+    assert events == ["created", "offered", "rejected", "offered", "offer_timeout"]
+    assert [e["agent_id"] for e in task.history[1:]] == ["1001", "1001", "1002", "1002"]
+    text = generate_latest(s.registry).decode()
+    assert 'acd_task_offers_total{channel="email",outcome="timeout"} 1.0' in text
+    assert 'acd_task_offers_total{channel="email",outcome="rejected"} 1.0' in text
+    assert 'acd_queue_waiting_tasks{channel="email",queue="support"} 1.0' in text
+
+
+async def test_bad_fields_are_named_and_external_id_is_idempotent(setup: Setup) -> None:
+    s = setup
+    for kwargs, field in (
+        ({"channel": "fax", "queue": "support"}, "channel"),
+        ({"channel": "voice", "queue": "support"}, "channel"),
+        ({"channel": "chat", "queue": "nope"}, "queue"),
+        ({"channel": "chat", "queue": "support", "requirements": {"karate": 1}}, "requirements.karate"),
+        ({"channel": "chat", "queue": "support", "requirements": {"support": 0}}, "requirements.support"),
+    ):  # fmt: skip
+        with pytest.raises(InvalidTask) as err:
+            await s.service.create(created_by="w", **kwargs)  # type: ignore[arg-type]
+        assert err.value.field == field
+    first, created = await s.service.create(
+        channel="chat", queue="support", created_by="w", external_id="x-1"
+    )
+    again, created_again = await s.service.create(
+        channel="chat", queue="billing", created_by="w", external_id="x-1"
+    )
+    assert (created, created_again, again.id) == (True, False, first.id)
+    assert s.routing.router.waiting("support") == 1
+    assert s.routing.router.waiting("billing") == 0
+
+
+async def test_messages_transfer_and_the_stored_record(setup: Setup) -> None:
+    s = setup
+    s.routing.login("1001")
+    task, _ = await s.service.create(
+        channel="chat",
+        queue="support",
+        created_by="widget",
+        customer={"id": "c1", "name": "Ada", "email": "ada@example.com", "phone": None},
+        subject="Refund",
+    )
+    await until(lambda: task.offered_to == {"1001"})
+    await s.service.accept(task.id, "1001", by="agent:1001")
+    await s.service.post_message(task.id, sender="customer", author="widget", text="hello")
+    await s.service.post_message(task.id, sender="agent", author="agent:1001", text="hi Ada")
+    enqueued = task.enqueued_at
+    await s.service.transfer(task.id, by="agent:1001", queue="billing")
+    await until(lambda: task.offered_to == {"1001"})  # 1001 is in billing too
+    assert task.queue == "billing"
+    assert task.enqueued_at == enqueued
+    await s.service.accept(task.id, "1001", by="agent:1001")
+    await s.service.complete(task.id, "1001", by="agent:1001", disposition="refunded", notes="ok")
+    await s.writer.flush()
+    async with s.store.engine.connect() as conn:
+        row = (await conn.execute(sa.select(tasks))).mappings().one()
+        events = (await conn.execute(sa.select(task_events.c.event))).scalars().all()
+        texts = (await conn.execute(sa.select(task_messages.c.text))).scalars().all()
+    assert row["state"] == "completed"
+    assert row["disposition"] == "refunded"
+    assert row["queue"] == "billing"
+    assert row["agent_id"] == "1001"
+    for stamp in ("arrived_at", "first_offer_at", "accepted_at", "ended_at"):
+        assert row[stamp] is not None
+    assert row["wait_s"] is not None
+    assert row["handle_s"] is not None
+    assert list(events) == [
+        "created", "offered", "accepted", "transferred", "offered", "accepted", "completed",
+    ]  # fmt: skip
+    assert list(texts) == ["hello", "hi Ada"]
+    assert s.routing.agent_state("1001") is rc.AgentState.AVAILABLE  # released, no wrap-up
+    stored = await s.service.stored(task.id)
+    assert stored is not None
+    assert [m["sender"] for m in stored.messages] == ["customer", "agent"]
+
+
+async def test_cancel_withdraws_the_offer(setup: Setup) -> None:
+    s = setup
+    s.routing.login("1001")
+    task, _ = await s.service.create(channel="chat", queue="support", created_by="w")
+    await until(lambda: task.offered_to == {"1001"})
+    await s.service.cancel(task.id, by="widget")
+    assert task.state is TaskState.CANCELLED
+    assert s.service.get(task.id) is None
+    assert s.routing.router.waiting("support") == 0
+    assert s.routing.agent_state("1001") is rc.AgentState.AVAILABLE
+
+
+async def test_a_restart_puts_open_tasks_back_in_their_order(store: Store) -> None:
+    first, runner = await build(store)
+    created = [
+        (await first.service.create(channel="chat", queue="support", created_by="w"))[0]
+        for _ in range(3)
+    ]
+    first.routing.login("1001")
+    await until(lambda: len(first.offered("1001")) == 2)
+    await first.service.accept(created[0].id, "1001", by="agent:1001")
+    before = {t.id: t.enqueued_at for t in created}
+    first.service.close()
+    first.routing.close()
+    await first.writer.close()
+    await runner
+
+    second, runner = await build(store)
+    try:
+        assert await second.service.recover(store) == 3
+        assert {t.id: t.enqueued_at for t in second.service.tasks.values()} == before
+        assert all(t.state is TaskState.WAITING for t in second.service.tasks.values())
+        # 1002 has no chat capacity; 1001 logs in: the assigned one comes back to it first,
+        # then the oldest waiting one (capacity 2).
+        second.routing.login("1001")
+        await until(lambda: len(second.offered("1001")) == 2)
+        assert second.offered("1001") == sorted([created[0].id, created[1].id])
+        history = second.service.tasks[created[0].id].history
+        assert [e["event"] for e in history][-2:] == ["requeued_after_restart", "offered"]
+    finally:
+        second.service.close()
+        second.routing.close()
+        await second.writer.close()
+        await runner
+
+
+async def test_concurrent_creates_with_one_external_id_make_one_task(setup: Setup) -> None:
+    s = setup
+    made = await asyncio.gather(
+        *(
+            s.service.create(channel="chat", queue="support", created_by="w", external_id="dup")
+            for _ in range(5)
+        )
+    )
+    assert len({task.id for task, _ in made}) == 1
+    assert sorted(created for _, created in made) == [False] * 4 + [True]
+    assert s.routing.router.waiting("support") == 1
+
+
+async def test_a_task_the_store_refused_is_not_routed(setup: Setup) -> None:
+    s = setup
+    await s.service.create(channel="chat", queue="support", created_by="w", external_id="x")
+    await s.writer.flush()
+    s.service._by_external.clear()  # forget it in memory: the store's unique index refuses it
+    s.service.tasks.clear()
+    original = s.service._existing
+
+    async def not_found(_external_id: str) -> None:
+        return None
+
+    s.service._existing = not_found  # type: ignore[assignment,method-assign]
+    with pytest.raises(StorageError):
+        await s.service.create(channel="chat", queue="support", created_by="w", external_id="x")
+    s.service._existing = original  # type: ignore[method-assign]
+    assert s.service.tasks == {}
+    assert s.routing.router.waiting("support") == 1  # only the first, which is on disk
