@@ -1,10 +1,10 @@
 """The media half of a browser softphone: `MediaLeg`, in the daemon or in a worker process.
 
-How this works: engine/webrtc/gateway.py keeps the signalling (WebSocket, auth, the session
-registry, the call layer's hooks, metrics); everything that costs CPU per call-second lives in a
-`MediaLeg`: the aiortc ``RTCPeerConnection``, the to-browser track (engine/webrtc/track.py),
-resampling and G.711 work (engine/webrtc/g711.py), Opus (engine/webrtc/opus.py), RFC 4733
-sending and the session's loopback plain RTP socket. A leg reports back through three callbacks
+How this works: engine/webrtc/gateway.py and session.py keep the signalling (WebSocket, auth,
+the session registry, the call layer's hooks, metrics); everything that costs CPU per
+call-second lives in a `MediaLeg`: the aiortc ``RTCPeerConnection``, the to-browser track
+(engine/webrtc/track.py), resampling and G.711 work (engine/webrtc/g711.py), Opus
+(engine/webrtc/opus.py), RFC 4733 sending and the session's loopback plain RTP socket. A leg reports back through three callbacks
 (`MediaEvents`): the peer connection's state, a message for the page, and "this leg failed".
 
 With ``[webrtc] workers = 0`` the gateway runs `MediaLeg` in the daemon's own process and loop.
@@ -85,7 +85,7 @@ _PCMU_HEADER = bytes((0x80, PT_PCMU)) + bytes(10)
 
 
 class MediaEvents(Protocol):
-    """What a leg tells its session (engine.webrtc.gateway.Session), in whichever process it runs."""
+    """What a leg tells its session (engine.webrtc.session.Session), in whichever process it runs."""
 
     def media_state(self, state: str) -> None:
         """The peer connection's state changed (aiortc ``connectionState``)."""
@@ -145,7 +145,7 @@ class _RtpSocket(asyncio.DatagramProtocol):
 class MediaLeg:
     """One agent's media: aiortc peer connection, audio both ways, DTMF, loopback RTP port.
 
-    The API the session uses, identical for the worker's proxy (engine.webrtc.gateway.WorkerMedia):
+    The API the session uses, identical for the worker's proxy (engine.webrtc.session.WorkerMedia):
     `open`, `answer`, `connect_rtp`, `disconnect_rtp`, `dtmf`, `close`, and the read-only
     `rtp_address`, `connection_state`, `stats`, `worker_pid`.
     """

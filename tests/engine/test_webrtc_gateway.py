@@ -29,7 +29,8 @@ from prometheus_client import CollectorRegistry
 
 from engine.config import ConfigError, parse_config
 from engine.webrtc.g711 import install_g711_tap
-from engine.webrtc.gateway import RTC_PATH, CloseCode, WebRtcGateway
+from engine.webrtc.gateway import RTC_PATH, WebRtcGateway
+from engine.webrtc.session import CloseCode
 from sip.rtp.dtmf import parse_telephone_event
 from sip.rtp.g711 import ALAW_TO_ULAW, ULAW_DECODE, ULAW_ENCODE, ULAW_TO_ALAW
 from sip.rtp.packet import parse_rtp
