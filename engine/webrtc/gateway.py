@@ -17,22 +17,28 @@ Between calls no audio flows either way: the page detaches its microphone from t
 agent costs neither Opus/G.711 work nor bandwidth, and its microphone is not streamed to the server.
 
 Audio to the browser: RTP from the connected peer (other sources are dropped and counted) goes into
-a small FIFO; `ToBrowserTrack.recv` paces itself on the loop clock (one 20 ms frame per tick from a
-fixed start, as aiortc's own ``AudioStreamTrack`` does) and hands aiortc the next frame, or silence
-when no RTP is flowing (no call, hold, loss). With G.711 towards the browser (the usual case) the
-frame is the call's payload bytes (PCMA <-> PCMU by a byte table), sent without aiortc's
-per-packet sender loop: nothing is decoded or encoded (engine/webrtc/g711.py, track.py). With
-Opus the FIFO holds PCM (G.711 tables) and aiortc encodes. Audio from the browser: G.711 packets
-are relayed to the call as they came, right after SRTP, with their own sequence and timing
-mapped onto the session's stream; Opus is decoded by aiortc, resampled to 8 kHz and encoded
-to PCMU. Either way it leaves in 160-sample packets through an `OutboundStream`
-(own SSRC; a marker and a timestamp jump when a new call is connected). Keypad digits become
-RFC 4733 packets on that same stream (voice is held back while an event is on the wire, so the
-far end's detector sees a clean event).
+a small FIFO in `ToBrowserTrack`, which keeps the media time: one 20 ms frame per tick from its
+first, silence when no RTP is flowing (no call, hold, loss). With G.711 towards the browser (the
+usual case) the frames are the call's payload bytes (PCMA <-> PCMU by a byte table): nothing is
+decoded or encoded (engine/webrtc/g711.py). With Opus the FIFO holds PCM (the G.711 tables) and
+each frame is encoded on the event loop, 8 kHz narrowband Opus by PyAV's libopus
+(engine/webrtc/opus.py). Either way `_LeanSender` sends the frames through aiortc's DTLS
+transport instead of aiortc's per-packet sender loop, all the legs of a process paced by one
+20 ms clock (engine/webrtc/track.py). Where aiortc's sender internals are not the ones we know,
+aiortc's sender pulls the frames itself (`ToBrowserTrack.recv`, paced on the loop clock) and
+encodes the Opus ones in its own thread pool. Audio from the browser: G.711 packets are relayed
+to the call as they came, right after SRTP, with their own sequence and timing mapped onto the
+session's stream; Opus frames are taken from aiortc's jitter buffer before its decoder thread,
+decoded on the event loop by PyAV (libopus at 48 kHz, resampled to 8 kHz) and encoded to PCMU
+(where aiortc's receiver internals are not the ones we know, its decoder thread decodes and the
+leg resamples and encodes). Either way it leaves in 160-sample packets through an
+`OutboundStream` (own SSRC; a marker and a timestamp jump when a new call is connected). Keypad
+digits become RFC 4733 packets on that same stream (voice is held back while an event is on the
+wire, so the far end's detector sees a clean event).
 
 Codecs with the browser: the gateway's transceiver prefers PCMU, then PCMA, then Opus; the page asks
-for PCMU first too. With a G.711 caller that spares the Opus encode (the expensive half of an aiortc
-leg); a browser that offers only Opus still works.
+for PCMU first too. With a G.711 caller that spares Opus coding altogether (a G.711 leg neither
+decodes nor encodes); a browser that offers only Opus still works.
 
 Signalling: a WebSocket at `RTC_PATH`. Browsers cannot set headers on a WebSocket, so (as the event
 stream does) the first message authenticates; only agents whose config says ``login = "webrtc"`` may
@@ -66,15 +72,16 @@ error (also "media worker died"), 1001 daemon shutting down, 1000 normal (after 
 one session closes that session with its reason; it never reaches the daemon.
 
 Worker processes (``[webrtc] workers = N``, issue #8): a leg costs tens of ms of CPU per
-call-second, all of it in aiortc, PyAV and the G.711 work, none in the signalling. So the
-signalling (this module: WebSocket, auth, registry, the call layer's hooks, metrics; and each
-`Session`, engine/webrtc/session.py) always stays in the daemon, and a session's media
-(engine.webrtc.leg.MediaLeg) runs either in this process (N = 0) or, through a `WorkerMedia`
-proxy with the same API, in one of N worker processes (the one with the fewest sessions). The worker's RTP socket is the session's ``rtp_address``, so the bridge talks to the
-worker directly. `WorkerPool` starts the workers with the gateway, restarts one that dies (its
-sessions close with 1011 "media worker died"; counted in ``acd_webrtc_worker_restarts_total``;
-``/readyz`` names it until its replacement is up) and stops them at shutdown, after the sessions.
-The call layer cannot tell the two modes apart.
+call-second, all of it in aiortc, PyAV and the G.711 work, none in the signalling. So the signalling
+(this module: WebSocket, auth, registry, the call layer's hooks, metrics; and each `Session`,
+engine/webrtc/session.py) always stays in the daemon, and a session's media
+(engine.webrtc.leg.MediaLeg) runs either in this process (N = 0) or, through a `WorkerMedia` proxy
+with the same API, in one of N worker processes (the one with the fewest sessions). The worker's RTP
+socket is the session's ``rtp_address``, so the bridge talks to the worker directly. `WorkerPool`
+starts the workers with the gateway, restarts one that dies (its sessions close with 1011 "media
+worker died"; counted in ``acd_webrtc_worker_restarts_total``; ``/readyz`` names it until its
+replacement is up) and stops them at shutdown, after the sessions. The call layer cannot tell the
+two modes apart.
 
 ICE host candidates: aioice has no per-connection interface list and always skips 127.0.0.1, so the
 media side (in whichever process it runs) replaces ``aioice.ice.get_host_addresses`` (process-wide) with one that returns

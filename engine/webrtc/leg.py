@@ -1,10 +1,10 @@
 """The media half of a browser softphone: `MediaLeg`, in the daemon or in a worker process.
 
-How this works: engine/webrtc/gateway.py and session.py keep the signalling (WebSocket, auth,
-the session registry, the call layer's hooks, metrics); everything that costs CPU per
-call-second lives in a `MediaLeg`: the aiortc ``RTCPeerConnection``, the to-browser track
-(engine/webrtc/track.py), resampling and G.711 work (engine/webrtc/g711.py), Opus
-(engine/webrtc/opus.py), RFC 4733 sending and the session's loopback plain RTP socket. A leg reports back through three callbacks
+How this works: engine/webrtc/gateway.py and session.py keep the signalling (WebSocket, auth, the
+session registry, the call layer's hooks, metrics); everything that costs CPU per call-second lives
+in a `MediaLeg`: the aiortc ``RTCPeerConnection``, the to-browser track (engine/webrtc/track.py),
+resampling and G.711 work (engine/webrtc/g711.py), Opus (engine/webrtc/opus.py), RFC 4733 sending
+and the session's loopback plain RTP socket. A leg reports back through three callbacks
 (`MediaEvents`): the peer connection's state, a message for the page, and "this leg failed".
 
 With ``[webrtc] workers = 0`` the gateway runs `MediaLeg` in the daemon's own process and loop.
