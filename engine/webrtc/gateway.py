@@ -22,7 +22,7 @@ first, silence when no RTP is flowing (no call, hold, loss). With G.711 towards 
 usual case) the frames are the call's payload bytes (PCMA <-> PCMU by a byte table): nothing is
 decoded or encoded (engine/webrtc/g711.py). With Opus the FIFO holds PCM (the G.711 tables) and
 each frame is encoded on the event loop, 8 kHz narrowband Opus by PyAV's libopus
-(engine/webrtc/opus.py). Either way `_LeanSender` sends the frames through aiortc's DTLS
+(engine/webrtc/opus.py). Either way `LeanSender` sends the frames through aiortc's DTLS
 transport instead of aiortc's per-packet sender loop, all the legs of a process paced by one
 20 ms clock (engine/webrtc/track.py). Where aiortc's sender internals are not the ones we know,
 aiortc's sender pulls the frames itself (`ToBrowserTrack.recv`, paced on the loop clock) and

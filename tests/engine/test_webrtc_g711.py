@@ -33,7 +33,7 @@ from engine.webrtc.g711 import (
     g711_receiver_supported,
     install_g711_tap,
 )
-from engine.webrtc.opus import _OpusDecoder, _OpusEncoder
+from engine.webrtc.opus import OpusDecoder, OpusEncoder
 from engine.webrtc.track import ToBrowserTrack, g711_sender_supported
 from sip.rtp.g711 import ALAW_TO_ULAW, ULAW_TO_ALAW
 
@@ -111,7 +111,7 @@ def test_law_translation_is_the_table() -> None:
 
 
 # -- the aiortc internals the receive-side tap relies on ------------------------------------------
-# engine.webrtc.g711._G711Tap takes the place of RTCRtpReceiver's decoder queue. If aiortc
+# engine.webrtc.g711.G711Tap takes the place of RTCRtpReceiver's decoder queue. If aiortc
 # changes any of this, these tests fail (and the gateway logs a warning and falls back to
 # decoding): read aiortc's new rtcrtpreceiver.py before moving the pin in pyproject.toml.
 
@@ -216,11 +216,11 @@ async def test_step_keeps_media_time_per_leg_on_a_shared_clock() -> None:
 
 
 def test_opus_on_the_loop_carries_the_tone_both_ways() -> None:
-    """The call's 8 kHz PCM through `_OpusEncoder` (one packet per 20 ms frame) and back through
-    `_OpusDecoder` (8 kHz again): the tone is the tone, and 20 ms in is 20 ms out."""
+    """The call's 8 kHz PCM through `OpusEncoder` (one packet per 20 ms frame) and back through
+    `OpusDecoder` (8 kHz again): the tone is the tone, and 20 ms in is 20 ms out."""
     t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
     pcm = (8000 * np.sin(2 * np.pi * 440 * t)).astype(np.int16)
-    encoder, decoder = _OpusEncoder(), _OpusDecoder()
+    encoder, decoder = OpusEncoder(), OpusDecoder()
     packets = [
         encoder.encode(pcm[i : i + FRAME_SAMPLES].tobytes())
         for i in range(0, len(pcm), FRAME_SAMPLES)
