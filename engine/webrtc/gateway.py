@@ -114,6 +114,7 @@ from engine.webrtc.session import (
     Session,
     WorkerMedia,
 )
+from engine.webrtc.track import stop_media_clock
 
 __all__ = ["RTC_PATH", "WebRtcGateway"]
 
@@ -307,6 +308,7 @@ class WebRtcGateway:
         await asyncio.gather(
             *(s.close(CloseCode.GOING_AWAY, "server shutting down") for s in list(self._live))
         )
+        await stop_media_clock()  # the legs' clock in this process (workers = 0)
         if self._workers is not None:
             await self._workers.close()
 

@@ -15,7 +15,9 @@ pulls the frames itself with `ToBrowserTrack.recv`, which paces itself on the lo
 
 One clock per process: every lean sender's frame is sent from one 20 ms timer (`_MediaClock`),
 not one timer per leg (a timer, a sleeping task and its wake-up per leg per frame: 10-25 % of a
-PCMU leg's CPU in bench_webrtc.py). Legs are on it only while a call is connected.
+PCMU leg's CPU in bench_webrtc.py). Legs are on it only while a call is connected. Its task is
+owned by the clock, which cancels it when the last leg leaves; the owner of a process's legs
+awaits it at shutdown (`stop_media_clock`).
 """
 
 from __future__ import annotations
@@ -320,6 +322,15 @@ class LeanSender:
         setattr(sender, _SR_OCTETS, getattr(sender, _SR_OCTETS) + len(payload))
 
 
+async def stop_media_clock() -> None:
+    """Stop this event loop's media clock and wait for its task, if it has one: for whoever owns
+    the loop's legs (the gateway with ``[webrtc] workers = 0``, else each worker), at its
+    shutdown, after closing them (a closed leg is off the clock already)."""
+    clock = _MediaClock._by_loop.get(asyncio.get_running_loop())
+    if clock is not None:
+        await clock.close()
+
+
 class _MediaClock:
     """One 20 ms timer for every `LeanSender` of an event loop (a process, in a worker).
 
@@ -338,6 +349,8 @@ class _MediaClock:
     def __init__(self) -> None:
         self._senders: dict[LeanSender, None] = {}  # insertion-ordered set
         self._task: asyncio.Task[None] | None = None
+        #: Runs cancelled when the last sender left that have not ended yet: `close` awaits them.
+        self._stopping: set[asyncio.Task[None]] = set()
 
     @classmethod
     def of_running_loop(cls) -> _MediaClock:
@@ -354,9 +367,22 @@ class _MediaClock:
 
     def discard(self, sender: LeanSender) -> None:
         self._senders.pop(sender, None)
-        if not self._senders and self._task is not None:
-            self._task.cancel()  # owned here: nothing awaits the clock but its senders
-            self._task = None
+        if not self._senders:
+            self._stop()
+
+    def _stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            self._stopping.add(task)
+            task.add_done_callback(self._stopping.discard)
+
+    async def close(self) -> None:
+        """Stop the clock and wait until its task has ended; senders still on it get no more
+        frames. The clock starts again if a sender is added later."""
+        self._senders.clear()
+        self._stop()
+        await asyncio.gather(*self._stopping, return_exceptions=True)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

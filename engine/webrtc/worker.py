@@ -54,6 +54,7 @@ from engine.webrtc.protocol import (
     StateChanged,
     ToWorker,
 )
+from engine.webrtc.track import stop_media_clock
 
 log = structlog.stdlib.get_logger("acd.webrtc")
 
@@ -103,6 +104,7 @@ class _Worker:
                 *(leg.close() for leg in self._legs.values()),
                 return_exceptions=True,
             )
+            await stop_media_clock()
 
     async def _read_until_closed(self, reader: asyncio.StreamReader) -> None:
         decoder = msgspec.msgpack.Decoder(ToWorker)
