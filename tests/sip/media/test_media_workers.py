@@ -7,7 +7,8 @@ writes the stereo recording (caller left, agent right, each tone on its channel)
 from the worker, the legs come back with the very same stream (no sequence jump), and a worker
 killed mid-call loses neither the call (the daemon relays it again) nor the rest of its recording
 (the call layer is told, and the daemon's own bridge feeds the sink it hands back, still paused).
-A worker served in this process ends the tasks it started when its control stream closes.
+A worker served in this process ends the tasks it started when its control stream closes, and
+the daemon's side waits at shutdown for the legs it is bringing home.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import socket
 import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -34,6 +36,7 @@ from media_helpers import (
 )
 from prometheus_client import CollectorRegistry
 
+from engine.media import offload
 from engine.media.offload import MediaWorkers, RemoteBridge
 from engine.media.worker import _Worker
 from engine.recording.service import RecordingLost
@@ -358,3 +361,51 @@ async def test_a_worker_ends_its_stats_reporter_with_its_control_stream() -> Non
         fd_daemon.close()
         fd_worker.close()
     assert [t for t in started if not t.done()] == []
+
+
+async def test_shutdown_waits_for_the_legs_coming_home(
+    allocator: PortAllocator,
+    stats: MediaStats,
+    clock: MediaClock,
+    workers: MediaWorkers,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Stopping the workers brings the legs of a call they carry home (a take-back, a task the
+    pool owns): `close` returns only once it has ended, waited for, then cancelled after
+    `TAKE_BACK_CLOSE_TIMEOUT_S` when it is stuck."""
+    monkeypatch.setattr(offload, "TAKE_BACK_CLOSE_TIMEOUT_S", 0.3)
+    phone_a, phone_b = await open_phone(), await open_phone()
+    caller = await open_endpoint(allocator, stats, remote=phone_a.address, clock=clock)
+    agent = await open_endpoint(allocator, stats, remote=phone_b.address, clock=clock)
+    loop = asyncio.get_running_loop()
+    bridge = RemoteBridge(
+        workers, caller, agent, stats=stats, clock=clock, prompts=PromptCache(), call_id="c4"
+    )
+    bridge.start(loop.time())
+    assert bridge.carried_by is not None
+    reattach = caller.reattach
+    cancelled: list[bool] = []
+
+    async def stuck(state: Any) -> None:
+        # Stuck until cancelled; then it comes home after all, so that the rest of the
+        # take-back runs and close has a task to wait for to its end.
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+        await reattach(state)
+
+    monkeypatch.setattr(caller, "reattach", stuck)
+    started = loop.time()
+    await workers.close()
+    assert loop.time() - started >= 0.3
+    assert cancelled == [True]
+    assert bridge.home.done()
+    assert not caller.detached
+    assert not agent.detached
+    bridge.stop(loop.time())  # (the take-back started a local bridge: the call goes on here)
+    caller.close()
+    agent.close()
+    for p in (phone_a, phone_b):
+        assert p.transport is not None
+        p.transport.close()
