@@ -158,7 +158,7 @@ async def _load(conn: Connection, url: str, indices: range, codec: str) -> None:
     from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
     from aiortc.rtp import RtpPacket
 
-    from engine.webrtc.g711 import _DECODER_QUEUE_ATTR, _RECEIVER_STREAMS, _Seen
+    from engine.webrtc.g711 import _RECEIVER_STREAMS, DECODER_QUEUE_ATTR, _Seen
     from engine.webrtc.leg import set_host_addresses
     from engine.webrtc.track import _SR_NTP, _SR_OCTETS, _SR_PACKETS, _SR_RTP
 
@@ -210,7 +210,7 @@ async def _load(conn: Connection, url: str, indices: range, codec: str) -> None:
             self.transceiver = self.pc.addTransceiver(self.mic, direction="sendrecv")
             caps = RTCRtpSender.getCapabilities("audio").codecs
             self.transceiver.setCodecPreferences([c for c in caps if c.mimeType.lower() == codec])
-            setattr(self.transceiver.receiver, _DECODER_QUEUE_ATTR, Discard())
+            setattr(self.transceiver.receiver, DECODER_QUEUE_ATTR, Discard())
             await self.pc.setLocalDescription(await self.pc.createOffer())
             await self.ws.send_json({"type": "offer", "sdp": self.pc.localDescription.sdp})
             while True:

@@ -49,7 +49,7 @@ class AgentLeg:
     # the last offer it sent us (None until its first re-INVITE).
     local_sdp: Any = None
     last_offer_in: Any = None
-    # A browser agent's softphone (engine.webrtc.gateway.Session): the leg's far end is its loopback
+    # A browser agent's softphone (engine.webrtc.session.Session): the leg's far end is its loopback
     # RTP port, ringing and answering happen over its WebSocket instead of SIP.
     softphone: Any = None
     # RFC 3263 4.3: the targets (listener endpoint, address) still to try if the current one

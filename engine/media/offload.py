@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import msgspec
@@ -65,6 +65,10 @@ SAMPLE_RATE = 8000
 WORKER_DIED = "media worker died"
 #: At shutdown: how long a worker may take to finish the recordings of the calls that just ended.
 RECORDING_CLOSE_TIMEOUT_S = 5.0
+#: At shutdown: how long legs still coming home (a take-back) may take before they are cancelled.
+#: Reattaching a leg is two ``create_datagram_endpoint`` calls on sockets it already holds (well
+#: under a millisecond): this long means it is stuck.
+TAKE_BACK_CLOSE_TIMEOUT_S = 1.0
 
 
 class MediaWorkerGone(Exception):
@@ -153,23 +157,43 @@ class MediaWorkers:
         )
         self._recordings: dict[str, RemoteRecording] = {}
         self._writer_errors: dict[int, str] = {}
+        #: Bridges' legs being reattached here (`take_back`): `close` waits for them.
+        self._taking_back: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         await self.pool.start()
 
     async def close(self) -> None:
         """Shutdown, after the calls ended: recordings still being finished by a worker get
-        `RECORDING_CLOSE_TIMEOUT_S` to come back, then the workers stop."""
+        `RECORDING_CLOSE_TIMEOUT_S` to come back, then the workers stop, and the legs they still
+        carried come home (`TAKE_BACK_CLOSE_TIMEOUT_S`)."""
         pending = [r.result for r in self._recordings.values()]
         if pending:
             await asyncio.wait(pending, timeout=RECORDING_CLOSE_TIMEOUT_S)
-        await self.pool.close()
+        await self.pool.close()  # the calls it carried come home: more take-backs
+        await self._end_take_backs()
         for recording in self._recordings.values():
             settle(recording.result, exc=RuntimeError("the daemon stopped its media workers"))
         self._recordings.clear()
 
     def not_ready(self) -> str | None:
         return self.pool.not_ready()
+
+    def take_back(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run a bridge's take-back (its legs reattached here), owned by the pool: `close` waits
+        for it, and cancels it after `TAKE_BACK_CLOSE_TIMEOUT_S`."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._taking_back.add(task)
+        task.add_done_callback(self._taking_back.discard)
+
+    async def _end_take_backs(self) -> None:
+        if not self._taking_back:
+            return
+        _, stuck = await asyncio.wait(set(self._taking_back), timeout=TAKE_BACK_CLOSE_TIMEOUT_S)
+        for task in stuck:
+            task.cancel()
+        if stuck:
+            await asyncio.wait(stuck)
 
     def writer_error(self) -> str | None:
         """A worker's recording writer is failing (for /readyz), or None."""
@@ -239,7 +263,6 @@ class RemoteBridge:
         self._music: list[tuple[str, list[str], list[str]] | None] = [None, None]
         self._local: Bridge | None = None
         self._players: list[LegPlayer | None] = [None, None]
-        self._taking_back: asyncio.Task[None] | None = None
         #: Done when the legs are carried by this process again (after `stop`, or a take-back):
         #: a new bridge of the same leg must wait for it.
         self.home: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -469,7 +492,7 @@ class RemoteBridge:
             if self.stopped_at is None:
                 self._start_local()
 
-        self._taking_back = asyncio.ensure_future(reattach())
+        self._workers.take_back(reattach())
 
     def _start_local(self) -> None:
         settle(self.home)

@@ -114,30 +114,32 @@ class _Worker:
         gc.collect()
         gc.freeze()
         self.send(Ready(os.getpid()))
-        decoder = msgspec.msgpack.Decoder(ToWorker)
-        reporter = asyncio.ensure_future(self._report_stats())
         try:
-            while True:
-                try:
-                    message = await read_frame(reader, decoder)
-                except ChannelClosed as exc:
-                    log.info("media_worker_channel_closed", reason=str(exc))
-                    return
-                try:
-                    await self._dispatch(message)
-                except Exception as exc:  # our bug: it ends that call's stay here, not the worker
-                    log.exception("media_worker_error", sid=message.sid)
-                    self._drop(message.sid)
-                    self.send(Failed(message.sid, f"internal error in worker: {exc!r}"))
+            async with asyncio.TaskGroup() as tasks:
+                reporter = tasks.create_task(self._report_stats())
+                await self._read_until_closed(reader)
+                reporter.cancel()  # (on an error the group cancels it)
         finally:
-            reporter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reporter
             for sid in list(self._calls):
                 self._drop(sid)
             for writer in self._writers.values():
                 await asyncio.to_thread(writer.stop)
             self.clock.stop()
+
+    async def _read_until_closed(self, reader: asyncio.StreamReader) -> None:
+        decoder = msgspec.msgpack.Decoder(ToWorker)
+        while True:
+            try:
+                message = await read_frame(reader, decoder)
+            except ChannelClosed as exc:
+                log.info("media_worker_channel_closed", reason=str(exc))
+                return
+            try:
+                await self._dispatch(message)
+            except Exception as exc:  # our bug: it ends that call's stay here, not the worker
+                log.exception("media_worker_error", sid=message.sid)
+                self._drop(message.sid)
+                self.send(Failed(message.sid, f"internal error in worker: {exc!r}"))
 
     async def _dispatch(self, message: Any) -> None:
         if isinstance(message, Attach):

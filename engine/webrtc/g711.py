@@ -8,12 +8,12 @@ re-cuts payloads into 20 ms frames and rewrites the law with a byte table when t
 differ.
 
 From the browser, two hooks skip aiortc's per-packet Python, which is most of what is left once
-nothing is transcoded: `_G711Receiver` takes the browser's 20 ms packets right after SRTP and
+nothing is transcoded: `G711Receiver` takes the browser's 20 ms packets right after SRTP and
 hands them to the leg, which relays them to the call with their own sequence and timing (as the
 SIP bridge relays); it keeps aiortc's receiver statistics fed, so RTCP receiver reports stay
 true. What it does not take (the first packet of a stream, odd sizes, padding) goes aiortc's
-way, with `_G711Tap` taking G.711 frames (and, once negotiated, Opus ones) off before its
-decoder thread. The way towards the browser, `_LeanSender`, is in engine/webrtc/track.py.
+way, with `G711Tap` taking G.711 frames (and, once negotiated, Opus ones) off before its
+decoder thread. The way towards the browser, `LeanSender`, is in engine/webrtc/track.py.
 
 The aiortc internals this relies on are pinned (pyproject.toml) and checked by
 tests/engine/test_webrtc_g711.py; if they are missing at run time a leg logs a warning and takes
@@ -34,7 +34,7 @@ SAMPLE_RATE = 8000
 FRAME_SAMPLES = 160  # 20 ms at 8 kHz: the ptime of every G.711 peer and of aiortc's audio
 PT_PCMU = 0
 PT_PCMA = 8
-_TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
+TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
 
 #: Audio buffered towards the browser at most (frames). Network jitter on loopback is well below
 #: this; beyond it the oldest audio is dropped so latency cannot creep up over a long call.
@@ -43,12 +43,12 @@ MAX_BUFFERED_FRAMES = 6
 # -- G.711 passed through as it is ------------------------------------------------------------------
 
 #: Payload rewriting between the two laws, one `bytes.translate` per packet (no PCM in between).
-_ULAW_TO_ALAW = ULAW_TO_ALAW.tobytes()
-_ALAW_TO_ULAW = ALAW_TO_ULAW.tobytes()
+ULAW_TO_ALAW_BYTES = ULAW_TO_ALAW.tobytes()
+ALAW_TO_ULAW_BYTES = ALAW_TO_ULAW.tobytes()
 #: payload type of what comes in -> payload type wanted -> translation table (None: as it is)
 _TRANSLATE: dict[int, dict[int, bytes | None]] = {
-    PT_PCMU: {PT_PCMU: None, PT_PCMA: _ULAW_TO_ALAW},
-    PT_PCMA: {PT_PCMU: _ALAW_TO_ULAW, PT_PCMA: None},
+    PT_PCMU: {PT_PCMU: None, PT_PCMA: ULAW_TO_ALAW_BYTES},
+    PT_PCMA: {PT_PCMU: ALAW_TO_ULAW_BYTES, PT_PCMA: None},
 }
 _G711_SILENCE = {PT_PCMU: bytes((ULAW_SILENCE,)), PT_PCMA: bytes((ALAW_SILENCE,))}
 
@@ -100,7 +100,7 @@ class G711Frames:
         self._buf.clear()
 
 
-class _G711Tap(queue.Queue[Any]):
+class G711Tap(queue.Queue[Any]):
     """aiortc's hand-off from a receiver to its decoder thread, with G.711 frames taken out.
 
     ``RTCRtpReceiver`` (aiortc 1.16) puts every encoded frame the jitter buffer releases, as a
@@ -122,7 +122,7 @@ class _G711Tap(queue.Queue[Any]):
         if item is not None:
             codec, frame = item
             mime = codec.mimeType.lower()
-            payload_type = _G711_PAYLOAD_TYPES.get(mime)
+            payload_type = G711_PAYLOAD_TYPES.get(mime)
             if payload_type is not None:
                 self._sink(frame.data, payload_type)
                 return
@@ -132,28 +132,28 @@ class _G711Tap(queue.Queue[Any]):
         super().put(item, block, timeout)
 
 
-_G711_PAYLOAD_TYPES = {"audio/pcmu": PT_PCMU, "audio/pcma": PT_PCMA}
+G711_PAYLOAD_TYPES = {"audio/pcmu": PT_PCMU, "audio/pcma": PT_PCMA}
 #: The receiver's decoder hand-off (name-mangled private of ``aiortc.RTCRtpReceiver``).
-_DECODER_QUEUE_ATTR = "_RTCRtpReceiver__decoder_queue"
+DECODER_QUEUE_ATTR = "_RTCRtpReceiver__decoder_queue"
 
 
 def install_g711_tap(receiver: Any, sink: Callable[[bytes, int], None]) -> bool:
-    """Divert ``receiver``'s G.711 frames to ``sink`` (see `_G711Tap`); False if aiortc's
+    """Divert ``receiver``'s G.711 frames to ``sink`` (see `G711Tap`); False if aiortc's
     internals are not the ones we know (the leg then decodes and re-encodes, as before)."""
-    current = getattr(receiver, _DECODER_QUEUE_ATTR, None)
+    current = getattr(receiver, DECODER_QUEUE_ATTR, None)
     if type(current) is not queue.Queue or not current.empty():
         return False
-    setattr(receiver, _DECODER_QUEUE_ATTR, _G711Tap(sink))
+    setattr(receiver, DECODER_QUEUE_ATTR, G711Tap(sink))
     return True
 
 
-#: What `_G711Receiver` needs of aiortc 1.16 (tests/engine/test_webrtc_g711.py): the DTLS
+#: What `G711Receiver` needs of aiortc 1.16 (tests/engine/test_webrtc_g711.py): the DTLS
 #: transport's per-packet RTP handler, and the receiver's RTCP receiver-report statistics.
 _RECEIVER_STREAMS = "_RTCRtpReceiver__remote_streams"
 
 
 def g711_receiver_supported(receiver: Any) -> bool:
-    """Whether aiortc's internals are those `_G711Receiver` was written against."""
+    """Whether aiortc's internals are those `G711Receiver` was written against."""
     transport = getattr(receiver, "transport", None)
     streams = getattr(receiver, _RECEIVER_STREAMS, None)
     return isinstance(streams, dict) and callable(getattr(transport, "_handle_rtp_data", None))
@@ -173,7 +173,7 @@ class _Seen:
 _LEAN_FIRST_BYTE_MASK = 0xEF  # version, padding, CSRC count (the extension bit may be set)
 
 
-class _G711Receiver:
+class G711Receiver:
     """G.711 from the browser without aiortc's per-packet receive path.
 
     Once a browser stream is known (its first packet went the normal way, which made aiortc's
@@ -183,7 +183,7 @@ class _G711Receiver:
     with the browser's own sequence and timestamps mapped onto the leg's stream, so loss and
     reordering reach the far end as they happened (as a SIP bridge relays). Anything else (other
     payload types, other sizes, padding, a new SSRC) goes aiortc's way: parse, jitter buffer,
-    `_G711Tap` or its decoder.
+    `G711Tap` or its decoder.
     """
 
     def __init__(

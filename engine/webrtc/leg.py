@@ -1,10 +1,10 @@
 """The media half of a browser softphone: `MediaLeg`, in the daemon or in a worker process.
 
-How this works: engine/webrtc/gateway.py keeps the signalling (WebSocket, auth, the session
-registry, the call layer's hooks, metrics); everything that costs CPU per call-second lives in a
-`MediaLeg`: the aiortc ``RTCPeerConnection``, the to-browser track (engine/webrtc/track.py),
-resampling and G.711 work (engine/webrtc/g711.py), Opus (engine/webrtc/opus.py), RFC 4733
-sending and the session's loopback plain RTP socket. A leg reports back through three callbacks
+How this works: engine/webrtc/gateway.py and session.py keep the signalling (WebSocket, auth, the
+session registry, the call layer's hooks, metrics); everything that costs CPU per call-second lives
+in a `MediaLeg`: the aiortc ``RTCPeerConnection``, the to-browser track (engine/webrtc/track.py),
+resampling and G.711 work (engine/webrtc/g711.py), Opus (engine/webrtc/opus.py), RFC 4733 sending
+and the session's loopback plain RTP socket. A leg reports back through three callbacks
 (`MediaEvents`): the peer connection's state, a message for the page, and "this leg failed".
 
 With ``[webrtc] workers = 0`` the gateway runs `MediaLeg` in the daemon's own process and loop.
@@ -14,7 +14,7 @@ control stream (engine/webrtc/protocol.py). The leg's RTP socket is the session'
 moving a leg out of the daemon adds no hop to the audio path.
 
 The answer to the page's offer sets each direction's path: with G.711, the call's bytes as they
-are (`_LeanSender` towards the browser; `_G711Receiver`, or `_G711Tap` after aiortc's jitter
+are (`LeanSender` towards the browser; `G711Receiver`, or `G711Tap` after aiortc's jitter
 buffer, from it); with Opus, PyAV's libopus on the loop through the same sender and tap; where
 aiortc's internals are not the ones we know, aiortc's own path (its decoder thread, then
 `_from_browser` here re-encodes to PCMU).
@@ -49,22 +49,22 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from engine.config import WebRtcConfig
 from engine.webrtc.g711 import (
-    _ALAW_TO_ULAW,
-    _DECODER_QUEUE_ATTR,
-    _G711_PAYLOAD_TYPES,
+    ALAW_TO_ULAW_BYTES,
+    DECODER_QUEUE_ATTR,
     FRAME_SAMPLES,
+    G711_PAYLOAD_TYPES,
     PT_PCMA,
     PT_PCMU,
     SAMPLE_RATE,
     G711Frames,
-    _G711Receiver,
-    _G711Tap,
+    G711Receiver,
+    G711Tap,
     g711_receiver_supported,
     install_g711_tap,
 )
-from engine.webrtc.opus import _OpusDecoder, _OpusEncoder
+from engine.webrtc.opus import OpusDecoder, OpusEncoder
 from engine.webrtc.protocol import LegStats
-from engine.webrtc.track import ToBrowserTrack, _LeanSender, g711_sender_supported
+from engine.webrtc.track import LeanSender, ToBrowserTrack, g711_sender_supported
 from sip.rtp.dtmf import dtmf_packets
 from sip.rtp.g711 import ULAW_ENCODE
 from sip.rtp.packet import RtpError, parse_rtp
@@ -85,7 +85,7 @@ _PCMU_HEADER = bytes((0x80, PT_PCMU)) + bytes(10)
 
 
 class MediaEvents(Protocol):
-    """What a leg tells its session (engine.webrtc.gateway.Session), in whichever process it runs."""
+    """What a leg tells its session (engine.webrtc.session.Session), in whichever process it runs."""
 
     def media_state(self, state: str) -> None:
         """The peer connection's state changed (aiortc ``connectionState``)."""
@@ -145,7 +145,7 @@ class _RtpSocket(asyncio.DatagramProtocol):
 class MediaLeg:
     """One agent's media: aiortc peer connection, audio both ways, DTMF, loopback RTP port.
 
-    The API the session uses, identical for the worker's proxy (engine.webrtc.gateway.WorkerMedia):
+    The API the session uses, identical for the worker's proxy (engine.webrtc.session.WorkerMedia):
     `open`, `answer`, `connect_rtp`, `disconnect_rtp`, `dtmf`, `close`, and the read-only
     `rtp_address`, `connection_state`, `stats`, `worker_pid`.
     """
@@ -181,10 +181,10 @@ class MediaLeg:
             [c for name in CODEC_PREFERENCE for c in caps if c.mimeType.lower() == name.lower()]
         )
         # G.711 from the browser goes out as it came in, without the decoder thread (see
-        # `_G711Tap`); other codecs (Opus) are decoded by aiortc and re-encoded in _from_browser.
+        # `G711Tap`); other codecs (Opus) are decoded by aiortc and re-encoded in _from_browser.
         self._from_g711 = G711Frames(PT_PCMU)
         self._g711_failed = False
-        self._lean_sender: _LeanSender | None = None
+        self._lean_sender: LeanSender | None = None
         self._opus_pending = np.empty(0, dtype=np.int16)
         if not install_g711_tap(self._transceiver.receiver, self._g711_from_browser):
             log.warning(
@@ -237,18 +237,18 @@ class MediaLeg:
             raise OfferError(f"bad offer: {type(exc).__name__}: {exc}"[:120]) from exc
         answer = self._pc.localDescription.sdp
         codec = _first_codec(answer)
-        payload_type = _G711_PAYLOAD_TYPES.get(f"audio/{codec.lower()}")
+        payload_type = G711_PAYLOAD_TYPES.get(f"audio/{codec.lower()}")
         if payload_type is not None:
             self._track.use_g711(payload_type)
             receiver = self._transceiver.receiver
             if g711_receiver_supported(receiver):
-                _G711Receiver(receiver, self._relay_from_browser)
+                G711Receiver(receiver, self._relay_from_browser)
             sender = self._transceiver.sender
             if g711_sender_supported(sender):
                 # aiortc's sender loop waits for a frame only once ICE and DTLS are up, long
-                # after this: it never gets one, `_LeanSender` sends instead
+                # after this: it never gets one, `LeanSender` sends instead
                 self._track.detach()
-                self._lean_sender = _LeanSender(
+                self._lean_sender = LeanSender(
                     self._track, sender, payload_type, self._transceiver.mid, self._sender_failed
                 )
                 if self._peer is not None:  # a call connected while this answer was made
@@ -267,21 +267,21 @@ class MediaLeg:
         """Opus with the browser: decoded and encoded here, on the loop, by PyAV (no decoder
         thread, no encoder thread pool: the hand-offs to those threads cost more than the codec
         work). What the internals do not allow stays aiortc's (decode and encode in its threads)."""
-        tap = getattr(self._transceiver.receiver, _DECODER_QUEUE_ATTR, None)
-        if isinstance(tap, _G711Tap):
-            self._opus_decoder = _OpusDecoder()
+        tap = getattr(self._transceiver.receiver, DECODER_QUEUE_ATTR, None)
+        if isinstance(tap, G711Tap):
+            self._opus_decoder = OpusDecoder()
             tap.opus_sink = self._opus_from_browser
         sender = self._transceiver.sender
         payload_type = _first_payload_type(answer)
         if payload_type is not None and g711_sender_supported(sender):
             self._track.detach()
-            self._lean_sender = _LeanSender(
+            self._lean_sender = LeanSender(
                 self._track,
                 sender,
                 payload_type,
                 self._transceiver.mid,
                 self._sender_failed,
-                opus=_OpusEncoder(),
+                opus=OpusEncoder(),
             )
             if self._peer is not None:
                 self._lean_sender.start()
@@ -346,7 +346,7 @@ class MediaLeg:
             self._events.media_failed(f"internal error in {where}: {type(exc).__name__}", bug=True)
 
     def _sender_failed(self, exc: Exception) -> None:
-        """`_LeanSender` raised (our bug): end this session, as `_guard` does for a task."""
+        """`LeanSender` raised (our bug): end this session, as `_guard` does for a task."""
         log.error("webrtc_session_error", agent_id=self.agent_id, where="to_browser", exc_info=exc)
         self._events.media_failed(f"internal error in to_browser: {type(exc).__name__}", bug=True)
 
@@ -379,7 +379,7 @@ class MediaLeg:
     def _relay_from_browser(
         self, data: bytes, offset: int, payload_type: int, sequence: int, timestamp: int, ssrc: int
     ) -> None:
-        """A 20 ms G.711 packet from the browser (`_G711Receiver`), relayed to the call as PCMU.
+        """A 20 ms G.711 packet from the browser (`G711Receiver`), relayed to the call as PCMU.
 
         Called by aiortc's receive path: an exception here would end the leg's DTLS transport,
         so it ends this session the orderly way instead.
@@ -389,7 +389,7 @@ class MediaLeg:
         try:
             payload = data[offset:]
             if payload_type == PT_PCMA:
-                payload = payload.translate(_ALAW_TO_ULAW)
+                payload = payload.translate(ALAW_TO_ULAW_BYTES)
             packet = bytearray(_PCMU_HEADER)
             packet += payload
             self._stream.rewrite(
@@ -407,7 +407,7 @@ class MediaLeg:
     def _g711_from_browser(self, payload: bytes, payload_type: int) -> None:
         """A G.711 frame from the browser's jitter buffer, out as 20 ms PCMU packets as it is.
 
-        Called by aiortc's receive path (`_G711Tap`): an exception here would end the leg's DTLS
+        Called by aiortc's receive path (`G711Tap`): an exception here would end the leg's DTLS
         transport, so it ends this session the orderly way instead.
         """
         if self._closed or self._g711_failed:
@@ -432,7 +432,7 @@ class MediaLeg:
             )
 
     def _opus_from_browser(self, payload: bytes) -> None:
-        """An Opus frame from the browser's jitter buffer (`_G711Tap`): decoded here, out as
+        """An Opus frame from the browser's jitter buffer (`G711Tap`): decoded here, out as
         20 ms PCMU packets. Called by aiortc's receive path: an exception here would end the
         leg's DTLS transport, so it ends this session the orderly way instead."""
         if self._closed or self._g711_failed:

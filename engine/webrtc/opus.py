@@ -1,8 +1,8 @@
 """Opus with the browser, coded on the event loop by PyAV's libopus.
 
 How this works: the call side is 8 kHz G.711 (engine/webrtc/g711.py). Towards the browser,
-`_OpusEncoder` turns the call's 8 kHz PCM straight into narrowband Opus, which the lean sender
-(engine/webrtc/track.py) sends; from the browser, `_OpusDecoder` decodes to 48 kHz and resamples
+`OpusEncoder` turns the call's 8 kHz PCM straight into narrowband Opus, which the lean sender
+(engine/webrtc/track.py) sends; from the browser, `OpusDecoder` decodes to 48 kHz and resamples
 to 8 kHz, and the leg sends that as PCMU. aiortc's own path decodes on a thread per leg and
 encodes in a thread pool at 48 kHz stereo; handing every 20 ms frame to those threads and back
 (and the GIL switches it forces) cost more than the codec work itself.
@@ -14,7 +14,7 @@ from typing import Any
 
 import av
 
-from engine.webrtc.g711 import _TIME_BASE, FRAME_SAMPLES, SAMPLE_RATE
+from engine.webrtc.g711 import FRAME_SAMPLES, SAMPLE_RATE, TIME_BASE
 
 #: Opus's RTP clock is 48 kHz whatever the audio's bandwidth (RFC 7587 4.1).
 OPUS_RATE = 48000
@@ -23,7 +23,7 @@ OPUS_RATE = 48000
 OPUS_BITRATE = 24000
 
 
-class _OpusEncoder:
+class OpusEncoder:
     """8 kHz mono PCM -> 20 ms Opus packets, with PyAV's libopus, on the event loop."""
 
     def __init__(self) -> None:
@@ -32,7 +32,7 @@ class _OpusEncoder:
         codec.format = "s16"
         codec.layout = "mono"
         codec.bit_rate = OPUS_BITRATE
-        codec.time_base = _TIME_BASE
+        codec.time_base = TIME_BASE
         # complexity 5 of 10: a fifth less CPU per frame than the default, and the source is
         # already 8 kHz G.711, which narrowband Opus at this rate carries without audible loss
         codec.options = {"application": "voip", "compression_level": "5"}
@@ -44,14 +44,14 @@ class _OpusEncoder:
         frame = av.AudioFrame(format="s16", layout="mono", samples=FRAME_SAMPLES)
         frame.planes[0].update(pcm)
         frame.sample_rate = SAMPLE_RATE
-        frame.time_base = _TIME_BASE
+        frame.time_base = TIME_BASE
         frame.pts = self._pts
         self._pts += FRAME_SAMPLES
         packets = self._codec.encode(frame)
         return bytes(packets[0]) if packets else None
 
 
-class _OpusDecoder:
+class OpusDecoder:
     """Opus packets from the browser -> 8 kHz mono s16 PCM, with PyAV, on the event loop.
 
     libopus decodes at 48 kHz here whatever is asked; FFmpeg's resampler takes it to 8 kHz (with

@@ -1,7 +1,7 @@
 """The WebRTC media worker's wire protocol: the messages between the gateway and a worker process.
 
 How this works: both sides import this module and nothing of each other. The gateway's
-`WorkerMedia` (engine/webrtc/gateway.py) sends `ToWorker` messages for a session's leg (`Open`,
+`WorkerMedia` (engine/webrtc/session.py) sends `ToWorker` messages for a session's leg (`Open`,
 `Offer`, `ConnectRtp`, `DisconnectRtp`, `Dtmf`, `Close`); the worker (engine/webrtc/worker.py)
 answers with `FromWorker` messages: the replies (`Opened` / `OpenFailed`, `Answered` /
 `OfferRefused`, `Closed`), the leg's events (`StateChanged`, `PageError`, `LegFailed`) and its

@@ -5,7 +5,7 @@ are, or PCM when Opus is negotiated), which keeps the media time: one 20 ms fram
 its first, silence when nothing is queued, a jump by the idle spell after a pause. Between calls
 it produces nothing, so an idle softphone costs no encoding.
 
-Who sends the frames: where aiortc's internals allow, `_LeanSender`, not aiortc's per-packet
+Who sends the frames: where aiortc's internals allow, `LeanSender`, not aiortc's per-packet
 sender loop. It stamps each frame (the call's G.711 bytes, or Opus encoded on the loop by
 engine/webrtc/opus.py) with a header made once by aiortc's serializer and sends it through
 aiortc's DTLS transport (SRTP, ICE), keeping aiortc's RTCP sender-report counters true; DTLS,
@@ -15,7 +15,9 @@ pulls the frames itself with `ToBrowserTrack.recv`, which paces itself on the lo
 
 One clock per process: every lean sender's frame is sent from one 20 ms timer (`_MediaClock`),
 not one timer per leg (a timer, a sleeping task and its wake-up per leg per frame: 10-25 % of a
-PCMU leg's CPU in bench_webrtc.py). Legs are on it only while a call is connected.
+PCMU leg's CPU in bench_webrtc.py). Legs are on it only while a call is connected. Its task is
+owned by the clock, which cancels it when the last leg leaves; the owner of a process's legs
+awaits it at shutdown (`stop_media_clock`).
 """
 
 from __future__ import annotations
@@ -35,15 +37,15 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtp import RtpPacket
 
 from engine.webrtc.g711 import (
-    _TIME_BASE,
     FRAME_SAMPLES,
     MAX_BUFFERED_FRAMES,
     PT_PCMA,
     PT_PCMU,
     SAMPLE_RATE,
+    TIME_BASE,
     G711Frames,
 )
-from engine.webrtc.opus import OPUS_RATE, _OpusEncoder
+from engine.webrtc.opus import OPUS_RATE, OpusEncoder
 from sip.rtp.g711 import ALAW_DECODE, ULAW_DECODE
 
 FRAME_S = FRAME_SAMPLES / SAMPLE_RATE
@@ -61,7 +63,7 @@ class ToBrowserTrack(MediaStreamTrack):
     alive): an idle softphone costs no encoding. On resume the RTP time jumps by the idle spell.
 
     With G.711 towards the browser (`use_g711`) the FIFO holds the call's payload bytes, and
-    either `_LeanSender` sends them (`detach`: aiortc's sender then waits in `recv` until the
+    either `LeanSender` sends them (`detach`: aiortc's sender then waits in `recv` until the
     track stops) or `recv` returns them as an ``av.Packet``, which aiortc's sender packs as it is
     (its path for pre-encoded media). Either way no decode here, no encode in aiortc's thread
     pool. Otherwise (Opus) `recv` returns PCM frames for aiortc to encode.
@@ -98,7 +100,7 @@ class ToBrowserTrack(MediaStreamTrack):
         self.clear()
 
     def detach(self) -> None:
-        """`_LeanSender` takes the frames: aiortc's sender gets none (before it starts)."""
+        """`LeanSender` takes the frames: aiortc's sender gets none (before it starts)."""
         self._detached = True
 
     def stop(self) -> None:
@@ -212,7 +214,7 @@ class ToBrowserTrack(MediaStreamTrack):
         if self._g711 is not None:
             packet = av.Packet(self.next_g711())
             packet.pts = self._pts
-            packet.time_base = _TIME_BASE
+            packet.time_base = TIME_BASE
             return packet
         if len(self._fifo) >= FRAME_SAMPLES * 2:
             pcm = bytes(self._fifo[: FRAME_SAMPLES * 2])
@@ -223,11 +225,11 @@ class ToBrowserTrack(MediaStreamTrack):
         frame.planes[0].update(pcm)
         frame.pts = self._pts
         frame.sample_rate = SAMPLE_RATE
-        frame.time_base = _TIME_BASE
+        frame.time_base = TIME_BASE
         return frame
 
 
-#: What `_LeanSender` needs of aiortc 1.16 beyond its public API (tests/engine/test_webrtc_g711.py):
+#: What `LeanSender` needs of aiortc 1.16 beyond its public API (tests/engine/test_webrtc_g711.py):
 #: the counters its sender's RTCP loop reports in sender reports (name-mangled privates) ...
 _SR_NTP = "_RTCRtpSender__ntp_timestamp"
 _SR_RTP = "_RTCRtpSender__rtp_timestamp"
@@ -240,14 +242,14 @@ _SEQ_TS = struct.Struct("!HI")
 
 
 def g711_sender_supported(sender: Any) -> bool:
-    """Whether aiortc's internals are those `_LeanSender` was written against."""
+    """Whether aiortc's internals are those `LeanSender` was written against."""
     transport = getattr(sender, "transport", None)
     return all(hasattr(sender, a) for a in _SENDER_ATTRS) and all(
         hasattr(transport, a) for a in _DTLS_ATTRS
     )
 
 
-class _LeanSender:
+class LeanSender:
     """G.711 towards the browser without aiortc's per-packet sender loop.
 
     aiortc's ``RTCRtpSender`` turns every 20 ms frame into an ``RtpPacket`` object (two NTP clock
@@ -268,7 +270,7 @@ class _LeanSender:
         payload_type: int,
         mid: str | None,
         failed: Callable[[Exception], None],
-        opus: _OpusEncoder | None = None,
+        opus: OpusEncoder | None = None,
     ) -> None:
         self._track = track
         #: None: G.711, the call's bytes as they are; else the PCM is encoded here, on the loop.
@@ -320,8 +322,17 @@ class _LeanSender:
         setattr(sender, _SR_OCTETS, getattr(sender, _SR_OCTETS) + len(payload))
 
 
+async def stop_media_clock() -> None:
+    """Stop this event loop's media clock and wait for its task, if it has one: for whoever owns
+    the loop's legs (the gateway with ``[webrtc] workers = 0``, else each worker), at its
+    shutdown, after closing them (a closed leg is off the clock already)."""
+    clock = _MediaClock._by_loop.get(asyncio.get_running_loop())
+    if clock is not None:
+        await clock.close()
+
+
 class _MediaClock:
-    """One 20 ms timer for every `_LeanSender` of an event loop (a process, in a worker).
+    """One 20 ms timer for every `LeanSender` of an event loop (a process, in a worker).
 
     A timer per leg meant a timer handle, a sleep future and a task step per leg every 20 ms
     for one packet; measured (bench_webrtc.py, back to back), dropping them saved 10-25 % of a
@@ -336,8 +347,10 @@ class _MediaClock:
     )
 
     def __init__(self) -> None:
-        self._senders: dict[_LeanSender, None] = {}  # insertion-ordered set
+        self._senders: dict[LeanSender, None] = {}  # insertion-ordered set
         self._task: asyncio.Task[None] | None = None
+        #: Runs cancelled when the last sender left that have not ended yet: `close` awaits them.
+        self._stopping: set[asyncio.Task[None]] = set()
 
     @classmethod
     def of_running_loop(cls) -> _MediaClock:
@@ -347,16 +360,29 @@ class _MediaClock:
             clock = cls._by_loop[loop] = cls()
         return clock
 
-    def add(self, sender: _LeanSender) -> None:
+    def add(self, sender: LeanSender) -> None:
         self._senders[sender] = None
         if self._task is None:
             self._task = asyncio.ensure_future(self._run())
 
-    def discard(self, sender: _LeanSender) -> None:
+    def discard(self, sender: LeanSender) -> None:
         self._senders.pop(sender, None)
-        if not self._senders and self._task is not None:
-            self._task.cancel()  # owned here: nothing awaits the clock but its senders
-            self._task = None
+        if not self._senders:
+            self._stop()
+
+    def _stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            self._stopping.add(task)
+            task.add_done_callback(self._stopping.discard)
+
+    async def close(self) -> None:
+        """Stop the clock and wait until its task has ended; senders still on it get no more
+        frames. The clock starts again if a sender is added later."""
+        self._senders.clear()
+        self._stop()
+        await asyncio.gather(*self._stopping, return_exceptions=True)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -54,6 +54,7 @@ from engine.webrtc.protocol import (
     StateChanged,
     ToWorker,
 )
+from engine.webrtc.track import stop_media_clock
 
 log = structlog.stdlib.get_logger("acd.webrtc")
 
@@ -90,26 +91,30 @@ class _Worker:
 
     async def serve(self, reader: asyncio.StreamReader) -> None:
         self.send(Ready(os.getpid()))
-        decoder = msgspec.msgpack.Decoder(ToWorker)
-        reporter = asyncio.ensure_future(self._report_stats())
         try:
-            while True:
-                try:
-                    message = await read_frame(reader, decoder)
-                except ChannelClosed as exc:
-                    log.info("webrtc_worker_channel_closed", reason=str(exc))
-                    return
-                self._dispatch(message)
+            async with asyncio.TaskGroup() as tasks:
+                reporter = tasks.create_task(self._report_stats())
+                await self._read_until_closed(reader)
+                reporter.cancel()  # (on an error the group cancels it)
         finally:
-            reporter.cancel()
             for task in self._requests:
                 task.cancel()
             await asyncio.gather(
-                reporter,
                 *self._requests,
                 *(leg.close() for leg in self._legs.values()),
                 return_exceptions=True,
             )
+            await stop_media_clock()
+
+    async def _read_until_closed(self, reader: asyncio.StreamReader) -> None:
+        decoder = msgspec.msgpack.Decoder(ToWorker)
+        while True:
+            try:
+                message = await read_frame(reader, decoder)
+            except ChannelClosed as exc:
+                log.info("webrtc_worker_channel_closed", reason=str(exc))
+                return
+            self._dispatch(message)
 
     def _dispatch(self, message: Any) -> None:
         if isinstance(message, Open):

@@ -29,7 +29,8 @@ import pytest
 from playwright.async_api import Browser, expect
 
 from engine.daemon import Daemon
-from engine.webrtc.gateway import RTC_PATH, CloseCode
+from engine.webrtc.gateway import RTC_PATH
+from engine.webrtc.session import CloseCode
 from sip.rtp.dtmf import parse_telephone_event
 from sip.rtp.g711 import ULAW_DECODE, ULAW_ENCODE
 from sip.rtp.packet import parse_rtp

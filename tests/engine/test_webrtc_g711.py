@@ -1,6 +1,7 @@
 """The WebRTC gateway's G.711 passthrough, without sockets: the frame re-cutting and law rewriting
 (`G711Frames`, against a naive reference), and the aiortc internals the receive side relies on;
-the shared clock's media time (`ToBrowserTrack.step`) and the on-loop Opus codec.
+the shared clock's media time (`ToBrowserTrack.step`) and its task's lifetime; the on-loop Opus
+codec.
 
 The same path end to end, with a real aiortc peer and the call side on UDP, is in
 tests/engine/test_webrtc_gateway.py (``test_g711_bytes_pass_through_unchanged_both_ways``).
@@ -33,8 +34,13 @@ from engine.webrtc.g711 import (
     g711_receiver_supported,
     install_g711_tap,
 )
-from engine.webrtc.opus import _OpusDecoder, _OpusEncoder
-from engine.webrtc.track import ToBrowserTrack, g711_sender_supported
+from engine.webrtc.opus import OpusDecoder, OpusEncoder
+from engine.webrtc.track import (
+    ToBrowserTrack,
+    _MediaClock,
+    g711_sender_supported,
+    stop_media_clock,
+)
 from sip.rtp.g711 import ALAW_TO_ULAW, ULAW_TO_ALAW
 
 payloads = st.lists(
@@ -111,7 +117,7 @@ def test_law_translation_is_the_table() -> None:
 
 
 # -- the aiortc internals the receive-side tap relies on ------------------------------------------
-# engine.webrtc.g711._G711Tap takes the place of RTCRtpReceiver's decoder queue. If aiortc
+# engine.webrtc.g711.G711Tap takes the place of RTCRtpReceiver's decoder queue. If aiortc
 # changes any of this, these tests fail (and the gateway logs a warning and falls back to
 # decoding): read aiortc's new rtcrtpreceiver.py before moving the pin in pyproject.toml.
 
@@ -215,12 +221,55 @@ async def test_step_keeps_media_time_per_leg_on_a_shared_clock() -> None:
     track.stop()
 
 
+class CountingSender:
+    """What `_MediaClock` drives, without aiortc: counts the frames it is asked for."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    async def send(self, now: float, ntp: int) -> None:
+        self.sent += 1
+
+    def failed(self, exc: Exception) -> None:
+        raise AssertionError(f"the clock reported {exc!r}")
+
+
+async def _until(cond: Any, timeout_s: float = 2.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not cond():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+async def test_media_clock_task_is_ended_by_its_owner() -> None:
+    """The clock's task runs while it has senders and is cancelled when the last one leaves;
+    `stop_media_clock` (the shutdown of the legs' owner) ends it and waits until it has, with or
+    without senders still on it, so no task is left pending when the loop goes away."""
+    clock = _MediaClock.of_running_loop()
+    sender: Any = CountingSender()
+    before = asyncio.all_tasks()
+    clock.add(sender)
+    (run,) = asyncio.all_tasks() - before
+    await _until(lambda: sender.sent >= 3)
+    clock.discard(sender)  # the last one: the run is cancelled ...
+    await stop_media_clock()  # ... and awaited here
+    assert run.done()
+    clock.add(sender)  # the clock starts again for a new call
+    (again,) = asyncio.all_tasks() - before
+    await _until(lambda: sender.sent >= 6)
+    await stop_media_clock()  # a sender still on it (a leg that did not close in time)
+    assert again.done()
+    sent = sender.sent
+    await asyncio.sleep(0.1)
+    assert sender.sent == sent  # nothing is sent after the stop
+
+
 def test_opus_on_the_loop_carries_the_tone_both_ways() -> None:
-    """The call's 8 kHz PCM through `_OpusEncoder` (one packet per 20 ms frame) and back through
-    `_OpusDecoder` (8 kHz again): the tone is the tone, and 20 ms in is 20 ms out."""
+    """The call's 8 kHz PCM through `OpusEncoder` (one packet per 20 ms frame) and back through
+    `OpusDecoder` (8 kHz again): the tone is the tone, and 20 ms in is 20 ms out."""
     t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
     pcm = (8000 * np.sin(2 * np.pi * 440 * t)).astype(np.int16)
-    encoder, decoder = _OpusEncoder(), _OpusDecoder()
+    encoder, decoder = OpusEncoder(), OpusDecoder()
     packets = [
         encoder.encode(pcm[i : i + FRAME_SAMPLES].tobytes())
         for i in range(0, len(pcm), FRAME_SAMPLES)

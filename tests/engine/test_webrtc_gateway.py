@@ -29,7 +29,9 @@ from prometheus_client import CollectorRegistry
 
 from engine.config import ConfigError, parse_config
 from engine.webrtc.g711 import install_g711_tap
-from engine.webrtc.gateway import RTC_PATH, CloseCode, WebRtcGateway
+from engine.webrtc.gateway import RTC_PATH, WebRtcGateway
+from engine.webrtc.session import CloseCode
+from engine.webrtc.track import _MediaClock
 from sip.rtp.dtmf import parse_telephone_event
 from sip.rtp.g711 import ALAW_TO_ULAW, ULAW_DECODE, ULAW_ENCODE, ULAW_TO_ALAW
 from sip.rtp.packet import parse_rtp
@@ -378,6 +380,31 @@ async def test_shutdown_ends_live_sessions_with_going_away(
         async with http.ws_connect(url) as late:  # no new sessions while shutting down
             await late.send_json({"type": "auth", "token": "agent-2001-token-webrtc"})
             assert (await _closed(late))[0] == CloseCode.DISABLED
+
+
+class _IdleSender:
+    """Stands for a leg on the media clock (`_MediaClock` drives it; it sends nothing)."""
+
+    async def send(self, now: float, ntp: int) -> None:
+        pass
+
+    def failed(self, exc: Exception) -> None:
+        raise AssertionError(f"the clock reported {exc!r}")
+
+
+async def test_shutdown_ends_the_media_clock_of_this_process() -> None:
+    """With the media in the daemon (workers = 0) the gateway owns this process's media clock:
+    `close` ends the clock's task, even with a leg still on it (one whose session did not let
+    go in time), so no task outlives the gateway."""
+    config = parse_config(f"[webrtc]\nworkers = 0\n{CONFIG}", "test.toml")
+    gw = WebRtcGateway(lambda: config, TOKENS.get, CollectorRegistry())
+    await gw.start()
+    before = asyncio.all_tasks()
+    sender: Any = _IdleSender()
+    _MediaClock.of_running_loop().add(sender)
+    (clock,) = asyncio.all_tasks() - before
+    await gw.close()
+    assert clock.done()
 
 
 @pytest.mark.parametrize("gateway", [1], indirect=True)

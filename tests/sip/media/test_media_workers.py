@@ -7,18 +7,24 @@ writes the stereo recording (caller left, agent right, each tone on its channel)
 from the worker, the legs come back with the very same stream (no sequence jump), and a worker
 killed mid-call loses neither the call (the daemon relays it again) nor the rest of its recording
 (the call layer is told, and the daemon's own bridge feeds the sink it hands back, still paused).
+A worker served in this process ends the tasks it started when its control stream closes, and
+the daemon's side waits at shutdown for the legs it is bringing home.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import os
 import signal
+import socket
 import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import numpy as np
 import pytest
 from media_helpers import (
@@ -30,9 +36,12 @@ from media_helpers import (
 )
 from prometheus_client import CollectorRegistry
 
+from engine.media import offload
 from engine.media.offload import MediaWorkers, RemoteBridge
+from engine.media.worker import _Worker
 from engine.recording.service import RecordingLost
 from engine.recording.spec import RecordingSpec
+from engine.runtime.workers import Ready, read_frame
 from sip.media import DtmfReceived, MediaClock, MediaEvent, MediaStats, PortAllocator, open_endpoint
 from sip.media.prompts import PromptCache
 from sip.rtp.dtmf import dtmf_packets
@@ -323,5 +332,80 @@ async def test_a_leg_hung_up_in_a_worker_says_rtcp_bye_with_the_workers_counts(
     await until(lambda: stats.sessions_active == 0)  # both port pairs given back
     assert allocator.in_use == 0
     for p in (phone_a, phone_b, rtcp_a):
+        assert p.transport is not None
+        p.transport.close()
+
+
+async def test_a_worker_ends_its_stats_reporter_with_its_control_stream() -> None:
+    """`_Worker.serve`, run in this process over socketpairs (control stream and descriptor
+    channel): when the daemon's end closes, every task it started (the stats reporter) has ended,
+    none is left pending for the loop to destroy."""
+    daemon_end, worker_end = socket.socketpair()
+    fd_daemon, fd_worker = socket.socketpair()
+    reader, writer = await asyncio.open_connection(sock=worker_end)
+    daemon_reader, daemon_writer = await asyncio.open_connection(sock=daemon_end)
+    before = asyncio.all_tasks()
+    try:
+        serving = asyncio.create_task(_Worker(writer, fd_worker).serve(reader))
+        ready = await asyncio.wait_for(read_frame(daemon_reader, msgspec.msgpack.Decoder(Ready)), 5)
+        assert ready.pid == os.getpid()
+        started = asyncio.all_tasks() - before
+        assert len(started) == 2, started  # serve and its stats reporter
+        daemon_writer.close()  # the daemon went away: the worker stops serving
+        await asyncio.wait_for(serving, 5)
+    finally:
+        gc.unfreeze()  # serve froze this (test) process's objects, as a worker does at start
+        writer.close()
+        await writer.wait_closed()
+        await daemon_writer.wait_closed()
+        fd_daemon.close()
+        fd_worker.close()
+    assert [t for t in started if not t.done()] == []
+
+
+async def test_shutdown_waits_for_the_legs_coming_home(
+    allocator: PortAllocator,
+    stats: MediaStats,
+    clock: MediaClock,
+    workers: MediaWorkers,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Stopping the workers brings the legs of a call they carry home (a take-back, a task the
+    pool owns): `close` returns only once it has ended, waited for, then cancelled after
+    `TAKE_BACK_CLOSE_TIMEOUT_S` when it is stuck."""
+    monkeypatch.setattr(offload, "TAKE_BACK_CLOSE_TIMEOUT_S", 0.3)
+    phone_a, phone_b = await open_phone(), await open_phone()
+    caller = await open_endpoint(allocator, stats, remote=phone_a.address, clock=clock)
+    agent = await open_endpoint(allocator, stats, remote=phone_b.address, clock=clock)
+    loop = asyncio.get_running_loop()
+    bridge = RemoteBridge(
+        workers, caller, agent, stats=stats, clock=clock, prompts=PromptCache(), call_id="c4"
+    )
+    bridge.start(loop.time())
+    assert bridge.carried_by is not None
+    reattach = caller.reattach
+    cancelled: list[bool] = []
+
+    async def stuck(state: Any) -> None:
+        # Stuck until cancelled; then it comes home after all, so that the rest of the
+        # take-back runs and close has a task to wait for to its end.
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+        await reattach(state)
+
+    monkeypatch.setattr(caller, "reattach", stuck)
+    started = loop.time()
+    await workers.close()
+    assert loop.time() - started >= 0.3
+    assert cancelled == [True]
+    assert bridge.home.done()
+    assert not caller.detached
+    assert not agent.detached
+    bridge.stop(loop.time())  # (the take-back started a local bridge: the call goes on here)
+    caller.close()
+    agent.close()
+    for p in (phone_a, phone_b):
         assert p.transport is not None
         p.transport.close()
