@@ -104,9 +104,9 @@ class CallMedia:
         now = loop_now()
         position = call.bridge.position(now)
         if paused:
-            call.recording.pause(
-                position
-            )  # (a worker's recording: paused at its own position)  # the span is written as silence and listed in the index
+            # The span is written as silence and listed in the index (a worker's recording is
+            # paused at its own position).
+            call.recording.pause(position)
             call.bridge.pause_recording(now, "paused")
         else:
             call.bridge.resume_recording(now)
