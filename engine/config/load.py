@@ -1,0 +1,160 @@
+"""Reading a config: TOML text -> msgspec decode -> cross-field validation -> derived paths.
+
+How this works: ``parse_config(text, file)`` parses with :mod:`tomllib`, decodes into ``Config``
+and rewords msgspec's errors into the file's own key paths (``_reword``), then runs
+``validate.validate`` and fills the state paths ``runtime.var_dir`` governs. ``load_config(path)``
+reads the file first.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from enum import Enum
+from pathlib import Path
+from typing import Any, Final
+
+import msgspec
+
+from engine.config.errors import ConfigError
+from engine.config.schema import STEP_TYPES, Config
+from engine.config.validate import validate
+
+_VALIDATION_RE: Final = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
+
+
+def _toml_path(msgspec_path: str) -> str:
+    """``$.queues[2].ring_timeout_s`` (msgspec) -> ``queues[2].ring_timeout_s`` (TOML terms)."""
+    return msgspec_path.lstrip(".")
+
+
+def _describe(value: Any) -> str:
+    """A short, operator-readable picture of the value that was found."""
+    if isinstance(value, dict):
+        return "a table"
+    kinds = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array"}
+    kind = kinds.get(type(value), type(value).__name__)
+    shown = repr(value)
+    if len(shown) > 40:
+        shown = shown[:37] + "..."
+    return f"{kind} {shown}"
+
+
+def _lookup(raw: Any, path: str) -> tuple[bool, Any]:
+    """Follow a msgspec key path through the raw TOML data; (found, value)."""
+    if "[...]" in path:  # msgspec's marker for "some key of a table": no single value to show
+        return False, None
+    node = raw
+    for part in re.findall(r"\.([^.\[\]]+)|\[(\d+)\]", path):
+        key, index = part
+        try:
+            node = node[key] if key else node[int(index)]
+        except (KeyError, IndexError, TypeError):
+            return False, None
+    return True, node
+
+
+_TOML_TYPE_NAMES: Final = {
+    "int": "an integer",
+    "float": "a number",
+    "str": "a string",
+    "bool": "a boolean",
+    "object": "a table",
+    "array": "an array",
+    "int | float": "a number",
+}
+
+
+def _field_type(path: str) -> Any:
+    """The declared type at a key path of ``Config`` (None where the path leaves the structs)."""
+    node: Any = Config
+    for key, index in re.findall(r"\.([^.\[\]]+)|\[(\d+)\]", path):
+        if index:
+            args = getattr(node, "__args__", ())
+            node = args[0] if args else None
+        elif isinstance(node, type) and issubclass(node, msgspec.Struct):
+            hints = {f.name: f.type for f in msgspec.structs.fields(node)}
+            node = hints.get(key)
+        else:
+            return None
+        if node is None:
+            return None
+    return node
+
+
+def _reword(message: str, raw: Any) -> tuple[str, str]:
+    """Turn a msgspec ValidationError message into (key path, problem) in TOML terms."""
+    match = _VALIDATION_RE.match(message)
+    assert match is not None  # the pattern matches every string
+    what = match.group("what")
+    path = match.group("path") or ""
+    key_path = _toml_path(path)
+    unknown = re.match(r"Object contains unknown field `([^`]+)`", what)
+    if unknown:
+        full = f"{key_path}.{unknown.group(1)}" if key_path else unknown.group(1)
+        return full, "unknown key (misspelled, or not valid in this table)"
+    missing = re.match(r"Object missing required field `([^`]+)`", what)
+    if missing:
+        full = f"{key_path}.{missing.group(1)}" if key_path else missing.group(1)
+        return full, "required key is missing"
+    found, value = _lookup(raw, path)
+    found_text = f", found {_describe(value)}" if found else ""
+    expected = re.match(r"Expected `([^`]+)`", what)
+    if expected:
+        wanted = _TOML_TYPE_NAMES.get(expected.group(1), expected.group(1))
+        return key_path, f"expected {wanted}{found_text}"
+    if what.startswith("Invalid value") and key_path.endswith(".type") and "steps[" in key_path:
+        choices = ", ".join(repr(t) for t in STEP_TYPES)
+        return key_path, f"expected a step type, one of {choices}{found_text}"
+    if what.startswith("Invalid enum value"):
+        declared = _field_type(path)
+        if isinstance(declared, type) and issubclass(declared, Enum):
+            choices = ", ".join(repr(m.value) for m in declared)
+            return key_path, f"expected one of {choices}{found_text}"
+    return key_path, what[:1].lower() + what[1:] + found_text
+
+
+def _state_paths(cfg: Config, raw: dict[str, Any]) -> Config:
+    """Fill the state paths the file leaves out from ``runtime.var_dir``: the SQLite database
+    and the recordings root. A path the file gives stays as written (relative ones resolve
+    against the working directory, as var_dir itself does)."""
+    var = Path(cfg.runtime.var_dir)
+    storage, recordings = cfg.storage, cfg.recordings
+    if "sqlite_path" not in raw.get("storage", {}):
+        storage = msgspec.structs.replace(storage, sqlite_path=str(var / "acd.sqlite3"))
+    if "dir" not in raw.get("recordings", {}):
+        recordings = msgspec.structs.replace(recordings, dir=str(var / "recordings"))
+    return msgspec.structs.replace(cfg, storage=storage, recordings=recordings)
+
+
+def parse_config(text: str, file: str) -> Config:
+    """Decode and validate TOML text; ``file`` is only used in messages."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(file, "", f"not valid TOML: {exc}") from None
+    if "source" in raw:
+        raise ConfigError(file, "source", "unknown key (misspelled, or not valid in this table)")
+    try:
+        cfg = msgspec.convert(raw, Config, strict=True)
+    except msgspec.ValidationError as exc:
+        path, problem = _reword(str(exc), raw)
+        raise ConfigError(file, path, problem) from None
+    cfg = msgspec.structs.replace(cfg, source=file)
+    if not cfg.runtime.var_dir.strip():
+        raise ConfigError(file, "runtime.var_dir", "expected a directory, found an empty string")
+    cfg = _state_paths(cfg, raw)
+    validate(cfg, file)
+    return cfg
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a config file; every failure is a :class:`ConfigError`."""
+    file = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(file, "", "file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(file, "", f"cannot read the file: {exc}") from None
+    return parse_config(text, file)
