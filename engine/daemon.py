@@ -140,7 +140,7 @@ class Daemon:
 
     async def _start_http(self) -> None:
         paths, schemas = api.openapi_paths()
-        tokens = api.TokenTable()
+        tokens = api.TokenTable(self.metrics.registry)
         app = make_app(
             self.metrics,
             self._ready_checks(),

@@ -9,11 +9,20 @@ use the tasks API and nothing else, which the middleware enforces by path, so no
 for people can leak calls, CDRs or recordings to it.
 Every state change made through the API (agent state, reload) is written to the audit log and to
 the agent-events table, so "who paused agent 1002 at 10:41" has an answer.
+
+Guessing tokens: a request that presents a token nobody holds is a failure of its source address,
+counted in ``acd_api_auth_failures_total{reason="bad_token"}``; by the ``[security.bans]`` policy
+(fail2ban's figures: N failures within the window, doubling ban times) the source is then refused
+with 429 and ``Retry-After`` before its token is even looked up (``reason="banned"``), the event
+stream's WebSocket included. Only ``[security] allow`` exempts a source here: a trunk's network
+earns no pass to the API. A request without any token is not counted (browsers and probes send
+those), and lookups stay by SHA-256, so neither path leaks timing about a secret.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -22,13 +31,17 @@ from typing import Any
 import sqlalchemy as sa
 import structlog
 from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter
 
 from engine.api.app import Problem, json_response
 from engine.api.context import CONTEXT_KEY, ApiContext
+from engine.calls.security import ban_policy_of, iso_utc
 from engine.config import Config, Role
 from engine.storage import queries
+from sip.security import AllowList, BanTracker, parse_networks
 
 log = structlog.stdlib.get_logger("acd.api")
+security_log = structlog.stdlib.get_logger("acd.security")
 
 
 _RANK = {Role.INTEGRATION: -1, Role.AGENT: 0, Role.SUPERVISOR: 1, Role.ADMIN: 2}
@@ -54,13 +67,68 @@ def _sha256(token: str) -> str:
 
 
 class TokenTable:
-    """token SHA-256 -> Principal, rebuilt when the config object changes (reload)."""
+    """token SHA-256 -> Principal, rebuilt when the config object changes (reload); and the
+    sources that guessed wrong too often, refused for a while."""
 
-    def __init__(self) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self._config: Config | None = None
         self._table: dict[str, Principal] = {}
+        self._bans: BanTracker | None = None
+        self._bans_config: Config | None = None
+        self.failures = Counter(
+            "acd_api_auth_failures_total",
+            "API requests refused for their bearer token: bad_token (nobody holds it), banned "
+            "(its source guessed wrong too often: [security.bans]).",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in ("bad_token", "banned"):
+            self.failures.labels(reason=reason)
 
-    def lookup(self, config: Config, token: str) -> Principal | None:
+    def _tracker(self, config: Config, now: float) -> BanTracker | None:
+        if config is not self._bans_config:
+            policy = ban_policy_of(config)
+            tracker = None
+            if policy is not None:
+                tracker = BanTracker(policy, AllowList(parse_networks(config.security.allow)))
+                if self._bans is not None:  # a reload keeps who is banned and their strikes
+                    tracker.import_state(self._bans.export_state(now), now)
+            self._bans, self._bans_config = tracker, config
+        return self._bans
+
+    def refused_for(self, config: Config, address: str | None) -> float | None:
+        """Seconds ``address`` is still banned for guessing tokens (counted), or None."""
+        now = time.monotonic()
+        tracker = self._tracker(config, now) if address else None
+        ban = tracker.ban_of(address, now) if tracker is not None and address else None
+        if ban is None:
+            return None
+        self.failures.labels(reason="banned").inc()
+        return ban.until - now
+
+    def lookup(self, config: Config, token: str, address: str | None = None) -> Principal | None:
+        """The token's principal, or None; with ``address``, None is a failure of that source."""
+        principal = self._principal(config, token)
+        if principal is None and address:
+            self.failures.labels(reason="bad_token").inc()
+            now = time.monotonic()
+            tracker = self._tracker(config, now)
+            if tracker is not None:
+                ban = tracker.record_failure(address, None, now)
+                if ban is not None:
+                    stamp = iso_utc(time.time() + ban.until - now)
+                    # The shape of the SIP side's ban line (address first, logger acd.security),
+                    # so the one fail2ban filter of docs/security.md bans API guessers too.
+                    security_log.warning(
+                        "security_ban", address=address, reason="api_bad_tokens", until=stamp,
+                        ban_s=round(ban.until - ban.since, 3), failures=ban.failures,
+                        strikes=ban.strikes, user=None,
+                        message=f"API source {address} banned until {stamp}: wrong bearer "
+                        f"tokens, {ban.failures} failures, ban number {ban.strikes}",
+                    )  # fmt: skip
+        return principal
+
+    def _principal(self, config: Config, token: str) -> Principal | None:
         if config is not self._config:
             table: dict[str, Principal] = {}
             for t in config.api.tokens:
@@ -99,11 +167,15 @@ def make_auth_middleware(tokens: TokenTable) -> Callable[..., Awaitable[web.Stre
     ) -> web.StreamResponse:
         if not request.path.startswith("/api/") or request.path in _PUBLIC:
             return await handler(request)
+        config = request.app[CONTEXT_KEY].get_config()
+        banned_s = tokens.refused_for(config, request.remote)
+        if banned_s is not None:
+            return too_many_attempts(banned_s)
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         principal = None
         if scheme.lower() == "bearer" and token:
-            principal = tokens.lookup(request.app[CONTEXT_KEY].get_config(), token.strip())
+            principal = tokens.lookup(config, token.strip(), request.remote)
         if principal is None:
             return _problem(
                 401,
@@ -117,6 +189,16 @@ def make_auth_middleware(tokens: TokenTable) -> Callable[..., Awaitable[web.Stre
         return await handler(request)
 
     return auth_middleware
+
+
+def too_many_attempts(banned_s: float) -> web.Response:
+    """429 for a source banned for guessing tokens, with when to try again (RFC 6585 4)."""
+    return _problem(
+        429,
+        "Too Many Requests",
+        "too many wrong tokens from this address",
+        {"Retry-After": str(max(1, math.ceil(banned_s)))},
+    )
 
 
 def _integration_may(path: str) -> bool:

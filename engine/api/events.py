@@ -18,7 +18,7 @@ import msgspec
 import structlog
 from aiohttp import WSCloseCode, web
 
-from engine.api.auth import PRINCIPAL_KEY, TOKENS_KEY, Principal
+from engine.api.auth import PRINCIPAL_KEY, TOKENS_KEY, Principal, too_many_attempts
 from engine.api.context import CONTEXT_KEY
 from engine.config import Config, Role
 from engine.runtime.events import Event, Subscription
@@ -58,12 +58,15 @@ def _event_filter(config: Config, principal: Principal) -> Callable[[Event], boo
     return accept
 
 
-async def event_stream(request: web.Request) -> web.WebSocketResponse:
+async def event_stream(request: web.Request) -> web.StreamResponse:
     """WebSocket: send {"type": "auth", "token": ...} first; then events arrive as JSON objects.
 
     Close codes: 4401 bad token, 4008 too slow (reconnect and re-read state), 1001 the daemon is
-    shutting down."""
+    shutting down. A source banned for guessing tokens gets 429 instead of the upgrade."""
     ctx = request.app[CONTEXT_KEY]
+    banned_s = request.app[TOKENS_KEY].refused_for(ctx.get_config(), request.remote)
+    if banned_s is not None:
+        return too_many_attempts(banned_s)
     ws = web.WebSocketResponse(heartbeat=30.0, timeout=WS_CLOSE_TIMEOUT_S)
     await ws.prepare(request)
     streams = request.app[EVENT_STREAMS_KEY]
@@ -77,7 +80,11 @@ async def event_stream(request: web.Request) -> web.WebSocketResponse:
         except (TimeoutError, msgspec.DecodeError):
             auth = None
         config = ctx.get_config()
-        principal = None if auth is None else request.app[TOKENS_KEY].lookup(config, auth.token)
+        principal = (
+            None
+            if auth is None
+            else request.app[TOKENS_KEY].lookup(config, auth.token, request.remote)
+        )
         if principal is None or ctx.bus is None:
             await ws.close(code=4401, message=b"unauthorized")
             return ws

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 from typing import TYPE_CHECKING
 
 import structlog
 
+from engine.calls.security import iso_utc
 from sip.endpoint import (
     AckReceived,
     ByeReceived,
@@ -142,7 +142,7 @@ class Dispatcher:
         security = self._s.security
         if isinstance(event, SourceBanned):
             self._s.metrics.security_bans.labels(reason=event.reason).inc()
-            until = _iso(security.wall(event.until))
+            until = iso_utc(security.wall(event.until))
             # The address first: fail2ban's filter anchors on it (docs/security.md). `user` is
             # whatever the peer put in its credentials, so it stays out of `message`.
             security_log.warning(
@@ -174,7 +174,7 @@ class Dispatcher:
             "security_unban",
             address=address,
             reason=reason,
-            at=_iso(self._s.security.wall(at)),
+            at=iso_utc(self._s.security.wall(at)),
             message=f"SIP source {address} no longer banned: {reason}",
         )
 
@@ -196,9 +196,3 @@ class Dispatcher:
             drop_scanners=bool(policy.scanner_user_agents),
             ban_scanners=policy.ban_scanners,
         )
-
-
-def _iso(epoch_s: float) -> str:
-    """Epoch seconds as ISO 8601 UTC to the second (what fail2ban and people read)."""
-    moment = datetime.datetime.fromtimestamp(round(epoch_s), tz=datetime.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -20,6 +20,7 @@ epoch seconds for the API and the log.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import ipaddress
 import time
 from collections.abc import Callable
@@ -42,6 +43,22 @@ from sip.security import (
 AUTH_FAILURE_REASONS: Final = ("unknown_user", "bad_credentials")
 
 
+def ban_policy_of(config: Config) -> BanPolicy | None:
+    """``[security.bans]`` as the sip core's policy, or None when bans are off. The HTTP API
+    bans wrong bearer tokens by the same policy (engine.api.auth)."""
+    b = config.security.bans
+    if not b.enabled:
+        return None
+    return BanPolicy(
+        max_failures=b.max_failures,
+        find_window_s=b.find_window_s,
+        ban_s=b.ban_s,
+        max_ban_s=b.max_ban_s,
+        forget_s=b.forget_s,
+        user_max_failures=b.user_max_failures or None,
+    )
+
+
 def policy_of(config: Config) -> SecurityPolicy | None:
     """The screening ``[security]`` asks for, or None when every part of it is off."""
     sec = config.security
@@ -51,19 +68,7 @@ def policy_of(config: Config) -> SecurityPolicy | None:
         if sec.flood.enabled
         else None
     )
-    b = sec.bans
-    bans = (
-        BanPolicy(
-            max_failures=b.max_failures,
-            find_window_s=b.find_window_s,
-            ban_s=b.ban_s,
-            max_ban_s=b.max_ban_s,
-            forget_s=b.forget_s,
-            user_max_failures=b.user_max_failures or None,
-        )
-        if b.enabled
-        else None
-    )
+    bans = ban_policy_of(config)
     scanners = SCANNER_USER_AGENTS if sec.drop_scanners else ()
     if flood is None and bans is None and not scanners:
         return None
@@ -148,3 +153,9 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return ip.ipv4_mapped
     return ip
+
+
+def iso_utc(epoch_s: float) -> str:
+    """Epoch seconds as ISO 8601 UTC to the second (what fail2ban and people read)."""
+    moment = datetime.datetime.fromtimestamp(round(epoch_s), tz=datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")

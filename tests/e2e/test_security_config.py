@@ -483,3 +483,50 @@ def test_everything_off_screens_nothing(
     (policy,) = log_events(daemon, "security_policy")
     assert policy["screening"] == "off"
     assert metric(daemon, "acd_sip_auth_failures_total", reason="bad_credentials") == 8
+
+
+def api_from(daemon: DaemonProcess, host: str, token: str) -> tuple[int, dict[str, str]]:
+    """GET /api/v1/agents with ``token`` over a connection from ``host`` (a 127.0.0.x address)."""
+    import http.client
+
+    conn = http.client.HTTPConnection(
+        "127.0.0.1", daemon.http_port, timeout=5, source_address=(host, 0)
+    )
+    try:
+        conn.request("GET", "/api/v1/agents", headers={"Authorization": f"Bearer {token}"})
+        response = conn.getresponse()
+        response.read()
+        return response.status, dict(response.headers)
+    finally:
+        conn.close()
+
+
+def test_api_token_guessing_bans_the_source_by_the_bans_policy(
+    start_daemon: DaemonFactory,
+) -> None:
+    daemon = start_daemon(
+        BASE
+        + '\n[security]\nallow = ["127.0.0.3/32"]\n'
+        + "[security.bans]\nmax_failures = 3\nfind_window_s = 60\nban_s = 30\n"
+    )
+    # the guesser: two wrong tokens are answered 401, the third earns the ban
+    assert [api_from(daemon, "127.0.0.2", f"guess-{i}")[0] for i in range(3)] == [401] * 3
+    # banned now: even the right token is refused, with when to come back
+    status, headers = api_from(daemon, "127.0.0.2", ADMIN)
+    assert status == 429
+    assert 25 <= int(headers["Retry-After"]) <= 30
+    # everyone else is served; an allow-listed source is never banned
+    assert api_from(daemon, "127.0.0.1", ADMIN)[0] == 200
+    assert [api_from(daemon, "127.0.0.3", f"oops-{i}")[0] for i in range(5)] == [401] * 5
+    assert api_from(daemon, "127.0.0.3", ADMIN)[0] == 200
+    assert metric(daemon, "acd_api_auth_failures_total", reason="bad_token") == 8
+    assert metric(daemon, "acd_api_auth_failures_total", reason="banned") == 1
+    (ban,) = [
+        line for line in log_events(daemon, "security_ban") if line["reason"] == "api_bad_tokens"
+    ]
+    assert ban["address"] == "127.0.0.2"
+    # the one fail2ban filter of docs/security.md takes the API guesser's line too
+    from tests.e2e.test_security_attacks import fail2ban_filter
+
+    matched = [fail2ban_filter().search(raw) for raw in daemon.log_path.read_text().splitlines()]
+    assert [m.group("host") for m in matched if m] == ["127.0.0.2"]
