@@ -331,7 +331,9 @@ def test_retry_delay_holds_the_caller_before_the_next_agent_rings(
         at = dict(
             db.execute("SELECT event || agent_id, at FROM queue_events WHERE agent_id IS NOT NULL")
         )
-    assert at["offerb2"] - at["ring_no_answera1"] >= 1.5
+    # The ring_no_answer row is stamped (wall clock) just after the router was told of the
+    # no-answer on its own (loop) clock: the gap can read a fraction of a millisecond short.
+    assert at["offerb2"] - at["ring_no_answera1"] >= 1.5 - 0.02
     assert at["offerb2"] - at["ring_no_answera1"] < 2.5
     assert calls_active(daemon) == 0
 
