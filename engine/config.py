@@ -31,10 +31,12 @@ __all__ = [
     "ConfigError",
     "HttpConfig",
     "LogConfig",
+    "QaRuleConfig",
     "QueueConfig",
     "SipConfig",
     "StorageConfig",
     "Strategy",
+    "TranscriptionConfig",
     "WebRtcConfig",
     "load_config",
     "parse_config",
@@ -388,6 +390,32 @@ class WebRtcConfig(_Struct, frozen=True):
     workers: int = 0
 
 
+class QaRuleConfig(_Struct, frozen=True):
+    """One QA rule over a call's transcript (engine/transcription/qa.py)."""
+
+    name: str  # metric label and API key; may contain spaces ("risk disclosure")
+    type: str  # required | forbidden | talk_ratio
+    queues: tuple[str, ...] = ()  # empty: every queue
+    channel: str = "agent"  # agent | caller | any (required, forbidden)
+    phrases: tuple[str, ...] = ()  # any one of these wordings (required, forbidden)
+    within_s: float = 0.0  # required: said within this long of the recording's start (0 = anywhere)
+    min_similarity: float = 0.75  # fuzzy match 0..1 tolerating recognition errors
+    min_ratio: float = 0.0  # talk_ratio: agent speech / all speech
+    max_ratio: float = 1.0
+
+
+class TranscriptionConfig(_Struct, frozen=True):
+    """Offline speech recognition of recordings (engine/transcription/)."""
+
+    engine: str = "pocketsphinx"  # built in, or an acd.transcribers entry point
+    model: str = ""  # the engine's model directory; empty: the model bundled with the engine
+    keyword_threshold: float = 1e-20  # PocketSphinx keyword-spotting threshold for rule phrases
+    card_context: tuple[str, ...] = ("card", "number", "credit", "debit", "visa", "mastercard")
+    card_min_digits: int = 4
+    card_window_s: float = 20.0
+    rules: tuple[QaRuleConfig, ...] = ()
+
+
 class FeatureCodes(_Struct, frozen=True):
     ready: str = "*1"
     not_ready: str = "*2"
@@ -405,6 +433,7 @@ class Config(_Struct, frozen=True):
     api: ApiConfig = ApiConfig()
     recordings: RecordingsConfig = RecordingsConfig()
     webrtc: WebRtcConfig = WebRtcConfig()
+    transcription: TranscriptionConfig = TranscriptionConfig()
     trunks: tuple[TrunkConfig, ...] = ()
     routes: tuple[RouteConfig, ...] = ()
     flows: tuple[FlowConfig, ...] = ()
@@ -642,6 +671,7 @@ def _validate(cfg: Config, file: str) -> None:
         )
     _check_positive(file, "runtime.drain_timeout_s", cfg.runtime.drain_timeout_s, allow_zero=True)
     _validate_webrtc(cfg.webrtc, file)
+    _validate_transcription(cfg, file)
 
     queue_names: set[str] = set()
     for i, queue in enumerate(cfg.queues):
@@ -718,6 +748,62 @@ def _validate_webrtc(cfg: WebRtcConfig, file: str) -> None:
             file, "webrtc.max_sessions", f"expected an integer >= 1, found {cfg.max_sessions}"
         )
     _check_workers(file, "webrtc.workers", cfg.workers)
+
+
+_BUILTIN_TRANSCRIBERS: Final = ("pocketsphinx",)
+_QA_RULE_TYPES: Final = ("required", "forbidden", "talk_ratio")
+
+
+def _validate_transcription(cfg: Config, file: str) -> None:
+    tc = cfg.transcription
+    from importlib.metadata import entry_points
+
+    engines = [*_BUILTIN_TRANSCRIBERS, *(ep.name for ep in entry_points(group="acd.transcribers"))]
+    if tc.engine not in engines:
+        raise ConfigError(
+            file,
+            "transcription.engine",
+            f"expected one of {', '.join(map(repr, engines))}, found {tc.engine!r}",
+        )
+    if tc.model and not Path(tc.model).is_dir():
+        raise ConfigError(
+            file,
+            "transcription.model",
+            f"expected the engine's model directory (empty: the bundled model), found {tc.model!r}"
+            " (no such directory)",
+        )
+    if tc.card_min_digits < 1:
+        raise ConfigError(file, "transcription.card_min_digits", "expected an integer >= 1")
+    _check_positive(file, "transcription.card_window_s", tc.card_window_s)
+    queues = {q.name for q in cfg.queues}
+    seen: set[str] = set()
+    for i, rule in enumerate(tc.rules):
+        base = f"transcription.rules[{i}]"
+        if not 1 <= len(rule.name) <= 64 or not rule.name.strip():
+            raise ConfigError(file, f"{base}.name", "expected 1-64 characters")
+        if rule.name in seen:
+            raise ConfigError(file, f"{base}.name", f"rule {rule.name!r} is defined twice")
+        seen.add(rule.name)
+        if rule.type not in _QA_RULE_TYPES:
+            raise ConfigError(
+                file, f"{base}.type", f"expected one of {_QA_RULE_TYPES}, found {rule.type!r}"
+            )
+        if rule.channel not in ("agent", "caller", "any"):
+            raise ConfigError(
+                file, f"{base}.channel", f"expected agent, caller or any, found {rule.channel!r}"
+            )
+        for j, queue in enumerate(rule.queues):
+            if queue not in queues:
+                raise ConfigError(file, f"{base}.queues[{j}]", _unknown("queue", queue, queues))
+        if rule.type in ("required", "forbidden") and not any(p.strip() for p in rule.phrases):
+            raise ConfigError(file, f"{base}.phrases", "expected at least one phrase")
+        if not 0.0 < rule.min_similarity <= 1.0:
+            raise ConfigError(file, f"{base}.min_similarity", "expected a number in (0, 1]")
+        _check_positive(file, f"{base}.within_s", rule.within_s, allow_zero=True)
+        if not 0.0 <= rule.min_ratio <= rule.max_ratio <= 1.0:
+            raise ConfigError(
+                file, f"{base}.max_ratio", "expected 0 <= min_ratio <= max_ratio <= 1"
+            )
 
 
 def _check_workers(file: str, key: str, workers: int) -> None:

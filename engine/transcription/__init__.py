@@ -1,6 +1,10 @@
 """Offline transcription of recordings and QA rules over the transcripts (issue 19, first slice).
 
 - ``asr``: the ``Transcriber`` interface, PocketSphinx 5 behind it, 8 -> 16 kHz upsampling
+- ``audio``: a recording (plain or encrypted, decrypted in memory) as two channels; paused spans cut out
+- ``redact``: card-number digit runs masked after a context word
+- ``qa``: required / forbidden phrases (fuzzy or spotted) and agent talk ratio, with evidence times
+- ``pipeline``: one recording -> per-channel words, spotted phrases, masking and QA results
 
 Not yet wired into the daemon: no worker pool, store table or API reads these yet.
 """
