@@ -62,7 +62,12 @@ def transcribe_channels(
 
 
 def _shift(item: Any, offset_s: float) -> Any:
-    return dataclasses.replace(item, start_s=item.start_s + offset_s, end_s=item.end_s + offset_s)
+    # float(): an engine may hand back numpy scalars, which the store's JSON encoder refuses
+    return dataclasses.replace(
+        item,
+        start_s=round(float(item.start_s + offset_s), 3),
+        end_s=round(float(item.end_s + offset_s), 3),
+    )
 
 
 def transcribe_recording(
