@@ -4,7 +4,9 @@
 - ``audio``: a recording (plain or encrypted, decrypted in memory) as two channels; paused spans cut out
 - ``redact``: card-number digit runs masked after a context word
 - ``qa``: required / forbidden phrases (fuzzy or spotted) and agent talk ratio, with evidence times
-- ``pipeline``: one recording -> per-channel words, spotted phrases, masking and QA results
+- ``pipeline``: one recording -> per-channel words, spotted phrases, masking and QA results;
+  ``run_job`` is the entry point for a worker process
+- ``store``: transcripts in the CDR store, sealed when the recording is encrypted
 
-Not yet wired into the daemon: no worker pool, store table or API reads these yet.
+Not yet wired into the daemon: nothing schedules jobs, and no API, event or metric reads them.
 """
