@@ -61,7 +61,7 @@ def test_word_error_rate_at_8k(transcriber, tmp_path: Path) -> None:  # type: ig
     print(
         f"pocketsphinx free transcription, espeak-ng, {len(SENTENCES)} sentences at 8 kHz: WER {corpus:.2f}"
     )
-    # measured 0.55 (2026-12); silence, the wrong channel or garbage audio give ~1.0
+    # measured 0.47 (2026-12); silence, the wrong channel or garbage audio give ~1.0
     assert corpus < 0.75
     assert transcriber.transcribe(np.zeros(16000, np.int16), 8000) == []
 
