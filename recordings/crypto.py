@@ -445,3 +445,46 @@ def open_recording_stream(
                 yield piece
 
     return size, plain()
+
+
+# -- sealed blobs: small records that belong with a recording (its transcript) --------------------
+#
+# One AES-256-GCM message: MAGIC | key id length u8 | key id | salt(16) | nonce(12) | ciphertext.
+# The subkey is derived per blob as for files (HKDF with its own salt, a different info string), so
+# a random 96-bit nonce is used exactly once per subkey. The caller's ``aad`` (e.g. the recording
+# id) binds the blob to its row: a blob copied onto another row does not open.
+BLOB_MAGIC = b"\x89ACDBLB\n"
+_BLOB_HKDF_INFO = b"acd sealed blob key v1"
+_BLOB_NONCE_BYTES = 12
+
+
+def seal_blob(keyring: Keyring, plaintext: bytes, aad: bytes) -> tuple[str, bytes]:
+    """(key id, sealed bytes) with the keyring's active key."""
+    key_id, key = keyring.active()
+    salt, nonce = os.urandom(SALT_BYTES), os.urandom(_BLOB_NONCE_BYTES)
+    kid = key_id.encode("ascii")
+    head = BLOB_MAGIC + bytes([len(kid)]) + kid + salt + nonce
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=salt, info=_BLOB_HKDF_INFO)
+    return key_id, head + AESGCM(hkdf.derive(key)).encrypt(nonce, plaintext, head + aad)
+
+
+def open_blob(keyring: Keyring, blob: bytes, aad: bytes) -> bytes:
+    """The plaintext of ``seal_blob``'s output. Raises ``UnknownKeyIdError`` for a key the keyring
+    lacks, ``ChunkAuthenticationError`` (chunk 0) for a tampered or misplaced blob, and
+    ``CorruptRecordingError`` for bytes that are not a sealed blob."""
+    if not blob.startswith(BLOB_MAGIC) or len(blob) < len(BLOB_MAGIC) + 1:
+        raise CorruptRecordingError("not a sealed blob")
+    n = blob[len(BLOB_MAGIC)]
+    at = len(BLOB_MAGIC) + 1
+    key_id = blob[at : at + n].decode("ascii", "replace")
+    salt = blob[at + n : at + n + SALT_BYTES]
+    nonce = blob[at + n + SALT_BYTES : at + n + SALT_BYTES + _BLOB_NONCE_BYTES]
+    head_len = at + n + SALT_BYTES + _BLOB_NONCE_BYTES
+    if len(blob) < head_len + 16:
+        raise CorruptRecordingError("sealed blob is truncated")
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=salt, info=_BLOB_HKDF_INFO)
+    aead = AESGCM(hkdf.derive(keyring.key(key_id)))
+    try:
+        return aead.decrypt(nonce, blob[head_len:], blob[:head_len] + aad)
+    except InvalidTag:
+        raise ChunkAuthenticationError(0) from None

@@ -82,7 +82,7 @@ def _field_type(path: str) -> Any:
     return node
 
 
-def _reword(message: str, raw: Any) -> tuple[str, str]:
+def reword_validation_error(message: str, raw: Any) -> tuple[str, str]:
     """Turn a msgspec ValidationError message into (key path, problem) in TOML terms."""
     match = _VALIDATION_RE.match(message)
     assert match is not None  # the pattern matches every string
@@ -138,7 +138,7 @@ def parse_config(text: str, file: str) -> Config:
     try:
         cfg = msgspec.convert(raw, Config, strict=True)
     except msgspec.ValidationError as exc:
-        path, problem = _reword(str(exc), raw)
+        path, problem = reword_validation_error(str(exc), raw)
         raise ConfigError(file, path, problem) from None
     cfg = msgspec.structs.replace(cfg, source=file)
     if not cfg.runtime.var_dir.strip():

@@ -44,7 +44,7 @@ import recordings as rec
 from engine.config import Config, QueueConfig
 from engine.recording.spec import RecordingSpec, RemoteRecorder
 from engine.storage import Store
-from engine.storage.schema import audit_log
+from engine.storage.schema import audit_log, transcripts
 from engine.storage.schema import recordings as recordings_table
 from recordings.retention import SECONDS_PER_DAY
 from sip.rtp.g711 import DECODERS
@@ -197,6 +197,8 @@ async def purge_index(
                     .where(recordings_table.c.id.in_(gone))
                     .values(purged_at=now)
                 )
+                # A transcript goes with its recording (a held recording is never in ``gone``).
+                await conn.execute(transcripts.delete().where(transcripts.c.recording_id.in_(gone)))
             await conn.execute(audit_log.insert(), audits)
     return IndexPurge(report, lines)
 

@@ -112,6 +112,30 @@ recordings = sa.Table(
     sa.Index(None, "started_at"),
 )
 
+# One per transcribed recording (migration 0005): deleted with it by the retention purge, so a
+# legal hold on the recording keeps its transcript too. When the recording is encrypted, ``text``
+# is NULL and ``body`` is sealed with the recordings keyring (``key_id``); ``qa`` holds only rule
+# names, outcomes and times, never transcribed words.
+transcripts = sa.Table(
+    "transcripts",
+    metadata,
+    sa.Column("recording_id", sa.String(64), primary_key=True),
+    sa.Column("call_id", sa.String(64), nullable=False),
+    sa.Column("queue", sa.String(64)),
+    sa.Column("agent_id", sa.String(64)),
+    sa.Column("started_at", sa.Double, nullable=False),  # the recording's, for time windows
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("engine", sa.String(64), nullable=False),
+    sa.Column("key_id", sa.String(64)),
+    sa.Column("text", sa.Text),  # caller and agent words, for search; NULL when encrypted
+    sa.Column("body", sa.LargeBinary, nullable=False),  # JSON, or sealed JSON
+    sa.Column("qa", sa.JSON),
+    sa.Column("qa_passed", sa.Boolean),  # NULL: no rule applied
+    sa.Index(None, "call_id"),
+    sa.Index(None, "started_at"),
+    sa.Index(None, "qa_passed", "started_at"),
+)
+
 # Who looked at or changed what: recordings downloads, config reloads, agent state by supervisors.
 audit_log = sa.Table(
     "audit_log",
