@@ -21,6 +21,14 @@ so the sender and receiver compete with the media process: read ratios, not abso
 
     .venv/bin/python benchmarks/bench_media.py --calls 100 500 --seconds 5
     .venv/bin/python benchmarks/bench_media.py --calls 300 600 --modes acd-rec workers --workers 1 2
+    .venv/bin/python benchmarks/bench_media.py --calls 100 200 --modes acd monitor
+
+``monitor`` is ``acd`` with a supervisor barged into every call (`sip.media.Monitor`): each 20 ms
+tick decodes the three legs, mixes and encodes three frames (caller, agent and supervisor each hear
+the other two); the supervisor's endpoint sends no RTP here (its input is silence, decoded like any
+other), so the figure is the mixer's cost over a relayed bridge, per call-second. In barge the callers'
+and agents' packets are the mixes, which carry no send time: read only the CPU columns there
+(lost and jitter are not measured for mixed legs).
 """
 
 from __future__ import annotations
@@ -227,7 +235,7 @@ async def _serve(
     import tempfile
 
     import recordings as rec
-    from sip.media import Bridge, MediaClock, MediaStats, PortAllocator, open_endpoint
+    from sip.media import Bridge, MediaClock, MediaStats, Monitor, PortAllocator, open_endpoint
     from sip.rtp.g711 import DECODERS
 
     loop = asyncio.get_running_loop()
@@ -239,6 +247,7 @@ async def _serve(
     tmp = tempfile.TemporaryDirectory(prefix="bench_media_")
     writer = None
     pool = None
+    discard: socket.socket | None = None
 
     def dest(leg: int) -> tuple[str, int]:
         return receivers[(leg // LEGS_PER_RECEIVER_SOCKET) % len(receivers)]
@@ -260,7 +269,7 @@ async def _serve(
         )  # fmt: skip
         await pool.start()
     if mode != "baseline":
-        alloc = PortAllocator(port_base, port_base + 4 * calls + 200)
+        alloc = PortAllocator(port_base, port_base + (6 if mode == "monitor" else 4) * calls + 200)
         clock.start()
         for i in range(calls):
             caller = await open_endpoint(
@@ -288,6 +297,17 @@ async def _serve(
                     sinks.append(sink)
                 bridge = Bridge(caller, agent, stats=stats, sink=sink)
             bridge.start(loop.time())
+            if mode == "monitor":
+                if discard is None:  # the supervisors' mixes go to a socket nobody reads
+                    discard = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                    discard.bind(("127.0.0.1", 0))
+                supervisor = await open_endpoint(
+                    alloc, stats, clock=clock, remote=discard.getsockname(), symmetric=False
+                )
+                monitor = Monitor(bridge, supervisor, clock, mode="barge")
+                monitor.start(loop.time())
+                closers.append(supervisor.close)
+                stoppers.append(monitor.stop)
             ports += [caller.port, agent.port]
             closers += [caller.close, agent.close]
             stoppers.append(bridge.stop)
@@ -466,7 +486,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument(
         "--modes", nargs="+", default=["baseline", "acd"],
-        choices=["baseline", "acd", "acd-rec", "workers"],
+        choices=["baseline", "acd", "acd-rec", "workers", "monitor"],
     )  # fmt: skip
     parser.add_argument("--port-base", type=int, default=42000)
     parser.add_argument(

@@ -2,7 +2,7 @@
 
 ``ports`` (RTP/RTCP port pairs), ``endpoint`` (one leg's sockets, symmetric RTP, statistics, DTMF,
 inactivity, RTCP), ``clock`` (the one 20 ms clock per process), ``player`` (prompts and music on
-hold), ``bridge`` (relay + tap), ``tap`` (the `RecordingSink` contract), ``stats`` (plain counters).
+hold), ``bridge`` (relay + tap), ``monitor`` (a supervisor mixed into a bridge), ``tap`` (the `RecordingSink` contract), ``stats`` (plain counters).
 The protocol work itself lives in the sans-I/O ``sip.rtp``.
 """
 
@@ -17,6 +17,7 @@ from sip.media.endpoint import (
     RtpEndpoint,
     open_endpoint,
 )
+from sip.media.monitor import Monitor
 from sip.media.player import LegPlayer, PlaybackFinished
 from sip.media.ports import PortAllocator, PortsExhaustedError
 from sip.media.stats import MediaStats
@@ -31,6 +32,7 @@ __all__ = [
     "MediaEvent",
     "MediaStats",
     "MediaTimedOut",
+    "Monitor",
     "PlaybackFinished",
     "PortAllocator",
     "PortsExhaustedError",

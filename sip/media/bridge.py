@@ -18,17 +18,14 @@ How this works: `Bridge.start` installs one `_Direction` per way as the source e
 `Bridge.pause_recording` / `resume_recording` stop and restart the tap (PCI pause, or hold) while
 the relay goes on; the skipped span reaches the sink as one ``gap`` per channel.
 
-Room for a 3-party mixer later: a conference cannot relay, it must mix on a clock. It would register
-a ticker with the shared `MediaClock`, give each leg a `sip.rtp.jitter.JitterBuffer` fed from
-``on_rtp`` (instead of a `_Direction`), and every 20 ms pop one frame per leg, decode with the G.711
-tables, sum the other legs for each output (int32, clipped), encode and send through each leg's
-``stream.send``. The tap then receives the per-leg frames (or the mix, as ``L16``) with positions
-from the same clock. `Bridge` keeps its legs and directions in lists so that shape can reuse them.
+A third party (a supervisor listening, whispering or barging) is `sip.media.monitor.Monitor`: it
+sets a way's ``listener`` to receive its packets and clears ``forward`` on a way whose far end must
+hear a mix instead of the relay; the tap is untouched, so the recording keeps caller and agent.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
 from sip.media.endpoint import RtpEndpoint
@@ -69,7 +66,17 @@ class _TapChannel:
 class _Direction:
     """src leg -> dst leg: the ``on_rtp`` hook of the source endpoint."""
 
-    __slots__ = ("bridge", "dst", "out_stream", "pt_map", "stats", "tap", "tap_codecs")
+    __slots__ = (
+        "bridge",
+        "dst",
+        "forward",
+        "listener",
+        "out_stream",
+        "pt_map",
+        "stats",
+        "tap",
+        "tap_codecs",
+    )
 
     def __init__(
         self,
@@ -95,6 +102,10 @@ class _Direction:
         self.pt_map = pt_map
         self.tap_codecs = dict(src.payload_types)
         self.tap = _TapChannel(channel)
+        # a `sip.media.monitor.Monitor` turns forwarding off where this way is mixed instead, and
+        # listens to every packet (the tap goes on either way: the recording keeps the legs)
+        self.forward = True
+        self.listener: Callable[[bytes], None] | None = None
 
     def __call__(self, data: bytes, seq: int, ts: int, ssrc: int, now: float) -> None:
         # Everything here runs once per packet of every bridged call: one bytearray copy, one
@@ -122,7 +133,10 @@ class _Direction:
                 buf[start : start + len(packet.payload)] = packet.payload.translate(table)
         remote = dst.remote_addr
         transport = dst.transport
-        if remote is not None and transport is not None:
+        listener = self.listener
+        if listener is not None:
+            listener(data)
+        if remote is not None and transport is not None and self.forward:
             transport.sendto(buf, remote)
             dst.packets_sent += 1
             self.stats.packets_sent += 1
@@ -231,6 +245,19 @@ class Bridge:
                 leg.on_rtp = direction
             elif not on and leg.on_rtp is direction:
                 leg.on_rtp = None
+
+    def set_way(
+        self, way: int, now: float, *, forward: bool, listener: Callable[[bytes], None] | None
+    ) -> None:
+        """For a third party (`sip.media.monitor`): way 0 is caller -> agent, 1 agent -> caller.
+        ``forward=False`` stops relaying that way (the far end hears something else; the tap goes
+        on); turning it back on continues the far end's stream with a marker. ``listener`` gets
+        every relayable packet of that way, as received."""
+        direction = self._directions[way]
+        direction.listener = listener
+        if direction.forward != forward:
+            direction.forward = forward
+            direction.dst.stream.begin_source(now)
 
     def position(self, now: float) -> int:
         """Sample position of ``now`` on the recording's time line."""

@@ -78,3 +78,23 @@ class CollectingSink:
 
     def close(self, end_position: int) -> None:
         self.closed_at = end_position
+
+
+def tone_share(pcm: np.ndarray, hz: float, rate: int = 8000, segment: int = 320) -> float:
+    """The share (0..1) of ``pcm``'s energy in a tone at ``hz``: 1 for that tone alone, about 0.5
+    each for two equal tones, near 0 when absent. Per 40 ms Hann-windowed segment, so a dropped or
+    repeated frame in a mix (a phase jump) does not hide a tone as a whole-signal DFT would."""
+    n = len(pcm) // segment * segment
+    if n == 0:
+        return 0.0
+    x = pcm[:n].astype(np.float64).reshape(-1, segment)
+    w = np.hanning(segment)
+    xw = x * w
+    t = np.arange(segment) / rate
+    tone = np.exp(-2j * np.pi * hz * t)
+    bin_power = np.abs(xw @ tone) ** 2
+    energy = (xw * xw).sum(axis=1)
+    # a pure tone gives |X|^2 / energy = sum(w)^2 / (2 sum(w^2))
+    scale = w.sum() ** 2 / (2 * (w * w).sum())
+    total = float(energy.sum())
+    return 0.0 if total == 0 else float(bin_power.sum() / scale / total)

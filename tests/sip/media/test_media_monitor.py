@@ -1,0 +1,122 @@
+"""A supervisor mixed into a bridge over real UDP sockets: who hears which tone, per mode."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import numpy as np
+from media_helpers import Phone, open_phone, tone_frames, tone_share
+
+from sip.media import Bridge, MediaClock, MediaStats, Monitor, PortAllocator, open_endpoint
+from sip.rtp.g711 import decode_pcmu
+from sip.rtp.packet import RtpPacket
+
+FRAMES = 20  # 0.4 s per phase
+
+
+def heard(phone: Phone, since: int) -> np.ndarray:
+    packets = phone.received[since:]
+    return np.frombuffer(b"".join(decode_pcmu(p.payload) for p in packets), "<i2")
+
+
+async def speak(phones: list[tuple[Phone, tuple[str, int], list[bytes], int]], start: int) -> None:
+    for i in range(FRAMES):
+        for phone, to, frames, ssrc in phones:
+            n = start + i
+            phone.send(RtpPacket(0, n, 160 * n, ssrc, frames[n]).serialize(), to)
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.06)
+
+
+async def test_listen_whisper_barge_and_leave(
+    allocator: PortAllocator, stats: MediaStats, clock: MediaClock
+) -> None:
+    caller_p, agent_p, sup_p = await open_phone(), await open_phone(), await open_phone()
+    tones = {440: tone_frames(440, 5 * FRAMES), 880: tone_frames(880, 5 * FRAMES)}
+    tones[660] = tone_frames(660, 5 * FRAMES)
+    loop = asyncio.get_running_loop()
+    async with (
+        await open_endpoint(allocator, stats, remote=caller_p.address) as caller,
+        await open_endpoint(allocator, stats, remote=agent_p.address) as agent,
+        await open_endpoint(allocator, stats, remote=sup_p.address) as sup,
+    ):
+        bridge = Bridge(caller, agent, stats=stats)
+        bridge.start(loop.time())
+        monitor = Monitor(bridge, sup, clock, mode="listen")
+        monitor.start(loop.time())
+        talkers = [
+            (caller_p, caller.local_address, tones[440], 0xA),
+            (agent_p, agent.local_address, tones[880], 0xB),
+            (sup_p, sup.local_address, tones[660], 0xC),
+        ]
+        results = {}
+        for phase, mode in enumerate(("listen", "whisper", "barge", "listen")):
+            monitor.set_mode(mode, loop.time())
+            marks = [len(p.received) for p in (caller_p, agent_p, sup_p)]
+            await speak(talkers, phase * FRAMES)
+            results[phase] = [
+                heard(p, m + 3)  # skip the switch-over frames
+                for p, m in zip((caller_p, agent_p, sup_p), marks, strict=True)
+            ]
+        monitor.stop(loop.time())
+        marks = [len(p.received) for p in (caller_p, agent_p, sup_p)]
+        await speak(talkers, 4 * FRAMES)
+        after = [heard(p, m) for p, m in zip((caller_p, agent_p, sup_p), marks, strict=True)]
+        bridge.stop(loop.time())
+
+    def check(pcm: np.ndarray, hears: tuple[int, ...], not_hears: tuple[int, ...]) -> None:
+        powers = {hz: round(tone_share(pcm, hz), 3) for hz in (440, 660, 880)}
+        assert all(powers[hz] > 0.1 for hz in hears), powers
+        assert all(powers[hz] < 0.01 for hz in not_hears), powers
+
+    for phase in (0, 3):  # listen, also after coming back from barge
+        caller_heard, agent_heard, sup_heard = results[phase]
+        check(sup_heard, (440, 880), ())
+        check(caller_heard, (880,), (660,))
+        check(agent_heard, (440,), (660,))
+    caller_heard, agent_heard, sup_heard = results[1]  # whisper
+    check(agent_heard, (440, 660), ())
+    check(caller_heard, (880,), (660,))
+    check(sup_heard, (440, 880), ())
+    caller_heard, agent_heard, sup_heard = results[2]  # barge
+    check(caller_heard, (660, 880), ())
+    check(agent_heard, (440, 660), ())
+    check(sup_heard, (440, 880), (660,))
+    # after stop: the plain bridge, and the supervisor hears nothing more
+    check(after[0], (880,), (660,))
+    check(after[1], (440,), (660,))
+    assert len(after[2]) == 0
+    # each phone sees one stream from us: one SSRC, sequence numbers only ever go forward
+    for phone in (caller_p, agent_p):
+        assert len({p.ssrc for p in phone.received}) == 1
+        seqs = [p.sequence for p in phone.received]
+        steps = [(b - a) % 65536 for a, b in itertools.pairwise(seqs)]
+        assert all(0 < step < 100 for step in steps), steps
+    for p in (caller_p, agent_p, sup_p):
+        assert p.transport is not None
+        p.transport.close()
+
+
+async def test_bridge_end_stops_the_monitor(
+    allocator: PortAllocator, stats: MediaStats, clock: MediaClock
+) -> None:
+    phones = [await open_phone() for _ in range(3)]
+    loop = asyncio.get_running_loop()
+    async with (
+        await open_endpoint(allocator, stats, remote=phones[0].address) as caller,
+        await open_endpoint(allocator, stats, remote=phones[1].address) as agent,
+        await open_endpoint(allocator, stats, remote=phones[2].address) as sup,
+    ):
+        bridge = Bridge(caller, agent, stats=stats)
+        bridge.start(loop.time())
+        monitor = Monitor(bridge, sup, clock, mode="barge")
+        monitor.start(loop.time())
+        await asyncio.sleep(0.1)
+        bridge.stop(loop.time())
+        await asyncio.sleep(0.05)
+        assert not monitor.running
+        assert len(clock) == 0
+    for p in phones:
+        assert p.transport is not None
+        p.transport.close()
