@@ -70,44 +70,51 @@ class IntervalFigures(msgspec.Struct, frozen=True):
 
 
 def summarize(rows: Iterable[Mapping[str, Any]], threshold_s: float) -> DayFigures:
-    offered = answered = abandoned = within = 0
-    waits: list[float] = []
-    handle: list[float] = []
-    for row in rows:
-        offered += 1
-        if row["agent_answered_at"] is not None:
-            answered += 1
-            wait = float(row["wait_s"] or 0.0)
-            waits.append(wait)
-            within += wait <= threshold_s
-            handle.append(float(row["talk_s"] or 0.0) + float(row["wrap_up_s"] or 0.0))
-        elif row["disposition"] == "abandoned":
-            abandoned += 1
-    return DayFigures(
-        offered=offered,
-        answered=answered,
-        abandoned=abandoned,
-        service_level=within / answered if answered else None,
-        asa_s=sum(waits) / len(waits) if waits else None,
-        aht_s=sum(handle) / len(handle) if handle else None,
-        abandon_rate=abandoned / offered if offered else None,
+    """Figures of CDR rows (calls): answered by an agent, or abandoned."""
+    return _figures(
+        (
+            (
+                None if row["agent_answered_at"] is None else float(row["wait_s"] or 0.0),
+                float(row["talk_s"] or 0.0) + float(row["wrap_up_s"] or 0.0),
+                row["disposition"] == "abandoned",
+            )
+            for row in rows
+        ),
+        threshold_s,
     )
 
 
 def summarize_tasks(rows: Iterable[Mapping[str, Any]], threshold_s: float) -> DayFigures:
+    """Figures of task rows: accepted by an agent, or cancelled by the customer."""
+    return _figures(
+        (
+            (
+                None if row["accepted_at"] is None else float(row["wait_s"] or 0.0),
+                None if row["handle_s"] is None else float(row["handle_s"]),
+                row["state"] == "cancelled",
+            )
+            for row in rows
+        ),
+        threshold_s,
+    )
+
+
+def _figures(
+    contacts: Iterable[tuple[float | None, float | None, bool]], threshold_s: float
+) -> DayFigures:
+    """One queue's figures from (wait if answered else None, handle time, abandoned) per contact."""
     offered = answered = abandoned = within = 0
     waits: list[float] = []
     handle: list[float] = []
-    for row in rows:
+    for wait, handle_s, gave_up in contacts:
         offered += 1
-        if row["accepted_at"] is not None:
+        if wait is not None:
             answered += 1
-            wait = float(row["wait_s"] or 0.0)
             waits.append(wait)
             within += wait <= threshold_s
-            if row["handle_s"] is not None:
-                handle.append(float(row["handle_s"]))
-        elif row["state"] == "cancelled":
+            if handle_s is not None:
+                handle.append(handle_s)
+        elif gave_up:
             abandoned += 1
     return DayFigures(
         offered=offered,
