@@ -20,7 +20,7 @@ VOICE = "en-us+f2"
 
 def espeak_8k(text: str, tmp: Path, name: str = "s") -> np.ndarray:
     if shutil.which("espeak-ng") is None or shutil.which("sox") is None:
-        pytest.skip("espeak-ng and sox are needed (scripts/test installs them)")
+        pytest.fail("espeak-ng and sox are needed (scripts/test installs them)")
     raw, out = tmp / f"{name}.raw.wav", tmp / f"{name}.8k.wav"
     subprocess.run(
         ["espeak-ng", "-v", VOICE, "-s", "150", "-w", str(raw), text], check=True, timeout=30
