@@ -62,6 +62,16 @@ def _alembic_config() -> AlembicConfig:
     return cfg
 
 
+def head_revision() -> str:
+    """The newest revision the migrations folder holds: what ``Store.open()`` migrates to."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    if head is None:
+        raise StorageError(f"no migrations under {_MIGRATIONS}")
+    return head
+
+
 class Store:
     """Owns the database engine. ``await Store.open(url)``, then use ``engine``; ``await close()``."""
 

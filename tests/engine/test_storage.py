@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from engine.config import StorageConfig
-from engine.storage import StorageError, Store, database_url
+from engine.storage import StorageError, Store, database_url, head_revision
 from engine.storage.schema import (
     agent_events,
     audit_log,
@@ -70,9 +70,9 @@ async def test_migrations_create_every_table_at_head(store: Store) -> None:
     async with store.engine.connect() as conn:
         names = await conn.run_sync(lambda c: set(sa.inspect(c).get_table_names()))
     assert names >= EXPECTED_TABLES | {"alembic_version"}
-    assert await store.revision() == "0005"
+    assert await store.revision() == head_revision()
     await store.migrate()  # idempotent: a second run at head changes nothing
-    assert await store.revision() == "0005"
+    assert await store.revision() == head_revision()
 
 
 async def test_migrated_columns_and_indexes_are_schema_py(store: Store) -> None:
@@ -189,3 +189,17 @@ async def test_unwritable_sqlite_location_is_a_storage_error(tmp_path: Path) -> 
     blocker.write_text("not a directory")
     with pytest.raises(StorageError):
         await Store.open(f"sqlite+aiosqlite:///{blocker}/sub/acd.sqlite3")
+
+
+def test_migrations_form_one_chain() -> None:
+    """Branches that each added a migration must be re-pointed into one line when merged: two
+    heads would leave ``upgrade head`` ambiguous. ``head_revision`` names the single head."""
+    from alembic.script import ScriptDirectory
+
+    from engine.storage.store import _alembic_config
+
+    script = ScriptDirectory.from_config(_alembic_config())
+    assert script.get_heads() == [head_revision()]
+    chain = [rev.revision for rev in script.walk_revisions()]
+    assert chain[-1] == "0001"
+    assert len(chain) == len(set(chain))
