@@ -11,7 +11,7 @@ from aiohttp import web
 
 from engine.api.app import json_response
 from engine.api.auth import principal_of
-from engine.api.context import CONTEXT_KEY, float_arg
+from engine.api.context import CONTEXT_KEY, float_arg, int_arg
 from engine.config import Role
 from engine.storage import queries
 
@@ -26,10 +26,7 @@ async def search_cdr(request: web.Request) -> web.Response:
         raise web.HTTPServiceUnavailable(text="storage is not open")
     since = float_arg(request, "since", None)
     until = float_arg(request, "until", None)
-    try:
-        limit = min(int(request.query.get("limit", "100")), MAX_CDR_ROWS)
-    except ValueError:
-        raise web.HTTPBadRequest(text="limit must be an integer") from None
+    limit = int_arg(request, "limit", 100, minimum=1, maximum=MAX_CDR_ROWS)
     agent = request.query.get("agent")
     if not principal.at_least(Role.SUPERVISOR):
         if agent not in (None, principal.agent_id):

@@ -9,6 +9,7 @@ read from and changed in the routing service (the one owner, DESIGN.md section 2
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -45,11 +46,30 @@ CONTEXT_KEY = web.AppKey("api_context", ApiContext)
 
 
 def float_arg(request: web.Request, name: str, default: float | None) -> float | None:
-    """The query argument ``name`` as a number, ``default`` when absent; 400 when not a number."""
+    """The query argument ``name`` as a number, ``default`` when absent; 400 when not a finite
+    number (times are epoch seconds, lengths seconds: the OpenAPI document says which)."""
     raw = request.query.get(name)
     if raw is None:
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
-        raise web.HTTPBadRequest(text=f"{name} must be epoch seconds, found {raw!r}") from None
+        value = math.nan
+    if not math.isfinite(value):
+        raise web.HTTPBadRequest(text=f"{name} must be a number, found {raw!r}")
+    return value
+
+
+def int_arg(request: web.Request, name: str, default: int, *, minimum: int, maximum: int) -> int:
+    """The query argument ``name`` as an integer, ``default`` when absent or empty, clamped to
+    ``maximum``; 400 when not an integer or below ``minimum``."""
+    raw = request.query.get(name) or None
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise web.HTTPBadRequest(text=f"{name} must be an integer, found {raw!r}") from None
+    if value < minimum:
+        raise web.HTTPBadRequest(text=f"{name} must be at least {minimum}, found {value}")
+    return min(value, maximum)

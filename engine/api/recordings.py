@@ -18,7 +18,7 @@ from aiohttp import web
 from engine.api.app import json_response
 from engine.api.auth import Principal, audit, principal_of, require_role
 from engine.api.cdr import MAX_CDR_ROWS
-from engine.api.context import CONTEXT_KEY, ApiContext, float_arg
+from engine.api.context import CONTEXT_KEY, ApiContext, float_arg, int_arg
 from engine.config import Role
 from engine.recording.service import CONTENT_TYPES
 from engine.storage import queries
@@ -42,7 +42,7 @@ async def list_recordings(request: web.Request) -> web.Response:
     principal = principal_of(request)
     if ctx.store is None:
         raise web.HTTPServiceUnavailable(text="storage is not open")
-    limit = min(int(request.query.get("limit", "100") or 100), MAX_CDR_ROWS)
+    limit = int_arg(request, "limit", 100, minimum=1, maximum=MAX_CDR_ROWS)
     since = float_arg(request, "since", None)
     agent = request.query.get("agent")
     if not principal.at_least(Role.SUPERVISOR):

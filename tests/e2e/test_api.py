@@ -176,6 +176,11 @@ def test_cdr_search_and_interval_stats(daemon: DaemonProcess) -> None:
     assert [r["id"] for r in own] == ["c4"]  # type: ignore[union-attr, index]
     assert call(daemon, "GET", "/api/v1/cdr?agent=1001", AGENT_1002)[0] == 403
     assert call(daemon, "GET", "/api/v1/cdr?since=yesterday", SUPERVISOR)[0] == 400
+    assert call(daemon, "GET", "/api/v1/cdr?since=nan", SUPERVISOR)[0] == 400
+    assert call(daemon, "GET", "/api/v1/cdr?limit=0", SUPERVISOR)[0] == 400
+    assert call(daemon, "GET", "/api/v1/cdr?limit=1", SUPERVISOR)[1][0]["id"] == "c4"  # type: ignore[index]
+    # Every list takes its bounds the same way: a bad limit is the caller's 400, never our 500.
+    assert call(daemon, "GET", "/api/v1/recordings?limit=x", SUPERVISOR)[0] == 400
 
     status, stats = call(
         daemon,
