@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
+import ssl
 import time
 from pathlib import Path
 from typing import Any
@@ -170,12 +171,21 @@ class Daemon:
             shutdown_timeout=self.config.http.shutdown_timeout_s,
         )
         await runner.setup()
-        site = web.TCPSite(runner, self.config.http.bind, self.config.http.port)
+        http = self.config.http
+        tls = None
+        if http.cert_file:  # validation made sure key_file is there and matches
+            tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)  # TLS 1.2 and newer
+            tls.load_cert_chain(http.cert_file, http.key_file)
+        site = web.TCPSite(runner, http.bind, http.port, ssl_context=tls)
         await site.start()
         self._runner = runner
         server = site._server  # aiohttp exposes the bound port only through the server object
         sockets = getattr(server, "sockets", None) or ()
         self.http_port = sockets[0].getsockname()[1] if sockets else self.config.http.port
+
+    @property
+    def _http_scheme(self) -> str:
+        return "https" if self.config.http.cert_file else "http"
 
     async def _reload_loop(self) -> None:
         while True:
@@ -351,7 +361,7 @@ class Daemon:
                 self.metrics.ready.set(1)
                 log.info(
                     "ready",
-                    http=f"http://{self.config.http.bind}:{self.http_port}",
+                    http=f"{self._http_scheme}://{self.config.http.bind}:{self.http_port}",
                     storage=self.store.dialect,
                     # the first listener (what the README's examples dial), then all of them
                     sip=_listener_text(self.calls.listening[0]),

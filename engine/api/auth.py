@@ -6,7 +6,10 @@ are looked up by their SHA-256, so a config may hold only hashes and a lookup le
 the secret. Roles nest: admin > supervisor > agent; an agent sees only itself and its own calls.
 The integration role stands outside the nesting (a chat widget or CRM is not a person): it may
 use the tasks API and nothing else, which the middleware enforces by path, so no handler written
-for people can leak calls, CDRs or recordings to it.
+for people can leak calls, CDRs or recordings to it. The monitoring role (a Prometheus server, a
+load balancer's probe) reads ``/metrics``, ``/healthz`` and ``/readyz`` and nothing else; those three
+need a token at all only when ``[http] open_paths`` leaves them out (then monitoring, supervisor or
+admin).
 Every state change made through the API (agent state, reload) is written to the audit log and to
 the agent-events table, so "who paused agent 1002 at 10:41" has an answer.
 
@@ -36,7 +39,7 @@ from prometheus_client import CollectorRegistry, Counter
 from engine.api.app import Problem, json_response
 from engine.api.context import CONTEXT_KEY, ApiContext
 from engine.calls.security import ban_policy_of, iso_utc
-from engine.config import Config, Role
+from engine.config import HTTP_OPEN_PATHS, Config, Role
 from engine.storage import queries
 from sip.security import AllowList, BanTracker, parse_networks
 
@@ -44,7 +47,13 @@ log = structlog.stdlib.get_logger("acd.api")
 security_log = structlog.stdlib.get_logger("acd.security")
 
 
-_RANK = {Role.INTEGRATION: -1, Role.AGENT: 0, Role.SUPERVISOR: 1, Role.ADMIN: 2}
+_RANK = {
+    Role.MONITORING: -1,
+    Role.INTEGRATION: -1,
+    Role.AGENT: 0,
+    Role.SUPERVISOR: 1,
+    Role.ADMIN: 2,
+}
 # What an integration token may reach (the event stream checks its role itself).
 _INTEGRATION_PATHS = ("/api/v1/tasks",)
 
@@ -165,9 +174,12 @@ def make_auth_middleware(tokens: TokenTable) -> Callable[..., Awaitable[web.Stre
     async def auth_middleware(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        if not request.path.startswith("/api/") or request.path in _PUBLIC:
+        probe = request.path in HTTP_OPEN_PATHS  # /healthz, /readyz, /metrics
+        if not probe and (not request.path.startswith("/api/") or request.path in _PUBLIC):
             return await handler(request)
         config = request.app[CONTEXT_KEY].get_config()
+        if probe and request.path in config.http.open_paths:
+            return await handler(request)
         banned_s = tokens.refused_for(config, request.remote)
         if banned_s is not None:
             return too_many_attempts(banned_s)
@@ -184,7 +196,14 @@ def make_auth_middleware(tokens: TokenTable) -> Callable[..., Awaitable[web.Stre
                 {"WWW-Authenticate": 'Bearer realm="acd"'},
             )
         request[PRINCIPAL_KEY] = principal
-        if principal.role is Role.INTEGRATION and not _integration_may(request.path):
+        if probe:
+            if principal.role is not Role.MONITORING and not principal.at_least(Role.SUPERVISOR):
+                return _problem(403, "Forbidden", f"{request.path} needs a monitoring token")
+        elif principal.role is Role.MONITORING:
+            return _problem(
+                403, "Forbidden", "monitoring tokens may only read /metrics, /healthz and /readyz"
+            )
+        elif principal.role is Role.INTEGRATION and not _integration_may(request.path):
             return _problem(403, "Forbidden", "integration tokens may only use /api/v1/tasks")
         return await handler(request)
 

@@ -61,7 +61,7 @@ def _event_filter(config: Config, principal: Principal) -> Callable[[Event], boo
 async def event_stream(request: web.Request) -> web.StreamResponse:
     """WebSocket: send {"type": "auth", "token": ...} first; then events arrive as JSON objects.
 
-    Close codes: 4401 bad token, 4008 too slow (reconnect and re-read state), 1001 the daemon is
+    Close codes: 4401 bad token, 4403 a monitoring token, 4008 too slow (reconnect and re-read state), 1001 the daemon is
     shutting down. A source banned for guessing tokens gets 429 instead of the upgrade."""
     ctx = request.app[CONTEXT_KEY]
     banned_s = request.app[TOKENS_KEY].refused_for(ctx.get_config(), request.remote)
@@ -87,6 +87,9 @@ async def event_stream(request: web.Request) -> web.StreamResponse:
         )
         if principal is None or ctx.bus is None:
             await ws.close(code=4401, message=b"unauthorized")
+            return ws
+        if principal.role is Role.MONITORING:  # scrapes and probes; no events
+            await ws.close(code=4403, message=b"forbidden")
             return ws
         request[PRINCIPAL_KEY] = principal
         sub = ctx.bus.subscribe(_event_filter(config, principal))

@@ -18,6 +18,7 @@ from engine.config.errors import ConfigError
 from engine.config.load import load_config, parse_config
 from engine.config.schema import (
     CHANNEL_NAMES,
+    HTTP_OPEN_PATHS,
     STEP_TYPES,
     TASK_CHANNELS,
     AgentConfig,
@@ -64,6 +65,7 @@ from engine.config.schema import (
 
 __all__ = [
     "CHANNEL_NAMES",
+    "HTTP_OPEN_PATHS",
     "STEP_TYPES",
     "TASK_CHANNELS",
     "AgentConfig",

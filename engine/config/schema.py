@@ -60,11 +60,20 @@ class LogConfig(_Struct, frozen=True):
     format: LogFormat = LogFormat.AUTO
 
 
+HTTP_OPEN_PATHS = ("/healthz", "/readyz", "/metrics")
+
+
 class HttpConfig(_Struct, frozen=True):
     bind: str = "127.0.0.1"
     port: int = 8080
     # Seconds a graceful shutdown waits for in-flight HTTP requests.
     shutdown_timeout_s: float = 5.0
+    # HTTPS when both are set: the PEM certificate chain we present and its private key.
+    cert_file: str = ""
+    key_file: str = ""
+    # Which of /healthz, /readyz and /metrics answer without a bearer token; one left out needs a
+    # token of the monitoring, supervisor or admin role (Prometheus: `authorization` credentials).
+    open_paths: tuple[str, ...] = HTTP_OPEN_PATHS
 
 
 class SipListener(_Struct, frozen=True):
@@ -345,6 +354,8 @@ class Role(Enum):
     # a chat widget, mail gateway or CRM: creates and updates tasks, posts the customer's
     # messages; nothing else (no calls, CDRs, recordings, agents or figures)
     INTEGRATION = "integration"
+    # a Prometheus server or a load balancer's probe: /metrics, /healthz and /readyz, nothing else
+    MONITORING = "monitoring"
 
 
 class ApiToken(_Struct, frozen=True):

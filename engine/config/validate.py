@@ -11,16 +11,19 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
+import ssl
 from pathlib import Path
 from typing import Final
 
 from engine.config.errors import ConfigError
 from engine.config.schema import (
     CHANNEL_NAMES,
+    HTTP_OPEN_PATHS,
     AgentConfig,
     Config,
     EnqueueStep,
     GotoStep,
+    HttpConfig,
     LoginMode,
     LookupStep,
     MenuStep,
@@ -41,6 +44,28 @@ _MAX_PORT: Final = 65535
 
 # Ports below this are privileged; a contact-center daemon should not need root to bind them.
 _MIN_PORT: Final = 1
+
+
+def _check_http_tls(file: str, http: HttpConfig) -> None:
+    """Both PEM files or neither; readable; the key is the certificate's (what the listener will
+    load at start, tried here so that check-config and a reload say so instead of the start)."""
+    if not (http.cert_file or http.key_file):
+        return
+    for key in ("cert_file", "key_file"):
+        path = getattr(http, key)
+        if not path:
+            other = "key_file" if key == "cert_file" else "cert_file"
+            raise ConfigError(file, f"http.{key}", f"expected a PEM file: http.{other} is set")
+        if not Path(path).is_file():
+            raise ConfigError(file, f"http.{key}", f"expected a readable PEM file, found {path!r}")
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            http.cert_file, http.key_file
+        )
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(
+            file, "http.key_file", f"cannot load the certificate with this key: {exc}"
+        ) from None
 
 
 def _check_port(file: str, path: str, port: int) -> None:
@@ -78,6 +103,14 @@ def _validate(cfg: Config, file: str) -> None:
     _check_address(file, "http.bind", cfg.http.bind)
     _check_port(file, "http.port", cfg.http.port)
     _check_positive(file, "http.shutdown_timeout_s", cfg.http.shutdown_timeout_s, allow_zero=True)
+    _check_http_tls(file, cfg.http)
+    for i, path in enumerate(cfg.http.open_paths):
+        if path not in HTTP_OPEN_PATHS:
+            raise ConfigError(
+                file,
+                f"http.open_paths[{i}]",
+                f"expected one of {', '.join(map(repr, HTTP_OPEN_PATHS))}, found {path!r}",
+            )
     for i, listener in enumerate(cfg.sip.listeners):
         base = f"sip.listeners[{i}]"
         if listener.transport.lower() not in ("udp", "tcp", "tls"):

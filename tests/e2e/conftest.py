@@ -100,7 +100,9 @@ class DaemonProcess:
 DaemonFactory = Callable[..., DaemonProcess]
 
 
-def render_config(http_port: int, sip_port: int, extra: str = "", storage: str = "") -> str:
+def render_config(
+    http_port: int, sip_port: int, extra: str = "", storage: str = "", http_extra: str = ""
+) -> str:
     return f"""
 [log]
 level = "debug"
@@ -109,6 +111,7 @@ format = "json"
 [http]
 bind = "127.0.0.1"
 port = {http_port}
+{http_extra}
 
 [[sip.listeners]]
 transport = "udp"
@@ -132,12 +135,13 @@ def start_daemon(tmp_path: Path) -> Iterator[DaemonFactory]:
         wait: bool = True,
         http_port: int | None = None,
         env: dict[str, str] | None = None,
+        http_extra: str = "",
     ) -> DaemonProcess:
         workdir = tmp_path / f"daemon{len(started)}"
         workdir.mkdir()
         http_port = http_port or free_port()
         config_path = workdir / "acd.toml"
-        config_path.write_text(render_config(http_port, free_port(), extra, storage))
+        config_path.write_text(render_config(http_port, free_port(), extra, storage, http_extra))
         log_path = workdir / "acd.log"
         env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         log_file = log_path.open("w")

@@ -465,3 +465,40 @@ password = "secret"
     assert policy.scanner_user_agents  # drop_scanners
     off = "[security]\ndrop_scanners = false\n[security.flood]\nenabled = false\n"
     assert policy_of(parse_config(off + "[security.bans]\nenabled = false\n", "off.toml")) is None
+
+
+def test_http_tls_and_open_paths_mistakes_name_the_key(tmp_path: Path) -> None:
+    from tests.conftest import self_signed_cert
+
+    cert, key = self_signed_cert(tmp_path)
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    _, other_key = self_signed_cert(other_dir)
+    cases = [
+        (f'[http]\ncert_file = "{cert}"\n', "http.key_file", "http.cert_file is set"),
+        (f'[http]\nkey_file = "{key}"\n', "http.cert_file", "http.key_file is set"),
+        (
+            f'[http]\ncert_file = "{tmp_path / "nope.pem"}"\nkey_file = "{key}"\n',
+            "http.cert_file",
+            "readable PEM file",
+        ),
+        (
+            f'[http]\ncert_file = "{cert}"\nkey_file = "{other_key}"\n',
+            "http.key_file",
+            "cannot load the certificate with this key",
+        ),
+        (
+            '[http]\nopen_paths = ["/healthz", "/api/v1/agents"]\n',
+            "http.open_paths[1]",
+            "'/metrics'",
+        ),
+    ]
+    for text, key_path, fragment in cases:
+        with pytest.raises(ConfigError) as info:
+            parse_config(text, "/etc/acd/acd.toml")
+        assert (info.value.key_path, fragment in info.value.problem) == (key_path, True), text
+    cfg = parse_config(
+        f'[http]\ncert_file = "{cert}"\nkey_file = "{key}"\nopen_paths = ["/healthz"]\n', "x.toml"
+    )
+    assert cfg.http.open_paths == ("/healthz",)
+    assert parse_config("", "x.toml").http.open_paths == ("/healthz", "/readyz", "/metrics")
