@@ -544,14 +544,21 @@ class BanTracker:
         ]
         return {"version": STATE_VERSION, "sources": sources, "users": users}
 
-    def import_state(self, state: Mapping[str, object], now: float) -> None:
+    def import_state(
+        self, state: Mapping[str, object], now: float, *, elapsed_s: float = 0.0
+    ) -> None:
         """Replace everything tracked with `state` from `export_state`, read at `now`.
 
-        Bans keep their remaining time (a restart's downtime is not taken off them); sources
+        `elapsed_s` is the time that passed since the export while nothing tracked (a restart's
+        downtime, which the caller reads off the wall clock; 0 for a reload in the same process):
+        ages grow by it and bans' remaining times shrink by it, so a ban ends when it would
+        have; one that ran out meanwhile is remembered as ended then (for its strikes). Sources
         that are allow-listed now are skipped. No events: the caller knows what it restored, and
         `bans()` lists it. ValueError (nothing changed) if `state` is not what export_state
-        makes.
+        makes or `elapsed_s` is no number of seconds.
         """
+        if not (math.isfinite(elapsed_s) and elapsed_s >= 0):
+            raise ValueError(f"elapsed_s must be seconds >= 0, found {elapsed_s!r}")
         sources, users = _read_state(state)
         self._sources.clear()
         self._users.clear()
@@ -559,21 +566,26 @@ class BanTracker:
         for address, strikes, failure_ages, last_ban_age, ban in sources[-MAX_BAN_SOURCES:]:
             if address in self.allow:
                 continue
-            times = sorted(now - age for age in failure_ages)[-self.policy.max_failures :]
-            source = _Source(times, strikes)
+            times = sorted(now - age - elapsed_s for age in failure_ages)
+            source = _Source(times[-self.policy.max_failures :], strikes)
             if last_ban_age is not None:
-                source.last_ban_until = now - last_ban_age
+                source.last_ban_until = now - last_ban_age - elapsed_s
             if ban is not None:
                 reason, user, age_s, remaining_s, failures = ban
-                source.ban = Ban(
-                    address, reason, now - age_s, now + remaining_s, failures, strikes, user
-                )
-                self._push(source.ban)
+                until = now + remaining_s - elapsed_s
+                if until > now:
+                    since = now - age_s - elapsed_s
+                    source.ban = Ban(address, reason, since, until, failures, strikes, user)
+                    self._push(source.ban)
+                else:
+                    source.last_ban_until = max(source.last_ban_until, until)
             self._sources[address] = source
         user_max = self.policy.user_max_failures
         if user_max is not None:
             for user, failure_ages in users[-MAX_BAN_USERS:]:
-                self._users[user] = sorted(now - age for age in failure_ages)[-user_max:]
+                self._users[user] = sorted(now - age - elapsed_s for age in failure_ages)[
+                    -user_max:
+                ]
 
     # -- internals --
 

@@ -134,6 +134,8 @@ class Dispatcher:
         """A fact of the shared guard, handed over while an endpoint screens a request."""
         try:
             self._on_security(event)
+            if isinstance(event, SourceBanned | BanLifted):
+                self._s.security.changed()  # kept across a restart
         except Exception:
             self._s.metrics.errors.labels(where="sip_event").inc()
             log.exception("sip_event_failed", sip_event=type(event).__name__)
@@ -177,6 +179,15 @@ class Dispatcher:
             at=iso_utc(self._s.security.wall(at)),
             message=f"SIP source {address} no longer banned: {reason}",
         )
+
+    def bans_restored(self, active: int) -> None:
+        if active:
+            security_log.warning(
+                "security_bans_restored",
+                active=active,
+                path=str(self._s.security.state_path),
+                message=f"{active} SIP source bans carried over from before the restart",
+            )
 
     def security_policy(self, policy: SecurityPolicy | None, why: str) -> None:
         """One line saying what is screened (at start, and when a reload changes it)."""

@@ -79,6 +79,13 @@ class CallMetrics:
             'acd_sip_parse_errors_total{reason="flood_dropped"}).',
             registry=r,
         )
+        self.security_state_errors = Counter(
+            "acd_security_state_errors_total",
+            "Failures to read (op=load, at start) or write (op=save) the bans' state file "
+            "(runtime.var_dir/security-bans.json); the log says why.",
+            ["op"],
+            registry=r,
+        )
         self.errors = metrics.unexpected_errors
 
 

@@ -13,6 +13,13 @@ guard, and the bans, strikes and failures of the old one carry over (``export_st
 ``import_state``): a reload never frees a banned source, except one the new config allow-lists or
 all of them when bans are turned off (``apply`` says which). Flood buckets start afresh.
 
+A restart keeps them too: after a ban starts or ends the state is written (at most once a
+second, off the event loop) to ``<runtime.var_dir>/security-bans.json`` with the wall time it was
+written, again at shutdown, and read back at start (``restore``), the downtime taken off the bans'
+remaining times, as fail2ban's database does. A SIGKILL loses at most the last second's changes. An
+unreadable or unwritable file is logged and counted (``acd_security_state_errors_total``) and never
+stops the daemon: it then starts with no bans.
+
 Times inside the guard are the event loop's (what the endpoints are fed); ``wall`` turns one into
 epoch seconds for the API and the log.
 """
@@ -22,9 +29,14 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ipaddress
+import json
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Final
+
+import structlog
 
 from engine.config import Config
 from sip.security import (
@@ -41,6 +53,12 @@ from sip.security import (
 #: What ``acd_sip_auth_failures_total`` counts by: a user name that is no agent's, and every other
 #: failed digest (wrong password, a replayed or foreign nonce, credentials of another agent).
 AUTH_FAILURE_REASONS: Final = ("unknown_user", "bad_credentials")
+
+#: The state file under ``runtime.var_dir``, and how long after a change it is written.
+STATE_FILE: Final = "security-bans.json"
+SAVE_DELAY_S: Final = 1.0
+
+log = structlog.stdlib.get_logger("acd.security")
 
 
 def ban_policy_of(config: Config) -> BanPolicy | None:
@@ -85,10 +103,19 @@ def policy_of(config: Config) -> SecurityPolicy | None:
 class Security:
     """The daemon's one guard, its reloads, and the bans the API lists and lifts."""
 
-    def __init__(self, config: Config, on_event: Callable[[SecurityEvent], None]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        on_event: Callable[[SecurityEvent], None],
+        on_state_error: Callable[[str], None] = lambda op: None,
+    ) -> None:
         self._on_event = on_event
+        self._on_state_error = on_state_error  # "load" or "save": counted by the caller
         self.policy = policy_of(config)
         self.guard = self._build(self.policy)
+        self.state_path = Path(config.runtime.var_dir) / STATE_FILE
+        self._save_timer: asyncio.TimerHandle | None = None
+        self._saving: asyncio.Task[None] | None = None
 
     def _build(self, policy: SecurityPolicy | None) -> Guard | None:
         return Guard(policy, emit=self._on_event) if policy is not None else None
@@ -131,6 +158,80 @@ class Security:
             if wanted is not None and _ip(ban.address) == wanted:
                 return guard.bans.lift(ban.address, now)
         return None
+
+    # -- across restarts ---------------------------------------------------------------------------
+
+    def restore(self) -> int:
+        """Read the state file (if any) into the guard at start; the number of active bans."""
+        guard = self.guard
+        if guard is None or guard.bans is None:
+            return 0
+        now = self.now()
+        try:
+            saved = json.loads(self.state_path.read_bytes())
+            elapsed_s = max(0.0, time.time() - float(saved["saved_at"]))
+            guard.bans.import_state(saved["state"], now, elapsed_s=elapsed_s)
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            self._on_state_error("load")
+            log.warning(
+                "security_state_unreadable", path=str(self.state_path), error=str(exc),
+                message="starting with no bans",
+            )  # fmt: skip
+            return 0
+        return len(guard.bans.bans(now))
+
+    def changed(self) -> None:
+        """A ban started or ended: write the state within ``SAVE_DELAY_S`` (one write however
+        many changes an attack makes in that second)."""
+        if self._save_timer is None:
+            loop = asyncio.get_running_loop()
+            self._save_timer = loop.call_later(SAVE_DELAY_S, self._save_soon)
+
+    def _save_soon(self) -> None:
+        self._save_timer = None
+        if self._saving is not None and not self._saving.done():
+            self.changed()  # the previous write is still on its thread: come back
+            return
+        data = self._snapshot()
+        if data is not None:
+            self._saving = asyncio.get_running_loop().create_task(self._write_off_loop(data))
+
+    async def _write_off_loop(self, data: bytes) -> None:
+        await asyncio.to_thread(self._write, data)
+
+    async def flush(self) -> None:
+        """Shutdown: the last write, now (after any one in flight)."""
+        if self._save_timer is not None:
+            self._save_timer.cancel()
+            self._save_timer = None
+        if self._saving is not None:
+            await self._saving
+        data = self._snapshot()
+        if data is not None:
+            self._write(data)
+
+    def _snapshot(self) -> bytes | None:
+        guard = self.guard
+        if guard is None or guard.bans is None:
+            return None
+        state = guard.bans.export_state(self.now())
+        return json.dumps({"saved_at": time.time(), "state": state}).encode()
+
+    def _write(self, data: bytes) -> None:
+        """Atomically: a crash mid-write leaves the previous file, never half of one."""
+        tmp = self.state_path.with_suffix(".tmp")
+        try:
+            self.state_path.parent.mkdir(parents=True, exist_ok=True)
+            with tmp.open("wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.state_path)
+        except OSError as exc:
+            self._on_state_error("save")
+            log.error("security_state_save_failed", path=str(self.state_path), error=str(exc))
 
     @staticmethod
     def now() -> float:

@@ -82,7 +82,11 @@ class CallService:
         self._tasks: set[asyncio.Task[None]] = set()
         self.draining = False
         self.dispatch = Dispatcher(self)
-        self.security = Security(config, self.dispatch.on_security_event)
+        self.security = Security(
+            config,
+            self.dispatch.on_security_event,
+            lambda op: self.metrics.security_state_errors.labels(op=op).inc(),
+        )
         self.listeners = Listeners(
             config, agents.registrar, self.dispatch.on_event, self.security.guard
         )
@@ -123,6 +127,7 @@ class CallService:
             self.dispatch.security_policy(self.security.policy, "reload")
             for address in ended:
                 self.dispatch.ban_ended(address, "reload", now)
+            self.security.changed()
             self.transmit()  # the endpoints re-arm their timers on the new guard
         self.listeners.apply(config)
         self.inbound.apply(config)
@@ -137,6 +142,7 @@ class CallService:
         address."""
         await self.media.start(self._metrics)
         self.dispatch.security_policy(self.security.policy, "start")
+        self.dispatch.bans_restored(self.security.restore())
         return await self.listeners.start()
 
     def transmit(self) -> None:
@@ -151,6 +157,7 @@ class CallService:
         if self.listeners.transports:
             self.transmit()
             self.listeners.close()
+        await self.security.flush()
         await self.media.close()
 
     async def drain(self, timeout_s: float) -> None:

@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -292,6 +293,47 @@ port = {free_port()}
     (unban,) = log_events(daemon, "security_unban")
     assert (unban["address"], unban["reason"]) == ("127.0.0.2", "reload")
     assert bans(daemon) == {}
+
+
+def test_bans_outlast_a_sigkill_and_a_lift_outlasts_a_restart(
+    start_daemon: DaemonFactory, phones: dict[str, Phone], tmp_path: Path
+) -> None:
+    """The ban table is in runtime.var_dir/security-bans.json: a SIGKILLed daemon comes back with
+    the attacker still banned until the same time; one lifted through the API stays lifted."""
+    var = tmp_path / "state"
+    text = security(
+        f'[runtime]\nvar_dir = "{var}"\n'
+        '[security]\nbanned_action = "reject"\n[security.bans]\nmax_failures = 2\n'
+    )
+    first = start_daemon(text)
+    sip = sip_target(first)
+    attacker = phones["127.0.0.2"]
+    assert attacker.register(sip, "x", user="1001") == 403
+    assert attacker.register(sip, "y", user="1001") == 403
+    until = float(bans(first)["127.0.0.2"]["until"])  # type: ignore[arg-type]
+    state = var / "security-bans.json"
+    wait_until(state.exists, 5.0, "the ban state file")  # written within a second of the ban
+    first.proc.kill()
+    first.proc.wait()
+
+    second = start_daemon(text)
+    sip = sip_target(second)
+    listed = bans(second)["127.0.0.2"]
+    assert abs(float(listed["until"]) - until) < 1.0  # type: ignore[arg-type]
+    assert listed["strikes"] == 1
+    assert attacker.options(sip) == 403  # still banned, on the new process
+    assert phones["127.0.0.3"].options(sip) == 200
+    (restored,) = log_events(second, "security_bans_restored")
+    assert restored["active"] == 1
+    assert metric(second, "acd_security_bans_active") == 1
+    assert api(second, "DELETE", "/api/v1/security/bans/127.0.0.2")[0] == 200
+    assert second.stop() == 0  # SIGTERM: the last state is written on the way out
+
+    third = start_daemon(text)
+    sip = sip_target(third)
+    assert bans(third) == {}
+    assert attacker.options(sip) == 200
+    assert metric(third, "acd_security_state_errors_total", op="load") == 0
 
 
 def test_banned_action_reject_answers_403_and_unknown_users_are_counted(

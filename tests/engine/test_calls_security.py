@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from engine.calls.security import Security, policy_of
 from engine.config import parse_config
@@ -63,3 +64,44 @@ def test_no_policy_when_everything_is_off_and_no_guard_then() -> None:
     sec = Security(cfg, lambda event: None)
     assert sec.guard is None
     assert sec.lift("192.0.2.1", 0.0) is None
+
+
+async def test_bans_are_written_and_read_back_with_the_downtime_taken_off(tmp_path: Path) -> None:
+    import json
+
+    text = BANS + f'[runtime]\nvar_dir = "{tmp_path}"\n'
+    errors: list[str] = []
+    sec = Security(parse_config(text, "t.toml"), [].append, errors.append)
+    assert sec.guard is not None
+    assert sec.restore() == 0  # no file yet: nothing, and no error
+    sec.guard.auth_failed("192.0.2.1", "1001", sec.now())
+    await sec.flush()
+    saved = json.loads(sec.state_path.read_bytes())
+    assert [s["address"] for s in saved["state"]["sources"]] == ["192.0.2.1"]
+    saved["saved_at"] -= 100.0  # as if the daemon had been down 100 s since
+    sec.state_path.write_text(json.dumps(saved))
+
+    later = Security(parse_config(text, "t.toml"), [].append, errors.append)
+    assert later.restore() == 1
+    (ban,) = later.bans(later.now())
+    assert 499.0 < ban.until - later.now() < 500.5  # 600 s ban, 100 s of it spent while down
+    assert errors == []
+
+    for broken in ("{", '{"saved_at": 1, "state": {"version": 99}}', "[]"):
+        sec.state_path.write_text(broken)
+        again = Security(parse_config(text, "t.toml"), [].append, errors.append)
+        assert again.restore() == 0  # starts with none, says so, counts it
+    assert errors == ["load", "load", "load"]
+
+    # An unwritable state directory: counted, nothing raised.
+    blocked = tmp_path / "file-not-dir"
+    blocked.write_text("")
+    bad = Security(
+        parse_config(BANS + f'[runtime]\nvar_dir = "{blocked}"\n', "t.toml"),
+        [].append,
+        errors.append,
+    )
+    assert bad.guard is not None
+    bad.guard.auth_failed("192.0.2.9", None, bad.now())
+    await bad.flush()
+    assert errors[-1] == "save"

@@ -379,6 +379,37 @@ def test_export_import_across_clocks() -> None:
     assert restored.export_state(5.0)["version"] == security.STATE_VERSION
 
 
+def test_import_after_downtime_ages_everything_by_it() -> None:
+    """A restart: the state file was written, the daemon was down 30 s (the wall clock says so),
+    the new process's monotonic clock starts anywhere. Bans end when they would have."""
+    tracker = BanTracker(POLICY)
+    fail(tracker, [1000.0] * 3)  # banned 1000..1100
+    fail(tracker, [1000.0] * 3, address="198.51.100.1")  # banned 1000..1100 too
+    tracker.lift("198.51.100.1", 1001.0)
+    fail(tracker, [1040.0, 1045.0], address="198.51.100.2")  # two failures pending
+    state = tracker.export_state(1050.0)
+    restored = BanTracker(POLICY)
+    restored.import_state(state, 7.0, elapsed_s=30.0)
+    ban = restored.ban_of(ATTACKER, 7.0)
+    assert ban is not None
+    assert (ban.since, ban.until) == (-73.0, 27.0)  # 50 s old at export, 80 s now: 20 s left
+    assert restored.get_timer() == 27.0
+    assert not restored.is_banned(ATTACKER, 27.0)
+    # The pending failures are 40 and 35 s old now: still inside the 60 s window, one more bans.
+    assert restored.record_failure("198.51.100.2", None, 7.0) is not None
+    # Down longer than the ban: it is over, but its strike counts for the next one.
+    late = BanTracker(POLICY)
+    late.import_state(state, 7.0, elapsed_s=60.0)
+    assert late.bans(7.0) == []
+    assert late.strikes(ATTACKER) == 1
+    again = fail(late, [8.0] * 3)[-1]
+    assert again is not None
+    assert again.strikes == 2
+    with pytest.raises(ValueError, match="elapsed_s"):
+        late.import_state(state, 7.0, elapsed_s=-1.0)
+    assert late.strikes(ATTACKER) == 2  # a refused import changes nothing
+
+
 def test_import_skips_what_is_allow_listed_now_and_what_ran_out() -> None:
     tracker = BanTracker(POLICY)
     fail(tracker, [0.0] * 3, address="192.0.2.5")
