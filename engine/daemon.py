@@ -37,7 +37,7 @@ from engine.runtime.logs import configure_logging
 from engine.runtime.metrics import EventLoopLagMonitor, Metrics
 from engine.runtime.systemd import Notifier
 from engine.storage import StorageError, Store, database_url
-from engine.storage.cdr import CdrWriter
+from engine.storage.cdr import CdrWriter, close_interrupted_calls
 from engine.storage.tasks import TaskWriter
 from engine.tasks import TaskCollector, TaskMetrics, TaskService
 from engine.web import add_web_routes
@@ -258,6 +258,21 @@ class Daemon:
             return 1
         self.bus = EventBus()
         self.cdr = CdrWriter(self.store, self.metrics, bus=self.bus)
+        try:  # rows of calls a crash (or SIGKILL) of this node cut off: closed, with the reason
+            interrupted = await close_interrupted_calls(
+                self.store, self.config.runtime.node, time.time()
+            )
+        except StorageError as exc:
+            log.error("interrupted_calls_not_closed", reason=str(exc))
+        else:
+            if interrupted:
+                log.warning(
+                    "interrupted_calls_closed",
+                    calls=interrupted,
+                    node=self.config.runtime.node,
+                    message=f"{interrupted} calls were live when this node last stopped; "
+                    "their CDR rows now say failed, interrupted",
+                )
         self.routing = RoutingService(self.config, loop=asyncio.get_running_loop())
         # Compile or load every numba kernel before any listener opens (DESIGN.md section 4): the
         # first call must not pay a compile.

@@ -100,6 +100,7 @@ class Inbound:
                     rejected_attempt(
                         sip_call_id=request.call_id or "", trunk=trunk, caller=caller,
                         dialed=dialed, status=status, reason=reason,
+                        node=self._s.config.runtime.node,
                     )
                 )  # fmt: skip
 
@@ -145,6 +146,7 @@ class Inbound:
         self._s.calls[call.id] = call
         self._s.index.by_transaction[(endpoint, event.transaction_id)] = call
         self._s.metrics.active.inc()
+        self._s.cdr_open(call)
         endpoint.send_response(event.transaction_id, 180, now=now)
         call.task = self._s.spawn(self._run_call(call), call.id)
 

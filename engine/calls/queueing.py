@@ -84,6 +84,7 @@ class Queueing:
             await self._overflow(call, "full", waited_s=0.0)
             return
         call.enqueued_at = time.time()
+        self._s.cdr_open(call)
         position = self.position(call)
         if self._s.cdr:
             self._s.cdr.queue_event(
@@ -120,6 +121,7 @@ class Queueing:
         await self._s.media.media_home(call)
         call.bridge = self._s.media.new_bridge(call, leg.rtp, leg.codec, recording)
         call.bridge.start(loop_now())
+        self._s.cdr_open(call)  # answered: the live row names the agent and the recording
         log.info("call_bridged", agent=leg.agent_id)
         # Until a BYE on either leg cancels this task, or the agent transfers the caller.
         call.transfer_request = asyncio.get_running_loop().create_future()

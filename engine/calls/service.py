@@ -41,6 +41,7 @@ from engine.calls.media import CallMedia
 from engine.calls.metrics import CallMetrics, SecurityCollector, SipMediaCollector
 from engine.calls.model import Call, CallIndex
 from engine.calls.queueing import Queueing
+from engine.calls.record import record_of
 from engine.calls.ringing import Ringing
 from engine.calls.security import Security
 from engine.calls.session import Session
@@ -167,6 +168,14 @@ class CallService:
         deadline = loop.time() + timeout_s
         while self.calls and loop.time() < deadline:  # noqa: ASYNC110 - polling a dict, 10 Hz
             await asyncio.sleep(0.1)
+
+    def cdr_open(self, call: Call) -> None:
+        """The live call's row as it stands now (arrived, queued, answered): a crash leaves it,
+        and the restarted node closes it (engine.storage.cdr.close_interrupted_calls)."""
+        if self.cdr is not None:
+            self.cdr.call_open(
+                record_of(call, ended_at=None, talk_s=None, node=self.config.runtime.node)
+            )
 
     def spawn(
         self, coro: Coroutine[Any, Any, None], call_id: str | None = None

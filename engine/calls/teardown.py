@@ -115,6 +115,8 @@ class Teardown:
         self._s.metrics.active.dec()
         self._s.metrics.total.labels(outcome=call.disposition).inc()
         if self._s.cdr:
-            self._s.cdr.call_ended(record_of(call, ended_at=now_wall, talk_s=talk_s))
+            self._s.cdr.call_ended(
+                record_of(call, ended_at=now_wall, talk_s=talk_s, node=self._s.config.runtime.node)
+            )
         log.info("call_ended", disposition=call.disposition, side=call.hangup_side,
                  reason=call.hangup_reason, agent=call.agent_id)  # fmt: skip

@@ -9,6 +9,7 @@ reads the file first.
 from __future__ import annotations
 
 import re
+import socket
 import tomllib
 from enum import Enum
 from pathlib import Path
@@ -144,6 +145,9 @@ def parse_config(text: str, file: str) -> Config:
     if not cfg.runtime.var_dir.strip():
         raise ConfigError(file, "runtime.var_dir", "expected a directory, found an empty string")
     cfg = _state_paths(cfg, raw)
+    if not cfg.runtime.node:
+        node = socket.gethostname().split(".")[0][:64] or "acd"
+        cfg = msgspec.structs.replace(cfg, runtime=msgspec.structs.replace(cfg.runtime, node=node))
     validate(cfg, file)
     return cfg
 

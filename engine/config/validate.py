@@ -186,6 +186,7 @@ def _validate(cfg: Config, file: str) -> None:
             f"expected 'uvloop' or 'asyncio', found {cfg.runtime.event_loop!r}",
         )
     _check_positive(file, "runtime.drain_timeout_s", cfg.runtime.drain_timeout_s, allow_zero=True)
+    _check_name(file, "runtime.node", cfg.runtime.node)
     _validate_webrtc(cfg.webrtc, file)
     _validate_security(cfg.security, file)
 

@@ -1,8 +1,12 @@
 """Writing CDRs, queue events and agent state changes to the store without ever holding up a call.
 
-How this works: call handlers hand finished records to ``CdrWriter`` (``call_ended``,
+How this works: call handlers hand records to ``CdrWriter`` (``call_open``, ``call_ended``,
 ``queue_event``, ``agent_event``); those methods only append to in-memory lists and never await the
-database. One writer task flushes the lists every ``flush_interval_s`` (or sooner when a batch is
+database. A live call's row is written too (``call_open``, again as it progresses: queued,
+answered), with ``ended_at`` NULL, and completed in place when it ends, so a crash leaves a row
+for every call it cut off; ``close_interrupted_calls`` closes them when the node starts again. A
+call that ends before the next flush never writes its open row at all (the newest open row of a
+call waits in a dict, which ``call_ended`` empties), so short calls cost one row as before. One writer task flushes the lists every ``flush_interval_s`` (or sooner when a batch is
 full) in a single transaction. If the database fails, the batch stays in memory, the failure is
 logged and counted, ``/readyz`` reports it, and the next flush retries with backoff: a broken disk
 costs reporting latency, never a call. Memory is bounded by ``max_backlog``; beyond it the oldest
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections import deque
 from typing import Any
@@ -25,6 +30,7 @@ import msgspec
 import sqlalchemy as sa
 import structlog
 from prometheus_client import Counter, Gauge
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
 from engine.runtime.events import Event, EventBus
@@ -48,7 +54,7 @@ AGENT_STATES = ("logged_out", "available", "reserved", "busy", "wrap_up", "not_r
 
 
 class CallRecord(msgspec.Struct, frozen=True, kw_only=True):
-    """One finished call: the row of the ``calls`` table."""
+    """One call: the row of the ``calls`` table (``ended_at`` None while it is live)."""
 
     id: str
     sip_call_id: str
@@ -73,6 +79,41 @@ class CallRecord(msgspec.Struct, frozen=True, kw_only=True):
     wrap_up_s: float | None = None
     flow_data: dict[str, Any] | None = None
     recording_id: str | None = None
+    node: str | None = None
+
+
+#: What ``close_interrupted_calls`` writes into the rows a crash left open.
+INTERRUPTED_REASON = "interrupted: the daemon stopped during the call"
+
+
+async def close_interrupted_calls(store: Store, node: str, at: float) -> int:
+    """Close this node's rows that are still open at its start (it crashed, or was killed, with
+    those calls live): ``failed``, ended by the system at ``at``. The number closed."""
+    query = (
+        sa.update(calls)
+        .where(calls.c.node == node, calls.c.ended_at.is_(None))
+        .values(
+            ended_at=at, disposition="failed", hangup_side="system",
+            hangup_reason=INTERRUPTED_REASON,
+        )
+    )  # fmt: skip
+    try:
+        async with store.engine.begin() as conn:
+            result = await conn.execute(query)
+    except (SQLAlchemyError, OSError) as exc:
+        raise StorageError(f"closing the calls a crash interrupted failed: {exc}") from exc
+    return int(result.rowcount or 0)
+
+
+def _upsert(dialect: str, table: sa.Table) -> Any:
+    """INSERT that replaces the row with the same primary key (a call's open row, completed)."""
+    make = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = make(table)
+    keys = [c.name for c in table.primary_key.columns]
+    return stmt.on_conflict_do_update(
+        index_elements=keys,
+        set_={c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys},
+    )
 
 
 class QueueEventData(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -135,6 +176,10 @@ class CdrWriter:
             "queue_events": deque(),
             "agent_events": deque(),
         }
+        # The newest open row of each live call not yet written (call id -> row): replaced as
+        # the call progresses, removed when it ends (its final row then says everything).
+        self._open: dict[str, dict[str, Any]] = {}
+        self._calls_upsert = _upsert(store.dialect, calls)
         self._max_backlog = max_backlog
         self._backlog = 0  # rows across the three tables; kept, not summed, on the hot path
         self._wake = asyncio.Event()
@@ -143,7 +188,8 @@ class CdrWriter:
     # -- readers ----------------------------------------------------------------------------------
 
     async def previous_contacts(self, caller: str, limit: int = 5) -> list[dict[str, Any]]:
-        """The caller's latest calls in the store, newest first (for the agent's screen-pop).
+        """The caller's latest finished calls in the store, newest first (for the agent's
+        screen-pop; the live call's own row is not one of them).
         Rows still waiting for the next flush are not seen; a store error gives an empty list."""
         if not caller:
             return []
@@ -152,7 +198,7 @@ class CdrWriter:
                 calls.c.arrived_at, calls.c.queue, calls.c.agent_id, calls.c.disposition,
                 calls.c.talk_s,
             )
-            .where(calls.c.caller == caller)
+            .where(calls.c.caller == caller, calls.c.ended_at.is_not(None))  # not this call
             .order_by(calls.c.arrived_at.desc())
             .limit(limit)
         )  # fmt: skip
@@ -166,7 +212,17 @@ class CdrWriter:
 
     # -- producers (never await) -------------------------------------------------------------------
 
+    def call_open(self, record: CallRecord) -> None:
+        """A live call's row as it stands (arrived, queued, answered): written at the next flush
+        unless the call ends first."""
+        if self._open.pop(record.id, None) is None:
+            self._count(+1)
+        self._open[record.id] = msgspec.structs.asdict(record)
+        self._overflow()
+
     def call_ended(self, record: CallRecord) -> None:
+        if self._open.pop(record.id, None) is not None:
+            self._count(-1)
         self._append("calls", msgspec.structs.asdict(record))
 
     def queue_event(
@@ -224,18 +280,29 @@ class CdrWriter:
 
     def _append(self, table: str, row: dict[str, Any]) -> None:
         self._pending[table].append(row)
-        self._backlog += 1
-        if self._backlog > self._max_backlog:
-            # Drop the oldest event rows first; call rows are the last thing to give up.
-            for name in ("agent_events", "queue_events", "calls"):
-                if self._pending[name]:
-                    self._pending[name].popleft()
-                    self._metrics.dropped.inc()
-                    self._backlog -= 1
-                    break
+        self._count(+1)
+        self._overflow()
+
+    def _count(self, delta: int) -> None:
+        self._backlog += delta
         self._metrics.backlog.set(self._backlog)
         if self._backlog >= self.BATCH_ROWS:
             self._wake.set()
+
+    def _overflow(self) -> None:
+        if self._backlog <= self._max_backlog:
+            return
+        # Drop live calls' interim rows first (their final rows follow), then the oldest event
+        # rows; finished calls' rows are the last thing to give up.
+        if self._open:
+            del self._open[next(iter(self._open))]
+        else:
+            for name in ("agent_events", "queue_events", "calls"):
+                if self._pending[name]:
+                    self._pending[name].popleft()
+                    break
+        self._metrics.dropped.inc()
+        self._count(-1)
 
     @property
     def backlog(self) -> int:
@@ -253,19 +320,33 @@ class CdrWriter:
             name: [rows[i] for i in range(min(len(rows), self.BATCH_ROWS))]
             for name, rows in self._pending.items()
         }
-        if not any(batch.values()):
+        opened = list(itertools.islice(self._open.items(), self.BATCH_ROWS))
+        if not opened and not any(batch.values()):
             return 0
         try:
             async with self._store.engine.begin() as conn:
+                # Open rows first: a call's final row, if in this batch too, comes after and wins.
+                if opened:
+                    await conn.execute(self._calls_upsert, [row for _, row in opened])
                 for name, rows in batch.items():
                     if rows:
-                        await conn.execute(tables[name].insert(), rows)
+                        stmt = self._calls_upsert if name == "calls" else tables[name].insert()
+                        await conn.execute(stmt, rows)
         except (SQLAlchemyError, OSError) as exc:
             # Disk full, database locked, connection lost: the rows stay queued for the next try.
             raise StorageError(
-                f"writing {sum(map(len, batch.values()))} rows failed: {exc}"
+                f"writing {len(opened) + sum(map(len, batch.values()))} rows failed: {exc}"
             ) from exc
         written = 0
+        for call_id, row in opened:
+            # Still the row we wrote (not replaced by a newer one, or gone with the call's end
+            # during the write): it is done.
+            if self._open.get(call_id) is row:
+                del self._open[call_id]
+                self._backlog -= 1
+        if opened:
+            self._metrics.written.labels(table="calls").inc(len(opened))
+            written += len(opened)
         for name, rows in batch.items():
             for _ in rows:
                 self._pending[name].popleft()

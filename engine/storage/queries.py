@@ -32,8 +32,11 @@ _STAT_COLUMNS = (
 async def stat_rows(
     store: Store, since: float, until: float | None, queues: Iterable[str] | None
 ) -> list[Mapping[str, Any]]:
-    """The statistics columns of the queued calls that arrived in [since, until)."""
-    query = sa.select(*_STAT_COLUMNS).where(calls.c.arrived_at >= since, calls.c.queue.is_not(None))
+    """The statistics columns of the finished queued calls that arrived in [since, until) (a
+    live call's row, ``ended_at`` NULL, is no figure yet)."""
+    query = sa.select(*_STAT_COLUMNS).where(
+        calls.c.arrived_at >= since, calls.c.queue.is_not(None), calls.c.ended_at.is_not(None)
+    )
     if until is not None:
         query = query.where(calls.c.arrived_at < until)
     if queues is not None:

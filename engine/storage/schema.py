@@ -46,7 +46,11 @@ calls = sa.Table(
     sa.Column("wrap_up_s", sa.Double),
     sa.Column("flow_data", sa.JSON),
     sa.Column("recording_id", sa.String(64)),
+    # The daemon that held the call (runtime.node): a row with ended_at NULL is a live call,
+    # or one a crash of that node interrupted, which it closes when it starts (migration 0011).
+    sa.Column("node", sa.String(64)),
     sa.Index(None, "arrived_at"),
+    sa.Index(None, "node", "ended_at"),
     sa.Index(None, "queue", "arrived_at"),
     sa.Index(None, "agent_id", "arrived_at"),
     sa.Index(None, "caller", "arrived_at"),

@@ -35,7 +35,9 @@ def dominant_hz(pcm: np.ndarray, rate: int = 8000) -> float:
 def free_port_block(size: int, step: int = 2) -> int:
     """A base port whose UDP and TCP ports base..base+size-1 were all free a moment ago."""
     for _ in range(300):
-        base = random.randrange(30000, 60000 - size, step)
+        # Below Linux's ephemeral range (32768-60999): no client socket or bind-0 port of another
+        # test (or xdist worker) can be handed a port inside the block after it was checked.
+        base = random.randrange(10000, 32768 - size, step)
         socks: list[socket.socket] = []
         try:
             for p in range(base, base + size):

@@ -51,11 +51,11 @@ def login(daemon: DaemonProcess, agent_id: str) -> None:
     assert set_state(daemon, agent_id, "logged_in") == "available"
 
 
-def config(uas_port: int, rtp_base: int) -> str:
+def config(uas_port: int, rtp_base: int, agents_n: int = AGENTS) -> str:
     agents = "".join(
         f'[[agents]]\nid = "a{i}"\nlogin = "static"\ncontact = "sip:a{i}@127.0.0.1:{uas_port}"\n'
         "skills = { support = 5 }\nqueues = { support = 0 }\n\n"
-        for i in range(AGENTS)
+        for i in range(agents_n)
     )
     return (
         front_door()
@@ -115,6 +115,46 @@ def test_sipp_load_through_queue_to_sipp_agents(
     _, exposition, _ = daemon.get("/metrics")
     assert "acd_calls_active 0.0" in exposition.decode()
     print(f"{CALLS} calls in {elapsed:.1f} s, {len(answered)} answered by {len(spans)} agents")
+
+
+def test_five_percent_sip_loss_on_both_ends_every_call_completes(
+    start_daemon: DaemonFactory, tmp_path: Path
+) -> None:
+    """SIPp ``-lost 5`` on the trunk side and on the agents' side: each drops 5 % of the SIP
+    messages it sends and receives, so our retransmissions (RFC 3261 17, T1 = 500 ms) and the
+    peers' must repair every transaction: all 200 calls complete, each with one answered row.
+    Each caller holds 3 s after our answer, time for a lost INVITE to an agent to go out twice
+    more; 60 agents keep the ~45 concurrent calls from waiting in the queue."""
+    calls, agents = 200, 60
+    uas = sipp(tmp_path, ["-sn", "uas"], None, "-lost", "5")
+    try:
+        time.sleep(0.5)
+        assert uas.poll() is None, uas.log_path.read_text()  # type: ignore[attr-defined]
+        daemon = start_daemon(config(uas.sip_port, free_port_block(1000), agents))  # type: ignore[attr-defined]
+        for i in range(agents):
+            login(daemon, f"a{i}")
+        target = str(daemon.wait_for_log("ready")["sip"]).removeprefix("udp:")
+        uac = sipp(tmp_path, ["-sn", "uac"], target, "-s", "support", "-r", "15", "-m", str(calls),
+                   "-l", "80", "-d", "3000", "-lost", "5")  # fmt: skip
+        code = uac.wait(timeout=180)
+        assert code == 0, uac.log_path.read_text(errors="replace")[-3000:]  # type: ignore[attr-defined]
+    finally:
+        stop(uas)
+
+    def finished() -> list[tuple[str, str]]:
+        with sqlite3.connect(daemon.workdir / "var" / "acd.sqlite3") as db:
+            return db.execute(
+                "SELECT sip_call_id, disposition FROM calls WHERE ended_at IS NOT NULL"
+            ).fetchall()
+
+    deadline = time.monotonic() + 30
+    while len(finished()) < calls and time.monotonic() < deadline:
+        time.sleep(0.2)
+    rows = finished()
+    assert len({r[0] for r in rows}) == calls
+    assert {r[1] for r in rows} == {"answered"}
+    _, exposition, _ = daemon.get("/metrics")
+    assert "acd_calls_active 0.0" in exposition.decode()
 
 
 def test_static_agent_behind_a_pbx_that_challenges(

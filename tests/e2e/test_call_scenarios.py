@@ -202,7 +202,9 @@ def cdr(
     while True:
         with sqlite3.connect(path) as db:
             db.row_factory = sqlite3.Row
-            rows = db.execute("SELECT * FROM calls ORDER BY arrived_at").fetchall()
+            rows = db.execute(
+                "SELECT * FROM calls WHERE ended_at IS NOT NULL ORDER BY arrived_at"
+            ).fetchall()
             events = db.execute("SELECT event, agent_id, data FROM queue_events ORDER BY id")
             trail = [
                 (e["event"], e["agent_id"], (json.loads(e["data"] or "null") or {}).get("reason"))

@@ -196,7 +196,9 @@ def test_record_on_demand_from_the_request_to_the_hang_up(
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:  # the CDR writer and the index row catch up
         rec_rows = db_rows(daemon, "SELECT * FROM recordings")
-        cdr = db_rows(daemon, "SELECT * FROM calls WHERE queue = 'support'")
+        cdr = db_rows(
+            daemon, "SELECT * FROM calls WHERE queue = 'support' AND ended_at IS NOT NULL"
+        )
         if cdr and rec_rows and rec_rows[0]["duration_s"] is not None:
             break
         time.sleep(0.1)

@@ -73,9 +73,9 @@ async def test_browser_agent_takes_a_sip_call_with_audio_both_ways(
             with sqlite3.connect(daemon.workdir / "var" / "acd.sqlite3") as db:
                 db.execute(
                     "INSERT INTO calls (id, sip_call_id, caller, arrived_at, queue, agent_id,"
-                    " disposition, talk_s) VALUES ('earlier-call', 'x@pbx', '5551234', ?, 'sales',"
-                    " '1002', 'answered', 95.0)",
-                    (time.time() - 86400,),
+                    " disposition, talk_s, ended_at) VALUES ('earlier-call', 'x@pbx', '5551234',"
+                    " ?, 'sales', '1002', 'answered', 95.0, ?)",
+                    (time.time() - 86400, time.time() - 86300),
                 )
             caller = Baresip(
                 tmp_path / "caller", f"<sip:5551234@{sip}>;regint=0;audio_codecs=PCMU", 440,

@@ -337,14 +337,25 @@ def test_the_cdr_row_of_a_call_carries_its_times_and_its_wait() -> None:
     )  # fmt: skip
     call.queue, call.enqueued_at, call.agent_answered_at = "support", 110.0, 125.0
     call.agent_id, call.disposition, call.hangup_side = "2001", "answered", "agent"
-    row = record_of(call, ended_at=185.0, talk_s=60.0)
+    row = record_of(call, ended_at=185.0, talk_s=60.0, node="n1")
     assert (row.wait_s, row.talk_s, row.ended_at, row.trunk) == (15.0, 60.0, 185.0, "local")
+    assert row.node == "n1"
+    live = record_of(call, ended_at=None, talk_s=None, node="n1")  # answered, still talking
+    assert (live.ended_at, live.wait_s, live.agent_id) == (None, 15.0, "2001")
+    assert (live.disposition, live.hangup_side, live.hangup_reason) == (None, None, None)
     call.agent_answered_at = None
-    assert record_of(call, ended_at=185.0, talk_s=None).wait_s == 75.0  # waited to the end
+    assert (
+        record_of(call, ended_at=185.0, talk_s=None, node="n1").wait_s == 75.0
+    )  # waited to the end
+    assert record_of(call, ended_at=None, talk_s=None, node="n1").wait_s is None  # still waiting
     attempt = rejected_attempt(
-        sip_call_id="s2", trunk=None, caller="x", dialed="y", status=403, reason="No"
+        sip_call_id="s2", trunk=None, caller="x", dialed="y", status=403, reason="No", node="n1"
     )
-    assert (attempt.disposition, attempt.hangup_reason) == ("rejected", "403 No")
+    assert (attempt.disposition, attempt.hangup_reason, attempt.node) == (
+        "rejected",
+        "403 No",
+        "n1",
+    )
     assert attempt.arrived_at == attempt.ended_at
 
 

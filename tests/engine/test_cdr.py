@@ -277,3 +277,95 @@ async def test_cli_export_queue_log(store: Store, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     # T0 + 250 s is 2026-11-18T11:10:50Z: everything from the second call on.
     assert out.read_text().splitlines() == EXPECTED_QUEUE_LOG[8:]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """The upsert of a live call's row is dialect-specific: both dialects, real servers."""
+    from engine.config.schema import StorageConfig
+    from engine.storage import database_url
+
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path}/cdr.sqlite3"
+    else:
+        url = database_url(StorageConfig(url=request.getfixturevalue("postgres_url")))
+    s = await Store.open(url)
+    async with s.engine.begin() as conn:
+        await conn.execute(calls.delete())
+    yield s
+    await s.close()
+
+
+async def rows(store: Store) -> list[dict[str, object]]:
+    async with store.engine.connect() as conn:
+        found = (await conn.execute(sa.select(calls).order_by(calls.c.id))).mappings().all()
+    return [dict(r) for r in found]
+
+
+async def test_a_live_calls_row_is_written_then_completed_in_place(any_store: Store) -> None:
+    from engine.storage.cdr import INTERRUPTED_REASON, close_interrupted_calls
+
+    metrics = Metrics()
+    writer = CdrWriter(any_store, metrics)
+    arrived = CallRecord(id="c1", sip_call_id="s1", arrived_at=T0, caller="+1555", node="n1")
+    writer.call_open(arrived)
+    assert writer.backlog == 1
+    assert await writer.flush() == 1
+    (row,) = await rows(any_store)
+    assert (row["ended_at"], row["queue"], row["node"]) == (None, None, "n1")
+    # Queued, then answered before the next flush: only the newest live row is written.
+    writer.call_open(CallRecord(id="c1", sip_call_id="s1", arrived_at=T0, queue="q", node="n1"))
+    answered = CallRecord(
+        id="c1", sip_call_id="s1", arrived_at=T0, queue="q", agent_id="1001", node="n1"
+    )
+    writer.call_open(answered)
+    assert writer.backlog == 1
+    assert await writer.flush() == 1
+    (row,) = await rows(any_store)
+    assert (row["queue"], row["agent_id"], row["ended_at"]) == ("q", "1001", None)
+    ended = CallRecord(
+        id="c1", sip_call_id="s1", arrived_at=T0, queue="q", agent_id="1001", node="n1",
+        ended_at=T0 + 60, disposition="answered", talk_s=50.0,
+    )  # fmt: skip
+    writer.call_ended(ended)
+    assert await writer.flush() == 1
+    (row,) = await rows(any_store)
+    assert (row["disposition"], row["ended_at"], row["talk_s"]) == ("answered", T0 + 60, 50.0)
+
+    # A call that ends before a flush never writes its live row: one row, one write.
+    writer.call_open(CallRecord(id="c2", sip_call_id="s2", arrived_at=T0, node="n1"))
+    writer.call_ended(
+        CallRecord(id="c2", sip_call_id="s2", arrived_at=T0, node="n1", ended_at=T0 + 1)
+    )
+    assert writer.backlog == 1
+    assert await writer.flush() == 1
+    assert metric(metrics, "acd_cdr_rows_written_total", {"table": "calls"}) == 4
+
+    # Live rows of two nodes when n1 restarts after a crash: it closes only its own.
+    writer.call_open(CallRecord(id="c3", sip_call_id="s3", arrived_at=T0, node="n1"))
+    writer.call_open(CallRecord(id="c4", sip_call_id="s4", arrived_at=T0, node="n2"))
+    await writer.flush()
+    assert await close_interrupted_calls(any_store, "n1", T0 + 99) == 1
+    by_id = {r["id"]: r for r in await rows(any_store)}
+    assert (by_id["c3"]["disposition"], by_id["c3"]["ended_at"]) == ("failed", T0 + 99)
+    assert by_id["c3"]["hangup_reason"] == INTERRUPTED_REASON
+    assert by_id["c4"]["ended_at"] is None  # n2's call is live on n2
+    assert by_id["c1"]["disposition"] == "answered"  # finished rows untouched
+    assert await close_interrupted_calls(any_store, "n1", T0 + 100) == 0
+
+
+async def test_a_live_row_replaced_or_ended_during_its_write_is_not_lost(store: Store) -> None:
+    writer = CdrWriter(store, Metrics())
+    writer.call_open(CallRecord(id="c1", sip_call_id="s1", arrived_at=T0))
+    writer.call_open(CallRecord(id="c2", sip_call_id="s2", arrived_at=T0))
+    flushing = asyncio.create_task(writer.flush())
+    await asyncio.sleep(0)  # the flush has taken its batch and is writing
+    writer.call_open(CallRecord(id="c1", sip_call_id="s1", arrived_at=T0, queue="q"))
+    writer.call_ended(CallRecord(id="c2", sip_call_id="s2", arrived_at=T0, ended_at=T0 + 5))
+    assert await flushing == 2
+    assert writer.backlog == 2  # c1's newer live row and c2's final row are still to write
+    assert await writer.flush() == 2
+    by_id = {r["id"]: r for r in await rows(store)}
+    assert by_id["c1"]["queue"] == "q"
+    assert by_id["c2"]["ended_at"] == T0 + 5
+    assert writer.backlog == 0
