@@ -29,6 +29,7 @@ def record_of(call: Call, *, ended_at: float, talk_s: float | None) -> CallRecor
         disposition=call.disposition, hangup_side=call.hangup_side,
         hangup_reason=call.hangup_reason or None, wait_s=wait_s, talk_s=talk_s,
         flow_data=call.flow_data or None, recording_id=call.recording_id,
+        csat_score=call.csat_score, csat_second_score=call.csat_second_score,
     )  # fmt: skip
 
 

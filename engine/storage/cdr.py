@@ -73,6 +73,8 @@ class CallRecord(msgspec.Struct, frozen=True, kw_only=True):
     wrap_up_s: float | None = None
     flow_data: dict[str, Any] | None = None
     recording_id: str | None = None
+    csat_score: int | None = None  # the post-call survey's answer, 1-5 (None: not asked or none)
+    csat_second_score: int | None = None  # its optional second question's
 
 
 class QueueEventData(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

@@ -46,6 +46,9 @@ calls = sa.Table(
     sa.Column("wrap_up_s", sa.Double),
     sa.Column("flow_data", sa.JSON),
     sa.Column("recording_id", sa.String(64)),
+    # post-call survey (queues[].csat): 1 (poor) to 5 (excellent); NULL when not asked or no answer
+    sa.Column("csat_score", sa.SmallInteger),
+    sa.Column("csat_second_score", sa.SmallInteger),
     sa.Index(None, "arrived_at"),
     sa.Index(None, "queue", "arrived_at"),
     sa.Index(None, "agent_id", "arrived_at"),
