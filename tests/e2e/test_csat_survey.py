@@ -12,6 +12,7 @@ score the caller gave (or none).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -44,32 +45,43 @@ class Survey:
         self.agent_ports = agent_ports
 
 
-@pytest.fixture(scope="module")
-def survey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Survey]:
-    workdir = tmp_path_factory.mktemp("csat")
-    ports = {agent: free_port_block(4) for agent in AGENTS}
-    agents = "".join(
-        f'[[agents]]\nid = "{agent}"\nlogin = "static"\n'
-        f'contact = "sip:{agent}@127.0.0.1:{port}"\nqueues = {{ support = 0, quick = 0 }}\n'
-        for agent, port in ports.items()
-    )
-    queues = """
+QUEUES = """
 [[queues]]
 name = "support"
 wrap_up_s = 30.0
 record = "never"
-csat = { second_prompt = "csat-effort" }
+csat = {{ second_prompt = "csat-effort" }}
 
 [[queues]]
 name = "quick"
 wrap_up_s = 30.0
-record = "never"
-csat = { prompt = "digit-1", timeout_s = 2.0, thanks_prompt = "" }
+record = "{quick_record}"
+csat = {{ prompt = "digit-1", timeout_s = 2.0, thanks_prompt = "" }}
 """
-    extra = front_door(ADMIN, numbers=("support", "quick"), rtp_base=free_port_block(100))
+
+
+@contextlib.contextmanager
+def survey_daemon(
+    workdir: Path, agents: tuple[str, ...], *, media_workers: int = 0, quick_record: str = "never"
+) -> Iterator[Survey]:
+    """``acd run`` with the two survey queues and ``agents`` (static, at ports of their own),
+    stopped by PID at the end (and checked to exit 0)."""
+    ports = {agent: free_port_block(4) for agent in agents}
+    members = "".join(
+        f'[[agents]]\nid = "{agent}"\nlogin = "static"\n'
+        f'contact = "sip:{agent}@127.0.0.1:{port}"\nqueues = {{ support = 0, quick = 0 }}\n'
+        for agent, port in ports.items()
+    )
+    extra = front_door(
+        ADMIN, numbers=("support", "quick"), rtp_base=free_port_block(100),
+        media_workers=media_workers,
+    )  # fmt: skip
+    extra += f'[recordings]\ndir = "{workdir / "recordings"}"\nflush_interval_s = 0.2\n'
+    workdir.mkdir(exist_ok=True)
     config_path = workdir / "acd.toml"
     http_port = free_port()
-    config_path.write_text(render_config(http_port, free_port(), extra + queues + agents))
+    config = extra + QUEUES.format(quick_record=quick_record) + members
+    config_path.write_text(render_config(http_port, free_port(), config))
     log_path = workdir / "acd.log"
     with log_path.open("w") as log_file:
         proc = subprocess.Popen(
@@ -86,6 +98,12 @@ csat = { prompt = "digit-1", timeout_s = 2.0, thanks_prompt = "" }
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="module")
+def survey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Survey]:
+    with survey_daemon(tmp_path_factory.mktemp("csat"), AGENTS) as running:
+        yield running
 
 
 def api(daemon: DaemonProcess, path: str, body: object = None) -> object:
@@ -243,3 +261,29 @@ def test_caller_rates_5_with_in_band_tones(survey: Survey, tmp_path: Path) -> No
         metric(survey.daemon, "acd_csat_responses_total", queue="quick", question="1", score="5")
         == 1
     )
+
+
+def test_survey_of_a_call_bridged_in_a_media_worker(tmp_path: Path) -> None:
+    """With ``[media] workers = 1`` the bridge (and its recording) ran in a worker process: the
+    caller's leg comes back to the daemon for the survey, whose in-band key is heard there; the
+    recording holds the conversation only."""
+    with survey_daemon(
+        tmp_path / "daemon", ("worker",), media_workers=1, quick_record="always"
+    ) as running:
+        keypad_wav(tmp_path, (697, 1477), lead_s=2.5)  # "3"
+        scenario = ["-sf", str(SCENARIOS / "caller_inband_awaits_bye.xml")]
+        row, _ = one_call(running, tmp_path, "worker", "quick", scenario)
+        assert (row["csat_score"], row["hangup_side"]) == (3, "agent")
+        daemon = running.daemon
+        path = daemon.workdir / "var" / "acd.sqlite3"
+
+        def duration() -> float | None:
+            with sqlite3.connect(path) as db:
+                found = db.execute(
+                    "SELECT duration_s FROM recordings WHERE call_id = ?", (row["id"],)
+                ).fetchone()
+            return None if found is None else found[0]
+
+        wait_until(lambda: duration() is not None, 10, "the recording's duration")
+        assert duration() == pytest.approx(row["talk_s"], abs=0.3)  # not the survey after it
+        assert row["ended_at"] - row["agent_answered_at"] > row["talk_s"] + 1.0
