@@ -84,6 +84,7 @@ class Surveys:
         ):
             return False
         waiting.set_exception(AgentHungUp(reason))
+        waiting.exception()  # retrieved: a caller gone before the task resumes never awaits it
         return True
 
     async def run(self, call: Call, reason: str) -> None:
