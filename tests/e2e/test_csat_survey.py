@@ -1,13 +1,14 @@
-"""The post-call CSAT survey (``queues[].csat``) against the real daemon, SIPp on both sides.
+"""The post-call CSAT survey (``queues[].csat``) against the real daemon and real peers.
 
-One daemon for the module, two queues with a survey: ``support`` with the shipped prompts and a
-second question, ``quick`` with a short question (``digit-1``), a 1 s timeout and no thanks. Each
-test has its own static agent, a SIPp UAS that answers, talks 1 s and hangs up
-(``agent_hangs_up.xml``); only that agent logs in. The callers are SIPp scripts: one sends RFC
-4733 digits from SIPp's pcap files, one streams a WAV of silence and in-band keypad tones made with
-sox; both wait for the daemon's BYE, and SIPp's exit status says each peer saw exactly what its
-scenario expects. The SQLite CDR row, the queue events, ``/metrics`` and the API must say the
-score the caller gave (or none).
+One daemon for the module, two queues with a survey: ``support`` with the shipped prompts and
+their second question, ``quick`` with short questions (``digit-1``, ``digit-2``), a 2 s timeout and
+no thanks. Each test has its own static agent, a SIPp UAS that answers, talks 1 s and hangs up
+(``agent_hangs_up.xml``); only that agent logs in. Callers: a SIPp script sending RFC 4733 digits
+from SIPp's pcap files, one streaming a sox-made WAV of silence and in-band keypad tones, SIPp's
+built-in uac hanging up mid-question, and a baresip phone whose received audio must hold the
+shipped prompts. SIPp's exit status says each peer saw exactly what its scenario expects; the
+SQLite CDR row, the queue events, ``/metrics`` and the API must say the score given (or none).
+A last test runs its own daemon with ``[media] workers = 1``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,13 +29,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import free_port
 from tests.e2e.configs import front_door
 from tests.e2e.conftest import DaemonProcess, render_config
-from tests.e2e.peers import SIPP, free_port_block, sipp, stop
+from tests.e2e.peers import SIPP, Baresip, free_port_block, sipp, stop
 from tests.e2e.test_call_scenarios import SCENARIOS, sip_target, sipp_output, wait_until
+from tests.e2e.test_queue_keys import best_match, prompt_samples
 
 pytestmark = pytest.mark.e2e
 
 ADMIN = "admin-token-0123456789"
-AGENTS = ("rfc4733", "silent", "leaves", "inband")
+AGENTS = ("rfc4733", "silent", "leaves", "heard")
 Proc = subprocess.Popen[bytes]
 
 
@@ -56,13 +59,18 @@ csat = {{ second_prompt = "csat-effort" }}
 name = "quick"
 wrap_up_s = 30.0
 record = "{quick_record}"
-csat = {{ prompt = "digit-1", timeout_s = 2.0, thanks_prompt = "" }}
+csat = {{ prompt = "digit-1", second_prompt = "{quick_second}", timeout_s = 2.0, thanks_prompt = "" }}
 """
 
 
 @contextlib.contextmanager
 def survey_daemon(
-    workdir: Path, agents: tuple[str, ...], *, media_workers: int = 0, quick_record: str = "never"
+    workdir: Path,
+    agents: tuple[str, ...],
+    *,
+    media_workers: int = 0,
+    quick_record: str = "never",
+    quick_second: str = "digit-2",
 ) -> Iterator[Survey]:
     """``acd run`` with the two survey queues and ``agents`` (static, at ports of their own),
     stopped by PID at the end (and checked to exit 0)."""
@@ -80,7 +88,7 @@ def survey_daemon(
     workdir.mkdir(exist_ok=True)
     config_path = workdir / "acd.toml"
     http_port = free_port()
-    config = extra + QUEUES.format(quick_record=quick_record) + members
+    config = extra + QUEUES.format(quick_record=quick_record, quick_second=quick_second) + members
     config_path.write_text(render_config(http_port, free_port(), config))
     log_path = workdir / "acd.log"
     with log_path.open("w") as log_file:
@@ -150,6 +158,13 @@ def one_call(
         if caller is not None:
             stop(caller)
         api(daemon, f"/api/v1/agents/{agent}/state", {"state": "logged_out"})
+    return call_of(daemon, agent)
+
+
+def call_of(
+    daemon: DaemonProcess, agent: str
+) -> tuple[sqlite3.Row, list[tuple[str, dict[str, object]]]]:
+    """The CDR row of ``agent``'s call (once written) and its queue events (event, data)."""
     path = daemon.workdir / "var" / "acd.sqlite3"
 
     def row() -> sqlite3.Row | None:
@@ -200,30 +215,30 @@ def metric(daemon: DaemonProcess, name: str, **labels: str) -> float:
 def test_caller_rates_4_by_rfc4733_after_the_agent_hangs_up(survey: Survey, tmp_path: Path) -> None:
     (tmp_path / "pcap").symlink_to("/usr/share/sip-tester")  # SIPp's RFC 2833 digit captures
     row, events = one_call(
-        survey, tmp_path, "rfc4733", "support", ["-sf", str(SCENARIOS / "caller_csat.xml")]
+        survey, tmp_path, "rfc4733", "quick", ["-sf", str(SCENARIOS / "caller_csat.xml")]
     )
     assert (row["csat_score"], row["csat_second_score"]) == (4, 2)
     assert (row["disposition"], row["hangup_side"]) == ("answered", "agent")
     # The conversation lasted the agent's 1 s; the survey after it is not talk time.
     assert row["talk_s"] == pytest.approx(1.0, abs=0.6)
-    assert row["ended_at"] - row["agent_answered_at"] > 3.0  # the caller stayed on to answer
+    assert row["ended_at"] - row["agent_answered_at"] > row["talk_s"] + 1.0  # the caller stayed
     assert [e for e, _ in events] == ["enter", "offer", "answer", "complete"]
     assert events[-1][1]["hangup_side"] == "agent"
     daemon = survey.daemon
-    assert metric(daemon, "acd_csat_responses_total", queue="support", question="1", score="4") == 1
-    assert metric(daemon, "acd_csat_responses_total", queue="support", question="2", score="2") == 1
-    assert metric(daemon, "acd_csat_surveys_total", queue="support", outcome="answered") == 1
+    assert metric(daemon, "acd_csat_responses_total", queue="quick", question="1", score="4") == 1
+    assert metric(daemon, "acd_csat_responses_total", queue="quick", question="2", score="2") == 1
+    assert metric(daemon, "acd_csat_surveys_total", queue="quick", outcome="answered") == 1
     # The agent went to wrap-up when it hung up, not when the survey ended.
     with sqlite3.connect(daemon.workdir / "var" / "acd.sqlite3") as db:
         (wrap_up_at,) = db.execute(
             "SELECT at FROM agent_events WHERE agent_id = 'rfc4733' AND state = 'wrap_up'"
         ).fetchone()
-    assert wrap_up_at < row["ended_at"] - 2.0
-    figures = api(daemon, f"/api/v1/stats/intervals?queue=support&since={row['arrived_at'] - 1}")
+    assert wrap_up_at < row["ended_at"] - 1.0
+    figures = api(daemon, f"/api/v1/stats/intervals?queue=quick&since={row['arrived_at'] - 1}")
     assert [(f["queue"], f["figures"]["csat_responses"], f["figures"]["csat_average"])
-            for f in figures] == [("support", 1, 4.0)]  # type: ignore[attr-defined,index]  # fmt: skip
-    (support,) = [q for q in api(daemon, "/api/v1/queues") if q["name"] == "support"]  # type: ignore[attr-defined,index]
-    assert support["today"]["csat_average"] == 4.0
+            for f in figures] == [("quick", 1, 4.0)]  # type: ignore[attr-defined,index]  # fmt: skip
+    (quick,) = [q for q in api(daemon, "/api/v1/queues") if q["name"] == "quick"]  # type: ignore[attr-defined,index]
+    assert quick["today"]["csat_average"] == 4.0
 
 
 def test_a_silent_caller_gives_no_score_and_is_hung_up_after_the_timeout(
@@ -252,23 +267,12 @@ def test_a_caller_who_hangs_up_during_the_question_leaves_no_score(
     assert metric(survey.daemon, "acd_csat_surveys_total", queue="support", outcome="hung_up") == 1
 
 
-def test_caller_rates_5_with_in_band_tones(survey: Survey, tmp_path: Path) -> None:
-    keypad_wav(tmp_path, (770, 1336), lead_s=2.5)  # "5" after the agent has hung up
-    scenario = ["-sf", str(SCENARIOS / "caller_inband_awaits_bye.xml")]
-    row, _ = one_call(survey, tmp_path, "inband", "quick", scenario)
-    assert (row["csat_score"], row["hangup_side"]) == (5, "agent")
-    assert (
-        metric(survey.daemon, "acd_csat_responses_total", queue="quick", question="1", score="5")
-        == 1
-    )
-
-
 def test_survey_of_a_call_bridged_in_a_media_worker(tmp_path: Path) -> None:
     """With ``[media] workers = 1`` the bridge (and its recording) ran in a worker process: the
     caller's leg comes back to the daemon for the survey, whose in-band key is heard there; the
     recording holds the conversation only."""
     with survey_daemon(
-        tmp_path / "daemon", ("worker",), media_workers=1, quick_record="always"
+        tmp_path / "daemon", ("worker",), media_workers=1, quick_record="always", quick_second=""
     ) as running:
         keypad_wav(tmp_path, (697, 1477), lead_s=2.5)  # "3"
         scenario = ["-sf", str(SCENARIOS / "caller_inband_awaits_bye.xml")]
@@ -287,3 +291,47 @@ def test_survey_of_a_call_bridged_in_a_media_worker(tmp_path: Path) -> None:
         wait_until(lambda: duration() is not None, 10, "the recording's duration")
         assert duration() == pytest.approx(row["talk_s"], abs=0.3)  # not the survey after it
         assert row["ended_at"] - row["agent_answered_at"] > row["talk_s"] + 1.0
+
+
+def test_a_baresip_caller_hears_the_questions_and_answers_them(
+    survey: Survey, tmp_path: Path
+) -> None:
+    """What the caller hears is the survey (its received audio holds the shipped prompts), and
+    a real phone's RFC 4733 keys answer both questions."""
+    daemon = survey.daemon
+    phone = agent_phone(tmp_path, survey.agent_ports["heard"])
+    sip = sip_target(daemon)
+    caller = None
+    try:
+        api(daemon, "/api/v1/agents/heard/state", {"state": "logged_in"})
+        caller = Baresip(
+            tmp_path / "caller", f"<sip:5550177@{sip}>;regint=0;audio_codecs=PCMU", 440,
+            dial=f"sip:support@{sip}",
+        )  # fmt: skip
+        caller.wait_for("Call established")
+
+        def in_survey() -> bool:
+            calls = api(daemon, "/api/v1/calls")
+            return [c["phase"] for c in calls] == ["survey"]  # type: ignore[index, attr-defined]
+
+        wait_until(in_survey, 10, "the agent to hang up")
+        time.sleep(1.2)  # listening to the first question
+        assert caller.command("sndcode", "4").get("ok") is True
+        time.sleep(0.8)  # into the second question
+        assert caller.command("sndcode", "5").get("ok") is True
+        wait_until(lambda: api(daemon, "/api/v1/calls") == [], 10, "our BYE after the thanks")
+        assert phone.wait(timeout=10) == 0, sipp_output(phone)
+    finally:
+        stop(phone)
+        if caller is not None:
+            caller.stop()
+        api(daemon, "/api/v1/agents/heard/state", {"state": "logged_out"})
+    row, _ = call_of(daemon, "heard")
+    assert (row["csat_score"], row["csat_second_score"], row["hangup_side"]) == (4, 5, "agent")
+    assert caller is not None
+    heard = caller.heard()
+    assert best_match(heard, prompt_samples("csat-question")[:8000]) > 0.9  # its first second
+    assert best_match(heard, prompt_samples("csat-effort")[:4000]) > 0.9
+    # "Thank you for your feedback": the phone drops what its jitter buffer holds at our BYE
+    assert best_match(heard, prompt_samples("csat-thanks")[:16000]) > 0.9
+    assert best_match(heard, prompt_samples("csat-effort")[-8000:]) < 0.5  # interrupted by 5
