@@ -251,6 +251,9 @@ def test_a_silent_caller_gives_no_score_and_is_hung_up_after_the_timeout(
     assert (row["disposition"], row["hangup_side"]) == ("answered", "agent")
     assert [e for e, _ in events][-1] == "complete"
     assert metric(survey.daemon, "acd_csat_surveys_total", queue="quick", outcome="no_answer") == 1
+    # digit-1 (0.44 s), then timeout_s = 2 s of waiting, then our BYE; no second question
+    survey_s = row["ended_at"] - row["agent_answered_at"] - row["talk_s"]
+    assert 2.4 <= survey_s < 3.5, survey_s
 
 
 def test_a_caller_who_hangs_up_during_the_question_leaves_no_score(
