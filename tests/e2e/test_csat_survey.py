@@ -217,8 +217,15 @@ def test_caller_rates_4_by_rfc4733_after_the_agent_hangs_up(survey: Survey, tmp_
     row, events = one_call(
         survey, tmp_path, "rfc4733", "quick", ["-sf", str(SCENARIOS / "caller_csat.xml")]
     )
+    # 7 is not a score: the caller heard "invalid" and the question again, and answered 4
     assert (row["csat_score"], row["csat_second_score"]) == (4, 2)
     assert (row["disposition"], row["hangup_side"]) == ("answered", "agent")
+    invalid = [
+        line for line in survey.daemon.log_lines() if line.get("event") == "csat_invalid_key"
+    ]
+    assert [(line["call_id"], line["digit"]) for line in invalid] == [(row["id"], "7")]
+    survey_s = row["ended_at"] - row["agent_answered_at"] - row["talk_s"]
+    assert survey_s > 2.26, survey_s  # the "invalid" prompt was played in full (no barge-in)
     # The conversation lasted the agent's 1 s; the survey after it is not talk time.
     assert row["talk_s"] == pytest.approx(1.0, abs=0.6)
     assert row["ended_at"] - row["agent_answered_at"] > row["talk_s"] + 1.0  # the caller stayed
