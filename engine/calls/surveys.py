@@ -91,14 +91,14 @@ class Surveys:
         """The agent's part ends, then the caller is asked; returns when we should hang up."""
         survey = self._survey_of(call)
         now_wall = time.time()
-        call.agent_released_at = now_wall
-        self._s.media.stop_player(call)  # the agent may have left the caller on hold music
-        assert call.bridge is not None
-        call.bridge.stop(loop_now())  # the recording ends with the conversation
         call.hangup_side = "agent"  # the conversation's end, for the complete event
         self._s.teardown.release_agent(
             call, now_wall, now_wall - (call.agent_answered_at or now_wall)
         )
+        call.agent_released_at = now_wall  # released: teardown.finish does not do it again
+        self._s.media.stop_player(call)  # the agent may have left the caller on hold music
+        if call.bridge is not None:
+            call.bridge.stop(loop_now())  # the recording ends with the conversation
         log.info("csat_survey_started", agent=call.agent_id, reason=reason)
         if survey is None:  # reloaded away between the hang-up and now
             call.hangup_reason = f"agent {reason}"
