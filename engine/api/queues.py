@@ -11,7 +11,8 @@ The figures above are the calls'. ``tasks`` has the same per task channel (chat,
 ticket): live waiting and oldest wait from the same router, and today's from the tasks table,
 where a task is "answered" when an agent accepted it (``service_level`` accepted within the
 queue's threshold over accepted, ``asa_s`` the mean wait to accept, ``aht_s`` the mean time from
-accept to complete) and "abandoned" when it was cancelled before that.
+accept to complete) and "abandoned" when it was cancelled before that. ``csat_responses`` and
+``csat_average`` are the calls' post-call survey answers (first question, 1-5) and their mean.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ class DayFigures(msgspec.Struct, frozen=True):
     asa_s: float | None
     aht_s: float | None
     abandon_rate: float | None
+    # post-call survey (queues[].csat): answers to its first question, and their mean (1-5)
+    csat_responses: int = 0
+    csat_average: float | None = None
 
 
 class ChannelFigures(msgspec.Struct, frozen=True):
@@ -70,8 +74,9 @@ class IntervalFigures(msgspec.Struct, frozen=True):
 
 
 def summarize(rows: Iterable[Mapping[str, Any]], threshold_s: float) -> DayFigures:
-    """Figures of CDR rows (calls): answered by an agent, or abandoned."""
-    return _figures(
+    """Figures of CDR rows (calls): answered by an agent, or abandoned; and their CSAT scores."""
+    rows = list(rows)
+    figures = _figures(
         (
             (
                 None if row["agent_answered_at"] is None else float(row["wait_s"] or 0.0),
@@ -81,6 +86,12 @@ def summarize(rows: Iterable[Mapping[str, Any]], threshold_s: float) -> DayFigur
             for row in rows
         ),
         threshold_s,
+    )
+    scores = [int(row["csat_score"]) for row in rows if row.get("csat_score") is not None]
+    if not scores:
+        return figures
+    return msgspec.structs.replace(
+        figures, csat_responses=len(scores), csat_average=round(sum(scores) / len(scores), 3)
     )
 
 

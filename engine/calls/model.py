@@ -126,6 +126,11 @@ class Call:
     held_by: set[str] = field(default_factory=set)  # "caller" / "agent": who put the other on hold
     # The last media-worker bridge's "legs are back" future: the next bridge waits for it.
     media_home: asyncio.Future[None] | None = None
+    # Post-call survey (queues[].csat): when the agent's part ended while the caller stayed on
+    # (wall clock; the agent is then already in wrap-up), and the caller's answers (1-5, None).
+    agent_released_at: float | None = None
+    csat_score: int | None = None
+    csat_second_score: int | None = None
 
 
 @dataclass(eq=False)
@@ -142,6 +147,15 @@ class CallIndex:
 
 class QueueEmptied(Exception):
     """Set on a waiting call's ``connected`` future when its queue has no member left."""
+
+
+class AgentHungUp(Exception):
+    """Set on a bridged call's ``transfer_request`` when the agent hangs up and the caller stays
+    on for the queue's post-call survey (engine.calls.surveys)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class CallEnded(Exception):

@@ -6,7 +6,8 @@ full queue overflow at once), plays music on hold, and waits for the ``connected
 ``announce_every_s`` (each part switched by ``announce_position`` / ``announce_wait``). ``max_wait_s``, or the queue left empty (``leave_empty``), withdraws the
 call and runs the queue's overflow flow, or plays all-busy. On answer the recording starts and
 the caller is bridged to the agent's leg; the task then waits for a blind transfer by the agent
-(``transfers``) until a BYE cancels it.
+(``transfers``) until a BYE cancels it, or, when the agent hangs up in a queue with a post-call
+survey (``csat``), runs the survey (``surveys``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import routing_core as rc
 from engine.calls.announcements import expected_wait_prompts, position_prompts
 from engine.calls.flows import FlowOutcome
 from engine.calls.inbound import CallIO
-from engine.calls.model import AgentLeg, Call, CallEnded, QueueEmptied, loop_now
+from engine.calls.model import AgentHungUp, AgentLeg, Call, CallEnded, QueueEmptied, loop_now
 from engine.config import QueueConfig
 from engine.storage.cdr import QueueEventData
 
@@ -125,7 +126,11 @@ class Queueing:
         log.info("call_bridged", agent=leg.agent_id)
         # Until a BYE on either leg cancels this task, or the agent transfers the caller.
         call.transfer_request = asyncio.get_running_loop().create_future()
-        target = await call.transfer_request
+        try:
+            target = await call.transfer_request
+        except AgentHungUp as gone:  # the caller stays for the queue's survey (queues[].csat)
+            await self._s.surveys.run(call, gone.reason)
+            return
         await self._s.transfers.agent_transfer(call, leg, target)
 
     def position(self, call: Call) -> int:

@@ -35,6 +35,7 @@ def record_of(call: Call, *, ended_at: float | None, talk_s: float | None, node:
         hangup_side=call.hangup_side if ended else None,
         hangup_reason=(call.hangup_reason or None) if ended else None, wait_s=wait_s, talk_s=talk_s,
         flow_data=call.flow_data or None, recording_id=call.recording_id, node=node,
+        csat_score=call.csat_score, csat_second_score=call.csat_second_score,
     )  # fmt: skip
 
 

@@ -13,6 +13,7 @@ talk to; the work is done by one object per phase of a call, each in its own mod
 - ``ringing``: routing offers ringing agents' phones (RFC 3263 failover), answers and refusals;
 - ``softphones``: the same for browser agents, over the WebRTC gateway;
 - ``transfers``: blind transfers to a queue or a number;
+- ``surveys``: the post-call CSAT survey after the agent hangs up (``queues[].csat``);
 - ``teardown``: hang-ups, releasing everything, and the CDR row (``record``).
 
 They share this object: the config, the routing service, the agent directory, the CDR writer,
@@ -46,6 +47,7 @@ from engine.calls.ringing import Ringing
 from engine.calls.security import Security
 from engine.calls.session import Session
 from engine.calls.softphones import Softphones
+from engine.calls.surveys import Surveys
 from engine.calls.teardown import Teardown
 from engine.calls.transfers import Transfers
 from engine.config import Config
@@ -98,6 +100,7 @@ class CallService:
         self.ringing = Ringing(self)
         self.softphones = Softphones(self)
         self.transfers = Transfers(self)
+        self.surveys = Surveys(self, metrics)
         self.teardown = Teardown(self)
         metrics.registry.register(SipMediaCollector(self.listeners, self.media.stats))
         metrics.registry.register(SecurityCollector(self.listeners, self.security))
@@ -231,7 +234,9 @@ class CallService:
         out = []
         for call in self.calls.values():
             phase = "flow"
-            if call.agent_id is not None:
+            if call.agent_released_at is not None:
+                phase = "survey"  # the agent hung up; the caller is rating the call
+            elif call.agent_id is not None:
                 phase = "bridged"
             elif call.transfer_answered_at is not None:
                 phase = "transferred"

@@ -46,9 +46,30 @@ class Teardown:
         call = leg.call
         self._s.ringing.end_leg(leg)
         if call.agent_id == leg.agent_id:
+            if self._s.surveys.agent_left(call, reason):
+                return  # the caller stays on for the queue's post-call survey
             self.caller_gone(call, f"agent {reason}", side="agent")
         elif leg.external and leg.answered:
             self.caller_gone(call, f"transfer target {reason}", side="callee")
+
+    def release_agent(self, call: Call, now_wall: float, talk_s: float | None) -> None:
+        """The answered call's agent is done with it: routing completes it (the agent goes to
+        wrap-up) and the ``complete`` queue event is written with who hung up."""
+        agent_id = call.agent_id
+        assert agent_id is not None
+        with contextlib.suppress(rc.RoutingError):
+            self._s.routing.complete(agent_id, call.id)
+        self._s.agents.call_completed(agent_id)
+        call.disposition = "answered"
+        if self._s.cdr:
+            self._s.cdr.agent_event(agent_id, "wrap_up", call_id=call.id)
+            self._s.cdr.queue_event(
+                "complete", call_id=call.id, queue=call.queue, agent_id=agent_id,
+                data=QueueEventData(
+                    wait_s=(call.agent_answered_at or now_wall) - (call.enqueued_at or now_wall),
+                    talk_s=talk_s, hangup_side=call.hangup_side,
+                ),
+            )  # fmt: skip
 
     async def finish(self, call: Call) -> None:
         now_wall = time.time()
@@ -56,7 +77,8 @@ class Teardown:
         talk_s = None
         if call.bridge is not None:
             call.bridge.stop(loop_now())
-            talk_s = now_wall - (call.agent_answered_at or call.transfer_answered_at or now_wall)
+            ended = call.agent_released_at or now_wall  # a survey after the agent left: not talk
+            talk_s = ended - (call.agent_answered_at or call.transfer_answered_at or now_wall)
         # The other side of the bridge, or ringing legs, or the caller's dialog.
         for leg in list(call.legs.values()):
             if leg.answered and not leg.finished:
@@ -77,19 +99,8 @@ class Teardown:
         self._s.transmit()
         # Routing: complete the answered call, abandon the waiting one.
         if call.agent_id is not None:
-            with contextlib.suppress(rc.RoutingError):
-                self._s.routing.complete(call.agent_id, call.id)
-            self._s.agents.call_completed(call.agent_id)
-            call.disposition = "answered"
-            if self._s.cdr:
-                self._s.cdr.agent_event(call.agent_id, "wrap_up", call_id=call.id)
-                self._s.cdr.queue_event(
-                    "complete", call_id=call.id, queue=call.queue, agent_id=call.agent_id,
-                    data=QueueEventData(
-                        wait_s=(call.agent_answered_at or now_wall) - (call.enqueued_at or now_wall),
-                        talk_s=talk_s, hangup_side=call.hangup_side,
-                    ),
-                )  # fmt: skip
+            if call.agent_released_at is None:  # else done when the agent left for the survey
+                self.release_agent(call, now_wall, talk_s)
         elif call.enqueued_at is not None:
             with contextlib.suppress(rc.RoutingError):
                 self._s.routing.abandon(call.id)

@@ -181,6 +181,20 @@ class RelaxStepConfig(_Struct, frozen=True):
     max_penalty: int | None = None
 
 
+class CsatConfig(_Struct, frozen=True):
+    """A queue's post-call survey: the caller stays on the line when the agent hangs up."""
+
+    # the question, played once the agent has hung up: the caller presses 1 (poor) to 5 (excellent)
+    prompt: str = "csat-question"
+    # an optional second question, also answered 1 to 5 (empty: none)
+    second_prompt: str = ""
+    # how long we wait for the key after a question has been played; then no score (and no
+    # second question)
+    timeout_s: float = 5.0
+    # played after the last answer, before we hang up (empty: hang up at once)
+    thanks_prompt: str = "csat-thanks"
+
+
 class QueueConfig(_Struct, frozen=True):
     name: str
     strategy: Strategy = Strategy.LONGEST_IDLE
@@ -214,6 +228,9 @@ class QueueConfig(_Struct, frozen=True):
     # how long a chat/email/social/ticket offer waits for the agent's accept before it goes to
     # the next agent (as ring_timeout_s does for a call)
     offer_timeout_s: float = 30.0
+    # post-call CSAT survey of this queue's answered callers (absent: none); `csat = {}` takes the
+    # shipped prompts
+    csat: CsatConfig | None = None
 
 
 class LoginMode(Enum):

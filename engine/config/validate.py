@@ -209,6 +209,12 @@ def _validate(cfg: Config, file: str) -> None:
                 f"{base}.max_length",
                 f"expected >= 0 (0 = unlimited), found {queue.max_length}",
             )
+        if queue.csat is not None:
+            _check_name(file, f"{base}.csat.prompt", queue.csat.prompt)
+            for key in ("second_prompt", "thanks_prompt"):
+                if getattr(queue.csat, key):  # empty: that part is left out
+                    _check_name(file, f"{base}.csat.{key}", getattr(queue.csat, key))
+            _check_positive(file, f"{base}.csat.timeout_s", queue.csat.timeout_s)
 
     agent_ids: set[str] = set()
     for i, agent in enumerate(cfg.agents):

@@ -80,6 +80,8 @@ class CallRecord(msgspec.Struct, frozen=True, kw_only=True):
     flow_data: dict[str, Any] | None = None
     recording_id: str | None = None
     node: str | None = None
+    csat_score: int | None = None  # the post-call survey's answer, 1-5 (None: not asked or none)
+    csat_second_score: int | None = None  # its optional second question's
 
 
 #: What ``close_interrupted_calls`` writes into the rows a crash left open.

@@ -26,6 +26,7 @@ _STAT_COLUMNS = (
     calls.c.wait_s,
     calls.c.talk_s,
     calls.c.wrap_up_s,
+    calls.c.csat_score,
 )
 
 

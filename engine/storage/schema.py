@@ -46,6 +46,9 @@ calls = sa.Table(
     sa.Column("wrap_up_s", sa.Double),
     sa.Column("flow_data", sa.JSON),
     sa.Column("recording_id", sa.String(64)),
+    # post-call survey (queues[].csat): 1 (poor) to 5 (excellent); NULL when not asked or no answer
+    sa.Column("csat_score", sa.SmallInteger),
+    sa.Column("csat_second_score", sa.SmallInteger),
     # The daemon that held the call (runtime.node): a row with ended_at NULL is a live call,
     # or one a crash of that node interrupted, which it closes when it starts (migration 0011).
     sa.Column("node", sa.String(64)),

@@ -157,17 +157,17 @@ def test_cdr_search_and_interval_stats(daemon: DaemonProcess) -> None:
     now = time.time()
     base = now - 3600
     rows = [
-        # id, queue, agent, arrived_at, answered_at, disposition, wait, talk, wrap
-        ("c1", "support", "1001", base + 10, base + 25, "answered", 15.0, 100.0, 10.0),
-        ("c2", "support", "1001", base + 20, base + 60, "answered", 40.0, 200.0, 10.0),
-        ("c3", "support", None, base + 30, None, "abandoned", 30.0, None, None),
-        ("c4", "sales", "1002", base + 1000, base + 1005, "answered", 5.0, 50.0, 0.0),
+        # id, queue, agent, arrived_at, answered_at, disposition, wait, talk, wrap, CSAT score
+        ("c1", "support", "1001", base + 10, base + 25, "answered", 15.0, 100.0, 10.0, 4),
+        ("c2", "support", "1001", base + 20, base + 60, "answered", 40.0, 200.0, 10.0, 5),
+        ("c3", "support", None, base + 30, None, "abandoned", 30.0, None, None, None),
+        ("c4", "sales", "1002", base + 1000, base + 1005, "answered", 5.0, 50.0, 0.0, None),
     ]
     with sqlite3.connect(daemon.workdir / "var" / "acd.sqlite3") as conn:
         conn.executemany(
             "INSERT INTO calls (id, sip_call_id, queue, agent_id, arrived_at, agent_answered_at, "
-            "disposition, wait_s, talk_s, wrap_up_s, ended_at) "
-            "VALUES (?, 'x', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "disposition, wait_s, talk_s, wrap_up_s, csat_score, ended_at) "
+            "VALUES (?, 'x', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [(*row, row[3] + 500) for row in rows],  # finished calls: live rows are no figures
         )
     status, found = call(daemon, "GET", "/api/v1/cdr?queue=support", SUPERVISOR)
@@ -202,6 +202,8 @@ def test_cdr_search_and_interval_stats(daemon: DaemonProcess) -> None:
                 "asa_s": 27.5,
                 "aht_s": 160.0,
                 "abandon_rate": pytest.approx(1 / 3),
+                "csat_responses": 2,  # c1 rated 4, c2 rated 5; c3 was never asked
+                "csat_average": 4.5,
             },
         },
         {
@@ -215,6 +217,8 @@ def test_cdr_search_and_interval_stats(daemon: DaemonProcess) -> None:
                 "asa_s": 5.0,
                 "aht_s": 50.0,
                 "abandon_rate": 0.0,
+                "csat_responses": 0,
+                "csat_average": None,
             },
         },
     ]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sqlite3
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,9 +58,18 @@ def _available(daemon: DaemonProcess, agent_id: str) -> str:
 
 def test_agent_ready_and_lunch_show_on_both_pages(daemon: DaemonProcess, browser: Browser) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
+    # Two of today's support calls rated by the post-call survey (4 and 5), one not asked.
+    with sqlite3.connect(daemon.workdir / "var" / "acd.sqlite3") as conn:
+        conn.executemany(
+            "INSERT INTO calls (id, sip_call_id, queue, arrived_at, disposition, csat_score) "
+            "VALUES (?, 'x', 'support', ?, 'answered', ?)",
+            [("r1", time.time() - 5, 4), ("r2", time.time() - 4, 5), ("r3", time.time() - 3, None)],
+        )
     board = browser.new_page(viewport={"width": 1920, "height": 1080})
     _log_in(board, daemon.base_url + "/wallboard", SUPERVISOR)
     expect(board.locator("#conn")).to_have_text("live")
+    expect(board.locator('[data-queue="support"] .csat')).to_have_text(" · CSAT 4.5 (2)")
+    expect(board.locator('[data-queue="sales"] .csat')).to_have_count(0)  # no answers: not shown
     avail = board.locator('[data-queue="support"] [data-state="available"]')
     expect(avail).to_have_text("available 0")
 

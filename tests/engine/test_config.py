@@ -72,6 +72,11 @@ QUEUES3 = '[[queues]]\nname = "a"\n[[queues]]\nname = "b"\n[[queues]]\nname = "c
         ('[storage]\nurl = "mysql://x"\n', "storage.url", "postgresql://"),
         ("http = 5\n", "http", "expected a table, found integer 5"),
         ('source = "x"\n', "source", "unknown key"),
+        (QUEUES3 + "csat = { timeout_s = 0 }\n", "queues[2].csat.timeout_s", "a number > 0"),
+        (QUEUES3 + 'csat = { prompt = "../x" }\n', "queues[2].csat.prompt", "a name of letters"),
+        (QUEUES3 + 'csat = { second_prompt = "a b" }\n', "queues[2].csat.second_prompt", "name"),
+        (QUEUES3 + "csat = { questions = 2 }\n", "queues[2].csat.questions", "unknown key"),
+        (QUEUES3 + "csat = true\n", "queues[2].csat", "expected object"),
     ],
 )
 def test_mistakes_name_file_and_key_path(text: str, key_path: str, fragment: str) -> None:

@@ -140,6 +140,7 @@ async def test_cdr_row_round_trip(store: Store) -> None:
         "disposition": "answered",
         "wait_s": 12.5,
         "flow_data": {"account": "42", "vip": True},
+        "csat_score": 4,  # the post-call survey's answer; its second question went unanswered
     }
     async with store.engine.begin() as conn:
         await conn.execute(calls.insert().values(**row))
@@ -156,6 +157,7 @@ async def test_cdr_row_round_trip(store: Store) -> None:
     assert got["flow_data"] == {"account": "42", "vip": True}
     assert got["arrived_at"] == pytest.approx(1_795_000_000.123456, abs=1e-6)
     assert got["disposition"] == "answered"
+    assert (got["csat_score"], got["csat_second_score"]) == (4, None)
     assert n_events == 1
 
 

@@ -28,7 +28,9 @@ function render() {
       el("div", { class: "big waiting" }, el("small", {}, "waiting"), String(q.waiting)),
       el("div", { class: "big oldest" }, el("small", {}, "oldest"), fmtWait(wait)),
       el("div", { class: `big sl ${slClass(sl)}` }, el("small", {}, "SL today"), sl === null ? "–" : `${Math.round(sl * 100)}%`),
-      el("div", { class: "figs" }, `answered ${q.today.answered} · abandoned ${q.today.abandoned}`),
+      el("div", { class: "figs" }, `answered ${q.today.answered} · abandoned ${q.today.abandoned}`,
+        // today's post-call survey (queues[].csat): mean score 1-5 and how many answered
+        q.today.csat_responses ? el("span", { class: "csat" }, ` · CSAT ${q.today.csat_average.toFixed(1)} (${q.today.csat_responses})`) : ""),
       el("div", { class: "agents" }, ...agents));
   }));
 }

@@ -4,7 +4,7 @@ A transcript belongs to one recording (its primary key is the recording's id) an
 the retention purge deletes both, a legal hold keeps both.
 
 Revision ID: 0005
-Revises: 0003 (the newest on this branch; re-pointed at merge time if 0004 lands first)
+Revises: 0004
 """
 
 import sqlalchemy as sa

@@ -6,14 +6,14 @@ names the daemon that held the call, so one node only ever closes its own rows i
 database; the index serves that start-up query.
 
 Revision ID: 0011
-Revises: 0005 (re-pointed at merge time onto the newest migration)
+Revises: 0006
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0011"
-down_revision = "0005"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
