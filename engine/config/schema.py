@@ -169,6 +169,16 @@ class RelaxStepConfig(_Struct, frozen=True):
     max_penalty: int | None = None
 
 
+class SlaTargetConfig(_Struct, frozen=True):
+    """Service-level targets of one task channel in a queue (0 = no target)."""
+
+    # from arrival to the agent's first response (a message from the agent side, or the task
+    # moved to pending or solved); the clock stops while a ticket is pending or solved
+    first_response_s: float = 0.0
+    # from arrival to completion (a ticket: solved), pending and solved time not counted
+    resolution_s: float = 0.0
+
+
 class QueueConfig(_Struct, frozen=True):
     name: str
     strategy: Strategy = Strategy.LONGEST_IDLE
@@ -202,6 +212,14 @@ class QueueConfig(_Struct, frozen=True):
     # how long a chat/email/social/ticket offer waits for the agent's accept before it goes to
     # the next agent (as ring_timeout_s does for a call)
     offer_timeout_s: float = 30.0
+    # task channel -> SLA targets, e.g. { ticket = { first_response_s = 3600, resolution_s =
+    # 86400 } }: due times are stored on each task, a breach is an event and a metric
+    sla: dict[str, SlaTargetConfig] = msgspec.field(default_factory=dict)
+    # a ticket back from pending (customer reply) or reopened from solved is offered to its last
+    # agent alone for this long, when that agent is logged in, then to anyone (0 = to anyone)
+    reopen_sticky_s: float = 300.0
+    # a solved ticket is closed after this long (Zendesk's default: 4 days); 0 = only by hand
+    close_solved_after_s: float = 345600.0
 
 
 class LoginMode(Enum):
