@@ -5,7 +5,8 @@ creates tasks (now, or scheduled with ``not_before``), takes the routing service
 their channels, times offers out, and carries out agents' and integrations' actions;
 ``lifecycle``: the ticket states beyond routing (pending, solved, closed, reopened) and the table
 of the moves a client may ask for; ``sla``: first-response and resolution due times, their pauses
-and breaches; ``metrics``: the per-channel Prometheus figures.
+and breaches; ``followups``: tasks scheduled with ``not_before``; ``recovery``: what comes back
+after a restart; ``metrics``: the per-channel Prometheus figures.
 The record of each task is in the store (``engine.storage.tasks``); the API is ``engine.api.tasks``.
 """
 

@@ -78,6 +78,31 @@ class Lifecycle:
                 allowed=list(options),
             )
 
+    async def request(
+        self,
+        task: Task,
+        state: str,
+        *,
+        by: str,
+        disposition: str | None = None,
+        notes: str | None = None,
+    ) -> Task:
+        """The move to ``state`` a client asked for, if the table has it from the task's state."""
+        self.check(task, state)
+        if state == "pending":
+            return await self.pending(task, by=by)
+        if state == "solved":
+            return await self.solve(task, by=by, disposition=disposition or "solved", notes=notes)
+        if state == "open":
+            return await self.reopen(task, by=by)
+        if state == "closed":
+            return await self.close_ticket(task, by=by)
+        if state == "cancelled":
+            return await self._s.cancel(task.id, by=by)
+        return await self._s.complete(  # completed
+            task.id, task.agent_id or "", by=by, disposition=disposition or "completed", notes=notes
+        )
+
     def _release(self, task: Task) -> None:
         """An assigned ticket leaves its agent's capacity (the agent keeps it as its last)."""
         if task.state is TaskState.ASSIGNED and task.agent_id is not None:

@@ -45,6 +45,7 @@ from engine.storage import StorageError, Store
 from engine.storage import tasks as task_store
 from engine.storage.cdr import CdrWriter
 from engine.storage.tasks import TaskWrite, TaskWriter
+from engine.tasks.followups import FollowUps
 from engine.tasks.lifecycle import Lifecycle
 from engine.tasks.metrics import TaskMetrics
 from engine.tasks.model import (
@@ -57,6 +58,7 @@ from engine.tasks.model import (
     TaskState,
     UnknownTask,
 )
+from engine.tasks.recovery import recover_tasks
 from engine.tasks.sla import SlaClock
 
 log = structlog.stdlib.get_logger("acd.tasks")
@@ -93,10 +95,10 @@ class TaskService:
         self.tasks: dict[str, Task] = {}  # live tasks only (LIVE_STATES)
         self._by_external: dict[str, str] = {}
         self._offer_timers: dict[tuple[str, str], Cancellable] = {}
-        self._due_timers: dict[str, Cancellable] = {}  # scheduled tasks' not_before
         self._cdr = cdr
         self.sla = SlaClock(self)
         self.lifecycle = Lifecycle(self)
+        self.followups = FollowUps(self)
         # Told an agent's id when one of its tasks ended (the agent directory applies a logout
         # it deferred while the agent was busy).
         self.on_work_done = on_work_done
@@ -108,10 +110,10 @@ class TaskService:
         self.cfg = config
 
     def close(self) -> None:
-        for timer in [*self._offer_timers.values(), *self._due_timers.values()]:
+        for timer in self._offer_timers.values():
             timer.cancel()
         self._offer_timers.clear()
-        self._due_timers.clear()
+        self.followups.close()
         self.sla.close()
         self.lifecycle.close()
 
@@ -233,7 +235,7 @@ class TaskService:
                 raise TaskConflict(f"queue {queue!r} is full (max_length)", field="queue") from None
         self.tasks[task.id] = task
         self.sla.start(task)
-        self._arm_due(task)
+        self.followups.arm(task)
         if external_id is not None:
             self._by_external[external_id] = task.id
         try:
@@ -246,7 +248,7 @@ class TaskService:
             for agent_id in sorted(task.offered_to):
                 self._end_offer(task.id, agent_id)
             self.sla.forget(task)
-            self._cancel_due(task.id)
+            self.followups.cancel(task.id)
             if task.state is TaskState.ASSIGNED and task.agent_id is not None:
                 self.routing.complete(task.agent_id, task.id)
             elif task.state is not TaskState.SCHEDULED:
@@ -307,104 +309,12 @@ class TaskService:
             channel=task.channel,
         )
 
-    # -- scheduled follow-ups --------------------------------------------------------------------
-
-    def _arm_due(self, task: Task) -> None:
-        if task.state is not TaskState.SCHEDULED or task.not_before is None:
-            return
-        left_s = max(0.0, task.not_before - self.wall())
-        self._due_timers[task.id] = self.scheduler.call_at(
-            self.scheduler.time() + left_s, lambda: self._fall_due(task.id)
-        )
-
-    def _cancel_due(self, task_id: str) -> None:
-        timer = self._due_timers.pop(task_id, None)
-        if timer is not None:
-            timer.cancel()
-
-    def _fall_due(self, task_id: str) -> None:
-        """A scheduled task's time came: it enters its queue (with ``not_before`` as its
-        effective enqueue time, so one that fell due while the daemon was down keeps its place)."""
-        self._due_timers.pop(task_id, None)
-        task = self.tasks.get(task_id)
-        if task is None or task.state is not TaskState.SCHEDULED:
-            return
-        try:
-            self.enqueue(task)
-        except rc.RoutingError as exc:  # e.g. its queue is full: it cannot be routed
-            task.state, task.ended_at, task.disposition = (
-                TaskState.CANCELLED, self.wall(), "not_enqueued",
-            )  # fmt: skip
-            self.sla.forget(task)
-            self.close_task(task, "cancelled")
-            self.save(task, [self.entry(task, "cancelled", "daemon", data={"reason": str(exc)})])
-            return
-        task.state = TaskState.WAITING
-        self.save(task, [self.entry(task, "due", "daemon")])
-
     async def recover(self, store: Store) -> int:
-        """Put the tasks the daemon had open when it stopped back in their queues, in their
-        original order (priority, then effective enqueue time); scheduled, pending and solved
-        ones back on their timers. SLA due times that passed meanwhile are breaches now.
+        """Put the tasks the daemon had open when it stopped back (``engine.tasks.recovery``).
         Returns how many."""
-        rows = await task_store.open_tasks(store)
-        ids = [r["id"] for r in rows]
-        histories = await task_store.history(store, ids) if ids else {}
-        transcripts = await task_store.messages(store, ids) if ids else {}
-        recovered = 0
-        for row in rows:
-            task = Task.from_row(row)
-            task.history = histories.get(task.id, [])
-            task.messages = transcripts.get(task.id, [])
-            was, agent = task.state, task.agent_id
-            if self.queue_config(task.queue) is None or task.channel not in TASK_CHANNELS:
-                task.state, task.ended_at, task.disposition = (
-                    TaskState.CANCELLED, self.wall(), "queue_removed",
-                )  # fmt: skip
-                self.save(
-                    task,
-                    [self.entry(task, "cancelled", "daemon", data={"reason": "queue_removed"})],
-                )
-                continue
-            if was not in OPEN_STATES:  # scheduled, pending, solved: not in a queue
-                self._keep(task)
-                self._arm_due(task)  # one due while the daemon was down enters its queue now
-                self.lifecycle.recover(task)
-                self.sla.recover(task)
-                recovered += 1
-                continue
-            task.state, task.agent_id = TaskState.WAITING, None
-            # An assigned task goes first to the agent who had it (for the offer timeout),
-            # when that agent is still a member of the queue.
-            member = agent is not None and any(
-                a.id == agent and task.queue in a.queues for a in self.cfg.agents
-            )
-            try:
-                self.enqueue(
-                    task, preferred_agent=agent if was is TaskState.ASSIGNED and member else None
-                )
-            except rc.RoutingError as exc:  # e.g. the queue's max_length was lowered meanwhile
-                task.state, task.ended_at, task.disposition = (
-                    TaskState.CANCELLED,
-                    self.wall(),
-                    "not_requeued",
-                )
-                self.save(
-                    task, [self.entry(task, "cancelled", "daemon", data={"reason": str(exc)})]
-                )
-                continue
-            self._keep(task)
-            self.save(
-                task,
-                [self.entry(task, "requeued_after_restart", "daemon", data={"was": was.value})],
-            )
-            self.sla.recover(task)
-            recovered += 1
-        if recovered:
-            log.info("tasks_recovered", tasks=recovered)
-        return recovered
+        return await recover_tasks(self, store)
 
-    def _keep(self, task: Task) -> None:
+    def keep(self, task: Task) -> None:
         self.tasks[task.id] = task
         if task.external_id is not None:
             self._by_external[task.external_id] = task.id
@@ -559,7 +469,7 @@ class TaskService:
             self._end_offer(task.id, agent_id)
             self.agent_log(task, "task_ended", agent_id, reason="cancelled")
         if task.state is TaskState.SCHEDULED:
-            self._cancel_due(task.id)
+            self.followups.cancel(task.id)
         else:
             self.routing.abandon(task.id)  # withdraws the offers (on_withdraw publishes them)
         self.sla.forget(task)
@@ -663,21 +573,8 @@ class TaskService:
     ) -> Task:
         """A state asked for by name (``lifecycle.TRANSITIONS``); the API checks who may."""
         task = self.open_task(task_id)
-        self.lifecycle.check(task, state)
-        if state == "pending":
-            return await self.lifecycle.pending(task, by=by)
-        if state == "solved":
-            return await self.lifecycle.solve(
-                task, by=by, disposition=disposition or "solved", notes=notes
-            )
-        if state == "open":
-            return await self.lifecycle.reopen(task, by=by)
-        if state == "closed":
-            return await self.lifecycle.close_ticket(task, by=by)
-        if state == "cancelled":
-            return await self.cancel(task_id, by=by)
-        return await self.complete(  # completed
-            task_id, task.agent_id or "", by=by, disposition=disposition or "completed", notes=notes
+        return await self.lifecycle.request(
+            task, state, by=by, disposition=disposition, notes=notes
         )
 
     # -- history, events, the store --------------------------------------------------------------
