@@ -127,7 +127,9 @@ class Task:
 
     def row(self) -> dict[str, Any]:
         """The ``tasks`` row (engine.storage.schema.tasks)."""
-        wait = None if self.accepted_at is None else max(0.0, self.accepted_at - self.arrived_at)
+        # a scheduled task waits from when it fell due, not from when it was made
+        start = max(self.arrived_at, self.not_before or self.arrived_at)
+        wait = None if self.accepted_at is None else max(0.0, self.accepted_at - start)
         done_at = self.solved_at or self.ended_at  # a ticket's work ends when it is solved
         handle = (
             None

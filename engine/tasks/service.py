@@ -413,8 +413,10 @@ class TaskService:
         self.agent_log(task, "task_accepted", agent_id)
         if self.metrics is not None:
             self.metrics.offers.labels(channel=task.channel, outcome="accepted").inc()
+            # From its effective enqueue time: the arrival, or when a scheduled task fell due,
+            # or when the customer's reply reopened a ticket (not the days it was pending).
             self.metrics.wait.labels(queue=task.queue, channel=task.channel).observe(
-                max(0.0, now - task.arrived_at)
+                max(0.0, now - task.enqueued_at)
             )
         await self.change(task, "accepted", by, agent_id=agent_id)
         return task

@@ -360,6 +360,9 @@ async def test_a_scheduled_follow_up_enters_its_queue_when_due(desk: Desk) -> No
     d.clock.advance(1)
     await until(lambda: d.offered("1001") == [task.id])
     assert [e["event"] for e in task.history] == ["created", "due", "offered"]
+    d.clock.advance(20)  # within the offer timeout (30 s)
+    await d.service.accept(task.id, "1001", by="agent:1001")
+    assert task.row()["wait_s"] == 20.0  # from when it fell due, not the hour before
 
 
 async def test_a_scheduled_follow_up_survives_a_restart(store: Store) -> None:
