@@ -154,40 +154,41 @@ async def taken_ticket(d: Desk, agent: str = "1001") -> str:
 
 async def test_pending_reply_sticky_solved_and_closed_by_itself(desk: Desk) -> None:
     d = desk
-    d.routing.login("1001")
-    d.routing.login("1002")
-    tid = await taken_ticket(d)
+    d.routing.login("1002")  # 1001, the better by penalty, logs in later
+    tid = await taken_ticket(d, "1002")
     task = d.service.tasks[tid]
-    assert (task.status, d.load("1001")) == ("open", 1)
+    assert (task.status, d.load("1002")) == ("open", 1)
     created = task.arrived_at
     assert task.first_response_due_at == created + 600
     assert task.resolution_due_at == created + 3600
 
     d.clock.advance(100)
-    await d.service.transition(tid, "pending", by="agent:1001")
-    assert (task.state, task.status, d.load("1001")) == (TaskState.PENDING, "pending", 0)
+    await d.service.transition(tid, "pending", by="agent:1002")
+    assert (task.state, task.status, d.load("1002")) == (TaskState.PENDING, "pending", 0)
     assert task.first_response_at == created + 100  # asking the customer answers them
     assert task.sla_paused_at == created + 100
-    assert task.agent_id == "1001"  # its last agent, for the reply
+    assert task.agent_id == "1002"  # its last agent, for the reply
 
     d.clock.advance(5000)  # far past the resolution due time, but pending: the clock stands
     assert not task.resolution_breached
     assert not [e for e in d.events if e.event == "sla_breached"]
 
-    # The customer's reply brings it back, to 1001 alone although 1002 is free.
+    # The customer's reply brings it back to 1002 alone, although 1001 is free and first by
+    # penalty.
+    d.routing.login("1001")
     await d.service.post_message(tid, sender="customer", author="crm", text="here is the photo")
     assert task.state in (TaskState.WAITING, TaskState.OFFERED)
     assert task.resolution_due_at == created + 3600 + 5000
-    await until(lambda: d.offered("1001") == [tid])
+    await until(lambda: d.offered("1002") == [tid])
     await asyncio.sleep(0.05)
-    assert d.offered("1002") == []
-    await d.service.accept(tid, "1001", by="agent:1001")
+    assert d.offered("1001") == []
+    await d.service.accept(tid, "1002", by="agent:1002")
     d.clock.advance(60)
-    done = await d.service.complete(tid, "1001", by="agent:1001", disposition="replaced")
-    assert (done.state, done.disposition, d.load("1001")) == (TaskState.SOLVED, "replaced", 0)
+    done = await d.service.complete(tid, "1002", by="agent:1002", disposition="replaced")
+    assert (done.state, done.disposition, d.load("1002")) == (TaskState.SOLVED, "replaced", 0)
 
     with pytest.raises(IllegalTransition) as refused:
-        await d.service.transition(tid, "pending", by="agent:1001")
+        await d.service.transition(tid, "pending", by="agent:1002")
     assert refused.value.allowed == ["open", "closed"]
     assert refused.value.status == 409
 
@@ -204,7 +205,7 @@ async def test_pending_reply_sticky_solved_and_closed_by_itself(desk: Desk) -> N
         "created", "offered", "accepted", "pending", "customer_replied", "offered", "accepted",
         "solved", "closed",
     ]  # fmt: skip
-    assert stored.history[4]["data"]["sticky_agent"] == "1001"
+    assert stored.history[4]["data"]["sticky_agent"] == "1002"
     assert stored.history[-1]["actor"] == "daemon"
     async with d.store.engine.connect() as conn:
         moves = (
