@@ -180,7 +180,11 @@ def _task_paths() -> tuple[dict[str, Any], dict[str, Any]]:
         s409="the queue holds max_length tasks of this channel",
     )
     create["responses"]["201"] = create["responses"]["200"]
-    listing = _op("Tasks: open ones live, completed and cancelled from the store", task)
+    listing = _op(
+        "Tasks: live ones (scheduled, waiting, offered, assigned, pending, solved) from the "
+        "service, completed, closed and cancelled from the store; with their SLA due times",
+        task,
+    )
     listing["parameters"] = [
         {"name": n, "in": "query", "schema": sch}
         for n, sch in (
