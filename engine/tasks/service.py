@@ -96,6 +96,7 @@ class TaskService:
         self._by_external: dict[str, str] = {}
         self._offer_timers: dict[tuple[str, str], Cancellable] = {}
         self._cdr = cdr
+        self._closed = False
         self.sla = SlaClock(self)
         self.lifecycle = Lifecycle(self)
         self.followups = FollowUps(self)
@@ -110,6 +111,14 @@ class TaskService:
         self.cfg = config
 
     def close(self) -> None:
+        """The daemon stops: timers off; the agents' offers and held tasks end in the agent event
+        log (``daemon_stopped``), so the time they held them is not counted through the
+        downtime (the tasks themselves stay live in the store for ``recover``)."""
+        for task in self.tasks.values() if not self._closed else ():
+            held = [task.agent_id] if task.state is TaskState.ASSIGNED and task.agent_id else []
+            for agent_id in sorted(task.offered_to) + held:
+                self.agent_log(task, "task_ended", agent_id, reason="daemon_stopped")
+        self._closed = True
         for timer in self._offer_timers.values():
             timer.cancel()
         self._offer_timers.clear()

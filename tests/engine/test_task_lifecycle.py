@@ -17,7 +17,6 @@ import pytest
 import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, generate_latest
 
-import routing_core as rc
 from engine.config import StorageConfig, parse_config
 from engine.routing.service import RoutingService
 from engine.runtime.events import Event, EventBus
@@ -423,4 +422,13 @@ async def test_task_rows_in_the_agent_event_log_give_occupancy_per_channel(desk:
     ])  # fmt: skip
     held = await task_handle_seconds(d.store, start, d.clock.time())
     assert held == {("1001", "ticket"): pytest.approx(300.0)}
-    assert rc.AgentState(d.routing.agent_state("1001")) is not rc.AgentState.BUSY
+    # Another chat, held when the daemon stops: its row ends there, not at the next start.
+    other, _ = await d.service.create(channel="chat", queue="chat", created_by="widget")
+    await until(lambda: d.offered("1001") == [other.id])
+    await d.service.accept(other.id, "1001", by="agent:1001")
+    d.clock.advance(50)
+    d.service.close()
+    d.clock.advance(1000)  # down
+    await d.cdr.flush()
+    held = await task_handle_seconds(d.store, start, d.clock.time())
+    assert held == {("1001", "ticket"): pytest.approx(300.0), ("1001", "chat"): pytest.approx(50.0)}
