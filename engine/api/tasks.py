@@ -251,14 +251,16 @@ async def list_tasks(request: web.Request) -> web.Response:
             continue
         if agent is not None and task.agent_id != agent and agent not in task.offered_to:
             continue
-        rows.append({**task.row(), "offered_to": sorted(task.offered_to)})
+        rows.append({**task.row(), "status": task.status, "offered_to": sorted(task.offered_to)})
     closed = [s for s in CLOSED_STATES if s in wanted]
     if closed and len(rows) < limit and ctx.store is not None:
         try:
             stored = await task_store.search_tasks(
                 ctx.store, states=closed, queue=queue, channel=channel, agent=agent, limit=limit
             )
-            rows += [{**row, "offered_to": []} for row in stored]
+            rows += [
+                {**row, "status": Task.from_row(row).status, "offered_to": []} for row in stored
+            ]
         except StorageError as exc:
             raise web.HTTPServiceUnavailable(text=str(exc)) from None
     return json_response(rows[:limit])

@@ -33,9 +33,8 @@ class FollowUps:
     def arm(self, task: Task) -> None:
         if task.state is not TaskState.SCHEDULED or task.not_before is None:
             return
-        left_s = max(0.0, task.not_before - self._s.wall())
-        self._timers[task.id] = self._s.scheduler.call_at(
-            self._s.scheduler.time() + left_s, lambda: self._fall_due(task.id)
+        self._timers[task.id] = self._s.call_after(
+            task.not_before - self._s.wall(), task.id, lambda: self._fall_due(task.id)
         )
 
     def cancel(self, task_id: str) -> None:

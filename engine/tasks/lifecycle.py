@@ -198,9 +198,8 @@ class Lifecycle:
         if after_s <= 0 or task.solved_at is None:
             return
         self._cancel_close(task.id)
-        left_s = max(0.0, task.solved_at + after_s - self._s.wall())
-        self._close_timers[task.id] = self._s.scheduler.call_at(
-            self._s.scheduler.time() + left_s, lambda: self._close_due(task.id)
+        self._close_timers[task.id] = self._s.call_after(
+            task.solved_at + after_s - self._s.wall(), task.id, lambda: self._close_due(task.id)
         )
 
     def _cancel_close(self, task_id: str) -> None:

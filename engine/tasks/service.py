@@ -135,12 +135,6 @@ class TaskService:
         """A live task (completed, closed and cancelled ones are read from the store)."""
         return self.tasks.get(task_id)
 
-    def open_for(self, agent_id: str) -> list[Task]:
-        """Open tasks offered to or assigned to the agent."""
-        return [
-            t for t in self.tasks.values() if t.agent_id == agent_id or agent_id in t.offered_to
-        ]
-
     def queue_figures(self) -> Iterator[tuple[str, str, int, float]]:
         """(queue, channel, waiting, oldest wait seconds) for every queue and task channel."""
         for channel in TASK_CHANNELS:
@@ -323,6 +317,21 @@ class TaskService:
         Returns how many."""
         return await recover_tasks(self, store)
 
+    def call_after(
+        self, delay_s: float, task_id: str, callback: Callable[[], object]
+    ) -> Cancellable:
+        """One timer of one task on the scheduler (at once for a delay <= 0). An unexpected
+        exception in it is logged with the task's id and leaves the task as it was: it never
+        reaches the event loop."""
+
+        def run() -> None:
+            try:
+                callback()
+            except Exception:
+                log.exception("task_timer_failed", task_id=task_id)
+
+        return self.scheduler.call_at(self.scheduler.time() + max(0.0, delay_s), run)
+
     def keep(self, task: Task) -> None:
         self.tasks[task.id] = task
         if task.external_id is not None:
@@ -344,8 +353,8 @@ class TaskService:
         qcfg = self.queue_config(task.queue)
         timeout_s = 30.0 if qcfg is None else qcfg.offer_timeout_s
         key = (task.id, offer.agent_id)
-        self._offer_timers[key] = self.scheduler.call_at(
-            self.scheduler.time() + timeout_s, lambda: self._offer_timed_out(*key)
+        self._offer_timers[key] = self.call_after(
+            timeout_s, task.id, lambda: self._offer_timed_out(*key)
         )
         self.agent_log(task, "task_offered", offer.agent_id)
         self.save(

@@ -67,7 +67,7 @@ class SlaClock:
     def _arm(self, task: Task) -> None:
         if task.sla_paused_at is not None:
             return
-        now_wall, now = self._s.wall(), self._s.scheduler.time()
+        now_wall = self._s.wall()
         for kind in KINDS:
             due = self.due(task, kind)
             key = (task.id, kind)
@@ -75,8 +75,8 @@ class SlaClock:
             if old is not None:
                 old.cancel()
             if due is not None:
-                self._timers[key] = self._s.scheduler.call_at(
-                    now + max(0.0, due - now_wall), functools.partial(self._breached, task.id, kind)
+                self._timers[key] = self._s.call_after(
+                    due - now_wall, task.id, functools.partial(self._breached, task.id, kind)
                 )
 
     def _cancel(self, task_id: str, kind: str) -> None:

@@ -152,7 +152,7 @@ async def test_state_changes_through_patch_and_transitions(served: Api) -> None:
     assert a.routing.agent_load("1001")["ticket"] == (3, 0)
 
     status, listed = await a.call("GET", "/tasks?state=pending", OPS)
-    assert [r["id"] for r in listed] == [tid]
+    assert [(r["id"], r["status"]) for r in listed] == [(tid, "pending")]
     assert listed[0]["resolution_due_at"] == view["resolution_due_at"]
 
     # the customer's reply, through the integration: open again, to 1001 first
@@ -179,7 +179,7 @@ async def test_state_changes_through_patch_and_transitions(served: Api) -> None:
     status, stored = await a.call("GET", f"/tasks/{tid}", OPS)
     assert [e["event"] for e in stored["history"]][-3:] == ["accepted", "solved", "closed"]
     status, closed = await a.call("GET", "/tasks?state=closed", OPS)
-    assert [r["id"] for r in closed] == [tid]
+    assert [(r["id"], r["status"]) for r in closed] == [(tid, "closed")]
 
     async with a.store.engine.connect() as conn:
         rows = (

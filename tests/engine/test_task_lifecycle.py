@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+import structlog
 from prometheus_client import CollectorRegistry, generate_latest
 
 from engine.config import StorageConfig, parse_config
@@ -432,3 +433,18 @@ async def test_task_rows_in_the_agent_event_log_give_occupancy_per_channel(desk:
     await d.cdr.flush()
     held = await task_handle_seconds(d.store, start, d.clock.time())
     assert held == {("1001", "ticket"): pytest.approx(300.0), ("1001", "chat"): pytest.approx(50.0)}
+
+
+async def test_a_failing_timer_is_logged_and_never_reaches_the_loop(desk: Desk) -> None:
+    d = desk
+    ticket, _ = await d.service.create(channel="ticket", queue="desk", created_by="crm")
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("disk on fire")
+
+    d.service.save = broken  # type: ignore[assignment,method-assign]
+    with structlog.testing.capture_logs() as logs:
+        d.clock.advance(601)  # the first-response breach's save raises
+    (failed,) = [e for e in logs if e["event"] == "task_timer_failed"]
+    assert failed["task_id"] == ticket.id
+    assert failed["log_level"] == "error"
