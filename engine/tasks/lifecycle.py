@@ -146,11 +146,10 @@ class Lifecycle:
         enqueued_at, task.enqueued_at = task.enqueued_at, self._s.wall()  # the reply: new work
         try:
             self._s.enqueue(task, preferred_agent=sticky, preferred_timeout_s=sticky_s)
-        except rc.QueueFull:
+        except rc.RoutingError as exc:  # full (max_length), or gone from the config
             task.enqueued_at = enqueued_at
-            raise TaskConflict(
-                f"queue {task.queue!r} is full (max_length)", field="queue"
-            ) from None
+            reason = "is full (max_length)" if isinstance(exc, rc.QueueFull) else f"refused: {exc}"
+            raise TaskConflict(f"queue {task.queue!r} {reason}", field="queue") from None
         self._cancel_close(task.id)
         task.state, task.agent_id = TaskState.WAITING, None
         task.solved_at, task.ended_at, task.disposition = None, None, None

@@ -26,7 +26,14 @@ from engine.storage import Store, database_url
 from engine.storage.cdr import CdrWriter
 from engine.storage.schema import agent_events, task_events, task_messages, task_states, tasks
 from engine.storage.tasks import TaskWriter, task_handle_seconds
-from engine.tasks import IllegalTransition, TaskMetrics, TaskService, TaskState, UnknownTask
+from engine.tasks import (
+    IllegalTransition,
+    TaskConflict,
+    TaskMetrics,
+    TaskService,
+    TaskState,
+    UnknownTask,
+)
 from tests.engine.clocks import ManualClock
 
 CONFIG = """
@@ -448,3 +455,23 @@ async def test_a_failing_timer_is_logged_and_never_reaches_the_loop(desk: Desk) 
     (failed,) = [e for e in logs if e["event"] == "task_timer_failed"]
     assert failed["task_id"] == ticket.id
     assert failed["log_level"] == "error"
+
+
+async def test_a_reply_to_a_full_queue_keeps_the_ticket_pending(store: Store) -> None:
+    d = await open_desk(
+        store, ManualClock(), CONFIG.replace('name = "desk"\n', 'name = "desk"\nmax_length = 1\n')
+    )
+    try:
+        d.routing.login("1001")
+        tid = await taken_ticket(d)
+        await d.service.transition(tid, "pending", by="agent:1001")
+        d.routing.logout("1001")
+        await d.service.create(channel="ticket", queue="desk", created_by="crm")  # fills it
+        with pytest.raises(TaskConflict, match="full"):
+            await d.service.post_message(tid, sender="customer", author="crm", text="hello?")
+        task = d.service.tasks[tid]
+        assert task.state is TaskState.PENDING
+        assert task.sla_paused_at is not None
+        assert [m["text"] for m in task.messages] == ["hello?"]  # the reply is kept
+    finally:
+        await d.stop()
