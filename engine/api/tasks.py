@@ -75,6 +75,7 @@ class TaskCompletion(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class TaskTransfer(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     queue: str | None = None
     agent: str | None = None
+    note: str | None = None  # why, for the next department or agent: kept in the history
 
 
 class TaskMessage(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -330,15 +331,15 @@ async def transfer_task(request: web.Request) -> web.Response:
     act = _Write(request, "task.transfer", task_id)
     service = _service(ctx)
     task = service.get(task_id)
-    if task is not None and task.state is not TaskState.ASSIGNED:
+    if task is not None and task.state not in (TaskState.ASSIGNED, TaskState.PENDING):
         if not principal.at_least(Role.SUPERVISOR):
             raise await act.deny("a task not yet accepted is transferred by a supervisor")
-    else:
+    else:  # held, or pending with the agent who last held it
         await _holder(act, principal, task)
     body: TaskTransfer = _decode(await request.read(), TaskTransfer)
     try:
         task = await service.transfer(
-            task_id, by=principal.name, queue=body.queue, agent=body.agent
+            task_id, by=principal.name, queue=body.queue, agent=body.agent, note=body.note
         )
     except TaskError as exc:
         raise await act.refused(exc) from None

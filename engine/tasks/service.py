@@ -499,22 +499,47 @@ class TaskService:
         return task
 
     async def transfer(
-        self, task_id: str, *, by: str, queue: str | None = None, agent: str | None = None
+        self,
+        task_id: str,
+        *,
+        by: str,
+        queue: str | None = None,
+        agent: str | None = None,
+        note: str | None = None,
     ) -> Task:
         """To another queue (its requirements become that queue's), or to one agent of the
         task's queue (offered to that agent alone for the queue's offer timeout, then to
-        anyone). The effective enqueue time and the history stay."""
+        anyone). The effective enqueue time and the history stay, with the ``note``. A pending
+        ticket moves to the other queue (department) and stays pending there: the customer's
+        reply is routed in that queue."""
         task = self.open_task(task_id)
-        if task.state not in OPEN_STATES:
+        if task.state not in OPEN_STATES and task.state is not TaskState.PENDING:
             raise TaskConflict(
-                f"task {task_id!r} is {task.state.value}: only a task in a queue or with an "
-                "agent is transferred"
+                f"task {task_id!r} is {task.state.value}: only a task in a queue, with an "
+                "agent or pending is transferred"
             )
         if (queue is None) == (agent is None):
             raise InvalidTask("expected a queue or an agent, one of the two", field="queue")
+        if note is not None and len(note) > MAX_MESSAGE_CHARS:
+            raise InvalidTask(f"expected at most {MAX_MESSAGE_CHARS} characters", field="note")
         target_queue = task.queue if queue is None else queue
         if self.queue_config(target_queue) is None:
             raise InvalidTask(f"no queue {target_queue!r}", field="queue")
+        moved = {
+            "from_queue": task.queue,
+            "to_queue": target_queue,
+            "to_agent": agent,
+            "note": note,
+        }
+        if task.state is TaskState.PENDING:
+            if agent is not None:
+                raise InvalidTask(
+                    "a pending ticket moves to a queue, not to an agent", field="agent"
+                )
+            if target_queue != task.queue:
+                task.queue, task.requirements = target_queue, None
+            await self.change(task, "transferred", by, agent_id=task.agent_id, data=moved)
+            return task
         if agent is not None:
             acfg = next((a for a in self.cfg.agents if a.id == agent), None)
             if acfg is None:
@@ -545,12 +570,8 @@ class TaskService:
             self.agent_log(task, "task_ended", previous, reason="transferred")
         if target_queue != task.queue:
             task.requirements = None
-        from_queue = task.queue
         task.queue, task.state, task.agent_id = target_queue, TaskState.WAITING, None
-        entry = self.entry(
-            task, "transferred", by, agent_id=previous,
-            data={"from_queue": from_queue, "to_queue": target_queue, "to_agent": agent},
-        )  # fmt: skip
+        entry = self.entry(task, "transferred", by, agent_id=previous, data=moved)
         written = self.save(task, [entry], agent_id=previous)
         if previous is not None and self.on_work_done is not None:
             self.on_work_done(previous)

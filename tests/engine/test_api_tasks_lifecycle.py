@@ -151,6 +151,19 @@ async def test_state_changes_through_patch_and_transitions(served: Api) -> None:
     assert view["first_response_at"] is not None
     assert a.routing.agent_load("1001")["ticket"] == (3, 0)
 
+    # the agent who last held it hands it to another department with a note; 1002 may not
+    status, _ = await a.call(
+        "POST", f"/tasks/{tid}/transfer", AGENT["1002"], {"queue": "desk", "note": "x"}
+    )
+    assert status == 403
+    status, moved = await a.call(
+        "POST", f"/tasks/{tid}/transfer", AGENT["1001"], {"queue": "desk", "note": "spares"}
+    )
+    assert (status, moved["state"], moved["history"][-1]["data"]["note"]) == (
+        200,
+        "pending",
+        "spares",
+    )
     status, listed = await a.call("GET", "/tasks?state=pending", OPS)
     assert [(r["id"], r["status"]) for r in listed] == [(tid, "pending")]
     assert listed[0]["resolution_due_at"] == view["resolution_due_at"]

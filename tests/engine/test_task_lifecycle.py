@@ -475,3 +475,26 @@ async def test_a_reply_to_a_full_queue_keeps_the_ticket_pending(store: Store) ->
         assert [m["text"] for m in task.messages] == ["hello?"]  # the reply is kept
     finally:
         await d.stop()
+
+
+async def test_a_pending_ticket_moves_to_another_department_with_a_note(desk: Desk) -> None:
+    d = desk
+    d.routing.login("1002")
+    tid = await taken_ticket(d, "1002")
+    await d.service.transition(tid, "pending", by="agent:1002")
+    moved = await d.service.transfer(
+        tid, by="agent:1002", queue="chat", note="billing question, not a repair"
+    )
+    assert (moved.state, moved.queue) == (TaskState.PENDING, "chat")
+    entry = moved.history[-1]
+    assert (entry["event"], entry["actor"], entry["queue"]) == ("transferred", "agent:1002", "chat")
+    assert entry["data"]["note"] == "billing question, not a repair"
+    assert entry["data"]["from_queue"] == "desk"
+    # The reply is routed in the new department: 1002 is no member of it, 1001 is.
+    d.routing.login("1001")
+    await d.service.post_message(tid, sender="customer", author="crm", text="my invoice")
+    await until(lambda: d.offered("1001") == [tid])
+    await d.service.accept(tid, "1001", by="agent:1001")
+    await d.service.transition(tid, "solved", by="agent:1001")
+    with pytest.raises(TaskConflict):  # solved: nothing left to hand over
+        await d.service.transfer(tid, by="ops", queue="desk")
