@@ -192,6 +192,14 @@ def _task_paths() -> tuple[dict[str, Any], dict[str, Any]]:
             ("queue", {"type": "string"}),
             ("channel", {"type": "string", "enum": list(TASK_CHANNELS)}),
             ("agent", {"type": "string"}),
+            (
+                "breached",
+                {
+                    "type": "string",
+                    "enum": ["first_response", "resolution", "any"],
+                    "description": "only tasks that breached that SLA due time",
+                },
+            ),
             ("limit", {"type": "integer", "maximum": MAX_TASK_ROWS}),
         )
     ]

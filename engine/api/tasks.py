@@ -39,6 +39,11 @@ from engine.tasks.lifecycle import REQUESTABLE
 
 MAX_TASK_ROWS = 500
 CLOSED_STATES = ("completed", "closed", "cancelled")
+BREACH_FILTERS = {
+    "first_response": ("first_response",),
+    "resolution": ("resolution",),
+    "any": ("first_response", "resolution"),
+}
 
 
 class Customer(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
@@ -243,6 +248,10 @@ async def list_tasks(request: web.Request) -> web.Response:
         limit = max(1, min(int(q.get("limit", "100")), MAX_TASK_ROWS))
     except ValueError:
         raise web.HTTPBadRequest(text="limit must be an integer") from None
+    breached = q.get("breached")  # the SLA's: which kind, or any
+    if breached is not None and breached not in BREACH_FILTERS:
+        raise web.HTTPUnprocessableEntity(text=f"breached: expected one of {list(BREACH_FILTERS)}")
+    kinds = () if breached is None else BREACH_FILTERS[breached]
     wanted = set(states) or known
     rows: list[dict[str, Any]] = []
     for task in sorted(service.tasks.values(), key=lambda t: (t.arrived_at, t.id)):
@@ -252,12 +261,20 @@ async def list_tasks(request: web.Request) -> web.Response:
             continue
         if agent is not None and task.agent_id != agent and agent not in task.offered_to:
             continue
+        if kinds and not any(getattr(task, f"{kind}_breached") for kind in kinds):
+            continue
         rows.append({**task.row(), "status": task.status, "offered_to": sorted(task.offered_to)})
     closed = [s for s in CLOSED_STATES if s in wanted]
     if closed and len(rows) < limit and ctx.store is not None:
         try:
             stored = await task_store.search_tasks(
-                ctx.store, states=closed, queue=queue, channel=channel, agent=agent, limit=limit
+                ctx.store,
+                states=closed,
+                queue=queue,
+                channel=channel,
+                agent=agent,
+                breached=kinds,
+                limit=limit,
             )
             rows += [
                 {**row, "status": Task.from_row(row).status, "offered_to": []} for row in stored

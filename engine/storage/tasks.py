@@ -170,9 +170,11 @@ async def search_tasks(
     queue: str | None = None,
     channel: str | None = None,
     agent: str | None = None,
+    breached: Sequence[str] = (),
     limit: int = 100,
 ) -> list[dict[str, Any]]:
-    """Rows in ``states``, newest arrival first."""
+    """Rows in ``states``, newest arrival first; with ``breached`` (SLA kinds: first_response,
+    resolution) only those that breached one of them."""
     query = sa.select(tasks).where(tasks.c.state.in_(list(states)))
     if queue is not None:
         query = query.where(tasks.c.queue == queue)
@@ -180,6 +182,8 @@ async def search_tasks(
         query = query.where(tasks.c.channel == channel)
     if agent is not None:
         query = query.where(tasks.c.agent_id == agent)
+    if breached:
+        query = query.where(sa.or_(*(tasks.c[f"{kind}_breached"].is_(True) for kind in breached)))
     return await _rows(store, query.order_by(tasks.c.arrived_at.desc()).limit(limit))
 
 

@@ -321,6 +321,10 @@ async def test_offers_and_messages_on_the_event_stream_and_a_tickets_life(
         )
         assert (status, view["state"], view["first_response_breached"]) == (200, "pending", True)
         assert (await next_task_event(widget_ws, "pending"))["data"]["task_id"] == ticket
+        status, late = await asyncio.to_thread(
+            call, daemon, "GET", "/api/v1/tasks?breached=any", ADMIN
+        )
+        assert (status, [r["id"] for r in late]) == (200, [ticket])
         status, refused = await asyncio.to_thread(
             call, daemon, "PATCH", f"/api/v1/tasks/{ticket}", TOKENS["b2"], {"state": "closed"}
         )
@@ -348,6 +352,11 @@ async def test_offers_and_messages_on_the_event_stream_and_a_tickets_life(
     assert line in text
     assert 'acd_task_state_changes_total{channel="ticket",state="pending"} 1.0' in text
     assert 'acd_tasks_total{channel="ticket",outcome="closed"} 1.0' in text
+    for kind, found in (("first_response", [ticket]), ("resolution", [])):
+        status, rows = await asyncio.to_thread(
+            call, daemon, "GET", f"/api/v1/tasks?state=closed&breached={kind}", ADMIN
+        )
+        assert (status, [r["id"] for r in rows]) == (200, found)  # from the store
     lived = await asyncio.to_thread(task, daemon, ticket)
     assert [e["event"] for e in lived["history"]] == [
         "created", "offered", "rejected", "offered", "accepted", "sla_breached", "pending",
