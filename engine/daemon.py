@@ -321,6 +321,7 @@ class Daemon:
             bus=self.bus,
             metrics=TaskMetrics(self.metrics.registry),
             on_work_done=self.agents.call_completed,
+            cdr=self.cdr,
         )
         self.metrics.registry.register(TaskCollector(lambda: self.tasks))
         self.api.tasks = self.tasks

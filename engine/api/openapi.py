@@ -25,10 +25,13 @@ from engine.api.tasks import (
     TaskCompletion,
     TaskCreated,
     TaskMessage,
+    TaskStateChange,
     TaskTransfer,
+    TransitionRefused,
 )
 from engine.config import TASK_CHANNELS
 from engine.recording.service import CONTENT_TYPES
+from engine.tasks.lifecycle import REQUESTABLE
 
 
 def _op(
@@ -141,11 +144,15 @@ def openapi_paths() -> tuple[dict[str, Any], dict[str, Any]]:
 
 def _task_paths() -> tuple[dict[str, Any], dict[str, Any]]:
     """The tasks API (engine.api.tasks); request bodies generated from its structs."""
-    (new, created, completion, transfer, message), schemas = msgspec.json.schema_components(
-        [NewTask, TaskCreated, TaskCompletion, TaskTransfer, TaskMessage],
-        ref_template="#/components/schemas/{name}",
-    )
+    (new, created, completion, transfer, message, change, refused), schemas = (
+        msgspec.json.schema_components(
+            [NewTask, TaskCreated, TaskCompletion, TaskTransfer, TaskMessage, TaskStateChange,
+             TransitionRefused],
+            ref_template="#/components/schemas/{name}",
+        )
+    )  # fmt: skip
     schemas["NewTask"]["properties"]["channel"]["enum"] = list(TASK_CHANNELS)
+    schemas["TaskStateChange"]["properties"]["state"]["enum"] = list(REQUESTABLE)
     task = {"type": "object", "description": "the task with its history and messages"}
     task_id = {"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}}
 
@@ -173,7 +180,11 @@ def _task_paths() -> tuple[dict[str, Any], dict[str, Any]]:
         s409="the queue holds max_length tasks of this channel",
     )
     create["responses"]["201"] = create["responses"]["200"]
-    listing = _op("Tasks: open ones live, completed and cancelled from the store", task)
+    listing = _op(
+        "Tasks: live ones (scheduled, waiting, offered, assigned, pending, solved) from the "
+        "service, completed, closed and cancelled from the store; with their SLA due times",
+        task,
+    )
     listing["parameters"] = [
         {"name": n, "in": "query", "schema": sch}
         for n, sch in (
@@ -181,6 +192,14 @@ def _task_paths() -> tuple[dict[str, Any], dict[str, Any]]:
             ("queue", {"type": "string"}),
             ("channel", {"type": "string", "enum": list(TASK_CHANNELS)}),
             ("agent", {"type": "string"}),
+            (
+                "breached",
+                {
+                    "type": "string",
+                    "enum": ["first_response", "resolution", "any"],
+                    "description": "only tasks that breached that SLA due time",
+                },
+            ),
             ("limit", {"type": "integer", "maximum": MAX_TASK_ROWS}),
         )
     ]
@@ -193,11 +212,36 @@ def _task_paths() -> tuple[dict[str, Any], dict[str, Any]]:
         ),
         s404="no such open task",
     )
+
+    def state_change() -> dict[str, Any]:
+        op = problems(
+            _op(
+                "Move the task to a state (a ticket: pending, open, solved, closed; any task not "
+                "yet taken: cancelled; a chat, email or social task: completed). Integration, "
+                "supervisor, or the agent holding or last holding it; audited",
+                task,
+                body=change,
+            ),
+            s404="no such open task",
+            s422="not a state a client may ask for",
+        )
+        op["responses"]["409"] = {
+            "description": "the task's lifecycle has no such move from its state: `allowed` "
+            "names the states it may go to",
+            "content": {"application/json": {"schema": refused}},
+        }
+        return {**op, "parameters": [task_id]}
+
     paths = {
         "/api/v1/tasks": {"post": create, "get": listing},
         "/api/v1/tasks/{task_id}": {
-            "get": {**problems(_op("One task", task), s404="no such task"), "parameters": [task_id]}
+            "get": {
+                **problems(_op("One task", task), s404="no such task"),
+                "parameters": [task_id],
+            },
+            "patch": state_change(),
         },
+        "/api/v1/tasks/{task_id}/transitions": {"post": state_change()},
         "/api/v1/tasks/{task_id}/accept": action(
             "The agent the task is offered to accepts it (audited)", s409="not offered to you"
         ),

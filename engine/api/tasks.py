@@ -8,7 +8,12 @@ Who may do what:
 - accept, reject: the agent the task is offered to, with its own token;
 - complete, transfer: the agent holding the task, or a supervisor;
 - messages: the customer side through an integration token, the agent side through the holding
-  agent's token (or a supervisor's).
+  agent's token (or a supervisor's);
+- state changes (``PATCH /api/v1/tasks/{id}`` or ``POST .../transitions``, ``{"state": ...}``:
+  a ticket's pending / open / solved / closed, any task's cancelled, a chat's completed): an
+  integration (the customer replied, or the help desk's own automation), a supervisor, or the
+  agent holding (or who last held) the task. A move the lifecycle does not have from the task's
+  state answers 409 with ``allowed``, the states it may go to (engine.tasks.lifecycle).
 
 Every write, allowed or refused, is in the audit log (``object_type`` "task"). A create with an
 ``external_id`` seen before answers 200 with the task made the first time and ``"created":
@@ -29,10 +34,16 @@ from engine.api.context import CONTEXT_KEY, ApiContext
 from engine.config import TASK_CHANNELS, Role
 from engine.storage import StorageError
 from engine.storage import tasks as task_store
-from engine.tasks import Task, TaskError, TaskService, TaskState
+from engine.tasks import IllegalTransition, Task, TaskError, TaskService, TaskState
+from engine.tasks.lifecycle import REQUESTABLE
 
 MAX_TASK_ROWS = 500
-CLOSED_STATES = ("completed", "cancelled")
+CLOSED_STATES = ("completed", "closed", "cancelled")
+BREACH_FILTERS = {
+    "first_response": ("first_response",),
+    "resolution": ("resolution",),
+    "any": ("first_response", "resolution"),
+}
 
 
 class Customer(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
@@ -51,6 +62,8 @@ class NewTask(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     subject: str | None = None
     data: dict[str, Any] | None = None
     external_id: str | None = None
+    # epoch seconds: a follow-up (a callback, a check-in) that enters its queue only then
+    not_before: float | None = None
 
 
 class TaskCreated(msgspec.Struct, frozen=True):
@@ -67,10 +80,26 @@ class TaskCompletion(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class TaskTransfer(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     queue: str | None = None
     agent: str | None = None
+    note: str | None = None  # why, for the next department or agent: kept in the history
 
 
 class TaskMessage(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     text: str
+
+
+class TaskStateChange(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    state: str  # pending, open, solved, closed, cancelled, completed
+    disposition: str | None = None  # for solved / completed
+    notes: str | None = None
+
+
+class TransitionRefused(msgspec.Struct, frozen=True):
+    """409 of a state change: RFC 9457 problem details with the states the task may go to."""
+
+    title: str
+    status: int
+    detail: str
+    allowed: list[str]
 
 
 def _service(ctx: ApiContext) -> TaskService:
@@ -156,6 +185,7 @@ async def create_task(request: web.Request) -> web.Response:
             subject=body.subject,
             data=body.data,
             external_id=body.external_id,
+            not_before=body.not_before,
         )
     except TaskError as exc:
         raise await act.refused(exc) from None
@@ -218,6 +248,10 @@ async def list_tasks(request: web.Request) -> web.Response:
         limit = max(1, min(int(q.get("limit", "100")), MAX_TASK_ROWS))
     except ValueError:
         raise web.HTTPBadRequest(text="limit must be an integer") from None
+    breached = q.get("breached")  # the SLA's: which kind, or any
+    if breached is not None and breached not in BREACH_FILTERS:
+        raise web.HTTPUnprocessableEntity(text=f"breached: expected one of {list(BREACH_FILTERS)}")
+    kinds = () if breached is None else BREACH_FILTERS[breached]
     wanted = set(states) or known
     rows: list[dict[str, Any]] = []
     for task in sorted(service.tasks.values(), key=lambda t: (t.arrived_at, t.id)):
@@ -227,14 +261,24 @@ async def list_tasks(request: web.Request) -> web.Response:
             continue
         if agent is not None and task.agent_id != agent and agent not in task.offered_to:
             continue
-        rows.append({**task.row(), "offered_to": sorted(task.offered_to)})
+        if kinds and not any(getattr(task, f"{kind}_breached") for kind in kinds):
+            continue
+        rows.append({**task.row(), "status": task.status, "offered_to": sorted(task.offered_to)})
     closed = [s for s in CLOSED_STATES if s in wanted]
     if closed and len(rows) < limit and ctx.store is not None:
         try:
             stored = await task_store.search_tasks(
-                ctx.store, states=closed, queue=queue, channel=channel, agent=agent, limit=limit
+                ctx.store,
+                states=closed,
+                queue=queue,
+                channel=channel,
+                agent=agent,
+                breached=kinds,
+                limit=limit,
             )
-            rows += [{**row, "offered_to": []} for row in stored]
+            rows += [
+                {**row, "status": Task.from_row(row).status, "offered_to": []} for row in stored
+            ]
         except StorageError as exc:
             raise web.HTTPServiceUnavailable(text=str(exc)) from None
     return json_response(rows[:limit])
@@ -304,15 +348,15 @@ async def transfer_task(request: web.Request) -> web.Response:
     act = _Write(request, "task.transfer", task_id)
     service = _service(ctx)
     task = service.get(task_id)
-    if task is not None and task.state is not TaskState.ASSIGNED:
+    if task is not None and task.state not in (TaskState.ASSIGNED, TaskState.PENDING):
         if not principal.at_least(Role.SUPERVISOR):
             raise await act.deny("a task not yet accepted is transferred by a supervisor")
-    else:
+    else:  # held, or pending with the agent who last held it
         await _holder(act, principal, task)
     body: TaskTransfer = _decode(await request.read(), TaskTransfer)
     try:
         task = await service.transfer(
-            task_id, by=principal.name, queue=body.queue, agent=body.agent
+            task_id, by=principal.name, queue=body.queue, agent=body.agent, note=body.note
         )
     except TaskError as exc:
         raise await act.refused(exc) from None
@@ -357,10 +401,67 @@ async def post_message(request: web.Request) -> web.Response:
     return json_response(message, status=201)
 
 
+async def change_state(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT_KEY]
+    principal = principal_of(request)
+    task_id = request.match_info["task_id"]
+    act = _Write(request, "task.state", task_id)
+    service = _service(ctx)
+    body: TaskStateChange = _decode(await request.read(), TaskStateChange)
+    task = service.get(task_id)
+    if task is None:  # ended (completed, closed, cancelled): no move is left, or no such task
+        ended = await _task(ctx, task_id)
+        await act.log("refused", reason=f"task is {ended.state.value}", state=body.state)
+        return json_response(
+            TransitionRefused(
+                title="Conflict",
+                status=409,
+                detail=f"task {task_id!r} is {ended.state.value}: it may go to no other state",
+                allowed=[],
+            ),
+            status=409,
+        )
+    if body.state not in REQUESTABLE:
+        raise await act.refused(
+            InvalidState(f"expected one of {', '.join(REQUESTABLE)}, found {body.state!r}")
+        )
+    if principal.role is not Role.INTEGRATION and not principal.at_least(Role.SUPERVISOR):
+        if principal.agent_id is None or principal.agent_id != task.agent_id:
+            raise await act.deny("only the task's agent, an integration or a supervisor")
+        if body.state == "cancelled":
+            raise await act.deny(
+                "a task not yet taken is cancelled by an integration or supervisor"
+            )
+    was = task.state.value
+    try:
+        task = await service.transition(
+            task_id, body.state, by=principal.name, disposition=body.disposition, notes=body.notes
+        )
+    except IllegalTransition as exc:
+        await act.log("refused", reason=str(exc), state=body.state)
+        return json_response(
+            TransitionRefused(title="Conflict", status=409, detail=str(exc), allowed=exc.allowed),
+            status=409,
+        )
+    except TaskError as exc:
+        raise await act.refused(exc) from None
+    await act.log("allowed", state=body.state, was=was)
+    return json_response(task.view())
+
+
+class InvalidState(TaskError):
+    status = 422
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, field="state")
+
+
 def add_task_routes(app: web.Application) -> None:
     app.router.add_post("/api/v1/tasks", create_task)
     app.router.add_get("/api/v1/tasks", list_tasks)
     app.router.add_get("/api/v1/tasks/{task_id}", get_task)
+    app.router.add_patch("/api/v1/tasks/{task_id}", change_state)
+    app.router.add_post("/api/v1/tasks/{task_id}/transitions", change_state)
     app.router.add_post("/api/v1/tasks/{task_id}/accept", accept_task)
     app.router.add_post("/api/v1/tasks/{task_id}/reject", reject_task)
     app.router.add_post("/api/v1/tasks/{task_id}/complete", complete_task)

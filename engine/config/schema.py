@@ -195,6 +195,16 @@ class CsatConfig(_Struct, frozen=True):
     thanks_prompt: str = "csat-thanks"
 
 
+class SlaTargetConfig(_Struct, frozen=True):
+    """Service-level targets of one task channel in a queue (0 = no target)."""
+
+    # from arrival to the agent's first response (a message from the agent side, or the task
+    # moved to pending or solved); the clock stops while a ticket is pending or solved
+    first_response_s: float = 0.0
+    # from arrival to completion (a ticket: solved), pending and solved time not counted
+    resolution_s: float = 0.0
+
+
 class QueueConfig(_Struct, frozen=True):
     name: str
     strategy: Strategy = Strategy.LONGEST_IDLE
@@ -231,6 +241,14 @@ class QueueConfig(_Struct, frozen=True):
     # post-call CSAT survey of this queue's answered callers (absent: none); `csat = {}` takes the
     # shipped prompts
     csat: CsatConfig | None = None
+    # task channel -> SLA targets, e.g. { ticket = { first_response_s = 3600, resolution_s =
+    # 86400 } }: due times are stored on each task, a breach is an event and a metric
+    sla: dict[str, SlaTargetConfig] = msgspec.field(default_factory=dict)
+    # a ticket back from pending (customer reply) or reopened from solved is offered to its last
+    # agent alone for this long, when that agent is logged in, then to anyone (0 = to anyone)
+    reopen_sticky_s: float = 300.0
+    # a solved ticket is closed after this long (Zendesk's default: 4 days); 0 = only by hand
+    close_solved_after_s: float = 345600.0
 
 
 class LoginMode(Enum):

@@ -19,6 +19,7 @@ from engine.config.errors import ConfigError
 from engine.config.schema import (
     CHANNEL_NAMES,
     HTTP_OPEN_PATHS,
+    TASK_CHANNELS,
     AgentConfig,
     Config,
     EnqueueStep,
@@ -199,6 +200,22 @@ def _validate(cfg: Config, file: str) -> None:
         queue_names.add(queue.name)
         _check_positive(file, f"{base}.ring_timeout_s", queue.ring_timeout_s)
         _check_positive(file, f"{base}.offer_timeout_s", queue.offer_timeout_s)
+        _check_positive(file, f"{base}.reopen_sticky_s", queue.reopen_sticky_s, allow_zero=True)
+        _check_positive(
+            file, f"{base}.close_solved_after_s", queue.close_solved_after_s, allow_zero=True
+        )
+        for channel, target in queue.sla.items():
+            if channel not in TASK_CHANNELS:
+                raise ConfigError(
+                    file,
+                    f"{base}.sla.{channel}",
+                    f"expected a task channel ({', '.join(TASK_CHANNELS)}), found {channel!r}"
+                    + (" (calls have service_level_s)" if channel == "voice" else ""),
+                )
+            for key in ("first_response_s", "resolution_s"):
+                _check_positive(
+                    file, f"{base}.sla.{channel}.{key}", getattr(target, key), allow_zero=True
+                )
         _check_positive(file, f"{base}.retry_delay_s", queue.retry_delay_s, allow_zero=True)
         _check_positive(file, f"{base}.wrap_up_s", queue.wrap_up_s, allow_zero=True)
         _check_positive(file, f"{base}.max_wait_s", queue.max_wait_s, allow_zero=True)

@@ -51,6 +51,10 @@ QUEUE_EVENTS = (
     "complete",
 )
 AGENT_STATES = ("logged_out", "available", "reserved", "busy", "wrap_up", "not_ready")
+# Rows of one task (chat, email, ...) in the agent event log, with its channel: offered to the
+# agent, accepted (from here to its end it holds a unit of the agent's capacity), ended (with
+# the reason: rejected, offer_timeout, withdrawn, completed, released, transferred, cancelled).
+TASK_AGENT_STATES = ("task_offered", "task_accepted", "task_ended")
 
 
 class CallRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -272,6 +276,8 @@ class CdrWriter:
                 "state": state,
                 "reason": reason,
                 "call_id": call_id,
+                "channel": None,  # every row has every column: one executemany per batch
+                "task_id": None,
             },
         )
         if self._bus is not None:
@@ -279,6 +285,33 @@ class CdrWriter:
                 Event(type="agent", at=when, event=state, agent_id=agent_id, reason=reason,
                       call_id=call_id)
             )  # fmt: skip
+
+    def task_agent_event(
+        self,
+        agent_id: str,
+        state: str,
+        *,
+        channel: str,
+        task_id: str,
+        reason: str | None = None,
+        at: float | None = None,
+    ) -> None:
+        """A task's row in the agent event log; not on the event stream, which has the task's
+        own events (``type`` "task"), and not the agent's state, which calls' rows give."""
+        if state not in TASK_AGENT_STATES:
+            raise ValueError(f"unknown task agent state {state!r}")
+        self._append(
+            "agent_events",
+            {
+                "at": time.time() if at is None else at,
+                "agent_id": agent_id,
+                "state": state,
+                "reason": reason,
+                "call_id": None,
+                "channel": channel,
+                "task_id": task_id,
+            },
+        )
 
     def _append(self, table: str, row: dict[str, Any]) -> None:
         self._pending[table].append(row)

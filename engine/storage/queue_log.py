@@ -113,7 +113,13 @@ async def export_queue_log(
 ) -> AsyncIterator[str]:
     """queue_log lines in time order (queue and agent events merged), streamed from the store."""
     q = sa.select(queue_events).order_by(queue_events.c.at, queue_events.c.id)
-    a = sa.select(agent_events).order_by(agent_events.c.at, agent_events.c.id)
+    # The agents' own states; a task's rows (offer, accept, end of a chat ...) have no queue_log
+    # line and must not pass for the state the next row is judged against.
+    a = (
+        sa.select(agent_events)
+        .where(agent_events.c.task_id.is_(None))
+        .order_by(agent_events.c.at, agent_events.c.id)
+    )
     if since is not None:
         q, a = q.where(queue_events.c.at >= since), a.where(agent_events.c.at >= since)
     if until is not None:
@@ -126,7 +132,7 @@ async def export_queue_log(
         if since is not None:
             latest = (
                 sa.select(agent_events.c.agent_id, agent_events.c.state)
-                .where(agent_events.c.at < since)
+                .where(agent_events.c.at < since, agent_events.c.task_id.is_(None))
                 .order_by(agent_events.c.at, agent_events.c.id)
             )
             for agent_id, state in (await conn.execute(latest)).all():

@@ -82,10 +82,13 @@ agent_events = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("at", sa.Double, nullable=False),
     sa.Column("agent_id", sa.String(64), nullable=False),
-    # logged_out, available, reserved, busy, wrap_up, not_ready
+    # logged_out, available, reserved, busy, wrap_up, not_ready: the agent's state (channel NULL);
+    # task_offered, task_accepted, task_ended: one task of ``channel`` (migration 0008)
     sa.Column("state", sa.String(32), nullable=False),
     sa.Column("reason", sa.String(128)),
     sa.Column("call_id", sa.String(64)),
+    sa.Column("channel", sa.String(16)),  # a task row's channel (chat, email, social, ticket)
+    sa.Column("task_id", sa.String(64)),
     sa.Index(None, "agent_id", "at"),
 )
 
@@ -171,7 +174,7 @@ tasks = sa.Table(
     sa.Column("external_id", sa.String(255)),  # the creator's id: a second create returns this row
     sa.Column("channel", sa.String(16), nullable=False),  # chat, email, social, ticket
     sa.Column("queue", sa.String(64), nullable=False),
-    # waiting, offered, assigned, completed, cancelled
+    # scheduled, waiting, offered, assigned, pending, solved, completed, closed, cancelled
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("priority", sa.Integer, nullable=False),
     sa.Column("requirements", sa.JSON),  # skill -> minimum level; NULL: the queue's
@@ -189,6 +192,15 @@ tasks = sa.Table(
     sa.Column("notes", sa.Text),
     sa.Column("wait_s", sa.Double),  # arrival -> accept
     sa.Column("handle_s", sa.Double),  # accept -> complete
+    # SLA (migration 0008): due times move on by the time the clock was paused (pending, solved)
+    sa.Column("first_response_at", sa.Double),
+    sa.Column("first_response_due_at", sa.Double),
+    sa.Column("resolution_due_at", sa.Double),
+    sa.Column("sla_paused_at", sa.Double),  # non-NULL while pending or solved
+    sa.Column("first_response_breached", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("resolution_breached", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("solved_at", sa.Double),
+    sa.Column("not_before", sa.Double),  # a scheduled follow-up enters routing at this time
     sa.Index(None, "external_id", unique=True),
     sa.Index(None, "state"),
     sa.Index(None, "queue", "arrived_at"),
@@ -208,6 +220,22 @@ task_events = sa.Table(
     sa.Column("agent_id", sa.String(64)),
     sa.Column("queue", sa.String(64)),
     sa.Column("data", sa.JSON),
+    sa.Index(None, "task_id", "at"),
+    sa.Index(None, "at"),
+)
+
+# Every state change of a task (migration 0008): from, to, who, when; the time in each state.
+task_states = sa.Table(
+    "task_states",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("task_id", sa.String(64), nullable=False),
+    sa.Column("at", sa.Double, nullable=False),
+    sa.Column("from_state", sa.String(16)),  # NULL: created
+    sa.Column("to_state", sa.String(16), nullable=False),
+    sa.Column("actor", sa.String(64)),
+    sa.Column("agent_id", sa.String(64)),
+    sa.Column("queue", sa.String(64)),
     sa.Index(None, "task_id", "at"),
     sa.Index(None, "at"),
 )

@@ -25,11 +25,12 @@ import structlog
 from sqlalchemy.exc import SQLAlchemyError
 
 from engine.storage import StorageError, Store
-from engine.storage.schema import task_events, task_messages, tasks
+from engine.storage.schema import agent_events, task_events, task_messages, task_states, tasks
 
 log = structlog.stdlib.get_logger("acd.tasks")
 
-OPEN_STATES = ("waiting", "offered", "assigned")
+# What the task service keeps live, and recovers after a restart (engine.tasks.model.LIVE_STATES)
+LIVE_STATES = ("scheduled", "waiting", "offered", "assigned", "pending", "solved")
 
 
 @dataclass(slots=True)
@@ -38,6 +39,7 @@ class TaskWrite:
     insert: bool = False  # a new task: INSERT; otherwise UPDATE by id
     events: list[dict[str, Any]] = field(default_factory=list)
     messages: list[dict[str, Any]] = field(default_factory=list)
+    states: list[dict[str, Any]] = field(default_factory=list)  # task_states rows
 
 
 class TaskWriter:
@@ -98,6 +100,8 @@ class TaskWriter:
                     await conn.execute(task_events.insert(), write.events)
                 if write.messages:
                     await conn.execute(task_messages.insert(), write.messages)
+                if write.states:
+                    await conn.execute(task_states.insert(), write.states)
         except (SQLAlchemyError, OSError) as exc:
             raise StorageError(f"task {row.get('id')}: {exc}") from exc
 
@@ -111,10 +115,11 @@ async def _rows(store: Store, query: sa.Select[Any]) -> list[dict[str, Any]]:
 
 
 async def open_tasks(store: Store) -> list[dict[str, Any]]:
-    """Tasks the daemon had not finished when it stopped, oldest effective enqueue time first."""
+    """Tasks the daemon had not finished when it stopped (live: in a queue, scheduled, pending or
+    solved), oldest effective enqueue time first."""
     query = (
         sa.select(tasks)
-        .where(tasks.c.state.in_(OPEN_STATES))
+        .where(tasks.c.state.in_(LIVE_STATES))
         .order_by(tasks.c.priority.desc(), tasks.c.enqueued_at, tasks.c.arrived_at)
     )
     return await _rows(store, query)
@@ -165,9 +170,11 @@ async def search_tasks(
     queue: str | None = None,
     channel: str | None = None,
     agent: str | None = None,
+    breached: Sequence[str] = (),
     limit: int = 100,
 ) -> list[dict[str, Any]]:
-    """Rows in ``states``, newest arrival first."""
+    """Rows in ``states``, newest arrival first; with ``breached`` (SLA kinds: first_response,
+    resolution) only those that breached one of them."""
     query = sa.select(tasks).where(tasks.c.state.in_(list(states)))
     if queue is not None:
         query = query.where(tasks.c.queue == queue)
@@ -175,6 +182,8 @@ async def search_tasks(
         query = query.where(tasks.c.channel == channel)
     if agent is not None:
         query = query.where(tasks.c.agent_id == agent)
+    if breached:
+        query = query.where(sa.or_(*(tasks.c[f"{kind}_breached"].is_(True) for kind in breached)))
     return await _rows(store, query.order_by(tasks.c.arrived_at.desc()).limit(limit))
 
 
@@ -186,3 +195,45 @@ async def day_rows(store: Store, since: float, queues: Sequence[str]) -> list[di
                tasks.c.wait_s, tasks.c.handle_s)  # fmt: skip
     query = sa.select(*columns).where(tasks.c.arrived_at >= since, tasks.c.queue.in_(queues))
     return await _rows(store, query)
+
+
+async def task_handle_seconds(
+    store: Store, since: float, until: float
+) -> dict[tuple[str, str], float]:
+    """(agent, channel) -> seconds the agent held tasks of that channel within [since, until),
+    summed over tasks (two chats at once for an hour count two hours: divide by the capacity
+    for occupancy), from the ``task_accepted`` / ``task_ended`` rows of the agent event log.
+    A task still held at ``until`` counts up to ``until``."""
+    query = (
+        sa.select(
+            agent_events.c.agent_id,
+            agent_events.c.channel,
+            agent_events.c.task_id,
+            agent_events.c.state,
+            agent_events.c.at,
+        )
+        .where(
+            agent_events.c.task_id.is_not(None),
+            agent_events.c.state.in_(("task_accepted", "task_ended")),
+            agent_events.c.at < until,
+        )
+        .order_by(agent_events.c.at, agent_events.c.id)
+    )
+    held: dict[tuple[str, str], tuple[str, float]] = {}  # (agent, task) -> (channel, since)
+    out: dict[tuple[str, str], float] = {}
+    for row in await _rows(store, query):
+        key = (row["agent_id"], row["task_id"])
+        if row["state"] == "task_accepted":
+            held[key] = (row["channel"], row["at"])
+            continue
+        if key not in held:  # an offer that ended unaccepted
+            continue
+        channel, start = held.pop(key)
+        span = min(row["at"], until) - max(start, since)
+        if span > 0:
+            out[(row["agent_id"], channel)] = out.get((row["agent_id"], channel), 0.0) + span
+    for (agent, _), (channel, start) in held.items():
+        span = until - max(start, since)
+        if span > 0:
+            out[(agent, channel)] = out.get((agent, channel), 0.0) + span
+    return out

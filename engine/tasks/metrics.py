@@ -21,7 +21,8 @@ from engine.runtime.metrics import WAIT_BUCKETS
 if TYPE_CHECKING:
     from engine.tasks.service import TaskService
 
-TASK_OUTCOMES = ("completed", "cancelled")
+TASK_OUTCOMES = ("completed", "closed", "cancelled")
+SLA_KINDS = ("first_response", "resolution")
 OFFER_OUTCOMES = ("accepted", "rejected", "timeout", "withdrawn")
 
 
@@ -59,6 +60,20 @@ class TaskMetrics:
             ["channel", "sender"],
             registry=r,
         )
+        self.states = Counter(
+            "acd_task_state_changes_total",
+            "Tasks entering a state, by channel and state (scheduled, waiting, offered, "
+            "assigned, pending, solved, completed, closed, cancelled).",
+            ["channel", "state"],
+            registry=r,
+        )
+        self.sla_breaches = Counter(
+            "acd_task_sla_breaches_total",
+            "Tasks whose SLA due time passed unmet, by queue, channel and kind (first_response, "
+            "resolution).",
+            ["queue", "channel", "kind"],
+            registry=r,
+        )
         for channel in TASK_CHANNELS:  # every series exists from the start: rates work at once
             self.created.labels(channel=channel)
             for outcome in TASK_OUTCOMES:
@@ -87,7 +102,8 @@ class TaskCollector(Collector):
         )
         open_tasks = GaugeMetricFamily(
             "acd_tasks_open",
-            "Open tasks by channel and state (waiting, offered, assigned).",
+            "Live tasks by channel and state (scheduled, waiting, offered, assigned, pending, "
+            "solved).",
             labels=["channel", "state"],
         )
         if service is not None:

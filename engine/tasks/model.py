@@ -4,12 +4,20 @@ A task is created through the API, waits in a queue as a routing task of its cha
 Router as the calls), is offered to an agent, accepted (assigned) and completed; an offer that is
 rejected or times out sends it back with that agent excluded. States and the moves between them:
 
+    scheduled --not_before-->      waiting (a follow-up created for later enters routing then)
     waiting  --offer-->            offered
     offered  --accept-->           assigned
     offered  --reject/timeout-->   waiting (or offered again at once, to the next agent)
     waiting, offered, assigned --transfer-->  waiting (in the new queue, or for the named agent)
     assigned --complete-->         completed
-    waiting, offered --cancel-->   cancelled (the customer left before an agent took it)
+    waiting, offered, scheduled --cancel-->   cancelled (the customer left before an agent took it)
+
+Tickets have the lifecycle help desks have (Zendesk, Freshdesk, ServiceNow), in
+``engine.tasks.lifecycle``: assigned -> pending (waiting on the customer: off the agent, SLA
+clock paused) -> waiting again on the customer's reply (to the last agent first) -> ... -> solved
+(instead of completed) -> closed (after the queue's ``close_solved_after_s``, or by hand), and
+solved -> waiting again (reopened). ``status`` in the API view gives the help-desk word: new,
+open, pending, solved, closed.
 
 Times are wall-clock epoch seconds, as in the CDR store; the routing core's monotonic times are
 derived from them when a task is (re)enqueued.
@@ -23,14 +31,24 @@ from typing import Any
 
 
 class TaskState(StrEnum):
+    SCHEDULED = "scheduled"
     WAITING = "waiting"
     OFFERED = "offered"
     ASSIGNED = "assigned"
+    PENDING = "pending"
+    SOLVED = "solved"
     COMPLETED = "completed"
+    CLOSED = "closed"
     CANCELLED = "cancelled"
 
 
+# In the Router (waiting in a queue, offered, or holding an agent's capacity).
 OPEN_STATES = frozenset({TaskState.WAITING, TaskState.OFFERED, TaskState.ASSIGNED})
+# Kept by the service (and recovered after a restart): the open ones and those that wait for a
+# time or for the customer.
+LIVE_STATES = OPEN_STATES | {TaskState.SCHEDULED, TaskState.PENDING, TaskState.SOLVED}
+# The channels with the ticket lifecycle (pending, solved, closed, reopen).
+LIFECYCLE_CHANNELS = frozenset({"ticket"})
 
 
 class TaskError(Exception):
@@ -54,6 +72,15 @@ class TaskConflict(TaskError):
     completing one you do not hold, cancelling one already assigned)."""
 
     status = 409
+
+
+class IllegalTransition(TaskConflict):
+    """A state change the task's lifecycle does not have from its state; ``allowed`` names the
+    states it may go to from there (empty: none by request)."""
+
+    def __init__(self, message: str, *, allowed: list[str]) -> None:
+        super().__init__(message, field="state")
+        self.allowed = allowed
 
 
 class InvalidTask(TaskError):
@@ -87,14 +114,27 @@ class Task:
     notes: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     messages: list[dict[str, Any]] = field(default_factory=list)
+    # SLA (engine.tasks.sla): due times are effective, moved on by the time the clock was paused
+    first_response_at: float | None = None
+    first_response_due_at: float | None = None
+    resolution_due_at: float | None = None
+    sla_paused_at: float | None = None
+    first_response_breached: bool = False
+    resolution_breached: bool = False
+    solved_at: float | None = None
+    not_before: float | None = None  # scheduled: enters routing at this time
+    stored_state: TaskState | None = None  # as last written: a change is a task_states row
 
     def row(self) -> dict[str, Any]:
         """The ``tasks`` row (engine.storage.schema.tasks)."""
-        wait = None if self.accepted_at is None else max(0.0, self.accepted_at - self.arrived_at)
+        # a scheduled task waits from when it fell due, not from when it was made
+        start = max(self.arrived_at, self.not_before or self.arrived_at)
+        wait = None if self.accepted_at is None else max(0.0, self.accepted_at - start)
+        done_at = self.solved_at or self.ended_at  # a ticket's work ends when it is solved
         handle = (
             None
-            if self.accepted_at is None or self.ended_at is None or self.disposition is None
-            else max(0.0, self.ended_at - self.accepted_at)
+            if self.accepted_at is None or done_at is None or self.disposition is None
+            else max(0.0, done_at - self.accepted_at)
         )
         return {
             "id": self.id,
@@ -118,6 +158,14 @@ class Task:
             "notes": self.notes,
             "wait_s": wait,
             "handle_s": handle,
+            "first_response_at": self.first_response_at,
+            "first_response_due_at": self.first_response_due_at,
+            "resolution_due_at": self.resolution_due_at,
+            "sla_paused_at": self.sla_paused_at,
+            "first_response_breached": self.first_response_breached,
+            "resolution_breached": self.resolution_breached,
+            "solved_at": self.solved_at,
+            "not_before": self.not_before,
         }
 
     @classmethod
@@ -142,11 +190,31 @@ class Task:
             ended_at=row["ended_at"],
             disposition=row["disposition"],
             notes=row["notes"],
+            first_response_at=row["first_response_at"],
+            first_response_due_at=row["first_response_due_at"],
+            resolution_due_at=row["resolution_due_at"],
+            sla_paused_at=row["sla_paused_at"],
+            first_response_breached=bool(row["first_response_breached"]),
+            resolution_breached=bool(row["resolution_breached"]),
+            solved_at=row["solved_at"],
+            not_before=row["not_before"],
+            stored_state=TaskState(row["state"]),
         )
+
+    @property
+    def status(self) -> str:
+        """The help-desk word for the state: new (not yet taken), open (taken, or back from the
+        customer), pending, solved, closed; scheduled, completed, cancelled as they are."""
+        if self.state in (TaskState.WAITING, TaskState.OFFERED):
+            return "new" if self.accepted_at is None else "open"
+        if self.state is TaskState.ASSIGNED:
+            return "open"
+        return self.state.value
 
     def view(self) -> dict[str, Any]:
         """What the API shows: the row, who it is offered to, its history and messages."""
         out = self.row()
+        out["status"] = self.status
         out["offered_to"] = sorted(self.offered_to)
         out["history"] = self.history
         out["messages"] = self.messages

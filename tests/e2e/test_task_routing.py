@@ -1,6 +1,8 @@
 """Tasks (chat, email, ...) against the running daemon: one router for calls and tasks, per-channel
 capacity, offers on the event stream, reject / offer timeout to the next agent, roles and audit,
-and tasks that survive a restart in their order. The voice call is a real SIPp call."""
+and tasks that survive a restart in their order. The voice call is a real SIPp call. A ticket's
+lifecycle (pending, the customer's reply back to its agent, solved, closed by itself), its SLA
+breach, a scheduled follow-up and SLA due times across a restart ride on the same daemons."""
 
 from __future__ import annotations
 
@@ -28,9 +30,20 @@ WIDGET = "widget-token-0123456789"  # the chat widget's integration token
 TOKENS = {"a1": "agent-a1-token-012345", "b2": "agent-b2-token-012345", "z0": "agent-z0-token-0123"}
 
 
-def config(agents: dict[str, tuple[int, str]], *, offer_timeout_s: float = 5.0) -> str:
+# Tickets: a first response due 0.5 s after arrival, a reopened ticket to its last agent for 30 s,
+# a solved one closed after 0.5 s.
+TICKETS = (
+    "sla = { ticket = { first_response_s = 0.5, resolution_s = 3600.0 } }\n"
+    "reopen_sticky_s = 30.0\nclose_solved_after_s = 0.5\n"
+)
+
+
+def config(
+    agents: dict[str, tuple[int, str]], *, offer_timeout_s: float = 5.0, queue_extra: str = ""
+) -> str:
     """Admin and integration tokens, a loopback trunk to `support`, static agents (SIP port,
-    capacity) in the support queue with the penalty of their order."""
+    capacity) in the support queue with the penalty of their order; ``queue_extra``: more keys
+    of the queue."""
     members = "".join(
         f'[[agents]]\nid = "{agent}"\nlogin = "static"\n'
         f'contact = "sip:{agent}@127.0.0.1:{port}"\n'
@@ -67,7 +80,7 @@ requirements = {{ support = 1 }}
 wrap_up_s = 0.0
 offer_timeout_s = {offer_timeout_s}
 record = "never"
-
+{queue_extra}
 {members}"""
 
 
@@ -220,10 +233,13 @@ def test_reject_and_offer_timeout_go_to_the_next_agent_never_to_chat_capacity_0(
     assert ("widget", "task.create", "replayed") in audited
 
 
-async def test_offers_and_messages_on_the_event_stream(start_daemon: DaemonFactory) -> None:
+async def test_offers_and_messages_on_the_event_stream_and_a_tickets_life(
+    start_daemon: DaemonFactory,
+) -> None:
     import aiohttp
 
-    daemon = start_daemon(config({"a1": (9, "{ chat = 1 }")}))
+    agents = {"a1": (9, "{ chat = 1, ticket = 1 }"), "b2": (9, "{ ticket = 1 }")}
+    daemon = start_daemon(config(agents, queue_extra=TICKETS))
     url = daemon.base_url.replace("http", "ws") + "/api/v1/events"
 
     async def next_task_event(
@@ -274,6 +290,78 @@ async def test_offers_and_messages_on_the_event_stream(start_daemon: DaemonFacto
         )  # fmt: skip
         assert done[0] == 200
         assert (await next_task_event(widget_ws, "completed"))["data"]["task_id"] == chat
+
+        # A ticket: a1 (penalty 0) passes it on, b2 takes it and answers late (SLA breach), asks
+        # the customer (pending: b2's ticket capacity is free again); the customer's reply brings
+        # it back to b2 alone although a1 is free and first by penalty (sticky); b2 solves it, and
+        # it closes by itself.
+        await asyncio.to_thread(login, daemon, "b2")
+        status, made = await asyncio.to_thread(
+            call, daemon, "POST", "/api/v1/tasks", WIDGET,
+            {"channel": "ticket", "queue": "support", "subject": "Broken kettle"},
+        )  # fmt: skip
+        assert status == 201
+        ticket = made["id"]
+        assert (await next_task_event(agent_ws, "offered"))["data"]["task_id"] == ticket
+        status, _ = await asyncio.to_thread(
+            call, daemon, "POST", f"/api/v1/tasks/{ticket}/reject", TOKENS["a1"]
+        )
+        assert status == 200
+        await asyncio.to_thread(
+            wait_until, lambda: offered_to(daemon, "b2") == [ticket], 5, "b2 offered the ticket"
+        )
+        status, _ = await asyncio.to_thread(
+            call, daemon, "POST", f"/api/v1/tasks/{ticket}/accept", TOKENS["b2"]
+        )
+        assert status == 200
+        breach = await next_task_event(widget_ws, "sla_breached")
+        assert (breach["data"]["task_id"], breach["data"]["kind"]) == (ticket, "first_response")
+        status, view = await asyncio.to_thread(
+            call, daemon, "PATCH", f"/api/v1/tasks/{ticket}", TOKENS["b2"], {"state": "pending"}
+        )
+        assert (status, view["state"], view["first_response_breached"]) == (200, "pending", True)
+        assert (await next_task_event(widget_ws, "pending"))["data"]["task_id"] == ticket
+        status, late = await asyncio.to_thread(
+            call, daemon, "GET", "/api/v1/tasks?breached=any", ADMIN
+        )
+        assert (status, [r["id"] for r in late]) == (200, [ticket])
+        status, refused = await asyncio.to_thread(
+            call, daemon, "PATCH", f"/api/v1/tasks/{ticket}", TOKENS["b2"], {"state": "closed"}
+        )
+        assert (status, refused["allowed"]) == (409, ["open", "solved"])
+        said = await asyncio.to_thread(
+            call, daemon, "POST", f"/api/v1/tasks/{ticket}/messages", WIDGET,
+            {"text": "It still leaks"},
+        )  # fmt: skip
+        assert said[0] == 201
+        await asyncio.to_thread(
+            wait_until, lambda: offered_to(daemon, "b2") == [ticket], 5, "b2 offered it again"
+        )
+        assert await asyncio.to_thread(offered_to, daemon, "a1") == []
+        for action, body in (("accept", None), ("complete", {"disposition": "replaced"})):
+            status, view = await asyncio.to_thread(
+                call, daemon, "POST", f"/api/v1/tasks/{ticket}/{action}", TOKENS["b2"], body
+            )
+            assert status == 200, view
+        assert (view["state"], view["status"]) == ("solved", "solved")
+        closed = await next_task_event(widget_ws, "closed")  # close_solved_after_s = 0.5
+        assert (closed["data"]["task_id"], closed["data"]["reason"]) == (ticket, "solved_timeout")
+    _, metrics, _ = await asyncio.to_thread(daemon.get, "/metrics")
+    text = metrics.decode()
+    line = 'acd_task_sla_breaches_total{channel="ticket",kind="first_response",queue="support"} 1.0'
+    assert line in text
+    assert 'acd_task_state_changes_total{channel="ticket",state="pending"} 1.0' in text
+    assert 'acd_tasks_total{channel="ticket",outcome="closed"} 1.0' in text
+    for kind, found in (("first_response", [ticket]), ("resolution", [])):
+        status, rows = await asyncio.to_thread(
+            call, daemon, "GET", f"/api/v1/tasks?state=closed&breached={kind}", ADMIN
+        )
+        assert (status, [r["id"] for r in rows]) == (200, found)  # from the store
+    lived = await asyncio.to_thread(task, daemon, ticket)
+    assert [e["event"] for e in lived["history"]] == [
+        "created", "offered", "rejected", "offered", "accepted", "sla_breached", "pending",
+        "customer_replied", "offered", "accepted", "solved", "closed",
+    ]  # fmt: skip
     stored = await asyncio.to_thread(task, daemon, chat)  # from the store, once completed
     assert stored["state"] == "completed"
     assert stored["disposition"] == "resolved"
@@ -285,22 +373,70 @@ async def test_offers_and_messages_on_the_event_stream(start_daemon: DaemonFacto
         "completed",
     ]
     assert daemon.stop() == 0
+    with sqlite3.connect(daemon.workdir / "var" / "acd.sqlite3") as db:
+        moves = db.execute(
+            "SELECT from_state, to_state FROM task_states WHERE task_id = ? ORDER BY id", (ticket,)
+        ).fetchall()
+        held = db.execute(
+            "SELECT agent_id, state, reason FROM agent_events WHERE channel = 'ticket' ORDER BY id"
+        ).fetchall()
+    assert moves[-4:] == [
+        ("waiting", "offered"), ("offered", "assigned"), ("assigned", "solved"),
+        ("solved", "closed"),
+    ]  # fmt: skip
+    assert held == [
+        ("a1", "task_offered", None), ("a1", "task_ended", "rejected"),
+        ("b2", "task_offered", None), ("b2", "task_accepted", None),
+        ("b2", "task_ended", "released"), ("b2", "task_offered", None),
+        ("b2", "task_accepted", None), ("b2", "task_ended", "released"),
+    ]  # fmt: skip
 
 
 def test_waiting_tasks_come_back_in_order_after_a_restart(
     start_daemon: DaemonFactory, tmp_path: Path
 ) -> None:
     storage = f'sqlite_path = "{tmp_path / "shared.sqlite3"}"'
-    text = config({"a1": (9, "{ chat = 1 }")})
+    sla = TICKETS.replace("first_response_s = 0.5", "first_response_s = 2.0")
+    text = config({"a1": (9, "{ chat = 1 }")}, queue_extra=sla)  # no ticket capacity
     first = start_daemon(text, storage=storage)
     chats = [new_chat(first, subject=f"chat {i}") for i in range(3)]
     before = {c: task(first, c)["enqueued_at"] for c in chats}
+
+    def follow_up(daemon: DaemonProcess, in_s: float) -> tuple[str, float]:
+        status, made = call(
+            daemon, "POST", "/api/v1/tasks", WIDGET,
+            {"channel": "ticket", "queue": "support", "not_before": time.time() + in_s},
+        )  # fmt: skip
+        assert (status, made["state"]) == (201, "scheduled")
+        return str(made["id"]), float(task(daemon, made["id"])["not_before"])
+
+    # Follow-ups: one due at once, one due while the daemon is down, one in an hour; and a
+    # ticket whose first response falls due while the daemon is down.
+    (soon, _), (down, down_at), (later, _) = (
+        follow_up(first, 0.2),
+        follow_up(first, 2.0),
+        follow_up(first, 3600),
+    )
+    wait_until(lambda: task(first, soon)["state"] == "waiting", 5, "a follow-up due")
+    assert task(first, later)["state"] == "scheduled"
+    ticket = call(first, "POST", "/api/v1/tasks", WIDGET, {"channel": "ticket", "queue": "support"})
+    assert ticket[0] == 201
+    due = task(first, ticket[1]["id"])["first_response_due_at"]
     assert first.stop() == 0
+    time.sleep(max(0.0, due - time.time(), down_at - time.time()))
 
     second = start_daemon(text, storage=storage)
-    status, rows = call(second, "GET", "/api/v1/tasks?state=waiting", ADMIN)
+    status, rows = call(second, "GET", "/api/v1/tasks?state=waiting&channel=chat", ADMIN)
     assert status == 200
     assert {r["id"]: r["enqueued_at"] for r in rows} == before
+    late = task(second, ticket[1]["id"])
+    assert (late["first_response_due_at"], late["first_response_breached"]) == (due, True)
+    assert late["history"][-1]["event"] == "sla_breached"
+    assert late["history"][-1]["data"] == {
+        "kind": "first_response", "due_at": due, "during_downtime": True,
+    }  # fmt: skip
+    wait_until(lambda: task(second, down)["state"] == "waiting", 5, "the follow-up due meanwhile")
+    assert task(second, later)["state"] == "scheduled"  # still waiting for its time
     login(second, "a1")
     served = []
     for _ in chats:

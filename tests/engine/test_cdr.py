@@ -224,6 +224,10 @@ async def fill_queue_log(store: Store) -> None:
     )  # not exported
     writer.agent_event("1002", "not_ready", reason="auto-paused", at=T0 + 22)
     writer.agent_event("1001", "busy", call_id="c1", at=T0 + 31)  # no queue_log line
+    # A ticket 1002 holds while paused: the agent's rows around it still read PAUSE .. UNPAUSE
+    # (a task's rows have no queue_log line, and do not count as the agent's state).
+    for state, at in (("task_accepted", T0 + 60), ("task_ended", T0 + 150)):
+        writer.task_agent_event("1002", state, channel="ticket", task_id="t1", at=at)
     writer.agent_event("1002", "available", at=T0 + 200)
     writer.queue_event(
         "enter",

@@ -261,6 +261,22 @@ name = "q"
         ('[[agents]]\nid = "9"\ncapacity = { voice = -1 }\n', "agents[0].capacity.voice", ">= 0"),
         ('[[agents]]\nid = "9"\ncapacity = { fax = 1 }\n', "agents[0].capacity.fax", "ticket"),
         (
+            "sla = { voice = { resolution_s = 60 } }\n",
+            "queues[0].sla.voice",
+            "service_level_s",
+        ),
+        (
+            "sla = { ticket = { first_response_s = -1 } }\n",
+            "queues[0].sla.ticket.first_response_s",
+            ">= 0",
+        ),
+        ("reopen_sticky_s = -5\n", "queues[0].reopen_sticky_s", ">= 0"),
+        (
+            "close_solved_after_s = -1\n",
+            "queues[0].close_solved_after_s",
+            ">= 0",
+        ),
+        (
             "[media]\nrtp_port_min = 3000\nrtp_port_max = 2000\n",
             "media.rtp_port_max",
             "rtp_port_min",

@@ -20,6 +20,7 @@ from engine.storage.schema import (
     recordings,
     task_events,
     task_messages,
+    task_states,
     tasks,
 )
 
@@ -32,9 +33,11 @@ EXPECTED_TABLES = {
     "tasks",
     "task_events",
     "task_messages",
+    "task_states",
 }
 ALL_TABLES = (
     calls, queue_events, agent_events, recordings, audit_log, tasks, task_events, task_messages,
+    task_states,
 )  # fmt: skip
 
 
@@ -77,7 +80,8 @@ async def test_migrations_create_every_table_at_head(store: Store) -> None:
 
 async def test_migrated_columns_and_indexes_are_schema_py(store: Store) -> None:
     """The migrations build what schema.py describes (its docstring's promise), checked on the
-    tables of migration 0004 and calls (altered by 0011): the same columns, nullability and indexes on both dialects."""
+    tables of migrations 0004 and 0008, and calls (altered by 0011): the same columns,
+    nullability and indexes on both dialects."""
 
     def inspect(c: sa.Connection) -> dict[str, tuple[set[tuple[str, bool]], set[tuple[str, ...]]]]:
         insp = sa.inspect(c)
@@ -86,7 +90,14 @@ async def test_migrated_columns_and_indexes_are_schema_py(store: Store) -> None:
                 {(col["name"], bool(col["nullable"])) for col in insp.get_columns(name)},
                 {tuple(ix["column_names"]) for ix in insp.get_indexes(name)},  # type: ignore[misc]
             )
-            for name in ("calls", "tasks", "task_events", "task_messages")
+            for name in (
+                "calls",
+                "tasks",
+                "task_events",
+                "task_messages",
+                "task_states",
+                "agent_events",
+            )
         }
 
     async with store.engine.connect() as conn:

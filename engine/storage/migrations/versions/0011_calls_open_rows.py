@@ -6,14 +6,14 @@ names the daemon that held the call, so one node only ever closes its own rows i
 database; the index serves that start-up query.
 
 Revision ID: 0011
-Revises: 0006
+Revises: 0008
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0011"
-down_revision = "0006"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
