@@ -787,6 +787,13 @@ class Endpoint:
         reliable = False
         if (is_invite and 100 < status < 300) or accepted:  # target refresh (RFC 3311 5.2)
             extra.insert(0, ("Contact", f"<{self._contact_for(request.uri)}>"))
+            to = request.to
+            if is_invite and to is not None and not to.tag:
+                # 12.1.1: a response that creates a dialog carries the request's Record-Route
+                # values, in order, so the caller's ACK and BYE go back through the proxies
+                # (Kamailio in front of several nodes) that asked to stay on the path.
+                rr = [("Record-Route", v) for v in request.headers.values("record-route")]
+                extra[1:1] = rr
         if accepted:
             extra.append(("Allow", self._allow_value))
             if self._supported_value:

@@ -542,6 +542,32 @@ def test_internal_error_becomes_event_and_500(monkeypatch: pytest.MonkeyPatch) -
     assert uas.rejections["internal_error"] == 1
 
 
+def test_dialog_creating_responses_copy_record_route_in_order() -> None:
+    """RFC 3261 12.1.1: the 18x and 2xx that create the dialog carry the INVITE's Record-Route
+    values in order, so the caller's ACK and BYE go back through the proxy (Kamailio) that
+    dispatched the call; the UAS's own route set is the same list (its BYE goes that way too)."""
+    uas = Endpoint(EndpointConfig())
+    rr = (
+        "Record-Route: <sip:192.0.2.1;lr;ftag=abc>\r\n"
+        "Record-Route: <sip:192.0.2.2;lr>, <sip:192.0.2.3;lr>\r\n"
+        "Contact: <sip:alice@127.0.0.1:5070>\r\nContent-Type: application/sdp\r\n"
+    )
+    uas.receive_datagram(raw_request("INVITE", extra=rr, body=SDP), UAC_ADDR, 0.0)
+    uas.datagrams_to_send(0.0)  # 100 Trying: no dialog, no Record-Route needed
+    event = first(Pair.events(uas), RequestReceived)
+    assert isinstance(event, RequestReceived)
+    want = ["<sip:192.0.2.1;lr;ftag=abc>", "<sip:192.0.2.2;lr>", "<sip:192.0.2.3;lr>"]
+    ringing = uas.send_response(event.transaction_id, 180, now=0.0)
+    answered = uas.answer(event.transaction_id, SDP, now=0.0)
+    for response in (ringing, answered):
+        assert response.headers.values("record-route") == want
+    assert answered.to is not None
+    assert answered.to.tag
+    dialog = uas.dialog(DialogId("raw-call-1", answered.to.tag, "abc"))
+    assert dialog is not None
+    assert [str(r.uri) for r in dialog.route_set] == [w.strip("<>") for w in want]
+
+
 # -- registrar and digest -------------------------------------------------------------------------
 
 
