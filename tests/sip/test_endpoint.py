@@ -568,6 +568,28 @@ def test_dialog_creating_responses_copy_record_route_in_order() -> None:
     assert [str(r.uri) for r in dialog.route_set] == [w.strip("<>") for w in want]
 
 
+def test_options_probe_answers_503_while_unavailable_and_in_dialog_options_stays_200() -> None:
+    """A load balancer's OPTIONS probe (Kamailio's dispatcher) reads 200 as "send calls here"
+    and 503 as "not now"; a keepalive inside a live dialog is answered 200 either way."""
+    pair = Pair()
+    uac_dialog, _ = establish(pair)
+    (ok,) = answer_of(pair.uas, raw_request("OPTIONS", branch="z9hG4bKprobe1"))
+    assert ok.status == 200
+    assert "INVITE" in (ok.headers.get("allow") or "")
+    pair.uas.unavailable_retry_after_s = 5
+    (busy,) = answer_of(pair.uas, raw_request("OPTIONS", branch="z9hG4bKprobe2"))
+    assert (busy.status, busy.headers.get("retry-after")) == (503, "5")
+    pair.uac.options(uac_dialog, now=pair.now)
+    pair.pump()
+    keepalive = first(pair.events(pair.uac), ResponseReceived)
+    assert isinstance(keepalive, ResponseReceived)
+    assert keepalive.response.status == 200
+    pair.uas.unavailable_retry_after_s = None
+    (back,) = answer_of(pair.uas, raw_request("OPTIONS", branch="z9hG4bKprobe3"))
+    assert back.status == 200
+    assert "overloaded" not in pair.uas.rejections  # a probe's answer is no refusal
+
+
 # -- registrar and digest -------------------------------------------------------------------------
 
 
