@@ -1,0 +1,248 @@
+"""Real Kamailio (the shipped config/kamailio/kamailio.cfg) in front of three acd nodes.
+
+SIPp `uac` calls Kamailio, which dispatches round robin to the nodes; each node queues the call and
+rings one of its own static agents (one SIPp `uas` answers for all of them). Each node has its own
+config, ports and SQLite CDR store, so the calls a node took are the CDR rows in its file (the
+shared routing authority is the next slice of issue 22). One Kamailio and three nodes serve the
+whole module, in order:
+
+1. calls are spread over all three nodes, every one answered;
+2. SIGKILL one node: Kamailio's OPTIONS probing marks it down, and every call after that goes to
+   the two survivors, none failed;
+3. SIGTERM another one while it holds a live call: draining, it answers the probes 503, Kamailio
+   takes it out of rotation while its process still runs, and new calls all go to the last node.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+from tests.e2e import configs
+from tests.e2e.conftest import DaemonProcess, render_config
+from tests.e2e.peers import Kamailio, free_port_block, sipp, stop
+from tests.e2e.test_call_load import ADMIN, login
+
+pytestmark = pytest.mark.e2e
+
+NODES = 3
+AGENTS_PER_NODE = 4
+CALLER = Path(__file__).parent / "sipp" / "scenarios" / "caller_via_proxy.xml"
+PING_INTERVAL_S = 1  # Kamailio's probe interval (the cfg's PING_INTERVAL_S)
+FR_TIMER_MS = 500  # how long a node may stay silent before it counts as down (FR_TIMER_MS)
+
+
+def node_config(name: str, uas_port: int, rtp_base: int) -> str:
+    agents = "".join(
+        f'[[agents]]\nid = "{name}-a{i}"\nlogin = "static"\n'
+        f'contact = "sip:{name}-a{i}@127.0.0.1:{uas_port}"\n'
+        "skills = { support = 5 }\nqueues = { support = 0 }\n\n"
+        for i in range(AGENTS_PER_NODE)
+    )
+    return (
+        configs.front_door(ADMIN, trunk="kamailio", rtp_base=rtp_base)
+        + """
+[runtime]
+drain_timeout_s = 20.0
+
+[[queues]]
+name = "support"
+requirements = { support = 1 }
+ring_timeout_s = 5.0
+wrap_up_s = 0.0
+record = "never"
+
+"""
+        + agents
+    )
+
+
+def start_node(workdir: Path, name: str, uas_port: int) -> tuple[DaemonProcess, int]:
+    workdir.mkdir()
+    http_port, sip_port = free_port(), free_port(socket.SOCK_DGRAM)
+    config_path = workdir / "acd.toml"
+    extra = node_config(name, uas_port, free_port_block(100))
+    config_path.write_text(render_config(http_port, sip_port, extra))
+    log_path = workdir / "acd.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "engine.cli", "run", "--config", str(config_path)],
+            cwd=workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        )
+    return DaemonProcess(proc, http_port, workdir, config_path, log_path), sip_port
+
+
+def probe(target: str) -> tuple[int, str | None]:
+    """One OPTIONS to ``target`` ("host:port") from a socket of our own, like Kamailio's probe:
+    (status, Retry-After) of the answer."""
+    host, port = target.rsplit(":", 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(5)
+        me = s.getsockname()[1]
+        s.sendto(
+            (
+                f"OPTIONS sip:{target} SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP 127.0.0.1:{me};branch=z9hG4bKprobe{me};rport\r\n"
+                "Max-Forwards: 70\r\nFrom: <sip:probe@127.0.0.1>;tag=p1\r\n"
+                f"To: <sip:{target}>\r\nCall-ID: probe-{me}\r\nCSeq: 1 OPTIONS\r\n"
+                "Content-Length: 0\r\n\r\n"
+            ).encode(),
+            (host, int(port)),
+        )
+        data = s.recv(65535).decode()
+    status = int(data.split(" ", 2)[1])
+    retry = re.search(r"(?im)^Retry-After:\s*(\S+)", data)
+    return status, retry.group(1) if retry else None
+
+
+@dataclass
+class Cluster:
+    kamailio: Kamailio
+    nodes: list[DaemonProcess]
+    uris: list[str]  # each node's dispatcher destination, in the order of `nodes`
+    workdir: Path
+
+    def calls(self, count: int, rate: int = 20) -> tuple[int, int, str]:
+        """``count`` SIPp calls to Kamailio; (SIPp's exit status, its PID, its log)."""
+        uac = sipp(self.workdir, ["-sf", str(CALLER)], f"127.0.0.1:{self.kamailio.port}",
+                   "-s", "support", "-r", str(rate), "-m", str(count), "-l", "20", "-d", "200",
+                   "-recv_timeout", "10000")  # fmt: skip
+        code = uac.wait(timeout=60)
+        return code, uac.pid, uac.log_path.read_text(errors="replace")  # type: ignore[attr-defined]
+
+    def answered_per_node(self, sipp_pid: int, expected: int, timeout_s: float = 10.0) -> list[int]:
+        """Answered CDR rows of one SIPp run (its Call-IDs end in -PID@host) in each node's store,
+        polled until they add up to ``expected`` (the CDR writer flushes in batches)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            counts = [self._answered(node, sipp_pid) for node in self.nodes]
+            if sum(counts) >= expected or time.monotonic() > deadline:
+                return counts
+            time.sleep(0.1)
+
+    @staticmethod
+    def _answered(node: DaemonProcess, sipp_pid: int) -> int:
+        db_path = node.workdir / "var" / "acd.sqlite3"
+        with sqlite3.connect(db_path, timeout=5) as db:
+            (n,) = db.execute(
+                "SELECT count(*) FROM calls WHERE sip_call_id LIKE ? AND disposition = 'answered'",
+                (f"%-{sipp_pid}@%",),
+            ).fetchone()
+        return int(n)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    workdir = tmp_path_factory.mktemp("kamailio")
+    uas = sipp(workdir, ["-sn", "uas"], None)
+    nodes: list[DaemonProcess] = []
+    kamailio: Kamailio | None = None
+    try:
+        sip_ports = []
+        for i in range(NODES):  # started together: their start-ups overlap
+            node, sip_port = start_node(workdir / f"node{i}", f"n{i}", uas.sip_port)  # type: ignore[attr-defined]
+            nodes.append(node)
+            sip_ports.append(sip_port)
+        for i, node in enumerate(nodes):
+            node.wait_ready()
+            for a in range(AGENTS_PER_NODE):
+                login(node, f"n{i}-a{a}")
+        kamailio = Kamailio(
+            workdir / "kamailio",
+            free_port(socket.SOCK_DGRAM),
+            [("127.0.0.1", port) for port in sip_ports],
+            defines={"PING_INTERVAL_S": str(PING_INTERVAL_S), "FR_TIMER_MS": str(FR_TIMER_MS)},
+        )
+        uris = [f"sip:127.0.0.1:{port}" for port in sip_ports]
+        # Up once each node has answered a probe 200 (every node is "AP": active, probed).
+        kamailio.wait_for_flags(lambda seen: all(seen.get(u) == "AP" for u in uris))
+        yield Cluster(kamailio, nodes, uris, workdir)
+    finally:
+        if kamailio is not None:
+            kamailio.stop()
+        for node in nodes:
+            if node.proc.poll() is None:
+                node.proc.kill()
+                node.proc.wait()
+        stop(uas)
+
+
+def test_calls_are_spread_over_every_node(cluster: Cluster) -> None:
+    code, pid, log = cluster.calls(30)
+    assert code == 0, log[-3000:]
+    per_node = cluster.answered_per_node(pid, 30)
+    assert sum(per_node) == 30, per_node
+    assert all(n >= 5 for n in per_node), per_node  # round robin: about 10 each
+    for node in cluster.nodes:  # ready: the node answers a probe 200
+        target = str(node.wait_for_log("ready")["sip"]).removeprefix("udp:")
+        assert probe(target) == (200, None)
+
+
+def test_a_killed_node_is_marked_down_and_the_survivors_take_every_call(cluster: Cluster) -> None:
+    dead, uri = cluster.nodes[2], cluster.uris[2]
+    killed_at = time.monotonic()
+    dead.proc.send_signal(signal.SIGKILL)  # the process this module started
+    dead.proc.wait()
+    view = cluster.kamailio.wait_for_flags(lambda seen: seen.get(uri, "").startswith("I"))
+    detected_s = time.monotonic() - killed_at
+    # Detection window: at most one probe interval plus the silence a probe waits for, with
+    # slack for a loaded machine.
+    assert detected_s < PING_INTERVAL_S + FR_TIMER_MS / 1000 + 3.0, detected_s
+    assert all(view[u] == "AP" for u in cluster.uris[:2]), view
+    code, pid, log = cluster.calls(20)
+    assert code == 0, log[-3000:]  # 0 failed calls after the detection window
+    per_node = cluster.answered_per_node(pid, 20)
+    assert per_node[2] == 0, per_node  # (its store: nothing new could land there)
+    assert sum(per_node) == 20, per_node
+    assert min(per_node[:2]) >= 5, per_node  # still round robin over the two left
+    print(
+        f"node killed: marked down after {detected_s:.2f} s; calls per node after: {per_node[:2]}"
+    )
+
+
+def test_a_draining_node_answers_probes_503_and_gets_no_new_calls(cluster: Cluster) -> None:
+    draining, uri = cluster.nodes[1], cluster.uris[1]
+    # A live call held on the node (straight to it, not through Kamailio) keeps it draining.
+    ready = draining.wait_for_log("ready")
+    target = str(ready["sip"]).removeprefix("udp:")
+
+    def bridged() -> int:
+        return sum(line.get("event") == "call_bridged" for line in draining.log_lines())
+
+    before = bridged()
+    held = sipp(cluster.workdir, ["-sn", "uac"], target, "-s", "support", "-m", "1", "-d", "15000")
+    try:
+        deadline = time.monotonic() + 10
+        while bridged() == before:  # polling the node's log for the held call's bridge
+            assert time.monotonic() < deadline, "the held call never got bridged"
+            time.sleep(0.05)
+        draining.proc.send_signal(signal.SIGTERM)
+        view = cluster.kamailio.wait_for_flags(lambda seen: seen.get(uri, "").startswith("I"))
+        assert draining.proc.poll() is None  # still up, draining its live call
+        assert view[cluster.uris[0]] == "AP", view
+        status, retry_after = probe(target)  # what Kamailio's probe got
+        assert (status, retry_after) == (503, "5")
+        code, pid, log = cluster.calls(10)
+        assert code == 0, log[-3000:]
+        assert draining.proc.poll() is None  # the calls went elsewhere while it still ran
+        per_node = cluster.answered_per_node(pid, 10)
+        assert per_node == [10, 0, 0], per_node
+    finally:
+        stop(held)
