@@ -7,8 +7,9 @@ shared routing authority is the next slice of issue 22). One Kamailio and three 
 whole module, in order:
 
 1. calls are spread over all three nodes, every one answered;
-2. SIGKILL one node: Kamailio's OPTIONS probing marks it down, and every call after that goes to
-   the two survivors, none failed;
+2. SIGKILL one node: calls sent to it meanwhile fail over to the next node when it stays silent,
+   Kamailio marks it down (a failed call or its OPTIONS probing, whichever comes first), and every
+   call after that goes to the two survivors, none failed;
 3. SIGTERM another one while it holds a live call: draining, it answers the probes 503, Kamailio
    takes it out of rotation while its process still runs, and new calls all go to the last node.
 """
@@ -121,11 +122,17 @@ class Cluster:
 
     def calls(self, count: int, rate: int = 20) -> tuple[int, int, str]:
         """``count`` SIPp calls to Kamailio; (SIPp's exit status, its PID, its log)."""
-        uac = sipp(self.workdir, ["-sf", str(CALLER)], f"127.0.0.1:{self.kamailio.port}",
-                   "-s", "support", "-r", str(rate), "-m", str(count), "-l", "20", "-d", "200",
-                   "-recv_timeout", "10000")  # fmt: skip
+        return self.finish(self.start_calls(count, rate))
+
+    @staticmethod
+    def finish(uac: subprocess.Popen[bytes]) -> tuple[int, int, str]:
         code = uac.wait(timeout=60)
         return code, uac.pid, uac.log_path.read_text(errors="replace")  # type: ignore[attr-defined]
+
+    def start_calls(self, count: int, rate: int = 20) -> subprocess.Popen[bytes]:
+        return sipp(self.workdir, ["-sf", str(CALLER)], f"127.0.0.1:{self.kamailio.port}",
+                   "-s", "support", "-r", str(rate), "-m", str(count), "-l", "20", "-d", "200",
+                   "-recv_timeout", "10000")  # fmt: skip
 
     def answered_per_node(self, sipp_pid: int, expected: int, timeout_s: float = 10.0) -> list[int]:
         """Answered CDR rows of one SIPp run (its Call-IDs end in -PID@host) in each node's store,
@@ -200,8 +207,17 @@ def test_a_killed_node_is_marked_down_and_the_survivors_take_every_call(cluster:
     killed_at = time.monotonic()
     dead.proc.send_signal(signal.SIGKILL)  # the process this module started
     dead.proc.wait()
+    # Calls placed at once, before any probe noticed: the ones sent to the dead node get no
+    # answer within FR_TIMER_MS and go to the next node (failure_route, ds_next_dst).
+    in_window = cluster.start_calls(6)
     view = cluster.kamailio.wait_for_flags(lambda seen: seen.get(uri, "").startswith("I"))
     detected_s = time.monotonic() - killed_at
+    code, pid, log = cluster.finish(in_window)
+    assert code == 0, log[-3000:]
+    assert sum(cluster.answered_per_node(pid, 6)) == 6
+    # ... and some did take that path (round robin sent every third to the dead node, faster
+    # than a probe's FR_TIMER_MS could notice).
+    assert f"acd node {uri} failed (408), marked down" in cluster.kamailio.output
     # Detection window: at most one probe interval plus the silence a probe waits for, with
     # slack for a loaded machine.
     assert detected_s < PING_INTERVAL_S + FR_TIMER_MS / 1000 + 3.0, detected_s
