@@ -2,8 +2,8 @@
 
 SIPp `uac` calls Kamailio, which dispatches round robin to the nodes; each node queues the call and
 rings one of its own static agents (one SIPp `uas` answers for all of them). Each node has its own
-config, ports and SQLite CDR store, so the calls a node took are the CDR rows in its file (the
-shared routing authority is the next slice of issue 22). One Kamailio and three nodes serve the
+config, ports and CDR store (SQLite files, PostgreSQL for node 0), so the calls a node took are the
+CDR rows in its store (the shared routing authority is the next slice of issue 22). One Kamailio and three nodes serve the
 whole module, in order:
 
 1. calls are spread over all three nodes, every one answered;
@@ -11,7 +11,10 @@ whole module, in order:
    Kamailio marks it down (a failed call or its OPTIONS probing, whichever comes first), and every
    call after that goes to the two survivors, none failed;
 3. SIGTERM another one while it holds a live call: draining, it answers the probes 503, Kamailio
-   takes it out of rotation while its process still runs, and new calls all go to the last node.
+   takes it out of rotation while its process still runs, and new calls all go to the last node;
+4. take the last node's database away (node 0 keeps its CDRs in the suite's PostgreSQL): its
+   /readyz fails, its probes get 503, Kamailio has no node left and answers 503 itself; give the
+   database back and the node rejoins at its next probe and takes calls again.
 """
 
 from __future__ import annotations
@@ -70,12 +73,14 @@ record = "never"
     )
 
 
-def start_node(workdir: Path, name: str, uas_port: int) -> tuple[DaemonProcess, int]:
+def start_node(
+    workdir: Path, name: str, uas_port: int, storage: str = ""
+) -> tuple[DaemonProcess, int]:
     workdir.mkdir()
     http_port, sip_port = free_port(), free_port(socket.SOCK_DGRAM)
     config_path = workdir / "acd.toml"
     extra = node_config(name, uas_port, free_port_block(100))
-    config_path.write_text(render_config(http_port, sip_port, extra))
+    config_path.write_text(render_config(http_port, sip_port, extra, storage))
     log_path = workdir / "acd.log"
     with log_path.open("w") as log:
         proc = subprocess.Popen(
@@ -113,21 +118,54 @@ def probe(target: str) -> tuple[int, str | None]:
     return status, retry.group(1) if retry else None
 
 
+class Postgres:
+    """Node 0's own database on the suite's PostgreSQL server, through psql as the cluster owner:
+    created, counted, and taken away and given back (a real storage outage)."""
+
+    def __init__(self, server_url: str, database: str) -> None:
+        self.database = database
+        self.server_url = server_url
+        self.url = server_url.rsplit("/", 1)[0] + "/" + database
+        self.sql(f"CREATE DATABASE {database}")
+
+    def sql(self, statement: str, url: str | None = None) -> str:
+        psql = next(Path("/usr/lib/postgresql").glob("*/bin/psql"))
+        out = subprocess.run(
+            [str(psql), url or self.server_url, "-tAc", statement],
+            capture_output=True, text=True, timeout=15, check=True,
+        )  # fmt: skip
+        return out.stdout.strip()
+
+    def outage(self, down: bool) -> None:
+        """``down``: no new connections, and the node's open ones closed; else allowed again."""
+        self.sql(f"ALTER DATABASE {self.database} ALLOW_CONNECTIONS {'false' if down else 'true'}")
+        if down:
+            self.sql(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                f"WHERE datname = '{self.database}'"
+            )
+
+
 @dataclass
 class Cluster:
     kamailio: Kamailio
     nodes: list[DaemonProcess]
     uris: list[str]  # each node's dispatcher destination, in the order of `nodes`
     workdir: Path
+    postgres: Postgres  # node 0's store; the others have SQLite files
 
     def calls(self, count: int, rate: int = 20) -> tuple[int, int, str]:
         """``count`` SIPp calls to Kamailio; (SIPp's exit status, its PID, its log)."""
         return self.finish(self.start_calls(count, rate))
 
-    @staticmethod
-    def finish(uac: subprocess.Popen[bytes]) -> tuple[int, int, str]:
+    def finish(self, uac: subprocess.Popen[bytes]) -> tuple[int, int, str]:
+        """Wait for a SIPp run: (exit status, PID, its screen log followed by its error log)."""
         code = uac.wait(timeout=60)
-        return code, uac.pid, uac.log_path.read_text(errors="replace")  # type: ignore[attr-defined]
+        errors = self.workdir / f"sipp-{uac.sip_port}-errors.log"  # type: ignore[attr-defined]
+        text = uac.log_path.read_text(errors="replace")  # type: ignore[attr-defined]
+        if errors.exists():
+            text += errors.read_text(errors="replace")
+        return code, uac.pid, text
 
     def start_calls(self, count: int, rate: int = 20) -> subprocess.Popen[bytes]:
         return sipp(self.workdir, ["-sf", str(CALLER)], f"127.0.0.1:{self.kamailio.port}",
@@ -139,14 +177,16 @@ class Cluster:
         polled until they add up to ``expected`` (the CDR writer flushes in batches)."""
         deadline = time.monotonic() + timeout_s
         while True:
-            counts = [self._answered(node, sipp_pid) for node in self.nodes]
+            counts = [self._answered(i, sipp_pid) for i in range(len(self.nodes))]
             if sum(counts) >= expected or time.monotonic() > deadline:
                 return counts
             time.sleep(0.1)
 
-    @staticmethod
-    def _answered(node: DaemonProcess, sipp_pid: int) -> int:
-        db_path = node.workdir / "var" / "acd.sqlite3"
+    def _answered(self, i: int, sipp_pid: int) -> int:
+        query = "SELECT count(*) FROM calls WHERE sip_call_id LIKE '%-{}@%' AND disposition = "
+        if i == 0:
+            return int(self.postgres.sql(query.format(sipp_pid) + "'answered'", self.postgres.url))
+        db_path = self.nodes[i].workdir / "var" / "acd.sqlite3"
         with sqlite3.connect(db_path, timeout=5) as db:
             (n,) = db.execute(
                 "SELECT count(*) FROM calls WHERE sip_call_id LIKE ? AND disposition = 'answered'",
@@ -156,15 +196,17 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def cluster(tmp_path_factory: pytest.TempPathFactory, postgres_url: str) -> Iterator[Cluster]:
     workdir = tmp_path_factory.mktemp("kamailio")
+    postgres = Postgres(postgres_url, f"kamailio_n0_{os.getpid()}")
     uas = sipp(workdir, ["-sn", "uas"], None)
     nodes: list[DaemonProcess] = []
     kamailio: Kamailio | None = None
     try:
         sip_ports = []
         for i in range(NODES):  # started together: their start-ups overlap
-            node, sip_port = start_node(workdir / f"node{i}", f"n{i}", uas.sip_port)  # type: ignore[attr-defined]
+            storage = f'url = "{postgres.url}"' if i == 0 else ""
+            node, sip_port = start_node(workdir / f"node{i}", f"n{i}", uas.sip_port, storage)  # type: ignore[attr-defined]
             nodes.append(node)
             sip_ports.append(sip_port)
         for i, node in enumerate(nodes):
@@ -180,7 +222,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         uris = [f"sip:127.0.0.1:{port}" for port in sip_ports]
         # Up once each node has answered a probe 200 (every node is "AP": active, probed).
         kamailio.wait_for_flags(lambda seen: all(seen.get(u) == "AP" for u in uris))
-        yield Cluster(kamailio, nodes, uris, workdir)
+        yield Cluster(kamailio, nodes, uris, workdir, postgres)
     finally:
         if kamailio is not None:
             kamailio.stop()
@@ -262,3 +304,26 @@ def test_a_draining_node_answers_probes_503_and_gets_no_new_calls(cluster: Clust
         assert per_node == [10, 0, 0], per_node
     finally:
         stop(held)
+
+
+def test_a_node_whose_storage_goes_away_leaves_the_rotation_and_rejoins(cluster: Cluster) -> None:
+    node, uri = cluster.nodes[0], cluster.uris[0]  # the last node taking calls
+    target = str(node.wait_for_log("ready")["sip"]).removeprefix("udp:")
+    cluster.postgres.outage(down=True)
+    try:
+        # /readyz fails its storage check; within a second the probes get 503 too.
+        cluster.kamailio.wait_for_flags(lambda seen: seen.get(uri, "").startswith("I"))
+        assert probe(target) == (503, "5")
+        status, body = node.get_json("/readyz")
+        assert status == 503, body
+        code, _, log = cluster.calls(2)
+        assert code == 1  # no node is up: Kamailio answers 503 itself
+        assert "SIP/2.0 503 No acd node available" in log
+    finally:
+        cluster.postgres.outage(down=False)
+    view = cluster.kamailio.wait_for_flags(lambda seen: seen.get(uri) == "AP")
+    assert probe(target) == (200, None)
+    code, pid, log = cluster.calls(10)
+    assert code == 0, log[-3000:]
+    assert cluster.answered_per_node(pid, 10)[0] == 10
+    assert view[uri] == "AP"
