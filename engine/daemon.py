@@ -31,6 +31,7 @@ from engine import api
 from engine.api.app import ReadyCheck, make_app, openapi_document, run_checks
 from engine.calls.flows import FlowRunner
 from engine.calls.service import CallService
+from engine.cluster import LeaderElection
 from engine.config import TASK_CHANNELS, Config, ConfigError, load_config
 from engine.recording.service import RecordingCollector, RecordingService
 from engine.routing.agents import AgentDirectory
@@ -49,7 +50,7 @@ from engine.webrtc.gateway import WebRtcGateway
 log = structlog.stdlib.get_logger("acd.daemon")
 
 # Keys whose change only takes effect after a restart: the sockets and database are opened once.
-_RESTART_ONLY = ("http", "sip", "storage", "runtime")
+_RESTART_ONLY = ("http", "sip", "storage", "runtime", "cluster")
 # How often the SIP health answer (OPTIONS 200/503) is brought in step with the readiness checks:
 # within a probe interval of Kamailio's usual ds_ping_interval (docs/kamailio.md), and cheap (one
 # storage ping a second).
@@ -369,6 +370,13 @@ class Daemon:
                     tasks.create_task(self.systemd.watchdog()),
                     tasks.create_task(self._track_readiness()),
                 ]
+                if self.config.cluster.leader_election:  # one routing authority among nodes
+                    election = LeaderElection(
+                        self.config.storage.url,
+                        interval_s=self.config.cluster.check_interval_s,
+                        registry=self.metrics.registry,
+                    )
+                    owned.append(tasks.create_task(election.run()))
                 task_writes = tasks.create_task(self.task_writer.run())
                 # Everything allocated so far (config, routing arrays, compiled kernels) lives for the
                 # whole run: move it out of the collector's reach so a full collection never walks it

@@ -41,6 +41,7 @@ def test_check_config_ok(repo_root: Path) -> None:
         ("[http]\nprot = 1\n", "http.prot: unknown key"),
         ('[[queues]]\nname = "q"\nwrap_up_s = "long"\n', "queues[0].wrap_up_s: expected a number"),
         ('[[agents]]\nid = "7"\nqueues = { nowhere = 0 }\n', "agents[0].queues.nowhere"),
+        ("[cluster]\nleader_election = true\n", "cluster.leader_election: expected a postgresql"),
     ],
 )
 def test_check_config_names_file_and_key(tmp_path: Path, text: str, expected: str) -> None:
