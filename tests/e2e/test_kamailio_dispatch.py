@@ -6,7 +6,8 @@ config, ports and CDR store (SQLite files, PostgreSQL for node 0), so the calls 
 CDR rows in its store (the shared routing authority is the next slice of issue 22). One Kamailio and three nodes serve the
 whole module, in order:
 
-1. calls are spread over all three nodes, every one answered;
+1. calls are spread over all three nodes, every one answered; a phone (baresip) registering
+   with Kamailio as its registrar is registered on exactly one node;
 2. SIGKILL one node: calls sent to it meanwhile fail over to the next node when it stays silent,
    Kamailio marks it down (a failed call or its OPTIONS probing, whichever comes first), and every
    call after that goes to the two survivors, none failed;
@@ -19,6 +20,7 @@ whole module, in order:
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -27,6 +29,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +39,7 @@ import pytest
 from tests.conftest import free_port
 from tests.e2e import configs
 from tests.e2e.conftest import DaemonProcess, render_config
-from tests.e2e.peers import Kamailio, free_port_block, sipp, stop
+from tests.e2e.peers import Baresip, Kamailio, free_port_block, sipp, stop
 from tests.e2e.test_call_load import ADMIN, login
 
 pytestmark = pytest.mark.e2e
@@ -44,6 +47,7 @@ pytestmark = pytest.mark.e2e
 NODES = 3
 AGENTS_PER_NODE = 4
 CALLER = Path(__file__).parent / "sipp" / "scenarios" / "caller_via_proxy.xml"
+ROAMER, ROAMER_PASSWORD = "roamer", "roamer-secret-42"
 PING_INTERVAL_S = 1  # Kamailio's probe interval (the cfg's PING_INTERVAL_S)
 FR_TIMER_MS = 500  # how long a node may stay silent before it counts as down (FR_TIMER_MS)
 
@@ -55,6 +59,8 @@ def node_config(name: str, uas_port: int, rtp_base: int) -> str:
         "skills = { support = 5 }\nqueues = { support = 0 }\n\n"
         for i in range(AGENTS_PER_NODE)
     )
+    # An agent every node knows, in no queue: its phone registers through Kamailio.
+    agents += f'[[agents]]\nid = "{ROAMER}"\npassword = "{ROAMER_PASSWORD}"\n\n'
     return (
         configs.front_door(ADMIN, trunk="kamailio", rtp_base=rtp_base)
         + """
@@ -242,6 +248,35 @@ def test_calls_are_spread_over_every_node(cluster: Cluster) -> None:
     for node in cluster.nodes:  # ready: the node answers a probe 200
         target = str(node.wait_for_log("ready")["sip"]).removeprefix("udp:")
         assert probe(target) == (200, None)
+
+
+def agent_state(node: DaemonProcess, agent_id: str) -> str:
+    request = urllib.request.Request(f"{node.base_url}/api/v1/agents/{agent_id}")
+    request.add_header("Authorization", f"Bearer {ADMIN}")
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        return str(json.loads(resp.read())["state"])
+
+
+def test_a_phone_registers_through_kamailio_on_one_node(cluster: Cluster) -> None:
+    """REGISTER goes to one node (hash over the To URI), digest challenge and all, and the 200
+    comes back through Kamailio: a real phone (baresip) with Kamailio as its registrar."""
+    phone = Baresip(
+        cluster.workdir / "roamer",
+        f"<sip:{ROAMER}@127.0.0.1:{cluster.kamailio.port}>;auth_pass={ROAMER_PASSWORD};"
+        "regint=60;audio_codecs=PCMU",
+        880,
+    )
+    try:
+        phone.wait_for("200 OK")  # registered with digest auth, through Kamailio
+        deadline = time.monotonic() + 10
+        while True:
+            states = [agent_state(node, ROAMER) for node in cluster.nodes]
+            if "available" in states or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert sorted(states) == ["available", "logged_out", "logged_out"], states
+    finally:
+        phone.stop()  # unregisters (or its binding expires): the agent is in no queue anyway
 
 
 def test_a_killed_node_is_marked_down_and_the_survivors_take_every_call(cluster: Cluster) -> None:
