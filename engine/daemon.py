@@ -195,7 +195,11 @@ class Daemon:
         assert self.calls is not None
         checks = self._ready_checks()
         while True:
-            outcome = await run_checks(checks)
+            try:
+                outcome = await run_checks(checks)
+            except Exception as exc:  # a check's bug: 503 and say why, never end the daemon
+                self.metrics.unexpected_errors.labels(where="readiness").inc()
+                outcome = {"readiness": f"check failed: {exc!r}"}
             failing = {name: reason for name, reason in outcome.items() if reason != "ok"}
             accepting = not failing and not self.calls.draining
             if accepting != self.calls.listeners.accepting:
