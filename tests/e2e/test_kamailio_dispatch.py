@@ -1,10 +1,11 @@
 """Real Kamailio (the shipped config/kamailio/kamailio.cfg) in front of three acd nodes.
 
-SIPp `uac` calls Kamailio, which dispatches round robin to the nodes; each node queues the call and
-rings one of its own static agents (one SIPp `uas` answers for all of them). Each node has its own
-config, ports and CDR store (SQLite files, PostgreSQL for node 0), so the calls a node took are the
-CDR rows in its store (the shared routing authority is the next slice of issue 22). One Kamailio and three nodes serve the
-whole module, in order:
+SIPp calls Kamailio (caller_via_proxy.xml: ACK and BYE follow the Record-Route), which dispatches
+round robin to the nodes; each node queues the call and rings one of its own static agents (one
+SIPp `uas` answers for all of them). Each node has its own config, ports and CDR store (SQLite
+files, PostgreSQL for node 0), so the calls a node took are the CDR rows in its store (the shared
+routing authority is the next slice of issue 22). One Kamailio and three nodes serve the whole
+module, in order:
 
 1. calls are spread over all three nodes, every one answered; a phone (baresip) registering
    with Kamailio as its registrar is registered on exactly one node;
