@@ -287,7 +287,7 @@ def test_a_killed_node_is_marked_down_and_the_survivors_take_every_call(cluster:
     dead.proc.wait()
     # Calls placed at once, before any probe noticed: the ones sent to the dead node get no
     # answer within FR_TIMER_MS and go to the next node (failure_route, ds_next_dst).
-    in_window = cluster.start_calls(6)
+    in_window = cluster.start_calls(6, rate=50)
     view = cluster.kamailio.wait_for_flags(lambda seen: seen.get(uri, "").startswith("I"))
     detected_s = time.monotonic() - killed_at
     code, pid, log = cluster.finish(in_window)
