@@ -6,6 +6,10 @@ live in one ``asyncio.TaskGroup`` owned here, so none is fire-and-forget: shutdo
 waits for them. Signals only set flags or schedule work on the loop; they never run logic inside a
 signal handler.
 
+The SIP listeners answer a load balancer's OPTIONS probe (Kamailio's dispatcher) as ``/readyz``
+answers: they open refusing (503), ``_track_readiness`` turns them on once every readiness check
+passes and keeps them in step (a check failing, or the drain, turns them off again).
+
 Reload (SIGHUP): the new file is validated first; if it is invalid the running config stays and the
 reason is logged and counted. Keys that need a restart (listen addresses, storage) are reported.
 """
@@ -25,9 +29,10 @@ import structlog
 from aiohttp import web
 
 from engine import api
-from engine.api.app import ReadyCheck, make_app, openapi_document
+from engine.api.app import ReadyCheck, make_app, openapi_document, run_checks
 from engine.calls.flows import FlowRunner
 from engine.calls.service import CallService
+from engine.cluster import LeaderElection
 from engine.config import TASK_CHANNELS, Config, ConfigError, load_config
 from engine.recording.service import RecordingCollector, RecordingService
 from engine.routing.agents import AgentDirectory
@@ -46,7 +51,11 @@ from engine.webrtc.gateway import WebRtcGateway
 log = structlog.stdlib.get_logger("acd.daemon")
 
 # Keys whose change only takes effect after a restart: the sockets and database are opened once.
-_RESTART_ONLY = ("http", "sip", "storage", "runtime")
+_RESTART_ONLY = ("http", "sip", "storage", "runtime", "cluster")
+# How often the SIP health answer (OPTIONS 200/503) is brought in step with the readiness checks:
+# within a probe interval of Kamailio's usual ds_ping_interval (docs/kamailio.md), and cheap (one
+# storage ping a second).
+_READINESS_EVERY_S = 1.0
 
 
 class Daemon:
@@ -89,7 +98,11 @@ class Daemon:
         async def listeners() -> str | None:
             if self.http_port is None:
                 return "HTTP listener not open"
-            return None if self.sip_addr is not None else "SIP listener not open"
+            if self.sip_addr is None:
+                return "SIP listener not open"
+            if self.calls is not None and self.calls.draining:
+                return "draining: new calls get 503"
+            return None
 
         async def cdr() -> str | None:
             return None if self.cdr is None else await self.cdr.ready_check()
@@ -186,6 +199,23 @@ class Daemon:
     @property
     def _http_scheme(self) -> str:
         return "https" if self.config.http.cert_file else "http"
+
+    async def _track_readiness(self) -> None:
+        """Answer SIP OPTIONS probes 200 exactly while /readyz would answer 200."""
+        assert self.calls is not None
+        checks = self._ready_checks()
+        while True:
+            try:
+                outcome = await run_checks(checks)
+            except Exception as exc:  # a check's bug: 503 and say why, never end the daemon
+                self.metrics.unexpected_errors.labels(where="readiness").inc()
+                outcome = {"readiness": f"check failed: {exc!r}"}
+            failing = {name: reason for name, reason in outcome.items() if reason != "ok"}
+            accepting = not failing and not self.calls.draining
+            if accepting != self.calls.listeners.accepting:
+                log.info("sip_probe_answer", answer=200 if accepting else 503, failing=failing)
+                self.calls.listeners.set_accepting(accepting)
+            await asyncio.sleep(_READINESS_EVERY_S)
 
     async def _reload_loop(self) -> None:
         while True:
@@ -368,7 +398,15 @@ class Daemon:
                     tasks.create_task(self.cdr.run()),
                     tasks.create_task(self.recordings.purge_loop()),
                     tasks.create_task(self.systemd.watchdog()),
+                    tasks.create_task(self._track_readiness()),
                 ]
+                if self.config.cluster.leader_election:  # one routing authority among nodes
+                    election = LeaderElection(
+                        self.config.storage.url,
+                        interval_s=self.config.cluster.check_interval_s,
+                        registry=self.metrics.registry,
+                    )
+                    owned.append(tasks.create_task(election.run()))
                 task_writes = tasks.create_task(self.task_writer.run())
                 # Everything allocated so far (config, routing arrays, compiled kernels) lives for the
                 # whole run: move it out of the collector's reach so a full collection never walks it

@@ -17,8 +17,10 @@ transaction matching (17.2.3, with the RFC 2543 fallback), so retransmissions ar
 answered with the last response; CANCEL (9.2); the mandatory-header check (8.1.1 -> 400); the UAS
 checks of 8.2 (501 + Allow, 416, 420 + Unsupported, 415 + Accept, 406, 483 for the methods we relay);
 then dialog matching (12.2.2: 481, 500 + Retry-After, 491) and the method's own handling: OPTIONS,
-BYE and INFO are answered here, REGISTER goes to the registrar with digest auth, INVITE and the rest
-are reported to the application. A message that does not parse is answered statelessly with its
+BYE and INFO are answered here (an OPTIONS outside a dialog, a load balancer's health probe, gets
+503 + Retry-After while the application says it takes no calls: `unavailable_retry_after_s`),
+REGISTER goes to the registrar with digest auth, INVITE and the rest are reported to the
+application. A message that does not parse is answered statelessly with its
 `status_hint` when it has Via, Call-ID and CSeq lines (the ones that do not parse are left out of
 the answer, which goes to the source address), and dropped otherwise. Every rejection
 increments `rejections[reason]` (a bounded key set, `REJECTION_REASONS`). An exception raised while
@@ -580,6 +582,12 @@ class Endpoint:
         if guard is None and screening is not None:
             guard = Guard(screening, emit=self._events.append)
         self.security: Guard | None = guard
+        #: Whether the application takes new calls: None when it does (out-of-dialog OPTIONS gets
+        #: 200), else the Retry-After seconds of the 503 such an OPTIONS gets (RFC 3261 21.5.4)
+        #: while it starts, drains or is not ready. That answer is how a load balancer probing
+        #: the node (Kamailio's dispatcher) takes it out of rotation and back. OPTIONS inside a
+        #: dialog always gets 200: the dialog is alive. Set by the application between calls.
+        self.unavailable_retry_after_s: int | None = None
         self._outbox: list[tuple[bytes, Addr]] = []
         self._heap = _Heap()
         self._server: dict[TransactionKey, _ServerCtx] = {}
@@ -787,6 +795,13 @@ class Endpoint:
         reliable = False
         if (is_invite and 100 < status < 300) or accepted:  # target refresh (RFC 3311 5.2)
             extra.insert(0, ("Contact", f"<{self._contact_for(request.uri)}>"))
+            to = request.to
+            if is_invite and to is not None and not to.tag:
+                # 12.1.1: a response that creates a dialog carries the request's Record-Route
+                # values, in order, so the caller's ACK and BYE go back through the proxies
+                # (Kamailio in front of several nodes) that asked to stay on the path.
+                rr = [("Record-Route", v) for v in request.headers.values("record-route")]
+                extra[1:1] = rr
         if accepted:
             extra.append(("Allow", self._allow_value))
             if self._supported_value:
@@ -1204,7 +1219,11 @@ class Endpoint:
         req = ctx.tx.request
         method = req.method
         if method == "OPTIONS":
-            self._answer_options(ctx, now)  # 11.2
+            retry_after = self.unavailable_retry_after_s
+            if retry_after is None:
+                self._answer_options(ctx, now)  # 11.2
+            else:  # a health probe: not taking calls now (21.5.4)
+                self._respond(ctx, 503, now, headers=[("Retry-After", str(retry_after))])
         elif method == "REGISTER":
             self._on_register(ctx, now)
         elif method in ("BYE", "INFO", "PRACK", "UPDATE"):

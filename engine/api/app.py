@@ -76,12 +76,16 @@ async def _run_check(check: ReadyCheck) -> str:
     return "ok" if reason is None else reason
 
 
-async def readyz(request: web.Request) -> web.Response:
-    checks = request.app[CHECKS_KEY]
+async def run_checks(checks: dict[str, ReadyCheck]) -> dict[str, str]:
+    """Every readiness check at once: name -> "ok" or the reason it fails (a hung one times out)."""
     names = list(checks)
     results = await asyncio.gather(*(_run_check(checks[n]) for n in names))
-    outcome = dict(zip(names, results, strict=True))
-    ready = all(r == "ok" for r in results)
+    return dict(zip(names, results, strict=True))
+
+
+async def readyz(request: web.Request) -> web.Response:
+    outcome = await run_checks(request.app[CHECKS_KEY])
+    ready = all(r == "ok" for r in outcome.values())
     request.app[METRICS_KEY].ready.set(1 if ready else 0)
     body = Readiness(status="ready" if ready else "not_ready", checks=outcome)
     return json_response(body, status=200 if ready else 503)

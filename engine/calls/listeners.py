@@ -10,6 +10,9 @@ replace it, ``use_guard``), and hands every event to ``on_event``. An outbound I
 on the first listener of the kind
 its URI asks for (``endpoint_for``); ``family`` says which addresses a listener can reach.
 After the call layer has fed an endpoint, ``transmit`` flushes what its cores queued.
+``set_accepting`` says what every listener answers a load balancer's OPTIONS probe (Kamailio's
+dispatcher, docs/kamailio.md): 200 while the daemon takes calls, 503 while it starts, drains or
+fails a readiness check; listeners open refusing and the daemon turns them on once ready.
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ from sip.transport.udp import UdpTransport, serve_udp
 # PRACK and UPDATE (RFC 3262, 3311) on top of the core's methods: trunks that require 100rel or
 # refresh sessions by UPDATE (RFC 4028) keep their calls.
 ALLOW = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "REGISTER", "PRACK", "UPDATE")
+#: Retry-After of the 503 an OPTIONS probe gets while the daemon takes no calls. Kamailio's
+#: dispatcher re-probes on its own ds_ping_interval and ignores it; other probers read it.
+UNAVAILABLE_RETRY_AFTER_S = 5
 
 
 class Listeners:
@@ -59,6 +65,8 @@ class Listeners:
         self.transports: list[UdpTransport | TcpTransport] = []
         self.by_kind: dict[str, Endpoint] = {}
         self.listening: list[tuple[str, tuple[str, int]]] = []  # (kind, address) per listener
+        # What OPTIONS probes get (sip.Endpoint.unavailable_retry_after_s): refused until ready.
+        self._unavailable: int | None = UNAVAILABLE_RETRY_AFTER_S
 
     def apply(self, config: Config) -> None:
         """A reload: agents' passwords apply to the next registration (listeners stay open)."""
@@ -70,6 +78,16 @@ class Listeners:
         self.guard = guard
         for transport in self.transports:
             transport.endpoint.security = guard
+
+    def set_accepting(self, accepting: bool) -> None:
+        """Answer OPTIONS probes 200 (``accepting``) or 503 on every listener from now on."""
+        self._unavailable = None if accepting else UNAVAILABLE_RETRY_AFTER_S
+        for transport in self.transports:
+            transport.endpoint.unavailable_retry_after_s = self._unavailable
+
+    @property
+    def accepting(self) -> bool:
+        return self._unavailable is None
 
     @property
     def endpoint(self) -> Endpoint:
@@ -92,7 +110,7 @@ class Listeners:
             return secret
 
         def make_endpoint(addr: tuple[str, int], kind: str) -> Endpoint:
-            return Endpoint(
+            endpoint = Endpoint(
                 EndpointConfig(
                     local_host=addr[0],
                     local_port=addr[1],
@@ -114,6 +132,8 @@ class Listeners:
                 user_lookup=lookup,
                 guard=self.guard,
             )
+            endpoint.unavailable_retry_after_s = self._unavailable
+            return endpoint
 
         addresses: list[tuple[str, int]] = []
         try:

@@ -167,6 +167,7 @@ class CallService:
     async def drain(self, timeout_s: float) -> None:
         """SIGTERM: refuse new calls (503) and let live ones finish, up to timeout_s."""
         self.draining = True
+        self.listeners.set_accepting(False)  # load balancers' probes: 503, send calls elsewhere
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while self.calls and loop.time() < deadline:  # noqa: ASYNC110 - polling a dict, 10 Hz

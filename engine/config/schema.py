@@ -171,6 +171,17 @@ class RuntimeConfig(_Struct, frozen=True):
     node: str = ""
 
 
+class ClusterConfig(_Struct, frozen=True):
+    """Several nodes on one PostgreSQL database (docs/kamailio.md): the routing authority."""
+
+    # Take part in electing one leader among the nodes sharing storage.url (a PostgreSQL
+    # advisory lock; needs a postgresql:// storage.url). The leader shows acd_cluster_leader 1.
+    leader_election: bool = False
+    # Seconds between a standby's attempts to take the lock (the takeover time after the
+    # leader dies) and between the leader's checks that it still holds it.
+    check_interval_s: float = 1.0
+
+
 class RelaxStepConfig(_Struct, frozen=True):
     """One relaxation step: after ``after_s`` of waiting, widen who may take the call."""
 
@@ -470,6 +481,7 @@ class Config(_Struct, frozen=True):
     media: MediaConfig = MediaConfig()
     storage: StorageConfig = StorageConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+    cluster: ClusterConfig = ClusterConfig()
     features: FeatureCodes = FeatureCodes()
     api: ApiConfig = ApiConfig()
     recordings: RecordingsConfig = RecordingsConfig()

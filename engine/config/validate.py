@@ -188,6 +188,14 @@ def _validate(cfg: Config, file: str) -> None:
         )
     _check_positive(file, "runtime.drain_timeout_s", cfg.runtime.drain_timeout_s, allow_zero=True)
     _check_name(file, "runtime.node", cfg.runtime.node)
+    _check_positive(file, "cluster.check_interval_s", cfg.cluster.check_interval_s)
+    if cfg.cluster.leader_election and not url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(
+            file,
+            "cluster.leader_election",
+            "expected a postgresql:// storage.url (the leader lock lives in PostgreSQL), "
+            f"found {'SQLite' if not url or url.startswith('sqlite') else repr(url)}",
+        )
     _validate_webrtc(cfg.webrtc, file)
     _validate_security(cfg.security, file)
 

@@ -1,4 +1,5 @@
-"""Real peers for end-to-end tests: baresip phones (agent or caller) driven over ctrl_tcp.
+"""Real peers for end-to-end tests: baresip phones (agent or caller) driven over ctrl_tcp, SIPp,
+and Kamailio running the shipped config/kamailio/kamailio.cfg in front of acd nodes.
 
 Each phone gets its own config directory, SIP/TCP/TLS ports (port, port+1) and RTP range, plays a
 tone file as its microphone, and records what it hears (sndfile module: ``*-dec.wav``). Processes
@@ -9,10 +10,12 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import socket
 import subprocess
 import time
 import wave
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -174,3 +177,88 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+KAMAILIO = "/usr/sbin/kamailio"
+KAMAILIO_CFG = Path(__file__).resolve().parents[2] / "config" / "kamailio" / "kamailio.cfg"
+
+
+class Kamailio:
+    """The shipped config/kamailio/kamailio.cfg run by the real Kamailio in the foreground
+    (``-DD -E``), on 127.0.0.1:``port`` (UDP), with its pid file, control socket and runtime
+    files in ``workdir`` and ``nodes`` ((host, port) of each acd node) as dispatcher set 1.
+    ``defines`` override the cfg's other defines (PING_INTERVAL_S, FR_TIMER_MS...)."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        port: int,
+        nodes: list[tuple[str, int]],
+        *,
+        defines: dict[str, str] | None = None,
+        children: int = 2,
+    ) -> None:
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = port
+        self.ctl = f"unix:{self.dir / 'kamailio_ctl'}"
+        (self.dir / "dispatcher.list").write_text(
+            "".join(f"1 sip:{host}:{node_port} 0 0\n" for host, node_port in nodes)
+        )
+        values = {
+            "LISTEN": f"udp:127.0.0.1:{port}",
+            "DISPATCHER_LIST": f'"{self.dir / "dispatcher.list"}"',
+            "CTL_SOCKET": f'"{self.ctl}"',
+            **(defines or {}),
+        }
+        args = [KAMAILIO, "-f", str(KAMAILIO_CFG), "-DD", "-E", "-n", str(children),
+                "-m", "64", "-M", "8", "-Y", str(self.dir), "-P", str(self.dir / "kamailio.pid"),
+                "-w", str(self.dir)]  # fmt: skip
+        for name, value in values.items():
+            args += ["-A", f"{name}={value}"]
+        self.log_path = self.dir / "kamailio.log"
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+
+    @property
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def destinations(self) -> dict[str, str]:
+        """Each node's URI -> its dispatcher flags (``kamcmd dispatcher.list``): "AP" is active
+        (and probed), "IP" inactive, "TP" trying (one failure, still selected)."""
+        out = subprocess.run(
+            ["kamcmd", "-s", self.ctl, "dispatcher.list"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        if out.returncode != 0:
+            return {}
+        uris = re.findall(r"URI:\s*(\S+)", out.stdout)
+        flags = re.findall(r"FLAGS:\s*(\S+)", out.stdout)
+        return dict(zip(uris, flags, strict=True))
+
+    def wait_for_flags(
+        self, want: Callable[[dict[str, str]], bool], timeout_s: float = 20.0
+    ) -> dict[str, str]:
+        """Poll the dispatcher's view (every 50 ms) until ``want`` holds for it; that view."""
+        deadline = time.monotonic() + timeout_s
+        seen: dict[str, str] = {}
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"kamailio exited {self.proc.returncode}:\n{self.output}")
+            seen = self.destinations()
+            if seen and want(seen):
+                return seen
+            time.sleep(0.05)
+        raise AssertionError(f"dispatcher never got there: {seen}\n{self.output[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

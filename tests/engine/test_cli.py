@@ -46,6 +46,7 @@ def test_check_config_ok(repo_root: Path) -> None:
             '[[queues]]\nname = "q"\nsla = { chat = { due_s = 1 } }\n',
             "queues[0].sla[...].due_s: unknown key",
         ),
+        ("[cluster]\nleader_election = true\n", "cluster.leader_election: expected a postgresql"),
     ],
 )
 def test_check_config_names_file_and_key(tmp_path: Path, text: str, expected: str) -> None:

@@ -70,6 +70,8 @@ QUEUES3 = '[[queues]]\nname = "a"\n[[queues]]\nname = "b"\n[[queues]]\nname = "c
         ('[[sip.listeners]]\ntransport = "sctp"\n', "sip.listeners[0].transport", "'udp'"),
         ("[sip]\nt1_ms = 5000\nt2_ms = 4000\n", "sip.t2_ms", ">= sip.t1_ms"),
         ('[storage]\nurl = "mysql://x"\n', "storage.url", "postgresql://"),
+        ("[cluster]\nleader_election = true\n", "cluster.leader_election", "found SQLite"),
+        ("[cluster]\ncheck_interval_s = 0\n", "cluster.check_interval_s", "> 0"),
         ("http = 5\n", "http", "expected a table, found integer 5"),
         ('source = "x"\n', "source", "unknown key"),
         (QUEUES3 + "csat = { timeout_s = 0 }\n", "queues[2].csat.timeout_s", "a number > 0"),

@@ -542,6 +542,54 @@ def test_internal_error_becomes_event_and_500(monkeypatch: pytest.MonkeyPatch) -
     assert uas.rejections["internal_error"] == 1
 
 
+def test_dialog_creating_responses_copy_record_route_in_order() -> None:
+    """RFC 3261 12.1.1: the 18x and 2xx that create the dialog carry the INVITE's Record-Route
+    values in order, so the caller's ACK and BYE go back through the proxy (Kamailio) that
+    dispatched the call; the UAS's own route set is the same list (its BYE goes that way too)."""
+    uas = Endpoint(EndpointConfig())
+    rr = (
+        "Record-Route: <sip:192.0.2.1;lr;ftag=abc>\r\n"
+        "Record-Route: <sip:192.0.2.2;lr>, <sip:192.0.2.3;lr>\r\n"
+        "Contact: <sip:alice@127.0.0.1:5070>\r\nContent-Type: application/sdp\r\n"
+    )
+    uas.receive_datagram(raw_request("INVITE", extra=rr, body=SDP), UAC_ADDR, 0.0)
+    uas.datagrams_to_send(0.0)  # 100 Trying: no dialog, no Record-Route needed
+    event = first(Pair.events(uas), RequestReceived)
+    assert isinstance(event, RequestReceived)
+    want = ["<sip:192.0.2.1;lr;ftag=abc>", "<sip:192.0.2.2;lr>", "<sip:192.0.2.3;lr>"]
+    ringing = uas.send_response(event.transaction_id, 180, now=0.0)
+    answered = uas.answer(event.transaction_id, SDP, now=0.0)
+    for response in (ringing, answered):
+        assert response.headers.values("record-route") == want
+    assert answered.to is not None
+    assert answered.to.tag
+    dialog = uas.dialog(DialogId("raw-call-1", answered.to.tag, "abc"))
+    assert dialog is not None
+    assert [str(r.uri) for r in dialog.route_set] == [w.strip("<>") for w in want]
+
+
+def test_options_probe_answers_503_while_unavailable_and_in_dialog_options_stays_200() -> None:
+    """A load balancer's OPTIONS probe (Kamailio's dispatcher) reads 200 as "send calls here"
+    and 503 as "not now"; a keepalive inside a live dialog is answered 200 either way."""
+    pair = Pair()
+    uac_dialog, _ = establish(pair)
+    (ok,) = answer_of(pair.uas, raw_request("OPTIONS", branch="z9hG4bKprobe1"))
+    assert ok.status == 200
+    assert "INVITE" in (ok.headers.get("allow") or "")
+    pair.uas.unavailable_retry_after_s = 5
+    (busy,) = answer_of(pair.uas, raw_request("OPTIONS", branch="z9hG4bKprobe2"))
+    assert (busy.status, busy.headers.get("retry-after")) == (503, "5")
+    pair.uac.options(uac_dialog, now=pair.now)
+    pair.pump()
+    keepalive = first(pair.events(pair.uac), ResponseReceived)
+    assert isinstance(keepalive, ResponseReceived)
+    assert keepalive.response.status == 200
+    pair.uas.unavailable_retry_after_s = None
+    (back,) = answer_of(pair.uas, raw_request("OPTIONS", branch="z9hG4bKprobe3"))
+    assert back.status == 200
+    assert "overloaded" not in pair.uas.rejections  # a probe's answer is no refusal
+
+
 # -- registrar and digest -------------------------------------------------------------------------
 
 
