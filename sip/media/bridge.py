@@ -114,32 +114,36 @@ class _Direction:
         mapped = self.pt_map.get(pt)
         if mapped is None:
             return  # comfort noise, video, a codec not negotiated on the other leg: not relayed
-        dst = self.dst
-        buf = bytearray(data)
-        self.out_stream.rewrite(buf, seq, ts, ssrc, now)
-        out_pt, table = mapped
-        if out_pt != pt:
-            buf[1] = (buf[1] & 0x80) | out_pt
-        simple = not data[0] & 0x3F  # no CSRC, extension or padding: payload starts at byte 12
-        if table is not None:
-            if simple:
-                buf[FIXED_HEADER_LEN:] = buf[FIXED_HEADER_LEN:].translate(table)
-            else:
-                try:
-                    packet = parse_rtp(data)
-                except RtpError:
-                    return
-                start = len(buf) - len(packet.payload) - packet.padding
-                buf[start : start + len(packet.payload)] = packet.payload.translate(table)
-        remote = dst.remote_addr
-        transport = dst.transport
         listener = self.listener
         if listener is not None:
             listener(data)
-        if remote is not None and transport is not None and self.forward:
-            transport.sendto(buf, remote)
-            dst.packets_sent += 1
-            self.stats.packets_sent += 1
+        simple = not data[0] & 0x3F  # no CSRC, extension or padding: payload starts at byte 12
+        # Not forwarding (the far end hears a mix): the out stream is not touched either, or
+        # its sequence and timestamp would advance for packets never sent and the far end
+        # would take every mixed frame for one after a loss.
+        if self.forward:
+            dst = self.dst
+            buf = bytearray(data)
+            self.out_stream.rewrite(buf, seq, ts, ssrc, now)
+            out_pt, table = mapped
+            if out_pt != pt:
+                buf[1] = (buf[1] & 0x80) | out_pt
+            if table is not None:
+                if simple:
+                    buf[FIXED_HEADER_LEN:] = buf[FIXED_HEADER_LEN:].translate(table)
+                else:
+                    try:
+                        packet = parse_rtp(data)
+                    except RtpError:
+                        return
+                    start = len(buf) - len(packet.payload) - packet.padding
+                    buf[start : start + len(packet.payload)] = packet.payload.translate(table)
+            remote = dst.remote_addr
+            transport = dst.transport
+            if remote is not None and transport is not None:
+                transport.sendto(buf, remote)
+                dst.packets_sent += 1
+                self.stats.packets_sent += 1
         sink = self.bridge.sink
         if sink is None:
             return
