@@ -343,7 +343,7 @@ def _monitor_ops(problems: Any, call_param: dict[str, Any]) -> dict[str, Any]:
         s400="bad mode, or a supervisor not in [[agents]]",
         s404="no such live call",
         s409="not bridged, already monitored, the supervisor busy or without a registered SIP "
-        "phone, or the call's media runs in a media worker ([media] workers > 0)",
+        "phone",
     )
     start["responses"]["202"] = {
         **start["responses"].pop("200"),

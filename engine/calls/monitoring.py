@@ -13,9 +13,9 @@ transfer) ends the monitoring and sends the supervisor BYE. The recording keeps 
 agent only: the monitor mixes beside the recording tap, so a barging supervisor is not in the
 file.
 
-Bridges carried by media workers (``[media] workers > 0``) are refused with ``MonitorRefused``:
-the supervisor's mix would have to run in the worker that holds the legs' sockets, which the
-worker protocol does not do yet.
+With ``[media] workers > 0`` the call's bridge is a ``RemoteBridge``: its ``add_monitor`` hands
+the supervisor's leg to the worker carrying the call, which mixes it there (and the daemon does,
+if the call comes back here, e.g. its worker died).
 
 Every change is one ``monitor_*`` log line and one ``monitor`` event on the event stream (only
 supervisors and admins see them); the API writes the audit rows of the requests.
@@ -34,9 +34,9 @@ import structlog
 
 from engine.calls.model import BUSY, DECLINED, AgentLeg, Call, loop_now
 from engine.config import AgentConfig, LoginMode
-from engine.media.offload import RemoteBridge
+from engine.media.offload import RemoteBridge, RemoteMonitor
 from engine.runtime.events import Event
-from sip.media import Bridge, MediaEvent, MediaTimedOut, Monitor
+from sip.media import MediaEvent, MediaTimedOut, Monitor
 from sip.rtp.mix import MONITOR_MODES
 
 if TYPE_CHECKING:
@@ -50,8 +50,7 @@ MODES = tuple(MONITOR_MODES)
 
 class MonitorRefused(Exception):
     """The request is well-formed but cannot be done on this call now (the API's 409): the call
-    is not bridged, is already monitored, the supervisor is busy or has no phone, or the call's
-    media runs in a media worker. Not raised for an unknown call (KeyError) or bad input
+    is not bridged, is already monitored, the supervisor is busy or has no phone. Not raised for an unknown call (KeyError) or bad input
     (ValueError)."""
 
 
@@ -65,7 +64,7 @@ class MonitorSession:
     requested_at: float
     state: str = "ringing"  # ringing -> active -> ended
     leg: AgentLeg | None = None
-    monitor: Monitor | None = None
+    monitor: Monitor | RemoteMonitor | None = None
     answered_at: float | None = None
     task: asyncio.Task[None] | None = None
 
@@ -99,11 +98,6 @@ class Monitoring:
         bridge = call.bridge
         if call.agent_id is None or bridge is None or bridge.stopped_at is not None:
             raise MonitorRefused("the call is not bridged to an agent")
-        if isinstance(bridge, RemoteBridge):
-            raise MonitorRefused(
-                "monitoring is not available for calls whose media runs in a media worker "
-                "([media] workers > 0)"
-            )
         current = self.by_call.get(call.id)
         if current is not None:
             raise MonitorRefused(f"the call is already monitored by {current.supervisor}")
@@ -205,19 +199,18 @@ class Monitoring:
         call = session.call
         bridge, clock = call.bridge, self._s.media.clock
         agent_leg = call.legs.get(call.agent_id or "")
-        if (
-            not isinstance(bridge, Bridge)
-            or bridge.stopped_at is not None
-            or agent_leg is None
-            or clock is None
-        ):
+        if bridge is None or bridge.stopped_at is not None or agent_leg is None or clock is None:
             self._end(session, "the call's bridge ended")
             return
-        monitor = Monitor(
-            bridge, leg.rtp, clock, mode=session.mode, caller_codec=call.codec,
-            agent_codec=agent_leg.codec, supervisor_codec=leg.codec,
-        )  # fmt: skip
-        monitor.start(loop_now())
+        monitor: Monitor | RemoteMonitor
+        if isinstance(bridge, RemoteBridge):
+            monitor = bridge.add_monitor(leg.rtp, leg.codec, session.mode)
+        else:
+            monitor = Monitor(
+                bridge, leg.rtp, clock, mode=session.mode, caller_codec=call.codec,
+                agent_codec=agent_leg.codec, supervisor_codec=leg.codec,
+            )  # fmt: skip
+            monitor.start(loop_now())
         session.monitor, session.state, session.answered_at = monitor, "active", time.time()
         self._s.metrics.monitor_sessions.labels(mode=session.mode).inc()
         self._s.metrics.monitors_active.inc()

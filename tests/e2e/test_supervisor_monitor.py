@@ -3,13 +3,14 @@
 A baresip caller (440 Hz microphone) dials ``support``; agent 1001 (baresip, 880 Hz) answers;
 supervisor 1009 (baresip, 660 Hz, an [[agents]] entry in no queue) is rung through
 ``POST /api/v1/calls/{id}/monitor`` and auto-answers. What each phone decoded is cut at the
-moments the mode changed (by the length of its received-audio dump then) and measured by the
-share of its energy at each tone: listen, the supervisor hears 440 and 880 and nobody hears 660;
+moments the mode changed (counted back from the end of its received-audio dump, which ends with
+its call) and measured by the share of its energy at each tone: listen, the supervisor hears 440 and 880 and nobody hears 660;
 whisper, the agent hears 660 and the caller does not; barge, both do. The supervisor hanging up
 ends the monitoring, not the call: caller and agent go on hearing each other, and the recording
 holds caller (left) and agent (right) only. The API's refusals (400, 403, 404, 409), the audit
 rows, the event stream (supervisors see the ``monitor`` events, the agent does not) and the
-metrics are checked on the same call.
+metrics are checked on the same call. Run once in the daemon and once with ``[media] workers =
+1``, where the worker carrying the call mixes the supervisor in.
 """
 
 from __future__ import annotations
@@ -41,9 +42,9 @@ AGENT_1001 = "agent-1001-token-monitor"
 PHASE_S = 1.2  # audio per mode; measured from 0.3 s after the switch to 0.1 s before the next
 
 
-def config(rtp_base: int) -> str:
+def config(rtp_base: int, media_workers: int) -> str:
     return (
-        front_door(ADMIN, rtp_base=rtp_base, flush_s=0.5)
+        front_door(ADMIN, rtp_base=rtp_base, flush_s=0.5, media_workers=media_workers)
         + f"""
 [[api.tokens]]
 name = "floor-supervisor"
@@ -159,10 +160,13 @@ class EventStream:
         self._thread.join(5)
 
 
+@pytest.mark.parametrize("media_workers", [0, 1], ids=["in_daemon", "media_worker"])
 def test_listen_whisper_barge_then_the_supervisor_hangs_up(
-    start_daemon: DaemonFactory, tmp_path: Path
+    start_daemon: DaemonFactory, tmp_path: Path, media_workers: int
 ) -> None:
-    daemon = start_daemon(config(free_port_block(100)))
+    """With ``[media] workers = 1`` the call and the supervisor's leg are carried (and mixed)
+    by the worker: the same audio must come out."""
+    daemon = start_daemon(config(free_port_block(100), media_workers))
     sip = str(daemon.wait_for_log("ready")["sip"]).removeprefix("udp:")
     phone = ";regint=60;answermode=auto;audio_codecs=PCMU"
     agent = Baresip(tmp_path / "agent", f"<sip:1001@{sip}>;auth_pass=alice-secret-1001{phone}", 880)
@@ -307,3 +311,6 @@ def test_listen_whisper_barge_then_the_supervisor_hangs_up(
     assert 'acd_monitor_sessions_total{mode="listen"} 1.0' in text
     assert 'acd_monitor_sessions_total{mode="barge"} 0.0' in text
     assert "acd_monitor_sessions_active 0.0" in text
+    if media_workers:  # the call (and so the supervisor's mix) was carried by the worker
+        assert 'acd_media_handoffs_total{outcome="carried"} 1.0' in text
+        assert 'acd_media_handoffs_total{outcome="taken_back"}' not in text  # never taken back

@@ -9,6 +9,8 @@ joined supervisor (BYE), the checks that refuse a request, and the event stream'
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +42,7 @@ from sip.transport.udp import serve_udp
 from tests.conftest import free_port
 from tests.engine.test_calls import AGENT_SDP, CALLER_SDP, Peer, open_peer, until
 
-SUPERVISOR_SDP = AGENT_SDP.replace(b"42000", b"43000")
+SUPERVISOR_SDP = AGENT_SDP.replace(b"42000", str(free_port()).encode())
 
 
 def config_text(agent_port: int, supervisor_port: int, rtp_base: int, workers: int = 0) -> str:
@@ -285,11 +287,82 @@ async def test_requests_that_cannot_be_done_are_refused_with_why(floor: Floor) -
     await until(lambda: not floor.service.calls)
 
 
+class _Ear(asyncio.DatagramProtocol):
+    """The supervisor phone's RTP port: counts what arrives."""
+
+    def __init__(self) -> None:
+        self.packets = 0
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.packets += 1
+
+
 @pytest.mark.parametrize("floor", [(200, 1)], indirect=True)
-async def test_calls_carried_by_a_media_worker_are_refused(floor: Floor) -> None:
-    call_id = await floor.bridged_call()
-    with pytest.raises(MonitorRefused, match=r"media worker \(\[media\] workers > 0\)"):
-        floor.service.monitoring.start(call_id, "2009", "listen", "ops")
-    assert not floor.supervisor.events  # nobody was rung
-    floor.hang_up_caller()
-    await until(lambda: not floor.service.calls)
+async def test_a_call_carried_by_a_media_worker_is_mixed_there(floor: Floor) -> None:
+    """The supervisor's leg goes to the worker that carries the call (nothing of it is sent
+    from the daemon), and comes back (and is closed) when the supervisor leaves."""
+    transport, ear = await asyncio.get_running_loop().create_datagram_endpoint(
+        _Ear, local_addr=("127.0.0.1", int(SUPERVISOR_SDP.split(b"m=audio ")[1].split()[0]))
+    )
+    try:
+        call_id = await floor.bridged_call()
+        await until(lambda: floor.metric("acd_media_handoffs_total", {"outcome": "carried"}) == 1)
+        session = floor.service.monitoring.start(call_id, "2009", "listen", "ops")
+        await until(lambda: session.state == "active")
+        assert session.leg is not None
+        sup_rtp = session.leg.rtp
+        await until(lambda: sup_rtp.detached)  # handed to the worker
+        sent_here = sup_rtp.packets_sent
+        await until(lambda: ear.packets >= 10)  # the worker's mix, one frame per 20 ms
+        assert sup_rtp.packets_sent == sent_here
+        floor.service.monitoring.set_mode(call_id, "barge", "ops")
+        floor.service.monitoring.stop(call_id, "ops")
+        await until(lambda: sup_rtp.closed and not sup_rtp.detached)  # home, then closed
+        heard = ear.packets
+        await asyncio.sleep(0.2)
+        assert ear.packets <= heard + 1  # nothing more after the leg came home
+        assert floor.service.live_calls()[0]["phase"] == "bridged"
+        # a second supervisor session, then the call ends under it: the leg comes home too
+        again = floor.service.monitoring.start(call_id, "2009", "whisper", "ops")
+        await until(lambda: again.state == "active")
+        assert again.leg is not None
+        await until(lambda: again.leg is not None and again.leg.rtp.detached)
+        floor.hang_up_caller()
+        await until(lambda: not floor.service.calls)
+        await until(lambda: again.leg is not None and again.leg.rtp.closed)
+        assert not again.leg.rtp.detached
+        assert floor.metric("acd_monitor_sessions_active") == 0
+    finally:
+        transport.close()
+
+
+@pytest.mark.parametrize("floor", [(200, 1)], indirect=True)
+async def test_a_worker_that_dies_under_a_supervisor_leaves_the_mix_to_the_daemon(
+    floor: Floor,
+) -> None:
+    transport, ear = await asyncio.get_running_loop().create_datagram_endpoint(
+        _Ear, local_addr=("127.0.0.1", int(SUPERVISOR_SDP.split(b"m=audio ")[1].split()[0]))
+    )
+    try:
+        call_id = await floor.bridged_call()
+        session = floor.service.monitoring.start(call_id, "2009", "barge", "ops")
+        await until(lambda: session.state == "active")
+        assert session.leg is not None
+        sup_rtp = session.leg.rtp
+        await until(lambda: sup_rtp.detached and ear.packets >= 5)
+        workers = floor.service.media_workers
+        assert workers is not None
+        (pid,) = workers.pool.pids
+        os.kill(pid, signal.SIGKILL)  # the worker this test's service started
+        await until(lambda: not sup_rtp.detached)  # the leg is home...
+        sent = sup_rtp.packets_sent
+        await until(lambda: sup_rtp.packets_sent >= sent + 10)  # ...and mixed here now
+        assert session.state == "active"
+        assert floor.service.live_calls()[0]["phase"] == "bridged"
+        floor.service.monitoring.set_mode(call_id, "listen", "ops")
+        floor.hang_up_caller()
+        await until(lambda: not floor.service.calls)
+        await until(lambda: sup_rtp.closed)
+        assert floor.metric("acd_monitor_sessions_active") == 0
+    finally:
+        transport.close()
