@@ -104,6 +104,13 @@ def live_call(daemon: DaemonProcess) -> dict[str, object] | None:
     return next((c for c in calls if c["phase"] == "bridged"), None)
 
 
+def monitor_state(daemon: DaemonProcess) -> str | None:
+    """The bridged call's monitoring state (ringing, active), None when it has none."""
+    call = live_call(daemon)
+    monitor = None if call is None else call["monitor"]
+    return None if monitor is None else str(monitor["state"])  # type: ignore[index]
+
+
 def agent_state(daemon: DaemonProcess, agent: str) -> str:
     status, body = request(daemon, "GET", f"/api/v1/agents/{agent}", ADMIN)
     assert status == 200, body
@@ -220,8 +227,7 @@ def test_listen_whisper_barge_then_the_supervisor_hangs_up(
             "1009",
         )
         expect(request(daemon, "POST", path, ADMIN, start), 409, "already monitored by 1009")
-        wait_until(lambda: (live_call(daemon) or {}).get("monitor", {}).get("state") == "active",  # type: ignore[union-attr]
-                   10, "the supervisor on the call")  # fmt: skip
+        wait_until(lambda: monitor_state(daemon) == "active", 10, "the supervisor on the call")
         sup.wait_for("Call established")
         mark()
         time.sleep(PHASE_S)
@@ -236,8 +242,7 @@ def test_listen_whisper_barge_then_the_supervisor_hangs_up(
         mark()
         sup.command("hangup")
         ended["sup"] = marks[-1]
-        wait_until(lambda: (live_call(daemon) or {}).get("monitor", 0) is None, 10,
-                   "the monitoring ended")  # fmt: skip
+        wait_until(lambda: monitor_state(daemon) is None, 10, "the monitoring ended")
         time.sleep(PHASE_S)
         after = live_call(daemon)
         assert after is not None
