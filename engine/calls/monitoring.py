@@ -9,9 +9,9 @@ any leg waiting on its final status). It rings for the call's queue's ``ring_tim
 it answers, a ``sip.media.Monitor`` joins the call's bridge on the shared media clock in the
 requested mode; ``set_mode`` switches it, ``stop`` (DELETE) ends it. The supervisor's BYE (or a
 media timeout on their leg) ends the monitoring, never the call; the call's bridge ending (hang-up,
-transfer) ends the monitoring and sends the supervisor BYE. The recording keeps caller and
-agent only: the monitor mixes beside the recording tap, so a barging supervisor is not in the
-file.
+transfer) ends the monitoring and sends the supervisor BYE. The recording holds what the caller
+heard: caller and agent, and a barging supervisor on the agent's channel (``sip.media.monitor``);
+listening and whispering are not recorded.
 
 With ``[media] workers > 0`` the call's bridge is a ``RemoteBridge``: its ``add_monitor`` hands
 the supervisor's leg to the worker carrying the call, which mixes it there (and the daemon does,

@@ -20,7 +20,9 @@ the relay goes on; the skipped span reaches the sink as one ``gap`` per channel.
 
 A third party (a supervisor listening, whispering or barging) is `sip.media.monitor.Monitor`: it
 sets a way's ``listener`` to receive its packets and clears ``forward`` on a way whose far end must
-hear a mix instead of the relay; the tap is untouched, so the recording keeps caller and agent.
+hear a mix instead of the relay; the tap goes on, so the recording keeps caller and agent, and
+while the supervisor barges in (the caller hears them) the agent's channel gets their voice added
+through the way's ``tap_mix``.
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ class _Direction:
         "stats",
         "tap",
         "tap_codecs",
+        "tap_mix",
     )
 
     def __init__(
@@ -106,6 +109,8 @@ class _Direction:
         # listens to every packet (the tap goes on either way: the recording keeps the legs)
         self.forward = True
         self.listener: Callable[[bytes], None] | None = None
+        # and, while a supervisor barges in, adds their voice to what this way records
+        self.tap_mix: Callable[[bytes, str], bytes] | None = None
 
     def __call__(self, data: bytes, seq: int, ts: int, ssrc: int, now: float) -> None:
         # Everything here runs once per packet of every bridged call: one bytearray copy, one
@@ -158,6 +163,9 @@ class _Direction:
                 payload = parse_rtp(data).payload
             except RtpError:
                 return
+        tap_mix = self.tap_mix
+        if tap_mix is not None:
+            payload = tap_mix(payload, codec)
         ch = self.tap
         if ssrc != ch.ssrc:
             # first packet of this leg, or the far end restarted its stream: rebase on wall time,
@@ -251,14 +259,22 @@ class Bridge:
                 leg.on_rtp = None
 
     def set_way(
-        self, way: int, now: float, *, forward: bool, listener: Callable[[bytes], None] | None
+        self,
+        way: int,
+        now: float,
+        *,
+        forward: bool,
+        listener: Callable[[bytes], None] | None,
+        tap_mix: Callable[[bytes, str], bytes] | None = None,
     ) -> None:
         """For a third party (`sip.media.monitor`): way 0 is caller -> agent, 1 agent -> caller.
         ``forward=False`` stops relaying that way (the far end hears something else; the tap goes
         on); turning it back on continues the far end's stream with a marker. ``listener`` gets
-        every relayable packet of that way, as received."""
+        every relayable packet of that way, as received; ``tap_mix`` (payload, codec) -> payload
+        of the same length changes what that way records (a barging supervisor added)."""
         direction = self._directions[way]
         direction.listener = listener
+        direction.tap_mix = tap_mix
         if direction.forward != forward:
             direction.forward = forward
             direction.dst.stream.begin_source(now)

@@ -7,7 +7,7 @@ moments the mode changed (counted back from the end of its received-audio dump, 
 its call) and measured by the share of its energy at each tone: listen, the supervisor hears 440 and 880 and nobody hears 660;
 whisper, the agent hears 660 and the caller does not; barge, both do. The supervisor hanging up
 ends the monitoring, not the call: caller and agent go on hearing each other, and the recording
-holds caller (left) and agent (right) only. The API's refusals (400, 403, 404, 409), the audit
+holds caller (left) and agent (right), the supervisor only while barging (on the agent's side). The API's refusals (400, 403, 404, 409), the audit
 rows, the event stream (supervisors see the ``monitor`` events, the agent does not) and the
 metrics are checked on the same call. Run once in the daemon and once with ``[media] workers =
 1``, where the worker carrying the call mixes the supervisor in.
@@ -300,8 +300,20 @@ def test_listen_whisper_barge_then_the_supervisor_hangs_up(
     assert audits.count(("monitor_mode", "done", "floor-supervisor")) == 2
     with wave.open(rec["path"]) as w:
         stereo = np.frombuffer(w.readframes(w.getnframes()), "<i2").reshape(-1, 2)
-    check(stereo[8000:, 0], (440,), (660, 880))  # the caller on the left, alone
-    check(stereo[8000:, 1], (880,), (440, 660))  # the agent on the right: no supervisor in it
+
+    # What the caller heard is recorded: the caller on the left, alone; the agent on the right,
+    # with the supervisor only while barging (positions follow the wall clock to the hang-up).
+    def recorded(phase: int) -> np.ndarray:
+        begin, end = (
+            len(stereo) - round((ended["caller"] - t) * 8000) for t in marks[phase : phase + 2]
+        )
+        return stereo[begin + 2400 : end - 800]
+
+    for phase in range(4):
+        check(recorded(phase)[:, 0], (440,), (660, 880))
+    for phase in (0, 1, 3):  # listen, whisper, after the supervisor left
+        check(recorded(phase)[:, 1], (880,), (440, 660))
+    check(recorded(2)[:, 1], (660, 880), (440,))
 
     # -- the event stream and the metrics --------------------------------------------------------
     seen = [(e["event"], e.get("reason")) for e in streams[0].events if e["type"] == "monitor"]

@@ -6,7 +6,7 @@ import asyncio
 import itertools
 
 import numpy as np
-from media_helpers import Phone, open_phone, tone_frames, tone_share
+from media_helpers import CollectingSink, Phone, open_phone, tone_frames, tone_share
 
 from sip.media import Bridge, MediaClock, MediaStats, Monitor, PortAllocator, open_endpoint
 from sip.rtp.g711 import decode_pcmu
@@ -41,7 +41,8 @@ async def test_listen_whisper_barge_and_leave(
         await open_endpoint(allocator, stats, remote=agent_p.address) as agent,
         await open_endpoint(allocator, stats, remote=sup_p.address) as sup,
     ):
-        bridge = Bridge(caller, agent, stats=stats)
+        sink = CollectingSink()
+        bridge = Bridge(caller, agent, stats=stats, sink=sink)
         bridge.start(loop.time())
         monitor = Monitor(bridge, sup, clock, mode="listen")
         monitor.start(loop.time())
@@ -51,15 +52,25 @@ async def test_listen_whisper_barge_and_leave(
             (sup_p, sup.local_address, tones[660], 0xC),
         ]
         results = {}
+        recorded: dict[int, list[np.ndarray]] = {}
         for phase, mode in enumerate(("listen", "whisper", "barge", "listen")):
             monitor.set_mode(mode, loop.time())
+            fed = len(sink.fed)
             marks = [len(p.received) for p in (caller_p, agent_p, sup_p)]
             await speak(talkers, phase * FRAMES)
             results[phase] = [
                 heard(p, m + 3)  # skip the switch-over frames
                 for p, m in zip((caller_p, agent_p, sup_p), marks, strict=True)
             ]
+            recorded[phase] = [
+                np.frombuffer(
+                    b"".join(decode_pcmu(f[2]) for f in sink.fed[fed + 6 :] if f[0] == channel),
+                    "<i2",
+                )
+                for channel in (0, 1)
+            ]
         monitor.stop(loop.time())
+        await asyncio.sleep(0.01)  # frames sent before the stop may still be in the sockets
         marks = [len(p.received) for p in (caller_p, agent_p, sup_p)]
         await speak(talkers, 4 * FRAMES)
         after = [heard(p, m) for p, m in zip((caller_p, agent_p, sup_p), marks, strict=True)]
@@ -87,6 +98,13 @@ async def test_listen_whisper_barge_and_leave(
     check(after[0], (880,), (660,))
     check(after[1], (440,), (660,))
     assert len(after[2]) == 0
+    # the recording holds what the caller hears: the supervisor only while barging, on the
+    # agent's (the company's) channel; never on the caller's
+    for phase in (0, 1, 3):
+        check(recorded[phase][0], (440,), (660, 880))
+        check(recorded[phase][1], (880,), (440, 660))
+    check(recorded[2][0], (440,), (660, 880))
+    check(recorded[2][1], (660, 880), (440,))
     # each phone sees one stream from us: one SSRC, and sequence numbers with no gap across the
     # switches between relay and mix (a packet relayed is never counted while the way is mixed:
     # the far end would take every mixed frame for one after a loss and conceal the "lost" one)
