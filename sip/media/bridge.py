@@ -279,6 +279,11 @@ class Bridge:
             direction.forward = forward
             direction.dst.stream.begin_source(now)
 
+    def relaying(self, way: int) -> bool:
+        """Whether way ``way`` (0 caller -> agent, 1 agent -> caller) is on: off while a side is
+        on hold (`set_relay`), when the far end hears music or nothing."""
+        return self.stopped_at is None and self.legs[way].on_rtp is self._directions[way]
+
     def position(self, now: float) -> int:
         """Sample position of ``now`` on the recording's time line."""
         return max(0, round((now - self.started_at) * SAMPLE_RATE))

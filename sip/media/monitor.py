@@ -13,7 +13,9 @@ forwarding; the recording tap goes on, so the recording keeps caller left, agent
 caller hears is recorded: in barge the supervisor's voice is added to the agent's channel (the
 company's side), frame by frame as the tap records the agent's packets (the way's ``tap_mix``,
 fed from the supervisor frames the clock takes); listening and whispering are not recorded.
-`stop` gives the bridge back exactly as it was.
+While the bridge holds a way off (`Bridge.set_relay`: a hold) the leg it leads to gets no mix
+either: that leg hears the music on hold (whose player owns its stream) or nothing, and the
+supervisor hears no more of that way than its far end does. `stop` gives the bridge back exactly as it was.
 """
 
 from __future__ import annotations
@@ -198,5 +200,7 @@ class Monitor:
         for i, leg in enumerate(self.legs):
             if leg.closed or not self._mixed(i):
                 continue
+            if i in _COUNTERPART and not self.bridge.relaying(1 - i):
+                continue  # on hold: the music (or nothing) is what this leg hears
             payload = encode_frame(mixed[i], self._inputs[i].codec)
             leg.send(leg.stream.send(self._pts[i], payload, now, FRAME_SAMPLES))

@@ -140,3 +140,49 @@ async def test_bridge_end_stops_the_monitor(
     for p in phones:
         assert p.transport is not None
         p.transport.close()
+
+
+async def test_a_leg_on_hold_gets_no_mix_and_the_supervisor_still_hears(
+    allocator: PortAllocator, stats: MediaStats, clock: MediaClock
+) -> None:
+    """Barging while the agent holds the caller: the caller's leg belongs to the music on hold
+    (its player sends on the same stream) and the agent's is held, so the mixer sends neither
+    anything until the hold ends; the supervisor's frames go on (silence: nothing is relayed)."""
+    caller_p, agent_p, sup_p = await open_phone(), await open_phone(), await open_phone()
+    tones = {hz: tone_frames(hz, 3 * FRAMES) for hz in (440, 660, 880)}
+    loop = asyncio.get_running_loop()
+    async with (
+        await open_endpoint(allocator, stats, remote=caller_p.address) as caller,
+        await open_endpoint(allocator, stats, remote=agent_p.address) as agent,
+        await open_endpoint(allocator, stats, remote=sup_p.address) as sup,
+    ):
+        bridge = Bridge(caller, agent, stats=stats)
+        bridge.start(loop.time())
+        monitor = Monitor(bridge, sup, clock, mode="barge")
+        monitor.start(loop.time())
+        talkers = [
+            (caller_p, caller.local_address, tones[440], 0xA),
+            (agent_p, agent.local_address, tones[880], 0xB),
+            (sup_p, sup.local_address, tones[660], 0xC),
+        ]
+        await speak(talkers, 0)
+        bridge.set_relay(loop.time(), caller_to_agent=False, agent_to_caller=False)  # agent holds
+        await asyncio.sleep(0.03)
+        marks = [len(p.received) for p in (caller_p, agent_p, sup_p)]
+        await speak(talkers, FRAMES)
+        held = [len(p.received) - m for p, m in zip((caller_p, agent_p, sup_p), marks, strict=True)]
+        sup_heard = heard(sup_p, marks[2] + 3)
+        bridge.set_relay(loop.time(), caller_to_agent=True, agent_to_caller=True)
+        marks = [len(p.received) for p in (caller_p, agent_p, sup_p)]
+        await speak(talkers, 2 * FRAMES)
+        resumed = heard(caller_p, marks[0] + 3)
+        monitor.stop(loop.time())
+        bridge.stop(loop.time())
+    assert held[:2] == [0, 0], held  # caller and agent: nothing from the mixer while held
+    assert held[2] > FRAMES // 2, held  # the supervisor's stream goes on...
+    assert not np.abs(sup_heard).any()  # ...with what the bridge relays: nothing
+    assert tone_share(resumed, 660) > 0.1  # after the hold: the barge mix again
+    assert tone_share(resumed, 880) > 0.1
+    for p in (caller_p, agent_p, sup_p):
+        assert p.transport is not None
+        p.transport.close()
