@@ -66,7 +66,6 @@ class MonitorSession:
     leg: AgentLeg | None = None
     monitor: Monitor | RemoteMonitor | None = None
     answered_at: float | None = None
-    task: asyncio.Task[None] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -115,7 +114,7 @@ class Monitoring:
         log.info("monitor_ringing", call_id=call.id, monitor_id=session.id,
                  supervisor=supervisor, mode=mode, by=by)  # fmt: skip
         self._publish(session, "ringing")
-        session.task = self._s.spawn(self._ring(session, agent), call.id)
+        self._s.spawn(self._ring(session, agent), call.id)  # owned by the service
         return session
 
     def set_mode(self, call_id: str, mode: str, by: str) -> MonitorSession:
@@ -171,6 +170,9 @@ class Monitoring:
         except OSError:
             self._end(session, "no RTP port")
             return
+        if session.state == "ended":  # stopped (or the call ended) meanwhile
+            leg.rtp.close()
+            return
         session.leg = leg
         reach = await self._s.ringing.reach(agent)
         if session.state == "ended":
@@ -187,6 +189,8 @@ class Monitoring:
             status = await asyncio.wait_for(asyncio.shield(leg.final), timeout_s)
         except TimeoutError:
             self._end(session, "no_answer")
+            return
+        if session.state == "ended":
             return
         if not 200 <= status < 300:
             why = "busy" if status in BUSY else "declined" if status in DECLINED else "no_answer"
@@ -240,10 +244,7 @@ class Monitoring:
                     self._s.transmit()
                 self._s.ringing.end_leg(leg)
         if leg is not None and leg.final is not None and not leg.final.done():
-            leg.final.cancel()
-        task = session.task
-        if task is not None and task is not asyncio.current_task() and not task.done():
-            task.cancel()
+            leg.final.set_result(0)  # the ringing task wakes up, sees the end, and is done
         duration = None if session.answered_at is None else time.time() - session.answered_at
         log.info("monitor_ended", call_id=call.id, monitor_id=session.id,
                  supervisor=session.supervisor, reason=reason, joined=joined,
