@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -231,13 +233,19 @@ def test_listen_whisper_barge_then_the_supervisor_hangs_up(
         sup.wait_for("Call established")
         mark()
         time.sleep(PHASE_S)
-        # -- whisper, barge ----------------------------------------------------------------------
-        for mode in ("whisper", "barge"):
-            status, body = request(daemon, "PATCH", path, SUPERVISOR, {"mode": mode})
-            assert status == 200, body
-            assert body["mode"] == mode  # type: ignore[index]
-            mark()
-            time.sleep(PHASE_S)
+        # -- whisper (as an operator switches it: `acd monitor`), barge -------------------------
+        cli = [sys.executable, "-m", "engine.cli", "monitor", str(live["id"]), "whisper",
+               "--url", daemon.base_url, "--token", SUPERVISOR]  # fmt: skip
+        switched = subprocess.run(cli, capture_output=True, text=True, timeout=30, check=False)
+        assert switched.returncode == 0, switched.stderr
+        assert switched.stdout.strip() == f"{live['id']}: 1009 whisper (active)"
+        mark()
+        time.sleep(PHASE_S)
+        status, body = request(daemon, "PATCH", path, SUPERVISOR, {"mode": "barge"})
+        assert status == 200, body
+        assert body["mode"] == "barge"  # type: ignore[index]
+        mark()
+        time.sleep(PHASE_S)
         # -- the supervisor hangs up: the call goes on -------------------------------------------
         mark()
         sup.command("hangup")
