@@ -340,6 +340,7 @@ class Daemon:
             recordings=self.recordings,
             metrics=self.metrics,
             flows=FlowRunner(self.config, self._http_client),
+            bus=self.bus,
         )
         self.api.calls = self.calls
         # Chats, e-mails, social messages and tickets: routing tasks of their channels.

@@ -14,7 +14,8 @@ Where each resource lives, one module per concern:
 - ``agents``: ``GET /api/v1/agents``, ``GET|PUT /api/v1/agents/{agent_id}[/state]``
 - ``cdr``: ``GET /api/v1/cdr``
 - ``recordings``: ``GET /api/v1/recordings``, ``.../{recording_id}/audio``, ``.../legal_hold``
-- ``calls``: ``GET /api/v1/calls``, ``PUT .../{call_id}/recording``, ``POST .../{call_id}/transfer``
+- ``calls``: ``GET /api/v1/calls``, ``PUT .../{call_id}/recording``, ``POST .../{call_id}/transfer``,
+  ``POST|PATCH|DELETE .../{call_id}/monitor`` (supervisor listen / whisper / barge)
 - ``tasks``: ``/api/v1/tasks`` (chats, e-mails, social messages, tickets) and their actions
 - ``reload``: ``POST /api/v1/reload``
 - ``security``: ``GET /api/v1/security/bans``, ``DELETE /api/v1/security/bans/{address}``
@@ -61,6 +62,9 @@ def add_routes(app: web.Application, ctx: ApiContext) -> None:
     app.router.add_get("/api/v1/calls", calls.live_calls)
     app.router.add_put("/api/v1/calls/{call_id}/recording", calls.change_call_recording)
     app.router.add_post("/api/v1/calls/{call_id}/transfer", calls.transfer_call)
+    app.router.add_post("/api/v1/calls/{call_id}/monitor", calls.start_monitor)
+    app.router.add_patch("/api/v1/calls/{call_id}/monitor", calls.change_monitor)
+    app.router.add_delete("/api/v1/calls/{call_id}/monitor", calls.stop_monitor)
     app.router.add_get("/api/v1/security/bans", security.list_bans)
     app.router.add_delete("/api/v1/security/bans/{address}", security.lift_ban)
     tasks.add_task_routes(app)

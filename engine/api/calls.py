@@ -1,10 +1,12 @@
-"""Live calls: list them, pause/resume or start their recording, transfer them.
+"""Live calls: list them, pause/resume or start their recording, transfer them, monitor them.
 
 How this works: these handlers act on the call service's live calls (``ApiContext.calls``). An
 action on a call is allowed to the call's agent and to supervisors, and ``_CallAction`` audits
 every attempt, refused (with why) or done. Recording control is pause/resume (PCI: card data is not
 recorded) or starting an on-demand recording from now to the hang-up; a recording is never stopped
-mid-call. A transfer is blind: to a queue, or to a number through a trunk.
+mid-call. A transfer is blind: to a queue, or to a number through a trunk. Monitoring (listen,
+whisper, barge: ``engine.calls.monitoring``) is for supervisors and admins only, audited the same
+way; the call's agent cannot start, change or see it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from aiohttp import web
 from engine.api.app import json_response
 from engine.api.auth import Principal, audit, principal_of, require_role
 from engine.api.context import CONTEXT_KEY
+from engine.calls.monitoring import MonitorRefused
 from engine.config import Role
 from engine.recording.service import RecordingRefused
 
@@ -161,3 +164,86 @@ async def change_call_recording(request: web.Request) -> web.Response:
 
 def _on_demand(call: Any) -> bool:
     return bool(call.recording_on_demand)
+
+
+class MonitorStart(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """POST /api/v1/calls/{call_id}/monitor: ring ``supervisor``'s phone (an [[agents]] entry
+    with a SIP phone) to join the bridged call in ``mode``."""
+
+    mode: str
+    supervisor: str
+
+
+class MonitorChange(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """PATCH /api/v1/calls/{call_id}/monitor: switch the call's monitoring to ``mode``."""
+
+    mode: str
+
+
+_MONITOR_BODY = '{"mode": "listen"|"whisper"|"barge", "supervisor": ID}'
+
+
+async def _monitor_action(
+    request: web.Request, action: str, body_type: type[Any] | None
+) -> tuple[_CallAction, Any, Any]:
+    """Decode the body (400), audit and refuse a role below supervisor (403) and a daemon
+    without calls (404): the action, the body and the call service."""
+    principal = principal_of(request)
+    call_id = request.match_info["call_id"]
+    body = None
+    if body_type is not None:
+        try:
+            body = msgspec.json.decode(await request.read(), type=body_type)
+        except msgspec.DecodeError as exc:
+            shape = _MONITOR_BODY if body_type is MonitorStart else '{"mode": ...}'
+            raise web.HTTPBadRequest(text=f"expected {shape}: {exc}") from None
+    detail = {} if body is None else msgspec.structs.asdict(body)
+    act = _CallAction(request, action, call_id, detail)
+    if not principal.at_least(Role.SUPERVISOR):
+        await act.refuse(web.HTTPForbidden, "denied", "needs the supervisor role")
+    calls = act.ctx.calls
+    if calls is None or call_id not in calls.calls:
+        await act.refuse(web.HTTPNotFound, "refused", f"no live call {call_id!r}")
+    return act, body, calls
+
+
+async def start_monitor(request: web.Request) -> web.Response:
+    """A supervisor listens to, whispers into or barges in on a bridged call: their phone rings
+    now (202); the session's progress is on the event stream (type ``monitor``)."""
+    act, body, calls = await _monitor_action(request, "monitor_start", MonitorStart)
+    try:
+        session = calls.monitoring.start(
+            act.call_id, body.supervisor, body.mode, principal_of(request).name
+        )
+    except KeyError:
+        await act.refuse(web.HTTPNotFound, "refused", f"no live call {act.call_id!r}")
+    except ValueError as exc:
+        await act.refuse(web.HTTPBadRequest, "refused", str(exc))
+    except MonitorRefused as exc:
+        await act.refuse(web.HTTPConflict, "refused", str(exc))
+    await act.done({**act.detail, "monitor_id": session.id})
+    return json_response(session.as_dict(), status=202)
+
+
+async def change_monitor(request: web.Request) -> web.Response:
+    """Switch the call's monitoring (ringing or joined) to another mode."""
+    act, body, calls = await _monitor_action(request, "monitor_mode", MonitorChange)
+    try:
+        session = calls.monitoring.set_mode(act.call_id, body.mode, principal_of(request).name)
+    except KeyError:
+        await act.refuse(web.HTTPNotFound, "refused", "the call is not monitored")
+    except ValueError as exc:
+        await act.refuse(web.HTTPBadRequest, "refused", str(exc))
+    await act.done({**act.detail, "monitor_id": session.id})
+    return json_response(session.as_dict())
+
+
+async def stop_monitor(request: web.Request) -> web.Response:
+    """End the call's monitoring: the supervisor's phone is hung up; the call goes on."""
+    act, _, calls = await _monitor_action(request, "monitor_stop", None)
+    try:
+        session = calls.monitoring.stop(act.call_id, principal_of(request).name)
+    except KeyError:
+        await act.refuse(web.HTTPNotFound, "refused", "the call is not monitored")
+    await act.done({"monitor_id": session.id, "supervisor": session.supervisor})
+    return json_response(session.as_dict())

@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 
 from engine.api.agents import AgentStateChange, AgentView
-from engine.api.calls import CallRecordingChange, CallRecordingState
+from engine.api.calls import CallRecordingChange, CallRecordingState, MonitorChange, MonitorStart
 from engine.api.cdr import MAX_CDR_ROWS
 from engine.api.queues import IntervalFigures, QueueView
 from engine.api.security import BanView
@@ -138,6 +138,13 @@ def openapi_paths() -> tuple[dict[str, Any], dict[str, Any]]:
     put = paths["/api/v1/calls/{call_id}/recording"]["put"]
     put["requestBody"]["content"]["application/json"]["schema"] = change
     put["responses"]["200"]["content"]["application/json"]["schema"] = state
+    (start, mode_change), monitor_schemas = msgspec.json.schema_components(
+        [MonitorStart, MonitorChange], ref_template="#/components/schemas/{name}"
+    )
+    monitor = paths["/api/v1/calls/{call_id}/monitor"]
+    monitor["post"]["requestBody"]["content"]["application/json"]["schema"] = start
+    monitor["patch"]["requestBody"]["content"]["application/json"]["schema"] = mode_change
+    recording_schemas.update(monitor_schemas)
     task_paths, task_schemas = _task_paths()
     return {**paths, **task_paths}, {**schemas, **recording_schemas, **task_schemas}
 
@@ -361,4 +368,47 @@ def _recording_paths() -> dict[str, Any]:
                 "parameters": [path_param("call_id")],
             },
         },
+        "/api/v1/calls/{call_id}/monitor": _monitor_ops(problems, path_param("call_id")),
+    }
+
+
+def _monitor_ops(problems: Any, call_param: dict[str, Any]) -> dict[str, Any]:
+    """Supervisor listen / whisper / barge on a bridged call (bodies filled in by openapi_paths)."""
+    session = {"type": "object"}  # MonitorSession.as_dict
+    start = problems(
+        _op(
+            "A supervisor (or admin) rings a supervisor's SIP phone to listen to (hears both "
+            "sides), whisper into (heard by the agent only) or barge in on (heard by both) the "
+            "bridged call: 202 with the monitor id, then progress on the event stream (type "
+            "monitor). Audited; agents never see it.",
+            session,
+            body={"type": "object"},
+        ),
+        s400="bad mode, or a supervisor not in [[agents]]",
+        s404="no such live call",
+        s409="not bridged, already monitored, the supervisor busy or without a registered SIP "
+        "phone",
+    )
+    start["responses"]["202"] = {
+        **start["responses"].pop("200"),
+        "description": "Accepted: ringing",
+    }
+    change = problems(
+        _op(
+            "Switch the call's monitoring to another mode (audited)",
+            session,
+            body={"type": "object"},
+        ),
+        s400="bad mode",
+        s404="no such live call, or not monitored",
+    )
+    stop = problems(
+        _op("End the call's monitoring: the supervisor's phone is hung up, the call goes on "
+            "(audited)", session),
+        s404="no such live call, or not monitored",
+    )  # fmt: skip
+    return {
+        "post": {**start, "parameters": [call_param]},
+        "patch": {**change, "parameters": [call_param]},
+        "delete": {**stop, "parameters": [call_param]},
     }

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -322,13 +322,17 @@ class CallMedia:
         if barged and call.playback_done is not None and not call.playback_done.done():
             call.playback_done.set_result(True)
 
-    async def open_leg(self, call: Call, name: str) -> AgentLeg:
+    async def open_leg(
+        self, call: Call, name: str, on_event: Callable[[MediaEvent], None] | None = None
+    ) -> AgentLeg:
         """An outbound leg's RTP endpoint and SDP offer (in the caller's codec: no transcoding
-        unless the far end insists). Raises OSError when no port can be had."""
+        unless the far end insists). Its media events go to ``on_event`` (default: an agent's or
+        transfer target's, whose media timeout ends the call). Raises OSError when no port can
+        be had."""
         rtp = await open_endpoint(
             self.ports, self.stats, host=self._s.listeners.endpoint.config.local_host, clock=self.clock,
             inactivity_timeout_s=self._s.config.media.inactivity_timeout_s or None,
-            on_event=lambda e: self._agent_media(call, e),
+            on_event=on_event or (lambda e: self._agent_media(call, e)),
         )  # fmt: skip
         sdp = make_offer(rtp.local_address[0], rtp.port, (CODECS.get(call.codec, PCMU),))
         return AgentLeg(call, name, rtp, sdp, rang_at=loop_now(), codec=call.codec, local_sdp=sdp)

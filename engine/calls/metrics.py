@@ -86,6 +86,20 @@ class CallMetrics:
             ["op"],
             registry=r,
         )
+        self.monitor_sessions = Counter(
+            "acd_monitor_sessions_total",
+            "Supervisor monitoring sessions that joined a call (the supervisor answered), by the "
+            "mode they joined in (listen, whisper, barge).",
+            ["mode"],
+            registry=r,
+        )
+        for mode in ("listen", "whisper", "barge"):
+            self.monitor_sessions.labels(mode=mode)
+        self.monitors_active = Gauge(
+            "acd_monitor_sessions_active",
+            "Supervisors on a call now (listening, whispering or barging).",
+            registry=r,
+        )
         self.errors = metrics.unexpected_errors
 
 

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import random
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import structlog
@@ -21,7 +22,7 @@ import structlog
 import routing_core as rc
 from engine.calls.listeners import family
 from engine.calls.model import BUSY, DECLINED, AgentLeg, Call, loop_now
-from engine.config import Config, LoginMode, TrunkConfig, outbound_proxy_uri
+from engine.config import AgentConfig, Config, LoginMode, TrunkConfig, outbound_proxy_uri
 from engine.storage.cdr import QueueEventData
 from sip import Uri
 from sip.auth import DigestClient
@@ -33,6 +34,16 @@ if TYPE_CHECKING:
     from engine.calls.service import CallService
 
 log = structlog.stdlib.get_logger("acd.calls")
+
+
+@dataclass(frozen=True, slots=True)
+class AgentReach:
+    """An agent's phone as an INVITE reaches it: the Request-URI, the (listener endpoint,
+    address) pairs to try in order, and the credentials for a PBX's 401/407."""
+
+    contact: Uri
+    targets: list[tuple[Endpoint, tuple[str, int]]]
+    auth: DigestClient | None
 
 
 class Ringing:
@@ -70,8 +81,7 @@ class Ringing:
         if agent.login is LoginMode.WEBRTC:
             await self._s.softphones.ring_softphone(call, agent.id)
             return
-        contacts = self._s.agents.contacts(agent.id)
-        if not contacts:
+        if not self._s.agents.contacts(agent.id):
             self.reject(call, agent.id, "no_answer")
             return
         try:
@@ -79,7 +89,30 @@ class Ringing:
         except OSError:
             self.reject(call, agent.id, "no_answer")
             return
-        rtp, sdp = leg.rtp, leg.offer_sdp
+        rtp = leg.rtp
+        reach = await self.reach(agent)
+        if reach is None:  # logged and counted: this agent cannot be reached now
+            rtp.close()
+            self.reject(call, agent.id, "no_answer")
+            return
+        if call.task is None or call.task.done() or call.agent_id is not None:
+            rtp.close()
+            return
+        self.dial(leg, reach, [("X-ACD-Queue", call.queue), ("X-ACD-Call-ID", call.id)])
+        call.legs[agent.id] = leg
+        qcfg = next(q for q in self._s.config.queues if q.name == call.queue)
+        leg.ring_timer = asyncio.get_running_loop().call_later(
+            qcfg.ring_timeout_s, self.ring_timeout, leg
+        )
+        self._s.transmit()
+
+    async def reach(self, agent: AgentConfig) -> AgentReach | None:
+        """Where an INVITE to ``agent``'s phone goes: its registered (or static) contact, through
+        its trunk for an extension behind a PBX, located by RFC 3263. None when it has no
+        contact or no target (a failed lookup is logged and counted)."""
+        contacts = self._s.agents.contacts(agent.id)
+        if not contacts:
+            return None
         contact = Uri.parse(contacts[0])
         destination = contact  # RFC 3263 locates this: the contact, or the trunk's proxy
         auth: DigestClient | None = None
@@ -90,29 +123,24 @@ class Ringing:
             contact = with_transport(contact, trunk.transport)
             destination, auth = through_trunk(trunk, contact)
         targets = await self.locate(destination)
-        if targets is None:  # logged and counted: this agent cannot be reached now
-            rtp.close()
-            self.reject(call, agent.id, "no_answer")
-            return
-        if call.task is None or call.task.done() or call.agent_id is not None:
-            rtp.close()
-            return
+        if targets is None:
+            return None
+        return AgentReach(contact, targets, auth)
+
+    def dial(self, leg: AgentLeg, reach: AgentReach, headers: list[tuple[str, str]]) -> None:
+        """Send ``leg``'s INVITE (our SDP offer) to the phone ``reach`` found, with failover to
+        its next targets; its answers arrive at ``agent_response``."""
+        call, body = leg.call, leg.offer_sdp.to_bytes()
 
         def send_invite(endpoint: Endpoint, addr: tuple[str, int]) -> int:
             return endpoint.invite(
-                contact, addr, now=loop_now(), body=sdp.to_bytes(),
+                reach.contact, addr, now=loop_now(), body=body,
                 from_uri=f"sip:{call.caller or 'anonymous'}@{endpoint.config.local_host}",
-                headers=[("X-ACD-Queue", call.queue), ("X-ACD-Call-ID", call.id)], auth=auth,
+                headers=headers, auth=reach.auth,
             )  # fmt: skip
 
-        leg.send_invite, leg.next_targets = send_invite, targets
+        leg.send_invite, leg.next_targets = send_invite, list(reach.targets)
         self.send_invite(leg)
-        call.legs[agent.id] = leg
-        qcfg = next(q for q in self._s.config.queues if q.name == call.queue)
-        leg.ring_timer = asyncio.get_running_loop().call_later(
-            qcfg.ring_timeout_s, self.ring_timeout, leg
-        )
-        self._s.transmit()
 
     async def locate(self, uri: Uri) -> list[tuple[Endpoint, tuple[str, int]]] | None:
         """The (listener endpoint, address) pairs a request to ``uri`` goes to, in the order to

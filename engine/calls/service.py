@@ -14,6 +14,7 @@ talk to; the work is done by one object per phase of a call, each in its own mod
 - ``softphones``: the same for browser agents, over the WebRTC gateway;
 - ``transfers``: blind transfers to a queue or a number;
 - ``surveys``: the post-call CSAT survey after the agent hangs up (``queues[].csat``);
+- ``monitoring``: a supervisor listening to, whispering into or barging in on a bridged call;
 - ``teardown``: hang-ups, releasing everything, and the CDR row (``record``).
 
 They share this object: the config, the routing service, the agent directory, the CDR writer,
@@ -41,6 +42,7 @@ from engine.calls.listeners import Listeners
 from engine.calls.media import CallMedia
 from engine.calls.metrics import CallMetrics, SecurityCollector, SipMediaCollector
 from engine.calls.model import Call, CallIndex
+from engine.calls.monitoring import Monitoring
 from engine.calls.queueing import Queueing
 from engine.calls.record import record_of
 from engine.calls.ringing import Ringing
@@ -55,6 +57,7 @@ from engine.media.offload import MediaWorkers
 from engine.recording.service import RecordingService
 from engine.routing.agents import AgentDirectory
 from engine.routing.service import RoutingService
+from engine.runtime.events import EventBus
 from engine.runtime.metrics import Metrics
 from engine.storage.cdr import CdrWriter
 
@@ -72,6 +75,7 @@ class CallService:
         recordings: RecordingService | None,
         metrics: Metrics,
         flows: FlowRunner,
+        bus: EventBus | None = None,
     ) -> None:
         self.config = config
         self.routing = routing
@@ -79,6 +83,7 @@ class CallService:
         self.cdr = cdr
         self.recordings = recordings
         self.flows = flows
+        self.bus = bus  # the live event stream (monitoring's events)
         self.metrics = CallMetrics(metrics)
         self._metrics = metrics
         self.index = CallIndex()
@@ -101,6 +106,7 @@ class CallService:
         self.softphones = Softphones(self)
         self.transfers = Transfers(self)
         self.surveys = Surveys(self, metrics)
+        self.monitoring = Monitoring(self)
         self.teardown = Teardown(self)
         metrics.registry.register(SipMediaCollector(self.listeners, self.media.stats))
         metrics.registry.register(SecurityCollector(self.listeners, self.security))
@@ -230,7 +236,8 @@ class CallService:
         return await self.media.start_recording(call_id, requested_by)
 
     def live_calls(self) -> list[dict[str, Any]]:
-        """Every live call with its phase, for ``GET /api/v1/calls``."""
+        """Every live call with its phase (and its supervisor monitoring, if any), for
+        ``GET /api/v1/calls``."""
         now = time.time()
         out = []
         for call in self.calls.values():
@@ -248,6 +255,7 @@ class CallService:
                     "ringing" if any(not leg.finished for leg in call.legs.values()) else "queued"
                 )
             position = self.queueing.position(call) if phase in ("queued", "ringing") else None
+            monitor = self.monitoring.by_call.get(call.id)
             out.append(
                 {
                     "id": call.id, "caller": call.caller, "dialed": call.dialed, "phase": phase,
@@ -255,6 +263,7 @@ class CallService:
                     "age_s": round(now - call.arrived_at, 3), "position": position,
                     "recording_id": call.recording_id,
                     "recording_paused": bool(call.recording is not None and call.recording.paused),
+                    "monitor": None if monitor is None else monitor.as_dict(),
                 }
             )  # fmt: skip
         return out

@@ -99,6 +99,7 @@ class Surveys:
         self._s.media.stop_player(call)  # the agent may have left the caller on hold music
         if call.bridge is not None:
             call.bridge.stop(loop_now())  # the recording ends with the conversation
+        self._s.monitoring.bridge_ended(call, "agent hung up")  # no conversation left to monitor
         log.info("csat_survey_started", agent=call.agent_id, reason=reason)
         if survey is None:  # reloaded away between the hang-up and now
             call.hangup_reason = f"agent {reason}"

@@ -45,6 +45,8 @@ class Teardown:
         released here (RTP port, maps, the page told), then the call ends if it was bridged."""
         call = leg.call
         self._s.ringing.end_leg(leg)
+        if self._s.monitoring.leg_gone(leg, reason):
+            return  # a supervisor left: the call goes on
         if call.agent_id == leg.agent_id:
             if self._s.surveys.agent_left(call, reason):
                 return  # the caller stays on for the queue's post-call survey
@@ -79,6 +81,7 @@ class Teardown:
             call.bridge.stop(loop_now())
             ended = call.agent_released_at or now_wall  # a survey after the agent left: not talk
             talk_s = ended - (call.agent_answered_at or call.transfer_answered_at or now_wall)
+        self._s.monitoring.bridge_ended(call, "call ended")  # BYE to a supervisor on the call
         # The other side of the bridge, or ringing legs, or the caller's dialog.
         for leg in list(call.legs.values()):
             if leg.answered and not leg.finished:

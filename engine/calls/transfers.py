@@ -75,6 +75,7 @@ class Transfers:
         assert agent_id is not None
         assert call.bridge is not None
         call.bridge.stop(loop_now())
+        self._s.monitoring.bridge_ended(call, "transferred")
         talk_s = now_wall - (call.agent_answered_at or now_wall)
         self._s.ringing.hang_up_leg(leg)
         with contextlib.suppress(rc.RoutingError):

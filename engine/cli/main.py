@@ -214,6 +214,18 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--reason", default="", help="reason for not-ready")
     opcli.add_common(agent)
     agent.set_defaults(func=_cmd_operator, op=opcli.set_agent)
+    monitor = sub.add_parser(
+        "monitor",
+        help="listen to, whisper into or barge in on a live call",
+        description="A supervisor's SIP phone listens to, whispers into (heard by the agent only) "
+        "or barges in on (heard by both) a bridged call of a running daemon: with --supervisor "
+        "it is rung, without it the call's monitoring switches mode; stop hangs it up (audited).",
+    )
+    monitor.add_argument("call_id")
+    monitor.add_argument("mode", choices=["listen", "whisper", "barge", "stop"])
+    monitor.add_argument("--supervisor", default="", help="[[agents]] id whose phone is rung")
+    opcli.add_common(monitor)
+    monitor.set_defaults(func=_cmd_operator, op=opcli.monitor_call)
 
     precompile = sub.add_parser(
         "precompile",

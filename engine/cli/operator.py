@@ -1,4 +1,5 @@
-"""Operator commands that talk to a running daemon's API: ``acd queues``, ``acd agents``, ``acd agent``.
+"""Operator commands that talk to a running daemon's API: ``acd queues``, ``acd agents``, ``acd agent``,
+``acd monitor``.
 
 The daemon's address comes from ``--url`` or the config's ``[http]``; the token from ``--token`` or the
 ``ACD_TOKEN`` environment variable (so it stays out of shell history and ``ps``). Output is a plain
@@ -132,6 +133,23 @@ def set_agent(args: argparse.Namespace, config: Config) -> int:
     }
     view = request(args, config, "PUT", f"/api/v1/agents/{args.agent_id}/state", body)
     print(json.dumps(view, indent=2) if args.json else f"{view['id']}: {view['state']}")
+    return 0
+
+
+def monitor_call(args: argparse.Namespace, config: Config) -> int:
+    """Start monitoring a call (with --supervisor), switch its mode, or stop it (audited)."""
+    path = f"/api/v1/calls/{args.call_id}/monitor"
+    if args.mode == "stop":
+        view = request(args, config, "DELETE", path)
+    elif args.supervisor:
+        view = request(
+            args, config, "POST", path, {"mode": args.mode, "supervisor": args.supervisor}
+        )
+    else:
+        view = request(args, config, "PATCH", path, {"mode": args.mode})
+    state = "ended" if args.mode == "stop" else view["state"]
+    line = f"{view['call_id']}: {view['supervisor']} {view['mode']} ({state})"
+    print(json.dumps(view, indent=2) if args.json else line)
     return 0
 
 

@@ -8,12 +8,15 @@ keeps signalling, routing, flows, prompts and music for callers in queue.
 
 `RemoteBridge` has `sip.media.Bridge`'s API, so the call layer drives either the same way, plus
 `play`/`stop_play`/`set_held` for hold (the legs' sockets are the worker's while bridged, so the
-caller's music on hold is played there). `RemoteRecording` stands for a recording the worker
+caller's music on hold is played there), and `add_monitor` for a supervisor: its leg is handed
+to the same worker, which mixes it in (`RemoteMonitor` has `sip.media.Monitor`'s API; carried
+here, the call gets a local `Monitor`). `RemoteRecording` stands for a recording the worker
 writes: the daemon still writes its index row first and completes it from `RecordingDone`.
 
 When no worker is up, when one refuses a call (`Failed`) or dies, the bridge is carried here:
 the legs are reattached (from the state the worker handed back, else from the daemon's own) and
-a local `Bridge` relays them with the same hold state. A call is never lost with its worker, nor
+a local `Bridge` relays them with the same hold state (and a local `Monitor` mixes the
+supervisor in, if one is on the call). A call is never lost with its worker, nor
 its recording: the file the worker wrote is repaired up to its death (`RecordingLost`; the
 recording service completes its row at once), and `RemoteBridge.on_recording_lost` lets the call
 layer record the rest of the call here, in a new file that ``continues`` the first
@@ -34,14 +37,18 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 import recordings as rec
 from engine.media.protocol import (
     Attach,
+    AttachMonitor,
+    DetachMonitor,
     Digit,
     Failed,
     FromWorker,
+    MonitorDetached,
     PauseRecording,
     PauseTap,
     Play,
     RecordingDone,
     SetHeld,
+    SetMonitorMode,
     SetRelay,
     StartRecording,
     Stats,
@@ -54,7 +61,7 @@ from engine.media.protocol import (
 from engine.recording.service import RecordingLost
 from engine.recording.spec import RecordingSpec
 from engine.runtime.workers import WorkerPool, WorkerProcess, settle
-from sip.media import Bridge, LegPlayer, MediaClock, MediaStats, RecordingSink
+from sip.media import Bridge, LegPlayer, MediaClock, MediaStats, Monitor, RecordingSink
 from sip.media.endpoint import DtmfReceived, EndpointState, MediaTimedOut, RtpEndpoint
 from sip.media.prompts import PromptCache
 from sip.rtp.playback import Playlist
@@ -110,6 +117,51 @@ class RemoteRecording:
         """Never fed (the call ended before its bridge took it): nothing was written."""
         del end_position
         settle(self.result, exc=RuntimeError("the call ended before the recording started"))
+
+
+class RemoteMonitor:
+    """A supervisor on a `RemoteBridge`'s call, with `sip.media.Monitor`'s API: mixed by the
+    call's worker, or by a local `Monitor` while the call is carried here."""
+
+    __slots__ = ("_bridge", "codec", "in_worker", "local", "mode", "running", "supervisor")
+
+    def __init__(self, bridge: RemoteBridge, supervisor: RtpEndpoint, codec: str, mode: str):
+        self._bridge = bridge
+        self.supervisor = supervisor
+        self.codec = codec
+        self.mode = mode
+        self.running = True
+        self.in_worker = False
+        self.local: Monitor | None = None
+
+    def set_mode(self, mode: str, now: float) -> None:
+        self.mode = mode
+        if self.local is not None:
+            self.local.set_mode(mode, now)
+        elif self.in_worker:
+            self._bridge.send(SetMonitorMode(0, mode))
+
+    def stop(self, now: float) -> None:
+        """Leave the call (idempotent): the bridge relays both ways again; a leg the worker
+        carries comes home with `MonitorDetached`."""
+        if not self.running:
+            return
+        self.running = False
+        if self.local is not None:
+            self.local.stop(now)
+            self.local = None
+        if self.in_worker:
+            self.in_worker = False
+            self._bridge.send(DetachMonitor(0))
+
+    def start_local(self, bridge: Bridge, clock: MediaClock, codecs: tuple[str, str]) -> None:
+        if not self.running or self.supervisor.closed or self.supervisor.detached:
+            return
+        self.local = Monitor(
+            bridge, self.supervisor, clock, mode=self.mode, caller_codec=codecs[0],
+            agent_codec=codecs[1], supervisor_codec=self.codec,
+        )  # fmt: skip
+        self.local.start(asyncio.get_running_loop().time())
 
 
 class MediaWorkers:
@@ -270,6 +322,10 @@ class RemoteBridge:
         #: and why): it starts a new one here and hands it to `record_here`.
         self.on_recording_lost: Callable[[RemoteRecording, str], object] | None = None
         self._here_sink: RecordingSink | None = None
+        #: A supervisor on the call, and supervisors' legs the worker carries, in the order they
+        #: went (a leaving one is still there until its `MonitorDetached`).
+        self._monitor: RemoteMonitor | None = None
+        self._monitors_away: list[RtpEndpoint] = []
 
     # -- the Bridge API ------------------------------------------------------------------------------
 
@@ -394,6 +450,47 @@ class RemoteBridge:
             if self._tap_paused is not None:
                 local.pause_recording(asyncio.get_running_loop().time(), self._tap_paused)
 
+    # -- a supervisor --------------------------------------------------------------------------
+
+    def add_monitor(self, supervisor: RtpEndpoint, codec: str, mode: str) -> RemoteMonitor:
+        """A supervisor joins in ``mode``: its leg goes to the call's worker, which mixes it in;
+        carried here, a local `Monitor` does. One at a time (RuntimeError for a second)."""
+        if self._monitor is not None and self._monitor.running:
+            raise RuntimeError("the call already has a supervisor")
+        monitor = self._monitor = RemoteMonitor(self, supervisor, codec, mode)
+        if self.stopped_at is not None:
+            monitor.running = False
+        elif self._worker is not None:
+            self._monitor_to_worker(monitor)
+        elif self._local is not None:
+            monitor.start_local(self._local, self._clock, self._codecs)
+        # else the legs are coming home: `_start_local` starts it
+        return monitor
+
+    def _monitor_to_worker(self, monitor: RemoteMonitor) -> None:
+        worker = self._worker
+        assert worker is not None
+        try:
+            state, socks = monitor.supervisor.detach()
+        except RuntimeError:  # the leg closed meanwhile
+            monitor.running = False
+            return
+        self._monitors_away.append(monitor.supervisor)
+        monitor.in_worker = True
+        message = AttachMonitor(self._sid, pickle.dumps(state), monitor.codec, monitor.mode)
+        try:
+            worker.send_with_fds(socks, message)
+        except OSError as exc:
+            self._take_back(f"monitor handoff failed: {exc}")
+
+    def _monitor_home(self, state: EndpointState | None) -> None:
+        """The oldest supervisor's leg back from the worker: carried here again, and closed at
+        once if the call layer closed it meanwhile (its RTCP BYE first)."""
+        if self._monitors_away:
+            leg = self._monitors_away.pop(0)
+            if leg.detached:
+                self._workers.take_back(leg.reattach(state))
+
     # -- hold ------------------------------------------------------------------------------------
 
     def play(self, leg: int, codec: str, prompts: list[str], loop: list[str]) -> None:
@@ -440,7 +537,12 @@ class RemoteBridge:
                 DtmfReceived(message.digit, message.duration_ms, message.method)
             )
         elif isinstance(message, TimedOut):
-            self.legs[message.leg].on_event(MediaTimedOut(message.reason, message.idle_s))
+            away = self._monitors_away
+            leg = self.legs[message.leg] if message.leg < 2 else away[-1] if away else None
+            if leg is not None:
+                leg.on_event(MediaTimedOut(message.reason, message.idle_s))
+        elif isinstance(message, MonitorDetached):
+            self._monitor_home(pickle.loads(message.supervisor))  # noqa: S301 (as Stopped)
         elif isinstance(message, Stopped):
             worker, self._worker = self._worker, None
             if worker is not None:
@@ -469,9 +571,13 @@ class RemoteBridge:
             self._workers.handoffs.labels(outcome="taken_back").inc()
         log.warning("media_taken_back", call_id=self._call_id, reason=why)
         self._lose_recording(why)
+        if self._monitor is not None:
+            self._monitor.in_worker = False
         if any(leg.detached for leg in self.legs):
             self._reattach([None, None])  # the daemon's own (older) state; a new source marked
         else:
+            while self._monitors_away:
+                self._monitor_home(None)
             self._start_local()
 
     def _lose_recording(self, why: str) -> None:
@@ -487,6 +593,10 @@ class RemoteBridge:
             try:
                 for leg, state in zip(self.legs, states, strict=True):
                     await leg.reattach(state)
+                away, self._monitors_away = self._monitors_away, []
+                for supervisor in away:  # the worker never handed them back
+                    if supervisor.detached:
+                        await supervisor.reattach(None)
             finally:
                 settle(self.home)
             if self.stopped_at is None:
@@ -515,6 +625,8 @@ class RemoteBridge:
         self._local = bridge
         for leg in (0, 1):
             self._play_here(leg)
+        if self._monitor is not None and self._monitor.running:
+            self._monitor.start_local(bridge, self._clock, self._codecs)
 
     def _play_here(self, leg: int) -> None:
         music = self._music[leg]

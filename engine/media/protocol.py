@@ -3,9 +3,10 @@
 How this works: both sides import this module and nothing of each other. The daemon's side
 (`engine.media.offload`) sends `ToWorker` messages for a bridged call (`Attach` hands the legs
 over; `SetRelay`, `Play`/`StopPlay`, `SetHeld`, `PauseRecording`, `PauseTap`, `StartRecording`
-and `Stop` drive it); the worker (`engine.media.worker`) answers with `FromWorker` messages
-(`Digit`, `TimedOut`, `Stopped`, `Failed`, `RecordingDone`, and `Stats` deltas every
-`STATS_INTERVAL_S`). Framing and the start-up handshake are `engine.runtime.workers`'; a
+and `Stop` drive it; `AttachMonitor`, `SetMonitorMode` and `DetachMonitor` bring a supervisor's
+leg in and out); the worker (`engine.media.worker`) answers with `FromWorker` messages
+(`Digit`, `TimedOut`, `Stopped`, `MonitorDetached`, `Failed`, `RecordingDone`, and `Stats`
+deltas every `STATS_INTERVAL_S`). Framing and the start-up handshake are `engine.runtime.workers`'; a
 recording's parameters are `engine.recording.spec.RecordingSpec`, which the recording service
 fills in without knowing about workers.
 """
@@ -88,6 +89,31 @@ class StartRecording(msgspec.Struct, tag=True, array_like=True):
 
 
 class Stop(msgspec.Struct, tag=True, array_like=True):
+    """End the bridge: a supervisor's leg comes back first (`MonitorDetached`), then the legs
+    (`Stopped`)."""
+
+    sid: int
+
+
+class AttachMonitor(msgspec.Struct, tag=True, array_like=True):
+    """A supervisor joins the call in ``mode`` (listen, whisper, barge): its leg's two sockets
+    (RTP, RTCP) are on the fd channel, ``supervisor`` is its pickled `EndpointState`."""
+
+    sid: int
+    supervisor: bytes
+    codec: str
+    mode: str
+
+
+class SetMonitorMode(msgspec.Struct, tag=True, array_like=True):
+    sid: int
+    mode: str
+
+
+class DetachMonitor(msgspec.Struct, tag=True, array_like=True):
+    """The supervisor leaves: the bridge relays both ways again, the leg comes back in
+    `MonitorDetached`."""
+
     sid: int
 
 
@@ -100,6 +126,8 @@ class Digit(msgspec.Struct, tag=True, array_like=True):
 
 
 class TimedOut(msgspec.Struct, tag=True, array_like=True):
+    """Leg 0 caller, 1 agent, 2 a supervisor."""
+
     sid: int
     leg: int
     reason: str
@@ -112,6 +140,13 @@ class Stopped(msgspec.Struct, tag=True, array_like=True):
     sid: int
     caller: bytes
     agent: bytes
+
+
+class MonitorDetached(msgspec.Struct, tag=True, array_like=True):
+    """The supervisor's leg state, pickled, for the daemon to carry (and close) it again."""
+
+    sid: int
+    supervisor: bytes
 
 
 class Failed(msgspec.Struct, tag=True, array_like=True):
@@ -155,8 +190,11 @@ ToWorker = (
     | PauseTap
     | StartRecording
     | Stop
+    | AttachMonitor
+    | SetMonitorMode
+    | DetachMonitor
 )
-FromWorker = Ready | Digit | TimedOut | Stopped | Failed | RecordingDone | Stats
+FromWorker = Ready | Digit | TimedOut | Stopped | MonitorDetached | Failed | RecordingDone | Stats
 
 _COUNTERS = (
     "packets_received",

@@ -12,7 +12,10 @@ source). Ports stay the daemon's: no second range, no new SDP, nothing the far e
 
 While the call is bridged the daemon drives it by messages: hold (`SetRelay`, music on hold with
 `Play`/`StopPlay`, `SetHeld`), PCI pause (`PauseRecording`, `PauseTap`) and on-demand recording
-(`StartRecording`). DTMF and media timeouts come back as `Digit` and `TimedOut`, a finished
+(`StartRecording`), and a supervisor listening, whispering or barging: `AttachMonitor` hands
+the supervisor's leg over as `Attach` does the call's, a `sip.media.Monitor` mixes it into the
+bridge on this process's clock, `SetMonitorMode` switches it, and `DetachMonitor` (or `Stop`)
+hands the leg back in `MonitorDetached`. DTMF and media timeouts come back as `Digit` and `TimedOut`, a finished
 recording as `RecordingDone` (the daemon completes its index row), the process's media counters as
 `Stats` deltas every second. `Stop` ends the bridge (the recording is closed at the bridged
 length), hands the legs' state back in `Stopped`, and the daemon carries them again (a transferred
@@ -41,13 +44,17 @@ import recordings as rec
 from engine.media.protocol import (
     STATS_INTERVAL_S,
     Attach,
+    AttachMonitor,
+    DetachMonitor,
     Digit,
     Failed,
+    MonitorDetached,
     PauseRecording,
     PauseTap,
     Play,
     RecordingDone,
     SetHeld,
+    SetMonitorMode,
     SetRelay,
     StartRecording,
     Stop,
@@ -68,7 +75,7 @@ from engine.runtime.workers import (
     worker_main,
 )
 from recordings import OnDemandRecording
-from sip.media import Bridge, LegPlayer, MediaClock, MediaStats
+from sip.media import Bridge, LegPlayer, MediaClock, MediaStats, Monitor
 from sip.media.endpoint import DtmfReceived, EndpointState, MediaEvent, MediaTimedOut, RtpEndpoint
 from sip.media.prompts import PromptCache
 from sip.rtp.g711 import DECODERS
@@ -80,13 +87,15 @@ log = structlog.stdlib.get_logger("acd.media")
 
 
 class _Call:
-    __slots__ = ("bridge", "legs", "players", "recording")
+    __slots__ = ("bridge", "codecs", "legs", "monitor", "players", "recording")
 
-    def __init__(self, legs: list[RtpEndpoint], bridge: Bridge) -> None:
+    def __init__(self, legs: list[RtpEndpoint], bridge: Bridge, codecs: tuple[str, str]) -> None:
         self.legs = legs
         self.bridge = bridge
+        self.codecs = codecs
         self.players: list[LegPlayer | None] = [None, None]
         self.recording: Any = None  # rec.Recording or OnDemandRecording
+        self.monitor: Monitor | None = None  # a supervisor mixed in (its leg is legs[2])
 
 
 class _Worker:
@@ -146,6 +155,9 @@ class _Worker:
             await self._attach(message)
             return
         call = self._calls.get(message.sid)
+        if isinstance(message, AttachMonitor):
+            await self._attach_monitor(message, call)
+            return
         if call is None:
             return  # failed earlier: the daemon has taken it back
         now = self._loop.time()
@@ -186,8 +198,14 @@ class _Worker:
             recording = self._start_recording(message.spec)
             sink = OnDemandRecording(recording, bridge.position(now))
             call.recording = bridge.sink = sink  # the tap rebases on each leg's next packet
+        elif isinstance(message, SetMonitorMode):
+            if call.monitor is not None:
+                call.monitor.set_mode(message.mode, now)
+        elif isinstance(message, DetachMonitor):
+            self._detach_monitor(message.sid, call, now)
         elif isinstance(message, Stop):
             del self._calls[message.sid]
+            self._detach_monitor(message.sid, call, now)
             bridge.stop(now)
             for leg in (0, 1):
                 self._stop_player(call, leg)
@@ -242,7 +260,7 @@ class _Worker:
             agent_codec=message.agent_codec,
             sink=sink,
         )
-        call = _Call(legs, bridge)
+        call = _Call(legs, bridge, (message.caller_codec, message.agent_codec))
         call.recording = recording
         self._calls[sid] = call
         now = self._loop.time()
@@ -254,6 +272,51 @@ class _Worker:
                 agent_to_caller=message.agent_to_caller,
             )
         log.debug("media_worker_attached", call_id=message.call_id, sid=sid)
+
+    async def _attach_monitor(self, message: AttachMonitor, call: _Call | None) -> None:
+        _, fds, _, _ = socket.recv_fds(self._fd_sock, 16, MAX_FDS)
+        socks = [socket.socket(fileno=fd) for fd in fds]
+        if call is None or call.monitor is not None or len(socks) != 2:
+            for sock in socks:
+                sock.close()
+            if call is not None:  # a daemon bug: let it carry the whole call again
+                self._drop(message.sid)
+                self.send(Failed(message.sid, "a supervisor's leg could not be taken"))
+            return
+        state = pickle.loads(message.supervisor)  # noqa: S301 (the daemon's own, as in Attach)
+        if not isinstance(state, EndpointState):
+            for sock in socks:
+                sock.close()
+            raise TypeError(f"not an EndpointState: {type(state).__name__}")
+        try:
+            leg = await RtpEndpoint.adopt(
+                state, socks, stats=self.stats, clock=self.clock,
+                on_event=self._events(message.sid, 2),
+            )  # fmt: skip
+        except BaseException:
+            for sock in socks:
+                sock.close()
+            raise
+        caller_codec, agent_codec = call.codecs
+        call.legs.append(leg)
+        call.monitor = Monitor(
+            call.bridge, leg, self.clock, mode=message.mode, caller_codec=caller_codec,
+            agent_codec=agent_codec, supervisor_codec=message.codec,
+        )  # fmt: skip
+        call.monitor.start(self._loop.time())
+
+    def _detach_monitor(self, sid: int, call: _Call, now: float) -> None:
+        """The supervisor leaves (or the call ends): the bridge relays both ways again and the
+        supervisor's leg goes back to the daemon."""
+        monitor, call.monitor = call.monitor, None
+        if monitor is None:
+            return
+        monitor.stop(now)
+        leg = call.legs.pop()
+        state, socks = leg.detach(park=False)
+        for sock in socks:
+            sock.close()
+        self.send(MonitorDetached(sid, pickle.dumps(state)))
 
     def _events(self, sid: int, leg: int) -> Any:
         def on_event(event: MediaEvent) -> None:
@@ -317,9 +380,12 @@ class _Worker:
             return
         now = self._loop.time()
         with contextlib.suppress(Exception):
+            if call.monitor is not None:
+                call.monitor.stop(now)
             call.bridge.stop(now)
         for leg, endpoint in enumerate(call.legs):
-            self._stop_player(call, leg)
+            if leg < 2:
+                self._stop_player(call, leg)
             _let_go(endpoint)
 
     def writer_error(self) -> str:

@@ -20,7 +20,9 @@ the relay goes on; the skipped span reaches the sink as one ``gap`` per channel.
 
 A third party (a supervisor listening, whispering or barging) is `sip.media.monitor.Monitor`: it
 sets a way's ``listener`` to receive its packets and clears ``forward`` on a way whose far end must
-hear a mix instead of the relay; the tap is untouched, so the recording keeps caller and agent.
+hear a mix instead of the relay; the tap goes on, so the recording keeps caller and agent, and
+while the supervisor barges in (the caller hears them) the agent's channel gets their voice added
+through the way's ``tap_mix``.
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ class _Direction:
         "stats",
         "tap",
         "tap_codecs",
+        "tap_mix",
     )
 
     def __init__(
@@ -106,6 +109,8 @@ class _Direction:
         # listens to every packet (the tap goes on either way: the recording keeps the legs)
         self.forward = True
         self.listener: Callable[[bytes], None] | None = None
+        # and, while a supervisor barges in, adds their voice to what this way records
+        self.tap_mix: Callable[[bytes, str], bytes] | None = None
 
     def __call__(self, data: bytes, seq: int, ts: int, ssrc: int, now: float) -> None:
         # Everything here runs once per packet of every bridged call: one bytearray copy, one
@@ -114,32 +119,36 @@ class _Direction:
         mapped = self.pt_map.get(pt)
         if mapped is None:
             return  # comfort noise, video, a codec not negotiated on the other leg: not relayed
-        dst = self.dst
-        buf = bytearray(data)
-        self.out_stream.rewrite(buf, seq, ts, ssrc, now)
-        out_pt, table = mapped
-        if out_pt != pt:
-            buf[1] = (buf[1] & 0x80) | out_pt
-        simple = not data[0] & 0x3F  # no CSRC, extension or padding: payload starts at byte 12
-        if table is not None:
-            if simple:
-                buf[FIXED_HEADER_LEN:] = buf[FIXED_HEADER_LEN:].translate(table)
-            else:
-                try:
-                    packet = parse_rtp(data)
-                except RtpError:
-                    return
-                start = len(buf) - len(packet.payload) - packet.padding
-                buf[start : start + len(packet.payload)] = packet.payload.translate(table)
-        remote = dst.remote_addr
-        transport = dst.transport
         listener = self.listener
         if listener is not None:
             listener(data)
-        if remote is not None and transport is not None and self.forward:
-            transport.sendto(buf, remote)
-            dst.packets_sent += 1
-            self.stats.packets_sent += 1
+        simple = not data[0] & 0x3F  # no CSRC, extension or padding: payload starts at byte 12
+        # Not forwarding (the far end hears a mix): the out stream is not touched either, or
+        # its sequence and timestamp would advance for packets never sent and the far end
+        # would take every mixed frame for one after a loss.
+        if self.forward:
+            dst = self.dst
+            buf = bytearray(data)
+            self.out_stream.rewrite(buf, seq, ts, ssrc, now)
+            out_pt, table = mapped
+            if out_pt != pt:
+                buf[1] = (buf[1] & 0x80) | out_pt
+            if table is not None:
+                if simple:
+                    buf[FIXED_HEADER_LEN:] = buf[FIXED_HEADER_LEN:].translate(table)
+                else:
+                    try:
+                        packet = parse_rtp(data)
+                    except RtpError:
+                        return
+                    start = len(buf) - len(packet.payload) - packet.padding
+                    buf[start : start + len(packet.payload)] = packet.payload.translate(table)
+            remote = dst.remote_addr
+            transport = dst.transport
+            if remote is not None and transport is not None:
+                transport.sendto(buf, remote)
+                dst.packets_sent += 1
+                self.stats.packets_sent += 1
         sink = self.bridge.sink
         if sink is None:
             return
@@ -154,6 +163,9 @@ class _Direction:
                 payload = parse_rtp(data).payload
             except RtpError:
                 return
+        tap_mix = self.tap_mix
+        if tap_mix is not None:
+            payload = tap_mix(payload, codec)
         ch = self.tap
         if ssrc != ch.ssrc:
             # first packet of this leg, or the far end restarted its stream: rebase on wall time,
@@ -247,17 +259,30 @@ class Bridge:
                 leg.on_rtp = None
 
     def set_way(
-        self, way: int, now: float, *, forward: bool, listener: Callable[[bytes], None] | None
+        self,
+        way: int,
+        now: float,
+        *,
+        forward: bool,
+        listener: Callable[[bytes], None] | None,
+        tap_mix: Callable[[bytes, str], bytes] | None = None,
     ) -> None:
         """For a third party (`sip.media.monitor`): way 0 is caller -> agent, 1 agent -> caller.
         ``forward=False`` stops relaying that way (the far end hears something else; the tap goes
         on); turning it back on continues the far end's stream with a marker. ``listener`` gets
-        every relayable packet of that way, as received."""
+        every relayable packet of that way, as received; ``tap_mix`` (payload, codec) -> payload
+        of the same length changes what that way records (a barging supervisor added)."""
         direction = self._directions[way]
         direction.listener = listener
+        direction.tap_mix = tap_mix
         if direction.forward != forward:
             direction.forward = forward
             direction.dst.stream.begin_source(now)
+
+    def relaying(self, way: int) -> bool:
+        """Whether way ``way`` (0 caller -> agent, 1 agent -> caller) is on: off while a side is
+        on hold (`set_relay`), when the far end hears music or nothing."""
+        return self.stopped_at is None and self.legs[way].on_rtp is self._directions[way]
 
     def position(self, now: float) -> int:
         """Sample position of ``now`` on the recording's time line."""

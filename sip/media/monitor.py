@@ -9,8 +9,13 @@ leg (silence when none came), mixes with `sip.rtp.mix` for every leg that must h
 counterpart (the supervisor always; the agent in whisper and barge; the caller in barge), and
 sends those mixes through the legs' `OutboundStream` (a switch between relay and mix is a new
 source: marker bit, timestamps continue). The bridge ways whose far end now hears a mix stop
-forwarding; the recording tap is untouched, so the recording keeps caller left, agent right, and
-does not hold the supervisor's voice. `stop` gives the bridge back exactly as it was.
+forwarding; the recording tap goes on, so the recording keeps caller left, agent right. What the
+caller hears is recorded: in barge the supervisor's voice is added to the agent's channel (the
+company's side), frame by frame as the tap records the agent's packets (the way's ``tap_mix``,
+fed from the supervisor frames the clock takes); listening and whispering are not recorded.
+While the bridge holds a way off (`Bridge.set_relay`: a hold) the leg it leads to gets no mix
+either: that leg hears the music on hold (whose player owns its stream) or nothing, and the
+supervisor hears no more of that way than its far end does. `stop` gives the bridge back exactly as it was.
 """
 
 from __future__ import annotations
@@ -18,11 +23,21 @@ from __future__ import annotations
 from collections import deque
 
 import numpy as np
+import numpy.typing as npt
 
 from sip.media.bridge import Bridge
 from sip.media.clock import MediaClock
 from sip.media.endpoint import RtpEndpoint
-from sip.rtp.mix import AGENT, CALLER, FRAME_SAMPLES, MONITOR_MODES, decode_frame, encode_frame, mix
+from sip.rtp.mix import (
+    AGENT,
+    CALLER,
+    FRAME_SAMPLES,
+    MONITOR_MODES,
+    SUPERVISOR,
+    decode_frame,
+    encode_frame,
+    mix,
+)
 from sip.rtp.packet import FIXED_HEADER_LEN, RtpError, parse_rtp
 
 #: Frames queued per leg at most (60 ms): enough for loopback and LAN jitter; beyond it the
@@ -68,6 +83,7 @@ class Monitor:
         "_hears",
         "_inputs",
         "_pts",
+        "_recorded",
         "bridge",
         "legs",
         "mode",
@@ -98,6 +114,8 @@ class Monitor:
             for leg, codec in zip(self.legs, codecs, strict=True)
         ]
         self._frames = np.zeros((3, FRAME_SAMPLES), dtype=np.int32)
+        # the supervisor's frames still to add to the agent's channel of the recording (barge)
+        self._recorded: deque[npt.NDArray[np.int32]] = deque(maxlen=MAX_QUEUED_FRAMES)
         self.mode = mode
         self._hears = np.asarray(MONITOR_MODES[mode], dtype=np.int32)
         self.running = False
@@ -109,10 +127,32 @@ class Monitor:
             return int(row.sum()) != 1 or not row[_COUNTERPART[leg]]
         return bool(row.any())
 
+    def _barging(self) -> bool:
+        """The caller hears the supervisor: what the caller hears is recorded."""
+        return bool(self._hears[CALLER][SUPERVISOR])
+
     def _apply(self, now: float) -> None:
-        # way 0 is caller -> agent (the agent hears it), way 1 agent -> caller
+        # way 0 is caller -> agent (the agent hears it), way 1 agent -> caller (the agent's
+        # channel of the recording)
+        if not self._barging():
+            self._recorded.clear()
         for way, src, dst in ((0, CALLER, AGENT), (1, AGENT, CALLER)):
-            self.bridge.set_way(way, now, forward=not self._mixed(dst), listener=self._inputs[src])
+            mix_in = self._record_supervisor if way == 1 and self._barging() else None
+            self.bridge.set_way(
+                way, now, forward=not self._mixed(dst), listener=self._inputs[src], tap_mix=mix_in
+            )
+
+    def _record_supervisor(self, payload: bytes, codec: str) -> bytes:
+        """The agent's tapped ``payload`` with the supervisor's next frame added (same length)."""
+        if not self._recorded or codec not in ("PCMU", "PCMA"):
+            return payload
+        supervisor = self._recorded.popleft()
+        n = min(len(payload), FRAME_SAMPLES)
+        samples = np.empty(FRAME_SAMPLES, dtype=np.int32)
+        decode_frame(payload[:n], codec, samples)
+        samples += supervisor
+        mixed = np.clip(samples[:n], -32768, 32767).astype(np.int16)
+        return encode_frame(mixed, codec) + payload[n:]
 
     def start(self, now: float) -> None:
         if self.running:
@@ -139,7 +179,8 @@ class Monitor:
         self._clock.remove(self)
         if self.bridge.stopped_at is None:
             for way in (0, 1):
-                self.bridge.set_way(way, now, forward=True, listener=None)
+                self.bridge.set_way(way, now, forward=True, listener=None, tap_mix=None)
+        self._recorded.clear()
         if self.legs[2].on_rtp == self._inputs[2].on_rtp:
             self.legs[2].on_rtp = None
 
@@ -153,9 +194,13 @@ class Monitor:
                 decode_frame(queued.frames.popleft(), queued.codec, frames[i])
             else:
                 frames[i] = 0
+        if self._barging():
+            self._recorded.append(frames[SUPERVISOR].copy())
         mixed = mix(frames, self._hears)
         for i, leg in enumerate(self.legs):
             if leg.closed or not self._mixed(i):
                 continue
+            if i in _COUNTERPART and not self.bridge.relaying(1 - i):
+                continue  # on hold: the music (or nothing) is what this leg hears
             payload = encode_frame(mixed[i], self._inputs[i].codec)
             leg.send(leg.stream.send(self._pts[i], payload, now, FRAME_SAMPLES))
