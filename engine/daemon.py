@@ -213,9 +213,14 @@ class Daemon:
             log.error("reload_rejected", reason=str(exc), kept=self.config.source)
             self.metrics.config_reloads.labels(outcome="rejected").inc()
             return False
+        refused = [] if self.routing is None else self.routing.refused(new)
+        if refused:
+            log.error("reload_rejected", reason="; ".join(refused), kept=self.config.source)
+            self.metrics.config_reloads.labels(outcome="rejected").inc()
+            return False
         needs_restart = [k for k in _RESTART_ONLY if getattr(new, k) != getattr(self.config, k)]
         if self.routing is not None:
-            needs_restart += self.routing.apply(new)
+            self.routing.apply(new)
         if self.agents is not None:
             self.agents.apply(new)
         if self.calls is not None:

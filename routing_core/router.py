@@ -856,6 +856,15 @@ class Router:
     def agent_state(self, agent_id: str) -> AgentState:
         return AgentState(self._st[self._agent(agent_id)])
 
+    @property
+    def max_agents(self) -> int:
+        """How many agents this Router can ever hold (fixed at construction)."""
+        return self._max_agents
+
+    def queue_names(self) -> list[str]:
+        """Every queue added, in the order added (a Router never removes one)."""
+        return list(self._queue_names)
+
     def take_wrap_up_ends(self) -> list[tuple[str, AgentState]]:
         """Agents whose wrap-up ended on its timer since the last call, and the state each went
         to (AVAILABLE, or NOT_READY for a pause asked for during the call); empties the list."""

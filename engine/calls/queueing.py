@@ -3,10 +3,11 @@
 How this works: ``queue_and_bridge`` enqueues the call in the routing core (join_empty and a
 full queue overflow at once), plays music on hold, and waits for the ``connected`` future that
 ``ringing`` resolves when an agent answers, with position / expected-wait announcements every
-``announce_every_s`` (each part switched by ``announce_position`` / ``announce_wait``). ``max_wait_s``, or the queue left empty (``leave_empty``), withdraws the
-call and runs the queue's overflow flow, or plays all-busy. On answer the recording starts and
-the caller is bridged to the agent's leg; the task then waits for a blind transfer by the agent
-(``transfers``) until a BYE cancels it.
+``announce_every_s`` (each part switched by ``announce_position`` / ``announce_wait``), all read
+again at every turn so a reload applies to waiting callers. ``max_wait_s``, or the queue left
+empty (``leave_empty``), withdraws the call and runs the queue's overflow flow, or plays
+all-busy. On answer the recording starts and the caller is bridged to the agent's leg; the task
+then waits for a blind transfer by the agent (``transfers``) until a BYE cancels it.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from engine.calls.announcements import expected_wait_prompts, position_prompts
 from engine.calls.flows import FlowOutcome
 from engine.calls.inbound import CallIO
 from engine.calls.model import AgentLeg, Call, CallEnded, QueueEmptied, loop_now
-from engine.config import QueueConfig
+from engine.config import Config, QueueConfig
 from engine.storage.cdr import QueueEventData
 
 if TYPE_CHECKING:
@@ -39,6 +40,8 @@ class Queueing:
         self._s = service
         # Per queue: moving average of recent answered waits, for expected-wait announcements.
         self.average_wait_s: dict[str, float] = {}
+        # Resolved by a reload, so that waiting callers re-read their queue's config.
+        self._config_changed: asyncio.Future[None] | None = None
 
     async def _overflow(self, call: Call, reason: str, *, waited_s: float) -> None:
         """The queue is full, or the caller waited max_wait_s: run its overflow flow (which may
@@ -92,12 +95,8 @@ class Queueing:
             )  # fmt: skip
         self._s.media.listen_for_tones(call, False)  # no flow reads digits while queued
         self._s.media.music_on_hold(call, outcome.queue)
-        waiting = self._wait_for_agent(call, qcfg)
         try:
-            if qcfg.max_wait_s > 0:
-                leg = await asyncio.wait_for(waiting, qcfg.max_wait_s)
-            else:
-                leg = await waiting
+            leg = await self._wait_for_agent(call)
         except (TimeoutError, QueueEmptied) as exc:
             waited = time.time() - (call.enqueued_at or time.time())
             with contextlib.suppress(rc.RoutingError):
@@ -149,30 +148,62 @@ class Queueing:
             prompts += expected_wait_prompts(self.average_wait_s[call.queue])
         return prompts
 
-    async def _wait_for_agent(self, call: Call, qcfg: QueueConfig) -> AgentLeg:
+    def apply(self, config: Config) -> None:
+        """A reloaded config: callers already waiting take the queue's new announcements and
+        max_wait_s at once (the waits are woken to re-read them)."""
+        changed, self._config_changed = self._config_changed, None
+        if changed is not None and not changed.done():
+            changed.set_result(None)
+
+    def _changed(self) -> asyncio.Future[None]:
+        if self._config_changed is None:
+            self._config_changed = asyncio.get_running_loop().create_future()
+        return self._config_changed
+
+    async def _wait_for_agent(self, call: Call) -> AgentLeg:
         """Music on hold until an agent answers, with an announcement every
-        ``announce_every_s`` seconds (when there is something to announce)."""
+        ``announce_every_s`` seconds (when there is something to announce); TimeoutError after
+        ``max_wait_s``. The queue's config is read at every turn, so a reload applies to the
+        callers already waiting; a wait counts from the enqueue, an announcement period from the
+        last announcement."""
         connected = call.connected
         assert connected is not None
-        if qcfg.announce_every_s <= 0:
-            return await connected
+        loop = asyncio.get_running_loop()
+        started = last = loop.time()
+
+        def turn() -> tuple[QueueConfig, float | None, float | None]:
+            qcfg = next(q for q in self._s.config.queues if q.name == call.queue)
+            give_up = started + qcfg.max_wait_s if qcfg.max_wait_s > 0 else None
+            announce = last + qcfg.announce_every_s if qcfg.announce_every_s > 0 else None
+            return qcfg, give_up, announce
+
         while not connected.done():
-            done, _ = await asyncio.wait({connected}, timeout=qcfg.announce_every_s)
-            if done:
-                break
-            prompts = self.announcement(call, qcfg)
+            qcfg, give_up, announce = turn()
+            now = loop.time()
+            if give_up is not None and now >= give_up:
+                raise TimeoutError
+            due = [x for x in (give_up, announce) if x is not None]
+            timeout = max(0.0, min(due) - now) if due else None
+            woken: set[asyncio.Future[Any]] = {connected, self._changed()}
+            await asyncio.wait(woken, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if connected.done() or announce is None or loop.time() < announce:
+                continue  # answered, a reload to re-read, or the end of the wait (next turn)
+            qcfg, give_up, _ = turn()
+            last = loop.time()
+            prompts = self.announcement(call, qcfg) if qcfg.announce_every_s > 0 else []
             if not prompts:
                 continue  # nothing to say: the music goes on
             self._s.metrics.announcements.labels(queue=call.queue).inc()
             log.debug("queue_announcement", queue=call.queue, prompts=prompts)
-            announce = asyncio.ensure_future(self._s.media.play(call, prompts, barge_in=False))
-            racing: set[asyncio.Future[Any]] = {announce, connected}
+            announce_done = asyncio.ensure_future(self._s.media.play(call, prompts, barge_in=False))
+            racing: set[asyncio.Future[Any]] = {announce_done, connected}
             try:
-                await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
+                left = None if give_up is None else max(0.0, give_up - loop.time())
+                await asyncio.wait(racing, timeout=left, return_when=asyncio.FIRST_COMPLETED)
             finally:
-                if not announce.done():  # the agent answered mid-sentence: stop talking
+                if not announce_done.done():  # answered (or gave up) mid-sentence: stop talking
                     self._s.media.stop_player(call)
-                    await asyncio.gather(announce, return_exceptions=True)
+                    await asyncio.gather(announce_done, return_exceptions=True)
             if not connected.done():
                 self._s.media.music_on_hold(call, call.queue)
         return connected.result()
