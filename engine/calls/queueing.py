@@ -32,6 +32,10 @@ if TYPE_CHECKING:
 
 log = structlog.stdlib.get_logger("acd.calls")
 
+# Callers remembered for keep_place_s at most: a burst of hang-ups cannot grow memory without end
+# (each entry is a few hundred bytes; a center has far fewer callers waiting at once).
+MAX_KEPT_PLACES = 10_000
+
 
 class Queueing:
     """Waiting callers: enqueue, announcements, overflow, and the bridge on answer."""
@@ -40,6 +44,8 @@ class Queueing:
         self._s = service
         # Per queue: moving average of recent answered waits, for expected-wait announcements.
         self.average_wait_s: dict[str, float] = {}
+        # (caller, queue) -> (wall time its place counted from, when it hung up): keep_place_s.
+        self._left: dict[tuple[str, str], tuple[float, float]] = {}
         # Resolved by a reload, so that waiting callers re-read their queue's config.
         self._config_changed: asyncio.Future[None] | None = None
 
@@ -77,16 +83,25 @@ class Queueing:
         if not qcfg.join_empty and self._s.routing.members_logged_in(outcome.queue) == 0:
             await self._overflow(call, "join_empty", waited_s=0.0)
             return
+        preferred = await self._preferred_agent(call, qcfg, outcome)
         loop = asyncio.get_running_loop()
         call.connected = loop.create_future()
+        now_wall = time.time()
+        place_at = self._kept_place(call, qcfg, now_wall)
         try:
             self._s.routing.enqueue(
-                call.id, outcome.queue, priority=outcome.priority, requirements=outcome.requirements
-            )
+                call.id, outcome.queue, priority=outcome.priority, requirements=outcome.requirements,
+                enqueue_time=None if place_at is None else loop.time() - (now_wall - place_at),
+                preferred_agent=preferred,
+                preferred_timeout_s=qcfg.preferred_agent_timeout_s if preferred else 0.0,
+            )  # fmt: skip
         except rc.QueueFull:
             await self._overflow(call, "full", waited_s=0.0)
             return
         call.enqueued_at = time.time()
+        call.place_at = call.enqueued_at if place_at is None else place_at
+        if call.first_place_at is None:
+            call.first_place_at = call.place_at
         position = self.position(call)
         if self._s.cdr:
             self._s.cdr.queue_event(
@@ -97,6 +112,10 @@ class Queueing:
         self._s.media.music_on_hold(call, outcome.queue)
         try:
             leg = await self._wait_for_agent(call)
+        except asyncio.CancelledError:
+            if call.hangup_side == "caller" and call.enqueued_at is not None:
+                self._remember_place(call, qcfg)
+            raise
         except (TimeoutError, QueueEmptied) as exc:
             waited = time.time() - (call.enqueued_at or time.time())
             with contextlib.suppress(rc.RoutingError):
@@ -126,8 +145,9 @@ class Queueing:
         await self._s.transfers.agent_transfer(call, leg, target)
 
     def position(self, call: Call) -> int:
-        """1-based place of a waiting call in its queue: higher priority first, then older."""
-        key = (-call.priority, call.enqueued_at or 0.0)
+        """1-based place of a waiting call in its queue: higher priority first, then older (by
+        the time its place counts from, which keep_place_s may have kept from earlier)."""
+        key = (-call.priority, call.place_at or call.enqueued_at or 0.0)
         ahead = sum(
             1
             for other in self._s.calls.values()
@@ -135,9 +155,85 @@ class Queueing:
             and other.queue == call.queue
             and other.enqueued_at is not None
             and other.agent_id is None
-            and (-other.priority, other.enqueued_at) < key
+            and (-other.priority, other.place_at or other.enqueued_at) < key
         )
         return ahead + 1
+
+    async def _preferred_agent(
+        self, call: Call, qcfg: QueueConfig, outcome: FlowOutcome
+    ) -> str | None:
+        """The agent this caller is offered to first: the flow's ``preferred_agent`` (a ``set``,
+        maybe from a lookup), or else with ``last_agent_days`` the member who last answered this
+        caller (the CDR store, at most 0.5 s). Only a logged-in member of the queue who has the
+        skills the call needs: anyone else would only make the caller wait the timeout for
+        nobody."""
+        members = [a for a in self._s.config.agents if qcfg.name in a.queues]
+        needs = outcome.requirements if outcome.requirements is not None else qcfg.requirements
+
+        def usable(agent_id: str) -> bool:
+            agent = next((a for a in members if a.id == agent_id), None)
+            return (
+                agent is not None
+                and all(agent.skills.get(s, 0) >= lvl for s, lvl in needs.items())
+                and self._s.routing.agent_state(agent_id) is not rc.AgentState.LOGGED_OUT
+            )
+
+        if outcome.preferred_agent:
+            if usable(outcome.preferred_agent):
+                return self._preferring(qcfg, outcome.preferred_agent, "flow")
+            log.info("preferred_agent_skipped", queue=qcfg.name, agent=outcome.preferred_agent,
+                     source="flow")  # fmt: skip
+        if qcfg.last_agent_days <= 0 or self._s.cdr is None:
+            return None
+        try:
+            last = await asyncio.wait_for(
+                self._s.cdr.last_agent(call.caller, [a.id for a in members], qcfg.last_agent_days),
+                0.5,
+            )
+        except TimeoutError:
+            log.warning("last_agent_slow", queue=qcfg.name)
+            return None
+        if last is None:
+            return None
+        if not usable(last):
+            log.info("preferred_agent_skipped", queue=qcfg.name, agent=last, source="last_agent")
+            return None
+        return self._preferring(qcfg, last, "last_agent")
+
+    def _preferring(self, qcfg: QueueConfig, agent_id: str, source: str) -> str:
+        log.info("preferred_agent", queue=qcfg.name, agent=agent_id, source=source,
+                 timeout_s=qcfg.preferred_agent_timeout_s)  # fmt: skip
+        return agent_id
+
+    def _kept_place(self, call: Call, qcfg: QueueConfig, now_wall: float) -> float | None:
+        """With ``keep_place_s``: the wall time this caller's place counts from if it keeps an
+        earlier one (this call's first enqueue when it comes back from an overflow or a
+        transfer; or the place it had when it hung up waiting here within keep_place_s)."""
+        if qcfg.keep_place_s <= 0:
+            return None
+        if call.first_place_at is not None:
+            return call.first_place_at
+        kept = self._left.pop((call.caller, qcfg.name), None)
+        if kept is None or not call.caller or call.caller == "anonymous":
+            return None
+        place_at, left_at = kept
+        return place_at if now_wall - left_at <= qcfg.keep_place_s else None
+
+    def _remember_place(self, call: Call, qcfg: QueueConfig) -> None:
+        """A caller hung up while waiting in a keep_place_s queue: its place, for a call back."""
+        if qcfg.keep_place_s <= 0 or not call.caller or call.caller == "anonymous":
+            return
+        now_wall = time.time()
+        longest = max((q.keep_place_s for q in self._s.config.queues), default=0.0)
+        for key, (_, left_at) in list(self._left.items()):
+            if now_wall - left_at > longest:
+                del self._left[key]
+        while len(self._left) >= MAX_KEPT_PLACES:
+            del self._left[next(iter(self._left))]  # the oldest: dicts keep insertion order
+        self._left[(call.caller, qcfg.name)] = (
+            call.place_at or call.enqueued_at or now_wall,
+            now_wall,
+        )
 
     def announcement(self, call: Call, qcfg: QueueConfig) -> list[str]:
         """What the periodic announcement says now: the caller's position (announce_position)

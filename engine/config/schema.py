@@ -202,6 +202,16 @@ class QueueConfig(_Struct, frozen=True):
     # how long a chat/email/social/ticket offer waits for the agent's accept before it goes to
     # the next agent (as ring_timeout_s does for a call)
     offer_timeout_s: float = 30.0
+    # last-agent routing: a caller answered by a member of this queue within this many days (the
+    # CDR store, by caller id) is offered to that agent first; 0 = off
+    last_agent_days: float = 0.0
+    # how long a caller waits for its preferred agent (the last agent, or a flow `set`'s
+    # preferred_agent) while that agent is logged in but not free, before anyone may answer
+    preferred_agent_timeout_s: float = 15.0
+    # a caller who hangs up while waiting here and calls again within this many seconds keeps
+    # its place (its first enqueue time), as does one that comes back from an overflow or a
+    # transfer that did not connect; 0 = a new caller goes to the back
+    keep_place_s: float = 0.0
 
 
 class LoginMode(Enum):
@@ -290,6 +300,9 @@ class SetStep(_Struct, frozen=True, tag="set", tag_field="type"):
     queue: str = ""
     priority: int | None = None
     requirements: dict[str, int] | None = None
+    # an agent id the caller is offered to first (the queue's preferred_agent_timeout_s); may
+    # use {var} from flow data, e.g. "{account_manager}" from a lookup's result
+    preferred_agent: str = ""
     data: dict[str, str] = msgspec.field(
         default_factory=dict
     )  # values may use {var} from flow data

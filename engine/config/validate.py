@@ -169,6 +169,12 @@ def _validate(cfg: Config, file: str) -> None:
         _check_positive(file, f"{base}.wrap_up_s", queue.wrap_up_s, allow_zero=True)
         _check_positive(file, f"{base}.max_wait_s", queue.max_wait_s, allow_zero=True)
         _check_positive(file, f"{base}.service_level_s", queue.service_level_s)
+        _check_positive(file, f"{base}.last_agent_days", queue.last_agent_days, allow_zero=True)
+        _check_positive(
+            file, f"{base}.preferred_agent_timeout_s", queue.preferred_agent_timeout_s,
+            allow_zero=True,
+        )  # fmt: skip
+        _check_positive(file, f"{base}.keep_place_s", queue.keep_place_s, allow_zero=True)
         if queue.max_length < 0:
             raise ConfigError(
                 file,
@@ -344,6 +350,7 @@ def _validate_telephony(cfg: Config, file: str) -> None:
     trunks = {t.name for t in cfg.trunks}
     flows = {f.name for f in cfg.flows}
     queues = {q.name for q in cfg.queues}
+    agents = {a.id for a in cfg.agents}
     seen: set[str] = set()
     usernames: set[str] = set()
     for i, trunk in enumerate(cfg.trunks):
@@ -441,6 +448,17 @@ def _validate_telephony(cfg: Config, file: str) -> None:
                 isinstance(step, SetStep | EnqueueStep) and step.queue and step.queue not in queues
             ):
                 raise ConfigError(file, f"{where}.queue", _unknown("queue", step.queue, queues))
+            elif (
+                isinstance(step, SetStep)
+                and step.preferred_agent
+                and "{" not in step.preferred_agent
+                and step.preferred_agent not in agents
+            ):
+                raise ConfigError(
+                    file,
+                    f"{where}.preferred_agent",
+                    _unknown("agent", step.preferred_agent, agents),
+                )
             elif isinstance(step, TransferStep) and step.trunk not in trunks:
                 raise ConfigError(file, f"{where}.trunk", _unknown("trunk", step.trunk, trunks))
             elif isinstance(step, TransferStep) and not _outbound(cfg, step.trunk):

@@ -55,6 +55,14 @@ QUEUES3 = '[[queues]]\nname = "a"\n[[queues]]\nname = "b"\n[[queues]]\nname = "c
         (QUEUES3 + 'ring_timeout_s = "x"\n', "queues[2].ring_timeout_s", "expected a number"),
         (QUEUES3 + "ring_timout_s = 5\n", "queues[2].ring_timout_s", "unknown key"),
         (QUEUES3 + "ring_timeout_s = -1\n", "queues[2].ring_timeout_s", "expected a number > 0"),
+        (QUEUES3 + "last_agent_days = -1\n", "queues[2].last_agent_days", "a number >= 0"),
+        (
+            QUEUES3 + "preferred_agent_timeout_s = -5\n",
+            "queues[2].preferred_agent_timeout_s",
+            "a number >= 0",
+        ),
+        (QUEUES3 + "keep_place_s = -0.5\n", "queues[2].keep_place_s", "a number >= 0"),
+        (QUEUES3 + 'keep_place_s = "1m"\n', "queues[2].keep_place_s", "expected a number"),
         ('[[queues]]\nname = "a"\nstrategy = "fastest"\n', "queues[0].strategy", "'ring_all'"),
         ('[log]\nlevel = "loud"\n', "log.level", "expected one of 'debug', 'info'"),
         ("[[agents]]\nname = 'x'\n", "agents[0].id", "required key is missing"),
@@ -211,6 +219,11 @@ name = "q"
             '[[flows]]\nname = "m2"\nsteps = [{ type = "enqueue", queue = "zz" }]\n',
             "flows[1].steps[0].queue",
             "queue (q)",
+        ),
+        (
+            '[[flows]]\nname = "m2"\nsteps = [{ type = "set", preferred_agent = "9999" }]\n',
+            "flows[1].steps[0].preferred_agent",
+            "configured agent (none defined), found '9999'",
         ),
         (
             '[[flows]]\nname = "m2"\nsteps = [{ type = "lookup", url = "ftp://x" }]\n',
