@@ -7,7 +7,8 @@ timers, packed task and bucket rows; row layouts in `_kernels`). Python keeps wh
 table in `routing_core.states`.
 
 Ordering rules (documented choices):
-- Tasks: priority desc, then queue weight desc (Asterisk `weight` as a leading key, so a heavier queue
+- Tasks: priority desc (with a queue's `priority_aging_per_min`, the priority given plus one point per
+  1/rate minutes waited, moved up by a timer per task), then queue weight desc (Asterisk `weight` as a leading key, so a heavier queue
   wins an agent shared with a lighter one), then effective enqueue time asc, then arrival sequence asc.
 - Agents: lowest queue penalty tier first (Asterisk: higher penalties only when no lower is free), then
   the queue strategy key, then agent index.
@@ -15,7 +16,8 @@ Ordering rules (documented choices):
 - The preferred agent must still meet the task's requirements; until the timeout nobody else is eligible.
 - `waiting(queue)` counts tasks not yet accepted (waiting or offered), as a caller in the queue sees it.
 
-Timers (wrap-up end, reject delays, retry delays, relaxation steps, preferred-agent timeouts) sit in one heap;
+Timers (wrap-up end, reject delays, retry delays, relaxation steps, preferred-agent timeouts, aging points)
+sit in one heap;
 `dispatch(now)` applies those due and `next_deadline()` reports the earliest, sans-I/O style.
 
 Speed (every API call is on the daemon's and the simulator's hot path):
@@ -85,6 +87,7 @@ _TM_WRAP_END: Final = 0
 _TM_UNBLOCK: Final = 1
 _TM_TASK: Final = 2
 _TM_RETRY: Final = 3
+_TM_AGE: Final = 4  # a waiting task's aged priority reaches its next point
 
 _ROUTABLE_CODES: Final = frozenset(int(s) for s in ROUTABLE_STATES)
 # Agent states as plain ints: hot paths compare the Python mirror `_st` against these, because building
@@ -261,7 +264,9 @@ class Router:
         self._n_waiting = 0
         self._task_agent = [-1] * T
         self._task_accept_s = [0.0] * T
-        self._task_prio = np.zeros(T, np.int64)
+        self._task_prio = np.zeros(T, np.int64)  # the priority it is ordered by (aged)
+        self._task_base_prio = [0] * T  # the priority it was given, before aging
+        self._task_age_at = [0.0] * T  # when its next aging point is due (the live timer)
         self._task_reqs: list[tuple[Requirement, ...]] = [()] * T
         # The task took its queue's default requirements (a reload changing them moves it along).
         self._task_qdef = [False] * T
@@ -382,6 +387,7 @@ class Router:
                 continue
             if self._task_qdef[t] and default_rset != old_rset:
                 self._rebucket(t, spec.requirements, default_rset)
+            self._age(t, now)  # a changed priority_aging_per_min applies to the wait so far
             gen = self._task_gen[t]
             eff = self._task_time[t]
             for i in range(n_steps):
@@ -410,6 +416,8 @@ class Router:
                 raise InvalidArgument("time spans must be >= 0")
         if spec.max_length < 0 or spec.auto_pause_after < 0:
             raise InvalidArgument("max_length and auto_pause_after must be >= 0")
+        if not 0 <= spec.priority_aging_per_min < float("inf"):
+            raise InvalidArgument("priority_aging_per_min must be a finite number >= 0")
         if not -(2**31) <= spec.weight < 2**31:
             raise InvalidArgument("weight out of int32 range")
         step_sets = [
@@ -695,7 +703,7 @@ class Router:
         else:
             reqs = self._task_reqs[t]
         rset = self._check_reqs(reqs)
-        prio = int(self._task_prio[t]) if priority is None else priority
+        prio = self._task_base_prio[t] if priority is None else priority
         ch = self._task_ch[t] if channel is None else channel
         self._check_task_args(prio, preferred_timeout_s, ch)
         pref = -1 if preferred_agent is None else self._agent(preferred_agent)
@@ -973,6 +981,8 @@ class Router:
             elif kind == _TM_RETRY and self._timer_live((when, 0, kind, idx, gen)):
                 self._retrying.discard(idx)
                 self._to_waiting(idx)
+            elif kind == _TM_AGE and self._timer_live((when, 0, kind, idx, gen)):
+                self._age(idx, when)
 
     def _offered(self, t: int, a: int) -> Offer:
         """Python side of one offer the kernel made: it already took one unit of a's capacity, dropped
@@ -1147,9 +1157,11 @@ class Router:
         self._task_time[t] = eff
         self._task_pref[t] = pref
         self._task_pref_until[t] = pref_until
-        self._task_prio[t] = prio
+        aged = self._aged(q, prio, eff, now)
+        self._task_base_prio[t] = prio
+        self._task_prio[t] = aged
         self._task_reqs[t] = tuple(reqs)
-        self._task_i[t, K.TI_BUCKET] = self._bucket_id(q, prio, rs, ch)
+        self._task_i[t, K.TI_BUCKET] = self._bucket_id(q, aged, rs, ch)
         self._task_gen[t] += 1
         self._queue_count[q][ch] += 1
         self._to_waiting(t)
@@ -1160,13 +1172,44 @@ class Router:
                 self._push_timer(when, _TM_TASK, t, gen)
         if pref >= 0 and pref_timeout_s > 0:
             self._push_timer(now + pref_timeout_s, _TM_TASK, t, gen)
+        self._arm_aging(t, now)
+
+    def _aged(self, q: int, base: int, eff: float, now: float) -> int:
+        """Priority of a task of queue q given `base`, waiting since `eff`, at `now`: one point
+        more per 1 / priority_aging_per_min minutes waited, capped at MAX_PRIORITY."""
+        rate = self._queues[q].priority_aging_per_min
+        if rate <= 0:
+            return base
+        return min(MAX_PRIORITY, base + int(max(0.0, now - eff) * rate / 60.0))
+
+    def _arm_aging(self, t: int, now: float) -> None:
+        """Schedule task t's next aging point (if its queue ages); it replaces any earlier one."""
+        rate = self._queues[self._task_q[t]].priority_aging_per_min
+        prio = int(self._task_prio[t])
+        if rate <= 0 or prio >= MAX_PRIORITY:
+            self._task_age_at[t] = -1.0
+            return
+        points = prio - self._task_base_prio[t] + 1
+        when = max(self._task_time[t] + 60.0 * points / rate, now + 1e-6)
+        self._task_age_at[t] = when
+        self._push_timer(when, _TM_AGE, t, self._task_gen[t])
+
+    def _age(self, t: int, now: float) -> None:
+        """Move task t (not accepted) to the bucket of its aged priority, keeping its place
+        among tasks of that priority, and schedule the next point."""
+        aged = self._aged(self._task_q[t], self._task_base_prio[t], self._task_time[t], now)
+        if aged != self._task_prio[t]:
+            self._task_prio[t] = aged
+            rs = int(self._bucket_i[int(self._task_i[t, K.TI_BUCKET]), K.BI_REQSET])
+            self._rebucket(t, self._task_reqs[t], self._reqsets[rs])
+        self._arm_aging(t, now)
 
     def _rebucket(
         self, t: int, reqs: tuple[Requirement, ...], rset: tuple[tuple[int, int], ...]
     ) -> None:
-        """Give task t (not accepted) new requirements in place: a waiting task moves to the
-        bucket of its new set keeping its (time, sequence) place; a ringing or retrying one goes
-        there when it comes back to waiting."""
+        """Give task t (not accepted) new requirements (or, set before, a new `_task_prio`) in
+        place: a waiting task moves to the bucket of its new set and priority keeping its (time,
+        sequence) place; a ringing or retrying one goes there when it comes back to waiting."""
         b = self._bucket_id(
             self._task_q[t], int(self._task_prio[t]), self._reqset_id(rset), self._task_ch[t]
         )
@@ -1411,6 +1454,12 @@ class Router:
             return bool(self._agent_f[K.AF_BLOCKED_UNTIL, idx] == when)
         if kind == _TM_RETRY:
             return self._task_gen[idx] == gen and self._tst[idx] == _T_RETRY
+        if kind == _TM_AGE:
+            return (
+                self._task_gen[idx] == gen
+                and self._task_age_at[idx] == when
+                and self._tst[idx] in (_T_WAITING, _T_OFFERED, _T_RETRY)
+            )
         return self._task_gen[idx] == gen and self._tst[idx] == _T_WAITING
 
 

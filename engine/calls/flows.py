@@ -148,6 +148,11 @@ class FlowRunner:
                     state["requirements"] = dict(step.requirements)
                 if step.preferred_agent:
                     state["preferred_agent"] = expand(step.preferred_agent, data)
+                if step.tier:
+                    tier = expand(step.tier, data)[:MAX_DATA_VALUE_CHARS]
+                    data["tier"] = tier
+                    if tier in step.priorities:
+                        state["priority"] = step.priorities[tier]
                 for key, template in step.data.items():
                     data[key] = expand(template, data)[:MAX_DATA_VALUE_CHARS]
             elif isinstance(step, EnqueueStep):

@@ -145,9 +145,19 @@ class Queueing:
         await self._s.transfers.agent_transfer(call, leg, target)
 
     def position(self, call: Call) -> int:
-        """1-based place of a waiting call in its queue: higher priority first, then older (by
-        the time its place counts from, which keep_place_s may have kept from earlier)."""
-        key = (-call.priority, call.place_at or call.enqueued_at or 0.0)
+        """1-based place of a waiting call in its queue: higher priority first (aged by the
+        queue's priority_aging_per_min, as the routing core does), then older (by the time its
+        place counts from, which keep_place_s may have kept from earlier)."""
+        qcfg = next((q for q in self._s.config.queues if q.name == call.queue), None)
+        rate = 0.0 if qcfg is None else qcfg.priority_aging_per_min
+        now = time.time()
+
+        def key(c: Call) -> tuple[int, float]:
+            since = c.place_at or c.enqueued_at or now
+            aged = c.priority + (int(max(0.0, now - since) * rate / 60.0) if rate > 0 else 0)
+            return (-aged, since)
+
+        mine = key(call)
         ahead = sum(
             1
             for other in self._s.calls.values()
@@ -155,7 +165,7 @@ class Queueing:
             and other.queue == call.queue
             and other.enqueued_at is not None
             and other.agent_id is None
-            and (-other.priority, other.place_at or other.enqueued_at) < key
+            and key(other) < mine
         )
         return ahead + 1
 

@@ -212,6 +212,9 @@ class QueueConfig(_Struct, frozen=True):
     # its place (its first enqueue time), as does one that comes back from an overflow or a
     # transfer that did not connect; 0 = a new caller goes to the back
     keep_place_s: float = 0.0
+    # priority aging: a waiting caller's priority grows by one point per 1 / this many minutes
+    # of waiting, so a long wait overtakes a higher priority in time; 0 = off
+    priority_aging_per_min: float = 0.0
 
 
 class LoginMode(Enum):
@@ -303,6 +306,10 @@ class SetStep(_Struct, frozen=True, tag="set", tag_field="type"):
     # an agent id the caller is offered to first (the queue's preferred_agent_timeout_s); may
     # use {var} from flow data, e.g. "{account_manager}" from a lookup's result
     preferred_agent: str = ""
+    # a tier such as "vip" (may use {var}, e.g. "{tier}" from a lookup): when it is a key of
+    # `priorities`, the call's priority becomes that value; the tier goes to flow data `tier`
+    tier: str = ""
+    priorities: dict[str, int] = msgspec.field(default_factory=dict)
     data: dict[str, str] = msgspec.field(
         default_factory=dict
     )  # values may use {var} from flow data

@@ -175,6 +175,9 @@ def _validate(cfg: Config, file: str) -> None:
             allow_zero=True,
         )  # fmt: skip
         _check_positive(file, f"{base}.keep_place_s", queue.keep_place_s, allow_zero=True)
+        _check_positive(
+            file, f"{base}.priority_aging_per_min", queue.priority_aging_per_min, allow_zero=True
+        )
         if queue.max_length < 0:
             raise ConfigError(
                 file,
@@ -448,6 +451,17 @@ def _validate_telephony(cfg: Config, file: str) -> None:
                 isinstance(step, SetStep | EnqueueStep) and step.queue and step.queue not in queues
             ):
                 raise ConfigError(file, f"{where}.queue", _unknown("queue", step.queue, queues))
+            elif isinstance(step, SetStep) and bool(step.tier) != bool(step.priorities):
+                raise ConfigError(
+                    file, f"{where}.priorities" if step.tier else f"{where}.tier",
+                    "expected `tier` and `priorities` together (the tier names a key of priorities)",
+                )  # fmt: skip
+            elif isinstance(step, SetStep) and any(
+                not -(2**31) < p < 2**31 for p in step.priorities.values()
+            ):
+                raise ConfigError(
+                    file, f"{where}.priorities", "expected priorities in the int32 range"
+                )
             elif (
                 isinstance(step, SetStep)
                 and step.preferred_agent

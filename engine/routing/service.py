@@ -105,6 +105,7 @@ def queue_spec(queue: QueueConfig, skills: SkillCatalogue) -> rc.QueueSpec:
         no_answer_delay_s=queue.no_answer_delay_s,
         auto_pause_after=queue.auto_pause_after,
         retry_delay_s=queue.retry_delay_s,
+        priority_aging_per_min=queue.priority_aging_per_min,
     )
 
 

@@ -62,6 +62,11 @@ QUEUES3 = '[[queues]]\nname = "a"\n[[queues]]\nname = "b"\n[[queues]]\nname = "c
             "a number >= 0",
         ),
         (QUEUES3 + "keep_place_s = -0.5\n", "queues[2].keep_place_s", "a number >= 0"),
+        (
+            QUEUES3 + "priority_aging_per_min = -1\n",
+            "queues[2].priority_aging_per_min",
+            "a number >= 0",
+        ),
         (QUEUES3 + 'keep_place_s = "1m"\n', "queues[2].keep_place_s", "expected a number"),
         ('[[queues]]\nname = "a"\nstrategy = "fastest"\n', "queues[0].strategy", "'ring_all'"),
         ('[log]\nlevel = "loud"\n', "log.level", "expected one of 'debug', 'info'"),
@@ -224,6 +229,16 @@ name = "q"
             '[[flows]]\nname = "m2"\nsteps = [{ type = "set", preferred_agent = "9999" }]\n',
             "flows[1].steps[0].preferred_agent",
             "configured agent (none defined), found '9999'",
+        ),
+        (
+            '[[flows]]\nname = "m2"\nsteps = [{ type = "set", tier = "{tier}" }]\n',
+            "flows[1].steps[0].priorities",
+            "`tier` and `priorities` together",
+        ),
+        (
+            '[[flows]]\nname = "m2"\nsteps = [{ type = "set", priorities = { vip = 5 } }]\n',
+            "flows[1].steps[0].tier",
+            "`tier` and `priorities` together",
         ),
         (
             '[[flows]]\nname = "m2"\nsteps = [{ type = "lookup", url = "ftp://x" }]\n',

@@ -21,6 +21,7 @@ def router(**spec: object) -> Router:
 
 
 def agrees_with_reference(r: Router, now: float) -> list[Offer]:
+    r._apply_timers(now)  # what dispatch does first: the reference sees the same tasks
     expected = reference_dispatch(snapshot(r), now)
     offers = r.dispatch(now)
     assert [(r._task_index[o.task_id], r._agent_index[o.agent_id]) for o in offers] == expected
@@ -131,3 +132,43 @@ def test_new_skills_get_columns_that_nobody_has_yet() -> None:
     assert r.dispatch(1.0) == []
     r.update_agent("a", skills={0: 1, 2: 4}, queues={"q": 0})
     assert offered(agrees_with_reference(r, 2.0)) == [("t", "a")]
+
+
+def test_aging_lets_a_long_wait_overtake_a_higher_priority() -> None:
+    # One point per 10 s of waiting.
+    r = router(requirements=(Requirement(0, 1),), priority_aging_per_min=6.0)
+    r.enqueue("old", "q", 0.0, priority=0)
+    r.enqueue("vip", "q", 25.0, priority=2)
+    assert r.next_deadline() == 10.0  # old's first point
+    r.login("a0", 0.0)
+    # At 26 s: old has 0 + 2 points, vip 2 + 0: equal priority, so the older goes first.
+    assert offered(agrees_with_reference(r, 26.0)) == [("old", "a0")]
+
+
+def test_before_its_points_a_lower_priority_waits_behind_the_vip() -> None:
+    r = router(requirements=(Requirement(0, 1),), priority_aging_per_min=6.0)
+    r.enqueue("old", "q", 0.0, priority=0)
+    r.enqueue("vip", "q", 15.0, priority=2)
+    r.login("a0", 0.0)
+    assert offered(agrees_with_reference(r, 16.0)) == [("vip", "a0")]  # old has 1 point only
+    r.accept("vip", "a0", 16.0)
+    r.complete("a0", 17.0)
+    assert offered(agrees_with_reference(r, 17.0)) == [("old", "a0")]
+
+
+def test_aging_set_by_a_reload_counts_the_wait_so_far_and_requeue_keeps_the_given_priority() -> (
+    None
+):
+    r = router(requirements=(Requirement(0, 1),))
+    r.add_queue(QueueSpec("other", requirements=(Requirement(0, 1),)))
+    r.enqueue("old", "q", 0.0, priority=0)
+    r.enqueue("vip", "q", 50.0, priority=3)
+    r.update_queue(
+        QueueSpec("q", requirements=(Requirement(0, 1),), priority_aging_per_min=6.0), 60.0
+    )
+    assert int(r._task_prio[r._task_index["old"]]) == 6  # 60 s waited: 6 points at once
+    r.requeue("old", "other", 61.0)  # a queue that does not age: back to its own priority
+    assert int(r._task_prio[r._task_index["old"]]) == 0
+    r.update_agent("a0", skills={0: 1}, queues={"q": 0, "other": 0})
+    r.login("a0", 0.0)
+    assert offered(agrees_with_reference(r, 61.0)) == [("vip", "a0")]
