@@ -271,7 +271,7 @@ class Queueing:
         ``announce_every_s`` seconds (when there is something to announce); TimeoutError after
         ``max_wait_s``. The queue's config is read at every turn, so a reload applies to the
         callers already waiting; a wait counts from the enqueue, an announcement period from the
-        last announcement."""
+        end of the last announcement."""
         connected = call.connected
         assert connected is not None
         loop = asyncio.get_running_loop()
@@ -298,7 +298,7 @@ class Queueing:
             last = loop.time()
             prompts = self.announcement(call, qcfg) if qcfg.announce_every_s > 0 else []
             if not prompts:
-                continue  # nothing to say: the music goes on
+                continue  # nothing to say: the music goes on, the next period starts now
             self._s.metrics.announcements.labels(queue=call.queue).inc()
             log.debug("queue_announcement", queue=call.queue, prompts=prompts)
             announce_done = asyncio.ensure_future(self._s.media.play(call, prompts, barge_in=False))
@@ -310,7 +310,8 @@ class Queueing:
                 if not announce_done.done():  # answered (or gave up) mid-sentence: stop talking
                     self._s.media.stop_player(call)
                     await asyncio.gather(announce_done, return_exceptions=True)
-            if not connected.done():
+            last = loop.time()  # the next period counts from the end of this announcement
+            if not connected.done() and (give_up is None or last < give_up):
                 self._s.media.music_on_hold(call, call.queue)
         return connected.result()
 
