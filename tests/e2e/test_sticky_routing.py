@@ -1,5 +1,5 @@
 """Sticky routing through the daemon: last-agent routing from the CDR store, its timeout, a
-preferred agent set by the flow, and a caller who calls back keeping its place.
+preferred agent set by the flow, and callers who call back or overflow keeping their places.
 
 SIPp's built-in uac calls from the same caller id ("sipp") every time; agents are SIPp UAS
 processes at static contacts, logged in through the API. The queue is "longest idle", so every
@@ -17,6 +17,7 @@ from tests.e2e.conftest import DaemonFactory
 from tests.e2e.peers import free_port_block
 from tests.e2e.test_call_scenarios import (
     ADMIN,
+    SCENARIOS,
     Peers,
     Proc,
     api,
@@ -24,6 +25,7 @@ from tests.e2e.test_call_scenarios import (
     finished,
     login,
     peers,  # noqa: F401 - the fixture
+    sip_target,
     sipp_output,
     wait_until,
 )
@@ -89,44 +91,57 @@ def test_last_agent_then_its_timeout_then_the_flows_preferred_agent(
     assert daemon.stop() == 0
 
 
-def test_a_caller_who_calls_back_within_keep_place_s_keeps_its_place(
+def test_callers_coming_back_within_keep_place_s_keep_their_places(
     start_daemon: DaemonFactory,
     peers: Peers,  # noqa: F811
 ) -> None:
-    """Xavier waits, hangs up and calls back; Yvonne called in between. With keep_place_s Xavier
-    is ahead of Yvonne (position 1, and answered first when the agent logs in), though Yvonne's
-    call is older than his second one."""
-    agent = peers.agent("agent_answer", "-m", "2")
+    """Xavier waits, hangs up and calls back; meanwhile Olga waited in queue ``front`` and
+    overflowed into ``support`` (max_wait_s), and Yvonne called ``support`` directly. With
+    ``support``'s keep_place_s both keep the time they first joined: Xavier (the earliest) is
+    ahead, then Olga, then Yvonne, although Yvonne reached ``support`` before both of them."""
+    agent = peers.agent("agent_answer", "-m", "3")
     daemon = start_daemon(
-        front_door(ADMIN, numbers=("support",), rtp_base=free_port_block(40))
+        front_door(ADMIN, numbers=("support", "front"), rtp_base=free_port_block(40))
+        + '[[flows]]\nname = "to_support"\nsteps = [{ type = "enqueue", queue = "support" }]\n'
         + '[[queues]]\nname = "support"\nwrap_up_s = 0.0\nrecord = "never"\nkeep_place_s = 30.0\n'
+        + '[[queues]]\nname = "front"\nmax_wait_s = 1.0\noverflow = "to_support"\n'
         f'[[agents]]\nid = "A"\nlogin = "static"\n'
         f'contact = "sip:A@127.0.0.1:{agent.sip_port}"\nqueues = {{ support = 0 }}\n'  # type: ignore[attr-defined]
     )
+    scenario = ["-sf", str(SCENARIOS / "caller_as.xml")]
 
-    def caller(name: str, hold_ms: int) -> Proc:
-        return peers.scripted_caller(
-            daemon, "caller_as", "-key", "caller", name, "-d", str(hold_ms)
-        )
+    def caller(name: str, hold_ms: int, number: str = "support") -> Proc:
+        return peers._start(scenario, sip_target(daemon), "-s", number, "-m", "1",
+                            "-key", "caller", name, "-d", str(hold_ms))  # fmt: skip
 
-    def positions() -> dict[str, int]:
+    def positions(queue: str = "support") -> dict[str, int]:
         live = api(daemon, "/api/v1/calls")
-        return {c["caller"]: c["position"] for c in live if c["phase"] == "queued"}  # type: ignore[index, union-attr]
+        return {
+            c["caller"]: c["position"]  # type: ignore[index]
+            for c in live  # type: ignore[union-attr]
+            if c["phase"] == "queued" and c["queue"] == queue  # type: ignore[index]
+        }
 
     first = caller("xavier", 800)  # nobody logged in: waits, then hangs up
     assert finished(first, 20) == 0, sipp_output(first)
-    yvonne = caller("yvonne", 3000)
+    olga = caller("olga", 4000, "front")
+    wait_until(lambda: positions("front") == {"olga": 1}, 10, "olga queued in front")
+    yvonne = caller("yvonne", 4000)
     wait_until(lambda: positions() == {"yvonne": 1}, 10, "yvonne queued")
-    xavier = caller("xavier", 1500)
-    wait_until(lambda: len(positions()) == 2, 10, "xavier queued again")
-    assert positions() == {"xavier": 1, "yvonne": 2}
+    wait_until(lambda: "olga" in positions(), 10, "olga overflowed into support")
+    xavier = caller("xavier", 1000)
+    wait_until(lambda: len(positions()) == 3, 10, "xavier queued again")
+    assert positions() == {"xavier": 1, "olga": 2, "yvonne": 3}
     api(daemon, "/api/v1/agents/A/state", {"state": "logged_in"})  # answers at once
-    assert finished(xavier, 20) == 0, sipp_output(xavier)
-    assert finished(yvonne, 20) == 0, sipp_output(yvonne)
-    rows, _ = cdr(daemon, 3)
-    answered = sorted(
-        (r["agent_answered_at"], r["caller"]) for r in rows if r["agent_answered_at"] is not None
-    )
-    assert [who for _, who in answered] == ["xavier", "yvonne"]
-    assert finished(agent, 10) == 0, sipp_output(agent)
+    for proc in (xavier, olga, yvonne):
+        assert finished(proc, 20) == 0, sipp_output(proc)
+    rows, _ = cdr(daemon, 4)
+    answered = [
+        who
+        for _, who in sorted(
+            (r["agent_answered_at"], r["caller"]) for r in rows if r["agent_answered_at"]
+        )
+    ]
+    assert answered == ["xavier", "olga", "yvonne"][: len(answered)]
+    assert answered[:1] == ["xavier"]
     assert daemon.stop() == 0
