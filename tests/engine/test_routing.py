@@ -275,3 +275,15 @@ async def test_a_removed_agent_is_offered_nothing_and_comes_back_when_re_added()
     (offer,) = await rec.wait_offers(1)
     assert offer == rc.Offer("c", "1001", "support")
     svc.close()
+
+
+async def test_a_reload_adding_more_agents_than_the_router_holds_is_refused() -> None:
+    svc = RoutingService(parse_config(RELOAD_BEFORE, "t.toml"), loop=asyncio.get_running_loop())
+    assert svc.router.max_agents == 16  # twice the configured agents, at least 16
+    many = RELOAD_BEFORE + "".join(
+        f'[[agents]]\nid = "x{i}"\nqueues = {{ q = 0 }}\n' for i in range(15)
+    )
+    (problem,) = svc.refused(parse_config(many, "t.toml"))
+    assert problem.startswith("agents: 17 agents")
+    assert svc.refused(parse_config(many.split('[[agents]]\nid = "x14"')[0], "t.toml")) == []
+    svc.close()
