@@ -175,6 +175,25 @@ def _validate(cfg: Config, file: str) -> None:
             allow_zero=True,
         )  # fmt: skip
         _check_positive(file, f"{base}.keep_place_s", queue.keep_place_s, allow_zero=True)
+        # What the routing core refuses (it would refuse it at start, or at a reload).
+        for key in ("reject_delay_s", "busy_delay_s", "no_answer_delay_s"):
+            _check_positive(file, f"{base}.{key}", getattr(queue, key), allow_zero=True)
+        if queue.auto_pause_after < 0:
+            raise ConfigError(
+                file, f"{base}.auto_pause_after",
+                f"expected >= 0 (0 = never), found {queue.auto_pause_after}",
+            )  # fmt: skip
+        if not -(2**31) <= queue.weight < 2**31:
+            raise ConfigError(
+                file, f"{base}.weight", f"expected an int32 weight, found {queue.weight}"
+            )
+        for j, relax in enumerate(queue.steps):
+            _check_positive(file, f"{base}.steps[{j}].after_s", relax.after_s, allow_zero=True)
+            if relax.max_penalty is not None and not 0 <= relax.max_penalty < 2**31:
+                raise ConfigError(
+                    file, f"{base}.steps[{j}].max_penalty",
+                    f"expected a penalty >= 0, found {relax.max_penalty}",
+                )  # fmt: skip
         _check_positive(
             file, f"{base}.priority_aging_per_min", queue.priority_aging_per_min, allow_zero=True
         )
