@@ -28,6 +28,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+import routing_core as rc
 from engine import api
 from engine.api.app import ReadyCheck, make_app, openapi_document, run_checks
 from engine.calls.flows import FlowRunner
@@ -253,9 +254,19 @@ class Daemon:
             log.error("reload_rejected", reason=str(exc), kept=self.config.source)
             self.metrics.config_reloads.labels(outcome="rejected").inc()
             return False
+        refused = [] if self.routing is None else self.routing.refused(new)
+        if refused:
+            log.error("reload_rejected", reason="; ".join(refused), kept=self.config.source)
+            self.metrics.config_reloads.labels(outcome="rejected").inc()
+            return False
         needs_restart = [k for k in _RESTART_ONLY if getattr(new, k) != getattr(self.config, k)]
         if self.routing is not None:
-            needs_restart += self.routing.apply(new)
+            try:
+                self.routing.apply(new)
+            except rc.RoutingError:
+                # The config checks refuse everything the routing core does, so this is our bug:
+                # logged, and the daemon (and the rest of the reload) goes on.
+                log.exception("reload_routing_failed", file=str(self.config_path))
         if self.agents is not None:
             self.agents.apply(new)
         if self.calls is not None:

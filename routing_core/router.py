@@ -7,7 +7,8 @@ timers, packed task and bucket rows; row layouts in `_kernels`). Python keeps wh
 table in `routing_core.states`.
 
 Ordering rules (documented choices):
-- Tasks: priority desc, then queue weight desc (Asterisk `weight` as a leading key, so a heavier queue
+- Tasks: priority desc (with a queue's `priority_aging_per_min`, the priority given plus one point per
+  1/rate minutes waited, moved up by a timer per task), then queue weight desc (Asterisk `weight` as a leading key, so a heavier queue
   wins an agent shared with a lighter one), then effective enqueue time asc, then arrival sequence asc.
 - Agents: lowest queue penalty tier first (Asterisk: higher penalties only when no lower is free), then
   the queue strategy key, then agent index.
@@ -15,7 +16,8 @@ Ordering rules (documented choices):
 - The preferred agent must still meet the task's requirements; until the timeout nobody else is eligible.
 - `waiting(queue)` counts tasks not yet accepted (waiting or offered), as a caller in the queue sees it.
 
-Timers (wrap-up end, reject delays, retry delays, relaxation steps, preferred-agent timeouts) sit in one heap;
+Timers (wrap-up end, reject delays, retry delays, relaxation steps, preferred-agent timeouts, aging points)
+sit in one heap;
 `dispatch(now)` applies those due and `next_deadline()` reports the earliest, sans-I/O style.
 
 Speed (every API call is on the daemon's and the simulator's hot path):
@@ -85,6 +87,7 @@ _TM_WRAP_END: Final = 0
 _TM_UNBLOCK: Final = 1
 _TM_TASK: Final = 2
 _TM_RETRY: Final = 3
+_TM_AGE: Final = 4  # a waiting task's aged priority reaches its next point
 
 _ROUTABLE_CODES: Final = frozenset(int(s) for s in ROUTABLE_STATES)
 # Agent states as plain ints: hot paths compare the Python mirror `_st` against these, because building
@@ -242,6 +245,7 @@ class Router:
         self._is_free: list[bool] = []
         self._n_free = 0
         self._pending_pause: list[str | None] = []
+        self._over_cap: set[int] = set()  # agents whose load exceeds a lowered capacity
         self._reason: list[str] = []
         self._wrap_gen: list[int] = []
         self._wrap_until: list[float] = []
@@ -260,8 +264,12 @@ class Router:
         self._n_waiting = 0
         self._task_agent = [-1] * T
         self._task_accept_s = [0.0] * T
-        self._task_prio = np.zeros(T, np.int64)
+        self._task_prio = np.zeros(T, np.int64)  # the priority it is ordered by (aged)
+        self._task_base_prio = [0] * T  # the priority it was given, before aging
+        self._task_age_at = [0.0] * T  # when its next aging point is due (the live timer)
         self._task_reqs: list[tuple[Requirement, ...]] = [()] * T
+        # The task took its queue's default requirements (a reload changing them moves it along).
+        self._task_qdef = [False] * T
         self._task_gen = [0] * T
         # Mirrors of task rows and task_state that Python reads per call (the kernel writes none of
         # these fields, only the bucket links).
@@ -331,6 +339,67 @@ class Router:
         """Register a queue. Steps must be ordered by after_s; the last one is the fallback."""
         if spec.name in self._queue_index:
             raise InvalidArgument(f"queue {spec.name!r} already exists")
+        default_rset, step_sets = self._check_queue(spec)
+        q = len(self._queues)
+        if q >= self._queue_i.shape[0]:
+            nq = 2 * q
+            self._regrow("_penalty", 0, nq, -1)
+            self._regrow("_member_pos", 0, nq, -1)
+            self._regrow("_queue_i", 0, nq, 0)
+            self._regrow("_q_ver", 0, nq, 0)
+            self._regrow("_q_buckets", 0, nq, -1)
+            self._regrow("_q_nb", 0, nq, 0)
+            self._regrow("_step_after", 0, nq, 0.0)
+            self._regrow("_step_reqset", 0, nq, -1)
+            self._regrow("_step_maxpen", 0, nq, -1)
+        self._queue_i[q, K.QI_RR_LAST] = -1
+        self._queue_i[q, K.QI_N_POS] = 0
+        self._queues.append(spec)
+        self._queue_names.append(spec.name)
+        self._queue_index[spec.name] = q
+        self._queue_count.append([0] * MAX_CHANNELS)
+        self._queue_rset.append(default_rset)
+        self._queue_nsteps.append(0)
+        self._write_queue(q, spec, default_rset, step_sets)
+
+    def update_queue(self, spec: QueueSpec, now: float) -> None:
+        """Replace a queue's definition in place (a config reload), keeping its tasks and members.
+
+        Strategy, weight, steps and policies apply from the next dispatch (a wrap-up, delay or
+        retry already running keeps its end). Waiting, ringing and retrying tasks that took the
+        queue's default requirements take the new ones, keeping their place (effective time and
+        sequence); tasks given their own requirements keep them. Relaxation steps count from
+        each task's effective enqueue time, so a step the wait has already passed applies at
+        once. An offer already ringing is left to ring."""
+        q = self._queue(spec.name)
+        default_rset, step_sets = self._check_queue(spec)
+        old_rset = self._queue_rset[q]
+        self._queues[q] = spec
+        self._queue_rset[q] = default_rset
+        self._write_queue(q, spec, default_rset, step_sets)
+        bi = self._bucket_i
+        for b in range(self._n_buckets):
+            if bi[b, K.BI_QUEUE] == q:
+                bi[b, K.BI_MONOTONE] = 1 if self._monotone(q, int(bi[b, K.BI_REQSET])) else 0
+        n_steps = self._queue_nsteps[q]
+        for t in self._task_index.values():
+            if self._task_q[t] != q or self._tst[t] in (0, _T_ASSIGNED):
+                continue
+            if self._task_qdef[t] and default_rset != old_rset:
+                self._rebucket(t, spec.requirements, default_rset)
+            self._age(t, now)  # a changed priority_aging_per_min applies to the wait so far
+            gen = self._task_gen[t]
+            eff = self._task_time[t]
+            for i in range(n_steps):
+                when = eff + float(self._step_after[q, i])
+                if when > now:
+                    self._push_timer(when, _TM_TASK, t, gen)
+        self._q_ver[q] += 1
+
+    def _check_queue(
+        self, spec: QueueSpec
+    ) -> tuple[tuple[tuple[int, int], ...], list[tuple[tuple[int, int], ...] | None]]:
+        """Validate a queue spec: (its default requirement set, each step's set or None)."""
         Strategy(spec.strategy)
         default_rset = self._check_reqs(spec.requirements)
         afters = [s.after_s for s in spec.steps]
@@ -347,6 +416,8 @@ class Router:
                 raise InvalidArgument("time spans must be >= 0")
         if spec.max_length < 0 or spec.auto_pause_after < 0:
             raise InvalidArgument("max_length and auto_pause_after must be >= 0")
+        if not 0 <= spec.priority_aging_per_min < float("inf"):
+            raise InvalidArgument("priority_aging_per_min must be a finite number >= 0")
         if not -(2**31) <= spec.weight < 2**31:
             raise InvalidArgument("weight out of int32 range")
         step_sets = [
@@ -355,23 +426,24 @@ class Router:
         for s in spec.steps:
             if s.max_penalty is not None and not 0 <= s.max_penalty < 2**31:
                 raise InvalidArgument("max_penalty must be >= 0")
-        q = len(self._queues)
-        if q >= self._queue_i.shape[0]:
-            nq = 2 * q
-            self._regrow("_penalty", 0, nq, -1)
-            self._regrow("_member_pos", 0, nq, -1)
-            self._regrow("_queue_i", 0, nq, 0)
-            self._regrow("_q_ver", 0, nq, 0)
-            self._regrow("_q_buckets", 0, nq, -1)
-            self._regrow("_q_nb", 0, nq, 0)
-            self._regrow("_step_after", 0, nq, 0.0)
-            self._regrow("_step_reqset", 0, nq, -1)
-            self._regrow("_step_maxpen", 0, nq, -1)
+        return default_rset, step_sets
+
+    def _write_queue(
+        self,
+        q: int,
+        spec: QueueSpec,
+        default_rset: tuple[tuple[int, int], ...],
+        step_sets: list[tuple[tuple[int, int], ...] | None],
+    ) -> None:
+        """The kernel's rows of queue q from a checked spec."""
         n_steps = len(spec.steps)
         if n_steps > self._step_after.shape[1]:
             self._regrow("_step_after", 1, n_steps, 0.0)
             self._regrow("_step_reqset", 1, n_steps, -1)
             self._regrow("_step_maxpen", 1, n_steps, -1)
+        self._step_after[q, :] = 0.0
+        self._step_reqset[q, :] = -1
+        self._step_maxpen[q, :] = -1
         for i, (step, rset) in enumerate(zip(spec.steps, step_sets, strict=True)):
             self._step_after[q, i] = step.after_s
             self._step_reqset[q, i] = -1 if rset is None else self._reqset_id(rset)
@@ -381,14 +453,7 @@ class Router:
             self._has_random = True
         self._queue_i[q, K.QI_WEIGHT] = spec.weight
         self._queue_i[q, K.QI_N_STEPS] = n_steps
-        self._queue_i[q, K.QI_RR_LAST] = -1
-        self._queue_i[q, K.QI_N_POS] = 0
-        self._queues.append(spec)
-        self._queue_names.append(spec.name)
-        self._queue_index[spec.name] = q
-        self._queue_count.append([0] * MAX_CHANNELS)
-        self._queue_rset.append(default_rset)
-        self._queue_nsteps.append(n_steps)
+        self._queue_nsteps[q] = n_steps
 
     def add_agent(
         self,
@@ -404,6 +469,55 @@ class Router:
         a = len(self._agent_ids)
         if a >= self._max_agents:
             raise CapacityExceeded(f"max_agents={self._max_agents} reached")
+        qs, caps = self._check_agent(skills, queues, capacity)
+        self._agent_ids.append(agent_id)
+        self._agent_index[agent_id] = a
+        self._st.append(_LOGGED_OUT)
+        self._spare.append(0)
+        self._is_free.append(False)
+        self._agent_offers.append(set())
+        self._agent_tasks.append(set())
+        self._misses.append(0)
+        self._pending_pause.append(None)
+        self._reason.append("")
+        self._wrap_gen.append(0)
+        self._wrap_until.append(0.0)
+        self._write_agent(a, skills, qs, caps)
+
+    def update_agent(
+        self,
+        agent_id: str,
+        *,
+        skills: Mapping[int, int],
+        queues: Mapping[str, int],
+        capacity: Mapping[int, int] | None = None,
+    ) -> None:
+        """Replace an agent's skills, memberships and capacity in place (a config reload),
+        keeping its state, offers and accepted work. They count from the next dispatch: an offer
+        already ringing rings on, even from a queue the agent has left. A queue the agent stays in
+        keeps its round-robin / linear position; one it joins puts it last. A capacity lowered
+        below the agent's current load takes no new work on that channel until the load is under
+        it."""
+        a = self._agent(agent_id)
+        qs, caps = self._check_agent(skills, queues, capacity)
+        self._write_agent(a, skills, qs, caps)
+        self._refresh_free(a)
+
+    def add_skills(self, n: int) -> None:
+        """Make room for n more skills (indices n_skills .. n_skills + n - 1), which every agent
+        lacks until given them (a reload naming new skills)."""
+        if n < 0:
+            raise InvalidArgument("n must be >= 0")
+        if n:
+            self._n_skills += n
+            self._regrow("_skills", 1, self._n_skills, 0)
+
+    def _check_agent(
+        self,
+        skills: Mapping[int, int],
+        queues: Mapping[str, int],
+        capacity: Mapping[int, int] | None,
+    ) -> tuple[list[tuple[int, int]], dict[int, int]]:
         for s, lvl in skills.items():
             if not 0 <= s < self._n_skills or not 0 <= lvl <= MAX_LEVEL:
                 raise InvalidArgument(f"skill {s} level {lvl} out of range")
@@ -414,17 +528,37 @@ class Router:
         for ch, c in caps.items():
             if not 0 <= ch < MAX_CHANNELS or not 0 <= c < 2**31:
                 raise InvalidArgument(f"channel {ch} capacity {c} out of range")
+        return qs, caps
+
+    def _write_agent(
+        self,
+        a: int,
+        skills: Mapping[int, int],
+        qs: list[tuple[int, int]],
+        caps: dict[int, int],
+    ) -> None:
+        """The kernel's rows of agent a from checked arguments (its other state untouched)."""
+        self._skills[a, :] = 0
         for s, lvl in skills.items():
             self._skills[a, s] = lvl
+        new_qs = {q for q, _ in qs}
+        for j in range(int(self._agent_nq[a])):
+            q = int(self._agent_queues[a, j])
+            if q not in new_qs:  # left: its position in that queue's rotation goes too
+                self._penalty[q, a] = -1
+                self._member_pos[q, a] = -1
         if len(qs) > self._agent_queues.shape[1]:
             self._regrow("_agent_queues", 1, len(qs), -1)
+        self._agent_queues[a, :] = -1
         for j, (q, _) in enumerate(qs):
             self._agent_queues[a, j] = q
         self._agent_nq[a] = len(qs)
         for q, pen in qs:
             self._penalty[q, a] = pen
-            self._member_pos[q, a] = self._queue_i[q, K.QI_N_POS]
-            self._queue_i[q, K.QI_N_POS] += 1
+            if self._member_pos[q, a] < 0:
+                self._member_pos[q, a] = self._queue_i[q, K.QI_N_POS]
+                self._queue_i[q, K.QI_N_POS] += 1
+        self._cap[a, :] = 0
         for ch, c in caps.items():
             self._cap[a, ch] = c
         cap_sum = sum(caps.values())
@@ -434,18 +568,19 @@ class Router:
             self._out_task = np.zeros(need, np.int32)
             self._out_agent = np.zeros(need, np.int32)
             self._arena = None
-        self._agent_ids.append(agent_id)
-        self._agent_index[agent_id] = a
-        self._st.append(_LOGGED_OUT)
-        self._spare.append(cap_sum)
-        self._is_free.append(False)
-        self._agent_offers.append(set())
-        self._agent_tasks.append(set())
-        self._misses.append(0)
-        self._pending_pause.append(None)
-        self._reason.append("")
-        self._wrap_gen.append(0)
-        self._wrap_until.append(0.0)
+        self._respare(a)
+        self._agent_memo[a] = -1
+
+    def _respare(self, a: int) -> None:
+        """Recount agent a's free capacity units from its rows. Capacity can be below load only
+        after `update_agent` lowered it; such an agent is counted here until it no longer is,
+        since a unit freed on a channel over its capacity frees nothing."""
+        room = self._cap[a] - self._load[a]
+        self._spare[a] = int(room[room > 0].sum())
+        if (room < 0).any():
+            self._over_cap.add(a)
+        else:
+            self._over_cap.discard(a)
 
     # ------------------------------------------------------------------ agent presence
 
@@ -525,6 +660,7 @@ class Router:
         self._task_i[t, K.TI_N_EXCL] = 0
         self._task_nexcl[t] = 0
         self._task_agent[t] = -1
+        self._task_qdef[t] = requirements is None
         self._place(
             t,
             q,
@@ -559,14 +695,15 @@ class Router:
         q = self._queue(queue)
         spec = self._queues[q]
         old_q = self._task_q[t]
+        qdef = self._task_qdef[t]
         if requirements is not None:
-            reqs = requirements
+            reqs, qdef = requirements, False
         elif q != old_q:
-            reqs = spec.requirements
+            reqs, qdef = spec.requirements, True
         else:
             reqs = self._task_reqs[t]
         rset = self._check_reqs(reqs)
-        prio = int(self._task_prio[t]) if priority is None else priority
+        prio = self._task_base_prio[t] if priority is None else priority
         ch = self._task_ch[t] if channel is None else channel
         self._check_task_args(prio, preferred_timeout_s, ch)
         pref = -1 if preferred_agent is None else self._agent(preferred_agent)
@@ -575,6 +712,7 @@ class Router:
             raise QueueFull(f"queue {queue!r} holds max_length={spec.max_length} tasks")
         eff = self._task_time[t] if enqueue_time is None else enqueue_time
         withdrawn = self._detach(t, now)
+        self._task_qdef[t] = qdef
         self._place(t, q, now, prio, reqs, rset, eff, pref, preferred_timeout_s, ch)
         return withdrawn
 
@@ -726,6 +864,15 @@ class Router:
     def agent_state(self, agent_id: str) -> AgentState:
         return AgentState(self._st[self._agent(agent_id)])
 
+    @property
+    def max_agents(self) -> int:
+        """How many agents this Router can ever hold (fixed at construction)."""
+        return self._max_agents
+
+    def queue_names(self) -> list[str]:
+        """Every queue added, in the order added (a Router never removes one)."""
+        return list(self._queue_names)
+
     def take_wrap_up_ends(self) -> list[tuple[str, AgentState]]:
         """Agents whose wrap-up ended on its timer since the last call, and the state each went
         to (AVAILABLE, or NOT_READY for a pause asked for during the call); empties the list."""
@@ -834,6 +981,8 @@ class Router:
             elif kind == _TM_RETRY and self._timer_live((when, 0, kind, idx, gen)):
                 self._retrying.discard(idx)
                 self._to_waiting(idx)
+            elif kind == _TM_AGE and self._timer_live((when, 0, kind, idx, gen)):
+                self._age(idx, when)
 
     def _offered(self, t: int, a: int) -> Offer:
         """Python side of one offer the kernel made: it already took one unit of a's capacity, dropped
@@ -948,7 +1097,10 @@ class Router:
 
     def _withdraw(self, t: int, a: int, *, settle: bool = True) -> Offer:
         self._load[a, self._task_ch[t]] -= 1
-        self._spare[a] += 1
+        if self._over_cap and a in self._over_cap:
+            self._respare(a)
+        else:
+            self._spare[a] += 1
         self._agent_offers[a].discard(t)
         if settle:
             self._settle(a, 0.0)
@@ -958,7 +1110,10 @@ class Router:
 
     def _finish(self, t: int, a: int, now: float) -> None:
         self._load[a, self._task_ch[t]] -= 1
-        self._spare[a] += 1
+        if self._over_cap and a in self._over_cap:
+            self._respare(a)
+        else:
+            self._spare[a] += 1
         tasks = self._agent_tasks[a]
         tasks.discard(t)
         self._agent_f[K.AF_TALK_S, a] += max(0.0, now - self._task_accept_s[t])
@@ -1002,9 +1157,11 @@ class Router:
         self._task_time[t] = eff
         self._task_pref[t] = pref
         self._task_pref_until[t] = pref_until
-        self._task_prio[t] = prio
+        aged = self._aged(q, prio, eff, now)
+        self._task_base_prio[t] = prio
+        self._task_prio[t] = aged
         self._task_reqs[t] = tuple(reqs)
-        self._task_i[t, K.TI_BUCKET] = self._bucket_id(q, prio, rs, ch)
+        self._task_i[t, K.TI_BUCKET] = self._bucket_id(q, aged, rs, ch)
         self._task_gen[t] += 1
         self._queue_count[q][ch] += 1
         self._to_waiting(t)
@@ -1015,6 +1172,54 @@ class Router:
                 self._push_timer(when, _TM_TASK, t, gen)
         if pref >= 0 and pref_timeout_s > 0:
             self._push_timer(now + pref_timeout_s, _TM_TASK, t, gen)
+        self._arm_aging(t, now)
+
+    def _aged(self, q: int, base: int, eff: float, now: float) -> int:
+        """Priority of a task of queue q given `base`, waiting since `eff`, at `now`: one point
+        more per 1 / priority_aging_per_min minutes waited, capped at MAX_PRIORITY."""
+        rate = self._queues[q].priority_aging_per_min
+        if rate <= 0:
+            return base
+        return min(MAX_PRIORITY, base + int(max(0.0, now - eff) * rate / 60.0))
+
+    def _arm_aging(self, t: int, now: float) -> None:
+        """Schedule task t's next aging point (if its queue ages); it replaces any earlier one."""
+        rate = self._queues[self._task_q[t]].priority_aging_per_min
+        prio = int(self._task_prio[t])
+        if rate <= 0 or prio >= MAX_PRIORITY:
+            self._task_age_at[t] = -1.0
+            return
+        points = prio - self._task_base_prio[t] + 1
+        when = max(self._task_time[t] + 60.0 * points / rate, now + 1e-6)
+        self._task_age_at[t] = when
+        self._push_timer(when, _TM_AGE, t, self._task_gen[t])
+
+    def _age(self, t: int, now: float) -> None:
+        """Move task t (not accepted) to the bucket of its aged priority, keeping its place
+        among tasks of that priority, and schedule the next point."""
+        aged = self._aged(self._task_q[t], self._task_base_prio[t], self._task_time[t], now)
+        if aged != self._task_prio[t]:
+            self._task_prio[t] = aged
+            rs = int(self._bucket_i[int(self._task_i[t, K.TI_BUCKET]), K.BI_REQSET])
+            self._rebucket(t, self._task_reqs[t], self._reqsets[rs])
+        self._arm_aging(t, now)
+
+    def _rebucket(
+        self, t: int, reqs: tuple[Requirement, ...], rset: tuple[tuple[int, int], ...]
+    ) -> None:
+        """Give task t (not accepted) new requirements (or, set before, a new `_task_prio`) in
+        place: a waiting task moves to the bucket of its new set and priority keeping its (time,
+        sequence) place; a ringing or retrying one goes there when it comes back to waiting."""
+        b = self._bucket_id(
+            self._task_q[t], int(self._task_prio[t]), self._reqset_id(rset), self._task_ch[t]
+        )
+        self._task_reqs[t] = tuple(reqs)
+        if self._tst[t] == _T_WAITING:
+            self._unlink(t)
+            self._task_i[t, K.TI_BUCKET] = b
+            self._to_waiting(t)
+        else:
+            self._task_i[t, K.TI_BUCKET] = b
 
     def _to_waiting(self, t: int) -> None:
         """Link t into its bucket, keeping (time, seq) order; usually an append at the tail."""
@@ -1249,6 +1454,12 @@ class Router:
             return bool(self._agent_f[K.AF_BLOCKED_UNTIL, idx] == when)
         if kind == _TM_RETRY:
             return self._task_gen[idx] == gen and self._tst[idx] == _T_RETRY
+        if kind == _TM_AGE:
+            return (
+                self._task_gen[idx] == gen
+                and self._task_age_at[idx] == when
+                and self._tst[idx] in (_T_WAITING, _T_OFFERED, _T_RETRY)
+            )
         return self._task_gen[idx] == gen and self._tst[idx] == _T_WAITING
 
 

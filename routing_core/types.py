@@ -79,6 +79,9 @@ class QueueSpec:
     # ringing, the task is offered to nobody for this long. Per task, where the delays above are
     # per agent.
     retry_delay_s: float = 0.0
+    # Priority aging: a waiting task's priority grows by one point per 1 / this many minutes of
+    # its wait (from its effective enqueue time), so a long wait can overtake a higher priority.
+    priority_aging_per_min: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -79,6 +79,7 @@ class FlowOutcome:
     queue: str = ""
     priority: int = 0
     requirements: dict[str, int] | None = None
+    preferred_agent: str = ""  # from a `set` (expanded from flow data): offered this agent first
     reason: str = ""
     hangup_prompt: str = ""
     data: dict[str, Any] = field(default_factory=dict)
@@ -110,7 +111,9 @@ class FlowRunner:
         """Run ``flow``; ``data`` is filled in place, so what was gathered before a caller hangs up
         mid-flow still reaches the CDR."""
         data = {} if data is None else data
-        state: dict[str, Any] = {"queue": "", "priority": 0, "requirements": None}
+        state: dict[str, Any] = {
+            "queue": "", "priority": 0, "requirements": None, "preferred_agent": "",
+        }  # fmt: skip
         current, position, jumps = self._flows[flow], 0, 0
         while True:
             if position >= len(current.steps):
@@ -143,6 +146,13 @@ class FlowRunner:
                     state["priority"] = step.priority
                 if step.requirements is not None:
                     state["requirements"] = dict(step.requirements)
+                if step.preferred_agent:
+                    state["preferred_agent"] = expand(step.preferred_agent, data)
+                if step.tier:
+                    tier = expand(step.tier, data)[:MAX_DATA_VALUE_CHARS]
+                    data["tier"] = tier
+                    if tier in step.priorities:
+                        state["priority"] = step.priorities[tier]
                 for key, template in step.data.items():
                     data[key] = expand(template, data)[:MAX_DATA_VALUE_CHARS]
             elif isinstance(step, EnqueueStep):
@@ -154,6 +164,7 @@ class FlowRunner:
                     queue=queue,
                     priority=state["priority"],
                     requirements=state["requirements"],
+                    preferred_agent=state["preferred_agent"],
                     data=data,
                 )
             elif isinstance(step, TransferStep):

@@ -106,6 +106,10 @@ class Call:
     task: asyncio.Task[None] | None = None
     queue: str = ""
     enqueued_at: float | None = None
+    # Wall time the caller's place in the queue counts from: enqueued_at, or an earlier time it
+    # kept (keep_place_s); the first such time of this call, kept across overflows and transfers.
+    place_at: float | None = None
+    first_place_at: float | None = None
     first_offer_at: float | None = None
     agent_answered_at: float | None = None
     agent_id: str | None = None

@@ -3,11 +3,12 @@
 How this works: ``queue_and_bridge`` enqueues the call in the routing core (join_empty and a
 full queue overflow at once), plays music on hold, and waits for the ``connected`` future that
 ``ringing`` resolves when an agent answers, with position / expected-wait announcements every
-``announce_every_s`` (each part switched by ``announce_position`` / ``announce_wait``). ``max_wait_s``, or the queue left empty (``leave_empty``), withdraws the
-call and runs the queue's overflow flow, or plays all-busy. On answer the recording starts and
-the caller is bridged to the agent's leg; the task then waits for a blind transfer by the agent
-(``transfers``) until a BYE cancels it, or, when the agent hangs up in a queue with a post-call
-survey (``csat``), runs the survey (``surveys``).
+``announce_every_s`` (each part switched by ``announce_position`` / ``announce_wait``), all read
+again at every turn so a reload applies to waiting callers. ``max_wait_s``, or the queue left
+empty (``leave_empty``), withdraws the call and runs the queue's overflow flow, or plays
+all-busy. On answer the recording starts and the caller is bridged to the agent's leg; the task
+then waits for a blind transfer by the agent (``transfers``) until a BYE cancels it, or, when
+the agent hangs up in a queue with a post-call survey (``csat``), runs the survey (``surveys``).
 """
 
 from __future__ import annotations
@@ -24,13 +25,17 @@ from engine.calls.announcements import expected_wait_prompts, position_prompts
 from engine.calls.flows import FlowOutcome
 from engine.calls.inbound import CallIO
 from engine.calls.model import AgentHungUp, AgentLeg, Call, CallEnded, QueueEmptied, loop_now
-from engine.config import QueueConfig
+from engine.config import Config, QueueConfig
 from engine.storage.cdr import QueueEventData
 
 if TYPE_CHECKING:
     from engine.calls.service import CallService
 
 log = structlog.stdlib.get_logger("acd.calls")
+
+# Callers remembered for keep_place_s at most: a burst of hang-ups cannot grow memory without end
+# (each entry is a few hundred bytes; a center has far fewer callers waiting at once).
+MAX_KEPT_PLACES = 10_000
 
 
 class Queueing:
@@ -40,6 +45,10 @@ class Queueing:
         self._s = service
         # Per queue: moving average of recent answered waits, for expected-wait announcements.
         self.average_wait_s: dict[str, float] = {}
+        # (caller, queue) -> (wall time its place counted from, when it hung up): keep_place_s.
+        self._left: dict[tuple[str, str], tuple[float, float]] = {}
+        # Resolved by a reload, so that waiting callers re-read their queue's config.
+        self._config_changed: asyncio.Future[None] | None = None
 
     async def _overflow(self, call: Call, reason: str, *, waited_s: float) -> None:
         """The queue is full, or the caller waited max_wait_s: run its overflow flow (which may
@@ -75,16 +84,25 @@ class Queueing:
         if not qcfg.join_empty and self._s.routing.members_logged_in(outcome.queue) == 0:
             await self._overflow(call, "join_empty", waited_s=0.0)
             return
+        preferred = await self._preferred_agent(call, qcfg, outcome)
         loop = asyncio.get_running_loop()
         call.connected = loop.create_future()
+        now_wall = time.time()
+        place_at = self._kept_place(call, qcfg, now_wall)
         try:
             self._s.routing.enqueue(
-                call.id, outcome.queue, priority=outcome.priority, requirements=outcome.requirements
-            )
+                call.id, outcome.queue, priority=outcome.priority, requirements=outcome.requirements,
+                enqueue_time=None if place_at is None else loop.time() - (now_wall - place_at),
+                preferred_agent=preferred,
+                preferred_timeout_s=qcfg.preferred_agent_timeout_s if preferred else 0.0,
+            )  # fmt: skip
         except rc.QueueFull:
             await self._overflow(call, "full", waited_s=0.0)
             return
         call.enqueued_at = time.time()
+        call.place_at = call.enqueued_at if place_at is None else place_at
+        if call.first_place_at is None:
+            call.first_place_at = call.place_at
         self._s.cdr_open(call)
         position = self.position(call)
         if self._s.cdr:
@@ -94,12 +112,12 @@ class Queueing:
             )  # fmt: skip
         self._s.media.listen_for_tones(call, False)  # no flow reads digits while queued
         self._s.media.music_on_hold(call, outcome.queue)
-        waiting = self._wait_for_agent(call, qcfg)
         try:
-            if qcfg.max_wait_s > 0:
-                leg = await asyncio.wait_for(waiting, qcfg.max_wait_s)
-            else:
-                leg = await waiting
+            leg = await self._wait_for_agent(call)
+        except asyncio.CancelledError:
+            if call.hangup_side == "caller" and call.enqueued_at is not None:
+                self._remember_place(call, qcfg)
+            raise
         except (TimeoutError, QueueEmptied) as exc:
             waited = time.time() - (call.enqueued_at or time.time())
             with contextlib.suppress(rc.RoutingError):
@@ -134,8 +152,19 @@ class Queueing:
         await self._s.transfers.agent_transfer(call, leg, target)
 
     def position(self, call: Call) -> int:
-        """1-based place of a waiting call in its queue: higher priority first, then older."""
-        key = (-call.priority, call.enqueued_at or 0.0)
+        """1-based place of a waiting call in its queue: higher priority first (aged by the
+        queue's priority_aging_per_min, as the routing core does), then older (by the time its
+        place counts from, which keep_place_s may have kept from earlier)."""
+        qcfg = next((q for q in self._s.config.queues if q.name == call.queue), None)
+        rate = 0.0 if qcfg is None else qcfg.priority_aging_per_min
+        now = time.time()
+
+        def key(c: Call) -> tuple[int, float]:
+            since = c.place_at or c.enqueued_at or now
+            aged = c.priority + (int(max(0.0, now - since) * rate / 60.0) if rate > 0 else 0)
+            return (-aged, since)
+
+        mine = key(call)
         ahead = sum(
             1
             for other in self._s.calls.values()
@@ -143,9 +172,85 @@ class Queueing:
             and other.queue == call.queue
             and other.enqueued_at is not None
             and other.agent_id is None
-            and (-other.priority, other.enqueued_at) < key
+            and key(other) < mine
         )
         return ahead + 1
+
+    async def _preferred_agent(
+        self, call: Call, qcfg: QueueConfig, outcome: FlowOutcome
+    ) -> str | None:
+        """The agent this caller is offered to first: the flow's ``preferred_agent`` (a ``set``,
+        maybe from a lookup), or else with ``last_agent_days`` the member who last answered this
+        caller (the CDR store, at most 0.5 s). Only a logged-in member of the queue who has the
+        skills the call needs: anyone else would only make the caller wait the timeout for
+        nobody."""
+        members = [a for a in self._s.config.agents if qcfg.name in a.queues]
+        needs = outcome.requirements if outcome.requirements is not None else qcfg.requirements
+
+        def usable(agent_id: str) -> bool:
+            agent = next((a for a in members if a.id == agent_id), None)
+            return (
+                agent is not None
+                and all(agent.skills.get(s, 0) >= lvl for s, lvl in needs.items())
+                and self._s.routing.agent_state(agent_id) is not rc.AgentState.LOGGED_OUT
+            )
+
+        if outcome.preferred_agent:
+            if usable(outcome.preferred_agent):
+                return self._preferring(qcfg, outcome.preferred_agent, "flow")
+            log.info("preferred_agent_skipped", queue=qcfg.name, agent=outcome.preferred_agent,
+                     source="flow")  # fmt: skip
+        if qcfg.last_agent_days <= 0 or self._s.cdr is None:
+            return None
+        try:
+            last = await asyncio.wait_for(
+                self._s.cdr.last_agent(call.caller, [a.id for a in members], qcfg.last_agent_days),
+                0.5,
+            )
+        except TimeoutError:
+            log.warning("last_agent_slow", queue=qcfg.name)
+            return None
+        if last is None:
+            return None
+        if not usable(last):
+            log.info("preferred_agent_skipped", queue=qcfg.name, agent=last, source="last_agent")
+            return None
+        return self._preferring(qcfg, last, "last_agent")
+
+    def _preferring(self, qcfg: QueueConfig, agent_id: str, source: str) -> str:
+        log.info("preferred_agent", queue=qcfg.name, agent=agent_id, source=source,
+                 timeout_s=qcfg.preferred_agent_timeout_s)  # fmt: skip
+        return agent_id
+
+    def _kept_place(self, call: Call, qcfg: QueueConfig, now_wall: float) -> float | None:
+        """With ``keep_place_s``: the wall time this caller's place counts from if it keeps an
+        earlier one (this call's first enqueue when it comes back from an overflow or a
+        transfer; or the place it had when it hung up waiting here within keep_place_s)."""
+        if qcfg.keep_place_s <= 0:
+            return None
+        if call.first_place_at is not None:
+            return call.first_place_at
+        kept = self._left.pop((call.caller, qcfg.name), None)
+        if kept is None or not call.caller or call.caller == "anonymous":
+            return None
+        place_at, left_at = kept
+        return place_at if now_wall - left_at <= qcfg.keep_place_s else None
+
+    def _remember_place(self, call: Call, qcfg: QueueConfig) -> None:
+        """A caller hung up while waiting in a keep_place_s queue: its place, for a call back."""
+        if qcfg.keep_place_s <= 0 or not call.caller or call.caller == "anonymous":
+            return
+        now_wall = time.time()
+        longest = max((q.keep_place_s for q in self._s.config.queues), default=0.0)
+        for key, (_, left_at) in list(self._left.items()):
+            if now_wall - left_at > longest:
+                del self._left[key]
+        while len(self._left) >= MAX_KEPT_PLACES:
+            del self._left[next(iter(self._left))]  # the oldest: dicts keep insertion order
+        self._left[(call.caller, qcfg.name)] = (
+            call.place_at or call.enqueued_at or now_wall,
+            now_wall,
+        )
 
     def announcement(self, call: Call, qcfg: QueueConfig) -> list[str]:
         """What the periodic announcement says now: the caller's position (announce_position)
@@ -156,31 +261,64 @@ class Queueing:
             prompts += expected_wait_prompts(self.average_wait_s[call.queue])
         return prompts
 
-    async def _wait_for_agent(self, call: Call, qcfg: QueueConfig) -> AgentLeg:
+    def apply(self, config: Config) -> None:
+        """A reloaded config: callers already waiting take the queue's new announcements and
+        max_wait_s at once (the waits are woken to re-read them)."""
+        changed, self._config_changed = self._config_changed, None
+        if changed is not None and not changed.done():
+            changed.set_result(None)
+
+    def _changed(self) -> asyncio.Future[None]:
+        if self._config_changed is None:
+            self._config_changed = asyncio.get_running_loop().create_future()
+        return self._config_changed
+
+    async def _wait_for_agent(self, call: Call) -> AgentLeg:
         """Music on hold until an agent answers, with an announcement every
-        ``announce_every_s`` seconds (when there is something to announce)."""
+        ``announce_every_s`` seconds (when there is something to announce); TimeoutError after
+        ``max_wait_s``. The queue's config is read at every turn, so a reload applies to the
+        callers already waiting; a wait counts from the enqueue, an announcement period from the
+        end of the last announcement."""
         connected = call.connected
         assert connected is not None
-        if qcfg.announce_every_s <= 0:
-            return await connected
+        loop = asyncio.get_running_loop()
+        started = last = loop.time()
+
+        def turn() -> tuple[QueueConfig, float | None, float | None]:
+            qcfg = next(q for q in self._s.config.queues if q.name == call.queue)
+            give_up = started + qcfg.max_wait_s if qcfg.max_wait_s > 0 else None
+            announce = last + qcfg.announce_every_s if qcfg.announce_every_s > 0 else None
+            return qcfg, give_up, announce
+
         while not connected.done():
-            done, _ = await asyncio.wait({connected}, timeout=qcfg.announce_every_s)
-            if done:
-                break
-            prompts = self.announcement(call, qcfg)
+            qcfg, give_up, announce = turn()
+            now = loop.time()
+            if give_up is not None and now >= give_up:
+                raise TimeoutError
+            due = [x for x in (give_up, announce) if x is not None]
+            timeout = max(0.0, min(due) - now) if due else None
+            woken: set[asyncio.Future[Any]] = {connected, self._changed()}
+            await asyncio.wait(woken, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if connected.done() or announce is None or loop.time() < announce:
+                continue  # answered, a reload to re-read, or the end of the wait (next turn)
+            qcfg, give_up, _ = turn()
+            last = loop.time()
+            prompts = self.announcement(call, qcfg) if qcfg.announce_every_s > 0 else []
             if not prompts:
-                continue  # nothing to say: the music goes on
+                continue  # nothing to say: the music goes on, the next period starts now
             self._s.metrics.announcements.labels(queue=call.queue).inc()
             log.debug("queue_announcement", queue=call.queue, prompts=prompts)
-            announce = asyncio.ensure_future(self._s.media.play(call, prompts, barge_in=False))
-            racing: set[asyncio.Future[Any]] = {announce, connected}
+            announce_done = asyncio.ensure_future(self._s.media.play(call, prompts, barge_in=False))
+            racing: set[asyncio.Future[Any]] = {announce_done, connected}
             try:
-                await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
+                left = None if give_up is None else max(0.0, give_up - loop.time())
+                await asyncio.wait(racing, timeout=left, return_when=asyncio.FIRST_COMPLETED)
             finally:
-                if not announce.done():  # the agent answered mid-sentence: stop talking
+                if not announce_done.done():  # answered (or gave up) mid-sentence: stop talking
                     self._s.media.stop_player(call)
-                    await asyncio.gather(announce, return_exceptions=True)
-            if not connected.done():
+                    await asyncio.gather(announce_done, return_exceptions=True)
+            last = loop.time()  # the next period counts from the end of this announcement
+            if not connected.done() and (give_up is None or last < give_up):
                 self._s.media.music_on_hold(call, call.queue)
         return connected.result()
 

@@ -144,6 +144,7 @@ class CallService:
         self.media.apply(config)
         self.ringing.apply(config)
         self.flows.apply(config)
+        self.queueing.apply(config)
 
     # -- start and stop ------------------------------------------------------------------------------
 

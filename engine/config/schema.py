@@ -260,6 +260,19 @@ class QueueConfig(_Struct, frozen=True):
     reopen_sticky_s: float = 300.0
     # a solved ticket is closed after this long (Zendesk's default: 4 days); 0 = only by hand
     close_solved_after_s: float = 345600.0
+    # last-agent routing: a caller answered by a member of this queue within this many days (the
+    # CDR store, by caller id) is offered to that agent first; 0 = off
+    last_agent_days: float = 0.0
+    # how long a caller waits for its preferred agent (the last agent, or a flow `set`'s
+    # preferred_agent) while that agent is logged in but not free, before anyone may answer
+    preferred_agent_timeout_s: float = 15.0
+    # a caller who hangs up while waiting here and calls again within this many seconds keeps
+    # its place (its first enqueue time), as does one that comes back from an overflow or a
+    # transfer that did not connect; 0 = a new caller goes to the back
+    keep_place_s: float = 0.0
+    # priority aging: a waiting caller's priority grows by one point per 1 / this many minutes
+    # of waiting, so a long wait overtakes a higher priority in time; 0 = off
+    priority_aging_per_min: float = 0.0
 
 
 class LoginMode(Enum):
@@ -348,6 +361,13 @@ class SetStep(_Struct, frozen=True, tag="set", tag_field="type"):
     queue: str = ""
     priority: int | None = None
     requirements: dict[str, int] | None = None
+    # an agent id the caller is offered to first (the queue's preferred_agent_timeout_s); may
+    # use {var} from flow data, e.g. "{account_manager}" from a lookup's result
+    preferred_agent: str = ""
+    # a tier such as "vip" (may use {var}, e.g. "{tier}" from a lookup): when it is a key of
+    # `priorities`, the call's priority becomes that value; the tier goes to flow data `tier`
+    tier: str = ""
+    priorities: dict[str, int] = msgspec.field(default_factory=dict)
     data: dict[str, str] = msgspec.field(
         default_factory=dict
     )  # values may use {var} from flow data

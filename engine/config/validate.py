@@ -228,6 +228,34 @@ def _validate(cfg: Config, file: str) -> None:
         _check_positive(file, f"{base}.wrap_up_s", queue.wrap_up_s, allow_zero=True)
         _check_positive(file, f"{base}.max_wait_s", queue.max_wait_s, allow_zero=True)
         _check_positive(file, f"{base}.service_level_s", queue.service_level_s)
+        _check_positive(file, f"{base}.last_agent_days", queue.last_agent_days, allow_zero=True)
+        _check_positive(
+            file, f"{base}.preferred_agent_timeout_s", queue.preferred_agent_timeout_s,
+            allow_zero=True,
+        )  # fmt: skip
+        _check_positive(file, f"{base}.keep_place_s", queue.keep_place_s, allow_zero=True)
+        # What the routing core refuses (it would refuse it at start, or at a reload).
+        for key in ("reject_delay_s", "busy_delay_s", "no_answer_delay_s"):
+            _check_positive(file, f"{base}.{key}", getattr(queue, key), allow_zero=True)
+        if queue.auto_pause_after < 0:
+            raise ConfigError(
+                file, f"{base}.auto_pause_after",
+                f"expected >= 0 (0 = never), found {queue.auto_pause_after}",
+            )  # fmt: skip
+        if not -(2**31) <= queue.weight < 2**31:
+            raise ConfigError(
+                file, f"{base}.weight", f"expected an int32 weight, found {queue.weight}"
+            )
+        for j, relax in enumerate(queue.steps):
+            _check_positive(file, f"{base}.steps[{j}].after_s", relax.after_s, allow_zero=True)
+            if relax.max_penalty is not None and not 0 <= relax.max_penalty < 2**31:
+                raise ConfigError(
+                    file, f"{base}.steps[{j}].max_penalty",
+                    f"expected a penalty >= 0, found {relax.max_penalty}",
+                )  # fmt: skip
+        _check_positive(
+            file, f"{base}.priority_aging_per_min", queue.priority_aging_per_min, allow_zero=True
+        )
         if queue.max_length < 0:
             raise ConfigError(
                 file,
@@ -409,6 +437,7 @@ def _validate_telephony(cfg: Config, file: str) -> None:
     trunks = {t.name for t in cfg.trunks}
     flows = {f.name for f in cfg.flows}
     queues = {q.name for q in cfg.queues}
+    agents = {a.id for a in cfg.agents}
     seen: set[str] = set()
     usernames: set[str] = set()
     for i, trunk in enumerate(cfg.trunks):
@@ -506,6 +535,28 @@ def _validate_telephony(cfg: Config, file: str) -> None:
                 isinstance(step, SetStep | EnqueueStep) and step.queue and step.queue not in queues
             ):
                 raise ConfigError(file, f"{where}.queue", _unknown("queue", step.queue, queues))
+            elif isinstance(step, SetStep) and bool(step.tier) != bool(step.priorities):
+                raise ConfigError(
+                    file, f"{where}.priorities" if step.tier else f"{where}.tier",
+                    "expected `tier` and `priorities` together (the tier names a key of priorities)",
+                )  # fmt: skip
+            elif isinstance(step, SetStep) and any(
+                not -(2**31) < p < 2**31 for p in step.priorities.values()
+            ):
+                raise ConfigError(
+                    file, f"{where}.priorities", "expected priorities in the int32 range"
+                )
+            elif (
+                isinstance(step, SetStep)
+                and step.preferred_agent
+                and "{" not in step.preferred_agent
+                and step.preferred_agent not in agents
+            ):
+                raise ConfigError(
+                    file,
+                    f"{where}.preferred_agent",
+                    _unknown("agent", step.preferred_agent, agents),
+                )
             elif isinstance(step, TransferStep) and step.trunk not in trunks:
                 raise ConfigError(file, f"{where}.trunk", _unknown("trunk", step.trunk, trunks))
             elif isinstance(step, TransferStep) and not _outbound(cfg, step.trunk):

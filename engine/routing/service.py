@@ -48,11 +48,20 @@ CHANNEL_NAMES = {i: name for name, i in CHANNELS.items()}
 
 
 class SkillCatalogue:
-    """Skill names <-> Router skill indices, fixed for the life of a Router."""
+    """Skill names <-> Router skill indices. An index never changes for the life of a Router: a
+    reload's new names are appended (``extend``), so the Router's columns stay where they are."""
 
     def __init__(self, names: Iterable[str]) -> None:
         self.names = sorted(set(names))
         self.index = {name: i for i, name in enumerate(self.names)}
+
+    def extend(self, names: Iterable[str]) -> int:
+        """Give the names not yet known the next indices; how many were new."""
+        new = sorted(set(names) - set(self.index))
+        for name in new:
+            self.index[name] = len(self.names)
+            self.names.append(name)
+        return len(new)
 
     def requirements(self, levels: Mapping[str, int]) -> tuple[rc.Requirement, ...]:
         return tuple(rc.Requirement(self.index[s], lvl) for s, lvl in sorted(levels.items()))
@@ -96,6 +105,7 @@ def queue_spec(queue: QueueConfig, skills: SkillCatalogue) -> rc.QueueSpec:
         no_answer_delay_s=queue.no_answer_delay_s,
         auto_pause_after=queue.auto_pause_after,
         retry_delay_s=queue.retry_delay_s,
+        priority_aging_per_min=queue.priority_aging_per_min,
     )
 
 
@@ -149,6 +159,8 @@ class RoutingService:
     ) -> None:
         self.router, self.skills = build_router(cfg, max_tasks=max_tasks)
         self._cfg = cfg
+        # Agents removed by a reload: still in the Router (it never forgets an agent), in no queue.
+        self._retired: set[str] = set()
         self._on_offer = on_offer
         self._on_withdraw = on_withdraw
         # Handlers of the channels other than voice, and the channel of each non-voice task in
@@ -252,50 +264,85 @@ class RoutingService:
     def warmup(self) -> tuple[int, int]:
         return self.router.warmup()
 
-    def apply(self, cfg: Config) -> list[str]:
-        """Apply a reloaded config to the live Router; what it could not apply (needs a restart).
-
-        New queues and agents are added at once. A changed or removed queue or agent, or a skill
-        name the running Router has no column for, keeps its running definition until a restart:
-        live calls and agent states are never disturbed by a reload.
-        """
-        pending: list[str] = []
-        old_queues = {q.name: q for q in self._cfg.queues}
-        old_agents = {a.id: a for a in self._cfg.agents}
-        known_queues = set(old_queues)  # what the running Router has
-        for queue in cfg.queues:
-            names = set(queue.requirements) | {
-                s for step in queue.steps for s in (step.requirements or {})
-            }
-            if not names <= set(self.skills.index):
-                pending.append(f"queues.{queue.name} (new skill names)")
-            elif queue.name not in old_queues:
-                self.router.add_queue(queue_spec(queue, self.skills))
-                known_queues.add(queue.name)
-            elif queue_spec(queue, self.skills) != queue_spec(old_queues[queue.name], self.skills):
-                pending.append(f"queues.{queue.name}")
-        for agent in cfg.agents:
-            if not set(agent.skills) <= set(self.skills.index):
-                pending.append(f"agents.{agent.id} (new skill names)")
-            elif agent.id not in old_agents:
-                self.router.add_agent(
-                    agent.id,
-                    skills={self.skills.index[s]: lvl for s, lvl in agent.skills.items()},
-                    queues={q: p for q, p in agent.queues.items() if q in known_queues},
-                    capacity={CHANNELS[ch]: n for ch, n in agent.capacity.items()},
+    def refused(self, cfg: Config) -> list[str]:
+        """Why a reloaded config cannot be applied to the live Router (empty: it can). A queue
+        removed while callers or tasks wait (or ring) in it would strand them, so the reload is
+        refused naming the queue: route no new callers to it, let it empty, then remove it
+        (Asterisk keeps such a queue "dead" until its last caller leaves; refusing says so
+        instead of doing it silently)."""
+        problems = []
+        kept = {q.name for q in cfg.queues}
+        for queue in self._cfg.queues:
+            if queue.name not in kept and (n := self.router.waiting(queue.name)):
+                problems.append(
+                    f"queues.{queue.name}: removed while {n} waiting in it; stop routing to it"
+                    " and remove it once it is empty"
                 )
-            else:
-                before = old_agents[agent.id]
-                if (before.skills, before.queues, before.capacity) != (
-                    agent.skills, agent.queues, agent.capacity,
-                ):  # fmt: skip
-                    pending.append(f"agents.{agent.id}")
-        removed = set(old_queues) - {q.name for q in cfg.queues}
-        removed |= set(old_agents) - {a.id for a in cfg.agents}
-        pending += sorted(f"removed {name}" for name in removed)
+        known = {a.id for a in self._cfg.agents} | self._retired
+        added = {a.id for a in cfg.agents} - known
+        if added and len(known) + len(added) > self.router.max_agents:
+            problems.append(
+                f"agents: {len(known) + len(added)} agents (with those removed since the start)"
+                f" exceed the {self.router.max_agents} the running router holds; restart to add them"
+            )
+        return problems
+
+    def apply(self, cfg: Config) -> None:
+        """Apply a reloaded config (which ``refused`` accepted) to the live Router in place.
+
+        New skills, queues and agents are added; a changed queue (strategy, requirements, steps,
+        weight, delays, wrap-up, max_length) and a changed agent (skills, memberships,
+        capacity) are updated without touching live calls, agent states or waiting callers'
+        places (``Router.update_queue`` / ``update_agent``). A removed agent leaves every queue
+        (its live call goes on; it is offered nothing more) and comes back in place if a later
+        reload adds it again. A removed queue (empty, see ``refused``) keeps no members. Queues
+        left with no logged-in member get ``on_queue_empty`` as after a logout.
+        """
+        had_members = {q.name: self.members_logged_in(q.name) for q in self._cfg.queues}
+        new_skills = SkillCatalogue.from_config(cfg).names
+        self.router.add_skills(self.skills.extend(new_skills))
+        now = self.now
+        old_queues = {q.name: q for q in self._cfg.queues}
+        known_queues = set(self.router.queue_names())
+        for queue in cfg.queues:
+            spec = queue_spec(queue, self.skills)
+            if queue.name not in known_queues:
+                self.router.add_queue(spec)
+            elif queue.name not in old_queues or spec != queue_spec(
+                old_queues[queue.name], self.skills
+            ):
+                self.router.update_queue(spec, now)
+        old_agents = {a.id: a for a in self._cfg.agents}
+        for agent in cfg.agents:
+            skills = {self.skills.index[s]: lvl for s, lvl in agent.skills.items()}
+            capacity = {CHANNELS[ch]: n for ch, n in agent.capacity.items()}
+            before = old_agents.get(agent.id)
+            if before is None and agent.id not in self._retired:
+                self.router.add_agent(
+                    agent.id, skills=skills, queues=dict(agent.queues), capacity=capacity
+                )
+            elif before is None or (before.skills, before.queues, before.capacity) != (
+                agent.skills, agent.queues, agent.capacity,
+            ):  # fmt: skip
+                self.router.update_agent(
+                    agent.id, skills=skills, queues=dict(agent.queues), capacity=capacity
+                )
+            self._retired.discard(agent.id)
+        for agent_id in set(old_agents) - {a.id for a in cfg.agents}:
+            before = old_agents[agent_id]
+            self.router.update_agent(
+                agent_id,
+                skills={self.skills.index[s]: lvl for s, lvl in before.skills.items()},
+                queues={},
+                capacity={CHANNELS[ch]: n for ch, n in before.capacity.items()},
+            )
+            self._retired.add(agent_id)
         self._cfg = cfg
         self._kick()
-        return pending
+        if self.on_queue_empty is not None:
+            for queue in cfg.queues:
+                if had_members.get(queue.name, 0) and not self.members_logged_in(queue.name):
+                    self.on_queue_empty(queue.name)
 
     # -- tasks -----------------------------------------------------------------------------------
 
@@ -395,11 +442,7 @@ class RoutingService:
         for agent in self._cfg.agents:
             if queue not in agent.queues:
                 continue
-            try:
-                state = self.router.agent_state(agent.id)
-            except rc.UnknownAgent:  # reloaded in, waiting for a restart to join the Router
-                continue
-            count += state is not rc.AgentState.LOGGED_OUT
+            count += self.router.agent_state(agent.id) is not rc.AgentState.LOGGED_OUT
         return count
 
     def set_ready(self, agent_id: str) -> None:

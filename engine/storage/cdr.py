@@ -24,6 +24,7 @@ import contextlib
 import itertools
 import time
 from collections import deque
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -35,7 +36,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from engine.runtime.events import Event, EventBus
 from engine.runtime.metrics import Metrics
-from engine.storage import StorageError, Store
+from engine.storage import StorageError, Store, queries
 from engine.storage.schema import agent_events, calls, queue_events
 
 log = structlog.stdlib.get_logger("acd.cdr")
@@ -215,6 +216,21 @@ class CdrWriter:
             log.warning("previous_contacts_failed", reason=str(exc))
             return []
         return [dict(row) for row in rows]
+
+    async def last_agent(self, caller: str, agents: Iterable[str], days: float) -> str | None:
+        """The member of ``agents`` who last answered ``caller`` within ``days`` (last-agent
+        routing), or None; like ``previous_contacts``, rows not yet flushed are not seen and a
+        store error gives None (the caller is routed as if new)."""
+        members = list(agents)
+        if not caller or caller == "anonymous" or not members:
+            return None
+        try:
+            return await queries.last_agent(
+                self._store, caller, members, time.time() - days * 86400.0
+            )
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("last_agent_failed", reason=str(exc))
+            return None
 
     # -- producers (never await) -------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""The queries the control API makes on the CDR store: searches and lookups, plus its two writes.
+"""The queries the control API (and last-agent routing) make on the CDR store: searches and
+lookups, plus its two writes.
 
 How this works: each function takes the open ``Store`` and plain values (no request, no principal)
 and returns plain dicts, so the API's handlers keep the HTTP side (parsing, limits, who may see
@@ -70,6 +71,25 @@ async def search_calls(
         query = query.where(calls.c.agent_id == agent)
     async with store.engine.connect() as conn:
         return [dict(r) for r in (await conn.execute(query)).mappings()]
+
+
+async def last_agent(store: Store, caller: str, agents: Iterable[str], since: float) -> str | None:
+    """The agent among ``agents`` who last answered a call from ``caller`` that arrived at or
+    after ``since`` (epoch seconds), or None (last-agent routing; the caller/arrived_at index)."""
+    query = (
+        sa.select(calls.c.agent_id)
+        .where(
+            calls.c.caller == caller,
+            calls.c.arrived_at >= since,
+            calls.c.agent_id.in_(list(agents)),
+            calls.c.agent_answered_at.is_not(None),
+        )
+        .order_by(calls.c.arrived_at.desc())
+        .limit(1)
+    )
+    async with store.engine.connect() as conn:
+        agent = (await conn.execute(query)).scalar_one_or_none()
+    return None if agent is None else str(agent)
 
 
 async def recording_row(store: Store, recording_id: str) -> dict[str, Any] | None:

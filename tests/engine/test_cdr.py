@@ -7,6 +7,7 @@ import asyncio
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -373,3 +374,32 @@ async def test_a_live_row_replaced_or_ended_during_its_write_is_not_lost(store: 
     assert by_id["c1"]["queue"] == "q"
     assert by_id["c2"]["ended_at"] == T0 + 5
     assert writer.backlog == 0
+
+
+async def test_last_agent_is_the_newest_answering_member_within_the_window(store: Store) -> None:
+    """Last-agent routing's query on the real store: newest answered call of that caller, among
+    the given agents, no older than the window; unanswered calls and other callers don't count."""
+    writer = CdrWriter(store, Metrics())
+
+    def call(n: int, caller: str, at: float, agent: str | None) -> None:
+        writer.call_ended(
+            CallRecord(
+                id=f"c{n}", sip_call_id=f"s{n}", arrived_at=at, caller=caller, queue="support",
+                agent_id=agent, agent_answered_at=None if agent is None else at + 5,
+                disposition="answered" if agent else "abandoned",
+            )
+        )  # fmt: skip
+
+    now = time.time()
+    call(1, "+1555", now - 3 * 86400, "old")  # outside a 2-day window
+    call(2, "+1555", now - 3600, "1001")
+    call(3, "+1555", now - 600, "1002")  # the newest answered by a member...
+    call(4, "+1555", now - 60, None)  # ...an abandoned call since does not count
+    call(5, "+1666", now - 30, "1003")  # another caller
+    await writer.flush()
+    assert await writer.last_agent("+1555", ["1001", "1002", "old"], 2.0) == "1002"
+    assert await writer.last_agent("+1555", ["1001", "old"], 2.0) == "1001"  # 1002 not a member
+    assert await writer.last_agent("+1555", ["old"], 2.0) is None
+    assert await writer.last_agent("+1555", ["old"], 4.0) == "old"
+    assert await writer.last_agent("anonymous", ["1001"], 2.0) is None
+    assert await writer.last_agent("+1777", ["1001"], 2.0) is None

@@ -76,7 +76,7 @@ name = "account"
 steps = [
   { type = "collect", var = "account", prompt = "enter-account", min_digits = 4, max_digits = 8 },
   { type = "lookup", url = "URL/crm", timeout_s = 0.5 },
-  { type = "set", queue = "vip", priority = 5, requirements = { support = 5 }, data = { label = "acct {account} tier {tier}" } },
+  { type = "set", queue = "vip", priority = 5, requirements = { support = 5 }, preferred_agent = "{name}", tier = "{tier}", priorities = { platinum = 9, gold = 7 }, data = { label = "acct {account} tier {tier}" } },
   { type = "enqueue" },
 ]
 
@@ -178,8 +178,9 @@ async def test_collect_lookup_set_enqueue(
     outcome = await runner.run("ivr", caller, {"caller": "+15551234"})
     assert outcome.kind == "enqueue"
     assert outcome.queue == "vip"
-    assert outcome.priority == 5
+    assert outcome.priority == 7  # the CRM's tier "gold" (the set's own priority = 5 came first)
     assert outcome.requirements == {"support": 5}
+    assert outcome.preferred_agent == "Ada"  # the lookup's result, through the set's {name}
     assert seen == [{"caller": "+15551234", "account": "421337"}]  # the CRM got the call's data
     assert outcome.data == {
         "caller": "+15551234",

@@ -178,3 +178,112 @@ async def test_metrics_are_read_from_the_router_at_scrape_time(
     assert oldest is not None
     assert 0.04 <= oldest < 1.0
     svc.close()
+
+
+# -- reload -----------------------------------------------------------------------------------
+
+RELOAD_BEFORE = """
+[[queues]]
+name = "q"
+requirements = { support = 9 }
+
+[[agents]]
+id = "A"
+skills = { support = 5 }
+queues = { q = 0 }
+
+[[agents]]
+id = "B"
+skills = { support = 3 }
+queues = { q = 0 }
+"""
+RELOAD_AFTER = (
+    RELOAD_BEFORE.replace('name = "q"', 'name = "q"\nstrategy = "most_skilled"')
+    .replace("requirements = { support = 9 }", "requirements = { support = 1 }")
+    .replace("skills = { support = 3 }", "skills = { support = 9, billing = 2 }")
+)
+
+
+async def test_reload_changes_strategy_skills_and_requirements_for_waiting_callers() -> None:
+    rec = Recorder()
+    svc = RoutingService(
+        parse_config(RELOAD_BEFORE, "t.toml"),
+        on_offer=rec.offer,
+        on_withdraw=rec.withdraw,
+        loop=asyncio.get_running_loop(),
+    )
+    svc.login("A")  # idle longest: longest_idle would pick A first
+    await asyncio.sleep(0.01)
+    svc.login("B")
+    svc.enqueue("c1", "q")
+    await asyncio.sleep(0.01)
+    svc.enqueue("c2", "q")
+    await asyncio.sleep(0.05)
+    assert rec.offers == []  # nobody has support 9
+    cfg = parse_config(RELOAD_AFTER, "t.toml")
+    assert svc.refused(cfg) == []
+    svc.apply(cfg)
+    offers = await rec.wait_offers(2)
+    # c1 kept its place ahead of c2; most skilled now, with B's new level 9 (and a skill name,
+    # billing, the Router had no column for).
+    assert offers == [rc.Offer("c1", "B", "q"), rc.Offer("c2", "A", "q")]
+    svc.close()
+
+
+async def test_removing_a_queue_with_waiting_callers_is_refused_and_an_empty_one_goes(
+    service: tuple[RoutingService, Recorder],
+) -> None:
+    svc, _ = service
+    without_vip = CONFIG.replace(
+        """[[queues]]
+name = "vip"
+requirements = { support = 9 }
+# After 0.3 s nobody with level 9 answered: anyone with support 1 may take it.
+steps = [ { after_s = 0.3, requirements = { support = 1 } } ]
+""",
+        "",
+    ).replace(", vip = 0", "")
+    cfg = parse_config(without_vip, "t.toml")
+    svc.enqueue("waiting", "vip")
+    (problem,) = svc.refused(cfg)
+    assert problem.startswith("queues.vip: removed while 1 waiting in it")
+    svc.abandon("waiting")
+    assert svc.refused(cfg) == []
+    svc.apply(cfg)
+    assert [name for name, _, _ in svc.queue_figures()] == ["support", "all"]
+    svc.close()
+
+
+async def test_a_removed_agent_is_offered_nothing_and_comes_back_when_re_added() -> None:
+    rec = Recorder()
+    emptied: list[str] = []
+    cfg = parse_config(CONFIG.replace('name = "all"', 'name = "all"\nleave_empty = true'), "t")
+    svc = RoutingService(cfg, loop=asyncio.get_running_loop())
+    svc.connect(on_offer=rec.offer, on_withdraw=rec.withdraw, on_queue_empty=emptied.append)
+    svc.login("1001")
+    only_1002 = (
+        CONFIG[: CONFIG.index('[[agents]]\nid = "1001"')]
+        + CONFIG[CONFIG.index('[[agents]]\nid = "1002"') :]
+    )
+    svc.apply(parse_config(only_1002, "t"))
+    # 1001 was the only member logged in: every queue it was in is left empty.
+    assert sorted(emptied) == ["all", "support", "vip"]
+    svc.enqueue("c", "support")
+    await asyncio.sleep(0.05)
+    assert rec.offers == []  # 1001 is still logged in, in no queue
+    svc.apply(cfg)
+    (offer,) = await rec.wait_offers(1)
+    assert offer == rc.Offer("c", "1001", "support")
+    svc.close()
+
+
+async def test_a_reload_adding_more_agents_than_the_router_holds_is_refused() -> None:
+    svc = RoutingService(parse_config(RELOAD_BEFORE, "t.toml"), loop=asyncio.get_running_loop())
+    assert svc.router.max_agents == 16  # twice the configured agents, at least 16
+    many = RELOAD_BEFORE + "".join(
+        f'[[agents]]\nid = "x{i}"\nqueues = {{ q = 0 }}\n' for i in range(15)
+    )
+    (problem,) = svc.refused(parse_config(many, "t.toml"))
+    assert problem.startswith("agents: 17 agents")
+    assert svc.refused(parse_config(many.split('[[agents]]\nid = "x14"')[0], "t.toml")) == []
+    svc.close()
