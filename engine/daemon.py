@@ -6,8 +6,10 @@ live in one ``asyncio.TaskGroup`` owned here, so none is fire-and-forget: shutdo
 waits for them. Signals only set flags or schedule work on the loop; they never run logic inside a
 signal handler.
 
-Reload (SIGHUP): the new file is validated first; if it is invalid the running config stays and the
-reason is logged and counted. Keys that need a restart (listen addresses, storage) are reported.
+Reload (SIGHUP): the new file is validated first, with its enabled plugins loaded again
+(engine.plugins); if it is invalid (or a plugin is broken) the running config and plugins stay
+and the reason is logged and counted. Keys that need a restart (listen addresses, storage) are
+reported. Plugins' event consumers are the event bus's consumers.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from engine import api
 from engine.api.app import ReadyCheck, make_app, openapi_document
 from engine.calls.flows import FlowRunner
 from engine.calls.service import CallService
-from engine.config import TASK_CHANNELS, Config, ConfigError, load_config
+from engine.config import TASK_CHANNELS, Config, ConfigError
+from engine.plugins import PluginSet, load_config
 from engine.recording.service import RecordingCollector, RecordingService
 from engine.routing.agents import AgentDirectory
 from engine.routing.service import RoutingCollector, RoutingService
@@ -49,8 +52,15 @@ _RESTART_ONLY = ("http", "sip", "storage", "runtime")
 
 
 class Daemon:
-    def __init__(self, config: Config, *, config_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        config_path: Path | None = None,
+        plugins: PluginSet | None = None,
+    ) -> None:
         self.config = config
+        self.plugins = plugins or PluginSet()
         self.config_path = config_path
         self.metrics = Metrics()
         self.store: Store | None = None
@@ -208,7 +218,7 @@ class Daemon:
             self.metrics.config_reloads.labels(outcome="rejected").inc()
             return False
         try:
-            new = load_config(self.config_path)
+            new, plugins = load_config(self.config_path)
         except ConfigError as exc:
             log.error("reload_rejected", reason=str(exc), kept=self.config.source)
             self.metrics.config_reloads.labels(outcome="rejected").inc()
@@ -219,7 +229,9 @@ class Daemon:
         if self.agents is not None:
             self.agents.apply(new)
         if self.calls is not None:
-            self.calls.apply(new)
+            self.calls.apply(new, plugins)
+        self.plugins = plugins
+        self.bus.set_consumers(plugins.consumers)
         if self.tasks is not None:
             self.tasks.apply(new)
         if self.recordings is not None:
@@ -247,6 +259,7 @@ class Daemon:
             log.error("storage_open_failed", reason=str(exc), url=_redact(url))
             return 1
         self.bus = EventBus()
+        self.bus.set_consumers(self.plugins.consumers)
         self.cdr = CdrWriter(self.store, self.metrics, bus=self.bus)
         self.routing = RoutingService(self.config, loop=asyncio.get_running_loop())
         # Compile or load every numba kernel before any listener opens (DESIGN.md section 4): the
@@ -284,7 +297,12 @@ class Daemon:
             cdr=self.cdr,
             recordings=self.recordings,
             metrics=self.metrics,
-            flows=FlowRunner(self.config, self._http_client),
+            flows=FlowRunner(
+                self.config,
+                self._http_client,
+                plugins=self.plugins,
+                on_plugin_error=self.metrics.unexpected_errors.labels(where="plugin").inc,
+            ),
         )
         self.api.calls = self.calls
         # Chats, e-mails, social messages and tickets: routing tasks of their channels.
@@ -357,6 +375,7 @@ class Daemon:
                     sip=_listener_text(self.calls.listening[0]),
                     sip_listeners=[_listener_text(x) for x in self.calls.listening],
                     config=self.config.source or "embedded default",
+                    plugins=[p.plugin.name for p in self.plugins.plugins],
                     startup_s=round(time.monotonic() - self._started_monotonic, 3),
                 )
                 self.systemd.ready(self._status())
@@ -411,7 +430,9 @@ def _redact(url: str) -> str:
     return f"{scheme}://{user}:***@{host}"
 
 
-def run_daemon(config: Config, *, config_path: Path | None) -> int:
+def run_daemon(
+    config: Config, *, config_path: Path | None, plugins: PluginSet | None = None
+) -> int:
     """Run the daemon to completion on the configured event loop; the process exit code."""
     loop_factory: Any = None
     if config.runtime.event_loop == "uvloop":
@@ -422,7 +443,7 @@ def run_daemon(config: Config, *, config_path: Path | None) -> int:
         else:
             loop_factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(Daemon(config, config_path=config_path).run())
+        return runner.run(Daemon(config, config_path=config_path, plugins=plugins).run())
 
 
 def _listener_text(listener: tuple[str, tuple[str, int]]) -> str:

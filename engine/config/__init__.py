@@ -15,7 +15,13 @@ never look keys up by string.
 """
 
 from engine.config.errors import ConfigError
-from engine.config.load import load_config, parse_config
+from engine.config.load import (
+    PluginResolver,
+    PluginSchemas,
+    load_config,
+    parse_config,
+    reword_validation_error,
+)
 from engine.config.schema import (
     CHANNEL_NAMES,
     STEP_TYPES,
@@ -43,6 +49,8 @@ from engine.config.schema import (
     MediaConfig,
     MenuStep,
     PlayStep,
+    PluginsConfig,
+    PluginStep,
     QueueConfig,
     RecordingsConfig,
     RelaxStepConfig,
@@ -90,6 +98,10 @@ __all__ = [
     "MediaConfig",
     "MenuStep",
     "PlayStep",
+    "PluginResolver",
+    "PluginSchemas",
+    "PluginStep",
+    "PluginsConfig",
     "QueueConfig",
     "RecordingsConfig",
     "RelaxStepConfig",
@@ -109,4 +121,5 @@ __all__ = [
     "load_config",
     "outbound_proxy_uri",
     "parse_config",
+    "reword_validation_error",
 ]

@@ -9,7 +9,7 @@ the same for operators. Cross-field rules live in ``validate``; reading the file
 from __future__ import annotations
 
 from enum import Enum
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
@@ -281,7 +281,9 @@ class CollectStep(_Struct, frozen=True, tag="collect", tag_field="type"):
 
 
 class LookupStep(_Struct, frozen=True, tag="lookup", tag_field="type"):
-    url: str  # HTTP(S) webhook; receives the call's data as JSON, returns JSON merged into it
+    url: str = ""  # HTTP(S) webhook; receives the call's data as JSON, returns JSON merged into it
+    # or a lookup provider an enabled plugin adds ([plugins]): one of url and provider
+    provider: str = ""
     timeout_s: float = 2.0
     on_error: str = "continue"  # continue | hangup
 
@@ -313,6 +315,15 @@ class HangupStep(_Struct, frozen=True, tag="hangup", tag_field="type"):
     prompt: str = ""
 
 
+class PluginStep(_Struct, frozen=True, tag="plugin", tag_field="type"):
+    """A step type an enabled plugin adds (engine.plugins). Not written as such in the file:
+    ``load`` turns ``{ type = "verify_pin", ... }`` into this once the plugin's own schema has
+    accepted the step's other keys, which ``settings`` keeps as written."""
+
+    name: str  # the plugin's step type
+    settings: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
 Step = (
     AnswerStep
     | PlayStep
@@ -324,12 +335,15 @@ Step = (
     | TransferStep
     | GotoStep
     | HangupStep
+    | PluginStep
 )
 
 
+# The built-in step types (what a file may write); "plugin" is internal (see PluginStep).
 STEP_TYPES: Final = tuple(
     str(msgspec.inspect.type_info(t).tag)  # type: ignore[attr-defined]
     for t in Step.__args__
+    if t is not PluginStep
 )
 
 
@@ -407,6 +421,16 @@ class WebRtcConfig(_Struct, frozen=True):
     workers: int = 0
 
 
+class PluginsConfig(_Struct, frozen=True):
+    """Which installed plugins (entry points of group ``acd.plugins``) run, and their settings."""
+
+    # plugin names to load at start and on reload; an installed plugin not listed does nothing
+    enabled: tuple[str, ...] = ()
+    # name -> that plugin's own settings, written as a [plugins.<name>] table and checked by the
+    # plugin's schema (engine.plugins); only enabled plugins may have one
+    settings: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
+
+
 class FeatureCodes(_Struct, frozen=True):
     ready: str = "*1"
     not_ready: str = "*2"
@@ -425,6 +449,7 @@ class Config(_Struct, frozen=True):
     api: ApiConfig = ApiConfig()
     recordings: RecordingsConfig = RecordingsConfig()
     webrtc: WebRtcConfig = WebRtcConfig()
+    plugins: PluginsConfig = PluginsConfig()
     trunks: tuple[TrunkConfig, ...] = ()
     routes: tuple[RouteConfig, ...] = ()
     flows: tuple[FlowConfig, ...] = ()

@@ -455,7 +455,15 @@ def _validate_telephony(cfg: Config, file: str) -> None:
                     f"{where}.timeout_s",
                     f"expected a positive number, found {step.timeout_s}",
                 )
-            elif isinstance(step, LookupStep) and not step.url.startswith(("http://", "https://")):
+            elif isinstance(step, LookupStep) and bool(step.url) == bool(step.provider):
+                raise ConfigError(
+                    file, where, "expected one of url (a webhook) and provider (a plugin's lookup)"
+                )
+            elif (
+                isinstance(step, LookupStep)
+                and step.url
+                and not step.url.startswith(("http://", "https://"))
+            ):
                 raise ConfigError(
                     file, f"{where}.url", f"expected an http(s) URL, found {step.url!r}"
                 )
