@@ -278,3 +278,41 @@ def test_check_config_names_a_broken_plugin(plugin_path: Path, tmp_path: Path) -
     assert refused.returncode == 2
     assert f"{bad}: plugins.enabled[1]: plugin 'brokenplug' failed to load" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+DOC = Path(__file__).parents[2] / "docs" / "plugins.md"
+
+
+@pytest.fixture
+def doc_plugin(tmp_path: Path) -> Iterator[str]:
+    """docs/plugins.md's example module, as written there, installed as `tiers`; yields the
+    doc's example flow."""
+    import re
+
+    doc = DOC.read_text()
+    source = re.search(r"```python\n(.*?)```", doc, re.S)
+    flow = re.search(r"```toml\n(\[\[flows\]\].*?)```", doc, re.S)
+    assert source is not None
+    assert flow is not None
+    root = install_plugin(tmp_path, name="tiers", module="acd_tiers", source=source.group(1))
+    sys.path.insert(0, str(root))
+    importlib.invalidate_caches()
+    yield flow.group(1)
+    sys.path.remove(str(root))
+    importlib.invalidate_caches()
+
+
+async def test_the_documented_example_plugin_loads_and_runs(doc_plugin: str) -> None:
+    head = '[plugins]\nenabled = ["tiers"]\n[plugins.tiers]\nvip_prefix = "9"\n'
+    head += '[[queues]]\nname = "support"\n'
+    cfg, plugins = parse_config(head + doc_plugin, "doc.toml")
+    assert sorted(plugins.qa_rules) == ["disclosure"]
+    assert cfg.flows[0].steps[1] == PluginStep(name="classify", settings={"var": "account"})
+    flow = head + (
+        '[[flows]]\nname = "f"\nsteps = [{ type = "collect", var = "account" },'
+        ' { type = "classify", var = "account" }, { type = "enqueue", queue = "support" }]\n'
+    )
+    cfg, plugins = parse_config(flow, "doc.toml")
+    runner = FlowRunner(cfg, None, plugins=plugins)
+    assert (await runner.run("f", ScriptedCaller(["912"]))).data["tier"] == "vip"
+    assert (await runner.run("f", ScriptedCaller(["123"]))).data["tier"] == "standard"
