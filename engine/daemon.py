@@ -43,6 +43,7 @@ from engine.storage.cdr import CdrWriter
 from engine.storage.tasks import TaskWriter
 from engine.tasks import TaskCollector, TaskMetrics, TaskService
 from engine.web import add_web_routes
+from engine.webhooks import WebhookService
 from engine.webrtc.gateway import WebRtcGateway
 
 log = structlog.stdlib.get_logger("acd.daemon")
@@ -72,6 +73,7 @@ class Daemon:
         self.tasks: TaskService | None = None
         self.task_writer: TaskWriter | None = None
         self.webrtc: WebRtcGateway | None = None
+        self.webhooks: WebhookService | None = None
         self.sip_addr: tuple[str, int] | None = None
         self._http_client: aiohttp.ClientSession | None = None
         self.api = api.ApiContext(get_config=lambda: self.config, reload=self.reload)
@@ -204,6 +206,12 @@ class Daemon:
         )
         return applied
 
+    def _set_consumers(self) -> None:
+        consumers = list(self.plugins.consumers)
+        if self.webhooks is not None:
+            consumers.append(("webhooks", self.webhooks.consume))
+        self.bus.set_consumers(consumers)
+
     def _status(self) -> str:
         """One line for `systemctl status`."""
         calls = len(self.calls.calls) if self.calls is not None else 0
@@ -230,8 +238,10 @@ class Daemon:
             self.agents.apply(new)
         if self.calls is not None:
             self.calls.apply(new, plugins)
+        if self.webhooks is not None:
+            self.webhooks.apply(new)
         self.plugins = plugins
-        self.bus.set_consumers(plugins.consumers)
+        self._set_consumers()
         if self.tasks is not None:
             self.tasks.apply(new)
         if self.recordings is not None:
@@ -259,7 +269,6 @@ class Daemon:
             log.error("storage_open_failed", reason=str(exc), url=_redact(url))
             return 1
         self.bus = EventBus()
-        self.bus.set_consumers(self.plugins.consumers)
         self.cdr = CdrWriter(self.store, self.metrics, bus=self.bus)
         self.routing = RoutingService(self.config, loop=asyncio.get_running_loop())
         # Compile or load every numba kernel before any listener opens (DESIGN.md section 4): the
@@ -290,6 +299,12 @@ class Daemon:
         self.agents = AgentDirectory(self.config, self.routing, self.cdr, loop)
         # CRM lookups from call flows: one pooled client, bounded per host.
         self._http_client = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit_per_host=32))
+        # Events out: the plugins' consumers and the [[webhooks]], fed by the bus.
+        self.webhooks = WebhookService(
+            self.config, self.store, self._http_client, self.metrics.registry
+        )
+        self.api.webhooks = self.webhooks
+        self._set_consumers()
         self.calls = CallService(
             self.config,
             routing=self.routing,
@@ -360,6 +375,7 @@ class Daemon:
                     tasks.create_task(self.cdr.run()),
                     tasks.create_task(self.recordings.purge_loop()),
                     tasks.create_task(self.systemd.watchdog()),
+                    tasks.create_task(self.webhooks.run()),
                 ]
                 task_writes = tasks.create_task(self.task_writer.run())
                 # Everything allocated so far (config, routing arrays, compiled kernels) lives for the
@@ -401,6 +417,8 @@ class Daemon:
             self.agents.close()
         if self.tasks is not None:
             self.tasks.close()
+        if self.webhooks is not None:  # what is still pending goes to the dead-letter list
+            await self.webhooks.close()
         if self._http_client is not None:
             await self._http_client.close()
         if self.routing is not None:

@@ -23,6 +23,16 @@ CHANNEL_NAMES: Final = ("voice", "chat", "email", "callback", "social", "ticket"
 
 TASK_CHANNELS: Final = ("chat", "email", "social", "ticket")
 
+# What outbound webhooks may subscribe to (engine.webhooks; docs/webhooks.md says what each carries).
+WEBHOOK_EVENTS: Final = (
+    "call.started",
+    "call.answered",
+    "call.completed",
+    "task.created",
+    "task.assigned",
+    "task.completed",
+)
+
 
 class _Struct(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Base for every config table: immutable, unknown keys rejected."""
@@ -431,6 +441,20 @@ class PluginsConfig(_Struct, frozen=True):
     settings: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
 
 
+class WebhookConfig(_Struct, frozen=True):
+    """One outbound webhook: events POSTed as signed JSON, retried, then dead-lettered."""
+
+    url: str  # http(s) endpoint each event is POSTed to
+    # HMAC-SHA256 key of the X-Acd-Signature header (at least 16 characters); the receiver
+    # holds the same one
+    secret: str
+    events: tuple[str, ...] = ()  # event types sent (WEBHOOK_EVENTS); empty: all of them
+    timeout_s: float = 5.0  # one attempt: connect, send, status line
+    max_attempts: int = 5  # attempts before the delivery goes to the dead-letter list
+    # wait before the second attempt; doubled for each further one (capped at 1 hour)
+    backoff_s: float = 1.0
+
+
 class FeatureCodes(_Struct, frozen=True):
     ready: str = "*1"
     not_ready: str = "*2"
@@ -450,6 +474,7 @@ class Config(_Struct, frozen=True):
     recordings: RecordingsConfig = RecordingsConfig()
     webrtc: WebRtcConfig = WebRtcConfig()
     plugins: PluginsConfig = PluginsConfig()
+    webhooks: tuple[WebhookConfig, ...] = ()
     trunks: tuple[TrunkConfig, ...] = ()
     routes: tuple[RouteConfig, ...] = ()
     flows: tuple[FlowConfig, ...] = ()

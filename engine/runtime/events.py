@@ -30,7 +30,9 @@ SUBSCRIBER_QUEUE_EVENTS = 1000
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True):
-    type: str  # "queue" | "agent" | "task" (data.task_id names the task)
+    # "queue" | "agent" | "task" (data.task_id names the task) | "call" (started, completed:
+    # consumers only, not on the WebSocket stream)
+    type: str
     at: float
     event: str  # queue event kind, or the agent's new state
     call_id: str | None = None
@@ -90,7 +92,9 @@ class EventBus:
     def subscribers(self) -> int:
         return len(self._subscribers)
 
-    def publish(self, event: Event) -> None:
+    def publish(self, event: Event, *, stream: bool = True) -> None:
+        """Hand ``event`` to the consumers and (``stream``) to the WebSocket subscribers; the
+        ``call`` events (started, completed) are for consumers only."""
         self.published += 1
         for name, consume in self._consumers:
             try:
@@ -98,7 +102,7 @@ class EventBus:
             except Exception as exc:  # a plugin's code: it loses this event, nobody else does
                 self.consumer_errors += 1
                 log.error("event_consumer_failed", consumer=name, kind=event.event, exc_info=exc)
-        if not self._subscribers:
+        if not stream or not self._subscribers:
             return
         payload = _encoder.encode(event)
         for sub in list(self._subscribers):
