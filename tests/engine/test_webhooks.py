@@ -268,3 +268,27 @@ async def test_pending_deliveries_are_dead_lettered_at_shutdown(
         (letter,) = await service.dead_letters()
     assert letter.attempts == 1
     assert letter.last_error == "HTTP 500 (daemon stopped before the next attempt)"
+
+
+@pytest.mark.parametrize(
+    ("line", "key", "problem"),
+    [
+        ('url = "ftp://x"', "webhooks[0].url", "expected an http(s) URL, found 'ftp://x'"),
+        ('events = ["call.ended"]', "webhooks[0].events[0]", "expected one of 'call.started'"),
+        ('secret = "short"', "webhooks[0].secret", "at least 16 characters, found 5"),
+        ("timeout_s = 0", "webhooks[0].timeout_s", "expected a number > 0"),
+        ("max_attempts = 0", "webhooks[0].max_attempts", "expected 1 to 100, found 0"),
+        ("backoff_s = -1", "webhooks[0].backoff_s", "expected a number >= 0"),
+        ("retries = 3", "webhooks[0].retries", "unknown key"),
+    ],
+)
+def test_webhook_config_errors_name_the_key(line: str, key: str, problem: str) -> None:
+    from engine.config import ConfigError
+
+    base = {"url": 'url = "http://127.0.0.1:9/h"', "secret": f'secret = "{SECRET}"'}
+    name = line.split(" ", 1)[0]
+    text = "[[webhooks]]\n" + "\n".join([*(v for k, v in base.items() if k != name), line])
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "hooks.toml")
+    assert caught.value.key_path == key
+    assert problem in caught.value.problem

@@ -1,0 +1,193 @@
+"""Outbound webhooks from the real daemon for a real SIPp call: a caller (SIPp uac) answered by a
+static agent (SIPp uas). A local aiohttp receiver (on its own thread) gets call.started,
+call.answered and call.completed with valid signatures; a second receiver that answers 503 gets
+the completed call twice, then it is in the dead-letter list of the API, and a re-send through
+the API reaches it once it answers 200. The call itself is not held up by the failing receiver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from engine.webhooks import verify
+from tests.conftest import free_port
+from tests.e2e.conftest import DaemonFactory, DaemonProcess
+from tests.e2e.test_call_scenarios import (
+    ADMIN,
+    Peers,
+    cdr,
+    config,
+    finished,
+    login,
+    sipp_output,
+    wait_until,
+)
+
+pytestmark = pytest.mark.e2e
+
+SECRET = "e2e-webhook-secret-0123"
+
+
+@dataclass
+class Receiver:
+    """An aiohttp server on a thread of its own; ``status`` per path, what arrived kept."""
+
+    port: int
+    status: dict[str, int] = field(default_factory=lambda: {"/good": 200, "/bad": 503})
+    got: list[tuple[str, dict[str, str], bytes]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def received(self, path: str) -> list[tuple[dict[str, str], bytes]]:
+        with self.lock:
+            return [(h, b) for p, h, b in self.got if p == path]
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    rx = Receiver(free_port())
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    runner_box: list[web.AppRunner] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        body = await request.read()
+        with rx.lock:
+            rx.got.append((request.path, dict(request.headers), body))
+        return web.Response(status=rx.status.get(request.path, 404))
+
+    async def start() -> None:
+        app = web.Application()
+        app.router.add_post("/{name}", hook)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", rx.port).start()
+        runner_box.append(runner)
+        started.set()
+
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(start(), loop)
+    assert started.wait(10)
+    yield rx
+    asyncio.run_coroutine_threadsafe(runner_box[0].cleanup(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+    loop.close()
+
+
+def _api(daemon: DaemonProcess, path: str, method: str = "GET") -> tuple[int, object]:
+    request = urllib.request.Request(
+        daemon.base_url + path, method=method, data=b"" if method == "POST" else None
+    )
+    request.add_header("Authorization", f"Bearer {ADMIN}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def _metric(daemon: DaemonProcess, outcome: str) -> float:
+    _, body, _ = daemon.get("/metrics")
+    prefix = f'acd_webhook_deliveries_total{{outcome="{outcome}"}}'
+    for line in body.decode().splitlines():
+        if line.startswith(prefix):
+            return float(line.split()[-1])
+    raise AssertionError(f"no {prefix} in /metrics")
+
+
+def test_call_events_reach_webhooks_failures_dead_letter_and_retry(
+    start_daemon: DaemonFactory, tmp_path: Path, receiver: Receiver
+) -> None:
+    peers = Peers(tmp_path)
+    try:
+        agent = peers.agent("agent_answer")
+        hooks = f"""
+[[webhooks]]
+url = "{receiver.url("/good")}"
+secret = "{SECRET}"
+
+[[webhooks]]
+url = "{receiver.url("/bad")}"
+secret = "{SECRET}"
+events = ["call.completed"]
+max_attempts = 2
+backoff_s = 0.2
+"""
+        daemon = start_daemon(config({"a1": agent.sip_port}) + hooks)  # type: ignore[attr-defined]
+        login(daemon, "a1")
+        began = time.monotonic()
+        call = peers.caller(daemon, 500)
+        assert finished(call, 20) == 0, sipp_output(call)
+        assert finished(agent, 10) == 0, sipp_output(agent)
+        call_s = time.monotonic() - began
+        (row,), _events = cdr(daemon)
+        assert row["disposition"] == "answered"
+
+        # The good receiver: the call's three events, signed, about this call.
+        wait_until(lambda: len(receiver.received("/good")) >= 3, 10, "three events")
+        good = receiver.received("/good")
+        now = time.time()
+        for headers, body in good:
+            assert verify(SECRET, headers["X-Acd-Signature"], body, now=now)
+        sent = [json.loads(body) for _h, body in good]
+        assert [s["type"] for s in sent] == ["call.started", "call.answered", "call.completed"]
+        assert {s["data"]["call_id"] for s in sent} == {row["id"]}
+        assert sent[1]["data"]["agent_id"] == "a1"
+        assert sent[2]["data"]["disposition"] == "answered"
+        assert sent[2]["data"]["talk_s"] == pytest.approx(row["talk_s"])
+
+        # The failing receiver: two attempts of one delivery, then a dead letter in the API.
+        wait_until(lambda: _metric(daemon, "dead_lettered") == 1, 10, "a dead letter")
+        bad = receiver.received("/bad")
+        assert [h["X-Acd-Attempt"] for h, _b in bad] == ["1", "2"]
+        delivery = bad[0][0]["X-Acd-Delivery"]
+        assert bad[1][0]["X-Acd-Delivery"] == delivery
+        wait_until(lambda: bool(_api(daemon, "/api/v1/webhooks/dead-letters")[1]), 10, "listed")
+        status, letters = _api(daemon, "/api/v1/webhooks/dead-letters")
+        assert status == 200
+        assert isinstance(letters, list)
+        (letter,) = letters
+        assert letter["id"] == delivery
+        assert letter["attempts"] == 2
+        assert letter["last_error"] == "HTTP 503"
+        assert letter["event"]["data"]["call_id"] == row["id"]
+        # The failing receiver never held the call up: it ended as scripted (500 ms hold).
+        assert call_s < 10
+
+        # Still failing: 502, counted; then fixed: re-sent, delivered, marked.
+        status, problem = _api(daemon, f"/api/v1/webhooks/dead-letters/{delivery}/retry", "POST")
+        assert status == 502, problem
+        assert "HTTP 503" in str(problem)
+        receiver.status["/bad"] = 200
+        status, outcome = _api(daemon, f"/api/v1/webhooks/dead-letters/{delivery}/retry", "POST")
+        assert status == 200, outcome
+        assert isinstance(outcome, dict)
+        assert outcome["delivered"] is True
+        assert outcome["dead_letter"]["attempts"] == 4
+        last_headers, last_body = receiver.received("/bad")[-1]
+        assert last_headers["X-Acd-Delivery"] == delivery
+        assert last_body == bad[0][1]
+        assert verify(SECRET, last_headers["X-Acd-Signature"], last_body, now=time.time())
+        status, _ = _api(daemon, f"/api/v1/webhooks/dead-letters/{delivery}/retry", "POST")
+        assert status == 409
+        status, _ = _api(daemon, "/api/v1/webhooks/dead-letters/unknown/retry", "POST")
+        assert status == 404
+        assert _metric(daemon, "delivered") == 4  # three good, one re-sent
+        assert daemon.stop() == 0
+    finally:
+        peers.stop_all()
