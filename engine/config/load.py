@@ -144,6 +144,8 @@ class PluginSchemas:
 
     # step type -> the msgspec struct a step's keys (all but `type`) must decode into
     steps: Mapping[str, type[msgspec.Struct]] = field(default_factory=dict)
+    # step type -> a check of the decoded step beyond its types: None, or the problem
+    checks: Mapping[str, Callable[[Any], str | None]] = field(default_factory=dict)
     lookups: frozenset[str] = frozenset()  # lookup provider names
 
 
@@ -230,10 +232,14 @@ def _plugin_steps(raw: dict[str, Any], file: str, schemas: PluginSchemas) -> Non
                 )
             settings = {k: v for k, v in step.items() if k != "type"}
             try:
-                msgspec.convert(settings, schema, strict=True)
+                decoded = msgspec.convert(settings, schema, strict=True)
             except msgspec.ValidationError as exc:
                 path, problem = reword_validation_error(str(exc), settings)
                 raise ConfigError(file, f"{where}.{path}" if path else where, problem) from None
+            check = schemas.checks.get(kind)
+            refused = None if check is None else check(decoded)
+            if refused:
+                raise ConfigError(file, where, refused)
             steps[j] = {"type": "plugin", "name": kind, "settings": settings}
 
 

@@ -80,6 +80,9 @@ ConsumerFactory = Callable[[Any], EventConsumer]
 class StepType:
     schema: type[msgspec.Struct]  # the step's keys; use forbid_unknown_fields=True
     run: StepRun
+    # rules beyond the schema's types (a range, two keys that go together): the problem, or
+    # None; reported at the step's key path when the config is read
+    check: Callable[[Any], str | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +91,8 @@ class Plugin:
     version: str = ""
     description: str = ""
     settings: type[msgspec.Struct] | None = None  # the [plugins.<name>] table; None: no settings
+    # rules beyond the settings' types: the problem, or None (reported at plugins.<name>)
+    check_settings: Callable[[Any], str | None] | None = None
     steps: Mapping[str, StepType] = field(default_factory=dict)
     lookups: Mapping[str, LookupRun] = field(default_factory=dict)
     qa_rules: Mapping[str, Sequence[QaRuleConfig]] = field(default_factory=dict)

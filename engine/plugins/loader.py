@@ -87,6 +87,7 @@ class PluginSet:
     def schemas(self) -> PluginSchemas:
         return PluginSchemas(
             steps={name: step.schema for name, (_p, step) in self.steps.items()},
+            checks={name: s.check for name, (_p, s) in self.steps.items() if s.check is not None},
             lookups=frozenset(self.lookups),
         )
 
@@ -170,6 +171,9 @@ def load_plugins(cfg: PluginsConfig, file: str) -> PluginSet:
             )
         plugin = _load_entry_point(ep, file, where)
         settings = _settings(plugin, cfg.settings.get(name), file)
+        problem = None if plugin.check_settings is None else plugin.check_settings(settings)
+        if problem:
+            raise ConfigError(file, f"plugins.{name}", f"plugin {name!r}: {problem}")
         consumers = []
         for factory in plugin.consumers:
             try:
