@@ -222,3 +222,15 @@ def test_missing_verify_url_is_named(packs: None) -> None:
     text = config("http://127.0.0.1:9").replace('verify_url = "http://127.0.0.1:9/verify"\n', "")
     with pytest.raises(ConfigError, match=r"plugins\.finance\.verify_url: required key is missing"):
         parse_config(text, "bank.toml")
+
+
+def test_the_documented_configuration_loads(packs: None) -> None:
+    import re
+
+    doc = (REPO / "docs" / "packs" / "finance.md").read_text()
+    example = re.search(r"```toml\n(.*?)```", doc, re.S)
+    assert example is not None
+    cfg, plugins = parse_config(example.group(1), "finance.md")
+    assert [p.plugin.name for p in plugins.plugins] == ["finance"]
+    assert plugins.plugins[0].settings.vip_segments == ("wealth", "private")
+    assert cfg.flows[0].steps[2].name == "verify_identity"  # type: ignore[union-attr]
