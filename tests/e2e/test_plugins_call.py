@@ -3,8 +3,8 @@
 
 One daemon, four calls: a plugin step that raises ends that call (480 to SIPp, CDR
 ``hangup_reason`` ``plugin_error``, counted) and the next call still runs the plugin's other
-steps (flow data written by the plugin in the CDR); a queued call's events reach the plugin's
-event consumer; a reload with settings the plugin refuses is rejected naming the plugin and key,
+steps and its lookup provider (flow data written by the plugin in the CDR); a queued call's
+events (call started, queue enter and abandon, call completed) reach the plugin's event consumer; a reload with settings the plugin refuses is rejected naming the plugin and key,
 and the daemon keeps serving with the plugins it had.
 """
 
@@ -60,6 +60,7 @@ name = "vip"
 steps = [
   {{ type = "set", data = {{ account = "7123" }} }},
   {{ type = "classify", var = "account" }},
+  {{ type = "lookup", provider = "tier", on_error = "hangup" }},
   {{ type = "leave", reason = "classified" }},
 ]
 
@@ -115,7 +116,7 @@ def _refused_call(daemon: DaemonProcess, target: str, workdir: Path) -> None:
 
 def _queued_call(daemon: DaemonProcess, target: str, workdir: Path, events: Path, n: int) -> None:
     """SIPp's uac: answered, queued (nobody to take it), hangs up after 300 ms: the call's
-    enter and abandon events must reach the plugin's consumer (its events file)."""
+    events must reach the plugin's consumer (its events file), in order."""
     caller = sipp(workdir, ["-sn", "uac"], target, "-s", "x", "-m", "1", "-d", "300")
     try:
         assert caller.wait(timeout=20) == 0, caller.log_path.read_text()[-2000:]  # type: ignore[attr-defined]
@@ -131,11 +132,11 @@ def _queued_call(daemon: DaemonProcess, target: str, workdir: Path, events: Path
             for e in map(json.loads, lines)
             if e.get("call_id") == queued["id"]
         ]
-        if ("queue", "abandon") in mine or time.monotonic() > deadline:
+        if ("call", "completed") in mine or time.monotonic() > deadline:
             break
         time.sleep(0.05)
-    assert mine[:1] == [("queue", "enter")]
-    assert ("queue", "abandon") in mine
+    assert mine == [("call", "started"), ("queue", "enter"), ("queue", "abandon"),
+                    ("call", "completed")]  # fmt: skip
 
 
 def test_plugin_steps_errors_consumers_and_reload_in_the_daemon(
@@ -164,7 +165,9 @@ def test_plugin_steps_errors_consumers_and_reload_in_the_daemon(
     _refused_call(daemon, target, tmp_path)
     vip = _calls(daemon, 2)[1]
     assert vip["hangup_reason"] == "classified"
-    assert json.loads(vip["flow_data"])["tier"] == "vip"
+    vip_data = json.loads(vip["flow_data"])
+    assert vip_data["tier"] == "standard"  # the provider's answer (caller "sipp") came last
+    assert vip_data["looked_up"] is True
 
     # 3. A queued caller who hangs up: enter and abandon reach the plugin's consumer.
     _reload(daemon, _config(events, "queued"), "applied")

@@ -2,7 +2,8 @@
 static agent (SIPp uas). A local aiohttp receiver (on its own thread) gets call.started,
 call.answered and call.completed with valid signatures; a second receiver that answers 503 gets
 the completed call twice, then it is in the dead-letter list of the API, and a re-send through
-the API reaches it once it answers 200. The call itself is not held up by the failing receiver.
+the API reaches it once it answers 200; a third, slower than its timeout_s, is cut off and
+dead-lettered after its one attempt. The call itself is held up by none of them.
 """
 
 from __future__ import annotations
@@ -44,7 +45,10 @@ class Receiver:
     """An aiohttp server on a thread of its own; ``status`` per path, what arrived kept."""
 
     port: int
-    status: dict[str, int] = field(default_factory=lambda: {"/good": 200, "/bad": 503})
+    status: dict[str, int] = field(
+        default_factory=lambda: {"/good": 200, "/bad": 503, "/slow": 200}
+    )
+    delay_s: dict[str, float] = field(default_factory=lambda: {"/slow": 1.0})
     got: list[tuple[str, dict[str, str], bytes]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -67,6 +71,7 @@ def receiver() -> Iterator[Receiver]:
         body = await request.read()
         with rx.lock:
             rx.got.append((request.path, dict(request.headers), body))
+        await asyncio.sleep(rx.delay_s.get(request.path, 0.0))
         return web.Response(status=rx.status.get(request.path, 404))
 
     async def start() -> None:
@@ -127,6 +132,13 @@ secret = "{SECRET}"
 events = ["call.completed"]
 max_attempts = 2
 backoff_s = 0.2
+
+[[webhooks]]
+url = "{receiver.url("/slow")}"
+secret = "{SECRET}"
+events = ["call.started"]
+timeout_s = 0.3
+max_attempts = 1
 """
         daemon = start_daemon(config({"a1": agent.sip_port}) + hooks)  # type: ignore[attr-defined]
         login(daemon, "a1")
@@ -152,16 +164,26 @@ backoff_s = 0.2
         assert sent[2]["data"]["talk_s"] == pytest.approx(row["talk_s"])
 
         # The failing receiver: two attempts of one delivery, then a dead letter in the API.
-        wait_until(lambda: _metric(daemon, "dead_lettered") == 1, 10, "a dead letter")
+        wait_until(lambda: _metric(daemon, "dead_lettered") == 2, 10, "two dead letters")
         bad = receiver.received("/bad")
         assert [h["X-Acd-Attempt"] for h, _b in bad] == ["1", "2"]
         delivery = bad[0][0]["X-Acd-Delivery"]
         assert bad[1][0]["X-Acd-Delivery"] == delivery
-        wait_until(lambda: bool(_api(daemon, "/api/v1/webhooks/dead-letters")[1]), 10, "listed")
+
+        def both_listed() -> bool:
+            letters = _api(daemon, "/api/v1/webhooks/dead-letters")[1]
+            return isinstance(letters, list) and len(letters) == 2
+
+        wait_until(both_listed, 10, "both listed")
         status, letters = _api(daemon, "/api/v1/webhooks/dead-letters")
         assert status == 200
         assert isinstance(letters, list)
-        (letter,) = letters
+        by_url = {entry["url"]: entry for entry in letters}
+        # The slow receiver: one attempt (max_attempts = 1), cut off at its timeout_s.
+        slow = by_url[receiver.url("/slow")]
+        assert (slow["event_type"], slow["attempts"]) == ("call.started", 1)
+        assert slow["last_error"] == "no answer within 0.3 s"
+        letter = by_url[receiver.url("/bad")]
         assert letter["id"] == delivery
         assert letter["attempts"] == 2
         assert letter["last_error"] == "HTTP 503"
