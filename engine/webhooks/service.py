@@ -57,6 +57,7 @@ MAX_DEAD_BACKLOG: Final = 100_000
 # A receiver's answer is not used; read (and drop) at most this much of it.
 MAX_RESPONSE_BYTES: Final = 64 * 1024
 MAX_DEAD_LETTER_ROWS: Final = 1000
+DEAD_LETTER_BATCH: Final = 500  # rows per transaction (and per IN list of the duplicate check)
 
 _TASK_EVENTS: Final = {
     "created": "task.created",
@@ -248,21 +249,31 @@ class WebhookService:
         self._dead_wake.set()
 
     async def _write_dead(self) -> None:
-        """Write the dead-letter backlog; raises (and keeps it) when the database fails."""
-        batch = list(self._dead)
-        if not batch:
-            return
-        now = self._wall()
-        rows = [
-            {"id": d.id, "url": d.hook.url, "event_type": d.event_type,
-             "body": d.body.decode(), "attempts": d.attempts, "last_error": d.last_error or None,
-             "created_at": d.created_at, "failed_at": now, "delivered_at": None}
-            for d in batch
-        ]  # fmt: skip
-        async with self._store.engine.begin() as conn:
-            await conn.execute(webhook_dead_letters.insert(), rows)
-        for _ in batch:
-            self._dead.popleft()
+        """Write the dead-letter backlog; raises (and keeps it) when the database fails.
+
+        Idempotent: a writer cancelled at shutdown may have committed a batch it had not yet
+        taken off the backlog, so rows already in the table are skipped, not inserted twice."""
+        table = webhook_dead_letters
+        while self._dead:
+            batch = [self._dead[i] for i in range(min(len(self._dead), DEAD_LETTER_BATCH))]
+            now = self._wall()
+            async with self._store.engine.begin() as conn:
+                ids = [d.id for d in batch]
+                known = set(
+                    (await conn.execute(sa.select(table.c.id).where(table.c.id.in_(ids)))).scalars()
+                )
+                rows = [
+                    {"id": d.id, "url": d.hook.url, "event_type": d.event_type,
+                     "body": d.body.decode(), "attempts": d.attempts,
+                     "last_error": d.last_error or None, "created_at": d.created_at,
+                     "failed_at": now, "delivered_at": None}
+                    for d in batch
+                    if d.id not in known
+                ]  # fmt: skip
+                if rows:
+                    await conn.execute(table.insert(), rows)
+            for _ in batch:
+                self._dead.popleft()
 
     async def _dead_writer(self) -> None:
         delay = 1.0

@@ -292,3 +292,22 @@ def test_webhook_config_errors_name_the_key(line: str, key: str, problem: str) -
         parse_config(text, "hooks.toml")
     assert caught.value.key_path == key
     assert problem in caught.value.problem
+
+
+async def test_dead_letter_writes_are_idempotent(store: Store) -> None:
+    """A writer cancelled after its commit but before taking the batch off the backlog leaves
+    rows that close() writes again: they are skipped, and the rest of the batch is kept."""
+    from engine.webhooks.service import Delivery
+
+    cfg = _config(f'url = "http://127.0.0.1:9/h"\nsecret = "{SECRET}"')
+    async with aiohttp.ClientSession() as http:
+        service = WebhookService(cfg, store, http, CollectorRegistry())  # type: ignore[arg-type]
+        hook = cfg.webhooks[0]  # type: ignore[attr-defined]
+        first = Delivery("a" * 32, hook, "call.started", b'{"n":1}', 1.0, 1, "HTTP 500")
+        second = Delivery("b" * 32, hook, "call.started", b'{"n":2}', 2.0, 1, "HTTP 500")
+        service._dead.append(first)
+        await service._write_dead()
+        service._dead.extend([first, second])  # first again, as after a cancelled writer
+        await service.close()
+        letters = await service.dead_letters()
+    assert sorted(letter.id for letter in letters) == ["a" * 32, "b" * 32]
