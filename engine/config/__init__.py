@@ -16,6 +16,7 @@ never look keys up by string.
 
 from engine.config.errors import ConfigError
 from engine.config.load import (
+    ConfigNames,
     PluginResolver,
     PluginSchemas,
     load_config,
@@ -85,6 +86,7 @@ __all__ = [
     "CollectStep",
     "Config",
     "ConfigError",
+    "ConfigNames",
     "EnqueueStep",
     "FeatureCodes",
     "FloodConfig",

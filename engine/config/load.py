@@ -139,13 +139,25 @@ def _state_paths(cfg: Config, raw: dict[str, Any]) -> Config:
 
 
 @dataclass(frozen=True, slots=True)
+class ConfigNames:
+    """The names a plugin step may refer to, for its ``check``."""
+
+    flows: frozenset[str] = frozenset()
+    queues: frozenset[str] = frozenset()
+
+
+StepCheck = Callable[[Any, ConfigNames], "str | None"]
+
+
+@dataclass(frozen=True, slots=True)
 class PluginSchemas:
     """What the enabled plugins add to the file's vocabulary."""
 
     # step type -> the msgspec struct a step's keys (all but `type`) must decode into
     steps: Mapping[str, type[msgspec.Struct]] = field(default_factory=dict)
-    # step type -> a check of the decoded step beyond its types: None, or the problem
-    checks: Mapping[str, Callable[[Any], str | None]] = field(default_factory=dict)
+    # step type -> a check of the decoded step beyond its types (the flows and queues it names
+    # exist, ...): None, or the problem
+    checks: Mapping[str, StepCheck] = field(default_factory=dict)
     lookups: frozenset[str] = frozenset()  # lookup provider names
 
 
@@ -199,6 +211,16 @@ def _plugin_steps(raw: dict[str, Any], file: str, schemas: PluginSchemas) -> Non
     flows = raw.get("flows")
     if not isinstance(flows, list):
         return
+
+    def names(table: str) -> frozenset[str]:
+        entries = raw.get(table)
+        if not isinstance(entries, list):
+            return frozenset()
+        return frozenset(
+            e["name"] for e in entries if isinstance(e, dict) and isinstance(e.get("name"), str)
+        )
+
+    known = ConfigNames(flows=names("flows"), queues=names("queues"))
     for i, flow in enumerate(flows):
         steps = flow.get("steps") if isinstance(flow, dict) else None
         if not isinstance(steps, list):
@@ -210,12 +232,12 @@ def _plugin_steps(raw: dict[str, Any], file: str, schemas: PluginSchemas) -> Non
             if kind == "lookup" and "provider" in step:
                 provider = step["provider"]
                 if isinstance(provider, str) and provider not in schemas.lookups:
-                    known = ", ".join(repr(p) for p in sorted(schemas.lookups)) or "none"
+                    offered = ", ".join(repr(p) for p in sorted(schemas.lookups)) or "none"
                     raise ConfigError(
                         file,
                         f"{where}.provider",
                         "expected a lookup provider of an enabled plugin "
-                        f"(enabled plugins add: {known}), found {provider!r}",
+                        f"(enabled plugins add: {offered}), found {provider!r}",
                     )
             if kind in STEP_TYPES:
                 continue
@@ -237,7 +259,7 @@ def _plugin_steps(raw: dict[str, Any], file: str, schemas: PluginSchemas) -> Non
                 path, problem = reword_validation_error(str(exc), settings)
                 raise ConfigError(file, f"{where}.{path}" if path else where, problem) from None
             check = schemas.checks.get(kind)
-            refused = None if check is None else check(decoded)
+            refused = None if check is None else check(decoded, known)
             if refused:
                 raise ConfigError(file, where, refused)
             steps[j] = {"type": "plugin", "name": kind, "settings": settings}

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import aiohttp
 import msgspec
 
+from engine.config import ConfigNames
 from engine.runtime.events import Event
 from engine.transcription.settings import QaRuleConfig
 
@@ -80,9 +81,10 @@ ConsumerFactory = Callable[[Any], EventConsumer]
 class StepType:
     schema: type[msgspec.Struct]  # the step's keys; use forbid_unknown_fields=True
     run: StepRun
-    # rules beyond the schema's types (a range, two keys that go together): the problem, or
-    # None; reported at the step's key path when the config is read
-    check: Callable[[Any], str | None] | None = None
+    # rules beyond the schema's types (a range, a flow or queue it names exists): given the
+    # decoded step and the config's flow and queue names (engine.config.ConfigNames), the
+    # problem or None; reported at the step's key path when the config is read
+    check: Callable[[Any, ConfigNames], str | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)

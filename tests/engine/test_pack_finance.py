@@ -199,6 +199,7 @@ async def test_silence_is_no_input(packs: None, bank: Bank) -> None:
         ("timeout_s = 0", "", "flows[0].steps[1]", "timeout_s: expected a number > 0, found 0"),
         ("max_tries = 11", "", "flows[0].steps[1]", "max_tries: expected 1 to 10"),
         ("pin = 1", "", "flows[0].steps[1].pin", "unknown key"),
+        ('failed_flow = "manaul"', "", "flows[0].steps[1]", "failed_flow: no flow named 'manaul'"),
         ("", "vip_segments = 1", "plugins.finance.vip_segments", "expected an array"),
         ("", 'otp_url = "sms://x"', "plugins.finance", "plugin 'finance': otp_url: expected an http(s) URL"),
     ],

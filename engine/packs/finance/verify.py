@@ -19,6 +19,7 @@ import aiohttp
 import msgspec
 import structlog
 
+from engine.config import ConfigNames
 from engine.plugins import StepContext, StepResult
 
 log = structlog.stdlib.get_logger("acd.packs.finance")
@@ -68,7 +69,7 @@ def check_settings(settings: FinanceSettings) -> str | None:
     return None
 
 
-def check_step(step: VerifyIdentity) -> str | None:
+def check_step(step: VerifyIdentity, known: ConfigNames) -> str | None:
     for key in ("account_digits", "pin_digits", "otp_digits"):
         if not 1 <= getattr(step, key) <= 32:
             return f"{key}: expected 1 to 32 digits, found {getattr(step, key)}"
@@ -76,6 +77,10 @@ def check_step(step: VerifyIdentity) -> str | None:
         return f"max_tries: expected 1 to 10, found {step.max_tries}"
     if not step.timeout_s > 0:
         return f"timeout_s: expected a number > 0, found {step.timeout_s}"
+    for key in ("verified_flow", "vip_flow", "failed_flow"):
+        flow = getattr(step, key)
+        if flow and flow not in known.flows:
+            return f"{key}: no flow named {flow!r}"
     return None
 
 
