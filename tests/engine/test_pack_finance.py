@@ -235,3 +235,25 @@ def test_the_documented_configuration_loads(packs: None) -> None:
     assert [p.plugin.name for p in plugins.plugins] == ["finance"]
     assert plugins.plugins[0].settings.vip_segments == ("wealth", "private")
     assert cfg.flows[0].steps[2].name == "verify_identity"  # type: ignore[union-attr]
+
+
+def test_risk_disclosure_pack_passes_a_compliant_call_and_fails_a_promise(packs: None) -> None:
+    from engine.transcription.asr import Word
+    from engine.transcription.qa import evaluate
+
+    _cfg, plugins = parse_config(config("http://127.0.0.1:9"), "bank.toml")
+    rules = plugins.qa_rules["risk_disclosure"]
+
+    def said(text: str, start_s: float = 10.0) -> list[Word]:
+        return [Word(w, start_s + i * 0.4, start_s + i * 0.4 + 0.3, 0.9)
+                for i, w in enumerate(text.split())]  # fmt: skip
+
+    good = said("before we start your capital is at risk and past performance is not a guide "
+                "to future returns")  # fmt: skip
+    results = {r.rule: r.passed for r in evaluate(rules, "advisors", {"agent": good}, {})}
+    assert results == {"risk warning": True, "no guaranteed returns": True,
+                       "past performance": True}  # fmt: skip
+    bad = said("this fund has a guaranteed return of eight percent")
+    results = {r.rule: r.passed for r in evaluate(rules, "advisors", {"agent": bad}, {})}
+    assert results == {"risk warning": False, "no guaranteed returns": False,
+                       "past performance": False}  # fmt: skip
