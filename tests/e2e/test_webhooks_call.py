@@ -3,7 +3,9 @@ static agent (SIPp uas). A local aiohttp receiver (on its own thread) gets call.
 call.answered and call.completed with valid signatures; a second receiver that answers 503 gets
 the completed call twice, then it is in the dead-letter list of the API, and a re-send through
 the API reaches it once it answers 200; a third, slower than its timeout_s, is cut off and
-dead-lettered after its one attempt. The call itself is held up by none of them.
+dead-lettered after its one attempt. The call itself is held up by none of them. A chat task
+created, accepted and completed through the API gives task.created, task.assigned and
+task.completed.
 """
 
 from __future__ import annotations
@@ -94,16 +96,28 @@ def receiver() -> Iterator[Receiver]:
     loop.close()
 
 
-def _api(daemon: DaemonProcess, path: str, method: str = "GET") -> tuple[int, object]:
-    request = urllib.request.Request(
-        daemon.base_url + path, method=method, data=b"" if method == "POST" else None
-    )
-    request.add_header("Authorization", f"Bearer {ADMIN}")
+def _api(
+    daemon: DaemonProcess,
+    path: str,
+    method: str = "GET",
+    body: object = None,
+    *,
+    token: str = ADMIN,
+) -> tuple[int, object]:
+    data = None if method == "GET" else json.dumps(body or {}).encode()
+    request = urllib.request.Request(daemon.base_url + path, method=method, data=data)
+    request.add_header("Authorization", f"Bearer {token}")
+    request.add_header("Content-Type", "application/json")
     try:
         with urllib.request.urlopen(request, timeout=10) as resp:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
+
+
+def _offered(daemon: DaemonProcess, task_id: str) -> bool:
+    status, task = _api(daemon, f"/api/v1/tasks/{task_id}")
+    return status == 200 and isinstance(task, dict) and "c1" in task["offered_to"]
 
 
 def _metric(daemon: DaemonProcess, outcome: str) -> float:
@@ -140,7 +154,18 @@ events = ["call.started"]
 timeout_s = 0.3
 max_attempts = 1
 """
-        daemon = start_daemon(config({"a1": agent.sip_port}) + hooks)  # type: ignore[attr-defined]
+        # c1 answers chats only (no voice capacity), with a token of its own
+        chat_agent = """
+[[agents]]
+id = "c1"
+login = "static"
+contact = "sip:c1@127.0.0.1:9"
+skills = { support = 5 }
+queues = { support = 0 }
+capacity = { chat = 1 }
+api_token = "c1-token-0123456789"
+"""
+        daemon = start_daemon(config({"a1": agent.sip_port}) + chat_agent + hooks)  # type: ignore[attr-defined]
         login(daemon, "a1")
         began = time.monotonic()
         call = peers.caller(daemon, 500)
@@ -209,7 +234,32 @@ max_attempts = 1
         assert status == 409
         status, _ = _api(daemon, "/api/v1/webhooks/dead-letters/unknown/retry", "POST")
         assert status == 404
-        assert _metric(daemon, "delivered") == 4  # three good, one re-sent
+
+        # A chat's life: created, assigned (c1 accepts the offer), completed.
+        login(daemon, "c1")
+        status, created = _api(
+            daemon, "/api/v1/tasks", "POST", {"channel": "chat", "queue": "support"}
+        )
+        assert status == 201, created
+        assert isinstance(created, dict)
+        wait_until(lambda: _offered(daemon, created["id"]), 5, "the chat offered to c1")
+        for action, body in (("accept", None), ("complete", {"disposition": "resolved"})):
+            status, answer = _api(daemon, f"/api/v1/tasks/{created['id']}/{action}", "POST", body,
+                                  token="c1-token-0123456789")  # fmt: skip
+            assert status == 200, answer
+        wait_until(lambda: len(receiver.received("/good")) >= 6, 10, "the task's three events")
+        task_events = [json.loads(b) for _h, b in receiver.received("/good")[3:]]
+        assert [e["type"] for e in task_events] == [
+            "task.created",
+            "task.assigned",
+            "task.completed",
+        ]
+        assert {e["data"]["task_id"] for e in task_events} == {created["id"]}
+        assert task_events[1]["data"]["agent_id"] == "c1"
+        assert task_events[2]["data"]["disposition"] == "resolved"
+        assert (
+            _metric(daemon, "delivered") == 7
+        )  # three call events, one re-sent, three task events
         assert daemon.stop() == 0
     finally:
         peers.stop_all()
