@@ -105,6 +105,19 @@ def _clean(value: Any) -> str | int | float | bool | None:
     return str(value)[:MAX_DATA_VALUE_CHARS]
 
 
+_DATA_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+def _bound(data: dict[str, Any]) -> None:
+    """What a plugin wrote into flow data, held to what the other steps write: string keys,
+    scalar values, strings bounded (flow data goes to logs, screen-pops, CDR rows)."""
+    for key in list(data):
+        if isinstance(key, str):
+            data[key] = _clean(data[key])
+        else:
+            del data[key]
+
+
 class PluginStepFailed(Exception):
     """A plugin's step raised (or answered nonsense); the call ends with ``plugin_error``."""
 
@@ -250,6 +263,7 @@ class FlowRunner:
             )
             if result is not None and not isinstance(result, StepResult):
                 raise TypeError(f"expected a StepResult or None, got {type(result).__name__}")
+            _bound(data)
         except CallEnded:
             raise  # the call's own end (the caller hung up, no codec...), not the plugin's fault
         except Exception as exc:  # third-party code: whatever it raises ends this one call
@@ -314,5 +328,5 @@ class FlowRunner:
     @staticmethod
     def _merge(result: Mapping[Any, Any], data: dict[str, Any]) -> None:
         for key, value in result.items():
-            if isinstance(key, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", key):
+            if isinstance(key, str) and _DATA_KEY_RE.fullmatch(key):
                 data[key] = _clean(value)

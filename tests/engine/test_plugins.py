@@ -316,3 +316,37 @@ async def test_the_documented_example_plugin_loads_and_runs(doc_plugin: str) -> 
     runner = FlowRunner(cfg, None, plugins=plugins)
     assert (await runner.run("f", ScriptedCaller(["912"]))).data["tier"] == "vip"
     assert (await runner.run("f", ScriptedCaller(["123"]))).data["tier"] == "standard"
+
+
+async def test_what_a_plugin_step_writes_is_bounded(tmp_path: Path) -> None:
+    source = """
+import msgspec
+from engine.plugins import Plugin, StepType
+
+class Dump(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    pass
+
+async def dump(step, ctx):
+    ctx.data["blob"] = "x" * 10_000
+    ctx.data["nested"] = {"a": [1, 2]}
+    ctx.data[7] = "not a key"
+
+plugin = Plugin(name="dumper", steps={"dump": StepType(Dump, dump)})
+"""
+    root = install_plugin(tmp_path, name="dumper", module="acd_dumper", source=source)
+    sys.path.insert(0, str(root))
+    importlib.invalidate_caches()
+    try:
+        text = (
+            '[plugins]\nenabled = ["dumper"]\n[[queues]]\nname = "q"\n[[flows]]\nname = "f"\n'
+            'steps = [{ type = "dump" }, { type = "enqueue", queue = "q" }]\n'
+        )
+        cfg, plugins = parse_config(text, "t.toml")
+        outcome = await FlowRunner(cfg, None, plugins=plugins).run("f", ScriptedCaller())
+    finally:
+        sys.path.remove(str(root))
+        importlib.invalidate_caches()
+    assert outcome.kind == "enqueue"
+    assert len(outcome.data["blob"]) == 256
+    assert outcome.data["nested"] == "{'a': [1, 2]}"
+    assert 7 not in outcome.data
