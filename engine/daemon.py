@@ -10,8 +10,10 @@ The SIP listeners answer a load balancer's OPTIONS probe (Kamailio's dispatcher)
 answers: they open refusing (503), ``_track_readiness`` turns them on once every readiness check
 passes and keeps them in step (a check failing, or the drain, turns them off again).
 
-Reload (SIGHUP): the new file is validated first; if it is invalid the running config stays and the
-reason is logged and counted. Keys that need a restart (listen addresses, storage) are reported.
+Reload (SIGHUP): the new file is validated first, with its enabled plugins loaded again
+(engine.plugins); if it is invalid (or a plugin is broken) the running config and plugins stay
+and the reason is logged and counted. Keys that need a restart (listen addresses, storage) are
+reported. Plugins' event consumers are the event bus's consumers.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ from engine.api.app import ReadyCheck, make_app, openapi_document, run_checks
 from engine.calls.flows import FlowRunner
 from engine.calls.service import CallService
 from engine.cluster import LeaderElection
-from engine.config import TASK_CHANNELS, Config, ConfigError, load_config
+from engine.config import TASK_CHANNELS, Config, ConfigError
+from engine.plugins import PluginSet, load_config
 from engine.recording.service import RecordingCollector, RecordingService
 from engine.routing.agents import AgentDirectory
 from engine.routing.service import RoutingCollector, RoutingService
@@ -47,6 +50,7 @@ from engine.storage.cdr import CdrWriter, close_interrupted_calls
 from engine.storage.tasks import TaskWriter
 from engine.tasks import TaskCollector, TaskMetrics, TaskService
 from engine.web import add_web_routes
+from engine.webhooks import WebhookService
 from engine.webrtc.gateway import WebRtcGateway
 
 log = structlog.stdlib.get_logger("acd.daemon")
@@ -60,8 +64,15 @@ _READINESS_EVERY_S = 1.0
 
 
 class Daemon:
-    def __init__(self, config: Config, *, config_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        config_path: Path | None = None,
+        plugins: PluginSet | None = None,
+    ) -> None:
         self.config = config
+        self.plugins = plugins or PluginSet()
         self.config_path = config_path
         self.metrics = Metrics()
         self.store: Store | None = None
@@ -73,6 +84,7 @@ class Daemon:
         self.tasks: TaskService | None = None
         self.task_writer: TaskWriter | None = None
         self.webrtc: WebRtcGateway | None = None
+        self.webhooks: WebhookService | None = None
         self.sip_addr: tuple[str, int] | None = None
         self._http_client: aiohttp.ClientSession | None = None
         self.api = api.ApiContext(get_config=lambda: self.config, reload=self.reload)
@@ -235,6 +247,12 @@ class Daemon:
         )
         return applied
 
+    def _set_consumers(self) -> None:
+        consumers = list(self.plugins.consumers)
+        if self.webhooks is not None:
+            consumers.append(("webhooks", self.webhooks.consume))
+        self.bus.set_consumers(consumers)
+
     def _status(self) -> str:
         """One line for `systemctl status`."""
         calls = len(self.calls.calls) if self.calls is not None else 0
@@ -249,7 +267,7 @@ class Daemon:
             self.metrics.config_reloads.labels(outcome="rejected").inc()
             return False
         try:
-            new = load_config(self.config_path)
+            new, plugins = load_config(self.config_path)
         except ConfigError as exc:
             log.error("reload_rejected", reason=str(exc), kept=self.config.source)
             self.metrics.config_reloads.labels(outcome="rejected").inc()
@@ -270,7 +288,11 @@ class Daemon:
         if self.agents is not None:
             self.agents.apply(new)
         if self.calls is not None:
-            self.calls.apply(new)
+            self.calls.apply(new, plugins)
+        if self.webhooks is not None:
+            self.webhooks.apply(new)
+        self.plugins = plugins
+        self._set_consumers()
         if self.tasks is not None:
             self.tasks.apply(new)
         if self.recordings is not None:
@@ -343,6 +365,12 @@ class Daemon:
         self.agents = AgentDirectory(self.config, self.routing, self.cdr, loop)
         # CRM lookups from call flows: one pooled client, bounded per host.
         self._http_client = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit_per_host=32))
+        # Events out: the plugins' consumers and the [[webhooks]], fed by the bus.
+        self.webhooks = WebhookService(
+            self.config, self.store, self._http_client, self.metrics.registry
+        )
+        self.api.webhooks = self.webhooks
+        self._set_consumers()
         self.calls = CallService(
             self.config,
             routing=self.routing,
@@ -350,7 +378,12 @@ class Daemon:
             cdr=self.cdr,
             recordings=self.recordings,
             metrics=self.metrics,
-            flows=FlowRunner(self.config, self._http_client),
+            flows=FlowRunner(
+                self.config,
+                self._http_client,
+                plugins=self.plugins,
+                on_plugin_error=self.metrics.unexpected_errors.labels(where="plugin").inc,
+            ),
             bus=self.bus,
         )
         self.api.calls = self.calls
@@ -411,6 +444,7 @@ class Daemon:
                     tasks.create_task(self.recordings.purge_loop()),
                     tasks.create_task(self.systemd.watchdog()),
                     tasks.create_task(self._track_readiness()),
+                    tasks.create_task(self.webhooks.run()),
                 ]
                 if self.config.cluster.leader_election:  # one routing authority among nodes
                     election = LeaderElection(
@@ -433,6 +467,7 @@ class Daemon:
                     sip=_listener_text(self.calls.listening[0]),
                     sip_listeners=[_listener_text(x) for x in self.calls.listening],
                     config=self.config.source or "embedded default",
+                    plugins=[p.plugin.name for p in self.plugins.plugins],
                     startup_s=round(time.monotonic() - self._started_monotonic, 3),
                 )
                 self.systemd.ready(self._status())
@@ -458,6 +493,8 @@ class Daemon:
             self.agents.close()
         if self.tasks is not None:
             self.tasks.close()
+        if self.webhooks is not None:  # what is still pending goes to the dead-letter list
+            await self.webhooks.close()
         if self._http_client is not None:
             await self._http_client.close()
         if self.routing is not None:
@@ -487,7 +524,9 @@ def _redact(url: str) -> str:
     return f"{scheme}://{user}:***@{host}"
 
 
-def run_daemon(config: Config, *, config_path: Path | None) -> int:
+def run_daemon(
+    config: Config, *, config_path: Path | None, plugins: PluginSet | None = None
+) -> int:
     """Run the daemon to completion on the configured event loop; the process exit code."""
     loop_factory: Any = None
     if config.runtime.event_loop == "uvloop":
@@ -498,7 +537,7 @@ def run_daemon(config: Config, *, config_path: Path | None) -> int:
         else:
             loop_factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(Daemon(config, config_path=config_path).run())
+        return runner.run(Daemon(config, config_path=config_path, plugins=plugins).run())
 
 
 def _listener_text(listener: tuple[str, tuple[str, int]]) -> str:

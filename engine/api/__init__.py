@@ -19,6 +19,7 @@ Where each resource lives, one module per concern:
 - ``tasks``: ``/api/v1/tasks`` (chats, e-mails, social messages, tickets) and their actions
 - ``reload``: ``POST /api/v1/reload``
 - ``security``: ``GET /api/v1/security/bans``, ``DELETE /api/v1/security/bans/{address}``
+- ``webhooks``: ``GET /api/v1/webhooks/dead-letters``, ``POST .../{delivery_id}/retry``
 - ``events``: the ``/api/v1/events`` WebSocket
 - ``openapi``: the control API's paths and schemas in ``/api/v1/openapi.json``
 
@@ -29,7 +30,18 @@ This package's own names (``__all__``) are what the daemon uses to put the API t
 
 from aiohttp import web
 
-from engine.api import agents, calls, cdr, events, queues, recordings, reload, security, tasks
+from engine.api import (
+    agents,
+    calls,
+    cdr,
+    events,
+    queues,
+    recordings,
+    reload,
+    security,
+    tasks,
+    webhooks,
+)
 from engine.api.auth import TOKENS_KEY, TokenTable, make_auth_middleware
 from engine.api.context import CONTEXT_KEY, ApiContext
 from engine.api.openapi import openapi_paths
@@ -67,4 +79,8 @@ def add_routes(app: web.Application, ctx: ApiContext) -> None:
     app.router.add_delete("/api/v1/calls/{call_id}/monitor", calls.stop_monitor)
     app.router.add_get("/api/v1/security/bans", security.list_bans)
     app.router.add_delete("/api/v1/security/bans/{address}", security.lift_ban)
+    app.router.add_get("/api/v1/webhooks/dead-letters", webhooks.list_dead_letters)
+    app.router.add_post(
+        "/api/v1/webhooks/dead-letters/{delivery_id}/retry", webhooks.retry_dead_letter
+    )
     tasks.add_task_routes(app)

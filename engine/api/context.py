@@ -23,6 +23,7 @@ from engine.runtime.events import EventBus
 from engine.storage import Store
 from engine.storage.cdr import CdrWriter
 from engine.tasks import TaskService
+from engine.webhooks import WebhookService
 
 
 @dataclass
@@ -40,6 +41,7 @@ class ApiContext:
         None  # engine.calls.service.CallService (typed loosely: calls imports this module's peers)
     )
     tasks: TaskService | None = None
+    webhooks: WebhookService | None = None
 
 
 CONTEXT_KEY = web.AppKey("api_context", ApiContext)

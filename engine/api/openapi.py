@@ -32,6 +32,8 @@ from engine.api.tasks import (
 from engine.config import TASK_CHANNELS
 from engine.recording.service import CONTENT_TYPES
 from engine.tasks.lifecycle import REQUESTABLE
+from engine.webhooks import DeadLetter, RetryOutcome
+from engine.webhooks.service import MAX_DEAD_LETTER_ROWS
 
 
 def _op(
@@ -146,7 +148,45 @@ def openapi_paths() -> tuple[dict[str, Any], dict[str, Any]]:
     monitor["patch"]["requestBody"]["content"]["application/json"]["schema"] = mode_change
     recording_schemas.update(monitor_schemas)
     task_paths, task_schemas = _task_paths()
-    return {**paths, **task_paths}, {**schemas, **recording_schemas, **task_schemas}
+    hook_paths, hook_schemas = _webhook_paths()
+    all_schemas = {**schemas, **recording_schemas, **task_schemas, **hook_schemas}
+    return {**paths, **task_paths, **hook_paths}, all_schemas
+
+
+def _webhook_paths() -> tuple[dict[str, Any], dict[str, Any]]:
+    (letters, outcome), schemas = msgspec.json.schema_components(
+        [list[DeadLetter], RetryOutcome], ref_template="#/components/schemas/{name}"
+    )
+    delivery_id = {"name": "delivery_id", "in": "path", "required": True,
+                   "schema": {"type": "string"}}  # fmt: skip
+    retry = {
+        **_op("Re-send one dead letter now (admin, audited)", outcome),
+        "parameters": [delivery_id],
+    }
+    retry["responses"]["404"] = {"$ref": "#/components/responses/Problem"}
+    retry["responses"]["409"] = {"$ref": "#/components/responses/Problem",
+                                 "description": "already delivered, or its URL is no longer configured"}  # fmt: skip
+    retry["responses"]["502"] = {"$ref": "#/components/responses/Problem",
+                                 "description": "the receiver failed again"}  # fmt: skip
+    paths = {
+        "/api/v1/webhooks/dead-letters": {
+            "get": {
+                **_op(
+                    "Webhook deliveries that ran out of attempts, latest failure first (admin)",
+                    letters,
+                ),
+                "parameters": [
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "maximum": MAX_DEAD_LETTER_ROWS},
+                    }
+                ],
+            }
+        },
+        "/api/v1/webhooks/dead-letters/{delivery_id}/retry": {"post": retry},
+    }
+    return paths, schemas
 
 
 def _task_paths() -> tuple[dict[str, Any], dict[str, Any]]:

@@ -7,7 +7,12 @@ priority, requirements), hang up, or ran out of steps; a ``transfer`` that conne
 (the call ends bridged), one that fails records why in the data and the flow goes on. ``menu`` options and ``goto`` jump to
 another flow; the jump count is bounded so a config loop ends the call with a clear reason instead of
 spinning. ``lookup`` POSTs the call's data as JSON to a webhook (a CRM) and merges the JSON object it
-returns; a slow or broken CRM costs at most ``timeout_s`` and follows ``on_error``.
+returns; a slow or broken CRM costs at most ``timeout_s`` and follows ``on_error``. A lookup
+with ``provider`` calls an enabled plugin's provider instead, under the same rules.
+
+Plugin steps (``PluginStep``, engine.plugins) run the plugin's code with the step's decoded
+settings and a ``StepContext``; it goes on, hangs up or jumps. An exception from a plugin's step
+ends that call (reason ``plugin_error``, logged with the call's id and counted), never the daemon.
 
 Data gathered on the way (collected digits, lookup results, ``set`` values) travels with the call
 (``FlowOutcome.data``) to the agent's screen-pop and into the CDR's ``flow_data``.
@@ -18,13 +23,15 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import aiohttp
+import msgspec
 import structlog
 
+from engine.calls.model import CallEnded
 from engine.config import (
     AnswerStep,
     CollectStep,
@@ -36,9 +43,11 @@ from engine.config import (
     LookupStep,
     MenuStep,
     PlayStep,
+    PluginStep,
     SetStep,
     TransferStep,
 )
+from engine.plugins import PluginSet, StepContext, StepResult
 
 log = structlog.stdlib.get_logger("acd.flows")
 
@@ -97,15 +106,44 @@ def _clean(value: Any) -> str | int | float | bool | None:
     return str(value)[:MAX_DATA_VALUE_CHARS]
 
 
+_DATA_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+def _bound(data: dict[str, Any]) -> None:
+    """What a plugin wrote into flow data, held to what the other steps write: string keys,
+    scalar values, strings bounded (flow data goes to logs, screen-pops, CDR rows)."""
+    for key in list(data):
+        if isinstance(key, str):
+            data[key] = _clean(data[key])
+        else:
+            del data[key]
+
+
+class PluginStepFailed(Exception):
+    """A plugin's step raised (or answered nonsense); the call ends with ``plugin_error``."""
+
+
 class FlowRunner:
-    def __init__(self, config: Config, http: aiohttp.ClientSession | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        http: aiohttp.ClientSession | None = None,
+        *,
+        plugins: PluginSet | None = None,
+        on_plugin_error: Callable[[], None] | None = None,
+    ) -> None:
         self._flows: dict[str, FlowConfig] = {f.name: f for f in config.flows}
         self._http = http
+        self._plugins = plugins or PluginSet()
+        self._on_plugin_error = on_plugin_error
         self.lookups_failed = 0
+        self.plugin_errors = 0
 
-    def apply(self, config: Config) -> None:
-        """A reloaded config: calls already in a flow keep the steps they hold; new calls get these."""
+    def apply(self, config: Config, plugins: PluginSet | None = None) -> None:
+        """A reloaded config: calls already in a flow keep the steps they hold; new calls get these
+        (and the plugins loaded with them)."""
         self._flows = {f.name: f for f in config.flows}
+        self._plugins = plugins or PluginSet()
 
     async def run(self, flow: str, io: CallIO, data: dict[str, Any] | None = None) -> FlowOutcome:
         """Run ``flow``; ``data`` is filled in place, so what was gathered before a caller hangs up
@@ -137,7 +175,12 @@ class FlowRunner:
                 )
                 data[step.var] = digits if len(digits) >= step.min_digits else ""
             elif isinstance(step, LookupStep):
-                if not await self._lookup(step, data) and step.on_error == "hangup":
+                found = (
+                    await self._provider_lookup(step, io, data)
+                    if step.provider
+                    else await self._lookup(step, data)
+                )
+                if not found and step.on_error == "hangup":
                     return FlowOutcome("hangup", data=data, reason="lookup failed")
             elif isinstance(step, SetStep):
                 if step.queue:
@@ -181,12 +224,63 @@ class FlowRunner:
                 return FlowOutcome(
                     "hangup", data=data, reason="flow hangup", hangup_prompt=step.prompt
                 )
+            elif isinstance(step, PluginStep):
+                try:
+                    result = await self._plugin_step(step, io, data)
+                except PluginStepFailed:
+                    return FlowOutcome("hangup", data=data, reason="plugin_error")
+                if result is not None and result.hangup:
+                    return FlowOutcome(
+                        "hangup",
+                        data=data,
+                        reason=result.reason or "flow hangup",
+                        hangup_prompt=result.prompt,
+                    )
+                if result is not None and result.goto:
+                    jump = result.goto
             if jump is not None:
                 jumps += 1
                 if jumps > MAX_FLOW_JUMPS:
                     log.warning("flow_loop", flow=current.name, jumps=jumps)
                     return FlowOutcome("hangup", data=data, reason="flow loop")
+                if jump not in self._flows:  # only a plugin's StepResult can name one
+                    self._plugin_failed("unknown_flow", step, ValueError(f"no flow {jump!r}"))
+                    return FlowOutcome("hangup", data=data, reason="plugin_error")
                 current, position = self._flows[jump], 0
+
+    def _plugin_failed(self, what: str, step: object, exc: BaseException) -> None:
+        self.plugin_errors += 1
+        if self._on_plugin_error is not None:
+            self._on_plugin_error()
+        name = step.name if isinstance(step, PluginStep) else getattr(step, "provider", "")
+        log.error(
+            "plugin_failed", what=what, step=name, error=f"{type(exc).__name__}: {exc}",
+            exc_info=exc,
+        )  # fmt: skip
+
+    async def _plugin_step(
+        self, step: PluginStep, io: CallIO, data: dict[str, Any]
+    ) -> StepResult | None:
+        found = self._plugins.steps.get(step.name)
+        if found is None:  # the step's plugin was disabled by a reload while this call waited
+            exc = LookupError(f"step type {step.name!r} is no longer enabled")
+            self._plugin_failed("step", step, exc)
+            raise PluginStepFailed(str(exc))
+        loaded, step_type = found
+        try:
+            settings = msgspec.convert(step.settings, step_type.schema, strict=True)
+            result = await step_type.run(
+                settings, StepContext(call=io, data=data, settings=loaded.settings, http=self._http)
+            )
+            if result is not None and not isinstance(result, StepResult):
+                raise TypeError(f"expected a StepResult or None, got {type(result).__name__}")
+            _bound(data)
+        except CallEnded:
+            raise  # the call's own end (the caller hung up, no codec...), not the plugin's fault
+        except Exception as exc:  # third-party code: whatever it raises ends this one call
+            self._plugin_failed("step", step, exc)
+            raise PluginStepFailed(str(exc)) from exc
+        return result
 
     async def _menu(self, step: MenuStep, io: CallIO) -> str | None:
         """The flow to jump to, or None to continue with the next step."""
@@ -199,6 +293,26 @@ class FlowRunner:
             if digit and step.invalid_prompt:
                 await io.play([step.invalid_prompt], barge_in=False)
         return step.default or None
+
+    async def _provider_lookup(self, step: LookupStep, io: CallIO, data: dict[str, Any]) -> bool:
+        found = self._plugins.lookups.get(step.provider)
+        try:
+            if found is None:  # disabled by a reload while this call was in its flow
+                raise LookupError(f"lookup provider {step.provider!r} is no longer enabled")
+            loaded, provider = found
+            ctx = StepContext(call=io, data=data, settings=loaded.settings, http=self._http)
+            async with asyncio.timeout(step.timeout_s):
+                result = await provider(dict(data), ctx)
+            if not isinstance(result, Mapping):
+                raise TypeError(f"expected a mapping, got {type(result).__name__}")
+        except CallEnded:
+            raise
+        except Exception as exc:  # third-party code: a failed lookup, as a broken webhook is
+            self.lookups_failed += 1
+            self._plugin_failed("lookup", step, exc)
+            return False
+        self._merge(result, data)
+        return True
 
     async def _lookup(self, step: LookupStep, data: dict[str, Any]) -> bool:
         if self._http is None:
@@ -219,7 +333,11 @@ class FlowRunner:
             self.lookups_failed += 1
             log.warning("lookup_failed", url=step.url, reason=str(exc) or type(exc).__name__)
             return False
-        for key, value in result.items():
-            if isinstance(key, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", key):
-                data[key] = _clean(value)
+        self._merge(result, data)
         return True
+
+    @staticmethod
+    def _merge(result: Mapping[Any, Any], data: dict[str, Any]) -> None:
+        for key, value in result.items():
+            if isinstance(key, str) and _DATA_KEY_RE.fullmatch(key):
+                data[key] = _clean(value)

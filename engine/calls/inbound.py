@@ -153,6 +153,12 @@ class Inbound:
     async def _run_call(self, call: Call) -> None:
         structlog.contextvars.bind_contextvars(call_id=call.id)
         log.info("call_arrived", trunk=call.trunk.name, dialed=call.dialed, caller=call.caller)
+        if self._s.cdr:  # for the event bus's consumers (webhooks, plugins)
+            self._s.cdr.call_started(
+                call.id,
+                {"sip_call_id": call.sip_call_id, "trunk": call.trunk.name, "caller": call.caller,
+                 "dialed": call.dialed, "flow": call.flow, "arrived_at": call.arrived_at},
+            )  # fmt: skip
         try:
             call.flow_data.update(caller=call.caller, dialed=call.dialed)
             outcome = await self._s.flows.run(call.flow, CallIO(self._s, call), call.flow_data)

@@ -54,6 +54,7 @@ from engine.calls.teardown import Teardown
 from engine.calls.transfers import Transfers
 from engine.config import Config
 from engine.media.offload import MediaWorkers
+from engine.plugins import PluginSet
 from engine.recording.service import RecordingService
 from engine.routing.agents import AgentDirectory
 from engine.routing.service import RoutingService
@@ -125,7 +126,7 @@ class CallService:
     def media_workers(self) -> MediaWorkers | None:
         return self.media.workers
 
-    def apply(self, config: Config) -> None:
+    def apply(self, config: Config, plugins: PluginSet | None = None) -> None:
         """A reloaded config: trunks, routes, flows, prompts and agent passwords apply to new calls
         and registrations at once; calls in progress keep what they started with. A changed
         ``[security]`` (or a trunk's ``allow``) screens the next request, keeping the bans."""
@@ -143,7 +144,7 @@ class CallService:
         self.inbound.apply(config)
         self.media.apply(config)
         self.ringing.apply(config)
-        self.flows.apply(config)
+        self.flows.apply(config, plugins)
         self.queueing.apply(config)
 
     # -- start and stop ------------------------------------------------------------------------------

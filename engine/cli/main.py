@@ -1,4 +1,4 @@
-"""The ``acd`` command line: run the daemon, check a config, print the version.
+"""The ``acd`` command line: run the daemon, check a config, list plugins, print the version.
 
 Every subcommand has ``--help``. Errors an operator can fix (a bad config, a missing file) are printed
 as one line on stderr with a non-zero exit code, never as a traceback.
@@ -13,7 +13,8 @@ from importlib import resources
 from pathlib import Path
 
 from engine import __version__
-from engine.config import Config, ConfigError, load_config, parse_config
+from engine.config import Config, ConfigError
+from engine.plugins import PluginSet, load_config, parse_config
 
 DEFAULT_CONFIG = Path("config/acd.toml")
 
@@ -23,21 +24,70 @@ def embedded_default_text() -> str:
     return resources.files("engine").joinpath("default.toml").read_text(encoding="utf-8")
 
 
-def _load(path: str | None) -> tuple[Config, Path | None]:
+def _load(path: str | None) -> tuple[Config, PluginSet, Path | None]:
+    """The config (with its enabled plugins loaded) and the file it came from."""
     if path is not None:
-        return load_config(path), Path(path)
+        return *load_config(path), Path(path)
     if DEFAULT_CONFIG.is_file():
-        return load_config(DEFAULT_CONFIG), DEFAULT_CONFIG
-    return parse_config(embedded_default_text(), "<embedded default config>"), None
+        return *load_config(DEFAULT_CONFIG), DEFAULT_CONFIG
+    return *parse_config(embedded_default_text(), "<embedded default config>"), None
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from engine.daemon import run_daemon
     from engine.runtime.logs import configure_logging
 
-    config, path = _load(args.config)
+    config, plugins, path = _load(args.config)
     configure_logging(config.log, level_override=args.log_level)
-    return run_daemon(config, config_path=path)
+    return run_daemon(config, config_path=path, plugins=plugins)
+
+
+def _cmd_plugins(args: argparse.Namespace) -> int:
+    """Installed plugins; with --config, which of them that config enables (loading them)."""
+    import json
+
+    from engine.plugins import installed
+
+    found = installed()
+    enabled: dict[str, object] = {}
+    if args.config is not None:
+        _config, plugins, _path = _load(args.config)
+        for lp in plugins.plugins:
+            p = lp.plugin
+            enabled[p.name] = {
+                "steps": sorted(p.steps),
+                "lookups": sorted(p.lookups),
+                "qa_rule_packs": sorted(p.qa_rules),
+                "event_consumers": len(lp.consumers),
+            }
+    rows = [
+        {
+            "name": i.name,
+            "distribution": i.distribution,
+            "version": i.version,
+            "entry_point": i.value,
+            "enabled": i.name in enabled if args.config is not None else None,
+            **({"adds": enabled[i.name]} if i.name in enabled else {}),
+        }
+        for i in found
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no plugins installed (entry point group acd.plugins)")
+        return 0
+    for row in rows:
+        state = {True: "enabled", False: "not enabled", None: ""}[row["enabled"]]  # type: ignore[index]
+        print(f"{row['name']:<20} {row['distribution']} {row['version']:<10} {state}".rstrip())
+        adds = row.get("adds")
+        if isinstance(adds, dict):
+            for what in ("steps", "lookups", "qa_rule_packs"):
+                if adds[what]:
+                    print(f"    {what.replace('_', ' ')}: {', '.join(adds[what])}")
+            if adds["event_consumers"]:
+                print(f"    event consumers: {adds['event_consumers']}")
+    return 0
 
 
 def _cmd_precompile(_args: argparse.Namespace) -> int:
@@ -55,10 +105,10 @@ def _cmd_precompile(_args: argparse.Namespace) -> int:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    config = load_config(args.path)
+    config, plugins = load_config(args.path)
     print(
         f"{args.path}: OK ({len(config.queues)} queues, {len(config.agents)} agents, "
-        f"{len(config.sip.listeners)} SIP listeners)"
+        f"{len(config.sip.listeners)} SIP listeners, {len(plugins.plugins)} plugins)"
     )
     return 0
 
@@ -90,7 +140,7 @@ def _cmd_export_queue_log(args: argparse.Namespace) -> int:
     from engine.storage import StorageError, Store, database_url
     from engine.storage.queue_log import export_queue_log
 
-    config, _ = _load(args.config)
+    config, _plugins, _path = _load(args.config)
     since, until = _parse_time(args.since), _parse_time(args.until)
 
     async def export() -> list[str] | None:
@@ -118,7 +168,7 @@ def _cmd_export_queue_log(args: argparse.Namespace) -> int:
 def _cmd_operator(args: argparse.Namespace) -> int:
     from engine.cli import operator as opcli
 
-    config, _ = _load(args.config)
+    config, _plugins, _path = _load(args.config)
     return opcli.run(args.op, args, config)
 
 
@@ -164,6 +214,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("path", help="the TOML file to check")
     check.set_defaults(func=_cmd_check_config)
+
+    plugins = sub.add_parser(
+        "plugins",
+        help="list installed plugins",
+        description="List the installed plugins (entry point group acd.plugins); with --config, "
+        "load the ones that config enables and show what they add.",
+    )
+    plugins.add_argument("--config", metavar="PATH", help="also show what this config enables")
+    plugins.add_argument("--json", action="store_true", help="one JSON document")
+    plugins.set_defaults(func=_cmd_plugins)
 
     export = sub.add_parser(
         "export",

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from engine.config import Config, ConfigError, load_config
+from engine.config import Config, ConfigError
+from engine.plugins import load_config
 from engine.recording.service import (
     IndexPurge,
     PurgeLine,
@@ -67,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
 def purge_main(argv: Sequence[str]) -> int:
     args = _parser().parse_args(list(argv))
     try:
-        config = load_config(args.config)
+        config, _plugins = load_config(args.config)
     except ConfigError as exc:
         print(f"{PROG}: invalid config: {exc}", file=sys.stderr)
         return 2

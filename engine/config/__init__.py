@@ -15,12 +15,20 @@ never look keys up by string.
 """
 
 from engine.config.errors import ConfigError
-from engine.config.load import load_config, parse_config
+from engine.config.load import (
+    ConfigNames,
+    PluginResolver,
+    PluginSchemas,
+    load_config,
+    parse_config,
+    reword_validation_error,
+)
 from engine.config.schema import (
     CHANNEL_NAMES,
     HTTP_OPEN_PATHS,
     STEP_TYPES,
     TASK_CHANNELS,
+    WEBHOOK_EVENTS,
     AgentConfig,
     AnswerStep,
     ApiConfig,
@@ -46,6 +54,8 @@ from engine.config.schema import (
     MediaConfig,
     MenuStep,
     PlayStep,
+    PluginsConfig,
+    PluginStep,
     QueueConfig,
     RecordingsConfig,
     RelaxStepConfig,
@@ -62,6 +72,7 @@ from engine.config.schema import (
     Strategy,
     TransferStep,
     TrunkConfig,
+    WebhookConfig,
     WebRtcConfig,
     outbound_proxy_uri,
 )
@@ -71,6 +82,7 @@ __all__ = [
     "HTTP_OPEN_PATHS",
     "STEP_TYPES",
     "TASK_CHANNELS",
+    "WEBHOOK_EVENTS",
     "AgentConfig",
     "AnswerStep",
     "ApiConfig",
@@ -80,6 +92,7 @@ __all__ = [
     "CollectStep",
     "Config",
     "ConfigError",
+    "ConfigNames",
     "CsatConfig",
     "EnqueueStep",
     "FeatureCodes",
@@ -97,6 +110,10 @@ __all__ = [
     "MediaConfig",
     "MenuStep",
     "PlayStep",
+    "PluginResolver",
+    "PluginSchemas",
+    "PluginStep",
+    "PluginsConfig",
     "QueueConfig",
     "RecordingsConfig",
     "RelaxStepConfig",
@@ -114,7 +131,9 @@ __all__ = [
     "TransferStep",
     "TrunkConfig",
     "WebRtcConfig",
+    "WebhookConfig",
     "load_config",
     "outbound_proxy_uri",
     "parse_config",
+    "reword_validation_error",
 ]

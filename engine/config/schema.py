@@ -9,7 +9,7 @@ the same for operators. Cross-field rules live in ``validate``; reading the file
 from __future__ import annotations
 
 from enum import Enum
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
@@ -22,6 +22,16 @@ CHANNEL_NAMES: Final = ("voice", "chat", "email", "callback", "social", "ticket"
 
 
 TASK_CHANNELS: Final = ("chat", "email", "social", "ticket")
+
+# What outbound webhooks may subscribe to (engine.webhooks; docs/webhooks.md says what each carries).
+WEBHOOK_EVENTS: Final = (
+    "call.started",
+    "call.answered",
+    "call.completed",
+    "task.created",
+    "task.assigned",
+    "task.completed",
+)
 
 
 class _Struct(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -352,7 +362,9 @@ class CollectStep(_Struct, frozen=True, tag="collect", tag_field="type"):
 
 
 class LookupStep(_Struct, frozen=True, tag="lookup", tag_field="type"):
-    url: str  # HTTP(S) webhook; receives the call's data as JSON, returns JSON merged into it
+    url: str = ""  # HTTP(S) webhook; receives the call's data as JSON, returns JSON merged into it
+    # or a lookup provider an enabled plugin adds ([plugins]): one of url and provider
+    provider: str = ""
     timeout_s: float = 2.0
     on_error: str = "continue"  # continue | hangup
 
@@ -391,6 +403,15 @@ class HangupStep(_Struct, frozen=True, tag="hangup", tag_field="type"):
     prompt: str = ""
 
 
+class PluginStep(_Struct, frozen=True, tag="plugin", tag_field="type"):
+    """A step type an enabled plugin adds (engine.plugins). Not written as such in the file:
+    ``load`` turns ``{ type = "verify_pin", ... }`` into this once the plugin's own schema has
+    accepted the step's other keys, which ``settings`` keeps as written."""
+
+    name: str  # the plugin's step type
+    settings: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
 Step = (
     AnswerStep
     | PlayStep
@@ -402,12 +423,15 @@ Step = (
     | TransferStep
     | GotoStep
     | HangupStep
+    | PluginStep
 )
 
 
+# The built-in step types (what a file may write); "plugin" is internal (see PluginStep).
 STEP_TYPES: Final = tuple(
     str(msgspec.inspect.type_info(t).tag)  # type: ignore[attr-defined]
     for t in Step.__args__
+    if t is not PluginStep
 )
 
 
@@ -487,6 +511,30 @@ class WebRtcConfig(_Struct, frozen=True):
     workers: int = 0
 
 
+class PluginsConfig(_Struct, frozen=True):
+    """Which installed plugins (entry points of group ``acd.plugins``) run, and their settings."""
+
+    # plugin names to load at start and on reload; an installed plugin not listed does nothing
+    enabled: tuple[str, ...] = ()
+    # name -> that plugin's own settings, written as a [plugins.<name>] table and checked by the
+    # plugin's schema (engine.plugins); only enabled plugins may have one
+    settings: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
+
+
+class WebhookConfig(_Struct, frozen=True):
+    """One outbound webhook: events POSTed as signed JSON, retried, then dead-lettered."""
+
+    url: str  # http(s) endpoint each event is POSTed to
+    # HMAC-SHA256 key of the X-Acd-Signature header (at least 16 characters); the receiver
+    # holds the same one
+    secret: str
+    events: tuple[str, ...] = ()  # event types sent (WEBHOOK_EVENTS); empty: all of them
+    timeout_s: float = 5.0  # one attempt: connect, send, status line
+    max_attempts: int = 5  # attempts before the delivery goes to the dead-letter list
+    # wait before the second attempt; doubled for each further one (capped at 1 hour)
+    backoff_s: float = 1.0
+
+
 class FeatureCodes(_Struct, frozen=True):
     ready: str = "*1"
     not_ready: str = "*2"
@@ -506,6 +554,8 @@ class Config(_Struct, frozen=True):
     api: ApiConfig = ApiConfig()
     recordings: RecordingsConfig = RecordingsConfig()
     webrtc: WebRtcConfig = WebRtcConfig()
+    plugins: PluginsConfig = PluginsConfig()
+    webhooks: tuple[WebhookConfig, ...] = ()
     trunks: tuple[TrunkConfig, ...] = ()
     routes: tuple[RouteConfig, ...] = ()
     flows: tuple[FlowConfig, ...] = ()

@@ -20,6 +20,7 @@ from engine.config.schema import (
     CHANNEL_NAMES,
     HTTP_OPEN_PATHS,
     TASK_CHANNELS,
+    WEBHOOK_EVENTS,
     AgentConfig,
     Config,
     EnqueueStep,
@@ -571,7 +572,15 @@ def _validate_telephony(cfg: Config, file: str) -> None:
                     f"{where}.timeout_s",
                     f"expected a positive number, found {step.timeout_s}",
                 )
-            elif isinstance(step, LookupStep) and not step.url.startswith(("http://", "https://")):
+            elif isinstance(step, LookupStep) and bool(step.url) == bool(step.provider):
+                raise ConfigError(
+                    file, where, "expected one of url (a webhook) and provider (a plugin's lookup)"
+                )
+            elif (
+                isinstance(step, LookupStep)
+                and step.url
+                and not step.url.startswith(("http://", "https://"))
+            ):
                 raise ConfigError(
                     file, f"{where}.url", f"expected an http(s) URL, found {step.url!r}"
                 )
@@ -663,7 +672,39 @@ def _validate_telephony(cfg: Config, file: str) -> None:
         )
 
 
+def _validate_webhooks(cfg: Config, file: str) -> None:
+    for i, hook in enumerate(cfg.webhooks):
+        base = f"webhooks[{i}]"
+        if not hook.url.startswith(("http://", "https://")):
+            raise ConfigError(file, f"{base}.url", f"expected an http(s) URL, found {hook.url!r}")
+        for j, kind in enumerate(hook.events):
+            if kind not in WEBHOOK_EVENTS:
+                choices = ", ".join(repr(e) for e in WEBHOOK_EVENTS)
+                raise ConfigError(
+                    file, f"{base}.events[{j}]", f"expected one of {choices}, found {kind!r}"
+                )
+        if len(hook.secret) < 16:
+            raise ConfigError(
+                file,
+                f"{base}.secret",
+                f"expected a secret of at least 16 characters, found {len(hook.secret)}",
+            )
+        if not (hook.timeout_s > 0 and math.isfinite(hook.timeout_s)):
+            raise ConfigError(
+                file, f"{base}.timeout_s", f"expected a number > 0, found {hook.timeout_s}"
+            )
+        if not 1 <= hook.max_attempts <= 100:
+            raise ConfigError(
+                file, f"{base}.max_attempts", f"expected 1 to 100, found {hook.max_attempts}"
+            )
+        if not (hook.backoff_s >= 0 and math.isfinite(hook.backoff_s)):
+            raise ConfigError(
+                file, f"{base}.backoff_s", f"expected a number >= 0, found {hook.backoff_s}"
+            )
+
+
 def validate(cfg: Config, file: str) -> None:
     """Every cross-field rule of a decoded config; the first one broken raises ``ConfigError``."""
     _validate(cfg, file)
     _validate_telephony(cfg, file)
+    _validate_webhooks(cfg, file)

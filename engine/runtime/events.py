@@ -6,6 +6,10 @@ queue holds is cut off (``overflowed`` set, its queue closed) instead of slowing
 growing memory; a client reconnects and re-reads state from the REST API. Each subscriber may carry
 a filter (an agent sees only its own agent events and its queues' events).
 
+Consumers (``set_consumers``: plugins' event consumers, the outbound webhooks) are called with
+every event, subscriber or not, synchronously in ``publish``: they must only queue work. One that
+raises is logged and counted (``consumer_errors``); the event still reaches everyone else.
+
 The events are the same facts the CDR store records: ``CdrWriter`` publishes each queue event and
 agent state change as it queues it for the database, so the stream and the store cannot disagree.
 """
@@ -13,17 +17,22 @@ agent state change as it queues it for the database, so the stream and the store
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
+import structlog
+
+log = structlog.stdlib.get_logger("acd.events")
 
 # Events a slow client may lag behind before it is disconnected: about a minute of a busy center.
 SUBSCRIBER_QUEUE_EVENTS = 1000
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True):
-    type: str  # "queue" | "agent" | "task" (data.task_id names the task) | "monitor"
+    # "queue" | "agent" | "task" (data.task_id names the task) | "monitor" | "call" (started,
+    # completed: consumers only, not on the WebSocket stream)
+    type: str
     at: float
     event: str  # queue event kind, or the agent's new state
     call_id: str | None = None
@@ -34,6 +43,7 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
 
 
 EventFilter = Callable[[Event], bool]
+EventConsumer = Callable[[Event], None]
 _encoder = msgspec.json.Encoder()
 
 
@@ -66,6 +76,12 @@ class EventBus:
         self._subscribers: set[Subscription] = set()
         self.published = 0
         self.disconnected_slow = 0
+        self._consumers: tuple[tuple[str, EventConsumer], ...] = ()
+        self.consumer_errors = 0
+
+    def set_consumers(self, consumers: Sequence[tuple[str, EventConsumer]]) -> None:
+        """Replace the consumers: (name for the log, function called with each event)."""
+        self._consumers = tuple(consumers)
 
     def subscribe(self, accept: EventFilter | None = None) -> Subscription:
         sub = Subscription(self, accept)
@@ -76,9 +92,17 @@ class EventBus:
     def subscribers(self) -> int:
         return len(self._subscribers)
 
-    def publish(self, event: Event) -> None:
+    def publish(self, event: Event, *, stream: bool = True) -> None:
+        """Hand ``event`` to the consumers and (``stream``) to the WebSocket subscribers; the
+        ``call`` events (started, completed) are for consumers only."""
         self.published += 1
-        if not self._subscribers:
+        for name, consume in self._consumers:
+            try:
+                consume(event)
+            except Exception as exc:  # a plugin's code: it loses this event, nobody else does
+                self.consumer_errors += 1
+                log.error("event_consumer_failed", consumer=name, kind=event.event, exc_info=exc)
+        if not stream or not self._subscribers:
             return
         payload = _encoder.encode(event)
         for sub in list(self._subscribers):

@@ -234,6 +234,16 @@ class CdrWriter:
 
     # -- producers (never await) -------------------------------------------------------------------
 
+    def call_started(self, call_id: str, data: dict[str, Any]) -> None:
+        """A trunk INVITE became a call (its flow starts): an event for the bus's consumers
+        (webhooks, plugins), as ``call_ended`` publishes the finished call. Its live row is
+        ``call_open``'s."""
+        if self._bus is not None:
+            self._bus.publish(
+                Event(type="call", at=time.time(), event="started", call_id=call_id, data=data),
+                stream=False,
+            )
+
     def call_open(self, record: CallRecord) -> None:
         """A live call's row as it stands (arrived, queued, answered): written at the next flush
         unless the call ends first."""
@@ -245,7 +255,16 @@ class CdrWriter:
     def call_ended(self, record: CallRecord) -> None:
         if self._open.pop(record.id, None) is not None:
             self._count(-1)
-        self._append("calls", msgspec.structs.asdict(record))
+        row = msgspec.structs.asdict(record)
+        self._append("calls", row)
+        # An attempt refused before it became a call (no call_started) is a row, not an event.
+        if self._bus is not None and record.disposition != "rejected":
+            self._bus.publish(
+                Event(type="call", at=record.ended_at or time.time(), event="completed",
+                      call_id=record.id, queue=record.queue, agent_id=record.agent_id,
+                      data=dict(row)),
+                stream=False,
+            )  # fmt: skip
 
     def queue_event(
         self,

@@ -146,6 +146,23 @@ transcripts = sa.Table(
     sa.Index(None, "qa_passed", "started_at"),
 )
 
+# Outbound webhook deliveries that ran out of attempts (engine.webhooks; migration 0007): the
+# exact body sent, for a retry from the API; delivered_at is set when a retry got through.
+webhook_dead_letters = sa.Table(
+    "webhook_dead_letters",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),  # the delivery id (X-Acd-Delivery)
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("event_type", sa.String(64), nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("last_error", sa.Text),
+    sa.Column("created_at", sa.Double, nullable=False),  # the event's time
+    sa.Column("failed_at", sa.Double, nullable=False),  # the last failed attempt
+    sa.Column("delivered_at", sa.Double),
+    sa.Index(None, "delivered_at", "failed_at"),
+)
+
 # Who looked at or changed what: recordings downloads, config reloads, agent state by supervisors.
 audit_log = sa.Table(
     "audit_log",

@@ -30,7 +30,12 @@ def promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
 def test_promtool_accepts_the_rules() -> None:
     checked = promtool("check", "rules", str(RULES))
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS: 20 rules found" in checked.stdout
+    # promtool found every rule the file holds (a rule it skipped would be a smaller count)
+    written = RULES.read_text().count("\n      - alert: ") + RULES.read_text().count(
+        "\n      - record: "
+    )
+    assert written >= 20
+    assert f"SUCCESS: {written} rules found" in checked.stdout
 
 
 def test_the_rules_fire_when_they_should_and_only_then() -> None:
