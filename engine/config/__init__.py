@@ -18,6 +18,7 @@ from engine.config.errors import ConfigError
 from engine.config.load import load_config, parse_config
 from engine.config.schema import (
     CHANNEL_NAMES,
+    QA_RULE_TYPES,
     STEP_TYPES,
     TASK_CHANNELS,
     AgentConfig,
@@ -43,6 +44,7 @@ from engine.config.schema import (
     MediaConfig,
     MenuStep,
     PlayStep,
+    QaRuleConfig,
     QueueConfig,
     RecordingsConfig,
     RelaxStepConfig,
@@ -56,6 +58,7 @@ from engine.config.schema import (
     Step,
     StorageConfig,
     Strategy,
+    TranscriptionConfig,
     TransferStep,
     TrunkConfig,
     WebRtcConfig,
@@ -64,6 +67,7 @@ from engine.config.schema import (
 
 __all__ = [
     "CHANNEL_NAMES",
+    "QA_RULE_TYPES",
     "STEP_TYPES",
     "TASK_CHANNELS",
     "AgentConfig",
@@ -90,6 +94,7 @@ __all__ = [
     "MediaConfig",
     "MenuStep",
     "PlayStep",
+    "QaRuleConfig",
     "QueueConfig",
     "RecordingsConfig",
     "RelaxStepConfig",
@@ -103,6 +108,7 @@ __all__ = [
     "Step",
     "StorageConfig",
     "Strategy",
+    "TranscriptionConfig",
     "TransferStep",
     "TrunkConfig",
     "WebRtcConfig",

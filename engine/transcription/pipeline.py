@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import recordings as rec
+from engine.config import QaRuleConfig, TranscriptionConfig
 from engine.transcription import qa
 from engine.transcription.asr import Hit, KeyPhrase, Samples, Transcriber, Word, make_transcriber
 from engine.transcription.audio import read_recording, speech_segments
 from engine.transcription.redact import mask_card_numbers
-from engine.transcription.settings import QaRuleConfig, TranscriptionConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,11 +113,21 @@ class Job:
     queue: str
 
 
-def run_job(job: Job) -> Transcript:
-    """Worker-process entry point: the engine is built once per process and reused."""
-    key = (job.config.engine, job.config.model)
+def _engine(engine: str, model: str) -> Transcriber:
+    key = (engine, model)
     if key not in _ENGINES:
         _ENGINES[key] = make_transcriber(*key)
+    return _ENGINES[key]
+
+
+def warm_up(engine: str, model: str) -> None:
+    """Worker-process entry point: load the engine's model now (``ModelError``, ``KeyError``)."""
+    _engine(engine, model)
+
+
+def run_job(job: Job) -> Transcript:
+    """Worker-process entry point: the engine is built once per process and reused."""
     return transcribe_recording(
-        _ENGINES[key], job.path, job.codec, job.keyring, job.paused_spans, job.config, job.queue
-    )
+        _engine(job.config.engine, job.config.model),
+        job.path, job.codec, job.keyring, job.paused_spans, job.config, job.queue,
+    )  # fmt: skip
