@@ -39,6 +39,11 @@ from engine.storage import StorageError, Store, database_url
 from engine.storage.cdr import CdrWriter
 from engine.storage.tasks import TaskWriter
 from engine.tasks import TaskCollector, TaskMetrics, TaskService
+from engine.transcription.service import (
+    TranscriptionCollector,
+    TranscriptionMetrics,
+    TranscriptionService,
+)
 from engine.web import add_web_routes
 from engine.webrtc.gateway import WebRtcGateway
 
@@ -62,6 +67,7 @@ class Daemon:
         self.tasks: TaskService | None = None
         self.task_writer: TaskWriter | None = None
         self.webrtc: WebRtcGateway | None = None
+        self.transcription: TranscriptionService | None = None
         self.sip_addr: tuple[str, int] | None = None
         self._http_client: aiohttp.ClientSession | None = None
         self.api = api.ApiContext(get_config=lambda: self.config, reload=self.reload)
@@ -224,6 +230,10 @@ class Daemon:
             self.tasks.apply(new)
         if self.recordings is not None:
             self.recordings.apply(new)
+        if self.transcription is not None:
+            needs_restart += self.transcription.apply(new)
+        elif new.transcription.enabled:
+            needs_restart.append("transcription.enabled")
         self.config = new
         configure_logging(new.log)
         self.metrics.config_reloads.labels(outcome="applied").inc()
@@ -273,6 +283,19 @@ class Daemon:
             return 1
         self.metrics.registry.register(RecordingCollector(self.recordings))
         self.api.recordings = self.recordings
+        if self.config.transcription.enabled:
+            # Finished recordings are transcribed in worker processes (read at start).
+            self.transcription = TranscriptionService(
+                self.config,
+                self.store,
+                keyring=self.recordings.keyring,
+                bus=self.bus,
+                metrics=TranscriptionMetrics(self.metrics.registry),
+                on_unexpected=self.metrics.unexpected_errors.labels(where="transcription").inc,
+            )
+            self.metrics.registry.register(TranscriptionCollector(self.transcription))
+            self.recordings.on_indexed = self.transcription.recording_indexed
+        self.api.transcription = self.transcription
         loop = asyncio.get_running_loop()
         self.agents = AgentDirectory(self.config, self.routing, self.cdr, loop)
         # CRM lookups from call flows: one pooled client, bounded per host.
@@ -344,6 +367,8 @@ class Daemon:
                     tasks.create_task(self.systemd.watchdog()),
                 ]
                 task_writes = tasks.create_task(self.task_writer.run())
+                if self.transcription is not None:
+                    owned.append(tasks.create_task(self.transcription.run()))
                 # Everything allocated so far (config, routing arrays, compiled kernels) lives for the
                 # whole run: move it out of the collector's reach so a full collection never walks it
                 # in the middle of a dispatch (measured: it dominated routing p99).

@@ -17,6 +17,8 @@ Where each resource lives, one module per concern:
 - ``calls``: ``GET /api/v1/calls``, ``PUT .../{call_id}/recording``, ``POST .../{call_id}/transfer``
 - ``tasks``: ``/api/v1/tasks`` (chats, e-mails, social messages, tickets) and their actions
 - ``reload``: ``POST /api/v1/reload``
+- ``transcripts``: ``GET /api/v1/calls/{call_id}/transcript``, ``GET /api/v1/transcripts``
+  (search), ``GET /api/v1/qa/flagged``
 - ``security``: ``GET /api/v1/security/bans``, ``DELETE /api/v1/security/bans/{address}``
 - ``events``: the ``/api/v1/events`` WebSocket
 - ``openapi``: the control API's paths and schemas in ``/api/v1/openapi.json``
@@ -28,7 +30,18 @@ This package's own names (``__all__``) are what the daemon uses to put the API t
 
 from aiohttp import web
 
-from engine.api import agents, calls, cdr, events, queues, recordings, reload, security, tasks
+from engine.api import (
+    agents,
+    calls,
+    cdr,
+    events,
+    queues,
+    recordings,
+    reload,
+    security,
+    tasks,
+    transcripts,
+)
 from engine.api.auth import TOKENS_KEY, TokenTable, make_auth_middleware
 from engine.api.context import CONTEXT_KEY, ApiContext
 from engine.api.openapi import openapi_paths
@@ -64,3 +77,4 @@ def add_routes(app: web.Application, ctx: ApiContext) -> None:
     app.router.add_get("/api/v1/security/bans", security.list_bans)
     app.router.add_delete("/api/v1/security/bans/{address}", security.lift_ban)
     tasks.add_task_routes(app)
+    transcripts.add_transcript_routes(app)

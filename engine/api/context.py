@@ -22,6 +22,7 @@ from engine.runtime.events import EventBus
 from engine.storage import Store
 from engine.storage.cdr import CdrWriter
 from engine.tasks import TaskService
+from engine.transcription.service import TranscriptionService
 
 
 @dataclass
@@ -39,6 +40,7 @@ class ApiContext:
         None  # engine.calls.service.CallService (typed loosely: calls imports this module's peers)
     )
     tasks: TaskService | None = None
+    transcription: TranscriptionService | None = None  # None: [transcription] enabled = false
 
 
 CONTEXT_KEY = web.AppKey("api_context", ApiContext)

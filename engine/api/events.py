@@ -51,6 +51,8 @@ def _event_filter(config: Config, principal: Principal) -> Callable[[Event], boo
     queues = set(agent.queues) if agent else set()
 
     def accept(event: Event) -> bool:
+        if event.type == "qa":  # QA outcomes are for supervisors (a review queue), not agents
+            return False
         if event.type in ("agent", "task"):  # a task event names the agent it is offered to
             return event.agent_id == principal.agent_id
         return event.queue in queues

@@ -23,7 +23,7 @@ SUBSCRIBER_QUEUE_EVENTS = 1000
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True):
-    type: str  # "queue" | "agent" | "task" (data.task_id names the task)
+    type: str  # "queue" | "agent" | "task" (data.task_id names the task) | "qa" (a QA rule failed)
     at: float
     event: str  # queue event kind, or the agent's new state
     call_id: str | None = None
