@@ -176,12 +176,19 @@ class TranscriptionService:
         return ProcessPoolExecutor(self._config.workers, mp_context=get_context("spawn"))
 
     async def _warm_up(self) -> bool:
-        """Load the engine's model in a worker: a model that cannot load is reported at start
-        with the key to fix, and the pool marked dead (calls go on)."""
+        """Start every worker and load the engine's model in it, before the first recording: a
+        model that cannot load is reported at start with the key to fix, and the pool marked dead
+        (calls go on). One warm-up per worker at once makes the pool spawn them all now (it
+        spawns a process for a job that finds none idle), not when a backlog arrives."""
         assert self._pool is not None
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._pool, warm_up, *self._engine)
+            await asyncio.gather(
+                *(
+                    loop.run_in_executor(self._pool, warm_up, *self._engine)
+                    for _ in range(self._config.workers)
+                )
+            )
         except (ModelError, KeyError) as exc:
             self.dead = f"transcription.model: {exc}"
             log.error("transcription_model_failed", key="transcription.model", reason=str(exc))

@@ -208,3 +208,30 @@ async def test_daemon_transcribes_retries_and_answers(
 async def _seed_running(daemon: Any, row: dict[str, Any]) -> None:
     async with daemon.store.engine.begin() as conn:
         await conn.execute(recordings.insert().values(**row))
+
+
+async def test_unusable_model_is_reported_and_calls_stay_ready(tmp_path: Path) -> None:
+    """A model directory that exists (check-config accepts it) but holds no model: the start-up
+    warm-up names ``transcription.model``, the pool shows as dead in the metrics, and /readyz
+    stays 200: calls do not depend on transcription."""
+    empty = tmp_path / "model"
+    empty.mkdir()
+    extra = f'[[queues]]\nname = "sales"\n[transcription]\nenabled = true\nmodel = "{empty}"\n'
+    async with (
+        in_process_daemon(tmp_path, extra) as (daemon, base),
+        aiohttp.ClientSession() as http,
+    ):
+        service = daemon.transcription
+        deadline = time.monotonic() + 60
+        while service.dead is None:
+            assert time.monotonic() < deadline, "the warm-up never reported the model"
+            await asyncio.sleep(0.05)
+        assert service.dead.startswith("transcription.model: ")
+        assert str(empty) in service.dead
+        service.recording_indexed("r1")  # kept for later, not lost: the store still lists it
+        async with http.get(f"{base}/readyz") as resp:
+            assert resp.status == 200
+        async with http.get(f"{base}/metrics") as resp:
+            metrics = await resp.text()
+    assert _sample(metrics, "acd_transcription_workers_up") == 0
+    assert _sample(metrics, "acd_transcription_backlog") == 1
