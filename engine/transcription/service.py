@@ -24,6 +24,7 @@ pool shows as ``acd_transcription_workers_up`` 0.
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -173,7 +174,9 @@ class TranscriptionService:
     def _new_pool(self) -> ProcessPoolExecutor:
         # spawn: the daemon has threads (recording writers, the store's), which fork would copy
         # mid-state; a spawned worker imports only the pipeline.
-        return ProcessPoolExecutor(self._config.workers, mp_context=get_context("spawn"))
+        return ProcessPoolExecutor(
+            self._config.workers, mp_context=get_context("spawn"), initializer=ignore_signals
+        )
 
     async def _warm_up(self) -> bool:
         """Start every worker and load the engine's model in it, before the first recording: a
@@ -236,9 +239,7 @@ class TranscriptionService:
             self._retries.clear()
             pool, self._pool = self._pool, None
             if pool is not None:
-                # cancel_futures: queued jobs are dropped, the store still lists them for the next
-                # start; a decode under way is not waited for (the daemon is stopping).
-                pool.shutdown(wait=False, cancel_futures=True)
+                stop_pool(pool)
 
     async def _consume(self) -> None:
         while True:
@@ -386,9 +387,28 @@ class TranscriptionService:
         self.metrics.workers_up.set(0)
         self.metrics.restarts.inc()
         log.error("transcription_worker_died", reason=why)
-        broken.shutdown(wait=False, cancel_futures=True)
+        stop_pool(broken)
         self._pool = self._new_pool()
         await self._warm_up()
+
+
+def ignore_signals() -> None:
+    """In each worker: a Ctrl-C or a service manager's SIGTERM goes to the whole process group;
+    the daemon drains its calls first and then stops its workers itself (as the media workers
+    do, engine/runtime/workers.py)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def stop_pool(pool: ProcessPoolExecutor) -> None:
+    """Drop the queued jobs (the store still lists their recordings for the next start) and end
+    the workers now: a decode under way is not waited for, it would hold the daemon's exit for
+    as long as the recording takes (the executor joins its processes at interpreter exit)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.kill()  # SIGKILL: they ignore SIGTERM (ignore_signals)
 
 
 class TranscriptionCollector(Collector):

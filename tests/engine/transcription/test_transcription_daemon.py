@@ -235,3 +235,41 @@ async def test_unusable_model_is_reported_and_calls_stay_ready(tmp_path: Path) -
             metrics = await resp.text()
     assert _sample(metrics, "acd_transcription_workers_up") == 0
     assert _sample(metrics, "acd_transcription_backlog") == 1
+
+
+async def test_a_worker_that_dies_is_replaced_and_its_recording_retried(tmp_path: Path) -> None:
+    caller = espeak_8k(CALLER, tmp_path, "c")
+    agent = espeak_8k(DISCLOSURE, tmp_path, "a")
+    path = tmp_path / "r.wav"
+    stereo_wav(path, caller, agent)
+    extra = (
+        '[[queues]]\nname = "sales"\n[transcription]\nenabled = true\nretry_backoff_s = 0.1\n'
+        '[[transcription.rules]]\nname = "risk disclosure"\ntype = "required"\n'
+        'phrases = ["you may lose money"]\n'
+    )
+    async with (
+        in_process_daemon(tmp_path, extra) as (daemon, base),
+        aiohttp.ClientSession() as http,
+    ):
+        service = daemon.transcription
+        await asyncio.wait_for(service.wait_idle(), 120)  # warmed up, nothing in the store
+        pool = service._pool
+        (worker,) = pool._processes.values()  # the process this test's daemon started
+        await _seed_running(daemon, _row("r", path, "sales", None, len(agent) / 8000))
+        daemon.recordings.on_indexed("r")
+        os.kill(worker.pid, 9)  # out of memory, a crash in native code...
+        await asyncio.wait_for(service.wait_idle(), 120)
+        assert service._pool is not pool
+        async with http.get(f"{base}/metrics") as resp:
+            metrics = await resp.text()
+        async with http.get(f"{base}/api/v1/qa/flagged", headers={"Authorization": "x"}) as resp:
+            assert resp.status == 401
+    assert _sample(metrics, "acd_transcription_worker_restarts_total") == 1
+    assert _sample(metrics, 'acd_transcriptions_total{outcome="retry"}') == 1
+    assert _sample(metrics, 'acd_transcriptions_total{outcome="done"}') == 1
+    assert _sample(metrics, "acd_transcription_workers_up") == 1
+    with sqlite3.connect(tmp_path / "acd.sqlite3") as conn:
+        (passed,) = conn.execute(
+            "SELECT qa_passed FROM transcripts WHERE recording_id = 'r'"
+        ).fetchone()
+    assert passed == 1
