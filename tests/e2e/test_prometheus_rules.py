@@ -30,7 +30,7 @@ def promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
 def test_promtool_accepts_the_rules() -> None:
     checked = promtool("check", "rules", str(RULES))
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS: 19 rules found" in checked.stdout
+    assert "SUCCESS: 22 rules found" in checked.stdout
 
 
 def test_the_rules_fire_when_they_should_and_only_then() -> None:
@@ -40,8 +40,8 @@ def test_the_rules_fire_when_they_should_and_only_then() -> None:
 
 
 def test_every_metric_the_rules_use_is_exported(start_daemon: DaemonFactory) -> None:
-    # media workers on, so their metrics are registered too
-    daemon = start_daemon("[media]\nworkers = 1\n")
+    # media workers and transcription on, so their metrics are registered too
+    daemon = start_daemon("[media]\nworkers = 1\n[transcription]\nenabled = true\n")
     _, exposition, _ = daemon.get("/metrics")
     exported = set(re.findall(r"^# TYPE (\S+) ", exposition.decode(), re.MULTILINE))
     used = {
