@@ -10,6 +10,7 @@ not decoded), and word times are shifted back to the recording's time line.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -131,3 +132,11 @@ def run_job(job: Job) -> Transcript:
         _engine(job.config.engine, job.config.model),
         job.path, job.codec, job.keyring, job.paused_spans, job.config, job.queue,
     )  # fmt: skip
+
+
+def run_job_timed(job: Job) -> tuple[Transcript, float]:
+    """``run_job`` and the CPU seconds this worker process spent on it (the log and the
+    benchmark report it: wall time on a busy machine says little about the cost)."""
+    began = time.process_time()
+    transcript = run_job(job)
+    return transcript, time.process_time() - began

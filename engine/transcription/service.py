@@ -46,7 +46,7 @@ from engine.storage import Store
 from engine.storage.schema import recordings as recordings_table
 from engine.storage.schema import transcripts
 from engine.transcription.asr import ModelError
-from engine.transcription.pipeline import Job, Transcript, run_job, warm_up
+from engine.transcription.pipeline import Job, Transcript, run_job_timed, warm_up
 from engine.transcription.store import save_transcript
 
 log = structlog.stdlib.get_logger("acd.transcription")
@@ -75,6 +75,17 @@ class TranscriptionMetrics:
             "acd_transcription_duration_seconds",
             "Wall time to transcribe one recording (both channels, in a worker process).",
             buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.cpu = Counter(
+            "acd_transcription_cpu_seconds",
+            "CPU seconds the worker processes spent on transcribed recordings (divide by the"
+            " audio's seconds for the real-time factor; size [transcription] workers with it).",
+            registry=r,
+        )
+        self.audio = Counter(
+            "acd_transcription_audio_seconds",
+            "Seconds of recordings transcribed (a stereo recording's length, both channels decoded).",
             registry=r,
         )
         self.restarts = Counter(
@@ -304,7 +315,7 @@ class TranscriptionService:
         try:
             if self._pool is None:
                 raise BrokenProcessPool("the pool is not running")
-            transcript: Transcript = await loop.run_in_executor(self._pool, run_job, job)
+            transcript, cpu_s = await loop.run_in_executor(self._pool, run_job_timed, job)
         except BrokenProcessPool as exc:
             await self._replace_pool(str(exc))
             self._failed(recording_id, f"worker process died: {exc}")
@@ -321,6 +332,8 @@ class TranscriptionService:
         self._forget(recording_id)
         self.metrics.transcriptions.labels(outcome="done").inc()
         self.metrics.duration.observe(elapsed)
+        self.metrics.cpu.inc(cpu_s)
+        self.metrics.audio.inc(transcript.duration_s)
         self._report_qa(row, transcript)
         log.info(
             "transcribed",
@@ -328,6 +341,7 @@ class TranscriptionService:
             recording_id=recording_id,
             audio_s=round(transcript.duration_s, 1),
             seconds=round(elapsed, 2),
+            cpu_s=round(cpu_s, 2),
             qa_failed=[r.rule for r in transcript.qa if not r.passed],
         )
 
