@@ -237,7 +237,12 @@ async def test_unusable_model_is_reported_and_calls_stay_ready(tmp_path: Path) -
     assert _sample(metrics, "acd_transcription_backlog") == 1
 
 
-async def test_a_worker_that_dies_is_replaced_and_its_recording_retried(tmp_path: Path) -> None:
+async def test_a_worker_that_dies_is_replaced_and_a_reload_changes_the_rules(
+    tmp_path: Path,
+) -> None:
+    """A worker killed mid-job: the pool is replaced, counted, and the recording retried to a
+    stored transcript. Then a reload adds a forbidden-phrase rule: the next recording is checked
+    against it (a change of workers would need a restart, and says so)."""
     caller = espeak_8k(CALLER, tmp_path, "c")
     agent = espeak_8k(DISCLOSURE, tmp_path, "a")
     path = tmp_path / "r.wav"
@@ -246,6 +251,7 @@ async def test_a_worker_that_dies_is_replaced_and_its_recording_retried(tmp_path
         '[[queues]]\nname = "sales"\n[transcription]\nenabled = true\nretry_backoff_s = 0.1\n'
         '[[transcription.rules]]\nname = "risk disclosure"\ntype = "required"\n'
         'phrases = ["you may lose money"]\n'
+        f'[[api.tokens]]\nname = "ops"\nrole = "admin"\ntoken = "{SUPERVISOR}"\n'
     )
     async with (
         in_process_daemon(tmp_path, extra) as (daemon, base),
@@ -264,9 +270,30 @@ async def test_a_worker_that_dies_is_replaced_and_its_recording_retried(tmp_path
             metrics = await resp.text()
         async with http.get(f"{base}/api/v1/qa/flagged", headers={"Authorization": "x"}) as resp:
             assert resp.status == 401
+
+        config_file = tmp_path / "acd.toml"
+        config_file.write_text(
+            config_file.read_text()
+            + '[[transcription.rules]]\nname = "no loss talk"\ntype = "forbidden"\n'
+            'phrases = ["you may lose money"]\n'
+        )
+        admin = {"Authorization": f"Bearer {SUPERVISOR}"}
+        async with http.post(f"{base}/api/v1/reload", headers=admin) as resp:
+            assert resp.status == 200
+        await _seed_running(daemon, _row("r2", path, "sales", None, len(agent) / 8000))
+        daemon.recordings.on_indexed("r2")
+        await asyncio.wait_for(service.wait_idle(), 120)
+        async with http.get(f"{base}/api/v1/qa/flagged", headers=admin) as resp:
+            flagged = await resp.json()
+        assert [(f["recording_id"], f["failed"]) for f in flagged] == [("r2", ["no loss talk"])]
+        more_workers = msgspec.structs.replace(
+            daemon.config,
+            transcription=msgspec.structs.replace(daemon.config.transcription, workers=3),
+        )
+        assert service.apply(more_workers) == ["transcription.workers"]
     assert _sample(metrics, "acd_transcription_worker_restarts_total") == 1
     assert _sample(metrics, 'acd_transcriptions_total{outcome="retry"}') == 1
-    assert _sample(metrics, 'acd_transcriptions_total{outcome="done"}') == 1
+    assert _sample(metrics, 'acd_transcriptions_total{outcome="done"}') == 1  # before r2
     assert _sample(metrics, "acd_transcription_workers_up") == 1
     with sqlite3.connect(tmp_path / "acd.sqlite3") as conn:
         (passed,) = conn.execute(
