@@ -218,7 +218,18 @@ class TranscriptionService:
         return True
 
     async def run(self) -> None:
-        """Queue what the store holds untranscribed, then transcribe until cancelled."""
+        """Queue what the store holds untranscribed, then transcribe until cancelled. Never
+        raises but ``CancelledError``: a bug here stops transcription, not the daemon."""
+        try:
+            await self._run()
+        except Exception as exc:
+            self._on_unexpected()
+            self.dead = f"transcription stopped: {exc!r}"
+            self.metrics.workers_up.set(0)
+            log.exception("transcription_unexpected_error")
+            await asyncio.Event().wait()  # the daemon cancels this at stop
+
+    async def _run(self) -> None:
         self._pool = self._new_pool()
         try:
             began = time.monotonic()

@@ -300,3 +300,30 @@ async def test_a_worker_that_dies_is_replaced_and_a_reload_changes_the_rules(
             "SELECT qa_passed FROM transcripts WHERE recording_id = 'r'"
         ).fetchone()
     assert passed == 1
+
+
+async def test_a_bug_in_the_service_stops_transcription_not_the_daemon(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.transcription.service import TranscriptionService
+
+    async def broken(self: TranscriptionService) -> list[str]:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(TranscriptionService, "_pending_from_store", broken)
+    extra = '[[queues]]\nname = "sales"\n[transcription]\nenabled = true\n'
+    async with (
+        in_process_daemon(tmp_path, extra) as (daemon, base),
+        aiohttp.ClientSession() as http,
+    ):
+        deadline = time.monotonic() + 60
+        while daemon.transcription.dead is None:
+            assert time.monotonic() < deadline, "the failure was never noticed"
+            await asyncio.sleep(0.05)
+        assert "a bug" in daemon.transcription.dead
+        async with http.get(f"{base}/readyz") as resp:
+            assert resp.status == 200
+        async with http.get(f"{base}/metrics") as resp:
+            metrics = await resp.text()
+    assert _sample(metrics, 'acd_unexpected_errors_total{where="transcription"}') == 1
+    assert _sample(metrics, "acd_transcription_workers_up") == 0
