@@ -24,7 +24,11 @@ pool shows as ``acd_transcription_workers_up`` 0.
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import multiprocessing.connection
+import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -186,7 +190,7 @@ class TranscriptionService:
         # spawn: the daemon has threads (recording writers, the store's), which fork would copy
         # mid-state; a spawned worker imports only the pipeline.
         return ProcessPoolExecutor(
-            self._config.workers, mp_context=get_context("spawn"), initializer=ignore_signals
+            self._config.workers, mp_context=get_context("spawn"), initializer=worker_init
         )
 
     async def _warm_up(self) -> bool:
@@ -417,12 +421,22 @@ class TranscriptionService:
         await self._warm_up()
 
 
-def ignore_signals() -> None:
+def worker_init() -> None:
     """In each worker: a Ctrl-C or a service manager's SIGTERM goes to the whole process group;
     the daemon drains its calls first and then stops its workers itself (as the media workers
-    do, engine/runtime/workers.py)."""
+    do, engine/runtime/workers.py). And a worker whose daemon died (SIGKILL, a crash) exits
+    instead of waiting forever for jobs: a thread waits on the parent's sentinel."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def exit_with_parent() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(0)
+
+    threading.Thread(target=exit_with_parent, name="exit-with-daemon", daemon=True).start()
 
 
 def stop_pool(pool: ProcessPoolExecutor) -> None:
@@ -433,7 +447,7 @@ def stop_pool(pool: ProcessPoolExecutor) -> None:
     pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         if process.is_alive():
-            process.kill()  # SIGKILL: they ignore SIGTERM (ignore_signals)
+            process.kill()  # SIGKILL: they ignore SIGTERM (worker_init)
 
 
 class TranscriptionCollector(Collector):

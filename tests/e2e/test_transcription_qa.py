@@ -184,3 +184,35 @@ def test_recorded_calls_are_transcribed_and_checked(
     assert sample(metrics, qa.format("fail", "savings")) == 1
     assert sample(metrics, qa.format("fail", "invest")) == 0
     assert sample(metrics, "acd_transcription_backlog") == 0
+    assert daemon.stop() == 0  # SIGTERM: drained, its workers ended
+
+
+def test_workers_do_not_outlive_a_killed_daemon(start_daemon: DaemonFactory) -> None:
+    """SIGKILL (or a crash) gives the daemon no chance to stop its transcription workers: they
+    notice their parent is gone and exit, leaving no orphan processes holding the model."""
+    daemon = start_daemon("[transcription]\nenabled = true\nworkers = 2\n")
+    daemon.wait_for_log("transcription_ready", timeout_s=60)
+    pid = daemon.proc.pid
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    workers = [int(c) for c in children if "spawn_main" in _cmdline(int(c))]
+    assert len(workers) == 2
+    daemon.proc.kill()
+    daemon.proc.wait()
+    deadline = time.monotonic() + 15
+    while any(Path(f"/proc/{w}").exists() and _state(w) != "Z" for w in workers):
+        assert time.monotonic() < deadline, f"workers {workers} outlived the daemon"
+        time.sleep(0.1)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except FileNotFoundError:
+        return ""
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return "Z"
