@@ -117,7 +117,9 @@ class TranscriptionService:
         on_unexpected: Callable[[], None] = lambda: None,
     ) -> None:
         self._config = config.transcription
-        # The engine and its model are loaded into the worker processes once: read at start.
+        # The pool's size, the engine and its model are read at start (a reload reports them as
+        # needing a restart, see ``apply``).
+        self._workers = config.transcription.workers
         self._engine = (config.transcription.engine, config.transcription.model)
         self._store = store
         self._keyring = keyring
@@ -134,10 +136,6 @@ class TranscriptionService:
         # Set once the start-up backlog is queued and everything is done; cleared by new work.
         self._idle = asyncio.Event()
         self._scanned = False
-
-    @property
-    def workers(self) -> int:
-        return self._config.workers
 
     def apply(self, config: Config) -> list[str]:
         """A reloaded config: rules, queues, masking and retries apply to the next recordings;
@@ -190,7 +188,7 @@ class TranscriptionService:
         # spawn: the daemon has threads (recording writers, the store's), which fork would copy
         # mid-state; a spawned worker imports only the pipeline.
         return ProcessPoolExecutor(
-            self._config.workers, mp_context=get_context("spawn"), initializer=worker_init
+            self._workers, mp_context=get_context("spawn"), initializer=worker_init
         )
 
     async def _warm_up(self) -> bool:
@@ -204,7 +202,7 @@ class TranscriptionService:
             await asyncio.gather(
                 *(
                     loop.run_in_executor(self._pool, warm_up, *self._engine)
-                    for _ in range(self._config.workers)
+                    for _ in range(self._workers)
                 )
             )
         except (ModelError, KeyError) as exc:
@@ -241,7 +239,7 @@ class TranscriptionService:
                 await asyncio.Event().wait()  # dead until a restart; the backlog stays in the store
             log.info(
                 "transcription_ready",
-                workers=self._config.workers,
+                workers=self._workers,
                 engine=self._engine[0],
                 seconds=round(time.monotonic() - began, 3),
             )
@@ -257,7 +255,7 @@ class TranscriptionService:
             self._scanned = True
             self._check_idle()
             async with asyncio.TaskGroup() as tasks:
-                for _ in range(self._config.workers):
+                for _ in range(self._workers):
                     tasks.create_task(self._consume())
         finally:
             for handle in self._retries.values():
