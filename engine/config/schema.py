@@ -393,8 +393,8 @@ class TranscriptionConfig(_Struct, frozen=True):
 
     # transcribe recordings at all (read at start: a change needs a restart)
     enabled: bool = False
-    # worker processes decoding recordings at once (read at start); each costs about 0.2 s of CPU
-    # per second of stereo audio (benchmarks/bench_transcription.py)
+    # worker processes decoding recordings at once (read at start); a decode costs 0.2-0.5 s of CPU
+    # per second of audio and channel (benchmarks/bench_transcription.py)
     workers: int = 1
     queues: tuple[str, ...] = ()  # recordings of these queues are transcribed; empty: every queue
     max_attempts: int = 3  # tries per recording before it is counted failed (until the next start)
