@@ -49,6 +49,11 @@ from engine.storage import StorageError, Store, database_url
 from engine.storage.cdr import CdrWriter, close_interrupted_calls
 from engine.storage.tasks import TaskWriter
 from engine.tasks import TaskCollector, TaskMetrics, TaskService
+from engine.transcription.service import (
+    TranscriptionCollector,
+    TranscriptionMetrics,
+    TranscriptionService,
+)
 from engine.web import add_web_routes
 from engine.webhooks import WebhookService
 from engine.webrtc.gateway import WebRtcGateway
@@ -85,6 +90,7 @@ class Daemon:
         self.task_writer: TaskWriter | None = None
         self.webrtc: WebRtcGateway | None = None
         self.webhooks: WebhookService | None = None
+        self.transcription: TranscriptionService | None = None
         self.sip_addr: tuple[str, int] | None = None
         self._http_client: aiohttp.ClientSession | None = None
         self.api = api.ApiContext(get_config=lambda: self.config, reload=self.reload)
@@ -297,6 +303,10 @@ class Daemon:
             self.tasks.apply(new)
         if self.recordings is not None:
             self.recordings.apply(new)
+        if self.transcription is not None:
+            needs_restart += self.transcription.apply(new)
+        elif new.transcription.enabled:
+            needs_restart.append("transcription.enabled")
         self.config = new
         configure_logging(new.log)
         self.metrics.config_reloads.labels(outcome="applied").inc()
@@ -361,6 +371,19 @@ class Daemon:
             return 1
         self.metrics.registry.register(RecordingCollector(self.recordings))
         self.api.recordings = self.recordings
+        if self.config.transcription.enabled:
+            # Finished recordings are transcribed in worker processes (read at start).
+            self.transcription = TranscriptionService(
+                self.config,
+                self.store,
+                keyring=self.recordings.keyring,
+                bus=self.bus,
+                metrics=TranscriptionMetrics(self.metrics.registry),
+                on_unexpected=self.metrics.unexpected_errors.labels(where="transcription").inc,
+            )
+            self.metrics.registry.register(TranscriptionCollector(self.transcription))
+            self.recordings.on_indexed = self.transcription.recording_indexed
+        self.api.transcription = self.transcription
         loop = asyncio.get_running_loop()
         self.agents = AgentDirectory(self.config, self.routing, self.cdr, loop)
         # CRM lookups from call flows: one pooled client, bounded per host.
@@ -454,6 +477,8 @@ class Daemon:
                     )
                     owned.append(tasks.create_task(election.run()))
                 task_writes = tasks.create_task(self.task_writer.run())
+                if self.transcription is not None:
+                    owned.append(tasks.create_task(self.transcription.run()))
                 # Everything allocated so far (config, routing arrays, compiled kernels) lives for the
                 # whole run: move it out of the collector's reach so a full collection never walks it
                 # in the middle of a dispatch (measured: it dominated routing p99).

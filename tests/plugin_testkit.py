@@ -19,7 +19,7 @@ import json
 import msgspec
 
 from engine.plugins import Plugin, StepResult, StepType
-from engine.transcription.settings import QaRuleConfig
+from engine.config import QaRuleConfig
 
 
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

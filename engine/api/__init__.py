@@ -18,6 +18,8 @@ Where each resource lives, one module per concern:
   ``POST|PATCH|DELETE .../{call_id}/monitor`` (supervisor listen / whisper / barge)
 - ``tasks``: ``/api/v1/tasks`` (chats, e-mails, social messages, tickets) and their actions
 - ``reload``: ``POST /api/v1/reload``
+- ``transcripts``: ``GET /api/v1/calls/{call_id}/transcript``, ``GET /api/v1/transcripts``
+  (search), ``GET /api/v1/qa/flagged``
 - ``security``: ``GET /api/v1/security/bans``, ``DELETE /api/v1/security/bans/{address}``
 - ``webhooks``: ``GET /api/v1/webhooks/dead-letters``, ``POST .../{delivery_id}/retry``
 - ``events``: the ``/api/v1/events`` WebSocket
@@ -40,6 +42,7 @@ from engine.api import (
     reload,
     security,
     tasks,
+    transcripts,
     webhooks,
 )
 from engine.api.auth import TOKENS_KEY, TokenTable, make_auth_middleware
@@ -84,3 +87,4 @@ def add_routes(app: web.Application, ctx: ApiContext) -> None:
         "/api/v1/webhooks/dead-letters/{delivery_id}/retry", webhooks.retry_dead_letter
     )
     tasks.add_task_routes(app)
+    transcripts.add_transcript_routes(app)

@@ -23,6 +23,7 @@ from engine.runtime.events import EventBus
 from engine.storage import Store
 from engine.storage.cdr import CdrWriter
 from engine.tasks import TaskService
+from engine.transcription.service import TranscriptionService
 from engine.webhooks import WebhookService
 
 
@@ -42,6 +43,7 @@ class ApiContext:
     )
     tasks: TaskService | None = None
     webhooks: WebhookService | None = None
+    transcription: TranscriptionService | None = None  # None: [transcription] enabled = false
 
 
 CONTEXT_KEY = web.AppKey("api_context", ApiContext)

@@ -51,7 +51,7 @@ def _event_filter(config: Config, principal: Principal) -> Callable[[Event], boo
     queues = set(agent.queues) if agent else set()
 
     def accept(event: Event) -> bool:
-        if event.type == "monitor":  # a supervisor on the call: never shown to agents
+        if event.type in ("monitor", "qa"):  # a supervisor on the call, QA outcomes: not for agents
             return False
         if event.type in ("agent", "task"):  # a task event names the agent it is offered to
             return event.agent_id == principal.agent_id

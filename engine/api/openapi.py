@@ -29,6 +29,7 @@ from engine.api.tasks import (
     TaskTransfer,
     TransitionRefused,
 )
+from engine.api.transcripts import MAX_TRANSCRIPT_ROWS
 from engine.config import TASK_CHANNELS
 from engine.recording.service import CONTENT_TYPES
 from engine.tasks.lifecycle import REQUESTABLE
@@ -150,7 +151,7 @@ def openapi_paths() -> tuple[dict[str, Any], dict[str, Any]]:
     task_paths, task_schemas = _task_paths()
     hook_paths, hook_schemas = _webhook_paths()
     all_schemas = {**schemas, **recording_schemas, **task_schemas, **hook_schemas}
-    return {**paths, **task_paths, **hook_paths}, all_schemas
+    return {**paths, **task_paths, **hook_paths, **_transcript_paths()}, all_schemas
 
 
 def _webhook_paths() -> tuple[dict[str, Any], dict[str, Any]]:
@@ -187,6 +188,54 @@ def _webhook_paths() -> tuple[dict[str, Any], dict[str, Any]]:
         "/api/v1/webhooks/dead-letters/{delivery_id}/retry": {"post": retry},
     }
     return paths, schemas
+
+
+def _transcript_paths() -> dict[str, Any]:
+    """Transcripts and QA (engine.api.transcripts): supervisor and admin, reads audited."""
+    rows = {"type": "array", "items": {"type": "object"}}
+    epoch = {"type": "number", "description": "epoch seconds"}
+    bad = {"$ref": "#/components/responses/Problem", "description": "a bad query argument"}
+    filters = [
+        {"name": n, "in": "query", "schema": sch}
+        for n, sch in (
+            ("queue", {"type": "string"}),
+            ("agent", {"type": "string"}),
+            ("since", epoch),
+            ("until", epoch),
+            ("limit", {"type": "integer", "minimum": 1, "maximum": MAX_TRANSCRIPT_ROWS}),
+        )
+    ]
+    call = _op(
+        "A call's transcripts (one per recording): words per channel with times, QA results "
+        "with their evidence; decrypted when sealed (supervisor, audited)",
+        {"type": "object"},
+    )
+    call["responses"]["404"] = {
+        "$ref": "#/components/responses/Problem",
+        "description": "no transcript of this call (yet)",
+    }
+    search = _op("Transcripts holding every word of q, newest first (supervisor, audited)", rows)
+    flagged = _op("Transcribed calls that failed a QA rule, newest first (supervisor)", rows)
+    for op in (search, flagged):
+        op["responses"]["400"] = bad
+    q = {"name": "q", "in": "query", "required": True, "schema": {"type": "string"}}
+    return {
+        "/api/v1/calls/{call_id}/transcript": {
+            "get": {
+                **call,
+                "parameters": [
+                    {
+                        "name": "call_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    }
+                ],
+            }
+        },
+        "/api/v1/transcripts": {"get": {**search, "parameters": [q, *filters]}},
+        "/api/v1/qa/flagged": {"get": {**flagged, "parameters": filters}},
+    }
 
 
 def _task_paths() -> tuple[dict[str, Any], dict[str, Any]]:

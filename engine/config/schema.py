@@ -475,6 +475,43 @@ class RecordingsConfig(_Struct, frozen=True):
     agents_download_own: bool = False  # may agents fetch recordings of their own calls?
 
 
+QA_RULE_TYPES: Final = ("required", "forbidden", "talk_ratio")
+
+
+class QaRuleConfig(_Struct, frozen=True):
+    """One QA rule over a call's transcript (engine/transcription/qa.py)."""
+
+    name: str  # metric label and API key; may contain spaces ("risk disclosure")
+    type: str  # required | forbidden | talk_ratio
+    queues: tuple[str, ...] = ()  # empty: every queue
+    channel: str = "agent"  # agent | caller | any (required, forbidden)
+    phrases: tuple[str, ...] = ()  # any one of these wordings (required, forbidden)
+    within_s: float = 0.0  # required: said within this long of the recording's start (0 = anywhere)
+    min_similarity: float = 0.75  # fuzzy match 0..1 tolerating recognition errors
+    min_ratio: float = 0.0  # talk_ratio: agent speech / all speech
+    max_ratio: float = 1.0
+
+
+class TranscriptionConfig(_Struct, frozen=True):
+    """Offline speech recognition of finished recordings and QA rules (engine/transcription/)."""
+
+    # transcribe recordings at all (read at start: a change needs a restart)
+    enabled: bool = False
+    # worker processes decoding recordings at once (read at start); a decode costs 0.2-0.5 s of CPU
+    # per second of audio and channel (benchmarks/bench_transcription.py)
+    workers: int = 1
+    queues: tuple[str, ...] = ()  # recordings of these queues are transcribed; empty: every queue
+    max_attempts: int = 3  # tries per recording before it is counted failed (until the next start)
+    retry_backoff_s: float = 30.0  # wait before the 2nd try, doubled for each one after
+    engine: str = "pocketsphinx"  # built in, or an acd.transcribers entry point
+    model: str = ""  # the engine's model directory; empty: the model bundled with the engine
+    keyword_threshold: float = 1e-20  # PocketSphinx keyword-spotting threshold for rule phrases
+    card_context: tuple[str, ...] = ("card", "number", "credit", "debit", "visa", "mastercard")
+    card_min_digits: int = 4  # digits a run after a context word needs to be masked
+    card_window_s: float = 20.0  # how long after a context word a digit run is masked
+    rules: tuple[QaRuleConfig, ...] = ()
+
+
 class MediaConfig(_Struct, frozen=True):
     rtp_port_min: int = 20000
     rtp_port_max: int = 29999
@@ -556,6 +593,7 @@ class Config(_Struct, frozen=True):
     webrtc: WebRtcConfig = WebRtcConfig()
     plugins: PluginsConfig = PluginsConfig()
     webhooks: tuple[WebhookConfig, ...] = ()
+    transcription: TranscriptionConfig = TranscriptionConfig()
     trunks: tuple[TrunkConfig, ...] = ()
     routes: tuple[RouteConfig, ...] = ()
     flows: tuple[FlowConfig, ...] = ()

@@ -12,6 +12,8 @@ import ipaddress
 import math
 import re
 import ssl
+from collections.abc import Collection, Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Final
 
@@ -19,6 +21,7 @@ from engine.config.errors import ConfigError
 from engine.config.schema import (
     CHANNEL_NAMES,
     HTTP_OPEN_PATHS,
+    QA_RULE_TYPES,
     TASK_CHANNELS,
     WEBHOOK_EVENTS,
     AgentConfig,
@@ -29,6 +32,7 @@ from engine.config.schema import (
     LoginMode,
     LookupStep,
     MenuStep,
+    QaRuleConfig,
     SecurityConfig,
     SetStep,
     TransferStep,
@@ -703,8 +707,102 @@ def _validate_webhooks(cfg: Config, file: str) -> None:
             )
 
 
+# Recognisers built into acd; others are installed as entry points of this group.
+BUILTIN_TRANSCRIBERS: Final = ("pocketsphinx",)
+TRANSCRIBER_ENTRY_POINTS: Final = "acd.transcribers"
+
+
+def transcriber_names() -> list[str]:
+    return [
+        *BUILTIN_TRANSCRIBERS,
+        *(ep.name for ep in entry_points(group=TRANSCRIBER_ENTRY_POINTS)),
+    ]
+
+
+def _validate_transcription(cfg: Config, file: str) -> None:
+    tc = cfg.transcription
+    engines = transcriber_names()
+    if tc.engine not in engines:
+        raise ConfigError(
+            file,
+            "transcription.engine",
+            f"expected one of {', '.join(map(repr, engines))}, found {tc.engine!r}",
+        )
+    if tc.model and not Path(tc.model).is_dir():
+        raise ConfigError(
+            file,
+            "transcription.model",
+            f"expected the engine's model directory (empty: the bundled model), found {tc.model!r}"
+            " (no such directory)",
+        )
+    if not 1 <= tc.workers <= _MAX_WORKERS:
+        raise ConfigError(
+            file,
+            "transcription.workers",
+            f"expected 1 to {_MAX_WORKERS} worker processes, found {tc.workers}",
+        )
+    if tc.max_attempts < 1:
+        raise ConfigError(
+            file, "transcription.max_attempts", f"expected an integer >= 1, found {tc.max_attempts}"
+        )
+    _check_seconds(file, "transcription.retry_backoff_s", tc.retry_backoff_s)
+    if not (tc.keyword_threshold > 0 and math.isfinite(tc.keyword_threshold)):
+        raise ConfigError(
+            file,
+            "transcription.keyword_threshold",
+            f"expected a number > 0 (such as 1e-20), found {tc.keyword_threshold!r}",
+        )
+    queues = {q.name for q in cfg.queues}
+    for j, queue in enumerate(tc.queues):
+        if queue not in queues:
+            raise ConfigError(file, f"transcription.queues[{j}]", _unknown("queue", queue, queues))
+    if tc.card_min_digits < 1:
+        raise ConfigError(
+            file,
+            "transcription.card_min_digits",
+            f"expected an integer >= 1, found {tc.card_min_digits}",
+        )
+    _check_seconds(file, "transcription.card_window_s", tc.card_window_s)
+    check_qa_rules(tc.rules, queues, file)
+
+
+def check_qa_rules(rules: Sequence[QaRuleConfig], queues: Collection[str], file: str) -> None:
+    """QA rules (``[[transcription.rules]]``, or a plugin's rule pack): each one well formed,
+    names unique, queues among ``queues``."""
+    seen: set[str] = set()
+    for i, rule in enumerate(rules):
+        base = f"transcription.rules[{i}]"
+        if not 1 <= len(rule.name) <= 64 or not rule.name.strip():
+            raise ConfigError(file, f"{base}.name", "expected 1-64 characters")
+        if rule.name in seen:
+            raise ConfigError(file, f"{base}.name", f"rule {rule.name!r} is defined twice")
+        seen.add(rule.name)
+        if rule.type not in QA_RULE_TYPES:
+            raise ConfigError(
+                file, f"{base}.type", f"expected one of {QA_RULE_TYPES}, found {rule.type!r}"
+            )
+        if rule.channel not in ("agent", "caller", "any"):
+            raise ConfigError(
+                file, f"{base}.channel", f"expected agent, caller or any, found {rule.channel!r}"
+            )
+        for j, queue in enumerate(rule.queues):
+            if queue not in queues:
+                raise ConfigError(file, f"{base}.queues[{j}]", f"no queue named {queue!r}")
+        if rule.type in ("required", "forbidden") and not any(p.strip() for p in rule.phrases):
+            raise ConfigError(file, f"{base}.phrases", "expected at least one phrase")
+        if not 0.0 < rule.min_similarity <= 1.0:
+            raise ConfigError(file, f"{base}.min_similarity", "expected a number in (0, 1]")
+        if rule.within_s < 0 or not math.isfinite(rule.within_s):
+            raise ConfigError(file, f"{base}.within_s", "expected a number >= 0")
+        if not 0.0 <= rule.min_ratio <= rule.max_ratio <= 1.0:
+            raise ConfigError(
+                file, f"{base}.max_ratio", "expected 0 <= min_ratio <= max_ratio <= 1"
+            )
+
+
 def validate(cfg: Config, file: str) -> None:
     """Every cross-field rule of a decoded config; the first one broken raises ``ConfigError``."""
     _validate(cfg, file)
     _validate_telephony(cfg, file)
     _validate_webhooks(cfg, file)
+    _validate_transcription(cfg, file)

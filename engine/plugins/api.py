@@ -29,9 +29,8 @@ from typing import Any, Protocol
 import aiohttp
 import msgspec
 
-from engine.config import ConfigNames
+from engine.config import ConfigNames, QaRuleConfig
 from engine.runtime.events import Event
-from engine.transcription.settings import QaRuleConfig
 
 
 class CallControls(Protocol):

@@ -30,12 +30,13 @@ from engine.config import (
     ConfigError,
     PluginSchemas,
     PluginsConfig,
+    QaRuleConfig,
     reword_validation_error,
 )
 from engine.config import load_config as _load_config
 from engine.config import parse_config as _parse_config
+from engine.config.validate import check_qa_rules
 from engine.plugins.api import EventConsumer, LookupRun, Plugin, StepType
-from engine.transcription.settings import QaRuleConfig, TranscriptionConfig, check_settings
 
 GROUP: Final = "acd.plugins"
 # Step types and provider names appear in config files, logs and CDR reasons.
@@ -142,7 +143,7 @@ def _check_qa(plugin: Plugin, file: str, where: str) -> dict[str, tuple[QaRuleCo
         # A pack names no queue of its own: the config's queues are not its business.
         queues = {q for rule in rules for q in rule.queues}
         try:
-            check_settings(TranscriptionConfig(rules=rules), queues, file)
+            check_qa_rules(rules, queues, file)
         except ConfigError as exc:
             raise ConfigError(
                 file,

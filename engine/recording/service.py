@@ -241,6 +241,9 @@ class RecordingService:
         self.index_errors = 0
         #: Set by the call layer with [media] workers: their writers' health (None = healthy).
         self.remote_writer_error: Callable[[], str | None] | None = None
+        #: Set by the daemon with [transcription] enabled: told each recording id whose index
+        #: row was just completed (closed, or repaired after its writer was lost).
+        self.on_indexed: Callable[[str], None] | None = None
 
     def apply(self, config: Config) -> None:
         """A reloaded config: queue policies (record, encrypt, retention) apply to new calls."""
@@ -419,6 +422,9 @@ class RecordingService:
         except sa.exc.SQLAlchemyError as exc:
             self.index_errors += 1
             log.error("recording_index_failed", recording_id=result.recording_id, reason=str(exc))
+            return
+        if self.on_indexed is not None:
+            self.on_indexed(result.recording_id)
 
     async def wait_idle(self) -> None:
         """Wait until every closed recording's index row is complete (tests, shutdown)."""
@@ -487,6 +493,8 @@ class RecordingService:
             log.error("recording_index_failed", recording_id=recording_id, reason=str(exc))
             return False
         log.warning("recording_recovered", recording_id=recording_id, path=str(target), why=why)
+        if self.on_indexed is not None:
+            self.on_indexed(recording_id)
         return True
 
     async def _mark(self, recording_id: str, **values: Any) -> None:

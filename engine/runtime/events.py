@@ -30,8 +30,8 @@ SUBSCRIBER_QUEUE_EVENTS = 1000
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True):
-    # "queue" | "agent" | "task" (data.task_id names the task) | "monitor" | "call" (started,
-    # completed: consumers only, not on the WebSocket stream)
+    # "queue" | "agent" | "task" (data.task_id names the task) | "monitor" | "qa" (a QA rule
+    # failed) | "call" (started, completed: consumers only, not on the WebSocket stream)
     type: str
     at: float
     event: str  # queue event kind, or the agent's new state

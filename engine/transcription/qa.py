@@ -17,8 +17,8 @@ import difflib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from engine.config import QaRuleConfig
 from engine.transcription.asr import Hit, Word
-from engine.transcription.settings import QaRuleConfig
 
 CHANNELS = ("caller", "agent")
 

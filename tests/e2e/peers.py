@@ -69,12 +69,18 @@ class Baresip:
         *,
         dial: str | None = None,
         host: str = "127.0.0.1",
+        source: Path | None = None,
     ) -> None:
+        """``source``: an 8 kHz mono 16-bit WAV to use as the microphone instead of the tone
+        (the call ends when it ends, so make it longer than the call)."""
         self.dir = workdir
         self.host = host
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "rec").mkdir(exist_ok=True)
-        write_tone(self.dir / "tone.wav", tone_hz, 120)
+        if source is None:
+            write_tone(self.dir / "tone.wav", tone_hz, 120)
+        else:
+            (self.dir / "tone.wav").write_bytes(source.read_bytes())
         base = free_port_block(24)
         self.sip_port, self.ctrl_port, rtp = base, base + 2, base + 4
         (self.dir / "config").write_text(

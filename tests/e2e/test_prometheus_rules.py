@@ -45,8 +45,8 @@ def test_the_rules_fire_when_they_should_and_only_then() -> None:
 
 
 def test_every_metric_the_rules_use_is_exported(start_daemon: DaemonFactory) -> None:
-    # media workers on, so their metrics are registered too
-    daemon = start_daemon("[media]\nworkers = 1\n")
+    # media workers and transcription on, so their metrics are registered too
+    daemon = start_daemon("[media]\nworkers = 1\n[transcription]\nenabled = true\n")
     _, exposition, _ = daemon.get("/metrics")
     exported = set(re.findall(r"^# TYPE (\S+) ", exposition.decode(), re.MULTILINE))
     used = {

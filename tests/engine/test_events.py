@@ -41,3 +41,27 @@ async def test_slow_subscriber_is_cut_off_and_others_keep_going() -> None:
     assert bus.subscribers == 1
     bus.publish(ev(99))
     assert json.loads(await fast.get() or b"")["at"] == 99.0
+
+
+def test_qa_events_reach_supervisors_only() -> None:
+    """A QA failure names the agent and the call: the review is for supervisors, so neither
+    that agent's own stream nor an integration's carries it."""
+    from engine.api.auth import Principal
+    from engine.api.events import _event_filter
+    from engine.config import Role, parse_config
+
+    cfg = parse_config(
+        '[[queues]]\nname = "sales"\n[[agents]]\nid = "1001"\npassword = "alice-secret-1001"\n'
+        "queues = { sales = 0 }\n",
+        "t.toml",
+    )
+    qa = Event(type="qa", at=1.0, event="failed", call_id="c1", queue="sales", agent_id="1001")
+    queue_event = Event(type="queue", at=1.0, event="enter", call_id="c1", queue="sales")
+    agent = _event_filter(cfg, Principal("1001", Role.AGENT, "1001"))
+    integration = _event_filter(cfg, Principal("crm", Role.INTEGRATION))
+    assert agent is not None
+    assert integration is not None
+    assert agent(queue_event)  # the agent's queue: seen
+    assert not agent(qa)
+    assert not integration(qa)
+    assert _event_filter(cfg, Principal("lead", Role.SUPERVISOR)) is None  # everything

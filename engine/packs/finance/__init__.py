@@ -15,6 +15,7 @@ QA rule pack ``risk_disclosure``: the risk warning an adviser must give and the 
 must not make, for ``engine.transcription.qa`` (which the daemon does not run on its own yet).
 """
 
+from engine.config import QaRuleConfig
 from engine.packs.finance.verify import (
     FinanceSettings,
     VerifyIdentity,
@@ -23,7 +24,6 @@ from engine.packs.finance.verify import (
     verify_identity,
 )
 from engine.plugins import Plugin, StepType
-from engine.transcription.settings import QaRuleConfig
 
 # What a regulator expects an adviser to say on an investment call (MiFID II / FCA COBS 4
 # style): the risk warning, early; and never a promise of returns. Fuzzy-matched in the

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 
 import recordings as rec
+from engine.config import QaRuleConfig, TranscriptionConfig
 from engine.transcription import qa
 from engine.transcription.asr import Hit, KeyPhrase, Word, make_transcriber
 from engine.transcription.audio import read_recording, speech_segments
 from engine.transcription.pipeline import Job, run_job, transcribe_recording
 from engine.transcription.redact import MASK, mask_card_numbers
-from engine.transcription.settings import QaRuleConfig, TranscriptionConfig
 from recordings.crypto import ChunkEncryptor
 from tests.engine.transcription.speech import espeak_8k, stereo_wav
 

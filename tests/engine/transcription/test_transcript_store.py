@@ -13,14 +13,13 @@ import pytest
 import sqlalchemy as sa
 
 import recordings as rec
-from engine.config import StorageConfig, parse_config
+from engine.config import StorageConfig, TranscriptionConfig, parse_config
 from engine.recording.service import RecordingService
 from engine.storage import Store, database_url, head_revision
 from engine.storage.schema import recordings, transcripts
 from engine.transcription.asr import Word
 from engine.transcription.pipeline import Transcript, transcribe_recording
 from engine.transcription.qa import RuleResult
-from engine.transcription.settings import TranscriptionConfig
 from engine.transcription.store import load_transcript, save_transcript
 from tests.engine.test_recording_service import CONFIG, index_row, record_call
 from tests.engine.transcription.test_pipeline import _Recorder
