@@ -100,6 +100,18 @@ class DaemonProcess:
 DaemonFactory = Callable[..., DaemonProcess]
 
 
+def wait_until(
+    predicate: Callable[[], object], timeout_s: float, what: str, every_s: float = 0.05
+) -> None:
+    """Poll ``predicate`` until it is true; fail naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(every_s)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def render_config(
     http_port: int, sip_port: int, extra: str = "", storage: str = "", http_extra: str = ""
 ) -> str:

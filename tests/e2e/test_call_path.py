@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from tests.e2e.configs import front_door
-from tests.e2e.conftest import DaemonFactory, DaemonProcess
+from tests.e2e.conftest import DaemonFactory, DaemonProcess, wait_until
 from tests.e2e.peers import Baresip, dominant_hz, free_port_block
 
 pytestmark = pytest.mark.e2e
@@ -67,15 +67,6 @@ def put(daemon: DaemonProcess, path: str, body: object) -> int:
     request.add_header("Authorization", f"Bearer {ADMIN}")
     with urllib.request.urlopen(request, timeout=5) as resp:
         return int(resp.status)
-
-
-def wait_until(predicate: object, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def agent_state(daemon: DaemonProcess) -> str:
@@ -318,7 +309,11 @@ def test_readme_demo_call_on_the_default_config(tmp_path: Path) -> None:
         wait_until(lambda: state() == "available", 10, "agent 1001 available")
         caller = Baresip(tmp_path / "caller", f"<sip:5550001@{sip}>;regint=0;audio_codecs=PCMU", 440,
                          dial=f"sip:support@{sip}")  # fmt: skip
-        wait_until(lambda: state() == "busy", 30, "agent 1001 answering (after the welcome prompt)")
+        wait_until(
+            lambda: state() == "busy",
+            30,
+            "agent 1001 answering (after the welcome prompt)",
+        )
         caller.command("hangup")
         wait_until(lambda: state() in ("wrap_up", "available"), 10, "call end")
         time.sleep(1.5)

@@ -16,12 +16,12 @@ import sqlite3
 import subprocess
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import DaemonFactory, DaemonProcess
+from tests.e2e.conftest import DaemonFactory, DaemonProcess, wait_until
 from tests.e2e.peers import free_port_block, sipp, stop
 
 pytestmark = pytest.mark.e2e
@@ -182,15 +182,6 @@ def login(daemon: DaemonProcess, agent_id: str) -> None:
 
 def state(daemon: DaemonProcess, agent_id: str) -> str:
     return str(api(daemon, f"/api/v1/agents/{agent_id}")["state"])
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def cdr(

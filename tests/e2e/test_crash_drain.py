@@ -27,7 +27,7 @@ import pytest
 
 from engine.storage.cdr import INTERRUPTED_REASON
 from tests.e2e import configs
-from tests.e2e.conftest import DaemonFactory, DaemonProcess
+from tests.e2e.conftest import DaemonFactory, DaemonProcess, wait_until
 from tests.e2e.peers import dominant_hz, free_port_block, sipp, stop
 
 pytestmark = pytest.mark.e2e
@@ -97,15 +97,6 @@ def db_rows(daemon: DaemonProcess, query: str) -> list[sqlite3.Row]:
     with sqlite3.connect(daemon.workdir / "var" / "acd.sqlite3") as db:
         db.row_factory = sqlite3.Row
         return db.execute(query).fetchall()
-
-
-def wait_until(predicate: object, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def callers(

@@ -18,14 +18,13 @@ import time
 import urllib.error
 import urllib.request
 import wave
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.e2e.configs import front_door
-from tests.e2e.conftest import DaemonFactory, DaemonProcess
+from tests.e2e.conftest import DaemonFactory, DaemonProcess, wait_until
 from tests.e2e.peers import Baresip, dominant_hz, free_port_block, sipp, stop
 
 pytestmark = pytest.mark.e2e
@@ -96,15 +95,6 @@ def get(daemon: DaemonProcess, path: str) -> object:
     status, text = request(daemon, "GET", path, ADMIN)
     assert status == 200, text
     return json.loads(text)
-
-
-def wait_until(predicate: Callable[[], object], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def bridged_call(daemon: DaemonProcess, queue: str) -> dict[str, object] | None:

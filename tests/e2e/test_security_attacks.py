@@ -31,7 +31,7 @@ import pytest
 
 from tests.conftest import free_port
 from tests.e2e.configs import front_door
-from tests.e2e.conftest import DaemonFactory, DaemonProcess
+from tests.e2e.conftest import DaemonFactory, DaemonProcess, wait_until
 from tests.e2e.peers import Baresip, free_port_block, sipp, stop
 from tests.e2e.test_call_load import ADMIN, login
 
@@ -67,15 +67,6 @@ def metric(daemon: DaemonProcess, name: str, **labels: str) -> float:
     pattern = re.escape(name + (f"{{{wanted}}}" if labels else "")) + r" ([0-9.e+-]+)$"
     match = re.search(pattern, body.decode(), re.M)
     return float(match.group(1)) if match else 0.0
-
-
-def wait_until(predicate: object, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def sipvicious(tool: str, *args: str, cwd: Path, timeout_s: float = 60) -> str:

@@ -25,7 +25,7 @@ import pytest
 from sip.auth import DigestClient
 from sip.message import Response, parse_message
 from tests.conftest import free_port
-from tests.e2e.conftest import DaemonFactory, DaemonProcess
+from tests.e2e.conftest import DaemonFactory, DaemonProcess, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -207,15 +207,6 @@ def log_events(daemon: DaemonProcess, event: str) -> list[dict[str, object]]:
 
 def security(extra: str) -> str:
     return BASE + extra
-
-
-def wait_until(predicate: object, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # -- bans ------------------------------------------------------------------------------------------

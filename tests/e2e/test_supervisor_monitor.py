@@ -25,14 +25,13 @@ import time
 import urllib.error
 import urllib.request
 import wave
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.e2e.configs import front_door
-from tests.e2e.conftest import DaemonFactory, DaemonProcess
+from tests.e2e.conftest import DaemonFactory, DaemonProcess, wait_until
 from tests.e2e.peers import Baresip, free_port_block
 from tests.sip.media.media_helpers import tone_share
 
@@ -88,15 +87,6 @@ def request(
             return int(resp.status), json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
-
-
-def wait_until(predicate: Callable[[], object], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def live_call(daemon: DaemonProcess) -> dict[str, object] | None:

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from tests.e2e.configs import front_door
-from tests.e2e.conftest import DaemonFactory, DaemonProcess
+from tests.e2e.conftest import DaemonFactory, DaemonProcess, wait_until
 from tests.e2e.peers import Baresip, free_port_block
 from tests.engine.transcription.speech import espeak_8k
 
@@ -91,15 +91,6 @@ def api(daemon: DaemonProcess, path: str) -> object:
         return json.loads(resp.read())
 
 
-def wait_until(predicate: object, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def state(daemon: DaemonProcess, agent: str) -> str:
     return str(api(daemon, f"/api/v1/agents/{agent}")["state"])  # type: ignore[index]
 
@@ -138,7 +129,11 @@ def test_recorded_calls_are_transcribed_and_checked(
             phones.append(phone)
             phone.wait_for("200 OK")
         for agent in ("1001", "1002"):
-            wait_until(lambda a=agent: state(daemon, a) == "available", 10, f"{agent} available")
+            wait_until(
+                lambda a=agent: state(daemon, a) == "available",
+                10,
+                f"{agent} available",
+            )
         callers = [
             Baresip(
                 tmp_path / f"caller-{number}", f"<sip:555{i}@{sip}>;regint=0;audio_codecs=PCMU",
