@@ -174,6 +174,14 @@ class Daemon:
     async def _start_http(self) -> None:
         paths, schemas = api.openapi_paths()
         tokens = api.TokenTable(self.metrics.registry)
+        if self.calls is not None:  # token bans outlast a restart, in the SIP bans' file
+            security = self.calls.security
+            tokens.on_ban = security.changed
+            security.keep(
+                "api",
+                tokens.export_bans,
+                lambda state, elapsed_s: tokens.restore_bans(self.config, state, elapsed_s),
+            )
         app = make_app(
             self.metrics,
             self._ready_checks(),

@@ -150,3 +150,14 @@ def postgres_url() -> Iterator[str]:
             proc.kill()
             proc.wait()
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _collect_garbage_per_file() -> Iterator[None]:
+    """Collect garbage when a test file ends, so that a socket or transport a file leaves unclosed
+    fails that file's last test (filterwarnings = error) instead of whichever test the worker runs
+    next (with xdist that is another file each run)."""
+    yield
+    import gc
+
+    gc.collect()

@@ -17,7 +17,8 @@ Guessing tokens: a request that presents a token nobody holds is a failure of it
 counted in ``acd_api_auth_failures_total{reason="bad_token"}``; by the ``[security.bans]`` policy
 (fail2ban's figures: N failures within the window, doubling ban times) the source is then refused
 with 429 and ``Retry-After`` before its token is even looked up (``reason="banned"``), the event
-stream's WebSocket included. Only ``[security] allow`` exempts a source here: a trunk's network
+stream's WebSocket included. These bans outlast a restart with the SIP ones (``TokenTable.on_ban``,
+``export_bans``/``restore_bans``, kept by ``engine.calls.security.Security.keep``). Only ``[security] allow`` exempts a source here: a trunk's network
 earns no pass to the API. A request without any token is not counted (browsers and probes send
 those), and lookups stay by SHA-256, so neither path leaks timing about a secret.
 """
@@ -93,6 +94,21 @@ class TokenTable:
         )
         for reason in ("bad_token", "banned"):
             self.failures.labels(reason=reason)
+        # Called when a source is banned: the daemon keeps the bans across a restart with the
+        # SIP ones (engine.calls.security: Security.keep / changed).
+        self.on_ban: Callable[[], None] = lambda: None
+
+    def export_bans(self) -> dict[str, object] | None:
+        """The token bans and strikes as JSON-ready data (None before the first request)."""
+        return None if self._bans is None else self._bans.export_state(time.monotonic())
+
+    def restore_bans(self, config: Config, state: Mapping[str, object], elapsed_s: float) -> None:
+        """Take back ``export_bans``' state after ``elapsed_s`` of downtime (ValueError if it is
+        not such a state)."""
+        now = time.monotonic()
+        tracker = self._tracker(config, now)
+        if tracker is not None:
+            tracker.import_state(state, now, elapsed_s=elapsed_s)
 
     def _tracker(self, config: Config, now: float) -> BanTracker | None:
         if config is not self._bans_config:
@@ -125,6 +141,7 @@ class TokenTable:
             if tracker is not None:
                 ban = tracker.record_failure(address, None, now)
                 if ban is not None:
+                    self.on_ban()
                     stamp = iso_utc(time.time() + ban.until - now)
                     # The shape of the SIP side's ban line (address first, logger acd.security),
                     # so the one fail2ban filter of docs/security.md bans API guessers too.

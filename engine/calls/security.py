@@ -16,9 +16,11 @@ all of them when bans are turned off (``apply`` says which). Flood buckets start
 A restart keeps them too: after a ban starts or ends the state is written (at most once a
 second, off the event loop) to ``<runtime.var_dir>/security-bans.json`` with the wall time it was
 written, again at shutdown, and read back at start (``restore``), the downtime taken off the bans'
-remaining times, as fail2ban's database does. A SIGKILL loses at most the last second's changes. An
-unreadable or unwritable file is logged and counted (``acd_security_state_errors_total``) and never
-stops the daemon: it then starts with no bans.
+remaining times, as fail2ban's database does. A SIGKILL loses at most the last second's changes. Other ban
+trackers kept in the same file (the HTTP API's bearer-token bans: ``keep("api", ...)``) are
+written and read back with the guard's, under their name. An unreadable or unwritable file is
+logged and counted (``acd_security_state_errors_total``) and never stops the daemon: it then
+starts with no bans.
 
 Times inside the guard are the event loop's (what the endpoints are fed); ``wall`` turns one into
 epoch seconds for the API and the log.
@@ -34,7 +36,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import structlog
 
@@ -116,6 +118,10 @@ class Security:
         self.state_path = Path(config.runtime.var_dir) / STATE_FILE
         self._save_timer: asyncio.TimerHandle | None = None
         self._saving: asyncio.Task[None] | None = None
+        # keep(): name -> (export its state or None, import a state after elapsed_s)
+        self._kept: dict[str, tuple[Callable[[], Any], Callable[[Any, float], None]]] = {}
+        # the file's other trackers and its saved_at, for a keep() after restore()
+        self._read: tuple[dict[str, Any], float] | None = None
 
     def _build(self, policy: SecurityPolicy | None) -> Guard | None:
         return Guard(policy, emit=self._on_event) if policy is not None else None
@@ -162,25 +168,55 @@ class Security:
     # -- across restarts ---------------------------------------------------------------------------
 
     def restore(self) -> int:
-        """Read the state file (if any) into the guard at start; the number of active bans."""
+        """Read the state file (if any) into the guard at start (and into the trackers ``keep``
+        names, now or when they are kept); the number of the guard's active bans."""
         guard = self.guard
-        if guard is None or guard.bans is None:
-            return 0
         now = self.now()
         try:
             saved = json.loads(self.state_path.read_bytes())
-            elapsed_s = max(0.0, time.time() - float(saved["saved_at"]))
-            guard.bans.import_state(saved["state"], now, elapsed_s=elapsed_s)
+            saved_at = float(saved["saved_at"])
+            others = saved.get("others", {})
+            if not isinstance(others, dict):
+                raise ValueError("'others' is not a table")
+            if guard is not None and guard.bans is not None and saved["state"] is not None:
+                elapsed_s = max(0.0, time.time() - saved_at)
+                guard.bans.import_state(saved["state"], now, elapsed_s=elapsed_s)
         except FileNotFoundError:
             return 0
         except (OSError, ValueError, TypeError, KeyError) as exc:
-            self._on_state_error("load")
-            log.warning(
-                "security_state_unreadable", path=str(self.state_path), error=str(exc),
-                message="starting with no bans",
-            )  # fmt: skip
+            self._state_unreadable(exc)
             return 0
-        return len(guard.bans.bans(now))
+        self._read = (others, saved_at)
+        for name in self._kept:
+            self._restore_kept(name)
+        return len(guard.bans.bans(now)) if guard is not None and guard.bans is not None else 0
+
+    def keep(
+        self, name: str, export: Callable[[], Any], restore: Callable[[Any, float], None]
+    ) -> None:
+        """Keep another ban tracker's state in the file under ``name``: ``export()`` gives its
+        JSON-ready state (None: nothing to keep), ``restore(state, elapsed_s)`` takes it back
+        after a restart's downtime. Call ``changed()`` when one of its bans starts."""
+        self._kept[name] = (export, restore)
+        if self._read is not None:
+            self._restore_kept(name)
+
+    def _restore_kept(self, name: str) -> None:
+        assert self._read is not None
+        others, saved_at = self._read
+        if others.get(name) is None:
+            return
+        try:
+            self._kept[name][1](others[name], max(0.0, time.time() - saved_at))
+        except (ValueError, TypeError, KeyError) as exc:
+            self._state_unreadable(exc, name)
+
+    def _state_unreadable(self, exc: Exception, part: str = "sip") -> None:
+        self._on_state_error("load")
+        log.warning(
+            "security_state_unreadable", path=str(self.state_path), part=part, error=str(exc),
+            message="starting with no bans",
+        )  # fmt: skip
 
     def changed(self) -> None:
         """A ban started or ended: write the state within ``SAVE_DELAY_S`` (one write however
@@ -214,10 +250,13 @@ class Security:
 
     def _snapshot(self) -> bytes | None:
         guard = self.guard
-        if guard is None or guard.bans is None:
+        others = {name: export() for name, (export, _restore) in self._kept.items()}
+        others = {name: state for name, state in others.items() if state is not None}
+        if (guard is None or guard.bans is None) and not others:
             return None
-        state = guard.bans.export_state(self.now())
-        return json.dumps({"saved_at": time.time(), "state": state}).encode()
+        bans = guard.bans if guard is not None else None
+        state = bans.export_state(self.now()) if bans is not None else None
+        return json.dumps({"saved_at": time.time(), "state": state, "others": others}).encode()
 
     def _write(self, data: bytes) -> None:
         """Atomically: a crash mid-write leaves the previous file, never half of one."""

@@ -290,7 +290,8 @@ def test_bans_outlast_a_sigkill_and_a_lift_outlasts_a_restart(
     start_daemon: DaemonFactory, phones: dict[str, Phone], tmp_path: Path
 ) -> None:
     """The ban table is in runtime.var_dir/security-bans.json: a SIGKILLed daemon comes back with
-    the attacker still banned until the same time; one lifted through the API stays lifted."""
+    the attacker still banned until the same time, and the API's token guesser too; one lifted
+    through the API stays lifted."""
     var = tmp_path / "state"
     text = security(
         f'[runtime]\nvar_dir = "{var}"\n'
@@ -302,8 +303,15 @@ def test_bans_outlast_a_sigkill_and_a_lift_outlasts_a_restart(
     assert attacker.register(sip, "x", user="1001") == 403
     assert attacker.register(sip, "y", user="1001") == 403
     until = float(bans(first)["127.0.0.2"]["until"])  # type: ignore[arg-type]
+    assert [api_from(first, "127.0.0.4", f"guess-{i}")[0] for i in (1, 2)] == [401, 401]
+    assert api_from(first, "127.0.0.4", ADMIN)[0] == 429
     state = var / "security-bans.json"
-    wait_until(state.exists, 5.0, "the ban state file")  # written within a second of the ban
+
+    def both_written() -> bool:  # within a second of each ban
+        saved = json.loads(state.read_text()) if state.exists() else {}
+        return bool(saved.get("state")) and "127.0.0.4" in json.dumps(saved.get("others"))
+
+    wait_until(both_written, 5.0, "both bans in the state file")
     first.proc.kill()
     first.proc.wait()
 
@@ -314,6 +322,10 @@ def test_bans_outlast_a_sigkill_and_a_lift_outlasts_a_restart(
     assert listed["strikes"] == 1
     assert attacker.options(sip) == 403  # still banned, on the new process
     assert phones["127.0.0.3"].options(sip) == 200
+    status, headers = api_from(second, "127.0.0.4", ADMIN)  # the token guesser: still refused
+    assert status == 429
+    assert 0 < int(headers["Retry-After"]) <= 600  # the default ban_s
+    assert api_from(second, "127.0.0.3", ADMIN)[0] == 200
     (restored,) = log_events(second, "security_bans_restored")
     assert restored["active"] == 1
     assert metric(second, "acd_security_bans_active") == 1

@@ -105,3 +105,41 @@ async def test_bans_are_written_and_read_back_with_the_downtime_taken_off(tmp_pa
     bad.guard.auth_failed("192.0.2.9", None, bad.now())
     await bad.flush()
     assert errors[-1] == "save"
+
+
+async def test_another_trackers_state_is_kept_in_the_file_under_its_name(tmp_path: Path) -> None:
+    """keep(): the API's token bans ride in the same file; kept before or after restore, and a
+    broken part of theirs is counted without losing the SIP bans."""
+    import json
+
+    text = BANS + f'[runtime]\nvar_dir = "{tmp_path}"\n'
+    errors: list[str] = []
+    sec = Security(parse_config(text, "t.toml"), [].append, errors.append)
+    sec.keep("api", lambda: {"banned": ["192.0.2.7"]}, lambda state, elapsed_s: None)
+    sec.keep("idle", lambda: None, lambda state, elapsed_s: None)  # nothing to keep: left out
+    await sec.flush()
+    saved = json.loads(sec.state_path.read_bytes())
+    assert saved["others"] == {"api": {"banned": ["192.0.2.7"]}}
+    saved["saved_at"] -= 30.0
+    sec.state_path.write_text(json.dumps(saved))
+
+    got: list[tuple[object, float]] = []
+    early = Security(parse_config(text, "t.toml"), [].append, errors.append)
+    early.keep("api", lambda: None, lambda state, elapsed_s: got.append((state, elapsed_s)))
+    early.restore()  # kept first, restored after: handed over at restore
+    late = Security(parse_config(text, "t.toml"), [].append, errors.append)
+    late.restore()
+    late.keep("api", lambda: None, lambda state, elapsed_s: got.append((state, elapsed_s)))
+    assert [state for state, _ in got] == [{"banned": ["192.0.2.7"]}] * 2
+    assert all(30.0 <= elapsed_s < 31.0 for _, elapsed_s in got)  # the downtime
+    assert errors == []
+
+    def refuse(state: object, elapsed_s: float) -> None:
+        raise ValueError("not a state of mine")
+
+    sec.guard.auth_failed("192.0.2.1", "1001", sec.now())  # type: ignore[union-attr]
+    await sec.flush()
+    broken = Security(parse_config(text, "t.toml"), [].append, errors.append)
+    broken.keep("api", lambda: None, refuse)
+    assert broken.restore() == 1  # the SIP ban is back; the API part is counted
+    assert errors == ["load"]
