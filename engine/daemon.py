@@ -418,6 +418,10 @@ class Daemon:
             bus=self.bus,
         )
         self.api.calls = self.calls
+        try:  # the expected wait's handling times and abandonments survive a restart
+            await self.calls.queueing.learn(self.store, time.time() - 86400.0)
+        except StorageError as exc:
+            log.error("wait_history_not_read", reason=str(exc))
         # Chats, e-mails, social messages and tickets: routing tasks of their channels.
         self.task_writer = TaskWriter(self.store, on_error=self.metrics.storage_errors.inc)
         self.tasks = TaskService(

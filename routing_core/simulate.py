@@ -339,6 +339,9 @@ class SimulationRun:
     wait_s: npt.NDArray[np.float64]  # to answer, or to abandon; NaN while unresolved
     service_s: npt.NDArray[np.float64]  # drawn handling time (also for calls never answered)
     replication: npt.NDArray[np.int64]
+    # callers already waiting in the call's queue when it arrived (its place in line is this + 1);
+    # what an expected-wait predictor sees (routing_core.predict, benchmarks/bench_predictor.py)
+    ahead: npt.NDArray[np.int64]
     events: int = 0
     wall_s: float = 0.0
     router_seconds: dict[str, float] = field(default_factory=dict)
@@ -420,6 +423,8 @@ def run_replication(
     out: list[int] = []
     wait: list[float] = []
     svc: list[float] = []
+    ahead: list[int] = []
+    waiting_in = [0] * nq  # per queue: callers waiting now
 
     enqueue = router.enqueue
     dispatch = router.dispatch
@@ -449,6 +454,7 @@ def run_replication(
                 if accept(offer.task_id, offer.agent_id, now):
                     again = True
                 out[ci] = ANSWERED
+                waiting_in[arr_q[ci]] -= 1
                 wait[ci] = now - arr_t[ci]
                 agent_of_call[ci] = offer.agent_id
                 push(heap, (now + svc[ci], next(seq), _SERVICE_END, ci))
@@ -478,12 +484,14 @@ def run_replication(
             out.append(WAITING)
             wait.append(nan)
             svc.append(next(services[idx]))
+            ahead.append(waiting_in[idx])
             try:
                 enqueue(str(ci), names[idx], now, priority=priorities[idx])
             except (QueueFull, CapacityExceeded):
                 out[ci] = BLOCKED
             else:
                 n_waiting += 1
+                waiting_in[idx] += 1
                 pat = patiences[idx]
                 if pat is not None:
                     push(heap, (now + next(pat), next(seq), _PATIENCE, ci))
@@ -509,6 +517,7 @@ def run_replication(
             if out[idx] == WAITING:
                 abandon(str(idx), now)
                 out[idx] = ABANDONED
+                waiting_in[arr_q[idx]] -= 1
                 wait[idx] = now - arr_t[idx]
                 n_waiting -= 1
         else:
@@ -533,6 +542,7 @@ def run_replication(
         wait_s=np.asarray(wait, dtype=np.float64),
         service_s=np.asarray(svc, dtype=np.float64),
         replication=np.zeros(n, dtype=np.int64),
+        ahead=np.asarray(ahead, dtype=np.int64),
         events=events,
         wall_s=clock() - t_wall if clock is not None else 0.0,
     )
@@ -551,6 +561,7 @@ def _concat(runs: Sequence[SimulationRun]) -> SimulationRun:
         replication=np.concatenate(
             [np.full(r.arrival_s.size, i, dtype=np.int64) for i, r in enumerate(runs)]
         ),
+        ahead=np.concatenate([r.ahead for r in runs]),
         events=sum(r.events for r in runs),
         wall_s=sum(r.wall_s for r in runs),
     )

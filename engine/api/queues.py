@@ -13,6 +13,8 @@ where a task is "answered" when an agent accepted it (``service_level`` accepted
 queue's threshold over accepted, ``asa_s`` the mean wait to accept, ``aht_s`` the mean time from
 accept to complete) and "abandoned" when it was cancelled before that. ``csat_responses`` and
 ``csat_average`` are the calls' post-call survey answers (first question, 1-5) and their mean.
+``expected_wait_s`` is what a caller arriving now would be told it waits (the queue-length
+predictor, ``engine.calls.queueing.Queueing.expected_wait_s``).
 """
 
 from __future__ import annotations
@@ -62,6 +64,9 @@ class QueueView(msgspec.Struct, frozen=True):
     today: DayFigures
     # per task channel (chat, email, social, ticket): the same figures for the tasks
     tasks: dict[str, ChannelFigures] = msgspec.field(default_factory=dict)
+    # what a caller arriving now would wait (the announcement's estimate, routing_core.predict);
+    # None until the queue has answered a call to learn from, or while nobody is staffed
+    expected_wait_s: float | None = None
 
 
 def summarize(rows: Iterable[Mapping[str, Any]], threshold_s: float) -> DayFigures:
@@ -158,9 +163,11 @@ async def list_queues(request: web.Request) -> web.Response:
     since = start_of_today()
     rows = await queries.stat_rows(ctx.store, since, None, names) if ctx.store else []
     task_rows = await task_store.day_rows(ctx.store, since, names) if ctx.store else []
+    queueing = ctx.calls.queueing if ctx.calls is not None else None
     views = []
     for queue in visible:
         waiting, oldest = live.get(queue.name, (0, 0.0))
+        expected = queueing.expected_wait_s(queue, waiting + 1) if queueing else None
         views.append(
             QueueView(
                 name=queue.name,
@@ -187,6 +194,7 @@ async def list_queues(request: web.Request) -> web.Response:
                     )
                     for channel in TASK_CHANNELS
                 },
+                expected_wait_s=None if expected is None else round(expected, 1),
             )
         )
     return json_response(views)

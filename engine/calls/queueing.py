@@ -4,7 +4,10 @@ How this works: ``queue_and_bridge`` enqueues the call in the routing core (join
 full queue overflow at once), plays music on hold, and waits for the ``connected`` future that
 ``ringing`` resolves when an agent answers, with position / expected-wait announcements every
 ``announce_every_s`` (each part switched by ``announce_position`` / ``announce_wait``), all read
-again at every turn so a reload applies to waiting callers. ``max_wait_s``, or the queue left
+again at every turn so a reload applies to waiting callers. The expected wait is the queue-length
+predictor of ``routing_core.predict`` (the caller's place, the agents staffed now, the queue's
+recent handling times and abandonment rate), learnt from the store's last day of calls at start
+(``learn``) and from each call since. ``max_wait_s``, or the queue left
 empty (``leave_empty``), withdraws the call and runs the queue's overflow flow, or plays
 all-busy. On answer the recording starts and the caller is bridged to the agent's leg; the task
 then waits for a blind transfer by the agent (``transfers``) until a BYE cancels it, or, when
@@ -19,6 +22,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import structlog
+from sqlalchemy.exc import SQLAlchemyError
 
 import routing_core as rc
 from engine.calls.announcements import expected_wait_prompts, position_prompts
@@ -26,7 +30,10 @@ from engine.calls.flows import FlowOutcome
 from engine.calls.inbound import CallIO
 from engine.calls.model import AgentHungUp, AgentLeg, Call, CallEnded, QueueEmptied, loop_now
 from engine.config import Config, QueueConfig
+from engine.storage import StorageError, queries
 from engine.storage.cdr import QueueEventData
+from engine.storage.store import Store
+from routing_core.predict import WaitPredictor
 
 if TYPE_CHECKING:
     from engine.calls.service import CallService
@@ -43,8 +50,8 @@ class Queueing:
 
     def __init__(self, service: CallService) -> None:
         self._s = service
-        # Per queue: moving average of recent answered waits, for expected-wait announcements.
-        self.average_wait_s: dict[str, float] = {}
+        # Per queue: handling times and abandonments, for the expected wait (routing_core.predict).
+        self.predictors: dict[str, WaitPredictor] = {}
         # (caller, queue) -> (wall time its place counted from, when it hung up): keep_place_s.
         self._left: dict[tuple[str, str], tuple[float, float]] = {}
         # Resolved by a reload, so that waiting callers re-read their queue's config.
@@ -256,9 +263,11 @@ class Queueing:
         """What the periodic announcement says now: the caller's position (announce_position)
         and the expected wait (announce_wait, once the queue has answered calls to estimate it
         from: Asterisk's announce-holdtime is silent too before it knows); may be nothing."""
-        prompts = position_prompts(self.position(call)) if qcfg.announce_position else []
-        if qcfg.announce_wait and call.queue in self.average_wait_s:
-            prompts += expected_wait_prompts(self.average_wait_s[call.queue])
+        position = self.position(call)
+        prompts = position_prompts(position) if qcfg.announce_position else []
+        wait_s = self.expected_wait_s(qcfg, position) if qcfg.announce_wait else None
+        if wait_s is not None:
+            prompts += expected_wait_prompts(wait_s)
         return prompts
 
     def apply(self, config: Config) -> None:
@@ -336,7 +345,54 @@ class Queueing:
                     log.info("queue_left_empty", call_id=call.id, queue=queue)
                     waiting.set_exception(QueueEmptied())
 
+    # -- the expected wait ------------------------------------------------------------------------
+
+    def _predictor(self, queue: str) -> WaitPredictor:
+        predictor = self.predictors.get(queue)
+        if predictor is None:
+            predictor = self.predictors[queue] = WaitPredictor()
+        return predictor
+
+    def expected_wait_s(self, qcfg: QueueConfig, position: int) -> float | None:
+        """The expected wait of the caller at ``position`` (1-based) of the queue, or None while
+        it cannot be told (no answered call to learn handling times from, nobody staffed)."""
+        predictor = self.predictors.get(qcfg.name)
+        if predictor is None:
+            return None
+        return predictor.expected_wait_s(position, self._s.routing.staffed(qcfg.name))
+
     def record_wait(self, queue: str, wait_s: float) -> None:
-        # An exponential moving average over roughly the last ten answered calls.
-        previous = self.average_wait_s.get(queue)
-        self.average_wait_s[queue] = wait_s if previous is None else 0.8 * previous + 0.2 * wait_s
+        """A caller of ``queue`` reached an agent after ``wait_s``."""
+        self._predictor(queue).answered(wait_s)
+
+    def record_handled(self, queue: str, talk_s: float) -> None:
+        """An answered call ended after ``talk_s``: with its queue's wrap-up, its handling time."""
+        qcfg = next((q for q in self._s.config.queues if q.name == queue), None)
+        self._predictor(queue).handled(talk_s + (qcfg.wrap_up_s if qcfg else 0.0))
+
+    def record_abandon(self, queue: str, wait_s: float) -> None:
+        """A caller of ``queue`` hung up after waiting ``wait_s``."""
+        self._predictor(queue).abandoned(wait_s)
+
+    async def learn(self, store: Store, since: float) -> int:
+        """Learn handling times and abandonments from the finished calls that arrived after
+        ``since`` (a restart keeps the estimates); the number of calls read."""
+        try:
+            rows = await queries.stat_rows(store, since, None, None)
+        except (SQLAlchemyError, OSError) as exc:
+            raise StorageError(f"reading the queues' recent calls failed: {exc}") from exc
+        wrap = {q.name: q.wrap_up_s for q in self._s.config.queues}
+        for row in sorted(rows, key=lambda r: r["arrived_at"]):
+            queue, wait_s = row["queue"], row["wait_s"]
+            if wait_s is None:
+                continue
+            if row["agent_answered_at"] is not None:
+                self._predictor(queue).answered(wait_s)
+                if row["talk_s"] is not None:
+                    wrap_s = (
+                        row["wrap_up_s"] if row["wrap_up_s"] is not None else wrap.get(queue, 0)
+                    )
+                    self._predictor(queue).handled(row["talk_s"] + wrap_s)
+            elif row["disposition"] == "abandoned":
+                self._predictor(queue).abandoned(wait_s)
+        return len(rows)

@@ -63,6 +63,8 @@ class Teardown:
             self._s.routing.complete(agent_id, call.id)
         self._s.agents.call_completed(agent_id)
         call.disposition = "answered"
+        if talk_s is not None and call.queue is not None:
+            self._s.queueing.record_handled(call.queue, talk_s)  # for the expected wait
         if self._s.cdr:
             self._s.cdr.agent_event(agent_id, "wrap_up", call_id=call.id)
             self._s.cdr.queue_event(
@@ -110,6 +112,8 @@ class Teardown:
             waited = now_wall - call.enqueued_at
             if call.disposition != "overflowed":
                 call.disposition = "abandoned"
+                if call.queue is not None:
+                    self._s.queueing.record_abandon(call.queue, waited)
             self._s.metrics.wait.labels(queue=call.queue, outcome=call.disposition).observe(waited)
             if self._s.cdr:
                 self._s.cdr.queue_event(

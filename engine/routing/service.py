@@ -479,6 +479,17 @@ class RoutingService:
             if cap or load
         }
 
+    def staffed(self, queue: str) -> int:
+        """The queue's member agents who are working now (available, ringing, on a call or in
+        wrap-up): who serves its line, for the expected wait."""
+        working = (rc.AgentState.AVAILABLE, rc.AgentState.RESERVED, rc.AgentState.BUSY,
+                   rc.AgentState.WRAP_UP)  # fmt: skip
+        return sum(
+            1
+            for agent in self._cfg.agents
+            if queue in agent.queues and self.router.agent_state(agent.id) in working
+        )
+
     def agents_by_queue_and_state(self) -> dict[tuple[str, str], int]:
         counts: dict[tuple[str, str], int] = {
             (q.name, s.name.lower()): 0 for q in self._cfg.queues for s in rc.AgentState
