@@ -274,6 +274,7 @@ class Ringing:
                 self.hang_up_leg(leg)
                 self.reject(call, leg.agent_id, "reject")
                 return
+            leg.rtp.use_srtp(audio.srtp.contexts() if audio.srtp is not None else None)
             leg.rtp.remote_addr = (audio.remote_address, audio.remote_port)
             leg.codec = audio.codec.name
             self.accepted(leg, now)

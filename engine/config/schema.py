@@ -520,6 +520,11 @@ class MediaConfig(_Struct, frozen=True):
     inactivity_timeout_s: float = 30.0
     # processes that carry bridged calls' media (relay, tap, recording); 0 = the daemon itself
     workers: int = 0
+    # SRTP with SDES keys (RFC 4568) on SIP legs: "off" (plain RTP; RTP/SAVP offers get 488),
+    # "offer" (callers offering a key get SRTP, others plain; agents are offered a key on
+    # RTP/AVP and get SRTP if they answer with one) or "require" (callers without a key get 488;
+    # agents are offered RTP/SAVP only). SRTP calls stay in the daemon, not in media workers.
+    srtp: str = "off"
 
 
 class IceServerConfig(_Struct, frozen=True):

@@ -670,6 +670,10 @@ def _validate_telephony(cfg: Config, file: str) -> None:
             f"expected >= 0 (0 = forever), found {rec.retention_days}",
         )
     _check_workers(file, "media.workers", cfg.media.workers)
+    if cfg.media.srtp not in ("off", "offer", "require"):
+        raise ConfigError(
+            file, "media.srtp", f"expected 'off', 'offer' or 'require', found {cfg.media.srtp!r}"
+        )
     if not cfg.media.rtp_port_min < cfg.media.rtp_port_max:
         raise ConfigError(
             file, "media.rtp_port_max", f"expected > media.rtp_port_min ({cfg.media.rtp_port_min})"

@@ -336,7 +336,9 @@ class RemoteBridge:
 
     def start(self, now: float) -> None:
         self.started_at = now
-        assigned = self._workers.pool.assign_now(self)
+        # SRTP legs stay here: their keys never leave the process that negotiated them
+        srtp = any(leg.srtp_tx is not None for leg in self.legs)
+        assigned = None if srtp else self._workers.pool.assign_now(self)
         if assigned is None:
             self._workers.handoffs.labels(outcome="local").inc()
             self._start_local()

@@ -27,6 +27,7 @@ Keys are bytes in memory only; nothing here logs, and `repr` of a context shows 
 from __future__ import annotations
 
 import enum
+import hashlib
 import hmac as _stdlib_hmac
 import struct
 from dataclasses import dataclass
@@ -176,6 +177,7 @@ class SrtpContext:
     """One direction's master key: protect with it (we send) or unprotect (we receive)."""
 
     __slots__ = (
+        "_master",
         "_rtcp_auth",
         "_rtcp_key",
         "_rtcp_salt",
@@ -195,6 +197,7 @@ class SrtpContext:
         self.profile = profile
         self.stats = SrtpStats()
         self._sources: dict[int, _SourceState] = {}
+        self._master = hashlib.sha256(master_key + master_salt).digest()
 
         def derive(label: int, length: int) -> bytes:
             return derive_session_key(master_key, master_salt, label, length)
@@ -205,6 +208,12 @@ class SrtpContext:
         self._rtcp_key = derive(_LABEL_RTCP_ENCRYPTION, MASTER_KEY_LEN)
         self._rtcp_salt = int.from_bytes(derive(_LABEL_RTCP_SALT, MASTER_SALT_LEN), "big") << 16
         self._rtcp_auth = self._keyed_hmac(derive(_LABEL_RTCP_AUTH, _AUTH_KEY_LEN))
+
+    def uses(self, master_key: bytes, master_salt: bytes) -> bool:
+        """Whether this context was made from that key and salt (a re-offer may re-key)."""
+        return _stdlib_hmac.compare_digest(
+            self._master, hashlib.sha256(master_key + master_salt).digest()
+        )
 
     def __repr__(self) -> str:
         return f"SrtpContext({self.profile}, sources={len(self._sources)})"

@@ -236,6 +236,7 @@ name = "q"
         ('[[flows]]\nname = "m2"\nsteps = []\n', "flows[1].steps", "at least one step"),
         ("[media]\nworkers = 65\n", "media.workers", "0 (media in the daemon) to 64"),
         ("[media]\nworkers = -1\n", "media.workers", "found -1"),
+        ('[media]\nsrtp = "on"\n', "media.srtp", "'off', 'offer' or 'require', found 'on'"),
         (
             '[[flows]]\nname = "m2"\nsteps = [{ type = "enqueue", queue = "zz" }]\n',
             "flows[1].steps[0].queue",
