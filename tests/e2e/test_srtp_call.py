@@ -185,8 +185,19 @@ def phones(
                 phone.stop()
 
 
-def bridged_both_ways(daemon: DaemonProcess, agent: Baresip, caller: Baresip) -> None:
+def bridged_both_ways(
+    daemon: DaemonProcess, agent: Baresip, caller: Baresip, *, hold: bool = False
+) -> None:
+    """Bridged audio both ways; with ``hold``, the agent holds and resumes first (two
+    re-INVITEs with SDP on the encrypted leg), so what the phones hear last is after them."""
     wait_until(lambda: agent_state(daemon) == "busy", 20, "agent 1001 on the call")
+    if hold:
+        time.sleep(0.5)
+        assert agent.command("hold").get("ok") is True
+        daemon.wait_for_log("call_hold")
+        time.sleep(0.5)
+        assert agent.command("resume").get("ok") is True
+        daemon.wait_for_log("call_resume")
     time.sleep(2.0)  # bridged audio both ways
     caller.command("hangup")
     wait_until(lambda: agent_state(daemon) in ("wrap_up", "available"), 10, "call end")
@@ -198,7 +209,7 @@ def test_srtp_calls_by_mode(start_daemon: DaemonFactory, tmp_path: Path) -> None
     capture = Capture(range(rtp_base, rtp_base + 99))
     try:
         with phones(daemon, tmp_path, "srtp-mand", "srtp-mand") as (agent, caller):
-            bridged_both_ways(daemon, agent, caller)
+            bridged_both_ways(daemon, agent, caller, hold=True)
             to_agent = capture.to(agent)
             to_caller = capture.to(caller)
         assert abs(dominant_hz(agent.heard()[-8000:]) - 440) < 10
