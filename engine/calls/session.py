@@ -6,6 +6,9 @@ from either side is answered from that side's own offer/answer state (same o= se
 up when our answer changes); a codec change mid-call gets 488. Hold and resume (RFC 3264 8)
 change the bridge: an agent's hold gives the caller music, a caller's hold stops our audio to
 it, and the recording is paused as "hold" meanwhile unless already paused (PCI).
+SRTP (``[media] srtp``, SDES keys in the SDP) is decided by the first offer/answer: a re-offer may
+bring a new key from the peer (its receiving context is replaced, ours stays) but cannot turn
+SRTP on or off (488).
 """
 
 from __future__ import annotations

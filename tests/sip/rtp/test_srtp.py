@@ -177,6 +177,8 @@ def test_wrong_key_lengths_and_non_rtp_are_our_misuse() -> None:
     with pytest.raises(SrtpError):
         SrtpContext(_80, KEY, SALT).protect_rtp(b"\x00" * 20)
     assert "00010203" not in repr(SrtpContext(_80, KEY, SALT))
+    assert SrtpContext(_80, KEY, SALT).uses(KEY, SALT)
+    assert not SrtpContext(_80, KEY, SALT).uses(bytes(16), SALT)
 
 
 @settings(max_examples=50, deadline=None)
