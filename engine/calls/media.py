@@ -323,7 +323,12 @@ class CallMedia:
             call.playback_done.set_result(True)
 
     async def open_leg(
-        self, call: Call, name: str, on_event: Callable[[MediaEvent], None] | None = None
+        self,
+        call: Call,
+        name: str,
+        on_event: Callable[[MediaEvent], None] | None = None,
+        *,
+        secure: bool = False,
     ) -> AgentLeg:
         """An outbound leg's RTP endpoint and SDP offer (in the caller's codec: no transcoding
         unless the far end insists). Its media events go to ``on_event`` (default: an agent's or
@@ -337,7 +342,7 @@ class CallMedia:
         # [media] srtp: "offer" puts our SDES key on RTP/AVP, "require" offers RTP/SAVP only
         sdp = make_offer(
             rtp.local_address[0], rtp.port, (CODECS.get(call.codec, PCMU),),
-            srtp=SrtpMode(self._s.config.media.srtp),
+            srtp=SrtpMode.REQUIRE if secure else SrtpMode(self._s.config.media.srtp),
         )  # fmt: skip
         return AgentLeg(call, name, rtp, sdp, rang_at=loop_now(), codec=call.codec, local_sdp=sdp)
 

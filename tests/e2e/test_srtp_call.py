@@ -11,6 +11,11 @@ force), with ``[media] workers = 1`` so an SRTP call is seen to stay in the daem
 * "offer": an SRTP caller bridged to a plain agent (baresip without the module answers our
   RTP/AVP + a=crypto offer in the clear): both tones heard, the caller's leg encrypted.
 * "off": the RTP/SAVP-only caller gets 488.
+
+And an agent with ``secure = true`` (a second daemon, ``[media] srtp`` left "off", a TLS listener):
+registered over UDP it is never rung (``agent_contact_not_tls``); registered over TLS
+(``;transport=tls``, baresip's own TLS listener with a certificate the daemon trusts) the INVITE
+goes over TLS, its leg is RTP/SAVP, and the plain caller and the SRTP agent hear each other.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import numpy as np
 import pytest
 
 from sip.rtp.g711 import ULAW_DECODE
+from tests.conftest import free_port, self_signed_cert
 from tests.e2e.configs import front_door
 from tests.e2e.conftest import DaemonFactory, DaemonProcess, wait_until
 from tests.e2e.peers import Baresip, dominant_hz, free_port_block
@@ -245,3 +251,61 @@ def test_srtp_calls_by_mode(start_daemon: DaemonFactory, tmp_path: Path) -> None
             assert agent_state(daemon) == "available"
     finally:
         capture.close()
+
+
+def test_secure_agent_only_over_tls_and_srtp(start_daemon: DaemonFactory, tmp_path: Path) -> None:
+    cert, key = self_signed_cert(tmp_path)
+    (tmp_path / "phone.pem").write_text(cert.read_text() + key.read_text())
+    tls_port, rtp_base = free_port(), free_port_block(100)
+    daemon = start_daemon(
+        config(rtp_base, "off").replace(
+            "skills = { support = 8 }", "skills = { support = 8 }\nsecure = true"
+        )
+        + f"""
+[[sip.listeners]]
+transport = "tls"
+bind = "127.0.0.1"
+port = {tls_port}
+cert_file = "{cert}"
+key_file = "{key}"
+ca_file = "{cert}"
+"""
+    )
+    udp = str(daemon.wait_for_log("ready")["sip"]).removeprefix("udp:")
+    # registered over UDP: logged in, but never rung
+    with phones(daemon, tmp_path, None, None):
+        daemon.wait_for_log("agent_contact_not_tls", 15)
+        assert agent_state(daemon) == "available"
+    wait_until(lambda: agent_state(daemon) == "logged_out", 10, "agent 1001 unregistered")
+
+    capture = Capture(range(rtp_base, rtp_base + 99))
+    agent = Baresip(
+        tmp_path / "agent-tls",
+        f"<sip:1001@127.0.0.1:{tls_port};transport=tls>;auth_pass=alice-secret-1001;{PHONE}"
+        ";mediaenc=srtp-mand",
+        880,
+        modules=("srtp.so",),
+        extra_config=f"sip_certificate {tmp_path}/phone.pem\n",
+    )
+    caller: Baresip | None = None
+    try:
+        agent.wait_for("{0/TLS/v4} 200 OK")
+        wait_until(lambda: agent_state(daemon) == "available", 10, "agent 1001 available")
+        caller = Baresip(
+            tmp_path / "caller-plain", f"<sip:5551234@{udp}>;regint=0;audio_codecs=PCMU", 440,
+            dial=f"sip:support@{udp}",
+        )  # fmt: skip
+        bridged_both_ways(daemon, agent, caller)
+        to_agent, to_caller = capture.to(agent), capture.to(caller)
+    finally:
+        capture.close()
+        for phone in (caller, agent):
+            if phone is not None:
+                phone.stop()
+    assert caller is not None
+    assert "SRTP is Enabled" in agent.output
+    assert abs(dominant_hz(agent.heard()[-8000:]) - 440) < 10
+    assert abs(dominant_hz(caller.heard()[-8000:]) - 880) < 10
+    assert_not_plaintext(to_agent)
+    plain = [p[12:172] for p in to_caller if len(p) == 172][-50:]
+    assert len(plain) == 50  # the caller's leg stays plain RTP ([media] srtp = "off")

@@ -287,6 +287,16 @@ name = "q"
         ),
         ('[[queues]]\nname = "q2"\noverflow = "zz"\n', "queues[1].overflow", "flow (main)"),
         ('[[agents]]\nid = "9"\nlogin = "static"\n', "agents[0].contact", "sip: URI"),
+        (
+            '[[agents]]\nid = "9"\nlogin = "static"\ncontact = "sip:9@192.0.2.1"\nsecure = true\n',
+            "agents[0].contact",
+            "sips: or ;transport=tls URI for secure = true",
+        ),
+        (
+            '[[agents]]\nid = "9"\nlogin = "webrtc"\nsecure = true\n',
+            "agents[0].secure",
+            "DTLS-SRTP",
+        ),
         ('[[agents]]\nid = "9"\npassword_ha1 = "abc"\n', "agents[0].password_ha1", "32 hex"),
         (
             f'[[agents]]\nid = "9"\npassword = "p"\npassword_ha1 = "{"a" * 32}"\n',
