@@ -12,6 +12,12 @@ How this works
   offerer's payload type and fmtp), every other stream rejected with port 0. No common codec
   raises ``NoCommonMediaError`` (status hint 488 Not Acceptable Here).
 * ``make_offer`` / ``process_answer`` are our side as offerer (RFC 3264 5 and 7).
+* SRTP by SDES (RFC 4568): ``AudioCapabilities.srtp`` / ``make_offer(srtp=)`` take a `SrtpMode`.
+  As answerer we accept RTP/SAVP (and best-effort RTP/AVP) offers with a usable ``a=crypto``
+  unless "off", answer in kind with our own fresh key, and with "require" reject a stream
+  without one (so 488). As offerer, "offer" sends RTP/AVP with ``a=crypto`` (best effort: a
+  plain answer gives plain RTP) and "require" sends RTP/SAVP. ``NegotiatedAudio.srtp`` has
+  both keys (`sip.sdes.SrtpKeys`) when the leg is encrypted.
 * ``hold_offer`` / ``resume_offer`` build the re-INVITE body for hold (RFC 3264 8.4), always
   bumping the o= version (RFC 3264 8). ``is_hold`` also knows the RFC 2543 c=0.0.0.0 style.
 """
@@ -23,6 +29,8 @@ import re
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
+
+from sip.sdes import CryptoAttribute, SrtpKeys, find_crypto, new_crypto
 
 __all__ = [
     "PCMA",
@@ -44,6 +52,7 @@ __all__ = [
     "RtpMap",
     "SdpError",
     "SessionDescription",
+    "SrtpMode",
     "TimeDescription",
     "bump_version",
     "hold_offer",
@@ -95,6 +104,14 @@ class AnswerMismatchError(OfferAnswerError):
 # -------------------------------------------------------------------------------------------
 # Model.
 # -------------------------------------------------------------------------------------------
+
+
+class SrtpMode(enum.StrEnum):
+    """Whether a side does SRTP (SDES, RFC 4568): see the module docstring."""
+
+    OFF = "off"
+    OFFER = "offer"
+    REQUIRE = "require"
 
 
 class Direction(enum.StrEnum):
@@ -258,6 +275,11 @@ class MediaDescription:
             if f == fmt:
                 return params.strip()
         return None
+
+    @property
+    def crypto(self) -> list[CryptoAttribute]:
+        """The usable ``a=crypto`` lines (RFC 4568), in order; unusable ones are skipped."""
+        return find_crypto(a.value or "" for a in _attr_lookup(self.attributes, "crypto"))
 
     @property
     def ptime_ms(self) -> int | None:
@@ -670,6 +692,9 @@ class AudioCapabilities:
     prefer_offer_order: bool = False
     username: str = "-"
     session_name: str = "-"
+    srtp: SrtpMode = SrtpMode.OFF
+    # our SDES key to answer with (a re-offer keeps the leg's key); None: a fresh one
+    crypto: CryptoAttribute | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -686,6 +711,7 @@ class NegotiatedAudio:
     direction: Direction  # what we do: sends -> we send RTP, receives -> we expect it
     ptime_ms: int  # packetization we send with
     remote_hold: bool  # the peer put us on hold (sendonly/inactive or c=0.0.0.0)
+    srtp: SrtpKeys | None = None  # the leg is SRTP with these keys (RFC 4568)
 
 
 @dataclass(frozen=True, slots=True)
@@ -744,6 +770,23 @@ def _find_telephone_event(m: MediaDescription, clock_rate: int) -> str | None:
 
 def _is_rtp_avp(m: MediaDescription) -> bool:
     return m.proto.upper() == "RTP/AVP"
+
+
+def _is_rtp_savp(m: MediaDescription) -> bool:
+    return m.proto.upper() == "RTP/SAVP"
+
+
+def _answer_crypto(m: MediaDescription, local: AudioCapabilities) -> SrtpKeys | None:
+    """RFC 4568 7.1.2: the first offered crypto line we can use, answered with its tag and
+    suite and our key. None: answer without SRTP (or reject, the caller decides)."""
+    if local.srtp is SrtpMode.OFF:
+        return None
+    for theirs in m.crypto:
+        ours = local.crypto
+        if ours is None or ours.suite is not theirs.suite:
+            ours = new_crypto(theirs.tag, theirs.suite)
+        return SrtpKeys(replace(ours, tag=theirs.tag), theirs)
+    return None
 
 
 def _reject(m: MediaDescription) -> MediaDescription:
@@ -819,11 +862,19 @@ def negotiate_answer(
     sections: list[MediaDescription] = []
     chosen: NegotiatedAudio | None = None
     for index, m in enumerate(offer.media):
-        if chosen is not None or m.port == 0 or m.media.lower() != "audio" or not _is_rtp_avp(m):
+        if (
+            chosen is not None
+            or m.port == 0
+            or m.media.lower() != "audio"
+            or not (_is_rtp_avp(m) or _is_rtp_savp(m))
+        ):
             sections.append(_reject(m))
             continue
         found = _find_codec(m, local.codecs, local.prefer_offer_order)
         conn = offer.media_connection(index)
+        keys = _answer_crypto(m, local)
+        if keys is None and (_is_rtp_savp(m) or local.srtp is SrtpMode.REQUIRE):
+            found = None  # SAVP without a key we can use, or a plain offer where SRTP is required
         if found is None or conn is None:
             sections.append(_reject(m))
             continue
@@ -835,7 +886,14 @@ def negotiate_answer(
         offered_dir, old_hold = _offer_direction(offer, index)
         answer_dir = offered_dir.reversed().intersect(local.direction)
         ptime = _send_ptime(m, local.ptime_ms)
-        sections.append(_audio_section(pt, codec, te_pt, te_fmtp, ptime, answer_dir, local.port))
+        section = _audio_section(pt, codec, te_pt, te_fmtp, ptime, answer_dir, local.port)
+        if keys is not None:
+            section = replace(
+                section,
+                proto=m.proto,
+                attributes=(*section.attributes, Attribute("crypto", keys.local.serialize())),
+            )
+        sections.append(section)
         chosen = NegotiatedAudio(
             media_index=index,
             codec=replace(codec, payload_type=pt),
@@ -847,9 +905,13 @@ def negotiate_answer(
             direction=answer_dir,
             ptime_ms=ptime,
             remote_hold=old_hold or not offered_dir.receives,
+            srtp=keys,
         )
     if chosen is None:
-        raise NoCommonMediaError("no offered audio stream has a codec in common with us")
+        raise NoCommonMediaError(
+            "no offered audio stream has a codec in common with us"
+            + (" and SRTP (required)" if local.srtp is SrtpMode.REQUIRE else "")
+        )
 
     if previous_answer is not None:
         sid = previous_answer.origin.session_id
@@ -889,6 +951,8 @@ def _describe_answer(offer: SessionDescription, answer: SessionDescription) -> N
             None,
         )
         offered_dir, old_hold = _offer_direction(offer, index)
+        ours, theirs = m.crypto, om.crypto
+        keys = next((SrtpKeys(ours[0], t) for t in theirs if ours and t.tag == ours[0].tag), None)
         return NegotiatedAudio(
             media_index=index,
             codec=Codec(rm.encoding, rm.payload_type, rm.clock_rate, rm.channels or 1),
@@ -900,6 +964,7 @@ def _describe_answer(offer: SessionDescription, answer: SessionDescription) -> N
             direction=answer.media_direction(index),
             ptime_ms=_send_ptime(om, m.ptime_ms or DEFAULT_PTIME_MS),
             remote_hold=old_hold or not offered_dir.receives,
+            srtp=keys,
         )
     raise NoCommonMediaError("previous answer has no usable audio stream")
 
@@ -917,8 +982,11 @@ def make_offer(
     session_version: int = 0,
     username: str = "-",
     session_name: str = "-",
+    srtp: SrtpMode = SrtpMode.OFF,
+    crypto: CryptoAttribute | None = None,
 ) -> SessionDescription:
-    """An SDP offer with one audio stream (RFC 3264 5)."""
+    """An SDP offer with one audio stream (RFC 3264 5). With ``srtp`` "offer" it carries our
+    SDES key on RTP/AVP, with "require" on RTP/SAVP (``crypto``, or a fresh one)."""
     if not codecs:
         raise ValueError("at least one codec is required")
     if not 0 < port <= _MAX_PORT:
@@ -940,14 +1008,15 @@ def make_offer(
         attrs.append(Attribute("fmtp", f"{telephone_event_pt} {telephone_events}"))
     attrs.append(Attribute("ptime", str(ptime_ms)))
     attrs.append(Attribute(direction.value))
+    if srtp is not SrtpMode.OFF:
+        attrs.append(Attribute("crypto", (crypto or new_crypto()).serialize()))
+    proto = "RTP/SAVP" if srtp is SrtpMode.REQUIRE else "RTP/AVP"
     sid = session_id if session_id is not None else _new_session_id()
     return SessionDescription(
         origin=Origin(username, sid, session_version, "IN", _addrtype(local_addr), local_addr),
         session_name=session_name,
         connection=Connection("IN", _addrtype(local_addr), local_addr),
-        media=(
-            MediaDescription("audio", port, "RTP/AVP", tuple(formats), attributes=tuple(attrs)),
-        ),
+        media=(MediaDescription("audio", port, proto, tuple(formats), attributes=tuple(attrs)),),
     )
 
 
@@ -990,6 +1059,20 @@ def process_answer(
             raise AnswerMismatchError(f"m-line {index}: {answered_dir} cannot answer {offered_dir}")
         if chosen is not None or om.media.lower() != "audio":
             continue
+        if am.proto.upper() != om.proto.upper():
+            raise AnswerMismatchError(f"m-line {index}: {am.proto} answers {om.proto}")
+        keys: SrtpKeys | None = None
+        if om.crypto:
+            # RFC 4568 7.1.3: the answer's one crypto line names the offered tag it accepts
+            offered = {c.tag: c for c in om.crypto}
+            answered = am.crypto
+            if answered:
+                mine = offered.get(answered[0].tag)
+                if mine is None or mine.suite is not answered[0].suite:
+                    raise AnswerMismatchError(f"m-line {index}: crypto answers no offered tag")
+                keys = SrtpKeys(mine, answered[0])
+            elif _is_rtp_savp(om):
+                raise AnswerMismatchError(f"m-line {index}: RTP/SAVP answered without a key")
         ours = list(codecs) if codecs is not None else _offered_codecs(om)
         picked: tuple[Codec, str] | None = None
         for fmt in am.formats:
@@ -1030,6 +1113,7 @@ def process_answer(
             ptime_ms=_send_ptime(am, om.ptime_ms or DEFAULT_PTIME_MS),
             remote_hold=conn.is_hold_address
             or (offered_dir is Direction.SENDRECV and not answered_dir.receives),
+            srtp=keys,
         )
     if chosen is None:
         raise AnswerMismatchError("the answer accepts no audio stream with a codec we offered")

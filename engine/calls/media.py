@@ -46,7 +46,7 @@ from sip.media import (
 )
 from sip.media.prompts import PromptCache
 from sip.rtp.playback import Playlist
-from sip.sdp import PCMU, make_offer
+from sip.sdp import PCMU, SrtpMode, make_offer
 
 if TYPE_CHECKING:
     from engine.calls.service import CallService
@@ -323,7 +323,12 @@ class CallMedia:
             call.playback_done.set_result(True)
 
     async def open_leg(
-        self, call: Call, name: str, on_event: Callable[[MediaEvent], None] | None = None
+        self,
+        call: Call,
+        name: str,
+        on_event: Callable[[MediaEvent], None] | None = None,
+        *,
+        secure: bool = False,
     ) -> AgentLeg:
         """An outbound leg's RTP endpoint and SDP offer (in the caller's codec: no transcoding
         unless the far end insists). Its media events go to ``on_event`` (default: an agent's or
@@ -334,7 +339,11 @@ class CallMedia:
             inactivity_timeout_s=self._s.config.media.inactivity_timeout_s or None,
             on_event=on_event or (lambda e: self._agent_media(call, e)),
         )  # fmt: skip
-        sdp = make_offer(rtp.local_address[0], rtp.port, (CODECS.get(call.codec, PCMU),))
+        # [media] srtp: "offer" puts our SDES key on RTP/AVP, "require" offers RTP/SAVP only
+        sdp = make_offer(
+            rtp.local_address[0], rtp.port, (CODECS.get(call.codec, PCMU),),
+            srtp=SrtpMode.REQUIRE if secure else SrtpMode(self._s.config.media.srtp),
+        )  # fmt: skip
         return AgentLeg(call, name, rtp, sdp, rang_at=loop_now(), codec=call.codec, local_sdp=sdp)
 
     def _agent_media(self, call: Call, event: MediaEvent) -> None:

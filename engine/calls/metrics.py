@@ -136,6 +136,11 @@ class SipMediaCollector(Collector):
         yield CounterMetricFamily(
             "acd_rtp_packets_lost", "RTP packets lost (RFC 3550 A.3).", value=m.packets_lost
         )
+        yield CounterMetricFamily(
+            "acd_srtp_packets_rejected",
+            "SRTP/SRTCP packets dropped: failed authentication, replayed or malformed.",
+            value=m.packets_srtp_rejected,
+        )
         dtmf = CounterMetricFamily(
             "acd_dtmf_digits", "DTMF digits received by method.", labels=["method"]
         )

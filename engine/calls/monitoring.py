@@ -166,7 +166,9 @@ class Monitoring:
                 self._end(session, f"supervisor media timeout ({event.reason})")
 
         try:
-            leg = await self._s.media.open_leg(call, f"monitor:{session.supervisor}", on_media)
+            leg = await self._s.media.open_leg(
+                call, f"monitor:{session.supervisor}", on_media, secure=agent.secure
+            )
         except OSError:
             self._end(session, "no RTP port")
             return

@@ -23,6 +23,7 @@ import routing_core as rc
 from engine.calls.listeners import family
 from engine.calls.model import BUSY, DECLINED, AgentLeg, Call, loop_now
 from engine.config import AgentConfig, Config, LoginMode, TrunkConfig, outbound_proxy_uri
+from engine.config.validate import is_tls_uri
 from engine.storage.cdr import QueueEventData
 from sip import Uri
 from sip.auth import DigestClient
@@ -85,7 +86,7 @@ class Ringing:
             self.reject(call, agent.id, "no_answer")
             return
         try:
-            leg = await self._s.media.open_leg(call, agent.id)
+            leg = await self._s.media.open_leg(call, agent.id, secure=agent.secure)
         except OSError:
             self.reject(call, agent.id, "no_answer")
             return
@@ -114,6 +115,10 @@ class Ringing:
         if not contacts:
             return None
         contact = Uri.parse(contacts[0])
+        if agent.secure and not is_tls_uri(contacts[0]):
+            # [[agents]] secure: never in the clear, so a phone registered over UDP/TCP is not rung
+            log.warning("agent_contact_not_tls", agent_id=agent.id)
+            return None
         destination = contact  # RFC 3263 locates this: the contact, or the trunk's proxy
         auth: DigestClient | None = None
         if agent.login is LoginMode.STATIC and agent.trunk:
@@ -274,6 +279,7 @@ class Ringing:
                 self.hang_up_leg(leg)
                 self.reject(call, leg.agent_id, "reject")
                 return
+            leg.rtp.use_srtp(audio.srtp.contexts() if audio.srtp is not None else None)
             leg.rtp.remote_addr = (audio.remote_address, audio.remote_port)
             leg.codec = audio.codec.name
             self.accepted(leg, now)

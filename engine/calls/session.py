@@ -6,6 +6,9 @@ from either side is answered from that side's own offer/answer state (same o= se
 up when our answer changes); a codec change mid-call gets 488. Hold and resume (RFC 3264 8)
 change the bridge: an agent's hold gives the caller music, a caller's hold stops our audio to
 it, and the recording is paused as "hold" meanwhile unless already paused (PCI).
+SRTP (``[media] srtp``, SDES keys in the SDP) is decided by the first offer/answer: a re-offer may
+bring a new key from the peer (its receiving context is replaced, ours stays) but cannot turn
+SRTP on or off (488).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from sip.sdp import (
     AudioCapabilities,
     OfferAnswerError,
     SdpError,
+    SrtpMode,
     negotiate_answer,
     parse_sdp,
 )
@@ -49,6 +53,7 @@ class Session:
         caps = AudioCapabilities(
             address=host, port=rtp.port, codecs=(PCMU, PCMA),
             telephone_event=call.trunk.dtmf != "inband",
+            srtp=SrtpMode(self._s.config.media.srtp),
         )  # fmt: skip
         answer = negotiate_answer(offer, caps)
         call.remote_sdp, call.local_sdp = offer, answer.sdp
@@ -86,6 +91,9 @@ class Session:
                 address=rtp.local_address[0], port=rtp.port,
                 codecs=(ours, *(c for c in (PCMU, PCMA) if c.name != ours.name)),
                 telephone_event=call is None or call.trunk.dtmf != "inband",  # an agent leg: always
+                # SRTP stays as it is for the call (on: with our key; the peer may re-key its own)
+                srtp=SrtpMode.OFFER if rtp.srtp_tx is not None else SrtpMode.OFF,
+                crypto=next((c for m in local.media for c in m.crypto), None),
             )  # fmt: skip
             answer = negotiate_answer(
                 offer, caps, previous_offer=previous if previous is not None else None,
@@ -95,9 +103,18 @@ class Session:
             endpoint.send_response(event.transaction_id, 488, now=now)
             return
         audio = answer.audio
-        if audio.codec.name != codec:
+        encrypted = rtp.srtp_tx is not None
+        if audio.codec.name != codec or encrypted != (audio.srtp is not None):
+            # the codec, or SRTP on/off, cannot change mid-call: the bridge keeps its legs
             endpoint.send_response(event.transaction_id, 488, now=now)
             return
+        theirs = audio.srtp.remote if audio.srtp is not None else None
+        if (
+            theirs is not None
+            and rtp.srtp_rx is not None
+            and not rtp.srtp_rx.uses(theirs.key, theirs.salt)
+        ):
+            rtp.srtp_rx = theirs.context()  # the peer re-keyed (RFC 4568 7.1.4); our key stays
         if call is not None:
             call.remote_sdp, call.local_sdp = offer, answer.sdp
         else:
@@ -152,6 +169,7 @@ class Session:
             self._s.transmit()
             raise CallEnded("no common codec", "failed") from exc
         call.codec = audio.codec.name
+        call.rtp.use_srtp(audio.srtp.contexts() if audio.srtp is not None else None)
         call.rtp.remote_addr = (audio.remote_address, audio.remote_port)
         call.rtp.dtmf_payload_type = audio.telephone_event_pt  # as negotiated, not assumed 101
         self._s.media.listen_for_tones(call, True)  # the flow runs next

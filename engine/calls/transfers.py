@@ -199,6 +199,7 @@ class Transfers:
                 self._s.ringing.hang_up_leg(leg)
                 leg.final.set_result(0)
                 return
+            leg.rtp.use_srtp(audio.srtp.contexts() if audio.srtp is not None else None)
             leg.rtp.remote_addr = (audio.remote_address, audio.remote_port)
             leg.codec = audio.codec.name
             leg.answered = True

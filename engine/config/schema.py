@@ -305,6 +305,9 @@ class AgentConfig(_Struct, frozen=True):
     # channel -> how many at once (voice is 1; chat may be more)
     capacity: dict[str, int] = msgspec.field(default_factory=lambda: {"voice": 1})
     api_token: str = ""  # the agent's token for the API and the agent desktop
+    # true: this phone is called only over TLS (a sips: or ;transport=tls contact; one registered
+    # over UDP/TCP is not rung) and its leg is always SRTP (RTP/SAVP), whatever [media] srtp says
+    secure: bool = False
 
 
 class TrunkConfig(_Struct, frozen=True):
@@ -520,6 +523,11 @@ class MediaConfig(_Struct, frozen=True):
     inactivity_timeout_s: float = 30.0
     # processes that carry bridged calls' media (relay, tap, recording); 0 = the daemon itself
     workers: int = 0
+    # SRTP with SDES keys (RFC 4568) on SIP legs: "off" (plain RTP; RTP/SAVP offers get 488),
+    # "offer" (callers offering a key get SRTP, others plain; agents are offered a key on
+    # RTP/AVP and get SRTP if they answer with one) or "require" (callers without a key get 488;
+    # agents are offered RTP/SAVP only). SRTP calls stay in the daemon, not in media workers.
+    srtp: str = "off"
 
 
 class IceServerConfig(_Struct, frozen=True):

@@ -39,7 +39,9 @@ from engine.config.schema import (
     WebRtcConfig,
     outbound_proxy_uri,
 )
+from sip.errors import ParseError
 from sip.transport.dns import parse_nameserver
+from sip.uri import Uri
 
 # Identifiers appear in metric labels, URLs and log lines: keep them to a safe, bounded alphabet.
 _NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -297,6 +299,15 @@ def _validate(cfg: Config, file: str) -> None:
 
 
 _CODECS: Final = ("PCMU", "PCMA")
+
+
+def is_tls_uri(text: str) -> bool:
+    """A sips: URI, or a sip: one with ;transport=tls: what an INVITE reaches over TLS."""
+    try:
+        uri = Uri.parse(text)
+    except (ParseError, ValueError):
+        return False
+    return uri.scheme == "sips" or (uri.transport or "").lower() == "tls"
 
 
 _RECORD_RE: Final = re.compile(r"^(always|never|on_demand|(100|[1-9]?[0-9])%)$")
@@ -620,6 +631,17 @@ def _validate_telephony(cfg: Config, file: str) -> None:
                 f"{base}.contact",
                 f"expected a sip: URI for login = 'static', found {agent.contact!r}",
             )
+        if agent.secure and agent.login is LoginMode.WEBRTC:
+            raise ConfigError(
+                file,
+                f"{base}.secure",
+                "expected a SIP phone (a browser's media is DTLS-SRTP anyway)",
+            )
+        if agent.secure and agent.login is LoginMode.STATIC and not is_tls_uri(agent.contact):
+            raise ConfigError(
+                file, f"{base}.contact",
+                f"expected a sips: or ;transport=tls URI for secure = true, found {agent.contact!r}",
+            )  # fmt: skip
         if agent.trunk and agent.trunk not in trunks:
             raise ConfigError(file, f"{base}.trunk", _unknown("trunk", agent.trunk, trunks))
         if agent.password_ha1:
@@ -670,6 +692,10 @@ def _validate_telephony(cfg: Config, file: str) -> None:
             f"expected >= 0 (0 = forever), found {rec.retention_days}",
         )
     _check_workers(file, "media.workers", cfg.media.workers)
+    if cfg.media.srtp not in ("off", "offer", "require"):
+        raise ConfigError(
+            file, "media.srtp", f"expected 'off', 'offer' or 'require', found {cfg.media.srtp!r}"
+        )
     if not cfg.media.rtp_port_min < cfg.media.rtp_port_max:
         raise ConfigError(
             file, "media.rtp_port_max", f"expected > media.rtp_port_min ({cfg.media.rtp_port_min})"

@@ -21,6 +21,9 @@ its recording: the file the worker wrote is repaired up to its death (`Recording
 recording service completes its row at once), and `RemoteBridge.on_recording_lost` lets the call
 layer record the rest of the call here, in a new file that ``continues`` the first
 (`record_here`; still paused for PCI if it was).
+
+A call with an SRTP leg (``[media] srtp``) is carried here, never handed to a worker: its keys
+stay in the process that negotiated them (`RtpEndpoint.detach` refuses such a leg).
 """
 
 from __future__ import annotations
@@ -336,7 +339,9 @@ class RemoteBridge:
 
     def start(self, now: float) -> None:
         self.started_at = now
-        assigned = self._workers.pool.assign_now(self)
+        # SRTP legs stay here: their keys never leave the process that negotiated them
+        srtp = any(leg.srtp_tx is not None for leg in self.legs)
+        assigned = None if srtp else self._workers.pool.assign_now(self)
         if assigned is None:
             self._workers.handoffs.labels(outcome="local").inc()
             self._start_local()

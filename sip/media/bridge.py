@@ -146,7 +146,8 @@ class _Direction:
             remote = dst.remote_addr
             transport = dst.transport
             if remote is not None and transport is not None:
-                transport.sendto(buf, remote)
+                srtp = dst.srtp_tx
+                transport.sendto(buf if srtp is None else srtp.protect_rtp(bytes(buf)), remote)
                 dst.packets_sent += 1
                 self.stats.packets_sent += 1
         sink = self.bridge.sink

@@ -22,6 +22,12 @@ form one continuous stream. The shared `MediaClock` calls ``watch(now)`` every 1
 inactivity becomes a `MediaTimedOut` event (once, with the idle time in the reason), RFC 4733 end
 timeouts are handled, and an RTCP compound (SR or RR + SDES CNAME, RFC 3550 6.1) goes out every
 `RTCP_INTERVAL_S`, randomised 0.5-1.5x (RFC 3550 6.3.1); ``close`` sends a last one with BYE. Events reach the owner through the ``on_event`` callback.
+
+SRTP (`use_srtp`, keys from SDES): every packet received is unprotected first (`sip.rtp.srtp`),
+before latching, so only a packet with a valid tag can move the remote address; a forged,
+replayed or plain one is dropped and counted (``MediaStats.packets_srtp_rejected``). Everything
+sent (``send``, the bridge's relay, RTCP) is protected last. Such a leg stays in this process:
+`detach` refuses it (the contexts hold key schedules, not something to pickle).
 """
 
 from __future__ import annotations
@@ -65,6 +71,7 @@ from sip.rtp.rtcp import (
     report_block,
     round_trip_s,
 )
+from sip.rtp.srtp import SrtpContext
 from sip.rtp.stats import ReceiverStats
 from sip.rtp.stream import OutboundStream
 
@@ -238,6 +245,13 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         self._local_address: Address | None = None
         # `close` asked while away: the handle that closes it anyway if it never comes home
         self._closing: asyncio.TimerHandle | None = None
+        # SRTP (see use_srtp): protect what we send, unprotect what we receive
+        self.srtp_tx: SrtpContext | None = None
+        self.srtp_rx: SrtpContext | None = None
+
+    def use_srtp(self, contexts: tuple[SrtpContext, SrtpContext] | None) -> None:
+        """Encrypt this leg with (our sending context, the peer's), or back to plain RTP."""
+        self.srtp_tx, self.srtp_rx = contexts if contexts is not None else (None, None)
 
     # -- asyncio.DatagramProtocol -------------------------------------------------------------
 
@@ -253,6 +267,15 @@ class RtpEndpoint(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
         # the hot path: ~one struct unpack, the A.1/A.8 update, then the relay hook
+        srtp = self.srtp_rx
+        if srtp is not None:
+            # RTCP multiplexed on the RTP port (RFC 5761 4) is SRTCP there
+            is_rtcp = len(data) > 1 and 72 <= data[1] & 0x7F <= 76
+            plain = srtp.unprotect_rtcp(data) if is_rtcp else srtp.unprotect_rtp(data)
+            if plain is None:
+                self._stats.packets_srtp_rejected += 1
+                return
+            data = plain
         if addr != self.remote_addr and not self._accept_source(addr):
             return
         if len(data) < FIXED_HEADER_LEN or data[0] & 0xC0 != 0x80:
@@ -367,7 +390,8 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         transport = self.transport
         if remote is None or transport is None or self._closed:
             return
-        transport.sendto(packet, remote)
+        srtp = self.srtp_tx
+        transport.sendto(packet if srtp is None else srtp.protect_rtp(bytes(packet)), remote)
         self.packets_sent += 1
         self._stats.packets_sent += 1
 
@@ -547,9 +571,12 @@ class RtpEndpoint(asyncio.DatagramProtocol):
 
         This process keeps its own duplicates (the port pair stays ours: `close` still gives it
         back) and reads nothing more until `reattach`; meanwhile sending is a no-op. With
-        ``park=False`` (a process handing back a leg it adopted) it keeps nothing."""
+        ``park=False`` (a process handing back a leg it adopted) it keeps nothing. An SRTP
+        leg (`use_srtp`) cannot be detached: RuntimeError, as for a leg not carried here."""
         if self.transport is None or self.rtcp is None or self.rtcp.transport is None:
             raise RuntimeError("only a leg carried by this process can be detached")
+        if self.srtp_tx is not None:
+            raise RuntimeError("an SRTP leg stays in the process that holds its keys")
         self.local_address  # noqa: B018 (cached now: SDP answers need it while it is away)
         now = self._time()
         self._account_loss()
@@ -709,6 +736,13 @@ class RtcpEndpoint(asyncio.DatagramProtocol):
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
+        srtp = self.owner.srtp_rx
+        if srtp is not None:
+            plain = srtp.unprotect_rtcp(data)
+            if plain is None:
+                self.owner._stats.packets_srtp_rejected += 1
+                return
+            data = plain
         if self.owner.symmetric:
             self.remote_addr = addr  # latch RTCP too
         loop = self.owner._loop
@@ -723,7 +757,8 @@ class RtcpEndpoint(asyncio.DatagramProtocol):
             host, port = self.owner.remote_addr
             remote = (host, port + 1)
         if remote is not None and self.transport is not None:
-            self.transport.sendto(data, remote)
+            srtp = self.owner.srtp_tx
+            self.transport.sendto(data if srtp is None else srtp.protect_rtcp(data), remote)
 
 
 def _dup_socket(transport: asyncio.BaseTransport) -> socket.socket:

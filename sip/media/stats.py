@@ -4,7 +4,7 @@ Mapping to the engine's metrics: ``sessions_active`` -> ``acd_rtp_sessions_activ
 ``packets_received`` / ``packets_sent`` -> ``acd_rtp_packets_total{direction="in"|"out"}``,
 ``packets_lost`` -> ``acd_rtp_packets_lost_total`` (RFC 3550 A.3 cumulative loss, added as it
 grows), ``jitter`` -> the ``acd_rtp_jitter_seconds`` histogram (one observation per leg per report
-interval and at close), ``dtmf_digits[method]`` with method in {"rfc4733", "info", "inband"}.
+interval and at close), ``packets_srtp_rejected`` -> ``acd_srtp_packets_rejected_total``, ``dtmf_digits[method]`` with method in {"rfc4733", "info", "inband"}.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ class MediaStats:
         "packets_malformed",
         "packets_received",
         "packets_sent",
+        "packets_srtp_rejected",
         "packets_tapped",
         "sessions_active",
         "ticker_errors",
@@ -59,6 +60,7 @@ class MediaStats:
         self.packets_malformed = 0
         self.packets_foreign = 0  # from an address other than the latched one: dropped
         self.packets_tapped = 0
+        self.packets_srtp_rejected = 0  # SRTP/SRTCP failing authentication or replayed: dropped
         self.timeouts = 0
         self.ticker_errors = 0  # callbacks (tickers, watchers, event handlers) that raised
         self.dtmf_digits: Counter[str] = Counter()

@@ -70,9 +70,13 @@ class Baresip:
         dial: str | None = None,
         host: str = "127.0.0.1",
         source: Path | None = None,
+        modules: tuple[str, ...] = (),
+        extra_config: str = "",
     ) -> None:
         """``source``: an 8 kHz mono 16-bit WAV to use as the microphone instead of the tone
-        (the call ends when it ends, so make it longer than the call)."""
+        (the call ends when it ends, so make it longer than the call). ``modules``: more
+        baresip modules to load, e.g. ``("srtp.so",)`` for an account's ``mediaenc=srtp``.
+        ``extra_config``: more config lines (``sip_certificate`` for its TLS listener)."""
         self.dir = workdir
         self.host = host
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -92,9 +96,10 @@ class Baresip:
             "module_path /usr/lib/baresip/modules\n"
             "module g711.so\nmodule aufile.so\nmodule aubridge.so\nmodule sndfile.so\n"
             "module ctrl_tcp.so\n"
-            f"ctrl_tcp_listen {host}:{self.ctrl_port}\n"
+            + "".join(f"module {m}\n" for m in modules)
+            + f"ctrl_tcp_listen {host}:{self.ctrl_port}\n"
             "module_tmp account.so\nmodule_app menu.so\n"
-            f"snd_path {self.dir}/rec\n"
+            f"snd_path {self.dir}/rec\n" + extra_config
         )
         (self.dir / "accounts").write_text(account + "\n")
         self.log_path = self.dir / "baresip.log"

@@ -236,6 +236,7 @@ name = "q"
         ('[[flows]]\nname = "m2"\nsteps = []\n', "flows[1].steps", "at least one step"),
         ("[media]\nworkers = 65\n", "media.workers", "0 (media in the daemon) to 64"),
         ("[media]\nworkers = -1\n", "media.workers", "found -1"),
+        ('[media]\nsrtp = "on"\n', "media.srtp", "'off', 'offer' or 'require', found 'on'"),
         (
             '[[flows]]\nname = "m2"\nsteps = [{ type = "enqueue", queue = "zz" }]\n',
             "flows[1].steps[0].queue",
@@ -286,6 +287,16 @@ name = "q"
         ),
         ('[[queues]]\nname = "q2"\noverflow = "zz"\n', "queues[1].overflow", "flow (main)"),
         ('[[agents]]\nid = "9"\nlogin = "static"\n', "agents[0].contact", "sip: URI"),
+        (
+            '[[agents]]\nid = "9"\nlogin = "static"\ncontact = "sip:9@192.0.2.1"\nsecure = true\n',
+            "agents[0].contact",
+            "sips: or ;transport=tls URI for secure = true",
+        ),
+        (
+            '[[agents]]\nid = "9"\nlogin = "webrtc"\nsecure = true\n',
+            "agents[0].secure",
+            "DTLS-SRTP",
+        ),
         ('[[agents]]\nid = "9"\npassword_ha1 = "abc"\n', "agents[0].password_ha1", "32 hex"),
         (
             f'[[agents]]\nid = "9"\npassword = "p"\npassword_ha1 = "{"a" * 32}"\n',
