@@ -21,13 +21,11 @@ goes over TLS, its leg is RTP/SAVP, and the plain caller and the SRTP agent hear
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
 import socket
 import struct
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,10 +37,10 @@ from tests.conftest import free_port, self_signed_cert
 from tests.e2e.configs import front_door
 from tests.e2e.conftest import DaemonFactory, DaemonProcess, wait_until
 from tests.e2e.peers import Baresip, dominant_hz, free_port_block
+from tests.e2e.test_call_path import ADMIN, api
 
 pytestmark = pytest.mark.e2e
 
-ADMIN = "admin-token-0123456789"
 PHONE = "regint=60;answermode=auto;audio_codecs=PCMU"
 ETH_P_ALL = 0x0003
 
@@ -66,13 +64,6 @@ skills = { support = 8 }
 queues = { support = 0 }
 """
     )
-
-
-def api(daemon: DaemonProcess, path: str) -> object:
-    request = urllib.request.Request(daemon.base_url + path)
-    request.add_header("Authorization", f"Bearer {ADMIN}")
-    with urllib.request.urlopen(request, timeout=5) as resp:
-        return json.loads(resp.read())
 
 
 def agent_state(daemon: DaemonProcess) -> str:
