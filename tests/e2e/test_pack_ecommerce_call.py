@@ -21,7 +21,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,7 +58,9 @@ class Shop:
 
 
 @contextlib.contextmanager
-def order_service() -> Iterator[Shop]:
+def order_service(
+    answer: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> Iterator[Shop]:
     svc = Shop(free_port())
     loop = asyncio.new_event_loop()
     runners: list[web.AppRunner] = []
@@ -67,6 +69,8 @@ def order_service() -> Iterator[Shop]:
         body = await request.json()
         with svc.lock:
             svc.asked.append(body)
+        if answer is not None:
+            return web.json_response(answer(body))
         if body.get("dialed") == "orders-down":
             return web.Response(status=503)
         if body.get("dialed") == "orders-slow":
@@ -78,7 +82,7 @@ def order_service() -> Iterator[Shop]:
 
     async def start() -> None:
         app = web.Application()
-        app.router.add_post("/order", order)
+        app.router.add_post("/{path}", order)
         runner = web.AppRunner(app, shutdown_timeout=0.1)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", svc.port).start()
@@ -100,7 +104,7 @@ ORDER_STEP = ('{ type = "order_status", timeout_s = 2.0, found_flow = "aftersale
               'not_found_flow = "agent", failed_flow = "agent" }')  # fmt: skip
 
 
-def _config(shop: Shop, prompts: Path) -> str:
+def _config(port: int, prompts: Path) -> str:
     rtp = free_port_block(40)
     return f"""
 [media]
@@ -112,7 +116,7 @@ prompts_dir = "{prompts}"
 enabled = ["ecommerce"]
 
 [plugins.ecommerce]
-order_url = "http://127.0.0.1:{shop.port}/order"
+order_url = "http://127.0.0.1:{port}/order"
 timeout_s = 0.5
 
 [[trunks]]
@@ -191,18 +195,25 @@ class Running:
     shop: Shop
 
 
-@pytest.fixture(scope="module")
-def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    workdir = tmp_path_factory.mktemp("shop")
+@contextlib.contextmanager
+def started_daemon(
+    workdir: Path,
+    fragments: tuple[str, ...],
+    config: Callable[[int, Path], str],
+    answer: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> Iterator[Running]:
+    """``acd run`` with the packs registered, ``fragments`` as short tones in its prompts_dir and
+    ``config(service_port, prompts_dir)``; the order service (or, with ``answer``, a service
+    answering every POST with ``answer(body)``) in its own thread. Stopped by PID, exit 0."""
     site = register_packs(workdir / "site")
     prompts = workdir / "prompts"
     prompts.mkdir()
-    for i, name in enumerate(FRAGMENTS):
+    for i, name in enumerate(fragments):
         write_tone(prompts / f"{name}.wav", 400 + 50 * i, 0.1)
-    with order_service() as shop:
+    with order_service(answer) as shop:
         config_path = workdir / "acd.toml"
         http_port = free_port()
-        config_path.write_text(render_config(http_port, free_port(), _config(shop, prompts)))
+        config_path.write_text(render_config(http_port, free_port(), config(shop.port, prompts)))
         log_path = workdir / "acd.log"
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env["PYTHONPATH"] = os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])
@@ -220,6 +231,12 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    with started_daemon(tmp_path_factory.mktemp("shop"), FRAGMENTS, _config) as r:
+        yield r
 
 
 def _db(daemon: DaemonProcess) -> sqlite3.Connection:
