@@ -48,7 +48,7 @@ from engine.runtime.systemd import Notifier
 from engine.storage import StorageError, Store, database_url
 from engine.storage.cdr import CdrWriter, close_interrupted_calls
 from engine.storage.tasks import TaskWriter
-from engine.tasks import TaskCollector, TaskMetrics, TaskService
+from engine.tasks import PluginTasks, TaskCollector, TaskMetrics, TaskService
 from engine.transcription.service import (
     TranscriptionCollector,
     TranscriptionMetrics,
@@ -435,6 +435,7 @@ class Daemon:
         )
         self.metrics.registry.register(TaskCollector(lambda: self.tasks))
         self.api.tasks = self.tasks
+        self.calls.flows.tasks = PluginTasks(self.tasks)  # plugin steps: tickets, follow-ups
         # The router's decisions go to the call layer (voice), the task service (the other
         # channels) and the agent directory, all built on it.
         task_handlers = self.tasks.handlers()

@@ -47,7 +47,7 @@ from engine.config import (
     SetStep,
     TransferStep,
 )
-from engine.plugins import PluginSet, StepContext, StepResult
+from engine.plugins import PluginSet, StepContext, StepResult, TaskControls
 
 log = structlog.stdlib.get_logger("acd.flows")
 
@@ -131,11 +131,15 @@ class FlowRunner:
         *,
         plugins: PluginSet | None = None,
         on_plugin_error: Callable[[], None] | None = None,
+        tasks: TaskControls | None = None,
     ) -> None:
         self._flows: dict[str, FlowConfig] = {f.name: f for f in config.flows}
         self._http = http
         self._plugins = plugins or PluginSet()
         self._on_plugin_error = on_plugin_error
+        # the task service plugin steps create tickets and follow-ups with (the daemon sets it
+        # once its task service is up)
+        self.tasks = tasks
         self.lookups_failed = 0
         self.plugin_errors = 0
 
@@ -145,9 +149,11 @@ class FlowRunner:
         self._flows = {f.name: f for f in config.flows}
         self._plugins = plugins or PluginSet()
 
-    async def run(self, flow: str, io: CallIO, data: dict[str, Any] | None = None) -> FlowOutcome:
+    async def run(
+        self, flow: str, io: CallIO, data: dict[str, Any] | None = None, *, call_id: str = ""
+    ) -> FlowOutcome:
         """Run ``flow``; ``data`` is filled in place, so what was gathered before a caller hangs up
-        mid-flow still reaches the CDR."""
+        mid-flow still reaches the CDR. ``call_id`` is handed to plugin steps."""
         data = {} if data is None else data
         state: dict[str, Any] = {
             "queue": "", "priority": 0, "requirements": None, "preferred_agent": "",
@@ -226,7 +232,7 @@ class FlowRunner:
                 )
             elif isinstance(step, PluginStep):
                 try:
-                    result = await self._plugin_step(step, io, data)
+                    result = await self._plugin_step(step, io, data, call_id)
                 except PluginStepFailed:
                     return FlowOutcome("hangup", data=data, reason="plugin_error")
                 if result is not None and result.hangup:
@@ -259,7 +265,7 @@ class FlowRunner:
         )  # fmt: skip
 
     async def _plugin_step(
-        self, step: PluginStep, io: CallIO, data: dict[str, Any]
+        self, step: PluginStep, io: CallIO, data: dict[str, Any], call_id: str
     ) -> StepResult | None:
         found = self._plugins.steps.get(step.name)
         if found is None:  # the step's plugin was disabled by a reload while this call waited
@@ -269,9 +275,11 @@ class FlowRunner:
         loaded, step_type = found
         try:
             settings = msgspec.convert(step.settings, step_type.schema, strict=True)
-            result = await step_type.run(
-                settings, StepContext(call=io, data=data, settings=loaded.settings, http=self._http)
-            )
+            ctx = StepContext(
+                call=io, data=data, settings=loaded.settings, http=self._http, call_id=call_id,
+                tasks=self.tasks,
+            )  # fmt: skip
+            result = await step_type.run(settings, ctx)
             if result is not None and not isinstance(result, StepResult):
                 raise TypeError(f"expected a StepResult or None, got {type(result).__name__}")
             _bound(data)

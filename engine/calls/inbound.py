@@ -161,7 +161,9 @@ class Inbound:
             )  # fmt: skip
         try:
             call.flow_data.update(caller=call.caller, dialed=call.dialed)
-            outcome = await self._s.flows.run(call.flow, CallIO(self._s, call), call.flow_data)
+            outcome = await self._s.flows.run(
+                call.flow, CallIO(self._s, call), call.flow_data, call_id=call.id
+            )
             call.flow_data = outcome.data
             await self.after_flow(call, outcome)
         except CallEnded as ended:

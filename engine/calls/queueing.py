@@ -74,7 +74,9 @@ class Queueing:
         if qcfg.overflow and call.overflows <= 5:
             log.info("queue_overflow", queue=queue, reason=reason, flow=qcfg.overflow)
             self._s.media.listen_for_tones(call, True)  # a flow again: its menus read digits
-            outcome = await self._s.flows.run(qcfg.overflow, CallIO(self._s, call), call.flow_data)
+            outcome = await self._s.flows.run(
+                qcfg.overflow, CallIO(self._s, call), call.flow_data, call_id=call.id
+            )
             call.flow_data = outcome.data
             await self._s.inbound.after_flow(call, outcome)
             return

@@ -22,6 +22,7 @@ from engine.plugins.api import (
     StepResult,
     StepRun,
     StepType,
+    TaskControls,
 )
 from engine.plugins.loader import (
     GROUP,
@@ -48,6 +49,7 @@ __all__ = [
     "StepResult",
     "StepRun",
     "StepType",
+    "TaskControls",
     "installed",
     "load_config",
     "load_plugins",

@@ -50,6 +50,30 @@ class CallControls(Protocol):
         ...
 
 
+class TaskControls(Protocol):
+    """The daemon's task service (engine.tasks) as a plugin step sees it: tickets, follow-ups."""
+
+    async def create_task(
+        self,
+        *,
+        channel: str,
+        queue: str,
+        created_by: str,
+        subject: str | None = None,
+        data: dict[str, Any] | None = None,
+        customer: dict[str, Any] | None = None,
+        priority: int = 0,
+        requirements: Mapping[str, int] | None = None,
+        external_id: str | None = None,
+        not_before: float | None = None,
+    ) -> str:
+        """Store a new task (scheduled when ``not_before``, epoch seconds, is still to come) and
+        return its id; for an ``external_id`` seen before, the first task's id (so a retried
+        step makes no second ticket). Raises ValueError naming the field the task service
+        refused (no such queue, channel, ...)."""
+        ...
+
+
 @dataclass(slots=True)
 class StepContext:
     """What a plugin's step or lookup runs with."""
@@ -58,6 +82,8 @@ class StepContext:
     data: dict[str, Any]  # the call's flow data: read it, write results into it (scalars)
     settings: Any  # this plugin's decoded [plugins.<name>] settings (None without a schema)
     http: aiohttp.ClientSession | None  # the daemon's pooled HTTP client (None in some tests)
+    call_id: str = ""  # the call's id (the CDR's), to link what the step makes to the call
+    tasks: TaskControls | None = None  # the daemon's task service (None in some tests)
 
 
 @dataclass(frozen=True, slots=True)

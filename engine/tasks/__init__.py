@@ -1,7 +1,7 @@
 """Non-voice interactions (chat, e-mail, social, ticket) as routing tasks beside the calls.
 
 ``model``: the task, its states and the service's errors; ``service``: ``TaskService``, which
-creates tasks (now, or scheduled with ``not_before``), takes the routing service's offers for
+creates tasks (now, or scheduled with ``not_before``; ``PluginTasks`` is its face for plugin steps), takes the routing service's offers for
 their channels, times offers out, and carries out agents' and integrations' actions;
 ``lifecycle``: the ticket states beyond routing (pending, solved, closed, reopened) and the table
 of the moves a client may ask for; ``sla``: first-response and resolution due times, their pauses
@@ -20,11 +20,12 @@ from engine.tasks.model import (
     TaskState,
     UnknownTask,
 )
-from engine.tasks.service import TaskService
+from engine.tasks.service import PluginTasks, TaskService
 
 __all__ = [
     "IllegalTransition",
     "InvalidTask",
+    "PluginTasks",
     "Task",
     "TaskCollector",
     "TaskConflict",

@@ -55,6 +55,7 @@ from engine.tasks.model import (
     InvalidTask,
     Task,
     TaskConflict,
+    TaskError,
     TaskState,
     UnknownTask,
 )
@@ -741,3 +742,36 @@ class TaskService:
         )
         if written is not None:
             await written
+
+
+class PluginTasks:
+    """``TaskService`` as plugin steps see it (``engine.plugins.TaskControls``): a plugin gets
+    a task's id, and a refusal as a ValueError naming the field, not the service's types."""
+
+    def __init__(self, service: TaskService) -> None:
+        self._service = service
+
+    async def create_task(
+        self,
+        *,
+        channel: str,
+        queue: str,
+        created_by: str,
+        subject: str | None = None,
+        data: dict[str, Any] | None = None,
+        customer: dict[str, Any] | None = None,
+        priority: int = 0,
+        requirements: Mapping[str, int] | None = None,
+        external_id: str | None = None,
+        not_before: float | None = None,
+    ) -> str:
+        try:
+            task, _new = await self._service.create(
+                channel=channel, queue=queue, created_by=created_by, subject=subject, data=data,
+                customer=customer, priority=priority, requirements=requirements,
+                external_id=external_id,
+                not_before=not_before,
+            )  # fmt: skip
+        except TaskError as exc:
+            raise ValueError(f"{exc.field}: {exc}" if exc.field else str(exc)) from exc
+        return task.id
