@@ -139,12 +139,16 @@ async def test_reminders_before_the_appointment_hold_only_the_reference(packs: N
 
 @pytest.mark.parametrize(
     ("at", "made", "result"),
-    [(time.time() + 7200, 1, "scheduled"), (time.time() + 60, 0, "too_late"), (None, 0, "no_appointment"),
+    # the appointment in 2 h, in a minute (seconds from now: the test ids must be the same in
+    # every xdist worker), none, not a time
+    [(7200, 1, "scheduled"), (60, 0, "too_late"), (None, 0, "no_appointment"),
      ("soon", 0, "no_appointment")],
 )  # fmt: skip
 async def test_reminders_too_late_or_no_appointment(
     packs: None, at: Any, made: int, result: str
 ) -> None:
+    if isinstance(at, int):
+        at = time.time() + at
     data = {} if at is None else {"appointment_at": at}
     outcome, _c, tasks = await _call(config(), ["1"], data)
     assert (len(tasks.made), outcome.data["reminders"], outcome.data["reminder_result"]) == (
