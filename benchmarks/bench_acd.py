@@ -66,11 +66,13 @@ def failed_calls(output: str) -> int:
     return int(match[-1]) if match else -1
 
 
-def acd_config(uas_port: int, sip_port: int, http_port: int, rtp_base: int) -> str:
+def acd_config(
+    uas_port: int, sip_port: int, http_port: int, rtp_base: int, agents_n: int = AGENTS
+) -> str:
     agents = "".join(
         f'[[agents]]\nid = "a{i}"\nlogin = "static"\ncontact = "sip:a{i}@127.0.0.1:{uas_port}"\n'
         "skills = { s = 1 }\nqueues = { q = 0 }\n"
-        for i in range(AGENTS)
+        for i in range(agents_n)
     )
     return f"""
 [log]
@@ -107,16 +109,27 @@ record = "never"
 {agents}"""
 
 
-def start_acd(workdir: Path, uas_port: int) -> tuple[subprocess.Popen[bytes], int]:
+def start_acd(
+    workdir: Path,
+    uas_port: int,
+    *,
+    command: list[str] | None = None,
+    agents_n: int = AGENTS,
+    ready_timeout_s: float = 60.0,
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start the daemon (``command`` + its config path; default: pinned to CPU 0), log agents in."""
     sip_port, http_port = free_port(), free_port()
     cfg = workdir / "acd.toml"
-    cfg.write_text(acd_config(uas_port, sip_port, http_port, 40000))
+    cfg.write_text(acd_config(uas_port, sip_port, http_port, 40000, agents_n))
+    if command is None:
+        command = ["taskset", "-c", "0", sys.executable, "-m", "engine.cli", "run", "--config"]
     proc = subprocess.Popen(
-        ["taskset", "-c", "0", sys.executable, "-m", "engine.cli", "run", "--config", str(cfg)],
-        cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.monotonic() + 60
+        [*command, str(cfg)], cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + ready_timeout_s
     while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"acd exited with {proc.returncode} before it was ready")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz", timeout=1) as r:
                 if r.status == 200:
@@ -124,14 +137,15 @@ def start_acd(workdir: Path, uas_port: int) -> tuple[subprocess.Popen[bytes], in
         except OSError:
             time.sleep(0.2)
     else:
+        proc.terminate()
         raise SystemExit("acd did not become ready")
-    for i in range(AGENTS):
+    for i in range(agents_n):
         req = urllib.request.Request(
             f"http://127.0.0.1:{http_port}/api/v1/agents/a{i}/state",
             data=b'{"state": "logged_in"}', method="PUT",
         )  # fmt: skip
         req.add_header("Authorization", f"Bearer {ADMIN}")
-        urllib.request.urlopen(req, timeout=5).close()
+        urllib.request.urlopen(req, timeout=ready_timeout_s).close()
     return proc, sip_port
 
 
