@@ -16,15 +16,15 @@ flushed):
   measured as CPU seconds from /proc/PID/task/*/stat over the same window, in a second run
   without the profiler, which also gives the unprofiled CPU per call that the table's shares are
   scaled to.
-``--mode callgrind`` runs the daemon under ``valgrind --tool=callgrind --collect-atstart=no``,
-  switches collection on for the window (``callgrind_control -i on``) and reports instructions
+``--mode callgrind`` runs the daemon under ``valgrind --tool=callgrind --instr-atstart=no``,
+  switches instrumentation on for the window only (``callgrind_control -i on``) and reports instructions
   (Ir, all threads) per call: a number that does not depend on the machine's load. Valgrind is
-  about 50x slower, so keep the rate low (the default 2/s) or SIPp's retransmissions change the
+  about 50x slower, so keep the rate low (the default 1/s) or SIPp's retransmissions change the
   work done.
 
 Usage:
   python benchmarks/profile_acd.py [--calls 200] [--rate 20] [--out docs/profile.txt]
-  python benchmarks/profile_acd.py --mode callgrind [--calls 100] [--rate 2]
+  python benchmarks/profile_acd.py --mode callgrind [--calls 60] [--rate 1]
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import argparse
 import cProfile
 import os
 import pstats
+import shutil
 import signal
 import subprocess
 import sys
@@ -46,6 +47,7 @@ import bench_acd
 
 AGENTS = 40
 WARMUP_CALLS = 20
+IDLE_S = 15.0  # callgrind mode: the idle window measured before the calls
 SETTLE_S = 2.5  # after SIPp ends: the CDR writer flushes every second (storage.flush_interval_s)
 
 # (stage, path fragments): a function belongs to the first stage one of whose fragments is in
@@ -188,7 +190,7 @@ def run(mode: str, args: argparse.Namespace, prof_out: Path | None = None) -> di
         uas = bench_acd.sipp(["-sn", "uas", "-p", str(uas_port)], workdir)
         cg_out = workdir / "callgrind.out"
         if mode == "callgrind":
-            command = ["valgrind", "--tool=callgrind", "--collect-atstart=no",
+            command = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
                        f"--callgrind-out-file={cg_out}", sys.executable, "-m", "engine.cli",
                        "run", "--config"]  # fmt: skip
         elif mode == "cprofile":
@@ -206,9 +208,17 @@ def run(mode: str, args: argparse.Namespace, prof_out: Path | None = None) -> di
             if drive(target, workdir, WARMUP_CALLS, warm_rate, args.hold_ms) != 0:
                 raise SystemExit("warm-up calls failed")
             time.sleep(SETTLE_S)
+            idle_s = 0.0
             if mode == "callgrind":
-                subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True,
-                               stdout=subprocess.DEVNULL)  # fmt: skip
+                control = ["callgrind_control", "-i", "on", str(proc.pid)]
+                subprocess.run(control, check=True, stdout=subprocess.DEVNULL)
+                # An idle window first, dumped on its own (callgrind.out.1): what the daemon
+                # spends per second with no call (timers, readiness, the CDR writer's wake-ups).
+                i0 = time.monotonic()
+                time.sleep(IDLE_S)
+                control = ["callgrind_control", "-d", str(proc.pid)]
+                subprocess.run(control, check=True, stdout=subprocess.DEVNULL)
+                idle_s = time.monotonic() - i0
             elif mode == "cprofile":
                 os.kill(proc.pid, signal.SIGUSR1)
             before = thread_cpu(proc.pid)
@@ -235,18 +245,19 @@ def run(mode: str, args: argparse.Namespace, prof_out: Path | None = None) -> di
         result: dict[str, object] = {"failed": failed, "wall": wall, "threads": threads}
         if mode == "callgrind":
             result["ir"] = callgrind_total(cg_out)
+            result["idle_ir"] = callgrind_total(cg_out.with_name(cg_out.name + ".1"))
+            result["idle_s"] = idle_s
+            if args.cg_out:
+                shutil.copyfile(cg_out, args.cg_out)
         return result
 
 
 def callgrind_total(path: Path) -> int:
-    """Total Ir of a callgrind output (all its parts)."""
-    total = 0
-    for file in [path, *path.parent.glob(path.name + ".*")]:
-        for line in file.read_text(errors="replace").splitlines():
-            if line.startswith(("summary:", "totals:")):
-                total += int(line.split()[1])
-                break
-    return total
+    """Total Ir of one callgrind dump."""
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith("totals:"):  # ("summary:" comes first and counts from the dump)
+            return int(line.split()[1])
+    raise SystemExit(f"no totals: line in {path}")
 
 
 def table(args: argparse.Namespace, prof: Path, plain: dict[str, object]) -> str:
@@ -303,21 +314,27 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--mode", choices=["cprofile", "callgrind"], default="cprofile")
-    parser.add_argument("--calls", type=int, default=None, help="200 (cprofile), 100 (callgrind)")
-    parser.add_argument("--rate", type=float, default=None, help="20/s (cprofile), 2/s (callgrind)")
+    parser.add_argument("--calls", type=int, default=None, help="200 (cprofile), 60 (callgrind)")
+    parser.add_argument("--rate", type=float, default=None, help="20/s (cprofile), 1/s (callgrind)")
     parser.add_argument("--hold-ms", type=int, default=100)
     parser.add_argument("--prof", type=Path, help="keep the cProfile dump here")
     parser.add_argument("--out", type=Path, help="also write the table to this file")
+    parser.add_argument("--cg-out", type=Path, help="keep the callgrind output here (annotate it)")
     args = parser.parse_args()
     callgrind = args.mode == "callgrind"
-    args.calls = args.calls or (100 if callgrind else 200)
-    args.rate = args.rate or (2.0 if callgrind else 20.0)
+    args.calls = args.calls or (60 if callgrind else 200)
+    args.rate = args.rate or (1.0 if callgrind else 20.0)
     if callgrind:
         r = run("callgrind", args)
-        ir = int(r["ir"])  # type: ignore[call-overload]
-        text = (f"callgrind: {args.calls} calls at {args.rate:g}/s, hold {args.hold_ms} ms, "
-                f"failed calls: {r['failed']}; Ir in the window {ir:,}; "
-                f"Ir per call {ir / args.calls:,.0f}")  # fmt: skip
+        ir, idle_ir = int(r["ir"]), int(r["idle_ir"])  # type: ignore[call-overload]
+        idle_per_s = idle_ir / float(r["idle_s"])  # type: ignore[arg-type]
+        wall = float(r["wall"])  # type: ignore[arg-type]
+        text = (
+            f"callgrind: {args.calls} calls at {args.rate:g}/s, hold {args.hold_ms} ms, "
+            f"failed calls: {r['failed']}; Ir in the {wall:.0f} s window {ir:,}: "
+            f"{ir / args.calls:,.0f} Ir per call; idle {idle_per_s:,.0f} Ir/s; "
+            f"less the idle rate: {(ir - idle_per_s * wall) / args.calls:,.0f} Ir per call"
+        )
     else:
         with tempfile.TemporaryDirectory() as tmp:
             prof = args.prof or Path(tmp) / "acd.prof"
