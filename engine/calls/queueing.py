@@ -193,6 +193,8 @@ class Queueing:
         caller (the CDR store, at most 0.5 s). Only a logged-in member of the queue who has the
         skills the call needs: anyone else would only make the caller wait the timeout for
         nobody."""
+        if not outcome.preferred_agent and (qcfg.last_agent_days <= 0 or self._s.cdr is None):
+            return None  # the usual case: no scan of every agent's config per call
         members = [a for a in self._s.config.agents if qcfg.name in a.queues]
         needs = outcome.requirements if outcome.requirements is not None else qcfg.requirements
 

@@ -78,7 +78,10 @@ class Ringing:
         self._s.spawn(self._ring(call, offer), call.id)
 
     async def _ring(self, call: Call, offer: rc.Offer) -> None:
-        agent = next(a for a in self._s.config.agents if a.id == offer.agent_id)
+        agent = self._s.agents.config_of(offer.agent_id)  # a dict: no scan of every agent
+        if agent is None:  # removed by a reload since the offer was made
+            self.reject(call, offer.agent_id, "no_answer")
+            return
         if agent.login is LoginMode.WEBRTC:
             await self._s.softphones.ring_softphone(call, agent.id)
             return

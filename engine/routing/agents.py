@@ -123,6 +123,10 @@ class AgentDirectory:
             self._softphones.discard(agent_id)
             self._phone_gone(agent_id, reason)
 
+    def config_of(self, agent_id: str) -> AgentConfig | None:
+        """The agent's ``[[agents]]`` entry (None if the running config has no such agent)."""
+        return self._agents.get(agent_id)
+
     def reachable(self, agent_id: str) -> bool:
         """Has a phone or softphone to ring (a static contact always counts)."""
         return agent_id in self._softphones or bool(self.contacts(agent_id))
