@@ -33,6 +33,7 @@ from aiohttp import web
 import routing_core as rc
 from engine import api
 from engine.api.app import ReadyCheck, make_app, openapi_document, run_checks
+from engine.calls.callbacks import CallbackRequest
 from engine.calls.flows import FlowRunner
 from engine.calls.service import CallService
 from engine.cluster import LeaderElection
@@ -253,6 +254,19 @@ class Daemon:
         )
         return applied
 
+    async def _create_callback(self, request: CallbackRequest) -> str:
+        """A waiting caller's callback (engine.calls.callbacks): a task of channel "callback"
+        in the call's queue, with the call's priority and place in line."""
+        assert self.tasks is not None
+        task, _ = await self.tasks.create(
+            channel="callback", queue=request.queue, created_by="system",
+            priority=request.priority, customer={"number": request.number},
+            data={"call_id": request.call_id, "number": request.number, "trunk": request.trunk},
+            external_id=f"callback:{request.call_id}", enqueued_at=request.place_at,
+            channels=("callback",),
+        )  # fmt: skip
+        return task.id
+
     def _set_consumers(self) -> None:
         consumers = list(self.plugins.consumers)
         if self.webhooks is not None:
@@ -431,8 +445,9 @@ class Daemon:
             on_withdraw=self.calls.on_withdraw,
             on_queue_empty=self.calls.on_queue_empty,
             on_wrap_up_end=self.agents.wrap_up_ended,
-            channels=dict.fromkeys(TASK_CHANNELS, task_handlers),
+            channels=dict.fromkeys((*TASK_CHANNELS, "callback"), task_handlers),
         )
+        self.calls.callbacks.create_task = self._create_callback
         try:  # what was open when the daemon stopped goes back in its queues, in its order
             await self.tasks.recover(self.store)
         except StorageError as exc:

@@ -9,6 +9,8 @@ empty (``leave_empty``), withdraws the call and runs the queue's overflow flow, 
 all-busy. On answer the recording starts and the caller is bridged to the agent's leg; the task
 then waits for a blind transfer by the agent (``transfers``) until a BYE cancels it, or, when
 the agent hangs up in a queue with a post-call survey (``csat``), runs the survey (``surveys``).
+In a queue with ``callback`` the caller's key is read while waiting: the callback key hands the
+caller's place to a callback task (``callbacks``) and ends the call.
 """
 
 from __future__ import annotations
@@ -24,7 +26,15 @@ import routing_core as rc
 from engine.calls.announcements import expected_wait_prompts, position_prompts
 from engine.calls.flows import FlowOutcome
 from engine.calls.inbound import CallIO
-from engine.calls.model import AgentHungUp, AgentLeg, Call, CallEnded, QueueEmptied, loop_now
+from engine.calls.model import (
+    AgentHungUp,
+    AgentLeg,
+    Call,
+    CallbackRequested,
+    CallEnded,
+    QueueEmptied,
+    loop_now,
+)
 from engine.config import Config, QueueConfig
 from engine.storage.cdr import QueueEventData
 
@@ -111,21 +121,30 @@ class Queueing:
                 data=QueueEventData(caller=call.caller, position=position, orig_position=position),
             )  # fmt: skip
         self._s.media.listen_for_tones(call, False)  # no flow reads digits while queued
+        while not call.digits.empty():  # a menu's keys are not a callback request
+            call.digits.get_nowait()
         self._s.media.music_on_hold(call, outcome.queue)
-        try:
-            leg = await self._wait_for_agent(call)
-        except asyncio.CancelledError:
-            if call.hangup_side == "caller" and call.enqueued_at is not None:
-                self._remember_place(call, qcfg)
-            raise
-        except (TimeoutError, QueueEmptied) as exc:
-            waited = time.time() - (call.enqueued_at or time.time())
-            with contextlib.suppress(rc.RoutingError):
-                self._s.routing.abandon(call.id)  # withdraws any ringing offer
-            call.enqueued_at = None
-            reason = "empty" if isinstance(exc, QueueEmptied) else "timeout"
-            await self._overflow(call, reason, waited_s=waited)
-            return
+        while True:
+            try:
+                leg = await self._wait_for_agent(call)
+            except CallbackRequested:  # the callback task keeps the place; teardown hangs up
+                if await self._s.callbacks.requested(call, qcfg):
+                    return
+                self._s.media.music_on_hold(call, call.queue)  # not made: the caller waits on
+                continue
+            except asyncio.CancelledError:
+                if call.hangup_side == "caller" and call.enqueued_at is not None:
+                    self._remember_place(call, qcfg)
+                raise
+            except (TimeoutError, QueueEmptied) as exc:
+                waited = time.time() - (call.enqueued_at or time.time())
+                with contextlib.suppress(rc.RoutingError):
+                    self._s.routing.abandon(call.id)  # withdraws any ringing offer
+                call.enqueued_at = None
+                reason = "empty" if isinstance(exc, QueueEmptied) else "timeout"
+                await self._overflow(call, reason, waited_s=waited)
+                return
+            break
         self._s.media.stop_player(call)
         assert call.rtp is not None
         recording = None
@@ -259,6 +278,8 @@ class Queueing:
         prompts = position_prompts(self.position(call)) if qcfg.announce_position else []
         if qcfg.announce_wait and call.queue in self.average_wait_s:
             prompts += expected_wait_prompts(self.average_wait_s[call.queue])
+        if qcfg.callback is not None:  # "press 1 to be called back", with every announcement
+            prompts.append(qcfg.callback.prompt)
         return prompts
 
     def apply(self, config: Config) -> None:
@@ -282,7 +303,9 @@ class Queueing:
         connected = call.connected
         assert connected is not None
         loop = asyncio.get_running_loop()
-        started = last = loop.time()
+        last = loop.time()
+        # The wait counts from the enqueue, also when it resumes (a callback that failed).
+        started = last - max(0.0, time.time() - (call.enqueued_at or time.time()))
 
         def turn() -> tuple[QueueConfig, float | None, float | None]:
             qcfg = next(q for q in self._s.config.queues if q.name == call.queue)
@@ -298,7 +321,24 @@ class Queueing:
             due = [x for x in (give_up, announce) if x is not None]
             timeout = max(0.0, min(due) - now) if due else None
             woken: set[asyncio.Future[Any]] = {connected, self._changed()}
-            await asyncio.wait(woken, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            key = None
+            if qcfg.callback is not None:  # the caller may press the callback key meanwhile
+                key = asyncio.ensure_future(call.digits.get())
+                woken.add(key)
+            try:
+                await asyncio.wait(woken, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if key is not None and not key.done():
+                    key.cancel()
+            if key is not None and key.done() and not key.cancelled() and not connected.done():
+                pressed = key.result()
+                callback = qcfg.callback
+                ringing = any(not leg.finished for leg in call.legs.values())
+                if callback is not None and pressed == callback.key and not ringing:
+                    log.info("callback_key", queue=call.queue, digit=pressed)
+                    raise CallbackRequested
+                log.debug("queue_key_ignored", queue=call.queue, digit=pressed)
+                continue
             if connected.done() or announce is None or loop.time() < announce:
                 continue  # answered, a reload to re-read, or the end of the wait (next turn)
             qcfg, give_up, _ = turn()

@@ -31,7 +31,7 @@ import asyncio
 import math
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -157,11 +157,12 @@ class TaskService:
         requirements: Mapping[str, int] | None,
         priority: int,
         not_before: float | None = None,
+        channels: Sequence[str] = TASK_CHANNELS,
     ) -> None:
         """Raises ``InvalidTask`` naming the first field that does not fit."""
-        if channel not in TASK_CHANNELS:
+        if channel not in channels:
             raise InvalidTask(
-                f"expected one of {', '.join(TASK_CHANNELS)}, found {channel!r}"
+                f"expected one of {', '.join(channels)}, found {channel!r}"
                 + (" (calls come in over SIP)" if channel == "voice" else ""),
                 field="channel",
             )
@@ -194,16 +195,21 @@ class TaskService:
         data: dict[str, Any] | None = None,
         external_id: str | None = None,
         not_before: float | None = None,
+        enqueued_at: float | None = None,
+        channels: Sequence[str] = TASK_CHANNELS,
     ) -> tuple[Task, bool]:
         """A new waiting task (scheduled, with a ``not_before`` still to come), stored before
         this returns; or, for an ``external_id`` seen before, the task made the first time (and
-        False)."""
+        False). ``enqueued_at`` (wall time) is an earlier place in line the task keeps (a
+        caller's callback: its call's); ``channels`` are those the caller may create (the API:
+        TASK_CHANNELS; the call layer also "callback")."""
         self.validate(
             channel=channel,
             queue=queue,
             requirements=requirements,
             priority=priority,
             not_before=not_before,
+            channels=channels,
         )
         if external_id is not None:
             existing = await self._existing(external_id)
@@ -220,7 +226,7 @@ class TaskService:
             queue=queue,
             priority=priority,
             arrived_at=now,
-            enqueued_at=now,
+            enqueued_at=now if enqueued_at is None else min(now, enqueued_at),
             created_by=created_by,
             requirements=None if requirements is None else dict(requirements),
             customer=customer,
