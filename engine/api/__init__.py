@@ -10,7 +10,8 @@ Where each resource lives, one module per concern:
 - ``app``: the aiohttp app, health, readiness, metrics, ``Problem`` and ``json_response``
 - ``context``: ``ApiContext``, the daemon's parts the handlers reach, and query-argument parsing
 - ``auth``: bearer tokens, roles (``Principal``), the auth middleware, the audit log
-- ``queues``: ``GET /api/v1/queues`` (live and today's figures), ``GET /api/v1/stats/intervals``
+- ``queues``: ``GET /api/v1/queues`` (live and today's figures)
+- ``reports``: ``GET /api/v1/stats/intervals`` (per queue), ``GET /api/v1/stats/agents``, JSON or CSV
 - ``agents``: ``GET /api/v1/agents``, ``GET|PUT /api/v1/agents/{agent_id}[/state]``
 - ``cdr``: ``GET /api/v1/cdr``
 - ``recordings``: ``GET /api/v1/recordings``, ``.../{recording_id}/audio``, ``.../legal_hold``
@@ -40,6 +41,7 @@ from engine.api import (
     queues,
     recordings,
     reload,
+    reports,
     security,
     tasks,
     transcripts,
@@ -66,7 +68,8 @@ def add_routes(app: web.Application, ctx: ApiContext) -> None:
     app.router.add_get("/api/v1/agents/{agent_id}", agents.get_agent)
     app.router.add_put("/api/v1/agents/{agent_id}/state", agents.set_agent_state)
     app.router.add_get("/api/v1/cdr", cdr.search_cdr)
-    app.router.add_get("/api/v1/stats/intervals", queues.interval_stats)
+    app.router.add_get("/api/v1/stats/intervals", reports.interval_stats)
+    app.router.add_get("/api/v1/stats/agents", reports.agent_stats)
     app.router.add_post("/api/v1/reload", reload.reload_config)
     app.router.add_get("/api/v1/events", events.event_stream)
     app[events.EVENT_STREAMS_KEY] = set[web.WebSocketResponse]()

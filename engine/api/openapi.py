@@ -17,7 +17,8 @@ import msgspec
 from engine.api.agents import AgentStateChange, AgentView
 from engine.api.calls import CallRecordingChange, CallRecordingState, MonitorChange, MonitorStart
 from engine.api.cdr import MAX_CDR_ROWS
-from engine.api.queues import IntervalFigures, QueueView
+from engine.api.queues import QueueView
+from engine.api.reports import AgentFigures, IntervalFigures
 from engine.api.security import BanView
 from engine.api.tasks import (
     MAX_TASK_ROWS,
@@ -35,6 +36,7 @@ from engine.recording.service import CONTENT_TYPES
 from engine.tasks.lifecycle import REQUESTABLE
 from engine.webhooks import DeadLetter, RetryOutcome
 from engine.webhooks.service import MAX_DEAD_LETTER_ROWS
+from routing_core.stats import SL_DEFINITIONS
 
 
 def _op(
@@ -56,22 +58,26 @@ def _op(
 
 def openapi_paths() -> tuple[dict[str, Any], dict[str, Any]]:
     """(paths, component schemas) of the routes ``add_routes`` serves."""
-    (queues, agents, agent, change, intervals, bans, ban), schemas = msgspec.json.schema_components(
-        [
-            list[QueueView],
-            list[AgentView],
-            AgentView,
-            AgentStateChange,
-            list[IntervalFigures],
-            list[BanView],
-            BanView,
-        ],
-        ref_template="#/components/schemas/{name}",
+    (queues, agents, agent, change, intervals, agent_figures, bans, ban), schemas = (
+        msgspec.json.schema_components(
+            [
+                list[QueueView],
+                list[AgentView],
+                AgentView,
+                AgentStateChange,
+                list[IntervalFigures],
+                list[AgentFigures],
+                list[BanView],
+                BanView,
+            ],
+            ref_template="#/components/schemas/{name}",
+        )
     )
     agent_id = {"name": "agent_id", "in": "path", "required": True, "schema": {"type": "string"}}
     address = {"name": "address", "in": "path", "required": True, "schema": {"type": "string"},
                "description": "an IPv4 or IPv6 address"}  # fmt: skip
     epoch = {"type": "number", "description": "epoch seconds"}
+    fmt = {"type": "string", "enum": ["json", "csv"], "description": "or Accept: text/csv"}
     paths: dict[str, Any] = {
         "/api/v1/queues": {"get": _op("Queues with live and today's figures", queues)},
         "/api/v1/agents": {"get": _op("Agents and their routing state", agents)},
@@ -114,6 +120,30 @@ def openapi_paths() -> tuple[dict[str, Any], dict[str, Any]]:
                         ("until", epoch),
                         ("interval_s", {"type": "number", "minimum": 60}),
                         ("queue", {"type": "string"}),
+                        (
+                            "sl",
+                            {
+                                "type": "string",
+                                "enum": list(SL_DEFINITIONS),
+                                "description": "service-level definition (routing_core.stats)",
+                            },
+                        ),
+                        ("short_abandon_s", {"type": "number", "description": "for sl=e"}),
+                        ("format", fmt),
+                    )
+                ],
+            }
+        },
+        "/api/v1/stats/agents": {
+            "get": {
+                **_op("Per-agent occupancy, utilisation and handle times", agent_figures),
+                "parameters": [
+                    {"name": n, "in": "query", "schema": sch}
+                    for n, sch in (
+                        ("since", epoch),
+                        ("until", epoch),
+                        ("agent", {"type": "string"}),
+                        ("format", fmt),
                     )
                 ],
             }

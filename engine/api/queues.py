@@ -1,4 +1,4 @@
-"""Queues with their live and today's figures, and per-interval statistics.
+"""Queues with their live and today's figures (per-interval statistics: ``engine.api.reports``).
 
 How this works: live figures (waiting, oldest wait, agents per state) come from the routing
 service; the day's and the intervals' figures come from the CDR store. ``service_level`` is
@@ -26,14 +26,11 @@ import msgspec
 from aiohttp import web
 
 from engine.api.app import json_response
-from engine.api.auth import principal_of, require_role
-from engine.api.context import CONTEXT_KEY, float_arg
+from engine.api.auth import principal_of
+from engine.api.context import CONTEXT_KEY
 from engine.config import TASK_CHANNELS, Role
 from engine.storage import queries
 from engine.storage import tasks as task_store
-
-# Interval statistics cover at most this span per request (31 days of 15-minute intervals).
-MAX_STATS_SPAN_S = 31 * 86400
 
 
 class DayFigures(msgspec.Struct, frozen=True):
@@ -65,12 +62,6 @@ class QueueView(msgspec.Struct, frozen=True):
     today: DayFigures
     # per task channel (chat, email, social, ticket): the same figures for the tasks
     tasks: dict[str, ChannelFigures] = msgspec.field(default_factory=dict)
-
-
-class IntervalFigures(msgspec.Struct, frozen=True):
-    start: float
-    queue: str
-    figures: DayFigures
 
 
 def summarize(rows: Iterable[Mapping[str, Any]], threshold_s: float) -> DayFigures:
@@ -199,35 +190,3 @@ async def list_queues(request: web.Request) -> web.Response:
             )
         )
     return json_response(views)
-
-
-async def interval_stats(request: web.Request) -> web.Response:
-    ctx = request.app[CONTEXT_KEY]
-    require_role(request, Role.SUPERVISOR)
-    if ctx.store is None:
-        raise web.HTTPServiceUnavailable(text="storage is not open")
-    now = time.time()
-    interval_s = float_arg(request, "interval_s", 900.0) or 900.0
-    since = float_arg(request, "since", start_of_today(now))
-    until = float_arg(request, "until", now)
-    assert since is not None
-    assert until is not None
-    if interval_s < 60 or until <= since or until - since > MAX_STATS_SPAN_S:
-        raise web.HTTPBadRequest(
-            text=f"need interval_s >= 60 and 0 < until - since <= {MAX_STATS_SPAN_S} s"
-        )
-    config = ctx.get_config()
-    thresholds = {q.name: q.service_level_s for q in config.queues}
-    wanted = [request.query["queue"]] if "queue" in request.query else list(thresholds)
-    rows = await queries.stat_rows(ctx.store, since, until, wanted)
-    buckets: dict[tuple[float, str], list[Mapping[str, Any]]] = {}
-    for row in rows:
-        start = since + ((row["arrived_at"] - since) // interval_s) * interval_s
-        buckets.setdefault((start, row["queue"]), []).append(row)
-    out = [
-        IntervalFigures(
-            start=start, queue=queue, figures=summarize(group, thresholds.get(queue, 20.0))
-        )
-        for (start, queue), group in sorted(buckets.items())
-    ]
-    return json_response(out)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import sqlite3
 import time
@@ -190,38 +192,46 @@ def test_cdr_search_and_interval_stats(daemon: DaemonProcess) -> None:
         SUPERVISOR,
     )
     assert status == 200
-    assert stats == [  # type: ignore[comparison-overlap]
-        {
-            "start": base,
-            "queue": "support",
-            "figures": {
-                "offered": 3,
-                "answered": 2,
-                "abandoned": 1,
-                "service_level": 0.5,  # 15 s within 20 s, 40 s not
-                "asa_s": 27.5,
-                "aht_s": 160.0,
-                "abandon_rate": pytest.approx(1 / 3),
-                "csat_responses": 2,  # c1 rated 4, c2 rated 5; c3 was never asked
-                "csat_average": 4.5,
-            },
-        },
-        {
-            "start": base + 900,
-            "queue": "sales",
-            "figures": {
-                "offered": 1,
-                "answered": 1,
-                "abandoned": 0,
-                "service_level": 1.0,
-                "asa_s": 5.0,
-                "aht_s": 50.0,
-                "abandon_rate": 0.0,
-                "csat_responses": 0,
-                "csat_average": None,
-            },
-        },
-    ]
+    assert status == 200
+    assert [(s["start"], s["queue"]) for s in stats] == [(base, "support"), (base + 900, "sales")]  # type: ignore[index, union-attr]
+    assert stats[0]["figures"] == {  # type: ignore[index]
+        "offered": 3,
+        "answered": 2,
+        "abandoned": 1,
+        "service_level": 0.5,  # 15 s within 20 s, 40 s not
+        "asa_s": 27.5,
+        "aht_s": 150.0,  # talk (100 + 200) / 2; wrap-up comes from the agent log (none here)
+        "abandon_rate": pytest.approx(1 / 3),
+        "csat_responses": 2,  # c1 rated 4, c2 rated 5; c3 was never asked
+        "csat_average": 4.5,
+    }
+    assert stats[0]["sl_definition"] == "a"  # type: ignore[index]
+    assert stats[0]["service_level_by_definition"] == 0.5  # type: ignore[index]
+    assert stats[1]["figures"]["service_level"] == 1.0  # type: ignore[index]
+    # Definition c counts the abandon (30 s, after T) against: 1 within / 3 offered.
+    status, by_c = call(
+        daemon, "GET", f"/api/v1/stats/intervals?since={base}&until={now}&sl=c", SUPERVISOR
+    )
+    assert by_c[0]["service_level_by_definition"] == pytest.approx(1 / 3, abs=1e-6)  # type: ignore[index]
+    status, problem = call(daemon, "GET", "/api/v1/stats/intervals?sl=z", SUPERVISOR)
+    assert status == 400
+    assert "a, b, c, d, e" in json.dumps(problem)
+    request = urllib.request.Request(
+        f"{daemon.base_url}/api/v1/stats/intervals?since={base}&until={now}",
+        headers={"Authorization": f"Bearer {SUPERVISOR}", "Accept": "text/csv"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        assert resp.headers["Content-Type"].startswith("text/csv")
+        table = list(csv.DictReader(io.StringIO(resp.read().decode())))
+    assert [(r["queue"], r["figures.offered"]) for r in table] == [("support", "3"), ("sales", "1")]
+    status, agents = call(
+        daemon, "GET", f"/api/v1/stats/agents?since={base}&until={now}", SUPERVISOR
+    )
+    assert status == 200
+    by_agent = {a["agent"]: a for a in agents}  # type: ignore[union-attr, index]
+    assert (by_agent["1001"]["calls_answered"], by_agent["1001"]["talk_s"]) == (2, 150.0)
+    assert call(daemon, "GET", "/api/v1/stats/agents?format=xml", SUPERVISOR)[0] == 400
+    assert call(daemon, "GET", "/api/v1/stats/agents", AGENT_1001)[0] == 403
     assert call(daemon, "GET", "/api/v1/stats/intervals", AGENT_1001)[0] == 403
 
 

@@ -213,11 +213,9 @@ def test_listen_whisper_barge_then_the_supervisor_hangs_up(
         status, started = request(daemon, "POST", path, SUPERVISOR, start)
         assert status == 202, started
         assert isinstance(started, dict)
-        assert (started["state"], started["mode"], started["supervisor"]) == (
-            "ringing",
-            "listen",
-            "1009",
-        )
+        # the supervisor's phone auto-answers: on a quick machine it may have by the time we hear back
+        assert started["state"] in ("ringing", "active"), started
+        assert (started["mode"], started["supervisor"]) == ("listen", "1009")
         expect(request(daemon, "POST", path, ADMIN, start), 409, "already monitored by 1009")
         wait_until(lambda: monitor_state(daemon) == "active", 10, "the supervisor on the call")
         sup.wait_for("Call established")

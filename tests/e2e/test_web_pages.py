@@ -58,12 +58,15 @@ def _available(daemon: DaemonProcess, agent_id: str) -> str:
 
 def test_agent_ready_and_lunch_show_on_both_pages(daemon: DaemonProcess, browser: Browser) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
-    # Two of today's support calls rated by the post-call survey (4 and 5), one not asked.
+    # Two of today's finished support calls rated by the post-call survey (4 and 5), one not asked.
     with sqlite3.connect(daemon.workdir / "var" / "acd.sqlite3") as conn:
         conn.executemany(
-            "INSERT INTO calls (id, sip_call_id, queue, arrived_at, disposition, csat_score) "
-            "VALUES (?, 'x', 'support', ?, 'answered', ?)",
-            [("r1", time.time() - 5, 4), ("r2", time.time() - 4, 5), ("r3", time.time() - 3, None)],
+            "INSERT INTO calls (id, sip_call_id, queue, arrived_at, ended_at, disposition, csat_score) "
+            "VALUES (?, 'x', 'support', ?, ?, 'answered', ?)",
+            [
+                (f"r{i}", time.time() - 6 + i, time.time() - 5 + i, score)
+                for i, score in enumerate((4, 5, None))
+            ],
         )
     board = browser.new_page(viewport={"width": 1920, "height": 1080})
     _log_in(board, daemon.base_url + "/wallboard", SUPERVISOR)
