@@ -37,7 +37,7 @@ from engine.calls.callbacks import CallbackRequest
 from engine.calls.flows import FlowRunner
 from engine.calls.service import CallService
 from engine.cluster import LeaderElection
-from engine.config import TASK_CHANNELS, Config, ConfigError
+from engine.config import SERVICE_CHANNELS, Config, ConfigError
 from engine.plugins import PluginSet, load_config
 from engine.recording.service import RecordingCollector, RecordingService
 from engine.routing.agents import AgentDirectory
@@ -260,7 +260,8 @@ class Daemon:
         assert self.tasks is not None
         task, _ = await self.tasks.create(
             channel="callback", queue=request.queue, created_by="system",
-            priority=request.priority, customer={"number": request.number},
+            priority=request.priority, requirements=request.requirements,
+            customer={"number": request.number},
             data={"call_id": request.call_id, "number": request.number, "trunk": request.trunk},
             external_id=f"callback:{request.call_id}", enqueued_at=request.place_at,
             channels=("callback",),
@@ -445,7 +446,7 @@ class Daemon:
             on_withdraw=self.calls.on_withdraw,
             on_queue_empty=self.calls.on_queue_empty,
             on_wrap_up_end=self.agents.wrap_up_ended,
-            channels=dict.fromkeys((*TASK_CHANNELS, "callback"), task_handlers),
+            channels=dict.fromkeys(SERVICE_CHANNELS, task_handlers),
         )
         self.calls.callbacks.create_task = self._create_callback
         try:  # what was open when the daemon stopped goes back in its queues, in its order

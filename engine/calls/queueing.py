@@ -24,6 +24,7 @@ import structlog
 
 import routing_core as rc
 from engine.calls.announcements import expected_wait_prompts, position_prompts
+from engine.calls.callbacks import callable_back
 from engine.calls.flows import FlowOutcome
 from engine.calls.inbound import CallIO
 from engine.calls.model import (
@@ -128,7 +129,7 @@ class Queueing:
             try:
                 leg = await self._wait_for_agent(call)
             except CallbackRequested:  # the callback task keeps the place; teardown hangs up
-                if await self._s.callbacks.requested(call, qcfg):
+                if await self._s.callbacks.requested(call, qcfg, outcome.requirements):
                     return
                 self._s.media.music_on_hold(call, call.queue)  # not made: the caller waits on
                 continue
@@ -278,7 +279,7 @@ class Queueing:
         prompts = position_prompts(self.position(call)) if qcfg.announce_position else []
         if qcfg.announce_wait and call.queue in self.average_wait_s:
             prompts += expected_wait_prompts(self.average_wait_s[call.queue])
-        if qcfg.callback is not None:  # "press 1 to be called back", with every announcement
+        if qcfg.callback is not None and callable_back(call):  # "press 1 to be called back"
             prompts.append(qcfg.callback.prompt)
         return prompts
 
@@ -321,24 +322,17 @@ class Queueing:
             due = [x for x in (give_up, announce) if x is not None]
             timeout = max(0.0, min(due) - now) if due else None
             woken: set[asyncio.Future[Any]] = {connected, self._changed()}
-            key = None
-            if qcfg.callback is not None:  # the caller may press the callback key meanwhile
-                key = asyncio.ensure_future(call.digits.get())
-                woken.add(key)
+            key = self._key(call, qcfg)  # the caller may press the callback key meanwhile
             try:
-                await asyncio.wait(woken, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    woken | {key} if key else woken,
+                    timeout=timeout, return_when=asyncio.FIRST_COMPLETED,
+                )  # fmt: skip
             finally:
                 if key is not None and not key.done():
                     key.cancel()
-            if key is not None and key.done() and not key.cancelled() and not connected.done():
-                pressed = key.result()
-                callback = qcfg.callback
-                ringing = any(not leg.finished for leg in call.legs.values())
-                if callback is not None and pressed == callback.key and not ringing:
-                    log.info("callback_key", queue=call.queue, digit=pressed)
-                    raise CallbackRequested
-                log.debug("queue_key_ignored", queue=call.queue, digit=pressed)
-                continue
+            if self._pressed(call, qcfg, key):
+                continue  # another key: ignored
             if connected.done() or announce is None or loop.time() < announce:
                 continue  # answered, a reload to re-read, or the end of the wait (next turn)
             qcfg, give_up, _ = turn()
@@ -352,7 +346,20 @@ class Queueing:
             racing: set[asyncio.Future[Any]] = {announce_done, connected}
             try:
                 left = None if give_up is None else max(0.0, give_up - loop.time())
-                await asyncio.wait(racing, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+                while not (announce_done.done() or connected.done()):
+                    key = self._key(call, qcfg)  # "press 1" is heard mid-announcement
+                    try:
+                        done, _ = await asyncio.wait(
+                            racing | {key} if key else racing,
+                            timeout=left, return_when=asyncio.FIRST_COMPLETED,
+                        )  # fmt: skip
+                    finally:
+                        if key is not None and not key.done():
+                            key.cancel()
+                    if not done:
+                        break  # max_wait_s: the next turn gives up
+                    self._pressed(call, qcfg, key)  # the callback key ends the announcement
+                    left = None if give_up is None else max(0.0, give_up - loop.time())
             finally:
                 if not announce_done.done():  # answered (or gave up) mid-sentence: stop talking
                     self._s.media.stop_player(call)
@@ -361,6 +368,28 @@ class Queueing:
             if not connected.done() and (give_up is None or last < give_up):
                 self._s.media.music_on_hold(call, call.queue)
         return connected.result()
+
+    @staticmethod
+    def _key(call: Call, qcfg: QueueConfig) -> asyncio.Future[str] | None:
+        """The caller's next key, in a queue that offers callbacks (else None)."""
+        return asyncio.ensure_future(call.digits.get()) if qcfg.callback is not None else None
+
+    @staticmethod
+    def _pressed(call: Call, qcfg: QueueConfig, key: asyncio.Future[str] | None) -> bool:
+        """Whether the caller pressed a key that is ignored; raises ``CallbackRequested`` for
+        the queue's callback key (unless an agent's phone already rings for the call)."""
+        if key is None or not key.done() or key.cancelled():
+            return False
+        pressed = key.result()
+        ringing = any(not leg.finished for leg in call.legs.values())
+        connected = call.connected is not None and call.connected.done()
+        callback = qcfg.callback
+        is_key = callback is not None and pressed == callback.key and callable_back(call)
+        if is_key and not ringing and not connected:
+            log.info("callback_key", queue=call.queue, digit=pressed)
+            raise CallbackRequested
+        log.debug("queue_key_ignored", queue=call.queue, digit=pressed, ringing=ringing)
+        return True
 
     def on_queue_empty(self, queue: str) -> None:
         """The last logged-in member of ``queue`` left: with ``leave_empty`` its waiting callers

@@ -22,6 +22,10 @@ CHANNEL_NAMES: Final = ("voice", "chat", "email", "callback", "social", "ticket"
 
 
 TASK_CHANNELS: Final = ("chat", "email", "social", "ticket")
+# The task service's channels: the API's and "callback", the tasks a waiting caller's key leaves
+# (queues[].callback; engine.calls.callbacks). A callback is a phone call to make: the Router
+# counts it on the agent's voice capacity (engine.routing.service.ROUTED_AS).
+SERVICE_CHANNELS: Final = (*TASK_CHANNELS, "callback")
 
 # What outbound webhooks may subscribe to (engine.webhooks; docs/webhooks.md says what each carries).
 WEBHOOK_EVENTS: Final = (

@@ -37,7 +37,7 @@ from typing import Any
 import structlog
 
 import routing_core as rc
-from engine.config import TASK_CHANNELS, Config, QueueConfig
+from engine.config import SERVICE_CHANNELS, TASK_CHANNELS, Config, QueueConfig
 from engine.routing.service import OfferHandlers, RoutingService
 from engine.runtime.clock import Cancellable, Scheduler
 from engine.runtime.events import Event, EventBus
@@ -142,7 +142,7 @@ class TaskService:
                 yield queue, channel, n, wait_s
 
     def open_counts(self) -> dict[tuple[str, str], int]:
-        counts = {(ch, st.value): 0 for ch in TASK_CHANNELS for st in LIVE_STATES}
+        counts = {(ch, st.value): 0 for ch in SERVICE_CHANNELS for st in LIVE_STATES}
         for task in self.tasks.values():
             counts[(task.channel, task.state.value)] += 1
         return counts
