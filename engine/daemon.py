@@ -49,7 +49,7 @@ from engine.runtime.systemd import Notifier
 from engine.storage import StorageError, Store, database_url
 from engine.storage.cdr import CdrWriter, close_interrupted_calls
 from engine.storage.tasks import TaskWriter
-from engine.tasks import TaskCollector, TaskMetrics, TaskService
+from engine.tasks import TaskCollector, TaskMetrics, TaskService, TaskState
 from engine.transcription.service import (
     TranscriptionCollector,
     TranscriptionMetrics,
@@ -268,6 +268,18 @@ class Daemon:
         )  # fmt: skip
         return task.id
 
+    def _callbacks_waiting(self, queue: str) -> list[tuple[int, float]]:
+        """(priority, effective enqueue time) of the callback tasks not yet taken in ``queue``:
+        the callers behind them hear their position counting them."""
+        if self.tasks is None:
+            return []
+        return [
+            (t.priority, t.enqueued_at)
+            for t in self.tasks.tasks.values()
+            if t.channel == "callback" and t.queue == queue
+            and t.state in (TaskState.WAITING, TaskState.OFFERED)
+        ]  # fmt: skip
+
     def _set_consumers(self) -> None:
         consumers = list(self.plugins.consumers)
         if self.webhooks is not None:
@@ -449,6 +461,7 @@ class Daemon:
             channels=dict.fromkeys(SERVICE_CHANNELS, task_handlers),
         )
         self.calls.callbacks.create_task = self._create_callback
+        self.calls.callbacks.waiting = self._callbacks_waiting
         try:  # what was open when the daemon stopped goes back in its queues, in its order
             await self.tasks.recover(self.store)
         except StorageError as exc:

@@ -79,6 +79,12 @@ class Callbacks:
         self.metrics = CallbackMetrics(metrics)
         # Set by the daemon: makes the callback task, returns its id (raises if not stored).
         self.create_task: Callable[[CallbackRequest], Awaitable[str]] | None = None
+        # Set by the daemon: (priority, wall time its place counts from) of each callback task
+        # still waiting in a queue (offered counts: not yet taken), for the callers' positions.
+        self.waiting: Callable[[str], list[tuple[int, float]]] | None = None
+
+    def places(self, queue: str) -> list[tuple[int, float]]:
+        return [] if self.waiting is None else self.waiting(queue)
 
     async def requested(
         self, call: Call, qcfg: QueueConfig, requirements: dict[str, int] | None

@@ -174,15 +174,18 @@ class Queueing:
     def position(self, call: Call) -> int:
         """1-based place of a waiting call in its queue: higher priority first (aged by the
         queue's priority_aging_per_min, as the routing core does), then older (by the time its
-        place counts from, which keep_place_s may have kept from earlier)."""
+        place counts from, which keep_place_s may have kept from earlier); the callbacks waiting
+        there count as callers."""
         qcfg = next((q for q in self._s.config.queues if q.name == call.queue), None)
         rate = 0.0 if qcfg is None else qcfg.priority_aging_per_min
         now = time.time()
 
-        def key(c: Call) -> tuple[int, float]:
-            since = c.place_at or c.enqueued_at or now
-            aged = c.priority + (int(max(0.0, now - since) * rate / 60.0) if rate > 0 else 0)
+        def key_of(priority: int, since: float) -> tuple[int, float]:
+            aged = priority + (int(max(0.0, now - since) * rate / 60.0) if rate > 0 else 0)
             return (-aged, since)
+
+        def key(c: Call) -> tuple[int, float]:
+            return key_of(c.priority, c.place_at or c.enqueued_at or now)
 
         mine = key(call)
         ahead = sum(
@@ -193,6 +196,10 @@ class Queueing:
             and other.enqueued_at is not None
             and other.agent_id is None
             and key(other) < mine
+        )
+        # Callbacks waiting in the caller's place count as callers ahead (queues[].callback).
+        ahead += sum(
+            1 for p, since in self._s.callbacks.places(call.queue) if key_of(p, since) < mine
         )
         return ahead + 1
 

@@ -5,7 +5,8 @@ offer, the short shipped ``digit-1``; the confirmation ``digit-2``) and has one 
 logged out until the test logs it in. A SIPp caller (5550101) presses 1 by RFC 4733 (SIPp's
 ``dtmf_2833_1.pcap``) after the first offer and must be hung up by the daemon; a second SIPp
 caller (5550102) arrives later, presses nothing and waits. SIPp's exit status says each peer saw
-exactly what its scenario expects. The SQLite CDR row of the first call must end
+exactly what its scenario expects; the second caller's position, announced after the first
+caller's key, counts the callback ahead of it. The SQLite CDR row of the first call must end
 ``callback_requested`` naming the task; the task (``/api/v1/tasks``) must be a ``callback`` in
 the caller's place (its effective enqueue time the call's) and link back to the call. When the
 agent logs in it must be offered the callback, not the later caller, whose offer (the agent's
@@ -43,6 +44,9 @@ AGENT_TOKEN = "agent-cb1-token-0123456"
 Proc = subprocess.Popen[bytes]
 
 QUEUE = """
+[runtime]
+drain_timeout_s = 2.0
+
 [[queues]]
 name = "support"
 wrap_up_s = 0.0
@@ -50,7 +54,6 @@ record = "never"
 ring_timeout_s = 5.0
 offer_timeout_s = 30.0
 announce_every_s = 0.5
-announce_position = false
 announce_wait = false
 callback = {{ prompt = "digit-1", confirm_prompt = "digit-2" }}
 
@@ -132,6 +135,26 @@ def metric(daemon: DaemonProcess, name: str, **labels: str) -> float:
     return 0.0
 
 
+def announcements(
+    daemon: DaemonProcess, call_id: str, after_end_of: str | None = None
+) -> list[list[str]]:
+    """What the periodic announcements to ``call_id`` said (from the daemon's log), all or
+    those after the call ``after_end_of`` ended."""
+    lines = daemon.log_lines()
+    if after_end_of is not None:
+        ends = [
+            i
+            for i, line in enumerate(lines)
+            if line.get("event") == "call_ended" and line.get("call_id") == after_end_of
+        ]
+        lines = lines[ends[0] + 1 :] if ends else []
+    return [
+        list(line["prompts"])  # type: ignore[call-overload]
+        for line in lines
+        if line.get("event") == "queue_announcement" and line.get("call_id") == call_id
+    ]
+
+
 def caller(running: Running, workdir: Path, scenario: str) -> Proc:
     return sipp(workdir, ["-sf", str(SCENARIOS / f"{scenario}.xml")], sip_target(running.daemon),
                 "-s", "support", "-m", "1", "-trace_msg")  # fmt: skip
@@ -193,12 +216,19 @@ def test_the_key_leaves_a_callback_task_that_keeps_the_callers_place(
         data = json.loads(events[1]["data"])
         assert (data["target"], data["reason"], data["position"]) == (task_id, "1", 1)
         assert metric(daemon, "acd_callbacks_total", queue="support", outcome="requested") == 1
-        offers = [
-            line["prompts"]
-            for line in daemon.log_lines()
-            if line.get("event") == "queue_announcement" and line.get("queue") == "support"
-        ]
-        assert ["digit-1"] in offers  # the offer was made before the key
+        said = announcements(daemon, row["id"])
+        assert said, "no announcement to the first caller"  # its position, then the offer
+        assert said[0] == ["position", "digit-1", "in-queue", "digit-1"]
+
+        # The later caller, once the first call has ended, still hears that it is second: the
+        # callback holds the first place.
+        later_id = call(daemon, "GET", "/api/v1/calls")[1][0]["id"]
+        wait_until(
+            lambda: bool(announcements(daemon, later_id, after_end_of=row["id"])), 10,
+            "an announcement to the second caller after the first call ended",
+        )  # fmt: skip
+        said = announcements(daemon, later_id, after_end_of=row["id"])
+        assert said[0] == ["position", "digit-2", "in-queue", "digit-1"], said
 
         # The later caller is still waiting, behind the callback: the agent is offered the
         # callback (an event-stream offer) and its phone is not rung for the caller meanwhile.
