@@ -33,10 +33,11 @@ from aiohttp import web
 import routing_core as rc
 from engine import api
 from engine.api.app import ReadyCheck, make_app, openapi_document, run_checks
+from engine.calls.callbacks import CallbackRequest
 from engine.calls.flows import FlowRunner
 from engine.calls.service import CallService
 from engine.cluster import LeaderElection
-from engine.config import TASK_CHANNELS, Config, ConfigError
+from engine.config import SERVICE_CHANNELS, Config, ConfigError
 from engine.plugins import PluginSet, load_config
 from engine.recording.service import RecordingCollector, RecordingService
 from engine.routing.agents import AgentDirectory
@@ -48,7 +49,7 @@ from engine.runtime.systemd import Notifier
 from engine.storage import StorageError, Store, database_url
 from engine.storage.cdr import CdrWriter, close_interrupted_calls
 from engine.storage.tasks import TaskWriter
-from engine.tasks import PluginTasks, TaskCollector, TaskMetrics, TaskService
+from engine.tasks import PluginTasks, TaskCollector, TaskMetrics, TaskService, TaskState
 from engine.transcription.service import (
     TranscriptionCollector,
     TranscriptionMetrics,
@@ -262,6 +263,32 @@ class Daemon:
         )
         return applied
 
+    async def _create_callback(self, request: CallbackRequest) -> str:
+        """A waiting caller's callback (engine.calls.callbacks): a task of channel "callback"
+        in the call's queue, with the call's priority and place in line."""
+        assert self.tasks is not None
+        task, _ = await self.tasks.create(
+            channel="callback", queue=request.queue, created_by="system",
+            priority=request.priority, requirements=request.requirements,
+            customer={"number": request.number},
+            data={"call_id": request.call_id, "number": request.number, "trunk": request.trunk},
+            external_id=f"callback:{request.call_id}", enqueued_at=request.place_at,
+            channels=("callback",),
+        )  # fmt: skip
+        return task.id
+
+    def _callbacks_waiting(self, queue: str) -> list[tuple[int, float]]:
+        """(priority, effective enqueue time) of the callback tasks not yet taken in ``queue``:
+        the callers behind them hear their position counting them."""
+        if self.tasks is None:
+            return []
+        return [
+            (t.priority, t.enqueued_at)
+            for t in self.tasks.tasks.values()
+            if t.channel == "callback" and t.queue == queue
+            and t.state in (TaskState.WAITING, TaskState.OFFERED)
+        ]  # fmt: skip
+
     def _set_consumers(self) -> None:
         consumers = list(self.plugins.consumers)
         if self.webhooks is not None:
@@ -445,8 +472,10 @@ class Daemon:
             on_withdraw=self.calls.on_withdraw,
             on_queue_empty=self.calls.on_queue_empty,
             on_wrap_up_end=self.agents.wrap_up_ended,
-            channels=dict.fromkeys(TASK_CHANNELS, task_handlers),
+            channels=dict.fromkeys(SERVICE_CHANNELS, task_handlers),
         )
+        self.calls.callbacks.create_task = self._create_callback
+        self.calls.callbacks.waiting = self._callbacks_waiting
         try:  # what was open when the daemon stopped goes back in its queues, in its order
             await self.tasks.recover(self.store)
         except StorageError as exc:

@@ -31,7 +31,7 @@ from aiohttp import web
 from engine.api.app import json_response
 from engine.api.auth import Principal, audit, principal_of
 from engine.api.context import CONTEXT_KEY, ApiContext
-from engine.config import TASK_CHANNELS, Role
+from engine.config import SERVICE_CHANNELS, Role
 from engine.storage import StorageError
 from engine.storage import tasks as task_store
 from engine.tasks import IllegalTransition, Task, TaskError, TaskService, TaskState
@@ -237,8 +237,8 @@ async def list_tasks(request: web.Request) -> web.Response:
     if any(s not in known for s in states):
         raise web.HTTPUnprocessableEntity(text=f"state: expected some of {sorted(known)}")
     channel = q.get("channel")
-    if channel is not None and channel not in TASK_CHANNELS:
-        raise web.HTTPUnprocessableEntity(text=f"channel: expected one of {list(TASK_CHANNELS)}")
+    if channel is not None and channel not in SERVICE_CHANNELS:
+        raise web.HTTPUnprocessableEntity(text=f"channel: expected one of {list(SERVICE_CHANNELS)}")
     queue, agent = q.get("queue"), q.get("agent")
     if principal.role is Role.AGENT:
         if agent not in (None, principal.agent_id):

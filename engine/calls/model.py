@@ -153,6 +153,10 @@ class QueueEmptied(Exception):
     """Set on a waiting call's ``connected`` future when its queue has no member left."""
 
 
+class CallbackRequested(Exception):
+    """A waiting caller pressed its queue's callback key (engine.calls.callbacks)."""
+
+
 class AgentHungUp(Exception):
     """Set on a bridged call's ``transfer_request`` when the agent hangs up and the caller stays
     on for the queue's post-call survey (engine.calls.surveys)."""

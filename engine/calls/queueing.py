@@ -12,6 +12,8 @@ empty (``leave_empty``), withdraws the call and runs the queue's overflow flow, 
 all-busy. On answer the recording starts and the caller is bridged to the agent's leg; the task
 then waits for a blind transfer by the agent (``transfers``) until a BYE cancels it, or, when
 the agent hangs up in a queue with a post-call survey (``csat``), runs the survey (``surveys``).
+In a queue with ``callback`` the caller's key is read while waiting: the callback key hands the
+caller's place to a callback task (``callbacks``) and ends the call.
 """
 
 from __future__ import annotations
@@ -26,9 +28,18 @@ from sqlalchemy.exc import SQLAlchemyError
 
 import routing_core as rc
 from engine.calls.announcements import expected_wait_prompts, position_prompts
+from engine.calls.callbacks import callable_back
 from engine.calls.flows import FlowOutcome
 from engine.calls.inbound import CallIO
-from engine.calls.model import AgentHungUp, AgentLeg, Call, CallEnded, QueueEmptied, loop_now
+from engine.calls.model import (
+    AgentHungUp,
+    AgentLeg,
+    Call,
+    CallbackRequested,
+    CallEnded,
+    QueueEmptied,
+    loop_now,
+)
 from engine.config import Config, QueueConfig
 from engine.storage import StorageError, queries
 from engine.storage.cdr import QueueEventData
@@ -120,21 +131,30 @@ class Queueing:
                 data=QueueEventData(caller=call.caller, position=position, orig_position=position),
             )  # fmt: skip
         self._s.media.listen_for_tones(call, False)  # no flow reads digits while queued
+        while not call.digits.empty():  # a menu's keys are not a callback request
+            call.digits.get_nowait()
         self._s.media.music_on_hold(call, outcome.queue)
-        try:
-            leg = await self._wait_for_agent(call)
-        except asyncio.CancelledError:
-            if call.hangup_side == "caller" and call.enqueued_at is not None:
-                self._remember_place(call, qcfg)
-            raise
-        except (TimeoutError, QueueEmptied) as exc:
-            waited = time.time() - (call.enqueued_at or time.time())
-            with contextlib.suppress(rc.RoutingError):
-                self._s.routing.abandon(call.id)  # withdraws any ringing offer
-            call.enqueued_at = None
-            reason = "empty" if isinstance(exc, QueueEmptied) else "timeout"
-            await self._overflow(call, reason, waited_s=waited)
-            return
+        while True:
+            try:
+                leg = await self._wait_for_agent(call)
+            except CallbackRequested:  # the callback task keeps the place; teardown hangs up
+                if await self._s.callbacks.requested(call, qcfg, outcome.requirements):
+                    return
+                self._s.media.music_on_hold(call, call.queue)  # not made: the caller waits on
+                continue
+            except asyncio.CancelledError:
+                if call.hangup_side == "caller" and call.enqueued_at is not None:
+                    self._remember_place(call, qcfg)
+                raise
+            except (TimeoutError, QueueEmptied) as exc:
+                waited = time.time() - (call.enqueued_at or time.time())
+                with contextlib.suppress(rc.RoutingError):
+                    self._s.routing.abandon(call.id)  # withdraws any ringing offer
+                call.enqueued_at = None
+                reason = "empty" if isinstance(exc, QueueEmptied) else "timeout"
+                await self._overflow(call, reason, waited_s=waited)
+                return
+            break
         self._s.media.stop_player(call)
         assert call.rtp is not None
         recording = None
@@ -163,15 +183,18 @@ class Queueing:
     def position(self, call: Call) -> int:
         """1-based place of a waiting call in its queue: higher priority first (aged by the
         queue's priority_aging_per_min, as the routing core does), then older (by the time its
-        place counts from, which keep_place_s may have kept from earlier)."""
+        place counts from, which keep_place_s may have kept from earlier); the callbacks waiting
+        there count as callers."""
         qcfg = next((q for q in self._s.config.queues if q.name == call.queue), None)
         rate = 0.0 if qcfg is None else qcfg.priority_aging_per_min
         now = time.time()
 
-        def key(c: Call) -> tuple[int, float]:
-            since = c.place_at or c.enqueued_at or now
-            aged = c.priority + (int(max(0.0, now - since) * rate / 60.0) if rate > 0 else 0)
+        def key_of(priority: int, since: float) -> tuple[int, float]:
+            aged = priority + (int(max(0.0, now - since) * rate / 60.0) if rate > 0 else 0)
             return (-aged, since)
+
+        def key(c: Call) -> tuple[int, float]:
+            return key_of(c.priority, c.place_at or c.enqueued_at or now)
 
         mine = key(call)
         ahead = sum(
@@ -182,6 +205,10 @@ class Queueing:
             and other.enqueued_at is not None
             and other.agent_id is None
             and key(other) < mine
+        )
+        # Callbacks waiting in the caller's place count as callers ahead (queues[].callback).
+        ahead += sum(
+            1 for p, since in self._s.callbacks.places(call.queue) if key_of(p, since) < mine
         )
         return ahead + 1
 
@@ -272,6 +299,8 @@ class Queueing:
         wait_s = self.expected_wait_s(qcfg, position) if qcfg.announce_wait else None
         if wait_s is not None:
             prompts += expected_wait_prompts(wait_s)
+        if qcfg.callback is not None and callable_back(call):  # "press 1 to be called back"
+            prompts.append(qcfg.callback.prompt)
         return prompts
 
     def apply(self, config: Config) -> None:
@@ -295,7 +324,9 @@ class Queueing:
         connected = call.connected
         assert connected is not None
         loop = asyncio.get_running_loop()
-        started = last = loop.time()
+        last = loop.time()
+        # The wait counts from the enqueue, also when it resumes (a callback that failed).
+        started = last - max(0.0, time.time() - (call.enqueued_at or time.time()))
 
         def turn() -> tuple[QueueConfig, float | None, float | None]:
             qcfg = next(q for q in self._s.config.queues if q.name == call.queue)
@@ -311,7 +342,17 @@ class Queueing:
             due = [x for x in (give_up, announce) if x is not None]
             timeout = max(0.0, min(due) - now) if due else None
             woken: set[asyncio.Future[Any]] = {connected, self._changed()}
-            await asyncio.wait(woken, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            key = self._key(call, qcfg)  # the caller may press the callback key meanwhile
+            try:
+                await asyncio.wait(
+                    woken | {key} if key else woken,
+                    timeout=timeout, return_when=asyncio.FIRST_COMPLETED,
+                )  # fmt: skip
+            finally:
+                if key is not None and not key.done():
+                    key.cancel()
+            if self._pressed(call, qcfg, key):
+                continue  # another key: ignored
             if connected.done() or announce is None or loop.time() < announce:
                 continue  # answered, a reload to re-read, or the end of the wait (next turn)
             qcfg, give_up, _ = turn()
@@ -325,7 +366,20 @@ class Queueing:
             racing: set[asyncio.Future[Any]] = {announce_done, connected}
             try:
                 left = None if give_up is None else max(0.0, give_up - loop.time())
-                await asyncio.wait(racing, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+                while not (announce_done.done() or connected.done()):
+                    key = self._key(call, qcfg)  # "press 1" is heard mid-announcement
+                    try:
+                        done, _ = await asyncio.wait(
+                            racing | {key} if key else racing,
+                            timeout=left, return_when=asyncio.FIRST_COMPLETED,
+                        )  # fmt: skip
+                    finally:
+                        if key is not None and not key.done():
+                            key.cancel()
+                    if not done:
+                        break  # max_wait_s: the next turn gives up
+                    self._pressed(call, qcfg, key)  # the callback key ends the announcement
+                    left = None if give_up is None else max(0.0, give_up - loop.time())
             finally:
                 if not announce_done.done():  # answered (or gave up) mid-sentence: stop talking
                     self._s.media.stop_player(call)
@@ -334,6 +388,28 @@ class Queueing:
             if not connected.done() and (give_up is None or last < give_up):
                 self._s.media.music_on_hold(call, call.queue)
         return connected.result()
+
+    @staticmethod
+    def _key(call: Call, qcfg: QueueConfig) -> asyncio.Future[str] | None:
+        """The caller's next key, in a queue that offers callbacks (else None)."""
+        return asyncio.ensure_future(call.digits.get()) if qcfg.callback is not None else None
+
+    @staticmethod
+    def _pressed(call: Call, qcfg: QueueConfig, key: asyncio.Future[str] | None) -> bool:
+        """Whether the caller pressed a key that is ignored; raises ``CallbackRequested`` for
+        the queue's callback key (unless an agent's phone already rings for the call)."""
+        if key is None or not key.done() or key.cancelled():
+            return False
+        pressed = key.result()
+        ringing = any(not leg.finished for leg in call.legs.values())
+        connected = call.connected is not None and call.connected.done()
+        callback = qcfg.callback
+        is_key = callback is not None and pressed == callback.key and callable_back(call)
+        if is_key and not ringing and not connected:
+            log.info("callback_key", queue=call.queue, digit=pressed)
+            raise CallbackRequested
+        log.debug("queue_key_ignored", queue=call.queue, digit=pressed, ringing=ringing)
+        return True
 
     def on_queue_empty(self, queue: str) -> None:
         """The last logged-in member of ``queue`` left: with ``leave_empty`` its waiting callers

@@ -35,6 +35,7 @@ from typing import Any
 import structlog
 
 import routing_core as rc
+from engine.calls.callbacks import Callbacks
 from engine.calls.dispatch import Dispatcher
 from engine.calls.flows import FlowRunner
 from engine.calls.inbound import Inbound
@@ -107,6 +108,7 @@ class CallService:
         self.softphones = Softphones(self)
         self.transfers = Transfers(self)
         self.surveys = Surveys(self, metrics)
+        self.callbacks = Callbacks(self, metrics)
         self.monitoring = Monitoring(self)
         self.teardown = Teardown(self)
         metrics.registry.register(SipMediaCollector(self.listeners, self.media.stats))

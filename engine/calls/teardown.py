@@ -106,7 +106,7 @@ class Teardown:
         if call.agent_id is not None:
             if call.agent_released_at is None:  # else done when the agent left for the survey
                 self.release_agent(call, now_wall, talk_s)
-        elif call.enqueued_at is not None:
+        elif call.enqueued_at is not None and call.disposition != "callback_requested":
             with contextlib.suppress(rc.RoutingError):
                 self._s.routing.abandon(call.id)
             waited = now_wall - call.enqueued_at

@@ -22,6 +22,10 @@ CHANNEL_NAMES: Final = ("voice", "chat", "email", "callback", "social", "ticket"
 
 
 TASK_CHANNELS: Final = ("chat", "email", "social", "ticket")
+# The task service's channels: the API's and "callback", the tasks a waiting caller's key leaves
+# (queues[].callback; engine.calls.callbacks). A callback is a phone call to make: the Router
+# counts it on the agent's voice capacity (engine.routing.service.ROUTED_AS).
+SERVICE_CHANNELS: Final = (*TASK_CHANNELS, "callback")
 
 # What outbound webhooks may subscribe to (engine.webhooks; docs/webhooks.md says what each carries).
 WEBHOOK_EVENTS: Final = (
@@ -216,6 +220,18 @@ class CsatConfig(_Struct, frozen=True):
     thanks_prompt: str = "csat-thanks"
 
 
+class CallbackConfig(_Struct, frozen=True):
+    """A queue's callback offer (virtual hold): a waiting caller presses a key to hang up and be
+    called back, keeping its place in line."""
+
+    # the key the caller presses while waiting (RFC 4733 or SIP INFO): one of 0-9, *, #
+    key: str = "1"
+    # played after each periodic announcement (announce_every_s), saying which key to press
+    prompt: str = "callback-offer"
+    # played once the key is pressed, before we hang up (empty: hang up at once)
+    confirm_prompt: str = "callback-confirm"
+
+
 class SlaTargetConfig(_Struct, frozen=True):
     """Service-level targets of one task channel in a queue (0 = no target)."""
 
@@ -262,6 +278,10 @@ class QueueConfig(_Struct, frozen=True):
     # post-call CSAT survey of this queue's answered callers (absent: none); `csat = {}` takes the
     # shipped prompts
     csat: CsatConfig | None = None
+    # callback offer to waiting callers (absent: none); `callback = {}` takes key 1 and the
+    # shipped prompts. The caller's key ends the call and leaves a "callback" task with the
+    # call's place (effective enqueue time and priority) in this queue
+    callback: CallbackConfig | None = None
     # task channel -> SLA targets, e.g. { ticket = { first_response_s = 3600, resolution_s =
     # 86400 } }: due times are stored on each task, a breach is an event and a metric
     sla: dict[str, SlaTargetConfig] = msgspec.field(default_factory=dict)

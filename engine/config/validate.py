@@ -91,6 +91,10 @@ def _check_address(file: str, path: str, address: str) -> None:
         ) from None
 
 
+# The keys a caller can press (RFC 4733 events 0-11), the keys a callback offer may name.
+DTMF_KEYS = "0123456789*#"
+
+
 def _check_name(file: str, path: str, name: str) -> None:
     if not _NAME_RE.match(name):
         raise ConfigError(
@@ -275,6 +279,20 @@ def _validate(cfg: Config, file: str) -> None:
                 if getattr(queue.csat, key):  # empty: that part is left out
                     _check_name(file, f"{base}.csat.{key}", getattr(queue.csat, key))
             _check_positive(file, f"{base}.csat.timeout_s", queue.csat.timeout_s)
+        if queue.callback is not None:
+            if len(queue.callback.key) != 1 or queue.callback.key not in DTMF_KEYS:
+                raise ConfigError(
+                    file, f"{base}.callback.key",
+                    f"expected one key of {DTMF_KEYS}, found {queue.callback.key!r}",
+                )  # fmt: skip
+            _check_name(file, f"{base}.callback.prompt", queue.callback.prompt)
+            if queue.callback.confirm_prompt:
+                _check_name(file, f"{base}.callback.confirm_prompt", queue.callback.confirm_prompt)
+            if queue.announce_every_s <= 0:  # the offer is made with the announcements
+                raise ConfigError(
+                    file, f"{base}.announce_every_s",
+                    "expected > 0 with callback: the offer is played with the announcements",
+                )  # fmt: skip
 
     agent_ids: set[str] = set()
     for i, agent in enumerate(cfg.agents):

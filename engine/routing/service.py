@@ -13,7 +13,9 @@ one agent's capacity is counted across channels. Offers and withdrawals go to th
 connected for the task's channel (``connect``): voice to the call layer, which rings the agent;
 the other channels to the task service, which shows the offer on the agent's event stream. The
 service remembers the channel of each non-voice task it enqueued, so a voice offer costs no
-lookup beyond a dict miss.
+lookup beyond a dict miss. A callback task (a caller's place kept, ``queues[].callback``) waits
+on the voice channel in the Router (``ROUTED_AS``), among the calls, and counts in their figures;
+its offers go to the task service.
 
 Config speaks in skill *names*; the Router in dense skill *indices*. The catalogue maps one to the
 other: every skill named by an agent, a queue, a relaxation step or a flow's ``set`` step gets an
@@ -45,6 +47,11 @@ log = structlog.stdlib.get_logger("acd.routing")
 CHANNELS = {name: i for i, name in enumerate(_CONFIG_CHANNELS)}
 VOICE = CHANNELS["voice"]
 CHANNEL_NAMES = {i: name for name, i in CHANNELS.items()}
+# Channels whose tasks the Router counts on another channel's capacity: a callback is a phone
+# call the agent makes, so it takes (and waits for) the agent's voice capacity, and it is
+# ordered among the queue's calls by its priority and effective enqueue time (the place its
+# caller had). Its offers still go to its own channel's handlers (the task service).
+ROUTED_AS = {CHANNELS["callback"]: VOICE}
 
 
 class SkillCatalogue:
@@ -372,7 +379,7 @@ class RoutingService:
             enqueue_time=enqueue_time,
             preferred_agent=preferred_agent,
             preferred_timeout_s=preferred_timeout_s,
-            channel=ch,
+            channel=ROUTED_AS.get(ch, ch),
         )
         if ch != VOICE:
             self._channel_of[call_id] = ch

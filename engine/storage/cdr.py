@@ -50,6 +50,7 @@ QUEUE_EVENTS = (
     "overflow",
     "transfer",
     "complete",
+    "callback",  # the waiting caller pressed the queue's callback key (target: the task id)
 )
 AGENT_STATES = ("logged_out", "available", "reserved", "busy", "wrap_up", "not_ready")
 # Rows of one task (chat, email, ...) in the agent event log, with its channel: offered to the

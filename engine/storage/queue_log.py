@@ -81,6 +81,14 @@ def format_queue_event(row: dict[str, Any]) -> str | None:
             _secs(data.get("talk_s")),
             _int(data.get("orig_position")),
         ]
+    elif event == "callback":  # Asterisk's exit on a key press, with the key
+        name = "EXITWITHKEY"
+        fields = [
+            data.get("reason") or "",
+            _int(data.get("position")),
+            _int(data.get("orig_position")),
+            _secs(data.get("wait_s")),
+        ]
     elif event == "complete":
         name = "COMPLETEAGENT" if data.get("hangup_side") == "agent" else "COMPLETECALLER"
         fields = [

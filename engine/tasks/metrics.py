@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from engine.config import TASK_CHANNELS
+from engine.config import SERVICE_CHANNELS
 from engine.runtime.metrics import WAIT_BUCKETS
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ class TaskMetrics:
             ["queue", "channel", "kind"],
             registry=r,
         )
-        for channel in TASK_CHANNELS:  # every series exists from the start: rates work at once
+        for channel in SERVICE_CHANNELS:  # every series exists from the start: rates work at once
             self.created.labels(channel=channel)
             for outcome in TASK_OUTCOMES:
                 self.ended.labels(channel=channel, outcome=outcome)

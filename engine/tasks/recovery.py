@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 import routing_core as rc
-from engine.config import TASK_CHANNELS
+from engine.config import SERVICE_CHANNELS
 from engine.storage import Store
 from engine.storage import tasks as task_store
 from engine.tasks.model import OPEN_STATES, Task, TaskState
@@ -43,7 +43,7 @@ async def recover_tasks(s: TaskService, store: Store) -> int:
         task.history = histories.get(task.id, [])
         task.messages = transcripts.get(task.id, [])
         was, agent = task.state, task.agent_id
-        if s.queue_config(task.queue) is None or task.channel not in TASK_CHANNELS:
+        if s.queue_config(task.queue) is None or task.channel not in SERVICE_CHANNELS:
             task.state, task.ended_at, task.disposition = (
                 TaskState.CANCELLED, s.wall(), "queue_removed",
             )  # fmt: skip

@@ -31,13 +31,13 @@ import asyncio
 import math
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import structlog
 
 import routing_core as rc
-from engine.config import TASK_CHANNELS, Config, QueueConfig
+from engine.config import SERVICE_CHANNELS, TASK_CHANNELS, Config, QueueConfig
 from engine.routing.service import OfferHandlers, RoutingService
 from engine.runtime.clock import Cancellable, Scheduler
 from engine.runtime.events import Event, EventBus
@@ -143,7 +143,7 @@ class TaskService:
                 yield queue, channel, n, wait_s
 
     def open_counts(self) -> dict[tuple[str, str], int]:
-        counts = {(ch, st.value): 0 for ch in TASK_CHANNELS for st in LIVE_STATES}
+        counts = {(ch, st.value): 0 for ch in SERVICE_CHANNELS for st in LIVE_STATES}
         for task in self.tasks.values():
             counts[(task.channel, task.state.value)] += 1
         return counts
@@ -158,11 +158,12 @@ class TaskService:
         requirements: Mapping[str, int] | None,
         priority: int,
         not_before: float | None = None,
+        channels: Sequence[str] = TASK_CHANNELS,
     ) -> None:
         """Raises ``InvalidTask`` naming the first field that does not fit."""
-        if channel not in TASK_CHANNELS:
+        if channel not in channels:
             raise InvalidTask(
-                f"expected one of {', '.join(TASK_CHANNELS)}, found {channel!r}"
+                f"expected one of {', '.join(channels)}, found {channel!r}"
                 + (" (calls come in over SIP)" if channel == "voice" else ""),
                 field="channel",
             )
@@ -195,16 +196,21 @@ class TaskService:
         data: dict[str, Any] | None = None,
         external_id: str | None = None,
         not_before: float | None = None,
+        enqueued_at: float | None = None,
+        channels: Sequence[str] = TASK_CHANNELS,
     ) -> tuple[Task, bool]:
         """A new waiting task (scheduled, with a ``not_before`` still to come), stored before
         this returns; or, for an ``external_id`` seen before, the task made the first time (and
-        False)."""
+        False). ``enqueued_at`` (wall time) is an earlier place in line the task keeps (a
+        caller's callback: its call's); ``channels`` are those the caller may create (the API:
+        TASK_CHANNELS; the call layer also "callback")."""
         self.validate(
             channel=channel,
             queue=queue,
             requirements=requirements,
             priority=priority,
             not_before=not_before,
+            channels=channels,
         )
         if external_id is not None:
             existing = await self._existing(external_id)
@@ -221,7 +227,7 @@ class TaskService:
             queue=queue,
             priority=priority,
             arrived_at=now,
-            enqueued_at=now,
+            enqueued_at=now if enqueued_at is None else min(now, enqueued_at),
             created_by=created_by,
             requirements=None if requirements is None else dict(requirements),
             customer=customer,

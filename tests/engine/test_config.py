@@ -8,7 +8,15 @@ import msgspec
 import pytest
 
 from engine.cli.main import embedded_default_text
-from engine.config import Config, ConfigError, MenuStep, Strategy, load_config, parse_config
+from engine.config import (
+    CallbackConfig,
+    Config,
+    ConfigError,
+    MenuStep,
+    Strategy,
+    load_config,
+    parse_config,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -101,6 +109,16 @@ QUEUES3 = '[[queues]]\nname = "a"\n[[queues]]\nname = "b"\n[[queues]]\nname = "c
         (QUEUES3 + 'csat = { second_prompt = "a b" }\n', "queues[2].csat.second_prompt", "name"),
         (QUEUES3 + "csat = { questions = 2 }\n", "queues[2].csat.questions", "unknown key"),
         (QUEUES3 + "csat = true\n", "queues[2].csat", "expected object"),
+        (QUEUES3 + 'callback = { key = "12" }\n', "queues[2].callback.key", "one key of"),
+        (QUEUES3 + 'callback = { key = "A" }\n', "queues[2].callback.key", "found 'A'"),
+        (QUEUES3 + 'callback = { prompt = "../x" }\n', "queues[2].callback.prompt", "name"),
+        (
+            QUEUES3 + 'announce_every_s = 5.0\ncallback = { confirm_prompt = "a b" }\n',
+            "queues[2].callback.confirm_prompt",
+            "a name of letters",
+        ),
+        (QUEUES3 + "callback = { retry_s = 1 }\n", "queues[2].callback.retry_s", "unknown key"),
+        (QUEUES3 + "callback = {}\n", "queues[2].announce_every_s", "> 0 with callback"),
     ],
 )
 def test_mistakes_name_file_and_key_path(text: str, key_path: str, fragment: str) -> None:
@@ -573,3 +591,19 @@ def test_http_tls_and_open_paths_mistakes_name_the_key(tmp_path: Path) -> None:
     )
     assert cfg.http.open_paths == ("/healthz",)
     assert parse_config("", "x.toml").http.open_paths == ("/healthz", "/readyz", "/metrics")
+
+
+def test_callback_offer_defaults_and_keys() -> None:
+    cfg = parse_config(
+        '[[queues]]\nname = "a"\nannounce_every_s = 20.0\ncallback = {}\n'
+        '[[queues]]\nname = "b"\nannounce_every_s = 20.0\ncallback = { key = "#", confirm_prompt = "" }\n'
+        '[[queues]]\nname = "c"\n',
+        "acd.toml",
+    )
+    a, b, c = cfg.queues
+    assert a.callback == CallbackConfig(
+        key="1", prompt="callback-offer", confirm_prompt="callback-confirm"
+    )
+    assert b.callback is not None
+    assert (b.callback.key, b.callback.confirm_prompt) == ("#", "")
+    assert c.callback is None

@@ -14,7 +14,7 @@ from engine.calls.announcements import (
     number_prompts,
     position_prompts,
 )
-from engine.config import CsatConfig, MenuStep, PlayStep, load_config
+from engine.config import CallbackConfig, CsatConfig, MenuStep, PlayStep, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 ALL_WAVS = sorted(SHIPPED_PROMPTS.glob("*.wav"))
@@ -52,6 +52,7 @@ def test_every_prompt_the_default_config_names_is_shipped() -> None:
         if queue.csat is not None:
             names |= {queue.csat.prompt, queue.csat.second_prompt, queue.csat.thanks_prompt} - {""}
     names |= {CsatConfig().prompt, CsatConfig().thanks_prompt, "csat-effort"}  # the defaults
+    names |= {CallbackConfig().prompt, CallbackConfig().confirm_prompt}
     for flow in cfg.flows:
         for step in flow.steps:
             if isinstance(step, PlayStep | MenuStep):

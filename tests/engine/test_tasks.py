@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, generate_latest
 
 import routing_core as rc
-from engine.config import Config, StorageConfig, parse_config
+from engine.config import SERVICE_CHANNELS, Config, StorageConfig, parse_config
 from engine.routing.service import RoutingService
 from engine.runtime.events import Event, EventBus
 from engine.storage import StorageError, Store, database_url
@@ -101,7 +101,7 @@ async def build(store: Store, text: str = CONFIG) -> tuple[Setup, asyncio.Task[N
     routing.connect(
         on_offer=voice.append,
         on_withdraw=lambda _: None,
-        channels={ch: service.handlers() for ch in ("chat", "email", "social", "ticket")},
+        channels={ch: service.handlers() for ch in SERVICE_CHANNELS},
     )
     return Setup(cfg, routing, service, writer, store, events, voice, metrics, registry), runner
 
@@ -151,6 +151,34 @@ async def test_one_agents_capacity_is_counted_across_voice_and_chat(setup: Setup
     done = await s.service.complete(chats[0], "1001", by="agent:1001", disposition="resolved")
     assert done.state is TaskState.COMPLETED
     await until(lambda: s.offered("1001") == [chats[2]])
+
+
+async def test_a_callback_keeps_its_callers_place_among_the_calls_on_voice_capacity(
+    setup: Setup,
+) -> None:
+    """A callback task (a waiting caller's key, engine.calls.callbacks) is ordered among the
+    queue's calls by its effective enqueue time and takes the agent's voice capacity: the call
+    that came later waits until the callback is done."""
+    s = setup
+    s.routing.enqueue("call-later", "support")
+    callback, _ = await s.service.create(
+        channel="callback", queue="support", created_by="system", enqueued_at=s.service.wall() - 30,
+        data={"call_id": "call-earlier", "number": "5550100"}, channels=("callback",),
+    )  # fmt: skip
+    assert callback.enqueued_at < callback.arrived_at - 29
+    figures = {q: n for q, n, _ in s.routing.queue_figures()}
+    assert figures["support"] == 2  # the callback counts with the waiting calls
+    s.routing.login("1002")  # voice capacity 1, no chat: one call-like contact at a time
+    await until(lambda: s.offered("1002") == [callback.id])
+    await asyncio.sleep(0.1)
+    assert s.voice_offers == []  # the later call is behind it, not offered meanwhile
+    assert s.routing.agent_load("1002")["voice"] == (1, 1)
+    assert s.service.open_counts()[("callback", "offered")] == 1
+    await s.service.accept(callback.id, "1002", by="agent:1002")
+    await s.service.complete(callback.id, "1002", by="agent:1002", disposition="called_back")
+    await until(lambda: [o.task_id for o in s.voice_offers] == ["call-later"])
+    with pytest.raises(InvalidTask, match="found 'callback'"):  # not a channel of the API
+        await s.service.create(channel="callback", queue="support", created_by="api")
 
 
 async def test_an_agent_with_chat_capacity_0_is_never_offered_a_chat(setup: Setup) -> None:
