@@ -497,6 +497,11 @@ class RoutingService:
             if queue in agent.queues and self.router.agent_state(agent.id) in working
         )
 
+    def agent_states(self) -> Iterator[tuple[str, str]]:
+        """(agent id, routing state) of every configured agent."""
+        for agent in self._cfg.agents:
+            yield agent.id, self.router.agent_state(agent.id).name.lower()
+
     def agents_by_queue_and_state(self) -> dict[tuple[str, str], int]:
         counts: dict[tuple[str, str], int] = {
             (q.name, s.name.lower()): 0 for q in self._cfg.queues for s in rc.AgentState
@@ -531,15 +536,25 @@ class RoutingCollector(Collector):
             "Member agents of the queue by routing state.",
             labels=["queue", "state"],
         )
+        # One series per configured agent (bounded by the config, as Asterisk's queue member
+        # status is): 1 for its current routing state, so a state timeline needs no log.
+        by_agent = GaugeMetricFamily(
+            "acd_agent_state",
+            "Each configured agent's routing state (1 for the state it is in).",
+            labels=["agent", "state"],
+        )
         if service is not None:
             for name, n, wait_s in service.queue_figures():
                 waiting.add_metric([name], n)
                 oldest.add_metric([name], wait_s)
             for (queue, state), n in sorted(service.agents_by_queue_and_state().items()):
                 agents.add_metric([queue, state], n)
+            for agent_id, state in service.agent_states():
+                by_agent.add_metric([agent_id, state], 1)
         yield waiting
         yield oldest
         yield agents
+        yield by_agent
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         return iter(())

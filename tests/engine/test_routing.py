@@ -174,6 +174,11 @@ async def test_metrics_are_read_from_the_router_at_scrape_time(
     assert 'acd_queue_waiting_calls{queue="support"} 0.0' in text
     assert 'acd_queue_agents{queue="support",state="available"} 1.0' in text
     assert 'acd_queue_agents{queue="support",state="logged_out"} 1.0' in text
+    # one series per configured agent, its state now
+    states = [line for line in text.splitlines() if line.startswith("acd_agent_state{")]
+    assert 'acd_agent_state{agent="1001",state="available"} 1.0' in states
+    assert len(states) == len(svc._cfg.agents)
+    assert sum('state="logged_out"' in line for line in states) == len(states) - 1
     oldest = registry.get_sample_value("acd_queue_oldest_wait_seconds", {"queue": "vip"})
     assert oldest is not None
     assert 0.04 <= oldest < 1.0
