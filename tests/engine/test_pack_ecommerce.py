@@ -10,10 +10,8 @@ digits from SIPp and checks the ticket in the daemon's store.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import re
-import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,19 +27,9 @@ from engine.packs.ecommerce.orders import OrderAnswer, number_prompts
 from engine.plugins import load_config, parse_config
 from tests.conftest import free_port
 from tests.engine.test_flows import ScriptedCaller
-from tests.engine.test_pack_finance import REPO, register_packs
+from tests.engine.test_pack_finance import REPO
 
 SHIPPED = Path(REPO / "engine" / "prompts")
-
-
-@pytest.fixture(scope="module")
-def packs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    root = register_packs(tmp_path_factory.mktemp("packs"))
-    sys.path.insert(0, str(root))
-    importlib.invalidate_caches()
-    yield
-    sys.path.remove(str(root))
-    importlib.invalidate_caches()
 
 
 @dataclass

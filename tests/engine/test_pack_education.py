@@ -6,11 +6,8 @@ tests/e2e/test_pack_ecommerce_call.py and test_pack_healthcare_call.py.
 
 from __future__ import annotations
 
-import importlib
 import re
-import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,18 +16,8 @@ from engine.calls.flows import FlowRunner
 from engine.config import ConfigError
 from engine.plugins import load_config, parse_config
 from tests.engine.test_flows import ScriptedCaller
-from tests.engine.test_pack_finance import REPO, register_packs
+from tests.engine.test_pack_finance import REPO
 from tests.engine.test_pack_healthcare import Tasks
-
-
-@pytest.fixture(scope="module")
-def packs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    root = register_packs(tmp_path_factory.mktemp("packs"))
-    sys.path.insert(0, str(root))
-    importlib.invalidate_caches()
-    yield
-    sys.path.remove(str(root))
-    importlib.invalidate_caches()
 
 
 def config(route: str = "", campaign: str = "") -> str:

@@ -8,11 +8,9 @@ tests/e2e/test_pack_finance_call.py types the digits from a real phone.
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
 import tomllib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,16 +39,6 @@ def register_packs(root: Path) -> Path:
     lines = "".join(f"{name} = {value}\n" for name, value in points.items())
     (info / "entry_points.txt").write_text("[acd.plugins]\n" + lines)
     return root
-
-
-@pytest.fixture(scope="module")
-def packs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    root = register_packs(tmp_path_factory.mktemp("packs"))
-    sys.path.insert(0, str(root))
-    importlib.invalidate_caches()
-    yield
-    sys.path.remove(str(root))
-    importlib.invalidate_caches()
 
 
 @dataclass

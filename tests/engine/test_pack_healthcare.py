@@ -7,11 +7,8 @@ through the transcription path's own masker.
 
 from __future__ import annotations
 
-import importlib
 import re
-import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,20 +17,10 @@ from engine.calls.flows import FlowRunner
 from engine.config import ConfigError
 from engine.plugins import load_config, parse_config
 from tests.engine.test_flows import ScriptedCaller
-from tests.engine.test_pack_finance import REPO, register_packs
+from tests.engine.test_pack_finance import REPO
 
 SHIPPED = REPO / "engine" / "prompts"
 DOC = REPO / "docs" / "packs" / "healthcare.md"
-
-
-@pytest.fixture(scope="module")
-def packs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    root = register_packs(tmp_path_factory.mktemp("packs"))
-    sys.path.insert(0, str(root))
-    importlib.invalidate_caches()
-    yield
-    sys.path.remove(str(root))
-    importlib.invalidate_caches()
 
 
 class Tasks:
