@@ -31,43 +31,20 @@ from engine.storage.schema import queue_events
 from sip.endpoint import ByeReceived, RequestReceived, ResponseReceived
 from tests.conftest import free_port
 from tests.engine.test_calls import CALLER_SDP, Peer, open_peer, until
+from tests.engine.test_calls import config_text as base_config_text
 
 
 def config_text(agent_port: int, rtp_base: int) -> str:
-    return f"""
-[sip]
-listeners = [{{ transport = "udp", bind = "127.0.0.1", port = 0 }}]
-
-[media]
-rtp_port_min = {rtp_base}
-rtp_port_max = {rtp_base + 40}
-
-[[trunks]]
-name = "local"
-allow = ["127.0.0.0/8"]
-
-[[routes]]
-number = "support"
-flow = "support"
-
-[[flows]]
-name = "support"
-steps = [
-    {{ type = "answer" }}, {{ type = "set", priority = 3 }}, {{ type = "enqueue", queue = "support" }},
-]
-
-[[queues]]
-name = "support"
-ring_timeout_s = 5
-announce_every_s = 30
-callback = {{ key = "#", confirm_prompt = "" }}
-
-[[agents]]
-id = "2001"
-login = "static"
-contact = "sip:2001@127.0.0.1:{agent_port}"
-queues = {{ support = 0 }}
-"""
+    """test_calls' one-queue config, the caller at priority 3, and a callback on "#"."""
+    text = base_config_text(agent_port, rtp_base)
+    for old, added in (
+        ('{ type = "answer" }, ', '{ type = "answer" }, { type = "set", priority = 3 }, '),
+        ("ring_timeout_s = 5\n", 'ring_timeout_s = 5\nannounce_every_s = 30\n'
+         'callback = { key = "#", confirm_prompt = "" }\n'),
+    ):  # fmt: skip
+        assert old in text
+        text = text.replace(old, added, 1)
+    return text
 
 
 @dataclass
