@@ -51,7 +51,9 @@ def login(daemon: DaemonProcess, agent_id: str) -> None:
     assert set_state(daemon, agent_id, "logged_in") == "available"
 
 
-def config(uas_port: int, rtp_base: int, agents_n: int = AGENTS) -> str:
+def config(
+    uas_port: int, rtp_base: int, agents_n: int = AGENTS, ring_timeout_s: float = 5.0
+) -> str:
     agents = "".join(
         f'[[agents]]\nid = "a{i}"\nlogin = "static"\ncontact = "sip:a{i}@127.0.0.1:{uas_port}"\n'
         "skills = { support = 5 }\nqueues = { support = 0 }\n\n"
@@ -67,7 +69,7 @@ rtp_port_max = {rtp_base + 998}
 [[queues]]
 name = "support"
 requirements = {{ support = 1 }}
-ring_timeout_s = 5.0
+ring_timeout_s = {ring_timeout_s}
 wrap_up_s = 0.0
 record = "never"
 
@@ -123,19 +125,22 @@ def test_five_percent_sip_loss_on_both_ends_every_call_completes(
     """SIPp ``-lost 5`` on the trunk side and on the agents' side: each drops 5 % of the SIP
     messages it sends and receives, so our retransmissions (RFC 3261 17, T1 = 500 ms) and the
     peers' must repair every transaction: all 200 calls complete, each with one answered row.
-    Each caller holds 3 s after our answer, time for a lost INVITE to an agent to go out twice
-    more; 60 agents keep the ~45 concurrent calls from waiting in the queue."""
-    calls, agents = 200, 60
+    Each caller holds 5 s after our answer. One agent's INVITE and its answer both crossing
+    (0.95**4) fails about one try in ten, so a caller whose agent leg needs three tries waits
+    1.5 s; the 1.5 s ring timeout moves the offer on to another agent (CANCEL, and a late 200 for
+    it answered with ACK + BYE, all on lossy paths), giving each caller some seven tries before
+    its 5 s are up. 80 agents keep the ~60 concurrent calls from waiting for a free one."""
+    calls, agents = 200, 80
     uas = sipp(tmp_path, ["-sn", "uas"], None, "-lost", "5")
     try:
         time.sleep(0.5)
         assert uas.poll() is None, uas.log_path.read_text()  # type: ignore[attr-defined]
-        daemon = start_daemon(config(uas.sip_port, free_port_block(1000), agents))  # type: ignore[attr-defined]
+        daemon = start_daemon(config(uas.sip_port, free_port_block(1000), agents, 1.5))  # type: ignore[attr-defined]
         for i in range(agents):
             login(daemon, f"a{i}")
         target = str(daemon.wait_for_log("ready")["sip"]).removeprefix("udp:")
-        uac = sipp(tmp_path, ["-sn", "uac"], target, "-s", "support", "-r", "15", "-m", str(calls),
-                   "-l", "80", "-d", "3000", "-lost", "5")  # fmt: skip
+        uac = sipp(tmp_path, ["-sn", "uac"], target, "-s", "support", "-r", "12", "-m", str(calls),
+                   "-l", "100", "-d", "5000", "-lost", "5")  # fmt: skip
         code = uac.wait(timeout=180)
         assert code == 0, uac.log_path.read_text(errors="replace")[-3000:]  # type: ignore[attr-defined]
     finally:
@@ -152,9 +157,30 @@ def test_five_percent_sip_loss_on_both_ends_every_call_completes(
         time.sleep(0.2)
     rows = finished()
     assert len({r[0] for r in rows}) == calls
-    assert {r[1] for r in rows} == {"answered"}
+    assert {r[1] for r in rows} == {"answered"}, _timelines(
+        daemon, [r[0] for r in rows if r[1] != "answered"]
+    )
     _, exposition, _ = daemon.get("/metrics")
     assert "acd_calls_active 0.0" in exposition.decode()
+
+
+def _timelines(daemon: DaemonProcess, sip_call_ids: list[str]) -> str:
+    """Each call's CDR times and queue events, relative to its arrival: what a failure shows."""
+    out = []
+    with sqlite3.connect(daemon.workdir / "var" / "acd.sqlite3") as db:
+        for sip_call_id in sip_call_ids:
+            call_id, arrived, *times = db.execute(
+                "SELECT id, arrived_at, flow_answered_at, enqueued_at, first_offer_at,"
+                " agent_answered_at, ended_at, hangup_side, hangup_reason FROM calls"
+                " WHERE sip_call_id = ?", (sip_call_id,),
+            ).fetchone()  # fmt: skip
+            events = db.execute(
+                "SELECT at - ?, event, agent_id, data FROM queue_events WHERE call_id = ?"
+                " ORDER BY at", (arrived, call_id),
+            ).fetchall()  # fmt: skip
+            rel = [round(t - arrived, 3) if isinstance(t, float) else t for t in times]
+            out.append(f"{sip_call_id}: {rel} {events}")
+    return "\n".join(out)
 
 
 def test_static_agent_behind_a_pbx_that_challenges(
