@@ -65,16 +65,16 @@ async def _event_stream_close_code(base: str, ctx: ssl.SSLContext, token: str) -
     import aiohttp
 
     url = base.replace("https://", "wss://") + "/api/v1/events"
-    async with aiohttp.ClientSession() as http:
-        async with http.ws_connect(url, ssl=ctx) as ws:
-            sock = ws.get_extra_info("socket")
-            await ws.send_json({"type": "auth", "token": token})
-            await ws.receive(timeout=5)
-            code = ws.close_code
+    async with aiohttp.ClientSession() as http, http.ws_connect(url, ssl=ctx) as ws:
+        sock = ws.get_extra_info("socket")
+        await ws.send_json({"type": "auth", "token": token})
+        await ws.receive(timeout=5)
+        code = ws.close_code
     # The TLS transport's close_notify exchange outlives the session; asyncio.run would end the
     # loop with the socket still open (a ResourceWarning at the next gc), so wait for it here.
-    deadline = time.monotonic() + 5
-    while sock.fileno() != -1 and time.monotonic() < deadline:
+    for _ in range(250):
+        if sock.fileno() == -1:
+            break
         await asyncio.sleep(0.02)
     assert sock.fileno() == -1, "the wss:// client socket never closed"
     return code
