@@ -558,12 +558,18 @@ class Endpoint:
         authenticator: DigestAuthenticator | None = None,
         user_lookup: SecretLookup | None = None,
         guard: Guard | None = None,
+        tls_only: Callable[[str], bool] | None = None,
     ) -> None:
         self.config: Final = config or EndpointConfig()
         self._timers: Final = self.config.timers
         self.registrar: Final = registrar
         self.authenticator: Final = authenticator
         self.user_lookup: Final = user_lookup
+        #: User names (AOR users) whose phones must register over TLS with TLS contacts (sips:
+        #: or ;transport=tls): their REGISTER over UDP/TCP, or naming another contact, gets
+        #: 403 "TLS Required" once authenticated (`bad_register`). Looked up per REGISTER, so a
+        #: caller may change the answer (a reload).
+        self.tls_only: Callable[[str], bool] | None = tls_only
         if authenticator is not None and user_lookup is None:
             raise ValueError("an authenticator needs a user_lookup")
         self.rejections: dict[str, int] = {}
@@ -1283,6 +1289,10 @@ class Endpoint:
             return
         if self.authenticator is not None and not self._authorize(ctx, to_uri, now):
             return
+        if self.tls_only is not None and self.tls_only(to_uri.user) and not self._tls_register(req):
+            self._count("bad_register")
+            self._respond(ctx, 403, now, reason="TLS Required")
+            return
         aor = f"sip:{to_uri.user}@{to_uri.host.lower()}"
         contacts = (
             [ContactRequest("*")]
@@ -1308,6 +1318,14 @@ class Endpoint:
         self._respond(ctx, result.status_code, now, reason=result.reason, headers=headers)
         if result.added or result.refreshed or result.removed:
             self._events.append(RegistrationChanged(aor, result))
+
+    def _tls_register(self, req: Request) -> bool:
+        """Over TLS, and every contact one a request reaches over TLS (`tls_only`)."""
+        if self.config.transport.upper() != "TLS":
+            return False
+        return all(
+            c.uri.scheme == "sips" or (c.uri.transport or "").lower() == "tls" for c in req.contacts
+        )
 
     def _authorize(self, ctx: _ServerCtx, aor_uri: Uri, now: float) -> bool:
         """Digest check of a REGISTER (22.4): a registrar challenges with 401; True when the

@@ -56,6 +56,8 @@ class Listeners:
         self._on_event = on_event
         self.guard = guard
         self.secrets = agent_secrets(config)
+        #: Agents with ``secure = true``: their phones register over TLS only (403 otherwise).
+        self.tls_users = secure_agents(config)
         #: Digest answers for a user name that is no agent's (each ends in a 403 the endpoint
         #: counts as auth_failed): the "unknown_user" part of acd_sip_auth_failures_total.
         self.unknown_user_failures = 0
@@ -69,9 +71,10 @@ class Listeners:
         self._unavailable: int | None = UNAVAILABLE_RETRY_AFTER_S
 
     def apply(self, config: Config) -> None:
-        """A reload: agents' passwords apply to the next registration (listeners stay open)."""
+        """A reload: agents' passwords and TLS-only flags apply to the next registration."""
         self._config = config
         self.secrets = agent_secrets(config)
+        self.tls_users = secure_agents(config)
 
     def use_guard(self, guard: Guard | None) -> None:
         """Screen every listener with ``guard`` from now on (a reload changed the policy)."""
@@ -131,6 +134,7 @@ class Listeners:
                 authenticator=authenticator,
                 user_lookup=lookup,
                 guard=self.guard,
+                tls_only=lambda user: user in self.tls_users,
             )
             endpoint.unavailable_retry_after_s = self._unavailable
             return endpoint
@@ -198,6 +202,11 @@ def agent_secrets(config: Config) -> dict[str, UserSecret]:
         elif agent.password_ha1:
             secrets[agent.id] = StoredHa1({DigestAlgorithm.MD5: agent.password_ha1.lower()})
     return secrets
+
+
+def secure_agents(config: Config) -> frozenset[str]:
+    """The agents whose phones are reached over TLS only (``agents[].secure``)."""
+    return frozenset(agent.id for agent in config.agents if agent.secure)
 
 
 def family(endpoint: Endpoint) -> str:

@@ -325,8 +325,8 @@ class AgentConfig(_Struct, frozen=True):
     # channel -> how many at once (voice is 1; chat may be more)
     capacity: dict[str, int] = msgspec.field(default_factory=lambda: {"voice": 1})
     api_token: str = ""  # the agent's token for the API and the agent desktop
-    # true: this phone is called only over TLS (a sips: or ;transport=tls contact; one registered
-    # over UDP/TCP is not rung) and its leg is always SRTP (RTP/SAVP), whatever [media] srtp says
+    # true: this phone is called only over TLS (a sips: or ;transport=tls contact; a REGISTER
+    # over UDP/TCP gets 403) and its leg is always SRTP (RTP/SAVP), whatever [media] srtp says
     secure: bool = False
 
 

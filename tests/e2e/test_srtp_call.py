@@ -13,7 +13,7 @@ force), with ``[media] workers = 1`` so an SRTP call is seen to stay in the daem
 * "off": the RTP/SAVP-only caller gets 488.
 
 And an agent with ``secure = true`` (a second daemon, ``[media] srtp`` left "off", a TLS listener):
-registered over UDP it is never rung (``agent_contact_not_tls``); registered over TLS
+its REGISTER over UDP gets 403 TLS Required and it stays logged out; registered over TLS
 (``;transport=tls``, baresip's own TLS listener with a certificate the daemon trusts) the INVITE
 goes over TLS, its leg is RTP/SAVP, and the plain caller and the SRTP agent hear each other.
 """
@@ -263,11 +263,17 @@ ca_file = "{cert}"
 """
     )
     udp = str(daemon.wait_for_log("ready")["sip"]).removeprefix("udp:")
-    # registered over UDP: logged in, but never rung
-    with phones(daemon, tmp_path, None, None):
-        daemon.wait_for_log("agent_contact_not_tls", 15)
-        assert agent_state(daemon) == "available"
-    wait_until(lambda: agent_state(daemon) == "logged_out", 10, "agent 1001 unregistered")
+    # over UDP, with the right password: 403 TLS Required, and the agent stays logged out
+    plain = Baresip(
+        tmp_path / "agent-udp", f"<sip:1001@{udp}>;auth_pass=alice-secret-1001;{PHONE}", 880
+    )
+    try:
+        plain.wait_for("403 TLS Required")
+    finally:
+        plain.stop()
+    assert agent_state(daemon) == "logged_out"
+    _, metrics, _ = daemon.get("/metrics")
+    assert 'acd_sip_parse_errors_total{reason="bad_register"} 1.0' in metrics.decode()
 
     capture = Capture(range(rtp_base, rtp_base + 99))
     agent = Baresip(

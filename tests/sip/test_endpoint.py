@@ -657,6 +657,61 @@ def test_register_wrong_password_refused_and_counted() -> None:
     assert len(uas.registrar) == 0
 
 
+def _register_as_alice(uas: Endpoint, contact: str) -> Response:
+    """A REGISTER of ``contact`` with alice's right digest answer: the registrar's last word."""
+    (challenge,) = answer_of(uas, register_request(1))
+    assert challenge.status == 401
+    value = DigestClient("alice", "secret").authorize(
+        challenge.headers.get_all("www-authenticate"), method="REGISTER", uri="sip:127.0.0.1"
+    )
+    request = register_request(2, value).replace(b"<sip:alice@127.0.0.1:5070>", contact.encode())
+    (answer,) = answer_of(uas, request, 1.0)
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("transport", "contact", "status"),
+    [
+        ("UDP", "<sip:alice@127.0.0.1:5070>", 403),
+        ("TCP", "<sip:alice@127.0.0.1:5070;transport=tcp>", 403),
+        ("TLS", "<sip:alice@127.0.0.1:5070;transport=udp>", 403),  # over TLS, naming UDP
+        ("TLS", "<sip:alice@127.0.0.1:5071;transport=tls>", 200),
+        ("TLS", "<sips:alice@127.0.0.1:5071>", 200),
+    ],
+)
+def test_tls_only_user_registers_over_tls_with_a_tls_contact_or_gets_403(
+    transport: str, contact: str, status: int
+) -> None:
+    users = {"alice": Password("secret")}
+    uas = Endpoint(
+        EndpointConfig(transport=transport),
+        registrar=Registrar(),
+        authenticator=DigestAuthenticator(realm="acd"),
+        user_lookup=users.get,
+        tls_only={"alice"}.__contains__,
+    )
+    answer = _register_as_alice(uas, contact)
+    assert answer.status == status
+    assert uas.registrar is not None
+    assert len(uas.registrar) == (1 if status == 200 else 0)
+    if status == 403:
+        assert answer.reason == "TLS Required"
+        assert uas.rejections == {"bad_register": 1}
+        assert "auth_failed" not in uas.rejections  # the password was right: no ban counting
+
+
+def test_tls_only_spares_other_users() -> None:
+    users = {"alice": Password("secret")}
+    uas = Endpoint(
+        EndpointConfig(transport="UDP"),
+        registrar=Registrar(),
+        authenticator=DigestAuthenticator(realm="acd"),
+        user_lookup=users.get,
+        tls_only={"bob"}.__contains__,
+    )
+    assert _register_as_alice(uas, "<sip:alice@127.0.0.1:5070>").status == 200
+
+
 def test_client_answers_401_once_with_incremented_cseq() -> None:
     registrar_uas = make_registrar_uas()
     uac = Endpoint(EndpointConfig(local_port=5070))
