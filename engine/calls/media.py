@@ -25,7 +25,7 @@ import structlog
 
 from engine.calls.announcements import SHIPPED_PROMPTS
 from engine.calls.model import CODECS, MEDIA_HOME_TIMEOUT_S, AgentLeg, Call, CallEnded, loop_now
-from engine.config import Config
+from engine.config import Config, TrunkConfig
 from engine.media.offload import MediaWorkers, RemoteBridge, RemoteRecording
 from engine.recording.service import RecordingRefused
 from engine.runtime.metrics import Metrics
@@ -329,10 +329,12 @@ class CallMedia:
         on_event: Callable[[MediaEvent], None] | None = None,
         *,
         secure: bool = False,
+        trunk: TrunkConfig | None = None,
     ) -> AgentLeg:
         """An outbound leg's RTP endpoint and SDP offer (in the caller's codec: no transcoding
         unless the far end insists). Its media events go to ``on_event`` (default: an agent's or
-        transfer target's, whose media timeout ends the call). Raises OSError when no port can
+        transfer target's, whose media timeout ends the call). SRTP as ``trunk`` says when the
+        leg goes through one, RTP/SAVP only when ``secure``. Raises OSError when no port can
         be had."""
         rtp = await open_endpoint(
             self.ports, self.stats, host=self._s.listeners.endpoint.config.local_host, clock=self.clock,
@@ -342,7 +344,7 @@ class CallMedia:
         # [media] srtp: "offer" puts our SDES key on RTP/AVP, "require" offers RTP/SAVP only
         sdp = make_offer(
             rtp.local_address[0], rtp.port, (CODECS.get(call.codec, PCMU),),
-            srtp=SrtpMode.REQUIRE if secure else SrtpMode(self._s.config.media.srtp),
+            srtp=SrtpMode.REQUIRE if secure else srtp_mode(self._s.config, trunk),
         )  # fmt: skip
         return AgentLeg(call, name, rtp, sdp, rang_at=loop_now(), codec=call.codec, local_sdp=sdp)
 
@@ -357,3 +359,8 @@ class CallMedia:
             self._s.teardown.caller_gone(
                 call, f"transfer media timeout ({event.reason})", side="callee"
             )
+
+
+def srtp_mode(config: Config, trunk: TrunkConfig | None) -> SrtpMode:
+    """SRTP on a leg: its trunk's ``srtp`` when it has one, else ``[media] srtp``."""
+    return SrtpMode((trunk.srtp if trunk is not None else "") or config.media.srtp)

@@ -89,7 +89,9 @@ class Ringing:
             self.reject(call, agent.id, "no_answer")
             return
         try:
-            leg = await self._s.media.open_leg(call, agent.id, secure=agent.secure)
+            leg = await self._s.media.open_leg(
+                call, agent.id, secure=agent.secure, trunk=self._trunk_of(agent)
+            )
         except OSError:
             self.reject(call, agent.id, "no_answer")
             return
@@ -110,6 +112,12 @@ class Ringing:
         )
         self._s.transmit()
 
+    def _trunk_of(self, agent: AgentConfig) -> TrunkConfig | None:
+        """The trunk a static agent behind a PBX is reached through, or None."""
+        if agent.login is not LoginMode.STATIC or not agent.trunk:
+            return None
+        return next(t for t in self._s.config.trunks if t.name == agent.trunk)
+
     async def reach(self, agent: AgentConfig) -> AgentReach | None:
         """Where an INVITE to ``agent``'s phone goes: its registered (or static) contact, through
         its trunk for an extension behind a PBX, located by RFC 3263. None when it has no
@@ -124,10 +132,10 @@ class Ringing:
             return None
         destination = contact  # RFC 3263 locates this: the contact, or the trunk's proxy
         auth: DigestClient | None = None
-        if agent.login is LoginMode.STATIC and agent.trunk:
+        trunk = self._trunk_of(agent)
+        if trunk is not None:
             # An extension behind a PBX: send through its trunk, answer its 401/407 with the
             # trunk's outbound credentials.
-            trunk = next(t for t in self._s.config.trunks if t.name == agent.trunk)
             contact = with_transport(contact, trunk.transport)
             destination, auth = through_trunk(trunk, contact)
         targets = await self.locate(destination)

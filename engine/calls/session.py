@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from engine.calls.media import srtp_mode
 from engine.calls.model import CODECS, Call, CallEnded, loop_now
 from engine.media.offload import RemoteBridge
 from sip.dialog import DialogId
@@ -53,7 +54,7 @@ class Session:
         caps = AudioCapabilities(
             address=host, port=rtp.port, codecs=(PCMU, PCMA),
             telephone_event=call.trunk.dtmf != "inband",
-            srtp=SrtpMode(self._s.config.media.srtp),
+            srtp=srtp_mode(self._s.config, call.trunk),
         )  # fmt: skip
         answer = negotiate_answer(offer, caps)
         call.remote_sdp, call.local_sdp = offer, answer.sdp

@@ -130,7 +130,7 @@ class Transfers:
             return "failed"
         _, auth = through_trunk(trunk, target)
         try:
-            leg = await self._s.media.open_leg(call, f"transfer:{number}")
+            leg = await self._s.media.open_leg(call, f"transfer:{number}", trunk=trunk)
         except OSError:
             log.warning("transfer_failed", target=number, reason="no RTP port")
             return "failed"

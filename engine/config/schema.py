@@ -348,6 +348,9 @@ class TrunkConfig(_Struct, frozen=True):
     # in the audio, detected while a flow runs; telephone-event is not offered), or "auto"
     # (RFC 4733 when the caller's SDP offers telephone-event, tones otherwise). SIP INFO always.
     dtmf: str = "auto"
+    # SRTP on this trunk's legs (its callers, and our INVITEs through it: transfers, static
+    # agents behind it): "off" | "offer" | "require" as [media] srtp; "" = [media] srtp
+    srtp: str = ""
 
 
 class RouteConfig(_Struct, frozen=True):

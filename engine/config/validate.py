@@ -504,6 +504,12 @@ def _validate_telephony(cfg: Config, file: str) -> None:
                 f"{base}.dtmf",
                 f"expected 'auto', 'rfc4733' or 'inband', found {trunk.dtmf!r}",
             )
+        if trunk.srtp not in ("", "off", "offer", "require"):
+            raise ConfigError(
+                file,
+                f"{base}.srtp",
+                f"expected 'off', 'offer', 'require' or '' ([media] srtp), found {trunk.srtp!r}",
+            )
         if trunk.transport not in ("udp", "tcp", "tls"):
             raise ConfigError(
                 file,

@@ -26,7 +26,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -78,20 +78,27 @@ def metric(daemon: DaemonProcess, name: str) -> float:
     raise AssertionError(f"no {name} in /metrics")
 
 
-def set_srtp(daemon: DaemonProcess, mode: str) -> None:
-    text = daemon.config_path.read_text()
+def reload(daemon: DaemonProcess, edit: Callable[[str], str]) -> None:
+    """Rewrite the daemon's config file with ``edit`` and SIGHUP it; back once it applied."""
     before = sum(1 for line in daemon.log_lines() if line.get("event") == "reload_applied")
-    for old in ("off", "offer", "require"):
-        text = text.replace(f'srtp = "{old}"', f'srtp = "{mode}"')
-    daemon.config_path.write_text(text)
+    daemon.config_path.write_text(edit(daemon.config_path.read_text()))
     daemon.signal(signal.SIGHUP)
     wait_until(
         lambda: (
             sum(1 for line in daemon.log_lines() if line.get("event") == "reload_applied") > before
         ),
         10,
-        f"reload to srtp={mode}",
+        "reload applied",
     )
+
+
+def set_srtp(daemon: DaemonProcess, mode: str) -> None:
+    def edit(text: str) -> str:
+        for old in ("off", "offer", "require"):
+            text = text.replace(f'srtp = "{old}"', f'srtp = "{mode}"')
+        return text
+
+    reload(daemon, edit)
 
 
 class Capture:
@@ -240,6 +247,22 @@ def test_srtp_calls_by_mode(start_daemon: DaemonFactory, tmp_path: Path) -> None
         with phones(daemon, tmp_path, "srtp-mand", None) as (agent, caller):
             caller.wait_for("488")
             assert agent_state(daemon) == "available"
+
+        # [media] srtp still "off", the callers' trunk says "require": its plain caller gets
+        # 488, its SRTP caller is bridged encrypted to the agent's plain leg ([media] srtp)
+        reload(
+            daemon,
+            lambda text: text.replace('name = "local"\n', 'name = "local"\nsrtp = "require"\n'),
+        )
+        with phones(daemon, tmp_path, None, None) as (agent, caller):
+            caller.wait_for("488")
+            assert agent_state(daemon) == "available"
+        with phones(daemon, tmp_path, "srtp-mand", None) as (agent, caller):
+            bridged_both_ways(daemon, agent, caller)
+            to_caller, to_agent = capture.to(caller), capture.to(agent)
+        assert abs(dominant_hz(agent.heard()[-8000:]) - 440) < 10
+        assert_not_plaintext(to_caller)
+        assert len([p for p in to_agent if len(p) == 172]) > 50  # plain G.711 to the agent
     finally:
         capture.close()
 

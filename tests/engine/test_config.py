@@ -7,6 +7,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from engine.calls.media import srtp_mode
 from engine.cli.main import embedded_default_text
 from engine.config import (
     CallbackConfig,
@@ -219,6 +220,11 @@ name = "q"
             '[[trunks]]\nname = "t2"\nallow = ["10.0.0.0/8"]\ndtmf = "tones"\n',
             "trunks[1].dtmf",
             "'inband'",
+        ),
+        (
+            '[[trunks]]\nname = "t2"\nallow = ["10.0.0.0/8"]\nsrtp = "sdes"\n',
+            "trunks[1].srtp",
+            "'' ([media] srtp)",
         ),
         (
             '[[trunks]]\nname = "t2"\nusername = "u"\npassword = "p"\n'
@@ -607,3 +613,24 @@ def test_callback_offer_defaults_and_keys() -> None:
     assert b.callback is not None
     assert (b.callback.key, b.callback.confirm_prompt) == ("#", "")
     assert c.callback is None
+
+
+@pytest.mark.parametrize(
+    ("media", "trunk", "mode"),
+    [
+        ("off", "", "off"),
+        ("off", "require", "require"),
+        ("require", "off", "off"),
+        ("offer", None, "offer"),
+    ],
+)
+def test_a_trunks_srtp_overrides_the_media_default(
+    media: str, trunk: str | None, mode: str
+) -> None:
+    """A leg through a trunk takes its ``srtp`` unless empty; a leg through none, [media]'s."""
+    text = (
+        BASE.replace("[[flows]]", f'srtp = "{trunk or ""}"\n[[flows]]')
+        + f'[media]\nsrtp = "{media}"\n'
+    )
+    cfg = parse_config(text, "t.toml")
+    assert srtp_mode(cfg, cfg.trunks[0] if trunk is not None else None).value == mode
