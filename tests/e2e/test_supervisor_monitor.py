@@ -176,11 +176,17 @@ def test_listen_whisper_barge_then_the_supervisor_hangs_up(
     # is continuous (its player runs on its own clock) and ends with its call, so a moment is a
     # sample position counted back from the end (the dump is written only in large blocks, so
     # its size mid-call says nothing).
-    marks: list[float] = []
+    # Each phase's [start, end] on the monotonic clock: from the switch's answer to just before
+    # the next switch is asked for (a switch's CLI or request takes time under load; what is
+    # heard while it runs belongs to neither phase).
+    phases: list[list[float]] = []
     ended: dict[str, float] = {}
 
-    def mark() -> None:
-        marks.append(time.monotonic())
+    def begin() -> None:  # a phase's sound starts: the switch has been answered
+        phases.append([time.monotonic()])
+
+    def end() -> None:  # and ends before the next switch is asked for
+        phases[-1].append(time.monotonic())
 
     try:
         agent.wait_for("200 OK")
@@ -219,32 +225,35 @@ def test_listen_whisper_barge_then_the_supervisor_hangs_up(
         expect(request(daemon, "POST", path, ADMIN, start), 409, "already monitored by 1009")
         wait_until(lambda: monitor_state(daemon) == "active", 10, "the supervisor on the call")
         sup.wait_for("Call established")
-        mark()
+        begin()
         time.sleep(PHASE_S)
+        end()
         # -- whisper (as an operator switches it: `acd monitor`), barge -------------------------
         cli = [sys.executable, "-m", "engine.cli", "monitor", str(live["id"]), "whisper",
                "--url", daemon.base_url, "--token", SUPERVISOR]  # fmt: skip
         switched = subprocess.run(cli, capture_output=True, text=True, timeout=30, check=False)
         assert switched.returncode == 0, switched.stderr
         assert switched.stdout.strip() == f"{live['id']}: 1009 whisper (active)"
-        mark()
+        begin()
         time.sleep(PHASE_S)
+        end()
         status, body = request(daemon, "PATCH", path, SUPERVISOR, {"mode": "barge"})
         assert status == 200, body
         assert body["mode"] == "barge"  # type: ignore[index]
-        mark()
+        begin()
         time.sleep(PHASE_S)
+        end()
         # -- the supervisor hangs up: the call goes on -------------------------------------------
-        mark()
+        ended["sup"] = time.monotonic()
         sup.command("hangup")
-        ended["sup"] = marks[-1]
         wait_until(lambda: monitor_state(daemon) is None, 10, "the monitoring ended")
+        begin()
         time.sleep(PHASE_S)
         after = live_call(daemon)
         assert after is not None
         assert after["id"] == live["id"]
         assert request(daemon, "DELETE", path, SUPERVISOR)[0] == 404  # nothing left to stop
-        mark()
+        end()
         caller.command("hangup")
         ended["caller"] = ended["agent"] = time.monotonic()  # the agent gets our BYE at once
         wait_until(lambda: live_call(daemon) is None, 10, "the call ended")
@@ -260,8 +269,8 @@ def test_listen_whisper_barge_then_the_supervisor_hangs_up(
 
     def part(name: str, phase: int) -> np.ndarray:
         pcm = phones[name].heard()
-        begin, end = (len(pcm) - round((ended[name] - t) * 8000) for t in marks[phase : phase + 2])
-        return pcm[begin + 2400 : end - 800]
+        first, last = (len(pcm) - round((ended[name] - t) * 8000) for t in phases[phase])
+        return pcm[first + 2400 : last - 800]
 
     for phase in range(3):  # listen, whisper, barge: the supervisor hears both sides
         check(part("sup", phase), (440, 880), (660,))
@@ -300,10 +309,8 @@ def test_listen_whisper_barge_then_the_supervisor_hangs_up(
     # What the caller heard is recorded: the caller on the left, alone; the agent on the right,
     # with the supervisor only while barging (positions follow the wall clock to the hang-up).
     def recorded(phase: int) -> np.ndarray:
-        begin, end = (
-            len(stereo) - round((ended["caller"] - t) * 8000) for t in marks[phase : phase + 2]
-        )
-        return stereo[begin + 2400 : end - 800]
+        first, last = (len(stereo) - round((ended["caller"] - t) * 8000) for t in phases[phase])
+        return stereo[first + 2400 : last - 800]
 
     for phase in range(4):
         check(recorded(phase)[:, 0], (440,), (660, 880))
