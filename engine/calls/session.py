@@ -116,6 +116,8 @@ class Session:
             and not rtp.srtp_rx.uses(theirs.key, theirs.salt)
         ):
             rtp.srtp_rx = theirs.context()  # the peer re-keyed (RFC 4568 7.1.4); our key stays
+            if isinstance(owner.bridge, RemoteBridge) and rtp.detached:
+                owner.bridge.rekey(rtp)  # a media worker carries the leg: it takes the key too
         if call is not None:
             call.remote_sdp, call.local_sdp = offer, answer.sdp
         else:

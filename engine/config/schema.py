@@ -549,7 +549,7 @@ class MediaConfig(_Struct, frozen=True):
     # SRTP with SDES keys (RFC 4568) on SIP legs: "off" (plain RTP; RTP/SAVP offers get 488),
     # "offer" (callers offering a key get SRTP, others plain; agents are offered a key on
     # RTP/AVP and get SRTP if they answer with one) or "require" (callers without a key get 488;
-    # agents are offered RTP/SAVP only). SRTP calls stay in the daemon, not in media workers.
+    # agents are offered RTP/SAVP only). Media workers carry SRTP calls too (keys handed over).
     srtp: str = "off"
 
 

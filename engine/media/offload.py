@@ -22,8 +22,9 @@ recording service completes its row at once), and `RemoteBridge.on_recording_los
 layer record the rest of the call here, in a new file that ``continues`` the first
 (`record_here`; still paused for PCI if it was).
 
-A call with an SRTP leg (``[media] srtp``) is carried here, never handed to a worker: its keys
-stay in the process that negotiated them (`RtpEndpoint.detach` refuses such a leg).
+A call with an SRTP leg (``[media] srtp``) goes to a worker like any other: `RtpEndpoint.detach`
+exports its contexts (key, ROCs, replay windows) into the leg's state, which crosses only the
+socket pair to our own child process; a re-key in a re-offer follows with `Rekey`.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from engine.media.protocol import (
     PauseTap,
     Play,
     RecordingDone,
+    Rekey,
     SetHeld,
     SetMonitorMode,
     SetRelay,
@@ -339,9 +341,7 @@ class RemoteBridge:
 
     def start(self, now: float) -> None:
         self.started_at = now
-        # SRTP legs stay here: their keys never leave the process that negotiated them
-        srtp = any(leg.srtp_tx is not None for leg in self.legs)
-        assigned = None if srtp else self._workers.pool.assign_now(self)
+        assigned = self._workers.pool.assign_now(self)
         if assigned is None:
             self._workers.handoffs.labels(outcome="local").inc()
             self._start_local()
@@ -529,6 +529,16 @@ class RemoteBridge:
             self.send(SetHeld(0, leg, held))
 
     # -- the worker's side ---------------------------------------------------------------------
+
+    def rekey(self, leg: RtpEndpoint) -> None:
+        """``leg``'s peer re-keyed (the call layer set its new ``srtp_rx`` here): the worker
+        carrying it unprotects with the new key from now on."""
+        if leg.srtp_rx is None:
+            return
+        away = self._monitors_away
+        index = self.legs.index(leg) if leg in self.legs else 2 if away and away[-1] is leg else -1
+        if index >= 0:
+            self.send(Rekey(0, index, pickle.dumps(leg.srtp_rx.export())))
 
     def send(self, message: Any) -> None:
         """A message about this call to its worker (``sid`` filled in); dropped once carried here."""

@@ -2,8 +2,8 @@
 
 How this works: both sides import this module and nothing of each other. The daemon's side
 (`engine.media.offload`) sends `ToWorker` messages for a bridged call (`Attach` hands the legs
-over; `SetRelay`, `Play`/`StopPlay`, `SetHeld`, `PauseRecording`, `PauseTap`, `StartRecording`
-and `Stop` drive it; `AttachMonitor`, `SetMonitorMode` and `DetachMonitor` bring a supervisor's
+over, SRTP keys included; `SetRelay`, `Play`/`StopPlay`, `SetHeld`, `PauseRecording`,
+`PauseTap`, `StartRecording`, `Rekey` and `Stop` drive it; `AttachMonitor`, `SetMonitorMode` and `DetachMonitor` bring a supervisor's
 leg in and out); the worker (`engine.media.worker`) answers with `FromWorker` messages
 (`Digit`, `TimedOut`, `Stopped`, `MonitorDetached`, `Failed`, `RecordingDone`, and `Stats`
 deltas every `STATS_INTERVAL_S`). Framing and the start-up handshake are `engine.runtime.workers`'; a
@@ -110,6 +110,15 @@ class SetMonitorMode(msgspec.Struct, tag=True, array_like=True):
     mode: str
 
 
+class Rekey(msgspec.Struct, tag=True, array_like=True):
+    """The peer of leg ``leg`` (0 caller, 1 agent, 2 the supervisor) re-keyed its SRTP in a
+    re-offer (RFC 4568 7.1.4): ``srtp_rx`` is the pickled `SrtpState` to unprotect with."""
+
+    sid: int
+    leg: int
+    srtp_rx: bytes
+
+
 class DetachMonitor(msgspec.Struct, tag=True, array_like=True):
     """The supervisor leaves: the bridge relays both ways again, the leg comes back in
     `MonitorDetached`."""
@@ -172,6 +181,7 @@ class Stats(msgspec.Struct, tag=True, array_like=True):
     packets_malformed: int
     packets_foreign: int
     packets_tapped: int
+    packets_srtp_rejected: int
     timeouts: int
     ticker_errors: int
     dtmf_digits: dict[str, int]
@@ -193,6 +203,7 @@ ToWorker = (
     | AttachMonitor
     | SetMonitorMode
     | DetachMonitor
+    | Rekey
 )
 FromWorker = Ready | Digit | TimedOut | Stopped | MonitorDetached | Failed | RecordingDone | Stats
 
@@ -203,6 +214,7 @@ _COUNTERS = (
     "packets_malformed",
     "packets_foreign",
     "packets_tapped",
+    "packets_srtp_rejected",
     "timeouts",
     "ticker_errors",
 )

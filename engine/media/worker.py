@@ -53,6 +53,7 @@ from engine.media.protocol import (
     PauseTap,
     Play,
     RecordingDone,
+    Rekey,
     SetHeld,
     SetMonitorMode,
     SetRelay,
@@ -80,6 +81,7 @@ from sip.media.endpoint import DtmfReceived, EndpointState, MediaEvent, MediaTim
 from sip.media.prompts import PromptCache
 from sip.rtp.g711 import DECODERS
 from sip.rtp.playback import Playlist
+from sip.rtp.srtp import SrtpContext
 
 log = structlog.stdlib.get_logger("acd.media")
 
@@ -203,6 +205,10 @@ class _Worker:
                 call.monitor.set_mode(message.mode, now)
         elif isinstance(message, DetachMonitor):
             self._detach_monitor(message.sid, call, now)
+        elif isinstance(message, Rekey):
+            if 0 <= message.leg < len(call.legs):
+                state = pickle.loads(message.srtp_rx)  # noqa: S301 (the daemon's own, as in Attach)
+                call.legs[message.leg].srtp_rx = SrtpContext.restore(state)
         elif isinstance(message, Stop):
             del self._calls[message.sid]
             self._detach_monitor(message.sid, call, now)

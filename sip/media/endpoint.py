@@ -26,8 +26,10 @@ timeouts are handled, and an RTCP compound (SR or RR + SDES CNAME, RFC 3550 6.1)
 SRTP (`use_srtp`, keys from SDES): every packet received is unprotected first (`sip.rtp.srtp`),
 before latching, so only a packet with a valid tag can move the remote address; a forged,
 replayed or plain one is dropped and counted (``MediaStats.packets_srtp_rejected``). Everything
-sent (``send``, the bridge's relay, RTCP) is protected last. Such a leg stays in this process:
-`detach` refuses it (the contexts hold key schedules, not something to pickle).
+sent (``send``, the bridge's relay, RTCP) is protected last. `detach` hands such a leg over
+with its contexts exported (`SrtpContext.export`: key, ROCs, replay windows, in
+``EndpointState.srtp``), so a media worker carries it on the same keys; the state crosses only
+the daemon's own socket pair to its child process, never a log.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ from sip.rtp.rtcp import (
     report_block,
     round_trip_s,
 )
-from sip.rtp.srtp import SrtpContext
+from sip.rtp.srtp import SrtpContext, SrtpState
 from sip.rtp.stats import ReceiverStats
 from sip.rtp.stream import OutboundStream
 
@@ -164,6 +166,7 @@ class EndpointState:
     peer_sr_age_s: float
     cname: bytes
     clock_rate: int
+    srtp: tuple[SrtpState, SrtpState] | None = None  # (ours: protect, theirs: unprotect)
 
 
 def _rtcp_interval_s() -> float:
@@ -572,11 +575,12 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         This process keeps its own duplicates (the port pair stays ours: `close` still gives it
         back) and reads nothing more until `reattach`; meanwhile sending is a no-op. With
         ``park=False`` (a process handing back a leg it adopted) it keeps nothing. An SRTP
-        leg (`use_srtp`) cannot be detached: RuntimeError, as for a leg not carried here."""
+        leg's contexts go with it (``EndpointState.srtp``)."""
         if self.transport is None or self.rtcp is None or self.rtcp.transport is None:
             raise RuntimeError("only a leg carried by this process can be detached")
-        if self.srtp_tx is not None:
-            raise RuntimeError("an SRTP leg stays in the process that holds its keys")
+        srtp = None
+        if self.srtp_tx is not None and self.srtp_rx is not None:
+            srtp = (self.srtp_tx.export(), self.srtp_rx.export())
         self.local_address  # noqa: B018 (cached now: SDP answers need it while it is away)
         now = self._time()
         self._account_loss()
@@ -605,6 +609,7 @@ class RtpEndpoint(asyncio.DatagramProtocol):
             peer_sr_age_s=now - self._peer_sr_at,
             cname=self.cname,
             clock_rate=self.clock_rate,
+            srtp=srtp,
         )
         handed = [_dup_socket(self.transport), _dup_socket(self.rtcp.transport)]
         if park:
@@ -640,6 +645,8 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         self._peer_sr_at = now - state.peer_sr_age_s
         if self.rtcp is not None:
             self.rtcp.remote_addr = state.rtcp_remote
+        if state.srtp is not None:
+            self.use_srtp((SrtpContext.restore(state.srtp[0]), SrtpContext.restore(state.srtp[1])))
 
     async def _connect(self, rtp_sock: socket.socket, rtcp_sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()

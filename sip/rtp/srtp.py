@@ -21,7 +21,10 @@ How this works
   a socket callback needs no ``except``. `SrtpError` is for our own misuse (a bad key length).
 * SRTCP (RFC 3711 3.4) always carries an 80-bit tag, also with the _32 suite (RFC 4568 6.2.1),
   and an E flag plus a 31-bit index of its own after the encrypted part.
-Keys are bytes in memory only; nothing here logs, and `repr` of a context shows no key.
+* `SrtpContext.export` / `SrtpContext.restore` move a context to another process (a media
+  worker carrying the leg, engine/media): an `SrtpState` holds the master key and salt and each
+  source's ROC, highest sequence and replay windows, so the far end sees one continuous stream.
+Keys are bytes in memory only; nothing here logs, and `repr` of a context or a state shows no key.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import enum
 import hashlib
 import hmac as _stdlib_hmac
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as crypto_hmac
@@ -43,6 +46,7 @@ __all__ = [
     "SrtpContext",
     "SrtpError",
     "SrtpProfile",
+    "SrtpState",
     "SrtpStats",
     "aes_cm_keystream",
     "derive_session_key",
@@ -142,6 +146,22 @@ class _SourceState:
     def highest_index(self) -> int:
         return (self.roc << 16) | self.highest_seq
 
+    def as_tuple(self) -> tuple[int, int, int, int, int, int]:
+        return (self.roc, self.highest_seq, self.replay_bits, self.rtcp_index, self.rtcp_highest,
+                self.rtcp_replay_bits)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class SrtpState:
+    """A context as it moves between processes (`SrtpContext.export` / `restore`): plain and
+    picklable. Its repr shows no key."""
+
+    profile: str
+    master_key: bytes = field(repr=False)
+    master_salt: bytes = field(repr=False)
+    #: SSRC -> (ROC, highest sequence, replay bits, SRTCP index, SRTCP highest, SRTCP bits)
+    sources: dict[int, tuple[int, int, int, int, int, int]] = field(default_factory=dict)
+
 
 def _replay_check(highest: int, bits: int, index: int) -> bool:
     """True when ``index`` is new: beyond the window's top or unseen and inside it."""
@@ -177,6 +197,7 @@ class SrtpContext:
     """One direction's master key: protect with it (we send) or unprotect (we receive)."""
 
     __slots__ = (
+        "_key_salt",
         "_master",
         "_rtcp_auth",
         "_rtcp_key",
@@ -198,6 +219,7 @@ class SrtpContext:
         self.stats = SrtpStats()
         self._sources: dict[int, _SourceState] = {}
         self._master = hashlib.sha256(master_key + master_salt).digest()
+        self._key_salt = (master_key, master_salt)  # for `export` only
 
         def derive(label: int, length: int) -> bytes:
             return derive_session_key(master_key, master_salt, label, length)
@@ -217,6 +239,25 @@ class SrtpContext:
 
     def __repr__(self) -> str:
         return f"SrtpContext({self.profile}, sources={len(self._sources)})"
+
+    def export(self) -> SrtpState:
+        """This context's key and per-source state, for `restore` in another process."""
+        key, salt = self._key_salt
+        return SrtpState(
+            str(self.profile),
+            key,
+            salt,
+            {ssrc: st.as_tuple() for ssrc, st in self._sources.items()},
+        )
+
+    @classmethod
+    def restore(cls, state: SrtpState) -> SrtpContext:
+        """A context that carries on from ``state`` (`export`): same key, same ROCs and replay
+        windows. Its `stats` start at zero (the exporting process counted what it did)."""
+        context = cls(SrtpProfile(state.profile), state.master_key, state.master_salt)
+        for ssrc, values in state.sources.items():
+            context._sources[ssrc] = _SourceState(*values)
+        return context
 
     @staticmethod
     def _keyed_hmac(key: bytes) -> crypto_hmac.HMAC:

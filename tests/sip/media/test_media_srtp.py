@@ -1,15 +1,17 @@
 """SRTP legs over real UDP on 127.0.0.1: a bridge between an SRTP leg and a plain one, forged
-packets dropped before latching, SRTCP both ways, and an SRTP leg refusing to be handed off."""
+packets dropped before latching, SRTCP both ways, and an SRTP leg handed to another carrier (as
+a media worker adopts it) and back on the same keys, replay window and ROC."""
 
 from __future__ import annotations
 
 import asyncio
+import pickle
 
 import numpy as np
-import pytest
 from media_helpers import dominant_hz, open_phone, tone_frames
 
 from sip.media import Bridge, MediaStats, PortAllocator, open_endpoint
+from sip.media.endpoint import RtpEndpoint
 from sip.rtp.g711 import decode_pcmu
 from sip.rtp.packet import RtpPacket, parse_rtp
 from sip.rtp.rtcp import ReceiverReport, build_compound, parse_rtcp
@@ -55,8 +57,6 @@ async def test_srtp_leg_bridged_to_plain_leg(allocator: PortAllocator, stats: Me
         phone_a.send(report, (caller.local_address[0], caller.local_address[1] + 1))
         await asyncio.sleep(0.05)
         bridge.stop(loop.time())
-        with pytest.raises(RuntimeError, match="SRTP"):
-            caller.detach()
     assert stats.packets_srtp_rejected == 2
     # the plain agent heard the caller's tone in the clear
     assert len(phone_b.received) == FRAMES
@@ -103,3 +103,61 @@ async def test_srtcp_sent_on_the_rtcp_port(allocator: PortAllocator, stats: Medi
     assert plain is not None
     assert data[8:] != plain[8:]  # encrypted after the first header
     assert parse_rtcp(plain)
+
+
+async def test_srtp_leg_handed_over_and_back_keeps_keys_replay_window_and_roc(
+    allocator: PortAllocator, stats: MediaStats
+) -> None:
+    """detach -> pickle -> adopt -> detach -> reattach, as a media worker carries a leg: the
+    adopter unprotects the phone's packets with the same key and refuses one replayed from
+    before the handover; what each carrier sends is one SRTP stream the phone decrypts, its
+    sequence crossing 65535 (the ROC moves on in the adopter and comes back)."""
+    phone = await open_phone()
+    ours, theirs = new_crypto(), new_crypto()
+    phone_tx, phone_rx = theirs.context(), ours.context()
+    frames = tone_frames(440, 12)
+    loop = asyncio.get_running_loop()
+    async with await open_endpoint(allocator, stats, remote=phone.address) as leg:
+        leg.use_srtp((ours.context(), theirs.context()))
+        leg.stream._next_seq = 65533  # three packets before our sequence wraps
+        sent_by_phone = []
+
+        async def exchange(carrier: RtpEndpoint, first: int, n: int) -> None:
+            for i in range(first, first + n):
+                packet = phone_tx.protect_rtp(
+                    RtpPacket(0, 100 + i, 160 * i, 0xA, frames[i]).serialize()
+                )
+                sent_by_phone.append(packet)
+                phone.send(packet, leg.local_address)
+                carrier.send_payload(0, frames[i], loop.time())
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.05)
+
+        await exchange(leg, 0, 4)
+        state, socks = leg.detach()
+        assert state.srtp is not None
+        assert repr(state.srtp[0].master_key) not in repr(state.srtp[0])  # nor in a log line
+        state = pickle.loads(pickle.dumps(state))  # it crosses a process boundary
+        other = MediaStats()
+        adopted = await RtpEndpoint.adopt(state, socks, stats=other, clock=None)
+        await exchange(adopted, 4, 4)
+        phone.send(sent_by_phone[2], leg.local_address)  # a replay from before the handover
+        await asyncio.sleep(0.05)
+        assert other.packets_received == 4
+        assert other.packets_srtp_rejected == 1
+        back, handed = adopted.detach(park=False)
+        for sock in handed:
+            sock.close()
+        await leg.reattach(pickle.loads(pickle.dumps(back)))
+        await exchange(leg, 8, 4)
+    assert stats.packets_received == 8  # before and after, none rejected here
+    assert stats.packets_srtp_rejected == 0
+    rtp_in = [d for d in phone.raw if len(d) == 12 + 160 + 10]
+    assert len(rtp_in) == 12
+    clear = [phone_rx.unprotect_rtp(d) for d in rtp_in]
+    assert all(c is not None for c in clear), phone_rx.stats
+    got = [parse_rtp(c) for c in clear if c is not None]
+    assert [(p.sequence - 65533) % 65536 for p in got] == list(range(12))  # across the wrap
+    assert [decode_pcmu(p.payload) for p in got] == [decode_pcmu(f) for f in frames]
+    assert phone.transport is not None
+    phone.transport.close()

@@ -48,6 +48,8 @@ from sip.rtp.dtmf import dtmf_packets
 from sip.rtp.g711 import decode_pcmu
 from sip.rtp.packet import RtpPacket
 from sip.rtp.rtcp import Bye, SenderReport, parse_rtcp
+from sip.rtp.srtp import SrtpContext
+from sip.sdes import new_crypto
 
 SHIPPED_MOH = Path(__file__).resolve().parents[3] / "engine" / "prompts" / "moh.wav"
 
@@ -404,6 +406,61 @@ async def test_shutdown_waits_for_the_legs_coming_home(
     assert not caller.detached
     assert not agent.detached
     bridge.stop(loop.time())  # (the take-back started a local bridge: the call goes on here)
+    caller.close()
+    agent.close()
+    for p in (phone_a, phone_b):
+        assert p.transport is not None
+        p.transport.close()
+
+
+async def test_a_worker_carries_an_srtp_leg_on_its_keys_and_takes_a_re_key(
+    allocator: PortAllocator, stats: MediaStats, clock: MediaClock, workers: MediaWorkers
+) -> None:
+    """An SRTP caller leg (SDES keys both ways) bridged to a plain agent leg, in a worker: the
+    agent hears the caller's tone unprotected, the caller's phone gets the agent's tone under
+    our key; the phone re-keys (a re-offer, RFC 4568 7.1.4) and `RemoteBridge.rekey` gives the
+    worker the new key, so nothing is rejected; the leg comes back on the worker's keys."""
+    phone_a, phone_b = await open_phone(), await open_phone()
+    ours, theirs, again = new_crypto(), new_crypto(), new_crypto()
+    caller = await open_endpoint(allocator, stats, remote=phone_a.address, clock=clock)
+    agent = await open_endpoint(allocator, stats, remote=phone_b.address, clock=clock)
+    caller.use_srtp((ours.context(), theirs.context()))
+    loop = asyncio.get_running_loop()
+    bridge = RemoteBridge(
+        workers, caller, agent, stats=stats, clock=clock, prompts=PromptCache(), call_id="c1"
+    )
+    bridge.start(loop.time())
+    assert bridge.carried_by == workers.pool.pids[0] != os.getpid()
+    frames = tone_frames(440, 60)
+    phone_tx, phone_rx = theirs.context(), ours.context()
+
+    async def talk(tx: SrtpContext, first: int, n: int) -> None:
+        for i in range(first, first + n):
+            packet = RtpPacket(0, i, 160 * i, 0xA, frames[i]).serialize()
+            phone_a.send(tx.protect_rtp(packet), caller.local_address)
+            phone_b.send(RtpPacket(0, i, 160 * i, 0xB, tone_frames(880, 1)[0]).serialize(),
+                         agent.local_address)  # fmt: skip
+            await asyncio.sleep(0.02)
+
+    await talk(phone_tx, 0, 25)
+    await until(lambda: len(phone_b.received) >= 20)
+    caller.srtp_rx = again.context()  # what Session.reinvite does with the phone's new key
+    bridge.rekey(caller)
+    await asyncio.sleep(0.1)
+    mark = len(phone_b.received)
+    await talk(again.context(), 25, 25)
+    await until(lambda: len(phone_b.received) >= mark + 20)
+    assert abs(dominant_hz(decode(phone_b.received[mark:])) - 440) < 10  # the new key's audio
+    await asyncio.sleep(0.6)  # the worker's counters reach us every STATS_INTERVAL_S
+    assert stats.packets_srtp_rejected == 0
+    encrypted = [d for d in phone_a.raw if len(d) == 12 + 160 + 10]
+    assert len(encrypted) >= 40
+    clear = [phone_rx.unprotect_rtp(d) for d in encrypted]
+    assert all(c is not None for c in clear)
+    bridge.stop(loop.time())
+    await until(lambda: not caller.detached and caller.transport is not None)
+    assert caller.srtp_rx is not None
+    assert caller.srtp_rx.uses(again.key, again.salt)  # the daemon's own, kept in step
     caller.close()
     agent.close()
     for p in (phone_a, phone_b):
