@@ -1,0 +1,195 @@
+"""Agent-first callbacks (``queues[].callback.mode = "agent_first"``) against the real daemon.
+
+One daemon for the module: queue ``support`` offers the callback with every announcement (0.5 s)
+and dials through trunk ``carrier``, whose outbound proxy is a SIPp UAS playing the customer;
+one static agent (a SIPp UAS that answers and waits for our BYE), logged out until the caller
+has asked for the callback. A SIPp caller (5550101) presses 1 by RFC 4733 and is hung up. Then
+the agent logs in: its phone rings for the callback, it answers, hears the whisper, and the
+daemon INVITEs 5550101 at the proxy, which answers 486 Busy the first time: the agent is hung
+up (no wrap-up), and after ``retry_s`` the task is offered again in its old place; the agent's
+phone rings again, and this time the customer answers, talks 1 s and hangs up. SIPp's exit
+status says each peer saw exactly what its scenario expects. The CDR must hold the original call
+(``callback_requested``) and one row per attempt linked to it; the task must be completed
+``connected`` after two attempts, and ``acd_callbacks_total`` say requested, retry, connected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+from tests.e2e.configs import front_door
+from tests.e2e.conftest import DaemonProcess, render_config, wait_until
+from tests.e2e.peers import free_port_block, sipp, stop
+from tests.e2e.test_call_scenarios import SCENARIOS, sip_target, sipp_output
+from tests.e2e.test_callbacks import call, finished_call, metric, rows
+
+pytestmark = pytest.mark.e2e
+
+ADMIN = "admin-token-0123456789"
+Proc = subprocess.Popen[bytes]
+
+QUEUE = """
+[runtime]
+drain_timeout_s = 2.0
+
+[[trunks]]
+name = "carrier"
+allow = ["192.0.2.1"]
+outbound_proxy = "127.0.0.1:{customer_port}"
+
+[[queues]]
+name = "support"
+wrap_up_s = 5.0
+record = "always"
+ring_timeout_s = 5.0
+announce_every_s = 0.5
+announce_wait = false
+callback = {{ prompt = "digit-1", confirm_prompt = "digit-2", mode = "agent_first", trunk = "carrier", whisper_prompt = "digit-3", attempts = 3, retry_s = 1.5, ring_timeout_s = 5.0 }}
+
+[[agents]]
+id = "cb2"
+login = "static"
+contact = "sip:cb2@127.0.0.1:{agent_port}"
+queues = {{ support = 0 }}
+"""
+
+
+class Running:
+    def __init__(self, daemon: DaemonProcess, agent_port: int, customer_port: int) -> None:
+        self.daemon = daemon
+        self.agent_port = agent_port
+        self.customer_port = customer_port
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    """``acd run`` on the module's config, stopped by PID at the end (and checked to exit 0)."""
+    workdir = tmp_path_factory.mktemp("callbacks_dialout")
+    agent_port, customer_port = free_port_block(4), free_port_block(4)
+    config = front_door(ADMIN, rtp_base=free_port_block(100)) + QUEUE.format(
+        agent_port=agent_port, customer_port=customer_port
+    )
+    config_path = workdir / "acd.toml"
+    http_port = free_port()
+    config_path.write_text(render_config(http_port, free_port(), config))
+    log_path = workdir / "acd.log"
+    with log_path.open("w") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "engine.cli", "run", "--config", str(config_path)],
+            cwd=workdir, stdout=log_file, stderr=subprocess.STDOUT, text=True,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        )  # fmt: skip
+    daemon = DaemonProcess(proc, http_port, workdir, config_path, log_path)
+    try:
+        daemon.wait_ready()
+        yield Running(daemon, agent_port, customer_port)
+        assert daemon.stop() == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def uas(workdir: Path, scenario: str, port: int, calls: int) -> Proc:
+    """A SIPp UAS running ``scenario`` for ``calls`` calls on ``port``, its messages traced."""
+    args = ["/usr/bin/sipp", "-sf", str(SCENARIOS / f"{scenario}.xml"), "-i", "127.0.0.1",
+            "-p", str(port), "-mp", str(port + 2), "-cp", str(port + 1), "-m", str(calls),
+            "-nostdin", "-trace_err", "-trace_msg",
+            "-error_file", str(workdir / f"{scenario}-{port}-errors.log")]  # fmt: skip
+    log_path = workdir / f"{scenario}-{port}.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(args, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
+    proc.log_path = log_path  # type: ignore[attr-defined]
+    return proc
+
+
+def invites(workdir: Path, scenario: str, proc: Proc) -> list[str]:
+    """The Request-URIs of the INVITEs ``proc`` received."""
+    path = workdir / f"{scenario}_{proc.pid}_messages.log"
+    text = path.read_text(errors="replace") if path.exists() else ""
+    return [line.split()[1] for line in text.splitlines() if line.startswith("INVITE sip:")]
+
+
+def test_agent_first_callback_retries_a_busy_customer_then_bridges(
+    running: Running, tmp_path: Path
+) -> None:
+    daemon = running.daemon
+    (tmp_path / "pcap").symlink_to("/usr/share/sip-tester")  # SIPp's RFC 2833 digit captures
+    procs: list[Proc] = []
+    try:
+        first = sipp(tmp_path, ["-sf", str(SCENARIOS / "caller_callback_key.xml")],
+                     sip_target(daemon), "-s", "support", "-m", "1")  # fmt: skip
+        procs.append(first)
+        assert first.wait(timeout=20) == 0, sipp_output(first)  # our BYE after the confirmation
+        original = finished_call(daemon, "5550101")
+        assert original["disposition"] == "callback_requested"
+        task_id = json.loads(original["flow_data"])["callback_task"]
+
+        agent = uas(tmp_path, "agent_answer", running.agent_port, 2)  # rung for both attempts
+        busy = uas(tmp_path, "agent_busy", running.customer_port, 1)  # the customer, busy
+        procs += [agent, busy]
+        status, _ = call(daemon, "PUT", "/api/v1/agents/cb2/state", body={"state": "logged_in"})
+        assert status == 200
+        assert busy.wait(timeout=20) == 0, sipp_output(busy)
+        assert invites(tmp_path, "agent_busy", busy) == [
+            f"sip:5550101@127.0.0.1:{running.customer_port}"
+        ]
+        # The agent is let go without wrap-up and the task waits retry_s, scheduled.
+        wait_until(
+            lambda: call(daemon, "GET", f"/api/v1/tasks/{task_id}")[1]["state"] == "scheduled",
+            10, "the callback scheduled for a retry",
+        )  # fmt: skip
+        status, cb2 = call(daemon, "GET", "/api/v1/agents/cb2")
+        assert cb2["state"] == "available", cb2
+        answering = uas(tmp_path, "agent_hangs_up", running.customer_port, 1)  # answers, 1 s, BYE
+        procs.append(answering)
+        assert answering.wait(timeout=20) == 0, sipp_output(answering)
+        assert agent.wait(timeout=20) == 0, sipp_output(agent)  # our BYE after each attempt
+
+        query = "SELECT * FROM calls WHERE flow = 'callback' AND ended_at IS NOT NULL ORDER BY arrived_at"
+        wait_until(lambda: len(rows(daemon, query)) == 2, 10, "the two attempts' CDR rows")
+        tried, connected = rows(daemon, query)
+        assert tried["disposition"] == "callback_busy"
+        assert (connected["disposition"], connected["agent_id"]) == ("answered", "cb2")
+        assert connected["hangup_side"] == "callee"
+        assert connected["talk_s"] > 0.5
+        for n, row in enumerate((tried, connected), start=1):
+            link = json.loads(row["flow_data"])
+            assert link["callback_of"] == original["id"]
+            assert (link["callback_task"], link["attempt"]) == (task_id, n)
+            assert (row["caller"], row["trunk"], row["queue"]) == ("5550101", "carrier", "support")
+        assert connected["recording_id"]
+
+        wait_until(
+            lambda: call(daemon, "GET", f"/api/v1/tasks/{task_id}")[1]["state"] == "completed",
+            10, "the callback task completed",
+        )  # fmt: skip
+        _, task = call(daemon, "GET", f"/api/v1/tasks/{task_id}")
+        assert task["disposition"] == "connected"
+        assert task["data"]["attempts"] == 2
+        assert task["data"]["calls"] == [tried["id"], connected["id"]]
+        assert task["enqueued_at"] == pytest.approx(original["enqueued_at"], abs=0.01)
+        events = [e["event"] for e in task["history"]]
+        assert events.count("retry") == 1, events
+        assert events[-1] == "completed", events
+        # Wrap-up after the connected call, none after the busy attempt.
+        _, cb2 = call(daemon, "GET", "/api/v1/agents/cb2")
+        assert cb2["state"] == "wrap_up", cb2
+        assert metric(daemon, "acd_callbacks_total", queue="support", outcome="requested") == 1
+        assert metric(daemon, "acd_callbacks_total", queue="support", outcome="retry") == 1
+        assert metric(daemon, "acd_callbacks_total", queue="support", outcome="connected") == 1
+        assert metric(daemon, "acd_callbacks_total", queue="support", outcome="failed") == 0
+    finally:
+        for proc in procs:
+            stop(proc)
+        with contextlib.suppress(Exception):
+            call(daemon, "PUT", "/api/v1/agents/cb2/state", body={"state": "logged_out"})
