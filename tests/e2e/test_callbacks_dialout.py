@@ -160,7 +160,7 @@ def test_agent_first_callback_retries_a_busy_customer_then_bridges(
         tried, connected = rows(daemon, query)
         assert tried["disposition"] == "callback_busy"
         assert (connected["disposition"], connected["agent_id"]) == ("answered", "cb2")
-        assert connected["hangup_side"] == "callee"
+        assert (connected["hangup_side"], connected["hangup_reason"]) == ("callee", "callback bye")
         assert connected["talk_s"] > 0.5
         for n, row in enumerate((tried, connected), start=1):
             link = json.loads(row["flow_data"])
