@@ -60,24 +60,46 @@ id = "cb2"
 login = "static"
 contact = "sip:cb2@127.0.0.1:{agent_port}"
 queues = {{ support = 0 }}
+
+[[trunks]]
+name = "carrier2"
+allow = ["192.0.2.2"]
+outbound_proxy = "127.0.0.1:{customer2_port}"
+
+[[queues]]
+name = "sales"
+wrap_up_s = 5.0
+record = "never"
+announce_every_s = 0.5
+announce_wait = false
+callback = {{ prompt = "digit-1", confirm_prompt = "", mode = "agent_first", trunk = "carrier2", whisper_prompt = "", attempts = 2, retry_s = 0.2, ring_timeout_s = 1.0 }}
+
+[[agents]]
+id = "cb3"
+login = "static"
+contact = "sip:cb3@127.0.0.1:{agent2_port}"
+queues = {{ sales = 0 }}
 """
 
 
 class Running:
-    def __init__(self, daemon: DaemonProcess, agent_port: int, customer_port: int) -> None:
+    def __init__(self, daemon: DaemonProcess, ports: dict[str, int]) -> None:
         self.daemon = daemon
-        self.agent_port = agent_port
-        self.customer_port = customer_port
+        self.agent_port, self.customer_port = ports["agent_port"], ports["customer_port"]
+        self.agent2_port, self.customer2_port = ports["agent2_port"], ports["customer2_port"]
 
 
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     """``acd run`` on the module's config, stopped by PID at the end (and checked to exit 0)."""
     workdir = tmp_path_factory.mktemp("callbacks_dialout")
-    agent_port, customer_port = free_port_block(4), free_port_block(4)
-    config = front_door(ADMIN, rtp_base=free_port_block(100)) + QUEUE.format(
-        agent_port=agent_port, customer_port=customer_port
-    )
+    ports = {
+        name: free_port_block(4)
+        for name in ("agent_port", "customer_port", "agent2_port", "customer2_port")
+    }
+    config = front_door(
+        ADMIN, numbers=("support", "sales"), rtp_base=free_port_block(100)
+    ) + QUEUE.format(**ports)
     config_path = workdir / "acd.toml"
     http_port = free_port()
     config_path.write_text(render_config(http_port, free_port(), config))
@@ -91,7 +113,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     daemon = DaemonProcess(proc, http_port, workdir, config_path, log_path)
     try:
         daemon.wait_ready()
-        yield Running(daemon, agent_port, customer_port)
+        yield Running(daemon, ports)
         assert daemon.stop() == 0
     finally:
         if proc.poll() is None:
@@ -193,3 +215,61 @@ def test_agent_first_callback_retries_a_busy_customer_then_bridges(
             stop(proc)
         with contextlib.suppress(Exception):
             call(daemon, "PUT", "/api/v1/agents/cb2/state", body={"state": "logged_out"})
+
+
+def test_agent_first_callback_fails_after_its_attempts_without_wrap_up(
+    running: Running, tmp_path: Path
+) -> None:
+    """Queue ``sales``: two attempts, the customer's phone rings out (1 s) both times; the agent
+    is CANCELled from nothing, hung up after each attempt and never in wrap-up; the task ends
+    ``failed``."""
+    daemon = running.daemon
+    (tmp_path / "pcap").symlink_to("/usr/share/sip-tester")
+    procs: list[Proc] = []
+    try:
+        first = sipp(tmp_path, ["-sf", str(SCENARIOS / "caller_callback_key.xml")],
+                     sip_target(daemon), "-s", "sales", "-m", "1")  # fmt: skip
+        procs.append(first)
+        assert first.wait(timeout=20) == 0, sipp_output(first)
+        query = (
+            "SELECT * FROM calls WHERE queue = 'sales' AND ended_at IS NOT NULL ORDER BY arrived_at"
+        )
+        wait_until(lambda: bool(rows(daemon, query)), 10, "the sales caller's CDR row")
+        original = rows(daemon, query)[0]
+        assert original["disposition"] == "callback_requested"
+        task_id = json.loads(original["flow_data"])["callback_task"]
+
+        agent = uas(tmp_path, "agent_answer", running.agent2_port, 2)
+        customer = uas(tmp_path, "agent_no_answer", running.customer2_port, 2)  # rings out twice
+        procs += [agent, customer]
+        status, _ = call(daemon, "PUT", "/api/v1/agents/cb3/state", body={"state": "logged_in"})
+        assert status == 200
+        assert customer.wait(timeout=20) == 0, sipp_output(customer)  # CANCELled both times
+        assert agent.wait(timeout=20) == 0, sipp_output(agent)
+        wait_until(
+            lambda: call(daemon, "GET", f"/api/v1/tasks/{task_id}")[1]["state"] == "completed",
+            10, "the callback task ended",
+        )  # fmt: skip
+        _, task = call(daemon, "GET", f"/api/v1/tasks/{task_id}")
+        assert task["disposition"] == "failed"
+        assert (task["data"]["attempts"], task["data"]["last_outcome"]) == (2, "no_answer")
+        events = [e["event"] for e in task["history"]]
+        assert events.count("retry") == 1, events
+        assert events[-1] == "failed", events
+        wait_until(
+            lambda: len(rows(daemon, query)) == 3, 10, "the two attempts' rows (written in batches)"
+        )
+        attempts = [r for r in rows(daemon, query) if r["flow"] == "callback"]
+        assert [r["disposition"] for r in attempts] == ["callback_no_answer"] * 2
+        assert [json.loads(r["flow_data"])["attempt"] for r in attempts] == [1, 2]
+        assert task["data"]["calls"] == [r["id"] for r in attempts]
+        _, cb3 = call(daemon, "GET", "/api/v1/agents/cb3")
+        assert cb3["state"] == "available", cb3  # no wrap-up burnt on a no-answer
+        assert metric(daemon, "acd_callbacks_total", queue="sales", outcome="retry") == 1
+        assert metric(daemon, "acd_callbacks_total", queue="sales", outcome="failed") == 1
+        assert metric(daemon, "acd_callbacks_total", queue="sales", outcome="connected") == 0
+    finally:
+        for proc in procs:
+            stop(proc)
+        with contextlib.suppress(Exception):
+            call(daemon, "PUT", "/api/v1/agents/cb3/state", body={"state": "logged_out"})
