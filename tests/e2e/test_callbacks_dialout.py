@@ -7,7 +7,8 @@ has asked for the callback. A SIPp caller (5550101) presses 1 by RFC 4733 and is
 the agent logs in: its phone rings for the callback, it answers, hears the whisper, and the
 daemon INVITEs 5550101 at the proxy, which answers 486 Busy the first time: the agent is hung
 up (no wrap-up), and after ``retry_s`` the task is offered again in its old place; the agent's
-phone rings again, and this time the customer answers, talks 1 s and hangs up. SIPp's exit
+phone rings again, and this time the customer answers, talks 2 s (a 440 Hz tone, the agent
+880 Hz) and hangs up; the recording's left channel must hold 440 Hz, its right 880 Hz. SIPp's exit
 status says each peer saw exactly what its scenario expects. The CDR must hold the original call
 (``callback_requested``) and one row per attempt linked to it; the task must be completed
 ``connected`` after two attempts, and ``acd_callbacks_total`` say requested, retry, connected.
@@ -20,15 +21,17 @@ import json
 import os
 import subprocess
 import sys
+import wave
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import free_port
 from tests.e2e.configs import front_door
 from tests.e2e.conftest import DaemonProcess, render_config, wait_until
-from tests.e2e.peers import free_port_block, sipp, stop
+from tests.e2e.peers import dominant_hz, free_port_block, sipp, stop
 from tests.e2e.test_call_scenarios import SCENARIOS, sip_target, sipp_output
 from tests.e2e.test_callbacks import call, finished_call, metric, rows
 
@@ -36,6 +39,7 @@ pytestmark = pytest.mark.e2e
 
 ADMIN = "admin-token-0123456789"
 Proc = subprocess.Popen[bytes]
+CUSTOMER_HZ, AGENT_HZ = 440, 880
 
 QUEUE = """
 [runtime]
@@ -156,7 +160,13 @@ def test_agent_first_callback_retries_a_busy_customer_then_bridges(
         assert original["disposition"] == "callback_requested"
         task_id = json.loads(original["flow_data"])["callback_task"]
 
-        agent = uas(tmp_path, "agent_answer", running.agent_port, 2)  # rung for both attempts
+        for name, hz in (("customer", CUSTOMER_HZ), ("agent", AGENT_HZ)):  # what SIPp streams
+            subprocess.run(
+                ["sox", "-n", "-r", "8000", "-c", "1", "-e", "u-law", "-b", "8", f"{name}.wav",
+                 "synth", "2", "sine", str(hz), "vol", "0.5"],
+                check=True, cwd=tmp_path, timeout=30,
+            )  # fmt: skip
+        agent = uas(tmp_path, "agent_answer_tone", running.agent_port, 2)  # rung twice, talks
         busy = uas(tmp_path, "agent_busy", running.customer_port, 1)  # the customer, busy
         procs += [agent, busy]
         status, _ = call(daemon, "PUT", "/api/v1/agents/cb2/state", body={"state": "logged_in"})
@@ -172,7 +182,8 @@ def test_agent_first_callback_retries_a_busy_customer_then_bridges(
         )  # fmt: skip
         status, cb2 = call(daemon, "GET", "/api/v1/agents/cb2")
         assert cb2["state"] == "available", cb2
-        answering = uas(tmp_path, "agent_hangs_up", running.customer_port, 1)  # answers, 1 s, BYE
+        # This time the customer answers, talks for 2 s and hangs up.
+        answering = uas(tmp_path, "customer_answer_tone_hangs_up", running.customer_port, 1)
         procs.append(answering)
         assert answering.wait(timeout=20) == 0, sipp_output(answering)
         assert agent.wait(timeout=20) == 0, sipp_output(agent)  # our BYE after each attempt
@@ -183,13 +194,22 @@ def test_agent_first_callback_retries_a_busy_customer_then_bridges(
         assert tried["disposition"] == "callback_busy"
         assert (connected["disposition"], connected["agent_id"]) == ("answered", "cb2")
         assert (connected["hangup_side"], connected["hangup_reason"]) == ("callee", "callback bye")
-        assert connected["talk_s"] > 0.5
+        assert connected["talk_s"] > 1.5
         for n, row in enumerate((tried, connected), start=1):
             link = json.loads(row["flow_data"])
             assert link["callback_of"] == original["id"]
             assert (link["callback_task"], link["attempt"]) == (task_id, n)
             assert (row["caller"], row["trunk"], row["queue"]) == ("5550101", "carrier", "support")
-        assert connected["recording_id"]
+        # Recorded per the queue's policy: the customer on the left, the agent on the right.
+        finished = "SELECT * FROM recordings WHERE id = ? AND duration_s IS NOT NULL"
+        wait_until(lambda: bool(rows(daemon, finished, connected["recording_id"])), 10,
+                   "the callback's recording finished")  # fmt: skip
+        (rec,) = rows(daemon, finished, connected["recording_id"])
+        with wave.open(rec["path"]) as w:
+            stereo = np.frombuffer(w.readframes(w.getnframes()), "<i2").reshape(-1, 2)
+        assert len(stereo) > 8000  # 2 s of talk, less the first packets
+        assert abs(dominant_hz(stereo[-8000:-2000, 0]) - CUSTOMER_HZ) < 10
+        assert abs(dominant_hz(stereo[-8000:-2000, 1]) - AGENT_HZ) < 10
 
         wait_until(
             lambda: call(daemon, "GET", f"/api/v1/tasks/{task_id}")[1]["state"] == "completed",
