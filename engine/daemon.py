@@ -305,6 +305,19 @@ class Daemon:
         )  # fmt: skip
         return True
 
+    async def _callback_answered(self, task_id: str, agent_id: str, call_id: str) -> bool:
+        """An agent-first callback's customer answered: the task becomes the agent's (False
+        when it cannot: cancelled through the API meanwhile)."""
+        assert self.tasks is not None
+        try:
+            await self.tasks.phone_answered(task_id, agent_id, call_id)
+        except TaskError as exc:
+            log.warning("callback_task_not_accepted", task_id=task_id, reason=str(exc))
+            return False
+        except StorageError as exc:  # accepted all the same: the next write stores it
+            log.error("callback_accept_not_stored", task_id=task_id, reason=str(exc))
+        return True
+
     async def _callback_dialed(
         self, task_id: str, agent_id: str, call_id: str, outcome: str
     ) -> None:
@@ -322,7 +335,7 @@ class Daemon:
                 attempts=callback.attempts if callback is not None else 1,
                 retry_s=callback.retry_s if callback is not None else 0.0,
             )  # fmt: skip
-        except TaskError as exc:  # e.g. completed by the API meanwhile
+        except (TaskError, StorageError) as exc:  # e.g. cancelled by the API meanwhile
             log.warning("callback_task_not_updated", task_id=task_id, reason=str(exc))
             return
         self.calls.callbacks.metrics.total.labels(queue=task.queue, outcome=result).inc()
@@ -530,7 +543,7 @@ class Daemon:
         # Agent-first callbacks: the task's offers ring the agent's phone (engine.calls.dialout).
         self.tasks.ring, self.tasks.unring = self._ring_callback, self.calls.dialout.withdraw
         self.calls.dialout.refused = self.tasks.phone_refused
-        self.calls.dialout.answered = self.tasks.phone_answered
+        self.calls.dialout.answered = self._callback_answered
         self.calls.dialout.ended = self._callback_dialed
         try:  # what was open when the daemon stopped goes back in its queues, in its order
             await self.tasks.recover(self.store)

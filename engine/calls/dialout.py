@@ -85,7 +85,7 @@ class Dialout:
         # answered (task id, agent id, call id) -> the task is accepted; the attempt the agent
         # took ended (task id, agent id, call id, outcome) -> completed, retried or failed.
         self.refused: Callable[[str, str, str], None] | None = None
-        self.answered: Callable[[str, str, str], Awaitable[None]] | None = None
+        self.answered: Callable[[str, str, str], Awaitable[bool]] | None = None
         self.ended: Callable[[str, str, str, str], Awaitable[None]] | None = None
         self._by_offer: dict[tuple[str, str], Call] = {}
 
@@ -142,7 +142,16 @@ class Dialout:
                 call.disposition = f"callback_{outcome}"
                 call.hangup_side, call.hangup_reason = "callee", f"customer {outcome} ({status})"
                 return
+            # Before the await: the accept's state change happens at once, so a BYE that comes
+            # while it is written still ends the task as connected.
             outcome = "connected"
+            if self.answered is not None and not await self.answered(
+                offer.task_id, offer.agent_id, call.id
+            ):  # the task was cancelled or taken meanwhile: nobody to bridge the customer to
+                outcome = None
+                call.disposition = "callback_cancelled"
+                call.hangup_side, call.hangup_reason = "system", "callback task gone"
+                return
             await self._connect(call, offer, agent_leg, customer)
             await asyncio.Event().wait()  # until a BYE on either leg cancels this task
         except _Refused as refused:
@@ -243,10 +252,8 @@ class Dialout:
     async def _connect(
         self, call: Call, offer: DialoutOffer, agent_leg: AgentLeg, customer: AgentLeg
     ) -> None:
-        """The customer answered: the task is the agent's, and the two are bridged (the customer
+        """The customer answered and the task is the agent's: the two are bridged (the customer
         on the left channel of the recording, the agent on the right)."""
-        if self.answered is not None:
-            await self.answered(offer.task_id, offer.agent_id, call.id)
         call.rtp, call.codec = customer.rtp, customer.codec
         call.agent_id, call.agent_answered_at = offer.agent_id, time.time()
         if self._s.cdr:
