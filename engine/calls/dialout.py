@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from engine.calls.model import BUSY, DECLINED, AgentLeg, Call, loop_now
+from engine.calls.model import BUSY, DECLINED, AgentLeg, Call, CallEnded, loop_now
 from engine.calls.ringing import through_trunk
 from engine.config import CallbackConfig, LoginMode, QueueConfig, outbound_proxy_uri
 from sip.endpoint import Endpoint
@@ -130,12 +130,17 @@ class Dialout:
         log.info("callback_dialout", task_id=offer.task_id, agent=offer.agent_id,
                  attempt=offer.attempt)  # fmt: skip
         outcome: str | None = None  # None: the agent did not take it (or the daemon stops)
+        taken = False  # the agent answered: from here an error is a failed attempt
         try:
             agent_leg = await self._ring_agent(call, offer.agent_id, qcfg)
+            taken = True
             if callback.whisper_prompt:
-                await self._s.media.play_on(
-                    agent_leg.rtp, agent_leg.codec, [callback.whisper_prompt]
-                )
+                try:
+                    await self._s.media.play_on(
+                        agent_leg.rtp, agent_leg.codec, [callback.whisper_prompt]
+                    )
+                except CallEnded as missing:  # the prompt file is gone: dial all the same
+                    log.warning("callback_whisper_failed", reason=missing.reason)
             status, customer = await self._dial_customer(call, offer, callback)
             if not 200 <= status < 300 or customer is None:
                 outcome = _why(status)
@@ -169,6 +174,19 @@ class Dialout:
                 call.disposition = "callback_agent_gone"
                 if self.refused is not None and call.hangup_reason:
                     self.refused(offer.task_id, offer.agent_id, "reject")
+        except CallEnded as ended:  # e.g. no codec in common with the customer's answer
+            call.disposition, call.hangup_reason = ended.disposition, ended.reason
+            outcome = "failed" if taken and outcome is None else outcome
+            if not taken and self.refused is not None:
+                self.refused(offer.task_id, offer.agent_id, "no_answer")
+        except Exception:  # a bug: this attempt ends, the task is not left holding the agent
+            log.exception("callback_dialout_failed", task_id=offer.task_id)
+            self._s.metrics.errors.labels(where="call").inc()
+            call.disposition, call.hangup_side = "failed", "system"
+            call.hangup_reason = call.hangup_reason or "internal error"
+            outcome = "failed" if taken and outcome is None else outcome
+            if not taken and self.refused is not None:
+                self.refused(offer.task_id, offer.agent_id, "no_answer")
         finally:
             self._by_offer.pop((offer.task_id, offer.agent_id), None)
             await self._s.teardown.finish(call)
