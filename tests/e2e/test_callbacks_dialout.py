@@ -12,6 +12,10 @@ phone rings again, and this time the customer answers, talks 2 s (a 440 Hz tone,
 status says each peer saw exactly what its scenario expects. The CDR must hold the original call
 (``callback_requested``) and one row per attempt linked to it; the task must be completed
 ``connected`` after two attempts, and ``acd_callbacks_total`` say requested, retry, connected.
+Queue ``sales`` (a customer who never answers, two attempts) ends its callback ``failed`` with
+the agent never in wrap-up; queue ``billing`` (two agents, the first one's phone busy) hands the
+offer to the next agent as for a call. Each queue has agents and a trunk of its own, so the
+tests do not depend on each other's order.
 """
 
 from __future__ import annotations
@@ -83,7 +87,38 @@ id = "cb3"
 login = "static"
 contact = "sip:cb3@127.0.0.1:{agent2_port}"
 queues = {{ sales = 0 }}
+
+[[trunks]]
+name = "carrier3"
+allow = ["192.0.2.3"]
+outbound_proxy = "127.0.0.1:{customer3_port}"
+
+[[queues]]
+name = "billing"
+wrap_up_s = 0.0
+record = "never"
+ring_timeout_s = 5.0
+announce_every_s = 0.5
+announce_wait = false
+callback = {{ prompt = "digit-1", confirm_prompt = "", mode = "agent_first", trunk = "carrier3", whisper_prompt = "digit-3", attempts = 1 }}
+
+[[agents]]
+id = "cb5"
+login = "static"
+contact = "sip:cb5@127.0.0.1:{agent5_port}"
+queues = {{ billing = 0 }}
+
+[[agents]]
+id = "cb6"
+login = "static"
+contact = "sip:cb6@127.0.0.1:{agent6_port}"
+queues = {{ billing = 0 }}
 """
+
+
+# SIP ports of the peers: each queue's agents and the customer behind its trunk's proxy.
+PORTS = ("agent_port", "customer_port", "agent2_port", "customer2_port", "customer3_port",
+         "agent5_port", "agent6_port")  # fmt: skip
 
 
 class Running:
@@ -91,18 +126,16 @@ class Running:
         self.daemon = daemon
         self.agent_port, self.customer_port = ports["agent_port"], ports["customer_port"]
         self.agent2_port, self.customer2_port = ports["agent2_port"], ports["customer2_port"]
+        self.ports = ports
 
 
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     """``acd run`` on the module's config, stopped by PID at the end (and checked to exit 0)."""
     workdir = tmp_path_factory.mktemp("callbacks_dialout")
-    ports = {
-        name: free_port_block(4)
-        for name in ("agent_port", "customer_port", "agent2_port", "customer2_port")
-    }
+    ports = {name: free_port_block(4) for name in PORTS}
     config = front_door(
-        ADMIN, numbers=("support", "sales"), rtp_base=free_port_block(100)
+        ADMIN, numbers=("support", "sales", "billing"), rtp_base=free_port_block(100)
     ) + QUEUE.format(**ports)
     config_path = workdir / "acd.toml"
     http_port = free_port()
@@ -293,3 +326,59 @@ def test_agent_first_callback_fails_after_its_attempts_without_wrap_up(
             stop(proc)
         with contextlib.suppress(Exception):
             call(daemon, "PUT", "/api/v1/agents/cb3/state", body={"state": "logged_out"})
+
+
+def test_a_busy_agent_phone_passes_the_callback_to_the_next_agent(
+    running: Running, tmp_path: Path
+) -> None:
+    """Queue ``billing``: cb5's phone answers the callback's INVITE 486 (the offer goes to the
+    next agent, as for a call); cb6 answers, the customer is bridged, and cb6 hangs up after 1 s."""
+    daemon = running.daemon
+    (tmp_path / "pcap").symlink_to("/usr/share/sip-tester")
+    procs: list[Proc] = []
+    try:
+        first = sipp(tmp_path, ["-sf", str(SCENARIOS / "caller_callback_key.xml")],
+                     sip_target(daemon), "-s", "billing", "-m", "1")  # fmt: skip
+        procs.append(first)
+        assert first.wait(timeout=20) == 0, sipp_output(first)
+        query = "SELECT * FROM calls WHERE queue = 'billing' AND ended_at IS NOT NULL ORDER BY arrived_at"
+        wait_until(lambda: bool(rows(daemon, query)), 10, "the billing caller's CDR row")
+        original = rows(daemon, query)[0]
+        task_id = json.loads(original["flow_data"])["callback_task"]
+
+        busy = uas(tmp_path, "agent_busy", running.ports["agent5_port"], 1)
+        procs.append(busy)
+        status, _ = call(daemon, "PUT", "/api/v1/agents/cb5/state", body={"state": "logged_in"})
+        assert status == 200
+        assert busy.wait(timeout=20) == 0, sipp_output(busy)  # rung, answered 486
+        customer = uas(tmp_path, "agent_answer", running.ports["customer3_port"], 1)  # awaits BYE
+        agent = uas(tmp_path, "agent_hangs_up", running.ports["agent6_port"], 1)  # 1 s, BYE
+        procs += [customer, agent]
+        status, _ = call(daemon, "PUT", "/api/v1/agents/cb6/state", body={"state": "logged_in"})
+        assert status == 200
+        assert agent.wait(timeout=20) == 0, sipp_output(agent)
+        assert customer.wait(timeout=20) == 0, sipp_output(customer)  # our BYE after the agent's
+        wait_until(
+            lambda: call(daemon, "GET", f"/api/v1/tasks/{task_id}")[1]["state"] == "completed",
+            10, "the callback task completed",
+        )  # fmt: skip
+        _, task = call(daemon, "GET", f"/api/v1/tasks/{task_id}")
+        assert (task["disposition"], task["agent_id"]) == ("connected", "cb6")
+        assert task["data"]["attempts"] == 1  # cb5's busy phone spent no attempt
+        rejected = [e for e in task["history"] if e["event"] == "rejected"]
+        assert [e["agent_id"] for e in rejected] == ["cb5"]
+        wait_until(lambda: len(rows(daemon, query)) == 3, 10, "the callback's CDR rows")
+        by_disposition = {r["disposition"]: r for r in rows(daemon, query)[1:]}
+        assert set(by_disposition) == {"callback_agent_busy", "answered"}
+        connected = by_disposition["answered"]
+        assert (connected["agent_id"], connected["hangup_side"]) == ("cb6", "agent")
+        assert json.loads(connected["flow_data"])["callback_of"] == original["id"]
+        assert metric(daemon, "acd_callbacks_total", queue="billing", outcome="connected") == 1
+    finally:
+        for proc in procs:
+            stop(proc)
+        for agent_id in ("cb5", "cb6"):
+            with contextlib.suppress(Exception):
+                call(
+                    daemon, "PUT", f"/api/v1/agents/{agent_id}/state", body={"state": "logged_out"}
+                )
