@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import wave
@@ -37,7 +38,7 @@ from tests.e2e.configs import front_door
 from tests.e2e.conftest import DaemonProcess, render_config, wait_until
 from tests.e2e.peers import dominant_hz, free_port_block, sipp, stop
 from tests.e2e.test_call_scenarios import SCENARIOS, sip_target, sipp_output
-from tests.e2e.test_callbacks import call, finished_call, metric, rows
+from tests.e2e.test_callbacks import call, metric, rows
 
 pytestmark = pytest.mark.e2e
 
@@ -178,6 +179,14 @@ def invites(workdir: Path, scenario: str, proc: Proc) -> list[str]:
     return [line.split()[1] for line in text.splitlines() if line.startswith("INVITE sip:")]
 
 
+def original_call(daemon: DaemonProcess, queue: str) -> sqlite3.Row:
+    """The finished CDR row of the call that asked ``queue`` for a callback."""
+    query = "SELECT * FROM calls WHERE queue = ? AND flow != 'callback' AND ended_at IS NOT NULL"
+    wait_until(lambda: bool(rows(daemon, query, queue)), 10, f"the {queue} caller's CDR row")
+    (row,) = rows(daemon, query, queue)
+    return row
+
+
 def test_agent_first_callback_retries_a_busy_customer_then_bridges(
     running: Running, tmp_path: Path
 ) -> None:
@@ -189,7 +198,7 @@ def test_agent_first_callback_retries_a_busy_customer_then_bridges(
                      sip_target(daemon), "-s", "support", "-m", "1")  # fmt: skip
         procs.append(first)
         assert first.wait(timeout=20) == 0, sipp_output(first)  # our BYE after the confirmation
-        original = finished_call(daemon, "5550101")
+        original = original_call(daemon, "support")
         assert original["disposition"] == "callback_requested"
         task_id = json.loads(original["flow_data"])["callback_task"]
 
@@ -221,7 +230,10 @@ def test_agent_first_callback_retries_a_busy_customer_then_bridges(
         assert answering.wait(timeout=20) == 0, sipp_output(answering)
         assert agent.wait(timeout=20) == 0, sipp_output(agent)  # our BYE after each attempt
 
-        query = "SELECT * FROM calls WHERE flow = 'callback' AND ended_at IS NOT NULL ORDER BY arrived_at"
+        query = (
+            "SELECT * FROM calls WHERE flow = 'callback' AND queue = 'support'"
+            " AND ended_at IS NOT NULL ORDER BY arrived_at"
+        )
         wait_until(lambda: len(rows(daemon, query)) == 2, 10, "the two attempts' CDR rows")
         tried, connected = rows(daemon, query)
         assert tried["disposition"] == "callback_busy"
@@ -341,9 +353,8 @@ def test_a_busy_agent_phone_passes_the_callback_to_the_next_agent(
                      sip_target(daemon), "-s", "billing", "-m", "1")  # fmt: skip
         procs.append(first)
         assert first.wait(timeout=20) == 0, sipp_output(first)
+        original = original_call(daemon, "billing")
         query = "SELECT * FROM calls WHERE queue = 'billing' AND ended_at IS NOT NULL ORDER BY arrived_at"
-        wait_until(lambda: bool(rows(daemon, query)), 10, "the billing caller's CDR row")
-        original = rows(daemon, query)[0]
         task_id = json.loads(original["flow_data"])["callback_task"]
 
         busy = uas(tmp_path, "agent_busy", running.ports["agent5_port"], 1)
