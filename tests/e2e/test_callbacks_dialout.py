@@ -14,7 +14,8 @@ status says each peer saw exactly what its scenario expects. The CDR must hold t
 ``connected`` after two attempts, and ``acd_callbacks_total`` say requested, retry, connected.
 Queue ``sales`` (a customer who never answers, two attempts) ends its callback ``failed`` with
 the agent never in wrap-up; queue ``billing`` (two agents, the first one's phone busy) hands the
-offer to the next agent as for a call. Each queue has agents and a trunk of its own, so the
+offer to the next agent as for a call; queue ``vip`` has a baresip phone as its agent, which
+must hear the whisper (a 660 Hz prompt from ``[media] prompts_dir``) before the customer. Each queue has agents and a trunk of its own, so the
 tests do not depend on each other's order.
 """
 
@@ -36,7 +37,7 @@ import pytest
 from tests.conftest import free_port
 from tests.e2e.configs import front_door
 from tests.e2e.conftest import DaemonProcess, render_config, wait_until
-from tests.e2e.peers import dominant_hz, free_port_block, sipp, stop
+from tests.e2e.peers import Baresip, dominant_hz, free_port_block, sipp, stop, write_tone
 from tests.e2e.test_call_scenarios import SCENARIOS, sip_target, sipp_output
 from tests.e2e.test_callbacks import call, metric, rows
 
@@ -44,7 +45,7 @@ pytestmark = pytest.mark.e2e
 
 ADMIN = "admin-token-0123456789"
 Proc = subprocess.Popen[bytes]
-CUSTOMER_HZ, AGENT_HZ = 440, 880
+CUSTOMER_HZ, AGENT_HZ, WHISPER_HZ = 440, 880, 660
 
 QUEUE = """
 [runtime]
@@ -114,12 +115,31 @@ id = "cb6"
 login = "static"
 contact = "sip:cb6@127.0.0.1:{agent6_port}"
 queues = {{ billing = 0 }}
+
+[[trunks]]
+name = "carrier4"
+allow = ["192.0.2.4"]
+outbound_proxy = "127.0.0.1:{customer4_port}"
+
+[[queues]]
+name = "vip"
+wrap_up_s = 0.0
+record = "never"
+ring_timeout_s = 5.0
+announce_every_s = 0.5
+announce_wait = false
+callback = {{ prompt = "digit-1", confirm_prompt = "", mode = "agent_first", trunk = "carrier4", whisper_prompt = "whisper-660" }}
+
+[[agents]]
+id = "cb7"
+password = "cb7-secret-0123"
+queues = {{ vip = 0 }}
 """
 
 
 # SIP ports of the peers: each queue's agents and the customer behind its trunk's proxy.
 PORTS = ("agent_port", "customer_port", "agent2_port", "customer2_port", "customer3_port",
-         "agent5_port", "agent6_port")  # fmt: skip
+         "agent5_port", "agent6_port", "customer4_port")  # fmt: skip
 
 
 class Running:
@@ -135,9 +155,19 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     """``acd run`` on the module's config, stopped by PID at the end (and checked to exit 0)."""
     workdir = tmp_path_factory.mktemp("callbacks_dialout")
     ports = {name: free_port_block(4) for name in PORTS}
-    config = front_door(
-        ADMIN, numbers=("support", "sales", "billing"), rtp_base=free_port_block(100)
-    ) + QUEUE.format(**ports)
+    prompts = workdir / "prompts"  # the vip queue's whisper: 0.6 s of 660 Hz
+    prompts.mkdir()
+    write_tone(prompts / "whisper-660.wav", WHISPER_HZ, 0.6)
+    rtp_base = free_port_block(100)
+    media = (
+        f"[media]\nrtp_port_min = {rtp_base}\nrtp_port_max = {rtp_base + 98}\n"
+        f'prompts_dir = "{prompts}"\n'
+    )
+    config = (
+        front_door(ADMIN, numbers=("support", "sales", "billing", "vip"))
+        + media
+        + QUEUE.format(**ports)
+    )
     config_path = workdir / "acd.toml"
     http_port = free_port()
     config_path.write_text(render_config(http_port, free_port(), config))
@@ -179,6 +209,16 @@ def invites(workdir: Path, scenario: str, proc: Proc) -> list[str]:
     return [line.split()[1] for line in text.splitlines() if line.startswith("INVITE sip:")]
 
 
+def tone_wavs(workdir: Path) -> None:
+    """customer.wav and agent.wav: two seconds of one tone each, u-law, what SIPp streams."""
+    for name, hz in (("customer", CUSTOMER_HZ), ("agent", AGENT_HZ)):
+        subprocess.run(
+            ["sox", "-n", "-r", "8000", "-c", "1", "-e", "u-law", "-b", "8", f"{name}.wav",
+             "synth", "2", "sine", str(hz), "vol", "0.5"],
+            check=True, cwd=workdir, timeout=30,
+        )  # fmt: skip
+
+
 def original_call(daemon: DaemonProcess, queue: str) -> sqlite3.Row:
     """The finished CDR row of the call that asked ``queue`` for a callback."""
     query = "SELECT * FROM calls WHERE queue = ? AND flow != 'callback' AND ended_at IS NOT NULL"
@@ -202,12 +242,7 @@ def test_agent_first_callback_retries_a_busy_customer_then_bridges(
         assert original["disposition"] == "callback_requested"
         task_id = json.loads(original["flow_data"])["callback_task"]
 
-        for name, hz in (("customer", CUSTOMER_HZ), ("agent", AGENT_HZ)):  # what SIPp streams
-            subprocess.run(
-                ["sox", "-n", "-r", "8000", "-c", "1", "-e", "u-law", "-b", "8", f"{name}.wav",
-                 "synth", "2", "sine", str(hz), "vol", "0.5"],
-                check=True, cwd=tmp_path, timeout=30,
-            )  # fmt: skip
+        tone_wavs(tmp_path)
         agent = uas(tmp_path, "agent_answer_tone", running.agent_port, 2)  # rung twice, talks
         busy = uas(tmp_path, "agent_busy", running.customer_port, 1)  # the customer, busy
         procs += [agent, busy]
@@ -393,3 +428,55 @@ def test_a_busy_agent_phone_passes_the_callback_to_the_next_agent(
                 call(
                     daemon, "PUT", f"/api/v1/agents/{agent_id}/state", body={"state": "logged_out"}
                 )
+
+
+def test_a_baresip_agent_hears_the_whisper_then_the_customer(
+    running: Running, tmp_path: Path
+) -> None:
+    """Queue ``vip``: a real SIP phone (baresip, registering, auto-answer) is the agent. What it
+    hears is the whisper (660 Hz, the queue's whisper_prompt) first, then the customer's 440 Hz."""
+    daemon = running.daemon
+    (tmp_path / "pcap").symlink_to("/usr/share/sip-tester")
+    tone_wavs(tmp_path)
+    procs: list[Proc] = []
+    agent: Baresip | None = None
+    try:
+        first = sipp(tmp_path, ["-sf", str(SCENARIOS / "caller_callback_key.xml")],
+                     sip_target(daemon), "-s", "vip", "-m", "1")  # fmt: skip
+        procs.append(first)
+        assert first.wait(timeout=20) == 0, sipp_output(first)
+        task_id = json.loads(original_call(daemon, "vip")["flow_data"])["callback_task"]
+        customer = uas(
+            tmp_path, "customer_answer_tone_hangs_up", running.ports["customer4_port"], 1
+        )
+        procs.append(customer)
+        sip = sip_target(daemon)
+        agent = Baresip(
+            tmp_path / "agent",
+            f"<sip:cb7@{sip}>;auth_pass=cb7-secret-0123;regint=60;answermode=auto;audio_codecs=PCMU",
+            AGENT_HZ,
+        )  # fmt: skip
+        assert customer.wait(timeout=20) == 0, sipp_output(customer)  # answered, talked, BYE
+        wait_until(
+            lambda: call(daemon, "GET", f"/api/v1/tasks/{task_id}")[1]["state"] == "completed",
+            10, "the callback task completed",
+        )  # fmt: skip
+        agent.wait_for("Call established")
+        agent.stop()  # finishes the recording of what it heard
+        heard = agent.heard()
+        # The dominant tone of each loud 100 ms of what the agent heard, in order.
+        tones = [
+            round(dominant_hz(seg))
+            for seg in np.array_split(heard, max(1, len(heard) // 800))
+            if np.sqrt(np.mean(seg.astype(float) ** 2)) > 500
+        ]
+        whisper = [i for i, hz in enumerate(tones) if abs(hz - WHISPER_HZ) < 15]
+        customer_tone = [i for i, hz in enumerate(tones) if abs(hz - CUSTOMER_HZ) < 15]
+        assert len(whisper) >= 3, tones  # 0.6 s of whisper
+        assert len(customer_tone) >= 10, tones  # 2 s of the customer
+        assert max(whisper) < min(customer_tone), tones  # the whisper before the customer
+    finally:
+        for proc in procs:
+            stop(proc)
+        if agent is not None:
+            agent.stop()
