@@ -674,6 +674,9 @@ def _validate_telephony(cfg: Config, file: str) -> None:
                 f"{base}.record",
                 f"expected always, never, on_demand or a percentage like '25%', found {queue.record!r}",
             )
+    agent_first = {
+        q.name for q in cfg.queues if q.callback is not None and q.callback.mode == "agent_first"
+    }
     for i, agent in enumerate(cfg.agents):
         base = f"agents[{i}]"
         if agent.login is LoginMode.STATIC and not agent.contact.startswith(("sip:", "sips:")):
@@ -688,6 +691,15 @@ def _validate_telephony(cfg: Config, file: str) -> None:
                 f"{base}.secure",
                 "expected a SIP phone (a browser's media is DTLS-SRTP anyway)",
             )
+        if agent.login is LoginMode.WEBRTC and (
+            dialling := sorted(set(agent.queues) & agent_first)
+        ):
+            # engine.calls.dialout rings SIP phones only (the softphone's offer has no dial-out)
+            raise ConfigError(
+                file, f"{base}.queues.{dialling[0]}",
+                "expected a SIP phone in a queue with callback.mode = 'agent_first' (the daemon "
+                "rings the agent's phone for each callback), found login = 'webrtc'",
+            )  # fmt: skip
         if agent.secure and agent.login is LoginMode.STATIC and not is_tls_uri(agent.contact):
             raise ConfigError(
                 file, f"{base}.contact",

@@ -669,3 +669,16 @@ def test_callback_agent_first_takes_a_trunk_with_an_outbound_proxy() -> None:
     assert callback is not None
     assert (callback.mode, callback.trunk, callback.attempts) == ("agent_first", "carrier", 2)
     assert (callback.retry_s, callback.ring_timeout_s, callback.whisper_prompt) == (0.5, 4.0, "")
+
+    with pytest.raises(ConfigError) as info:
+        parse_config(
+            '[[trunks]]\nname = "carrier"\nallow = ["127.0.0.1/32"]\n'
+            'outbound_proxy = "sip:127.0.0.1:5090"\n'
+            '[[queues]]\nname = "a"\nannounce_every_s = 20.0\n'
+            'callback = { mode = "agent_first", trunk = "carrier" }\n'
+            '[[agents]]\nid = "w1"\nlogin = "webrtc"\npassword = "secret-w1-0123"\n'
+            "queues = { a = 0 }\n",
+            "acd.toml",
+        )
+    assert (info.value.file, info.value.key_path) == ("acd.toml", "agents[0].queues.a")
+    assert "login = 'webrtc'" in info.value.problem
