@@ -252,6 +252,8 @@ class CallService:
                 phase = "survey"  # the agent hung up; the caller is rating the call
             elif call.agent_id is not None:
                 phase = "bridged"
+            elif call.flow == "callback":
+                phase = "callback"  # an agent-first callback ringing the agent or the customer
             elif call.transfer_answered_at is not None:
                 phase = "transferred"
             elif any(leg.external and not leg.finished for leg in call.legs.values()):

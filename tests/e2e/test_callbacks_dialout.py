@@ -344,6 +344,10 @@ def test_agent_first_callback_fails_after_its_attempts_without_wrap_up(
         procs += [agent, customer]
         status, _ = call(daemon, "PUT", "/api/v1/agents/cb3/state", body={"state": "logged_in"})
         assert status == 200
+        wait_until(  # the attempt is a live call while the agent and the customer ring
+            lambda: [c["phase"] for c in call(daemon, "GET", "/api/v1/calls")[1]] == ["callback"],
+            10, "the callback's call live in phase callback",
+        )  # fmt: skip
         assert customer.wait(timeout=20) == 0, sipp_output(customer)  # CANCELled both times
         assert agent.wait(timeout=20) == 0, sipp_output(agent)
         wait_until(
