@@ -338,7 +338,8 @@ class Daemon:
         except (TaskError, StorageError) as exc:  # e.g. cancelled by the API meanwhile
             log.warning("callback_task_not_updated", task_id=task_id, reason=str(exc))
             return
-        self.calls.callbacks.metrics.total.labels(queue=task.queue, outcome=result).inc()
+        if result is not None:
+            self.calls.callbacks.metrics.total.labels(queue=task.queue, outcome=result).inc()
         log.info("callback_attempt_ended", task_id=task_id, outcome=outcome, result=result)
 
     def _callbacks_waiting(self, queue: str) -> list[tuple[int, float]]:

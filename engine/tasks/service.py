@@ -471,20 +471,21 @@ class TaskService:
         *,
         attempts: int,
         retry_s: float,
-    ) -> str:
+    ) -> str | None:
         """The attempt the agent took ended: ``connected`` completes the task (the agent goes
         to wrap-up); ``no_answer`` / ``busy`` / ``failed`` release the agent without wrap-up
         and schedule the task again after ``retry_s`` in its original place, or, after
-        ``attempts``, end it ``failed``. Returns connected, retry or failed."""
+        ``attempts``, end it ``failed``. Returns connected, retry or failed (None: the task or
+        its offer had ended already, e.g. cancelled through the API)."""
         task = self.tasks.get(task_id)
         if task is None:
-            return "failed"
+            return None
         if outcome == "connected":
             if task.state is TaskState.ASSIGNED and task.agent_id == agent_id:
                 await self.complete(task_id, agent_id, by="daemon", disposition="connected")
             return "connected"
         if agent_id not in task.offered_to:
-            return "failed"
+            return None
         n = self._attempt(task, call_id, outcome)
         self._end_offer(task.id, agent_id)
         self.agent_log(task, "task_ended", agent_id, reason=f"customer_{outcome}")
@@ -493,9 +494,8 @@ class TaskService:
         detail = {"attempt": n, "outcome": outcome, "call_id": call_id}
         if n >= attempts:
             task.state, task.ended_at, task.disposition = TaskState.COMPLETED, self.wall(), "failed"
-            self.close_task(
-                task, "completed"
-            )  # acd_tasks_total: it ended; its disposition says how
+            # acd_tasks_total counts it completed; its disposition says how
+            self.close_task(task, "completed")
             if self.on_work_done is not None:
                 self.on_work_done(agent_id)
             await self.change(task, "failed", "daemon", agent_id=agent_id, data=detail)
