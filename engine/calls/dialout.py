@@ -16,8 +16,10 @@ Every attempt the agent answered ends in ``ended`` with its outcome: ``connected
 ``no_answer`` / ``busy`` / ``failed``, after which the task service retries the callback after
 ``retry_s`` in its original place, up to ``attempts``.
 
-Records: each outbound attempt is a ``calls`` row of its own (flow ``callback``, disposition
-``answered`` once bridged, else ``callback_<outcome>``), linked to the original call through
+Records: each offer is a ``calls`` row of its own (flow ``callback``, disposition ``answered``
+once bridged, else ``callback_<outcome>`` for an attempt that failed, ``callback_agent_<reason>``
+for an offer the agent's phone refused, ``callback_agent_gone`` when the agent hung up before the
+customer answered, ``callback_cancelled`` when the task was gone by then), linked to the original call through
 ``flow_data.callback_of`` (that call's id) and ``flow_data.callback_task``; the original call's
 row names the task in its ``flow_data.callback_task``, and the task's ``data.calls`` lists the
 attempts' call ids.
