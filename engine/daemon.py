@@ -34,6 +34,7 @@ import routing_core as rc
 from engine import api
 from engine.api.app import ReadyCheck, make_app, openapi_document, run_checks
 from engine.calls.callbacks import CallbackRequest
+from engine.calls.dialout import DialoutOffer
 from engine.calls.flows import FlowRunner
 from engine.calls.service import CallService
 from engine.cluster import LeaderElection
@@ -49,7 +50,15 @@ from engine.runtime.systemd import Notifier
 from engine.storage import StorageError, Store, database_url
 from engine.storage.cdr import CdrWriter, close_interrupted_calls
 from engine.storage.tasks import TaskWriter
-from engine.tasks import PluginTasks, TaskCollector, TaskMetrics, TaskService, TaskState
+from engine.tasks import (
+    PluginTasks,
+    Task,
+    TaskCollector,
+    TaskError,
+    TaskMetrics,
+    TaskService,
+    TaskState,
+)
 from engine.transcription.service import (
     TranscriptionCollector,
     TranscriptionMetrics,
@@ -271,11 +280,67 @@ class Daemon:
             channel="callback", queue=request.queue, created_by="system",
             priority=request.priority, requirements=request.requirements,
             customer={"number": request.number},
-            data={"call_id": request.call_id, "number": request.number, "trunk": request.trunk},
+            data={"call_id": request.call_id, "number": request.number, "trunk": request.trunk,
+                  "dialed": request.dialed},
             external_id=f"callback:{request.call_id}", enqueued_at=request.place_at,
             channels=("callback",),
         )  # fmt: skip
         return task.id
+
+    def _ring_callback(self, task: Task, agent_id: str) -> bool:
+        """An offer of a callback task in an agent_first queue: the call layer rings the agent
+        and dials the customer (engine.calls.dialout); True when it took the offer."""
+        assert self.calls is not None
+        qcfg = next((q for q in self.config.queues if q.name == task.queue), None)
+        callback = qcfg.callback if qcfg is not None else None
+        if task.channel != "callback" or callback is None or callback.mode != "agent_first":
+            return False
+        data = task.data or {}
+        self.calls.dialout.offer(
+            DialoutOffer(
+                task_id=task.id, agent_id=agent_id, queue=task.queue,
+                number=str(data.get("number", "")), dialed=str(data.get("dialed", "")),
+                call_id=str(data.get("call_id", "")), attempt=int(data.get("attempts", 0)) + 1,
+            )
+        )  # fmt: skip
+        return True
+
+    async def _callback_answered(self, task_id: str, agent_id: str, call_id: str) -> bool:
+        """An agent-first callback's customer answered: the task becomes the agent's (False
+        when it cannot: cancelled through the API meanwhile)."""
+        assert self.tasks is not None
+        try:
+            await self.tasks.phone_answered(task_id, agent_id, call_id)
+        except TaskError as exc:
+            log.warning("callback_task_not_accepted", task_id=task_id, reason=str(exc))
+            return False
+        except StorageError as exc:  # accepted all the same: the next write stores it
+            log.error("callback_accept_not_stored", task_id=task_id, reason=str(exc))
+        return True
+
+    async def _callback_dialed(
+        self, task_id: str, agent_id: str, call_id: str, outcome: str
+    ) -> None:
+        """An agent-first attempt ended: the task is completed, retried or failed, and counted."""
+        assert self.tasks is not None
+        assert self.calls is not None
+        task = self.tasks.get(task_id)
+        if task is None:
+            return
+        qcfg = next((q for q in self.config.queues if q.name == task.queue), None)
+        callback = qcfg.callback if qcfg is not None else None
+        try:
+            result = await self.tasks.dial_ended(
+                task_id, agent_id, call_id, outcome,
+                attempts=callback.attempts if callback is not None else 1,
+                retry_s=callback.retry_s if callback is not None else 0.0,
+            )  # fmt: skip
+        except (TaskError, StorageError) as exc:  # e.g. cancelled by the API meanwhile
+            log.warning("callback_task_not_updated", task_id=task_id, reason=str(exc))
+            return
+        if result is not None:
+            self.calls.callbacks.metrics.total.labels(queue=task.queue, outcome=result).inc()
+        log.info("callback_attempt_ended", task_id=task_id, outcome=outcome, result=result)
 
     def _callbacks_waiting(self, queue: str) -> list[tuple[int, float]]:
         """(priority, effective enqueue time) of the callback tasks not yet taken in ``queue``:
@@ -476,6 +541,11 @@ class Daemon:
         )
         self.calls.callbacks.create_task = self._create_callback
         self.calls.callbacks.waiting = self._callbacks_waiting
+        # Agent-first callbacks: the task's offers ring the agent's phone (engine.calls.dialout).
+        self.tasks.ring, self.tasks.unring = self._ring_callback, self.calls.dialout.withdraw
+        self.calls.dialout.refused = self.tasks.phone_refused
+        self.calls.dialout.answered = self._callback_answered
+        self.calls.dialout.ended = self._callback_dialed
         try:  # what was open when the daemon stopped goes back in its queues, in its order
             await self.tasks.recover(self.store)
         except StorageError as exc:

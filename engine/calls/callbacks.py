@@ -49,6 +49,7 @@ class CallbackRequest:
     queue: str
     number: str  # the caller id to call back
     trunk: str  # the trunk the call came in on
+    dialed: str  # the number the caller had called (our caller id when we call back)
     priority: int
     place_at: float  # wall time the caller's place counted from (its effective enqueue time)
     requirements: dict[str, int] | None = None  # the call's (None: the queue's)
@@ -64,8 +65,10 @@ class CallbackMetrics:
         self.total = Counter(
             "acd_callbacks_total",
             "Callbacks by queue and outcome: requested (a waiting caller pressed the key and a "
-            "callback task keeps its place), failed (the task could not be stored; the caller "
-            "stayed in line).",
+            "callback task keeps its place); agent_first: connected (the customer answered and "
+            "was bridged to the agent), retry (the customer did not answer, was busy or could "
+            "not be reached: dialled again after retry_s); failed (the task could not be "
+            "stored, and the caller stayed in line; or the last attempt failed).",
             ["queue", "outcome"],
             registry=metrics.registry,
         )
@@ -103,6 +106,7 @@ class Callbacks:
             self._s.routing.abandon(call.id)
         request = CallbackRequest(
             call_id=call.id, queue=call.queue, number=call.caller, trunk=call.trunk.name,
+            dialed=call.dialed,
             priority=call.priority, place_at=place_at, requirements=requirements,
         )  # fmt: skip
         try:

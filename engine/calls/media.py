@@ -279,6 +279,25 @@ class CallMedia:
             return call.digits.get_nowait()
         return None
 
+    async def play_on(self, rtp: RtpEndpoint, codec: str, prompts: Sequence[str]) -> None:
+        """Play ``prompts`` on one leg (an agent's whisper before a callback is dialled), to
+        the end."""
+        if self.clock is None:
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def finished(_: PlaybackFinished) -> None:
+            if not done.done():
+                done.set_result(None)
+
+        playlist = Playlist(codec, [self._prompt(p) for p in prompts], barge_in=False)
+        player = LegPlayer(rtp, playlist, self.clock, on_finished=finished)
+        player.start(loop_now())
+        try:
+            await done
+        finally:
+            player.stop()
+
     def stop_player(self, call: Call) -> None:
         if isinstance(call.bridge, RemoteBridge) and call.bridge.stopped_at is None:
             call.bridge.stop_play(0)

@@ -90,7 +90,7 @@ class Ringing:
             return
         try:
             leg = await self._s.media.open_leg(
-                call, agent.id, secure=agent.secure, trunk=self._trunk_of(agent)
+                call, agent.id, secure=agent.secure, trunk=self.trunk_of(agent)
             )
         except OSError:
             self.reject(call, agent.id, "no_answer")
@@ -112,7 +112,7 @@ class Ringing:
         )
         self._s.transmit()
 
-    def _trunk_of(self, agent: AgentConfig) -> TrunkConfig | None:
+    def trunk_of(self, agent: AgentConfig) -> TrunkConfig | None:
         """The trunk a static agent behind a PBX is reached through, or None."""
         if agent.login is not LoginMode.STATIC or not agent.trunk:
             return None
@@ -132,7 +132,7 @@ class Ringing:
             return None
         destination = contact  # RFC 3263 locates this: the contact, or the trunk's proxy
         auth: DigestClient | None = None
-        trunk = self._trunk_of(agent)
+        trunk = self.trunk_of(agent)
         if trunk is not None:
             # An extension behind a PBX: send through its trunk, answer its 401/407 with the
             # trunk's outbound credentials.

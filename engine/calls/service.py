@@ -36,6 +36,7 @@ import structlog
 
 import routing_core as rc
 from engine.calls.callbacks import Callbacks
+from engine.calls.dialout import Dialout
 from engine.calls.dispatch import Dispatcher
 from engine.calls.flows import FlowRunner
 from engine.calls.inbound import Inbound
@@ -109,6 +110,7 @@ class CallService:
         self.transfers = Transfers(self)
         self.surveys = Surveys(self, metrics)
         self.callbacks = Callbacks(self, metrics)
+        self.dialout = Dialout(self)
         self.monitoring = Monitoring(self)
         self.teardown = Teardown(self)
         metrics.registry.register(SipMediaCollector(self.listeners, self.media.stats))
@@ -250,6 +252,8 @@ class CallService:
                 phase = "survey"  # the agent hung up; the caller is rating the call
             elif call.agent_id is not None:
                 phase = "bridged"
+            elif call.flow == "callback":
+                phase = "callback"  # an agent-first callback ringing the agent or the customer
             elif call.transfer_answered_at is not None:
                 phase = "transferred"
             elif any(leg.external and not leg.finished for leg in call.legs.values()):

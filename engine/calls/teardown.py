@@ -52,7 +52,10 @@ class Teardown:
                 return  # the caller stays on for the queue's post-call survey
             self.caller_gone(call, f"agent {reason}", side="agent")
         elif leg.external and leg.answered:
-            self.caller_gone(call, f"transfer target {reason}", side="callee")
+            # a transfer's target, or an agent-first callback's customer (or its agent before
+            # the customer answered: engine.calls.dialout)
+            who = "callback" if call.flow == "callback" else "transfer target"
+            self.caller_gone(call, f"{who} {reason}", side="callee")
 
     def release_agent(self, call: Call, now_wall: float, talk_s: float | None) -> None:
         """The answered call's agent is done with it: routing completes it (the agent goes to

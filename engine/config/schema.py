@@ -18,6 +18,8 @@ from sip import ParseError, Uri
 # The channels an agent's `capacity` names and a routing task has (DESIGN.md section 9); the
 # order is the Router's channel index (engine.routing.service.CHANNELS). Tasks created through
 # the API are of TASK_CHANNELS; voice tasks are calls.
+# queues[].callback.mode: who dials the customer (engine.calls.dialout).
+CALLBACK_MODES: Final = ("manual", "agent_first")
 CHANNEL_NAMES: Final = ("voice", "chat", "email", "callback", "social", "ticket")
 
 
@@ -230,6 +232,22 @@ class CallbackConfig(_Struct, frozen=True):
     prompt: str = "callback-offer"
     # played once the key is pressed, before we hang up (empty: hang up at once)
     confirm_prompt: str = "callback-confirm"
+    # who dials: "manual" (the agent accepts the task and dials the customer by hand) or
+    # "agent_first" (the daemon rings the agent's phone, whispers `whisper_prompt` to the agent,
+    # then dials the customer through `trunk` and bridges the two)
+    mode: str = "manual"
+    # agent_first: the trunk (with an outbound_proxy) the customer is dialled through
+    trunk: str = ""
+    # agent_first: played to the agent on answer, before the customer is dialled (empty: none)
+    whisper_prompt: str = "callback-whisper"
+    # agent_first: how many times the customer is dialled (no answer, busy, failure) before the
+    # callback ends failed
+    attempts: int = 3
+    # agent_first: after a failed attempt the task waits this long, then is queued again with
+    # its original place (effective enqueue time)
+    retry_s: float = 300.0
+    # agent_first: how long the customer's phone rings before the attempt counts as no answer
+    ring_timeout_s: float = 30.0
 
 
 class SlaTargetConfig(_Struct, frozen=True):

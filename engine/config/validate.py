@@ -19,12 +19,14 @@ from typing import Final
 
 from engine.config.errors import ConfigError
 from engine.config.schema import (
+    CALLBACK_MODES,
     CHANNEL_NAMES,
     HTTP_OPEN_PATHS,
     QA_RULE_TYPES,
     TASK_CHANNELS,
     WEBHOOK_EVENTS,
     AgentConfig,
+    CallbackConfig,
     Config,
     EnqueueStep,
     GotoStep,
@@ -108,6 +110,36 @@ def _check_positive(file: str, path: str, value: float, *, allow_zero: bool = Fa
     if value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ConfigError(file, path, f"expected a number {bound}, found {value}")
+
+
+def _check_callback_dialout(cfg: Config, file: str, base: str, callback: CallbackConfig) -> None:
+    """queues[].callback's dial-out keys: the mode, and for agent_first a trunk that can dial."""
+    if callback.mode not in CALLBACK_MODES:
+        raise ConfigError(
+            file, f"{base}.mode", f"expected one of {CALLBACK_MODES}, found {callback.mode!r}"
+        )
+    if callback.attempts < 1:
+        raise ConfigError(file, f"{base}.attempts", f"expected >= 1, found {callback.attempts}")
+    _check_positive(file, f"{base}.retry_s", callback.retry_s, allow_zero=True)
+    _check_positive(file, f"{base}.ring_timeout_s", callback.ring_timeout_s)
+    if callback.whisper_prompt:
+        _check_name(file, f"{base}.whisper_prompt", callback.whisper_prompt)
+    if callback.mode != "agent_first":
+        return
+    trunks = {t.name for t in cfg.trunks}
+    if not callback.trunk:
+        raise ConfigError(
+            file, f"{base}.trunk",
+            "expected the trunk the customer is dialled through with mode = 'agent_first'",
+        )  # fmt: skip
+    if callback.trunk not in trunks:
+        raise ConfigError(file, f"{base}.trunk", _unknown("trunk", callback.trunk, trunks))
+    if not _outbound(cfg, callback.trunk):
+        raise ConfigError(
+            file, f"{base}.trunk",
+            f"expected a trunk with an outbound_proxy (where the callback is dialled), "
+            f"found trunk {callback.trunk!r} without one",
+        )  # fmt: skip
 
 
 def _validate(cfg: Config, file: str) -> None:
@@ -293,6 +325,7 @@ def _validate(cfg: Config, file: str) -> None:
                     file, f"{base}.announce_every_s",
                     "expected > 0 with callback: the offer is played with the announcements",
                 )  # fmt: skip
+            _check_callback_dialout(cfg, file, f"{base}.callback", queue.callback)
 
     agent_ids: set[str] = set()
     for i, agent in enumerate(cfg.agents):
@@ -647,6 +680,9 @@ def _validate_telephony(cfg: Config, file: str) -> None:
                 f"{base}.record",
                 f"expected always, never, on_demand or a percentage like '25%', found {queue.record!r}",
             )
+    agent_first = {
+        q.name for q in cfg.queues if q.callback is not None and q.callback.mode == "agent_first"
+    }
     for i, agent in enumerate(cfg.agents):
         base = f"agents[{i}]"
         if agent.login is LoginMode.STATIC and not agent.contact.startswith(("sip:", "sips:")):
@@ -661,6 +697,15 @@ def _validate_telephony(cfg: Config, file: str) -> None:
                 f"{base}.secure",
                 "expected a SIP phone (a browser's media is DTLS-SRTP anyway)",
             )
+        if agent.login is LoginMode.WEBRTC and (
+            dialling := sorted(set(agent.queues) & agent_first)
+        ):
+            # engine.calls.dialout rings SIP phones only (the softphone's offer has no dial-out)
+            raise ConfigError(
+                file, f"{base}.queues.{dialling[0]}",
+                "expected a SIP phone in a queue with callback.mode = 'agent_first' (the daemon "
+                "rings the agent's phone for each callback), found login = 'webrtc'",
+            )  # fmt: skip
         if agent.secure and agent.login is LoginMode.STATIC and not is_tls_uri(agent.contact):
             raise ConfigError(
                 file, f"{base}.contact",

@@ -19,6 +19,10 @@ from engine.storage.schema import audit_log, calls, recordings
 from engine.storage.store import Store
 
 # What queue statistics read from a call: when it came and was answered, how it ended, its times.
+# The outbound calls of agent-first callbacks (engine.calls.dialout, flow "callback") are no
+# contacts of their own in the figures: the caller's call that asked for the callback is.
+NOT_A_CALLBACK_ATTEMPT = sa.or_(calls.c.flow.is_(None), calls.c.flow != "callback")
+
 _STAT_COLUMNS = (
     calls.c.queue,
     calls.c.arrived_at,
@@ -35,10 +39,12 @@ async def stat_rows(
     store: Store, since: float, until: float | None, queues: Iterable[str] | None
 ) -> list[Mapping[str, Any]]:
     """The statistics columns of the finished queued calls that arrived in [since, until) (a
-    live call's row, ``ended_at`` NULL, is no figure yet)."""
+    live call's row, ``ended_at`` NULL, is no figure yet; nor is an agent-first callback's
+    outbound call: the call that asked for it is the contact)."""
     query = sa.select(*_STAT_COLUMNS).where(
-        calls.c.arrived_at >= since, calls.c.queue.is_not(None), calls.c.ended_at.is_not(None)
-    )
+        calls.c.arrived_at >= since, calls.c.queue.is_not(None), calls.c.ended_at.is_not(None),
+        NOT_A_CALLBACK_ATTEMPT,
+    )  # fmt: skip
     if until is not None:
         query = query.where(calls.c.arrived_at < until)
     if queues is not None:

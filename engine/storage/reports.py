@@ -15,6 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from engine.storage.queries import NOT_A_CALLBACK_ATTEMPT
 from engine.storage.schema import agent_events, calls, tasks
 from engine.storage.store import Store
 
@@ -42,12 +43,15 @@ async def _rows(store: Store, query: sa.Select[Any]) -> list[dict[str, Any]]:
 async def call_rows(
     store: Store, since: float, until: float, queues: Iterable[str] | None
 ) -> list[dict[str, Any]]:
-    """Finished queued calls that arrived in [since, until)."""
+    """Finished queued calls that arrived in [since, until). An agent-first callback's own
+    calls (flow ``callback``) are not contacts of their own: the caller's call that asked for
+    it is, and the callback is a task (``task_rows``)."""
     query = sa.select(*_CALL_COLUMNS).where(
         calls.c.arrived_at >= since,
         calls.c.arrived_at < until,
         calls.c.queue.is_not(None),
         calls.c.ended_at.is_not(None),
+        NOT_A_CALLBACK_ATTEMPT,
     )
     if queues is not None:
         query = query.where(calls.c.queue.in_(list(queues)))

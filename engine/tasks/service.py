@@ -104,6 +104,13 @@ class TaskService:
         # Told an agent's id when one of its tasks ended (the agent directory applies a logout
         # it deferred while the agent was busy).
         self.on_work_done = on_work_done
+        # Set by the daemon: offers a phone rings for (an agent-first callback,
+        # queues[].callback.mode) go to ``ring`` (True: it took the offer, so no offer timer:
+        # the phone's ring timeout applies) and their withdrawals to ``unring``; the phone's
+        # answers come back through ``phone_refused`` / ``phone_answered`` / ``dial_ended``.
+        self.ring: Callable[[Task, str], bool] | None = None
+        self.unring: Callable[[str, str], None] | None = None
+        self._rung: set[tuple[str, str]] = set()
 
     def handlers(self) -> OfferHandlers:
         return OfferHandlers(on_offer=self.on_offer, on_withdraw=self.on_withdraw)
@@ -360,9 +367,13 @@ class TaskService:
         qcfg = self.queue_config(task.queue)
         timeout_s = 30.0 if qcfg is None else qcfg.offer_timeout_s
         key = (task.id, offer.agent_id)
-        self._offer_timers[key] = self.call_after(
-            timeout_s, task.id, lambda: self._offer_timed_out(*key)
-        )
+        if self.ring is not None and self.ring(task, offer.agent_id):
+            self._rung.add(key)  # the agent's phone rings: its ring timeout applies
+            timeout_s = 0.0 if qcfg is None else qcfg.ring_timeout_s
+        else:
+            self._offer_timers[key] = self.call_after(
+                timeout_s, task.id, lambda: self._offer_timed_out(*key)
+            )
         self.agent_log(task, "task_offered", offer.agent_id)
         self.save(
             task,
@@ -379,7 +390,10 @@ class TaskService:
         """Another agent accepted (ring-all), or the task left: the offer is over."""
         task = self.tasks.get(offer.task_id)
         was_offered = task is not None and offer.agent_id in task.offered_to
+        rung = (offer.task_id, offer.agent_id) in self._rung
         self._end_offer(offer.task_id, offer.agent_id)
+        if rung and self.unring is not None:
+            self.unring(offer.task_id, offer.agent_id)
         if task is not None:
             if was_offered:
                 self.agent_log(task, "task_ended", offer.agent_id, reason="withdrawn")
@@ -388,6 +402,7 @@ class TaskService:
             self.publish(task, "offer_withdrawn", agent_id=offer.agent_id)
 
     def _end_offer(self, task_id: str, agent_id: str) -> None:
+        self._rung.discard((task_id, agent_id))
         timer = self._offer_timers.pop((task_id, agent_id), None)
         if timer is not None:
             timer.cancel()
@@ -419,6 +434,82 @@ class TaskService:
         self.routing.reject(task.id, agent_id, reason)
         return written
 
+    # -- offers a phone rings for (agent-first callbacks) ----------------------------------------
+
+    def phone_refused(self, task_id: str, agent_id: str, reason: str) -> None:
+        """The agent's phone did not take the offer (``reason`` busy, reject or no_answer): back
+        to the router with that agent excluded, as for a ringing call."""
+        task = self.tasks.get(task_id)
+        if task is None or agent_id not in task.offered_to:
+            return
+        event = "offer_timeout" if reason == "no_answer" else "rejected"
+        self._back_to_queue(task, agent_id, reason, event, agent_id)
+        if self.metrics is not None:
+            outcome = "timeout" if reason == "no_answer" else "rejected"
+            self.metrics.offers.labels(channel=task.channel, outcome=outcome).inc()
+
+    def _attempt(self, task: Task, call_id: str, outcome: str) -> int:
+        """One more dial-out attempt in the task's data (count, calls, last outcome)."""
+        data = dict(task.data or {})
+        data["attempts"] = int(data.get("attempts", 0)) + 1
+        data["calls"] = [*data.get("calls", []), call_id]
+        data["last_outcome"] = outcome
+        task.data = data
+        return int(data["attempts"])
+
+    async def phone_answered(self, task_id: str, agent_id: str, call_id: str) -> None:
+        """The customer answered the call the agent was rung for: the task is the agent's."""
+        task = await self.accept(task_id, agent_id, by=agent_id, phone=True)
+        self._attempt(task, call_id, "connected")
+
+    async def dial_ended(
+        self,
+        task_id: str,
+        agent_id: str,
+        call_id: str,
+        outcome: str,
+        *,
+        attempts: int,
+        retry_s: float,
+    ) -> str | None:
+        """The attempt the agent took ended: ``connected`` completes the task (the agent goes
+        to wrap-up); ``no_answer`` / ``busy`` / ``failed`` release the agent without wrap-up
+        and schedule the task again after ``retry_s`` in its original place, or, after
+        ``attempts``, end it ``failed``. Returns connected, retry or failed (None: the task or
+        its offer had ended already, e.g. cancelled through the API)."""
+        task = self.tasks.get(task_id)
+        if task is None:
+            return None
+        if outcome == "connected":
+            if task.state is TaskState.ASSIGNED and task.agent_id == agent_id:
+                await self.complete(task_id, agent_id, by="daemon", disposition="connected")
+            return "connected"
+        if agent_id not in task.offered_to:
+            return None
+        n = self._attempt(task, call_id, outcome)
+        self._end_offer(task.id, agent_id)
+        self.agent_log(task, "task_ended", agent_id, reason=f"customer_{outcome}")
+        self.routing.abandon(task.id)  # reserved, never accepted: the agent is free at once
+        task.agent_id = None
+        detail = {"attempt": n, "outcome": outcome, "call_id": call_id}
+        if n >= attempts:
+            task.state, task.ended_at, task.disposition = TaskState.COMPLETED, self.wall(), "failed"
+            # acd_tasks_total counts it completed; its disposition says how
+            self.close_task(task, "completed")
+            if self.on_work_done is not None:
+                self.on_work_done(agent_id)
+            await self.change(task, "failed", "daemon", agent_id=agent_id, data=detail)
+            return "failed"
+        task.state, task.not_before = TaskState.SCHEDULED, self.wall() + retry_s
+        self.followups.arm(task)  # enqueued again with its enqueued_at: its place is kept
+        if self.on_work_done is not None:
+            self.on_work_done(agent_id)
+        await self.change(
+            task, "retry", "daemon", agent_id=agent_id,
+            data={**detail, "not_before": task.not_before},
+        )  # fmt: skip
+        return "retry"
+
     # -- agents' actions -------------------------------------------------------------------------
 
     def open_task(self, task_id: str) -> Task:
@@ -427,10 +518,14 @@ class TaskService:
             raise UnknownTask(f"no open task {task_id!r}")
         return task
 
-    async def accept(self, task_id: str, agent_id: str, *, by: str) -> Task:
+    async def accept(self, task_id: str, agent_id: str, *, by: str, phone: bool = False) -> Task:
+        """The agent takes the offer (``phone``: the daemon, once the phone call it rang the
+        agent for is through; the API cannot take or refuse such an offer)."""
         task = self.open_task(task_id)
         if agent_id not in task.offered_to:
             raise TaskConflict(f"task {task_id!r} is not offered to agent {agent_id!r}")
+        if not phone and (task.id, agent_id) in self._rung:
+            raise TaskConflict(f"task {task_id!r} rings agent {agent_id!r}'s phone: answer it")
         self._end_offer(task.id, agent_id)
         now = self.wall()
         task.state, task.agent_id, task.accepted_at = TaskState.ASSIGNED, agent_id, now
@@ -450,6 +545,8 @@ class TaskService:
         task = self.open_task(task_id)
         if agent_id not in task.offered_to:
             raise TaskConflict(f"task {task_id!r} is not offered to agent {agent_id!r}")
+        if (task.id, agent_id) in self._rung:
+            raise TaskConflict(f"task {task_id!r} rings agent {agent_id!r}'s phone: decline it")
         written = self._back_to_queue(task, agent_id, "reject", "rejected", by)
         if self.metrics is not None:
             self.metrics.offers.labels(channel=task.channel, outcome="rejected").inc()

@@ -118,8 +118,53 @@ QUEUES3 = '[[queues]]\nname = "a"\n[[queues]]\nname = "b"\n[[queues]]\nname = "c
             "queues[2].callback.confirm_prompt",
             "a name of letters",
         ),
-        (QUEUES3 + "callback = { retry_s = 1 }\n", "queues[2].callback.retry_s", "unknown key"),
+        (QUEUES3 + "callback = { retries = 1 }\n", "queues[2].callback.retries", "unknown key"),
         (QUEUES3 + "callback = {}\n", "queues[2].announce_every_s", "> 0 with callback"),
+        (
+            QUEUES3 + "announce_every_s = 5.0\n" + 'callback = { mode = "auto" }\n',
+            "queues[2].callback.mode",
+            "'agent_first'",
+        ),
+        (
+            QUEUES3 + "announce_every_s = 5.0\n" + 'callback = { mode = "agent_first" }\n',
+            "queues[2].callback.trunk",
+            "expected the trunk",
+        ),
+        (
+            QUEUES3
+            + "announce_every_s = 5.0\n"
+            + 'callback = { mode = "agent_first", trunk = "x" }\n',
+            "queues[2].callback.trunk",
+            "configured trunk (none defined), found 'x'",
+        ),
+        (
+            '[[trunks]]\nname = "t"\nallow = ["127.0.0.1/32"]\n'
+            + QUEUES3
+            + "announce_every_s = 5.0\n"
+            + 'callback = { mode = "agent_first", trunk = "t" }\n',
+            "queues[2].callback.trunk",
+            "without one",
+        ),
+        (
+            QUEUES3 + "announce_every_s = 5.0\n" + "callback = { attempts = 0 }\n",
+            "queues[2].callback.attempts",
+            "found 0",
+        ),
+        (
+            QUEUES3 + "announce_every_s = 5.0\n" + "callback = { retry_s = -1 }\n",
+            "queues[2].callback.retry_s",
+            ">= 0",
+        ),
+        (
+            QUEUES3 + "announce_every_s = 5.0\n" + "callback = { ring_timeout_s = 0 }\n",
+            "queues[2].callback.ring_timeout_s",
+            "> 0",
+        ),
+        (
+            QUEUES3 + "announce_every_s = 5.0\n" + 'callback = { whisper_prompt = "a/b" }\n',
+            "queues[2].callback.whisper_prompt",
+            "a name of letters",
+        ),
     ],
 )
 def test_mistakes_name_file_and_key_path(text: str, key_path: str, fragment: str) -> None:
@@ -613,6 +658,36 @@ def test_callback_offer_defaults_and_keys() -> None:
     assert b.callback is not None
     assert (b.callback.key, b.callback.confirm_prompt) == ("#", "")
     assert c.callback is None
+    assert (a.callback.mode, a.callback.attempts, a.callback.retry_s) == ("manual", 3, 300.0)
+    assert (a.callback.trunk, a.callback.whisper_prompt) == ("", "callback-whisper")
+
+
+def test_callback_agent_first_takes_a_trunk_with_an_outbound_proxy() -> None:
+    cfg = parse_config(
+        '[[trunks]]\nname = "carrier"\nallow = ["127.0.0.1/32"]\n'
+        'outbound_proxy = "sip:127.0.0.1:5090"\n'
+        '[[queues]]\nname = "a"\nannounce_every_s = 20.0\n'
+        'callback = { mode = "agent_first", trunk = "carrier", attempts = 2, retry_s = 0.5,'
+        ' ring_timeout_s = 4.0, whisper_prompt = "" }\n',
+        "acd.toml",
+    )
+    callback = cfg.queues[0].callback
+    assert callback is not None
+    assert (callback.mode, callback.trunk, callback.attempts) == ("agent_first", "carrier", 2)
+    assert (callback.retry_s, callback.ring_timeout_s, callback.whisper_prompt) == (0.5, 4.0, "")
+
+    with pytest.raises(ConfigError) as info:
+        parse_config(
+            '[[trunks]]\nname = "carrier"\nallow = ["127.0.0.1/32"]\n'
+            'outbound_proxy = "sip:127.0.0.1:5090"\n'
+            '[[queues]]\nname = "a"\nannounce_every_s = 20.0\n'
+            'callback = { mode = "agent_first", trunk = "carrier" }\n'
+            '[[agents]]\nid = "w1"\nlogin = "webrtc"\npassword = "secret-w1-0123"\n'
+            "queues = { a = 0 }\n",
+            "acd.toml",
+        )
+    assert (info.value.file, info.value.key_path) == ("acd.toml", "agents[0].queues.a")
+    assert "login = 'webrtc'" in info.value.problem
 
 
 @pytest.mark.parametrize(

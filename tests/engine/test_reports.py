@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from engine.api.reports import agent_figures, csv_body, interval_figures
 from engine.config import StorageConfig
-from engine.storage import Store, database_url, reports
+from engine.storage import Store, database_url, queries, reports
 from engine.storage import tasks as task_store
 from engine.storage.schema import agent_events, calls, tasks
 
@@ -59,6 +59,14 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
                     wait_s=wait, talk_s=talk, ended_at=ended,
                 )
             )  # fmt: skip
+        # An agent-first callback's outbound call (flow "callback") is no contact of its own.
+        await conn.execute(
+            calls.insert().values(
+                id="cb", sip_call_id="", queue="support", agent_id="A", flow="callback",
+                arrived_at=1500.0, agent_answered_at=1510.0, disposition="answered",
+                talk_s=30.0, ended_at=1540.0,
+            )
+        )  # fmt: skip
         for at, state, call_id in STATES:
             await conn.execute(
                 agent_events.insert().values(at=at, agent_id="A", state=state, call_id=call_id)
@@ -91,6 +99,12 @@ async def test_call_rows_are_the_finished_calls_of_the_window(store: Store) -> N
     rows = await reports.call_rows(store, SINCE, UNTIL, ["support"])
     assert [r["id"] for r in rows] == ["c1", "c2", "c3", "c4", "c7"]
     assert await reports.call_rows(store, SINCE, UNTIL, ["sales"]) == []
+
+
+async def test_a_callbacks_outbound_call_is_no_contact_of_its_own(store: Store) -> None:
+    stats = await queries.stat_rows(store, SINCE, UNTIL, ["support"])
+    assert len(stats) == 5  # c1, c2, c3, c4, c7: not the callback's call "cb"
+    assert all(r["talk_s"] != 30.0 for r in stats)
 
 
 async def test_agent_state_spans_clip_to_the_window(store: Store) -> None:

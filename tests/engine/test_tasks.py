@@ -363,3 +363,84 @@ async def test_a_task_the_store_refused_is_not_routed(setup: Setup) -> None:
     s.service._existing = original  # type: ignore[method-assign]
     assert s.service.tasks == {}
     assert s.routing.router.waiting("support") == 1  # only the first, which is on disk
+
+
+async def test_a_callback_rung_on_the_agents_phone_retries_in_its_place_then_connects(
+    store: Store,
+) -> None:
+    """An agent-first callback (engine.calls.dialout): the offer goes to ``ring`` with no
+    offer timer and no API accept; the phone's refusal goes to the next agent; a failed dial
+    frees the agent without wrap-up and schedules the task again with its old place; the
+    connected one is the agent's, then completed with the agent in wrap-up."""
+    s, runner = await build(
+        store,
+        CONFIG.replace(
+            "wrap_up_s = 0.0\noffer_timeout_s = 0.3", "wrap_up_s = 5.0\noffer_timeout_s = 0.3"
+        ),
+    )
+    rung: list[tuple[str, str]] = []
+    unrung: list[tuple[str, str]] = []
+    s.service.ring = lambda task, agent: rung.append((task.id, agent)) is None
+    s.service.unring = lambda task_id, agent: unrung.append((task_id, agent))
+    try:
+        task, _ = await s.service.create(
+            channel="callback", queue="support", created_by="system",
+            enqueued_at=s.service.wall() - 30, data={"number": "5550100"}, channels=("callback",),
+        )  # fmt: skip
+        place = task.enqueued_at
+        s.routing.login("1002")
+        await until(lambda: rung == [(task.id, "1002")])
+        await asyncio.sleep(0.5)  # longer than offer_timeout_s: the phone's ring timeout applies
+        assert s.offered("1002") == [task.id]
+        with pytest.raises(TaskConflict, match="phone"):
+            await s.service.accept(task.id, "1002", by="agent:1002")
+        with pytest.raises(TaskConflict, match="phone"):
+            await s.service.reject(task.id, "1002", by="agent:1002")
+        s.service.phone_refused(task.id, "1002", "busy")  # to the next agent, 1002 excluded
+        s.routing.login("1001")
+        await until(lambda: rung[-1] == (task.id, "1001"))
+        outcome = await s.service.dial_ended(
+            task.id, "1001", "call-a", "no_answer", attempts=2, retry_s=0.2
+        )
+        assert (outcome, task.state) == ("retry", TaskState.SCHEDULED)
+        assert s.routing.agent_state("1001") is rc.AgentState.AVAILABLE  # no wrap-up
+        await until(lambda: len(rung) == 3)  # due after retry_s, offered again
+        agent = rung[-1][1]
+        assert task.enqueued_at == place
+        await s.service.phone_answered(task.id, agent, "call-b")
+        assert task.state is TaskState.ASSIGNED
+        assert (
+            await s.service.dial_ended(
+                task.id, agent, "call-b", "connected", attempts=2, retry_s=0.2
+            )
+            == "connected"
+        )
+        assert (task.state, task.disposition) == (TaskState.COMPLETED, "connected")
+        assert s.routing.agent_state(agent) is rc.AgentState.WRAP_UP
+        assert task.data is not None
+        assert (task.data["attempts"], task.data["calls"]) == (2, ["call-a", "call-b"])
+        assert [e["event"] for e in task.history].count("retry") == 1
+        assert unrung == []  # nothing was withdrawn behind the phone's back
+    finally:
+        s.service.close()
+        s.routing.close()
+        await s.writer.close()
+        await runner
+
+
+async def test_a_callback_rung_on_the_phone_fails_after_its_attempts(setup: Setup) -> None:
+    s = setup
+    s.service.ring = lambda task, agent: True
+    task, _ = await s.service.create(
+        channel="callback", queue="support", created_by="system", channels=("callback",)
+    )
+    s.routing.login("1001")
+    await until(lambda: s.offered("1001") == [task.id])
+    outcome = await s.service.dial_ended(task.id, "1001", "c", "busy", attempts=1, retry_s=0.0)
+    assert outcome == "failed"
+    assert (task.state, task.disposition) == (TaskState.COMPLETED, "failed")
+    assert task.id not in s.service.tasks
+    assert s.routing.agent_state("1001") is rc.AgentState.AVAILABLE
+    stored = await s.service.stored(task.id)
+    assert stored is not None
+    assert (stored.state, stored.disposition) == (TaskState.COMPLETED, "failed")
