@@ -29,7 +29,7 @@ import asyncio
 import dataclasses
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -224,6 +224,15 @@ def _purge_lines(
     )
 
 
+_WRITE_TRIES = 3
+_WRITE_BACKOFF_S = 0.25
+
+
+def _transient(exc: sa.exc.DBAPIError) -> bool:
+    """A refusal worth another try: SQLite busy/locked, or a connection the server dropped."""
+    return exc.connection_invalidated or "locked" in str(exc) or "busy" in str(exc)
+
+
 class RecordingService:
     def __init__(self, config: Config, store: Store, *, base_dir: Path) -> None:
         self._config = config
@@ -239,6 +248,10 @@ class RecordingService:
         self._pending: set[asyncio.Future[Any]] = set()
         self._starting: set[str] = set()  # call ids with an on-demand start in flight
         self.index_errors = 0
+        #: Index rows a start could not write (the store refused, e.g. SQLite locked past its
+        #: busy timeout): the call is recorded all the same and the row is inserted, complete,
+        #: when the recording closes.
+        self._unindexed: dict[str, dict[str, Any]] = {}
         #: Set by the call layer with [media] workers: their writers' health (None = healthy).
         self.remote_writer_error: Callable[[], str | None] | None = None
         #: Set by the daemon with [transcription] enabled: told each recording id whose index
@@ -274,6 +287,8 @@ class RecordingService:
     def healthy(self) -> str | None:
         if not self.writer.healthy():
             return f"recording writes failing: {self.writer.last_error}"
+        if self._unindexed:
+            return f"recording index writes failing: {len(self._unindexed)} rows wait for the store"
         remote = self.remote_writer_error() if self.remote_writer_error is not None else None
         return None if remote is None else f"recording writes failing: {remote}"
 
@@ -320,15 +335,20 @@ class RecordingService:
         path = self.root / f"{day:%Y/%m/%d}" / f"{recording_id}.{suffix}"
         path.parent.mkdir(parents=True, exist_ok=True)
         key_id = self.keyring.active_key_id if policy.encrypt and self.keyring else None
-        async with self._store.engine.begin() as conn:
-            await conn.execute(
-                recordings_table.insert().values(
-                    id=recording_id, call_id=call_id, queue=queue, agent_id=agent_id,
-                    started_at=now, path=str(path), codec=policy.format.value, key_id=key_id,
-                    on_demand=on_demand, started_by=started_by if on_demand else None,
-                    continues=continues,
-                )
-            )  # fmt: skip
+        row: dict[str, Any] = {
+            "id": recording_id, "call_id": call_id, "queue": queue, "agent_id": agent_id,
+            "started_at": now, "path": str(path), "codec": policy.format.value, "key_id": key_id,
+            "on_demand": on_demand, "started_by": started_by if on_demand else None,
+            "continues": continues,
+        }  # fmt: skip
+        try:
+            await self._write(lambda conn: conn.execute(recordings_table.insert().values(**row)))
+        except sa.exc.SQLAlchemyError as exc:
+            # Never drop the call for its index row: record, and insert the row at the close.
+            self.index_errors += 1
+            self._unindexed[recording_id] = row
+            log.error("recording_index_failed", recording_id=recording_id, call_id=call_id,
+                      stage="start", reason=str(exc))  # fmt: skip
         if remote is not None:
             rc = self._config.recordings
             recording: Any = remote.new_recording(
@@ -412,19 +432,41 @@ class RecordingService:
             "paused_spans": [list(span) for span in result.paused_spans] or None,
             "error": (result.error or ("interrupted" if result.interrupted else None)),
         }
+        started = self._unindexed.pop(result.recording_id, None)
+
+        async def complete(conn: Any) -> None:
+            if started is not None:  # its start could not write it: the whole row now
+                await conn.execute(recordings_table.insert().values({**started, **values}))
+                return
+            await conn.execute(
+                recordings_table.update()
+                .where(recordings_table.c.id == result.recording_id)
+                .values(**values)
+            )
+
         try:
-            async with self._store.engine.begin() as conn:
-                await conn.execute(
-                    recordings_table.update()
-                    .where(recordings_table.c.id == result.recording_id)
-                    .values(**values)
-                )
+            await self._write(complete)
         except sa.exc.SQLAlchemyError as exc:
             self.index_errors += 1
-            log.error("recording_index_failed", recording_id=result.recording_id, reason=str(exc))
+            log.error("recording_index_failed", recording_id=result.recording_id,
+                      stage="close", reason=str(exc))  # fmt: skip
             return
         if self.on_indexed is not None:
             self.on_indexed(result.recording_id)
+
+    async def _write(self, work: Callable[[Any], Awaitable[Any]]) -> None:
+        """``work`` in one transaction, tried again on a transient refusal (SQLite's "database
+        is locked" past its busy timeout, a PostgreSQL connection dropped): three tries."""
+        for attempt in range(_WRITE_TRIES):
+            try:
+                async with self._store.engine.begin() as conn:
+                    await work(conn)
+                return
+            except sa.exc.DBAPIError as exc:
+                if attempt == _WRITE_TRIES - 1 or not _transient(exc):
+                    raise
+                log.warning("recording_index_retry", attempt=attempt + 1, reason=str(exc)[:200])
+                await asyncio.sleep(_WRITE_BACKOFF_S * (attempt + 1))
 
     async def wait_idle(self) -> None:
         """Wait until every closed recording's index row is complete (tests, shutdown)."""
@@ -560,6 +602,12 @@ class RecordingCollector(Collector):
             "acd_recording_errors",
             "Recording write errors (disk full, I/O).",
             value=stats.errors_total,
+        )
+        yield CounterMetricFamily(
+            "acd_recording_index_errors",
+            "Recording index rows the store refused after retries (the audio is kept; a row a "
+            "start could not write is inserted when the recording closes).",
+            value=self._service.index_errors,
         )
 
     def describe(self) -> Iterator[GaugeMetricFamily]:

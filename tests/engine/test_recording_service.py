@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
+import sqlite3
 import time
 import wave
 from collections.abc import AsyncIterator
@@ -186,3 +188,76 @@ async def test_crash_left_file_is_repaired_and_marked_at_start(tmp_path: Path) -
     assert row["error"] == "recovered after a crash"
     with wave.open(str(path)) as w:
         assert w.getnframes() == 8000
+
+
+@pytest.fixture
+async def impatient(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[RecordingService, Store, Path]]:
+    """The service on a store whose SQLite busy timeout is 50 ms, so a lock held by another
+    connection refuses its writes quickly ("database is locked")."""
+    from engine.storage import store as store_module
+
+    monkeypatch.setattr(store_module, "_SQLITE_BUSY_TIMEOUT_MS", 50)
+    db = tmp_path / "acd.sqlite3"
+    cfg = parse_config(
+        f'[recordings]\ndir = "{tmp_path / "rec"}"\nflush_interval_s = 0.2\n'
+        '[[queues]]\nname = "support"\n',
+        "t.toml",
+    )
+    store = await Store.open(f"sqlite+aiosqlite:///{db}")
+    svc = RecordingService(cfg, store, base_dir=tmp_path)
+    await svc.start_writer()
+    yield svc, store, db
+    await svc.stop()
+    await store.close()
+
+
+def feed_tone(recording: object, seconds: float) -> int:
+    frames = int(seconds * 50)
+    for i in range(frames):
+        pos = i * 160
+        recording.feed(0, pos, encode_pcmu(tone(440, 160, pos)), "PCMU")  # type: ignore[attr-defined]
+        recording.feed(1, pos, encode_pcmu(tone(880, 160, pos)), "PCMU")  # type: ignore[attr-defined]
+    return frames * 160
+
+
+async def test_a_locked_store_at_the_start_loses_neither_the_call_nor_its_index_row(
+    impatient: tuple[RecordingService, Store, Path],
+) -> None:
+    """Another connection holds the database locked through the start's three tries: the
+    recording starts anyway (the call is not dropped), /readyz's check says rows wait, and the
+    complete row is inserted when the recording closes, once the store takes writes again."""
+    svc, store, db = impatient
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    recording = await svc.start("call-locked", "support", "1001")
+    assert recording is not None
+    assert svc.index_errors == 1
+    assert svc.healthy() == "recording index writes failing: 1 rows wait for the store"
+    holder.execute("ROLLBACK")
+    holder.close()
+    recording.close(feed_tone(recording, 1.0))
+    await svc.wait_idle()
+    row = await index_row(store, "call-locked")
+    assert row["duration_s"] == pytest.approx(1.0, abs=0.02)
+    assert row["size_bytes"] == Path(str(row["path"])).stat().st_size
+    assert svc.healthy() is None
+
+
+async def test_a_lock_released_between_tries_is_a_retry_not_an_error(
+    impatient: tuple[RecordingService, Store, Path],
+) -> None:
+    svc, store, db = impatient
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.15, lambda: (holder.execute("ROLLBACK"), holder.close()))
+    recording = await svc.start("call-retried", "support", "1001")
+    assert recording is not None
+    assert svc.index_errors == 0
+    row = await index_row(store, "call-retried")  # written by the start's second try
+    assert row["duration_s"] is None
+    recording.close(feed_tone(recording, 0.5))
+    await svc.wait_idle()
+    assert (await index_row(store, "call-retried"))["duration_s"] == pytest.approx(0.5, abs=0.02)
