@@ -80,8 +80,17 @@ def failed_calls(output: str) -> int:
 
 
 def acd_config(
-    uas_port: int, sip_port: int, http_port: int, rtp_base: int, agents_n: int = AGENTS
+    uas_port: int,
+    sip_port: int,
+    http_port: int,
+    rtp_base: int,
+    agents_n: int = AGENTS,
+    *,
+    rtp_ports: int = 9998,
+    workers: int = 0,
+    record: str = "never",
 ) -> str:
+    """One queue ``q`` of ``agents_n`` static agents at the SIPp UAS, a trunk for SIPp."""
     agents = "".join(
         f'[[agents]]\nid = "a{i}"\nlogin = "static"\ncontact = "sip:a{i}@127.0.0.1:{uas_port}"\n'
         "skills = { s = 1 }\nqueues = { q = 0 }\n"
@@ -97,7 +106,8 @@ port = {http_port}
 port = {sip_port}
 [media]
 rtp_port_min = {rtp_base}
-rtp_port_max = {rtp_base + 9998}
+rtp_port_max = {rtp_base + rtp_ports}
+workers = {workers}
 [storage]
 sqlite_path = "var/acd.sqlite3"
 [[api.tokens]]
@@ -118,7 +128,7 @@ name = "q"
 requirements = {{ s = 1 }}
 wrap_up_s = 0.0
 ring_timeout_s = 10.0
-record = "never"
+record = "{record}"
 {agents}"""
 
 
@@ -139,27 +149,36 @@ def start_acd(
     proc = subprocess.Popen(
         [*command, str(cfg)], cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    deadline = time.monotonic() + ready_timeout_s
+    wait_ready(proc, http_port, ready_timeout_s)
+    log_in(http_port, agents_n, ready_timeout_s)
+    return proc, sip_port
+
+
+def wait_ready(proc: subprocess.Popen[bytes], http_port: int, timeout_s: float = 60.0) -> None:
+    """Until /readyz answers 200; SystemExit (the daemon stopped) if it dies or does not."""
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"acd exited with {proc.returncode} before it was ready")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz", timeout=1) as r:
                 if r.status == 200:
-                    break
+                    return
         except OSError:
             time.sleep(0.2)
-    else:
-        proc.terminate()
-        raise SystemExit("acd did not become ready")
+    proc.terminate()
+    raise SystemExit("acd did not become ready")
+
+
+def log_in(http_port: int, agents_n: int, timeout_s: float = 60.0) -> None:
+    """Static agents a0 .. a{n-1} logged in through the API, as the admin."""
     for i in range(agents_n):
         req = urllib.request.Request(
             f"http://127.0.0.1:{http_port}/api/v1/agents/a{i}/state",
             data=b'{"state": "logged_in"}', method="PUT",
         )  # fmt: skip
         req.add_header("Authorization", f"Bearer {ADMIN}")
-        urllib.request.urlopen(req, timeout=ready_timeout_s).close()
-    return proc, sip_port
+        urllib.request.urlopen(req, timeout=timeout_s).close()
 
 
 def start_sippy(workdir: Path, uas_port: int) -> tuple[subprocess.Popen[bytes], int]:

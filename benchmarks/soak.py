@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_acd import ADMIN, failed_calls, free_port, rss_bytes
+from bench_acd import acd_config, failed_calls, free_port, log_in, rss_bytes, wait_ready
 
 SIPP = "/usr/bin/sipp"
 POOL = 5  # connections SQLAlchemy's pool keeps (pool_size)
@@ -54,49 +54,6 @@ class Sample(NamedTuple):
     threads: int
     calls: float
     rtp: float
-
-
-def config(uas_port: int, sip_port: int, http_port: int, rtp_base: int, agents: int,
-           workers: int) -> str:  # fmt: skip
-    static = "".join(
-        f'[[agents]]\nid = "a{i}"\nlogin = "static"\ncontact = "sip:a{i}@127.0.0.1:{uas_port}"\n'
-        "skills = { s = 1 }\nqueues = { q = 0 }\n"
-        for i in range(agents)
-    )
-    return f"""
-[log]
-level = "warning"
-format = "json"
-[http]
-port = {http_port}
-[[sip.listeners]]
-port = {sip_port}
-[media]
-rtp_port_min = {rtp_base}
-rtp_port_max = {rtp_base + 1998}
-workers = {workers}
-[storage]
-sqlite_path = "var/acd.sqlite3"
-[[api.tokens]]
-name = "soak"
-role = "admin"
-token = "{ADMIN}"
-[[trunks]]
-name = "sipp"
-allow = ["127.0.0.0/8"]
-[[routes]]
-number = "q"
-flow = "q"
-[[flows]]
-name = "q"
-steps = [{{ type = "answer" }}, {{ type = "enqueue", queue = "q" }}]
-[[queues]]
-name = "q"
-requirements = {{ s = 1 }}
-wrap_up_s = 0.0
-ring_timeout_s = 10.0
-record = "always"
-{static}"""
 
 
 def metric(http_port: int, name: str) -> float:
@@ -167,7 +124,16 @@ def main() -> None:
             )  # fmt: skip
         uas_port, sip_port, http_port = free_port(), free_port(), free_port()
         (work / "acd.toml").write_text(
-            config(uas_port, sip_port, http_port, 30000, args.agents, args.workers)
+            acd_config(
+                uas_port,
+                sip_port,
+                http_port,
+                30000,
+                args.agents,
+                rtp_ports=1998,
+                workers=args.workers,
+                record="always",
+            )
         )
         uas = subprocess.Popen(
             [SIPP, "-sf", str(SCENARIOS / "agent_answer_tone.xml"), "-i", "127.0.0.1",
@@ -183,14 +149,8 @@ def main() -> None:
         uac: subprocess.Popen[bytes] | None = None
         verdicts = ["FAIL: the soak did not run to its end"]
         try:
-            ready(acd, http_port)
-            for i in range(args.agents):
-                request = urllib.request.Request(
-                    f"http://127.0.0.1:{http_port}/api/v1/agents/a{i}/state",
-                    data=b'{"state": "logged_in"}', method="PUT",
-                )  # fmt: skip
-                request.add_header("Authorization", f"Bearer {ADMIN}")
-                urllib.request.urlopen(request, timeout=10).close()
+            wait_ready(acd, http_port)
+            log_in(http_port, args.agents, 10)
 
             def callers(n: int, rate: float) -> subprocess.Popen[bytes]:
                 return subprocess.Popen(
@@ -260,20 +220,6 @@ def wait_idle(pid: int, http_port: int) -> None:
         if s.calls == 0 and s.rtp == 0:
             return
         time.sleep(0.5)
-
-
-def ready(acd: subprocess.Popen[bytes], http_port: int) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if acd.poll() is not None:
-            raise SystemExit(f"acd exited with {acd.returncode} before it was ready")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)
-    raise SystemExit("acd did not become ready")
 
 
 def show(s: Sample) -> None:

@@ -136,6 +136,47 @@ port = {sip_port}
 """
 
 
+def launch(
+    workdir: Path,
+    extra: str = "",
+    *,
+    storage: str = "",
+    http_port: int | None = None,
+    env: dict[str, str] | None = None,
+    http_extra: str = "",
+) -> DaemonProcess:
+    """``acd run`` in ``workdir`` on `render_config` of ``extra``, its log in acd.log (not waited
+    for: see `DaemonProcess.wait_ready`)."""
+    http_port = http_port or free_port()
+    config_path = workdir / "acd.toml"
+    config_path.write_text(render_config(http_port, free_port(), extra, storage, http_extra))
+    log_path = workdir / "acd.log"
+    with log_path.open("w") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "engine.cli", "run", "--config", str(config_path)],
+            cwd=workdir, stdout=log_file, stderr=subprocess.STDOUT, text=True,
+            env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})),
+        )  # fmt: skip
+    return DaemonProcess(proc, http_port, workdir, config_path, log_path)
+
+
+@contextlib.contextmanager
+def running_daemon(
+    workdir: Path, extra: str, *, env: dict[str, str] | None = None
+) -> Iterator[DaemonProcess]:
+    """A ready daemon for a module's tests (`launch`), checked to exit 0 when the block ends,
+    killed by PID if it did not."""
+    daemon = launch(workdir, extra, env=env)
+    try:
+        daemon.wait_ready()
+        yield daemon
+        assert daemon.stop() == 0
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+            daemon.proc.wait()
+
+
 @pytest.fixture
 def start_daemon(tmp_path: Path) -> Iterator[DaemonFactory]:
     started: list[DaemonProcess] = []
@@ -151,22 +192,8 @@ def start_daemon(tmp_path: Path) -> Iterator[DaemonFactory]:
     ) -> DaemonProcess:
         workdir = tmp_path / f"daemon{len(started)}"
         workdir.mkdir()
-        http_port = http_port or free_port()
-        config_path = workdir / "acd.toml"
-        config_path.write_text(render_config(http_port, free_port(), extra, storage, http_extra))
-        log_path = workdir / "acd.log"
-        env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
-        log_file = log_path.open("w")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "engine.cli", "run", "--config", str(config_path)],
-            cwd=workdir,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-        )
-        log_file.close()
-        daemon = DaemonProcess(proc, http_port, workdir, config_path, log_path)
+        daemon = launch(workdir, extra, storage=storage, http_port=http_port, env=env,
+                        http_extra=http_extra)  # fmt: skip
         started.append(daemon)
         if wait:
             daemon.wait_ready()

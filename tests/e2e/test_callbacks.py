@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sqlite3
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -31,9 +29,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import free_port
 from tests.e2e.configs import front_door
-from tests.e2e.conftest import DaemonProcess, render_config, wait_until
+from tests.e2e.conftest import DaemonProcess, running_daemon, wait_until
 from tests.e2e.peers import free_port_block, sipp, stop
 from tests.e2e.test_call_scenarios import SCENARIOS, sip_target, sipp_output
 
@@ -80,25 +77,8 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     config = front_door(ADMIN, rtp_base=free_port_block(100)) + QUEUE.format(
         agent_port=agent_port, agent_token=AGENT_TOKEN
     )
-    config_path = workdir / "acd.toml"
-    http_port = free_port()
-    config_path.write_text(render_config(http_port, free_port(), config))
-    log_path = workdir / "acd.log"
-    with log_path.open("w") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "engine.cli", "run", "--config", str(config_path)],
-            cwd=workdir, stdout=log_file, stderr=subprocess.STDOUT, text=True,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"),
-        )  # fmt: skip
-    daemon = DaemonProcess(proc, http_port, workdir, config_path, log_path)
-    try:
-        daemon.wait_ready()
+    with running_daemon(workdir, config) as daemon:
         yield Running(daemon, agent_port)
-        assert daemon.stop() == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def call(

@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sqlite3
 import subprocess
-import sys
 import wave
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,9 +32,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import free_port
 from tests.e2e.configs import front_door
-from tests.e2e.conftest import DaemonProcess, render_config, wait_until
+from tests.e2e.conftest import DaemonProcess, running_daemon, wait_until
 from tests.e2e.peers import Baresip, dominant_hz, free_port_block, sipp, stop, write_tone
 from tests.e2e.test_call_scenarios import SCENARIOS, sip_target, sipp_output
 from tests.e2e.test_callbacks import call, metric, rows
@@ -168,25 +165,8 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         + media
         + QUEUE.format(**ports)
     )
-    config_path = workdir / "acd.toml"
-    http_port = free_port()
-    config_path.write_text(render_config(http_port, free_port(), config))
-    log_path = workdir / "acd.log"
-    with log_path.open("w") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "engine.cli", "run", "--config", str(config_path)],
-            cwd=workdir, stdout=log_file, stderr=subprocess.STDOUT, text=True,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"),
-        )  # fmt: skip
-    daemon = DaemonProcess(proc, http_port, workdir, config_path, log_path)
-    try:
-        daemon.wait_ready()
+    with running_daemon(workdir, config) as daemon:
         yield Running(daemon, ports)
-        assert daemon.stop() == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def uas(workdir: Path, scenario: str, port: int, calls: int) -> Proc:

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,9 +24,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import free_port
 from tests.e2e.configs import front_door
-from tests.e2e.conftest import DaemonProcess, render_config
+from tests.e2e.conftest import DaemonProcess, running_daemon
 from tests.e2e.peers import SIPP, Baresip, free_port_block, sipp, stop
 from tests.e2e.test_call_scenarios import SCENARIOS, sip_target, sipp_output, wait_until
 from tests.e2e.test_queue_keys import best_match, prompt_samples
@@ -86,26 +83,9 @@ def survey_daemon(
     )  # fmt: skip
     extra += f'[recordings]\ndir = "{workdir / "recordings"}"\nflush_interval_s = 0.2\n'
     workdir.mkdir(exist_ok=True)
-    config_path = workdir / "acd.toml"
-    http_port = free_port()
     config = extra + QUEUES.format(quick_record=quick_record, quick_second=quick_second) + members
-    config_path.write_text(render_config(http_port, free_port(), config))
-    log_path = workdir / "acd.log"
-    with log_path.open("w") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "engine.cli", "run", "--config", str(config_path)],
-            cwd=workdir, stdout=log_file, stderr=subprocess.STDOUT, text=True,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"),
-        )  # fmt: skip
-    daemon = DaemonProcess(proc, http_port, workdir, config_path, log_path)
-    try:
-        daemon.wait_ready()
+    with running_daemon(workdir, config) as daemon:
         yield Survey(daemon, ports)
-        assert daemon.stop() == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,6 @@ import contextlib
 import json
 import os
 import sqlite3
-import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -30,7 +28,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import free_port
-from tests.e2e.conftest import DaemonProcess, render_config, wait_until
+from tests.e2e.conftest import DaemonProcess, running_daemon, wait_until
 from tests.e2e.peers import free_port_block, sipp, stop, write_tone
 from tests.e2e.test_call_scenarios import SCENARIOS, sip_target, sipp_output
 from tests.e2e.test_csat_survey import metric
@@ -211,26 +209,11 @@ def started_daemon(
     for i, name in enumerate(fragments):
         write_tone(prompts / f"{name}.wav", 400 + 50 * i, 0.1)
     with order_service(answer) as shop:
-        config_path = workdir / "acd.toml"
-        http_port = free_port()
-        config_path.write_text(render_config(http_port, free_port(), config(shop.port, prompts)))
-        log_path = workdir / "acd.log"
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env["PYTHONPATH"] = os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])
-        with log_path.open("w") as log_file:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "engine.cli", "run", "--config", str(config_path)],
-                cwd=workdir, stdout=log_file, stderr=subprocess.STDOUT, text=True, env=env,
-            )  # fmt: skip
-        daemon = DaemonProcess(proc, http_port, workdir, config_path, log_path)
-        try:
-            daemon.wait_ready()
+        pythonpath = os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])
+        with running_daemon(
+            workdir, config(shop.port, prompts), env={"PYTHONPATH": pythonpath}
+        ) as daemon:
             yield Running(daemon, shop)
-            assert daemon.stop() == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
 
 
 @pytest.fixture(scope="module")
