@@ -1,0 +1,361 @@
+"""Task create -> offer latency and tasks created per CPU-second, through the daemon's API (issue 15).
+
+The real daemon runs as a subprocess on 127.0.0.1 (ports picked here, pinned to CPU 0 with
+taskset, stopped by its PID); this client pins itself to CPU 1. The config has ``--agents`` agents
+(api tokens, capacity chat = email = ticket = 1, skill s = 5) in three queues, one per channel.
+First a backlog of ``--backlog`` tasks that no agent can take (requirements s = 200: nobody has
+that level) is created across the three channels and queues, so the router really holds them in
+its lines; all agents are then logged in. Two measurements follow:
+
+  latency:    ``--probes`` tasks an agent can take, created at ``--rate`` per second (round robin
+              over the channels); for each, the time from sending POST /api/v1/tasks until its
+              ``offered`` event arrives on the /api/v1/events WebSocket (each agent's own stream
+              with its token; ``--streams supervisor``: one admin stream instead), then the agent
+              accepts and completes it, so it is free again.
+  throughput: ``--burst`` more untakable tasks created as fast as ``--concurrency`` requests in
+              flight allow; tasks per wall second, and tasks per daemon CPU-second (utime+stime
+              from /proc/PID/stat before/after the window) = "per core". The backlog's own
+              creation is reported the same way.
+
+The client's CPU share of its core is printed next to each phase: near 100 % the client, not the
+daemon, was the limit. Targets are printed next to the numbers; nothing asserts on wall time.
+
+Usage: python benchmarks/bench_tasks.py [--agents 1000] [--backlog 10000] [--probes 1000]
+                                        [--rate 50] [--burst 5000] [--concurrency 32]
+                                        [--streams agents|supervisor]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+TICKS = os.sysconf("SC_CLK_TCK")
+ADMIN = "bench-admin-token-0123456789"
+WIDGET = "bench-widget-token-0123456789"
+CHANNELS = ("chat", "email", "ticket")
+UNTAKABLE = {"s": 200}  # a level nobody has: waits in its queue's line for good
+TARGET_P99_MS = 20.0
+TARGET_PER_CORE = 2000.0
+
+
+def token(i: int) -> str:
+    return f"bench-agent-{i:05d}-token"
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def own_cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def config(agents_n: int, http_port: int, sip_port: int, rtp_base: int) -> str:
+    queues = "".join(
+        f'[[queues]]\nname = "q_{ch}"\nrequirements = {{ s = 1 }}\nwrap_up_s = 0.0\n'
+        f'offer_timeout_s = 30.0\nrecord = "never"\n\n'
+        for ch in CHANNELS
+    )
+    member = ", ".join(f"q_{ch} = 0" for ch in CHANNELS)
+    agents = "".join(
+        f'[[agents]]\nid = "a{i}"\nlogin = "static"\ncontact = "sip:a{i}@127.0.0.1:9"\n'
+        f"skills = {{ s = 5 }}\nqueues = {{ {member} }}\n"
+        f'capacity = {{ chat = 1, email = 1, ticket = 1 }}\napi_token = "{token(i)}"\n\n'
+        for i in range(agents_n)
+    )
+    return f"""
+[log]
+level = "warning"
+format = "json"
+[http]
+port = {http_port}
+[[sip.listeners]]
+port = {sip_port}
+[media]
+rtp_port_min = {rtp_base}
+rtp_port_max = {rtp_base + 998}
+[storage]
+sqlite_path = "var/acd.sqlite3"
+[[api.tokens]]
+name = "ops"
+role = "admin"
+token = "{ADMIN}"
+[[api.tokens]]
+name = "widget"
+role = "integration"
+token = "{WIDGET}"
+{queues}{agents}"""
+
+
+def start_daemon(workdir: Path, agents_n: int) -> tuple[subprocess.Popen[bytes], str]:
+    http_port, sip_port = free_port(), free_port(socket.SOCK_DGRAM)
+    cfg = workdir / "acd.toml"
+    cfg.write_text(config(agents_n, http_port, sip_port, 30000 + (os.getpid() % 300) * 100))
+    command = ["taskset", "-c", "0", sys.executable, "-m", "engine.cli", "run", "--config"]
+    proc = subprocess.Popen(
+        [*command, str(cfg)], cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    return proc, f"http://127.0.0.1:{http_port}"
+
+
+async def wait_ready(proc: subprocess.Popen[bytes], http: aiohttp.ClientSession, base: str) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            raise SystemExit(f"acd exited with {proc.returncode} before it was ready:\n{err}")
+        with contextlib.suppress(aiohttp.ClientError, OSError):
+            async with http.get(base + "/readyz") as r:
+                if r.status == 200:
+                    return
+        await asyncio.sleep(0.2)
+    raise SystemExit("acd did not become ready")
+
+
+async def api(
+    http: aiohttp.ClientSession, method: str, url: str, tok: str, body: object = None
+) -> Any:
+    async with http.request(
+        method, url, json=body, headers={"Authorization": f"Bearer {tok}"}
+    ) as r:
+        got = await r.json()
+        if r.status >= 300:
+            raise RuntimeError(f"{method} {url}: {r.status} {got}")
+        return got
+
+
+async def run_bounded(n: int, concurrency: int, job: Callable[[int], Awaitable[None]]) -> None:
+    it = iter(range(n))
+
+    async def worker() -> None:
+        for i in it:
+            await job(i)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+class Window:
+    """Wall, daemon CPU and client CPU over a measured window."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def __enter__(self) -> Window:
+        self.wall0, self.cpu0, self.own0 = time.perf_counter(), cpu_s(self.pid), own_cpu_s()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self.wall0
+        self.cpu = cpu_s(self.pid) - self.cpu0
+        self.own = own_cpu_s() - self.own0
+
+
+def throughput_line(name: str, n: int, w: Window) -> tuple[float, float]:
+    per_s, per_cpu = n / w.wall, n / w.cpu if w.cpu else float("inf")
+    print(f"  {name}: {n} tasks in {w.wall:.2f} s = {per_s:.0f}/s; daemon CPU {w.cpu:.2f} s "
+          f"({w.cpu / w.wall:.0%} of its core) = {per_cpu:.0f} tasks per CPU-second; "
+          f"client CPU {w.own / w.wall:.0%} of its core", flush=True)  # fmt: skip
+    return per_s, per_cpu
+
+
+async def create_untakable(
+    http: aiohttp.ClientSession, base: str, n: int, concurrency: int, tag: str
+) -> None:
+    async def one(i: int) -> None:
+        ch = CHANNELS[i % 3]
+        body = {"channel": ch, "queue": f"q_{ch}", "requirements": UNTAKABLE,
+                "subject": f"{tag} {i}"}  # fmt: skip
+        await api(http, "POST", base + "/api/v1/tasks", WIDGET, body)
+
+    await run_bounded(n, concurrency, one)
+
+
+def percentile(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+async def bench(args: argparse.Namespace) -> None:
+    with contextlib.suppress(OSError):
+        os.sched_setaffinity(0, {1})
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        t0 = time.perf_counter()
+        proc, base = start_daemon(workdir, args.agents)
+        connector = aiohttp.TCPConnector(limit=max(args.concurrency, 64))
+        try:
+            async with aiohttp.ClientSession(connector=connector) as http:
+                await wait_ready(proc, http, base)
+                print(f"daemon ready with {args.agents} agents in {time.perf_counter() - t0:.1f} s"
+                      f" (pid {proc.pid}, CPU 0; client CPU 1)", flush=True)  # fmt: skip
+                await run(args, proc.pid, http, base)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+async def run(
+    args: argparse.Namespace, pid: int, http: aiohttp.ClientSession, base: str
+) -> None:
+    with Window(pid) as backlog:
+        await create_untakable(http, base, args.backlog, args.concurrency, "backlog")
+    throughput_line("backlog created", args.backlog, backlog)
+
+    offered_at: dict[str, float] = {}
+    waiters: dict[str, asyncio.Future[float]] = {}
+    ws_url = base.replace("http", "ws") + "/api/v1/events"
+    streams: list[aiohttp.ClientWebSocketResponse] = []
+
+    async def reader(ws: aiohttp.ClientWebSocketResponse) -> None:
+        async for msg in ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                break
+            ev = msg.json()
+            if ev.get("type") == "task" and ev.get("event") == "offered":
+                at = time.perf_counter()
+                tid = ev["data"]["task_id"]
+                fut = waiters.pop(tid, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(at)
+                else:
+                    offered_at[tid] = at
+
+    tokens = [token(i) for i in range(args.agents)] if args.streams == "agents" else [ADMIN]
+
+    async def connect(tok: str) -> None:
+        ws = await http.ws_connect(ws_url, max_msg_size=0)
+        await ws.send_json({"type": "auth", "token": tok})
+        hello = await ws.receive_json(timeout=30)
+        if "principal" not in hello:
+            raise RuntimeError(f"stream auth refused: {hello}")
+        streams.append(ws)
+
+    readers: list[asyncio.Task[None]] = []
+    try:
+        with Window(pid) as w:
+            await run_bounded(len(tokens), 16, lambda i: connect(tokens[i]))
+            readers = [asyncio.create_task(reader(ws)) for ws in streams]
+
+            async def log_in(i: int) -> None:
+                url = f"{base}/api/v1/agents/a{i}/state"
+                await api(http, "PUT", url, ADMIN, {"state": "logged_in"})
+
+            await run_bounded(args.agents, args.concurrency, log_in)
+        print(f"  {len(streams)} event stream(s) open, {args.agents} agents logged in "
+              f"({w.wall:.1f} s)", flush=True)  # fmt: skip
+        await asyncio.sleep(1.0)  # let the router settle: nothing of the backlog is offerable
+        if offered_at:
+            raise SystemExit(f"{len(offered_at)} backlog tasks were offered: the backlog is wrong")
+
+        latencies: list[float] = []
+        lost: list[str] = []
+        by_agent: dict[str, str] = {}
+
+        async def probe(i: int) -> None:
+            ch = CHANNELS[i % 3]
+            body = {"channel": ch, "queue": f"q_{ch}", "subject": f"probe {i}"}
+            sent = time.perf_counter()
+            made = await api(http, "POST", base + "/api/v1/tasks", WIDGET, body)
+            tid = made["id"]
+            if tid in offered_at:
+                at = offered_at.pop(tid)
+            else:
+                fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+                waiters[tid] = fut
+                try:
+                    at = await asyncio.wait_for(fut, 10)
+                except TimeoutError:
+                    lost.append(tid)
+                    waiters.pop(tid, None)
+                    return
+            latencies.append(at - sent)
+            view = await api(http, "GET", f"{base}/api/v1/tasks/{tid}", ADMIN)
+            agent = view["offered_to"][0]
+            by_agent[tid] = agent
+            tok = token(int(agent[1:]))
+            await api(http, "POST", f"{base}/api/v1/tasks/{tid}/accept", tok)
+            await api(http, "POST", f"{base}/api/v1/tasks/{tid}/complete", tok,
+                      {"disposition": "bench"})  # fmt: skip
+
+        with Window(pid) as w:
+            jobs = []
+            began = time.perf_counter()
+            for i in range(args.probes):
+                delay = began + i / args.rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                jobs.append(asyncio.create_task(probe(i)))
+            await asyncio.gather(*jobs)
+        ms = [x * 1000 for x in latencies]
+        print(f"  latency: {args.probes} takable tasks at {args.rate:g}/s over {w.wall:.1f} s, "
+              f"{len(set(by_agent.values()))} distinct agents; daemon CPU {w.cpu / w.wall:.0%}, "
+              f"client CPU {w.own / w.wall:.0%} of its core; {len(lost)} never offered within "
+              f"10 s", flush=True)  # fmt: skip
+
+        with Window(pid) as burst:
+            await create_untakable(http, base, args.burst, args.concurrency, "burst")
+        per_s, per_cpu = throughput_line(
+            f"burst on top of {args.backlog} waiting", args.burst, burst
+        )
+    finally:
+        for ws in streams:
+            await ws.close()
+        for r in readers:
+            r.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+
+    print(f"\nresult ({args.agents} agents, {args.backlog + args.burst} tasks waiting across "
+          f"{len(CHANNELS)} channels at the end, streams: {args.streams}):")  # fmt: skip
+    print(f"  {'measure':38} {'measured':>12} {'target':>12}")
+    if ms:
+        print(f"  {'create -> offered p50 (ms)':38} {percentile(ms, 0.50):12.2f} {'':>12}")
+        print(f"  {'create -> offered p99 (ms)':38} {percentile(ms, 0.99):12.2f} "
+              f"{'< ' + format(TARGET_P99_MS, 'g'):>12}")  # fmt: skip
+        print(f"  {'create -> offered max (ms)':38} {max(ms):12.2f} {'':>12}")
+    print(f"  {'never offered (of ' + str(args.probes) + ')':38} {len(lost):12d} {'0':>12}")
+    print(f"  {'tasks created per second (wall)':38} {per_s:12.0f} {'':>12}")
+    print(f"  {'tasks created per CPU-second (core)':38} {per_cpu:12.0f} "
+          f"{'>= ' + format(TARGET_PER_CORE, 'g'):>12}")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--agents", type=int, default=1000)
+    parser.add_argument("--backlog", type=int, default=10000)
+    parser.add_argument("--probes", type=int, default=1000)
+    parser.add_argument("--rate", type=float, default=50.0, help="takable tasks per second")
+    parser.add_argument("--burst", type=int, default=5000)
+    parser.add_argument("--concurrency", type=int, default=32, help="requests in flight")
+    parser.add_argument("--streams", choices=["agents", "supervisor"], default="agents")
+    asyncio.run(bench(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
