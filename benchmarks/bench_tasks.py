@@ -219,9 +219,7 @@ async def bench(args: argparse.Namespace) -> None:
                 proc.wait(timeout=10)
 
 
-async def run(
-    args: argparse.Namespace, pid: int, http: aiohttp.ClientSession, base: str
-) -> None:
+async def run(args: argparse.Namespace, pid: int, http: aiohttp.ClientSession, base: str) -> None:
     with Window(pid) as backlog:
         await create_untakable(http, base, args.backlog, args.concurrency, "backlog")
     throughput_line("backlog created", args.backlog, backlog)
