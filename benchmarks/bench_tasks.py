@@ -31,6 +31,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -42,6 +43,8 @@ from typing import Any
 
 import aiohttp
 
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 TICKS = os.sysconf("SC_CLK_TCK")
 ADMIN = "bench-admin-token-0123456789"
 WIDGET = "bench-widget-token-0123456789"
@@ -108,11 +111,15 @@ token = "{WIDGET}"
 {queues}{agents}"""
 
 
-def start_daemon(workdir: Path, agents_n: int) -> tuple[subprocess.Popen[bytes], str]:
+def start_daemon(
+    workdir: Path, agents_n: int, profile: Path | None
+) -> tuple[subprocess.Popen[bytes], str]:
     http_port, sip_port = free_port(), free_port(socket.SOCK_DGRAM)
     cfg = workdir / "acd.toml"
     cfg.write_text(config(agents_n, http_port, sip_port, 30000 + (os.getpid() % 300) * 100))
     command = ["taskset", "-c", "0", sys.executable, "-m", "engine.cli", "run", "--config"]
+    if profile is not None:  # profile_acd's ``serve``: cProfile between SIGUSR1 and SIGUSR2
+        command[3:] = [str(HERE / "profile_acd.py"), "serve", str(profile), "--config"]
     # stderr to a file, not a pipe: a pipe nobody reads fills at 64 KiB of log lines and then
     # blocks the daemon in write().
     with (workdir / "acd.stderr").open("wb") as err:
@@ -144,10 +151,9 @@ async def api(
     async with http.request(
         method, url, json=body, headers={"Authorization": f"Bearer {tok}"}
     ) as r:
-        got = await r.json()
         if r.status >= 300:
-            raise RuntimeError(f"{method} {url}: {r.status} {got}")
-        return got
+            raise RuntimeError(f"{method} {url}: {r.status} {await r.text()}")
+        return await r.json()
 
 
 async def run_bounded(n: int, concurrency: int, job: Callable[[int], Awaitable[None]]) -> None:
@@ -196,6 +202,91 @@ async def create_untakable(
     await run_bounded(n, concurrency, one)
 
 
+# Where a create's CPU goes (``--profile``). (stage, (path fragment, function name or "")): a
+# function belongs to the first stage that one of its entries matches; a function of no stage
+# (stdlib, asyncio, ...) hands its own time to its callers (profile_acd.attribute). The audit
+# row's SQL runs through SQLAlchemy like the task's own write, so it counts as "store write";
+# "audit log" is the audit code itself and its log line.
+STAGES: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
+    ("audit log (engine/api/auth.audit)", (("engine/api/auth.py", "audit"),
+                                           ("engine/storage/queries.py", "insert_audit"))),
+    ("JSON decode/encode (msgspec)", (("engine/api/tasks.py", "_decode"),
+                                      ("engine/api/app.py", "json_response"), ("~", "msgspec"))),
+    ("validation (TaskService.validate)", (("engine/tasks/service.py", "validate"),
+                                           ("engine/tasks/service.py", "queue_config"))),
+    ("logging (structlog)", (("/structlog/", ""), ("/logging/", ""),
+                             ("engine/runtime/logs.py", ""))),
+    ("metrics (prometheus)", (("/prometheus_client/", ""), ("engine/tasks/metrics.py", ""),
+                              ("engine/runtime/metrics.py", ""))),
+    ("event publish (bus, WebSocket fan-out)", (("engine/runtime/events.py", ""),
+                                                ("engine/api/events.py", ""))),
+    ("store write (SQLAlchemy, aiosqlite)", (("engine/storage/", ""), ("/sqlalchemy/", ""),
+                                             ("/aiosqlite/", ""), ("sqlite3", ""))),
+    ("routing enqueue (routing service, core)", (("routing_core/", ""), ("engine/routing/", ""),
+                                                 ("/numba/", ""), ("/numpy/", ""))),
+    ("task service (record, history, SLA)", (("engine/tasks/", ""),)),
+    ("HTTP (aiohttp, middlewares, handler)", (("/aiohttp/", ""), ("/multidict/", ""),
+                                              ("/yarl/", ""), ("engine/api/", ""))),
+    ("other engine", (("engine/", ""),)),
+)  # fmt: skip
+
+
+def stage_of(func: tuple[str, int, str]) -> str | None:
+    path, _line, name = func
+    path = path.replace("\\", "/")
+    for stage, entries in STAGES:
+        for fragment, function in entries:
+            if fragment in path and (not function or function in name):
+                return stage
+    return None
+
+
+def wait_for_file(path: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)  # dump_stats writes the file in one go, but let it finish
+
+
+async def profiled_burst(
+    args: argparse.Namespace, pid: int, http: aiohttp.ClientSession, base: str
+) -> None:
+    """Another burst of the same size with the daemon's profiler on; the stage table."""
+    import pstats
+
+    import profile_acd
+
+    assert args.profile is not None
+    args.profile.unlink(missing_ok=True)
+    before = profile_acd.thread_cpu(pid)
+    os.kill(pid, signal.SIGUSR1)
+    with Window(pid) as w:
+        await create_untakable(http, base, args.burst, args.concurrency, "profiled")
+    os.kill(pid, signal.SIGUSR2)
+    after = profile_acd.thread_cpu(pid)
+    await asyncio.to_thread(wait_for_file, args.profile, 60.0)
+    per_stage, total, unattributed = profile_acd.attribute(pstats.Stats(str(args.profile)),
+                                                           stage_of)  # fmt: skip
+    main_s = after["main"] - before.get("main", 0.0)
+    other = {k: v - before.get(k, 0.0) for k, v in after.items() if k != "main"}
+    other_s = sum(v for v in other.values() if v > 0)
+    us = 1e6 / args.burst
+    print(f"\nprofile: another {args.burst} creates with cProfile on in the daemon "
+          f"({w.wall:.1f} s; profiled CPU per create: main thread {main_s * us:.0f} us, "
+          f"other threads {other_s * us:.0f} us)", flush=True)  # fmt: skip
+    print("| stage | share of the main thread | main-thread us per create (profiled) |")
+    print("|---|---:|---:|")
+    for stage, seconds in sorted(per_stage.items(), key=lambda kv: -kv[1]):
+        share = seconds / total if total else 0.0
+        print(f"| {stage} | {share:6.1%} | {share * main_s * us:6.0f} |")
+    busy = ", ".join(f"{k} {v * us:.0f} us" for k, v in sorted(other.items()) if v > 0)
+    print(f"| other threads (SQLite in aiosqlite's thread): {busy or 'none'} | - | "
+          f"{other_s * us:6.0f} |")  # fmt: skip
+    print("largest unattributed own times (profiled seconds, function):")
+    for t, f in unattributed:
+        print(f"  {t:8.4f}  {f[2]} ({f[0]}:{f[1]})")
+
+
 def percentile(xs: list[float], q: float) -> float:
     s = sorted(xs)
     return s[min(len(s) - 1, int(q * len(s)))]
@@ -207,7 +298,7 @@ async def bench(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         t0 = time.perf_counter()
-        proc, base = start_daemon(workdir, args.agents)
+        proc, base = start_daemon(workdir, args.agents, args.profile)
         # Requests and event streams on separate pools: a WebSocket holds its connection for
         # good, so streams in the requests' pool (limit 64) left every request after the 64th
         # stream waiting for a free connection forever (the stall of the first run).
@@ -221,6 +312,10 @@ async def bench(args: argparse.Namespace) -> None:
                 print(f"daemon ready with {args.agents} agents in {time.perf_counter() - t0:.1f} s"
                       f" (pid {proc.pid}, CPU 0; client CPU 1)", flush=True)  # fmt: skip
                 await run(args, proc.pid, http, ws_http, base)
+        except BaseException:
+            err = (workdir / "acd.stderr").read_text(errors="replace").splitlines()
+            print("daemon stderr, last lines:", *err[-30:], sep="\n", file=sys.stderr)
+            raise
         finally:
             proc.terminate()
             try:
@@ -340,6 +435,8 @@ async def run(
         per_s, per_cpu = throughput_line(
             f"burst on top of {args.backlog} waiting", args.burst, burst
         )
+        if args.profile is not None:
+            await profiled_burst(args, pid, http, base)
     finally:
         for ws in streams:
             await ws.close()
@@ -381,6 +478,9 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=32, help="requests in flight")
     parser.add_argument("--streams", choices=["agents", "supervisor"], default="agents")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="after the burst, profile another one in the daemon (cProfile dump "
+                             "kept here) and print its cost per stage")  # fmt: skip
     asyncio.run(bench(parser.parse_args()))
 
 
