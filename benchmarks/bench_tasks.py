@@ -74,7 +74,7 @@ def own_cpu_s() -> float:
     return t.user + t.system
 
 
-def config(agents_n: int, http_port: int, sip_port: int, rtp_base: int) -> str:
+def config(agents_n: int, http_port: int, sip_port: int, rtp_base: int, max_tasks: int) -> str:
     queues = "".join(
         f'[[queues]]\nname = "q_{ch}"\nrequirements = {{ s = 1 }}\nwrap_up_s = 0.0\n'
         f'offer_timeout_s = 30.0\nrecord = "never"\n\n'
@@ -100,6 +100,8 @@ rtp_port_min = {rtp_base}
 rtp_port_max = {rtp_base + 998}
 [storage]
 sqlite_path = "var/acd.sqlite3"
+[runtime]
+max_tasks = {max_tasks}
 [[api.tokens]]
 name = "ops"
 role = "admin"
@@ -111,15 +113,17 @@ token = "{WIDGET}"
 {queues}{agents}"""
 
 
-def start_daemon(
-    workdir: Path, agents_n: int, profile: Path | None
-) -> tuple[subprocess.Popen[bytes], str]:
+def start_daemon(workdir: Path, args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], str]:
     http_port, sip_port = free_port(), free_port(socket.SOCK_DGRAM)
     cfg = workdir / "acd.toml"
-    cfg.write_text(config(agents_n, http_port, sip_port, 30000 + (os.getpid() % 300) * 100))
+    # Room for every task the run leaves waiting (the backlog, one or two bursts) and the probes.
+    max_tasks = args.backlog + 2 * args.burst + args.probes + 1024
+    rtp_base = 30000 + (os.getpid() % 300) * 100
+    cfg.write_text(config(args.agents, http_port, sip_port, rtp_base, max_tasks))
+    profile = args.profile
     command = ["taskset", "-c", "0", sys.executable, "-m", "engine.cli", "run", "--config"]
     if profile is not None:  # profile_acd's ``serve``: cProfile between SIGUSR1 and SIGUSR2
-        command[3:] = [str(HERE / "profile_acd.py"), "serve", str(profile), "--config"]
+        command[4:] = [str(HERE / "profile_acd.py"), "serve", str(profile), "--config"]
     # stderr to a file, not a pipe: a pipe nobody reads fills at 64 KiB of log lines and then
     # blocks the daemon in write().
     with (workdir / "acd.stderr").open("wb") as err:
@@ -298,7 +302,7 @@ async def bench(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         t0 = time.perf_counter()
-        proc, base = start_daemon(workdir, args.agents, args.profile)
+        proc, base = start_daemon(workdir, args)
         # Requests and event streams on separate pools: a WebSocket holds its connection for
         # good, so streams in the requests' pool (limit 64) left every request after the 64th
         # stream waiting for a free connection forever (the stall of the first run).
