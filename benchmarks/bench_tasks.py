@@ -124,6 +124,8 @@ def start_daemon(workdir: Path, args: argparse.Namespace) -> tuple[subprocess.Po
     command = ["taskset", "-c", "0", sys.executable, "-m", "engine.cli", "run", "--config"]
     if profile is not None:  # profile_acd's ``serve``: cProfile between SIGUSR1 and SIGUSR2
         command[4:] = [str(HERE / "profile_acd.py"), "serve", str(profile), "--config"]
+    elif args.gc_log:  # this file's ``serve-gc``: the daemon, its collector's pauses on stderr
+        command[4:] = [str(Path(__file__).resolve()), "serve-gc", "--config"]
     # stderr to a file, not a pipe: a pipe nobody reads fills at 64 KiB of log lines and then
     # blocks the daemon in write().
     with (workdir / "acd.stderr").open("wb") as err:
@@ -316,6 +318,12 @@ async def bench(args: argparse.Namespace) -> None:
                 print(f"daemon ready with {args.agents} agents in {time.perf_counter() - t0:.1f} s"
                       f" (pid {proc.pid}, CPU 0; client CPU 1)", flush=True)  # fmt: skip
                 await run(args, proc.pid, http, ws_http, base)
+            if args.gc_log:
+                pauses = gc_pauses(workdir)
+                for gen in (0, 1, 2):
+                    ms = [m for g, m in pauses if g == gen]
+                    print(f"  gc generation {gen}: {len(ms)} pauses >= {GC_PAUSE_LOGGED_MS:g} ms"
+                          + (f", max {max(ms):.0f} ms, total {sum(ms):.0f} ms" if ms else ""))  # fmt: skip
         except BaseException:
             err = (workdir / "acd.stderr").read_text(errors="replace").splitlines()
             print("daemon stderr, last lines:", *err[-30:], sep="\n", file=sys.stderr)
@@ -471,7 +479,43 @@ async def run(
           "client near 100 %: the client was the limit)")  # fmt: skip
 
 
+GC_PAUSE = "gc_pause_ms"
+GC_PAUSE_LOGGED_MS = 5.0
+
+
+def serve_gc(config_path: str) -> int:
+    """The daemon in this process, each collection of >= GC_PAUSE_LOGGED_MS written to stderr."""
+    import gc
+
+    started: dict[str, float] = {}
+
+    def timed(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started["at"] = time.perf_counter()
+        elif "at" in started:
+            ms = (time.perf_counter() - started.pop("at")) * 1000
+            if ms >= GC_PAUSE_LOGGED_MS:
+                print(f"{GC_PAUSE} {info['generation']} {ms:.1f}", file=sys.stderr, flush=True)
+
+    gc.callbacks.append(timed)
+    from engine.cli.main import main as acd_main
+
+    return acd_main(["run", "--config", config_path])
+
+
+def gc_pauses(workdir: Path) -> list[tuple[int, float]]:
+    """(generation, ms) of the collections serve-gc logged."""
+    out = []
+    for line in (workdir / "acd.stderr").read_text(errors="replace").splitlines():
+        if line.startswith(GC_PAUSE):
+            _, gen, ms = line.split()
+            out.append((int(gen), float(ms)))
+    return out
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["serve-gc"]:  # serve-gc --config CONFIG
+        sys.exit(serve_gc(sys.argv[3]))
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -485,6 +529,8 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, default=None,
                         help="after the burst, profile another one in the daemon (cProfile dump "
                              "kept here) and print its cost per stage")  # fmt: skip
+    parser.add_argument("--gc-log", action="store_true",
+                        help="log the daemon's garbage-collector pauses >= 5 ms and print them")  # fmt: skip
     asyncio.run(bench(parser.parse_args()))
 
 
