@@ -398,6 +398,10 @@ async def run(
             raise SystemExit(f"{len(offered_at)} backlog tasks were offered: the backlog is wrong")
 
         latencies: list[float] = []
+        # The daemon's own part: the task's arrived_at to its first_offer_at (its wall clock),
+        # without the HTTP request and the WebSocket delivery: how much of the latency is the
+        # daemon's routing, and how much the machine's load on the round trip.
+        inside: list[float] = []
         lost: list[str] = []
         by_agent: dict[str, str] = {}
 
@@ -422,6 +426,7 @@ async def run(
             view = await api(http, "GET", f"{base}/api/v1/tasks/{tid}", ADMIN)
             agent = view["offered_to"][0]
             by_agent[tid] = agent
+            inside.append(view["first_offer_at"] - view["arrived_at"])
             tok = token(int(agent[1:]))
             await api(http, "POST", f"{base}/api/v1/tasks/{tid}/accept", tok)
             await api(http, "POST", f"{base}/api/v1/tasks/{tid}/complete", tok,
@@ -456,6 +461,10 @@ async def run(
             r.cancel()
         await asyncio.gather(*readers, return_exceptions=True)
 
+    load = [f"{x:.2f}" for x in os.getloadavg()]
+    print(f"\nmachine load average (1, 5, 15 min) at the end: {' '.join(load)} on "
+          f"{os.cpu_count()} CPUs: above the CPU count, latency and wall rates say more about "
+          "the machine than the daemon")  # fmt: skip
     print(f"\nresult ({args.agents} agents, {args.backlog + args.burst} tasks waiting across "
           f"{len(CHANNELS)} channels at the end, streams: {args.streams}):")  # fmt: skip
 
@@ -467,6 +476,10 @@ async def run(
         row("create -> offered p50 (ms)", f"{percentile(ms, 0.50):.2f}")
         row("create -> offered p99 (ms)", f"{percentile(ms, 0.99):.2f}", f"< {TARGET_P99_MS:g}")
         row("create -> offered max (ms)", f"{max(ms):.2f}")
+    if inside:
+        daemon_ms = [x * 1000 for x in inside]
+        row("  in the daemon: arrived -> first offer p50", f"{percentile(daemon_ms, 0.50):.2f}")
+        row("  in the daemon: arrived -> first offer p99", f"{percentile(daemon_ms, 0.99):.2f}")
     row(f"never offered within 10 s (of {args.probes})", str(len(lost)), "0")
     row("  client CPU share during the probes", f"{probes.own / probes.wall:.0%}")
     row("backlog: creates per daemon CPU-second", f"{backlog_per_cpu:.0f}",
