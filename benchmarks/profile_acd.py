@@ -40,6 +40,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -116,8 +117,11 @@ def stage_of(func: Func) -> str | None:
     return None
 
 
-def attribute(stats: pstats.Stats) -> tuple[dict[str, float], float, list[tuple[float, Func]]]:
-    """Own time per stage (seconds), the total, and the largest unattributed own times."""
+def attribute(
+    stats: pstats.Stats, stage_of: Callable[[Func], str | None] = stage_of
+) -> tuple[dict[str, float], float, list[tuple[float, Func]]]:
+    """Own time per stage (seconds), the total, and the largest unattributed own times.
+    ``stage_of`` names a function's stage (bench_tasks passes its own stages)."""
     raw: dict[Func, tuple[int, int, float, float, dict[Func, tuple[int, int, float, float]]]]
     raw = stats.stats  # type: ignore[attr-defined]
     memo: dict[Func, dict[str, float]] = {}

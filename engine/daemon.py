@@ -447,7 +447,9 @@ class Daemon:
                     message=f"{interrupted} calls were live when this node last stopped; "
                     "their CDR rows now say failed, interrupted",
                 )
-        self.routing = RoutingService(self.config, loop=asyncio.get_running_loop())
+        self.routing = RoutingService(
+            self.config, loop=asyncio.get_running_loop(), max_tasks=self.config.runtime.max_tasks
+        )
         # Compile or load every numba kernel before any listener opens (DESIGN.md section 4): the
         # first call must not pay a compile.
         began = time.monotonic()

@@ -94,7 +94,9 @@ async def event_stream(request: web.Request) -> web.StreamResponse:
             await ws.close(code=4403, message=b"forbidden")
             return ws
         request[PRINCIPAL_KEY] = principal
-        sub = ctx.bus.subscribe(_event_filter(config, principal))
+        # An agent's stream names its agent: the bus skips it for other agents' events.
+        agent_id = principal.agent_id if principal.role is Role.AGENT else None
+        sub = ctx.bus.subscribe(_event_filter(config, principal), agent_id=agent_id)
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(_read_until_closed(ws, sub))

@@ -304,6 +304,8 @@ def _task_paths() -> tuple[dict[str, Any], dict[str, Any]]:
         ),
         s422="unknown channel, queue or skill, or a bad field (the detail names it)",
         s409="the queue holds max_length tasks of this channel",
+        s503="the router holds as many calls and tasks as it has room for, or the store "
+        "failed: nothing was kept, retry later",
     )
     create["responses"]["201"] = create["responses"]["200"]
     listing = _op(

@@ -124,6 +124,7 @@ def _refuse(exc: TaskError) -> web.HTTPException:
         404: web.HTTPNotFound,
         409: web.HTTPConflict,
         422: web.HTTPUnprocessableEntity,
+        503: web.HTTPServiceUnavailable,
     }
     return kinds.get(exc.status, web.HTTPConflict)(text=text)
 

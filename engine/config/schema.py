@@ -182,6 +182,9 @@ class RuntimeConfig(_Struct, frozen=True):
     var_dir: str = "var"
     # Grace period SIGTERM gives live calls before the daemon exits anyway.
     drain_timeout_s: float = 30.0
+    # How many calls and tasks the router holds at once (waiting, ringing or offered, with an
+    # agent): its arrays are sized by it at start. A task create beyond it answers 503.
+    max_tasks: int = 8192
     # This daemon's name among the nodes sharing one database: it tags the CDR rows of its calls,
     # and at start it closes only its own rows that a crash left open. Empty: the host name.
     node: str = ""

@@ -95,6 +95,9 @@ def _check_address(file: str, path: str, address: str) -> None:
 
 # The keys a caller can press (RFC 4733 events 0-11), the keys a callback offer may name.
 DTMF_KEYS = "0123456789*#"
+# runtime.max_tasks: the router allocates its task arrays up front (about 250 bytes a slot), so
+# the bound keeps a typo from asking for gigabytes; a million is far beyond one node's load.
+MAX_ROUTED_TASKS = 1_048_576
 
 
 def _check_name(file: str, path: str, name: str) -> None:
@@ -230,6 +233,12 @@ def _validate(cfg: Config, file: str) -> None:
             f"expected 'uvloop' or 'asyncio', found {cfg.runtime.event_loop!r}",
         )
     _check_positive(file, "runtime.drain_timeout_s", cfg.runtime.drain_timeout_s, allow_zero=True)
+    if not 1 <= cfg.runtime.max_tasks <= MAX_ROUTED_TASKS:
+        raise ConfigError(
+            file,
+            "runtime.max_tasks",
+            f"expected 1-{MAX_ROUTED_TASKS}, found {cfg.runtime.max_tasks}",
+        )
     _check_name(file, "runtime.node", cfg.runtime.node)
     _check_positive(file, "cluster.check_interval_s", cfg.cluster.check_interval_s)
     if cfg.cluster.leader_election and not url.startswith(("postgresql://", "postgres://")):

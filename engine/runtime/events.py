@@ -4,7 +4,11 @@ How this works: ``EventBus.publish`` is synchronous and never blocks: it encodes
 puts the bytes on every subscriber's bounded queue. A subscriber that falls behind by more than its
 queue holds is cut off (``overflowed`` set, its queue closed) instead of slowing the daemon or
 growing memory; a client reconnects and re-reads state from the REST API. Each subscriber may carry
-a filter (an agent sees only its own agent events and its queues' events).
+a filter (an agent sees only its own agent events and its queues' events). An agent's
+subscription also names its agent (``subscribe(agent_id=)``): the ``agent`` and ``task`` events,
+which name the agent they concern, go to that agent's subscriptions and the unnamed ones only, so
+one such event costs a dict lookup instead of a filter call per logged-in agent (a thousand agent
+desktops made a task's "created" event ask a thousand filters).
 
 Consumers (``set_consumers``: plugins' event consumers, the outbound webhooks) are called with
 every event, subscriber or not, synchronously in ``publish``: they must only queue work. One that
@@ -42,15 +46,20 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
     data: dict[str, Any] | None = None
 
 
+# Event types that name the agent they concern in ``agent_id`` (None: no agent): an agent's
+# subscription gets these only when they name it.
+AGENT_EVENT_TYPES = frozenset({"agent", "task"})
+
 EventFilter = Callable[[Event], bool]
 EventConsumer = Callable[[Event], None]
 _encoder = msgspec.json.Encoder()
 
 
 class Subscription:
-    def __init__(self, bus: EventBus, accept: EventFilter | None) -> None:
+    def __init__(self, bus: EventBus, accept: EventFilter | None, agent_id: str | None) -> None:
         self._bus = bus
         self.accept = accept
+        self.agent_id = agent_id
         self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(SUBSCRIBER_QUEUE_EVENTS)
         self.overflowed = False
 
@@ -61,7 +70,7 @@ class Subscription:
     def close(self) -> None:
         """Unsubscribe, and wake a ``get`` that is waiting: it returns None instead of waiting for
         an event that may never come (a WebSocket whose client left must not be held open)."""
-        self._bus._subscribers.discard(self)
+        self._bus._remove(self)
         self._end()
 
     def _end(self) -> None:
@@ -74,6 +83,8 @@ class Subscription:
 class EventBus:
     def __init__(self) -> None:
         self._subscribers: set[Subscription] = set()
+        self._unnamed: set[Subscription] = set()  # those of no agent: every event is offered
+        self._by_agent: dict[str, set[Subscription]] = {}
         self.published = 0
         self.disconnected_slow = 0
         self._consumers: tuple[tuple[str, EventConsumer], ...] = ()
@@ -83,10 +94,26 @@ class EventBus:
         """Replace the consumers: (name for the log, function called with each event)."""
         self._consumers = tuple(consumers)
 
-    def subscribe(self, accept: EventFilter | None = None) -> Subscription:
-        sub = Subscription(self, accept)
+    def subscribe(
+        self, accept: EventFilter | None = None, *, agent_id: str | None = None
+    ) -> Subscription:
+        """``accept``: the events it wants; ``agent_id``: the subscriber is that agent, and of
+        the AGENT_EVENT_TYPES it gets only those naming it (``accept`` still applies)."""
+        sub = Subscription(self, accept, agent_id)
         self._subscribers.add(sub)
+        if agent_id is None:
+            self._unnamed.add(sub)
+        else:
+            self._by_agent.setdefault(agent_id, set()).add(sub)
         return sub
+
+    def _remove(self, sub: Subscription) -> None:
+        self._subscribers.discard(sub)
+        self._unnamed.discard(sub)
+        if sub.agent_id is not None and (named := self._by_agent.get(sub.agent_id)) is not None:
+            named.discard(sub)
+            if not named:
+                del self._by_agent[sub.agent_id]
 
     @property
     def subscribers(self) -> int:
@@ -104,8 +131,15 @@ class EventBus:
                 log.error("event_consumer_failed", consumer=name, kind=event.event, exc_info=exc)
         if not stream or not self._subscribers:
             return
+        if event.type in AGENT_EVENT_TYPES:
+            named = None if event.agent_id is None else self._by_agent.get(event.agent_id)
+            targets = [*self._unnamed, *named] if named else list(self._unnamed)
+            if not targets:
+                return
+        else:
+            targets = list(self._subscribers)
         payload = _encoder.encode(event)
-        for sub in list(self._subscribers):
+        for sub in targets:
             if sub.accept is not None and not sub.accept(event):
                 continue
             try:
@@ -113,6 +147,6 @@ class EventBus:
             except asyncio.QueueFull:
                 # Too slow: drop it rather than buffer without bound. Make room for the end marker.
                 sub.overflowed = True
-                self._subscribers.discard(sub)
+                self._remove(sub)
                 self.disconnected_slow += 1
                 sub._end()

@@ -8,6 +8,13 @@ its transcript never disagree and a later change can never be overtaken by an ea
 ``submit`` returns a future: the API awaits it before answering (a created task is on disk before
 the client hears 201), while changes the router makes (an offer, an offer timing out) do not wait.
 
+Writes that queued up while the previous transaction ran are applied together, in order, in one
+transaction (a group commit, up to ``MAX_BATCH_WRITES``; consecutive new rows and all history,
+message and state rows as one multi-row INSERT each): a transaction's begin and commit cost more
+than its rows, and under a burst of creates the profile put most of a create's CPU there. Should
+the batch fail, its writes are applied again one by one, so a write the store refuses (a second
+task with one ``external_id``) fails alone.
+
 A failed write is logged and counted (``acd_storage_errors_total``) and its future carries the
 ``StorageError``: unlike a CDR, a task is live state, so the request that made the change fails
 instead of pretending it was kept.
@@ -28,6 +35,10 @@ from engine.storage import StorageError, Store
 from engine.storage.schema import agent_events, task_events, task_messages, task_states, tasks
 
 log = structlog.stdlib.get_logger("acd.tasks")
+
+# Writes applied in one transaction at most: bounds how long one commit holds SQLite's write
+# lock and how much one failing batch has to redo write by write.
+MAX_BATCH_WRITES = 256
 
 # What the task service keeps live, and recovers after a restart (engine.tasks.model.LIVE_STATES)
 LIVE_STATES = ("scheduled", "waiting", "offered", "assigned", "pending", "solved")
@@ -60,24 +71,51 @@ class TaskWriter:
         return future
 
     async def run(self) -> None:
-        while (item := await self._queue.get()) is not None:
-            write, future = item
-            try:
-                await self._apply(write)
-            except StorageError as exc:
-                self.failures += 1
-                if self._on_error is not None:
-                    self._on_error()
-                log.error("task_write_failed", task_id=write.row.get("id"), reason=str(exc))
-                if not future.done():
-                    future.set_exception(exc)
-            else:
-                if not future.done():
-                    future.set_result(None)
-            if not future.cancelled():
-                future.exception()  # retrieved: nobody awaiting a router-made change is warned
+        closing = False
+        while not closing and (item := await self._queue.get()) is not None:
+            batch = [item]
+            while len(batch) < MAX_BATCH_WRITES and not self._queue.empty():
+                more = self._queue.get_nowait()
+                if more is None:  # close(): apply what came before it, then end
+                    closing = True
+                    break
+                batch.append(more)
+            if len(batch) > 1:
+                try:
+                    await self._apply(*(write for write, _ in batch))
+                except StorageError:
+                    pass  # one by one below: the write at fault fails alone
+                else:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_result(None)
+                    batch = []
+            for write, future in batch:
+                self._tell(write, future, await self._try_apply(write))
             if self._queue.empty():
                 self._idle.set()
+
+    async def _try_apply(self, write: TaskWrite) -> StorageError | None:
+        try:
+            await self._apply(write)
+        except StorageError as exc:
+            return exc
+        return None
+
+    def _tell(
+        self, write: TaskWrite, future: asyncio.Future[None], exc: StorageError | None
+    ) -> None:
+        if exc is not None:
+            self.failures += 1
+            if self._on_error is not None:
+                self._on_error()
+            log.error("task_write_failed", task_id=write.row.get("id"), reason=str(exc))
+            if not future.done():
+                future.set_exception(exc)
+        elif not future.done():
+            future.set_result(None)
+        if not future.cancelled():
+            future.exception()  # retrieved: nobody awaiting a router-made change is warned
 
     async def flush(self) -> None:
         """Wait until everything submitted so far is applied (or failed)."""
@@ -87,23 +125,42 @@ class TaskWriter:
         """Apply what is queued, then end ``run``."""
         self._queue.put_nowait(None)
 
-    async def _apply(self, write: TaskWrite) -> None:
-        row = write.row
+    async def _apply(self, *writes: TaskWrite) -> None:
+        """``writes`` in one transaction, in order: new rows are held back and inserted
+        together until an update comes (which must see them), the history, message and state
+        rows of all of them after the rows they belong to, each kind in submission order."""
+        new_rows: list[dict[str, Any]] = []
+        events: list[dict[str, Any]] = []
+        messages: list[dict[str, Any]] = []
+        states: list[dict[str, Any]] = []
         try:
             async with self.store.engine.begin() as conn:
-                if write.insert:
-                    await conn.execute(tasks.insert().values(**row))
-                else:
-                    values = {k: v for k, v in row.items() if k != "id"}
-                    await conn.execute(tasks.update().where(tasks.c.id == row["id"]).values(values))
-                if write.events:
-                    await conn.execute(task_events.insert(), write.events)
-                if write.messages:
-                    await conn.execute(task_messages.insert(), write.messages)
-                if write.states:
-                    await conn.execute(task_states.insert(), write.states)
+                for write in writes:
+                    if write.insert:
+                        new_rows.append(write.row)
+                    else:
+                        if new_rows:
+                            await conn.execute(tasks.insert(), new_rows)
+                            new_rows = []
+                        values = {k: v for k, v in write.row.items() if k != "id"}
+                        await conn.execute(
+                            tasks.update().where(tasks.c.id == write.row["id"]).values(values)
+                        )
+                    events += write.events
+                    messages += write.messages
+                    states += write.states
+                for table, rows in (
+                    (tasks, new_rows),
+                    (task_events, events),
+                    (task_messages, messages),
+                    (task_states, states),
+                ):
+                    if rows:
+                        await conn.execute(table.insert(), rows)
         except (SQLAlchemyError, OSError) as exc:
-            raise StorageError(f"task {row.get('id')}: {exc}") from exc
+            ids = ", ".join(str(w.row.get("id")) for w in writes[:3])
+            more = f" and {len(writes) - 3} more" if len(writes) > 3 else ""
+            raise StorageError(f"task {ids}{more}: {exc}") from exc
 
 
 async def _rows(store: Store, query: sa.Select[Any]) -> list[dict[str, Any]]:

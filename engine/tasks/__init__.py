@@ -18,6 +18,7 @@ from engine.tasks.model import (
     TaskConflict,
     TaskError,
     TaskState,
+    TaskUnavailable,
     UnknownTask,
 )
 from engine.tasks.service import PluginTasks, TaskService
@@ -33,5 +34,6 @@ __all__ = [
     "TaskMetrics",
     "TaskService",
     "TaskState",
+    "TaskUnavailable",
     "UnknownTask",
 ]

@@ -83,6 +83,15 @@ class IllegalTransition(TaskConflict):
         self.allowed = allowed
 
 
+class TaskUnavailable(TaskError):
+    """The daemon cannot take the task now, through no fault of the request: the Router holds
+    as many calls and tasks as its arrays have room for (``routing_core.CapacityExceeded``).
+    Retrying once tasks have ended succeeds; a full *queue* (its ``max_length``) is a
+    ``TaskConflict`` instead."""
+
+    status = 503
+
+
 class InvalidTask(TaskError):
     """A field of the request names what does not exist (a queue, a channel, a skill, an agent)
     or is out of range; ``field`` is its path, e.g. ``requirements.billing``."""

@@ -57,6 +57,7 @@ from engine.tasks.model import (
     TaskConflict,
     TaskError,
     TaskState,
+    TaskUnavailable,
     UnknownTask,
 )
 from engine.tasks.recovery import recover_tasks
@@ -250,6 +251,8 @@ class TaskService:
                 self.enqueue(task)
             except rc.QueueFull:
                 raise TaskConflict(f"queue {queue!r} is full (max_length)", field="queue") from None
+            except rc.CapacityExceeded as exc:  # the Router's arrays, not the request, are full
+                raise TaskUnavailable(f"the router holds all it can ({exc}): retry later") from None
         self.tasks[task.id] = task
         self.sla.start(task)
         self.followups.arm(task)

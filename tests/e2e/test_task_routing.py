@@ -398,6 +398,24 @@ async def test_offers_and_messages_on_the_event_stream_and_a_tickets_life(
     ]  # fmt: skip
 
 
+def test_runtime_max_tasks_sizes_the_router_a_create_beyond_it_answers_503(
+    start_daemon: DaemonFactory,
+) -> None:
+    daemon = start_daemon(config({"a1": (9, "{ chat = 1 }")}) + "\n[runtime]\nmax_tasks = 2\n")
+    made = [new_chat(daemon), new_chat(daemon)]
+    status, refused = call(
+        daemon, "POST", "/api/v1/tasks", WIDGET, {"channel": "chat", "queue": "support"}
+    )
+    assert status == 503, refused
+    assert "max_tasks=2" in refused["detail"]
+    status, rows = call(daemon, "GET", "/api/v1/tasks?state=waiting", ADMIN)
+    assert sorted(r["id"] for r in rows) == sorted(made)  # nothing kept of the refused one
+    cancel = {"state": "cancelled"}
+    assert call(daemon, "PATCH", f"/api/v1/tasks/{made[0]}", WIDGET, cancel)[0] == 200
+    new_chat(daemon)  # a slot is free again
+    assert daemon.stop() == 0
+
+
 def test_waiting_tasks_come_back_in_order_after_a_restart(
     start_daemon: DaemonFactory, tmp_path: Path
 ) -> None:

@@ -5,6 +5,7 @@ listing, and the audit rows. Real task service, routing service and SQLite store
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from engine.config import parse_config
 from engine.routing.service import RoutingService
 from engine.runtime.metrics import Metrics
 from engine.storage import Store
-from engine.storage.schema import audit_log
+from engine.storage.schema import audit_log, tasks
 from engine.storage.tasks import TaskWriter
 from engine.tasks import TaskService
 from tests.conftest import free_port
@@ -83,11 +84,11 @@ async def until(predicate: Callable[[], bool], timeout_s: float = 3.0) -> None:
             await asyncio.sleep(0.01)
 
 
-@pytest.fixture
-async def served(tmp_path: Path) -> AsyncIterator[Api]:
+@contextlib.asynccontextmanager
+async def serve(tmp_path: Path, *, max_tasks: int = 8192) -> AsyncIterator[Api]:
     config = parse_config(CONFIG, "test.toml")
     store = await Store.open(f"sqlite+aiosqlite:///{tmp_path}/acd.sqlite3")
-    routing = RoutingService(config, loop=asyncio.get_running_loop())
+    routing = RoutingService(config, loop=asyncio.get_running_loop(), max_tasks=max_tasks)
     writer = TaskWriter(store)
     writes = asyncio.create_task(writer.run())
     service = TaskService(config, routing, writer=writer)
@@ -117,6 +118,43 @@ async def served(tmp_path: Path) -> AsyncIterator[Api]:
         await writer.close()
         await writes
         await store.close()
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[Api]:
+    async with serve(tmp_path) as a:
+        yield a
+
+
+async def test_a_full_router_answers_503_and_keeps_nothing_of_the_refused_task(
+    tmp_path: Path,
+) -> None:
+    async with serve(tmp_path, max_tasks=2) as a:
+        made = [
+            await a.call("POST", "/tasks", CRM, {"channel": "ticket", "queue": "desk"})
+            for _ in range(3)
+        ]
+        assert [status for status, _ in made] == [201, 201, 503]
+        assert "retry later" in made[2][1]["detail"]
+        assert sorted(a.service.tasks) == sorted(body["id"] for _, body in made[:2])
+        assert a.routing.router.waiting("desk") == 2
+        async with a.store.engine.connect() as conn:
+            stored = (await conn.execute(sa.select(sa.func.count()).select_from(tasks))).scalar()
+            refused = (
+                (
+                    await conn.execute(
+                        sa.select(audit_log.c.outcome).where(audit_log.c.action == "task.create")
+                    )
+                )
+                .scalars()
+                .all()
+            )
+        assert stored == 2
+        assert sorted(refused) == ["allowed", "allowed", "refused"]
+        # once one ended, the next create is taken again
+        await a.service.cancel(made[0][1]["id"], by="test")
+        status, _ = await a.call("POST", "/tasks", CRM, {"channel": "ticket", "queue": "desk"})
+        assert status == 201
 
 
 async def test_state_changes_through_patch_and_transitions(served: Api) -> None:

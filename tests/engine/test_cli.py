@@ -47,6 +47,7 @@ def test_check_config_ok(repo_root: Path) -> None:
             "queues[0].sla[...].due_s: unknown key",
         ),
         ("[cluster]\nleader_election = true\n", "cluster.leader_election: expected a postgresql"),
+        ("[runtime]\nmax_tasks = 0\n", "runtime.max_tasks: expected 1-1048576, found 0"),
     ],
 )
 def test_check_config_names_file_and_key(tmp_path: Path, text: str, expected: str) -> None:

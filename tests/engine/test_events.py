@@ -65,3 +65,32 @@ def test_qa_events_reach_supervisors_only() -> None:
     assert not agent(qa)
     assert not integration(qa)
     assert _event_filter(cfg, Principal("lead", Role.SUPERVISOR)) is None  # everything
+
+
+async def test_an_agents_subscription_is_not_asked_about_other_agents_events() -> None:
+    """An agent's subscription names its agent: an agent or task event naming another agent
+    never reaches its filter (one event costs a lookup, not a filter per logged-in agent),
+    while the events of no agent and the other types still go through it."""
+    bus = EventBus()
+    asked: list[tuple[str, str | None]] = []
+
+    def accept(e: Event) -> bool:
+        asked.append((e.type, e.agent_id))
+        return e.type != "agent" or e.agent_id == "1001"
+
+    mine = bus.subscribe(accept, agent_id="1001")
+    everyone = bus.subscribe()
+    task = Event(type="task", at=3.0, event="offered", agent_id="1001", data={"task_id": "t"})
+    created = Event(type="task", at=4.0, event="created", data={"task_id": "u"})
+    queue_event = Event(type="queue", at=5.0, event="enter", call_id="c", queue="sales")
+    for event in (ev(1, "1002"), ev(2, "1001"), task, created, queue_event):
+        bus.publish(event)
+    assert asked == [("agent", "1001"), ("task", "1001"), ("queue", None)]
+    got = [json.loads(mine.queue.get_nowait() or b"")["at"] for _ in range(mine.queue.qsize())]
+    assert got == [2.0, 3.0, 5.0]
+    assert everyone.queue.qsize() == 5
+    mine.close()
+    bus.publish(ev(6, "1001"))
+    assert mine.queue.qsize() == 1  # only the end marker
+    assert mine.queue.get_nowait() is None
+    assert bus.subscribers == 1

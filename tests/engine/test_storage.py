@@ -216,3 +216,35 @@ def test_migrations_form_one_chain() -> None:
     chain = [rev.revision for rev in script.walk_revisions()]
     assert chain[-1] == "0001"
     assert len(chain) == len(set(chain))
+
+
+async def test_audit_rows_queued_together_are_written_in_one_transaction(store: Store) -> None:
+    """insert_audit's group commit: rows queued while one is being written go together in the
+    next transaction, in the order queued, and each caller returns with its row on disk; when
+    the store fails, every caller of that batch hears it."""
+    import asyncio
+
+    from engine.storage.queries import insert_audit
+
+    begins: list[int] = []
+    sa.event.listen(store.engine.sync_engine, "begin", lambda _conn: begins.append(1))
+
+    def row(n: int) -> dict[str, object]:
+        return {"at": float(n), "actor": f"a{n}", "role": "admin", "action": "test",
+                "object_type": None, "object_id": None, "outcome": "allowed",
+                "remote_addr": "127.0.0.1", "detail": {"n": n}}  # fmt: skip
+
+    await asyncio.gather(*(insert_audit(store, row(n)) for n in range(6)))
+    assert len(begins) == 2  # the first alone, the five queued behind it together
+    async with store.engine.connect() as conn:
+        actors = (await conn.execute(sa.select(audit_log.c.actor).order_by(audit_log.c.id))).all()
+    assert [a for (a,) in actors] == [f"a{n}" for n in range(6)]
+
+    bad = {**row(9), "detail": {"x": object()}}  # not JSON
+    outcomes = await asyncio.gather(
+        insert_audit(store, row(7)), insert_audit(store, row(8)), insert_audit(store, bad),
+        return_exceptions=True,
+    )  # fmt: skip
+    # the first alone (written), then the other two in one batch that the store refuses
+    assert outcomes[0] is None
+    assert all(isinstance(o, sa.exc.SQLAlchemyError) for o in outcomes[1:])

@@ -21,9 +21,10 @@ from engine.routing.service import RoutingService
 from engine.runtime.events import Event, EventBus
 from engine.storage import StorageError, Store, database_url
 from engine.storage.schema import task_events, task_messages, tasks
-from engine.storage.tasks import TaskWriter
+from engine.storage.tasks import TaskWrite, TaskWriter
 from engine.tasks import (
     InvalidTask,
+    Task,
     TaskCollector,
     TaskConflict,
     TaskMetrics,
@@ -444,3 +445,51 @@ async def test_a_callback_rung_on_the_phone_fails_after_its_attempts(setup: Setu
     stored = await s.service.stored(task.id)
     assert stored is not None
     assert (stored.state, stored.disposition) == (TaskState.COMPLETED, "failed")
+
+
+async def test_writes_queued_together_commit_together_and_a_refused_one_fails_alone(
+    setup: Setup,
+) -> None:
+    """The writer's group commit: writes submitted while it was busy go in one transaction, in
+    order (an update after its insert, the history in submission order); when the batch fails,
+    the writes are applied one by one and only the one the store refuses fails."""
+    s = setup
+    begins: list[int] = []
+    sa.event.listen(s.store.engine.sync_engine, "begin", lambda _conn: begins.append(1))
+
+    def new(n: int, external_id: str | None = None) -> Task:
+        return Task(id=f"g{n}", channel="chat", queue="support", priority=0, arrived_at=float(n),
+                    enqueued_at=float(n), created_by="w", external_id=external_id)  # fmt: skip
+
+    def event(task: Task, what: str) -> list[dict[str, object]]:
+        return [{"task_id": task.id, "at": 1.0, "event": what, "actor": "w", "agent_id": None,
+                 "queue": task.queue, "data": None}]  # fmt: skip
+
+    first = [new(n, external_id=f"e{n}") for n in range(5)]
+    futures = [s.writer.submit(TaskWrite(t.row(), insert=True, events=event(t, "created")))
+               for t in first]  # fmt: skip
+    first[2].subject = "changed"
+    futures.append(s.writer.submit(TaskWrite(first[2].row(), events=event(first[2], "edited"))))
+    await asyncio.gather(*futures)
+    assert len(begins) == 1  # six writes, one transaction
+
+    clash = new(9, external_id="e1")  # the unique index refuses a second e1
+    later = [new(n) for n in (6, 7)]
+    futures = [s.writer.submit(TaskWrite(t.row(), insert=True, events=event(t, "created")))
+               for t in (later[0], clash, later[1])]  # fmt: skip
+    outcomes = await asyncio.gather(*futures, return_exceptions=True)
+    assert [type(o).__name__ for o in outcomes] == ["NoneType", "StorageError", "NoneType"]
+    async with s.store.engine.connect() as conn:
+        rows = dict((await conn.execute(sa.select(tasks.c.id, tasks.c.subject))).all())
+        history = (
+            await conn.execute(
+                sa.select(task_events.c.task_id, task_events.c.event).order_by(task_events.c.id)
+            )
+        ).all()
+    assert rows == {**{f"g{n}": None for n in (0, 1, 3, 4, 6, 7)}, "g2": "changed"}
+    assert [tuple(r) for r in history] == [
+        *((f"g{n}", "created") for n in range(5)),
+        ("g2", "edited"),
+        ("g6", "created"),
+        ("g7", "created"),
+    ]
