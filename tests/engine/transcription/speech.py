@@ -3,6 +3,9 @@
 Voice ``en-us+f2`` at 150 words per minute: of espeak-ng's voices it is the one PocketSphinx's
 bundled model hears best (measured while writing these tests; ``en-us`` at its default is about
 twice the word error rate), and a synthetic voice is what CI can make without a microphone.
+sox runs with ``-R`` (repeatable): its resampling to 8 kHz dithers with a random seed otherwise,
+and PocketSphinx's words differ from run to run on that noise alone (a CI run heard "i can't my
+account" for "to check my account").
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ def espeak_8k(text: str, tmp: Path, name: str = "s") -> np.ndarray:
         ["espeak-ng", "-v", VOICE, "-s", "150", "-w", str(raw), text], check=True, timeout=30
     )
     subprocess.run(
-        ["sox", str(raw), "-r", "8000", "-c", "1", "-b", "16", str(out)], check=True, timeout=30
+        ["sox", "-R", str(raw), "-r", "8000", "-c", "1", "-b", "16", str(out)], check=True, timeout=30
     )
     with wave.open(str(out)) as w:
         return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.int16)
