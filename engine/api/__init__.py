@@ -37,6 +37,7 @@ from engine.api import (
     agents,
     calls,
     cdr,
+    customers,
     events,
     queues,
     recordings,
@@ -68,6 +69,7 @@ def add_routes(app: web.Application, ctx: ApiContext) -> None:
     app.router.add_get("/api/v1/agents/{agent_id}", agents.get_agent)
     app.router.add_put("/api/v1/agents/{agent_id}/state", agents.set_agent_state)
     app.router.add_get("/api/v1/cdr", cdr.search_cdr)
+    app.router.add_get("/api/v1/customers/contacts", customers.customer_contacts)
     app.router.add_get("/api/v1/stats/intervals", reports.interval_stats)
     app.router.add_get("/api/v1/stats/agents", reports.agent_stats)
     app.router.add_post("/api/v1/reload", reload.reload_config)

@@ -33,10 +33,29 @@ from engine.api.tasks import (
 from engine.api.transcripts import MAX_TRANSCRIPT_ROWS
 from engine.config import TASK_CHANNELS
 from engine.recording.service import CONTENT_TYPES
+from engine.storage.customers import MAX_CONTACTS
 from engine.tasks.lifecycle import REQUESTABLE
 from engine.webhooks import DeadLetter, RetryOutcome
 from engine.webhooks.service import MAX_DEAD_LETTER_ROWS
 from routing_core.stats import SL_DEFINITIONS
+
+# One of a customer's contacts (engine.storage.customers.contacts).
+CONTACT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "kind": {"enum": ["call", "task"]},
+        "id": {"type": "string"},
+        "channel": {"type": "string"},
+        "queue": {"type": ["string", "null"]},
+        "agent_id": {"type": ["string", "null"]},
+        "arrived_at": {"type": "number"},
+        "ended_at": {"type": ["number", "null"]},
+        "state": {"type": "string", "description": "a call: live or ended; a task: its state"},
+        "disposition": {"type": ["string", "null"]},
+        "talk_s": {"type": ["number", "null"], "description": "talk (a call) or handle time"},
+        "subject": {"type": ["string", "null"]},
+    },
+}
 
 
 def _op(
@@ -106,6 +125,25 @@ def openapi_paths() -> tuple[dict[str, Any], dict[str, Any]]:
                         ("caller", {"type": "string"}),
                         ("disposition", {"type": "string"}),
                         ("limit", {"type": "integer", "maximum": MAX_CDR_ROWS}),
+                    )
+                ],
+            }
+        },
+        "/api/v1/customers/contacts": {
+            "get": {
+                **_op(
+                    "A customer's calls and tasks on every channel, newest first (supervisor, "
+                    "admin; audited). Phone numbers match by their digits and a leading +, "
+                    "e-mail addresses without regard to case; 422 when no key is given",
+                    {"type": "array", "items": CONTACT_SCHEMA},
+                ),
+                "parameters": [
+                    {"name": n, "in": "query", "schema": sch}
+                    for n, sch in (
+                        ("phone", {"type": "string"}),
+                        ("email", {"type": "string"}),
+                        ("id", {"type": "string", "description": "the CRM's customer id"}),
+                        ("limit", {"type": "integer", "maximum": MAX_CONTACTS}),
                     )
                 ],
             }
@@ -368,6 +406,19 @@ def _task_paths() -> tuple[dict[str, Any], dict[str, Any]]:
                 "parameters": [task_id],
             },
             "patch": state_change(),
+        },
+        "/api/v1/tasks/{task_id}/contacts": {
+            "get": {
+                **problems(
+                    _op(
+                        "The task's customer's other contacts on every channel, newest first "
+                        "(whoever may read the task; audited)",
+                        {"type": "array", "items": CONTACT_SCHEMA},
+                    ),
+                    s404="no such task",
+                ),
+                "parameters": [task_id],
+            }
         },
         "/api/v1/tasks/{task_id}/transitions": {"post": state_change()},
         "/api/v1/tasks/{task_id}/accept": action(

@@ -30,9 +30,9 @@ from aiohttp import web
 
 from engine.api.app import json_response
 from engine.api.auth import Principal, audit, principal_of
-from engine.api.context import CONTEXT_KEY, ApiContext
+from engine.api.context import CONTEXT_KEY, ApiContext, int_arg
 from engine.config import SERVICE_CHANNELS, Role
-from engine.storage import StorageError
+from engine.storage import StorageError, customers
 from engine.storage import tasks as task_store
 from engine.tasks import IllegalTransition, Task, TaskError, TaskService, TaskState
 from engine.tasks.lifecycle import REQUESTABLE
@@ -127,6 +127,27 @@ def _refuse(exc: TaskError) -> web.HTTPException:
         503: web.HTTPServiceUnavailable,
     }
     return kinds.get(exc.status, web.HTTPConflict)(text=text)
+
+
+async def task_contacts(request: web.Request) -> web.Response:
+    """The task's customer's contacts on every channel (engine.storage.customers), for whoever
+    may read the task: the agent working it sees the customer's earlier calls and tasks."""
+    ctx = request.app[CONTEXT_KEY]
+    task = await _task(ctx, request.match_info["task_id"])
+    if not _may_read(principal_of(request), task):
+        raise web.HTTPForbidden(text="agents see only their own tasks")
+    customer = task.customer or {}
+    if ctx.store is None or not any(customer.get(k) for k in ("phone", "email", "id")):
+        return json_response([])
+    limit = int_arg(request, "limit", 20, minimum=1, maximum=customers.MAX_CONTACTS)
+    rows = await customers.contacts(
+        ctx.store, phone=customer.get("phone"), email=customer.get("email"),
+        ref=customer.get("id"), limit=limit + 1,
+    )  # fmt: skip
+    rows = [r for r in rows if not (r["kind"] == "task" and r["id"] == task.id)][:limit]
+    await audit(ctx, request, action="customer_contacts", outcome="allowed",
+                object_type="task", object_id=task.id, detail={"rows": len(rows)})  # fmt: skip
+    return json_response(rows)
 
 
 def _may_read(principal: Principal, task: Task) -> bool:
@@ -461,6 +482,7 @@ def add_task_routes(app: web.Application) -> None:
     app.router.add_post("/api/v1/tasks", create_task)
     app.router.add_get("/api/v1/tasks", list_tasks)
     app.router.add_get("/api/v1/tasks/{task_id}", get_task)
+    app.router.add_get("/api/v1/tasks/{task_id}/contacts", task_contacts)
     app.router.add_patch("/api/v1/tasks/{task_id}", change_state)
     app.router.add_post("/api/v1/tasks/{task_id}/transitions", change_state)
     app.router.add_post("/api/v1/tasks/{task_id}/accept", accept_task)

@@ -36,7 +36,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from engine.runtime.events import Event, EventBus
 from engine.runtime.metrics import Metrics
-from engine.storage import StorageError, Store, queries
+from engine.storage import StorageError, Store, customers, queries
 from engine.storage.schema import agent_events, calls, queue_events
 
 log = structlog.stdlib.get_logger("acd.cdr")
@@ -196,27 +196,19 @@ class CdrWriter:
     # -- readers ----------------------------------------------------------------------------------
 
     async def previous_contacts(self, caller: str, limit: int = 5) -> list[dict[str, Any]]:
-        """The caller's latest finished calls in the store, newest first (for the agent's
-        screen-pop; the live call's own row is not one of them).
+        """The caller's latest contacts on every channel, newest first (for the agent's
+        screen-pop): finished calls from this number and tasks whose customer has it
+        (``engine.storage.customers``); the live call's own row is not one of them.
         Rows still waiting for the next flush are not seen; a store error gives an empty list."""
         if not caller:
             return []
-        query = (
-            sa.select(
-                calls.c.arrived_at, calls.c.queue, calls.c.agent_id, calls.c.disposition,
-                calls.c.talk_s,
-            )
-            .where(calls.c.caller == caller, calls.c.ended_at.is_not(None))  # not this call
-            .order_by(calls.c.arrived_at.desc())
-            .limit(limit)
-        )  # fmt: skip
         try:
-            async with self._store.engine.connect() as conn:
-                rows = (await conn.execute(query)).mappings().all()
+            return await customers.contacts(
+                self._store, phone=caller, limit=limit, finished_calls_only=True
+            )
         except (SQLAlchemyError, OSError) as exc:
             log.warning("previous_contacts_failed", reason=str(exc))
             return []
-        return [dict(row) for row in rows]
 
     async def last_agent(self, caller: str, agents: Iterable[str], days: float) -> str | None:
         """The member of ``agents`` who last answered ``caller`` within ``days`` (last-agent

@@ -218,10 +218,18 @@ tasks = sa.Table(
     sa.Column("resolution_breached", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("solved_at", sa.Double),
     sa.Column("not_before", sa.Double),  # a scheduled follow-up enters routing at this time
+    # who the customer is, from ``customer`` (engine.storage.customers, migration 0016): the
+    # phone as digits (and a leading +), the e-mail lower-cased, the CRM's id
+    sa.Column("customer_phone", sa.String(255)),
+    sa.Column("customer_email", sa.String(255)),
+    sa.Column("customer_ref", sa.String(255)),
     sa.Index(None, "external_id", unique=True),
     sa.Index(None, "state"),
     sa.Index(None, "queue", "arrived_at"),
     sa.Index(None, "agent_id", "arrived_at"),
+    sa.Index(None, "customer_phone"),
+    sa.Index(None, "customer_email"),
+    sa.Index(None, "customer_ref"),
 )
 
 # A task's history: who did what when (created, offered, accepted, rejected, offer_timeout,

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from engine.storage.customers import customer_keys
+
 
 class TaskState(StrEnum):
     SCHEDULED = "scheduled"
@@ -175,6 +177,7 @@ class Task:
             "resolution_breached": self.resolution_breached,
             "solved_at": self.solved_at,
             "not_before": self.not_before,
+            **customer_keys(self.customer),
         }
 
     @classmethod

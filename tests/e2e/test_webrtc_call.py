@@ -77,6 +77,15 @@ async def test_browser_agent_takes_a_sip_call_with_audio_both_ways(
                     " ?, 'sales', '1002', 'answered', 95.0, ?)",
                     (time.time() - 86400, time.time() - 86300),
                 )
+                # ... and wrote an e-mail an hour ago, with the number in another format: the
+                # screen-pop shows the customer's contacts on every channel.
+                db.execute(
+                    "INSERT INTO tasks (id, channel, queue, state, priority, arrived_at,"
+                    " enqueued_at, agent_id, disposition, subject, customer, customer_phone)"
+                    " VALUES ('earlier-mail', 'email', 'sales', 'completed', 0, ?, ?, '1002',"
+                    " 'refunded', 'Refund', '{\"phone\": \"555-1234\"}', '5551234')",
+                    (time.time() - 3600, time.time() - 3600),
+                )
             caller = Baresip(
                 tmp_path / "caller", f"<sip:5551234@{sip}>;regint=0;audio_codecs=PCMU", 440,
                 dial=f"sip:support@{sip}",
@@ -87,10 +96,10 @@ async def test_browser_agent_takes_a_sip_call_with_audio_both_ways(
             await expect(page.locator("#incoming-queue")).to_have_text("(support)")
             await expect(page.locator("#incoming-data")).to_contain_text("4711")
             await expect(page.locator("#incoming-data")).to_contain_text("gold")
-            await expect(page.locator("#incoming-history li")).to_have_count(1)
-            await expect(page.locator("#incoming-history")).to_contain_text(
-                "sales · 1002 · answered · 95 s"
-            )
+            history = page.locator("#incoming-history li")
+            await expect(history).to_have_count(2)
+            await expect(history.nth(0)).to_contain_text("email · sales · 1002 · refunded · Refund")
+            await expect(history.nth(1)).to_contain_text("voice · sales · 1002 · answered · 95 s")
             assert agent_state(daemon, ADMIN, "3001") == "reserved"  # ringing
             ARTIFACTS.mkdir(exist_ok=True)
             await page.screenshot(path=str(ARTIFACTS / "agent-incoming-call.png"))

@@ -177,10 +177,12 @@ function softphone() {
     document.getElementById("incoming-queue").textContent = msg.queue ? `(${msg.queue})` : "";
     const rows = Object.entries(msg.data ?? {}).flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, String(v))]);
     document.getElementById("incoming-data").replaceChildren(...rows);
-    // This caller's latest calls from the CDR store: when, where, who, how it ended.
+    // This caller's latest contacts on every channel (calls from the CDR store, tasks whose
+    // customer has this number): when, which channel, where, who, how it ended.
     const history = (msg.history ?? []).map((h) => el("li", {},
-      `${new Date(h.arrived_at * 1000).toLocaleString()} · ${h.queue ?? "-"} · ` +
-      `${h.agent_id ?? "no agent"} · ${h.disposition ?? ""}` +
+      `${new Date(h.arrived_at * 1000).toLocaleString()} · ${h.channel ?? "voice"} · ` +
+      `${h.queue ?? "-"} · ${h.agent_id ?? "no agent"} · ${h.disposition ?? h.state ?? ""}` +
+      (h.subject ? ` · ${h.subject}` : "") +
       (h.talk_s ? ` · ${Math.round(h.talk_s)} s` : "")));
     document.getElementById("incoming-history").replaceChildren(...history);
     document.getElementById("incoming-history-title").hidden = history.length === 0;

@@ -29,7 +29,9 @@ def espeak_8k(text: str, tmp: Path, name: str = "s") -> np.ndarray:
         ["espeak-ng", "-v", VOICE, "-s", "150", "-w", str(raw), text], check=True, timeout=30
     )
     subprocess.run(
-        ["sox", "-R", str(raw), "-r", "8000", "-c", "1", "-b", "16", str(out)], check=True, timeout=30
+        ["sox", "-R", str(raw), "-r", "8000", "-c", "1", "-b", "16", str(out)],
+        check=True,
+        timeout=30,
     )
     with wave.open(str(out)) as w:
         return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.int16)
