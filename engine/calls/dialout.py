@@ -109,9 +109,10 @@ class Dialout:
         )  # fmt: skip
         call.answered = True  # no INVITE of ours to answer: teardown sends no 480
         call.flow_data = {
-            "callback_of": offer.call_id, "callback_task": offer.task_id,
-            "attempt": offer.attempt, "direction": "outbound",
+            "callback_task": offer.task_id, "attempt": offer.attempt, "direction": "outbound",
         }  # fmt: skip
+        if offer.call_id:  # none for a callback made through the API
+            call.flow_data["callback_of"] = offer.call_id
         self._s.calls[call.id] = call
         self._s.metrics.active.inc()
         self._s.cdr_open(call)
