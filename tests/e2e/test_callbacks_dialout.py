@@ -151,6 +151,26 @@ callback = {{ mode = "agent_first", trunk = "carrier5", whisper_prompt = "", att
 [[queues]]
 name = "plain"
 
+[[trunks]]
+name = "carrier6"
+allow = ["192.0.2.6"]
+outbound_proxy = "127.0.0.1:{customer6_port}"
+
+[[queues]]
+name = "cfirst"
+wrap_up_s = 5.0
+record = "always"
+ring_timeout_s = 3.0
+announce_every_s = 0.5
+announce_wait = false
+callback = {{ mode = "customer_first", trunk = "carrier6", whisper_prompt = "digit-3", attempts = 2, retry_s = 1.0, ring_timeout_s = 3.0 }}
+
+[[agents]]
+id = "cb9"
+login = "static"
+contact = "sip:cb9@127.0.0.1:{agent9_port}"
+queues = {{ cfirst = 0 }}
+
 [[agents]]
 id = "cb8"
 login = "static"
@@ -162,7 +182,7 @@ queues = {{ sched = 0 }}
 # SIP ports of the peers: each queue's agents and the customer behind its trunk's proxy.
 PORTS = ("agent_port", "customer_port", "agent2_port", "customer2_port", "customer3_port",
          "agent5_port", "agent6_port", "customer4_port", "agent8_port",
-         "customer5_port")  # fmt: skip
+         "customer5_port", "agent9_port", "customer6_port")  # fmt: skip
 
 
 class Running:
@@ -187,7 +207,9 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         f'prompts_dir = "{prompts}"\n'
     )
     config = (
-        front_door(ADMIN, numbers=("support", "sales", "billing", "vip", "sched", "plain"))
+        front_door(
+            ADMIN, numbers=("support", "sales", "billing", "vip", "sched", "plain", "cfirst")
+        )
         + media
         + QUEUE.format(**ports)
     )
@@ -578,3 +600,82 @@ def test_a_scheduled_callback_through_the_api_waits_for_its_time(
             stop(proc)
         with contextlib.suppress(Exception):
             call(daemon, "PUT", "/api/v1/agents/cb8/state", body={"state": "logged_out"})
+
+
+def test_customer_first_dials_the_customer_then_rings_the_reserved_agent(
+    running: Running, tmp_path: Path
+) -> None:
+    """Queue ``cfirst`` (customer_first): a callback made through the API reserves cb9 and dials
+    the customer first. The customer is busy: cb9's phone is never rung and cb9 is free at once
+    (no wrap-up); after retry_s the customer answers (440 Hz), hears the prompt, then cb9 is
+    rung, answers (880 Hz) and is bridged; the customer hangs up. cb9's phone sees one INVITE
+    in all; the recording holds the customer left and the agent right."""
+    daemon = running.daemon
+    tone_wavs(tmp_path)
+    procs: list[Proc] = []
+    try:
+        busy = uas(tmp_path, "agent_busy", running.ports["customer6_port"], 1)
+        agent = uas(tmp_path, "agent_answer_tone", running.ports["agent9_port"], 1)
+        procs += [busy, agent]
+        status, _ = call(daemon, "PUT", "/api/v1/agents/cb9/state", body={"state": "logged_in"})
+        assert status == 200
+        status, made = call(
+            daemon, "POST", "/api/v1/callbacks", body={"queue": "cfirst", "number": "5550166"}
+        )
+        assert status == 201, made
+        task_id = made["id"]
+        assert busy.wait(timeout=20) == 0, sipp_output(busy)
+        wait_until(
+            lambda: call(daemon, "GET", f"/api/v1/tasks/{task_id}")[1]["state"] == "scheduled",
+            10, "the callback scheduled for a retry",
+        )  # fmt: skip
+        _, cb9 = call(daemon, "GET", "/api/v1/agents/cb9")
+        assert cb9["state"] == "available", cb9  # reserved only: no wrap-up
+        assert invites(tmp_path, "agent_answer_tone", agent) == []  # not rung for a busy customer
+
+        answering = uas(
+            tmp_path, "customer_answer_tone_hangs_up", running.ports["customer6_port"], 1
+        )
+        procs.append(answering)
+        assert answering.wait(timeout=20) == 0, sipp_output(answering)
+        assert agent.wait(timeout=20) == 0, sipp_output(agent)  # our BYE after the customer's
+        assert len(invites(tmp_path, "agent_answer_tone", agent)) == 1
+        wait_until(
+            lambda: call(daemon, "GET", f"/api/v1/tasks/{task_id}")[1]["state"] == "completed",
+            10, "the callback task completed",
+        )  # fmt: skip
+        _, task = call(daemon, "GET", f"/api/v1/tasks/{task_id}")
+        assert (task["disposition"], task["agent_id"]) == ("connected", "cb9")
+        assert task["data"]["attempts"] == 2
+
+        query = (
+            "SELECT * FROM calls WHERE queue = 'cfirst' AND flow = 'callback'"
+            " AND ended_at IS NOT NULL ORDER BY arrived_at"
+        )
+        wait_until(lambda: len(rows(daemon, query)) == 2, 10, "the two attempts' CDR rows")
+        tried, connected = rows(daemon, query)
+        assert (tried["disposition"], tried["agent_id"]) == ("callback_busy", None)
+        assert (connected["disposition"], connected["agent_id"]) == ("answered", "cb9")
+        assert connected["hangup_side"] == "callee"
+        assert task["data"]["calls"] == [tried["id"], connected["id"]]
+        for n, row in enumerate((tried, connected), start=1):
+            link = json.loads(row["flow_data"])
+            assert (link["callback_task"], link["attempt"]) == (task_id, n)
+        finished = "SELECT * FROM recordings WHERE id = ? AND duration_s IS NOT NULL"
+        wait_until(lambda: bool(rows(daemon, finished, connected["recording_id"])), 10,
+                   "the callback's recording finished")  # fmt: skip
+        (rec,) = rows(daemon, finished, connected["recording_id"])
+        with wave.open(rec["path"]) as w:
+            stereo = np.frombuffer(w.readframes(w.getnframes()), "<i2").reshape(-1, 2)
+        assert len(stereo) > 4000, len(stereo)
+        assert abs(dominant_hz(stereo[-4000:-800, 0]) - CUSTOMER_HZ) < 10
+        assert abs(dominant_hz(stereo[-4000:-800, 1]) - AGENT_HZ) < 10
+        _, cb9 = call(daemon, "GET", "/api/v1/agents/cb9")
+        assert cb9["state"] == "wrap_up", cb9
+        assert metric(daemon, "acd_callbacks_total", queue="cfirst", outcome="retry") == 1
+        assert metric(daemon, "acd_callbacks_total", queue="cfirst", outcome="connected") == 1
+    finally:
+        for proc in procs:
+            stop(proc)
+        with contextlib.suppress(Exception):
+            call(daemon, "PUT", "/api/v1/agents/cb9/state", body={"state": "logged_out"})
