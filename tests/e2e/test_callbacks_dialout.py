@@ -165,6 +165,26 @@ announce_every_s = 0.5
 announce_wait = false
 callback = {{ mode = "customer_first", trunk = "carrier6", whisper_prompt = "digit-3", attempts = 2, retry_s = 1.0, ring_timeout_s = 3.0 }}
 
+[[trunks]]
+name = "carrier7"
+allow = ["192.0.2.7"]
+outbound_proxy = "127.0.0.1:{customer7_port}"
+
+[[queues]]
+name = "cgone"
+wrap_up_s = 5.0
+record = "never"
+ring_timeout_s = 8.0
+announce_every_s = 0.5
+announce_wait = false
+callback = {{ mode = "customer_first", trunk = "carrier7", whisper_prompt = "", attempts = 1 }}
+
+[[agents]]
+id = "cb10"
+login = "static"
+contact = "sip:cb10@127.0.0.1:{agent10_port}"
+queues = {{ cgone = 0 }}
+
 [[agents]]
 id = "cb9"
 login = "static"
@@ -182,7 +202,8 @@ queues = {{ sched = 0 }}
 # SIP ports of the peers: each queue's agents and the customer behind its trunk's proxy.
 PORTS = ("agent_port", "customer_port", "agent2_port", "customer2_port", "customer3_port",
          "agent5_port", "agent6_port", "customer4_port", "agent8_port",
-         "customer5_port", "agent9_port", "customer6_port")  # fmt: skip
+         "customer5_port", "agent9_port", "customer6_port", "agent10_port",
+         "customer7_port")  # fmt: skip
 
 
 class Running:
@@ -679,3 +700,52 @@ def test_customer_first_dials_the_customer_then_rings_the_reserved_agent(
             stop(proc)
         with contextlib.suppress(Exception):
             call(daemon, "PUT", "/api/v1/agents/cb9/state", body={"state": "logged_out"})
+
+
+def test_customer_first_customer_hanging_up_before_the_agent_ends_the_attempt(
+    running: Running, tmp_path: Path
+) -> None:
+    """Queue ``cgone`` (customer_first, one attempt): the customer answers and hangs up after 2 s
+    while cb10's phone still rings (8 s): the agent's INVITE is CANCELled, cb10 is free without
+    wrap-up, the attempt's row says ``callback_customer_gone`` and the task ends ``failed``."""
+    daemon = running.daemon
+    tone_wavs(tmp_path)
+    procs: list[Proc] = []
+    try:
+        customer = uas(
+            tmp_path, "customer_answer_tone_hangs_up", running.ports["customer7_port"], 1
+        )
+        agent = uas(tmp_path, "agent_no_answer", running.ports["agent10_port"], 1)
+        procs += [customer, agent]
+        status, _ = call(daemon, "PUT", "/api/v1/agents/cb10/state", body={"state": "logged_in"})
+        assert status == 200
+        status, made = call(
+            daemon, "POST", "/api/v1/callbacks", body={"queue": "cgone", "number": "5550177"}
+        )
+        assert status == 201, made
+        task_id = made["id"]
+        assert customer.wait(timeout=20) == 0, sipp_output(customer)
+        assert agent.wait(timeout=20) == 0, sipp_output(agent)  # rung, then CANCELled
+        wait_until(
+            lambda: call(daemon, "GET", f"/api/v1/tasks/{task_id}")[1]["state"] == "completed",
+            10, "the callback task ended",
+        )  # fmt: skip
+        _, task = call(daemon, "GET", f"/api/v1/tasks/{task_id}")
+        assert task["disposition"] == "failed"
+        assert (task["data"]["attempts"], task["data"]["last_outcome"]) == (1, "customer_gone")
+        query = (
+            "SELECT * FROM calls WHERE queue = 'cgone' AND flow = 'callback'"
+            " AND ended_at IS NOT NULL"
+        )
+        wait_until(lambda: bool(rows(daemon, query)), 10, "the attempt's CDR row")
+        (row,) = rows(daemon, query)
+        assert (row["disposition"], row["agent_id"]) == ("callback_customer_gone", None)
+        assert task["data"]["calls"] == [row["id"]]
+        _, cb10 = call(daemon, "GET", "/api/v1/agents/cb10")
+        assert cb10["state"] == "available", cb10
+        assert metric(daemon, "acd_callbacks_total", queue="cgone", outcome="failed") == 1
+    finally:
+        for proc in procs:
+            stop(proc)
+        with contextlib.suppress(Exception):
+            call(daemon, "PUT", "/api/v1/agents/cb10/state", body={"state": "logged_out"})
