@@ -38,7 +38,7 @@ from engine.calls.dialout import DialoutOffer
 from engine.calls.flows import FlowRunner
 from engine.calls.service import CallService
 from engine.cluster import LeaderElection
-from engine.config import SERVICE_CHANNELS, Config, ConfigError
+from engine.config import DIALLED_CALLBACK_MODES, SERVICE_CHANNELS, Config, ConfigError
 from engine.plugins import PluginSet, load_config
 from engine.recording.service import RecordingCollector, RecordingService
 from engine.routing.agents import AgentDirectory
@@ -293,7 +293,11 @@ class Daemon:
         assert self.calls is not None
         qcfg = next((q for q in self.config.queues if q.name == task.queue), None)
         callback = qcfg.callback if qcfg is not None else None
-        if task.channel != "callback" or callback is None or callback.mode != "agent_first":
+        if (
+            task.channel != "callback"
+            or callback is None
+            or callback.mode not in DIALLED_CALLBACK_MODES
+        ):
             return False
         data = task.data or {}
         self.calls.dialout.offer(

@@ -22,6 +22,8 @@ from engine.api.reports import AgentFigures, IntervalFigures
 from engine.api.security import BanView
 from engine.api.tasks import (
     MAX_TASK_ROWS,
+    CallbackCreated,
+    NewCallback,
     NewTask,
     TaskCompletion,
     TaskCreated,
@@ -308,10 +310,10 @@ def _transcript_paths() -> dict[str, Any]:
 
 def _task_paths() -> tuple[dict[str, Any], dict[str, Any]]:
     """The tasks API (engine.api.tasks); request bodies generated from its structs."""
-    (new, created, completion, transfer, message, change, refused), schemas = (
+    (new, created, completion, transfer, message, change, refused, new_cb, cb_created), schemas = (
         msgspec.json.schema_components(
             [NewTask, TaskCreated, TaskCompletion, TaskTransfer, TaskMessage, TaskStateChange,
-             TransitionRefused],
+             TransitionRefused, NewCallback, CallbackCreated],
             ref_template="#/components/schemas/{name}",
         )
     )  # fmt: skip
@@ -346,6 +348,21 @@ def _task_paths() -> tuple[dict[str, Any], dict[str, Any]]:
         "failed: nothing was kept, retry later",
     )
     create["responses"]["201"] = create["responses"]["200"]
+    callback = problems(
+        _op(
+            "Schedule a callback (integration, supervisor, admin; audited): a task of channel "
+            "callback, scheduled until `at` (ISO-8601 with its zone; absent: queued now), then "
+            "queued with `at` as its place in line and delivered by the queue's callback.mode. "
+            "201 with its id",
+            cb_created,
+            body=new_cb,
+        ),
+        s422="unknown queue, a queue without callback config, a bad number, or `at` in the "
+        "past or without a zone (the detail names the field)",
+        s409="the queue holds max_length callback tasks",
+        s503="the router or the store cannot take it: nothing was kept, retry later",
+    )
+    callback["responses"]["201"] = callback["responses"].pop("200")
     listing = _op(
         "Tasks: live ones (scheduled, waiting, offered, assigned, pending, solved) from the "
         "service, completed, closed and cancelled from the store; with their SLA due times",
@@ -400,6 +417,7 @@ def _task_paths() -> tuple[dict[str, Any], dict[str, Any]]:
 
     paths = {
         "/api/v1/tasks": {"post": create, "get": listing},
+        "/api/v1/callbacks": {"post": callback},
         "/api/v1/tasks/{task_id}": {
             "get": {
                 **problems(_op("One task", task), s404="no such task"),

@@ -23,6 +23,9 @@ answer needs to learn only the id.
 
 from __future__ import annotations
 
+import re
+import time
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -64,6 +67,26 @@ class NewTask(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     external_id: str | None = None
     # epoch seconds: a follow-up (a callback, a check-in) that enters its queue only then
     not_before: float | None = None
+
+
+class NewCallback(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A callback to make (``POST /api/v1/callbacks``), in a queue with ``callback`` config."""
+
+    queue: str
+    number: str  # the customer's number: digits, an optional leading +
+    at: datetime | None = None  # ISO-8601 with a zone (UTC): scheduled until then; absent: now
+    priority: int = 0
+    data: dict[str, Any] | None = None  # kept on the task as data.data
+
+
+class CallbackCreated(msgspec.Struct, frozen=True):
+    id: str
+    state: str
+
+
+# A number the trunk is asked to dial: sip:<number>@proxy, so nothing a SIP URI user part
+# would need escaped.
+_NUMBER = re.compile(r"\+?[0-9]{2,32}")
 
 
 class TaskCreated(msgspec.Struct, frozen=True):
@@ -225,6 +248,59 @@ async def create_task(request: web.Request) -> web.Response:
         TaskCreated(id=task.id, created=created, state=task.state.value),
         status=201 if created else 200,
     )
+
+
+async def create_callback(request: web.Request) -> web.Response:
+    """A callback task made through the API (a CRM's "call me at 3 pm"): channel "callback" in
+    a queue with ``callback`` config, ``scheduled`` until ``at`` (its effective enqueue time:
+    it queues behind callers waiting since before then), then delivered by the queue's
+    ``callback.mode`` as a caller's callback is (engine.calls.dialout)."""
+    ctx = request.app[CONTEXT_KEY]
+    principal = principal_of(request)
+    act = _Write(request, "callback.create", None)
+    if principal.role is not Role.INTEGRATION and not principal.at_least(Role.SUPERVISOR):
+        raise await act.deny("creating callbacks needs an integration, supervisor or admin token")
+    service = _service(ctx)
+    body: NewCallback = _decode(await request.read(), NewCallback)
+
+    async def refuse(field: str, why: str) -> web.HTTPException:
+        await act.log("refused", reason=why, field=field)
+        return web.HTTPUnprocessableEntity(text=f"{field}: {why}")
+
+    qcfg = next((q for q in ctx.get_config().queues if q.name == body.queue), None)
+    if qcfg is None:
+        raise await refuse("queue", f"no queue {body.queue!r}")
+    if qcfg.callback is None:
+        raise await refuse("queue", f"queue {body.queue!r} has no callback config")
+    if not _NUMBER.fullmatch(body.number):
+        raise await refuse("number", "expected digits with an optional leading +")
+    not_before: float | None = None
+    if body.at is not None:
+        if body.at.tzinfo is None:
+            raise await refuse("at", "expected a time with its zone (e.g. ...Z)")
+        not_before = body.at.timestamp()
+        if not_before < time.time():
+            raise await refuse("at", f"{body.at.isoformat()} is in the past")
+    data: dict[str, Any] = {
+        "number": body.number, "trunk": qcfg.callback.trunk, "dialed": "", "call_id": "",
+        "source": "api",
+    }  # fmt: skip
+    if body.data is not None:
+        data["data"] = body.data
+    try:
+        task, _ = await service.create(
+            channel="callback", queue=body.queue, created_by=principal.name,
+            priority=body.priority, customer={"number": body.number}, data=data,
+            not_before=not_before, channels=("callback",),
+        )  # fmt: skip
+    except TaskError as exc:
+        raise await act.refused(exc) from None
+    except StorageError as exc:
+        await act.log("failed", reason=str(exc))
+        raise web.HTTPServiceUnavailable(text=f"the callback could not be stored: {exc}") from None
+    act.task_id = task.id
+    await act.log("allowed", queue=task.queue, at=not_before, state=task.state.value)
+    return json_response(CallbackCreated(id=task.id, state=task.state.value), status=201)
 
 
 async def _task(ctx: ApiContext, task_id: str) -> Task:
@@ -480,6 +556,7 @@ class InvalidState(TaskError):
 
 def add_task_routes(app: web.Application) -> None:
     app.router.add_post("/api/v1/tasks", create_task)
+    app.router.add_post("/api/v1/callbacks", create_callback)
     app.router.add_get("/api/v1/tasks", list_tasks)
     app.router.add_get("/api/v1/tasks/{task_id}", get_task)
     app.router.add_get("/api/v1/tasks/{task_id}/contacts", task_contacts)

@@ -1,4 +1,4 @@
-"""Agent-first callbacks: the daemon rings the agent, then dials the customer and bridges them.
+"""Dialled callbacks: the daemon rings the agent and dials the customer, and bridges them.
 
 How this works: in a queue with ``callback.mode = "agent_first"`` the task service hands each
 offer of a ``callback`` task to ``offer`` (wired by the daemon, since calls never import tasks)
@@ -15,6 +15,15 @@ policy, and either side's BYE ends the call (the agent then goes to wrap-up as a
 Every attempt the agent answered ends in ``ended`` with its outcome: ``connected``, or
 ``no_answer`` / ``busy`` / ``failed``, after which the task service retries the callback after
 ``retry_s`` in its original place, up to ``attempts``.
+
+With ``callback.mode = "customer_first"`` the order turns: the agent the router chose is
+reserved while the customer is dialled first; a customer not reached is an attempt spent as
+above (the agent released without wrap-up). When the customer answers they hear
+``whisper_prompt``, then the reserved agent's phone rings; its answer accepts the task and
+bridges the two. The customer hanging up before that ends the attempt (``customer_gone``,
+disposition ``callback_customer_gone``). An agent's phone that does not take the call after
+the customer answered hangs the customer up and sends the offer to the next agent in the
+task's place, without spending an attempt (not yet: the customer waiting on hold meanwhile).
 
 Records: each offer is a ``calls`` row of its own (flow ``callback``, disposition ``answered``
 once bridged, else ``callback_<outcome>`` for an attempt that failed, ``callback_agent_<reason>``
@@ -109,9 +118,10 @@ class Dialout:
         )  # fmt: skip
         call.answered = True  # no INVITE of ours to answer: teardown sends no 480
         call.flow_data = {
-            "callback_of": offer.call_id, "callback_task": offer.task_id,
-            "attempt": offer.attempt, "direction": "outbound",
+            "callback_task": offer.task_id, "attempt": offer.attempt, "direction": "outbound",
         }  # fmt: skip
+        if offer.call_id:  # none for a callback made through the API
+            call.flow_data["callback_of"] = offer.call_id
         self._s.calls[call.id] = call
         self._s.metrics.active.inc()
         self._s.cdr_open(call)
@@ -134,21 +144,22 @@ class Dialout:
         outcome: str | None = None  # None: the agent did not take it (or the daemon stops)
         taken = False  # the agent answered: from here an error is a failed attempt
         try:
-            agent_leg = await self._ring_agent(call, offer.agent_id, qcfg)
-            taken = True
-            if callback.whisper_prompt:
-                try:
-                    await self._s.media.play_on(
-                        agent_leg.rtp, agent_leg.codec, [callback.whisper_prompt]
-                    )
-                except CallEnded as missing:  # the prompt file is gone: dial all the same
-                    log.warning("callback_whisper_failed", reason=missing.reason)
-            status, customer = await self._dial_customer(call, offer, callback)
-            if not 200 <= status < 300 or customer is None:
-                outcome = _why(status)
-                call.disposition = f"callback_{outcome}"
-                call.hangup_side, call.hangup_reason = "callee", f"customer {outcome} ({status})"
-                return
+            if callback.mode == "customer_first":
+                status, customer = await self._dial_customer(call, offer, callback)
+                taken = True  # the agent is reserved: a customer not reached spends an attempt
+                if not 200 <= status < 300 or customer is None:
+                    outcome = self._not_reached(call, status)
+                    return
+                await self._prompt(customer, callback)
+                agent_leg = await self._ring_agent(call, offer.agent_id, qcfg)
+            else:
+                agent_leg = await self._ring_agent(call, offer.agent_id, qcfg)
+                taken = True
+                await self._prompt(agent_leg, callback)
+                status, customer = await self._dial_customer(call, offer, callback)
+                if not 200 <= status < 300 or customer is None:
+                    outcome = self._not_reached(call, status)
+                    return
             # Before the await: the accept's state change happens at once, so a BYE that comes
             # while it is written still ends the task as connected.
             outcome = "connected"
@@ -171,11 +182,17 @@ class Dialout:
                 and call.agent_id is None
                 and not call.hangup_reason.startswith("offer withdrawn")
             ):
-                # The agent hung up during the whisper or while the customer rang: the offer
-                # goes back to the router (the customer was not reached: no attempt spent).
-                call.disposition = "callback_agent_gone"
-                if self.refused is not None and call.hangup_reason:
-                    self.refused(offer.task_id, offer.agent_id, "reject")
+                if callback.mode == "customer_first" and taken:
+                    # The customer hung up during the prompt or while the agent rang: this
+                    # attempt ends (retried, as one not answered, up to attempts).
+                    call.disposition, outcome = "callback_customer_gone", "customer_gone"
+                else:
+                    # The agent hung up during the whisper or while the customer rang: the
+                    # offer goes back to the router (the customer was not reached: no attempt
+                    # spent).
+                    call.disposition = "callback_agent_gone"
+                    if self.refused is not None and call.hangup_reason:
+                        self.refused(offer.task_id, offer.agent_id, "reject")
         except CallEnded as ended:  # e.g. no codec in common with the customer's answer
             call.disposition, call.hangup_reason = ended.disposition, ended.reason
             outcome = "failed" if taken and outcome is None else outcome
@@ -194,6 +211,23 @@ class Dialout:
             await self._s.teardown.finish(call)
             if outcome is not None and self.ended is not None:
                 await self.ended(offer.task_id, offer.agent_id, call.id, outcome)
+
+    def _not_reached(self, call: Call, status: int) -> str:
+        """The customer's phone did not answer ``status``: the attempt's outcome."""
+        outcome = _why(status)
+        call.disposition = f"callback_{outcome}"
+        call.hangup_side, call.hangup_reason = "callee", f"customer {outcome} ({status})"
+        return outcome
+
+    async def _prompt(self, leg: AgentLeg, callback: CallbackConfig) -> None:
+        """``whisper_prompt`` to the side answering first (the agent, or in customer_first the
+        customer); a prompt file gone is logged and the call goes on."""
+        if not callback.whisper_prompt:
+            return
+        try:
+            await self._s.media.play_on(leg.rtp, leg.codec, [callback.whisper_prompt])
+        except CallEnded as missing:
+            log.warning("callback_whisper_failed", reason=missing.reason)
 
     async def _ring_agent(self, call: Call, agent_id: str, qcfg: QueueConfig) -> AgentLeg:
         """The agent's phone rings for the queue's ring_timeout_s: its answered leg, or

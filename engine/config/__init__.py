@@ -25,6 +25,7 @@ from engine.config.load import (
 )
 from engine.config.schema import (
     CHANNEL_NAMES,
+    DIALLED_CALLBACK_MODES,
     HTTP_OPEN_PATHS,
     QA_RULE_TYPES,
     SERVICE_CHANNELS,
@@ -84,6 +85,7 @@ from engine.config.schema import (
 
 __all__ = [
     "CHANNEL_NAMES",
+    "DIALLED_CALLBACK_MODES",
     "HTTP_OPEN_PATHS",
     "QA_RULE_TYPES",
     "SERVICE_CHANNELS",

@@ -19,7 +19,9 @@ from sip import ParseError, Uri
 # order is the Router's channel index (engine.routing.service.CHANNELS). Tasks created through
 # the API are of TASK_CHANNELS; voice tasks are calls.
 # queues[].callback.mode: who dials the customer (engine.calls.dialout).
-CALLBACK_MODES: Final = ("manual", "agent_first")
+CALLBACK_MODES: Final = ("manual", "agent_first", "customer_first")
+# the modes in which the daemon places the call (engine.calls.dialout)
+DIALLED_CALLBACK_MODES: Final = ("agent_first", "customer_first")
 CHANNEL_NAMES: Final = ("voice", "chat", "email", "callback", "social", "ticket")
 
 
@@ -237,11 +239,14 @@ class CallbackConfig(_Struct, frozen=True):
     confirm_prompt: str = "callback-confirm"
     # who dials: "manual" (the agent accepts the task and dials the customer by hand) or
     # "agent_first" (the daemon rings the agent's phone, whispers `whisper_prompt` to the agent,
-    # then dials the customer through `trunk` and bridges the two)
+    # then dials the customer through `trunk` and bridges the two) or "customer_first" (the
+    # daemon reserves the agent, dials the customer through `trunk`, plays them
+    # `whisper_prompt`, then rings the agent and bridges the two on its answer)
     mode: str = "manual"
     # agent_first: the trunk (with an outbound_proxy) the customer is dialled through
     trunk: str = ""
-    # agent_first: played to the agent on answer, before the customer is dialled (empty: none)
+    # agent_first: played to the agent on answer, before the customer is dialled;
+    # customer_first: to the customer on answer, before the agent is rung (empty: none)
     whisper_prompt: str = "callback-whisper"
     # agent_first: how many times the customer is dialled (no answer, busy, failure) before the
     # callback ends failed

@@ -21,6 +21,7 @@ from engine.config.errors import ConfigError
 from engine.config.schema import (
     CALLBACK_MODES,
     CHANNEL_NAMES,
+    DIALLED_CALLBACK_MODES,
     HTTP_OPEN_PATHS,
     QA_RULE_TYPES,
     TASK_CHANNELS,
@@ -127,13 +128,13 @@ def _check_callback_dialout(cfg: Config, file: str, base: str, callback: Callbac
     _check_positive(file, f"{base}.ring_timeout_s", callback.ring_timeout_s)
     if callback.whisper_prompt:
         _check_name(file, f"{base}.whisper_prompt", callback.whisper_prompt)
-    if callback.mode != "agent_first":
+    if callback.mode not in DIALLED_CALLBACK_MODES:
         return
     trunks = {t.name for t in cfg.trunks}
     if not callback.trunk:
         raise ConfigError(
             file, f"{base}.trunk",
-            "expected the trunk the customer is dialled through with mode = 'agent_first'",
+            f"expected the trunk the customer is dialled through with mode = {callback.mode!r}",
         )  # fmt: skip
     if callback.trunk not in trunks:
         raise ConfigError(file, f"{base}.trunk", _unknown("trunk", callback.trunk, trunks))
@@ -689,8 +690,10 @@ def _validate_telephony(cfg: Config, file: str) -> None:
                 f"{base}.record",
                 f"expected always, never, on_demand or a percentage like '25%', found {queue.record!r}",
             )
-    agent_first = {
-        q.name for q in cfg.queues if q.callback is not None and q.callback.mode == "agent_first"
+    dialled = {
+        q.name: q.callback.mode
+        for q in cfg.queues
+        if q.callback is not None and q.callback.mode in DIALLED_CALLBACK_MODES
     }
     for i, agent in enumerate(cfg.agents):
         base = f"agents[{i}]"
@@ -707,13 +710,14 @@ def _validate_telephony(cfg: Config, file: str) -> None:
                 "expected a SIP phone (a browser's media is DTLS-SRTP anyway)",
             )
         if agent.login is LoginMode.WEBRTC and (
-            dialling := sorted(set(agent.queues) & agent_first)
+            dialling := sorted(set(agent.queues) & set(dialled))
         ):
             # engine.calls.dialout rings SIP phones only (the softphone's offer has no dial-out)
             raise ConfigError(
                 file, f"{base}.queues.{dialling[0]}",
-                "expected a SIP phone in a queue with callback.mode = 'agent_first' (the daemon "
-                "rings the agent's phone for each callback), found login = 'webrtc'",
+                f"expected a SIP phone in a queue with callback.mode = "
+                f"{dialled[dialling[0]]!r} (the daemon rings the agent's phone for each "
+                "callback), found login = 'webrtc'",
             )  # fmt: skip
         if agent.secure and agent.login is LoginMode.STATIC and not is_tls_uri(agent.contact):
             raise ConfigError(

@@ -25,8 +25,10 @@ import contextlib
 import json
 import sqlite3
 import subprocess
+import time
 import wave
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -131,12 +133,77 @@ callback = {{ prompt = "digit-1", confirm_prompt = "", mode = "agent_first", tru
 id = "cb7"
 password = "cb7-secret-0123"
 queues = {{ vip = 0 }}
+
+[[trunks]]
+name = "carrier5"
+allow = ["192.0.2.5"]
+outbound_proxy = "127.0.0.1:{customer5_port}"
+
+[[queues]]
+name = "sched"
+wrap_up_s = 0.0
+record = "never"
+ring_timeout_s = 5.0
+announce_every_s = 0.5
+announce_wait = false
+callback = {{ mode = "agent_first", trunk = "carrier5", whisper_prompt = "", attempts = 1 }}
+
+[[queues]]
+name = "plain"
+
+[[trunks]]
+name = "carrier6"
+allow = ["192.0.2.6"]
+outbound_proxy = "127.0.0.1:{customer6_port}"
+
+[[queues]]
+name = "cfirst"
+wrap_up_s = 5.0
+record = "always"
+ring_timeout_s = 3.0
+announce_every_s = 0.5
+announce_wait = false
+callback = {{ mode = "customer_first", trunk = "carrier6", whisper_prompt = "digit-3", attempts = 2, retry_s = 1.0, ring_timeout_s = 3.0 }}
+
+[[trunks]]
+name = "carrier7"
+allow = ["192.0.2.7"]
+outbound_proxy = "127.0.0.1:{customer7_port}"
+
+[[queues]]
+name = "cgone"
+wrap_up_s = 5.0
+record = "never"
+ring_timeout_s = 8.0
+announce_every_s = 0.5
+announce_wait = false
+callback = {{ mode = "customer_first", trunk = "carrier7", whisper_prompt = "", attempts = 1 }}
+
+[[agents]]
+id = "cb10"
+login = "static"
+contact = "sip:cb10@127.0.0.1:{agent10_port}"
+queues = {{ cgone = 0 }}
+
+[[agents]]
+id = "cb9"
+login = "static"
+contact = "sip:cb9@127.0.0.1:{agent9_port}"
+queues = {{ cfirst = 0 }}
+
+[[agents]]
+id = "cb8"
+login = "static"
+contact = "sip:cb8@127.0.0.1:{agent8_port}"
+queues = {{ sched = 0 }}
 """
 
 
 # SIP ports of the peers: each queue's agents and the customer behind its trunk's proxy.
 PORTS = ("agent_port", "customer_port", "agent2_port", "customer2_port", "customer3_port",
-         "agent5_port", "agent6_port", "customer4_port")  # fmt: skip
+         "agent5_port", "agent6_port", "customer4_port", "agent8_port",
+         "customer5_port", "agent9_port", "customer6_port", "agent10_port",
+         "customer7_port")  # fmt: skip
 
 
 class Running:
@@ -161,7 +228,9 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         f'prompts_dir = "{prompts}"\n'
     )
     config = (
-        front_door(ADMIN, numbers=("support", "sales", "billing", "vip"))
+        front_door(
+            ADMIN, numbers=("support", "sales", "billing", "vip", "sched", "plain", "cfirst")
+        )
         + media
         + QUEUE.format(**ports)
     )
@@ -464,3 +533,219 @@ def test_a_baresip_agent_hears_the_whisper_then_the_customer(
             stop(proc)
         if agent is not None:
             agent.stop()
+
+
+def test_a_scheduled_callback_through_the_api_waits_for_its_time(
+    running: Running, tmp_path: Path
+) -> None:
+    """Queue ``sched``: ``POST /api/v1/callbacks`` with ``at`` 2 s ahead makes a task that is
+    ``scheduled`` (the agent, logged in, is not rung) until then, and then dials as agent_first:
+    cb8 answers and hangs up after 1 s, the customer (5550199) is bridged meanwhile. Bad
+    requests are refused 422 naming the field, and nothing is made of them."""
+    daemon = running.daemon
+    procs: list[Proc] = []
+    try:
+        for body, field in (
+            ({"queue": "nope", "number": "5550199"}, "queue"),
+            ({"queue": "plain", "number": "5550199"}, "queue"),  # no callback config
+            ({"queue": "sched", "number": "555 0199@x"}, "number"),
+            ({"queue": "sched", "number": "5550199", "at": "2020-01-01T00:00:00Z"}, "at"),
+            ({"queue": "sched", "number": "5550199", "at": "tomorrow"}, "at"),
+        ):
+            status, text = call(daemon, "POST", "/api/v1/callbacks", body=body)
+            assert status == 422, (body, status, text)
+            assert f"{field}:" in text or f"$.{field}`" in text, (body, text)
+        _, live = call(daemon, "GET", "/api/v1/tasks?queue=sched")
+        assert not live, live  # nothing was made of them
+
+        customer = uas(tmp_path, "agent_answer", running.ports["customer5_port"], 1)  # our BYE
+        agent = uas(tmp_path, "agent_hangs_up", running.ports["agent8_port"], 1)  # 1 s, BYE
+        procs += [customer, agent]
+        status, _ = call(daemon, "PUT", "/api/v1/agents/cb8/state", body={"state": "logged_in"})
+        assert status == 200
+        at = time.time() + 2.0
+        at_iso = datetime.fromtimestamp(at, UTC).isoformat().replace("+00:00", "Z")
+        status, made = call(
+            daemon, "POST", "/api/v1/callbacks",
+            body={"queue": "sched", "number": "5550199", "at": at_iso, "priority": 3,
+                  "data": {"crm": "case-17"}},
+        )  # fmt: skip
+        assert status == 201, made
+        task_id = made["id"]
+        assert made["state"] == "scheduled"
+        _, task = call(daemon, "GET", f"/api/v1/tasks/{task_id}")
+        assert (task["state"], task["channel"], task["priority"]) == ("scheduled", "callback", 3)
+        assert task["enqueued_at"] == pytest.approx(at, abs=0.01)  # its place counts from `at`
+
+        assert agent.wait(timeout=20) == 0, sipp_output(agent)
+        assert customer.wait(timeout=20) == 0, sipp_output(customer)
+        wait_until(
+            lambda: call(daemon, "GET", f"/api/v1/tasks/{task_id}")[1]["state"] == "completed",
+            10, "the scheduled callback completed",
+        )  # fmt: skip
+        _, task = call(daemon, "GET", f"/api/v1/tasks/{task_id}")
+        assert (task["disposition"], task["agent_id"]) == ("connected", "cb8")
+        assert task["data"]["data"] == {"crm": "case-17"}
+        offered = [e for e in task["history"] if e["event"] == "offered"]
+        assert offered, task["history"]
+        assert all(e["at"] >= at for e in offered), task["history"]
+
+        query = (
+            "SELECT * FROM calls WHERE queue = 'sched' AND flow = 'callback'"
+            " AND ended_at IS NOT NULL"
+        )
+        wait_until(lambda: bool(rows(daemon, query)), 10, "the callback's CDR row")
+        (row,) = rows(daemon, query)
+        assert (row["disposition"], row["agent_id"], row["caller"]) == (
+            "answered", "cb8", "5550199",
+        )  # fmt: skip
+        assert row["arrived_at"] >= at  # not dialled before its time
+        link = json.loads(row["flow_data"])
+        assert link["callback_task"] == task_id
+        assert "callback_of" not in link
+        assert task["data"]["calls"] == [row["id"]]
+        audited = rows(
+            daemon, "SELECT outcome FROM audit_log WHERE action = 'callback.create' ORDER BY id"
+        )
+        # the undecodable `at` is refused before any check (as for tasks), the rest audited
+        assert [r["outcome"] for r in audited] == ["refused"] * 4 + ["allowed"]
+        assert metric(daemon, "acd_callbacks_total", queue="sched", outcome="connected") == 1
+        _, doc = call(daemon, "GET", "/api/v1/openapi.json")
+        op = doc["paths"]["/api/v1/callbacks"]["post"]
+        assert {"201", "422"} <= set(op["responses"])
+        assert {"queue", "number", "at"} <= set(
+            doc["components"]["schemas"]["NewCallback"]["properties"]
+        )
+    finally:
+        for proc in procs:
+            stop(proc)
+        with contextlib.suppress(Exception):
+            call(daemon, "PUT", "/api/v1/agents/cb8/state", body={"state": "logged_out"})
+
+
+def test_customer_first_dials_the_customer_then_rings_the_reserved_agent(
+    running: Running, tmp_path: Path
+) -> None:
+    """Queue ``cfirst`` (customer_first): a callback made through the API reserves cb9 and dials
+    the customer first. The customer is busy: cb9's phone is never rung and cb9 is free at once
+    (no wrap-up); after retry_s the customer answers (440 Hz), hears the prompt, then cb9 is
+    rung, answers (880 Hz) and is bridged; the customer hangs up. cb9's phone sees one INVITE
+    in all; the recording holds the customer left and the agent right."""
+    daemon = running.daemon
+    tone_wavs(tmp_path)
+    procs: list[Proc] = []
+    try:
+        busy = uas(tmp_path, "agent_busy", running.ports["customer6_port"], 1)
+        agent = uas(tmp_path, "agent_answer_tone", running.ports["agent9_port"], 1)
+        procs += [busy, agent]
+        status, _ = call(daemon, "PUT", "/api/v1/agents/cb9/state", body={"state": "logged_in"})
+        assert status == 200
+        status, made = call(
+            daemon, "POST", "/api/v1/callbacks", body={"queue": "cfirst", "number": "5550166"}
+        )
+        assert status == 201, made
+        task_id = made["id"]
+        assert busy.wait(timeout=20) == 0, sipp_output(busy)
+        wait_until(
+            lambda: call(daemon, "GET", f"/api/v1/tasks/{task_id}")[1]["state"] == "scheduled",
+            10, "the callback scheduled for a retry",
+        )  # fmt: skip
+        _, cb9 = call(daemon, "GET", "/api/v1/agents/cb9")
+        assert cb9["state"] == "available", cb9  # reserved only: no wrap-up
+        assert invites(tmp_path, "agent_answer_tone", agent) == []  # not rung for a busy customer
+
+        answering = uas(
+            tmp_path, "customer_answer_tone_hangs_up", running.ports["customer6_port"], 1
+        )
+        procs.append(answering)
+        assert answering.wait(timeout=20) == 0, sipp_output(answering)
+        assert agent.wait(timeout=20) == 0, sipp_output(agent)  # our BYE after the customer's
+        assert len(invites(tmp_path, "agent_answer_tone", agent)) == 1
+        wait_until(
+            lambda: call(daemon, "GET", f"/api/v1/tasks/{task_id}")[1]["state"] == "completed",
+            10, "the callback task completed",
+        )  # fmt: skip
+        _, task = call(daemon, "GET", f"/api/v1/tasks/{task_id}")
+        assert (task["disposition"], task["agent_id"]) == ("connected", "cb9")
+        assert task["data"]["attempts"] == 2
+
+        query = (
+            "SELECT * FROM calls WHERE queue = 'cfirst' AND flow = 'callback'"
+            " AND ended_at IS NOT NULL ORDER BY arrived_at"
+        )
+        wait_until(lambda: len(rows(daemon, query)) == 2, 10, "the two attempts' CDR rows")
+        tried, connected = rows(daemon, query)
+        assert (tried["disposition"], tried["agent_id"]) == ("callback_busy", None)
+        assert (connected["disposition"], connected["agent_id"]) == ("answered", "cb9")
+        assert connected["hangup_side"] == "callee"
+        assert task["data"]["calls"] == [tried["id"], connected["id"]]
+        for n, row in enumerate((tried, connected), start=1):
+            link = json.loads(row["flow_data"])
+            assert (link["callback_task"], link["attempt"]) == (task_id, n)
+        finished = "SELECT * FROM recordings WHERE id = ? AND duration_s IS NOT NULL"
+        wait_until(lambda: bool(rows(daemon, finished, connected["recording_id"])), 10,
+                   "the callback's recording finished")  # fmt: skip
+        (rec,) = rows(daemon, finished, connected["recording_id"])
+        with wave.open(rec["path"]) as w:
+            stereo = np.frombuffer(w.readframes(w.getnframes()), "<i2").reshape(-1, 2)
+        assert len(stereo) > 4000, len(stereo)
+        assert abs(dominant_hz(stereo[-4000:-800, 0]) - CUSTOMER_HZ) < 10
+        assert abs(dominant_hz(stereo[-4000:-800, 1]) - AGENT_HZ) < 10
+        _, cb9 = call(daemon, "GET", "/api/v1/agents/cb9")
+        assert cb9["state"] == "wrap_up", cb9
+        assert metric(daemon, "acd_callbacks_total", queue="cfirst", outcome="retry") == 1
+        assert metric(daemon, "acd_callbacks_total", queue="cfirst", outcome="connected") == 1
+    finally:
+        for proc in procs:
+            stop(proc)
+        with contextlib.suppress(Exception):
+            call(daemon, "PUT", "/api/v1/agents/cb9/state", body={"state": "logged_out"})
+
+
+def test_customer_first_customer_hanging_up_before_the_agent_ends_the_attempt(
+    running: Running, tmp_path: Path
+) -> None:
+    """Queue ``cgone`` (customer_first, one attempt): the customer answers and hangs up after 2 s
+    while cb10's phone still rings (8 s): the agent's INVITE is CANCELled, cb10 is free without
+    wrap-up, the attempt's row says ``callback_customer_gone`` and the task ends ``failed``."""
+    daemon = running.daemon
+    tone_wavs(tmp_path)
+    procs: list[Proc] = []
+    try:
+        customer = uas(
+            tmp_path, "customer_answer_tone_hangs_up", running.ports["customer7_port"], 1
+        )
+        agent = uas(tmp_path, "agent_no_answer", running.ports["agent10_port"], 1)
+        procs += [customer, agent]
+        status, _ = call(daemon, "PUT", "/api/v1/agents/cb10/state", body={"state": "logged_in"})
+        assert status == 200
+        status, made = call(
+            daemon, "POST", "/api/v1/callbacks", body={"queue": "cgone", "number": "5550177"}
+        )
+        assert status == 201, made
+        task_id = made["id"]
+        assert customer.wait(timeout=20) == 0, sipp_output(customer)
+        assert agent.wait(timeout=20) == 0, sipp_output(agent)  # rung, then CANCELled
+        wait_until(
+            lambda: call(daemon, "GET", f"/api/v1/tasks/{task_id}")[1]["state"] == "completed",
+            10, "the callback task ended",
+        )  # fmt: skip
+        _, task = call(daemon, "GET", f"/api/v1/tasks/{task_id}")
+        assert task["disposition"] == "failed"
+        assert (task["data"]["attempts"], task["data"]["last_outcome"]) == (1, "customer_gone")
+        query = (
+            "SELECT * FROM calls WHERE queue = 'cgone' AND flow = 'callback'"
+            " AND ended_at IS NOT NULL"
+        )
+        wait_until(lambda: bool(rows(daemon, query)), 10, "the attempt's CDR row")
+        (row,) = rows(daemon, query)
+        assert (row["disposition"], row["agent_id"]) == ("callback_customer_gone", None)
+        assert task["data"]["calls"] == [row["id"]]
+        _, cb10 = call(daemon, "GET", "/api/v1/agents/cb10")
+        assert cb10["state"] == "available", cb10
+        assert metric(daemon, "acd_callbacks_total", queue="cgone", outcome="failed") == 1
+    finally:
+        for proc in procs:
+            stop(proc)
+        with contextlib.suppress(Exception):
+            call(daemon, "PUT", "/api/v1/agents/cb10/state", body={"state": "logged_out"})

@@ -131,6 +131,11 @@ QUEUES3 = '[[queues]]\nname = "a"\n[[queues]]\nname = "b"\n[[queues]]\nname = "c
             "expected the trunk",
         ),
         (
+            QUEUES3 + "announce_every_s = 5.0\n" + 'callback = { mode = "customer_first" }\n',
+            "queues[2].callback.trunk",
+            "with mode = 'customer_first'",
+        ),
+        (
             QUEUES3
             + "announce_every_s = 5.0\n"
             + 'callback = { mode = "agent_first", trunk = "x" }\n',
@@ -688,6 +693,20 @@ def test_callback_agent_first_takes_a_trunk_with_an_outbound_proxy() -> None:
         )
     assert (info.value.file, info.value.key_path) == ("acd.toml", "agents[0].queues.a")
     assert "login = 'webrtc'" in info.value.problem
+
+
+def test_callback_customer_first_agents_are_sip_phones() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(
+            '[[trunks]]\nname = "carrier"\nallow = ["127.0.0.1/32"]\n'
+            'outbound_proxy = "sip:127.0.0.1:5090"\n'
+            '[[queues]]\nname = "a"\nannounce_every_s = 20.0\n'
+            'callback = { mode = "customer_first", trunk = "carrier" }\n'
+            '[[agents]]\nid = "w1"\nlogin = "webrtc"\npassword = "secret-w1-0123"\n'
+            "queues = { a = 0 }\n",
+            "acd.toml",
+        )
+    assert (info.value.file, info.value.key_path) == ("acd.toml", "agents[0].queues.a")
 
 
 @pytest.mark.parametrize(
