@@ -6,12 +6,24 @@ through the table objects of :mod:`engine.storage.schema`. SQLite runs in WAL mo
 ``synchronous=NORMAL``: readers (API queries, exports) never block the writer, and a crash loses at
 most the last transactions, never the database.
 
+Every write goes through ``Store.write()`` (a transaction, committed on exit). On SQLite those
+transactions run one at a time, behind one asyncio lock: SQLite has a single writer per database,
+and our writers (CDR rows, tasks, recording index, audit, webhooks, transcripts) each on their
+own pooled connection would otherwise wait on each other's file lock inside SQLite, and fail with
+"database is locked" when that wait passes ``busy_timeout`` (seen under load). Queued on the
+lock they wait in the event loop instead, in order, and SQLite's busy timeout is left for what
+we do not control (another process, a checkpoint). Readers (``engine.connect()``) are not
+serialised: WAL lets them read beside the writer. PostgreSQL writes concurrently, unlocked.
+
 Failures are translated once, here, into :class:`StorageError`; callers count and log them and keep
 the call going (a CDR that cannot be written must never drop a live call).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +32,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import event
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from engine.config import StorageConfig
 
@@ -73,10 +85,24 @@ def head_revision() -> str:
 
 
 class Store:
-    """Owns the database engine. ``await Store.open(url)``, then use ``engine``; ``await close()``."""
+    """Owns the database engine. ``await Store.open(url)``, then read with ``engine.connect()``,
+    write in ``async with store.write() as conn``; ``await close()``."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        # SQLite: one write transaction at a time (module docstring); PostgreSQL: none needed
+        self._write_lock = asyncio.Lock() if engine.dialect.name == "sqlite" else None
+
+    @contextlib.asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction (``engine.begin()``): committed when the block ends, rolled back
+        when it raises. On SQLite it waits, in the event loop, for the one before it to end."""
+        if self._write_lock is None:
+            async with self.engine.begin() as conn:
+                yield conn
+            return
+        async with self._write_lock, self.engine.begin() as conn:
+            yield conn
 
     @property
     def dialect(self) -> str:
@@ -115,7 +141,7 @@ class Store:
             command.upgrade(cfg, "head")
 
         try:
-            async with self.engine.begin() as conn:
+            async with self.write() as conn:
                 await conn.run_sync(upgrade)
         except (SQLAlchemyError, OSError) as exc:
             raise StorageError(f"migration failed: {exc}") from exc
