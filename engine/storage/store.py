@@ -14,6 +14,10 @@ own pooled connection would otherwise wait on each other's file lock inside SQLi
 lock they wait in the event loop instead, in order, and SQLite's busy timeout is left for what
 we do not control (another process, a checkpoint). Readers (``engine.connect()``) are not
 serialised: WAL lets them read beside the writer. PostgreSQL writes concurrently, unlocked.
+A SQLite file gets a pool of five connections and no overflow: SQLite keeps the descriptors of a
+closed connection open while the process holds others on the file, so overflow connections
+opened by a burst were open files for good (3 -> 21 in a soak); a sixth concurrent reader now
+waits for a connection instead.
 
 Failures are translated once, here, into :class:`StorageError`; callers count and log them and keep
 the call going (a CDR that cannot be written must never drop a live call).
@@ -40,6 +44,9 @@ _MIGRATIONS = Path(__file__).with_name("migrations")
 # How long a SQLite writer waits on a lock before failing: long enough to ride out a checkpoint,
 # short enough that a stuck database shows up in /readyz instead of hanging calls.
 _SQLITE_BUSY_TIMEOUT_MS = 5000
+# Connections to one SQLite file at most: one writer at a time and four readers beside it (the
+# API's queries, exports, reports), the pool_size SQLAlchemy keeps by default.
+_SQLITE_CONNECTIONS = 5
 
 
 class StorageError(Exception):
@@ -118,7 +125,17 @@ class Store:
                 except OSError as exc:
                     raise StorageError(f"cannot create the directory for {db_path}: {exc}") from exc
         try:
-            engine = create_async_engine(url, pool_pre_ping=not url.startswith("sqlite"))
+            if url.startswith("sqlite") and ":memory:" not in url and ":///" in url:
+                # No overflow connections: SQLite (unix VFS) keeps a closed connection's file
+                # descriptor open while another connection of the process holds a lock on the
+                # file (every WAL connection does), to be reused by the next open. So each
+                # overflow connection a burst opened stayed as an open file for good (a soak: 7
+                # -> 21). Five are all one file needs: writes go
+                # one at a time (write()) and readers wait for a free connection.
+                pool: dict[str, Any] = {"pool_size": _SQLITE_CONNECTIONS, "max_overflow": 0}
+            else:
+                pool = {"pool_pre_ping": not url.startswith("sqlite")}
+            engine = create_async_engine(url, **pool)
         except (SQLAlchemyError, ImportError, ValueError) as exc:
             raise StorageError(f"invalid database URL: {exc}") from exc
         if engine.dialect.name == "sqlite":
