@@ -191,3 +191,14 @@ async def test_a_burst_of_readers_and_writers_leaves_no_open_files_behind(
     assert after[0] <= 2 * 5 + 1
     assert after == [after[0]] * 3
     assert await count(store, audit_log) == 3 * WRITERS * ROWS
+
+
+def test_every_write_transaction_of_the_daemon_goes_through_store_write() -> None:
+    """A writer on ``engine.begin()`` would skip the lock and could meet the others in SQLite."""
+    root = Path(__file__).resolve().parents[2] / "engine"
+    offenders = [
+        str(path.relative_to(root))
+        for path in root.rglob("*.py")
+        if path.name != "store.py" and ".engine.begin()" in path.read_text()
+    ]
+    assert offenders == []
