@@ -938,6 +938,11 @@ class Router:
         """Agents currently ringing for the task, by agent index."""
         return [self._agent_ids[a] for a in sorted(self._task_offers.get(self._task(task_id), ()))]
 
+    @property
+    def free_task_slots(self) -> int:
+        """Tasks ``enqueue`` can still take before ``CapacityExceeded`` (``max_tasks`` minus live)."""
+        return len(self._free_slots)
+
     def stats(self) -> dict[str, int]:
         """Agents by state name plus task counts: waiting, offered, assigned, retrying."""
         n = len(self._agent_ids)

@@ -149,3 +149,5 @@ class Callbacks:
             )  # fmt: skip
         except rc.QueueFull:  # its place was taken meanwhile (the queue's max_length)
             raise CallEnded("queue full", "overflowed") from None
+        except rc.CapacityExceeded:  # the router filled up meanwhile (runtime.max_tasks)
+            raise CallEnded("router full", "overflowed") from None

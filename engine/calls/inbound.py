@@ -2,8 +2,9 @@
 becomes a ``Call`` whose task runs its flow, then what the flow's outcome says.
 
 How this works: ``new_invite`` answers agents' feature codes (*1 ready ...) at once, refuses
-what cannot become a call (draining: 503, unknown source: 403, no route: 404; each gets a CDR
-row), and otherwise sends 180, indexes the call and spawns ``_run_call``: the flow runs against
+what cannot become a call (draining: 503, unknown source: 403, no route: 404, no room: 503 with
+Retry-After when the RTP port range or the router's ``runtime.max_tasks`` would be used up by the
+calls already admitted; each gets a CDR row), and otherwise sends 180, indexes the call and spawns ``_run_call``: the flow runs against
 ``CallIO`` (prompts, DTMF, transfer through the other phases); an ``enqueue`` outcome goes to
 ``queueing``; a ``CallEnded`` or a cancellation (the caller hung up) ends in ``teardown.finish``.
 
@@ -38,6 +39,23 @@ if TYPE_CHECKING:
 
 log = structlog.stdlib.get_logger("acd.calls")
 
+#: Retry-After (s) of the 503 a trunk call gets when the daemon has no room (RFC 3261 21.5.4):
+#: room comes back as calls end, so a trunk (or Kamailio's dispatcher, which then sends the call
+#: to another node at once) may try this node again soon.
+NO_ROOM_RETRY_AFTER_S = 10
+
+
+def refuse_no_room(
+    service: CallService, endpoint: Endpoint, transaction_id: int, reason: str, now: float
+) -> None:
+    """The 503 of a call the daemon has no room for (``reason`` rtp_ports or router_full):
+    answered, counted in ``acd_calls_rejected_total`` and logged as one warning."""
+    endpoint.send_response(
+        transaction_id, 503, "Service Unavailable", now=now, headers=[("Retry-After", str(NO_ROOM_RETRY_AFTER_S))],
+    )  # fmt: skip
+    service.metrics.rejected.labels(reason=reason).inc()
+    log.warning("call_rejected_no_room", reason=reason, retry_after_s=NO_ROOM_RETRY_AFTER_S)
+
 
 class Inbound:
     """Admission of trunk INVITEs and the task that runs each call."""
@@ -70,6 +88,21 @@ class Inbound:
                 route.pattern and re.fullmatch(route.pattern, dialed)
             ):
                 return route.flow
+        return None
+
+    def _no_room(self) -> str | None:
+        """Why a new call cannot be taken now, or None. Calls admitted but not yet answered each
+        still need an RTP port pair, and calls not yet in a queue a router slot, so those are
+        counted against what is free (a full count only when room is short: O(1) otherwise)."""
+        calls = self._s.calls
+        free_ports = self._s.media.ports.free
+        if free_ports <= len(calls) and free_ports <= sum(c.rtp is None for c in calls.values()):
+            return "rtp_ports"
+        free_slots = self._s.routing.router.free_task_slots
+        if free_slots <= len(calls) and free_slots <= sum(
+            c.enqueued_at is None and c.agent_id is None for c in calls.values()
+        ):
+            return "router_full"
         return None
 
     def new_invite(self, endpoint: Endpoint, event: RequestReceived, now: float) -> None:
@@ -112,6 +145,11 @@ class Inbound:
 
         if self._s.draining:
             refuse(503, "Shutting down", None, **{"Retry-After": "60"})
+            return
+        no_room = self._no_room()
+        if no_room is not None:
+            refuse_no_room(self._s, endpoint, event.transaction_id, no_room, now)
+            count_refusal(503, f"no room ({no_room})", None)
             return
         trunk = self._trunk_for(event.source)
         if trunk is None and self.trunks_by_username:

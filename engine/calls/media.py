@@ -41,6 +41,7 @@ from sip.media import (
     MediaTimedOut,
     PlaybackFinished,
     PortAllocator,
+    PortsExhaustedError,
     RtpEndpoint,
     open_endpoint,
 )
@@ -354,12 +355,18 @@ class CallMedia:
         unless the far end insists). Its media events go to ``on_event`` (default: an agent's or
         transfer target's, whose media timeout ends the call). SRTP as ``trunk`` says when the
         leg goes through one, RTP/SAVP only when ``secure``. Raises OSError when no port can
-        be had."""
-        rtp = await open_endpoint(
-            self.ports, self.stats, host=self._s.listeners.endpoint.config.local_host, clock=self.clock,
-            inactivity_timeout_s=self._s.config.media.inactivity_timeout_s or None,
-            on_event=on_event or (lambda e: self._agent_media(call, e)),
-        )  # fmt: skip
+        be had (``PortsExhaustedError``, counted and logged here once; the caller sends the call
+        back to the queue or ends it)."""
+        try:
+            rtp = await open_endpoint(
+                self.ports, self.stats, host=self._s.listeners.endpoint.config.local_host,
+                clock=self.clock, inactivity_timeout_s=self._s.config.media.inactivity_timeout_s or None,
+                on_event=on_event or (lambda e: self._agent_media(call, e)),
+            )  # fmt: skip
+        except PortsExhaustedError as exc:
+            self._s.metrics.legs_without_port.inc()
+            log.warning("leg_no_rtp_port", call_id=call.id, leg=name, error=str(exc))
+            raise
         # [media] srtp: "offer" puts our SDES key on RTP/AVP, "require" offers RTP/SAVP only
         sdp = make_offer(
             rtp.local_address[0], rtp.port, (CODECS.get(call.codec, PCMU),),

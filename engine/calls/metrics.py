@@ -19,6 +19,9 @@ from engine.calls.security import Security
 from engine.runtime.metrics import WAIT_BUCKETS, Metrics
 from sip.media import MediaStats
 
+#: ``acd_calls_rejected_total`` reasons (bounded label values).
+REJECT_REASONS = ("rtp_ports", "router_full")
+
 
 class CallMetrics:
     def __init__(self, metrics: Metrics) -> None:
@@ -100,6 +103,21 @@ class CallMetrics:
             "Supervisors on a call now (listening, whispering or barging).",
             registry=r,
         )
+        self.rejected = Counter(
+            "acd_calls_rejected_total",
+            "Trunk calls refused with 503 (Retry-After) because the daemon had no room, by reason "
+            "(rtp_ports: the [media] RTP port range is used up; router_full: runtime.max_tasks).",
+            ["reason"],
+            registry=r,
+        )
+        self.legs_without_port = Counter(
+            "acd_call_legs_no_rtp_port_total",
+            "Outbound legs (agent rings, transfers, callbacks, supervisors) not dialled because "
+            "the RTP port range was used up; the call went back to the queue or ended.",
+            registry=r,
+        )
+        for reason in REJECT_REASONS:
+            self.rejected.labels(reason=reason)
         self.errors = metrics.unexpected_errors
 
 

@@ -119,6 +119,12 @@ class Queueing:
         except rc.QueueFull:
             await self._overflow(call, "full", waited_s=0.0)
             return
+        except rc.CapacityExceeded:
+            # Answered before the router filled up (new_invite refuses with 503 before that
+            # when it can see it coming): the queue's overflow, as for a full queue.
+            log.warning("queue_router_full", queue=outcome.queue, call_id=call.id)
+            await self._overflow(call, "full", waited_s=0.0)
+            return
         call.enqueued_at = time.time()
         call.place_at = call.enqueued_at if place_at is None else place_at
         if call.first_place_at is None:

@@ -18,12 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from engine.calls.inbound import refuse_no_room
 from engine.calls.media import srtp_mode
 from engine.calls.model import CODECS, Call, CallEnded, loop_now
 from engine.media.offload import RemoteBridge
 from sip.dialog import DialogId
 from sip.endpoint import Endpoint, RequestReceived
-from sip.media import RtpEndpoint
+from sip.media import PortsExhaustedError, RtpEndpoint
 from sip.sdp import (
     PCMA,
     PCMU,
@@ -164,7 +165,12 @@ class Session:
     async def answer_caller(self, call: Call) -> None:
         if call.answered:
             return
-        call.rtp = await self._s.media.open_rtp(call)
+        try:
+            call.rtp = await self._s.media.open_rtp(call)
+        except PortsExhaustedError as exc:  # taken meanwhile (legs), or not bindable: no room
+            refuse_no_room(self._s, call.endpoint, call.transaction_id, "rtp_ports", loop_now())
+            self._s.transmit()
+            raise CallEnded("no RTP port", "rejected") from exc
         try:
             body, audio = self._answer_sdp(call, call.rtp)
         except (SdpError, OfferAnswerError) as exc:

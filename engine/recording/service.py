@@ -190,7 +190,7 @@ async def purge_index(
             for line in lines
             if line.outcome in ("deleted", "file already gone", "failed")
         ]  # fmt: skip
-        async with store.engine.begin() as conn:
+        async with store.write() as conn:
             if gone:
                 await conn.execute(
                     recordings_table.update()
@@ -459,7 +459,7 @@ class RecordingService:
         is locked" past its busy timeout, a PostgreSQL connection dropped): three tries."""
         for attempt in range(_WRITE_TRIES):
             try:
-                async with self._store.engine.begin() as conn:
+                async with self._store.write() as conn:
                     await work(conn)
                 return
             except sa.exc.DBAPIError as exc:
@@ -540,7 +540,7 @@ class RecordingService:
         return True
 
     async def _mark(self, recording_id: str, **values: Any) -> None:
-        async with self._store.engine.begin() as conn:
+        async with self._store.write() as conn:
             await conn.execute(
                 recordings_table.update()
                 .where(recordings_table.c.id == recording_id)

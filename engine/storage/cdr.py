@@ -106,7 +106,7 @@ async def close_interrupted_calls(store: Store, node: str, at: float) -> int:
         )
     )  # fmt: skip
     try:
-        async with store.engine.begin() as conn:
+        async with store.write() as conn:
             result = await conn.execute(query)
     except (SQLAlchemyError, OSError) as exc:
         raise StorageError(f"closing the calls a crash interrupted failed: {exc}") from exc
@@ -387,7 +387,7 @@ class CdrWriter:
         if not opened and not any(batch.values()):
             return 0
         try:
-            async with self._store.engine.begin() as conn:
+            async with self._store.write() as conn:
                 # Open rows first: a call's final row, if in this batch too, comes after and wins.
                 if opened:
                     await conn.execute(self._calls_upsert, [row for _, row in opened])

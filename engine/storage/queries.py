@@ -140,7 +140,7 @@ async def search_recordings(
 
 
 async def update_legal_hold(store: Store, recording_id: str, legal_hold: bool) -> None:
-    async with store.engine.begin() as conn:
+    async with store.write() as conn:
         await conn.execute(
             recordings.update().where(recordings.c.id == recording_id).values(legal_hold=legal_hold)
         )
@@ -172,7 +172,7 @@ async def insert_audit(store: Store, row: Mapping[str, Any]) -> None:
             rows, done = batch.rows, batch.done
             batch.rows, batch.done = [], []
             try:
-                async with store.engine.begin() as conn:
+                async with store.write() as conn:
                     await conn.execute(audit_log.insert(), rows)
             except Exception as exc:  # the store failed: so did every row of the batch
                 for future in done:

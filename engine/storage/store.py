@@ -6,12 +6,28 @@ through the table objects of :mod:`engine.storage.schema`. SQLite runs in WAL mo
 ``synchronous=NORMAL``: readers (API queries, exports) never block the writer, and a crash loses at
 most the last transactions, never the database.
 
+Every write goes through ``Store.write()`` (a transaction, committed on exit). On SQLite those
+transactions run one at a time, behind one asyncio lock: SQLite has a single writer per database,
+and our writers (CDR rows, tasks, recording index, audit, webhooks, transcripts) each on their
+own pooled connection would otherwise wait on each other's file lock inside SQLite, and fail with
+"database is locked" when that wait passes ``busy_timeout`` (seen under load). Queued on the
+lock they wait in the event loop instead, in order, and SQLite's busy timeout is left for what
+we do not control (another process, a checkpoint). Readers (``engine.connect()``) are not
+serialised: WAL lets them read beside the writer. PostgreSQL writes concurrently, unlocked.
+A SQLite file gets a pool of five connections and no overflow: SQLite keeps the descriptors of a
+closed connection open while the process holds others on the file, so overflow connections
+opened by a burst were open files for good (3 -> 21 in a soak); a sixth concurrent reader now
+waits for a connection instead.
+
 Failures are translated once, here, into :class:`StorageError`; callers count and log them and keep
 the call going (a CDR that cannot be written must never drop a live call).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +36,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import event
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from engine.config import StorageConfig
 
@@ -28,6 +44,9 @@ _MIGRATIONS = Path(__file__).with_name("migrations")
 # How long a SQLite writer waits on a lock before failing: long enough to ride out a checkpoint,
 # short enough that a stuck database shows up in /readyz instead of hanging calls.
 _SQLITE_BUSY_TIMEOUT_MS = 5000
+# Connections to one SQLite file at most: one writer at a time and four readers beside it (the
+# API's queries, exports, reports), the pool_size SQLAlchemy keeps by default.
+_SQLITE_CONNECTIONS = 5
 
 
 class StorageError(Exception):
@@ -73,10 +92,24 @@ def head_revision() -> str:
 
 
 class Store:
-    """Owns the database engine. ``await Store.open(url)``, then use ``engine``; ``await close()``."""
+    """Owns the database engine. ``await Store.open(url)``, then read with ``engine.connect()``,
+    write in ``async with store.write() as conn``; ``await close()``."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        # SQLite: one write transaction at a time (module docstring); PostgreSQL: none needed
+        self._write_lock = asyncio.Lock() if engine.dialect.name == "sqlite" else None
+
+    @contextlib.asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction (``engine.begin()``): committed when the block ends, rolled back
+        when it raises. On SQLite it waits, in the event loop, for the one before it to end."""
+        if self._write_lock is None:
+            async with self.engine.begin() as conn:
+                yield conn
+            return
+        async with self._write_lock, self.engine.begin() as conn:
+            yield conn
 
     @property
     def dialect(self) -> str:
@@ -92,7 +125,17 @@ class Store:
                 except OSError as exc:
                     raise StorageError(f"cannot create the directory for {db_path}: {exc}") from exc
         try:
-            engine = create_async_engine(url, pool_pre_ping=not url.startswith("sqlite"))
+            if url.startswith("sqlite") and ":memory:" not in url and ":///" in url:
+                # No overflow connections: SQLite (unix VFS) keeps a closed connection's file
+                # descriptor open while another connection of the process holds a lock on the
+                # file (every WAL connection does), to be reused by the next open. So each
+                # overflow connection a burst opened stayed as an open file for good (a soak: 7
+                # -> 21). Five are all one file needs: writes go
+                # one at a time (write()) and readers wait for a free connection.
+                pool: dict[str, Any] = {"pool_size": _SQLITE_CONNECTIONS, "max_overflow": 0}
+            else:
+                pool = {"pool_pre_ping": not url.startswith("sqlite")}
+            engine = create_async_engine(url, **pool)
         except (SQLAlchemyError, ImportError, ValueError) as exc:
             raise StorageError(f"invalid database URL: {exc}") from exc
         if engine.dialect.name == "sqlite":
@@ -115,7 +158,7 @@ class Store:
             command.upgrade(cfg, "head")
 
         try:
-            async with self.engine.begin() as conn:
+            async with self.write() as conn:
                 await conn.run_sync(upgrade)
         except (SQLAlchemyError, OSError) as exc:
             raise StorageError(f"migration failed: {exc}") from exc

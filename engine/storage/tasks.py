@@ -134,7 +134,7 @@ class TaskWriter:
         messages: list[dict[str, Any]] = []
         states: list[dict[str, Any]] = []
         try:
-            async with self.store.engine.begin() as conn:
+            async with self.store.write() as conn:
                 for write in writes:
                     if write.insert:
                         new_rows.append(write.row)

@@ -55,7 +55,7 @@ async def save_transcript(
         "key_id": key_id, "text": text, "body": body, "qa": summary,
         "qa_passed": all(r["passed"] for r in summary) if summary else None,
     }  # fmt: skip
-    async with store.engine.begin() as conn:
+    async with store.write() as conn:
         await conn.execute(
             transcripts.delete().where(transcripts.c.recording_id == recording["id"])
         )

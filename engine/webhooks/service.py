@@ -257,7 +257,7 @@ class WebhookService:
         while self._dead:
             batch = [self._dead[i] for i in range(min(len(self._dead), DEAD_LETTER_BATCH))]
             now = self._wall()
-            async with self._store.engine.begin() as conn:
+            async with self._store.write() as conn:
                 ids = [d.id for d in batch]
                 known = set(
                     (await conn.execute(sa.select(table.c.id).where(table.c.id.in_(ids)))).scalars()
@@ -359,7 +359,7 @@ class WebhookService:
             self.metrics.deliveries.labels(outcome="delivered").inc()
         else:
             change.update(failed_at=now, last_error=delivery.last_error)
-        async with self._store.engine.begin() as conn:
+        async with self._store.write() as conn:
             await conn.execute(table.update().where(table.c.id == delivery_id).values(**change))
         return RetryOutcome(delivered, _view({**row, **change}))
 

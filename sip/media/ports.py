@@ -14,8 +14,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 
-class PortsExhaustedError(RuntimeError):
-    """Every port pair of the range is in use (or failed to bind): refuse the call (503/488)."""
+class PortsExhaustedError(OSError):
+    """Every port pair of the range is in use (or failed to bind): refuse the call (503).
+
+    An ``OSError`` like the bind failures it stands for (no port to be had), so a caller that
+    handles "cannot open a socket" handles this too. Not raised for a port another process holds
+    while others are free: `open_endpoint` skips that one and binds the next."""
 
 
 class PortAllocator:
@@ -38,6 +42,11 @@ class PortAllocator:
     @property
     def in_use(self) -> int:
         return len(self._in_use)
+
+    @property
+    def free(self) -> int:
+        """Pairs `allocate` can still hand out now."""
+        return len(self._free)
 
     def allocate(self) -> int:
         """An even RTP port whose odd neighbour is the RTCP port."""

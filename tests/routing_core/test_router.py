@@ -398,9 +398,13 @@ def test_errors_name_the_condition() -> None:
     small.add_agent("a", skills={}, queues={"q": 0})
     with pytest.raises(CapacityExceeded):
         small.add_agent("b", skills={}, queues={})
+    assert small.free_task_slots == 1
     small.enqueue("t", "q", 0.0)
+    assert small.free_task_slots == 0
     with pytest.raises(CapacityExceeded):
         small.enqueue("u", "q", 0.0)
+    small.abandon("t", 1.0)
+    assert small.free_task_slots == 1
 
 
 def test_logout_refused_while_busy_and_stats_count_states() -> None:

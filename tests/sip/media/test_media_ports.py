@@ -15,9 +15,12 @@ def test_even_ports_round_robin_and_exhaustion() -> None:
     ports = [alloc.allocate() for _ in range(3)]
     # pairs 10002/3, 10004/5, 10006/7 fit below 10008; 10008 would need 10009 outside the range
     assert ports == [10002, 10004, 10006]
-    with pytest.raises(PortsExhaustedError):
+    assert alloc.free == 0
+    with pytest.raises(PortsExhaustedError) as exhausted:
         alloc.allocate()
+    assert isinstance(exhausted.value, OSError)  # what callers that cannot open a socket catch
     alloc.release(10002)
+    assert alloc.free == 1
     alloc.release(10002)  # twice is harmless
     assert alloc.in_use == 2
     assert alloc.allocate() == 10002
