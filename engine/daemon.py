@@ -29,6 +29,7 @@ from typing import Any
 import aiohttp
 import structlog
 from aiohttp import web
+from sqlalchemy.exc import SQLAlchemyError
 
 import routing_core as rc
 from engine import api
@@ -38,7 +39,7 @@ from engine.calls.dialout import DialoutOffer
 from engine.calls.flows import FlowRunner
 from engine.calls.service import CallService
 from engine.cluster import LeaderElection
-from engine.config import SERVICE_CHANNELS, Config, ConfigError
+from engine.config import SERVICE_CHANNELS, AdminObject, Config, ConfigError
 from engine.plugins import PluginSet, load_config
 from engine.recording.service import RecordingCollector, RecordingService
 from engine.routing.agents import AgentDirectory
@@ -48,6 +49,7 @@ from engine.runtime.logs import configure_logging
 from engine.runtime.metrics import EventLoopLagMonitor, Metrics
 from engine.runtime.systemd import Notifier
 from engine.storage import StorageError, Store, database_url
+from engine.storage.admin import load_objects
 from engine.storage.cdr import CdrWriter, close_interrupted_calls
 from engine.storage.tasks import TaskWriter
 from engine.tasks import (
@@ -92,6 +94,8 @@ class Daemon:
         self.config_path = config_path
         self.metrics = Metrics()
         self.store: Store | None = None
+        # the admin API's agents and queues, applied on top of the file at start and each reload
+        self.admin_objects: list[AdminObject] = []
         self.cdr: CdrWriter | None = None
         self.routing: RoutingService | None = None
         self.recordings: RecordingService | None = None
@@ -374,7 +378,7 @@ class Daemon:
             self.metrics.config_reloads.labels(outcome="rejected").inc()
             return False
         try:
-            new, plugins = load_config(self.config_path)
+            new, plugins = load_config(self.config_path, overlay=self.admin_objects)
         except ConfigError as exc:
             log.error("reload_rejected", reason=str(exc), kept=self.config.source)
             self.metrics.config_reloads.labels(outcome="rejected").inc()
@@ -414,6 +418,33 @@ class Daemon:
         log.info("reload_applied", file=str(self.config_path), restart_needed_for=needs_restart)
         return True
 
+    async def _apply_admin_objects(self) -> bool:
+        """At start: the effective config is the file with the admin API's stored agents and
+        queues on top (engine.config.overlay). False (logged) when the store cannot be read or
+        the stored objects no longer fit the file: the daemon does not start without them."""
+        assert self.store is not None
+        try:
+            self.admin_objects = await load_objects(self.store)
+        except (SQLAlchemyError, OSError) as exc:
+            log.error("admin_objects_unreadable", reason=str(exc))
+            return False
+        if not self.admin_objects:
+            return True
+        if self.config_path is None:
+            log.error(
+                "admin_objects_without_file",
+                reason="the store holds admin API objects but no config file was given",
+                objects=len(self.admin_objects),
+            )
+            return False
+        try:
+            self.config, self.plugins = load_config(self.config_path, overlay=self.admin_objects)
+        except ConfigError as exc:
+            log.error("admin_objects_rejected", reason=str(exc), objects=len(self.admin_objects))
+            return False
+        log.info("admin_objects_applied", objects=len(self.admin_objects))
+        return True
+
     async def run(self) -> int:
         """Serve until SIGTERM/SIGINT (or ``request_stop``); returns the process exit code."""
         loop = asyncio.get_running_loop()
@@ -429,6 +460,9 @@ class Daemon:
             self.store = await Store.open(url)
         except StorageError as exc:
             log.error("storage_open_failed", reason=str(exc), url=_redact(url))
+            return 1
+        if not await self._apply_admin_objects():
+            await self.store.close()
             return 1
         self.bus = EventBus()
         self.cdr = CdrWriter(self.store, self.metrics, bus=self.bus)
