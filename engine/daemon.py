@@ -23,6 +23,7 @@ import gc
 import signal
 import ssl
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 import routing_core as rc
 from engine import api
+from engine.api.admin import AdminRefused
 from engine.api.app import ReadyCheck, make_app, openapi_document, run_checks
 from engine.calls.callbacks import CallbackRequest
 from engine.calls.dialout import DialoutOffer
@@ -49,7 +51,7 @@ from engine.runtime.logs import configure_logging
 from engine.runtime.metrics import EventLoopLagMonitor, Metrics
 from engine.runtime.systemd import Notifier
 from engine.storage import StorageError, Store, database_url
-from engine.storage.admin import load_objects
+from engine.storage.admin import load_objects, put_object
 from engine.storage.cdr import CdrWriter, close_interrupted_calls
 from engine.storage.tasks import TaskWriter
 from engine.tasks import (
@@ -108,11 +110,17 @@ class Daemon:
         self.transcription: TranscriptionService | None = None
         self.sip_addr: tuple[str, int] | None = None
         self._http_client: aiohttp.ClientSession | None = None
-        self.api = api.ApiContext(get_config=lambda: self.config, reload=self.reload)
+        self.api = api.ApiContext(
+            get_config=lambda: self.config,
+            reload=self.reload,
+            admin_objects=lambda: self.admin_objects,
+            admin_change=self.admin_change,
+        )
         self.http_port: int | None = None
         self._runner: web.AppRunner | None = None
         self._stop = asyncio.Event()
         self._reload_requested = asyncio.Event()
+        self._admin_lock = asyncio.Lock()
         self._started_monotonic = time.monotonic()
         self.systemd = Notifier()
 
@@ -417,6 +425,31 @@ class Daemon:
         self.metrics.config_reloads.labels(outcome="applied").inc()
         log.info("reload_applied", file=str(self.config_path), restart_needed_for=needs_restart)
         return True
+
+    async def admin_change(
+        self, kind: str, name: str, body: Mapping[str, Any] | None, actor: str
+    ) -> None:
+        """One admin API change (``body`` None deletes): the file with the stored objects and
+        this one on top must pass the file's checks (else ConfigError) and must not strand
+        waiting callers (else AdminRefused); then it is stored and applied like a reload."""
+        if self.store is None:
+            raise AdminRefused("the store is not open")
+        if self.config_path is None:
+            raise AdminRefused("the daemon runs on the embedded default: no file to build on")
+        change = AdminObject(kind=kind, name=name, body=body, deleted=body is None)
+        objects = [o for o in self.admin_objects if (o.kind, o.name) != (kind, name)] + [change]
+        async with self._admin_lock:
+            new, _plugins = load_config(self.config_path, overlay=objects)
+            refused = [] if self.routing is None else self.routing.refused(new)
+            if refused:
+                raise AdminRefused("; ".join(refused))
+            try:
+                await put_object(self.store, kind, name, body, by=actor)
+            except (SQLAlchemyError, OSError) as exc:
+                raise AdminRefused(f"not stored: {exc}") from exc
+            self.admin_objects = objects
+            if not self.reload():  # the file itself changed meanwhile and is now invalid
+                raise AdminRefused("stored, but the reload was rejected (see reload_rejected)")
 
     async def _apply_admin_objects(self) -> bool:
         """At start: the effective config is the file with the admin API's stored agents and
