@@ -181,7 +181,58 @@ def openapi_paths() -> tuple[dict[str, Any], dict[str, Any]]:
     task_paths, task_schemas = _task_paths()
     hook_paths, hook_schemas = _webhook_paths()
     all_schemas = {**schemas, **recording_schemas, **task_schemas, **hook_schemas}
-    return {**paths, **task_paths, **hook_paths, **_transcript_paths()}, all_schemas
+    return {**paths, **task_paths, **hook_paths, **_transcript_paths(), **_admin_paths()}, (
+        all_schemas
+    )
+
+
+def _admin_paths() -> dict[str, Any]:
+    """Agents and queues through the admin API (engine.api.admin): admin only, changes audited."""
+    section = {
+        "type": "object",
+        "description": "the entry's TOML section as JSON (an agent's `queues` and `skills` are "
+        "its memberships); GET adds `source`: file or api",
+    }
+    listed = {"type": "array", "items": section}
+    invalid = {
+        "description": "the config's own check refused it: {error, key, message}, `key` the "
+        "config key path (e.g. agents[3].skills.support)",
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    }
+    problem = {"$ref": "#/components/responses/Problem"}
+    paths: dict[str, Any] = {}
+    for table, key, what in (("agents", "id", "agent"), ("queues", "name", "queue")):
+        name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
+                "description": f"the {what}'s {key}"}  # fmt: skip
+        one = {
+            "get": _op(f"One {what} of the effective config (admin)", section),
+            "put": _op(
+                f"Create or replace the {what} (admin, audited, applied live)",
+                section,
+                body=section,
+            ),
+            "patch": _op(
+                f"Merge keys into the {what} (admin, audited, applied live)", section, body=section
+            ),
+            "delete": _op(f"Delete the {what}, also one of the file (admin, audited)", section),
+        }
+        del one["delete"]["responses"]["200"]
+        one["delete"]["responses"]["204"] = {"description": "deleted"}
+        for method, op in one.items():
+            op["parameters"] = [name]
+            if method != "put":
+                op["responses"]["404"] = {**problem, "description": f"no such {what}"}
+            if method in ("put", "patch", "delete"):
+                op["responses"]["422"] = invalid
+                op["responses"]["409"] = {
+                    "description": "it would strand callers or tasks waiting in a queue",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                }
+        paths[f"/api/v1/admin/{table}"] = {
+            "get": _op(f"Every {what} of the effective config (file + admin API) (admin)", listed)
+        }
+        paths[f"/api/v1/admin/{table}/{{name}}"] = one
+    return paths
 
 
 def _webhook_paths() -> tuple[dict[str, Any], dict[str, Any]]:

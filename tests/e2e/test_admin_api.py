@@ -166,6 +166,16 @@ def test_a_bad_body_is_422_naming_the_key(daemon: DaemonProcess) -> None:
     assert call(daemon, "GET", "/api/v1/admin/agents/2002")[0] == 404
 
 
+def test_the_openapi_document_lists_the_admin_paths(daemon: DaemonProcess) -> None:
+    status, doc = call(daemon, "GET", "/api/v1/openapi.json")
+    assert status == 200
+    assert isinstance(doc, dict)
+    one = doc["paths"]["/api/v1/admin/agents/{name}"]
+    assert set(one) == {"get", "put", "patch", "delete"}
+    assert {"403", "409", "422"} <= set(one["put"]["responses"])
+    assert set(doc["paths"]["/api/v1/admin/queues"]) == {"get"}
+
+
 def test_a_non_admin_token_is_403(daemon: DaemonProcess) -> None:
     assert call(daemon, "GET", "/api/v1/admin/agents", token=SUPERVISOR)[0] == 403
     status, _ = call(daemon, "PUT", "/api/v1/admin/agents/2003", {"password": "x"}, SUPERVISOR)
