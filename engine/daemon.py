@@ -23,7 +23,7 @@ import gc
 import signal
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,7 @@ from engine.runtime.logs import configure_logging
 from engine.runtime.metrics import EventLoopLagMonitor, Metrics
 from engine.runtime.systemd import Notifier
 from engine.storage import StorageError, Store, database_url
-from engine.storage.admin import load_objects, put_object
+from engine.storage.admin import load_objects, put_objects
 from engine.storage.cdr import CdrWriter, close_interrupted_calls
 from engine.storage.tasks import TaskWriter
 from engine.tasks import (
@@ -427,24 +427,27 @@ class Daemon:
         return True
 
     async def admin_change(
-        self, kind: str, name: str, body: Mapping[str, Any] | None, actor: str
+        self, changes: Sequence[tuple[str, str, Mapping[str, Any] | None]], actor: str
     ) -> None:
-        """One admin API change (``body`` None deletes): the file with the stored objects and
-        this one on top must pass the file's checks (else ConfigError) and must not strand
-        waiting callers (else AdminRefused); then it is stored and applied like a reload."""
+        """Admin API changes, all or none ((kind, name, body); body None deletes): the file with
+        the stored objects and these on top must pass the file's checks (else ConfigError) and
+        must not strand waiting callers (else AdminRefused); then they are stored and applied
+        like a reload."""
         if self.store is None:
             raise AdminRefused("the store is not open")
         if self.config_path is None:
             raise AdminRefused("the daemon runs on the embedded default: no file to build on")
-        change = AdminObject(kind=kind, name=name, body=body, deleted=body is None)
-        objects = [o for o in self.admin_objects if (o.kind, o.name) != (kind, name)] + [change]
         async with self._admin_lock:
+            objects = list(self.admin_objects)
+            for kind, name, body in changes:
+                objects = [o for o in objects if (o.kind, o.name) != (kind, name)]
+                objects.append(AdminObject(kind=kind, name=name, body=body, deleted=body is None))
             new, _plugins = load_config(self.config_path, overlay=objects)
             refused = [] if self.routing is None else self.routing.refused(new)
             if refused:
                 raise AdminRefused("; ".join(refused))
             try:
-                await put_object(self.store, kind, name, body, by=actor)
+                await put_objects(self.store, changes, by=actor)
             except (SQLAlchemyError, OSError) as exc:
                 raise AdminRefused(f"not stored: {exc}") from exc
             self.admin_objects = objects

@@ -9,6 +9,11 @@ daemon's ``ApiContext.admin_change`` checks the resulting config with the file's
 failure is 422 naming the key, e.g. ``agents[3].skills.support``), stores the object and applies
 it through the reload machinery, so an agent added can register and take calls at once. A queue
 that callers or tasks still wait in cannot be deleted: 409 naming it (``AdminRefused``).
+
+Skills are no section of the file: ``/api/v1/admin/skills`` is a view over the agents' ``skills``
+and the queues' ``requirements``. PUT ``{"agents": {id: level}, "queues": {name: level}}`` makes
+exactly those agents hold it and those queues require it, DELETE takes it from all; either is
+stored as the changed agents and queues, in one all-or-none change.
 """
 
 from __future__ import annotations
@@ -86,15 +91,20 @@ async def _body(request: web.Request) -> dict[str, Any]:
     return body
 
 
-async def _change(
-    request: web.Request, kind: str, name: str, body: dict[str, Any] | None, action: str
-) -> web.Response:
+async def _apply(
+    request: web.Request,
+    kind: str,
+    name: str,
+    changes: list[tuple[str, str, dict[str, Any] | None]],
+    action: str,
+    detail: dict[str, Any],
+) -> web.Response | None:
+    """Apply the changes (all or none) and audit them; the error response, or None when done."""
     ctx = request.app[CONTEXT_KEY]
     if ctx.admin_change is None:
         raise web.HTTPServiceUnavailable(text="the daemon is not running its store yet")
-    detail = {"body": body}
     try:
-        await ctx.admin_change(kind, name, body, principal_of(request).name)
+        await ctx.admin_change(changes, principal_of(request).name)
     except ConfigError as exc:
         await audit(ctx, request, action=action, outcome="invalid", object_type=kind,
                     object_id=name, detail={**detail, "error": str(exc)})  # fmt: skip
@@ -107,6 +117,16 @@ async def _change(
         return json_response({"error": str(exc)}, status=409)
     await audit(ctx, request, action=action, outcome="done", object_type=kind, object_id=name,
                 detail=detail)  # fmt: skip
+    return None
+
+
+async def _change(
+    request: web.Request, kind: str, name: str, body: dict[str, Any] | None, action: str
+) -> web.Response:
+    ctx = request.app[CONTEXT_KEY]
+    failed = await _apply(request, kind, name, [(kind, name, body)], action, {"body": body})
+    if failed is not None:
+        return failed
     if body is None:
         return web.Response(status=204)
     entry = _entry(ctx, kind, name)
@@ -138,3 +158,103 @@ async def delete_object(request: web.Request) -> web.Response:
     if _entry(ctx, kind, name) is None:
         raise web.HTTPNotFound(text=f"no {kind} {name!r}")
     return await _change(request, kind, name, None, f"admin_delete_{kind}")
+
+
+# -- skills: a view over the agents' `skills` and the queues' `requirements` ---------------------
+
+
+def _skills(ctx: ApiContext) -> dict[str, dict[str, Any]]:
+    cfg = ctx.get_config()
+    skills: dict[str, dict[str, Any]] = {}
+    for agent in cfg.agents:
+        for skill, level in agent.skills.items():
+            skills.setdefault(skill, {"name": skill, "agents": {}, "queues": {}})
+            skills[skill]["agents"][agent.id] = level
+    for queue in cfg.queues:
+        for skill, level in queue.requirements.items():
+            skills.setdefault(skill, {"name": skill, "agents": {}, "queues": {}})
+            skills[skill]["queues"][queue.name] = level
+    return dict(sorted(skills.items()))
+
+
+async def list_skills(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT_KEY]
+    require_role(request, Role.ADMIN)
+    return json_response(list(_skills(ctx).values()))
+
+
+async def get_skill(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT_KEY]
+    require_role(request, Role.ADMIN)
+    name = request.match_info["name"]
+    skill = _skills(ctx).get(name)
+    if skill is None:
+        raise web.HTTPNotFound(text=f"no agent has, and no queue requires, skill {name!r}")
+    return json_response(skill)
+
+
+def _skill_changes(
+    ctx: ApiContext, name: str, agents: dict[str, Any], queues: dict[str, Any]
+) -> list[tuple[str, str, dict[str, Any] | None]]:
+    """The agent and queue entries whose ``skills`` / ``requirements`` change so that exactly
+    ``agents`` hold skill ``name`` (at their levels) and exactly ``queues`` require it."""
+    changes: list[tuple[str, str, dict[str, Any] | None]] = []
+    for kind, field, wanted in (("agent", "skills", agents), ("queue", "requirements", queues)):
+        key = KINDS[kind][1]
+        for entry in _entries(ctx, kind):
+            levels = dict(entry.get(field, {}))
+            if entry[key] in wanted:
+                levels[name] = wanted[entry[key]]
+            elif name in levels:
+                del levels[name]
+            else:
+                continue
+            if levels == entry.get(field, {}):
+                continue
+            entry.pop("source")
+            changes.append((kind, entry[key], {**entry, field: levels}))
+    return changes
+
+
+async def put_skill(request: web.Request) -> web.Response:
+    """PUT {"agents": {id: level}, "queues": {name: min level}}: exactly these agents hold the
+    skill and these queues require it (either key left out: unchanged). Naming an agent or a
+    queue that does not exist is 422, like the file's check."""
+    ctx = request.app[CONTEXT_KEY]
+    require_role(request, Role.ADMIN)
+    name = request.match_info["name"]
+    body = await _body(request)
+    current = _skills(ctx).get(name, {"agents": {}, "queues": {}})
+    unknown = set(body) - {"agents", "queues"}
+    if unknown:
+        return json_response({"error": "unknown key", "key": sorted(unknown)[0],
+                              "message": "a skill has `agents` and `queues`"}, status=422)  # fmt: skip
+    agents = body.get("agents", current["agents"])
+    queues = body.get("queues", current["queues"])
+    for key, wanted, kind in (("agents", agents, "agent"), ("queues", queues, "queue")):
+        if not isinstance(wanted, dict):
+            return json_response({"error": "expected a table", "key": key,
+                                  "message": f"{key}: expected a table"}, status=422)  # fmt: skip
+        known = {e[KINDS[kind][1]] for e in _entries(ctx, kind)}
+        missing = sorted(set(wanted) - known)
+        if missing:
+            return json_response({"error": f"no such {kind}", "key": f"{key}.{missing[0]}",
+                                  "message": f"{key}.{missing[0]}: no such {kind}"},
+                                 status=422)  # fmt: skip
+    changes = _skill_changes(ctx, name, agents, queues)
+    failed = await _apply(request, "skill", name, changes, "admin_put_skill", {"body": body})
+    if failed is not None:
+        return failed
+    return json_response(_skills(ctx).get(name, {"name": name, "agents": {}, "queues": {}}))
+
+
+async def delete_skill(request: web.Request) -> web.Response:
+    """The skill is taken from every agent and every queue's requirements."""
+    ctx = request.app[CONTEXT_KEY]
+    require_role(request, Role.ADMIN)
+    name = request.match_info["name"]
+    if name not in _skills(ctx):
+        raise web.HTTPNotFound(text=f"no agent has, and no queue requires, skill {name!r}")
+    changes = _skill_changes(ctx, name, {}, {})
+    failed = await _apply(request, "skill", name, changes, "admin_delete_skill", {})
+    return failed or web.Response(status=204)

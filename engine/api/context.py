@@ -10,7 +10,7 @@ read from and changed in the routing service (the one owner, DESIGN.md section 2
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,8 +35,11 @@ class ApiContext:
     reload: Callable[[], bool]
     # the admin API's stored agents and queues (engine.api.admin)
     admin_objects: Callable[[], list[AdminObject]] = list
-    # (kind, name, body or None to delete, actor): check, store and apply one admin change
-    admin_change: Callable[[str, str, Mapping[str, Any] | None, str], Awaitable[None]] | None = None
+    # ([(kind, name, body or None to delete)], actor): check, store and apply admin changes,
+    # all or none
+    admin_change: (
+        Callable[[Sequence[tuple[str, str, Mapping[str, Any] | None]], str], Awaitable[None]] | None
+    ) = None
     store: Store | None = None
     cdr: CdrWriter | None = None
     routing: RoutingService | None = None

@@ -232,6 +232,27 @@ def _admin_paths() -> dict[str, Any]:
             "get": _op(f"Every {what} of the effective config (file + admin API) (admin)", listed)
         }
         paths[f"/api/v1/admin/{table}/{{name}}"] = one
+    skill = {"type": "object", "description": "{name, agents: {id: level}, queues: {name: level}}"}
+    skill_name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+    paths["/api/v1/admin/skills"] = {
+        "get": _op(
+            "Every skill an agent holds or a queue requires (admin)",
+            {"type": "array", "items": skill},
+        ),
+    }
+    put_skill = _op("Set which agents hold the skill (at which level) and which queues require "
+                    "it (admin, audited, applied live)", skill, body=skill)  # fmt: skip
+    put_skill["responses"]["422"] = invalid
+    delete_skill = _op("Take the skill from every agent and queue (admin, audited)", skill)
+    del delete_skill["responses"]["200"]
+    delete_skill["responses"]["204"] = {"description": "deleted"}
+    get_skill = _op("One skill: its agents and queues (admin)", skill)
+    for op in (get_skill, put_skill, delete_skill):
+        op["parameters"] = [skill_name]
+    for op in (get_skill, delete_skill):
+        op["responses"]["404"] = {**problem, "description": "no agent or queue has it"}
+    paths["/api/v1/admin/skills/{name}"] = {"get": get_skill, "put": put_skill,
+                                            "delete": delete_skill}  # fmt: skip
     return paths
 
 

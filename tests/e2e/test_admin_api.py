@@ -174,6 +174,7 @@ def test_the_openapi_document_lists_the_admin_paths(daemon: DaemonProcess) -> No
     assert set(one) == {"get", "put", "patch", "delete"}
     assert {"403", "409", "422"} <= set(one["put"]["responses"])
     assert set(doc["paths"]["/api/v1/admin/queues"]) == {"get"}
+    assert set(doc["paths"]["/api/v1/admin/skills/{name}"]) == {"get", "put", "delete"}
 
 
 def test_a_non_admin_token_is_403(daemon: DaemonProcess) -> None:
@@ -181,6 +182,28 @@ def test_a_non_admin_token_is_403(daemon: DaemonProcess) -> None:
     status, _ = call(daemon, "PUT", "/api/v1/admin/agents/2003", {"password": "x"}, SUPERVISOR)
     assert status == 403
     assert call(daemon, "GET", "/api/v1/admin/agents/2003")[0] == 404
+
+
+def test_skills_set_and_taken_through_the_agents(daemon: DaemonProcess) -> None:
+    status, skill = call(daemon, "PUT", "/api/v1/admin/skills/billing", {"agents": {"2001": 4}})
+    assert status == 200, skill
+    assert skill == {"name": "billing", "agents": {"2001": 4}, "queues": {}}
+    status, agent = call(daemon, "GET", "/api/v1/admin/agents/2001")
+    assert isinstance(agent, dict)
+    assert agent["skills"] == {"sales": 7, "billing": 4}
+    status, body = call(daemon, "PUT", "/api/v1/admin/skills/billing", {"agents": {"nobody": 1}})
+    assert status == 422, body
+    assert isinstance(body, dict)
+    assert body["key"] == "agents.nobody"
+    status, body = call(daemon, "PUT", "/api/v1/admin/skills/billing", {"agents": {"2001": 0}})
+    assert status == 422, body  # validate.py: a level is 1..100
+    assert isinstance(body, dict)
+    assert body["key"].endswith(".skills.billing"), body
+    assert call(daemon, "DELETE", "/api/v1/admin/skills/billing")[0] == 204
+    assert call(daemon, "GET", "/api/v1/admin/skills/billing")[0] == 404
+    status, agent = call(daemon, "GET", "/api/v1/admin/agents/2001")
+    assert isinstance(agent, dict)
+    assert agent["skills"] == {"sales": 7}
 
 
 def test_changes_are_audited_and_survive_a_restart_and_export_round_trips(
@@ -199,6 +222,9 @@ def test_changes_are_audited_and_survive_a_restart_and_export_round_trips(
         ("admin_put_agent", "2001", "done"),
         ("admin_put_agent", "2002", "invalid"),
         ("admin_patch_queue", "sales", "invalid"),
+        ("admin_put_skill", "billing", "done"),
+        ("admin_put_skill", "billing", "invalid"),
+        ("admin_delete_skill", "billing", "done"),
         ("admin_delete_queue", "billing", "done"),
     ]
     exported = subprocess.run(
