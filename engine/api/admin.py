@@ -216,6 +216,16 @@ def _skill_changes(
     return changes
 
 
+async def _refuse_skill(
+    request: web.Request, name: str, body: dict[str, Any], error: str, key: str, message: str
+) -> web.Response:
+    """A skill body refused before any entry changes: 422 naming the key, audited."""
+    ctx = request.app[CONTEXT_KEY]
+    await audit(ctx, request, action="admin_put_skill", outcome="invalid", object_type="skill",
+                object_id=name, detail={"body": body, "error": message})  # fmt: skip
+    return json_response({"error": error, "key": key, "message": message}, status=422)
+
+
 async def put_skill(request: web.Request) -> web.Response:
     """PUT {"agents": {id: level}, "queues": {name: min level}}: exactly these agents hold the
     skill and these queues require it (either key left out: unchanged). Naming an agent or a
@@ -227,20 +237,20 @@ async def put_skill(request: web.Request) -> web.Response:
     current = _skills(ctx).get(name, {"agents": {}, "queues": {}})
     unknown = set(body) - {"agents", "queues"}
     if unknown:
-        return json_response({"error": "unknown key", "key": sorted(unknown)[0],
-                              "message": "a skill has `agents` and `queues`"}, status=422)  # fmt: skip
+        return await _refuse_skill(request, name, body, "unknown key", sorted(unknown)[0],
+                                   "a skill has `agents` and `queues`")  # fmt: skip
     agents = body.get("agents", current["agents"])
     queues = body.get("queues", current["queues"])
     for key, wanted, kind in (("agents", agents, "agent"), ("queues", queues, "queue")):
         if not isinstance(wanted, dict):
-            return json_response({"error": "expected a table", "key": key,
-                                  "message": f"{key}: expected a table"}, status=422)  # fmt: skip
+            return await _refuse_skill(request, name, body, "expected a table", key,
+                                       f"{key}: expected a table")  # fmt: skip
         known = {e[KINDS[kind][1]] for e in _entries(ctx, kind)}
         missing = sorted(set(wanted) - known)
         if missing:
-            return json_response({"error": f"no such {kind}", "key": f"{key}.{missing[0]}",
-                                  "message": f"{key}.{missing[0]}: no such {kind}"},
-                                 status=422)  # fmt: skip
+            return await _refuse_skill(request, name, body, f"no such {kind}",
+                                       f"{key}.{missing[0]}",
+                                       f"{key}.{missing[0]}: no such {kind}")  # fmt: skip
     changes = _skill_changes(ctx, name, agents, queues)
     failed = await _apply(request, "skill", name, changes, "admin_put_skill", {"body": body})
     if failed is not None:

@@ -224,6 +224,7 @@ def test_changes_are_audited_and_survive_a_restart_and_export_round_trips(
         ("admin_patch_queue", "sales", "invalid"),
         ("admin_put_skill", "billing", "done"),
         ("admin_put_skill", "billing", "invalid"),
+        ("admin_put_skill", "billing", "invalid"),
         ("admin_delete_skill", "billing", "done"),
         ("admin_delete_queue", "billing", "done"),
     ]
