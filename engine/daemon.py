@@ -23,22 +23,31 @@ import gc
 import signal
 import ssl
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import structlog
 from aiohttp import web
+from sqlalchemy.exc import SQLAlchemyError
 
 import routing_core as rc
 from engine import api
+from engine.api.admin import AdminRefused
 from engine.api.app import ReadyCheck, make_app, openapi_document, run_checks
 from engine.calls.callbacks import CallbackRequest
 from engine.calls.dialout import DialoutOffer
 from engine.calls.flows import FlowRunner
 from engine.calls.service import CallService
 from engine.cluster import LeaderElection
-from engine.config import DIALLED_CALLBACK_MODES, SERVICE_CHANNELS, Config, ConfigError
+from engine.config import (
+    DIALLED_CALLBACK_MODES,
+    SERVICE_CHANNELS,
+    AdminObject,
+    Config,
+    ConfigError,
+)
 from engine.plugins import PluginSet, load_config
 from engine.recording.service import RecordingCollector, RecordingService
 from engine.routing.agents import AgentDirectory
@@ -48,6 +57,7 @@ from engine.runtime.logs import configure_logging
 from engine.runtime.metrics import EventLoopLagMonitor, Metrics
 from engine.runtime.systemd import Notifier
 from engine.storage import StorageError, Store, database_url
+from engine.storage.admin import load_objects, put_objects
 from engine.storage.cdr import CdrWriter, close_interrupted_calls
 from engine.storage.tasks import TaskWriter
 from engine.tasks import (
@@ -92,6 +102,8 @@ class Daemon:
         self.config_path = config_path
         self.metrics = Metrics()
         self.store: Store | None = None
+        # the admin API's agents and queues, applied on top of the file at start and each reload
+        self.admin_objects: list[AdminObject] = []
         self.cdr: CdrWriter | None = None
         self.routing: RoutingService | None = None
         self.recordings: RecordingService | None = None
@@ -104,11 +116,17 @@ class Daemon:
         self.transcription: TranscriptionService | None = None
         self.sip_addr: tuple[str, int] | None = None
         self._http_client: aiohttp.ClientSession | None = None
-        self.api = api.ApiContext(get_config=lambda: self.config, reload=self.reload)
+        self.api = api.ApiContext(
+            get_config=lambda: self.config,
+            reload=self.reload,
+            admin_objects=lambda: self.admin_objects,
+            admin_change=self.admin_change,
+        )
         self.http_port: int | None = None
         self._runner: web.AppRunner | None = None
         self._stop = asyncio.Event()
         self._reload_requested = asyncio.Event()
+        self._admin_lock = asyncio.Lock()
         self._started_monotonic = time.monotonic()
         self.systemd = Notifier()
 
@@ -378,7 +396,7 @@ class Daemon:
             self.metrics.config_reloads.labels(outcome="rejected").inc()
             return False
         try:
-            new, plugins = load_config(self.config_path)
+            new, plugins = load_config(self.config_path, overlay=self.admin_objects)
         except ConfigError as exc:
             log.error("reload_rejected", reason=str(exc), kept=self.config.source)
             self.metrics.config_reloads.labels(outcome="rejected").inc()
@@ -418,6 +436,61 @@ class Daemon:
         log.info("reload_applied", file=str(self.config_path), restart_needed_for=needs_restart)
         return True
 
+    async def admin_change(
+        self, changes: Sequence[tuple[str, str, Mapping[str, Any] | None]], actor: str
+    ) -> None:
+        """Admin API changes, all or none ((kind, name, body); body None deletes): the file with
+        the stored objects and these on top must pass the file's checks (else ConfigError) and
+        must not strand waiting callers (else AdminRefused); then they are stored and applied
+        like a reload."""
+        if self.store is None:
+            raise AdminRefused("the store is not open")
+        if self.config_path is None:
+            raise AdminRefused("the daemon runs on the embedded default: no file to build on")
+        async with self._admin_lock:
+            objects = list(self.admin_objects)
+            for kind, name, body in changes:
+                objects = [o for o in objects if (o.kind, o.name) != (kind, name)]
+                objects.append(AdminObject(kind=kind, name=name, body=body, deleted=body is None))
+            new, _plugins = load_config(self.config_path, overlay=objects)
+            refused = [] if self.routing is None else self.routing.refused(new)
+            if refused:
+                raise AdminRefused("; ".join(refused))
+            try:
+                await put_objects(self.store, changes, by=actor)
+            except (SQLAlchemyError, OSError) as exc:
+                raise AdminRefused(f"not stored: {exc}") from exc
+            self.admin_objects = objects
+            if not self.reload():  # the file itself changed meanwhile and is now invalid
+                raise AdminRefused("stored, but the reload was rejected (see reload_rejected)")
+
+    async def _apply_admin_objects(self) -> bool:
+        """At start: the effective config is the file with the admin API's stored agents and
+        queues on top (engine.config.overlay). False (logged) when the store cannot be read or
+        the stored objects no longer fit the file: the daemon does not start without them."""
+        assert self.store is not None
+        try:
+            self.admin_objects = await load_objects(self.store)
+        except (SQLAlchemyError, OSError) as exc:
+            log.error("admin_objects_unreadable", reason=str(exc))
+            return False
+        if not self.admin_objects:
+            return True
+        if self.config_path is None:
+            log.error(
+                "admin_objects_without_file",
+                reason="the store holds admin API objects but no config file was given",
+                objects=len(self.admin_objects),
+            )
+            return False
+        try:
+            self.config, self.plugins = load_config(self.config_path, overlay=self.admin_objects)
+        except ConfigError as exc:
+            log.error("admin_objects_rejected", reason=str(exc), objects=len(self.admin_objects))
+            return False
+        log.info("admin_objects_applied", objects=len(self.admin_objects))
+        return True
+
     async def run(self) -> int:
         """Serve until SIGTERM/SIGINT (or ``request_stop``); returns the process exit code."""
         loop = asyncio.get_running_loop()
@@ -433,6 +506,9 @@ class Daemon:
             self.store = await Store.open(url)
         except StorageError as exc:
             log.error("storage_open_failed", reason=str(exc), url=_redact(url))
+            return 1
+        if not await self._apply_admin_objects():
+            await self.store.close()
             return 1
         self.bus = EventBus()
         self.cdr = CdrWriter(self.store, self.metrics, bus=self.bus)

@@ -34,6 +34,7 @@ This package's own names (``__all__``) are what the daemon uses to put the API t
 from aiohttp import web
 
 from engine.api import (
+    admin,
     agents,
     calls,
     cdr,
@@ -73,6 +74,16 @@ def add_routes(app: web.Application, ctx: ApiContext) -> None:
     app.router.add_get("/api/v1/stats/intervals", reports.interval_stats)
     app.router.add_get("/api/v1/stats/agents", reports.agent_stats)
     app.router.add_post("/api/v1/reload", reload.reload_config)
+    kinds = "{kind:agents|queues}"
+    app.router.add_get(f"/api/v1/admin/{kinds}", admin.list_objects)
+    app.router.add_get(f"/api/v1/admin/{kinds}/{{name}}", admin.get_object)
+    app.router.add_put(f"/api/v1/admin/{kinds}/{{name}}", admin.put_object)
+    app.router.add_patch(f"/api/v1/admin/{kinds}/{{name}}", admin.patch_object)
+    app.router.add_delete(f"/api/v1/admin/{kinds}/{{name}}", admin.delete_object)
+    app.router.add_get("/api/v1/admin/skills", admin.list_skills)
+    app.router.add_get("/api/v1/admin/skills/{name}", admin.get_skill)
+    app.router.add_put("/api/v1/admin/skills/{name}", admin.put_skill)
+    app.router.add_delete("/api/v1/admin/skills/{name}", admin.delete_skill)
     app.router.add_get("/api/v1/events", events.event_stream)
     app[events.EVENT_STREAMS_KEY] = set[web.WebSocketResponse]()
     app.on_shutdown.append(events.close_event_streams)

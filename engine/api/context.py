@@ -10,13 +10,13 @@ read from and changed in the routing service (the one owner, DESIGN.md section 2
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from engine.config import Config
+from engine.config import AdminObject, Config
 from engine.recording.service import RecordingService
 from engine.routing.service import RoutingService
 from engine.runtime.events import EventBus
@@ -33,6 +33,13 @@ class ApiContext:
 
     get_config: Callable[[], Config]
     reload: Callable[[], bool]
+    # the admin API's stored agents and queues (engine.api.admin)
+    admin_objects: Callable[[], list[AdminObject]] = list
+    # ([(kind, name, body or None to delete)], actor): check, store and apply admin changes,
+    # all or none
+    admin_change: (
+        Callable[[Sequence[tuple[str, str, Mapping[str, Any] | None]], str], Awaitable[None]] | None
+    ) = None
     store: Store | None = None
     cdr: CdrWriter | None = None
     routing: RoutingService | None = None

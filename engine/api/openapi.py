@@ -221,7 +221,79 @@ def openapi_paths() -> tuple[dict[str, Any], dict[str, Any]]:
     task_paths, task_schemas = _task_paths()
     hook_paths, hook_schemas = _webhook_paths()
     all_schemas = {**schemas, **recording_schemas, **task_schemas, **hook_schemas}
-    return {**paths, **task_paths, **hook_paths, **_transcript_paths()}, all_schemas
+    return {**paths, **task_paths, **hook_paths, **_transcript_paths(), **_admin_paths()}, (
+        all_schemas
+    )
+
+
+def _admin_paths() -> dict[str, Any]:
+    """Agents and queues through the admin API (engine.api.admin): admin only, changes audited."""
+    section = {
+        "type": "object",
+        "description": "the entry's TOML section as JSON (an agent's `queues` and `skills` are "
+        "its memberships); GET adds `source`: file or api",
+    }
+    listed = {"type": "array", "items": section}
+    invalid = {
+        "description": "the config's own check refused it: {error, key, message}, `key` the "
+        "config key path (e.g. agents[3].skills.support)",
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    }
+    problem = {"$ref": "#/components/responses/Problem"}
+    paths: dict[str, Any] = {}
+    for table, key, what in (("agents", "id", "agent"), ("queues", "name", "queue")):
+        name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
+                "description": f"the {what}'s {key}"}  # fmt: skip
+        one = {
+            "get": _op(f"One {what} of the effective config (admin)", section),
+            "put": _op(
+                f"Create or replace the {what} (admin, audited, applied live)",
+                section,
+                body=section,
+            ),
+            "patch": _op(
+                f"Merge keys into the {what} (admin, audited, applied live)", section, body=section
+            ),
+            "delete": _op(f"Delete the {what}, also one of the file (admin, audited)", section),
+        }
+        del one["delete"]["responses"]["200"]
+        one["delete"]["responses"]["204"] = {"description": "deleted"}
+        for method, op in one.items():
+            op["parameters"] = [name]
+            if method != "put":
+                op["responses"]["404"] = {**problem, "description": f"no such {what}"}
+            if method in ("put", "patch", "delete"):
+                op["responses"]["422"] = invalid
+                op["responses"]["409"] = {
+                    "description": "it would strand callers or tasks waiting in a queue",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                }
+        paths[f"/api/v1/admin/{table}"] = {
+            "get": _op(f"Every {what} of the effective config (file + admin API) (admin)", listed)
+        }
+        paths[f"/api/v1/admin/{table}/{{name}}"] = one
+    skill = {"type": "object", "description": "{name, agents: {id: level}, queues: {name: level}}"}
+    skill_name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+    paths["/api/v1/admin/skills"] = {
+        "get": _op(
+            "Every skill an agent holds or a queue requires (admin)",
+            {"type": "array", "items": skill},
+        ),
+    }
+    put_skill = _op("Set which agents hold the skill (at which level) and which queues require "
+                    "it (admin, audited, applied live)", skill, body=skill)  # fmt: skip
+    put_skill["responses"]["422"] = invalid
+    delete_skill = _op("Take the skill from every agent and queue (admin, audited)", skill)
+    del delete_skill["responses"]["200"]
+    delete_skill["responses"]["204"] = {"description": "deleted"}
+    get_skill = _op("One skill: its agents and queues (admin)", skill)
+    for op in (get_skill, put_skill, delete_skill):
+        op["parameters"] = [skill_name]
+    for op in (get_skill, delete_skill):
+        op["responses"]["404"] = {**problem, "description": "no agent or queue has it"}
+    paths["/api/v1/admin/skills/{name}"] = {"get": get_skill, "put": put_skill,
+                                            "delete": delete_skill}  # fmt: skip
+    return paths
 
 
 def _webhook_paths() -> tuple[dict[str, Any], dict[str, Any]]:

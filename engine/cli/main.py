@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 
 from engine import __version__
-from engine.config import Config, ConfigError
+from engine.config import AdminObject, Config, ConfigError
 from engine.plugins import PluginSet, load_config, parse_config
 
 DEFAULT_CONFIG = Path("config/acd.toml")
@@ -134,6 +134,46 @@ def _parse_time(text: str | None) -> float | None:
     return moment.timestamp()
 
 
+def _cmd_export_config(args: argparse.Namespace) -> int:
+    """The effective config (the file with the admin API's stored objects on top) as TOML,
+    checked the way the daemon checks it before it is printed."""
+    import asyncio
+
+    import tomli_w
+
+    from engine.config import effective_toml, read_config_text
+    from engine.storage import StorageError, Store, database_url
+    from engine.storage.admin import load_objects
+
+    config, _plugins, path = _load(args.config)
+    if path is None:
+        text, file = embedded_default_text(), "<embedded default config>"
+    else:
+        text, file = read_config_text(path), str(path)
+
+    async def objects() -> list[AdminObject] | None:
+        try:
+            store = await Store.open(database_url(config.storage, base_dir=Path.cwd()))
+        except StorageError as exc:
+            print(f"acd: cannot open the CDR store: {exc}", file=sys.stderr)
+            return None
+        try:
+            return await load_objects(store)
+        finally:
+            await store.close()
+
+    stored = asyncio.run(objects())
+    if stored is None:
+        return 1
+    parse_config(text, file, overlay=stored)  # a ConfigError is reported like check-config's
+    out = tomli_w.dumps(effective_toml(text, file, stored))
+    if args.output in (None, "-"):
+        sys.stdout.write(out)
+    else:
+        Path(args.output).write_text(out, encoding="utf-8")
+    return 0
+
+
 def _cmd_export_queue_log(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -242,6 +282,16 @@ def build_parser() -> argparse.ArgumentParser:
     queue_log.add_argument("--until", help="up to (not including) this time")
     queue_log.add_argument("--output", "-o", metavar="FILE", help="write here instead of stdout")
     queue_log.set_defaults(func=_cmd_export_queue_log)
+    export_config = export_sub.add_parser(
+        "config",
+        help="the effective config (file + admin API objects) as TOML",
+        description="Print the effective config as TOML: the config file with the agents and "
+        "queues made through /api/v1/admin applied on top. `acd check-config` accepts it, and "
+        "run as the file with an empty store it gives the same config.",
+    )
+    export_config.add_argument("--config", metavar="PATH", help="config file naming the store")
+    export_config.add_argument("--output", "-o", metavar="FILE", help="write here, not stdout")
+    export_config.set_defaults(func=_cmd_export_config)
 
     from engine.cli import operator as opcli
 

@@ -21,8 +21,10 @@ from engine.config.load import (
     PluginSchemas,
     load_config,
     parse_config,
+    read_config_text,
     reword_validation_error,
 )
+from engine.config.overlay import KINDS, AdminObject, apply_overlay, effective_toml, entry_index
 from engine.config.schema import (
     CHANNEL_NAMES,
     DIALLED_CALLBACK_MODES,
@@ -87,11 +89,13 @@ __all__ = [
     "CHANNEL_NAMES",
     "DIALLED_CALLBACK_MODES",
     "HTTP_OPEN_PATHS",
+    "KINDS",
     "QA_RULE_TYPES",
     "SERVICE_CHANNELS",
     "STEP_TYPES",
     "TASK_CHANNELS",
     "WEBHOOK_EVENTS",
+    "AdminObject",
     "AgentConfig",
     "AnswerStep",
     "ApiConfig",
@@ -144,8 +148,12 @@ __all__ = [
     "TrunkConfig",
     "WebRtcConfig",
     "WebhookConfig",
+    "apply_overlay",
+    "effective_toml",
+    "entry_index",
     "load_config",
     "outbound_proxy_uri",
     "parse_config",
+    "read_config_text",
     "reword_validation_error",
 ]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 import socket
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -29,6 +29,7 @@ from typing import Any, Final
 import msgspec
 
 from engine.config.errors import ConfigError
+from engine.config.overlay import AdminObject, apply_overlay
 from engine.config.schema import STEP_TYPES, Config, PluginsConfig
 from engine.config.validate import validate
 
@@ -266,13 +267,21 @@ def _plugin_steps(raw: dict[str, Any], file: str, schemas: PluginSchemas) -> Non
             steps[j] = {"type": "plugin", "name": kind, "settings": settings}
 
 
-def parse_config(text: str, file: str, *, plugins: PluginResolver | None = None) -> Config:
+def parse_config(
+    text: str,
+    file: str,
+    *,
+    plugins: PluginResolver | None = None,
+    overlay: Sequence[AdminObject] = (),
+) -> Config:
     """Decode and validate TOML text; ``file`` is only used in messages. ``plugins`` loads the
-    enabled plugins (see the module's docstring)."""
+    enabled plugins (see the module's docstring); ``overlay`` are the admin API's stored agents
+    and queues, applied on top of the file's before anything is decoded or checked."""
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(file, "", f"not valid TOML: {exc}") from None
+    apply_overlay(raw, overlay)
     if "source" in raw:
         raise ConfigError(file, "source", "unknown key (misspelled, or not valid in this table)")
     plugins_cfg = _plugins_table(raw, file)
@@ -294,13 +303,22 @@ def parse_config(text: str, file: str, *, plugins: PluginResolver | None = None)
     return cfg
 
 
-def load_config(path: str | Path, *, plugins: PluginResolver | None = None) -> Config:
-    """Read and validate a config file; every failure is a :class:`ConfigError`."""
+def read_config_text(path: str | Path) -> str:
+    """The config file's text; every failure is a :class:`ConfigError`."""
     file = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(file, "", "file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(file, "", f"cannot read the file: {exc}") from None
-    return parse_config(text, file, plugins=plugins)
+
+
+def load_config(
+    path: str | Path,
+    *,
+    plugins: PluginResolver | None = None,
+    overlay: Sequence[AdminObject] = (),
+) -> Config:
+    """Read and validate a config file; every failure is a :class:`ConfigError`."""
+    return parse_config(read_config_text(path), str(path), plugins=plugins, overlay=overlay)

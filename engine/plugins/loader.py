@@ -16,7 +16,7 @@ plugins resolved: (config, plugins). The daemon, ``acd check-config`` and reload
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
@@ -26,6 +26,7 @@ import msgspec
 
 from engine.config import (
     STEP_TYPES,
+    AdminObject,
     Config,
     ConfigError,
     PluginSchemas,
@@ -229,14 +230,19 @@ class _Resolver:
         return self.loaded.schemas()
 
 
-def load_config(path: str | Path) -> tuple[Config, PluginSet]:
-    """Read and validate a config file with its enabled plugins; failures are ConfigError."""
+def load_config(
+    path: str | Path, *, overlay: Sequence[AdminObject] = ()
+) -> tuple[Config, PluginSet]:
+    """Read and validate a config file with its enabled plugins and the admin API's stored
+    objects (``overlay``) on top; failures are ConfigError."""
     resolver = _Resolver()
-    config = _load_config(path, plugins=resolver)
+    config = _load_config(path, plugins=resolver, overlay=overlay)
     return config, resolver.loaded
 
 
-def parse_config(text: str, file: str) -> tuple[Config, PluginSet]:
+def parse_config(
+    text: str, file: str, *, overlay: Sequence[AdminObject] = ()
+) -> tuple[Config, PluginSet]:
     resolver = _Resolver()
-    config = _parse_config(text, file, plugins=resolver)
+    config = _parse_config(text, file, plugins=resolver, overlay=overlay)
     return config, resolver.loaded

@@ -180,6 +180,19 @@ audit_log = sa.Table(
     sa.Index(None, "at"),
 )
 
+# Agents and queues made through the admin API (migration 0014): the body in the shape of the
+# object's TOML section, or deleted = true to hide the config file's object of that name.
+admin_objects = sa.Table(
+    "admin_objects",
+    metadata,
+    sa.Column("kind", sa.String(16), primary_key=True),  # agent, queue
+    sa.Column("name", sa.String(64), primary_key=True),  # an agent's id, a queue's name
+    sa.Column("body", sa.JSON, nullable=True),  # NULL when deleted
+    sa.Column("deleted", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("updated_at", sa.Double, nullable=False),
+    sa.Column("updated_by", sa.String(64), nullable=False),
+)
+
 # One row per non-voice task (DESIGN.md section 9: chats, e-mails, social messages, tickets), with
 # the time stamps of a call's CDR: arrival, (effective) enqueue, first offer, accept, end. The row
 # is kept current while the task lives, so a daemon that stops finds its open tasks here

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from engine.config import StorageConfig
 from engine.storage import StorageError, Store, database_url, head_revision
 from engine.storage.schema import (
+    admin_objects,
     agent_events,
     audit_log,
     calls,
@@ -34,10 +35,11 @@ EXPECTED_TABLES = {
     "task_events",
     "task_messages",
     "task_states",
+    "admin_objects",
 }
 ALL_TABLES = (
     calls, queue_events, agent_events, recordings, audit_log, tasks, task_events, task_messages,
-    task_states,
+    task_states, admin_objects,
 )  # fmt: skip
 
 
