@@ -36,7 +36,7 @@ async def put_objects(
 ) -> None:
     """Store (or replace) objects, all in one transaction; a ``body`` None marks one deleted."""
     now = time.time()
-    async with store.engine.begin() as conn:
+    async with store.write() as conn:
         for kind, name, body in changes:
             values = {
                 "body": None if body is None else dict(body),
