@@ -12,23 +12,18 @@ the queue's agents. The queues run their callers side by side.
 from __future__ import annotations
 
 import sqlite3
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
 from tests.e2e.configs import front_door
 from tests.e2e.conftest import DaemonProcess, running_daemon, wait_until
-from tests.e2e.peers import sipp, stop
+from tests.e2e.peers import simple_uas, sipp, stop
 from tests.e2e.test_call_scenarios import ADMIN, finished, login, sip_target, sipp_output
 
 pytestmark = pytest.mark.e2e
-
-UAS = Path(__file__).parent / "sipp" / "simple_uas.py"
 
 # queue -> (strategy, [(agent, skill level)] in membership (config) order)
 QUEUES: dict[str, tuple[str, list[tuple[str, int]]]] = {
@@ -68,19 +63,8 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def uas_port(workdir: Path) -> Iterator[int]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, str(UAS), "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=workdir,
-    )  # fmt: skip
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "ready"
+    with simple_uas(workdir) as port:
         yield port
-    finally:
-        stop(proc)  # type: ignore[arg-type]
-        if proc.stdout is not None:
-            proc.stdout.close()
 
 
 @pytest.fixture(scope="module")
