@@ -5,7 +5,8 @@ Test UAS processes (``sipp/simple_uas.py``) stand in for the phones: one answers
 INVITE, one 603, one rings for good (180), one answers 200. Each queue (linear) has a missing
 agent first and an answering one second, and SIPp's uac calls it one call at a time: every call the
 missing agent is offered it misses, the answering agent takes it; the daemon's queue_events say
-when each offer and miss happened.
+when each offer and miss happened. A queue with a wrap-up (``wrap``) has the same daemon check
+the wrap-up time written into the call's row.
 """
 
 from __future__ import annotations
@@ -54,12 +55,19 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
                     f'[[agents]]\nid = "{agent}"\nlogin = "static"\n'
                     f'contact = "sip:{agent}@127.0.0.1:{port}"\nqueues = {{ {queue} = 0 }}\n'
                 )
+        parts.append('[[queues]]\nname = "wrap"\nwrap_up_s = 1.0\nrecord = "never"\n')
+        parts.append(
+            f'[[agents]]\nid = "wrapper"\nlogin = "static"\n'
+            f'contact = "sip:wrapper@127.0.0.1:{answers}"\nqueues = {{ wrap = 0 }}\n'
+        )
+        parts[0] = front_door(ADMIN, numbers=(*QUEUES, "wrap"))
         home = workdir / "daemon"
         home.mkdir()
         with running_daemon(home, "\n".join(parts)) as running:
             for queue in QUEUES:
                 login(running, f"{queue}-miss")
                 login(running, f"{queue}-ok")
+            login(running, "wrapper")
             yield running
 
 
@@ -180,3 +188,44 @@ def test_consecutive_misses_pause_the_agent(daemon: DaemonProcess, placed: dict[
     wait_until(lambda: len(answered(daemon, "pause")) == placed["pause"] + 1, 10, "the row")
     offers = [agent for _, ev, agent, _ in events(daemon, "pause") if ev == "offer"]
     assert offers[-2:] == ["pause-miss", "pause-ok"], offers
+
+
+def wrap_up_of(daemon: DaemonProcess, n: int) -> float | None:
+    """The wrap_up_s of the ``n``-th (from 1) call to ``wrap``, once written; None before."""
+    with sqlite3.connect(daemon.workdir / "var" / "acd.sqlite3") as db:
+        rows = db.execute(
+            "SELECT wrap_up_s FROM calls WHERE queue = 'wrap' AND ended_at IS NOT NULL "
+            "ORDER BY arrived_at"
+        ).fetchall()
+    return rows[n - 1][0] if len(rows) >= n else None
+
+
+def test_the_calls_row_has_the_wrap_up_the_agent_took(daemon: DaemonProcess) -> None:
+    """The configured 1 s when the timer ends it; less when the agent is made ready early."""
+
+    def one_call() -> None:
+        caller = sipp(daemon.workdir, ["-sn", "uac"], sip_target(daemon), "-s", "wrap",
+                      "-m", "1", "-d", "300")  # fmt: skip
+        try:
+            assert finished(caller, 20) == 0, sipp_output(caller)
+        finally:
+            stop(caller)
+
+    one_call()
+    wait_until(lambda: wrap_up_of(daemon, 1) is not None, 10, "the first call's wrap-up")
+    assert 0.95 <= wrap_up_of(daemon, 1) <= 1.6  # type: ignore[operator]
+    one_call()
+    wait_until(lambda: state_of(daemon, "wrapper") == "wrap_up", 5, "wrap-up")
+    api(daemon, "/api/v1/agents/wrapper/state", {"state": "ready"})
+    wait_until(lambda: wrap_up_of(daemon, 2) is not None, 10, "the second call's wrap-up")
+    assert 0.0 <= wrap_up_of(daemon, 2) < 0.7  # type: ignore[operator]
+
+
+def test_a_queue_without_wrap_up_writes_zero(daemon: DaemonProcess, placed: dict[str, int]) -> None:
+    with sqlite3.connect(daemon.workdir / "var" / "acd.sqlite3") as db:
+        rows = db.execute("SELECT wrap_up_s FROM calls WHERE queue = 'busy'").fetchall()
+    assert rows == [(0.0,)] * placed["busy"]
+
+
+def state_of(daemon: DaemonProcess, agent_id: str) -> str:
+    return str(api(daemon, f"/api/v1/agents/{agent_id}")["state"])
