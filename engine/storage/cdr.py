@@ -83,6 +83,7 @@ class CallRecord(msgspec.Struct, frozen=True, kw_only=True):
     wait_s: float | None = None
     talk_s: float | None = None
     wrap_up_s: float | None = None
+    hold_s: float | None = None  # the caller's time on the agent's hold (None: never bridged)
     flow_data: dict[str, Any] | None = None
     recording_id: str | None = None
     node: str | None = None

@@ -223,8 +223,8 @@ def test_the_calls_row_has_the_wrap_up_the_agent_took(daemon: DaemonProcess) -> 
 
 def test_a_queue_without_wrap_up_writes_zero(daemon: DaemonProcess, placed: dict[str, int]) -> None:
     with sqlite3.connect(daemon.workdir / "var" / "acd.sqlite3") as db:
-        rows = db.execute("SELECT wrap_up_s FROM calls WHERE queue = 'busy'").fetchall()
-    assert rows == [(0.0,)] * placed["busy"]
+        rows = db.execute("SELECT wrap_up_s, hold_s FROM calls WHERE queue = 'busy'").fetchall()
+    assert rows == [(0.0, 0.0)] * placed["busy"]  # and nobody was held
 
 
 def state_of(daemon: DaemonProcess, agent_id: str) -> str:
