@@ -6,7 +6,8 @@ on one test UAS process (``sipp/simple_uas.py``: answers every INVITE at once, 2
 a call is answered by whichever agent the strategy picked; the caller is SIPp's built-in uac, one
 call at a time per queue (``-l 1``), each hanging up after a short talk. With ``wrap_up_s = 0`` the
 agent is free again when the call ends, so each call's agent is the strategy's choice among all of
-the queue's agents. The queues run their callers side by side.
+the queue's agents. The queues run their callers side by side. ring_all's second agent is a SIPp
+phone that rings and never answers: it must be CANCELled once the first agent has answered.
 """
 
 from __future__ import annotations
@@ -21,7 +22,15 @@ import pytest
 from tests.e2e.configs import front_door
 from tests.e2e.conftest import DaemonProcess, running_daemon, wait_until
 from tests.e2e.peers import simple_uas, sipp, stop
-from tests.e2e.test_call_scenarios import ADMIN, finished, login, sip_target, sipp_output
+from tests.e2e.test_call_scenarios import (
+    ADMIN,
+    SCENARIOS,
+    Proc,
+    finished,
+    login,
+    sip_target,
+    sipp_output,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -34,12 +43,13 @@ QUEUES: dict[str, tuple[str, list[tuple[str, int]]]] = {
     "ms": ("most_skilled", [("ms1", 1), ("ms2", 5), ("ms3", 3)]),
     "rnd": ("random", [("rnd1", 1), ("rnd2", 1)]),
     "wr": ("weighted_random", [("wr1", 1), ("wr2", 5)]),
+    "ra": ("ring_all", [("ra1", 1), ("ra2", 1)]),  # ra2: a SIPp phone that rings, never answers
 }
 # longest_idle: the agents log in in this order, so the one idle longest is li3, then li1, li2
 LOGIN_ORDER = ["li3", "li1", "li2"]
 
 
-def strategies_config(uas_port: int) -> str:
+def strategies_config(uas_port: int, ringing_port: int) -> str:
     parts = [front_door(ADMIN, numbers=tuple(QUEUES))]
     for queue, (strategy, agents) in QUEUES.items():
         parts.append(
@@ -50,7 +60,7 @@ def strategies_config(uas_port: int) -> str:
         for agent, level in agents:
             parts.append(
                 f'[[agents]]\nid = "{agent}"\nlogin = "static"\n'
-                f'contact = "sip:{agent}@127.0.0.1:{uas_port}"\n'
+                f'contact = "sip:{agent}@127.0.0.1:{ringing_port if agent == "ra2" else uas_port}"\n'
                 f"skills = {{ {queue} = {level} }}\nqueues = {{ {queue} = 0 }}\n"
             )
     return "\n".join(parts)
@@ -68,10 +78,21 @@ def uas_port(workdir: Path) -> Iterator[int]:
 
 
 @pytest.fixture(scope="module")
-def daemon(workdir: Path, uas_port: int) -> Iterator[DaemonProcess]:
+def ringing_phone(workdir: Path) -> Iterator[Proc]:
+    """ra2's phone: SIPp ringing for one call until it is CANCELled (200, 487, then the ACK)."""
+    proc = sipp(workdir, ["-sf", str(SCENARIOS / "agent_no_answer.xml")], None, "-m", "1")
+    try:
+        yield proc
+    finally:
+        stop(proc)
+
+
+@pytest.fixture(scope="module")
+def daemon(workdir: Path, uas_port: int, ringing_phone: Proc) -> Iterator[DaemonProcess]:
     home = workdir / "daemon"
     home.mkdir()
-    with running_daemon(home, strategies_config(uas_port)) as running:
+    config = strategies_config(uas_port, ringing_phone.sip_port)  # type: ignore[attr-defined]
+    with running_daemon(home, config) as running:
         agents = [agent for _, members in QUEUES.values() for agent, _ in members]
         for agent in LOGIN_ORDER + [a for a in agents if a not in LOGIN_ORDER]:
             login(running, agent)
@@ -93,7 +114,7 @@ def call_agents(daemon: DaemonProcess, queue: str) -> list[str | None]:
 def calls(daemon: DaemonProcess, workdir: Path) -> dict[str, list[str | None]]:
     """Place every queue's calls (side by side across queues, one at a time within a queue) and
     return each queue's answering agents in arrival order."""
-    counts = {"lin": 3, "rr": 6, "fc": 4, "li": 4, "ms": 3, "rnd": 16, "wr": 40}
+    counts = {"lin": 3, "rr": 6, "fc": 4, "li": 4, "ms": 3, "rnd": 16, "wr": 40, "ra": 1}
     target = sip_target(daemon)
     one_at_a_time = ["-l", "1", "-r", "20", "-d", "300"]  # 300 ms of talk per call
     callers = {
@@ -150,3 +171,16 @@ def test_weighted_random_skews_towards_the_heavier_agent(
     # weights 1 + level: wr1 2, wr2 6, so wr1 takes each call with p = 1/4: over 40 calls it
     # gets none with probability 1e-5 and at least half with 6e-4 (binomial tails)
     assert 0 < counts["wr1"] < counts["wr2"], counts
+
+
+def test_ring_all_rings_everyone_and_the_first_answer_wins(
+    daemon: DaemonProcess, calls: dict[str, list[str | None]], ringing_phone: Proc
+) -> None:
+    assert calls["ra"] == ["ra1"]
+    with sqlite3.connect(daemon.workdir / "var" / "acd.sqlite3") as db:
+        offered = db.execute(
+            "SELECT agent_id FROM queue_events WHERE queue = 'ra' AND event = 'offer'"
+        ).fetchall()
+    assert sorted(agent for (agent,) in offered) == ["ra1", "ra2"]
+    # ra2's SIPp phone ends well only once CANCELled (200 to it, 487 to the INVITE, ACKed)
+    assert finished(ringing_phone, 10) == 0, sipp_output(ringing_phone)
