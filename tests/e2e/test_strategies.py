@@ -43,6 +43,7 @@ QUEUES: dict[str, tuple[str, list[tuple[str, int]]]] = {
     "ms": ("most_skilled", [("ms1", 1), ("ms2", 5), ("ms3", 3)]),
     "rnd": ("random", [("rnd1", 1), ("rnd2", 1)]),
     "wr": ("weighted_random", [("wr1", 1), ("wr2", 5)]),
+    "ltt": ("least_talk_time", [("lt1", 1), ("lt2", 1)]),
     "ra": ("ring_all", [("ra1", 1), ("ra2", 1)]),  # ra2: a SIPp phone that rings, never answers
 }
 # longest_idle: the agents log in in this order, so the one idle longest is li3, then li1, li2
@@ -116,17 +117,35 @@ def calls(daemon: DaemonProcess, workdir: Path) -> dict[str, list[str | None]]:
     return each queue's answering agents in arrival order."""
     counts = {"lin": 3, "rr": 6, "fc": 4, "li": 4, "ms": 3, "rnd": 16, "wr": 40, "ra": 1}
     target = sip_target(daemon)
-    one_at_a_time = ["-l", "1", "-r", "20", "-d", "300"]  # 300 ms of talk per call
-    callers = {
-        queue: sipp(workdir, ["-sn", "uac"], target, "-s", queue, "-m", str(n), *one_at_a_time)
-        for queue, n in counts.items()
-    }
-    try:
-        for queue, proc in callers.items():
-            assert finished(proc, 40) == 0, f"{queue}: {sipp_output(proc)}"
-    finally:
-        for proc in callers.values():
-            stop(proc)
+    one_at_a_time = ["-l", "1", "-r", "20"]
+
+    def place(batch: dict[str, tuple[int, int]]) -> None:  # queue -> (calls, talk ms)
+        callers = {
+            queue: sipp(
+                workdir,
+                ["-sn", "uac"],
+                target,
+                "-s",
+                queue,
+                "-m",
+                str(n),
+                *one_at_a_time,
+                "-d",
+                str(talk_ms),
+            )
+            for queue, (n, talk_ms) in batch.items()
+        }
+        try:
+            for queue, proc in callers.items():
+                assert finished(proc, 40) == 0, f"{queue}: {sipp_output(proc)}"
+        finally:
+            for proc in callers.values():
+                stop(proc)
+
+    # least_talk_time: one 2 s call first, then three of 0.3 s once it is over
+    place({queue: (n, 300) for queue, n in counts.items()} | {"ltt": (1, 2000)})
+    place({"ltt": (3, 300)})
+    counts["ltt"] = 4
     for queue, n in counts.items():
         wait_until(lambda q=queue, n=n: len(call_agents(daemon, q)) == n, 10, f"{queue}'s rows")  # type: ignore[misc]
     return {queue: call_agents(daemon, queue) for queue in counts}
@@ -184,3 +203,11 @@ def test_ring_all_rings_everyone_and_the_first_answer_wins(
     assert sorted(agent for (agent,) in offered) == ["ra1", "ra2"]
     # ra2's SIPp phone ends well only once CANCELled (200 to it, 487 to the INVITE, ACKed)
     assert finished(ringing_phone, 10) == 0, sipp_output(ringing_phone)
+
+
+def test_least_talk_time_offers_the_agent_who_talked_least(
+    calls: dict[str, list[str | None]],
+) -> None:
+    # lt1 talked 2 s on the first call; lt2's three 0.3 s calls stay below that (round_robin or
+    # fewest_calls would give lt1 the third call)
+    assert calls["ltt"] == ["lt1", "lt2", "lt2", "lt2"]
