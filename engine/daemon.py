@@ -621,6 +621,8 @@ class Daemon:
             on_wrap_up_end=self.agents.wrap_up_ended,
             channels=dict.fromkeys(SERVICE_CHANNELS, task_handlers),
         )
+        if self.cdr is not None:  # the calls row's wrap_up_s: the time the agent really took
+            self.routing.on_wrap_up_done = self.cdr.call_wrap_up
         self.calls.callbacks.create_task = self._create_callback
         self.calls.callbacks.waiting = self._callbacks_waiting
         # Agent-first callbacks: the task's offers ring the agent's phone (engine.calls.dialout).

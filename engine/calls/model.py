@@ -128,6 +128,10 @@ class Call:
     remote_sdp: Any = None
     local_sdp: Any = None
     held_by: set[str] = field(default_factory=set)  # "caller" / "agent": who put the other on hold
+    # The caller's time on the agent's hold while bridged (the CDR's hold_s): the finished holds'
+    # seconds, and the wall time the current one began (None: not on hold now).
+    hold_s: float = 0.0
+    agent_hold_since: float | None = None
     # The last media-worker bridge's "legs are back" future: the next bridge waits for it.
     media_home: asyncio.Future[None] | None = None
     # Post-call survey (queues[].csat): when the agent's part ended while the caller stayed on

@@ -24,6 +24,10 @@ def record_of(call: Call, *, ended_at: float | None, talk_s: float | None, node:
     waited_until = call.agent_answered_at or ended_at
     if call.enqueued_at is not None and waited_until is not None:
         wait_s = waited_until - call.enqueued_at
+    hold_s = None
+    if call.agent_answered_at is not None:  # a hold still on counts up to the end (or now)
+        since = call.agent_hold_since
+        hold_s = call.hold_s + (0.0 if since is None else (ended_at or time.time()) - since)
     return CallRecord(
         id=call.id, sip_call_id=call.sip_call_id, arrived_at=call.arrived_at,
         trunk=call.trunk.name, caller=call.caller, dialed=call.dialed, flow=call.flow,
@@ -34,6 +38,7 @@ def record_of(call: Call, *, ended_at: float | None, talk_s: float | None, node:
         disposition=call.disposition if ended else None,
         hangup_side=call.hangup_side if ended else None,
         hangup_reason=(call.hangup_reason or None) if ended else None, wait_s=wait_s, talk_s=talk_s,
+        hold_s=hold_s,
         flow_data=call.flow_data or None, recording_id=call.recording_id, node=node,
         csat_score=call.csat_score, csat_second_score=call.csat_second_score,
     )  # fmt: skip

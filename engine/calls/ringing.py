@@ -256,6 +256,7 @@ class Ringing:
     def reject(self, call: Call, agent_id: str, reason: str) -> None:
         with contextlib.suppress(rc.RoutingError):
             self._s.routing.reject(call.id, agent_id, reason)
+            self._s.agents.missed(agent_id)
             self._s.metrics.ring_no_answer.labels(queue=call.queue, reason=reason).inc()
             if self._s.cdr:
                 self._s.cdr.queue_event(

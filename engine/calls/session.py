@@ -14,6 +14,7 @@ SRTP on or off (488).
 from __future__ import annotations
 
 import ipaddress
+import time
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -146,6 +147,14 @@ class Session:
             call.held_by.add(side)
         else:
             call.held_by.discard(side)
+        if side == "agent":  # the caller's time on hold, for the CDR's hold_s
+            wall = time.time()
+            if held and call.agent_hold_since is None:
+                if call.bridge is not None and call.bridge.stopped_at is None:
+                    call.agent_hold_since = wall
+            elif not held and call.agent_hold_since is not None:
+                call.hold_s += wall - call.agent_hold_since
+                call.agent_hold_since = None
         log.info("call_hold" if held else "call_resume", by=side, call_id=call.id)
         bridge = call.bridge
         if bridge is None or bridge.stopped_at is not None:

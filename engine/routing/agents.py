@@ -29,6 +29,7 @@ from engine.config import AgentConfig, Config, LoginMode
 from engine.routing.service import RoutingService
 from engine.runtime.clock import Cancellable, Scheduler
 from engine.storage.cdr import CdrWriter
+from routing_core.router import AUTO_PAUSE_REASON
 from sip.registrar import ContactRequest, RegisterResult, Registrar
 
 log = structlog.stdlib.get_logger("acd.agents")
@@ -201,6 +202,17 @@ class AgentDirectory:
             self._record(agent_id, "not_ready", self._routing.router.not_ready_reason(agent_id))
         else:
             self._record(agent_id, "available", "wrap-up ended")
+
+    def missed(self, agent_id: str) -> None:
+        """The agent missed an offer (busy, declined, not answered) and the router has taken it
+        back: when that miss paused the agent (the queue's auto_pause_after), record and publish
+        it, as an API pause is (else only the router would know why the agent stopped getting
+        offers)."""
+        if self._routing.agent_state(agent_id) is not rc.AgentState.NOT_READY:
+            return  # not paused, or paused once a call it is still on ends (see wrap_up_ended)
+        reason = self._routing.router.not_ready_reason(agent_id)
+        if reason == AUTO_PAUSE_REASON:
+            self._record(agent_id, "not_ready", reason)
 
     def call_completed(self, agent_id: str) -> None:
         """The call layer finished an agent's call (or the task service one of its tasks): apply

@@ -29,6 +29,7 @@ events never touch a gauge.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -179,6 +180,10 @@ class RoutingService:
         # Called with an agent's id and new state when its wrap-up timer ran out inside dispatch:
         # the live views and the agent events learn it at once.
         self.on_wrap_up_end = on_wrap_up_end
+        # Called with a call's id and the wall seconds its agent spent in wrap-up after it (0 for
+        # none), when the wrap-up ends: on its timer, or early by a ready / pause / logout.
+        self.on_wrap_up_done: Callable[[str, float], None] | None = None
+        self._wrapping: dict[str, tuple[str, float]] = {}  # agent -> (call id, wall start)
         self._loop = loop
         self._dispatch_pending = False
         self._timer: asyncio.TimerHandle | None = None
@@ -224,6 +229,8 @@ class RoutingService:
         offers = self.router.dispatch(self.now)
         self.decisions += len(offers)
         ends = self.router.take_wrap_up_ends()
+        for agent_id, _ in ends:
+            self._wrap_up_over(agent_id)
         if ends and self.on_wrap_up_end is not None:
             for agent_id, state in ends:
                 self.on_wrap_up_end(agent_id, state)
@@ -419,6 +426,18 @@ class RoutingService:
         self.router.complete(agent_id, self.now, task_id=call_id)
         self._channel_of.pop(call_id, None)
         self._kick()
+        if self.router.agent_state(agent_id) is rc.AgentState.WRAP_UP:
+            self._wrapping[agent_id] = (call_id, time.time())
+        elif self.on_wrap_up_done is not None:
+            self.on_wrap_up_done(call_id, 0.0)  # no wrap-up (the queue's wrap_up_s is 0)
+
+    def _wrap_up_over(self, agent_id: str) -> None:
+        """The agent's wrap-up ended (whichever way): its call's wrap-up time is told."""
+        if self.router.agent_state(agent_id) is rc.AgentState.WRAP_UP:
+            return
+        began = self._wrapping.pop(agent_id, None)
+        if began is not None and self.on_wrap_up_done is not None:
+            self.on_wrap_up_done(began[0], max(0.0, time.time() - began[1]))
 
     def abandon(self, call_id: str) -> None:
         self._withdrawn(self.router.abandon(call_id, self.now))
@@ -434,6 +453,7 @@ class RoutingService:
     def logout(self, agent_id: str) -> None:
         was_in = self.router.agent_state(agent_id) is not rc.AgentState.LOGGED_OUT
         self.router.logout(agent_id, self.now)
+        self._wrap_up_over(agent_id)
         self._kick()
         if not was_in or self.on_queue_empty is None:
             return
@@ -454,10 +474,12 @@ class RoutingService:
 
     def set_ready(self, agent_id: str) -> None:
         self.router.set_ready(agent_id, self.now)
+        self._wrap_up_over(agent_id)
         self._kick()
 
     def set_not_ready(self, agent_id: str, reason: str = "") -> None:
         self.router.set_not_ready(agent_id, self.now, reason)
+        self._wrap_up_over(agent_id)
         self._kick()
 
     def agent_state(self, agent_id: str) -> rc.AgentState:

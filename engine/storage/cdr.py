@@ -83,6 +83,7 @@ class CallRecord(msgspec.Struct, frozen=True, kw_only=True):
     wait_s: float | None = None
     talk_s: float | None = None
     wrap_up_s: float | None = None
+    hold_s: float | None = None  # the caller's time on the agent's hold (None: never bridged)
     flow_data: dict[str, Any] | None = None
     recording_id: str | None = None
     node: str | None = None
@@ -187,6 +188,9 @@ class CdrWriter:
         # The newest open row of each live call not yet written (call id -> row): replaced as
         # the call progresses, removed when it ends (its final row then says everything).
         self._open: dict[str, dict[str, Any]] = {}
+        # Wrap-up times of calls whose final row may be written already (call id -> seconds):
+        # an UPDATE at the next flush, after that flush's inserts.
+        self._wrap_ups: dict[str, float] = {}
         self._calls_upsert = _upsert(store.dialect, calls)
         self._max_backlog = max_backlog
         self._backlog = 0  # rows across the three tables; kept, not summed, on the hot path
@@ -249,6 +253,8 @@ class CdrWriter:
         if self._open.pop(record.id, None) is not None:
             self._count(-1)
         row = msgspec.structs.asdict(record)
+        if record.id in self._wrap_ups:  # its wrap-up was over first (none at all, say)
+            row["wrap_up_s"] = self._wrap_ups[record.id]
         self._append("calls", row)
         # An attempt refused before it became a call (no call_started) is a row, not an event.
         if self._bus is not None and record.disposition != "rejected":
@@ -258,6 +264,17 @@ class CdrWriter:
                       data=dict(row)),
                 stream=False,
             )  # fmt: skip
+
+    def call_wrap_up(self, call_id: str, wrap_up_s: float) -> None:
+        """The agent's wrap-up after the call ended (``wrap_up_s``: from its start to the agent
+        being ready again): into the call's final row if still queued, and an UPDATE of the row
+        at the next flush in case it was written already (or is being written)."""
+        for row in self._pending["calls"]:
+            if row["id"] == call_id:
+                row["wrap_up_s"] = wrap_up_s
+        if call_id not in self._wrap_ups:
+            self._count(+1)
+        self._wrap_ups[call_id] = wrap_up_s
 
     def queue_event(
         self,
@@ -384,7 +401,8 @@ class CdrWriter:
             for name, rows in self._pending.items()
         }
         opened = list(itertools.islice(self._open.items(), self.BATCH_ROWS))
-        if not opened and not any(batch.values()):
+        wrap_ups = list(itertools.islice(self._wrap_ups.items(), self.BATCH_ROWS))
+        if not opened and not any(batch.values()) and not wrap_ups:
             return 0
         try:
             async with self._store.write() as conn:
@@ -395,12 +413,24 @@ class CdrWriter:
                     if rows:
                         stmt = self._calls_upsert if name == "calls" else tables[name].insert()
                         await conn.execute(stmt, rows)
+                if wrap_ups:
+                    await conn.execute(
+                        sa.update(calls)
+                        .where(calls.c.id == sa.bindparam("call_id"))
+                        .values(wrap_up_s=sa.bindparam("seconds")),
+                        [{"call_id": c, "seconds": w} for c, w in wrap_ups],
+                    )
         except (SQLAlchemyError, OSError) as exc:
             # Disk full, database locked, connection lost: the rows stay queued for the next try.
             raise StorageError(
-                f"writing {len(opened) + sum(map(len, batch.values()))} rows failed: {exc}"
+                f"writing {len(opened) + len(wrap_ups) + sum(map(len, batch.values()))} rows failed: {exc}"
             ) from exc
         written = 0
+        for call_id, seconds in wrap_ups:
+            if self._wrap_ups.get(call_id) == seconds:
+                del self._wrap_ups[call_id]
+                self._backlog -= 1
+        written += len(wrap_ups)
         for call_id, row in opened:
             # Still the row we wrote (not replaced by a newer one, or gone with the call's end
             # during the write): it is done.

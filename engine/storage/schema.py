@@ -44,6 +44,7 @@ calls = sa.Table(
     sa.Column("wait_s", sa.Double),
     sa.Column("talk_s", sa.Double),
     sa.Column("wrap_up_s", sa.Double),
+    sa.Column("hold_s", sa.Double),  # the caller on the agent's hold while bridged (migration 0015)
     sa.Column("flow_data", sa.JSON),
     sa.Column("recording_id", sa.String(64)),
     # post-call survey (queues[].csat): 1 (poor) to 5 (excellent); NULL when not asked or no answer

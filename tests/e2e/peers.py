@@ -8,14 +8,16 @@ are stopped by their own PID when the test ends.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import re
 import socket
 import subprocess
+import sys
 import time
 import wave
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -188,6 +190,31 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+SIMPLE_UAS = Path(__file__).parent / "sipp" / "simple_uas.py"
+
+
+@contextlib.contextmanager
+def simple_uas(workdir: Path, status: int = 200) -> Iterator[int]:
+    """The stack's test UAS (sipp/simple_uas.py) on a port of its own, answering every INVITE with
+    ``status`` (200 with SDP; 180 rings for good), whatever the user part: many static agents'
+    contacts on one process. Yields its port; stopped by PID."""
+    port = free_port_block(1)
+    proc = subprocess.Popen(
+        [sys.executable, str(SIMPLE_UAS), "--port", str(port), "--status", str(status)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=workdir,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        yield port
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 KAMAILIO = "/usr/sbin/kamailio"

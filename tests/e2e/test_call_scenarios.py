@@ -437,6 +437,7 @@ def test_agent_hold_gives_the_caller_music_then_resumes(
     assert seen == ["INVITE", "ACK", "200", "200", "BYE"]
     (row,), _ = cdr(daemon)
     assert (row["disposition"], row["agent_id"], row["hangup_side"]) == ("answered", "a1", "caller")
+    assert 3.5 <= row["hold_s"] <= 5.0  # the phone held the caller 4 s
     if media_workers:
         _, body, _ = daemon.get("/metrics")
         assert 'acd_media_handoffs_total{outcome="carried"} 1.0' in body.decode()

@@ -2,7 +2,8 @@
 
 It answers every INVITE with 200 OK + SDP (or a fixed status), lets the endpoint handle ACK, BYE,
 OPTIONS and CANCEL, and counts what happened. Run as a script for a separate process:
-``python simple_uas.py --port 5090 [--transport udp|tcp] [--loop asyncio|uvloop]``.
+``python simple_uas.py --port 5090 [--transport udp|tcp] [--loop asyncio|uvloop] [--status 486]``
+(``--status``: the answer to every INVITE; a provisional one, 180, leaves it ringing for good).
 """
 
 from __future__ import annotations
@@ -70,11 +71,13 @@ def make_endpoint(
     return Endpoint(config, registrar=Registrar())
 
 
-async def run(host: str, port: int, transport: str, ready_fd: int | None) -> None:
+async def run(
+    host: str, port: int, transport: str, ready_fd: int | None, invite_status: int = 200
+) -> None:
     from sip.transport.tcp import serve_tcp
     from sip.transport.udp import serve_udp
 
-    app = SimpleUas()
+    app = SimpleUas(invite_status=invite_status)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -101,8 +104,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--transport", choices=("udp", "tcp"), default="udp")
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
+    parser.add_argument("--status", type=int, default=200)
     args = parser.parse_args()
-    coro = run(args.host, args.port, args.transport, None)
+    coro = run(args.host, args.port, args.transport, None, args.status)
     if args.loop == "uvloop":
         import uvloop
 
