@@ -4,14 +4,14 @@ Seconds the agent held the bridged caller (re-INVITE sendonly/inactive from the 
 until it resumed or the call ended); NULL for a call that never reached an agent.
 
 Revision ID: 0015
-Revises: 0011
+Revises: 0014
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0015"
-down_revision = "0011"
+down_revision = "0014"
 branch_labels = None
 depends_on = None
 

@@ -4,7 +4,7 @@ A customer's contacts on every channel are found by these (engine.storage.custom
 exist already get them from their ``customer`` JSON.
 
 Revision ID: 0016
-Revises: 0014
+Revises: 0015
 """
 
 import sqlalchemy as sa
@@ -13,7 +13,7 @@ from alembic import op
 from engine.storage.customers import customer_keys
 
 revision = "0016"
-down_revision = "0014"
+down_revision = "0015"
 branch_labels = None
 depends_on = None
 
