@@ -70,14 +70,19 @@ async def list_objects(request: web.Request) -> web.Response:
     return json_response(_entries(ctx, _kind(request)))
 
 
-async def get_object(request: web.Request) -> web.Response:
+def _existing(request: web.Request) -> tuple[str, str, dict[str, Any]]:
+    """(kind, name, effective entry) of the object the admin request names; 404 if none."""
     ctx = request.app[CONTEXT_KEY]
     require_role(request, Role.ADMIN)
     kind, name = _kind(request), request.match_info["name"]
     entry = _entry(ctx, kind, name)
     if entry is None:
         raise web.HTTPNotFound(text=f"no {kind} {name!r}")
-    return json_response(entry)
+    return kind, name, entry
+
+
+async def get_object(request: web.Request) -> web.Response:
+    return json_response(_existing(request)[2])
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
@@ -140,12 +145,7 @@ async def put_object(request: web.Request) -> web.Response:
 
 
 async def patch_object(request: web.Request) -> web.Response:
-    ctx = request.app[CONTEXT_KEY]
-    require_role(request, Role.ADMIN)
-    kind, name = _kind(request), request.match_info["name"]
-    entry = _entry(ctx, kind, name)
-    if entry is None:
-        raise web.HTTPNotFound(text=f"no {kind} {name!r}")
+    kind, name, entry = _existing(request)
     entry.pop("source")
     merged = {**entry, **await _body(request)}
     return await _change(request, kind, name, merged, f"admin_patch_{kind}")
